@@ -9,11 +9,13 @@
 //! | module | what it provides |
 //! |---|---|
 //! | [`clock`] | Lamport clock, vector clocks, dotted version vector sets, hybrid logical clock |
+//! | [`quorum`] | N/R/W validation, consistency levels, ack tracking, causal resolution of replica answers |
 //!
 //! Every module documents the guarantees it gives in a `# Guarantees` section, and every
 //! guarantee has a test beside the code.
 
 pub mod clock;
+pub mod quorum;
 
 use serde::{Deserialize, Serialize};
 

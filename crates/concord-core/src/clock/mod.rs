@@ -35,3 +35,6 @@ pub use dvv::DvvSet;
 pub use hlc::{Hlc, HlcError, Timestamp};
 pub use lamport::LamportClock;
 pub use vector::{CausalOrder, Dot, VectorClock};
+
+#[cfg(test)]
+pub(crate) use vector::tests as tests_support;
