@@ -9,12 +9,16 @@
 //! | module | what it provides |
 //! |---|---|
 //! | [`clock`] | Lamport clock, vector clocks, dotted version vector sets, hybrid logical clock |
+//! | [`detector`] | heartbeat-count and phi-accrual failure detectors, one history per peer |
+//! | [`breaker`] | circuit breaker: closed, open, half-open with a bounded number of probes |
 //! | [`quorum`] | N/R/W validation, consistency levels, ack tracking, causal resolution of replica answers |
 //!
 //! Every module documents the guarantees it gives in a `# Guarantees` section, and every
 //! guarantee has a test beside the code.
 
+pub mod breaker;
 pub mod clock;
+pub mod detector;
 pub mod quorum;
 
 use serde::{Deserialize, Serialize};
