@@ -9,6 +9,10 @@
 //! | module | what it provides |
 //! |---|---|
 //! | [`clock`] | Lamport clock, vector clocks, dotted version vector sets, hybrid logical clock |
+//! | [`crdt`] | G/PN-Counter, LWW and MV registers, add-wins OR-Set, OR-Map of nested CRDTs, enable-wins flag |
+//! | [`ring`] | consistent-hash ring with virtual nodes, preference lists, exact moved ranges |
+//! | [`range`] | range partitioner over byte keys (split, merge, overlap queries) |
+//! | [`merkle`] | Merkle tree over key-hash buckets with an exact diff |
 //! | [`detector`] | heartbeat-count and phi-accrual failure detectors, one history per peer |
 //! | [`breaker`] | circuit breaker: closed, open, half-open with a bounded number of probes |
 //! | [`quorum`] | N/R/W validation, consistency levels, ack tracking, causal resolution of replica answers |
@@ -18,8 +22,12 @@
 
 pub mod breaker;
 pub mod clock;
+pub mod crdt;
 pub mod detector;
+pub mod merkle;
 pub mod quorum;
+pub mod range;
+pub mod ring;
 
 use serde::{Deserialize, Serialize};
 
