@@ -1,0 +1,49 @@
+//! Compiles the .proto files under `proto/` without `protoc`: `protox` parses them into a
+//! file descriptor set, `tonic-prost-build` generates messages, clients and servers from it,
+//! and the set itself (without source comments) is written out for gRPC reflection.
+
+use std::path::PathBuf;
+
+use prost::Message as _;
+
+/// Every file compiled, relative to the `proto` include directory.
+const PROTOS: &[&str] = &[
+    "etcd/mvccpb/kv.proto",
+    "etcd/authpb/auth.proto",
+    "etcd/etcdserverpb/rpc.proto",
+    "etcd/v3electionpb/v3election.proto",
+    "etcd/v3lockpb/v3lock.proto",
+    "concord/peer/v1/peer.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let include = manifest_dir.join("proto");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+
+    println!("cargo:rerun-if-changed=proto");
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed=proto/{proto}");
+    }
+
+    // Comments are kept for the generated rustdoc; the embedded set drops them, since
+    // reflection clients only need the schema.
+    let fds = protox::compile(PROTOS.iter().map(|p| include.join(p)), [&include])?;
+    let mut embedded = fds.clone();
+    for file in &mut embedded.file {
+        file.source_code_info = None;
+    }
+    std::fs::write(
+        out_dir.join("concord_descriptor.bin"),
+        embedded.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        // Channels (`connect`) would pull tonic's transport into every user of the crate;
+        // callers build their own `Channel` and use `with_origin`/`new` instead.
+        .build_transport(false)
+        // Raft messages and snapshot chunks are opaque payloads passed on without copying.
+        .bytes(".concord.peer.v1")
+        .compile_fds(fds)?;
+    Ok(())
+}
