@@ -17,7 +17,7 @@ fn hlc(c: &mut Criterion) {
         let mut physical_ms = 1_700_000_000_000u64;
         b.iter(|| {
             // Physical time advances every 64 calls, so both branches are exercised.
-            physical_ms += u64::from(clock.last().logical % 64 == 0);
+            physical_ms += u64::from(clock.last().logical.is_multiple_of(64));
             black_box(clock.now(black_box(physical_ms)))
         })
     });

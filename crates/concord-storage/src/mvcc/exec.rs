@@ -1,0 +1,616 @@
+//! Execution of commands inside one redb write transaction: etcd's apply logic for put,
+//! delete-range, txn (with its compares and nested txns), compaction, leases and alarms.
+//!
+//! # Guarantees
+//!
+//! 1. A command either fails its checks with a [`RequestError`] and changes nothing, or
+//!    applies completely: every check etcd makes before executing (lease exists, key
+//!    exists for `ignore_*`, revisions in range, no duplicate keys, NOSPACE) runs on the
+//!    whole path of a transaction before its first write.
+//! 2. All changes of one command share one main revision, with sub-revisions in execution
+//!    order; a command that changes no key does not advance the revision.
+//! 3. Compares of a transaction, nested ones included, are evaluated against the state
+//!    before the transaction, as etcd does.
+
+use std::ops::Bound;
+
+use redb::{ReadableTable, Table};
+
+use super::keys::{
+    encode_version, key_rev, lease_key, lease_key_entry, seal, unseal, Revision, Version,
+};
+use super::read::{get_at, key_bounds, range_at};
+use super::types::*;
+use crate::errors::{RequestError, StoreError};
+
+pub(crate) type T<'a> = Table<'a, &'static [u8], &'static [u8]>;
+
+/// Open tables and counters of one write transaction.
+pub(crate) struct Exec<'a> {
+    pub(crate) key_revs: T<'a>,
+    pub(crate) rev_keys: T<'a>,
+    pub(crate) leases: T<'a>,
+    pub(crate) lease_keys: T<'a>,
+    /// Store revision before the current command.
+    pub(crate) current: i64,
+    pub(crate) compacted: i64,
+    pub(crate) nospace: bool,
+    // Changes made by the current command so far.
+    sub: i64,
+}
+
+type Outcome = Result<Response, RequestError>;
+
+impl<'a> Exec<'a> {
+    pub(crate) fn new(
+        key_revs: T<'a>,
+        rev_keys: T<'a>,
+        leases: T<'a>,
+        lease_keys: T<'a>,
+        current: i64,
+        compacted: i64,
+        nospace: bool,
+    ) -> Self {
+        Self {
+            key_revs,
+            rev_keys,
+            leases,
+            lease_keys,
+            current,
+            compacted,
+            nospace,
+            sub: 0,
+        }
+    }
+
+    fn main(&self) -> i64 {
+        self.current + 1
+    }
+
+    /// Revision a read inside the current command sees.
+    fn read_rev(&self) -> i64 {
+        if self.sub > 0 {
+            self.main()
+        } else {
+            self.current
+        }
+    }
+
+    /// Runs one command; on return the revision is advanced if it changed anything.
+    pub(crate) fn run(&mut self, cmd: &Command) -> Result<Outcome, StoreError> {
+        self.sub = 0;
+        let out = self.dispatch(cmd)?;
+        if self.sub > 0 {
+            self.current += 1;
+        }
+        Ok(out.map(|r| fill_revision(r, self.current)))
+    }
+
+    fn dispatch(&mut self, cmd: &Command) -> Result<Outcome, StoreError> {
+        match cmd {
+            Command::Noop => Ok(Ok(Response::Revision(0))),
+            Command::Put(p) => {
+                if self.nospace {
+                    return Ok(Err(RequestError::NoSpace));
+                }
+                if let Err(e) = self.check_put(p)? {
+                    return Ok(Err(e));
+                }
+                Ok(Ok(Response::Put(self.put(p)?)))
+            }
+            Command::DeleteRange(d) => {
+                if d.key.is_empty() {
+                    return Ok(Err(RequestError::EmptyKey));
+                }
+                Ok(Ok(Response::DeleteRange(self.delete_range(d)?)))
+            }
+            Command::Txn(t) => {
+                if self.nospace && txn_has_put(t) {
+                    return Ok(Err(RequestError::NoSpace));
+                }
+                if let Err(e) = check_intervals(&t.success).and(check_intervals(&t.failure)) {
+                    return Ok(Err(e));
+                }
+                let mut path = Vec::new();
+                self.compare_path(t, &mut path)?;
+                let mut at = 0;
+                if let Err(e) = self.check_txn(t, &path, &mut at)? {
+                    return Ok(Err(e));
+                }
+                let mut at = 0;
+                Ok(Ok(Response::Txn(self.txn(t, &path, &mut at)?)))
+            }
+            Command::Compact { revision } => {
+                if *revision <= self.compacted {
+                    return Ok(Err(RequestError::Compacted));
+                }
+                if *revision > self.current {
+                    return Ok(Err(RequestError::FutureRevision));
+                }
+                self.compacted = *revision;
+                Ok(Ok(Response::Revision(0)))
+            }
+            Command::LeaseGrant { id, ttl } => {
+                if self.nospace {
+                    return Ok(Err(RequestError::NoSpace));
+                }
+                if *id == 0 {
+                    return Ok(Err(RequestError::ZeroLeaseId));
+                }
+                if self.leases.get(lease_key(*id).as_slice())?.is_some() {
+                    return Ok(Err(RequestError::LeaseExists));
+                }
+                let mut v = ttl.to_le_bytes().to_vec();
+                v.extend_from_slice(&0i64.to_le_bytes());
+                let k = lease_key(*id);
+                self.leases.insert(k.as_slice(), seal(&k, &v).as_slice())?;
+                Ok(Ok(Response::Revision(0)))
+            }
+            Command::LeaseRevoke { id } => {
+                if self.leases.get(lease_key(*id).as_slice())?.is_none() {
+                    return Ok(Err(RequestError::LeaseNotFound));
+                }
+                for key in lease_keys_of(&self.lease_keys, *id)? {
+                    let d = DeleteRangeRequest {
+                        key,
+                        range_end: Vec::new(),
+                        prev_kv: false,
+                    };
+                    self.delete_range(&d)?;
+                }
+                self.leases.remove(lease_key(*id).as_slice())?;
+                Ok(Ok(Response::Revision(0)))
+            }
+            Command::LeaseCheckpoint { id, remaining_ttl } => {
+                let k = lease_key(*id);
+                let ttl = match self.leases.get(k.as_slice())? {
+                    None => return Ok(Err(RequestError::LeaseNotFound)),
+                    Some(v) => unseal(&k, v.value())
+                        .filter(|v| v.len() == 16)
+                        .map(|b| b[..8].to_vec()),
+                };
+                let mut v = ttl.ok_or_else(|| StoreError::Corrupt("lease record".into()))?;
+                v.extend_from_slice(&remaining_ttl.to_le_bytes());
+                self.leases.insert(k.as_slice(), seal(&k, &v).as_slice())?;
+                Ok(Ok(Response::Revision(0)))
+            }
+            Command::AlarmNoSpace => {
+                self.nospace = true;
+                Ok(Ok(Response::Revision(0)))
+            }
+            Command::AlarmDisarm => {
+                self.nospace = false;
+                Ok(Ok(Response::Revision(0)))
+            }
+        }
+    }
+
+    fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(self.leases.get(lease_key(id).as_slice())?.is_some())
+    }
+
+    fn check_put(&self, p: &PutRequest) -> Result<Result<(), RequestError>, StoreError> {
+        if p.key.is_empty() {
+            return Ok(Err(RequestError::EmptyKey));
+        }
+        if p.ignore_value && !p.value.is_empty() {
+            return Ok(Err(RequestError::ValueProvided));
+        }
+        if p.ignore_lease && p.lease != 0 {
+            return Ok(Err(RequestError::LeaseProvided));
+        }
+        if (p.ignore_value || p.ignore_lease)
+            && get_at(&self.key_revs, &p.key, self.read_rev())?.is_none()
+        {
+            return Ok(Err(RequestError::KeyNotFound));
+        }
+        if p.lease != 0 && !self.lease_exists(p.lease)? {
+            return Ok(Err(RequestError::LeaseNotFound));
+        }
+        Ok(Ok(()))
+    }
+
+    fn check_range(&self, r: &RangeRequest) -> Result<(), RequestError> {
+        if r.key.is_empty() {
+            return Err(RequestError::EmptyKey);
+        }
+        if r.revision > self.current {
+            return Err(RequestError::FutureRevision);
+        }
+        if r.revision > 0 && r.revision < self.compacted {
+            return Err(RequestError::Compacted);
+        }
+        Ok(())
+    }
+
+    fn check_txn(
+        &self,
+        t: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<Result<(), RequestError>, StoreError> {
+        let ok = path.get(*at).copied().unwrap_or(false);
+        *at += 1;
+        let ops = if ok { &t.success } else { &t.failure };
+        for op in ops {
+            let r = match op {
+                RequestOp::Range(r) => self.check_range(r),
+                RequestOp::Put(p) => self.check_put(p)?,
+                RequestOp::DeleteRange(d) if d.key.is_empty() => Err(RequestError::EmptyKey),
+                RequestOp::DeleteRange(_) => Ok(()),
+                RequestOp::Txn(inner) => self.check_txn(inner, path, at)?,
+            };
+            if r.is_err() {
+                return Ok(r);
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    // Evaluates the compares of `t` and of the nested txns on the path taken, in the
+    // order the ops will run, all against the state before the transaction.
+    fn compare_path(&self, t: &TxnRequest, path: &mut Vec<bool>) -> Result<(), StoreError> {
+        let mut ok = true;
+        for c in &t.compare {
+            if !self.compare(c)? {
+                ok = false;
+                break;
+            }
+        }
+        path.push(ok);
+        let ops = if ok { &t.success } else { &t.failure };
+        for op in ops {
+            if let RequestOp::Txn(inner) = op {
+                self.compare_path(inner, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
+        let kvs = if c.range_end.is_empty() {
+            get_at(&self.key_revs, &c.key, self.current)?
+                .into_iter()
+                .collect()
+        } else {
+            range_at(&self.key_revs, &c.key, &c.range_end, self.current)?
+        };
+        if kvs.is_empty() {
+            if matches!(c.target, CompareTarget::Value(_)) {
+                return Ok(false);
+            }
+            return Ok(compare_kv(c, &KeyValue::default()));
+        }
+        Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+    }
+
+    fn txn(
+        &mut self,
+        t: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> Result<TxnResponse, StoreError> {
+        let ok = path.get(*at).copied().unwrap_or(false);
+        *at += 1;
+        let ops = if ok { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            responses.push(match op {
+                RequestOp::Range(r) => {
+                    let rev = self.read_rev();
+                    ResponseOp::Range(range_request(&self.key_revs, r, rev)?)
+                }
+                RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
+                RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
+                RequestOp::Txn(inner) => ResponseOp::Txn(self.txn(inner, path, at)?),
+            });
+        }
+        Ok(TxnResponse {
+            revision: 0,
+            succeeded: ok,
+            responses,
+        })
+    }
+
+    fn next_rev(&mut self) -> Revision {
+        let r = Revision {
+            main: self.main(),
+            sub: self.sub,
+        };
+        self.sub += 1;
+        r
+    }
+
+    fn write_version(&mut self, key: &[u8], rev: Revision, v: &Version) -> Result<(), StoreError> {
+        let k = key_rev(key, rev);
+        self.key_revs
+            .insert(k.as_slice(), encode_version(&k, v).as_slice())?;
+        let r = rev.to_bytes();
+        self.rev_keys
+            .insert(r.as_slice(), seal(&r, key).as_slice())?;
+        Ok(())
+    }
+
+    // Assumes `check_put` passed.
+    fn put(&mut self, p: &PutRequest) -> Result<PutResponse, StoreError> {
+        let prev = get_at(&self.key_revs, &p.key, self.read_rev())?;
+        let rev = self.next_rev();
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(prev), true) => prev.lease,
+            _ => p.lease,
+        };
+        let value = match (&prev, p.ignore_value) {
+            (Some(prev), true) => prev.value.clone(),
+            _ => p.value.clone(),
+        };
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision: prev.as_ref().map_or(rev.main, |k| k.create_revision),
+            mod_revision: rev.main,
+            version: prev.as_ref().map_or(1, |k| k.version + 1),
+            value,
+            lease,
+        };
+        self.write_version(&p.key, rev, &Version::Live(kv))?;
+        let old_lease = prev.as_ref().map_or(0, |k| k.lease);
+        if old_lease != 0 && old_lease != lease {
+            self.lease_keys
+                .remove(lease_key_entry(old_lease, &p.key).as_slice())?;
+        }
+        if lease != 0 {
+            let k = lease_key_entry(lease, &p.key);
+            self.lease_keys
+                .insert(k.as_slice(), seal(&k, &[]).as_slice())?;
+        }
+        Ok(PutResponse {
+            revision: 0,
+            prev_kv: if p.prev_kv { prev } else { None },
+        })
+    }
+
+    fn delete_range(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, StoreError> {
+        let kvs = if d.range_end.is_empty() {
+            get_at(&self.key_revs, &d.key, self.read_rev())?
+                .into_iter()
+                .collect()
+        } else {
+            range_at(&self.key_revs, &d.key, &d.range_end, self.read_rev())?
+        };
+        for kv in &kvs {
+            let rev = self.next_rev();
+            self.write_version(&kv.key, rev, &Version::Tombstone)?;
+            if kv.lease != 0 {
+                self.lease_keys
+                    .remove(lease_key_entry(kv.lease, &kv.key).as_slice())?;
+            }
+        }
+        Ok(DeleteRangeResponse {
+            revision: 0,
+            deleted: kvs.len() as i64,
+            prev_kvs: if d.prev_kv { kvs } else { Vec::new() },
+        })
+    }
+}
+
+/// Keys attached to lease `id`.
+pub(crate) fn lease_keys_of<L: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &L,
+    id: i64,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let start = lease_key(id);
+    let end = (id as u64).checked_add(1).map(u64::to_be_bytes);
+    let range = (
+        Bound::Included(start.as_slice()),
+        end.as_ref()
+            .map_or(Bound::Unbounded, |e| Bound::Excluded(e.as_slice())),
+    );
+    let mut out = Vec::new();
+    for item in t.range::<&[u8]>(range)? {
+        let (k, v) = item?;
+        let key = unseal(k.value(), v.value())
+            .and_then(|_| k.value().get(8..))
+            .ok_or_else(|| StoreError::Corrupt("lease_keys row".into()))?;
+        out.push(key.to_vec());
+    }
+    Ok(out)
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let ord = match &c.target {
+        CompareTarget::Version(v) => kv.version.cmp(v),
+        CompareTarget::Create(v) => kv.create_revision.cmp(v),
+        CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+        CompareTarget::Lease(v) => kv.lease.cmp(v),
+        CompareTarget::Value(v) => kv.value.as_slice().cmp(v.as_slice()),
+    };
+    match c.result {
+        CompareResult::Equal => ord == Ordering::Equal,
+        CompareResult::NotEqual => ord != Ordering::Equal,
+        CompareResult::Greater => ord == Ordering::Greater,
+        CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+fn txn_has_put(t: &TxnRequest) -> bool {
+    t.success.iter().chain(&t.failure).any(|op| match op {
+        RequestOp::Put(_) => true,
+        RequestOp::Txn(inner) => txn_has_put(inner),
+        _ => false,
+    })
+}
+
+type Interval = (Vec<u8>, Vec<u8>);
+
+fn intersects(dels: &[Interval], key: &[u8]) -> bool {
+    dels.iter().any(|(s, e)| {
+        if e.is_empty() {
+            s.as_slice() == key
+        } else if e.as_slice() == [0] {
+            key >= s.as_slice()
+        } else {
+            key >= s.as_slice() && key < e.as_slice()
+        }
+    })
+}
+
+fn check_intervals(ops: &[RequestOp]) -> Result<(), RequestError> {
+    intervals(ops).map(|_| ())
+}
+
+// etcd's `checkIntervals`: no key is put twice, nor put inside a deleted range, along any
+// path through the transaction (the two branches of a nested txn exclude each other).
+fn intervals(
+    ops: &[RequestOp],
+) -> Result<(std::collections::BTreeSet<Vec<u8>>, Vec<Interval>), RequestError> {
+    let mut dels: Vec<Interval> = ops
+        .iter()
+        .filter_map(|op| match op {
+            RequestOp::DeleteRange(d) => Some((d.key.clone(), d.range_end.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut puts = std::collections::BTreeSet::new();
+    for op in ops {
+        let RequestOp::Txn(t) = op else { continue };
+        let (puts_then, dels_then) = intervals(&t.success)?;
+        let (puts_else, dels_else) = intervals(&t.failure)?;
+        for k in &puts_then {
+            if puts.contains(k) || intersects(&dels, k) {
+                return Err(RequestError::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        for k in &puts_else {
+            if (puts.contains(k) && !puts_then.contains(k)) || intersects(&dels, k) {
+                return Err(RequestError::DuplicateKey);
+            }
+            puts.insert(k.clone());
+        }
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let RequestOp::Put(p) = op else { continue };
+        if puts.contains(&p.key) || intersects(&dels, &p.key) {
+            return Err(RequestError::DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
+}
+
+fn fill_revision(r: Response, rev: i64) -> Response {
+    match r {
+        Response::Revision(_) => Response::Revision(rev),
+        Response::Put(mut p) => {
+            p.revision = rev;
+            Response::Put(p)
+        }
+        Response::DeleteRange(mut d) => {
+            d.revision = rev;
+            Response::DeleteRange(d)
+        }
+        Response::Txn(t) => Response::Txn(fill_txn(t, rev)),
+    }
+}
+
+fn fill_txn(mut t: TxnResponse, rev: i64) -> TxnResponse {
+    t.revision = rev;
+    for r in &mut t.responses {
+        match r {
+            ResponseOp::Range(_) => {}
+            ResponseOp::Put(p) => p.revision = rev,
+            ResponseOp::DeleteRange(d) => d.revision = rev,
+            ResponseOp::Txn(inner) => *inner = fill_txn(std::mem::take(inner), rev),
+        }
+    }
+    t
+}
+
+/// etcd's range: count over the whole range, filters, sort, then limit (see
+/// `etcdserver/apply.go`, `Range`). `rev` is the store's current revision as seen by the
+/// caller; `r.revision <= 0` reads at it.
+pub(crate) fn range_request<K: super::read::Tbl>(
+    t: &K,
+    r: &RangeRequest,
+    current: i64,
+) -> Result<RangeResponse, StoreError> {
+    let at = if r.revision > 0 { r.revision } else { current };
+    let mut kvs = Vec::new();
+    let mut count = 0i64;
+    let filtered = r.sort_order != SortOrder::None
+        || r.min_mod_revision != 0
+        || r.max_mod_revision != 0
+        || r.min_create_revision != 0
+        || r.max_create_revision != 0;
+    // etcd fetches limit + 1 keys to know `more` when nothing forces a full fetch.
+    let fetch = if r.limit > 0 && !filtered {
+        r.limit as usize + 1
+    } else {
+        usize::MAX
+    };
+    let bounded = key_bounds(&r.key, &r.range_end).is_some();
+    if bounded {
+        super::read::scan_at(t, &r.key, &r.range_end, at, |kv| {
+            count += 1;
+            if !r.count_only && kvs.len() < fetch {
+                kvs.push(kv);
+            }
+            true
+        })?;
+    }
+    if r.count_only {
+        return Ok(RangeResponse {
+            revision: current,
+            kvs: Vec::new(),
+            more: false,
+            count,
+        });
+    }
+    kvs.retain(|kv| {
+        (r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
+            && (r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)
+            && (r.max_create_revision == 0 || kv.create_revision <= r.max_create_revision)
+            && (r.min_create_revision == 0 || kv.create_revision >= r.min_create_revision)
+    });
+    let mut order = r.sort_order;
+    if r.sort_target != SortTarget::Key && order == SortOrder::None {
+        order = SortOrder::Ascend;
+    } else if r.sort_target == SortTarget::Key && order == SortOrder::Ascend {
+        order = SortOrder::None;
+    }
+    if order != SortOrder::None {
+        // Stable, so keys with equal targets stay in key order.
+        kvs.sort_by(|a, b| {
+            let o = match r.sort_target {
+                SortTarget::Key => a.key.cmp(&b.key),
+                SortTarget::Version => a.version.cmp(&b.version),
+                SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+                SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+                SortTarget::Value => a.value.cmp(&b.value),
+            };
+            if order == SortOrder::Descend {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+    }
+    let mut more = false;
+    if r.limit > 0 && kvs.len() > r.limit as usize {
+        kvs.truncate(r.limit as usize);
+        more = true;
+    }
+    if r.keys_only {
+        for kv in &mut kvs {
+            kv.value.clear();
+        }
+    }
+    Ok(RangeResponse {
+        revision: current,
+        kvs,
+        more,
+        count,
+    })
+}

@@ -1,0 +1,691 @@
+//! The MVCC state machine: etcd v3's key-value semantics on redb.
+//!
+//! Tables (all `&[u8] -> &[u8]`, see `docs/storage.md`):
+//!
+//! * `key_revs`: `encode_key(key) ++ main ++ sub` → a version (live value or tombstone).
+//!   A key's generations are its runs of versions between tombstones: `create_revision`
+//!   and `version` are stored in each version, so any historical read is one lookup.
+//! * `rev_keys`: `main ++ sub` → key, the change log in revision order (compaction walks it;
+//!   watches will too).
+//! * `leases`: id → TTL and last checkpointed remaining TTL; `lease_keys`: id ++ key.
+//! * `meta`: the applied Raft index, the current and compacted revisions, the compaction
+//!   cursor and the NOSPACE alarm.
+//!
+//! # Guarantees
+//!
+//! 1. **Idempotent apply.** The applied Raft index is written in the same redb transaction
+//!    as the effects of the commands up to it; [`MvccStore::apply`] skips an index at or
+//!    below it, so replaying the WAL after a crash changes nothing twice.
+//! 2. **etcd semantics** (see `exec.rs` and `read.rs`): one main revision per write command,
+//!    sub-revisions within, historical reads until compacted, etcd's error strings.
+//! 3. **Deterministic.** The result of a command depends only on the state and the command
+//!    (the quota is enforced through the replicated NOSPACE alarm, not a local size check).
+//! 4. **Bounded work per call.** [`MvccStore::compact_step`] reclaims at most
+//!    [`MvccConfig::compaction_batch`] revisions per call; reads are correct at any point.
+//! 5. **Durability is the WAL's.** Applies commit without `fsync` unless
+//!    [`MvccConfig::sync_applies`] (and for one commit in
+//!    [`MvccConfig::durable_every_commits`], which lets redb reuse freed pages); after a
+//!    crash the store is at its last durable commit and the WAL replays the rest. So the
+//!    WAL may drop entries only up to [`MvccStore::sync`]'s applied index.
+//! 6. **Damage is an error, not data.** Every row's value ends with a CRC32C of the row's
+//!    key and value, checked on every read (redb does not checksum pages on reads).
+
+mod exec;
+pub(crate) mod keys;
+pub(crate) mod read;
+#[cfg(test)]
+mod tests;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::disk::{Disk, DiskFile, RedbBackend};
+use crate::errors::{RequestError, StoreError};
+use exec::Exec;
+pub use keys::Revision as MvccRevision;
+use keys::{
+    check_version, decode_key_rev, decode_version, is_tombstone, key_rev, lease_key, seal, unseal,
+    Revision, Version,
+};
+use types::*;
+
+pub(crate) type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
+pub(crate) const KEY_REVS: Def = TableDefinition::new("key_revs");
+pub(crate) const REV_KEYS: Def = TableDefinition::new("rev_keys");
+pub(crate) const LEASES: Def = TableDefinition::new("leases");
+pub(crate) const LEASE_KEYS: Def = TableDefinition::new("lease_keys");
+pub(crate) const META: Def = TableDefinition::new("meta");
+/// Every table, in the order snapshots stream them.
+pub(crate) const TABLES: [Def; 5] = [META, LEASES, LEASE_KEYS, REV_KEYS, KEY_REVS];
+
+const M_APPLIED: &[u8] = b"applied_index";
+const M_REVISION: &[u8] = b"revision";
+const M_COMPACTED: &[u8] = b"compacted_revision";
+const M_COMPACT_CURSOR: &[u8] = b"compact_cursor";
+const M_NOSPACE: &[u8] = b"alarm_nospace";
+
+/// State-machine settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MvccConfig {
+    /// Backend size above which [`MvccStore::admit`] refuses writes (etcd's
+    /// `--quota-backend-bytes`, default 2 GiB).
+    pub quota_bytes: u64,
+    /// Most revisions one [`MvccStore::compact_step`] reclaims.
+    pub compaction_batch: usize,
+    /// `fsync` every apply (off: the WAL is the durable record, see the module docs).
+    pub sync_applies: bool,
+    /// Without `sync_applies`, every this many commits one is made durable anyway: redb
+    /// can reuse the pages freed by non-durable commits only after a durable one, so
+    /// without it the file grows with every commit.
+    pub durable_every_commits: u32,
+    /// redb page cache size.
+    pub cache_bytes: usize,
+}
+
+impl Default for MvccConfig {
+    fn default() -> Self {
+        Self {
+            quota_bytes: 2 << 30,
+            compaction_batch: 1000,
+            sync_applies: false,
+            durable_every_commits: 128,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// One stored version: key, revision, and the value (`None` for a tombstone).
+pub type StoredVersion = (Vec<u8>, Revision, Option<KeyValue>);
+
+/// Outcome of applying one command: `None` if its index was applied before.
+pub type ApplyResult = Option<Result<Response, RequestError>>;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Meta {
+    applied: u64,
+    revision: i64,
+    compacted: i64,
+    cursor: Revision,
+    nospace: bool,
+}
+
+/// The state machine. See the module docs.
+pub struct MvccStore<D: Disk> {
+    disk: D,
+    path: PathBuf,
+    config: MvccConfig,
+    db: Database,
+    size_probe: D::File,
+    // Invariant: equal to what the meta table holds as of the last commit.
+    meta: Meta,
+    // Non-durable commits since the last durable one.
+    lazy_commits: u32,
+}
+
+impl<D: Disk> std::fmt::Debug for MvccStore<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MvccStore")
+            .field("path", &self.path)
+            .field("meta", &self.meta)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A sealed meta value (0 if absent).
+pub(crate) fn get_u64<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    key: &[u8],
+) -> Result<u64, StoreError> {
+    match t.get(key)? {
+        None => Ok(0),
+        Some(v) => {
+            let b: [u8; 8] = unseal(key, v.value())
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("meta value {}", String::from_utf8_lossy(key)))
+                })?;
+            Ok(u64::from_le_bytes(b))
+        }
+    }
+}
+
+fn read_meta<T: ReadableTable<&'static [u8], &'static [u8]>>(t: &T) -> Result<Meta, StoreError> {
+    let cursor = match t.get(M_COMPACT_CURSOR)? {
+        None => Revision::default(),
+        Some(v) => unseal(M_COMPACT_CURSOR, v.value())
+            .and_then(Revision::from_bytes)
+            .ok_or_else(|| StoreError::Corrupt("compaction cursor".into()))?,
+    };
+    Ok(Meta {
+        applied: get_u64(t, M_APPLIED)?,
+        revision: get_u64(t, M_REVISION)? as i64,
+        compacted: get_u64(t, M_COMPACTED)? as i64,
+        cursor,
+        nospace: get_u64(t, M_NOSPACE)? != 0,
+    })
+}
+
+fn write_meta(t: &mut exec::T<'_>, m: &Meta) -> Result<(), StoreError> {
+    let mut put = |k: &[u8], v: &[u8]| t.insert(k, seal(k, v).as_slice()).map(drop);
+    put(M_APPLIED, &m.applied.to_le_bytes())?;
+    put(M_REVISION, &(m.revision as u64).to_le_bytes())?;
+    put(M_COMPACTED, &(m.compacted as u64).to_le_bytes())?;
+    put(M_COMPACT_CURSOR, &m.cursor.to_bytes())?;
+    put(M_NOSPACE, &u64::from(m.nospace).to_le_bytes())?;
+    Ok(())
+}
+
+impl<D: Disk> MvccStore<D> {
+    /// Opens (or creates) the store in the file at `path`.
+    pub fn open(disk: D, path: impl Into<PathBuf>, config: MvccConfig) -> Result<Self, StoreError> {
+        let path = path.into();
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            disk.create_dir_all(dir).map_err(io)?;
+        }
+        let existed = disk.exists(&path).map_err(io)?;
+        let file = disk.open(&path, true).map_err(io)?;
+        let size_probe = disk.open(&path, false).map_err(io)?;
+        // redb's `check_integrity` would verify page checksums at open, but in redb 3.1 it
+        // panics on a damaged file instead of returning an error; versions carry their own
+        // checksum instead (see `keys::encode_version`).
+        let db = redb::Builder::new()
+            .set_cache_size(config.cache_bytes)
+            .create_with_backend(RedbBackend(file))
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                source: e.into(),
+            })?;
+        let txn = db.begin_write()?;
+        for def in TABLES {
+            txn.open_table(def)?;
+        }
+        let meta = read_meta(&txn.open_table(META)?)?;
+        txn.commit()?;
+        if !existed {
+            // The file's directory entry must be durable before anything in it counts.
+            if let Some(dir) = path.parent() {
+                disk.sync_dir(dir).map_err(io)?;
+            }
+        }
+        Ok(Self {
+            disk,
+            path,
+            config,
+            db,
+            size_probe,
+            meta,
+            lazy_commits: 0,
+        })
+    }
+
+    /// The file holding the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    pub(crate) fn disk(&self) -> &D {
+        &self.disk
+    }
+
+    /// Last Raft index applied.
+    pub fn applied_index(&self) -> u64 {
+        self.meta.applied
+    }
+
+    /// Current store revision.
+    pub fn revision(&self) -> i64 {
+        self.meta.revision
+    }
+
+    /// Revision below which reads fail.
+    pub fn compacted_revision(&self) -> i64 {
+        self.meta.compacted
+    }
+
+    /// Whether the NOSPACE alarm is raised.
+    pub fn nospace(&self) -> bool {
+        self.meta.nospace
+    }
+
+    /// Size of the backend file in bytes.
+    pub fn size_bytes(&self) -> Result<u64, StoreError> {
+        self.size_probe.byte_len().map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Bytes of the backend in use (etcd's `dbSizeInUse`): allocated pages, without the
+    /// free ones. Walks redb's allocator, so call it for status, not per request.
+    pub fn size_in_use_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write()?;
+        let stats = txn.stats()?;
+        let used = stats.allocated_pages() * stats.page_size() as u64;
+        txn.abort()?;
+        Ok(used)
+    }
+
+    /// The check etcd makes before proposing: writes (puts, txns with puts, lease grants)
+    /// are refused while the alarm is raised or the backend is over its quota; the caller
+    /// proposes [`Command::AlarmNoSpace`] in the latter case.
+    pub fn admit(&self, cmd: &Command) -> Result<Result<(), RequestError>, StoreError> {
+        let writes = match cmd {
+            Command::Put(_) | Command::LeaseGrant { .. } => true,
+            Command::Txn(t) => {
+                fn has_put(t: &TxnRequest) -> bool {
+                    t.success.iter().chain(&t.failure).any(|op| match op {
+                        RequestOp::Put(_) => true,
+                        RequestOp::Txn(i) => has_put(i),
+                        _ => false,
+                    })
+                }
+                has_put(t)
+            }
+            _ => false,
+        };
+        if writes && (self.meta.nospace || self.size_bytes()? > self.config.quota_bytes) {
+            return Ok(Err(RequestError::NoSpace));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Applies the command at Raft index `index` (skipped if already applied).
+    pub fn apply(&mut self, index: u64, cmd: &Command) -> Result<ApplyResult, StoreError> {
+        let mut out = self.apply_batch(&[(index, cmd)])?;
+        Ok(out.pop().flatten())
+    }
+
+    /// Applies consecutive commands in one redb transaction (one commit for a Ready).
+    pub fn apply_batch(
+        &mut self,
+        cmds: &[(u64, &Command)],
+    ) -> Result<Vec<ApplyResult>, StoreError> {
+        let txn = self.begin_write()?;
+        let mut meta = self.meta;
+        let mut out = Vec::with_capacity(cmds.len());
+        {
+            let mut ex = Exec::new(
+                txn.open_table(KEY_REVS)?,
+                txn.open_table(REV_KEYS)?,
+                txn.open_table(LEASES)?,
+                txn.open_table(LEASE_KEYS)?,
+                meta.revision,
+                meta.compacted,
+                meta.nospace,
+            );
+            for (index, cmd) in cmds {
+                if *index <= meta.applied {
+                    out.push(None);
+                    continue;
+                }
+                if *index != meta.applied + 1 {
+                    return Err(StoreError::ApplyGap {
+                        applied: meta.applied,
+                        index: *index,
+                    });
+                }
+                out.push(Some(ex.run(cmd)?));
+                meta.applied = *index;
+            }
+            meta.revision = ex.current;
+            meta.compacted = ex.compacted;
+            meta.nospace = ex.nospace;
+        }
+        write_meta(&mut txn.open_table(META)?, &meta)?;
+        txn.commit()?;
+        self.meta = meta;
+        Ok(out)
+    }
+
+    // A write transaction, durable per the config (see `durable_every_commits`).
+    fn begin_write(&mut self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        let durable =
+            self.config.sync_applies || self.lazy_commits + 1 >= self.config.durable_every_commits;
+        if durable {
+            txn.set_durability(Durability::Immediate)?;
+            txn.set_quick_repair(true);
+            self.lazy_commits = 0;
+        } else {
+            txn.set_durability(Durability::None)?;
+            self.lazy_commits += 1;
+        }
+        Ok(txn)
+    }
+
+    /// Makes everything applied so far durable; returns the durable applied index.
+    pub fn sync(&mut self) -> Result<u64, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.set_quick_repair(true);
+        txn.commit()?;
+        self.lazy_commits = 0;
+        Ok(self.meta.applied)
+    }
+
+    /// etcd's `KV.Range` on the local state (a serializable read).
+    pub fn range(
+        &self,
+        r: &RangeRequest,
+    ) -> Result<Result<RangeResponse, RequestError>, StoreError> {
+        if r.key.is_empty() {
+            return Ok(Err(RequestError::EmptyKey));
+        }
+        let txn = self.db.begin_read()?;
+        let meta = read_meta(&txn.open_table(META)?)?;
+        if r.revision > meta.revision {
+            return Ok(Err(RequestError::FutureRevision));
+        }
+        if r.revision > 0 && r.revision < meta.compacted {
+            return Ok(Err(RequestError::Compacted));
+        }
+        let t = txn.open_table(KEY_REVS)?;
+        Ok(Ok(exec::range_request(&t, r, meta.revision)?))
+    }
+
+    /// The lease `id` with its attached keys.
+    pub fn lease(&self, id: i64) -> Result<Option<Lease>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let leases = txn.open_table(LEASES)?;
+        let Some(v) = leases.get(lease_key(id).as_slice())? else {
+            return Ok(None);
+        };
+        let v = unseal(&lease_key(id), v.value())
+            .filter(|v| v.len() == 16)
+            .ok_or_else(|| StoreError::Corrupt(format!("lease {id} record")))?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&v[..8]);
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&v[8..]);
+        let keys = exec::lease_keys_of(&txn.open_table(LEASE_KEYS)?, id)?;
+        Ok(Some(Lease {
+            id,
+            ttl: i64::from_le_bytes(a),
+            remaining_ttl: i64::from_le_bytes(b),
+            keys,
+        }))
+    }
+
+    /// Ids of all leases, ascending.
+    pub fn lease_ids(&self) -> Result<Vec<i64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let leases = txn.open_table(LEASES)?;
+        let mut out = Vec::new();
+        for item in leases.iter()? {
+            let (k, _) = item?;
+            let b: [u8; 8] = k
+                .value()
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("lease key".into()))?;
+            out.push(u64::from_be_bytes(b) as i64);
+        }
+        Ok(out)
+    }
+
+    /// Reclaims the space of up to [`MvccConfig::compaction_batch`] revisions below the
+    /// compacted revision; returns whether compaction has caught up.
+    pub fn compact_step(&mut self) -> Result<bool, StoreError> {
+        // Changes at the compacted revision itself stay: a watch may start there.
+        let target = Revision {
+            main: self.meta.compacted - 1,
+            sub: i64::MAX,
+        };
+        if self.meta.cursor >= target || self.meta.compacted == 0 {
+            return Ok(true);
+        }
+        let txn = self.begin_write()?;
+        let mut meta = self.meta;
+        let done;
+        {
+            let mut key_revs = txn.open_table(KEY_REVS)?;
+            let mut rev_keys = txn.open_table(REV_KEYS)?;
+            let start = meta.cursor.to_bytes();
+            let end = target.to_bytes();
+            let mut batch = Vec::new();
+            for item in rev_keys.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
+                let (k, v) = item?;
+                let rev = Revision::from_bytes(k.value())
+                    .ok_or_else(|| StoreError::Corrupt("rev_keys key".into()))?;
+                if rev <= meta.cursor {
+                    continue;
+                }
+                let key = unseal(k.value(), v.value())
+                    .ok_or_else(|| StoreError::Corrupt(format!("change {rev:?}")))?;
+                batch.push((rev, key.to_vec()));
+                if batch.len() >= self.config.compaction_batch.max(1) {
+                    break;
+                }
+            }
+            done = batch.len() < self.config.compaction_batch.max(1);
+            for (rev, key) in &batch {
+                // Every older version of the key is superseded at `rev <= compacted`.
+                let lo = key_rev(key, Revision::default());
+                let hi = key_rev(key, *rev);
+                let mut old = Vec::new();
+                for item in key_revs.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
+                    old.push(item?.0.value().to_vec());
+                }
+                for k in old {
+                    key_revs.remove(k.as_slice())?;
+                }
+                let tombstone = match key_revs.get(hi.as_slice())? {
+                    Some(v) => is_tombstone(
+                        check_version(&hi, v.value())
+                            .ok_or_else(|| StoreError::Corrupt(format!("version {rev:?}")))?,
+                    ),
+                    None => false,
+                };
+                if tombstone {
+                    key_revs.remove(hi.as_slice())?;
+                }
+                rev_keys.remove(rev.to_bytes().as_slice())?;
+                meta.cursor = *rev;
+            }
+            if done {
+                meta.cursor = target;
+            }
+        }
+        write_meta(&mut txn.open_table(META)?, &meta)?;
+        txn.commit()?;
+        self.meta = meta;
+        Ok(done)
+    }
+
+    /// The changes from revision `from` on (at most `max_events`), in revision order, as
+    /// a watch reports them; `with_prev` adds each key's previous version.
+    pub fn events(
+        &self,
+        from: i64,
+        max_events: usize,
+        with_prev: bool,
+    ) -> Result<Result<Vec<Event>, RequestError>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = read_meta(&txn.open_table(META)?)?;
+        if from < meta.compacted {
+            return Ok(Err(RequestError::Compacted));
+        }
+        let rev_keys = txn.open_table(REV_KEYS)?;
+        let key_revs = txn.open_table(KEY_REVS)?;
+        let start = Revision {
+            main: from.max(1),
+            sub: 0,
+        }
+        .to_bytes();
+        let mut out = Vec::new();
+        for item in rev_keys.range::<&[u8]>(start.as_slice()..)? {
+            if out.len() >= max_events {
+                break;
+            }
+            let (k, v) = item?;
+            let rev = Revision::from_bytes(k.value())
+                .ok_or_else(|| StoreError::Corrupt("rev_keys key".into()))?;
+            let key = unseal(k.value(), v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("change {rev:?}")))?
+                .to_vec();
+            let stored = key_revs
+                .get(key_rev(&key, rev).as_slice())?
+                .ok_or_else(|| StoreError::Corrupt(format!("change {rev:?} has no version")))?;
+            let version = decode_version(&key_rev(&key, rev), key.clone(), rev, stored.value())
+                .ok_or_else(|| StoreError::Corrupt("key_revs value".into()))?;
+            let prev_kv = if with_prev {
+                read::get_at(&key_revs, &key, rev.main - 1)?
+            } else {
+                None
+            };
+            out.push(match version {
+                Version::Live(kv) => Event {
+                    kind: EventKind::Put,
+                    kv,
+                    prev_kv,
+                },
+                Version::Tombstone => Event {
+                    kind: EventKind::Delete,
+                    kv: KeyValue {
+                        key,
+                        mod_revision: rev.main,
+                        ..KeyValue::default()
+                    },
+                    prev_kv,
+                },
+            });
+        }
+        Ok(Ok(out))
+    }
+
+    /// Every stored version (key, revision, value or `None` for a tombstone) in key then
+    /// revision order: the physical content, for tests and hashes.
+    pub fn dump(&self) -> Result<Vec<StoredVersion>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(KEY_REVS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let (key, rev) = decode_key_rev(k.value())
+                .ok_or_else(|| StoreError::Corrupt("key_revs key".into()))?;
+            let version = decode_version(k.value(), key.clone(), rev, v.value())
+                .ok_or_else(|| StoreError::Corrupt("key_revs value".into()))?;
+            out.push((
+                key,
+                rev,
+                match version {
+                    Version::Live(kv) => Some(kv),
+                    Version::Tombstone => None,
+                },
+            ));
+        }
+        Ok(out)
+    }
+
+    /// etcd's `HashKV`: a CRC32C over the key history visible from the compacted revision
+    /// up to `revision` (0: current) — for each key, its last version below the compacted
+    /// revision if live, and every version from the compacted revision to `revision`.
+    /// Replicas with the same history agree whatever their physical compaction progress.
+    /// Returns the hash, the revision hashed and the compacted revision.
+    pub fn hash_kv(
+        &self,
+        revision: i64,
+    ) -> Result<Result<(u32, i64, i64), RequestError>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = read_meta(&txn.open_table(META)?)?;
+        let at = if revision > 0 {
+            revision
+        } else {
+            meta.revision
+        };
+        if at > meta.revision {
+            return Ok(Err(RequestError::FutureRevision));
+        }
+        if at < meta.compacted {
+            return Ok(Err(RequestError::Compacted));
+        }
+        let t = txn.open_table(KEY_REVS)?;
+        let mut crc = 0u32;
+        let add = |crc: u32, k: &[u8], v: &[u8]| {
+            let c = crc32c::crc32c_append(crc, &(k.len() as u32).to_le_bytes());
+            let c = crc32c::crc32c_append(c, k);
+            let c = crc32c::crc32c_append(c, &(v.len() as u32).to_le_bytes());
+            crc32c::crc32c_append(c, v)
+        };
+        let corrupt_row = || StoreError::Corrupt("key_revs value".into());
+        // The last version below the compacted revision of the current key.
+        let mut below: Option<(Vec<u8>, Vec<u8>)> = None;
+        let mut group: Vec<u8> = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let k = k.value();
+            let (_, rev) =
+                decode_key_rev(k).ok_or_else(|| StoreError::Corrupt("key_revs key".into()))?;
+            let enc = &k[..k.len() - 16];
+            if enc != group.as_slice() {
+                if let Some((bk, bv)) = below.take() {
+                    if !is_tombstone(check_version(&bk, &bv).ok_or_else(corrupt_row)?) {
+                        crc = add(crc, &bk, &bv);
+                    }
+                }
+                group.clear();
+                group.extend_from_slice(enc);
+            }
+            if rev.main < meta.compacted {
+                below = Some((k.to_vec(), v.value().to_vec()));
+            } else if rev.main <= at {
+                if let Some((bk, bv)) = below.take() {
+                    if !is_tombstone(check_version(&bk, &bv).ok_or_else(corrupt_row)?) {
+                        crc = add(crc, &bk, &bv);
+                    }
+                }
+                crc = add(crc, k, v.value());
+            }
+        }
+        if let Some((bk, bv)) = below.take() {
+            if !is_tombstone(check_version(&bk, &bv).ok_or_else(corrupt_row)?) {
+                crc = add(crc, &bk, &bv);
+            }
+        }
+        Ok(Ok((crc, at, meta.compacted)))
+    }
+
+    /// CRC32C over every table's keys and values (etcd's `HashKV` in spirit): equal on
+    /// replicas with equal physical state.
+    pub fn hash(&self) -> Result<u32, StoreError> {
+        let txn = self.db.begin_read()?;
+        let mut crc = 0u32;
+        for def in TABLES {
+            let t = txn.open_table(def)?;
+            for item in t.iter()? {
+                let (k, v) = item?;
+                crc = crc32c::crc32c_append(crc, &(k.value().len() as u32).to_le_bytes());
+                crc = crc32c::crc32c_append(crc, k.value());
+                crc = crc32c::crc32c_append(crc, &(v.value().len() as u32).to_le_bytes());
+                crc = crc32c::crc32c_append(crc, v.value());
+            }
+        }
+        Ok(crc)
+    }
+
+    /// Swaps in a database (an installed snapshot) and reloads the cached meta.
+    pub(crate) fn replace_db(&mut self, db: Database) -> Result<(), StoreError> {
+        let txn = db.begin_read()?;
+        let meta = read_meta(&txn.open_table(META)?)?;
+        drop(txn);
+        self.db = db;
+        self.meta = meta;
+        self.size_probe = self
+            .disk
+            .open(&self.path, false)
+            .map_err(|source| StoreError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+}
