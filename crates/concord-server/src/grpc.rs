@@ -1,0 +1,357 @@
+//! The network transport: Raft messages over concord-proto's `concord.peer.v1.Raft/Send`
+//! stream, one long-lived stream per ordered pair of members.
+//!
+//! Sending: [`GrpcTransport`] keeps, per peer, a bounded queue and a task that connects
+//! (with exponential backoff between attempts, 50 ms to 2 s), opens a `Send` stream and
+//! pushes one `RaftBatch` per queued batch of messages, at most [`MAX_IN_FLIGHT`] batches
+//! ahead of the peer's acknowledgements. Receiving: [`RaftPeerService`] steps every batch
+//! of a stream into the node's inbox and acknowledges it by sequence number.
+//!
+//! # Guarantees
+//!
+//! 1. Bounded memory: a peer's queue holds at most [`PEER_QUEUE_BATCHES`] batches; while
+//!    the peer is not connected, or its queue is full, [`Transport::send`] reports it
+//!    unreachable at once (Raft probes again later) instead of buffering.
+//! 2. Within one stream, batches arrive in order and are stepped in order; across a
+//!    reconnect, messages may be lost (never duplicated by the transport), which Raft
+//!    tolerates.
+//! 3. A stream from another cluster (`cluster_id` mismatch) is refused.
+//!
+//! # Limits (for later)
+//!
+//! * Snapshots travel inside a message on the `Send` stream (one `bytes` field holding the
+//!   whole image, up to [`MAX_MESSAGE_BYTES`]); the chunked `Snapshot` RPC is not served yet.
+//! * No TLS.
+//!
+//! # Fast failover
+//!
+//! When a peer's inbound stream breaks (a killed process's connections are reset by its
+//! kernel) and no new stream from it arrives within [`FAILOVER_GRACE`], the service calls
+//! its [`PeerDownHook`], which tells the node; a follower that loses its leader this way
+//! campaigns at once rather than after the election timeout.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use concord_proto::peer::raft_client::RaftClient;
+use concord_proto::peer::raft_server::{Raft, RaftServer};
+use concord_proto::peer::{RaftAck, RaftBatch, SnapshotAck, SnapshotChunk};
+use concord_raft::{Message, NodeId};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::codec;
+use crate::transport::{Transport, TransportError, INBOX_CAPACITY};
+
+/// Batches queued per peer before it is reported unreachable.
+pub const PEER_QUEUE_BATCHES: usize = 1024;
+/// Batches sent on a stream ahead of the peer's acknowledgements.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Largest gRPC message either side accepts (a snapshot travels as one message).
+pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
+
+struct Peer {
+    queue: mpsc::Sender<Vec<Message>>,
+    connected: Arc<AtomicBool>,
+}
+
+/// Sends Raft messages to peers over gRPC.
+pub struct GrpcTransport {
+    peers: BTreeMap<NodeId, Peer>,
+}
+
+impl std::fmt::Debug for GrpcTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcTransport")
+            .field("peers", &self.peers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl GrpcTransport {
+    /// A transport from node `from` of cluster `cluster_id` to `peers` (id → peer URL such
+    /// as `http://127.0.0.1:2380`); spawns one connection task per peer on the current
+    /// runtime. The tasks end when the transport is dropped.
+    pub fn new(from: NodeId, cluster_id: u64, peers: BTreeMap<NodeId, String>) -> Self {
+        let mut out = BTreeMap::new();
+        for (to, url) in peers {
+            if to == from {
+                continue;
+            }
+            let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
+            let connected = Arc::new(AtomicBool::new(false));
+            tokio::spawn(peer_loop(
+                PeerLink {
+                    from,
+                    to,
+                    cluster_id,
+                    url,
+                },
+                rx,
+                connected.clone(),
+            ));
+            out.insert(to, Peer { queue, connected });
+        }
+        Self { peers: out }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&self, to: NodeId, msgs: Vec<Message>) -> Result<(), TransportError> {
+        let peer = self.peers.get(&to).ok_or(TransportError::Unreachable(to))?;
+        if !peer.connected.load(Ordering::Acquire) {
+            return Err(TransportError::Unreachable(to));
+        }
+        peer.queue
+            .try_send(msgs)
+            .map_err(|_| TransportError::Unreachable(to))
+    }
+}
+
+struct PeerLink {
+    from: NodeId,
+    to: NodeId,
+    cluster_id: u64,
+    url: String,
+}
+
+async fn peer_loop(
+    link: PeerLink,
+    mut rx: mpsc::Receiver<Vec<Message>>,
+    connected: Arc<AtomicBool>,
+) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(50);
+    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    let mut backoff = MIN_BACKOFF;
+    let endpoint = match tonic::transport::Endpoint::from_shared(link.url.clone()) {
+        Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
+        Err(e) => {
+            tracing::error!(peer = link.to, url = %link.url, error = %e, "invalid peer url");
+            return;
+        }
+    };
+    loop {
+        if rx.is_closed() {
+            return;
+        }
+        match stream_to_peer(&link, &endpoint, &mut rx, &connected, &mut backoff).await {
+            StreamEnd::TransportDropped => return,
+            StreamEnd::Failed(e) => {
+                tracing::debug!(from = link.from, to = link.to, error = %e, "peer stream ended");
+            }
+        }
+        connected.store(false, Ordering::Release);
+        // Whatever was queued for a dead stream is stale by the time we reconnect.
+        while rx.try_recv().is_ok() {}
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+enum StreamEnd {
+    TransportDropped,
+    Failed(String),
+}
+
+async fn stream_to_peer(
+    link: &PeerLink,
+    endpoint: &tonic::transport::Endpoint,
+    rx: &mut mpsc::Receiver<Vec<Message>>,
+    connected: &AtomicBool,
+    backoff: &mut Duration,
+) -> StreamEnd {
+    let channel = match endpoint.connect().await {
+        Ok(c) => c,
+        Err(e) => return StreamEnd::Failed(e.to_string()),
+    };
+    let mut client = RaftClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (tx, brx) = mpsc::channel::<RaftBatch>(MAX_IN_FLIGHT);
+    let mut acks = match client.send(ReceiverStream::new(brx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => return StreamEnd::Failed(e.to_string()),
+    };
+    connected.store(true, Ordering::Release);
+    *backoff = Duration::from_millis(50);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            msgs = rx.recv() => {
+                let Some(msgs) = msgs else { return StreamEnd::TransportDropped };
+                seq += 1;
+                let batch = RaftBatch {
+                    cluster_id: link.cluster_id,
+                    from: link.from,
+                    to: link.to,
+                    seq,
+                    messages: msgs
+                        .iter()
+                        .map(|m| Bytes::from(codec::encode_message(m)))
+                        .collect(),
+                };
+                if tx.send(batch).await.is_err() {
+                    return StreamEnd::Failed("request stream closed".into());
+                }
+            }
+            ack = acks.message() => match ack {
+                Ok(Some(_)) => {}
+                Ok(None) => return StreamEnd::Failed("peer closed the stream".into()),
+                Err(e) => return StreamEnd::Failed(e.to_string()),
+            },
+        }
+    }
+}
+
+/// Creates a node inbox for use with [`RaftPeerService`]: the sender goes to the
+/// service, the receiver to [`crate::node::start`].
+pub fn inbox() -> (mpsc::Sender<Vec<Message>>, crate::transport::Inbox) {
+    mpsc::channel(INBOX_CAPACITY)
+}
+
+/// Called with a peer's id when its inbound stream ended and no new one arrived within
+/// [`FAILOVER_GRACE`] (see [`crate::node::NodeHandle::report_peer_down`]).
+pub type PeerDownHook = Arc<dyn Fn(NodeId) + Send + Sync>;
+
+/// How long a peer's stream may be gone before the peer is reported down.
+pub const FAILOVER_GRACE: Duration = Duration::from_millis(10);
+
+/// The receiving side: the `concord.peer.v1.Raft` service of one node.
+#[derive(Clone)]
+pub struct RaftPeerService {
+    cluster_id: u64,
+    inbox: mpsc::Sender<Vec<Message>>,
+    hook: Arc<std::sync::Mutex<Option<PeerDownHook>>>,
+    // Streams opened per peer, so a stream's end can tell whether a newer one exists.
+    generations: Arc<std::sync::Mutex<BTreeMap<NodeId, u64>>>,
+}
+
+impl std::fmt::Debug for RaftPeerService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftPeerService")
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Plain data; a panic elsewhere leaves it consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl RaftPeerService {
+    /// A service stepping what it receives into `inbox` (see [`inbox`]).
+    pub fn new(cluster_id: u64, inbox: mpsc::Sender<Vec<Message>>) -> Self {
+        Self {
+            cluster_id,
+            inbox,
+            hook: Arc::new(std::sync::Mutex::new(None)),
+            generations: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    /// Sets the fast-failover hook (typically calling
+    /// [`crate::node::NodeHandle::report_peer_down`]); clones of the service share it.
+    pub fn set_peer_down_hook(&self, hook: PeerDownHook) {
+        *lock(&self.hook) = Some(hook);
+    }
+
+    /// The tonic service, with message size limits raised for snapshots.
+    pub fn into_server(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+}
+
+#[tonic::async_trait]
+impl Raft for RaftPeerService {
+    type SendStream = ReceiverStream<Result<RaftAck, Status>>;
+
+    async fn send(
+        &self,
+        request: Request<Streaming<RaftBatch>>,
+    ) -> Result<Response<Self::SendStream>, Status> {
+        let mut stream = request.into_inner();
+        let (ack_tx, ack_rx) = mpsc::channel(MAX_IN_FLIGHT);
+        let inbox = self.inbox.clone();
+        let cluster_id = self.cluster_id;
+        let hook = self.hook.clone();
+        let generations = self.generations.clone();
+        tokio::spawn(async move {
+            // (peer, generation) once the first batch named the peer.
+            let mut peer: Option<(NodeId, u64)> = None;
+            while let Ok(Some(batch)) = stream.message().await {
+                if peer.is_none() {
+                    let mut g = lock(&generations);
+                    let gen = g.entry(batch.from).or_insert(0);
+                    *gen += 1;
+                    peer = Some((batch.from, *gen));
+                }
+                if batch.cluster_id != cluster_id {
+                    let _ = ack_tx
+                        .send(Err(Status::permission_denied("cluster id mismatch")))
+                        .await;
+                    return;
+                }
+                let mut msgs = Vec::with_capacity(batch.messages.len());
+                for m in &batch.messages {
+                    match codec::decode_message(m) {
+                        Ok(m) => msgs.push(m),
+                        Err(e) => {
+                            tracing::warn!(from = batch.from, error = %e, "undecodable raft message dropped")
+                        }
+                    }
+                }
+                match inbox.try_send(msgs) {
+                    // A full inbox drops the batch: Raft retransmits.
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+                if ack_tx.send(Ok(RaftAck { seq: batch.seq })).await.is_err() {
+                    return;
+                }
+            }
+            // The stream broke or ended: unless the peer is back within the grace period,
+            // report it down.
+            let Some((id, gen)) = peer else { return };
+            tokio::time::sleep(FAILOVER_GRACE).await;
+            if lock(&generations).get(&id).copied() != Some(gen) {
+                return;
+            }
+            let hook = lock(&hook).clone();
+            if let Some(hook) = hook {
+                hook(id);
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(ack_rx)))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<Streaming<SnapshotChunk>>,
+    ) -> Result<Response<SnapshotAck>, Status> {
+        Err(Status::unimplemented(
+            "snapshots travel on the Send stream in this version",
+        ))
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    service: RaftPeerService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

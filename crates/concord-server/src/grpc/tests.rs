@@ -1,0 +1,203 @@
+//! A 3-node cluster on loopback gRPC: elects, commits through every node, converges,
+//! including a node that starts late (its peers reconnect with backoff) and catches up.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_raft::{NodeId, StateRole};
+use concord_storage::mvcc::types::{Command, PutRequest};
+use tokio::sync::oneshot;
+
+use super::{inbox, serve, GrpcTransport, RaftPeerService};
+use crate::node::{start, NodeConfig, NodeHandle};
+
+const CLUSTER: u64 = 0xc0c0;
+
+async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn put(node: &NodeHandle, key: String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let cmd = Command::Put(PutRequest {
+            key: key.clone().into_bytes(),
+            value: b"v".to_vec(),
+            ..PutRequest::default()
+        });
+        if node.propose(cmd).await.is_ok() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "put {key} never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_over_loopback_grpc_commit_and_converge() {
+    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let mut listeners = BTreeMap::new();
+    let mut urls = BTreeMap::new();
+    for &id in &ids {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = l.local_addr().expect("local addr");
+        urls.insert(id, format!("http://{addr}"));
+        listeners.insert(id, l);
+    }
+    let dirs: Vec<_> = ids
+        .iter()
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let mut nodes = BTreeMap::new();
+    let mut stops = Vec::new();
+    let mut launch = |id: NodeId,
+                      listener: tokio::net::TcpListener,
+                      nodes: &mut BTreeMap<NodeId, NodeHandle>| {
+        let (in_tx, in_rx) = inbox();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listener,
+            RaftPeerService::new(CLUSTER, in_tx),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        stops.push(stop_tx);
+        let transport = GrpcTransport::new(id, CLUSTER, urls.clone());
+        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
+        cfg.tick = Duration::from_millis(20);
+        cfg.request_timeout = Duration::from_secs(5);
+        let node = start(cfg, Arc::new(transport), in_rx).expect("node starts");
+        nodes.insert(id, node);
+    };
+    // Node 3 comes up late: the others keep retrying its connection with backoff.
+    let late = listeners.remove(&3).expect("listener");
+    for id in [1, 2] {
+        let listener = listeners.remove(&id).expect("listener");
+        launch(id, listener, &mut nodes);
+    }
+    let leader = wait_for("a leader", || {
+        let st: Vec<_> = nodes.values().map(|n| n.status()).collect();
+        let l = st.iter().find(|s| s.role == StateRole::Leader)?.id;
+        st.iter().all(|s| s.leader == Some(l)).then_some(l)
+    })
+    .await;
+    assert!([1, 2].contains(&leader));
+    for (id, node) in &nodes {
+        for i in 0..10 {
+            put(node, format!("k{id}-{i}")).await;
+        }
+    }
+    launch(3, late, &mut nodes);
+    for i in 0..10 {
+        put(&nodes[&3], format!("k3-{i}")).await;
+    }
+    wait_for("stores to converge", || {
+        let hashes: Vec<_> = nodes.values().map(|n| n.hash_kv().ok()).collect();
+        let first = hashes[0]?;
+        (first.1 >= 30 && hashes.iter().all(|h| *h == Some(first))).then_some(())
+    })
+    .await;
+    for node in nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+    for s in stops {
+        let _ = s.send(());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn followers_replace_a_killed_leader_without_waiting_for_the_election_timeout() {
+    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let mut listeners = BTreeMap::new();
+    let mut urls = BTreeMap::new();
+    for &id in &ids {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        urls.insert(
+            id,
+            format!("http://{}", l.local_addr().expect("local addr")),
+        );
+        listeners.insert(id, l);
+    }
+    let dirs: Vec<_> = ids
+        .iter()
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let mut nodes = BTreeMap::new();
+    let mut stops = BTreeMap::new();
+    for &id in &ids {
+        let (in_tx, in_rx) = inbox();
+        let service = RaftPeerService::new(CLUSTER, in_tx);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listeners.remove(&id).expect("listener"),
+            service.clone(),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        stops.insert(id, stop_tx);
+        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
+        cfg.tick = Duration::from_millis(20);
+        // An election timeout of 100-200 s: far past the test's deadlines, so only the
+        // fast-failover path can elect a new leader in time.
+        cfg.election_ticks = 5000;
+        cfg.request_timeout = Duration::from_secs(5);
+        let transport = GrpcTransport::new(id, CLUSTER, urls.clone());
+        let node = start(cfg, Arc::new(transport), in_rx).expect("node starts");
+        let hook_node = node.clone();
+        service.set_peer_down_hook(Arc::new(move |peer| hook_node.report_peer_down(peer)));
+        nodes.insert(id, node);
+    }
+    // Elect node 1 explicitly (retrying until the peer streams are up).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !nodes.values().all(|n| n.status().leader == Some(1)) {
+        assert!(tokio::time::Instant::now() < deadline, "node 1 never led");
+        let _ = nodes[&1].campaign().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put(&nodes[&2], "before".to_string()).await;
+    let old_term = nodes[&2].status().term;
+    let old = nodes.remove(&1).expect("node 1");
+    old.shutdown().await.expect("shutdown");
+    if let Some(s) = stops.remove(&1) {
+        let _ = s.send(());
+    }
+    let new = wait_for("a new leader", || {
+        eprintln!(
+            "{:?}",
+            nodes.values().map(|n| n.status()).collect::<Vec<_>>()
+        );
+        nodes.values().find_map(|n| {
+            let s = n.status();
+            (s.role == StateRole::Leader && s.term > old_term).then_some(s.id)
+        })
+    })
+    .await;
+    assert!(new == 2 || new == 3);
+    put(&nodes[&2], "after".to_string()).await;
+    for node in nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+    for (_, s) in stops {
+        let _ = s.send(());
+    }
+}

@@ -1,0 +1,486 @@
+//! Clusters of real nodes (real disks in temp dirs) over the in-process network.
+//!
+//! Nothing here asserts on timing: every wait polls a condition with a generous deadline,
+//! and client writes retry until acknowledged, as a client would.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_raft::{ConfChange, ConfChangeSingle, ConfChangeType, ConfState, NodeId, StateRole};
+use concord_storage::mvcc::types::{Command, PutRequest, RangeRequest, Response};
+use tempfile::TempDir;
+
+use super::{start, NodeConfig, NodeHandle};
+use crate::error::NodeError;
+use crate::transport::LocalNetwork;
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    net: LocalNetwork,
+    ids: Vec<NodeId>,
+    dirs: BTreeMap<NodeId, TempDir>,
+    nodes: BTreeMap<NodeId, NodeHandle>,
+    tweak: fn(&mut NodeConfig),
+}
+
+fn no_tweak(_: &mut NodeConfig) {}
+
+impl Cluster {
+    fn new(n: u64, tweak: fn(&mut NodeConfig)) -> Self {
+        let ids: Vec<NodeId> = (1..=n).collect();
+        let mut c = Self {
+            net: LocalNetwork::new(),
+            ids: ids.clone(),
+            dirs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            tweak,
+        };
+        for id in ids {
+            c.dirs
+                .insert(id, tempfile::tempdir().expect("temp dir for a test node"));
+            c.start(id);
+        }
+        c
+    }
+
+    fn config(&self, id: NodeId) -> NodeConfig {
+        let mut cfg = NodeConfig::new(id, self.ids.clone(), self.dirs[&id].path());
+        cfg.tick = Duration::from_millis(20);
+        cfg.election_ticks = 10;
+        cfg.heartbeat_ticks = 1;
+        cfg.request_timeout = Duration::from_secs(5);
+        (self.tweak)(&mut cfg);
+        cfg
+    }
+
+    fn start(&mut self, id: NodeId) {
+        let (transport, inbox) = self.net.register(id);
+        let node = start(self.config(id), Arc::new(transport), inbox).expect("node starts");
+        self.nodes.insert(id, node);
+    }
+
+    /// Starts a new, empty node that joins the running cluster once added.
+    fn join(&mut self, id: NodeId) {
+        self.dirs
+            .insert(id, tempfile::tempdir().expect("temp dir for a test node"));
+        let (transport, inbox) = self.net.register(id);
+        let mut cfg = self.config(id);
+        cfg.initial_voters = Vec::new();
+        let node = start(cfg, Arc::new(transport), inbox).expect("joining node starts");
+        self.nodes.insert(id, node);
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        if let Some(n) = self.nodes.remove(&id) {
+            n.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    fn node(&self, id: NodeId) -> &NodeHandle {
+        &self.nodes[&id]
+    }
+
+    /// Waits until some running node is leader and every other running node follows it.
+    async fn leader(&self) -> NodeId {
+        wait_for("a leader all nodes agree on", || async {
+            let statuses: Vec<_> = self.nodes.values().map(|n| n.status()).collect();
+            let leader = statuses.iter().find(|s| s.role == StateRole::Leader)?.id;
+            statuses
+                .iter()
+                .all(|s| s.leader == Some(leader))
+                .then_some(leader)
+        })
+        .await
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+
+    /// Waits until every running node has the same store hash at a revision >= `min_rev`.
+    async fn converged(&self, min_rev: i64) -> (u32, i64) {
+        wait_for("stores to converge", || async {
+            let mut seen = None;
+            for n in self.nodes.values() {
+                let h = n.hash_kv().ok()?;
+                if h.1 < min_rev || seen.is_some_and(|s| s != h) {
+                    return None;
+                }
+                seen = Some(h);
+            }
+            seen
+        })
+        .await
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn put_cmd(key: &str, value: &str) -> Command {
+    Command::Put(PutRequest {
+        key: key.as_bytes().to_vec(),
+        value: value.as_bytes().to_vec(),
+        ..PutRequest::default()
+    })
+}
+
+/// Puts until acknowledged (a client retrying through elections); returns the revision.
+async fn put(node: &NodeHandle, key: &str, value: &str) -> i64 {
+    wait_for("a put to be acknowledged", || async {
+        match node.propose(put_cmd(key, value)).await {
+            Ok(Response::Put(p)) => Some(p.revision),
+            Ok(other) => panic!("unexpected response {other:?}"),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                None
+            }
+        }
+    })
+    .await
+}
+
+fn get_local(node: &NodeHandle, key: &str) -> Option<Vec<u8>> {
+    let r = node
+        .serializable_range(&RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..RangeRequest::default()
+        })
+        .expect("local read");
+    r.kvs.into_iter().next().map(|kv| kv.value)
+}
+
+async fn get_linearizable(node: &NodeHandle, key: &str) -> Option<Vec<u8>> {
+    let req = RangeRequest {
+        key: key.as_bytes().to_vec(),
+        ..RangeRequest::default()
+    };
+    wait_for("a linearizable read", || async {
+        match node.linearizable_range(&req).await {
+            Ok(r) => Some(r.kvs.into_iter().next().map(|kv| kv.value)),
+            Err(_) => None,
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_node_serves_and_refuses_bad_requests() {
+    let c = Cluster::new(1, no_tweak);
+    c.leader().await;
+    let n = c.node(1);
+    let rev = put(n, "a", "1").await;
+    let kv = n
+        .serializable_range(&RangeRequest {
+            key: b"a".to_vec(),
+            ..RangeRequest::default()
+        })
+        .expect("local read")
+        .kvs;
+    assert_eq!(kv.len(), 1);
+    assert_eq!(
+        (kv[0].value.as_slice(), kv[0].mod_revision),
+        (&b"1"[..], rev)
+    );
+    let big = "x".repeat(2 << 20);
+    assert_eq!(
+        n.propose(put_cmd("big", &big)).await,
+        Err(NodeError::RequestTooLarge)
+    );
+    // State-machine errors come back with etcd's strings.
+    let err = n
+        .propose(Command::LeaseRevoke { id: 12345 })
+        .await
+        .expect_err("unknown lease");
+    assert_eq!(err.to_string(), "etcdserver: requested lease not found");
+    let n = n.clone();
+    c.shutdown().await;
+    assert_eq!(n.propose(put_cmd("a", "2")).await, Err(NodeError::Stopped));
+    assert!(n.status().stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_elect_commit_through_every_node_and_converge() {
+    let c = Cluster::new(3, no_tweak);
+    c.leader().await;
+    let mut tasks = Vec::new();
+    for id in 1..=3u64 {
+        let node = c.node(id).clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..30 {
+                put(&node, &format!("k{id}-{i}"), &format!("v{i}")).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer task");
+    }
+    let (_, rev) = c.converged(90).await;
+    assert!(rev >= 90);
+    for id in 1..=3u64 {
+        for w in 1..=3u64 {
+            assert_eq!(
+                get_local(c.node(id), &format!("k{w}-29")),
+                Some(b"v29".to_vec())
+            );
+        }
+    }
+    // Every node agrees on one leader and the same applied index eventually.
+    let leader = c.leader().await;
+    assert!((1..=3).contains(&leader));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn linearizable_read_after_a_write_sees_it_on_every_node() {
+    let c = Cluster::new(3, no_tweak);
+    c.leader().await;
+    for round in 0..5 {
+        for id in 1..=3u64 {
+            let value = format!("v{round}-{id}");
+            put(c.node(id), "shared", &value).await;
+            let reader = c.node(id % 3 + 1);
+            assert_eq!(
+                get_linearizable(reader, "shared").await,
+                Some(value.into_bytes())
+            );
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitioned_leader_is_replaced_and_no_acknowledged_write_is_lost() {
+    let c = Cluster::new(3, no_tweak);
+    let old = c.leader().await;
+    let old_term = c.node(old).status().term;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let k = format!("before-{i}");
+        put(c.node(old), &k, "x").await;
+        acked.push(k);
+    }
+    c.net.isolate(old);
+    // Writes to the isolated leader cannot commit; whatever it acknowledges must survive.
+    let stranded = {
+        let node = c.node(old).clone();
+        tokio::spawn(async move {
+            let mut ok = Vec::new();
+            for i in 0..5 {
+                let k = format!("stranded-{i}");
+                if node.propose(put_cmd(&k, "x")).await.is_ok() {
+                    ok.push(k);
+                }
+            }
+            ok
+        })
+    };
+    let others: Vec<NodeId> = (1..=3).filter(|&i| i != old).collect();
+    let new = wait_for("a new leader among the majority", || async {
+        others.iter().copied().find(|&i| {
+            let s = c.node(i).status();
+            s.role == StateRole::Leader && s.term > old_term
+        })
+    })
+    .await;
+    for i in 0..20 {
+        let k = format!("after-{i}");
+        put(c.node(new), &k, "y").await;
+        acked.push(k);
+    }
+    c.net.heal();
+    acked.extend(stranded.await.expect("stranded writer"));
+    c.converged(40).await;
+    for id in 1..=3u64 {
+        for k in &acked {
+            assert!(get_local(c.node(id), k).is_some(), "node {id} lost {k}");
+        }
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_node_recovers_from_its_data_dir_and_catches_up() {
+    let mut c = Cluster::new(3, no_tweak);
+    c.leader().await;
+    for i in 0..10 {
+        put(c.node(1), &format!("a{i}"), "1").await;
+    }
+    c.converged(10).await;
+    c.stop(3).await;
+    let leader = c.leader().await;
+    for i in 0..10 {
+        put(c.node(leader), &format!("b{i}"), "2").await;
+    }
+    c.start(3);
+    // Recovered from disk: the first batch is there before any catch-up can happen.
+    assert_eq!(get_local(c.node(3), "a9"), Some(b"1".to_vec()));
+    c.converged(20).await;
+    assert_eq!(get_local(c.node(3), "b9"), Some(b"2".to_vec()));
+    // And it takes part again: a write through it commits.
+    put(c.node(3), "c", "3").await;
+    c.converged(21).await;
+    c.shutdown().await;
+}
+
+fn small_snapshots(cfg: &mut NodeConfig) {
+    cfg.snapshot_count = 20;
+    cfg.snapshot_catch_up_entries = 5;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_behind_follower_is_caught_up_by_snapshot() {
+    let mut c = Cluster::new(3, small_snapshots);
+    let leader = c.leader().await;
+    let lagging = (1..=3).find(|&i| i != leader).unwrap_or(1);
+    c.net.isolate(lagging);
+    let behind = c.node(lagging).status().applied;
+    let writer = (1..=3).find(|&i| i != lagging).unwrap_or(1);
+    for i in 0..100 {
+        put(c.node(writer), &format!("s{i}"), "v").await;
+    }
+    // The majority compacted its logs past everything the lagging node has.
+    let _ = wait_for("the majority to compact past the lagging node", || async {
+        (1..=3)
+            .filter(|&i| i != lagging)
+            .all(|i| c.node(i).status().snapshot_index > behind)
+            .then_some(())
+    })
+    .await;
+    c.net.heal();
+    c.converged(100).await;
+    // (The status is published after the store changed, so wait for it too.)
+    wait_for("the lagging node to report a snapshot install", || async {
+        (c.node(lagging).status().snapshots_installed >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(get_local(c.node(lagging), "s99"), Some(b"v".to_vec()));
+    // The node that installed a snapshot restarts from it.
+    c.stop(lagging).await;
+    c.start(lagging);
+    assert_eq!(get_local(c.node(lagging), "s0"), Some(b"v".to_vec()));
+    put(c.node(writer), "after", "restart").await;
+    c.converged(101).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leadership_moves_on_transfer_and_campaign() {
+    let c = Cluster::new(3, no_tweak);
+    let leader = c.leader().await;
+    let target = (1..=3).find(|&i| i != leader).unwrap_or(1);
+    assert!(matches!(
+        c.node(target).transfer_leader(leader).await,
+        Err(NodeError::NotLeader { .. })
+    ));
+    c.node(leader)
+        .transfer_leader(target)
+        .await
+        .expect("leader accepts a transfer");
+    wait_for("the transfer target to lead", || async {
+        (c.node(target).status().role == StateRole::Leader).then_some(())
+    })
+    .await;
+    put(c.node(leader), "after-transfer", "1").await;
+    let third = (1..=3).find(|&i| i != leader && i != target).unwrap_or(1);
+    c.node(third).campaign().await.expect("campaign accepted");
+    // Pre-vote may refuse a campaign against a live leader; either way the cluster serves.
+    put(c.node(third), "after-campaign", "1").await;
+    c.converged(2).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_quorum_requests_fail_with_etcd_errors() {
+    // Node 1 of a two-voter cluster whose other member never starts: no leader, ever.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let net = LocalNetwork::new();
+    let (transport, inbox) = net.register(1);
+    let mut cfg = NodeConfig::new(1, vec![1, 2], dir.path());
+    cfg.tick = Duration::from_millis(20);
+    cfg.request_timeout = Duration::from_secs(1);
+    let n = start(cfg, Arc::new(transport), inbox).expect("node starts");
+    let err = n.propose(put_cmd("a", "1")).await.expect_err("no quorum");
+    assert_eq!(err, NodeError::NoLeader);
+    assert_eq!(err.to_string(), "etcdserver: no leader");
+    let err = n
+        .linearizable_range(&RangeRequest {
+            key: b"a".to_vec(),
+            ..RangeRequest::default()
+        })
+        .await
+        .expect_err("no quorum");
+    assert!(
+        matches!(err, NodeError::NoLeader | NodeError::Timeout),
+        "unexpected {err:?}"
+    );
+    // Serializable reads are local and still work.
+    assert_eq!(get_local(&n, "a"), None);
+    assert_eq!(n.status().leader, None);
+    n.shutdown().await.expect("shutdown");
+    n.shutdown().await.expect("shutdown is idempotent");
+}
+
+async fn change(node: &NodeHandle, kind: ConfChangeType, node_id: NodeId) -> ConfState {
+    wait_for("a membership change to apply", || async {
+        let cc = ConfChange::new(vec![ConfChangeSingle { kind, node_id }]);
+        match node.change_membership(cc).await {
+            Ok(cs) => Some(cs),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                None
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learner_joins_is_promoted_and_an_old_member_is_removed() {
+    let mut c = Cluster::new(3, no_tweak);
+    let leader = c.leader().await;
+    for i in 0..10 {
+        put(c.node(leader), &format!("m{i}"), "v").await;
+    }
+    c.join(4);
+    let cs = change(c.node(2), ConfChangeType::AddLearner, 4).await;
+    assert!(cs.learners.contains(&4), "{cs:?}");
+    // The learner receives everything (by snapshot: its log is empty).
+    c.converged(10).await;
+    assert_eq!(get_local(c.node(4), "m9"), Some(b"v".to_vec()));
+    let cs = change(c.node(3), ConfChangeType::AddNode, 4).await;
+    assert!(
+        cs.voters.contains(&4) && !cs.learners.contains(&4),
+        "{cs:?}"
+    );
+    // Remove node 1 (possibly the leader) through another member.
+    let cs = change(c.node(2), ConfChangeType::RemoveNode, 1).await;
+    assert_eq!(cs.voters, vec![2, 3, 4]);
+    c.stop(1).await;
+    c.leader().await;
+    put(c.node(4), "after-removal", "v").await;
+    c.converged(11).await;
+    assert_eq!(get_local(c.node(2), "after-removal"), Some(b"v".to_vec()));
+    c.shutdown().await;
+}
