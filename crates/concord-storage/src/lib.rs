@@ -42,7 +42,7 @@
 //! store.apply(1, &put)?;
 //! assert_eq!(store.apply(1, &put)?, None); // already applied: replay is idempotent
 //! let got = store.range(&RangeRequest { key: b"k".to_vec(), ..RangeRequest::default() })?;
-//! assert_eq!(got.unwrap().kvs[0].mod_revision, 1);
+//! assert_eq!(got.unwrap().kvs[0].mod_revision, 2); // a new store is at revision 1, as etcd
 //! # Ok::<(), concord_storage::Error>(())
 //! ```
 //!

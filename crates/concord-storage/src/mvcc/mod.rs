@@ -160,7 +160,9 @@ fn read_meta<T: ReadableTable<&'static [u8], &'static [u8]>>(t: &T) -> Result<Me
     };
     Ok(Meta {
         applied: get_u64(t, M_APPLIED)?,
-        revision: get_u64(t, M_REVISION)? as i64,
+        // A new store is at revision 1, as etcd's is, so the first write gets revision 2
+        // (clients and etcdctl output depend on it).
+        revision: (get_u64(t, M_REVISION)? as i64).max(1),
         compacted: get_u64(t, M_COMPACTED)? as i64,
         cursor,
         nospace: get_u64(t, M_NOSPACE)? != 0,
