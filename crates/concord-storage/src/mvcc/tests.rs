@@ -729,7 +729,11 @@ fn leases_attach_and_revoke_deletes_keys_in_one_revision() {
         s.apply(1, &put_cmd(b"k", b"v", 7)).unwrap(),
         Some(Err(RequestError::LeaseNotFound))
     );
-    assert_eq!(s.revision(), 1, "a failed put writes no revision; a new store is at 1");
+    assert_eq!(
+        s.revision(),
+        1,
+        "a failed put writes no revision; a new store is at 1"
+    );
     s.apply(2, &Command::LeaseGrant { id: 7, ttl: 10 }).unwrap();
     assert_eq!(
         s.apply(3, &Command::LeaseGrant { id: 7, ttl: 10 }).unwrap(),
