@@ -44,6 +44,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_transport(false)
         // Raft messages and snapshot chunks are opaque payloads passed on without copying.
         .bytes(".concord.peer.v1")
+        // Every server method has a default body answering `Unimplemented`, so a service
+        // implements only what it supports (etcd's Auth, say) and states the rest clearly.
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

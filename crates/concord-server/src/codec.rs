@@ -300,6 +300,17 @@ fn put_command(w: &mut Vec<u8>, c: &Command) {
         }
         Command::AlarmNoSpace => w.push(8),
         Command::AlarmDisarm => w.push(9),
+        Command::ClusterMeta { key, value } => {
+            w.push(10);
+            put_bytes(w, key);
+            match value {
+                Some(v) => {
+                    w.push(1);
+                    put_bytes(w, v);
+                }
+                None => w.push(0),
+            }
+        }
     }
 }
 
@@ -477,6 +488,14 @@ impl Reader<'_> {
             },
             8 => Command::AlarmNoSpace,
             9 => Command::AlarmDisarm,
+            10 => Command::ClusterMeta {
+                key: self.bytes()?,
+                value: match self.u8()? {
+                    0 => None,
+                    1 => Some(self.bytes()?),
+                    t => return Err(CodecError::InvalidTag(t)),
+                },
+            },
             t => return Err(CodecError::InvalidTag(t)),
         })
     }
@@ -562,6 +581,14 @@ mod tests {
             },
             Command::AlarmNoSpace,
             Command::AlarmDisarm,
+            Command::ClusterMeta {
+                key: b"member/1".to_vec(),
+                value: Some(b"{}".to_vec()),
+            },
+            Command::ClusterMeta {
+                key: b"member/1".to_vec(),
+                value: None,
+            },
         ];
         for (i, command) in cmds.into_iter().enumerate() {
             let env = Envelope {

@@ -59,15 +59,25 @@ struct Peer {
     connected: Arc<AtomicBool>,
 }
 
+/// The response stream type of streaming gRPC methods (as generated servers expect).
+pub type BoxStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
 /// Sends Raft messages to peers over gRPC.
 pub struct GrpcTransport {
-    peers: BTreeMap<NodeId, Peer>,
+    from: NodeId,
+    cluster_id: u64,
+    peers: std::sync::RwLock<BTreeMap<NodeId, (String, Peer)>>,
 }
 
 impl std::fmt::Debug for GrpcTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let peers: Vec<NodeId> = match self.peers.read() {
+            Ok(p) => p.keys().copied().collect(),
+            Err(_) => Vec::new(),
+        };
         f.debug_struct("GrpcTransport")
-            .field("peers", &self.peers.keys().collect::<Vec<_>>())
+            .field("peers", &peers)
             .finish()
     }
 }
@@ -75,34 +85,64 @@ impl std::fmt::Debug for GrpcTransport {
 impl GrpcTransport {
     /// A transport from node `from` of cluster `cluster_id` to `peers` (id → peer URL such
     /// as `http://127.0.0.1:2380`); spawns one connection task per peer on the current
-    /// runtime. The tasks end when the transport is dropped.
+    /// runtime. The tasks end when the transport is dropped or the peer removed.
     pub fn new(from: NodeId, cluster_id: u64, peers: BTreeMap<NodeId, String>) -> Self {
-        let mut out = BTreeMap::new();
+        let t = Self {
+            from,
+            cluster_id,
+            peers: std::sync::RwLock::new(BTreeMap::new()),
+        };
         for (to, url) in peers {
-            if to == from {
-                continue;
-            }
-            let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
-            let connected = Arc::new(AtomicBool::new(false));
-            tokio::spawn(peer_loop(
-                PeerLink {
-                    from,
-                    to,
-                    cluster_id,
-                    url,
-                },
-                rx,
-                connected.clone(),
-            ));
-            out.insert(to, Peer { queue, connected });
+            t.set_peer(to, url);
         }
-        Self { peers: out }
+        t
+    }
+
+    /// Adds peer `to` at `url`, or moves it there (a new connection) if its URL changed.
+    /// Must be called on a tokio runtime.
+    pub fn set_peer(&self, to: NodeId, url: String) {
+        if to == self.from {
+            return;
+        }
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        if peers.get(&to).is_some_and(|(u, _)| *u == url) {
+            return;
+        }
+        let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
+        let connected = Arc::new(AtomicBool::new(false));
+        tokio::spawn(peer_loop(
+            PeerLink {
+                from: self.from,
+                to,
+                cluster_id: self.cluster_id,
+                url: url.clone(),
+            },
+            rx,
+            connected.clone(),
+        ));
+        peers.insert(to, (url, Peer { queue, connected }));
+    }
+
+    /// Forgets peer `to` and closes its connection.
+    pub fn remove_peer(&self, to: NodeId) {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        peers.remove(&to);
+    }
+
+    /// The peers and their URLs.
+    pub fn peers(&self) -> BTreeMap<NodeId, String> {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers
+            .iter()
+            .map(|(id, (url, _))| (*id, url.clone()))
+            .collect()
     }
 }
 
 impl Transport for GrpcTransport {
     fn send(&self, to: NodeId, msgs: Vec<Message>) -> Result<(), TransportError> {
-        let peer = self.peers.get(&to).ok_or(TransportError::Unreachable(to))?;
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        let (_, peer) = peers.get(&to).ok_or(TransportError::Unreachable(to))?;
         if !peer.connected.load(Ordering::Acquire) {
             return Err(TransportError::Unreachable(to));
         }
@@ -270,12 +310,10 @@ impl RaftPeerService {
 
 #[tonic::async_trait]
 impl Raft for RaftPeerService {
-    type SendStream = ReceiverStream<Result<RaftAck, Status>>;
-
     async fn send(
         &self,
         request: Request<Streaming<RaftBatch>>,
-    ) -> Result<Response<Self::SendStream>, Status> {
+    ) -> Result<Response<BoxStream<RaftAck>>, Status> {
         let mut stream = request.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(MAX_IN_FLIGHT);
         let inbox = self.inbox.clone();
@@ -328,7 +366,7 @@ impl Raft for RaftPeerService {
                 hook(id);
             }
         });
-        Ok(Response::new(ReceiverStream::new(ack_rx)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
 
     async fn snapshot(

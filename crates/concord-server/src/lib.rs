@@ -38,6 +38,7 @@ pub mod codec;
 pub mod error;
 pub mod grpc;
 pub mod node;
+pub mod server;
 pub mod transport;
 
 pub use error::NodeError;

@@ -161,8 +161,14 @@ pub struct NodeStatus {
     pub snapshot_index: u64,
     /// Snapshots received from a leader and installed since start.
     pub snapshots_installed: u64,
+    /// The store's revision after the last apply.
+    pub revision: i64,
+    /// The membership as of the last applied configuration change.
+    pub conf_state: ConfState,
     /// Whether the driver task has stopped.
     pub stopped: bool,
+    /// Why the node stopped by itself (a storage failure), if it did.
+    pub fatal: Option<String>,
 }
 
 type Store = MvccStore<RealDisk>;
@@ -184,6 +190,9 @@ enum Request {
     Transfer {
         to: NodeId,
         tx: Reply<()>,
+    },
+    Progress {
+        tx: Reply<BTreeMap<NodeId, u64>>,
     },
     ConfChange {
         key: RequestKey,
@@ -507,6 +516,27 @@ impl NodeHandle {
         }
     }
 
+    /// Runs `f` on the local store (as applied so far), under a read lock: keep it short.
+    pub fn with_store<R>(
+        &self,
+        f: impl FnOnce(&MvccStore<RealDisk>) -> Result<R, concord_storage::errors::StoreError>,
+    ) -> Result<R, NodeError> {
+        let guard = read_store(&self.store);
+        let store = guard.as_ref().ok_or(NodeError::Stopped)?;
+        f(store).map_err(|e| NodeError::Storage(e.to_string()))
+    }
+
+    /// Runs `f` on the local store under the write lock (applies wait): for background
+    /// maintenance such as [`MvccStore::compact_step`] and [`MvccStore::defragment`].
+    pub fn with_store_mut<R>(
+        &self,
+        f: impl FnOnce(&mut MvccStore<RealDisk>) -> Result<R, concord_storage::errors::StoreError>,
+    ) -> Result<R, NodeError> {
+        let mut guard = write_store(&self.store);
+        let store = guard.as_mut().ok_or(NodeError::Stopped)?;
+        f(store).map_err(|e| NodeError::Storage(e.to_string()))
+    }
+
     /// The latest status published by the driver.
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()
@@ -537,6 +567,19 @@ impl NodeHandle {
     /// handed to Raft (watch [`NodeHandle::status`] for the outcome).
     pub async fn transfer_leader(&self, to: NodeId) -> Result<(), NodeError> {
         self.call(|tx| Request::Transfer { to, tx }).await
+    }
+
+    /// The leader's view of how far each member's log matches its own (leader only).
+    pub async fn progress(&self) -> Result<BTreeMap<NodeId, u64>, NodeError> {
+        self.call(|tx| Request::Progress { tx }).await
+    }
+
+    /// Whether member `id`'s log is within 10% of the leader's commit index (etcd's rule
+    /// for promoting a learner). Leader only.
+    pub async fn is_caught_up(&self, id: NodeId) -> Result<bool, NodeError> {
+        let matched = self.progress().await?.get(&id).copied().unwrap_or(0);
+        let commit = self.status().commit;
+        Ok(matched * 10 >= commit * 9)
     }
 
     /// Stops the driver task, makes the store durable and closes it. Idempotent.
@@ -692,6 +735,15 @@ impl Driver {
                         .raw
                         .campaign()
                         .map_err(|e| NodeError::Raft(e.to_string()));
+                    let _ = tx.send(r);
+                }
+                Request::Progress { tx } => {
+                    let r = match self.raw.status().progress {
+                        Some(p) => Ok(p.iter().map(|(id, pr)| (*id, pr.matched)).collect()),
+                        None => Err(NodeError::NotLeader {
+                            leader: self.raw.soft_state().leader_id,
+                        }),
+                    };
                     let _ = tx.send(r);
                 }
                 Request::Transfer { to, tx } => {
@@ -1065,7 +1117,16 @@ impl Driver {
             applied: self.applied,
             snapshot_index: self.snapshot_index,
             snapshots_installed: self.snapshots_installed,
+            revision: read_store(&self.store)
+                .as_ref()
+                .map_or(0, |store| store.revision()),
+            conf_state: self
+                .conf_history
+                .last_key_value()
+                .map(|(_, cs)| cs.clone())
+                .unwrap_or_default(),
             stopped,
+            fatal: self.fatal.as_ref().map(|e| e.to_string()),
         };
         self.status.send_if_modified(|cur| {
             if *cur != new {

@@ -31,6 +31,7 @@ pub(crate) struct Exec<'a> {
     pub(crate) rev_keys: T<'a>,
     pub(crate) leases: T<'a>,
     pub(crate) lease_keys: T<'a>,
+    pub(crate) cluster: T<'a>,
     /// Store revision before the current command.
     pub(crate) current: i64,
     pub(crate) compacted: i64,
@@ -42,11 +43,14 @@ pub(crate) struct Exec<'a> {
 type Outcome = Result<Response, RequestError>;
 
 impl<'a> Exec<'a> {
+    // One argument per table and counter, all from one write transaction.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         key_revs: T<'a>,
         rev_keys: T<'a>,
         leases: T<'a>,
         lease_keys: T<'a>,
+        cluster: T<'a>,
         current: i64,
         compacted: i64,
         nospace: bool,
@@ -56,6 +60,7 @@ impl<'a> Exec<'a> {
             rev_keys,
             leases,
             lease_keys,
+            cluster,
             current,
             compacted,
             nospace,
@@ -180,6 +185,17 @@ impl<'a> Exec<'a> {
             }
             Command::AlarmDisarm => {
                 self.nospace = false;
+                Ok(Ok(Response::Revision(0)))
+            }
+            Command::ClusterMeta { key, value } => {
+                match value {
+                    Some(v) => {
+                        self.cluster.insert(key.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        self.cluster.remove(key.as_slice())?;
+                    }
+                }
                 Ok(Ok(Response::Revision(0)))
             }
         }

@@ -57,14 +57,18 @@ pub(crate) const REV_KEYS: Def = TableDefinition::new("rev_keys");
 pub(crate) const LEASES: Def = TableDefinition::new("leases");
 pub(crate) const LEASE_KEYS: Def = TableDefinition::new("lease_keys");
 pub(crate) const META: Def = TableDefinition::new("meta");
+pub(crate) const CLUSTER: Def = TableDefinition::new("cluster");
 /// Every table, in the order snapshots stream them.
-pub(crate) const TABLES: [Def; 5] = [META, LEASES, LEASE_KEYS, REV_KEYS, KEY_REVS];
+pub(crate) const TABLES: [Def; 6] = [META, LEASES, LEASE_KEYS, REV_KEYS, KEY_REVS, CLUSTER];
 
 const M_APPLIED: &[u8] = b"applied_index";
 const M_REVISION: &[u8] = b"revision";
 const M_COMPACTED: &[u8] = b"compacted_revision";
 const M_COMPACT_CURSOR: &[u8] = b"compact_cursor";
 const M_NOSPACE: &[u8] = b"alarm_nospace";
+
+/// One entry of the cluster metadata table: key, value.
+pub type MetaEntry = (Vec<u8>, Vec<u8>);
 
 /// State-machine settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -321,6 +325,7 @@ impl<D: Disk> MvccStore<D> {
                 txn.open_table(REV_KEYS)?,
                 txn.open_table(LEASES)?,
                 txn.open_table(LEASE_KEYS)?,
+                txn.open_table(CLUSTER)?,
                 meta.revision,
                 meta.compacted,
                 meta.nospace,
@@ -416,6 +421,19 @@ impl<D: Disk> MvccStore<D> {
             remaining_ttl: i64::from_le_bytes(b),
             keys,
         }))
+    }
+
+    /// Every entry of the cluster metadata table (see [`Command::ClusterMeta`]), in key
+    /// order.
+    pub fn cluster_meta(&self) -> Result<Vec<MetaEntry>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CLUSTER)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
     }
 
     /// Ids of all leases, ascending.

@@ -288,6 +288,14 @@ pub enum Command {
     AlarmNoSpace,
     /// Disarms the NOSPACE alarm.
     AlarmDisarm,
+    /// Sets (`Some`) or removes (`None`) an entry of the cluster metadata table (member
+    /// names and URLs, kept by the server). Does not touch the keyspace or its revision.
+    ClusterMeta {
+        /// The entry's key.
+        key: Vec<u8>,
+        /// The new value, or `None` to remove the entry.
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// The result of applying a [`Command`].

@@ -1,0 +1,512 @@
+//! The `concord server` process: one member of a cluster, serving etcd's gRPC API and
+//! HTTP (`/health`, `/ready`, `/metrics`, `/version`) on its client URLs and Raft on its
+//! peer URLs.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), concord_server::server::ServerError> {
+//! use concord_server::server::{Server, ServerConfig};
+//! let server = Server::start(ServerConfig::new("default")).await?;
+//! println!("serving on {:?}", server.client_urls());
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+mod api;
+mod cluster;
+pub mod config;
+mod http;
+mod kv;
+mod lease;
+mod maintenance;
+pub mod members;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::auth_server::AuthServer;
+use concord_proto::etcdserverpb::cluster_server::ClusterServer;
+use concord_proto::etcdserverpb::kv_server::KvServer;
+use concord_proto::etcdserverpb::lease_server::LeaseServer;
+use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use concord_proto::etcdserverpb::watch_server::WatchServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch as tokio_watch;
+use tokio::task::JoinHandle;
+
+pub use config::{ClusterState, ServerConfig};
+use members::{MemberRecord, Members};
+
+use crate::grpc::{GrpcTransport, RaftPeerService};
+use crate::node::{self, NodeConfig, NodeHandle};
+
+/// Why a server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A setting is invalid; the message names the flag.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {url}: {source}")]
+    Listen {
+        /// The URL.
+        url: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The node could not start (data dir, WAL, store).
+    #[error("cannot start the node: {0}")]
+    Start(String),
+    /// The node stopped on a fatal error.
+    #[error("node stopped: {0}")]
+    Node(String),
+}
+
+/// A running member.
+pub struct Server {
+    member_id: u64,
+    cluster_id: u64,
+    client_urls: Vec<String>,
+    peer_urls: Vec<String>,
+    node: NodeHandle,
+    stop: tokio_watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("member_id", &format_args!("{:x}", self.member_id))
+            .field("client_urls", &self.client_urls)
+            .field("peer_urls", &self.peer_urls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `host:port` of an `http://host:port` URL.
+fn host_port(url: &str) -> Result<String, ServerError> {
+    config::check_url(url).map_err(ServerError::Config)?;
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .unwrap_or(url);
+    if url.starts_with("https://") {
+        return Err(ServerError::Config(format!(
+            "{url}: TLS is not implemented in this version; use http://"
+        )));
+    }
+    Ok(rest.trim_end_matches('/').to_string())
+}
+
+async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, String)>, ServerError> {
+    let mut out = Vec::new();
+    for url in urls {
+        let addr = host_port(url)?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Listen {
+                url: url.clone(),
+                source,
+            })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                url: url.clone(),
+                source,
+            })?;
+        out.push((listener, format!("http://{local}")));
+    }
+    Ok(out)
+}
+
+/// Advertised URLs: the configured ones, with port 0 replaced by the bound port when
+/// they are the listen URLs themselves.
+fn resolve(advertised: &[String], listen: &[String], bound: &[String]) -> Vec<String> {
+    advertised
+        .iter()
+        .map(|u| match listen.iter().position(|l| l == u) {
+            Some(i) => bound.get(i).cloned().unwrap_or_else(|| u.clone()),
+            None => u.clone(),
+        })
+        .collect()
+}
+
+/// Headroom over `--max-request-bytes` for gRPC framing. gRPC decodes messages up to
+/// twice the limit plus this, so that a request somewhat over the limit reaches the
+/// server's own check and gets etcd's "etcdserver: request is too large"; a larger one
+/// is refused by gRPC itself ("decoded message length too large") before it is buffered.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+impl Server {
+    /// Starts a member: binds the listeners (port 0 picks a free port), opens or
+    /// bootstraps the data dir, starts Raft and the services. Returns once listening.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        config.validate().map_err(ServerError::Config)?;
+        let token = config.initial_cluster_token.clone();
+        let cluster_id = members::cluster_id(&token);
+        let my_peer_urls = config.advertised_peer_urls().to_vec();
+        let member_id = members::member_id(&my_peer_urls, &token);
+        let mut founding = BTreeMap::new();
+        for (name, urls) in config.founding_members() {
+            founding.insert(
+                members::member_id(&urls, &token),
+                MemberRecord {
+                    name,
+                    peer_urls: urls,
+                    client_urls: Vec::new(),
+                },
+            );
+        }
+        founding.insert(
+            member_id,
+            MemberRecord {
+                name: config.name.clone(),
+                peer_urls: my_peer_urls.clone(),
+                client_urls: Vec::new(),
+            },
+        );
+        let client_listeners = bind(&config.listen_client_urls).await?;
+        let peer_listeners = bind(&config.listen_peer_urls).await?;
+        let client_bound: Vec<String> = client_listeners.iter().map(|(_, u)| u.clone()).collect();
+        let peer_bound: Vec<String> = peer_listeners.iter().map(|(_, u)| u.clone()).collect();
+        let my_client_urls = resolve(
+            config.advertised_client_urls(),
+            &config.listen_client_urls,
+            &client_bound,
+        );
+        if let Some(me) = founding.get_mut(&member_id) {
+            me.client_urls = my_client_urls.clone();
+        }
+
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ServerError::Start(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let heartbeat = config.heartbeat_interval;
+        let mut nc = NodeConfig::new(
+            member_id,
+            match config.initial_cluster_state {
+                ClusterState::New => founding.keys().copied().collect(),
+                ClusterState::Existing => Vec::new(),
+            },
+            &config.data_dir,
+        );
+        nc.tick = heartbeat;
+        nc.heartbeat_ticks = 1;
+        nc.election_ticks =
+            (config.election_timeout.as_millis() / heartbeat.as_millis().max(1)).max(2) as u32;
+        nc.snapshot_count = config.snapshot_count;
+        nc.snapshot_catch_up_entries = (config.snapshot_count / 2).clamp(1, 5_000);
+        nc.max_request_bytes = config.max_request_bytes;
+        nc.request_timeout = config.request_timeout;
+        nc.mvcc.quota_bytes = config.quota_backend_bytes;
+
+        let peers: BTreeMap<u64, String> = founding
+            .iter()
+            .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
+            .collect();
+        let transport = Arc::new(GrpcTransport::new(member_id, cluster_id, peers));
+        let (inbox_tx, inbox) = crate::grpc::inbox();
+        let node = node::start(nc, transport.clone(), inbox)
+            .map_err(|e| ServerError::Start(e.to_string()))?;
+
+        let (stop, stop_rx) = tokio_watch::channel(false);
+        let mut servers = Vec::new();
+        let peer_service = RaftPeerService::new(cluster_id, inbox_tx);
+        {
+            let node = node.clone();
+            peer_service.set_peer_down_hook(Arc::new(move |id| node.report_peer_down(id)));
+        }
+        for (listener, _) in peer_listeners {
+            let svc = peer_service.clone();
+            let stop = wait_stop(stop_rx.clone());
+            servers.push(tokio::spawn(async move {
+                if let Err(e) = crate::grpc::serve(listener, svc, stop).await {
+                    tracing::error!(error = %e, "peer server failed");
+                }
+            }));
+        }
+
+        let members = Arc::new(Members::new(node.clone(), founding));
+        let leases = Arc::new(lease::Leases::new(node.clone(), config.election_timeout));
+        let ctx = api::Ctx {
+            node: node.clone(),
+            cluster_id,
+            member_id,
+            max_txn_ops: config.max_txn_ops,
+            leases: leases.clone(),
+            members: members.clone(),
+        };
+        let limit = config
+            .max_request_bytes
+            .saturating_mul(2)
+            .saturating_add(GRPC_OVERHEAD_BYTES);
+        let routes = tonic::service::Routes::new(
+            KvServer::new(kv::KvService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(watch::WatchService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            LeaseServer::new(lease::LeaseService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit),
+        )
+        .add_service(
+            ClusterServer::new(cluster::ClusterService {
+                ctx: ctx.clone(),
+                token: token.clone(),
+            })
+            .max_decoding_message_size(limit),
+        )
+        .add_service(
+            MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(AuthServer::new(maintenance::AuthService {
+            ctx: ctx.clone(),
+        }));
+        let router = routes.into_axum_router().merge(http::router(ctx.clone()));
+        for (listener, _) in client_listeners {
+            let router = router.clone();
+            let stop = wait_stop(stop_rx.clone());
+            servers.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stop)
+                    .await
+                {
+                    tracing::error!(error = %e, "client server failed");
+                }
+            }));
+        }
+
+        let background = vec![
+            tokio::spawn(leases.clone().run(
+                heartbeat.max(Duration::from_millis(50)),
+                config.lease_checkpoint_interval,
+            )),
+            tokio::spawn(publish_self(
+                node.clone(),
+                members.clone(),
+                member_id,
+                config.name.clone(),
+                my_peer_urls,
+                my_client_urls.clone(),
+            )),
+            tokio::spawn(sync_peers(node.clone(), members, transport, member_id)),
+            tokio::spawn(compact_in_background(node.clone())),
+        ];
+        tracing::info!(
+            member = format_args!("{member_id:x}"),
+            cluster = format_args!("{cluster_id:x}"),
+            name = %config.name,
+            client_urls = ?my_client_urls,
+            peer_urls = ?peer_bound,
+            data_dir = %config.data_dir.display(),
+            "concord member started"
+        );
+        Ok(Server {
+            member_id,
+            cluster_id,
+            client_urls: client_bound,
+            peer_urls: peer_bound,
+            node,
+            stop,
+            servers,
+            background,
+        })
+    }
+
+    /// This member's id.
+    pub fn member_id(&self) -> u64 {
+        self.member_id
+    }
+
+    /// The cluster's id.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// The client URLs actually listened on (with the chosen ports).
+    pub fn client_urls(&self) -> &[String] {
+        &self.client_urls
+    }
+
+    /// The peer URLs actually listened on.
+    pub fn peer_urls(&self) -> &[String] {
+        &self.peer_urls
+    }
+
+    /// The Raft node, for embedding and tests.
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
+    /// Resolves when the member stops by itself (a fatal storage error), with the reason.
+    /// Never resolves while the member runs.
+    pub async fn stopped(&self) -> ServerError {
+        let mut status = self.node.watch_status();
+        loop {
+            {
+                let st = status.borrow_and_update();
+                if st.stopped {
+                    return ServerError::Node(
+                        st.fatal.clone().unwrap_or_else(|| "stopped".to_string()),
+                    );
+                }
+            }
+            if status.changed().await.is_err() {
+                return ServerError::Node("stopped".to_string());
+            }
+        }
+    }
+
+    /// Stops accepting requests, gives open connections up to two seconds to finish,
+    /// then stops Raft and makes the store durable.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.stop.send(true);
+        for mut s in self.servers {
+            if tokio::time::timeout(Duration::from_secs(2), &mut s)
+                .await
+                .is_err()
+            {
+                s.abort();
+            }
+        }
+        for b in self.background {
+            b.abort();
+        }
+        self.node
+            .shutdown()
+            .await
+            .map_err(|e| ServerError::Node(e.to_string()))
+    }
+}
+
+async fn wait_stop(mut rx: tokio_watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Publishes this member's name and client URLs through Raft once a leader exists, and
+/// again whenever the replicated record differs (etcd's "publish").
+async fn publish_self(
+    node: NodeHandle,
+    members: Arc<Members>,
+    id: u64,
+    name: String,
+    peer_urls: Vec<String>,
+    client_urls: Vec<String>,
+) {
+    let mut every = tokio::time::interval(Duration::from_millis(200));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published = false;
+    loop {
+        every.tick().await;
+        let st = node.status();
+        if st.stopped {
+            return;
+        }
+        if st.leader.is_none() {
+            continue;
+        }
+        let current = members.records().remove(&id).unwrap_or_default();
+        let mut want = current.clone();
+        want.name = name.clone();
+        want.client_urls = client_urls.clone();
+        if want.peer_urls.is_empty() {
+            want.peer_urls = peer_urls.clone();
+        }
+        // The fallback record (from the command line) already looks right before anything
+        // is replicated, so publish at least once.
+        if published && want == current {
+            continue;
+        }
+        match node.propose(members::set_command(id, &want)).await {
+            Ok(_) => {
+                published = true;
+                tracing::info!(
+                    member = format_args!("{id:x}"),
+                    "published member attributes"
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "publishing member attributes failed; retrying"),
+        }
+        if published {
+            every = tokio::time::interval(Duration::from_secs(2));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+    }
+}
+
+/// Keeps the transport's peers in line with the membership and the members' peer URLs.
+async fn sync_peers(
+    node: NodeHandle,
+    members: Arc<Members>,
+    transport: Arc<GrpcTransport>,
+    me: u64,
+) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        every.tick().await;
+        let st = node.status();
+        if st.stopped {
+            return;
+        }
+        let records = members.records();
+        let cs = &st.conf_state;
+        let in_conf: Vec<u64> = cs
+            .voters
+            .iter()
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners)
+            .chain(&cs.learners_next)
+            .copied()
+            .collect();
+        for id in &in_conf {
+            if *id == me {
+                continue;
+            }
+            if let Some(url) = records.get(id).and_then(|r| r.peer_urls.first()) {
+                transport.set_peer(*id, url.clone());
+            }
+        }
+        // A joining member knows no configuration until the leader's snapshot arrives;
+        // until then it keeps every peer it was told about.
+        if !in_conf.is_empty() {
+            for id in transport.peers().keys() {
+                if !in_conf.contains(id) {
+                    transport.remove_peer(*id);
+                }
+            }
+        }
+    }
+}
+
+/// Reclaims the space of compacted revisions in small steps.
+async fn compact_in_background(node: NodeHandle) {
+    let mut every = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        every.tick().await;
+        if node.status().stopped {
+            return;
+        }
+        let n = node.clone();
+        let step =
+            tokio::task::spawn_blocking(move || n.with_store_mut(|s| s.compact_step())).await;
+        match step {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => every.reset_immediately(),
+            Ok(Err(e)) => tracing::warn!(error = %e, "compaction step failed"),
+            Err(_) => return,
+        }
+    }
+}

@@ -1,0 +1,353 @@
+//! What every client-facing service shares: the [`Ctx`] (node, ids, limits), response
+//! headers filled as etcd fills them, the mapping of errors to gRPC statuses with etcd's
+//! strings, and the conversions between etcd's protobufs and the store's types.
+
+use std::sync::Arc;
+
+use concord_proto::etcdserverpb as pb;
+use concord_proto::mvccpb;
+use concord_storage::errors::RequestError;
+use concord_storage::mvcc::types as st;
+use tonic::Status;
+
+use super::lease::Leases;
+use super::members::Members;
+use crate::node::NodeHandle;
+use crate::NodeError;
+
+/// Everything a service needs; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub node: NodeHandle,
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub max_txn_ops: usize,
+    pub leases: Arc<Leases>,
+    pub members: Arc<Members>,
+}
+
+impl Ctx {
+    /// A header with the node's current store revision.
+    pub fn header(&self) -> pb::ResponseHeader {
+        let st = self.node.status();
+        self.header_at(st.revision)
+    }
+
+    /// A header for a response at `revision`.
+    pub fn header_at(&self, revision: i64) -> pb::ResponseHeader {
+        pb::ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.node.status().term,
+        }
+    }
+}
+
+/// A node error as the gRPC status etcd returns for it.
+pub(crate) fn status(e: NodeError) -> Status {
+    match e {
+        NodeError::Request(r) => request_status(r),
+        NodeError::Timeout
+        | NodeError::LeaderChanged
+        | NodeError::NoLeader
+        | NodeError::Stopped
+        | NodeError::ProposalDropped => Status::unavailable(e.to_string()),
+        NodeError::RequestTooLarge => Status::invalid_argument(e.to_string()),
+        NodeError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// A state-machine refusal as etcd's gRPC status (codes and strings of etcd's
+/// `rpctypes`).
+pub(crate) fn request_status(e: RequestError) -> Status {
+    match e {
+        RequestError::Compacted => {
+            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
+        }
+        RequestError::FutureRevision => {
+            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
+        }
+        RequestError::LeaseNotFound => Status::not_found(e.to_string()),
+        RequestError::LeaseExists => Status::failed_precondition(e.to_string()),
+        RequestError::NoSpace => Status::resource_exhausted(e.to_string()),
+        other => Status::invalid_argument(other.to_string()),
+    }
+}
+
+pub(crate) fn kv_to_pb(kv: st::KeyValue) -> mvccpb::KeyValue {
+    mvccpb::KeyValue {
+        key: kv.key,
+        create_revision: kv.create_revision,
+        mod_revision: kv.mod_revision,
+        version: kv.version,
+        value: kv.value,
+        lease: kv.lease,
+    }
+}
+
+pub(crate) fn range_from_pb(r: pb::RangeRequest) -> st::RangeRequest {
+    use pb::range_request::{SortOrder, SortTarget};
+    st::RangeRequest {
+        key: r.key,
+        range_end: r.range_end,
+        limit: r.limit,
+        revision: r.revision,
+        sort_order: match SortOrder::try_from(r.sort_order) {
+            Ok(SortOrder::Ascend) => st::SortOrder::Ascend,
+            Ok(SortOrder::Descend) => st::SortOrder::Descend,
+            _ => st::SortOrder::None,
+        },
+        sort_target: match SortTarget::try_from(r.sort_target) {
+            Ok(SortTarget::Version) => st::SortTarget::Version,
+            Ok(SortTarget::Create) => st::SortTarget::Create,
+            Ok(SortTarget::Mod) => st::SortTarget::Mod,
+            Ok(SortTarget::Value) => st::SortTarget::Value,
+            _ => st::SortTarget::Key,
+        },
+        keys_only: r.keys_only,
+        count_only: r.count_only,
+        min_mod_revision: r.min_mod_revision,
+        max_mod_revision: r.max_mod_revision,
+        min_create_revision: r.min_create_revision,
+        max_create_revision: r.max_create_revision,
+    }
+}
+
+pub(crate) fn range_to_pb(ctx: &Ctx, r: st::RangeResponse) -> pb::RangeResponse {
+    pb::RangeResponse {
+        header: Some(ctx.header_at(r.revision)),
+        kvs: r.kvs.into_iter().map(kv_to_pb).collect(),
+        more: r.more,
+        count: r.count,
+    }
+}
+
+pub(crate) fn put_from_pb(p: pb::PutRequest) -> st::PutRequest {
+    st::PutRequest {
+        key: p.key,
+        value: p.value,
+        lease: p.lease,
+        prev_kv: p.prev_kv,
+        ignore_value: p.ignore_value,
+        ignore_lease: p.ignore_lease,
+    }
+}
+
+pub(crate) fn put_to_pb(ctx: &Ctx, p: st::PutResponse) -> pb::PutResponse {
+    pb::PutResponse {
+        header: Some(ctx.header_at(p.revision)),
+        prev_kv: p.prev_kv.map(kv_to_pb),
+    }
+}
+
+pub(crate) fn delete_from_pb(d: pb::DeleteRangeRequest) -> st::DeleteRangeRequest {
+    st::DeleteRangeRequest {
+        key: d.key,
+        range_end: d.range_end,
+        prev_kv: d.prev_kv,
+    }
+}
+
+pub(crate) fn delete_to_pb(ctx: &Ctx, d: st::DeleteRangeResponse) -> pb::DeleteRangeResponse {
+    pb::DeleteRangeResponse {
+        header: Some(ctx.header_at(d.revision)),
+        deleted: d.deleted,
+        prev_kvs: d.prev_kvs.into_iter().map(kv_to_pb).collect(),
+    }
+}
+
+/// Converts a transaction, counting its operations (nested ones included) against
+/// `max_ops` as etcd's `--max-txn-ops` does (per branch, recursively).
+pub(crate) fn txn_from_pb(t: pb::TxnRequest, max_ops: usize) -> Result<st::TxnRequest, Status> {
+    txn_from_pb_at(t, max_ops, 0)
+}
+
+fn txn_from_pb_at(
+    t: pb::TxnRequest,
+    max_ops: usize,
+    depth: usize,
+) -> Result<st::TxnRequest, Status> {
+    if depth > 64 {
+        return Err(Status::invalid_argument(
+            "etcdserver: transactions nested too deeply",
+        ));
+    }
+    if t.compare.len() > max_ops || t.success.len() > max_ops || t.failure.len() > max_ops {
+        return Err(Status::invalid_argument(
+            "etcdserver: too many operations in txn request",
+        ));
+    }
+    let mut compare = Vec::with_capacity(t.compare.len());
+    for c in t.compare {
+        compare.push(compare_from_pb(c)?);
+    }
+    let ops = |v: Vec<pb::RequestOp>| -> Result<Vec<st::RequestOp>, Status> {
+        v.into_iter()
+            .map(|op| match op.request {
+                Some(pb::request_op::Request::RequestRange(r)) => {
+                    Ok(st::RequestOp::Range(range_from_pb(r)))
+                }
+                Some(pb::request_op::Request::RequestPut(p)) => {
+                    Ok(st::RequestOp::Put(put_from_pb(p)))
+                }
+                Some(pb::request_op::Request::RequestDeleteRange(d)) => {
+                    Ok(st::RequestOp::DeleteRange(delete_from_pb(d)))
+                }
+                Some(pb::request_op::Request::RequestTxn(t)) => {
+                    Ok(st::RequestOp::Txn(txn_from_pb_at(t, max_ops, depth + 1)?))
+                }
+                None => Err(Status::invalid_argument(
+                    "etcdserver: request op has no request",
+                )),
+            })
+            .collect()
+    };
+    Ok(st::TxnRequest {
+        compare,
+        success: ops(t.success)?,
+        failure: ops(t.failure)?,
+    })
+}
+
+fn compare_from_pb(c: pb::Compare) -> Result<st::Compare, Status> {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let result = match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => st::CompareResult::Equal,
+        Ok(CompareResult::Greater) => st::CompareResult::Greater,
+        Ok(CompareResult::Less) => st::CompareResult::Less,
+        Ok(CompareResult::NotEqual) => st::CompareResult::NotEqual,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "etcdserver: unknown compare result {}",
+                c.result
+            )))
+        }
+    };
+    let target = CompareTarget::try_from(c.target).map_err(|_| {
+        Status::invalid_argument(format!("etcdserver: unknown compare target {}", c.target))
+    })?;
+    // etcd reads the union member that matches the target; a missing one compares with
+    // the type's zero value.
+    let u = c.target_union;
+    let target = match target {
+        CompareTarget::Version => st::CompareTarget::Version(match u {
+            Some(TargetUnion::Version(v)) => v,
+            _ => 0,
+        }),
+        CompareTarget::Create => st::CompareTarget::Create(match u {
+            Some(TargetUnion::CreateRevision(v)) => v,
+            _ => 0,
+        }),
+        CompareTarget::Mod => st::CompareTarget::Mod(match u {
+            Some(TargetUnion::ModRevision(v)) => v,
+            _ => 0,
+        }),
+        CompareTarget::Value => st::CompareTarget::Value(match u {
+            Some(TargetUnion::Value(v)) => v,
+            _ => Vec::new(),
+        }),
+        CompareTarget::Lease => st::CompareTarget::Lease(match u {
+            Some(TargetUnion::Lease(v)) => v,
+            _ => 0,
+        }),
+    };
+    Ok(st::Compare {
+        result,
+        target,
+        key: c.key,
+        range_end: c.range_end,
+    })
+}
+
+pub(crate) fn txn_to_pb(ctx: &Ctx, t: st::TxnResponse) -> pb::TxnResponse {
+    let rev = t.revision;
+    pb::TxnResponse {
+        header: Some(ctx.header_at(rev)),
+        succeeded: t.succeeded,
+        responses: t
+            .responses
+            .into_iter()
+            .map(|r| pb::ResponseOp {
+                response: Some(match r {
+                    st::ResponseOp::Range(r) => {
+                        pb::response_op::Response::ResponseRange(range_to_pb(ctx, r))
+                    }
+                    st::ResponseOp::Put(p) => {
+                        pb::response_op::Response::ResponsePut(put_to_pb(ctx, p))
+                    }
+                    st::ResponseOp::DeleteRange(d) => {
+                        pb::response_op::Response::ResponseDeleteRange(delete_to_pb(ctx, d))
+                    }
+                    st::ResponseOp::Txn(t) => {
+                        pb::response_op::Response::ResponseTxn(txn_to_pb(ctx, t))
+                    }
+                }),
+            })
+            .collect(),
+    }
+}
+
+pub(crate) fn event_to_pb(e: st::Event) -> mvccpb::Event {
+    mvccpb::Event {
+        r#type: match e.kind {
+            st::EventKind::Put => mvccpb::event::EventType::Put as i32,
+            st::EventKind::Delete => mvccpb::event::EventType::Delete as i32,
+        },
+        kv: Some(kv_to_pb(e.kv)),
+        prev_kv: e.prev_kv.map(kv_to_pb),
+    }
+}
+
+/// Whether `key` lies in etcd's interval `[key0, range_end)` (empty end: the key alone;
+/// `\0`: every key from `key0` on).
+pub(crate) fn in_range(key: &[u8], key0: &[u8], range_end: &[u8]) -> bool {
+    if range_end.is_empty() {
+        return key == key0;
+    }
+    if range_end == [0] {
+        return key >= key0;
+    }
+    key >= key0 && key < range_end
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_etcd() {
+        assert!(in_range(b"a", b"a", b""));
+        assert!(!in_range(b"ab", b"a", b""));
+        assert!(in_range(b"ab", b"a", b"b"));
+        assert!(!in_range(b"b", b"a", b"b"));
+        assert!(in_range(b"zzz", b"a", &[0]));
+        assert!(!in_range(b"0", b"a", &[0]));
+    }
+
+    #[test]
+    fn txn_limits_are_enforced() {
+        let op = pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let t = pb::TxnRequest {
+            success: vec![op.clone(), op.clone(), op],
+            ..Default::default()
+        };
+        assert!(txn_from_pb(t.clone(), 3).is_ok());
+        let e = txn_from_pb(t, 2).unwrap_err();
+        assert!(e.message().contains("too many operations"));
+        let bad = pb::TxnRequest {
+            success: vec![pb::RequestOp { request: None }],
+            ..Default::default()
+        };
+        assert_eq!(
+            txn_from_pb(bad, 8).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! etcd's `Cluster` service: member add, remove, update, list, promote.
+//!
+//! A change is two Raft proposals: the member's record (peer URLs), then the
+//! configuration change. Raft allows one configuration change at a time; a learner is
+//! promoted only once it has caught up with the leader (etcd's rule, "can only promote a
+//! learner member which is in sync with leader").
+
+use concord_proto::etcdserverpb as pb;
+use concord_proto::etcdserverpb::cluster_server::Cluster;
+use concord_raft::{ConfChange, ConfChangeSingle, ConfChangeType, ConfState};
+use tonic::{Request, Response, Status};
+
+use super::api::{self, Ctx};
+use super::config::check_url;
+use super::members::{self, MemberRecord};
+
+/// The `etcdserverpb.Cluster` service.
+#[derive(Clone)]
+pub(crate) struct ClusterService {
+    pub ctx: Ctx,
+    pub token: String,
+}
+
+impl ClusterService {
+    async fn change(&self, kind: ConfChangeType, id: u64) -> Result<ConfState, Status> {
+        let cc = ConfChange {
+            changes: vec![ConfChangeSingle { kind, node_id: id }],
+            ..ConfChange::default()
+        };
+        self.ctx
+            .node
+            .change_membership(cc)
+            .await
+            .map_err(api::status)
+    }
+
+    fn find(&self, id: u64) -> Result<pb::Member, Status> {
+        self.ctx
+            .members
+            .list()
+            .into_iter()
+            .find(|m| m.id == id)
+            .ok_or_else(|| Status::not_found("etcdserver: member not found"))
+    }
+}
+
+fn check_urls(urls: &[String]) -> Result<(), Status> {
+    if urls.is_empty() {
+        return Err(Status::invalid_argument(
+            "etcdserver: member peer URLs are not provided",
+        ));
+    }
+    for u in urls {
+        check_url(u).map_err(Status::invalid_argument)?;
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        request: Request<pb::MemberAddRequest>,
+    ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        let r = request.into_inner();
+        check_urls(&r.peer_ur_ls)?;
+        let current = self.ctx.members.list();
+        for m in &current {
+            if m.peer_ur_ls.iter().any(|u| r.peer_ur_ls.contains(u)) {
+                return Err(Status::failed_precondition(
+                    "etcdserver: Peer URLs already exists",
+                ));
+            }
+        }
+        let id = members::member_id(&r.peer_ur_ls, &self.token);
+        let record = MemberRecord {
+            name: String::new(),
+            peer_urls: r.peer_ur_ls.clone(),
+            client_urls: Vec::new(),
+        };
+        self.ctx
+            .node
+            .propose(members::set_command(id, &record))
+            .await
+            .map_err(api::status)?;
+        let kind = if r.is_learner {
+            ConfChangeType::AddLearner
+        } else {
+            ConfChangeType::AddNode
+        };
+        let cs = self.change(kind, id).await?;
+        let list = self.ctx.members.list_for(&cs);
+        let member = list.iter().find(|m| m.id == id).cloned();
+        Ok(Response::new(pb::MemberAddResponse {
+            header: Some(self.ctx.header()),
+            member,
+            members: list,
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<pb::MemberRemoveRequest>,
+    ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        let id = request.into_inner().id;
+        self.find(id)?;
+        let cs = self.change(ConfChangeType::RemoveNode, id).await?;
+        if let Err(e) = self.ctx.node.propose(members::remove_command(id)).await {
+            tracing::warn!(member = id, error = %e, "member record not removed");
+        }
+        Ok(Response::new(pb::MemberRemoveResponse {
+            header: Some(self.ctx.header()),
+            members: self.ctx.members.list_for(&cs),
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<pb::MemberUpdateRequest>,
+    ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        let r = request.into_inner();
+        check_urls(&r.peer_ur_ls)?;
+        self.find(r.id)?;
+        let mut record = self.ctx.members.records().remove(&r.id).unwrap_or_default();
+        record.peer_urls = r.peer_ur_ls;
+        self.ctx
+            .node
+            .propose(members::set_command(r.id, &record))
+            .await
+            .map_err(api::status)?;
+        Ok(Response::new(pb::MemberUpdateResponse {
+            header: Some(self.ctx.header()),
+            members: self.ctx.members.list(),
+        }))
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<pb::MemberListRequest>,
+    ) -> Result<Response<pb::MemberListResponse>, Status> {
+        if request.into_inner().linearizable {
+            self.ctx.node.read_barrier().await.map_err(api::status)?;
+        }
+        Ok(Response::new(pb::MemberListResponse {
+            header: Some(self.ctx.header()),
+            members: self.ctx.members.list(),
+        }))
+    }
+
+    async fn member_promote(
+        &self,
+        request: Request<pb::MemberPromoteRequest>,
+    ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        let id = request.into_inner().id;
+        let m = self.find(id)?;
+        if !m.is_learner {
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member",
+            ));
+        }
+        let st = self.ctx.node.status();
+        if st.role != concord_raft::StateRole::Leader {
+            // The leader knows each member's progress; etcd forwards the request there.
+            return Err(Status::failed_precondition(format!(
+                "etcdserver: not leader; send the promotion to the leader (member {:x})",
+                st.leader.unwrap_or(0)
+            )));
+        }
+        if !self.ctx.node.is_caught_up(id).await.map_err(api::status)? {
+            return Err(Status::failed_precondition(
+                "etcdserver: can only promote a learner member which is in sync with leader",
+            ));
+        }
+        let cs = self.change(ConfChangeType::AddNode, id).await?;
+        Ok(Response::new(pb::MemberPromoteResponse {
+            header: Some(self.ctx.header()),
+            members: self.ctx.members.list_for(&cs),
+        }))
+    }
+}

@@ -1,0 +1,242 @@
+//! [`ServerConfig`]: everything `concord server` is told, with etcd's defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Whether this member founds a new cluster or joins a running one (etcd's
+/// `--initial-cluster-state`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClusterState {
+    /// Bootstrap a new cluster from `initial_cluster`.
+    #[default]
+    New,
+    /// Join a cluster that already added this member (`member add`).
+    Existing,
+}
+
+/// Settings of one `concord server` process. Field names follow etcd's flags.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// `--name`: this member's human-readable name (default `default`).
+    pub name: String,
+    /// `--data-dir`: where the WAL and the store live (default `<name>.concord`).
+    pub data_dir: PathBuf,
+    /// `--listen-client-urls`: where gRPC and HTTP clients connect
+    /// (default `http://127.0.0.1:2379`). Port 0 picks a free port.
+    pub listen_client_urls: Vec<String>,
+    /// `--advertise-client-urls`: client URLs told to others (default: the listen URLs).
+    pub advertise_client_urls: Vec<String>,
+    /// `--listen-peer-urls`: where other members connect (default `http://127.0.0.1:2380`).
+    pub listen_peer_urls: Vec<String>,
+    /// `--initial-advertise-peer-urls`: this member's peer URLs as told to others
+    /// (default: the listen URLs).
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// `--initial-cluster`: every founding member, `name` → peer URLs (default: this
+    /// member alone, at its advertised peer URLs).
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    /// `--initial-cluster-state`.
+    pub initial_cluster_state: ClusterState,
+    /// `--initial-cluster-token`: makes cluster and member ids unique per cluster
+    /// (default `etcd-cluster`).
+    pub initial_cluster_token: String,
+    /// `--heartbeat-interval` (default 100 ms); also Raft's tick.
+    pub heartbeat_interval: Duration,
+    /// `--election-timeout` (default 1000 ms); rounded to whole heartbeats.
+    pub election_timeout: Duration,
+    /// `--snapshot-count`: applied entries between snapshots (default 10,000).
+    pub snapshot_count: u64,
+    /// `--quota-backend-bytes`: the store's size limit before the NOSPACE alarm
+    /// (default 2 GiB).
+    pub quota_backend_bytes: u64,
+    /// `--max-request-bytes`: largest client request (default 1.5 MiB).
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops`: most operations in one transaction (default 128).
+    pub max_txn_ops: usize,
+    /// How often the leader records leases' remaining TTLs through Raft, bounding how
+    /// much a leader change can extend a lease (default 5 s).
+    pub lease_checkpoint_interval: Duration,
+    /// How long a client request may wait for the cluster (default 7 s).
+    pub request_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// etcd's defaults for a member called `name`.
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        Self {
+            data_dir: PathBuf::from(format!("{name}.concord")),
+            name,
+            listen_client_urls: vec!["http://127.0.0.1:2379".into()],
+            advertise_client_urls: Vec::new(),
+            listen_peer_urls: vec!["http://127.0.0.1:2380".into()],
+            initial_advertise_peer_urls: Vec::new(),
+            initial_cluster: Vec::new(),
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "etcd-cluster".into(),
+            heartbeat_interval: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(1000),
+            snapshot_count: 10_000,
+            quota_backend_bytes: 2 << 30,
+            max_request_bytes: 1_572_864,
+            max_txn_ops: 128,
+            lease_checkpoint_interval: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(7),
+        }
+    }
+
+    /// Parses etcd's `--initial-cluster` syntax: `n1=http://a:2380,n2=http://b:2380`
+    /// (a name may repeat to give a member several URLs).
+    pub fn parse_initial_cluster(s: &str) -> Result<Vec<(String, Vec<String>)>, String> {
+        let mut out: Vec<(String, Vec<String>)> = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, url) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--initial-cluster: `{part}` is not name=url"))?;
+            if name.is_empty() || url.is_empty() {
+                return Err(format!("--initial-cluster: `{part}` is not name=url"));
+            }
+            check_url(url)?;
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, urls)) => urls.push(url.to_string()),
+                None => out.push((name.to_string(), vec![url.to_string()])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The advertised client URLs (the listen URLs when none are given).
+    pub fn advertised_client_urls(&self) -> &[String] {
+        if self.advertise_client_urls.is_empty() {
+            &self.listen_client_urls
+        } else {
+            &self.advertise_client_urls
+        }
+    }
+
+    /// The advertised peer URLs (the listen URLs when none are given).
+    pub fn advertised_peer_urls(&self) -> &[String] {
+        if self.initial_advertise_peer_urls.is_empty() {
+            &self.listen_peer_urls
+        } else {
+            &self.initial_advertise_peer_urls
+        }
+    }
+
+    /// The founding members (this member alone when `initial_cluster` is empty).
+    pub fn founding_members(&self) -> Vec<(String, Vec<String>)> {
+        if self.initial_cluster.is_empty() {
+            vec![(self.name.clone(), self.advertised_peer_urls().to_vec())]
+        } else {
+            self.initial_cluster.clone()
+        }
+    }
+
+    /// Checks the settings; the error names the flag at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() {
+            return Err("--name must not be empty".into());
+        }
+        for (flag, urls) in [
+            ("--listen-client-urls", &self.listen_client_urls),
+            ("--listen-peer-urls", &self.listen_peer_urls),
+        ] {
+            if urls.is_empty() {
+                return Err(format!("{flag} must name at least one URL"));
+            }
+        }
+        for url in self
+            .listen_client_urls
+            .iter()
+            .chain(&self.listen_peer_urls)
+            .chain(&self.advertise_client_urls)
+            .chain(&self.initial_advertise_peer_urls)
+        {
+            check_url(url)?;
+        }
+        let hb = self.heartbeat_interval.as_millis();
+        let et = self.election_timeout.as_millis();
+        if hb == 0 {
+            return Err("--heartbeat-interval must be positive".into());
+        }
+        if et < 5 * hb {
+            return Err(format!(
+                "--election-timeout ({et} ms) must be at least 5 times --heartbeat-interval ({hb} ms)"
+            ));
+        }
+        if self.snapshot_count == 0 {
+            return Err("--snapshot-count must be positive".into());
+        }
+        if self.max_request_bytes == 0 {
+            return Err("--max-request-bytes must be positive".into());
+        }
+        if self.max_txn_ops == 0 {
+            return Err("--max-txn-ops must be positive".into());
+        }
+        let members = self.founding_members();
+        if self.initial_cluster_state == ClusterState::New {
+            let me = members
+                .iter()
+                .find(|(n, _)| *n == self.name)
+                .ok_or_else(|| {
+                    format!(
+                        "--initial-cluster does not name this member (--name {})",
+                        self.name
+                    )
+                })?;
+            let mine: Vec<&String> = self.advertised_peer_urls().iter().collect();
+            if !me.1.iter().any(|u| mine.contains(&u)) {
+                return Err(format!(
+                    "--initial-cluster gives {} the peer URLs {:?}, but it advertises {:?}",
+                    self.name, me.1, mine
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Accepts `http://host:port` (and `https://`, refused later if TLS is not configured).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("URL `{url}` must start with http:// or https://"))?;
+    let hostport = rest.trim_end_matches('/');
+    let (host, port) = hostport
+        .rsplit_once(':')
+        .ok_or_else(|| format!("URL `{url}` has no port"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("URL `{url}` is not http://host:port"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_initial_cluster() {
+        let c = ServerConfig::parse_initial_cluster(
+            "a=http://127.0.0.1:1,b=http://127.0.0.1:2,a=http://127.0.0.1:3",
+        )
+        .unwrap();
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].1, vec!["http://127.0.0.1:1", "http://127.0.0.1:3"]);
+        assert!(ServerConfig::parse_initial_cluster("a").is_err());
+        assert!(ServerConfig::parse_initial_cluster("a=ftp://x:1").is_err());
+    }
+
+    #[test]
+    fn validates() {
+        let mut c = ServerConfig::new("n1");
+        c.validate().unwrap();
+        c.initial_cluster =
+            ServerConfig::parse_initial_cluster("n2=http://127.0.0.1:2380").unwrap();
+        assert!(c.validate().unwrap_err().contains("does not name"));
+        c.initial_cluster_state = ClusterState::Existing;
+        c.validate().unwrap();
+        c.election_timeout = Duration::from_millis(200);
+        assert!(c.validate().unwrap_err().contains("--election-timeout"));
+    }
+}

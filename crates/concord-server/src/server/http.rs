@@ -1,0 +1,133 @@
+//! Plain HTTP on the client URL, next to gRPC: `/health` (etcd's JSON), `/ready`,
+//! `/metrics` (Prometheus text format) and `/version`.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use concord_raft::StateRole;
+
+use super::api::Ctx;
+use super::maintenance::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
+
+/// The HTTP routes, to be merged with the gRPC router.
+pub(crate) fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/version", get(version))
+        .with_state(ctx)
+}
+
+const JSON: [(header::HeaderName, &str); 1] = [(header::CONTENT_TYPE, "application/json")];
+
+/// etcd's `/health`: healthy when a leader is known and no alarm is raised.
+async fn health(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let st = ctx.node.status();
+    let nospace = ctx.node.with_store(|s| Ok(s.nospace())).unwrap_or(false);
+    let reason = if st.stopped {
+        "server stopped"
+    } else if st.leader.is_none() {
+        "RAFT NO LEADER"
+    } else if nospace {
+        "ALARM NOSPACE"
+    } else {
+        ""
+    };
+    let code = if reason.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "health": if reason.is_empty() { "true" } else { "false" },
+        "reason": reason,
+    });
+    (code, JSON, body.to_string())
+}
+
+/// Ready to serve: the member knows a leader and has applied what it committed at start.
+async fn ready(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let st = ctx.node.status();
+    if !st.stopped && st.leader.is_some() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader\n")
+    }
+}
+
+async fn version() -> impl IntoResponse {
+    let body = serde_json::json!({
+        "etcdserver": ETCD_VERSION,
+        "etcdcluster": ETCD_CLUSTER_VERSION,
+        "concord": env!("CARGO_PKG_VERSION"),
+    });
+    (StatusCode::OK, JSON, body.to_string())
+}
+
+async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let st = ctx.node.status();
+    let (size, in_use) = ctx
+        .node
+        .with_store(|s| Ok((s.size_bytes()?, s.size_in_use_bytes()?)))
+        .unwrap_or((0, 0));
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: f64| {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    };
+    gauge(
+        "concord_server_has_leader",
+        "Whether a leader is known (1) or not (0).",
+        f64::from(u8::from(st.leader.is_some())),
+    );
+    gauge(
+        "concord_server_is_leader",
+        "Whether this member is the leader.",
+        f64::from(u8::from(st.role == StateRole::Leader)),
+    );
+    gauge("concord_raft_term", "Current Raft term.", st.term as f64);
+    gauge(
+        "concord_raft_commit_index",
+        "Raft commit index.",
+        st.commit as f64,
+    );
+    gauge(
+        "concord_raft_applied_index",
+        "Raft applied index.",
+        st.applied as f64,
+    );
+    gauge(
+        "concord_raft_snapshot_index",
+        "Index of the latest snapshot.",
+        st.snapshot_index as f64,
+    );
+    gauge(
+        "concord_raft_snapshots_installed_total",
+        "Snapshots received and installed since start.",
+        st.snapshots_installed as f64,
+    );
+    gauge(
+        "concord_mvcc_revision",
+        "Current store revision.",
+        st.revision as f64,
+    );
+    gauge(
+        "concord_mvcc_db_total_size_bytes",
+        "Size of the store file.",
+        size as f64,
+    );
+    gauge(
+        "concord_mvcc_db_total_size_in_use_bytes",
+        "Bytes of the store file in use.",
+        in_use as f64,
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+}

@@ -1,0 +1,112 @@
+//! etcd's `KV` service: Range, Put, DeleteRange, Txn, Compact.
+//!
+//! Writes go through Raft ([`NodeHandle::propose`]; a follower's proposal is forwarded to
+//! the leader by Raft). Reads are linearizable by default (a batched ReadIndex, then the
+//! local store) and local when `serializable` is set.
+
+use concord_proto::etcdserverpb as pb;
+use concord_proto::etcdserverpb::kv_server::Kv;
+use concord_storage::mvcc::types::{Command, Response as StResponse};
+use tonic::{Request, Response, Status};
+
+use super::api::{self, Ctx};
+
+/// The `etcdserverpb.KV` service.
+#[derive(Clone)]
+pub(crate) struct KvService {
+    pub ctx: Ctx,
+}
+
+fn unexpected() -> Status {
+    Status::internal("unexpected response kind from the state machine")
+}
+
+impl KvService {
+    async fn propose(&self, cmd: Command) -> Result<StResponse, Status> {
+        self.ctx.node.propose(cmd).await.map_err(api::status)
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(
+        &self,
+        request: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = request.into_inner();
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+        }
+        let serializable = r.serializable;
+        let req = api::range_from_pb(r);
+        let res = if serializable {
+            self.ctx.node.serializable_range(&req)
+        } else {
+            self.ctx.node.linearizable_range(&req).await
+        };
+        Ok(Response::new(api::range_to_pb(
+            &self.ctx,
+            res.map_err(api::status)?,
+        )))
+    }
+
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
+        let p = request.into_inner();
+        if p.key.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+        }
+        match self.propose(Command::Put(api::put_from_pb(p))).await? {
+            StResponse::Put(p) => Ok(Response::new(api::put_to_pb(&self.ctx, p))),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let d = request.into_inner();
+        if d.key.is_empty() {
+            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+        }
+        match self
+            .propose(Command::DeleteRange(api::delete_from_pb(d)))
+            .await?
+        {
+            StResponse::DeleteRange(d) => Ok(Response::new(api::delete_to_pb(&self.ctx, d))),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn txn(
+        &self,
+        request: Request<pb::TxnRequest>,
+    ) -> Result<Response<pb::TxnResponse>, Status> {
+        let t = api::txn_from_pb(request.into_inner(), self.ctx.max_txn_ops)?;
+        match self.propose(Command::Txn(t)).await? {
+            StResponse::Txn(t) => Ok(Response::new(api::txn_to_pb(&self.ctx, t))),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn compact(
+        &self,
+        request: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        let c = request.into_inner();
+        match self
+            .propose(Command::Compact {
+                revision: c.revision,
+            })
+            .await?
+        {
+            StResponse::Revision(rev) => Ok(Response::new(pb::CompactionResponse {
+                header: Some(self.ctx.header_at(rev)),
+            })),
+            _ => Err(unexpected()),
+        }
+    }
+}

@@ -1,0 +1,428 @@
+//! Leases: etcd's `Lease` service and the leader's expiry clock.
+//!
+//! # Guarantees
+//!
+//! 1. **Only the leader expires leases**, and only by proposing a revoke through Raft, so a
+//!    lease's keys disappear on every member at the same revision.
+//! 2. **Not early.** A new leader gives each lease its last checkpointed remaining TTL (or
+//!    its full TTL if never checkpointed), which is never less than what the old leader
+//!    had left when it checkpointed.
+//! 3. **Not extended without bound.** The leader checkpoints remaining TTLs every
+//!    `lease_checkpoint_interval`, so a leader change extends a lease by at most that
+//!    interval plus the time to elect the new leader.
+//! 4. Keep-alives and time-to-live questions are answered by the leader: a follower
+//!    forwards them to the leader's client URL.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use concord_proto::etcdserverpb as pb;
+use concord_proto::etcdserverpb::lease_client::LeaseClient;
+use concord_proto::etcdserverpb::lease_server::Lease;
+use concord_raft::StateRole;
+use concord_storage::errors::RequestError;
+use concord_storage::mvcc::types::Command;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::api::{self, Ctx};
+use crate::grpc::BoxStream;
+use crate::node::NodeHandle;
+use crate::NodeError;
+
+/// The leader's view of lease deadlines.
+#[derive(Debug)]
+pub(crate) struct Leases {
+    node: NodeHandle,
+    /// The shortest TTL granted (etcd: 1.5 election timeouts, rounded up to seconds).
+    min_ttl: i64,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The term in which `deadlines` is valid (0: not leader).
+    term: u64,
+    deadlines: HashMap<i64, Instant>,
+}
+
+fn ceil_secs(d: Duration) -> i64 {
+    let s = d.as_secs() as i64;
+    if d.subsec_nanos() > 0 {
+        s + 1
+    } else {
+        s
+    }
+}
+
+impl Leases {
+    pub(crate) fn new(node: NodeHandle, election_timeout: Duration) -> Self {
+        Self {
+            node,
+            min_ttl: ceil_secs(election_timeout * 3 / 2).max(1),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether this node leads in the term the deadlines belong to.
+    fn leader_term(&self) -> Option<u64> {
+        let st = self.node.status();
+        (st.role == StateRole::Leader).then_some(st.term)
+    }
+
+    /// Brings the deadlines in line with the store: leases granted or revoked elsewhere,
+    /// and a fresh table after this node became leader. Returns the term, if leader.
+    fn sync(&self) -> Result<Option<u64>, NodeError> {
+        let Some(term) = self.leader_term() else {
+            let mut st = self.lock();
+            st.term = 0;
+            st.deadlines.clear();
+            return Ok(None);
+        };
+        let ids = self.node.with_store(|s| s.lease_ids())?;
+        let now = Instant::now();
+        let mut fresh = Vec::new();
+        {
+            let mut st = self.lock();
+            if st.term != term {
+                st.term = term;
+                st.deadlines.clear();
+            }
+            st.deadlines.retain(|id, _| ids.binary_search(id).is_ok());
+            for id in &ids {
+                if !st.deadlines.contains_key(id) {
+                    fresh.push(*id);
+                }
+            }
+        }
+        for id in fresh {
+            let Some(l) = self.node.with_store(|s| s.lease(id))? else {
+                continue;
+            };
+            let remaining = if l.remaining_ttl > 0 {
+                l.remaining_ttl
+            } else {
+                l.ttl
+            };
+            let mut st = self.lock();
+            if st.term == term {
+                st.deadlines
+                    .entry(id)
+                    .or_insert(now + Duration::from_secs(remaining.max(0) as u64));
+            }
+        }
+        Ok(Some(term))
+    }
+
+    /// The leader's loop: expires leases and checkpoints remaining TTLs. Ends when the
+    /// node stops.
+    pub(crate) async fn run(self: std::sync::Arc<Self>, tick: Duration, checkpoint: Duration) {
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_checkpoint = Instant::now();
+        loop {
+            ticker.tick().await;
+            if self.node.status().stopped {
+                return;
+            }
+            let term = match self.sync() {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease bookkeeping failed");
+                    continue;
+                }
+            };
+            let now = Instant::now();
+            let (expired, remaining): (Vec<i64>, Vec<(i64, i64)>) = {
+                let st = self.lock();
+                if st.term != term {
+                    continue;
+                }
+                let expired = st
+                    .deadlines
+                    .iter()
+                    .filter(|(_, d)| **d <= now)
+                    .map(|(id, _)| *id)
+                    .collect();
+                let remaining = st
+                    .deadlines
+                    .iter()
+                    .filter(|(_, d)| **d > now)
+                    .map(|(id, d)| (*id, ceil_secs(*d - now)))
+                    .collect();
+                (expired, remaining)
+            };
+            for id in expired {
+                let node = self.node.clone();
+                tokio::spawn(async move {
+                    match node.propose(Command::LeaseRevoke { id }).await {
+                        Ok(_) | Err(NodeError::Request(RequestError::LeaseNotFound)) => {
+                            tracing::debug!(lease = id, "lease expired and revoked")
+                        }
+                        // Still in the table: the next tick retries.
+                        Err(e) => tracing::warn!(lease = id, error = %e, "lease revoke failed"),
+                    }
+                });
+            }
+            if now.duration_since(last_checkpoint) >= checkpoint {
+                last_checkpoint = now;
+                for (id, remaining_ttl) in remaining {
+                    let node = self.node.clone();
+                    tokio::spawn(async move {
+                        let _ = node
+                            .propose(Command::LeaseCheckpoint { id, remaining_ttl })
+                            .await;
+                    });
+                }
+            }
+        }
+    }
+
+    /// Resets lease `id`'s deadline to its full TTL (leader only). `Ok(None)`: no such lease.
+    async fn keep_alive(&self, id: i64) -> Result<Option<i64>, NodeError> {
+        // The lease must be known to this leader's applied state; a read barrier makes a
+        // grant acknowledged elsewhere visible.
+        self.node.read_barrier().await?;
+        let term = self.sync()?.ok_or(NodeError::NotLeader {
+            leader: self.node.status().leader,
+        })?;
+        let Some(l) = self.node.with_store(|s| s.lease(id))? else {
+            return Ok(None);
+        };
+        let mut st = self.lock();
+        if st.term != term {
+            return Err(NodeError::LeaderChanged);
+        }
+        st.deadlines.insert(
+            id,
+            Instant::now() + Duration::from_secs(l.ttl.max(0) as u64),
+        );
+        Ok(Some(l.ttl))
+    }
+
+    /// `(remaining, granted, keys)` of lease `id` (leader only).
+    async fn time_to_live(&self, id: i64) -> Result<Option<(i64, i64, Vec<Vec<u8>>)>, NodeError> {
+        self.node.read_barrier().await?;
+        let term = self.sync()?.ok_or(NodeError::NotLeader {
+            leader: self.node.status().leader,
+        })?;
+        let Some(l) = self.node.with_store(|s| s.lease(id))? else {
+            return Ok(None);
+        };
+        let st = self.lock();
+        if st.term != term {
+            return Err(NodeError::LeaderChanged);
+        }
+        let now = Instant::now();
+        let remaining = st
+            .deadlines
+            .get(&id)
+            .map_or(l.ttl, |d| ceil_secs(d.saturating_duration_since(now)));
+        Ok(Some((remaining, l.ttl, l.keys)))
+    }
+}
+
+/// The `etcdserverpb.Lease` service.
+#[derive(Clone)]
+pub(crate) struct LeaseService {
+    pub ctx: Ctx,
+}
+
+impl LeaseService {
+    /// A client of the leader's Lease service, for forwarding.
+    async fn leader_client(&self) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
+        let leader = self
+            .ctx
+            .node
+            .status()
+            .leader
+            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
+        let url = self.ctx.members.client_url(leader).ok_or_else(|| {
+            Status::unavailable("etcdserver: the leader's client URL is not known yet")
+        })?;
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))?;
+        Ok(LeaseClient::new(channel))
+    }
+
+    fn is_leader(&self) -> bool {
+        self.ctx.node.status().role == StateRole::Leader
+    }
+}
+
+fn random_id() -> i64 {
+    // Positive, non-zero, unpredictable enough to avoid collisions between grants (a
+    // collision is refused by the state machine with "lease already exists").
+    let mut buf = [0u8; 8];
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let c = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    buf.copy_from_slice(&(nanos ^ c.rotate_left(40)).to_le_bytes());
+    let h = xxhash_rust::xxh3::xxh3_64(&buf);
+    ((h >> 1) as i64).max(1)
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        request: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let r = request.into_inner();
+        if r.id < 0 {
+            return Err(Status::invalid_argument(
+                "etcdserver: lease id must be positive",
+            ));
+        }
+        let id = if r.id == 0 { random_id() } else { r.id };
+        // etcd: TTLs above 9,000,000,000 s are refused, short ones raised to the minimum.
+        if r.ttl > 9_000_000_000 {
+            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+        }
+        let ttl = r.ttl.max(self.ctx.leases.min_ttl);
+        let resp = self
+            .ctx
+            .node
+            .propose(Command::LeaseGrant { id, ttl })
+            .await
+            .map_err(api::status)?;
+        let rev = match resp {
+            concord_storage::mvcc::types::Response::Revision(r) => r,
+            _ => self.ctx.node.status().revision,
+        };
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: Some(self.ctx.header_at(rev)),
+            id,
+            ttl,
+            error: String::new(),
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let id = request.into_inner().id;
+        let resp = self
+            .ctx
+            .node
+            .propose(Command::LeaseRevoke { id })
+            .await
+            .map_err(api::status)?;
+        let rev = match resp {
+            concord_storage::mvcc::types::Response::Revision(r) => r,
+            _ => self.ctx.node.status().revision,
+        };
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: Some(self.ctx.header_at(rev)),
+        }))
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
+    ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status> {
+        let mut input = request.into_inner();
+        if !self.is_leader() {
+            // Forward the whole stream to the leader.
+            let mut client = self.leader_client().await?;
+            let (tx, rx) = mpsc::channel::<pb::LeaseKeepAliveRequest>(64);
+            tokio::spawn(async move {
+                while let Ok(Some(r)) = input.message().await {
+                    if tx.send(r).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let resp = client.lease_keep_alive(ReceiverStream::new(rx)).await?;
+            let stream = resp.into_inner();
+            return Ok(Response::new(Box::pin(stream)));
+        }
+        let (out, rx) = mpsc::channel(64);
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = tokio::select! {
+                    m = input.message() => m,
+                    _ = out.closed() => break,
+                };
+                let id = match r {
+                    Ok(Some(r)) => r.id,
+                    _ => break,
+                };
+                let resp = match ctx.leases.keep_alive(id).await {
+                    Ok(ttl) => Ok(pb::LeaseKeepAliveResponse {
+                        header: Some(ctx.header()),
+                        id,
+                        ttl: ttl.unwrap_or(0),
+                    }),
+                    Err(e) => Err(api::status(e)),
+                };
+                let failed = resp.is_err();
+                if out.send(resp).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let r = request.into_inner();
+        if !self.is_leader() {
+            let mut client = self.leader_client().await?;
+            return client.lease_time_to_live(r).await;
+        }
+        match self.ctx.leases.time_to_live(r.id).await {
+            Ok(Some((ttl, granted, keys))) => Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header: Some(self.ctx.header()),
+                id: r.id,
+                ttl,
+                granted_ttl: granted,
+                keys: if r.keys { keys } else { Vec::new() },
+            })),
+            // etcd answers an unknown lease with TTL -1.
+            Ok(None) => Ok(Response::new(pb::LeaseTimeToLiveResponse {
+                header: Some(self.ctx.header()),
+                id: r.id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: Vec::new(),
+            })),
+            Err(e) => Err(api::status(e)),
+        }
+    }
+
+    async fn lease_leases(
+        &self,
+        _request: Request<pb::LeaseLeasesRequest>,
+    ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.ctx.node.read_barrier().await.map_err(api::status)?;
+        let ids = self
+            .ctx
+            .node
+            .with_store(|s| s.lease_ids())
+            .map_err(api::status)?;
+        Ok(Response::new(pb::LeaseLeasesResponse {
+            header: Some(self.ctx.header()),
+            leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect(),
+        }))
+    }
+}

@@ -1,0 +1,289 @@
+//! etcd's `Maintenance` service (status, hash, hashKV, snapshot, alarms, move-leader,
+//! defragment) and the `Auth` service, which reports authentication as not enabled.
+
+use concord_proto::etcdserverpb as pb;
+use concord_proto::etcdserverpb::auth_server::Auth;
+use concord_proto::etcdserverpb::maintenance_server::Maintenance;
+use concord_raft::StateRole;
+use concord_storage::mvcc::types::Command;
+use concord_storage::snapshot::SnapshotStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::api::{self, Ctx};
+use crate::grpc::BoxStream;
+
+/// The etcd API version Concord answers in `Status` and `/version`.
+pub const ETCD_VERSION: &str = "3.5.0";
+/// The etcd cluster version Concord reports.
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+/// Snapshot bytes per `SnapshotResponse`.
+const SNAPSHOT_CHUNK: usize = 1 << 20;
+
+/// The `etcdserverpb.Maintenance` service.
+#[derive(Clone)]
+pub(crate) struct MaintenanceService {
+    pub ctx: Ctx,
+}
+
+fn alarms(ctx: &Ctx) -> Vec<pb::AlarmMember> {
+    if ctx.node.with_store(|s| Ok(s.nospace())).unwrap_or(false) {
+        vec![pb::AlarmMember {
+            member_id: ctx.member_id,
+            alarm: pb::AlarmType::Nospace as i32,
+        }]
+    } else {
+        Vec::new()
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        request: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        use pb::alarm_request::AlarmAction;
+        let r = request.into_inner();
+        match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => {}
+            Ok(AlarmAction::Activate) => {
+                if r.alarm != pb::AlarmType::Nospace as i32 {
+                    return Err(Status::invalid_argument(
+                        "etcdserver: only the NOSPACE alarm can be raised",
+                    ));
+                }
+                self.ctx
+                    .node
+                    .propose(Command::AlarmNoSpace)
+                    .await
+                    .map_err(api::status)?;
+            }
+            Ok(AlarmAction::Deactivate) => {
+                if r.alarm == pb::AlarmType::Nospace as i32 || r.alarm == 0 {
+                    self.ctx
+                        .node
+                        .propose(Command::AlarmDisarm)
+                        .await
+                        .map_err(api::status)?;
+                }
+            }
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "etcdserver: unknown alarm action {}",
+                    r.action
+                )))
+            }
+        }
+        Ok(Response::new(pb::AlarmResponse {
+            header: Some(self.ctx.header()),
+            alarms: alarms(&self.ctx),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let st = self.ctx.node.status();
+        let (size, in_use) = self
+            .ctx
+            .node
+            .with_store(|s| Ok((s.size_bytes()?, s.size_in_use_bytes()?)))
+            .map_err(api::status)?;
+        let mut errors = Vec::new();
+        if st.leader.is_none() {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        if !alarms(&self.ctx).is_empty() {
+            errors.push(format!("memberID:{} alarm:NOSPACE", self.ctx.member_id));
+        }
+        Ok(Response::new(pb::StatusResponse {
+            header: Some(self.ctx.header_at(st.revision)),
+            version: ETCD_VERSION.into(),
+            db_size: size as i64,
+            leader: st.leader.unwrap_or(0),
+            raft_index: st.commit,
+            raft_term: st.term,
+            raft_applied_index: st.applied,
+            errors,
+            db_size_in_use: in_use as i64,
+            is_learner: st.conf_state.learners.contains(&self.ctx.member_id),
+            ..Default::default()
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<pb::DefragmentRequest>,
+    ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        let node = self.ctx.node.clone();
+        tokio::task::spawn_blocking(move || {
+            node.with_store_mut(|s| {
+                s.defragment()
+                    .map_err(|e| concord_storage::errors::StoreError::Corrupt(e.to_string()))
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(api::status)?;
+        Ok(Response::new(pb::DefragmentResponse {
+            header: Some(self.ctx.header()),
+        }))
+    }
+
+    async fn hash(
+        &self,
+        _request: Request<pb::HashRequest>,
+    ) -> Result<Response<pb::HashResponse>, Status> {
+        let hash = self
+            .ctx
+            .node
+            .with_store(|s| s.hash())
+            .map_err(api::status)?;
+        Ok(Response::new(pb::HashResponse {
+            header: Some(self.ctx.header()),
+            hash,
+        }))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<pb::HashKvRequest>,
+    ) -> Result<Response<pb::HashKvResponse>, Status> {
+        let rev = request.into_inner().revision;
+        let (hash, hash_rev, compacted) = self
+            .ctx
+            .node
+            .with_store(|s| s.hash_kv(rev))
+            .map_err(api::status)?
+            .map_err(api::request_status)?;
+        Ok(Response::new(pb::HashKvResponse {
+            header: Some(self.ctx.header()),
+            hash,
+            compact_revision: compacted,
+            hash_revision: hash_rev,
+        }))
+    }
+
+    async fn snapshot(
+        &self,
+        _request: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<BoxStream<pb::SnapshotResponse>>, Status> {
+        // One consistent image (a single read transaction), streamed in chunks.
+        let chunks: Vec<Vec<u8>> = self
+            .ctx
+            .node
+            .with_store(|s| SnapshotStream::new(s, SNAPSHOT_CHUNK)?.collect())
+            .map_err(api::status)?;
+        let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let header = self.ctx.header();
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            for blob in chunks {
+                sent += blob.len() as u64;
+                let resp = pb::SnapshotResponse {
+                    header: Some(header),
+                    remaining_bytes: total - sent,
+                    blob,
+                    version: ETCD_VERSION.into(),
+                };
+                if tx.send(Ok(resp)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<pb::MoveLeaderRequest>,
+    ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        let st = self.ctx.node.status();
+        if st.role != StateRole::Leader {
+            return Err(Status::failed_precondition("etcdserver: not leader"));
+        }
+        if !st.conf_state.voters.contains(&target) {
+            return Err(Status::failed_precondition(
+                "etcdserver: bad leader transferee",
+            ));
+        }
+        self.ctx
+            .node
+            .transfer_leader(target)
+            .await
+            .map_err(api::status)?;
+        // Wait for the outcome, bounded by the request timeout (as etcd does).
+        let mut status = self.ctx.node.watch_status();
+        let wait = async {
+            loop {
+                if status.borrow_and_update().leader == Some(target) {
+                    return Ok(());
+                }
+                if status.changed().await.is_err() {
+                    return Err(Status::unavailable("etcdserver: server stopped"));
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(7), wait)
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: request timed out"))??;
+        Ok(Response::new(pb::MoveLeaderResponse {
+            header: Some(self.ctx.header()),
+        }))
+    }
+}
+
+/// The `etcdserverpb.Auth` service: authentication is not enabled in this version.
+#[derive(Clone)]
+pub(crate) struct AuthService {
+    pub ctx: Ctx,
+}
+
+fn auth_not_enabled() -> Status {
+    Status::failed_precondition("etcdserver: authentication is not enabled")
+}
+
+#[tonic::async_trait]
+impl Auth for AuthService {
+    async fn auth_status(
+        &self,
+        _request: Request<pb::AuthStatusRequest>,
+    ) -> Result<Response<pb::AuthStatusResponse>, Status> {
+        Ok(Response::new(pb::AuthStatusResponse {
+            header: Some(self.ctx.header()),
+            enabled: false,
+            auth_revision: 0,
+        }))
+    }
+
+    async fn authenticate(
+        &self,
+        _request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        Err(auth_not_enabled())
+    }
+
+    async fn auth_enable(
+        &self,
+        _request: Request<pb::AuthEnableRequest>,
+    ) -> Result<Response<pb::AuthEnableResponse>, Status> {
+        Err(Status::unimplemented(
+            "concord: authentication is not implemented in this version",
+        ))
+    }
+
+    async fn auth_disable(
+        &self,
+        _request: Request<pb::AuthDisableRequest>,
+    ) -> Result<Response<pb::AuthDisableResponse>, Status> {
+        Ok(Response::new(pb::AuthDisableResponse {
+            header: Some(self.ctx.header()),
+        }))
+    }
+}

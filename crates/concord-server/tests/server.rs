@@ -1,0 +1,239 @@
+//! In-process servers on loopback driven by gRPC clients generated from concord-proto:
+//! a quick check of the client API without spawning processes (the `concord` crate's
+//! end-to-end tests drive real processes with the independent `etcd-client` crate).
+
+use std::time::Duration;
+
+use concord_proto::etcdserverpb as pb;
+use concord_proto::etcdserverpb::kv_client::KvClient;
+use concord_proto::etcdserverpb::lease_client::LeaseClient;
+use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use concord_proto::etcdserverpb::watch_client::WatchClient;
+use concord_server::server::{Server, ServerConfig};
+use tonic::transport::Channel;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Cluster {
+    servers: Vec<Option<Server>>,
+    configs: Vec<ServerConfig>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<(String, Vec<String>)> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, p))| (format!("n{i}"), vec![format!("http://127.0.0.1:{p}")]))
+            .collect();
+        let mut configs = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let mut cfg = ServerConfig::new(format!("n{i}"));
+            cfg.data_dir = dir.path().join(format!("n{i}"));
+            cfg.listen_client_urls = vec![format!("http://127.0.0.1:{c}")];
+            cfg.listen_peer_urls = vec![format!("http://127.0.0.1:{p}")];
+            cfg.initial_cluster = initial.clone();
+            cfg.heartbeat_interval = Duration::from_millis(50);
+            cfg.election_timeout = Duration::from_millis(500);
+            configs.push(cfg);
+        }
+        let mut servers = Vec::new();
+        for cfg in &configs {
+            servers.push(Some(Server::start(cfg.clone()).await.unwrap()));
+        }
+        let c = Cluster {
+            servers,
+            configs,
+            _dir: dir,
+        };
+        c.wait_leader().await;
+        c
+    }
+
+    async fn wait_leader(&self) {
+        for _ in 0..200 {
+            if self
+                .servers
+                .iter()
+                .flatten()
+                .all(|s| s.node().status().leader.is_some())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader");
+    }
+
+    async fn channel(&self, i: usize) -> Channel {
+        let url = self.configs[i].listen_client_urls[0].clone();
+        Channel::from_shared(url).unwrap().connect().await.unwrap()
+    }
+
+    async fn stop(mut self) {
+        for s in self.servers.iter_mut() {
+            if let Some(s) = s.take() {
+                s.shutdown().await.unwrap();
+            }
+        }
+    }
+}
+
+fn put(k: &str, v: &str) -> pb::PutRequest {
+    pb::PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_watch_and_status_over_grpc() {
+    let c = Cluster::start(3).await;
+    let mut kv = KvClient::new(c.channel(0).await);
+    let r1 = kv.put(put("a", "1")).await.unwrap().into_inner();
+    let h = r1.header.unwrap();
+    assert!(h.cluster_id != 0 && h.member_id != 0 && h.raft_term > 0);
+    let rev1 = h.revision;
+    let r2 = kv
+        .put(pb::PutRequest {
+            prev_kv: true,
+            ..put("a", "2")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r2.header.unwrap().revision, rev1 + 1);
+    assert_eq!(r2.prev_kv.unwrap().value, b"1");
+
+    // A follower serves a linearizable read of the write just made.
+    let mut kv1 = KvClient::new(c.channel(1).await);
+    let got = kv1
+        .range(pb::RangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.kvs[0].value, b"2");
+    assert_eq!(got.kvs[0].version, 2);
+
+    // Watch from the first revision sees both puts, in order.
+    let mut w = WatchClient::new(c.channel(2).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: b"a".to_vec(),
+                start_revision: rev1,
+                ..Default::default()
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut stream = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let m = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        seen.extend(m.events.into_iter().map(|e| e.kv.unwrap().mod_revision));
+    }
+    assert_eq!(seen, vec![rev1, rev1 + 1]);
+
+    // Oversize and empty keys are refused with etcd's strings; the node keeps serving.
+    let big = "x".repeat(2 << 20);
+    let e = kv.put(put("big", &big)).await.unwrap_err();
+    assert!(e.message().contains("request is too large"), "{e:?}");
+    let e = kv.put(put("", "v")).await.unwrap_err();
+    assert!(e.message().contains("key is not provided"), "{e:?}");
+    kv.put(put("after", "ok")).await.unwrap();
+
+    // Compaction: older revisions are refused afterwards.
+    kv.compact(pb::CompactionRequest {
+        revision: rev1 + 1,
+        physical: false,
+    })
+    .await
+    .unwrap();
+    let e = kv
+        .range(pb::RangeRequest {
+            key: b"a".to_vec(),
+            revision: rev1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(e.message().contains("required revision has been compacted"));
+
+    let mut m = MaintenanceClient::new(c.channel(1).await);
+    let st = m.status(pb::StatusRequest {}).await.unwrap().into_inner();
+    assert!(st.leader != 0);
+    assert!(st.raft_index >= st.raft_applied_index.min(st.raft_index));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_expiry_revokes_keys() {
+    let c = Cluster::start(1).await;
+    let mut lease = LeaseClient::new(c.channel(0).await);
+    let g = lease
+        .lease_grant(pb::LeaseGrantRequest { ttl: 1, id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.id > 0);
+    assert!(g.ttl >= 1);
+    let mut kv = KvClient::new(c.channel(0).await);
+    kv.put(pb::PutRequest {
+        lease: g.id,
+        ..put("leased", "v")
+    })
+    .await
+    .unwrap();
+    let get = || pb::RangeRequest {
+        key: b"leased".to_vec(),
+        ..Default::default()
+    };
+    assert_eq!(kv.range(get()).await.unwrap().into_inner().count, 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(g.ttl as u64 + 5);
+    loop {
+        if kv.range(get()).await.unwrap().into_inner().count == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "lease never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ttl = lease
+        .lease_time_to_live(pb::LeaseTimeToLiveRequest {
+            id: g.id,
+            keys: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ttl.ttl, -1);
+    c.stop().await;
+}
