@@ -184,9 +184,28 @@ fn write_meta(t: &mut exec::T<'_>, m: &Meta) -> Result<(), StoreError> {
 }
 
 impl<D: Disk> MvccStore<D> {
-    /// Opens (or creates) the store in the file at `path`.
+    /// Opens (or creates) the store in the file at `path`. A damaged file is an error,
+    /// never a panic: redb 3.1 panics on some corrupt pages, so the open runs inside
+    /// `catch_unwind` and such a panic becomes [`StoreError::Corrupt`].
     pub fn open(disk: D, path: impl Into<PathBuf>, config: MvccConfig) -> Result<Self, StoreError> {
         let path = path.into();
+        let shown = path.display().to_string();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::open_inner(disk, path, config)
+        }))
+        .unwrap_or_else(|panic| {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(StoreError::Corrupt(format!(
+                "{shown} cannot be read (the database library failed: {why})"
+            )))
+        })
+    }
+
+    fn open_inner(disk: D, path: PathBuf, config: MvccConfig) -> Result<Self, StoreError> {
         let io = |source| StoreError::Io {
             path: path.clone(),
             source,

@@ -1064,3 +1064,40 @@ fn flipped_bits_in_the_database_never_give_wrong_answers() {
         "{outcomes:?}"
     );
 }
+
+/// A damaged database file is an error at open, never a panic, wherever the damage is.
+#[test]
+fn corrupt_files_fail_to_open_cleanly() {
+    let (disk, mut s) = store();
+    for i in 0..50u32 {
+        let p = PutRequest {
+            key: format!("k{i}").into_bytes(),
+            value: vec![i as u8; 100],
+            ..PutRequest::default()
+        };
+        s.apply(u64::from(i) + 1, &Command::Put(p)).unwrap();
+    }
+    s.sync().unwrap();
+    drop(s);
+    let path = Path::new("/db/state.redb");
+    let len = disk.read_all(path).unwrap().len() as u64;
+    let prev_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut outcomes = (0, 0);
+    for step in 0..64u64 {
+        let d = disk.fork();
+        let offset = (step * 7919) % len;
+        for b in 0..8 {
+            d.flip_bit(path, (offset + b * 13) % len, (b % 8) as u8)
+                .unwrap();
+        }
+        // Either the damage is detected (an error) or it hit unused bytes (opens); the
+        // test fails only on a panic escaping `open`.
+        match MvccStore::open(d, path, MvccConfig::default()) {
+            Ok(_) => outcomes.0 += 1,
+            Err(_) => outcomes.1 += 1,
+        }
+    }
+    std::panic::set_hook(prev_hook);
+    assert_eq!(outcomes.0 + outcomes.1, 64);
+}
