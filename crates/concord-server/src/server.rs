@@ -13,6 +13,7 @@
 
 mod api;
 mod cluster;
+mod concurrency;
 pub mod config;
 mod http;
 mod kv;
@@ -31,6 +32,8 @@ use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use concord_proto::etcdserverpb::watch_server::WatchServer;
+use concord_proto::v3electionpb::election_server::ElectionServer;
+use concord_proto::v3lockpb::lock_server::LockServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
@@ -269,6 +272,12 @@ impl Server {
                 .max_encoding_message_size(usize::MAX),
         )
         .add_service(AuthServer::new(maintenance::AuthService {
+            ctx: ctx.clone(),
+        }))
+        .add_service(LockServer::new(concurrency::ConcurrencyService {
+            ctx: ctx.clone(),
+        }))
+        .add_service(ElectionServer::new(concurrency::ConcurrencyService {
             ctx: ctx.clone(),
         }));
         let router = routes.into_axum_router().merge(http::router(ctx.clone()));

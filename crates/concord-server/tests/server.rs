@@ -237,3 +237,102 @@ async fn lease_expiry_revokes_keys() {
     assert_eq!(ttl.ttl, -1);
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_exclude_and_hand_out_increasing_fencing_tokens() {
+    use concord_proto::v3electionpb as el;
+    use concord_proto::v3electionpb::election_client::ElectionClient;
+    use concord_proto::v3lockpb as lk;
+    use concord_proto::v3lockpb::lock_client::LockClient;
+    let c = Cluster::start(1).await;
+    let lease = LeaseClient::new(c.channel(0).await);
+    let grant = || {
+        let mut lease = lease.clone();
+        async move {
+            lease
+                .lease_grant(pb::LeaseGrantRequest { ttl: 30, id: 0 })
+                .await
+                .unwrap()
+                .into_inner()
+                .id
+        }
+    };
+    let (la, lb) = (grant().await, grant().await);
+    let mut lock = LockClient::new(c.channel(0).await);
+    let a = lock
+        .lock(lk::LockRequest {
+            name: b"job".to_vec(),
+            lease: la,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a.key, format!("job/{la:x}").into_bytes());
+    let token_a = a.header.unwrap().revision;
+    // B waits while A holds the lock.
+    let mut lock_b = lock.clone();
+    let waiting = tokio::spawn(async move {
+        lock_b
+            .lock(lk::LockRequest {
+                name: b"job".to_vec(),
+                lease: lb,
+            })
+            .await
+            .map(|r| r.into_inner())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "B got the lock while A held it");
+    lock.unlock(lk::UnlockRequest { key: a.key }).await.unwrap();
+    let b = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        b.header.unwrap().revision > token_a,
+        "fencing token must grow"
+    );
+
+    // Election: the first campaigner leads; proclaim updates the value; resign hands over.
+    let mut e = ElectionClient::new(c.channel(0).await);
+    let lc = grant().await;
+    let led = e
+        .campaign(el::CampaignRequest {
+            name: b"svc".to_vec(),
+            lease: lc,
+            value: b"v1".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .leader
+        .unwrap();
+    e.proclaim(el::ProclaimRequest {
+        leader: Some(led.clone()),
+        value: b"v2".to_vec(),
+    })
+    .await
+    .unwrap();
+    let now = e
+        .leader(el::LeaderRequest {
+            name: b"svc".to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(now.kv.unwrap().value, b"v2");
+    e.resign(el::ResignRequest {
+        leader: Some(led.clone()),
+    })
+    .await
+    .unwrap();
+    let err = e
+        .proclaim(el::ProclaimRequest {
+            leader: Some(led),
+            value: b"v3".to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().contains("not leader"));
+    c.stop().await;
+}
