@@ -453,7 +453,28 @@ impl NodeHandle {
     /// Replicates `cmd` through Raft and returns its result once committed and applied
     /// on this node. A follower forwards the proposal to the leader (Raft's own
     /// forwarding). On [`NodeError::Timeout`] the command may still be applied later.
+    ///
+    /// Writes are first checked against the store's quota, as etcd does: over
+    /// `MvccConfig::quota_bytes` (or with the NOSPACE alarm raised) they fail with
+    /// `etcdserver: mvcc: database space exceeded`, and the alarm is raised through Raft
+    /// so every member refuses writes until it is disarmed.
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
+        let (admitted, raised) = self.with_store(|s| Ok((s.admit(&cmd)?, s.nospace())))?;
+        if let Err(e) = admitted {
+            if !raised {
+                let node = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = node.propose_unchecked(Command::AlarmNoSpace).await {
+                        tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+                    }
+                });
+            }
+            return Err(e.into());
+        }
+        self.propose_unchecked(cmd).await
+    }
+
+    async fn propose_unchecked(&self, cmd: Command) -> Result<Response, NodeError> {
         let key = self.next_key();
         let data = Envelope { key, command: cmd }.encode();
         if data.len() > self.max_request_bytes {

@@ -15,6 +15,7 @@ mod api;
 mod cluster;
 mod concurrency;
 pub mod config;
+mod gateway;
 mod http;
 mod kv;
 mod lease;
@@ -238,6 +239,7 @@ impl Server {
             cluster_id,
             member_id,
             max_txn_ops: config.max_txn_ops,
+            quota_bytes: config.quota_backend_bytes,
             leases: leases.clone(),
             members: members.clone(),
         };
@@ -280,7 +282,30 @@ impl Server {
         .add_service(ElectionServer::new(concurrency::ConcurrencyService {
             ctx: ctx.clone(),
         }));
-        let router = routes.into_axum_router().merge(http::router(ctx.clone()));
+        // One port for both: gRPC requests (content-type application/grpc) go to the
+        // services, everything else to the HTTP routes, which answer 404 for unknown paths.
+        let plain = http::router(ctx.clone())
+            .merge(gateway::router(gateway::Gateway::new(
+                ctx.clone(),
+                token.clone(),
+            )))
+            .fallback(http::not_found);
+        let router = routes.into_axum_router().layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let plain = plain.clone();
+                async move {
+                    if http::is_grpc(&req) {
+                        next.run(req).await
+                    } else {
+                        use tower::ServiceExt as _;
+                        match plain.oneshot(req).await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        }
+                    }
+                }
+            },
+        ));
         for (listener, _) in client_listeners {
             let router = router.clone();
             let stop = wait_stop(stop_rx.clone());

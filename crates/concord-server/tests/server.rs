@@ -336,3 +336,61 @@ async fn locks_exclude_and_hand_out_increasing_fencing_tokens() {
     assert!(err.message().contains("not leader"));
     c.stop().await;
 }
+
+/// Sends one HTTP/1.1 request and returns the status code and body.
+async fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_gateway_and_http_routes() {
+    let c = Cluster::start(1).await;
+    let port: u16 = c.configs[0].listen_client_urls[0]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // key "foo" = Zm9v, value "bar" = YmFy
+    let (code, body) = http(
+        port,
+        "POST",
+        "/v3/kv/put",
+        r#"{"key":"Zm9v","value":"YmFy"}"#,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http(port, "POST", "/v3/kv/range", r#"{"key":"Zm9v"}"#).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["kvs"][0]["value"], "YmFy");
+    assert_eq!(v["count"], "1");
+    let (code, body) = http(port, "POST", "/v3/kv/put", r#"{"key": nope"#).await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = http(port, "POST", "/v3/kv/put", r#"{"key":"","value":"YmFy"}"#).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("key is not provided"));
+    let (code, _) = http(port, "GET", "/no/such/path", "").await;
+    assert_eq!(code, 404);
+    let (code, body) = http(port, "GET", "/health", "").await;
+    assert_eq!(code, 200);
+    assert!(body.contains(r#""health":"true""#));
+    c.stop().await;
+}

@@ -22,6 +22,7 @@ pub(crate) struct Ctx {
     pub cluster_id: u64,
     pub member_id: u64,
     pub max_txn_ops: usize,
+    pub quota_bytes: u64,
     pub leases: Arc<Leases>,
     pub members: Arc<Members>,
 }
@@ -41,6 +42,27 @@ impl Ctx {
             revision,
             raft_term: self.node.status().term,
         }
+    }
+}
+
+impl Ctx {
+    /// A connection to the leader's client URL, for requests only the leader can answer
+    /// (keep-alives, promotions), which etcd forwards there too.
+    pub async fn leader_channel(&self) -> Result<tonic::transport::Channel, Status> {
+        let leader = self
+            .node
+            .status()
+            .leader
+            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
+        let url = self.members.client_url(leader).ok_or_else(|| {
+            Status::unavailable("etcdserver: the leader's client URL is not known yet")
+        })?;
+        tonic::transport::Endpoint::from_shared(url)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))
     }
 }
 

@@ -6,6 +6,7 @@
 //! learner member which is in sync with leader").
 
 use concord_proto::etcdserverpb as pb;
+use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::cluster_server::Cluster;
 use concord_raft::{ConfChange, ConfChangeSingle, ConfChangeType, ConfState};
 use tonic::{Request, Response, Status};
@@ -158,13 +159,10 @@ impl Cluster for ClusterService {
                 "etcdserver: can only promote a learner member",
             ));
         }
-        let st = self.ctx.node.status();
-        if st.role != concord_raft::StateRole::Leader {
-            // The leader knows each member's progress; etcd forwards the request there.
-            return Err(Status::failed_precondition(format!(
-                "etcdserver: not leader; send the promotion to the leader (member {:x})",
-                st.leader.unwrap_or(0)
-            )));
+        if self.ctx.node.status().role != concord_raft::StateRole::Leader {
+            // Only the leader knows each member's progress: forward, as etcd does.
+            let mut leader = ClusterClient::new(self.ctx.leader_channel().await?);
+            return leader.member_promote(pb::MemberPromoteRequest { id }).await;
         }
         if !self.ctx.node.is_caught_up(id).await.map_err(api::status)? {
             return Err(Status::failed_precondition(

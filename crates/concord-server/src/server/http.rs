@@ -131,3 +131,20 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         out,
     )
 }
+
+/// Whether a request is gRPC (by its content type).
+pub(crate) fn is_grpc(req: &axum::extract::Request) -> bool {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Unknown HTTP paths.
+pub(crate) async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        JSON,
+        r#"{"error":"not found","code":5}"#,
+    )
+}

@@ -239,22 +239,7 @@ pub(crate) struct LeaseService {
 impl LeaseService {
     /// A client of the leader's Lease service, for forwarding.
     async fn leader_client(&self) -> Result<LeaseClient<tonic::transport::Channel>, Status> {
-        let leader = self
-            .ctx
-            .node
-            .status()
-            .leader
-            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
-        let url = self.ctx.members.client_url(leader).ok_or_else(|| {
-            Status::unavailable("etcdserver: the leader's client URL is not known yet")
-        })?;
-        let channel = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(Duration::from_secs(2))
-            .connect()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))?;
-        Ok(LeaseClient::new(channel))
+        Ok(LeaseClient::new(self.ctx.leader_channel().await?))
     }
 
     fn is_leader(&self) -> bool {

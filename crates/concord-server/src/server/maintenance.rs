@@ -111,6 +111,7 @@ impl Maintenance for MaintenanceService {
             errors,
             db_size_in_use: in_use as i64,
             is_learner: st.conf_state.learners.contains(&self.ctx.member_id),
+            db_size_quota: self.ctx.quota_bytes as i64,
             ..Default::default()
         }))
     }
