@@ -462,12 +462,11 @@ impl NodeHandle {
         let (admitted, raised) = self.with_store(|s| Ok((s.admit(&cmd)?, s.nospace())))?;
         if let Err(e) = admitted {
             if !raised {
-                let node = self.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = node.propose_unchecked(Command::AlarmNoSpace).await {
-                        tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
-                    }
-                });
+                // Raised before the refusal is returned, so a client that sees the error
+                // also sees the alarm.
+                if let Err(e) = self.propose_unchecked(Command::AlarmNoSpace).await {
+                    tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
+                }
             }
             return Err(e.into());
         }

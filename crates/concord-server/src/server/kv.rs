@@ -103,9 +103,25 @@ impl Kv for KvService {
             })
             .await?
         {
-            StResponse::Revision(rev) => Ok(Response::new(pb::CompactionResponse {
-                header: Some(self.ctx.header_at(rev)),
-            })),
+            StResponse::Revision(rev) => {
+                if c.physical {
+                    // etcd's `physical`: answer once the space is reclaimed here.
+                    let node = self.ctx.node.clone();
+                    tokio::task::spawn_blocking(move || loop {
+                        match node.with_store_mut(|s| s.compact_step()) {
+                            Ok(true) => return Ok(()),
+                            Ok(false) => {}
+                            Err(e) => return Err(e),
+                        }
+                    })
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .map_err(api::status)?;
+                }
+                Ok(Response::new(pb::CompactionResponse {
+                    header: Some(self.ctx.header_at(rev)),
+                }))
+            }
             _ => Err(unexpected()),
         }
     }

@@ -532,6 +532,40 @@ impl<D: Disk> MvccStore<D> {
             }
             if done {
                 meta.cursor = target;
+                // The changes at the compacted revision itself stay (a watch may start
+                // there), but the versions they supersede can go: without this, a key
+                // deleted exactly at the compacted revision would keep its last value's
+                // space until a later compaction.
+                let lo = Revision {
+                    main: meta.compacted,
+                    sub: 0,
+                }
+                .to_bytes();
+                let hi = Revision {
+                    main: meta.compacted,
+                    sub: i64::MAX,
+                }
+                .to_bytes();
+                let mut at = Vec::new();
+                for item in rev_keys.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+                    let (k, v) = item?;
+                    let rev = Revision::from_bytes(k.value())
+                        .ok_or_else(|| StoreError::Corrupt("rev_keys key".into()))?;
+                    let key = unseal(k.value(), v.value())
+                        .ok_or_else(|| StoreError::Corrupt(format!("change {rev:?}")))?;
+                    at.push((rev, key.to_vec()));
+                }
+                for (rev, key) in at {
+                    let lo = key_rev(&key, Revision::default());
+                    let hi = key_rev(&key, rev);
+                    let mut old = Vec::new();
+                    for item in key_revs.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
+                        old.push(item?.0.value().to_vec());
+                    }
+                    for k in old {
+                        key_revs.remove(k.as_slice())?;
+                    }
+                }
             }
         }
         write_meta(&mut txn.open_table(META)?, &meta)?;
@@ -627,7 +661,8 @@ impl<D: Disk> MvccStore<D> {
 
     /// etcd's `HashKV`: a CRC32C over the key history visible from the compacted revision
     /// up to `revision` (0: current) — for each key, its last version below the compacted
-    /// revision if live, and every version from the compacted revision to `revision`.
+    /// revision if live and not superseded at the compacted revision itself, and every
+    /// version from the compacted revision to `revision`.
     /// Replicas with the same history agree whatever their physical compaction progress.
     /// Returns the hash, the revision hashed and the compacted revision.
     pub fn hash_kv(
@@ -678,7 +713,12 @@ impl<D: Disk> MvccStore<D> {
                 below = Some((k.to_vec(), v.value().to_vec()));
             } else if rev.main <= at {
                 if let Some((bk, bv)) = below.take() {
-                    if !is_tombstone(check_version(&bk, &bv).ok_or_else(corrupt_row)?) {
+                    // A change at the compacted revision itself supersedes the version
+                    // below it (which physical compaction removes), so it is not part
+                    // of the visible history.
+                    if rev.main > meta.compacted
+                        && !is_tombstone(check_version(&bk, &bv).ok_or_else(corrupt_row)?)
+                    {
                         crc = add(crc, &bk, &bv);
                     }
                 }
