@@ -151,7 +151,14 @@ impl Server {
         let token = config.initial_cluster_token.clone();
         let cluster_id = members::cluster_id(&token);
         let my_peer_urls = config.advertised_peer_urls().to_vec();
-        let member_id = members::member_id(&my_peer_urls, &token);
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ServerError::Start(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        // A member keeps the id it started with, whatever its URLs are now (etcd keeps it
+        // in its WAL); the id file is written before the node's first WAL record.
+        let member_id =
+            members::load_or_store_id(&config.data_dir, members::member_id(&my_peer_urls, &token))
+                .map_err(ServerError::Start)?;
         let mut founding = BTreeMap::new();
         for (name, urls) in config.founding_members() {
             founding.insert(
@@ -184,9 +191,6 @@ impl Server {
             me.client_urls = my_client_urls.clone();
         }
 
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            ServerError::Start(format!("cannot create {}: {e}", config.data_dir.display()))
-        })?;
         let heartbeat = config.heartbeat_interval;
         let mut nc = NodeConfig::new(
             member_id,

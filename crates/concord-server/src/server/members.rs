@@ -61,6 +61,32 @@ fn nonzero(x: u64) -> u64 {
     }
 }
 
+/// The member id recorded in `data_dir/member_id`, or `fresh` (then recorded, durably)
+/// when the data dir has none yet.
+pub fn load_or_store_id(data_dir: &std::path::Path, fresh: u64) -> Result<u64, String> {
+    let path = data_dir.join("member_id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16)
+            .ok()
+            .filter(|id| *id != 0)
+            .ok_or_else(|| format!("{} is damaged: {:?}", path.display(), text.trim())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = data_dir.join("member_id.tmp");
+            let write = || -> std::io::Result<()> {
+                use std::io::Write as _;
+                let mut f = std::fs::File::create(&tmp)?;
+                writeln!(f, "{fresh:x}")?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(fresh)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
 const PREFIX: &str = "member/";
 
 fn meta_key(id: u64) -> Vec<u8> {
@@ -165,6 +191,17 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_id_survives_restarts_and_damage_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_or_store_id(dir.path(), 7).unwrap(), 7);
+        assert_eq!(load_or_store_id(dir.path(), 9).unwrap(), 7);
+        std::fs::write(dir.path().join("member_id"), "zz").unwrap();
+        assert!(load_or_store_id(dir.path(), 9)
+            .unwrap_err()
+            .contains("damaged"));
+    }
 
     #[test]
     fn ids_ignore_url_order_and_depend_on_the_token() {

@@ -1,0 +1,495 @@
+//! `concord bench`: a load generator for any etcd v3 endpoint list (Concord or etcd).
+//!
+//! Clients are tokio tasks sharing `--conns` gRPC connections spread over the endpoints.
+//! Each client runs one request at a time (closed loop), so `--clients` is the
+//! concurrency. The run stops after `--total` requests or `--duration`, whichever comes
+//! first; latencies go into an HDR histogram (microsecond resolution). The last line of
+//! output is one JSON object with the figures, for scripts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use concord_proto::etcdserverpb as pb;
+use concord_proto::etcdserverpb::kv_client::KvClient;
+use concord_proto::etcdserverpb::lease_client::LeaseClient;
+use concord_proto::etcdserverpb::watch_client::WatchClient;
+use hdrhistogram::Histogram;
+use tonic::transport::{Channel, Endpoint};
+
+/// What each request does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Op {
+    /// `Put` of a random key in the key space.
+    Put,
+    /// Linearizable `Range` of one random key.
+    Range,
+    /// Serializable (local, possibly stale) `Range` of one random key.
+    RangeSerializable,
+    /// `Txn`: compare-and-swap on a random key (compare mod revision, then put).
+    TxnCas,
+    /// Put a key and time until a watcher on another connection sees it.
+    WatchLatency,
+    /// One `LeaseKeepAlive` round trip on a granted lease.
+    LeaseKeepalive,
+}
+
+/// `concord bench` options.
+#[derive(Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Comma-separated client URLs.
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+    /// The operation.
+    #[arg(long, value_enum, default_value = "put")]
+    pub op: Op,
+    /// Concurrent clients (requests in flight).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// gRPC connections shared by the clients (spread over the endpoints).
+    #[arg(long, default_value_t = 8)]
+    pub conns: usize,
+    /// Stop after this many requests.
+    #[arg(long, default_value_t = 100_000)]
+    pub total: u64,
+    /// Stop after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    pub duration: f64,
+    /// Number of distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    pub key_space: u64,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub value_size: usize,
+    /// Prefix of every key written or read.
+    #[arg(long, default_value = "bench/")]
+    pub key_prefix: String,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Dial timeout in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub dial_timeout: f64,
+}
+
+/// Why a run failed before producing figures.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// Bad options.
+    #[error("{0}")]
+    Args(String),
+    /// No endpoint could be reached.
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, String),
+    /// The setup request (lease grant, watch) failed.
+    #[error("setup failed: {0}")]
+    Setup(String),
+}
+
+/// The figures of one run.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    /// The operation.
+    pub op: String,
+    /// Concurrency.
+    pub clients: usize,
+    /// Connections.
+    pub conns: usize,
+    /// Value size.
+    pub value_size: usize,
+    /// Successful requests.
+    pub ok: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Successful requests per second.
+    pub throughput: f64,
+    /// Latency percentiles in milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Maximum.
+    pub max_ms: f64,
+    /// First error message seen, if any.
+    pub first_error: Option<String>,
+}
+
+async fn connect(url: &str, timeout: Duration) -> Result<Channel, BenchError> {
+    Endpoint::from_shared(url.to_string())
+        .map_err(|e| BenchError::Args(format!("bad endpoint {url}: {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|e| BenchError::Connect(url.to_string(), e.to_string()))
+}
+
+struct Shared {
+    args: BenchArgs,
+    issued: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+    deadline: Instant,
+}
+
+impl Shared {
+    /// Claims the next request slot; `false` once the run is over.
+    fn claim(&self) -> bool {
+        Instant::now() < self.deadline
+            && self.issued.fetch_add(1, Ordering::Relaxed) < self.args.total
+    }
+
+    fn error(&self, e: impl std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    }
+}
+
+fn key(args: &BenchArgs, rng: &mut u64) -> Vec<u8> {
+    // xorshift: cheap, per client, no shared state.
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let k = *rng % args.key_space.max(1);
+    format!("{}{k:012}", args.key_prefix).into_bytes()
+}
+
+/// Runs the benchmark and returns its figures.
+pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
+    if args.endpoints.is_empty() || args.clients == 0 || args.conns == 0 {
+        return Err(BenchError::Args(
+            "--endpoints, --clients and --conns must be non-empty / positive".into(),
+        ));
+    }
+    if args.duration.is_nan() || args.duration <= 0.0 {
+        return Err(BenchError::Args("--duration must be positive".into()));
+    }
+    let timeout = Duration::from_secs_f64(args.dial_timeout.max(0.1));
+    let mut channels = Vec::new();
+    for i in 0..args.conns {
+        let url = &args.endpoints[i % args.endpoints.len()];
+        channels.push(connect(url, timeout).await?);
+    }
+    let value = vec![b'x'; args.value_size];
+    // Per-op setup: a lease for keep-alives; a watcher for watch latency.
+    let lease_id = if args.op == Op::LeaseKeepalive {
+        let mut l = LeaseClient::new(channels[0].clone());
+        l.lease_grant(pb::LeaseGrantRequest { ttl: 600, id: 0 })
+            .await
+            .map_err(|e| BenchError::Setup(e.message().to_string()))?
+            .into_inner()
+            .id
+    } else {
+        0
+    };
+    let watch_seen = if args.op == Op::WatchLatency {
+        Some(start_watcher(&channels[channels.len() - 1], &args.key_prefix).await?)
+    } else {
+        None
+    };
+
+    let shared = Arc::new(Shared {
+        issued: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        first_error: std::sync::Mutex::new(None),
+        deadline: Instant::now() + Duration::from_secs_f64(args.duration),
+        args: args.clone(),
+    });
+    let bar = if args.no_progress {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let b = indicatif::ProgressBar::new(args.total);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {op} [{elapsed_precise}] {bar:40} {pos}/{len} ({per_sec})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .with_key("op", {
+                let op = format!("{:?}", args.op);
+                move |_: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = w.write_str(&op);
+                }
+            }),
+        );
+        b
+    };
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients {
+        let ch = channels[c % channels.len()].clone();
+        let shared = shared.clone();
+        let value = value.clone();
+        let bar = bar.clone();
+        let watch_seen = watch_seen.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .unwrap_or_else(|_| Histogram::new(3).expect("3 significant figures is valid"));
+            let mut kv = KvClient::new(ch.clone());
+            let mut lease = LeaseClient::new(ch);
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ ((c as u64 + 1) * 0x1000_0001);
+            let args = &shared.args;
+            let mut keepalive: Option<(
+                tokio::sync::mpsc::Sender<pb::LeaseKeepAliveRequest>,
+                tonic::Streaming<pb::LeaseKeepAliveResponse>,
+            )> = None;
+            while shared.claim() {
+                let t0 = Instant::now();
+                let result: Result<(), String> = match args.op {
+                    Op::Put => kv
+                        .put(pb::PutRequest {
+                            key: key(args, &mut rng),
+                            value: value.clone(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.message().to_string()),
+                    Op::Range | Op::RangeSerializable => kv
+                        .range(pb::RangeRequest {
+                            key: key(args, &mut rng),
+                            serializable: args.op == Op::RangeSerializable,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.message().to_string()),
+                    Op::TxnCas => cas(&mut kv, key(args, &mut rng), value.clone()).await,
+                    Op::WatchLatency => match &watch_seen {
+                        Some(seen) => {
+                            let k = key(args, &mut rng);
+                            let mut rx = seen.subscribe();
+                            match kv
+                                .put(pb::PutRequest {
+                                    key: k.clone(),
+                                    value: value.clone(),
+                                    ..Default::default()
+                                })
+                                .await
+                            {
+                                Ok(r) => {
+                                    let rev = r.into_inner().header.map_or(0, |h| h.revision);
+                                    wait_seen(&mut rx, rev).await
+                                }
+                                Err(e) => Err(e.message().to_string()),
+                            }
+                        }
+                        None => Err("no watcher".into()),
+                    },
+                    Op::LeaseKeepalive => {
+                        keepalive_once(&mut lease, &mut keepalive, lease_id).await
+                    }
+                };
+                match result {
+                    Ok(()) => {
+                        shared.ok.fetch_add(1, Ordering::Relaxed);
+                        let us = t0.elapsed().as_micros().clamp(1, 60_000_000) as u64;
+                        let _ = hist.record(us);
+                    }
+                    Err(e) => shared.error(e),
+                }
+                bar.inc(1);
+            }
+            hist
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| BenchError::Args(e.to_string()))?;
+    for t in tasks {
+        if let Ok(h) = t.await {
+            let _ = hist.add(h);
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let ok = shared.ok.load(Ordering::Relaxed);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let first_error = shared
+        .first_error
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Ok(Summary {
+        op: format!("{:?}", args.op).to_lowercase(),
+        clients: args.clients,
+        conns: args.conns,
+        value_size: args.value_size,
+        ok,
+        errors: shared.errors.load(Ordering::Relaxed),
+        seconds,
+        throughput: ok as f64 / seconds.max(1e-9),
+        p50_ms: ms(0.5),
+        p90_ms: ms(0.9),
+        p99_ms: ms(0.99),
+        p999_ms: ms(0.999),
+        max_ms: hist.max() as f64 / 1000.0,
+        first_error,
+    })
+}
+
+async fn cas(kv: &mut KvClient<Channel>, key: Vec<u8>, value: Vec<u8>) -> Result<(), String> {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let got = kv
+        .range(pb::RangeRequest {
+            key: key.clone(),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let mod_rev = got.kvs.first().map_or(0, |kv| kv.mod_revision);
+    let put = pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+            key: key.clone(),
+            value,
+            ..Default::default()
+        })),
+    };
+    kv.txn(pb::TxnRequest {
+        compare: vec![pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Mod as i32,
+            key,
+            target_union: Some(TargetUnion::ModRevision(mod_rev)),
+            range_end: Vec::new(),
+        }],
+        success: vec![put],
+        failure: Vec::new(),
+    })
+    .await
+    .map(|_| ())
+    .map_err(|e| e.message().to_string())
+}
+
+async fn keepalive_once(
+    lease: &mut LeaseClient<Channel>,
+    stream: &mut Option<(
+        tokio::sync::mpsc::Sender<pb::LeaseKeepAliveRequest>,
+        tonic::Streaming<pb::LeaseKeepAliveResponse>,
+    )>,
+    id: i64,
+) -> Result<(), String> {
+    if stream.is_none() {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let resp = lease
+            .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|e| e.message().to_string())?;
+        *stream = Some((tx, resp.into_inner()));
+    }
+    let Some((tx, rx)) = stream.as_mut() else {
+        return Err("no stream".into());
+    };
+    let sent = tx.send(pb::LeaseKeepAliveRequest { id }).await;
+    let got = match sent {
+        Ok(()) => rx.message().await,
+        Err(_) => Ok(None),
+    };
+    match got {
+        Ok(Some(r)) if r.ttl > 0 => Ok(()),
+        Ok(Some(_)) => Err("lease not found".into()),
+        Ok(None) => {
+            *stream = None;
+            Err("keep-alive stream closed".into())
+        }
+        Err(e) => {
+            *stream = None;
+            Err(e.message().to_string())
+        }
+    }
+}
+
+/// Starts one watcher on `prefix` and publishes the highest revision it has seen.
+async fn start_watcher(
+    ch: &Channel,
+    prefix: &str,
+) -> Result<tokio::sync::watch::Sender<i64>, BenchError> {
+    let mut w = WatchClient::new(ch.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut end = prefix.as_bytes().to_vec();
+    if let Some(last) = end.last_mut() {
+        *last = last.wrapping_add(1);
+    }
+    tx.send(pb::WatchRequest {
+        request_union: Some(pb::watch_request::RequestUnion::CreateRequest(
+            pb::WatchCreateRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: end,
+                ..Default::default()
+            },
+        )),
+    })
+    .await
+    .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let mut stream = w
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| BenchError::Setup(e.message().to_string()))?
+        .into_inner();
+    let (seen_tx, _) = tokio::sync::watch::channel(0i64);
+    let seen = seen_tx.clone();
+    tokio::spawn(async move {
+        let _keep_request_stream_open = tx;
+        while let Ok(Some(m)) = stream.message().await {
+            if let Some(rev) = m
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref())
+                .map(|kv| kv.mod_revision)
+                .max()
+            {
+                seen.send_if_modified(|cur| {
+                    if rev > *cur {
+                        *cur = rev;
+                        true
+                    } else {
+                        false
+                    }
+                });
+            }
+        }
+    });
+    Ok(seen_tx)
+}
+
+async fn wait_seen(rx: &mut tokio::sync::watch::Receiver<i64>, rev: i64) -> Result<(), String> {
+    let wait = async {
+        loop {
+            if *rx.borrow_and_update() >= rev {
+                return Ok(());
+            }
+            if rx.changed().await.is_err() {
+                return Err("watcher ended".to_string());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .map_err(|_| "watch event not seen within 10 s".to_string())?
+}
+
+/// Prints the human summary and the JSON line.
+pub fn print(s: &Summary) {
+    println!(
+        "{}: {} ok, {} errors in {:.2} s = {:.0} ops/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
+        s.op, s.ok, s.errors, s.seconds, s.throughput, s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms
+    );
+    if let Some(e) = &s.first_error {
+        println!("first error: {e}");
+    }
+    match serde_json::to_string(s) {
+        Ok(j) => println!("{j}"),
+        Err(e) => println!("{{\"error\":\"{e}\"}}"),
+    }
+}

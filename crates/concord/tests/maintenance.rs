@@ -1,0 +1,233 @@
+//! End-to-end tests of the Maintenance service: status, HashKV agreement across members,
+//! move-leader, the snapshot stream, defragment, and the NOSPACE alarm at the backend quota.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_err, Cluster, WAIT};
+use etcd_client::{AlarmAction, AlarmType, GetOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_hash_kv_agree_across_members() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let mut c = cluster.client(leader).await;
+    let mut last = 0;
+    for i in 0..50 {
+        last = c
+            .put(format!("mt/{i}"), format!("v{i}"), None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    let leader_id = cluster.member_id(leader).await;
+
+    // Wait until every member has applied `last` (serializable read at that revision).
+    for i in 0..3 {
+        let ci = cluster.client(i).await;
+        common::eventually("member to apply the last write", WAIT, || {
+            let mut ci = ci.clone();
+            async move {
+                let g = ci
+                    .get("mt/49", Some(GetOptions::new().with_serializable()))
+                    .await
+                    .ok()?;
+                (!g.kvs().is_empty()).then_some(())
+            }
+        })
+        .await;
+    }
+
+    let mut hashes = Vec::new();
+    for i in 0..3 {
+        let mut ci = cluster.client(i).await;
+        let s = ci.status().await.expect("status");
+        let h = s.header().expect("status header");
+        assert_eq!(s.leader(), leader_id, "every member names the same leader");
+        assert_eq!(h.member_id(), cluster.member_id(i).await);
+        assert!(!s.version().is_empty(), "status.version");
+        assert!(s.db_size() > 0, "status.dbSize");
+        assert!(s.raft_term() > 0);
+        assert!(s.raft_index() > 0);
+        assert!(s.raft_applied_index() > 0);
+        assert!(!s.is_learner());
+        assert!(h.revision() >= last);
+        let hk = ci.hash_kv(last).await.expect("hash_kv");
+        assert_eq!(hk.header().unwrap().member_id(), h.member_id());
+        hashes.push(hk.hash());
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "HashKV({last}) differs between members: {hashes:?}"
+    );
+    // The hash covers the data: a further write changes the hash at the new revision.
+    let next = c
+        .put("mt/extra", "x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let h2 = c.hash_kv(next).await.unwrap().hash();
+    assert_ne!(h2, hashes[0], "HashKV must change with the data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn move_leader_transfers_leadership() {
+    let cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let target = (leader + 1) % 3;
+    let target_id = cluster.member_id(target).await;
+
+    // etcd: MoveLeader must be sent to the leader.
+    let mut follower_client = cluster.client(target).await;
+    expect_err(
+        follower_client.move_leader(target_id).await,
+        "etcdserver: not leader",
+    );
+
+    let mut c = cluster.client(leader).await;
+    c.move_leader(target_id).await.expect("move leader");
+    common::eventually("leadership to move to the target", WAIT, || async {
+        (cluster.leader_once().await == Some(target)).then_some(())
+    })
+    .await;
+    let mut t = cluster.client(target).await;
+    t.put("after-move", "v", None)
+        .await
+        .expect("write after move");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_stream_and_defragment() {
+    let cluster = Cluster::start(1).await;
+    let mut c = cluster.client(0).await;
+    for i in 0..100 {
+        c.put(format!("sn/{i:03}"), vec![b'v'; 1024], None)
+            .await
+            .unwrap();
+    }
+    let mut sc = cluster.stream_client(0).await;
+    let mut stream = sc.snapshot().await.expect("snapshot");
+    let mut total = 0usize;
+    let mut messages = 0;
+    let mut last_remaining = None;
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("snapshot message within 10 s")
+            .expect("snapshot stream");
+        let Some(m) = m else { break };
+        messages += 1;
+        total += m.blob().len();
+        last_remaining = Some(m.remaining_bytes());
+    }
+    assert!(messages > 0, "at least one snapshot message");
+    assert!(
+        total > 100 * 1024,
+        "snapshot of 100 KiB of values is {total} bytes"
+    );
+    assert_eq!(
+        last_remaining,
+        Some(0),
+        "the last message has remaining_bytes 0"
+    );
+
+    c.defragment().await.expect("defragment");
+    let g = c
+        .get(
+            "sn/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.count(), 100, "defragment keeps the data");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_raises_nospace_alarm_and_disarm_recovers() {
+    const QUOTA: usize = 4 * 1024 * 1024;
+    let cluster = Cluster::builder(1)
+        .flag("--quota-backend-bytes", QUOTA)
+        .start()
+        .await;
+    let mut c = cluster.client(0).await;
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .expect("alarm list");
+    assert!(alarms.alarms().is_empty(), "no alarm at start");
+
+    // Write 100 KiB values until the quota refuses one (bounded: 5 x the quota).
+    let value = vec![b'q'; 100 * 1024];
+    let mut refused = None;
+    for i in 0..(5 * QUOTA / value.len()) {
+        match c.put(format!("q/{i:04}"), value.clone(), None).await {
+            Ok(_) => {}
+            Err(e) => {
+                refused = Some(common::err_text(&e));
+                break;
+            }
+        }
+    }
+    let Some(refused) = refused else {
+        let s = c.status().await.expect("status");
+        panic!(
+            "{} bytes written with --quota-backend-bytes {QUOTA} and none refused \
+             (status dbSize {}, dbSizeQuota {})",
+            5 * QUOTA,
+            s.db_size(),
+            s.db_size_quota()
+        );
+    };
+    assert!(
+        refused.contains("etcdserver: mvcc: database space exceeded"),
+        "quota error: {refused}"
+    );
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .expect("alarm list");
+    assert!(
+        alarms
+            .alarms()
+            .iter()
+            .any(|a| a.alarm() == AlarmType::Nospace),
+        "NOSPACE alarm raised"
+    );
+    // Maintenance mode: reads and deletes still work, puts do not.
+    c.get("q/0000", None).await.expect("reads allowed");
+    expect_err(
+        c.put("q/more", "x", None).await,
+        "etcdserver: mvcc: database space exceeded",
+    );
+    let d = c
+        .delete("q/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .expect("deletes allowed under NOSPACE");
+    assert!(d.deleted() > 0);
+
+    // etcd's documented recovery: compact, defragment, disarm.
+    let rev = d.header().unwrap().revision();
+    c.compact(
+        rev,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .expect("compact");
+    c.defragment().await.expect("defragment");
+    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, None)
+        .await
+        .expect("disarm");
+    let alarms = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .unwrap();
+    assert!(alarms.alarms().is_empty(), "alarm cleared");
+    c.put("q/after", "x", None)
+        .await
+        .expect("writes accepted after recovery");
+}

@@ -1,0 +1,242 @@
+//! Bad input on the client port gets an error, never a crash: garbage bytes, a broken HTTP/2
+//! connection, undecodable gRPC messages, an unknown method, oversized messages, bad HTTP/1.1
+//! bodies. Plus etcd's HTTP endpoints on the same port: /health, /version, /metrics, /ready.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{http_get, http_request, raw_exchange, Cluster};
+use tonic::codegen::http::uri::PathAndQuery;
+
+/// Asserts that node 0 still answers a put and a get.
+async fn still_serves(cluster: &Cluster, what: &str) {
+    let mut c = cluster.client(0).await;
+    c.put("alive", what, None)
+        .await
+        .unwrap_or_else(|e| panic!("put after {what}: {e}"));
+    let g = c.get("alive", None).await.expect("get");
+    assert_eq!(g.kvs()[0].value(), what.as_bytes());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_bytes_and_broken_http2_do_not_hurt() {
+    let cluster = Cluster::start(1).await;
+    let port = cluster.nodes[0].client_port;
+
+    // Not HTTP at all.
+    let _ = raw_exchange(port, b"\x00\x01\x02garbage\xff\xfe\r\n\r\n").await;
+    still_serves(&cluster, "garbage").await;
+
+    // HTTP/2 preface, then a frame header announcing 16 MiB of an unknown frame type.
+    let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2.extend_from_slice(&[0xff, 0xff, 0xff, 0x42, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    h2.extend_from_slice(&[0xab; 64]);
+    let _ = raw_exchange(port, &h2).await;
+    still_serves(&cluster, "h2 garbage").await;
+
+    // HTTP/2 preface with a SETTINGS frame of invalid length (must be a multiple of 6).
+    let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2.extend_from_slice(&[0x00, 0x00, 0x05, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00]);
+    h2.extend_from_slice(&[1, 2, 3, 4, 5]);
+    let _ = raw_exchange(port, &h2).await;
+    still_serves(&cluster, "bad settings").await;
+
+    // A connection opened and closed without a byte, many times.
+    for _ in 0..50 {
+        let _ = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    }
+    still_serves(&cluster, "empty connections").await;
+}
+
+/// A message whose field 1 is a fixed64, where every etcd request has bytes/int64 fields:
+/// the server cannot decode it as a PutRequest.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NotAPutRequest {
+    #[prost(fixed64, tag = "1")]
+    a: u64,
+    #[prost(fixed32, tag = "2")]
+    b: u32,
+}
+
+/// Empty message (for the unknown-method call).
+#[derive(Clone, PartialEq, prost::Message)]
+struct Empty {}
+
+async fn raw_unary(
+    port: u16,
+    path: &'static str,
+    msg: NotAPutRequest,
+) -> Result<Empty, tonic::Status> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec: tonic_prost::ProstCodec<NotAPutRequest, Empty> = tonic_prost::ProstCodec::default();
+    grpc.unary(
+        tonic::Request::new(msg),
+        PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_grpc_and_unknown_methods_get_status_errors() {
+    let cluster = Cluster::start(1).await;
+    let port = cluster.nodes[0].client_port;
+
+    let r = raw_unary(
+        port,
+        "/etcdserverpb.KV/Put",
+        NotAPutRequest { a: u64::MAX, b: 7 },
+    )
+    .await;
+    let status = r.expect_err("an undecodable PutRequest must fail");
+    eprintln!("undecodable put: {status:?}");
+    assert!(
+        matches!(
+            status.code(),
+            tonic::Code::InvalidArgument | tonic::Code::Internal
+        ),
+        "undecodable message: {status:?}"
+    );
+    still_serves(&cluster, "undecodable put").await;
+
+    let status = raw_unary(
+        port,
+        "/etcdserverpb.KV/NoSuchMethod",
+        NotAPutRequest::default(),
+    )
+    .await
+    .expect_err("unknown method");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    let status = raw_unary(port, "/no.such.Service/Call", NotAPutRequest::default())
+        .await
+        .expect_err("unknown service");
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    still_serves(&cluster, "unknown methods").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_grpc_message_is_refused_and_node_survives() {
+    let cluster = Cluster::start(1).await;
+    let mut c = cluster.client(0).await;
+    // Default --max-request-bytes is 1.5 MiB; 8 MiB is far above it and above gRPC limits.
+    let huge = vec![b'h'; 8 * 1024 * 1024];
+    let e = c
+        .put("huge", huge, None)
+        .await
+        .expect_err("an 8 MiB put must be refused");
+    eprintln!("8 MiB put: {}", common::err_text(&e));
+    assert!(c.get("huge", None).await.unwrap().kvs().is_empty());
+    still_serves(&cluster, "huge message").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_http1_requests_get_4xx() {
+    let cluster = Cluster::start(1).await;
+    let port = cluster.nodes[0].client_port;
+
+    // A body that claims more bytes than it sends, then the connection closes.
+    let _ = raw_exchange(
+        port,
+        b"POST /v3/kv/range HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{\"key\":",
+    )
+    .await;
+    // A nonsense request line.
+    let r = raw_exchange(port, b"FLY /health HTTP/9.9\r\n\r\n").await;
+    if let Ok(bytes) = r {
+        if let Ok(resp) = common::parse_http_response(&bytes) {
+            assert!(
+                resp.status >= 400,
+                "nonsense request answered {}",
+                resp.status
+            );
+        }
+    }
+    // Unknown path.
+    let r = http_get(port, "/no/such/path").await.expect("HTTP answer");
+    assert_eq!(r.status, 404);
+    still_serves(&cluster, "bad http").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_gateway_rejects_malformed_body_with_400() {
+    let cluster = Cluster::start(1).await;
+    let port = cluster.nodes[0].client_port;
+    // etcd's grpc-gateway (/v3/...) answers a malformed JSON body with 400 and a JSON error.
+    let r = http_request(
+        port,
+        "POST",
+        "/v3/kv/put",
+        Some("application/json"),
+        b"{\"key\": not json",
+    )
+    .await
+    .expect("HTTP answer");
+    assert!(
+        (400..500).contains(&r.status),
+        "malformed JSON body: status {} headers {:?} body {}",
+        r.status,
+        r.headers,
+        r.text()
+    );
+    still_serves(&cluster, "bad json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_health_version_metrics_ready() {
+    let cluster = Cluster::start(1).await;
+    let port = cluster.nodes[0].client_port;
+
+    let r = http_get(port, "/health").await.expect("/health");
+    assert_eq!(r.status, 200, "/health: {}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("/health is not JSON ({e}): {}", r.text()));
+    assert_eq!(v["health"], "true", "etcd's /health JSON: {v}");
+
+    let r = http_get(port, "/version").await.expect("/version");
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .unwrap_or_else(|e| panic!("/version is not JSON ({e}): {}", r.text()));
+    assert!(v["etcdserver"].is_string(), "etcdserver field: {v}");
+    assert!(v["etcdcluster"].is_string(), "etcdcluster field: {v}");
+
+    let r = http_get(port, "/metrics").await.expect("/metrics");
+    assert_eq!(r.status, 200);
+    let ct = r.header("content-type").unwrap_or_default().to_string();
+    assert!(
+        ct.starts_with("text/plain"),
+        "Prometheus text content type, got {ct:?}"
+    );
+    let text = r.text();
+    assert!(text.contains("# TYPE "), "Prometheus exposition format");
+    assert!(text.contains("# HELP "), "Prometheus exposition format");
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        // `name{labels} value [timestamp]`; label values may contain spaces.
+        let rest = match line.rfind('}') {
+            Some(i) => &line[i + 1..],
+            None => line.split_once(' ').map(|(_, r)| r).unwrap_or_default(),
+        };
+        let value = rest.split_whitespace().next().unwrap_or_default();
+        assert!(
+            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+            "metric line without a number: {line:?}"
+        );
+    }
+
+    let r = http_get(port, "/ready").await.expect("/ready");
+    assert_eq!(r.status, 200);
+}
