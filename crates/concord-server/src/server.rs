@@ -21,6 +21,7 @@ mod kv;
 mod lease;
 mod maintenance;
 pub mod members;
+pub mod restore;
 mod watch;
 
 use std::collections::BTreeMap;

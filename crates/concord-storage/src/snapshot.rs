@@ -23,7 +23,7 @@
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase};
+use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable};
 
 use crate::disk::{Disk, RedbBackend};
 use crate::errors::{SnapshotError, StoreError};
@@ -329,7 +329,46 @@ impl<D: Disk> SnapshotInstaller<D> {
     }
 }
 
+/// Splits a saved snapshot (the chunks of a [`SnapshotStream`] written one after the
+/// other, as `concord snapshot save` and `etcdctl snapshot save` store them) into its
+/// chunks, by their headers' lengths. The chunks are verified by [`SnapshotInstaller`].
+pub fn split_saved(mut data: &[u8]) -> Result<Vec<&[u8]>, SnapshotError> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let seq = out.len() as u64;
+        if data.len() < HEADER_BYTES || &data[..4] != MAGIC {
+            return Err(corrupt(seq, "not a Concord snapshot chunk"));
+        }
+        let len = HEADER_BYTES + le_u32(data, 16) as usize;
+        if len > data.len() {
+            return Err(corrupt(seq, "snapshot file truncated"));
+        }
+        out.push(&data[..len]);
+        data = &data[len..];
+    }
+    Ok(out)
+}
+
 impl<D: Disk> MvccStore<D> {
+    /// Prepares a store restored from a snapshot to found a new cluster: its applied
+    /// index becomes 1 (the new cluster's log starts over; the keyspace, revisions and
+    /// leases are kept) and the old cluster's member records are dropped.
+    pub fn rebase_for_new_cluster(&mut self) -> Result<(), StoreError> {
+        let txn = self.db().begin_write()?;
+        {
+            let mut cluster = txn.open_table(crate::mvcc::CLUSTER)?;
+            let keys: Vec<Vec<u8>> = cluster
+                .iter()?
+                .map(|r| r.map(|(k, _)| k.value().to_vec()))
+                .collect::<Result<_, _>>()?;
+            for k in keys {
+                cluster.remove(k.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        self.set_applied_index(1)
+    }
+
     /// Replaces the store with a completely received snapshot: the image is made durable,
     /// renamed over the store's file, and the directory synced, so a crash leaves either
     /// the old store or the new one.

@@ -752,6 +752,17 @@ impl<D: Disk> MvccStore<D> {
     }
 
     /// Swaps in a database (an installed snapshot) and reloads the cached meta.
+    pub(crate) fn set_applied_index(&mut self, index: u64) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut meta = self.meta;
+        meta.applied = index;
+        write_meta(&mut txn.open_table(META)?, &meta)?;
+        txn.commit()?;
+        self.meta = meta;
+        Ok(())
+    }
+
     pub(crate) fn replace_db(&mut self, db: Database) -> Result<(), StoreError> {
         let txn = db.begin_read()?;
         let meta = read_meta(&txn.open_table(META)?)?;

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# Runs the same `concord bench` workloads against etcd (Debian's etcd-server) and Concord,
+# started in the same shape (1 and 3 members on loopback, fsync on, same flags), and
+# prints one table with both figures and the ratio.
+#
+#   scripts/bench-vs-etcd.sh                 # both shapes, default workloads
+#   NODES="3" DURATION=15 scripts/bench-vs-etcd.sh
+#
+# Every process started here is stopped by PID on exit; data lives in a temp dir that is
+# removed. Needs root (or sudo) only to install etcd-server when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+NODES="${NODES:-1 3}"
+DURATION="${DURATION:-10}"      # seconds per workload and system
+TOTAL="${TOTAL:-1000000}"       # request cap per run (the duration usually ends it first)
+VALUE_SIZE="${VALUE_SIZE:-256}"
+KEY_SPACE="${KEY_SPACE:-100000}"
+CONNS="${CONNS:-8}"
+# op:clients
+WORKLOADS="${WORKLOADS:-put:1 put:64 put:256 range:1 range:64 range-serializable:64 txn-cas:64}"
+
+if ! command -v etcd >/dev/null 2>&1; then
+    SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
+    echo "installing etcd-server..." >&2
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q install etcd-server >/dev/null \
+        || { "${SUDO[@]}" apt-get -q update >/dev/null;
+             "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q install etcd-server >/dev/null; }
+fi
+cargo build --release -p concord >&2
+CONCORD="$PWD/target/release/concord"
+ETCD="$(command -v etcd)"
+
+WORK="$(mktemp -d /tmp/concord-vs-etcd.XXXXXX)"
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done
+    sleep 1
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -KILL "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+# start SYSTEM N: starts an N-member cluster of `etcd` or `concord` on loopback.
+start() {
+    local sys=$1 n=$2 base=$3 i cluster="" eps=""
+    PIDS=()
+    for i in $(seq 1 "$n"); do
+        cluster+="${cluster:+,}m$i=http://127.0.0.1:$((base + 10 * i + 1))"
+        eps+="${eps:+,}http://127.0.0.1:$((base + 10 * i))"
+    done
+    for i in $(seq 1 "$n"); do
+        local c=$((base + 10 * i)) p=$((base + 10 * i + 1)) bin
+        if [ "$sys" = etcd ]; then bin=("$ETCD"); else bin=("$CONCORD" server); fi
+        ETCD_UNSUPPORTED_ARCH=arm64 "${bin[@]}" --name "m$i" --data-dir "$WORK/$sys-$n-m$i" \
+            --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+            --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+            --initial-cluster "$cluster" --initial-cluster-state new \
+            --initial-cluster-token "bench-$sys-$n" >"$WORK/$sys-$n-m$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+    for i in $(seq 1 "$n"); do
+        local c=$((base + 10 * i)) ok=""
+        for _ in $(seq 1 300); do
+            if curl -fsS "http://127.0.0.1:$c/health" 2>/dev/null | grep -q '"health":"true"'; then ok=1; break; fi
+            sleep 0.1
+        done
+        [ -n "$ok" ] || { echo "$sys m$i did not become healthy; log:" >&2; tail -20 "$WORK/$sys-$n-m$i.log" >&2; exit 1; }
+    done
+    ENDPOINTS="$eps"
+}
+
+stop() {
+    for p in "${PIDS[@]:-}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]:-}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+
+rss_mib() { # total resident memory of the running members, MiB
+    local total=0 p
+    for p in "${PIDS[@]}"; do
+        total=$((total + $(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)))
+    done
+    echo $((total / 1024 / ${#PIDS[@]}))
+}
+
+run_bench() { # run_bench OP CLIENTS -> JSON line
+    "$CONCORD" bench --endpoints "$ENDPOINTS" --op "$1" --clients "$2" --conns "$CONNS" \
+        --total "$TOTAL" --duration "$DURATION" --value-size "$VALUE_SIZE" \
+        --key-space "$KEY_SPACE" --no-progress | tail -1
+}
+
+field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get('$2', 0))" "$1"; }
+
+printf '%-6s %-20s %8s | %12s %9s %9s | %12s %9s %9s | %7s %7s\n' \
+    nodes workload clients "etcd ops/s" "p50 ms" "p99 ms" "concord" "p50 ms" "p99 ms" "x tput" "x p99"
+for n in $NODES; do
+    declare -A RES=()
+    for sys in etcd concord; do
+        start "$sys" "$n" $((30000 + (n * 1000)))
+        # Preload the key space so reads find values.
+        ENDPOINTS="$ENDPOINTS" "$CONCORD" bench --endpoints "$ENDPOINTS" --op put --clients 64 \
+            --conns "$CONNS" --total "$KEY_SPACE" --duration 120 --value-size "$VALUE_SIZE" \
+            --key-space "$KEY_SPACE" --no-progress >/dev/null
+        for w in $WORKLOADS; do
+            RES["$sys/$w"]="$(run_bench "${w%%:*}" "${w##*:}")"
+        done
+        RES["$sys/rss"]="$(rss_mib)"
+        stop
+    done
+    for w in $WORKLOADS; do
+        e="${RES[etcd/$w]}"; c="${RES[concord/$w]}"
+        et=$(field "$e" throughput); ct=$(field "$c" throughput)
+        ep99=$(field "$e" p99_ms); cp99=$(field "$c" p99_ms)
+        printf '%-6s %-20s %8s | %12.0f %9.3f %9.3f | %12.0f %9.3f %9.3f | %7.2f %7.2f\n' \
+            "$n" "${w%%:*}" "${w##*:}" "$et" "$(field "$e" p50_ms)" "$ep99" \
+            "$ct" "$(field "$c" p50_ms)" "$cp99" \
+            "$(python3 -c "print($ct / max($et, 1e-9))")" "$(python3 -c "print($cp99 / max($ep99, 1e-9))")"
+    done
+    echo "$n nodes: resident memory per member after the runs: etcd ${RES[etcd/rss]} MiB, concord ${RES[concord/rss]} MiB"
+    unset RES
+done
