@@ -5,6 +5,7 @@
 #
 #   scripts/bench-vs-etcd.sh                 # both shapes, default workloads
 #   NODES="3" DURATION=15 scripts/bench-vs-etcd.sh
+#   CONCORD=/path/to/concord scripts/bench-vs-etcd.sh   # use a given binary, no build
 #
 # Every process started here is stopped by PID on exit; data lives in a temp dir that is
 # removed. Needs root (or sudo) only to install etcd-server when it is missing.
@@ -27,8 +28,10 @@ if ! command -v etcd >/dev/null 2>&1; then
         || { "${SUDO[@]}" apt-get -q update >/dev/null;
              "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q install etcd-server >/dev/null; }
 fi
-cargo build --release -p concord >&2
-CONCORD="$PWD/target/release/concord"
+if [ -z "${CONCORD:-}" ]; then
+    cargo build --release -p concord >&2
+    CONCORD="$PWD/target/release/concord"
+fi
 ETCD="$(command -v etcd)"
 
 WORK="$(mktemp -d /tmp/concord-vs-etcd.XXXXXX)"

@@ -387,7 +387,16 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Small Raft messages and acks must not wait for Nagle's algorithm (40 ms
+            // with delayed ACKs).
+            tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+                conn.inspect(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                })
+            }),
+            shutdown,
+        )
         .await
 }
 

@@ -315,6 +315,11 @@ impl Server {
             let router = router.clone();
             let stop = wait_stop(stop_rx.clone());
             servers.push(tokio::spawn(async move {
+                use axum::serve::ListenerExt as _;
+                // Responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
+                let listener = listener.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 if let Err(e) = axum::serve(listener, router)
                     .with_graceful_shutdown(stop)
                     .await
