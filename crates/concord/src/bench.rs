@@ -479,17 +479,20 @@ async fn wait_seen(rx: &mut tokio::sync::watch::Receiver<i64>, rev: i64) -> Resu
         .map_err(|_| "watch event not seen within 10 s".to_string())?
 }
 
-/// Prints the human summary and the JSON line.
+/// Prints the human summary and the JSON line (a closed stdout is not an error).
 pub fn print(s: &Summary) {
-    println!(
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "{}: {} ok, {} errors in {:.2} s = {:.0} ops/s; latency ms p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3}",
         s.op, s.ok, s.errors, s.seconds, s.throughput, s.p50_ms, s.p90_ms, s.p99_ms, s.p999_ms, s.max_ms
     );
     if let Some(e) = &s.first_error {
-        println!("first error: {e}");
+        let _ = writeln!(out, "first error: {e}");
     }
-    match serde_json::to_string(s) {
-        Ok(j) => println!("{j}"),
-        Err(e) => println!("{{\"error\":\"{e}\"}}"),
-    }
+    let _ = match serde_json::to_string(s) {
+        Ok(j) => writeln!(out, "{j}"),
+        Err(e) => writeln!(out, "{{\"error\":\"{e}\"}}"),
+    };
 }
