@@ -73,6 +73,19 @@ async fn stopped_follower_catches_up_through_a_snapshot() {
     assert_eq!(kv.key(), b"snap/00000");
     assert_eq!(kv.value(), b"v0");
 
+    // It went through a snapshot: the leader had compacted its log past what the follower
+    // had, so the follower installed a snapshot (counted in its metrics).
+    let metrics = common::http_get(cluster.nodes[follower].client_port, "/metrics")
+        .await
+        .expect("/metrics");
+    let installed = metrics
+        .text()
+        .lines()
+        .find_map(|l| l.strip_prefix("concord_raft_snapshots_installed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .expect("concord_raft_snapshots_installed_total in /metrics");
+    assert!(installed >= 1.0, "the follower installed no snapshot");
+
     // Same history on every member: etcd's HashKV at one revision matches.
     let mut hashes = Vec::new();
     for i in 0..3 {
