@@ -218,6 +218,9 @@ pub enum Command {
     /// Closed-loop clients over shared gRPC connections; stops after --total requests or
     /// --duration seconds. Prints a human summary, then one JSON line with the figures.
     Bench(crate::bench::BenchArgs),
+    /// etcdctl-style client commands (get, put, del, txn, watch, lease, member, ...)
+    #[command(flatten)]
+    Ctl(crate::ctl::CtlCommand),
 }
 
 /// Log verbosity (`--log-level`).

@@ -15,6 +15,8 @@
 //! * [`dev`]: the local cluster.
 //!
 //! * `concord bench [OPTIONS]`: a load generator for any etcd v3 endpoints.
+//! * `concord get|put|del|txn|watch|compaction|lease|elect|lock|member|endpoint|snapshot|completion`:
+//!   etcdctl-style client commands ([`ctl`]); errors print `Error: ...` and exit with 1.
 //!
 //! Exit codes: 0 after a clean stop (or `--help`), 1 when the server or the cluster
 //! fails, 2 for a usage or configuration error.
@@ -22,6 +24,7 @@
 mod bench;
 mod cli;
 mod config;
+mod ctl;
 mod dev;
 mod logging;
 mod serve;
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         },
         cli::Command::Dev(args) => dev::run(args),
         cli::Command::Bench(args) => run_bench(args),
+        cli::Command::Ctl(cmd) => ctl::run(cmd),
     }
 }
 

@@ -122,6 +122,8 @@ pub struct MvccStore<D: Disk> {
     config: MvccConfig,
     db: Database,
     size_probe: D::File,
+    /// The file size as of the last commit, for the per-request quota check.
+    size_cache: std::sync::atomic::AtomicU64,
     // Invariant: equal to what the meta table holds as of the last commit.
     meta: Meta,
     // Non-durable commits since the last durable one.
@@ -243,6 +245,7 @@ impl<D: Disk> MvccStore<D> {
             path,
             config,
             db,
+            size_cache: std::sync::atomic::AtomicU64::new(0),
             size_probe,
             meta,
             lazy_commits: 0,
@@ -290,6 +293,20 @@ impl<D: Disk> MvccStore<D> {
         })
     }
 
+    /// The file size as of the last apply (one `stat` per applied batch instead of one per
+    /// request); exact when nothing was applied since open.
+    fn cached_size_bytes(&self) -> Result<u64, StoreError> {
+        use std::sync::atomic::Ordering;
+        match self.size_cache.load(Ordering::Relaxed) {
+            0 => {
+                let size = self.size_bytes()?;
+                self.size_cache.store(size, Ordering::Relaxed);
+                Ok(size)
+            }
+            size => Ok(size),
+        }
+    }
+
     /// Bytes of the backend in use (etcd's `dbSizeInUse`): allocated pages, without the
     /// free ones. Walks redb's allocator, so call it for status, not per request.
     pub fn size_in_use_bytes(&self) -> Result<u64, StoreError> {
@@ -318,7 +335,7 @@ impl<D: Disk> MvccStore<D> {
             }
             _ => false,
         };
-        if writes && (self.meta.nospace || self.size_bytes()? > self.config.quota_bytes) {
+        if writes && (self.meta.nospace || self.cached_size_bytes()? > self.config.quota_bytes) {
             return Ok(Err(RequestError::NoSpace));
         }
         Ok(Ok(()))
@@ -370,6 +387,9 @@ impl<D: Disk> MvccStore<D> {
         write_meta(&mut txn.open_table(META)?, &meta)?;
         txn.commit()?;
         self.meta = meta;
+        // Refreshed lazily by the next quota check.
+        self.size_cache
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
     }
 
@@ -769,6 +789,8 @@ impl<D: Disk> MvccStore<D> {
         drop(txn);
         self.db = db;
         self.meta = meta;
+        self.size_cache
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         self.size_probe = self
             .disk
             .open(&self.path, false)

@@ -1,0 +1,318 @@
+//! `concord member add|remove|update|promote|list`. Member ids are read and printed in
+//! hexadecimal, like etcdctl.
+
+use clap::{Args, Subcommand};
+use concord_proto::etcdserverpb as pb;
+
+use super::printer::{self, Json, ObjBuilder};
+use super::{out, parse_member_id, CtlError, CtlResult, Ctx, GlobalArgs, OutputFormat};
+
+/// `concord member`.
+#[derive(Args, Debug)]
+pub struct MemberArgs {
+    #[command(flatten)]
+    /// Global flags.
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    /// The member command.
+    pub cmd: MemberCmd,
+}
+
+/// The member commands.
+#[derive(Subcommand, Debug)]
+pub enum MemberCmd {
+    /// Adds a member into the cluster
+    Add {
+        /// The new member's name
+        name: String,
+        /// Comma separated peer URLs for the new member
+        #[arg(long, value_delimiter = ',')]
+        peer_urls: Vec<String>,
+        /// Indicates if the new member is raft learner
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Removes a member from the cluster
+    Remove {
+        /// The member id, in hex
+        id: String,
+    },
+    /// Updates a member in the cluster
+    Update {
+        /// The member id, in hex
+        id: String,
+        /// Comma separated peer URLs for the updated member
+        #[arg(long, value_delimiter = ',')]
+        peer_urls: Vec<String>,
+    },
+    /// Lists all members in the cluster
+    List,
+    /// Promotes a non-voting member in the cluster
+    Promote {
+        /// The member id, in hex
+        id: String,
+    },
+}
+
+/// The member list as etcdctl's table rows.
+pub fn member_rows(members: &[pb::Member]) -> Vec<Vec<String>> {
+    members
+        .iter()
+        .map(|m| {
+            vec![
+                format!("{:x}", m.id),
+                if m.name.is_empty() {
+                    "unstarted"
+                } else {
+                    "started"
+                }
+                .to_string(),
+                m.name.clone(),
+                m.peer_ur_ls.join(","),
+                m.client_ur_ls.join(","),
+                m.is_learner.to_string(),
+            ]
+        })
+        .collect()
+}
+
+/// The member list table's headers.
+pub const MEMBER_HEADERS: [&str; 6] = [
+    "ID",
+    "Status",
+    "Name",
+    "Peer Addrs",
+    "Client Addrs",
+    "Is Learner",
+];
+
+fn member_json(m: &pb::Member) -> Json {
+    ObjBuilder::new()
+        .num("ID", m.id)
+        .str("name", &m.name)
+        .arr(
+            "peerURLs",
+            m.peer_ur_ls.iter().map(|u| Json::Str(u.clone())).collect(),
+        )
+        .arr(
+            "clientURLs",
+            m.client_ur_ls
+                .iter()
+                .map(|u| Json::Str(u.clone()))
+                .collect(),
+        )
+        .bool("isLearner", m.is_learner)
+        .build()
+}
+
+fn members_json(header: Option<&pb::ResponseHeader>, members: &[pb::Member]) -> String {
+    format!(
+        "{}\n",
+        ObjBuilder::new()
+            .opt("header", printer::header_json(header))
+            .arr("members", members.iter().map(member_json).collect())
+            .build()
+            .render()
+    )
+}
+
+/// `member list` output.
+pub fn format_list(r: &pb::MemberListResponse, fmt: OutputFormat) -> String {
+    match fmt {
+        OutputFormat::Json => members_json(r.header.as_ref(), &r.members),
+        OutputFormat::Table => printer::table(&MEMBER_HEADERS, &member_rows(&r.members)),
+        _ => printer::comma_rows(&member_rows(&r.members)),
+    }
+}
+
+/// The environment for starting an added member, as `etcdctl member add` prints it (with
+/// Concord's variable names, which `concord server` reads).
+pub fn added_env(name: &str, new_id: u64, peer_urls: &[String], members: &[pb::Member]) -> String {
+    let mut conf = Vec::new();
+    for m in members {
+        for u in &m.peer_ur_ls {
+            let n = if m.id == new_id {
+                name
+            } else {
+                m.name.as_str()
+            };
+            conf.push(format!("{n}={u}"));
+        }
+    }
+    format!(
+        "\nCONCORD_NAME={:?}\nCONCORD_INITIAL_CLUSTER={:?}\nCONCORD_INITIAL_ADVERTISE_PEER_URLS={:?}\nCONCORD_INITIAL_CLUSTER_STATE=\"existing\"\n",
+        name,
+        conf.join(","),
+        peer_urls.join(",")
+    )
+}
+
+/// Runs `concord member ...`.
+pub async fn run(args: MemberArgs) -> CtlResult<()> {
+    // Bad arguments are reported before dialing.
+    match &args.cmd {
+        MemberCmd::Remove { id } | MemberCmd::Update { id, .. } | MemberCmd::Promote { id } => {
+            parse_member_id(id)?;
+        }
+        MemberCmd::Add { .. } | MemberCmd::List => {}
+    }
+    let ctx = Ctx::connect(&args.global).await?;
+    let fmt = ctx.format();
+    let json = fmt == OutputFormat::Json;
+    match args.cmd {
+        MemberCmd::Add {
+            name,
+            peer_urls,
+            learner,
+        } => {
+            if peer_urls.is_empty() {
+                return Err(CtlError::new("member peer urls not provided"));
+            }
+            let r = ctx
+                .call(ctx.cluster().member_add(pb::MemberAddRequest {
+                    peer_ur_ls: peer_urls.clone(),
+                    is_learner: learner,
+                }))
+                .await?;
+            let id = r.member.as_ref().map_or(0, |m| m.id);
+            if json {
+                out(&format!(
+                    "{}\n",
+                    ObjBuilder::new()
+                        .opt("header", printer::header_json(r.header.as_ref()))
+                        .opt("member", r.member.as_ref().map(member_json))
+                        .arr("members", r.members.iter().map(member_json).collect())
+                        .build()
+                        .render()
+                ));
+            } else {
+                let cluster = r.header.map_or(0, |h| h.cluster_id);
+                out(&format!("Member {id:16x} added to cluster {cluster:16x}\n"));
+                out(&added_env(&name, id, &peer_urls, &r.members));
+            }
+        }
+        MemberCmd::Remove { id } => {
+            let id = parse_member_id(&id)?;
+            let r = ctx
+                .call(ctx.cluster().member_remove(pb::MemberRemoveRequest { id }))
+                .await?;
+            if json {
+                out(&members_json(r.header.as_ref(), &r.members));
+            } else {
+                let cluster = r.header.map_or(0, |h| h.cluster_id);
+                out(&format!(
+                    "Member {id:16x} removed from cluster {cluster:16x}\n"
+                ));
+            }
+        }
+        MemberCmd::Update { id, peer_urls } => {
+            let id = parse_member_id(&id)?;
+            if peer_urls.is_empty() {
+                return Err(CtlError::new("member peer urls not provided"));
+            }
+            let r = ctx
+                .call(ctx.cluster().member_update(pb::MemberUpdateRequest {
+                    id,
+                    peer_ur_ls: peer_urls,
+                }))
+                .await?;
+            if json {
+                out(&members_json(r.header.as_ref(), &r.members));
+            } else {
+                let cluster = r.header.map_or(0, |h| h.cluster_id);
+                out(&format!(
+                    "Member {id:16x} updated in cluster {cluster:16x}\n"
+                ));
+            }
+        }
+        MemberCmd::Promote { id } => {
+            let id = parse_member_id(&id)?;
+            let r = ctx
+                .call(
+                    ctx.cluster()
+                        .member_promote(pb::MemberPromoteRequest { id }),
+                )
+                .await?;
+            if json {
+                out(&members_json(r.header.as_ref(), &r.members));
+            } else {
+                let cluster = r.header.map_or(0, |h| h.cluster_id);
+                out(&format!(
+                    "Member {id:16x} promoted in cluster {cluster:16x}\n"
+                ));
+            }
+        }
+        MemberCmd::List => {
+            let r = ctx
+                .call(
+                    ctx.cluster()
+                        .member_list(pb::MemberListRequest { linearizable: true }),
+                )
+                .await?;
+            out(&format_list(&r, fmt));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members() -> Vec<pb::Member> {
+        vec![
+            pb::Member {
+                id: 0x8e9e05c52164694d,
+                name: "n1".into(),
+                peer_ur_ls: vec!["http://127.0.0.1:2380".into()],
+                client_ur_ls: vec!["http://127.0.0.1:2379".into()],
+                is_learner: false,
+            },
+            pb::Member {
+                id: 0x1234,
+                name: String::new(),
+                peer_ur_ls: vec!["http://127.0.0.1:12380".into()],
+                client_ur_ls: vec![],
+                is_learner: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn list_formats() {
+        let r = pb::MemberListResponse {
+            header: None,
+            members: members(),
+        };
+        assert_eq!(
+            format_list(&r, OutputFormat::Simple),
+            "8e9e05c52164694d, started, n1, http://127.0.0.1:2380, http://127.0.0.1:2379, false\n\
+             1234, unstarted, , http://127.0.0.1:12380, , true\n"
+        );
+        assert_eq!(
+            format_list(&r, OutputFormat::Table),
+            "+------------------+-----------+------+------------------------+-----------------------+------------+\n\
+             |        ID        |  STATUS   | NAME |       PEER ADDRS       |     CLIENT ADDRS      | IS LEARNER |\n\
+             +------------------+-----------+------+------------------------+-----------------------+------------+\n\
+             | 8e9e05c52164694d |   started |   n1 |  http://127.0.0.1:2380 | http://127.0.0.1:2379 |      false |\n\
+             |             1234 | unstarted |      | http://127.0.0.1:12380 |                       |       true |\n\
+             +------------------+-----------+------+------------------------+-----------------------+------------+\n"
+        );
+        assert_eq!(
+            format_list(&r, OutputFormat::Json),
+            "{\"members\":[{\"ID\":10276657743932975437,\"name\":\"n1\",\"peerURLs\":[\"http://127.0.0.1:2380\"],\
+             \"clientURLs\":[\"http://127.0.0.1:2379\"]},{\"ID\":4660,\"peerURLs\":[\"http://127.0.0.1:12380\"],\
+             \"isLearner\":true}]}\n"
+        );
+    }
+
+    #[test]
+    fn add_env() {
+        let env = added_env("n2", 0x1234, &["http://127.0.0.1:12380".into()], &members());
+        assert_eq!(
+            env,
+            "\nCONCORD_NAME=\"n2\"\nCONCORD_INITIAL_CLUSTER=\"n1=http://127.0.0.1:2380,n2=http://127.0.0.1:12380\"\n\
+             CONCORD_INITIAL_ADVERTISE_PEER_URLS=\"http://127.0.0.1:12380\"\nCONCORD_INITIAL_CLUSTER_STATE=\"existing\"\n"
+        );
+    }
+}

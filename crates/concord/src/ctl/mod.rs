@@ -1,0 +1,424 @@
+//! Client commands modelled on etcdctl v3 (3.4/3.5): `concord get`, `put`, `del`, `txn`,
+//! `watch`, `compaction`, `lease`, `elect`, `lock`, `member`, `endpoint`, `snapshot` and
+//! `completion`. They speak etcd's v3 gRPC API, so they work against etcd too.
+//!
+//! # Layout
+//!
+//! * [`GlobalArgs`]: `--endpoints`, `--dial-timeout`, `--command-timeout`, `-w`, on every
+//!   command; [`Ctx`] is the connection they produce.
+//! * One module per command group: [`kv`] (get, put, del, compaction), [`txn`],
+//!   [`watch`], [`lease`], [`concurrency`] (elect, lock), [`member`], [`endpoint`],
+//!   [`snapshot`].
+//! * [`printer`]: etcdctl's output formats; [`duration`]: Go's duration syntax.
+//!
+//! Errors are printed as one line, `Error: <message>`, on standard error (the server's
+//! message, e.g. `etcdserver: requested lease not found`), and the exit status is 1.
+
+pub mod concurrency;
+pub mod duration;
+pub mod endpoint;
+pub mod kv;
+pub mod lease;
+pub mod member;
+pub mod printer;
+pub mod snapshot;
+pub mod txn;
+pub mod watch;
+
+use std::future::Future;
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand, ValueEnum};
+use concord_proto::etcdserverpb::cluster_client::ClusterClient;
+use concord_proto::etcdserverpb::kv_client::KvClient;
+use concord_proto::etcdserverpb::lease_client::LeaseClient;
+use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use concord_proto::etcdserverpb::watch_client::WatchClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// `-w/--write-out`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// etcdctl's default: plain lines.
+    #[default]
+    Simple,
+    /// The response as JSON (bytes in base64).
+    Json,
+    /// A table (member list, endpoint status/health, snapshot status; others: simple).
+    Table,
+    /// `"Field" : value` lines (get, put, del; others: simple).
+    Fields,
+}
+
+/// Flags shared by every client command.
+#[derive(Args, Clone, Debug)]
+pub struct GlobalArgs {
+    /// gRPC endpoints, comma-separated (host:port, with or without http://)
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379",
+        help_heading = "Global options"
+    )]
+    pub endpoints: Vec<String>,
+    /// Dial timeout for client connections (Go duration: 2s, 500ms)
+    #[arg(long, global = true, default_value = "2s", value_parser = duration::parse, help_heading = "Global options")]
+    pub dial_timeout: Duration,
+    /// Timeout for short running commands, excluding the dial timeout
+    #[arg(long, global = true, default_value = "5s", value_parser = duration::parse, help_heading = "Global options")]
+    pub command_timeout: Duration,
+    /// Output format: simple, json, table or fields
+    #[arg(
+        short = 'w',
+        long,
+        global = true,
+        value_enum,
+        default_value = "simple",
+        help_heading = "Global options"
+    )]
+    pub write_out: OutputFormat,
+}
+
+/// A failed client command: the text printed after `Error: `.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CtlError(pub String);
+
+impl CtlError {
+    /// An error with this message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        CtlError(msg.into())
+    }
+}
+
+impl From<tonic::Status> for CtlError {
+    fn from(s: tonic::Status) -> Self {
+        match s.code() {
+            tonic::Code::DeadlineExceeded => CtlError::new("context deadline exceeded"),
+            _ if s.message().is_empty() => CtlError::new(format!("{:?}", s.code())),
+            _ => CtlError::new(s.message()),
+        }
+    }
+}
+
+/// The result of a client command.
+pub type CtlResult<T> = Result<T, CtlError>;
+
+/// The client commands (flattened into `concord`'s subcommands).
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Gets the key or a range of keys
+    Get(kv::GetArgs),
+    /// Puts the given key into the store (the value is read from stdin when omitted)
+    Put(kv::PutArgs),
+    /// Removes the specified key or range of keys [key, range_end)
+    Del(kv::DelArgs),
+    /// Txn processes all the requests in one transaction (read from stdin; -i prompts)
+    Txn(txn::TxnArgs),
+    /// Watches events stream on keys or prefixes, until Ctrl-C
+    Watch(watch::WatchArgs),
+    /// Compacts the event history in the store
+    Compaction(kv::CompactionArgs),
+    /// Lease related commands
+    Lease(lease::LeaseArgs),
+    /// Observes and participates in leader election
+    Elect(concurrency::ElectArgs),
+    /// Acquires a named lock
+    Lock(concurrency::LockArgs),
+    /// Membership related commands
+    Member(member::MemberArgs),
+    /// Endpoint related commands
+    Endpoint(endpoint::EndpointArgs),
+    /// Saves, checks and restores snapshots of a member's keyspace
+    Snapshot(snapshot::SnapshotArgs),
+    /// Generates the shell completion script for concord
+    Completion(CompletionArgs),
+}
+
+/// `concord completion SHELL`.
+#[derive(Args, Debug)]
+pub struct CompletionArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Runs one client command and prints its error, if any, like etcdctl.
+pub fn run(cmd: CtlCommand) -> ExitCode {
+    if let CtlCommand::Completion(args) = &cmd {
+        let mut command = crate::cli::command();
+        // Into a buffer: clap_complete panics when its writer fails (a closed pipe).
+        let mut script = Vec::new();
+        clap_complete::generate(args.shell, &mut command, "concord", &mut script);
+        let mut stdout = std::io::stdout().lock();
+        return match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async move {
+        match cmd {
+            CtlCommand::Get(a) => kv::get(a).await,
+            CtlCommand::Put(a) => kv::put(a).await,
+            CtlCommand::Del(a) => kv::del(a).await,
+            CtlCommand::Txn(a) => txn::run(a).await,
+            CtlCommand::Watch(a) => watch::run(a).await,
+            CtlCommand::Compaction(a) => kv::compaction(a).await,
+            CtlCommand::Lease(a) => lease::run(a).await,
+            CtlCommand::Elect(a) => concurrency::elect(a).await,
+            CtlCommand::Lock(a) => concurrency::lock(a).await,
+            CtlCommand::Member(a) => member::run(a).await,
+            CtlCommand::Endpoint(a) => endpoint::run(a).await,
+            CtlCommand::Snapshot(a) => snapshot::run(a).await,
+            CtlCommand::Completion(_) => Ok(()),
+        }
+    });
+    // Streams (watch, keep-alive) may still hold tasks: do not wait for them.
+    rt.shutdown_background();
+    let _ = std::io::stdout().flush();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prints `text` to standard output and flushes it (watch output is read live).
+pub fn out(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+/// `host:port` or `http://host:port` as a URL tonic can dial.
+pub fn endpoint_url(ep: &str) -> String {
+    let ep = ep.trim();
+    if ep.starts_with("http://") || ep.starts_with("https://") {
+        ep.to_string()
+    } else {
+        format!("http://{ep}")
+    }
+}
+
+/// Dials one endpoint within `timeout`.
+pub async fn dial(ep: &str, timeout: Duration) -> CtlResult<Channel> {
+    let url = endpoint_url(ep);
+    let endpoint = Endpoint::from_shared(url.clone())
+        .map_err(|e| CtlError::new(format!("bad endpoint {ep:?}: {e}")))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(ch)) => Ok(ch),
+        Ok(Err(e)) => {
+            let detail = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| e.to_string());
+            Err(CtlError::new(format!(
+                "context deadline exceeded (cannot connect to {ep}: {detail})"
+            )))
+        }
+        Err(_) => Err(CtlError::new(format!(
+            "context deadline exceeded (cannot connect to {ep} within {})",
+            duration::format(timeout)
+        ))),
+    }
+}
+
+/// A connection to the first endpoint of `--endpoints` that answers, and the flags.
+pub struct Ctx {
+    /// The global flags.
+    pub global: GlobalArgs,
+    /// The connection.
+    pub channel: Channel,
+}
+
+impl Ctx {
+    /// Dials the endpoints in order and keeps the first that connects.
+    pub async fn connect(global: &GlobalArgs) -> CtlResult<Ctx> {
+        let mut last = CtlError::new("no endpoints given");
+        for ep in global.endpoints.iter().filter(|e| !e.trim().is_empty()) {
+            match dial(ep, global.dial_timeout).await {
+                Ok(channel) => {
+                    return Ok(Ctx {
+                        global: global.clone(),
+                        channel,
+                    })
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The output format.
+    pub fn format(&self) -> OutputFormat {
+        self.global.write_out
+    }
+
+    /// KV client.
+    pub fn kv(&self) -> KvClient<Channel> {
+        KvClient::new(self.channel.clone())
+    }
+    /// Lease client.
+    pub fn lease(&self) -> LeaseClient<Channel> {
+        LeaseClient::new(self.channel.clone())
+    }
+    /// Watch client.
+    pub fn watch(&self) -> WatchClient<Channel> {
+        WatchClient::new(self.channel.clone())
+    }
+    /// Cluster client.
+    pub fn cluster(&self) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel.clone())
+    }
+    /// Maintenance client.
+    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
+        MaintenanceClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
+    }
+
+    /// Runs one unary call within `--command-timeout`.
+    pub async fn call<T>(
+        &self,
+        fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> CtlResult<T> {
+        timed(self.global.command_timeout, fut).await
+    }
+}
+
+/// Runs one unary call within `timeout`.
+pub async fn timed<T>(
+    timeout: Duration,
+    fut: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> CtlResult<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(resp)) => Ok(resp.into_inner()),
+        Ok(Err(status)) => Err(status.into()),
+        Err(_) => Err(CtlError::new("context deadline exceeded")),
+    }
+}
+
+/// Parses a lease id as etcdctl does: hexadecimal.
+pub fn parse_lease_id(s: &str) -> CtlResult<i64> {
+    i64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| CtlError::new(format!("bad lease ID arg ({s}), expecting ID in Hex")))
+}
+
+/// Parses a member id as etcdctl does: hexadecimal.
+pub fn parse_member_id(s: &str) -> CtlResult<u64> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16)
+        .map_err(|_| CtlError::new(format!("bad member ID arg ({s}), expecting ID in Hex")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<CtlCommand, clap::Error> {
+        let mut argv = vec!["concord"];
+        argv.extend_from_slice(args);
+        match crate::cli::parse(argv.iter().map(std::ffi::OsString::from))?.command {
+            crate::cli::Command::Ctl(c) => Ok(c),
+            other => panic!("not a client command: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn global_flags_parse_everywhere() {
+        let CtlCommand::Get(g) = parse(&[
+            "get",
+            "foo",
+            "--prefix",
+            "-w",
+            "json",
+            "--dial-timeout",
+            "500ms",
+            "--endpoints",
+            "a:1,http://b:2",
+        ])
+        .unwrap() else {
+            panic!("not get")
+        };
+        assert_eq!(g.global.write_out, OutputFormat::Json);
+        assert_eq!(g.global.dial_timeout, Duration::from_millis(500));
+        assert_eq!(g.global.command_timeout, Duration::from_secs(5));
+        assert_eq!(g.global.endpoints, vec!["a:1", "http://b:2"]);
+        assert!(g.opts.prefix);
+
+        // Nested subcommands take the global flags after their own name too.
+        let CtlCommand::Lease(l) = parse(&["lease", "grant", "10", "-w", "table"]).unwrap() else {
+            panic!("not lease")
+        };
+        assert_eq!(l.global.write_out, OutputFormat::Table);
+        assert!(matches!(l.cmd, lease::LeaseCmd::Grant { ttl: 10 }));
+        let CtlCommand::Member(m) = parse(&["member", "list", "--endpoints=x:1"]).unwrap() else {
+            panic!("not member")
+        };
+        assert_eq!(m.global.endpoints, vec!["x:1"]);
+        assert_eq!(m.global.endpoints.len(), 1);
+
+        assert!(parse(&["get", "k", "--dial-timeout", "2"]).is_err());
+        assert!(parse(&["get", "k", "-w", "yaml"]).is_err());
+        assert!(parse(&["get"]).is_err());
+    }
+
+    #[test]
+    fn lock_takes_a_command_with_its_flags() {
+        let CtlCommand::Lock(l) = parse(&["lock", "--ttl", "5", "name", "ls", "-l", "/"]).unwrap()
+        else {
+            panic!("not lock")
+        };
+        assert_eq!(l.ttl, 5);
+        assert_eq!(l.name, "name");
+        assert_eq!(l.command, vec!["ls", "-l", "/"]);
+        let CtlCommand::Elect(e) = parse(&["elect", "-l", "e"]).unwrap() else {
+            panic!("not elect")
+        };
+        assert!(e.listen && e.proposal.is_none());
+    }
+
+    #[test]
+    fn endpoints_get_a_scheme() {
+        assert_eq!(endpoint_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
+        assert_eq!(endpoint_url("http://a:1"), "http://a:1");
+        assert_eq!(endpoint_url(" https://a:1 "), "https://a:1");
+    }
+
+    #[test]
+    fn hex_ids() {
+        assert_eq!(parse_lease_id("694d7f3a1b2c"), Ok(0x694d7f3a1b2c));
+        assert!(parse_lease_id("xyz").is_err());
+        assert_eq!(parse_member_id("8e9e05c52164694d"), Ok(0x8e9e05c52164694d));
+        assert_eq!(
+            parse_member_id("12g").unwrap_err().0,
+            "bad member ID arg (12g), expecting ID in Hex"
+        );
+    }
+
+    #[test]
+    fn status_messages_pass_through() {
+        let e: CtlError = tonic::Status::not_found("etcdserver: requested lease not found").into();
+        assert_eq!(e.0, "etcdserver: requested lease not found");
+        let e: CtlError = tonic::Status::deadline_exceeded("x").into();
+        assert_eq!(e.0, "context deadline exceeded");
+    }
+}
