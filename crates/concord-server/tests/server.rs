@@ -416,6 +416,8 @@ async fn snapshot_save_then_restore_into_a_new_cluster() {
         blob.extend_from_slice(&r.blob);
     }
     c.stop().await;
+    // etcd's stream shape, which etcdctl checks: padded to 512 bytes plus a SHA-256.
+    assert_eq!(blob.len() % 512, 32);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("snap.db");
     std::fs::write(&file, &blob).unwrap();

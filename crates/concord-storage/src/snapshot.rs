@@ -332,9 +332,26 @@ impl<D: Disk> SnapshotInstaller<D> {
 /// Splits a saved snapshot (the chunks of a [`SnapshotStream`] written one after the
 /// other, as `concord snapshot save` and `etcdctl snapshot save` store them) into its
 /// chunks, by their headers' lengths. The chunks are verified by [`SnapshotInstaller`].
-pub fn split_saved(mut data: &[u8]) -> Result<Vec<&[u8]>, SnapshotError> {
+///
+/// A file may end with etcd's trailer (see [`etcd_trailer`]): zero padding to a multiple of
+/// 512 bytes, then the SHA-256 of everything before it. When the digest matches it is
+/// checked and removed; a file without it is read as plain chunks.
+pub fn split_saved(data: &[u8]) -> Result<Vec<&[u8]>, SnapshotError> {
+    let mut data = data;
+    let mut padded = false;
+    if data.len() >= 32 && data.len() % 512 == 32 {
+        use sha2::Digest as _;
+        let (body, digest) = data.split_at(data.len() - 32);
+        if sha2::Sha256::digest(body).as_slice() == digest {
+            data = body;
+            padded = true;
+        }
+    }
     let mut out = Vec::new();
     while !data.is_empty() {
+        if padded && data.len() < 512 && data.iter().all(|b| *b == 0) {
+            break;
+        }
         let seq = out.len() as u64;
         if data.len() < HEADER_BYTES || &data[..4] != MAGIC {
             return Err(corrupt(seq, "not a Concord snapshot chunk"));
@@ -347,6 +364,19 @@ pub fn split_saved(mut data: &[u8]) -> Result<Vec<&[u8]>, SnapshotError> {
         data = &data[len..];
     }
     Ok(out)
+}
+
+/// etcd's snapshot trailer for a stream of `len` bytes whose content hashes to `hasher`:
+/// zero padding to a multiple of 512 bytes, then the SHA-256 of the content and the
+/// padding. `etcdctl snapshot save` (3.4) checks that a saved stream ends this way
+/// (`len % 512 == 32`) and that the digest matches.
+pub fn etcd_trailer(len: u64, mut hasher: sha2::Sha256) -> Vec<u8> {
+    use sha2::Digest as _;
+    let pad = ((512 - len % 512) % 512) as usize;
+    let mut out = vec![0u8; pad];
+    hasher.update(&out);
+    out.extend_from_slice(hasher.finalize().as_slice());
+    out
 }
 
 impl<D: Disk> MvccStore<D> {

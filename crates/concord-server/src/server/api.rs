@@ -284,27 +284,47 @@ fn compare_from_pb(c: pb::Compare) -> Result<st::Compare, Status> {
 }
 
 pub(crate) fn txn_to_pb(ctx: &Ctx, t: st::TxnResponse) -> pb::TxnResponse {
-    let rev = t.revision;
+    let mut out = txn_to_pb_inner(t);
+    out.header = Some(ctx.header_at(out.header.map_or(0, |h| h.revision)));
+    out
+}
+
+/// A response inside a transaction: as etcd, its header carries only the revision.
+fn inner_header(revision: i64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader {
+        revision,
+        ..pb::ResponseHeader::default()
+    })
+}
+
+fn txn_to_pb_inner(t: st::TxnResponse) -> pb::TxnResponse {
+    use pb::response_op::Response as R;
     pb::TxnResponse {
-        header: Some(ctx.header_at(rev)),
+        header: inner_header(t.revision),
         succeeded: t.succeeded,
         responses: t
             .responses
             .into_iter()
             .map(|r| pb::ResponseOp {
                 response: Some(match r {
-                    st::ResponseOp::Range(r) => {
-                        pb::response_op::Response::ResponseRange(range_to_pb(ctx, r))
-                    }
-                    st::ResponseOp::Put(p) => {
-                        pb::response_op::Response::ResponsePut(put_to_pb(ctx, p))
-                    }
+                    st::ResponseOp::Range(r) => R::ResponseRange(pb::RangeResponse {
+                        header: inner_header(r.revision),
+                        kvs: r.kvs.into_iter().map(kv_to_pb).collect(),
+                        more: r.more,
+                        count: r.count,
+                    }),
+                    st::ResponseOp::Put(p) => R::ResponsePut(pb::PutResponse {
+                        header: inner_header(p.revision),
+                        prev_kv: p.prev_kv.map(kv_to_pb),
+                    }),
                     st::ResponseOp::DeleteRange(d) => {
-                        pb::response_op::Response::ResponseDeleteRange(delete_to_pb(ctx, d))
+                        R::ResponseDeleteRange(pb::DeleteRangeResponse {
+                            header: inner_header(d.revision),
+                            deleted: d.deleted,
+                            prev_kvs: d.prev_kvs.into_iter().map(kv_to_pb).collect(),
+                        })
                     }
-                    st::ResponseOp::Txn(t) => {
-                        pb::response_op::Response::ResponseTxn(txn_to_pb(ctx, t))
-                    }
+                    st::ResponseOp::Txn(t) => R::ResponseTxn(txn_to_pb_inner(t)),
                 }),
             })
             .collect(),

@@ -179,6 +179,15 @@ impl Maintenance for MaintenanceService {
             .node
             .with_store(|s| SnapshotStream::new(s, SNAPSHOT_CHUNK)?.collect())
             .map_err(api::status)?;
+        // etcd's stream format: the image, zero padding to 512 bytes, its SHA-256 (etcdctl
+        // checks both). Concord's restore verifies and strips them.
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+        for c in &chunks {
+            sha2::Digest::update(&mut hasher, c);
+        }
+        let image: u64 = chunks.iter().map(|c| c.len() as u64).sum();
+        let mut chunks = chunks;
+        chunks.push(concord_storage::snapshot::etcd_trailer(image, hasher));
         let total: u64 = chunks.iter().map(|c| c.len() as u64).sum();
         let header = self.ctx.header();
         let (tx, rx) = mpsc::channel(4);
