@@ -288,6 +288,9 @@ pub struct NodeHandle {
     status: watch::Receiver<NodeStatus>,
     incarnation: u64,
     seq: Arc<AtomicU64>,
+    /// Set by the driver after each apply when the store refuses writes (NOSPACE alarm or
+    /// over quota), so proposals check the store only then.
+    writes_blocked: Arc<std::sync::atomic::AtomicBool>,
     request_timeout: Duration,
     max_request_bytes: usize,
     task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
@@ -367,6 +370,7 @@ pub fn start(
     // Each process gets its own election timer sequence.
     let incarnation = incarnation_seed() ^ config.id.rotate_left(32);
     rc.seed = incarnation;
+    let writes_blocked = Arc::new(std::sync::atomic::AtomicBool::new(!store.admits_writes()?));
     let shared: SharedStore = Arc::new(RwLock::new(Some(store)));
     wal.set_snapshot_source(Arc::new(StoreSource {
         store: shared.clone(),
@@ -402,6 +406,7 @@ pub fn start(
         config: config.clone(),
         fatal: None,
         failover: None,
+        writes_blocked: writes_blocked.clone(),
     };
     let task = tokio::spawn(driver.run(req_rx, inbox));
     Ok(NodeHandle {
@@ -411,6 +416,7 @@ pub fn start(
         status: status_rx,
         incarnation,
         seq: Arc::new(AtomicU64::new(0)),
+        writes_blocked,
         request_timeout: config.request_timeout,
         max_request_bytes: config.max_request_bytes,
         task: Arc::new(tokio::sync::Mutex::new(Some(task))),
@@ -459,6 +465,9 @@ impl NodeHandle {
     /// `etcdserver: mvcc: database space exceeded`, and the alarm is raised through Raft
     /// so every member refuses writes until it is disarmed.
     pub async fn propose(&self, cmd: Command) -> Result<Response, NodeError> {
+        if !self.writes_blocked.load(Ordering::Relaxed) {
+            return self.propose_unchecked(cmd).await;
+        }
         let (admitted, raised) = self.with_store(|s| Ok((s.admit(&cmd)?, s.nospace())))?;
         if let Err(e) = admitted {
             if !raised {
@@ -642,6 +651,7 @@ struct Driver {
     fatal: Option<NodeError>,
     // Fast failover: campaign at this moment if the lost leader is still our leader.
     failover: Option<(NodeId, tokio::time::Instant)>,
+    writes_blocked: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Gap between the fast-failover campaigns of successive followers (see
@@ -1009,7 +1019,10 @@ impl Driver {
             let mut guard = write_store(&self.store);
             let store = guard.as_mut().ok_or("store closed")?;
             let refs: Vec<(u64, &Command)> = cmds.iter().map(|(i, c, _)| (*i, c)).collect();
-            blocking(|| store.apply_batch(&refs)).map_err(|e| e.to_string())?
+            let results = blocking(|| store.apply_batch(&refs)).map_err(|e| e.to_string())?;
+            let admits = store.admits_writes().map_err(|e| e.to_string())?;
+            self.writes_blocked.store(!admits, Ordering::Relaxed);
+            results
         };
         for ((_, _, key), result) in cmds.iter().zip(results) {
             let Some(key) = key else { continue };

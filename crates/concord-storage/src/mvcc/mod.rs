@@ -317,6 +317,13 @@ impl<D: Disk> MvccStore<D> {
         Ok(used)
     }
 
+    /// Whether writes are admitted at all: no NOSPACE alarm and the file within its quota
+    /// (as of the last apply). Cheap; for callers that skip [`MvccStore::admit`] while it
+    /// holds.
+    pub fn admits_writes(&self) -> Result<bool, StoreError> {
+        Ok(!self.meta.nospace && self.cached_size_bytes()? <= self.config.quota_bytes)
+    }
+
     /// The check etcd makes before proposing: writes (puts, txns with puts, lease grants)
     /// are refused while the alarm is raised or the backend is over its quota; the caller
     /// proposes [`Command::AlarmNoSpace`] in the latter case.

@@ -1,0 +1,145 @@
+//! gRPC connections to nodes, error classification and leader discovery.
+
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use concord_proto::etcdserverpb::StatusRequest;
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+use crate::cluster::Cluster;
+
+/// Connects to `url` within `timeout`.
+pub async fn connect(url: &str, timeout: Duration) -> Result<Channel, String> {
+    let ep = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad url {url}: {e}"))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true);
+    match tokio::time::timeout(timeout, ep.connect()).await {
+        Ok(Ok(ch)) => Ok(ch),
+        Ok(Err(e)) => Err(format!("connect {url}: {e}")),
+        Err(_) => Err(format!("connect {url}: timeout")),
+    }
+}
+
+/// An operation error, and whether the operation certainly had no effect.
+#[derive(Debug, Clone)]
+pub struct OpErr {
+    /// Text for the history.
+    pub msg: String,
+    /// True when the operation certainly did not take effect.
+    pub definite: bool,
+}
+
+impl From<tonic::Status> for OpErr {
+    fn from(s: tonic::Status) -> Self {
+        // Only codes that say the request was refused before it could be applied are
+        // definite; Unavailable, DeadlineExceeded, Unknown, Internal... may hide a commit.
+        let definite = matches!(
+            s.code(),
+            Code::InvalidArgument
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+                | Code::Unimplemented
+                | Code::OutOfRange
+                | Code::ResourceExhausted
+        );
+        // A channel that had to reconnect and could not never sent the request.
+        let refused = s.code() == Code::Unavailable
+            && (s.message().contains("tcp connect error")
+                || s.message().contains("Connection refused"));
+        OpErr {
+            msg: format!("{:?}: {}", s.code(), s.message()),
+            definite: definite || refused,
+        }
+    }
+}
+
+/// What each node said about itself and the leader.
+#[derive(Debug, Clone, Default)]
+pub struct StatusView {
+    /// Member id per node index (None if unreachable).
+    pub member_ids: Vec<Option<u64>>,
+    /// Leader id as reported by each reachable node.
+    pub leaders: Vec<Option<u64>>,
+}
+
+/// Asks every node for its status, in parallel, within `timeout`.
+pub async fn status_all(cluster: &Cluster, timeout: Duration) -> StatusView {
+    let mut tasks = Vec::new();
+    for s in &cluster.nodes {
+        let url = s.client_url.clone();
+        tasks.push(tokio::spawn(async move {
+            let ch = connect(&url, timeout).await.ok()?;
+            let mut c = MaintenanceClient::new(ch);
+            let r = tokio::time::timeout(timeout, c.status(StatusRequest {}))
+                .await
+                .ok()?
+                .ok()?
+                .into_inner();
+            let id = r.header.map(|h| h.member_id).unwrap_or(0);
+            Some((id, r.leader))
+        }));
+    }
+    let mut view = StatusView::default();
+    for t in tasks {
+        let r = t.await.ok().flatten();
+        view.member_ids.push(r.map(|(id, _)| id));
+        view.leaders.push(r.map(|(_, l)| l).filter(|l| *l != 0));
+    }
+    view
+}
+
+/// Maps member ids to node indexes, learned once at start (ids survive restarts).
+#[derive(Debug, Clone, Default)]
+pub struct Members {
+    /// Member id of node i.
+    pub ids: Vec<u64>,
+}
+
+impl Members {
+    /// Index of the node whose member id is `id`.
+    pub fn index_of(&self, id: u64) -> Option<usize> {
+        self.ids.iter().position(|x| *x == id)
+    }
+}
+
+/// Finds the current leader's index: the leader named by the most reachable nodes.
+pub async fn find_leader(cluster: &Cluster, members: &Members) -> Option<usize> {
+    let view = status_all(cluster, Duration::from_millis(700)).await;
+    let mut counts: Vec<(u64, usize)> = Vec::new();
+    for l in view.leaders.iter().flatten() {
+        match counts.iter_mut().find(|(id, _)| id == l) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((*l, 1)),
+        }
+    }
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+    counts.first().and_then(|(id, _)| members.index_of(*id))
+}
+
+/// Waits until every node answers and all agree on one leader; returns the member ids.
+pub async fn wait_ready(cluster: &Cluster, deadline: Duration) -> Result<Members, String> {
+    let start = std::time::Instant::now();
+    loop {
+        let view = status_all(cluster, Duration::from_millis(700)).await;
+        let all_up = view.member_ids.iter().all(|m| m.is_some());
+        let first = view.leaders.first().copied().flatten();
+        let agree = first.is_some() && view.leaders.iter().all(|l| *l == first);
+        if all_up && agree {
+            return Ok(Members {
+                ids: view.member_ids.iter().map(|m| m.unwrap_or(0)).collect(),
+            });
+        }
+        for i in 0..cluster.len() {
+            cluster.check_alive(i)?;
+        }
+        if start.elapsed() > deadline {
+            return Err(format!(
+                "cluster not ready after {:?}: member ids {:?}, leaders {:?}",
+                deadline, view.member_ids, view.leaders
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

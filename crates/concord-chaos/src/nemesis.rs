@@ -1,0 +1,495 @@
+//! The nemesis: faults on a schedule (healthy, fault, heal, repeat), recorded as windows.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+use serde_json::json;
+
+use concord_proto::etcdserverpb::cluster_client::ClusterClient;
+use concord_proto::etcdserverpb::{MemberAddRequest, MemberRemoveRequest};
+
+use crate::client::{find_leader, Members};
+use crate::cluster::{Cluster, Mode};
+use crate::history::{JsonLines, Recorder};
+
+/// A kind of fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Random majority/minority split.
+    Partition,
+    /// The leader alone on one side.
+    IsolateLeader,
+    /// Two overlapping majorities joined by one node.
+    Bridge,
+    /// One-way: a minority cannot receive from the rest, but can send.
+    Asymmetric,
+    /// SIGKILL a random node, restart at heal.
+    Kill,
+    /// SIGKILL the leader, restart at heal.
+    KillLeader,
+    /// SIGSTOP a random node, SIGCONT at heal.
+    Pause,
+    /// SIGSTOP the leader.
+    PauseLeader,
+    /// Random drop of peer packets on every node.
+    Loss,
+    /// Remove a member (MemberRemove, kill, wipe), then add it back empty at heal.
+    Member,
+}
+
+impl Fault {
+    /// Name as used on the command line and in nemesis.jsonl.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Partition => "partition",
+            Fault::IsolateLeader => "isolate-leader",
+            Fault::Bridge => "bridge",
+            Fault::Asymmetric => "asymmetric",
+            Fault::Kill => "kill",
+            Fault::KillLeader => "kill-leader",
+            Fault::Pause => "pause",
+            Fault::PauseLeader => "pause-leader",
+            Fault::Loss => "loss",
+            Fault::Member => "member",
+        }
+    }
+
+    /// Whether the fault needs network namespaces.
+    pub fn needs_network(self) -> bool {
+        matches!(
+            self,
+            Fault::Partition
+                | Fault::IsolateLeader
+                | Fault::Bridge
+                | Fault::Asymmetric
+                | Fault::Loss
+        )
+    }
+
+    /// Whether the fault takes the leader away (for the unavailability figure).
+    pub fn hits_leader(self) -> bool {
+        matches!(
+            self,
+            Fault::IsolateLeader | Fault::KillLeader | Fault::PauseLeader
+        )
+    }
+
+    const ALL: [Fault; 10] = [
+        Fault::Partition,
+        Fault::IsolateLeader,
+        Fault::Bridge,
+        Fault::Asymmetric,
+        Fault::Kill,
+        Fault::KillLeader,
+        Fault::Pause,
+        Fault::PauseLeader,
+        Fault::Loss,
+        Fault::Member,
+    ];
+}
+
+/// Parses a comma-separated list; `partitions`, `process` and `all` are groups; `none` is empty.
+pub fn parse_faults(spec: &str, mode: Mode) -> Result<Vec<Fault>, String> {
+    let mut out = Vec::new();
+    for word in spec.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+        let group: Vec<Fault> = match word {
+            "none" => vec![],
+            "all" => Fault::ALL.to_vec(),
+            "partitions" => vec![
+                Fault::Partition,
+                Fault::IsolateLeader,
+                Fault::Bridge,
+                Fault::Asymmetric,
+            ],
+            "process" => vec![
+                Fault::Kill,
+                Fault::KillLeader,
+                Fault::Pause,
+                Fault::PauseLeader,
+            ],
+            w => match Fault::ALL.iter().find(|f| f.name() == w) {
+                Some(f) => vec![*f],
+                None => {
+                    return Err(format!(
+                        "unknown nemesis {w:?}; known: {}, partitions, process, all, none",
+                        Fault::ALL.map(Fault::name).join(", ")
+                    ))
+                }
+            },
+        };
+        for f in group {
+            if mode == Mode::Local && f.needs_network() {
+                if word == "all" {
+                    continue;
+                }
+                return Err(format!("nemesis {} needs --netns (root)", f.name()));
+            }
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One recorded fault window.
+#[derive(Clone, Debug)]
+pub struct Window {
+    /// Fault kind.
+    pub fault: Fault,
+    /// Affected node names.
+    pub targets: Vec<String>,
+    /// Start, ns since run start.
+    pub start_ns: u64,
+    /// End (heal), ns since run start.
+    pub end_ns: u64,
+}
+
+/// Schedule parameters.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    /// Healthy time between faults.
+    pub healthy: Duration,
+    /// Shortest fault.
+    pub fault_min: Duration,
+    /// Longest fault.
+    pub fault_max: Duration,
+    /// Packet loss percentage for `loss`.
+    pub loss_percent: u8,
+}
+
+/// Applies `fault`; returns the targets' node indexes and a description.
+async fn apply(
+    cluster: &Cluster,
+    members: &Members,
+    fault: Fault,
+    loss: u8,
+    rng: &mut SmallRng,
+) -> Result<(Vec<usize>, String), String> {
+    let n = cluster.len();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(rng);
+    let leader = if fault.hits_leader() {
+        Some(
+            find_leader(cluster, members)
+                .await
+                .ok_or_else(|| "no leader found".to_string())?,
+        )
+    } else {
+        None
+    };
+    let split = |side: &[usize], other: &[usize]| -> Result<(), String> {
+        let mut rules = Vec::new();
+        for &a in side {
+            for &b in other {
+                rules.push((a, b, true, true));
+                rules.push((b, a, true, true));
+            }
+        }
+        cluster.block_many(&rules)
+    };
+    let names =
+        |v: &[usize]| -> Vec<String> { v.iter().map(|i| cluster.nodes[*i].name.clone()).collect() };
+    match fault {
+        Fault::Partition => {
+            let minority = &order[..(n - 1) / 2];
+            let majority = &order[(n - 1) / 2..];
+            split(minority, majority)?;
+            Ok((
+                minority.to_vec(),
+                format!(
+                    "minority {:?} | majority {:?}",
+                    names(minority),
+                    names(majority)
+                ),
+            ))
+        }
+        Fault::IsolateLeader => {
+            let l = leader.unwrap_or(0);
+            let rest: Vec<usize> = (0..n).filter(|i| *i != l).collect();
+            split(&[l], &rest)?;
+            Ok((
+                vec![l],
+                format!("leader {} isolated", cluster.nodes[l].name),
+            ))
+        }
+        Fault::Bridge => {
+            // order[0] is the bridge; each half plus the bridge is a majority.
+            let bridge = order[0];
+            let rest = &order[1..];
+            let (a, b) = rest.split_at(rest.len() / 2);
+            split(a, b)?;
+            Ok((
+                vec![bridge],
+                format!(
+                    "bridge {} between {:?} and {:?}",
+                    cluster.nodes[bridge].name,
+                    names(a),
+                    names(b)
+                ),
+            ))
+        }
+        Fault::Asymmetric => {
+            // The minority cannot receive from the majority, but its packets still arrive.
+            let minority = &order[..(n - 1) / 2];
+            let majority = &order[(n - 1) / 2..];
+            let mut rules = Vec::new();
+            for &a in minority {
+                for &b in majority {
+                    rules.push((a, b, true, false));
+                    rules.push((b, a, false, true));
+                }
+            }
+            cluster.block_many(&rules)?;
+            Ok((
+                minority.to_vec(),
+                format!("{:?} deaf to {:?}", names(minority), names(majority)),
+            ))
+        }
+        Fault::Kill | Fault::KillLeader => {
+            let t = leader.unwrap_or(order[0]);
+            cluster.kill9(t);
+            Ok((vec![t], format!("kill -9 {}", cluster.nodes[t].name)))
+        }
+        Fault::Pause | Fault::PauseLeader => {
+            let t = leader.unwrap_or(order[0]);
+            cluster.pause(t, true);
+            Ok((vec![t], format!("SIGSTOP {}", cluster.nodes[t].name)))
+        }
+        Fault::Member => {
+            let t = order[0];
+            let id = members.ids[t];
+            let others: Vec<usize> = order[1..].to_vec();
+            let was_leader = find_leader(cluster, members).await == Some(t);
+            let asked = tokio::time::Instant::now();
+            // NotFound after a retry means an earlier attempt did remove it.
+            let (_, earlier) = cluster_call(cluster, &others, move |ch| async move {
+                match ClusterClient::new(ch)
+                    .member_remove(MemberRemoveRequest { id })
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
+                    Err(e) => Err(e),
+                }
+            })
+            .await
+            .map_err(|e| format!("MemberRemove {}: {e}", cluster.nodes[t].name))?;
+            let took = asked.elapsed();
+            cluster.mark_removed(t)?;
+            Ok((
+                vec![t],
+                format!(
+                    "member {}{} removed (MemberRemove answered in {} ms; earlier attempts: {:?})",
+                    cluster.nodes[t].name,
+                    if was_leader { " (the leader)" } else { "" },
+                    took.as_millis(),
+                    earlier
+                ),
+            ))
+        }
+        Fault::Loss => {
+            let p = loss;
+            for i in 0..n {
+                cluster.set_loss(i, p)?;
+            }
+            Ok((
+                (0..n).collect(),
+                format!("{p}% peer packet loss on every node"),
+            ))
+        }
+    }
+}
+
+/// Calls `f` on the given nodes in turn until one succeeds (up to 20 s, 8 s per call).
+/// Returns the value and the errors of earlier attempts.
+async fn cluster_call<T, F, Fut>(
+    cluster: &Cluster,
+    nodes: &[usize],
+    f: F,
+) -> Result<(T, Vec<String>), String>
+where
+    F: Fn(tonic::transport::Channel) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let start = tokio::time::Instant::now();
+    let mut last = String::from("no node to ask");
+    let mut earlier = Vec::new();
+    let mut k = 0usize;
+    while start.elapsed() < Duration::from_secs(20) && !nodes.is_empty() {
+        let url = &cluster.nodes[nodes[k % nodes.len()]].client_url;
+        k += 1;
+        match crate::client::connect(url, Duration::from_secs(1)).await {
+            Ok(ch) => match tokio::time::timeout(Duration::from_secs(8), f(ch)).await {
+                Ok(Ok(v)) => return Ok((v, earlier)),
+                Ok(Err(e)) => last = format!("{url}: {:?}: {}", e.code(), e.message()),
+                Err(_) => last = format!("{url}: timeout"),
+            },
+            Err(e) => last = e,
+        }
+        earlier.push(last.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Err(last)
+}
+
+/// Adds removed node `t` back as a new, empty member and lets it start.
+async fn rejoin(cluster: &Cluster, members: &mut Members, t: usize) -> Result<(), String> {
+    let others: Vec<usize> = (0..cluster.len()).filter(|i| *i != t).collect();
+    let url = cluster.nodes[t].peer_url.clone();
+    let (member, _) = cluster_call(cluster, &others, move |ch| {
+        let url = url.clone();
+        async move {
+            ClusterClient::new(ch)
+                .member_add(MemberAddRequest {
+                    peer_ur_ls: vec![url],
+                    is_learner: false,
+                })
+                .await
+                .map(|r| r.into_inner().member)
+        }
+    })
+    .await
+    .map_err(|e| format!("MemberAdd {}: {e}", cluster.nodes[t].name))?;
+    if let Some(m) = member {
+        members.ids[t] = m.id;
+    }
+    cluster.mark_rejoined(t);
+    Ok(())
+}
+
+/// Heals everything: network rules, paused processes, killed processes.
+pub fn heal(cluster: &Cluster) -> Result<(), String> {
+    let mut errs = Vec::new();
+    if cluster.mode == Mode::Netns {
+        if let Err(e) = cluster.heal_network() {
+            errs.push(e);
+        }
+    }
+    cluster.resume_all();
+    for i in 0..cluster.len() {
+        if let Err(e) = cluster.check_alive(i) {
+            errs.push(format!("node died on its own: {e}"));
+        }
+        if !cluster.is_running(i) && !cluster.is_removed(i) {
+            if let Err(e) = cluster.start(i) {
+                errs.push(e);
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.join("; "))
+    }
+}
+
+/// Runs the schedule until `run_for` has passed, then heals. Writes each window to `log`.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    cluster: Arc<Cluster>,
+    mut members: Members,
+    faults: Vec<Fault>,
+    sched: Schedule,
+    run_for: Duration,
+    rec: Recorder,
+    log: Arc<JsonLines>,
+    seed: u64,
+) -> Vec<Window> {
+    use rand::SeedableRng;
+    let mut rng = SmallRng::seed_from_u64(seed ^ 0x6e656d65);
+    let mut windows = Vec::new();
+    let end = tokio::time::Instant::now() + run_for;
+    if faults.is_empty() {
+        tokio::time::sleep_until(end).await;
+        return windows;
+    }
+    loop {
+        tokio::time::sleep(sched.healthy).await;
+        let now = tokio::time::Instant::now();
+        if now + Duration::from_secs(1) >= end {
+            break;
+        }
+        let fault = faults[rng.gen_range(0..faults.len())];
+        let span = sched.fault_min.as_millis() as u64
+            ..=sched.fault_max.as_millis().max(sched.fault_min.as_millis()) as u64;
+        let dur = Duration::from_millis(rng.gen_range(span)).min(end - now);
+        let applied = apply(&cluster, &members, fault, sched.loss_percent, &mut rng).await;
+        // The window starts once the fault is in place.
+        let start_ns = rec.now_ns();
+        let (targets, detail, err) = match applied {
+            Ok((t, d)) => (t, d, None),
+            Err(e) => (vec![], String::new(), Some(e)),
+        };
+        if err.is_none() {
+            tokio::time::sleep(dur).await;
+        }
+        let mut heal_errs = Vec::new();
+        if fault == Fault::Member && err.is_none() {
+            for &t in &targets {
+                if let Err(e) = rejoin(&cluster, &mut members, t).await {
+                    heal_errs.push(e);
+                }
+            }
+        }
+        if let Err(e) = heal(&cluster) {
+            heal_errs.push(e);
+        }
+        let heal_err = (!heal_errs.is_empty()).then(|| heal_errs.join("; "));
+        let end_ns = rec.now_ns();
+        let target_names: Vec<String> = targets
+            .iter()
+            .map(|i| cluster.nodes[*i].name.clone())
+            .collect();
+        let _ = log.write(&json!({
+            "kind": fault.name(),
+            "targets": target_names,
+            "start_ns": start_ns,
+            "end_ns": end_ns,
+            "detail": detail,
+            "error": err,
+            "heal_error": heal_err,
+        }));
+        if let Some(e) = &err {
+            eprintln!("chaos: nemesis {} not applied: {e}", fault.name());
+        } else {
+            windows.push(Window {
+                fault,
+                targets: target_names,
+                start_ns,
+                end_ns,
+            });
+        }
+        if let Some(e) = heal_err {
+            eprintln!("chaos: heal: {e}");
+        }
+    }
+    if let Some(rest) = end.checked_duration_since(tokio::time::Instant::now()) {
+        tokio::time::sleep(rest).await;
+    }
+    windows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_groups() {
+        let f = parse_faults("partitions,kill", Mode::Netns).unwrap_or_default();
+        assert_eq!(f.len(), 5);
+        assert!(parse_faults("partition", Mode::Local).is_err());
+        assert_eq!(
+            parse_faults("all", Mode::Local).map(|v| v.len()).ok(),
+            Some(5)
+        );
+        assert!(parse_faults("bogus", Mode::Netns).is_err());
+        assert_eq!(
+            parse_faults("none", Mode::Netns).map(|v| v.len()).ok(),
+            Some(0)
+        );
+    }
+}
