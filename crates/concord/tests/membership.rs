@@ -230,3 +230,41 @@ async fn member_list_add_learner_promote_remove() {
     let leader = cluster.leader().await;
     assert_ne!(leader, 1, "a removed member cannot be the leader");
 }
+
+/// A leader asked to remove itself hands leadership over first, so the call answers
+/// promptly (not after the request timeout) and the rest of the cluster keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_through_the_leader_answers_promptly() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let id = cluster.member_id(leader).await;
+    let mut c = cluster.client(leader).await;
+    let started = Instant::now();
+    let resp = c.member_remove(id).await.expect("member remove");
+    let took = started.elapsed();
+    eprintln!("leader removed itself in {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "removal answered after {took:?}"
+    );
+    assert_eq!(resp.members().len(), 2);
+    assert!(resp.members().iter().all(|m| m.id() != id));
+    cluster.kill9(leader);
+    let other = (leader + 1) % 3;
+    let mut c = cluster.client(other).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match c.put("after-removal", "ok", None).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "cluster stopped serving: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let got = c
+        .get("after-removal", Some(GetOptions::new()))
+        .await
+        .unwrap();
+    assert_eq!(got.kvs()[0].value(), b"ok");
+}

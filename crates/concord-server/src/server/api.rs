@@ -49,14 +49,22 @@ impl Ctx {
     /// A connection to the leader's client URL, for requests only the leader can answer
     /// (keep-alives, promotions), which etcd forwards there too.
     pub async fn leader_channel(&self) -> Result<tonic::transport::Channel, Status> {
-        let leader = self
-            .node
-            .status()
-            .leader
-            .ok_or_else(|| Status::unavailable("etcdserver: no leader"))?;
-        let url = self.members.client_url(leader).ok_or_else(|| {
-            Status::unavailable("etcdserver: the leader's client URL is not known yet")
-        })?;
+        // Just after an election the new leader may not have published its client URL
+        // yet: wait for it, briefly.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        let url = loop {
+            let leader = self.node.status().leader;
+            if let Some(url) = leader.and_then(|l| self.members.client_url(l)) {
+                break url;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Status::unavailable(match leader {
+                    None => "etcdserver: no leader",
+                    Some(_) => "etcdserver: the leader's client URL is not known yet",
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
         tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| Status::internal(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(2))

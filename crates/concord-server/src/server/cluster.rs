@@ -35,6 +35,44 @@ impl ClusterService {
             .map_err(api::status)
     }
 
+    /// Transfers leadership to the other voter with the longest log and waits (bounded)
+    /// until a new leader is known.
+    async fn step_down(&self) -> Result<(), Status> {
+        let me = self.ctx.member_id;
+        let voters = self.ctx.node.status().conf_state.voters;
+        let progress = self.ctx.node.progress().await.map_err(api::status)?;
+        let target = voters
+            .iter()
+            .filter(|v| **v != me)
+            .max_by_key(|v| progress.get(v).copied().unwrap_or(0))
+            .copied()
+            .ok_or_else(|| {
+                Status::failed_precondition("etcdserver: cannot remove the only voter")
+            })?;
+        self.ctx
+            .node
+            .transfer_leader(target)
+            .await
+            .map_err(api::status)?;
+        let mut status = self.ctx.node.watch_status();
+        let wait = async {
+            loop {
+                {
+                    let st = status.borrow_and_update();
+                    if st.leader.is_some_and(|l| l != me) {
+                        return Ok(());
+                    }
+                }
+                if status.changed().await.is_err() {
+                    return Err(Status::unavailable("etcdserver: server stopped"));
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+            .await
+            .map_err(|_| Status::unavailable("etcdserver: leader transfer timed out"))?
+    }
+
     fn find(&self, id: u64) -> Result<pb::Member, Status> {
         self.ctx
             .members
@@ -105,6 +143,16 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
         self.find(id)?;
+        if id == self.ctx.member_id
+            && self.ctx.node.status().role == concord_raft::StateRole::Leader
+        {
+            // A leader removing itself would stop leading before it could answer: hand
+            // leadership to the most up-to-date other voter first, then let the new leader
+            // do the removal.
+            self.step_down().await?;
+            let mut leader = ClusterClient::new(self.ctx.leader_channel().await?);
+            return leader.member_remove(pb::MemberRemoveRequest { id }).await;
+        }
         let cs = self.change(ConfChangeType::RemoveNode, id).await?;
         if let Err(e) = self.ctx.node.propose(members::remove_command(id)).await {
             tracing::warn!(member = id, error = %e, "member record not removed");
