@@ -334,7 +334,9 @@ impl Cluster {
             ])
             .args(["--initial-cluster-token", "concord-chaos"])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(&self.extra_args);
+            .args(&self.extra_args)
+            // Enables `POST /debug/peer-delay` for the `delay` fault.
+            .env("CONCORD_UNSAFE_TEST_HOOKS", "1");
         cmd
     }
 
@@ -487,6 +489,37 @@ impl Cluster {
         let mut st = self.lock();
         st[i].fw.loss_percent = Some(percent);
         self.apply_fw(&st, i)
+    }
+
+    /// Node `i` holds every outgoing Raft batch back by `ms` milliseconds (the server's
+    /// test hook; this kernel has no `netem`). A node that does not answer (killed,
+    /// paused) is skipped: it starts again without delay.
+    pub fn set_peer_delay(&self, i: usize, ms: u64) -> Result<(), String> {
+        use std::io::{Read as _, Write as _};
+        let url = &self.nodes[i].client_url;
+        let addr = url.trim_start_matches("http://");
+        let sock: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|e| format!("bad client url {url}: {e}"))?;
+        let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(1))
+            .map_err(|e| format!("{}: {e}", self.nodes[i].name))?;
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = format!(
+            "POST /debug/peer-delay?ms={ms} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes())
+            .map_err(|e| format!("{}: {e}", self.nodes[i].name))?;
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        if resp.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: peer-delay hook refused: {}",
+                self.nodes[i].name,
+                resp.lines().next().unwrap_or("no answer")
+            ))
+        }
     }
 
     /// Removes every network fault on every node.

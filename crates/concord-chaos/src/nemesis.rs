@@ -36,6 +36,9 @@ pub enum Fault {
     PauseLeader,
     /// Random drop of peer packets on every node.
     Loss,
+    /// Every node holds its outgoing Raft messages back (100–300 ms; the server's test
+    /// hook, since this kernel has no `netem`).
+    Delay,
     /// Remove a member (MemberRemove, kill, wipe), then add it back empty at heal.
     Member,
 }
@@ -53,6 +56,7 @@ impl Fault {
             Fault::Pause => "pause",
             Fault::PauseLeader => "pause-leader",
             Fault::Loss => "loss",
+            Fault::Delay => "delay",
             Fault::Member => "member",
         }
     }
@@ -77,7 +81,7 @@ impl Fault {
         )
     }
 
-    const ALL: [Fault; 10] = [
+    const ALL: [Fault; 11] = [
         Fault::Partition,
         Fault::IsolateLeader,
         Fault::Bridge,
@@ -87,6 +91,7 @@ impl Fault {
         Fault::Pause,
         Fault::PauseLeader,
         Fault::Loss,
+        Fault::Delay,
         Fault::Member,
     ];
 }
@@ -291,6 +296,18 @@ async fn apply(
                 ),
             ))
         }
+        Fault::Delay => {
+            let ms = rng.gen_range(100..=300);
+            for i in 0..n {
+                if cluster.is_running(i) {
+                    cluster.set_peer_delay(i, ms)?;
+                }
+            }
+            Ok((
+                (0..n).collect(),
+                format!("{ms} ms delay on every node's outgoing Raft messages"),
+            ))
+        }
         Fault::Loss => {
             let p = loss;
             for i in 0..n {
@@ -371,6 +388,10 @@ pub fn heal(cluster: &Cluster) -> Result<(), String> {
     }
     cluster.resume_all();
     for i in 0..cluster.len() {
+        // A node that does not answer was killed: it restarts without delay.
+        if cluster.is_running(i) {
+            let _ = cluster.set_peer_delay(i, 0);
+        }
         if let Err(e) = cluster.check_alive(i) {
             errs.push(format!("node died on its own: {e}"));
         }

@@ -289,7 +289,12 @@ impl Server {
         }));
         // One port for both: gRPC requests (content-type application/grpc) go to the
         // services, everything else to the HTTP routes, which answer 404 for unknown paths.
-        let plain = http::router(ctx.clone())
+        let mut plain = http::router(ctx.clone());
+        if std::env::var_os("CONCORD_UNSAFE_TEST_HOOKS").is_some_and(|v| v == "1") {
+            tracing::warn!("CONCORD_UNSAFE_TEST_HOOKS=1: fault-injection endpoints are enabled");
+            plain = plain.merge(http::test_hooks(transport.clone()));
+        }
+        let plain = plain
             .merge(gateway::router(gateway::Gateway::new(
                 ctx.clone(),
                 token.clone(),

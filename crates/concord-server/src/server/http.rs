@@ -148,3 +148,32 @@ pub(crate) async fn not_found() -> impl IntoResponse {
         r#"{"error":"not found","code":5}"#,
     )
 }
+
+/// Fault-injection endpoints for the chaos harness, served only when the process runs with
+/// `CONCORD_UNSAFE_TEST_HOOKS=1`: `POST /debug/peer-delay?ms=N` holds every outgoing Raft
+/// batch back by N ms (0 heals).
+pub(crate) fn test_hooks(transport: std::sync::Arc<crate::grpc::GrpcTransport>) -> Router {
+    Router::new().route(
+        "/debug/peer-delay",
+        axum::routing::post(
+            move |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                let ms = q
+                    .as_deref()
+                    .unwrap_or("")
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("ms="))
+                    .and_then(|v| v.parse::<u64>().ok());
+                match ms {
+                    Some(ms) if ms <= 60_000 => {
+                        transport.set_delay_ms(ms);
+                        (StatusCode::OK, format!("peer delay {ms} ms\n"))
+                    }
+                    _ => (
+                        StatusCode::BAD_REQUEST,
+                        "expected ?ms=N with N <= 60000\n".to_string(),
+                    ),
+                }
+            },
+        ),
+    )
+}
