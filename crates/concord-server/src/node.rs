@@ -35,9 +35,9 @@
 //!
 //! # Limits (documented, for later)
 //!
-//! * Disk I/O (WAL fsync, redb commits) runs inline in the driver task, inside
-//!   `block_in_place` on a multi-threaded runtime (so other tasks move to other workers);
-//!   on a current-thread runtime it blocks the runtime for the duration of the fsync.
+//! * Disk I/O (WAL fsync, redb commits) runs inline in the driver, which has its own
+//!   thread and single-threaded runtime (started by [`start`]): an fsync stalls Raft's
+//!   progress for its duration, but never a server worker.
 //! * A snapshot travels as one message whose data is the whole store image (the chunks of
 //!   `SnapshotStream`, concatenated); chunking it on the wire is the network transport's
 //!   job, not done yet.
@@ -137,6 +137,9 @@ pub enum StartError {
     /// The Raft core refused the configuration or the recovered state.
     #[error(transparent)]
     Raft(#[from] concord_raft::Error),
+    /// The driver's thread could not be started.
+    #[error("cannot start the raft thread: {0}")]
+    Thread(std::io::Error),
     /// The configuration is unusable.
     #[error("invalid node config: {0}")]
     Config(&'static str),
@@ -231,17 +234,6 @@ fn decode_key(b: &[u8]) -> Option<RequestKey> {
     })
 }
 
-// Disk work (fsync, redb commits) runs in the driver task; on a multi-threaded runtime
-// the worker hands its other tasks to its peers meanwhile.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
-    }
-}
-
 fn read_store(s: &SharedStore) -> RwLockReadGuard<'_, Option<Store>> {
     // The store's own state is consistent at any panic point (redb transactions).
     s.read().unwrap_or_else(|e| e.into_inner())
@@ -293,7 +285,7 @@ pub struct NodeHandle {
     writes_blocked: Arc<std::sync::atomic::AtomicBool>,
     request_timeout: Duration,
     max_request_bytes: usize,
-    task: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    task: Arc<tokio::sync::Mutex<Option<oneshot::Receiver<()>>>>,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -408,7 +400,24 @@ pub fn start(
         failover: None,
         writes_blocked: writes_blocked.clone(),
     };
-    let task = tokio::spawn(driver.run(req_rx, inbox));
+    // The driver gets its own thread and single-threaded runtime: its fsyncs and store
+    // commits block only that thread (no `block_in_place` hand-offs of the server's
+    // workers), and the request path never waits behind it for a worker.
+    let (done_tx, task) = oneshot::channel();
+    let id = config.id;
+    std::thread::Builder::new()
+        .name(format!("concord-raft-{id:x}"))
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(driver.run(req_rx, inbox)),
+                Err(e) => tracing::error!(node = id, error = %e, "cannot start the raft runtime"),
+            }
+            let _ = done_tx.send(());
+        })
+        .map_err(StartError::Thread)?;
     Ok(NodeHandle {
         id: config.id,
         requests: req_tx,
@@ -909,7 +918,7 @@ impl Driver {
         self.send(msgs);
         // 2. A received snapshot: into the store first, then the WAL batch recording it.
         if let Some(snap) = &rd.snapshot {
-            if let Err(e) = blocking(|| self.install_snapshot(&snap.data)) {
+            if let Err(e) = self.install_snapshot(&snap.data) {
                 return self.storage_failure("snapshot install", e);
             }
             self.conf_history.clear();
@@ -925,7 +934,7 @@ impl Driver {
             hard_state: rd.hard_state,
             lazy: !rd.must_sync,
         };
-        if let Err(e) = blocking(|| self.wal.append(batch)) {
+        if let Err(e) = self.wal.append(batch) {
             return self.storage_failure("wal append", e);
         }
         // 3. Votes and acknowledgements only once durable.
@@ -1019,7 +1028,7 @@ impl Driver {
             let mut guard = write_store(&self.store);
             let store = guard.as_mut().ok_or("store closed")?;
             let refs: Vec<(u64, &Command)> = cmds.iter().map(|(i, c, _)| (*i, c)).collect();
-            let results = blocking(|| store.apply_batch(&refs)).map_err(|e| e.to_string())?;
+            let results = store.apply_batch(&refs).map_err(|e| e.to_string())?;
             let admits = store.admits_writes().map_err(|e| e.to_string())?;
             self.writes_blocked.store(!admits, Ordering::Relaxed);
             results
@@ -1070,7 +1079,7 @@ impl Driver {
         let synced = {
             let mut guard = write_store(&self.store);
             let Some(store) = guard.as_mut() else { return };
-            blocking(|| store.sync())
+            store.sync()
         };
         let durable = match synced {
             Ok(i) => i,
@@ -1096,7 +1105,7 @@ impl Driver {
             term,
             conf_state: conf_state.clone(),
         };
-        if let Err(e) = blocking(|| self.wal.compact(meta)) {
+        if let Err(e) = self.wal.compact(meta) {
             return self.storage_failure("wal compact", e);
         }
         // Only the latest membership at or before the snapshot is still needed.
