@@ -492,9 +492,19 @@ impl Cluster {
     }
 
     /// Node `i` holds every outgoing Raft batch back by `ms` milliseconds (the server's
-    /// test hook; this kernel has no `netem`). A node that does not answer (killed,
-    /// paused) is skipped: it starts again without delay.
+    /// test hook; this kernel has no `netem`).
     pub fn set_peer_delay(&self, i: usize, ms: u64) -> Result<(), String> {
+        self.debug_hook(i, &format!("peer-delay?ms={ms}"))
+    }
+
+    /// Node `i`'s lease clock runs at `rate` times real time (the server's test hook).
+    pub fn set_clock_rate(&self, i: usize, rate: f64) -> Result<(), String> {
+        self.debug_hook(i, &format!("clock-rate?rate={rate}"))
+    }
+
+    /// `POST /debug/<what>` on node `i`'s client URL (served because the runner starts
+    /// servers with `CONCORD_UNSAFE_TEST_HOOKS=1`).
+    fn debug_hook(&self, i: usize, what: &str) -> Result<(), String> {
         use std::io::{Read as _, Write as _};
         let url = &self.nodes[i].client_url;
         let addr = url.trim_start_matches("http://");
@@ -505,7 +515,7 @@ impl Cluster {
             .map_err(|e| format!("{}: {e}", self.nodes[i].name))?;
         let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
         let req = format!(
-            "POST /debug/peer-delay?ms={ms} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "POST /debug/{what} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes())
             .map_err(|e| format!("{}: {e}", self.nodes[i].name))?;
@@ -515,7 +525,7 @@ impl Cluster {
             Ok(())
         } else {
             Err(format!(
-                "{}: peer-delay hook refused: {}",
+                "{}: test hook {what} refused: {}",
                 self.nodes[i].name,
                 resp.lines().next().unwrap_or("no answer")
             ))

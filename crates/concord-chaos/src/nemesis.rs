@@ -36,6 +36,8 @@ pub enum Fault {
     PauseLeader,
     /// Random drop of peer packets on every node.
     Loss,
+    /// The leader's lease clock runs 2–4× fast (the server's test hook): clock-rate skew.
+    ClockSkew,
     /// Every node holds its outgoing Raft messages back (100–300 ms; the server's test
     /// hook, since this kernel has no `netem`).
     Delay,
@@ -57,6 +59,7 @@ impl Fault {
             Fault::PauseLeader => "pause-leader",
             Fault::Loss => "loss",
             Fault::Delay => "delay",
+            Fault::ClockSkew => "clock-skew",
             Fault::Member => "member",
         }
     }
@@ -81,7 +84,7 @@ impl Fault {
         )
     }
 
-    const ALL: [Fault; 11] = [
+    const ALL: [Fault; 12] = [
         Fault::Partition,
         Fault::IsolateLeader,
         Fault::Bridge,
@@ -92,6 +95,7 @@ impl Fault {
         Fault::PauseLeader,
         Fault::Loss,
         Fault::Delay,
+        Fault::ClockSkew,
         Fault::Member,
     ];
 }
@@ -296,6 +300,20 @@ async fn apply(
                 ),
             ))
         }
+        Fault::ClockSkew => {
+            let t = find_leader(cluster, members)
+                .await
+                .ok_or_else(|| "no leader found".to_string())?;
+            let rate = rng.gen_range(2.0..=4.0);
+            cluster.set_clock_rate(t, rate)?;
+            Ok((
+                vec![t],
+                format!(
+                    "lease clock of the leader {} runs {rate:.2}x fast",
+                    cluster.nodes[t].name
+                ),
+            ))
+        }
         Fault::Delay => {
             let ms = rng.gen_range(100..=300);
             for i in 0..n {
@@ -391,6 +409,7 @@ pub fn heal(cluster: &Cluster) -> Result<(), String> {
         // A node that does not answer was killed: it restarts without delay.
         if cluster.is_running(i) {
             let _ = cluster.set_peer_delay(i, 0);
+            let _ = cluster.set_clock_rate(i, 1.0);
         }
         if let Err(e) = cluster.check_alive(i) {
             errs.push(format!("node died on its own: {e}"));

@@ -149,31 +149,56 @@ pub(crate) async fn not_found() -> impl IntoResponse {
     )
 }
 
+fn query_param<'a>(q: &'a Option<String>, name: &str) -> Option<&'a str> {
+    q.as_deref()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// Fault-injection endpoints for the chaos harness, served only when the process runs with
-/// `CONCORD_UNSAFE_TEST_HOOKS=1`: `POST /debug/peer-delay?ms=N` holds every outgoing Raft
-/// batch back by N ms (0 heals).
-pub(crate) fn test_hooks(transport: std::sync::Arc<crate::grpc::GrpcTransport>) -> Router {
-    Router::new().route(
-        "/debug/peer-delay",
-        axum::routing::post(
-            move |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
-                let ms = q
-                    .as_deref()
-                    .unwrap_or("")
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("ms="))
-                    .and_then(|v| v.parse::<u64>().ok());
-                match ms {
-                    Some(ms) if ms <= 60_000 => {
-                        transport.set_delay_ms(ms);
-                        (StatusCode::OK, format!("peer delay {ms} ms\n"))
+/// `CONCORD_UNSAFE_TEST_HOOKS=1`:
+///
+/// * `POST /debug/peer-delay?ms=N` holds every outgoing Raft batch back by N ms (0 heals);
+/// * `POST /debug/clock-rate?rate=R` makes the lease clock run at R times real time
+///   (1 heals): clock-rate skew, the clock fault that matters to leases, since Concord
+///   never reads the wall clock for safety.
+pub(crate) fn test_hooks(
+    transport: std::sync::Arc<crate::grpc::GrpcTransport>,
+    leases: std::sync::Arc<super::lease::Leases>,
+) -> Router {
+    Router::new()
+        .route(
+            "/debug/peer-delay",
+            axum::routing::post(
+                move |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                    match query_param(&q, "ms").and_then(|v| v.parse::<u64>().ok()) {
+                        Some(ms) if ms <= 60_000 => {
+                            transport.set_delay_ms(ms);
+                            (StatusCode::OK, format!("peer delay {ms} ms\n"))
+                        }
+                        _ => (
+                            StatusCode::BAD_REQUEST,
+                            "expected ?ms=N with N <= 60000\n".to_string(),
+                        ),
                     }
-                    _ => (
-                        StatusCode::BAD_REQUEST,
-                        "expected ?ms=N with N <= 60000\n".to_string(),
-                    ),
-                }
-            },
-        ),
-    )
+                },
+            ),
+        )
+        .route(
+            "/debug/clock-rate",
+            axum::routing::post(
+                move |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                    match query_param(&q, "rate").and_then(|v| v.parse::<f64>().ok()) {
+                        Some(r) if (0.1..=10.0).contains(&r) => {
+                            leases.clock.set_rate(r);
+                            (StatusCode::OK, format!("lease clock rate {r}\n"))
+                        }
+                        _ => (
+                            StatusCode::BAD_REQUEST,
+                            "expected ?rate=R with 0.1 <= R <= 10\n".to_string(),
+                        ),
+                    }
+                },
+            ),
+        )
 }

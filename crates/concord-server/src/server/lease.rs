@@ -33,10 +33,41 @@ use crate::grpc::BoxStream;
 use crate::node::NodeHandle;
 use crate::NodeError;
 
+/// The clock leases expire by: the monotonic clock, optionally running at a different
+/// rate (a test-only fault: a node whose clock runs fast expires leases early, which is
+/// what clock-rate skew does to any lease system). `now()` never goes backwards, also
+/// across rate changes.
+#[derive(Debug)]
+pub(crate) struct LeaseClock {
+    // (real instant of the last rate change, lease time then, rate)
+    state: Mutex<(Instant, Instant, f64)>,
+}
+
+impl LeaseClock {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            state: Mutex::new((now, now, 1.0)),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        let (real0, virt0, rate) = *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        virt0 + Instant::now().duration_since(real0).mul_f64(rate)
+    }
+
+    /// Sets the rate (1.0: real time).
+    pub(crate) fn set_rate(&self, rate: f64) {
+        let now = self.now();
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), now, rate);
+    }
+}
+
 /// The leader's view of lease deadlines.
 #[derive(Debug)]
 pub(crate) struct Leases {
     node: NodeHandle,
+    pub(crate) clock: LeaseClock,
     /// The shortest TTL granted (etcd: 1.5 election timeouts, rounded up to seconds).
     min_ttl: i64,
     state: Mutex<State>,
@@ -63,6 +94,7 @@ impl Leases {
         Self {
             node,
             min_ttl: ceil_secs(election_timeout * 3 / 2).max(1),
+            clock: LeaseClock::new(),
             state: Mutex::new(State::default()),
         }
     }
@@ -87,7 +119,7 @@ impl Leases {
             return Ok(None);
         };
         let ids = self.node.with_store(|s| s.lease_ids())?;
-        let now = Instant::now();
+        let now = self.clock.now();
         let mut fresh = Vec::new();
         {
             let mut st = self.lock();
@@ -126,7 +158,7 @@ impl Leases {
     pub(crate) async fn run(self: std::sync::Arc<Self>, tick: Duration, checkpoint: Duration) {
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_checkpoint = Instant::now();
+        let mut last_checkpoint = self.clock.now();
         loop {
             ticker.tick().await;
             if self.node.status().stopped {
@@ -140,7 +172,7 @@ impl Leases {
                     continue;
                 }
             };
-            let now = Instant::now();
+            let now = self.clock.now();
             let (expired, remaining): (Vec<i64>, Vec<(i64, i64)>) = {
                 let st = self.lock();
                 if st.term != term {
@@ -203,7 +235,7 @@ impl Leases {
         }
         st.deadlines.insert(
             id,
-            Instant::now() + Duration::from_secs(l.ttl.max(0) as u64),
+            self.clock.now() + Duration::from_secs(l.ttl.max(0) as u64),
         );
         Ok(Some(l.ttl))
     }
@@ -221,7 +253,7 @@ impl Leases {
         if st.term != term {
             return Err(NodeError::LeaderChanged);
         }
-        let now = Instant::now();
+        let now = self.clock.now();
         let remaining = st
             .deadlines
             .get(&id)
@@ -409,5 +441,28 @@ impl Lease for LeaseService {
             header: Some(self.ctx.header()),
             leases: ids.into_iter().map(|id| pb::LeaseStatus { id }).collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_clock_is_monotonic_across_rate_changes() {
+        let c = LeaseClock::new();
+        let mut last = c.now();
+        for rate in [4.0, 0.25, 1.0, 10.0, 0.1] {
+            c.set_rate(rate);
+            std::thread::sleep(Duration::from_millis(2));
+            let now = c.now();
+            assert!(now >= last, "clock went backwards at rate {rate}");
+            last = now;
+        }
+        // At rate 4, 20 ms of real time are about 80 ms of lease time.
+        c.set_rate(4.0);
+        let t0 = c.now();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(c.now().duration_since(t0) >= Duration::from_millis(79));
     }
 }
