@@ -522,9 +522,10 @@ mod tests {
         let f = parse_faults("partitions,kill", Mode::Netns).unwrap_or_default();
         assert_eq!(f.len(), 5);
         assert!(parse_faults("partition", Mode::Local).is_err());
+        // Without namespaces: the four process faults, member, delay and clock-skew.
         assert_eq!(
             parse_faults("all", Mode::Local).map(|v| v.len()).ok(),
-            Some(5)
+            Some(7)
         );
         assert!(parse_faults("bogus", Mode::Netns).is_err());
         assert_eq!(
