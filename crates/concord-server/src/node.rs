@@ -580,6 +580,12 @@ impl NodeHandle {
         self.status.borrow().clone()
     }
 
+    /// `(term, revision)` of the latest status, without cloning it (for response headers).
+    pub fn term_and_revision(&self) -> (u64, i64) {
+        let st = self.status.borrow();
+        (st.term, st.revision)
+    }
+
     /// A receiver that sees every status change (for waiting on conditions).
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()

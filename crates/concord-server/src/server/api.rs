@@ -30,17 +30,21 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// A header with the node's current store revision.
     pub fn header(&self) -> pb::ResponseHeader {
-        let st = self.node.status();
-        self.header_at(st.revision)
+        let (term, revision) = self.node.term_and_revision();
+        self.header_with(term, revision)
     }
 
     /// A header for a response at `revision`.
     pub fn header_at(&self, revision: i64) -> pb::ResponseHeader {
+        self.header_with(self.node.term_and_revision().0, revision)
+    }
+
+    fn header_with(&self, raft_term: u64, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.node.status().term,
+            raft_term,
         }
     }
 }
