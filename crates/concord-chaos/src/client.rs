@@ -1,5 +1,6 @@
 //! gRPC connections to nodes, error classification and leader discovery.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
@@ -7,7 +8,7 @@ use concord_proto::etcdserverpb::StatusRequest;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use crate::cluster::Cluster;
+use crate::cluster::{enter_netns, Cluster, Mode, CLIENT_IP, CLIENT_NS};
 
 /// Connects to `url` within `timeout`.
 pub async fn connect(url: &str, timeout: Duration) -> Result<Channel, String> {
@@ -141,5 +142,119 @@ pub async fn wait_ready(cluster: &Cluster, deadline: Duration) -> Result<Members
             ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The client host: where every workload task runs. With `--netns`, a tokio runtime whose
+/// threads all enter the client namespace when they start, so each connection a client opens
+/// leaves from `CLIENT_IP` over its own veth, like a separate machine; with `--local`, the
+/// current runtime. The control plane (readiness, leader discovery, nemesis) stays in the
+/// root namespace.
+pub struct ClientHost {
+    rt: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    thread_error: Arc<Mutex<Option<String>>>,
+}
+
+impl ClientHost {
+    /// Builds the client host for `mode` (call after the hosts are set up).
+    pub fn new(mode: Mode) -> Result<Self, String> {
+        let thread_error = Arc::new(Mutex::new(None));
+        if mode == Mode::Local {
+            return Ok(ClientHost {
+                rt: None,
+                handle: tokio::runtime::Handle::current(),
+                thread_error,
+            });
+        }
+        // Fails early, on this thread, when the namespace cannot be entered at all.
+        std::thread::spawn(|| enter_netns(CLIENT_NS))
+            .join()
+            .map_err(|_| "client namespace probe panicked".to_string())??;
+        let errs = thread_error.clone();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("chaos-client")
+            .enable_all()
+            .on_thread_start(move || {
+                if let Err(e) = enter_netns(CLIENT_NS) {
+                    if let Ok(mut g) = errs.lock() {
+                        g.get_or_insert(e);
+                    }
+                }
+            })
+            .build()
+            .map_err(|e| format!("client runtime: {e}"))?;
+        Ok(ClientHost {
+            handle: rt.handle().clone(),
+            rt: Some(rt),
+            thread_error,
+        })
+    }
+
+    /// Starts `f` on the client host.
+    pub fn spawn<F>(&self, f: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(f)
+    }
+
+    /// Runs `f` on the client host and waits for it.
+    pub async fn run<F>(&self, f: F) -> Result<F::Output, String>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.spawn(f).await.map_err(|e| format!("client task: {e}"))
+    }
+
+    /// An error if some client thread could not enter the client namespace.
+    pub fn check(&self) -> Result<(), String> {
+        match self.thread_error.lock() {
+            Ok(g) => g.clone().map_or(Ok(()), Err),
+            Err(_) => Err("client thread state poisoned".into()),
+        }
+    }
+
+    /// Checks that connections from the client host reach node 1 from the client address
+    /// (netns mode); returns a description of the host for the log.
+    pub async fn verify(&self, cluster: &Cluster) -> Result<String, String> {
+        if self.rt.is_none() {
+            return Ok("clients run in the runner's namespace (--local)".into());
+        }
+        let url = &cluster.nodes[0].client_url;
+        let addr = url.trim_start_matches("http://").to_string();
+        let ip = self
+            .run(async move {
+                let s = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::net::TcpStream::connect(addr.as_str()),
+                )
+                .await
+                .map_err(|_| format!("connect {addr}: timeout"))?
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+                s.local_addr()
+                    .map(|a| a.ip().to_string())
+                    .map_err(|e| format!("local address: {e}"))
+            })
+            .await??;
+        self.check()?;
+        if ip != CLIENT_IP {
+            return Err(format!(
+                "client connections leave from {ip}, not the client host {CLIENT_IP}"
+            ));
+        }
+        Ok(format!("clients run in namespace {CLIENT_NS} ({ip})"))
+    }
+}
+
+impl Drop for ClientHost {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            // Allowed inside an async context, unlike dropping the runtime.
+            rt.shutdown_background();
+        }
     }
 }

@@ -14,8 +14,15 @@ use nix::unistd::Pid;
 
 /// Name of the bridge in the root namespace.
 pub const BRIDGE: &str = "cc-br0";
-/// Address of the bridge (the client's address), without prefix length.
+/// Address of the bridge in the root namespace (the control plane: readiness checks, leader
+/// discovery, membership calls and test hooks), without prefix length.
 pub const BRIDGE_IP: &str = "10.77.0.1";
+/// Namespace of the client host: every workload connection starts here.
+pub const CLIENT_NS: &str = "cc-client";
+/// Address of the client host.
+pub const CLIENT_IP: &str = "10.77.0.2";
+/// Root-namespace end of the client host's veth pair.
+const CLIENT_VETH: &str = "cc-vc";
 /// Prefix of the node namespaces (`cc-n1`, `cc-n2`, ...).
 pub const NS_PREFIX: &str = "cc-n";
 /// File remembering node PIDs of a local run, to clean up after a crash.
@@ -163,7 +170,7 @@ pub fn remove_leftovers(bin: &Path) {
             let Some(name) = line.split_whitespace().next() else {
                 continue;
             };
-            if !(name.starts_with(NS_PREFIX) || name == "cc-client") {
+            if !(name.starts_with(NS_PREFIX) || name == CLIENT_NS) {
                 continue;
             }
             if let Ok(pids) = run_cmd("ip", &["netns", "pids", name]) {
@@ -281,32 +288,10 @@ impl Cluster {
         run_cmd("ip", &["link", "set", BRIDGE, "up"])?;
         for (i, s) in self.nodes.iter().enumerate() {
             let ns = s.ns.as_deref().unwrap_or_default();
-            let veth = format!("cc-v{}", i + 1);
-            run_cmd("ip", &["netns", "add", ns])?;
-            run_cmd(
-                "ip",
-                &[
-                    "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
-                ],
-            )?;
-            run_cmd("ip", &["link", "set", &veth, "master", BRIDGE, "up"])?;
-            run_cmd(
-                "ip",
-                &[
-                    "-n",
-                    ns,
-                    "addr",
-                    "add",
-                    &format!("{}/24", s.ip),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            run_cmd("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
-            run_cmd("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+            add_host(ns, &format!("cc-v{}", i + 1), &s.ip)?;
             nft_script(ns, &render(&Firewall::default()))?;
         }
-        Ok(())
+        add_host(CLIENT_NS, CLIENT_VETH, CLIENT_IP)
     }
 
     fn command(&self, i: usize, existing: bool) -> Command {
@@ -574,15 +559,47 @@ impl Cluster {
             let _ = fs::remove_file(LOCAL_PID_FILE);
             return;
         }
-        for s in &self.nodes {
-            if let Some(ns) = &s.ns {
-                if Path::new("/run/netns").join(ns).exists() {
-                    let _ = run_cmd("ip", &["netns", "del", ns]);
-                }
+        for ns in self
+            .nodes
+            .iter()
+            .filter_map(|s| s.ns.as_deref())
+            .chain([CLIENT_NS])
+        {
+            if Path::new("/run/netns").join(ns).exists() {
+                let _ = run_cmd("ip", &["netns", "del", ns]);
             }
         }
         remove_links();
     }
+}
+
+/// Creates namespace `ns` joined to the bridge by a veth pair (`veth` in the root namespace,
+/// `eth0` inside) with address `ip`/24.
+fn add_host(ns: &str, veth: &str, ip: &str) -> Result<(), String> {
+    run_cmd("ip", &["netns", "add", ns])?;
+    run_cmd(
+        "ip",
+        &[
+            "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns,
+        ],
+    )?;
+    run_cmd("ip", &["link", "set", veth, "master", BRIDGE, "up"])?;
+    run_cmd(
+        "ip",
+        &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"],
+    )?;
+    run_cmd("ip", &["-n", ns, "link", "set", "eth0", "up"])?;
+    run_cmd("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Moves the calling thread into network namespace `ns`: sockets it opens from then on
+/// belong to that namespace (other threads are unaffected).
+pub fn enter_netns(ns: &str) -> Result<(), String> {
+    let path = Path::new("/run/netns").join(ns);
+    let f = fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("setns {ns}: {e}"))
 }
 
 /// Deletes our veth ends and bridge from the root namespace (a deleted namespace's veth
@@ -590,7 +607,7 @@ impl Cluster {
 fn remove_links() {
     let names: Vec<String> = (1..=9)
         .map(|i| format!("cc-v{i}"))
-        .chain(std::iter::once(BRIDGE.to_string()))
+        .chain([CLIENT_VETH.to_string(), BRIDGE.to_string()])
         .collect();
     for _ in 0..50 {
         let mut any = false;

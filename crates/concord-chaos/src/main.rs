@@ -257,7 +257,9 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         cluster.start(i)?;
     }
     let members = client::wait_ready(&cluster, Duration::from_secs(30)).await?;
-    eprintln!("chaos: cluster ready");
+    let host = client::ClientHost::new(mode)?;
+    let client_host = host.verify(&cluster).await?;
+    eprintln!("chaos: cluster ready; {client_host}");
 
     let start = Instant::now();
     let rec = Recorder::create(&out.join("history.jsonl"), start)
@@ -283,9 +285,23 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
 
     let mut watch_from = 0;
     match args.workload {
-        Workload::Bank => workloads::bank_setup(&ctx).await?,
-        Workload::Lock => workloads::lock_setup(&ctx).await?,
-        Workload::Watch => watch_from = workloads::current_revision(&ctx).await? + 1,
+        Workload::Bank => {
+            let c = ctx.clone();
+            host.run(async move { workloads::bank_setup(&c).await })
+                .await??
+        }
+        Workload::Lock => {
+            let c = ctx.clone();
+            host.run(async move { workloads::lock_setup(&c).await })
+                .await??
+        }
+        Workload::Watch => {
+            let c = ctx.clone();
+            watch_from = host
+                .run(async move { workloads::current_revision(&c).await })
+                .await??
+                + 1
+        }
         _ => {}
     }
 
@@ -293,11 +309,11 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
     for p in 0..concurrency {
         let w = Worker::new(ctx.clone(), p);
         tasks.0.push(match args.workload {
-            Workload::Register => tokio::spawn(workloads::register_worker(w)),
-            Workload::Bank => tokio::spawn(workloads::bank_worker(w)),
-            Workload::Set => tokio::spawn(workloads::set_worker(w)),
-            Workload::Lock => tokio::spawn(workloads::lock_worker(w)),
-            Workload::Watch => tokio::spawn(workloads::watch_writer(w)),
+            Workload::Register => host.spawn(workloads::register_worker(w)),
+            Workload::Bank => host.spawn(workloads::bank_worker(w)),
+            Workload::Set => host.spawn(workloads::set_worker(w)),
+            Workload::Lock => host.spawn(workloads::lock_worker(w)),
+            Workload::Watch => host.spawn(workloads::watch_writer(w)),
         });
     }
     let mut watchers = Tasks(Vec::new());
@@ -305,7 +321,7 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         for w in 0..args.watchers.max(1) {
             watchers
                 .0
-                .push(tokio::spawn(workloads::watcher(ctx.clone(), w, watch_from)));
+                .push(host.spawn(workloads::watcher(ctx.clone(), w, watch_from)));
         }
     }
     let sched = nemesis::Schedule {
@@ -340,7 +356,10 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         eprintln!("chaos: cluster did not recover after healing: {e}");
     }
     let recovered = ready.is_ok();
-    let final_ok = workloads::final_read(ctx.clone(), args.workload).await;
+    let final_ok = host
+        .run(workloads::final_read(ctx.clone(), args.workload))
+        .await
+        .unwrap_or(false);
     if !final_ok {
         eprintln!("chaos: final read failed for 30 s");
     }
@@ -355,6 +374,7 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         }
     }
 
+    host.check()?;
     let events = rec.finish()?;
     let extra = json!({
         "workload": args.workload.name(),
@@ -365,6 +385,7 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         "seed": seed,
         "concurrency": concurrency,
         "stale_reads": args.stale_reads,
+        "client_host": client_host,
         "recovered_after_heal": recovered,
         "final_read_ok": final_ok,
         "nodes_exited_unexpectedly": crashed,

@@ -41,7 +41,8 @@ pub enum Fault {
     /// Every node holds its outgoing Raft messages back (100–300 ms; the server's test
     /// hook, since this kernel has no `netem`).
     Delay,
-    /// Remove a member (MemberRemove, kill, wipe), then add it back empty at heal.
+    /// Remove a member (MemberRemove, kill, wipe) and add it back empty; with other faults
+    /// enabled, both changes happen while one of them is in place.
     Member,
 }
 
@@ -270,35 +271,8 @@ async fn apply(
         }
         Fault::Member => {
             let t = order[0];
-            let id = members.ids[t];
-            let others: Vec<usize> = order[1..].to_vec();
-            let was_leader = find_leader(cluster, members).await == Some(t);
-            let asked = tokio::time::Instant::now();
-            // NotFound after a retry means an earlier attempt did remove it.
-            let (_, earlier) = cluster_call(cluster, &others, move |ch| async move {
-                match ClusterClient::new(ch)
-                    .member_remove(MemberRemoveRequest { id })
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
-                    Err(e) => Err(e),
-                }
-            })
-            .await
-            .map_err(|e| format!("MemberRemove {}: {e}", cluster.nodes[t].name))?;
-            let took = asked.elapsed();
-            cluster.mark_removed(t)?;
-            Ok((
-                vec![t],
-                format!(
-                    "member {}{} removed (MemberRemove answered in {} ms; earlier attempts: {:?})",
-                    cluster.nodes[t].name,
-                    if was_leader { " (the leader)" } else { "" },
-                    took.as_millis(),
-                    earlier
-                ),
-            ))
+            let detail = remove_member(cluster, members, t).await?;
+            Ok((vec![t], detail))
         }
         Fault::ClockSkew => {
             let t = find_leader(cluster, members)
@@ -337,6 +311,41 @@ async fn apply(
             ))
         }
     }
+}
+
+/// Removes member `t` (MemberRemove through the other nodes), kills it and empties its data
+/// directory; returns a description.
+async fn remove_member(cluster: &Cluster, members: &Members, t: usize) -> Result<String, String> {
+    let id = members.ids[t];
+    let others: Vec<usize> = (0..cluster.len()).filter(|i| *i != t).collect();
+    let was_leader = find_leader(cluster, members).await == Some(t);
+    let asked = tokio::time::Instant::now();
+    // NotFound after a retry means an earlier attempt did remove it.
+    let (_, earlier) = cluster_call(cluster, &others, move |ch| async move {
+        match ClusterClient::new(ch)
+            .member_remove(MemberRemoveRequest { id })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    })
+    .await
+    .map_err(|e| format!("MemberRemove {}: {e}", cluster.nodes[t].name))?;
+    let took = asked.elapsed();
+    cluster.mark_removed(t)?;
+    Ok(format!(
+        "member {}{} removed (MemberRemove answered in {} ms; earlier attempts: {:?})",
+        cluster.nodes[t].name,
+        if was_leader {
+            " (last seen leader)"
+        } else {
+            ""
+        },
+        took.as_millis(),
+        earlier
+    ))
 }
 
 /// Calls `f` on the given nodes in turn until one succeeds (up to 20 s, 8 s per call).
@@ -427,6 +436,148 @@ pub fn heal(cluster: &Cluster) -> Result<(), String> {
     }
 }
 
+/// What one fault window did.
+struct WindowRun {
+    /// When the fault was in place, ns since run start.
+    start_ns: u64,
+    /// Affected nodes.
+    targets: Vec<usize>,
+    /// Description.
+    detail: String,
+    /// The fault could not be applied.
+    err: Option<String>,
+    /// Healing errors.
+    heal_errs: Vec<String>,
+}
+
+/// One fault for `dur`, then heal (a `member` fault re-adds its node at heal).
+async fn single_fault(
+    cluster: &Cluster,
+    members: &mut Members,
+    fault: Fault,
+    sched: &Schedule,
+    dur: Duration,
+    rng: &mut SmallRng,
+    rec: &Recorder,
+) -> WindowRun {
+    let applied = apply(cluster, members, fault, sched.loss_percent, rng).await;
+    // The window starts once the fault is in place.
+    let start_ns = rec.now_ns();
+    let (targets, detail, err) = match applied {
+        Ok((t, d)) => (t, d, None),
+        Err(e) => (vec![], String::new(), Some(e)),
+    };
+    if err.is_none() {
+        tokio::time::sleep(dur).await;
+    }
+    let mut heal_errs = Vec::new();
+    if fault == Fault::Member && err.is_none() {
+        for &t in &targets {
+            if let Err(e) = rejoin(cluster, members, t).await {
+                heal_errs.push(e);
+            }
+        }
+    }
+    if let Err(e) = heal(cluster) {
+        heal_errs.push(e);
+    }
+    WindowRun {
+        start_ns,
+        targets,
+        detail,
+        err,
+        heal_errs,
+    }
+}
+
+/// `member` with other faults enabled: `companion` goes in place first; while it holds, a
+/// member is removed (one the companion hit, when it hit some but not all nodes) and, half-way
+/// through, added back empty and started — so both membership changes happen during the
+/// fault. Then everything heals. A re-add the faulty cluster could not commit is retried
+/// after the heal.
+async fn member_under_fault(
+    cluster: &Cluster,
+    members: &mut Members,
+    companion: Fault,
+    sched: &Schedule,
+    dur: Duration,
+    rng: &mut SmallRng,
+    rec: &Recorder,
+) -> WindowRun {
+    let n = cluster.len();
+    let (hit, companion_detail) =
+        match apply(cluster, members, companion, sched.loss_percent, rng).await {
+            Ok(v) => v,
+            Err(e) => {
+                return WindowRun {
+                    start_ns: rec.now_ns(),
+                    targets: vec![],
+                    detail: String::new(),
+                    err: Some(format!("companion {}: {e}", companion.name())),
+                    heal_errs: heal(cluster).err().into_iter().collect(),
+                }
+            }
+        };
+    let start_ns = rec.now_ns();
+    let t = if !hit.is_empty() && hit.len() < n {
+        hit[rng.gen_range(0..hit.len())]
+    } else {
+        rng.gen_range(0..n)
+    };
+    let mut detail = format!("during {} ({companion_detail}): ", companion.name());
+    let mut heal_errs = Vec::new();
+    let removed = match remove_member(cluster, members, t).await {
+        Ok(d) => {
+            detail.push_str(&d);
+            true
+        }
+        Err(e) => {
+            heal_errs.push(e);
+            false
+        }
+    };
+    tokio::time::sleep(dur / 2).await;
+    let mut readded = !removed;
+    if removed {
+        match rejoin(cluster, members, t).await {
+            Ok(()) => {
+                readded = true;
+                detail.push_str("; re-added and started during the fault");
+                if let Err(e) = cluster.start(t) {
+                    heal_errs.push(e);
+                }
+            }
+            Err(e) => detail.push_str(&format!("; re-add failed during the fault ({e})")),
+        }
+    }
+    tokio::time::sleep(dur / 2).await;
+    if let Err(e) = heal(cluster) {
+        heal_errs.push(e);
+    }
+    if !readded {
+        match rejoin(cluster, members, t).await {
+            Ok(()) => {
+                detail.push_str("; re-added after the heal");
+                if let Err(e) = cluster.start(t) {
+                    heal_errs.push(e);
+                }
+            }
+            Err(e) => heal_errs.push(e),
+        }
+    }
+    let mut targets = hit;
+    if !targets.contains(&t) {
+        targets.push(t);
+    }
+    WindowRun {
+        start_ns,
+        targets,
+        detail,
+        err: None,
+        heal_errs,
+    }
+}
+
 /// Runs the schedule until `run_for` has passed, then heals. Writes each window to `log`.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
@@ -457,27 +608,33 @@ pub async fn run(
         let span = sched.fault_min.as_millis() as u64
             ..=sched.fault_max.as_millis().max(sched.fault_min.as_millis()) as u64;
         let dur = Duration::from_millis(rng.gen_range(span)).min(end - now);
-        let applied = apply(&cluster, &members, fault, sched.loss_percent, &mut rng).await;
-        // The window starts once the fault is in place.
-        let start_ns = rec.now_ns();
-        let (targets, detail, err) = match applied {
-            Ok((t, d)) => (t, d, None),
-            Err(e) => (vec![], String::new(), Some(e)),
+        let companions: Vec<Fault> = faults
+            .iter()
+            .copied()
+            .filter(|f| *f != Fault::Member)
+            .collect();
+        let w = if fault == Fault::Member && !companions.is_empty() {
+            let companion = companions[rng.gen_range(0..companions.len())];
+            member_under_fault(
+                &cluster,
+                &mut members,
+                companion,
+                &sched,
+                dur,
+                &mut rng,
+                &rec,
+            )
+            .await
+        } else {
+            single_fault(&cluster, &mut members, fault, &sched, dur, &mut rng, &rec).await
         };
-        if err.is_none() {
-            tokio::time::sleep(dur).await;
-        }
-        let mut heal_errs = Vec::new();
-        if fault == Fault::Member && err.is_none() {
-            for &t in &targets {
-                if let Err(e) = rejoin(&cluster, &mut members, t).await {
-                    heal_errs.push(e);
-                }
-            }
-        }
-        if let Err(e) = heal(&cluster) {
-            heal_errs.push(e);
-        }
+        let WindowRun {
+            start_ns,
+            targets,
+            detail,
+            err,
+            heal_errs,
+        } = w;
         let heal_err = (!heal_errs.is_empty()).then(|| heal_errs.join("; "));
         let end_ns = rec.now_ns();
         let target_names: Vec<String> = targets

@@ -264,3 +264,36 @@ async fn removing_the_leader_through_the_leader_answers_promptly() {
         .unwrap();
     assert_eq!(got.kvs()[0].value(), b"ok");
 }
+
+/// Removing the leader through a follower: the follower's proposal reaches the leader, the
+/// removal commits, and the answer does not wait for the member record's clean-up (which
+/// races the election the removal starts). The record goes away afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_through_a_follower() {
+    let mut cluster = Cluster::start(3).await;
+    let leader = cluster.leader().await;
+    let id = cluster.member_id(leader).await;
+    let follower = (leader + 1) % 3;
+    let mut c = cluster.client(follower).await;
+    let started = Instant::now();
+    let resp = c.member_remove(id).await.expect("member remove");
+    eprintln!(
+        "leader removed through a follower in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(resp.members().len(), 2);
+    assert!(resp.members().iter().all(|m| m.id() != id));
+    cluster.kill9(leader);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let list = c.member_list().await.map(|r| r.members().to_vec());
+        let put = c.put("after-removal", "ok", None).await;
+        match (list, put) {
+            (Ok(list), Ok(_)) if list.len() == 2 && list.iter().all(|m| m.id() != id) => break,
+            other => {
+                assert!(Instant::now() < deadline, "not settled: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

@@ -154,9 +154,22 @@ impl Cluster for ClusterService {
             return leader.member_remove(pb::MemberRemoveRequest { id }).await;
         }
         let cs = self.change(ConfChangeType::RemoveNode, id).await?;
-        if let Err(e) = self.ctx.node.propose(members::remove_command(id)).await {
-            tracing::warn!(member = id, error = %e, "member record not removed");
-        }
+        // The member is out of the configuration: that is the answer. Its record (name,
+        // URLs) goes in the background, since removing the leader starts an election and a
+        // proposal forwarded meanwhile is lost until the request timeout; a leftover record
+        // is harmless (members are listed from the configuration).
+        let node = self.ctx.node.clone();
+        tokio::spawn(async move {
+            for attempt in 1..=3 {
+                match node.propose(members::remove_command(id)).await {
+                    Ok(_) => return,
+                    Err(e) if attempt == 3 => {
+                        tracing::warn!(member = id, error = %e, "member record not removed")
+                    }
+                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
+                }
+            }
+        });
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.ctx.header()),
             members: self.ctx.members.list_for(&cs),
