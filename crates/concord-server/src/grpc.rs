@@ -3,9 +3,11 @@
 //!
 //! Sending: [`GrpcTransport`] keeps, per peer, a bounded queue and a task that connects
 //! (with exponential backoff between attempts, 50 ms to 2 s), opens a `Send` stream and
-//! pushes one `RaftBatch` per queued batch of messages, at most [`MAX_IN_FLIGHT`] batches
-//! ahead of the peer's acknowledgements. Receiving: [`RaftPeerService`] steps every batch
-//! of a stream into the node's inbox and acknowledges it by sequence number.
+//! pushes one `RaftBatch` per queued batch of messages (at most [`MAX_IN_FLIGHT`] queued
+//! for the stream). Receiving: [`RaftPeerService`] steps every batch of a stream into the
+//! node's inbox. Batches are not acknowledged one by one (Raft's responses are the
+//! acknowledgements); the response stream only carries a refusal, and its end tells the
+//! sender the peer went away.
 //!
 //! # Guarantees
 //!
@@ -49,7 +51,7 @@ use crate::transport::{Transport, TransportError, INBOX_CAPACITY};
 
 /// Batches queued per peer before it is reported unreachable.
 pub const PEER_QUEUE_BATCHES: usize = 1024;
-/// Batches sent on a stream ahead of the peer's acknowledgements.
+/// Batches queued for one peer stream.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Largest gRPC message either side accepts (a snapshot travels as one message).
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
@@ -369,9 +371,10 @@ impl Raft for RaftPeerService {
                     Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                     Err(mpsc::error::TrySendError::Closed(_)) => return,
                 }
-                if ack_tx.send(Ok(RaftAck { seq: batch.seq })).await.is_err() {
-                    return;
-                }
+                // No per-batch acknowledgement: Raft's own responses are the
+                // acknowledgements, and an extra frame per batch costs both sides a
+                // wake-up. The response stream stays open (and carries a refusal) so the
+                // sender notices when this end goes away.
             }
             // The stream broke or ended: unless the peer is back within the grace period,
             // report it down.

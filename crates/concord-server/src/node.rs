@@ -26,7 +26,8 @@
 //!    idempotent (the store skips what it has).
 //! 3. **Restart**: Raft starts with `applied` = the WAL's snapshot index (docs/storage.md
 //!    § Restart), so configuration changes after it are re-applied to the core.
-//! 4. **Compaction**: the store is synced before `Wal::compact`, so the WAL never drops an
+//! 4. **Compaction**: `Wal::compact` stops at the store's last durable commit (periodic, or a
+//!    forced sync once those lag two snapshot counts behind), so the WAL never drops an
 //!    entry the store could lose; `snapshot_catch_up_entries` entries are kept behind so a
 //!    slightly slow follower needs no snapshot.
 //! 5. **Linearizable reads**: a read is served only after a ReadIndex confirmed by a quorum
@@ -1082,20 +1083,33 @@ impl Driver {
         {
             return;
         }
-        let synced = {
-            let mut guard = write_store(&self.store);
-            let Some(store) = guard.as_mut() else { return };
-            store.sync()
+        let catch_up = self.config.snapshot_catch_up_entries;
+        let target_at = |durable: u64| durable.min(self.applied).saturating_sub(catch_up);
+        // The store's periodic durable commits usually cover enough: forcing one here
+        // would stall this thread while everything applied since the last one is flushed
+        // (the largest latency spikes under load). Only when they lag far behind (an idle
+        // or slowly committing node) is a sync forced, which bounds the WAL.
+        let mut target = {
+            let guard = read_store(&self.store);
+            let Some(store) = guard.as_ref() else { return };
+            target_at(store.durable_applied_index())
         };
-        let durable = match synced {
-            Ok(i) => i,
-            Err(e) => return self.storage_failure("store sync", e),
-        };
-        let target = durable
-            .min(self.applied)
-            .saturating_sub(self.config.snapshot_catch_up_entries);
         if target <= self.snapshot_index {
-            return;
+            if self.applied < self.snapshot_index + 2 * self.config.snapshot_count {
+                return;
+            }
+            let synced = {
+                let mut guard = write_store(&self.store);
+                let Some(store) = guard.as_mut() else { return };
+                store.sync()
+            };
+            target = match synced {
+                Ok(i) => target_at(i),
+                Err(e) => return self.storage_failure("store sync", e),
+            };
+            if target <= self.snapshot_index {
+                return;
+            }
         }
         let Some(term) = self.raw.term_at(target) else {
             return;

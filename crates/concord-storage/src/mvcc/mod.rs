@@ -26,7 +26,8 @@
 //!    [`MvccConfig::sync_applies`] (and for one commit in
 //!    [`MvccConfig::durable_every_commits`], which lets redb reuse freed pages); after a
 //!    crash the store is at its last durable commit and the WAL replays the rest. So the
-//!    WAL may drop entries only up to [`MvccStore::sync`]'s applied index.
+//!    WAL may drop entries only up to [`MvccStore::durable_applied_index`] (the applied
+//!    index of the last durable commit, periodic or by [`MvccStore::sync`]).
 //! 6. **Damage is an error, not data.** Every row's value ends with a CRC32C of the row's
 //!    key and value, checked on every read (redb does not checksum pages on reads).
 
@@ -128,6 +129,8 @@ pub struct MvccStore<D: Disk> {
     meta: Meta,
     // Non-durable commits since the last durable one.
     lazy_commits: u32,
+    /// Applied index as of the last durable commit (0 until one in this process).
+    durable_applied: u64,
 }
 
 impl<D: Disk> std::fmt::Debug for MvccStore<D> {
@@ -249,6 +252,7 @@ impl<D: Disk> MvccStore<D> {
             size_probe,
             meta,
             lazy_commits: 0,
+            durable_applied: 0,
         })
     }
 
@@ -394,6 +398,7 @@ impl<D: Disk> MvccStore<D> {
         write_meta(&mut txn.open_table(META)?, &meta)?;
         txn.commit()?;
         self.meta = meta;
+        self.note_commit();
         // Refreshed lazily by the next quota check.
         self.size_cache
             .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -423,7 +428,21 @@ impl<D: Disk> MvccStore<D> {
         txn.set_quick_repair(true);
         txn.commit()?;
         self.lazy_commits = 0;
+        self.durable_applied = self.meta.applied;
         Ok(self.meta.applied)
+    }
+
+    /// After a commit opened by `begin_write`: it was durable iff it reset `lazy_commits`.
+    fn note_commit(&mut self) {
+        if self.lazy_commits == 0 {
+            self.durable_applied = self.meta.applied;
+        }
+    }
+
+    /// The applied index as of the last durable commit of this process (0 before the
+    /// first): the WAL may drop entries up to it without a [`MvccStore::sync`].
+    pub fn durable_applied_index(&self) -> u64 {
+        self.durable_applied
     }
 
     /// etcd's `KV.Range` on the local state (a serializable read).
@@ -598,6 +617,7 @@ impl<D: Disk> MvccStore<D> {
         write_meta(&mut txn.open_table(META)?, &meta)?;
         txn.commit()?;
         self.meta = meta;
+        self.note_commit();
         Ok(done)
     }
 
@@ -787,6 +807,7 @@ impl<D: Disk> MvccStore<D> {
         write_meta(&mut txn.open_table(META)?, &meta)?;
         txn.commit()?;
         self.meta = meta;
+        self.durable_applied = index;
         Ok(())
     }
 

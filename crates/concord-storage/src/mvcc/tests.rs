@@ -962,6 +962,9 @@ fn power_cuts_then_replay_equal_a_store_that_never_stopped() {
             if !failed && crashes >= 4 {
                 break;
             }
+            // What the WAL would be allowed to drop must survive the crash.
+            let durable = s.durable_applied_index();
+            assert!(durable <= s.applied_index());
             drop(s);
             let tear = [
                 Tear::None,
@@ -974,6 +977,16 @@ fn power_cuts_then_replay_equal_a_store_that_never_stopped() {
             s = MvccStore::open(disk.clone(), path, config.clone())
                 .unwrap_or_else(|e| panic!("seed {seed}: reopen after crash: {e}"));
             assert!(s.applied_index() as usize <= cmds.len());
+            assert!(
+                s.applied_index() >= durable,
+                "seed {seed}: durable index {durable} lost (store at {})",
+                s.applied_index()
+            );
+            assert_eq!(
+                s.durable_applied_index(),
+                0,
+                "nothing durable yet in this process"
+            );
         }
         while !s.compact_step().unwrap() {}
         assert_eq!(s.applied_index() as usize, cmds.len());
