@@ -6,6 +6,8 @@
 #   scripts/bench-vs-etcd.sh                 # both shapes, default workloads
 #   NODES="3" DURATION=15 scripts/bench-vs-etcd.sh
 #   CONCORD=/path/to/concord scripts/bench-vs-etcd.sh   # use a given binary, no build
+#   MEMORY_KEYS=1000000 WORKLOADS= NODES=3 scripts/bench-vs-etcd.sh
+#       # also: resident memory per member after writing that many distinct keys
 #
 # Every process started here is stopped by PID on exit; data lives in a temp dir that is
 # removed. Needs root (or sudo) only to install etcd-server when it is missing.
@@ -19,7 +21,8 @@ VALUE_SIZE="${VALUE_SIZE:-256}"
 KEY_SPACE="${KEY_SPACE:-100000}"
 CONNS="${CONNS:-8}"
 # op:clients
-WORKLOADS="${WORKLOADS:-put:1 put:64 put:256 range:1 range:64 range-serializable:64 txn-cas:64}"
+WORKLOADS="${WORKLOADS-put:1 put:64 put:256 range:1 range:64 range-serializable:64 txn-cas:64}"
+MEMORY_KEYS="${MEMORY_KEYS:-0}" # 0: skip the memory run
 
 if ! command -v etcd >/dev/null 2>&1; then
     SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
@@ -121,5 +124,17 @@ for n in $NODES; do
             "$(python3 -c "print($ct / max($et, 1e-9))")" "$(python3 -c "print($cp99 / max($ep99, 1e-9))")"
     done
     echo "$n nodes: resident memory per member after the runs: etcd ${RES[etcd/rss]} MiB, concord ${RES[concord/rss]} MiB"
+    if [ "$MEMORY_KEYS" -gt 0 ]; then
+        for sys in etcd concord; do
+            start "$sys" "$n" $((30000 + (n * 1000)))
+            "$CONCORD" bench --endpoints "$ENDPOINTS" --op put --clients 64 --conns "$CONNS" \
+                --total "$MEMORY_KEYS" --key-space "$MEMORY_KEYS" --sequential-keys \
+                --duration 3600 --value-size "$VALUE_SIZE" --key-prefix mem/ --no-progress >/dev/null
+            sleep 5
+            RES["$sys/mem"]="$(rss_mib)"
+            stop
+        done
+        echo "$n nodes: resident memory per member after writing $MEMORY_KEYS distinct keys of $VALUE_SIZE bytes: etcd ${RES[etcd/mem]} MiB, concord ${RES[concord/mem]} MiB"
+    fi
     unset RES
 done

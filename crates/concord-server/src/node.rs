@@ -117,7 +117,10 @@ impl NodeConfig {
             max_request_bytes: 1_572_864,
             max_batch: 4096,
             wal: WalConfig::default(),
-            mvcc: MvccConfig::default(),
+            mvcc: MvccConfig {
+                background_flush: true,
+                ..MvccConfig::default()
+            },
         }
     }
 }

@@ -65,6 +65,10 @@ pub struct BenchArgs {
     /// Prefix of every key written or read.
     #[arg(long, default_value = "bench/")]
     pub key_prefix: String,
+    /// Keys in order (request n uses key n modulo the key space) instead of at random:
+    /// `--op put --sequential-keys --total N --key-space N` writes exactly N distinct keys.
+    #[arg(long)]
+    pub sequential_keys: bool,
     /// Hide the progress bar.
     #[arg(long)]
     pub no_progress: bool,
@@ -140,10 +144,13 @@ struct Shared {
 }
 
 impl Shared {
-    /// Claims the next request slot; `false` once the run is over.
-    fn claim(&self) -> bool {
-        Instant::now() < self.deadline
-            && self.issued.fetch_add(1, Ordering::Relaxed) < self.args.total
+    /// Claims the next request slot (its number); `None` once the run is over.
+    fn claim(&self) -> Option<u64> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        let slot = self.issued.fetch_add(1, Ordering::Relaxed);
+        (slot < self.args.total).then_some(slot)
     }
 
     fn error(&self, e: impl std::fmt::Display) {
@@ -155,12 +162,13 @@ impl Shared {
     }
 }
 
-fn key(args: &BenchArgs, rng: &mut u64) -> Vec<u8> {
+fn key(args: &BenchArgs, rng: &mut u64, slot: u64) -> Vec<u8> {
     // xorshift: cheap, per client, no shared state.
     *rng ^= *rng << 13;
     *rng ^= *rng >> 7;
     *rng ^= *rng << 17;
-    let k = *rng % args.key_space.max(1);
+    let n = if args.sequential_keys { slot } else { *rng };
+    let k = n % args.key_space.max(1);
     format!("{}{k:012}", args.key_prefix).into_bytes()
 }
 
@@ -243,12 +251,12 @@ pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
                 tokio::sync::mpsc::Sender<pb::LeaseKeepAliveRequest>,
                 tonic::Streaming<pb::LeaseKeepAliveResponse>,
             )> = None;
-            while shared.claim() {
+            while let Some(slot) = shared.claim() {
                 let t0 = Instant::now();
                 let result: Result<(), String> = match args.op {
                     Op::Put => kv
                         .put(pb::PutRequest {
-                            key: key(args, &mut rng),
+                            key: key(args, &mut rng, slot),
                             value: value.clone(),
                             ..Default::default()
                         })
@@ -257,17 +265,17 @@ pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
                         .map_err(|e| e.message().to_string()),
                     Op::Range | Op::RangeSerializable => kv
                         .range(pb::RangeRequest {
-                            key: key(args, &mut rng),
+                            key: key(args, &mut rng, slot),
                             serializable: args.op == Op::RangeSerializable,
                             ..Default::default()
                         })
                         .await
                         .map(|_| ())
                         .map_err(|e| e.message().to_string()),
-                    Op::TxnCas => cas(&mut kv, key(args, &mut rng), value.clone()).await,
+                    Op::TxnCas => cas(&mut kv, key(args, &mut rng, slot), value.clone()).await,
                     Op::WatchLatency => match &watch_seen {
                         Some(seen) => {
-                            let k = key(args, &mut rng);
+                            let k = key(args, &mut rng, slot);
                             let mut rx = seen.subscribe();
                             match kv
                                 .put(pb::PutRequest {

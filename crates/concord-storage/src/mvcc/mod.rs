@@ -32,6 +32,7 @@
 //!    key and value, checked on every read (redb does not checksum pages on reads).
 
 mod exec;
+mod flush;
 pub(crate) mod keys;
 pub(crate) mod read;
 #[cfg(test)]
@@ -87,6 +88,10 @@ pub struct MvccConfig {
     pub durable_every_commits: u32,
     /// redb page cache size.
     pub cache_bytes: usize,
+    /// Flush the file in a background thread ahead of each periodic durable commit, so
+    /// that commit stays short (see `flush.rs`). Off by default: deterministic tests count
+    /// every sync.
+    pub background_flush: bool,
 }
 
 impl Default for MvccConfig {
@@ -97,6 +102,7 @@ impl Default for MvccConfig {
             sync_applies: false,
             durable_every_commits: 128,
             cache_bytes: 64 << 20,
+            background_flush: false,
         }
     }
 }
@@ -131,6 +137,8 @@ pub struct MvccStore<D: Disk> {
     lazy_commits: u32,
     /// Applied index as of the last durable commit (0 until one in this process).
     durable_applied: u64,
+    /// Background write-back, if configured.
+    flusher: Option<flush::Flusher>,
 }
 
 impl<D: Disk> std::fmt::Debug for MvccStore<D> {
@@ -243,6 +251,7 @@ impl<D: Disk> MvccStore<D> {
                 disk.sync_dir(dir).map_err(io)?;
             }
         }
+        let flusher = Self::start_flusher(&disk, &path, &config)?;
         Ok(Self {
             disk,
             path,
@@ -253,6 +262,7 @@ impl<D: Disk> MvccStore<D> {
             meta,
             lazy_commits: 0,
             durable_applied: 0,
+            flusher,
         })
     }
 
@@ -434,9 +444,30 @@ impl<D: Disk> MvccStore<D> {
 
     /// After a commit opened by `begin_write`: it was durable iff it reset `lazy_commits`.
     fn note_commit(&mut self) {
+        let every = self.config.durable_every_commits;
         if self.lazy_commits == 0 {
             self.durable_applied = self.meta.applied;
+        } else if self.lazy_commits == (every - every / 4).max(1) {
+            if let Some(f) = &self.flusher {
+                f.poke();
+            }
         }
+    }
+
+    fn start_flusher(
+        disk: &D,
+        path: &Path,
+        config: &MvccConfig,
+    ) -> Result<Option<flush::Flusher>, StoreError> {
+        if !config.background_flush {
+            return Ok(None);
+        }
+        let io = |source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = disk.open(path, false).map_err(io)?;
+        flush::Flusher::start(file).map(Some).map_err(io)
     }
 
     /// The applied index as of the last durable commit of this process (0 before the
@@ -826,6 +857,9 @@ impl<D: Disk> MvccStore<D> {
                 path: self.path.clone(),
                 source,
             })?;
+        // The old handle names the replaced file.
+        self.flusher = None;
+        self.flusher = Self::start_flusher(&self.disk, &self.path, &self.config)?;
         Ok(())
     }
 }

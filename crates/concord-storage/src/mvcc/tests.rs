@@ -1156,3 +1156,34 @@ fn compaction_at_a_delete_frees_the_deleted_values() {
     assert_eq!(events.len(), 60);
     assert!(events.iter().all(|e| e.kind == EventKind::Delete));
 }
+
+#[test]
+fn background_flush_runs_ahead_of_the_periodic_durable_commit() {
+    let disk = SimDisk::new();
+    let config = MvccConfig {
+        durable_every_commits: 8,
+        background_flush: true,
+        ..MvccConfig::default()
+    };
+    let mut s = MvccStore::open(disk.clone(), Path::new("/db/state.redb"), config).unwrap();
+    let put = |s: &mut MvccStore<SimDisk>, i: u64| {
+        s.apply(i, &put_cmd(format!("k{i}").as_bytes(), b"v", 0))
+            .unwrap();
+    };
+    let base = disk.sync_count();
+    for i in 1..=5 {
+        put(&mut s, i);
+    }
+    assert_eq!(disk.sync_count(), base, "lazy commits do not sync");
+    // The sixth lazy commit is three quarters of the way to the durable one: a flush.
+    put(&mut s, 6);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while disk.sync_count() == base {
+        assert!(std::time::Instant::now() < deadline, "no background flush");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(s.durable_applied_index(), 0, "a background flush is not a commit");
+    put(&mut s, 7);
+    put(&mut s, 8);
+    assert_eq!(s.durable_applied_index(), 8);
+}
