@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the same `concord bench` workloads against etcd (Debian's etcd-server) and Concord,
 # started in the same shape (1 and 3 members on loopback, fsync on, same flags), and
-# prints one table with both figures and the ratio.
+# prints one table with both figures and the ratio. `cpu/1k` is the members' CPU time per
+# 1,000 operations (milliseconds, mean per member).
 #
 #   scripts/bench-vs-etcd.sh                 # both shapes, default workloads
 #   NODES="3" DURATION=15 scripts/bench-vs-etcd.sh
@@ -90,6 +91,14 @@ rss_mib() { # total resident memory of the running members, MiB
     echo $((total / 1024 / ${#PIDS[@]}))
 }
 
+cpu_jiffies() { # CPU time (user + system, clock ticks) of the running members, summed
+    local total=0 p
+    for p in "${PIDS[@]}"; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+
 run_bench() { # run_bench OP CLIENTS -> JSON line
     "$CONCORD" bench --endpoints "$ENDPOINTS" --op "$1" --clients "$2" --conns "$CONNS" \
         --total "$TOTAL" --duration "$DURATION" --value-size "$VALUE_SIZE" \
@@ -98,8 +107,8 @@ run_bench() { # run_bench OP CLIENTS -> JSON line
 
 field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get('$2', 0))" "$1"; }
 
-printf '%-6s %-20s %8s | %12s %9s %9s | %12s %9s %9s | %7s %7s\n' \
-    nodes workload clients "etcd ops/s" "p50 ms" "p99 ms" "concord" "p50 ms" "p99 ms" "x tput" "x p99"
+printf '%-6s %-20s %8s | %12s %9s %9s %8s | %12s %9s %9s %8s | %7s %7s\n' \
+    nodes workload clients "etcd ops/s" "p50 ms" "p99 ms" "cpu/1k" "concord" "p50 ms" "p99 ms" "cpu/1k" "x tput" "x p99"
 for n in $NODES; do
     declare -A RES=()
     for sys in etcd concord; do
@@ -109,7 +118,11 @@ for n in $NODES; do
             --conns "$CONNS" --total "$KEY_SPACE" --duration 120 --value-size "$VALUE_SIZE" \
             --key-space "$KEY_SPACE" --no-progress >/dev/null
         for w in $WORKLOADS; do
+            before=$(cpu_jiffies)
             RES["$sys/$w"]="$(run_bench "${w%%:*}" "${w##*:}")"
+            # CPU milliseconds per 1,000 operations, per member (mean over members).
+            RES["$sys/$w/cpu"]=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); \
+print(round(($(cpu_jiffies) - $before) * 1000 / $(getconf CLK_TCK) / max(d.get('ok', 0), 1) * 1000 / ${#PIDS[@]}, 1))" "${RES[$sys/$w]}")
         done
         RES["$sys/rss"]="$(rss_mib)"
         stop
@@ -118,9 +131,9 @@ for n in $NODES; do
         e="${RES[etcd/$w]}"; c="${RES[concord/$w]}"
         et=$(field "$e" throughput); ct=$(field "$c" throughput)
         ep99=$(field "$e" p99_ms); cp99=$(field "$c" p99_ms)
-        printf '%-6s %-20s %8s | %12.0f %9.3f %9.3f | %12.0f %9.3f %9.3f | %7.2f %7.2f\n' \
-            "$n" "${w%%:*}" "${w##*:}" "$et" "$(field "$e" p50_ms)" "$ep99" \
-            "$ct" "$(field "$c" p50_ms)" "$cp99" \
+        printf '%-6s %-20s %8s | %12.0f %9.3f %9.3f %8s | %12.0f %9.3f %9.3f %8s | %7.2f %7.2f\n' \
+            "$n" "${w%%:*}" "${w##*:}" "$et" "$(field "$e" p50_ms)" "$ep99" "${RES[etcd/$w/cpu]}" \
+            "$ct" "$(field "$c" p50_ms)" "$cp99" "${RES[concord/$w/cpu]}" \
             "$(python3 -c "print($ct / max($et, 1e-9))")" "$(python3 -c "print($cp99 / max($ep99, 1e-9))")"
     done
     echo "$n nodes: resident memory per member after the runs: etcd ${RES[etcd/rss]} MiB, concord ${RES[concord/rss]} MiB"

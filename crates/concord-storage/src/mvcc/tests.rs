@@ -1182,7 +1182,11 @@ fn background_flush_runs_ahead_of_the_periodic_durable_commit() {
         assert!(std::time::Instant::now() < deadline, "no background flush");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    assert_eq!(s.durable_applied_index(), 0, "a background flush is not a commit");
+    assert_eq!(
+        s.durable_applied_index(),
+        0,
+        "a background flush is not a commit"
+    );
     put(&mut s, 7);
     put(&mut s, 8);
     assert_eq!(s.durable_applied_index(), 8);
