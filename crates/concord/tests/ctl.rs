@@ -287,6 +287,42 @@ fn client_commands_against_a_real_server() {
 }
 
 #[test]
+fn global_flags_come_from_etcdctl_environment_variables() {
+    let server = Server::start();
+    server.ok(&["put", "env-key", "env-value"]);
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["get", "env-key"])
+            .args(extra)
+            .env("ETCDCTL_ENDPOINTS", server.endpoint())
+            .env("ETCDCTL_WRITE_OUT", "json")
+            .env("ETCDCTL_COMMAND_TIMEOUT", "3s")
+            .output()
+            .expect("run concord")
+    };
+    // No --endpoints: the environment names the server; the output is JSON.
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(v["count"], 1);
+    // A flag wins over the environment.
+    let out = run(&["-w", "simple"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "env-key\nenv-value\n");
+    // A bad value in the environment is a usage error naming it, like a bad flag.
+    let out = Command::new(BIN)
+        .args(["get", "env-key", "--endpoints", server.endpoint()])
+        .env("ETCDCTL_DIAL_TIMEOUT", "2")
+        .output()
+        .expect("run concord");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("dial-timeout"));
+}
+
+#[test]
 fn errors_are_one_line_and_exit_1() {
     let port = free_port();
     let out = Command::new(BIN)

@@ -52,7 +52,8 @@ pub enum OutputFormat {
     Fields,
 }
 
-/// Flags shared by every client command.
+/// Flags shared by every client command. As with etcdctl, each can also come from an
+/// `ETCDCTL_`-prefixed environment variable (`ETCDCTL_ENDPOINTS`, …); a flag wins.
 #[derive(Args, Clone, Debug)]
 pub struct GlobalArgs {
     /// gRPC endpoints, comma-separated (host:port, with or without http://)
@@ -61,14 +62,15 @@ pub struct GlobalArgs {
         global = true,
         value_delimiter = ',',
         default_value = "127.0.0.1:2379",
+        env = "ETCDCTL_ENDPOINTS",
         help_heading = "Global options"
     )]
     pub endpoints: Vec<String>,
     /// Dial timeout for client connections (Go duration: 2s, 500ms)
-    #[arg(long, global = true, default_value = "2s", value_parser = duration::parse, help_heading = "Global options")]
+    #[arg(long, global = true, default_value = "2s", value_parser = duration::parse, env = "ETCDCTL_DIAL_TIMEOUT", help_heading = "Global options")]
     pub dial_timeout: Duration,
     /// Timeout for short running commands, excluding the dial timeout
-    #[arg(long, global = true, default_value = "5s", value_parser = duration::parse, help_heading = "Global options")]
+    #[arg(long, global = true, default_value = "5s", value_parser = duration::parse, env = "ETCDCTL_COMMAND_TIMEOUT", help_heading = "Global options")]
     pub command_timeout: Duration,
     /// Output format: simple, json, table or fields
     #[arg(
@@ -77,6 +79,7 @@ pub struct GlobalArgs {
         global = true,
         value_enum,
         default_value = "simple",
+        env = "ETCDCTL_WRITE_OUT",
         help_heading = "Global options"
     )]
     pub write_out: OutputFormat,
