@@ -312,6 +312,13 @@ fn global_flags_come_from_etcdctl_environment_variables() {
     // A flag wins over the environment.
     let out = run(&["-w", "simple"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "env-key\nenv-value\n");
+    // --hex (or ETCDCTL_HEX): every byte as \xNN, as etcdctl prints it.
+    let hex = |t: &str| t.bytes().map(|b| format!("\\x{b:02x}")).collect::<String>();
+    assert_eq!(
+        server.ok(&["get", "env-key", "--hex"]),
+        format!("{}\n{}\n", hex("env-key"), hex("env-value"))
+    );
+    assert!(hex("env-key").starts_with("\\x65\\x6e\\x76"));
     // A bad value in the environment is a usage error naming it, like a bad flag.
     let out = Command::new(BIN)
         .args(["get", "env-key", "--endpoints", server.endpoint()])

@@ -139,7 +139,7 @@ async fn print_key(ctx: &Ctx, key: &[u8]) -> CtlResult<bool> {
             ..Default::default()
         }))
         .await?;
-    out(&format_range(&r, ctx.format(), false));
+    out(&format_range(&r, ctx.printing(), false));
     Ok(!r.kvs.is_empty())
 }
 
@@ -169,7 +169,7 @@ pub async fn elect(args: ElectArgs) -> CtlResult<()> {
                         kvs: r.kv.into_iter().collect(),
                         more: false,
                     };
-                    out(&format_range(&range, ctx.format(), false));
+                    out(&format_range(&range, ctx.printing(), false));
                 }
                 Ok(None) => return Err(CtlError::new("observe stream closed by the server")),
                 Err(e) => return Err(e.into()),

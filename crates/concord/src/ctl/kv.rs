@@ -7,7 +7,7 @@ use clap::Args;
 use concord_proto::etcdserverpb as pb;
 
 use super::printer;
-use super::{out, parse_lease_id, CtlError, CtlResult, Ctx, GlobalArgs, OutputFormat};
+use super::{out, parse_lease_id, CtlError, CtlResult, Ctx, Format, GlobalArgs, OutputFormat};
 
 /// The range end that covers every key with prefix `key` (clientv3's
 /// `GetPrefixRangeEnd`): the prefix with its last byte below 0xff incremented; `\0`
@@ -156,11 +156,11 @@ pub fn range_request(o: &GetOpts) -> CtlResult<pb::RangeRequest> {
 }
 
 /// Formats a `get` answer.
-pub fn format_range(r: &pb::RangeResponse, fmt: OutputFormat, value_only: bool) -> String {
-    match fmt {
+pub fn format_range(r: &pb::RangeResponse, fmt: Format, value_only: bool) -> String {
+    match fmt.out {
         OutputFormat::Json => format!("{}\n", printer::range_json(r).render()),
         OutputFormat::Fields => printer::fields_range(r),
-        OutputFormat::Simple | OutputFormat::Table => printer::simple_range(r, value_only),
+        OutputFormat::Simple | OutputFormat::Table => printer::simple_range(r, value_only, fmt.hex),
     }
 }
 
@@ -180,7 +180,11 @@ pub async fn get(args: GetArgs) -> CtlResult<()> {
     let req = range_request(&args.opts)?;
     let ctx = Ctx::connect(&args.global).await?;
     let resp = ctx.call(ctx.kv().range(req)).await?;
-    out(&format_range(&resp, fmt, args.opts.print_value_only));
+    out(&format_range(
+        &resp,
+        args.global.printing(),
+        args.opts.print_value_only,
+    ));
     Ok(())
 }
 
@@ -245,11 +249,11 @@ pub fn put_request(o: &PutOpts, value: Vec<u8>) -> CtlResult<pb::PutRequest> {
 }
 
 /// Formats a `put` answer.
-pub fn format_put(r: &pb::PutResponse, fmt: OutputFormat) -> String {
-    match fmt {
+pub fn format_put(r: &pb::PutResponse, fmt: Format) -> String {
+    match fmt.out {
         OutputFormat::Json => format!("{}\n", printer::put_json(r).render()),
         OutputFormat::Fields => printer::fields_put(r),
-        OutputFormat::Simple | OutputFormat::Table => printer::simple_put(r),
+        OutputFormat::Simple | OutputFormat::Table => printer::simple_put(r, fmt.hex),
     }
 }
 
@@ -274,7 +278,7 @@ pub async fn put(args: PutArgs) -> CtlResult<()> {
     let req = put_request(&args.opts, value)?;
     let ctx = Ctx::connect(&args.global).await?;
     let resp = ctx.call(ctx.kv().put(req)).await?;
-    out(&format_put(&resp, ctx.format()));
+    out(&format_put(&resp, ctx.printing()));
     Ok(())
 }
 
@@ -318,11 +322,11 @@ pub fn del_request(o: &DelOpts) -> CtlResult<pb::DeleteRangeRequest> {
 }
 
 /// Formats a `del` answer.
-pub fn format_del(r: &pb::DeleteRangeResponse, fmt: OutputFormat) -> String {
-    match fmt {
+pub fn format_del(r: &pb::DeleteRangeResponse, fmt: Format) -> String {
+    match fmt.out {
         OutputFormat::Json => format!("{}\n", printer::del_json(r).render()),
         OutputFormat::Fields => printer::fields_del(r),
-        OutputFormat::Simple | OutputFormat::Table => printer::simple_del(r),
+        OutputFormat::Simple | OutputFormat::Table => printer::simple_del(r, fmt.hex),
     }
 }
 
@@ -331,7 +335,7 @@ pub async fn del(args: DelArgs) -> CtlResult<()> {
     let req = del_request(&args.opts)?;
     let ctx = Ctx::connect(&args.global).await?;
     let resp = ctx.call(ctx.kv().delete_range(req)).await?;
-    out(&format_del(&resp, ctx.format()));
+    out(&format_del(&resp, ctx.printing()));
     Ok(())
 }
 

@@ -83,6 +83,33 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub write_out: OutputFormat,
+    /// Print keys and values as hex (`\x66\x6f\x6f`) in simple output
+    #[arg(
+        long,
+        global = true,
+        env = "ETCDCTL_HEX",
+        help_heading = "Global options"
+    )]
+    pub hex: bool,
+}
+
+impl GlobalArgs {
+    /// How answers are printed.
+    pub fn printing(&self) -> Format {
+        Format {
+            out: self.write_out,
+            hex: self.hex,
+        }
+    }
+}
+
+/// How answers are printed: the output format and, for simple output, `--hex`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Format {
+    /// `-w`.
+    pub out: OutputFormat,
+    /// `--hex`.
+    pub hex: bool,
 }
 
 /// A failed client command: the text printed after `Error: `.
@@ -276,6 +303,11 @@ impl Ctx {
     /// The output format.
     pub fn format(&self) -> OutputFormat {
         self.global.write_out
+    }
+
+    /// Output format and `--hex`.
+    pub fn printing(&self) -> Format {
+        self.global.printing()
     }
 
     /// KV client.

@@ -235,45 +235,57 @@ pub fn promoted_header(h: Option<&pb::ResponseHeader>) -> ObjBuilder {
         .num("raft_term", h.raft_term)
 }
 
+/// Bytes as simple output prints them: as text, or with `--hex` as `\x66\x6f\x6f`
+/// (etcdctl's form).
+pub fn simple_bytes(out: &mut String, b: &[u8], hex: bool) {
+    if hex {
+        for byte in b {
+            out.push_str(&format!("\\x{byte:02x}"));
+        }
+    } else {
+        out.push_str(&String::from_utf8_lossy(b));
+    }
+}
+
 /// One key-value pair in simple format: the key line (unless `value_only`), the value line.
-pub fn simple_kv(out: &mut String, kv: &mvccpb::KeyValue, value_only: bool) {
+pub fn simple_kv(out: &mut String, kv: &mvccpb::KeyValue, value_only: bool, hex: bool) {
     if !value_only {
-        out.push_str(&String::from_utf8_lossy(&kv.key));
+        simple_bytes(out, &kv.key, hex);
         out.push('\n');
     }
-    out.push_str(&String::from_utf8_lossy(&kv.value));
+    simple_bytes(out, &kv.value, hex);
     out.push('\n');
 }
 
 /// `get` in simple format.
-pub fn simple_range(r: &pb::RangeResponse, value_only: bool) -> String {
+pub fn simple_range(r: &pb::RangeResponse, value_only: bool, hex: bool) -> String {
     let mut out = String::new();
     for kv in &r.kvs {
-        simple_kv(&mut out, kv, value_only);
+        simple_kv(&mut out, kv, value_only, hex);
     }
     out
 }
 
 /// `put` in simple format.
-pub fn simple_put(r: &pb::PutResponse) -> String {
+pub fn simple_put(r: &pb::PutResponse, hex: bool) -> String {
     let mut out = String::from("OK\n");
     if let Some(kv) = &r.prev_kv {
-        simple_kv(&mut out, kv, false);
+        simple_kv(&mut out, kv, false, hex);
     }
     out
 }
 
 /// `del` in simple format.
-pub fn simple_del(r: &pb::DeleteRangeResponse) -> String {
+pub fn simple_del(r: &pb::DeleteRangeResponse, hex: bool) -> String {
     let mut out = format!("{}\n", r.deleted);
     for kv in &r.prev_kvs {
-        simple_kv(&mut out, kv, false);
+        simple_kv(&mut out, kv, false, hex);
     }
     out
 }
 
 /// `txn` in simple format: SUCCESS or FAILURE, then each response after a blank line.
-pub fn simple_txn(r: &pb::TxnResponse) -> String {
+pub fn simple_txn(r: &pb::TxnResponse, hex: bool) -> String {
     use pb::response_op::Response;
     let mut out = String::from(if r.succeeded {
         "SUCCESS\n"
@@ -283,10 +295,10 @@ pub fn simple_txn(r: &pb::TxnResponse) -> String {
     for op in &r.responses {
         out.push('\n');
         match &op.response {
-            Some(Response::ResponseRange(r)) => out.push_str(&simple_range(r, false)),
-            Some(Response::ResponsePut(r)) => out.push_str(&simple_put(r)),
-            Some(Response::ResponseDeleteRange(r)) => out.push_str(&simple_del(r)),
-            Some(Response::ResponseTxn(r)) => out.push_str(&simple_txn(r)),
+            Some(Response::ResponseRange(r)) => out.push_str(&simple_range(r, false, hex)),
+            Some(Response::ResponsePut(r)) => out.push_str(&simple_put(r, hex)),
+            Some(Response::ResponseDeleteRange(r)) => out.push_str(&simple_del(r, hex)),
+            Some(Response::ResponseTxn(r)) => out.push_str(&simple_txn(r, hex)),
             None => {}
         }
     }
@@ -469,8 +481,12 @@ mod tests {
             more: false,
             count: 2,
         };
-        assert_eq!(simple_range(&r, false), "foo\nbar\nfoo2\n\n");
-        assert_eq!(simple_range(&r, true), "bar\n\n");
+        assert_eq!(simple_range(&r, false, false), "foo\nbar\nfoo2\n\n");
+        assert_eq!(simple_range(&r, true, false), "bar\n\n");
+        assert_eq!(
+            simple_range(&r, false, true),
+            "\\x66\\x6f\\x6f\n\\x62\\x61\\x72\n\\x66\\x6f\\x6f\\x32\n\n"
+        );
     }
 
     #[test]
@@ -504,13 +520,13 @@ mod tests {
             header: Some(header()),
             prev_kv: Some(kv("k", "old")),
         };
-        assert_eq!(simple_put(&put), "OK\nk\nold\n");
+        assert_eq!(simple_put(&put, false), "OK\nk\nold\n");
         let del = pb::DeleteRangeResponse {
             header: None,
             deleted: 2,
             prev_kvs: vec![],
         };
-        assert_eq!(simple_del(&del), "2\n");
+        assert_eq!(simple_del(&del, false), "2\n");
         use pb::response_op::Response;
         let txn = pb::TxnResponse {
             header: Some(header()),
@@ -528,7 +544,7 @@ mod tests {
                 },
             ],
         };
-        assert_eq!(simple_txn(&txn), "SUCCESS\n\nOK\n\na\n1\n");
+        assert_eq!(simple_txn(&txn, false), "SUCCESS\n\nOK\n\na\n1\n");
         assert_eq!(
             txn_json(&txn).render(),
             "{\"header\":{\"cluster_id\":14841639068965178418,\"member_id\":10276657743932975437,\

@@ -25,7 +25,7 @@ use pb::request_op::Request;
 
 use super::kv::{self, DelOpts, GetOpts, PutOpts};
 use super::printer;
-use super::{out, CtlError, CtlResult, Ctx, GlobalArgs, OutputFormat};
+use super::{out, CtlError, CtlResult, Ctx, Format, GlobalArgs, OutputFormat};
 
 /// `concord txn`.
 #[derive(Args, Debug)]
@@ -258,10 +258,10 @@ pub fn read_txn(
 }
 
 /// Formats a `txn` answer.
-pub fn format_txn(r: &pb::TxnResponse, fmt: OutputFormat) -> String {
-    match fmt {
+pub fn format_txn(r: &pb::TxnResponse, fmt: Format) -> String {
+    match fmt.out {
         OutputFormat::Json => format!("{}\n", printer::txn_json(r).render()),
-        _ => printer::simple_txn(r),
+        _ => printer::simple_txn(r, fmt.hex),
     }
 }
 
@@ -275,7 +275,7 @@ pub async fn run(args: TxnArgs) -> CtlResult<()> {
     })?;
     let ctx = Ctx::connect(&args.global).await?;
     let resp = ctx.call(ctx.kv().txn(req)).await?;
-    out(&format_txn(&resp, ctx.format()));
+    out(&format_txn(&resp, ctx.printing()));
     Ok(())
 }
 

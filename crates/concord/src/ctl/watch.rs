@@ -32,7 +32,7 @@ pub struct WatchArgs {
 }
 
 /// The events of one response in simple format.
-pub fn simple_events(events: &[mvccpb::Event]) -> String {
+pub fn simple_events(events: &[mvccpb::Event], hex: bool) -> String {
     let mut text = String::new();
     for e in events {
         let kind = if e.r#type == mvccpb::event::EventType::Delete as i32 {
@@ -43,10 +43,10 @@ pub fn simple_events(events: &[mvccpb::Event]) -> String {
         text.push_str(kind);
         text.push('\n');
         if let Some(prev) = &e.prev_kv {
-            printer::simple_kv(&mut text, prev, false);
+            printer::simple_kv(&mut text, prev, false, hex);
         }
         if let Some(kv) = &e.kv {
-            printer::simple_kv(&mut text, kv, false);
+            printer::simple_kv(&mut text, kv, false, hex);
         }
     }
     text
@@ -136,7 +136,7 @@ pub async fn run(args: WatchArgs) -> CtlResult<()> {
         }
         match fmt {
             OutputFormat::Json => out(&format!("{}\n", watch_json(&resp).render())),
-            _ => out(&simple_events(&resp.events)),
+            _ => out(&simple_events(&resp.events, ctx.printing().hex)),
         }
     }
     // `tx` lives until here so that the request stream stays open.
@@ -166,7 +166,7 @@ mod tests {
             },
         ];
         assert_eq!(
-            simple_events(&events),
+            simple_events(&events, false),
             "PUT\nfoo\nbar\nDELETE\nfoo\nbar\nfoo\n\n"
         );
     }
