@@ -26,33 +26,8 @@ use crate::client::{connect, OpErr};
 use crate::cluster::Cluster;
 use crate::history::{Kind, Op, Recorder};
 
-/// The workloads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Workload {
-    /// Read/write/cas registers r0..r4.
-    Register,
-    /// Transfers between accounts; total must be conserved.
-    Bank,
-    /// Adds unique integers; a final read must contain every acknowledged add.
-    Set,
-    /// Lock acquire, fenced writes, release.
-    Lock,
-    /// Writes watched by several watchers that must see each exactly once, in order.
-    Watch,
-}
-
-impl Workload {
-    /// Lower-case name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Workload::Register => "register",
-            Workload::Bank => "bank",
-            Workload::Set => "set",
-            Workload::Lock => "lock",
-            Workload::Watch => "watch",
-        }
-    }
-}
+/// The workloads: the checker's list, so runner and checker cannot disagree.
+pub use concord_check::Workload;
 
 /// Shared context of all client processes.
 pub struct Ctx {
@@ -145,6 +120,30 @@ impl Worker {
 
     /// Records the invocation, runs `f` with a timeout, records the completion.
     /// Returns the completion type and, on success, the extra data.
+    /// Puts integer `v` at `key`, recorded as operation `f` (`write`, `add`) on that key.
+    async fn put_int(&mut self, f: &'static str, key: String, v: i64) {
+        let k = key.clone();
+        let op = Op {
+            f,
+            key: Some(key),
+            value: json!(v),
+            ..Op::default()
+        };
+        let t = self.ctx.op_timeout;
+        self.perform(op, true, t, move |ch| async move {
+            let r = KvClient::new(ch)
+                .put(PutRequest {
+                    key: k.into_bytes(),
+                    value: v.to_string().into_bytes(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            ok(None, rev_of(r.header.as_ref()))
+        })
+        .await;
+    }
+
     async fn perform<F, Fut>(
         &mut self,
         mut op: Op,
@@ -290,24 +289,7 @@ pub async fn register_worker(mut w: Worker) {
             .await;
         } else if choice == 2 {
             let v: i64 = w.rng.gen_range(0..10);
-            let op = Op {
-                f: "write",
-                key: Some(key),
-                value: json!(v),
-                ..Op::default()
-            };
-            w.perform(op, true, t, move |ch| async move {
-                let r = KvClient::new(ch)
-                    .put(PutRequest {
-                        key: k.into_bytes(),
-                        value: v.to_string().into_bytes(),
-                        ..Default::default()
-                    })
-                    .await?
-                    .into_inner();
-                ok(None, rev_of(r.header.as_ref()))
-            })
-            .await;
+            w.put_int("write", key, v).await;
         } else {
             let expected: i64 = w.rng.gen_range(0..10);
             let new: i64 = w.rng.gen_range(0..10);
@@ -516,27 +498,9 @@ pub async fn bank_worker(mut w: Worker) {
 
 /// Runs one set process until the deadline.
 pub async fn set_worker(mut w: Worker) {
-    let t = w.ctx.op_timeout;
     while w.running() {
         let n = w.ctx.counter.fetch_add(1, Ordering::SeqCst);
-        let op = Op {
-            f: "add",
-            key: Some(format!("set/{n}")),
-            value: json!(n),
-            ..Op::default()
-        };
-        w.perform(op, true, t, move |ch| async move {
-            let r = KvClient::new(ch)
-                .put(PutRequest {
-                    key: format!("set/{n}").into_bytes(),
-                    value: n.to_string().into_bytes(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            ok(None, rev_of(r.header.as_ref()))
-        })
-        .await;
+        w.put_int("add", format!("set/{n}"), n).await;
         w.pace().await;
     }
 }
@@ -760,29 +724,10 @@ static KEYS: LockKeys = LockKeys(Mutex::new(Vec::new()));
 
 /// Runs one watch-workload writer until the deadline.
 pub async fn watch_writer(mut w: Worker) {
-    let t = w.ctx.op_timeout;
     while w.running() {
         let n = w.ctx.counter.fetch_add(1, Ordering::SeqCst);
         let key = format!("w/{}", w.rng.gen_range(0..5));
-        let k = key.clone();
-        let op = Op {
-            f: "write",
-            key: Some(key),
-            value: json!(n),
-            ..Op::default()
-        };
-        w.perform(op, true, t, move |ch| async move {
-            let r = KvClient::new(ch)
-                .put(PutRequest {
-                    key: k.into_bytes(),
-                    value: n.to_string().into_bytes(),
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
-            ok(None, rev_of(r.header.as_ref()))
-        })
-        .await;
+        w.put_int("write", key, n).await;
         w.pace().await;
     }
 }

@@ -255,8 +255,8 @@ impl Verdict {
     }
 }
 
-/// The workloads the checkers know.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The workloads the checkers know (also the runner's `--workload` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Workload {
     /// Per-key read/write/cas registers: linearizability.
@@ -271,29 +271,41 @@ pub enum Workload {
     Watch,
 }
 
-impl FromStr for Workload {
-    type Err = CheckError;
-    fn from_str(s: &str) -> Result<Self, CheckError> {
-        match s {
-            "register" => Ok(Workload::Register),
-            "bank" => Ok(Workload::Bank),
-            "set" => Ok(Workload::Set),
-            "lock" => Ok(Workload::Lock),
-            "watch" => Ok(Workload::Watch),
-            other => Err(CheckError::UnknownWorkload(other.to_string())),
-        }
-    }
-}
+impl Workload {
+    /// Every workload.
+    pub const ALL: [Workload; 5] = [
+        Workload::Register,
+        Workload::Bank,
+        Workload::Set,
+        Workload::Lock,
+        Workload::Watch,
+    ];
 
-impl std::fmt::Display for Workload {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+    /// Lower-case name, as in history files and on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
             Workload::Register => "register",
             Workload::Bank => "bank",
             Workload::Set => "set",
             Workload::Lock => "lock",
             Workload::Watch => "watch",
-        })
+        }
+    }
+}
+
+impl FromStr for Workload {
+    type Err = CheckError;
+    fn from_str(s: &str) -> Result<Self, CheckError> {
+        Workload::ALL
+            .into_iter()
+            .find(|w| w.name() == s)
+            .ok_or_else(|| CheckError::UnknownWorkload(s.to_string()))
+    }
+}
+
+impl std::fmt::Display for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 

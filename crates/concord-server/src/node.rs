@@ -595,6 +595,30 @@ impl NodeHandle {
         self.status.clone()
     }
 
+    /// Waits until the leader this node knows satisfies `done`: `Ok(true)` once it does,
+    /// `Ok(false)` after `timeout`, `Err(Stopped)` if the node stops meanwhile.
+    pub async fn wait_for_leader(
+        &self,
+        timeout: Duration,
+        done: impl Fn(Option<NodeId>) -> bool,
+    ) -> Result<bool, NodeError> {
+        let mut status = self.status.clone();
+        let wait = async {
+            loop {
+                if done(status.borrow_and_update().leader) {
+                    return Ok(());
+                }
+                if status.changed().await.is_err() {
+                    return Err(NodeError::Stopped);
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Starts an election now (fast failover).
     pub async fn campaign(&self) -> Result<(), NodeError> {
         self.call(|tx| Request::Campaign { tx }).await

@@ -54,23 +54,19 @@ impl ClusterService {
             .transfer_leader(target)
             .await
             .map_err(api::status)?;
-        let mut status = self.ctx.node.watch_status();
-        let wait = async {
-            loop {
-                {
-                    let st = status.borrow_and_update();
-                    if st.leader.is_some_and(|l| l != me) {
-                        return Ok(());
-                    }
-                }
-                if status.changed().await.is_err() {
-                    return Err(Status::unavailable("etcdserver: server stopped"));
-                }
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(5), wait)
+        let moved = self
+            .ctx
+            .node
+            .wait_for_leader(std::time::Duration::from_secs(5), |l| {
+                l.is_some_and(|l| l != me)
+            })
             .await
-            .map_err(|_| Status::unavailable("etcdserver: leader transfer timed out"))?
+            .map_err(api::status)?;
+        if moved {
+            Ok(())
+        } else {
+            Err(Status::unavailable("etcdserver: leader transfer timed out"))
+        }
     }
 
     fn find(&self, id: u64) -> Result<pb::Member, Status> {

@@ -229,20 +229,15 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(api::status)?;
         // Wait for the outcome, bounded by the request timeout (as etcd does).
-        let mut status = self.ctx.node.watch_status();
-        let wait = async {
-            loop {
-                if status.borrow_and_update().leader == Some(target) {
-                    return Ok(());
-                }
-                if status.changed().await.is_err() {
-                    return Err(Status::unavailable("etcdserver: server stopped"));
-                }
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(7), wait)
+        let moved = self
+            .ctx
+            .node
+            .wait_for_leader(std::time::Duration::from_secs(7), |l| l == Some(target))
             .await
-            .map_err(|_| Status::unavailable("etcdserver: request timed out"))??;
+            .map_err(api::status)?;
+        if !moved {
+            return Err(Status::unavailable("etcdserver: request timed out"));
+        }
         Ok(Response::new(pb::MoveLeaderResponse {
             header: Some(self.ctx.header()),
         }))

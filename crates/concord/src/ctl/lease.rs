@@ -88,16 +88,21 @@ pub fn simple_list(r: &pb::LeaseLeasesResponse) -> String {
     text
 }
 
+/// etcdctl's JSON line for grant and keep-alive answers: the header's fields, ID, TTL.
+fn id_ttl_json(header: Option<&pb::ResponseHeader>, id: i64, ttl: i64) -> String {
+    format!(
+        "{}\n",
+        printer::promoted_header(header)
+            .num_always("ID", id)
+            .num_always("TTL", ttl)
+            .build()
+            .render()
+    )
+}
+
 fn keepalive_line(r: &pb::LeaseKeepAliveResponse, fmt: OutputFormat) -> String {
     match fmt {
-        OutputFormat::Json => format!(
-            "{}\n",
-            printer::promoted_header(r.header.as_ref())
-                .num_always("ID", r.id)
-                .num_always("TTL", r.ttl)
-                .build()
-                .render()
-        ),
+        OutputFormat::Json => id_ttl_json(r.header.as_ref(), r.id, r.ttl),
         _ => format!("lease {:016x} keepalived with TTL({})\n", r.id, r.ttl),
     }
 }
@@ -128,14 +133,7 @@ pub async fn run(args: LeaseArgs) -> CtlResult<()> {
                 return Err(CtlError::new(r.error));
             }
             if json {
-                out(&format!(
-                    "{}\n",
-                    printer::promoted_header(r.header.as_ref())
-                        .num_always("ID", r.id)
-                        .num_always("TTL", r.ttl)
-                        .build()
-                        .render()
-                ));
+                out(&id_ttl_json(r.header.as_ref(), r.id, r.ttl));
             } else {
                 out(&simple_grant(&r));
             }

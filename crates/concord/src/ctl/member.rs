@@ -147,6 +147,23 @@ pub fn added_env(name: &str, new_id: u64, peer_urls: &[String], members: &[pb::M
     )
 }
 
+/// The answer to remove, update and promote: the member list as JSON, or one line naming
+/// what happened to member `id`.
+fn changed(
+    json: bool,
+    id: u64,
+    what: &str,
+    header: Option<&pb::ResponseHeader>,
+    members: &[pb::Member],
+) -> String {
+    if json {
+        members_json(header, members)
+    } else {
+        let cluster = header.map_or(0, |h| h.cluster_id);
+        format!("Member {id:16x} {what} cluster {cluster:16x}\n")
+    }
+}
+
 /// Runs `concord member ...`.
 pub async fn run(args: MemberArgs) -> CtlResult<()> {
     // Bad arguments are reported before dialing.
@@ -196,14 +213,13 @@ pub async fn run(args: MemberArgs) -> CtlResult<()> {
             let r = ctx
                 .call(ctx.cluster().member_remove(pb::MemberRemoveRequest { id }))
                 .await?;
-            if json {
-                out(&members_json(r.header.as_ref(), &r.members));
-            } else {
-                let cluster = r.header.map_or(0, |h| h.cluster_id);
-                out(&format!(
-                    "Member {id:16x} removed from cluster {cluster:16x}\n"
-                ));
-            }
+            out(&changed(
+                json,
+                id,
+                "removed from",
+                r.header.as_ref(),
+                &r.members,
+            ));
         }
         MemberCmd::Update { id, peer_urls } => {
             let id = parse_member_id(&id)?;
@@ -216,14 +232,13 @@ pub async fn run(args: MemberArgs) -> CtlResult<()> {
                     peer_ur_ls: peer_urls,
                 }))
                 .await?;
-            if json {
-                out(&members_json(r.header.as_ref(), &r.members));
-            } else {
-                let cluster = r.header.map_or(0, |h| h.cluster_id);
-                out(&format!(
-                    "Member {id:16x} updated in cluster {cluster:16x}\n"
-                ));
-            }
+            out(&changed(
+                json,
+                id,
+                "updated in",
+                r.header.as_ref(),
+                &r.members,
+            ));
         }
         MemberCmd::Promote { id } => {
             let id = parse_member_id(&id)?;
@@ -233,14 +248,13 @@ pub async fn run(args: MemberArgs) -> CtlResult<()> {
                         .member_promote(pb::MemberPromoteRequest { id }),
                 )
                 .await?;
-            if json {
-                out(&members_json(r.header.as_ref(), &r.members));
-            } else {
-                let cluster = r.header.map_or(0, |h| h.cluster_id);
-                out(&format!(
-                    "Member {id:16x} promoted in cluster {cluster:16x}\n"
-                ));
-            }
+            out(&changed(
+                json,
+                id,
+                "promoted in",
+                r.header.as_ref(),
+                &r.members,
+            ));
         }
         MemberCmd::List => {
             let r = ctx
