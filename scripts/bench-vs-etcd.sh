@@ -69,7 +69,7 @@ start() {
     for i in $(seq 1 "$n"); do
         local c=$((base + 10 * i)) ok=""
         for _ in $(seq 1 300); do
-            if curl -fsS "http://127.0.0.1:$c/health" 2>/dev/null | grep -q '"health":"true"'; then ok=1; break; fi
+            if curl -fsS "http://127.0.0.1:$c/health" 2>/dev/null | grep '"health":"true"' >/dev/null; then ok=1; break; fi
             sleep 0.1
         done
         [ -n "$ok" ] || { echo "$sys m$i did not become healthy; log:" >&2; tail -20 "$WORK/$sys-$n-m$i.log" >&2; exit 1; }

@@ -53,7 +53,7 @@ else
     fi
     SERVER=("$CONCORD" server)
 fi
-ETCDCTL_VERSION="$(etcdctl version 2>/dev/null | head -1)"
+ETCDCTL_VERSION="$(etcdctl version 2>/dev/null | sed -n 1p)"
 case "$ETCDCTL_VERSION" in
     "etcdctl version: 3.4."*) ;;
     *) echo "warning: golden.txt was recorded with etcdctl 3.4.23; this is ${ETCDCTL_VERSION:-unknown}" >&2 ;;
@@ -128,7 +128,7 @@ GOLDEN="$ROOT/tests/etcdctl/golden.txt"
 case "$MODE" in
     record)
         cp "$WORK/transcript.txt" "$GOLDEN"
-        echo "wrote $GOLDEN ($(etcd --version | head -1), $(etcdctl version | head -1))" >&2
+        echo "wrote $GOLDEN ($(etcd --version | sed -n 1p), $(etcdctl version | sed -n 1p))" >&2
         ;;
     show)
         cat "$WORK/transcript.txt"

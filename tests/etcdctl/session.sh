@@ -363,7 +363,7 @@ export FOLLOWS='import json, os, sys
 print("every member follows the new leader:",
       all("%x" % s["Status"]["leader"] == os.environ["FOLLOWER"] for s in json.load(sys.stdin)))'
 for _ in $(seq 1 50); do
-    etcdctl endpoint status -w json 2>/dev/null | python3 -c "$FOLLOWS" 2>/dev/null | grep -q True && break
+    etcdctl endpoint status -w json 2>/dev/null | python3 -c "$FOLLOWS" 2>/dev/null | grep True >/dev/null && break
     sleep 0.1
 done
 run 'etcdctl endpoint status -w json | python3 -c "$FOLLOWS"'
