@@ -30,7 +30,8 @@ use crate::errors::{SnapshotError, StoreError};
 use crate::mvcc::{MvccStore, META, TABLES};
 
 const MAGIC: &[u8; 4] = b"CSNP";
-const VERSION: u16 = 1;
+// 2: the revision-ordered layout (`revs` instead of `key_revs` and `rev_keys`).
+const VERSION: u16 = 2;
 const HEADER_BYTES: usize = 24;
 const TRAILER_BYTES: usize = 8 + 4 + 8 + 8;
 const FLAG_LAST: u16 = 1;

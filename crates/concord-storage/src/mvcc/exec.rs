@@ -16,19 +16,19 @@ use std::ops::Bound;
 
 use redb::{ReadableTable, Table};
 
-use super::keys::{
-    encode_version, key_rev, lease_key, lease_key_entry, seal, unseal, Revision, Version,
-};
-use super::read::{get_at, key_bounds, range_at};
+use super::index::KeyIndex;
+use super::keys::{encode_row, lease_key, lease_key_entry, seal, unseal, Revision, Version};
+use super::read::{get_at, live_at, range_at};
 use super::types::*;
 use crate::errors::{RequestError, StoreError};
 
 pub(crate) type T<'a> = Table<'a, &'static [u8], &'static [u8]>;
 
-/// Open tables and counters of one write transaction.
+/// Open tables and counters of one write transaction, and the key index it updates as
+/// it writes (the caller rebuilds the index if the transaction fails).
 pub(crate) struct Exec<'a> {
-    pub(crate) key_revs: T<'a>,
-    pub(crate) rev_keys: T<'a>,
+    pub(crate) revs: T<'a>,
+    pub(crate) index: &'a mut KeyIndex,
     pub(crate) leases: T<'a>,
     pub(crate) lease_keys: T<'a>,
     pub(crate) cluster: T<'a>,
@@ -46,8 +46,8 @@ impl<'a> Exec<'a> {
     // One argument per table and counter, all from one write transaction.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        key_revs: T<'a>,
-        rev_keys: T<'a>,
+        revs: T<'a>,
+        index: &'a mut KeyIndex,
         leases: T<'a>,
         lease_keys: T<'a>,
         cluster: T<'a>,
@@ -56,8 +56,8 @@ impl<'a> Exec<'a> {
         nospace: bool,
     ) -> Self {
         Self {
-            key_revs,
-            rev_keys,
+            revs,
+            index,
             leases,
             lease_keys,
             cluster,
@@ -216,7 +216,7 @@ impl<'a> Exec<'a> {
             return Ok(Err(RequestError::LeaseProvided));
         }
         if (p.ignore_value || p.ignore_lease)
-            && get_at(&self.key_revs, &p.key, self.read_rev())?.is_none()
+            && get_at(self.index, &self.revs, &p.key, self.read_rev())?.is_none()
         {
             return Ok(Err(RequestError::KeyNotFound));
         }
@@ -285,11 +285,11 @@ impl<'a> Exec<'a> {
 
     fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
         let kvs = if c.range_end.is_empty() {
-            get_at(&self.key_revs, &c.key, self.current)?
+            get_at(self.index, &self.revs, &c.key, self.current)?
                 .into_iter()
                 .collect()
         } else {
-            range_at(&self.key_revs, &c.key, &c.range_end, self.current)?
+            range_at(self.index, &self.revs, &c.key, &c.range_end, self.current)?
         };
         if kvs.is_empty() {
             if matches!(c.target, CompareTarget::Value(_)) {
@@ -314,7 +314,7 @@ impl<'a> Exec<'a> {
             responses.push(match op {
                 RequestOp::Range(r) => {
                     let rev = self.read_rev();
-                    ResponseOp::Range(range_request(&self.key_revs, r, rev)?)
+                    ResponseOp::Range(range_request(self.index, &self.revs, r, rev)?)
                 }
                 RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
@@ -338,18 +338,17 @@ impl<'a> Exec<'a> {
     }
 
     fn write_version(&mut self, key: &[u8], rev: Revision, v: &Version) -> Result<(), StoreError> {
-        let k = key_rev(key, rev);
-        self.key_revs
-            .insert(k.as_slice(), encode_version(&k, v).as_slice())?;
-        let r = rev.to_bytes();
-        self.rev_keys
-            .insert(r.as_slice(), seal(&r, key).as_slice())?;
+        self.revs.insert(
+            rev.to_bytes().as_slice(),
+            encode_row(rev, key, v).as_slice(),
+        )?;
+        self.index.push(key, rev, matches!(v, Version::Tombstone));
         Ok(())
     }
 
     // Assumes `check_put` passed.
     fn put(&mut self, p: &PutRequest) -> Result<PutResponse, StoreError> {
-        let prev = get_at(&self.key_revs, &p.key, self.read_rev())?;
+        let prev = get_at(self.index, &self.revs, &p.key, self.read_rev())?;
         let rev = self.next_rev();
         let lease = match (&prev, p.ignore_lease) {
             (Some(prev), true) => prev.lease,
@@ -386,11 +385,17 @@ impl<'a> Exec<'a> {
 
     fn delete_range(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, StoreError> {
         let kvs = if d.range_end.is_empty() {
-            get_at(&self.key_revs, &d.key, self.read_rev())?
+            get_at(self.index, &self.revs, &d.key, self.read_rev())?
                 .into_iter()
                 .collect()
         } else {
-            range_at(&self.key_revs, &d.key, &d.range_end, self.read_rev())?
+            range_at(
+                self.index,
+                &self.revs,
+                &d.key,
+                &d.range_end,
+                self.read_rev(),
+            )?
         };
         for kv in &kvs {
             let rev = self.next_rev();
@@ -548,6 +553,7 @@ fn fill_txn(mut t: TxnResponse, rev: i64) -> TxnResponse {
 /// `etcdserver/apply.go`, `Range`). `rev` is the store's current revision as seen by the
 /// caller; `r.revision <= 0` reads at it.
 pub(crate) fn range_request<K: super::read::Tbl>(
+    ix: &KeyIndex,
     t: &K,
     r: &RangeRequest,
     current: i64,
@@ -561,21 +567,22 @@ pub(crate) fn range_request<K: super::read::Tbl>(
         || r.min_create_revision != 0
         || r.max_create_revision != 0;
     // etcd fetches limit + 1 keys to know `more` when nothing forces a full fetch.
-    let fetch = if r.limit > 0 && !filtered {
+    let fetch = if r.count_only {
+        0
+    } else if r.limit > 0 && !filtered {
         r.limit as usize + 1
     } else {
         usize::MAX
     };
-    let bounded = key_bounds(&r.key, &r.range_end).is_some();
-    if bounded {
-        super::read::scan_at(t, &r.key, &r.range_end, at, |kv| {
-            count += 1;
-            if !r.count_only && kvs.len() < fetch {
-                kvs.push(kv);
-            }
-            true
-        })?;
-    }
+    // The count covers the whole range and comes from the index; only the versions
+    // returned are read from the table.
+    ix.scan(&r.key, &r.range_end, at, |k, rev| {
+        count += 1;
+        if kvs.len() < fetch {
+            kvs.push(live_at(t, k, rev)?);
+        }
+        Ok::<_, StoreError>(true)
+    })?;
     if r.count_only {
         return Ok(RangeResponse {
             revision: current,

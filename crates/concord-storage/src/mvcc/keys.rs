@@ -2,11 +2,13 @@
 //!
 //! # Guarantees
 //!
-//! 1. [`encode_key`] preserves order and is prefix-free: for user keys `a < b`, every
-//!    `encode_key(a) ++ suffix` sorts before every `encode_key(b) ++ suffix`. So the history
-//!    of a key is one contiguous run of the `key_revs` table, ordered by revision, and a
-//!    user-key range is one table range.
-//! 2. Decoding checks lengths and escapes and returns `None` on damage, never panics.
+//! 1. `revs` rows are keyed by [`Revision::to_bytes`] (big-endian, so the table is in
+//!    revision order and writes append) and hold the user key and the version, sealed by a
+//!    CRC32C over the row's key and value: damage is an error, never a wrong answer.
+//! 2. Decoding checks lengths, kinds and checksums and returns `None` on damage, never
+//!    panics.
+//! 3. The legacy `key_revs` encoding (layout 1, ordered by key) is still decoded, to
+//!    migrate stores written by earlier versions (`MvccStore::open`).
 
 use super::types::KeyValue;
 
@@ -43,7 +45,8 @@ impl Revision {
     }
 }
 
-/// Escapes `0x00` as `0x00 0xFF` and terminates with `0x00 0x01`.
+/// Escapes `0x00` as `0x00 0xFF` and terminates with `0x00 0x01` (layout 1's key order).
+#[cfg(test)]
 pub(crate) fn encode_key(key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(key.len() + 2);
     for &b in key {
@@ -56,14 +59,15 @@ pub(crate) fn encode_key(key: &[u8]) -> Vec<u8> {
     out
 }
 
-/// `encode_key(key) ++ rev`.
+/// `encode_key(key) ++ rev`: a layout-1 `key_revs` key.
+#[cfg(test)]
 pub(crate) fn key_rev(key: &[u8], rev: Revision) -> Vec<u8> {
     let mut k = encode_key(key);
     k.extend_from_slice(&rev.to_bytes());
     k
 }
 
-/// Splits a `key_revs` key into the user key and the revision.
+/// Splits a layout-1 `key_revs` key into the user key and the revision.
 pub(crate) fn decode_key_rev(b: &[u8]) -> Option<(Vec<u8>, Revision)> {
     if b.len() < 18 {
         return None;
@@ -102,26 +106,67 @@ pub(crate) enum Version {
 const LIVE: u8 = 0;
 const TOMBSTONE: u8 = 1;
 
-/// `[kind][create i64][version i64][lease i64][value]`, all little-endian, then a
-/// CRC32C of `key_rev` (the row's key) and those bytes: redb does not verify its page
-/// checksums on reads, so every read verifies this one and damage is an error, never
-/// a wrong answer.
-pub(crate) fn encode_version(key_rev: &[u8], v: &Version) -> Vec<u8> {
-    let mut b = match v {
-        Version::Tombstone => vec![TOMBSTONE],
+/// `[kind][create i64][version i64][lease i64][value]`, all little-endian.
+fn version_payload(v: &Version, b: &mut Vec<u8>) {
+    match v {
+        Version::Tombstone => b.push(TOMBSTONE),
         Version::Live(kv) => {
-            let mut b = Vec::with_capacity(29 + kv.value.len());
             b.push(LIVE);
             b.extend_from_slice(&kv.create_revision.to_le_bytes());
             b.extend_from_slice(&kv.version.to_le_bytes());
             b.extend_from_slice(&kv.lease.to_le_bytes());
             b.extend_from_slice(&kv.value);
-            b
         }
-    };
+    }
+}
+
+/// A layout-1 `key_revs` value: the version payload, then a CRC32C of `key_rev` (the
+/// row's key) and the payload.
+#[cfg(test)]
+pub(crate) fn encode_version(key_rev: &[u8], v: &Version) -> Vec<u8> {
+    let mut b = Vec::new();
+    version_payload(v, &mut b);
     let crc = crc32c::crc32c_append(crc32c::crc32c(key_rev), &b);
     b.extend_from_slice(&crc.to_le_bytes());
     b
+}
+
+/// A `revs` row's value: `[key length u32][key][version payload]`, sealed (see [`seal`])
+/// with the row's key, the revision.
+pub(crate) fn encode_row(rev: Revision, key: &[u8], v: &Version) -> Vec<u8> {
+    let value_len = match v {
+        Version::Live(kv) => kv.value.len(),
+        Version::Tombstone => 0,
+    };
+    let mut b = Vec::with_capacity(4 + key.len() + 29 + value_len + 4);
+    b.extend_from_slice(&(key.len() as u32).to_le_bytes());
+    b.extend_from_slice(key);
+    version_payload(v, &mut b);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&rev.to_bytes()), &b);
+    b.extend_from_slice(&crc.to_le_bytes());
+    b
+}
+
+/// The user key and the checked version payload of a `revs` row (key `rev`, value `b`).
+fn split_row<'a>(rev: &[u8], b: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+    let b = check_version(rev, b)?;
+    let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let key = b.get(4..4usize.checked_add(len)?)?;
+    Some((key, &b[4 + len..]))
+}
+
+/// The user key of a `revs` row and whether the row is a tombstone, checksum verified
+/// (the index rebuild reads only this).
+pub(crate) fn row_key(rev: &[u8], b: &[u8]) -> Option<(Vec<u8>, bool)> {
+    let (key, payload) = split_row(rev, b)?;
+    payload_version(Vec::new(), Revision::default(), payload)?;
+    Some((key.to_vec(), is_tombstone(payload)))
+}
+
+/// Decodes a `revs` row (key `rev`, value `b`) into its user key and version.
+pub(crate) fn decode_row(rev: Revision, b: &[u8]) -> Option<(Vec<u8>, Version)> {
+    let (key, payload) = split_row(&rev.to_bytes(), b)?;
+    Some((key.to_vec(), payload_version(key.to_vec(), rev, payload)?))
 }
 
 /// The payload of a stored version if its checksum (over the row's key and the payload)
@@ -143,15 +188,18 @@ fn i64_at(b: &[u8], at: usize) -> i64 {
     i64::from_le_bytes(a)
 }
 
-/// Decodes a version of `key` written at `rev` from its row (key `key_rev`, value `b`),
-/// verifying the checksum.
+/// Decodes a layout-1 version of `key` written at `rev` from its row (key `key_rev`,
+/// value `b`), verifying the checksum.
 pub(crate) fn decode_version(
     key_rev: &[u8],
     key: Vec<u8>,
     rev: Revision,
     b: &[u8],
 ) -> Option<Version> {
-    let b = check_version(key_rev, b)?;
+    payload_version(key, rev, check_version(key_rev, b)?)
+}
+
+fn payload_version(key: Vec<u8>, rev: Revision, b: &[u8]) -> Option<Version> {
     match *b.first()? {
         TOMBSTONE if b.len() == 1 => Some(Version::Tombstone),
         LIVE if b.len() >= 25 => Some(Version::Live(KeyValue {
@@ -167,7 +215,7 @@ pub(crate) fn decode_version(
 }
 
 /// `value ++ CRC32C(key ++ value)`: the value of a row of the small tables (meta, leases,
-/// lease_keys, rev_keys), checked by [`unseal`] on every read.
+/// lease_keys), checked by [`unseal`] on every read.
 pub(crate) fn seal(key: &[u8], value: &[u8]) -> Vec<u8> {
     let mut b = Vec::with_capacity(value.len() + 4);
     b.extend_from_slice(value);

@@ -2,11 +2,11 @@
 //!
 //! Tables (all `&[u8] -> &[u8]`, see `docs/storage.md`):
 //!
-//! * `key_revs`: `encode_key(key) ++ main ++ sub` → a version (live value or tombstone).
-//!   A key's generations are its runs of versions between tombstones: `create_revision`
-//!   and `version` are stored in each version, so any historical read is one lookup.
-//! * `rev_keys`: `main ++ sub` → key, the change log in revision order (compaction walks it;
-//!   watches will too).
+//! * `revs`: `main ++ sub` → the user key and its version there (live value or tombstone),
+//!   in revision order, so writes append to the right-most leaf and watches and compaction
+//!   walk it in order. `create_revision` and `version` are stored in each version.
+//! * The key index (`index.rs`, in memory, rebuilt at open): key → the revisions of its
+//!   versions. A read at a revision is an index lookup and one point read of `revs`.
 //! * `leases`: id → TTL and last checkpointed remaining TTL; `lease_keys`: id ++ key.
 //! * `meta`: the applied Raft index, the current and compacted revisions, the compaction
 //!   cursor and the NOSPACE alarm.
@@ -33,6 +33,7 @@
 
 mod exec;
 mod flush;
+mod index;
 pub(crate) mod keys;
 pub(crate) mod read;
 #[cfg(test)]
@@ -41,27 +42,33 @@ pub mod types;
 
 use std::path::{Path, PathBuf};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+    WriteTransaction,
+};
 
 use crate::disk::{Disk, DiskFile, RedbBackend};
 use crate::errors::{RequestError, StoreError};
 use exec::Exec;
+use index::KeyIndex;
 pub use keys::Revision as MvccRevision;
 use keys::{
-    check_version, decode_key_rev, decode_version, is_tombstone, key_rev, lease_key, seal, unseal,
+    decode_key_rev, decode_row, decode_version, encode_row, lease_key, row_key, seal, unseal,
     Revision, Version,
 };
 use types::*;
 
 pub(crate) type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
-pub(crate) const KEY_REVS: Def = TableDefinition::new("key_revs");
-pub(crate) const REV_KEYS: Def = TableDefinition::new("rev_keys");
+pub(crate) const REVS: Def = TableDefinition::new("revs");
 pub(crate) const LEASES: Def = TableDefinition::new("leases");
 pub(crate) const LEASE_KEYS: Def = TableDefinition::new("lease_keys");
 pub(crate) const META: Def = TableDefinition::new("meta");
 pub(crate) const CLUSTER: Def = TableDefinition::new("cluster");
 /// Every table, in the order snapshots stream them.
-pub(crate) const TABLES: [Def; 6] = [META, LEASES, LEASE_KEYS, REV_KEYS, KEY_REVS, CLUSTER];
+pub(crate) const TABLES: [Def; 5] = [META, LEASES, LEASE_KEYS, REVS, CLUSTER];
+/// Layout 1 (before the key index): versions ordered by key, and a change log.
+const LEGACY_KEY_REVS: Def = TableDefinition::new("key_revs");
+const LEGACY_REV_KEYS: Def = TableDefinition::new("rev_keys");
 
 const M_APPLIED: &[u8] = b"applied_index";
 const M_REVISION: &[u8] = b"revision";
@@ -133,6 +140,8 @@ pub struct MvccStore<D: Disk> {
     size_cache: std::sync::atomic::AtomicU64,
     // Invariant: equal to what the meta table holds as of the last commit.
     meta: Meta,
+    // Invariant: mirrors the `revs` table as of the last commit (see `index.rs`).
+    index: KeyIndex,
     // Non-durable commits since the last durable one.
     lazy_commits: u32,
     /// Applied index as of the last durable commit (0 until one in this process).
@@ -239,12 +248,16 @@ impl<D: Disk> MvccStore<D> {
                 path: path.clone(),
                 source: e.into(),
             })?;
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
         for def in TABLES {
             txn.open_table(def)?;
         }
+        if migrate_layout_1(&txn)? {
+            txn.set_durability(Durability::Immediate)?;
+        }
         let meta = read_meta(&txn.open_table(META)?)?;
         txn.commit()?;
+        let index = load_index(&db)?;
         if !existed {
             // The file's directory entry must be durable before anything in it counts.
             if let Some(dir) = path.parent() {
@@ -260,10 +273,30 @@ impl<D: Disk> MvccStore<D> {
             size_cache: std::sync::atomic::AtomicU64::new(0),
             size_probe,
             meta,
+            index,
             lazy_commits: 0,
             durable_applied: 0,
             flusher,
         })
+    }
+
+    /// Number of keys with stored versions (live or deleted but not yet compacted).
+    pub fn indexed_keys(&self) -> usize {
+        self.index.len()
+    }
+
+    // After a failed write transaction (aborted, so the table is as of the last commit),
+    // the index may hold the failed transaction's changes: rebuild it from the table.
+    fn recover_index<R>(&mut self, failure: StoreError) -> Result<R, StoreError> {
+        match load_index(&self.db) {
+            Ok(index) => {
+                self.index = index;
+                Err(failure)
+            }
+            Err(e) => Err(StoreError::Corrupt(format!(
+                "{failure}; rebuilding the key index afterwards failed too: {e}"
+            ))),
+        }
     }
 
     /// The file holding the store.
@@ -373,13 +406,23 @@ impl<D: Disk> MvccStore<D> {
         &mut self,
         cmds: &[(u64, &Command)],
     ) -> Result<Vec<ApplyResult>, StoreError> {
+        match self.try_apply_batch(cmds) {
+            Ok(out) => Ok(out),
+            Err(e) => self.recover_index(e),
+        }
+    }
+
+    fn try_apply_batch(
+        &mut self,
+        cmds: &[(u64, &Command)],
+    ) -> Result<Vec<ApplyResult>, StoreError> {
         let txn = self.begin_write()?;
         let mut meta = self.meta;
         let mut out = Vec::with_capacity(cmds.len());
         {
             let mut ex = Exec::new(
-                txn.open_table(KEY_REVS)?,
-                txn.open_table(REV_KEYS)?,
+                txn.open_table(REVS)?,
+                &mut self.index,
                 txn.open_table(LEASES)?,
                 txn.open_table(LEASE_KEYS)?,
                 txn.open_table(CLUSTER)?,
@@ -484,16 +527,16 @@ impl<D: Disk> MvccStore<D> {
         if r.key.is_empty() {
             return Ok(Err(RequestError::EmptyKey));
         }
-        let txn = self.db.begin_read()?;
-        let meta = read_meta(&txn.open_table(META)?)?;
+        let meta = self.meta;
         if r.revision > meta.revision {
             return Ok(Err(RequestError::FutureRevision));
         }
         if r.revision > 0 && r.revision < meta.compacted {
             return Ok(Err(RequestError::Compacted));
         }
-        let t = txn.open_table(KEY_REVS)?;
-        Ok(Ok(exec::range_request(&t, r, meta.revision)?))
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(REVS)?;
+        Ok(Ok(exec::range_request(&self.index, &t, r, meta.revision)?))
     }
 
     /// The lease `id` with its attached keys.
@@ -559,89 +602,70 @@ impl<D: Disk> MvccStore<D> {
         if self.meta.cursor >= target || self.meta.compacted == 0 {
             return Ok(true);
         }
+        match self.try_compact_step(target) {
+            Ok(done) => Ok(done),
+            Err(e) => self.recover_index(e),
+        }
+    }
+
+    fn try_compact_step(&mut self, target: Revision) -> Result<bool, StoreError> {
         let txn = self.begin_write()?;
         let mut meta = self.meta;
+        let limit = self.config.compaction_batch.max(1);
         let done;
         {
-            let mut key_revs = txn.open_table(KEY_REVS)?;
-            let mut rev_keys = txn.open_table(REV_KEYS)?;
-            let start = meta.cursor.to_bytes();
-            let end = target.to_bytes();
-            let mut batch = Vec::new();
-            for item in rev_keys.range::<&[u8]>(start.as_slice()..=end.as_slice())? {
-                let (k, v) = item?;
-                let rev = Revision::from_bytes(k.value())
-                    .ok_or_else(|| StoreError::Corrupt("rev_keys key".into()))?;
-                if rev <= meta.cursor {
-                    continue;
+            let mut revs = txn.open_table(REVS)?;
+            let rows = |revs: &exec::T<'_>, from: Revision, to: Revision, limit: usize| {
+                let mut out = Vec::new();
+                let (lo, hi) = (from.to_bytes(), to.to_bytes());
+                for item in revs.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
+                    let (k, v) = item?;
+                    let rev = Revision::from_bytes(k.value())
+                        .filter(|r| *r >= from)
+                        .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
+                    let (key, tombstone) = row_key(k.value(), v.value())
+                        .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
+                    out.push((rev, key, tombstone));
+                    if out.len() >= limit {
+                        break;
+                    }
                 }
-                let key = unseal(k.value(), v.value())
-                    .ok_or_else(|| StoreError::Corrupt(format!("change {rev:?}")))?;
-                batch.push((rev, key.to_vec()));
-                if batch.len() >= self.config.compaction_batch.max(1) {
-                    break;
-                }
-            }
-            done = batch.len() < self.config.compaction_batch.max(1);
-            for (rev, key) in &batch {
-                // Every older version of the key is superseded at `rev <= compacted`.
-                let lo = key_rev(key, Revision::default());
-                let hi = key_rev(key, *rev);
-                let mut old = Vec::new();
-                for item in key_revs.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
-                    old.push(item?.0.value().to_vec());
-                }
-                for k in old {
-                    key_revs.remove(k.as_slice())?;
-                }
-                let tombstone = match key_revs.get(hi.as_slice())? {
-                    Some(v) => is_tombstone(
-                        check_version(&hi, v.value())
-                            .ok_or_else(|| StoreError::Corrupt(format!("version {rev:?}")))?,
-                    ),
-                    None => false,
-                };
-                if tombstone {
-                    key_revs.remove(hi.as_slice())?;
-                }
-                rev_keys.remove(rev.to_bytes().as_slice())?;
+                Ok::<_, StoreError>(out)
+            };
+            let from = Revision {
+                main: meta.cursor.main,
+                sub: meta.cursor.sub.saturating_add(1),
+            };
+            let mut batch = rows(&revs, from, target, limit)?;
+            done = batch.len() < limit;
+            if let Some((rev, _, _)) = batch.last() {
                 meta.cursor = *rev;
             }
             if done {
                 meta.cursor = target;
                 // The changes at the compacted revision itself stay (a watch may start
-                // there), but the versions they supersede can go: without this, a key
+                // there), but the versions they supersede go: without this, a key
                 // deleted exactly at the compacted revision would keep its last value's
                 // space until a later compaction.
-                let lo = Revision {
+                let at = |sub| Revision {
                     main: meta.compacted,
-                    sub: 0,
+                    sub,
+                };
+                batch.extend(
+                    rows(&revs, at(0), at(i64::MAX), usize::MAX)?
+                        .into_iter()
+                        .map(|(rev, key, _)| (rev, key, false)),
+                );
+            }
+            for (rev, key, drop_itself) in &batch {
+                // Every older version of the key is superseded at `rev <= compacted`; a
+                // tombstone below the compacted revision is needed by no read either.
+                for old in self.index.drop_older(key, *rev) {
+                    revs.remove(old.to_bytes().as_slice())?;
                 }
-                .to_bytes();
-                let hi = Revision {
-                    main: meta.compacted,
-                    sub: i64::MAX,
-                }
-                .to_bytes();
-                let mut at = Vec::new();
-                for item in rev_keys.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
-                    let (k, v) = item?;
-                    let rev = Revision::from_bytes(k.value())
-                        .ok_or_else(|| StoreError::Corrupt("rev_keys key".into()))?;
-                    let key = unseal(k.value(), v.value())
-                        .ok_or_else(|| StoreError::Corrupt(format!("change {rev:?}")))?;
-                    at.push((rev, key.to_vec()));
-                }
-                for (rev, key) in at {
-                    let lo = key_rev(&key, Revision::default());
-                    let hi = key_rev(&key, rev);
-                    let mut old = Vec::new();
-                    for item in key_revs.range::<&[u8]>(lo.as_slice()..hi.as_slice())? {
-                        old.push(item?.0.value().to_vec());
-                    }
-                    for k in old {
-                        key_revs.remove(k.as_slice())?;
-                    }
+                if *drop_itself {
+                    self.index.remove(key, *rev);
+                    revs.remove(rev.to_bytes().as_slice())?;
                 }
             }
         }
@@ -660,36 +684,28 @@ impl<D: Disk> MvccStore<D> {
         max_events: usize,
         with_prev: bool,
     ) -> Result<Result<Vec<Event>, RequestError>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let meta = read_meta(&txn.open_table(META)?)?;
-        if from < meta.compacted {
+        if from < self.meta.compacted {
             return Ok(Err(RequestError::Compacted));
         }
-        let rev_keys = txn.open_table(REV_KEYS)?;
-        let key_revs = txn.open_table(KEY_REVS)?;
+        let txn = self.db.begin_read()?;
+        let revs = txn.open_table(REVS)?;
         let start = Revision {
             main: from.max(1),
             sub: 0,
         }
         .to_bytes();
         let mut out = Vec::new();
-        for item in rev_keys.range::<&[u8]>(start.as_slice()..)? {
+        for item in revs.range::<&[u8]>(start.as_slice()..)? {
             if out.len() >= max_events {
                 break;
             }
             let (k, v) = item?;
             let rev = Revision::from_bytes(k.value())
-                .ok_or_else(|| StoreError::Corrupt("rev_keys key".into()))?;
-            let key = unseal(k.value(), v.value())
-                .ok_or_else(|| StoreError::Corrupt(format!("change {rev:?}")))?
-                .to_vec();
-            let stored = key_revs
-                .get(key_rev(&key, rev).as_slice())?
-                .ok_or_else(|| StoreError::Corrupt(format!("change {rev:?} has no version")))?;
-            let version = decode_version(&key_rev(&key, rev), key.clone(), rev, stored.value())
-                .ok_or_else(|| StoreError::Corrupt("key_revs value".into()))?;
+                .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
+            let (key, version) = decode_row(rev, v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
             let prev_kv = if with_prev {
-                read::get_at(&key_revs, &key, rev.main - 1)?
+                read::get_at(&self.index, &revs, &key, rev.main - 1)?
             } else {
                 None
             };
@@ -714,17 +730,17 @@ impl<D: Disk> MvccStore<D> {
     }
 
     /// Every stored version (key, revision, value or `None` for a tombstone) in key then
-    /// revision order: the physical content, for tests and hashes.
+    /// revision order: the physical content of `revs`, for tests and hashes.
     pub fn dump(&self) -> Result<Vec<StoredVersion>, StoreError> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(KEY_REVS)?;
+        let t = txn.open_table(REVS)?;
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            let (key, rev) = decode_key_rev(k.value())
-                .ok_or_else(|| StoreError::Corrupt("key_revs key".into()))?;
-            let version = decode_version(k.value(), key.clone(), rev, v.value())
-                .ok_or_else(|| StoreError::Corrupt("key_revs value".into()))?;
+            let rev = Revision::from_bytes(k.value())
+                .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
+            let (key, version) = decode_row(rev, v.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
             out.push((
                 key,
                 rev,
@@ -734,6 +750,7 @@ impl<D: Disk> MvccStore<D> {
                 },
             ));
         }
+        out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         Ok(out)
     }
 
@@ -747,8 +764,8 @@ impl<D: Disk> MvccStore<D> {
         &self,
         revision: i64,
     ) -> Result<Result<(u32, i64, i64), RequestError>, StoreError> {
+        let meta = self.meta;
         let txn = self.db.begin_read()?;
-        let meta = read_meta(&txn.open_table(META)?)?;
         let at = if revision > 0 {
             revision
         } else {
@@ -760,52 +777,37 @@ impl<D: Disk> MvccStore<D> {
         if at < meta.compacted {
             return Ok(Err(RequestError::Compacted));
         }
-        let t = txn.open_table(KEY_REVS)?;
+        let t = txn.open_table(REVS)?;
         let mut crc = 0u32;
-        let add = |crc: u32, k: &[u8], v: &[u8]| {
-            let c = crc32c::crc32c_append(crc, &(k.len() as u32).to_le_bytes());
-            let c = crc32c::crc32c_append(c, k);
-            let c = crc32c::crc32c_append(c, &(v.len() as u32).to_le_bytes());
-            crc32c::crc32c_append(c, v)
+        let mut add = |rev: Revision| -> Result<(), StoreError> {
+            let k = rev.to_bytes();
+            let row = t
+                .get(k.as_slice())?
+                .ok_or_else(|| StoreError::Corrupt(format!("revs has no row {rev:?}")))?;
+            let v = row.value();
+            for part in [&k[..], v] {
+                crc = crc32c::crc32c_append(crc, &(part.len() as u32).to_le_bytes());
+                crc = crc32c::crc32c_append(crc, part);
+            }
+            Ok(())
         };
-        let corrupt_row = || StoreError::Corrupt("key_revs value".into());
-        // The last version below the compacted revision of the current key.
-        let mut below: Option<(Vec<u8>, Vec<u8>)> = None;
-        let mut group: Vec<u8> = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            let k = k.value();
-            let (_, rev) =
-                decode_key_rev(k).ok_or_else(|| StoreError::Corrupt("key_revs key".into()))?;
-            let enc = &k[..k.len() - 16];
-            if enc != group.as_slice() {
-                if let Some((bk, bv)) = below.take() {
-                    if !is_tombstone(check_version(&bk, &bv).ok_or_else(corrupt_row)?) {
-                        crc = add(crc, &bk, &bv);
-                    }
+        for (_, history) in self.index.iter() {
+            let first_kept = history.partition_point(|e| e.rev.main < meta.compacted);
+            // The last version below the compacted revision, unless a change at the
+            // compacted revision itself supersedes it (physical compaction removes it).
+            if let Some(below) = first_kept.checked_sub(1).map(|i| history[i]) {
+                let superseded = history
+                    .get(first_kept)
+                    .is_some_and(|e| e.rev.main == meta.compacted);
+                if !below.tombstone && !superseded {
+                    add(below.rev)?;
                 }
-                group.clear();
-                group.extend_from_slice(enc);
             }
-            if rev.main < meta.compacted {
-                below = Some((k.to_vec(), v.value().to_vec()));
-            } else if rev.main <= at {
-                if let Some((bk, bv)) = below.take() {
-                    // A change at the compacted revision itself supersedes the version
-                    // below it (which physical compaction removes), so it is not part
-                    // of the visible history.
-                    if rev.main > meta.compacted
-                        && !is_tombstone(check_version(&bk, &bv).ok_or_else(corrupt_row)?)
-                    {
-                        crc = add(crc, &bk, &bv);
-                    }
-                }
-                crc = add(crc, k, v.value());
-            }
-        }
-        if let Some((bk, bv)) = below.take() {
-            if !is_tombstone(check_version(&bk, &bv).ok_or_else(corrupt_row)?) {
-                crc = add(crc, &bk, &bv);
+            for e in history[first_kept..]
+                .iter()
+                .take_while(|e| e.rev.main <= at)
+            {
+                add(e.rev)?;
             }
         }
         Ok(Ok((crc, at, meta.compacted)))
@@ -846,8 +848,10 @@ impl<D: Disk> MvccStore<D> {
         let txn = db.begin_read()?;
         let meta = read_meta(&txn.open_table(META)?)?;
         drop(txn);
+        let index = load_index(&db)?;
         self.db = db;
         self.meta = meta;
+        self.index = index;
         self.size_cache
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.size_probe = self
@@ -862,4 +866,54 @@ impl<D: Disk> MvccStore<D> {
         self.flusher = Self::start_flusher(&self.disk, &self.path, &self.config)?;
         Ok(())
     }
+}
+
+/// Rebuilds the key index by one scan of `revs`, verifying every row's checksum.
+fn load_index(db: &Database) -> Result<KeyIndex, StoreError> {
+    let txn = db.begin_read()?;
+    let t = txn.open_table(REVS)?;
+    let mut index = KeyIndex::default();
+    for item in t.iter()? {
+        let (k, v) = item?;
+        let rev = Revision::from_bytes(k.value())
+            .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
+        let (key, tombstone) = row_key(k.value(), v.value())
+            .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
+        if !index.push_checked(&key, rev, tombstone) {
+            return Err(StoreError::Corrupt(format!(
+                "revs rows out of order at {rev:?}"
+            )));
+        }
+    }
+    Ok(index)
+}
+
+/// Converts a store written in layout 1 (versions in the key-ordered `key_revs`, a change
+/// log in `rev_keys`) to `revs`, inside the caller's transaction; `false` if there was
+/// nothing to convert.
+fn migrate_layout_1(txn: &WriteTransaction) -> Result<bool, StoreError> {
+    let legacy = txn
+        .list_tables()?
+        .any(|t| t.name() == LEGACY_KEY_REVS.name());
+    if !legacy {
+        return Ok(false);
+    }
+    {
+        let old = txn.open_table(LEGACY_KEY_REVS)?;
+        let mut revs = txn.open_table(REVS)?;
+        for item in old.iter()? {
+            let (k, v) = item?;
+            let corrupt = || StoreError::Corrupt("undecodable key_revs row (layout 1)".into());
+            let (key, rev) = decode_key_rev(k.value()).ok_or_else(corrupt)?;
+            let version =
+                decode_version(k.value(), key.clone(), rev, v.value()).ok_or_else(corrupt)?;
+            revs.insert(
+                rev.to_bytes().as_slice(),
+                encode_row(rev, &key, &version).as_slice(),
+            )?;
+        }
+    }
+    txn.delete_table(LEGACY_KEY_REVS)?;
+    txn.delete_table(LEGACY_REV_KEYS)?;
+    Ok(true)
 }

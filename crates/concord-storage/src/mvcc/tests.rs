@@ -5,8 +5,9 @@ use proptest::prelude::*;
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
 
+use super::keys::{encode_version, key_rev, seal, Version};
 use super::types::*;
-use super::{MvccConfig, MvccStore};
+use super::{load_index, MvccConfig, MvccStore, LEGACY_KEY_REVS, LEGACY_REV_KEYS, REVS};
 use crate::disk::{SimDisk, Tear};
 use crate::errors::RequestError;
 
@@ -608,7 +609,7 @@ fn check_all_revisions(s: &MvccStore<SimDisk>, m: &Model) {
 proptest! {
     #[test]
     fn mvcc_agrees_with_a_model(ops in ops()) {
-        let (_disk, mut s) = store();
+        let (disk, mut s) = store();
         // etcd: a new store is at revision 1, so the first write gets revision 2.
         let mut m = Model { rev: 1, ..Model::default() };
         let mut index = 0;
@@ -633,6 +634,7 @@ proptest! {
                 }
                 Op::CompactStep => {
                     s.compact_step().unwrap();
+                    prop_assert_eq!(&load_index(s.db()).unwrap(), &s.index);
                 }
             }
             prop_assert_eq!(s.revision(), m.rev);
@@ -674,11 +676,19 @@ proptest! {
         if m.compacted > 1 {
             prop_assert_eq!(s.events(m.compacted - 1, 1, false).unwrap(), Err(RequestError::Compacted));
         }
-        // Physical compaction kept exactly the versions reads at >= compacted need.
-        for (key, rev, _) in s.dump().unwrap() {
+        // Physical compaction kept exactly the versions reads at >= compacted need: no
+        // version superseded below it, no tombstone below it.
+        for (key, rev, v) in s.dump().unwrap() {
             let later = m.versions[&key].iter().any(|(r, _)| *r > rev.main && *r < m.compacted);
             prop_assert!(!later, "version {:?}@{:?} survived compaction", key, rev);
+            prop_assert!(v.is_some() || rev.main >= m.compacted, "tombstone {:?}@{:?} survived", key, rev);
         }
+        // The key index mirrors the table, and a reopened store rebuilds the same one.
+        prop_assert_eq!(&load_index(s.db()).unwrap(), &s.index);
+        s.sync().unwrap();
+        let reopened = MvccStore::open(disk.clone(), s.path().to_path_buf(), MvccConfig::default()).unwrap();
+        prop_assert_eq!(&reopened.index, &s.index);
+        check_all_revisions(&reopened, &m);
     }
 }
 
@@ -1190,4 +1200,116 @@ fn background_flush_runs_ahead_of_the_periodic_durable_commit() {
     put(&mut s, 7);
     put(&mut s, 8);
     assert_eq!(s.durable_applied_index(), 8);
+}
+
+/// A store written in layout 1 (versions ordered by key in `key_revs`, a change log in
+/// `rev_keys`) is converted when opened, and reads, history and writes carry on.
+#[test]
+fn a_layout_1_store_is_converted_at_open() {
+    use redb::{ReadableDatabase, TableHandle};
+    let (disk, mut s) = store();
+    let mut index = 0;
+    let mut apply = |s: &mut MvccStore<SimDisk>, cmd: Command| {
+        index += 1;
+        s.apply(index, &cmd).unwrap().unwrap().unwrap();
+    };
+    apply(&mut s, Command::LeaseGrant { id: 7, ttl: 60 });
+    for i in 0..40u8 {
+        apply(
+            &mut s,
+            put_cmd(&[b'k', i % 9, 0], &[i; 30], if i % 4 == 0 { 7 } else { 0 }),
+        );
+    }
+    apply(
+        &mut s,
+        Command::DeleteRange(DeleteRangeRequest {
+            key: vec![b'k', 3],
+            range_end: vec![b'k', 6],
+            prev_kv: false,
+        }),
+    );
+    apply(&mut s, Command::Compact { revision: 20 });
+    while !s.compact_step().unwrap() {}
+    apply(&mut s, put_cmd(b"late", b"v", 0));
+    let views = |s: &MvccStore<SimDisk>| {
+        (20..=s.revision())
+            .map(|at| {
+                s.range(&RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    revision: at,
+                    ..RangeRequest::default()
+                })
+                .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let (dump, before, events, lease) = (
+        s.dump().unwrap(),
+        views(&s),
+        s.events(20, usize::MAX, true).unwrap(),
+        s.lease(7).unwrap(),
+    );
+    let txn = s.db().begin_write().unwrap();
+    {
+        let mut key_revs = txn.open_table(LEGACY_KEY_REVS).unwrap();
+        let mut rev_keys = txn.open_table(LEGACY_REV_KEYS).unwrap();
+        for (key, rev, v) in &dump {
+            let k = key_rev(key, *rev);
+            let version = v.clone().map_or(Version::Tombstone, Version::Live);
+            key_revs
+                .insert(k.as_slice(), encode_version(&k, &version).as_slice())
+                .unwrap();
+            let r = rev.to_bytes();
+            rev_keys
+                .insert(r.as_slice(), seal(&r, key).as_slice())
+                .unwrap();
+        }
+    }
+    assert!(txn.delete_table(REVS).unwrap());
+    txn.commit().unwrap();
+    let path = s.path().to_path_buf();
+    drop(s);
+
+    let mut s = MvccStore::open(disk.clone(), &path, MvccConfig::default()).unwrap();
+    assert_eq!(s.dump().unwrap(), dump);
+    assert_eq!(views(&s), before);
+    assert_eq!(s.events(20, usize::MAX, true).unwrap(), events);
+    let tables: Vec<String> = s
+        .db()
+        .begin_read()
+        .unwrap()
+        .list_tables()
+        .unwrap()
+        .map(|t| t.name().to_string())
+        .collect();
+    assert!(
+        !tables.iter().any(|t| t == "key_revs" || t == "rev_keys"),
+        "{tables:?}"
+    );
+    assert_eq!(s.lease(7).unwrap(), lease);
+    apply(&mut s, put_cmd(b"after", b"v", 7));
+    assert_eq!(get(&s, b"after").unwrap().lease, 7);
+    drop(s);
+    let s = MvccStore::open(disk, &path, MvccConfig::default()).unwrap();
+    assert_eq!(get(&s, b"after").unwrap().value, b"v");
+}
+
+/// A batch that fails half-way changes nothing: neither the table nor the key index.
+#[test]
+fn a_failed_batch_leaves_no_trace_in_the_index() {
+    let (_disk, mut s) = store();
+    let a = put_cmd(b"a", b"1", 0);
+    let b = put_cmd(b"b", b"2", 0);
+    let err = s.apply_batch(&[(1, &a), (3, &b)]).unwrap_err();
+    assert!(
+        matches!(err, crate::errors::StoreError::ApplyGap { .. }),
+        "{err}"
+    );
+    assert_eq!(s.indexed_keys(), 0);
+    assert_eq!(get(&s, b"a"), None);
+    assert_eq!(s.applied_index(), 0);
+    s.apply_batch(&[(1, &a), (2, &b)]).unwrap();
+    assert_eq!(get(&s, b"a").unwrap().mod_revision, 2);
+    assert_eq!(get(&s, b"b").unwrap().mod_revision, 3);
 }

@@ -1,0 +1,184 @@
+//! The in-memory key index: for every key, the revisions of its stored versions.
+//!
+//! Versions live in the `revs` table, ordered by revision, so a write appends to the
+//! table's right-most leaf instead of rewriting a random page (docs/storage.md § 3). Finding
+//! a key's version at a revision is this index's job, as `treeIndex` is etcd's: it is
+//! rebuilt at open by one scan of `revs` and updated by every apply and compaction step.
+//!
+//! # Guarantees
+//!
+//! 1. **Mirrors the table.** After every committed apply or compaction step, the index
+//!    holds exactly the (key, revision, tombstone) of the rows of `revs`; a failed step
+//!    rebuilds it from the table (see `MvccStore::apply_batch`).
+//! 2. A key's revisions are strictly increasing (writes only append newer revisions;
+//!    compaction only removes), so the version live at `r` is found by binary search.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use super::keys::Revision;
+
+/// One stored version of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub(crate) rev: Revision,
+    pub(crate) tombstone: bool,
+}
+
+/// Key → its versions' revisions, oldest first. See the module docs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct KeyIndex {
+    keys: BTreeMap<Box<[u8]>, Vec<Entry>>,
+}
+
+/// The entry live at `at` in one key's history: the newest with `main <= at`, if it is
+/// not a tombstone.
+fn live_at(history: &[Entry], at: i64) -> Option<Revision> {
+    let n = history.partition_point(|e| e.rev.main <= at);
+    let e = history[..n].last()?;
+    (!e.tombstone).then_some(e.rev)
+}
+
+/// The user-key interval `[key, range_end)` as etcd reads it: an empty `range_end` is the
+/// single key, `[0]` is everything from `key` on. `None` if the interval is empty.
+pub(crate) fn key_bounds<'a>(
+    key: &'a [u8],
+    range_end: &'a [u8],
+) -> Option<(Bound<&'a [u8]>, Bound<&'a [u8]>)> {
+    if range_end.is_empty() {
+        return Some((Bound::Included(key), Bound::Included(key)));
+    }
+    if range_end == [0] {
+        return Some((Bound::Included(key), Bound::Unbounded));
+    }
+    if range_end <= key {
+        return None;
+    }
+    Some((Bound::Included(key), Bound::Excluded(range_end)))
+}
+
+impl KeyIndex {
+    /// Number of keys with at least one stored version.
+    pub(crate) fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Records a new version of `key`; `rev` must be newer than the key's latest.
+    pub(crate) fn push(&mut self, key: &[u8], rev: Revision, tombstone: bool) {
+        let e = Entry { rev, tombstone };
+        match self.keys.get_mut(key) {
+            Some(h) => {
+                debug_assert!(h.last().is_none_or(|l| l.rev < rev));
+                h.push(e);
+            }
+            None => {
+                self.keys.insert(key.into(), vec![e]);
+            }
+        }
+    }
+
+    /// Records a version found while rebuilding from the table, which is scanned in
+    /// revision order, so this is a push; `false` if the table's order was violated.
+    pub(crate) fn push_checked(&mut self, key: &[u8], rev: Revision, tombstone: bool) -> bool {
+        if let Some(h) = self.keys.get(key) {
+            if h.last().is_some_and(|l| l.rev >= rev) {
+                return false;
+            }
+        }
+        self.push(key, rev, tombstone);
+        true
+    }
+
+    /// The revision of `key`'s version live at `at`, if any.
+    pub(crate) fn get(&self, key: &[u8], at: i64) -> Option<Revision> {
+        live_at(self.keys.get(key)?, at)
+    }
+
+    /// Calls `f(key, revision)` for every key live at `at` in `[key, range_end)`, in key
+    /// order, until it returns `Ok(false)`.
+    pub(crate) fn scan<E>(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        at: i64,
+        mut f: impl FnMut(&[u8], Revision) -> Result<bool, E>,
+    ) -> Result<(), E> {
+        let Some(bounds) = key_bounds(key, range_end) else {
+            return Ok(());
+        };
+        for (k, h) in self.keys.range::<[u8], _>(bounds) {
+            if let Some(rev) = live_at(h, at) {
+                if !f(k, rev)? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keys in order with their histories (for hashes).
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[Entry])> {
+        self.keys.iter().map(|(k, h)| (&k[..], h.as_slice()))
+    }
+
+    /// Removes the versions of `key` older than `rev` (compaction) and returns their
+    /// revisions.
+    pub(crate) fn drop_older(&mut self, key: &[u8], rev: Revision) -> Vec<Revision> {
+        let Some(h) = self.keys.get_mut(key) else {
+            return Vec::new();
+        };
+        let n = h.partition_point(|e| e.rev < rev);
+        let old = h.drain(..n).map(|e| e.rev).collect();
+        if h.is_empty() {
+            self.keys.remove(key);
+        }
+        old
+    }
+
+    /// Removes the version of `key` at `rev` (compaction); a key left without versions
+    /// goes.
+    pub(crate) fn remove(&mut self, key: &[u8], rev: Revision) {
+        let Some(h) = self.keys.get_mut(key) else {
+            return;
+        };
+        h.retain(|e| e.rev != rev);
+        if h.is_empty() {
+            self.keys.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(main: i64, sub: i64) -> Revision {
+        Revision { main, sub }
+    }
+
+    #[test]
+    fn versions_live_at_a_revision() {
+        let mut ix = KeyIndex::default();
+        ix.push(b"a", r(2, 0), false);
+        ix.push(b"a", r(4, 1), true);
+        ix.push(b"a", r(6, 0), false);
+        ix.push(b"b", r(3, 0), false);
+        assert_eq!(ix.get(b"a", 1), None);
+        assert_eq!(ix.get(b"a", 2), Some(r(2, 0)));
+        assert_eq!(ix.get(b"a", 3), Some(r(2, 0)));
+        assert_eq!(ix.get(b"a", 4), None);
+        assert_eq!(ix.get(b"a", 5), None);
+        assert_eq!(ix.get(b"a", 9), Some(r(6, 0)));
+        let mut seen = Vec::new();
+        ix.scan(b"a", &[0], 5, |k, rev| {
+            seen.push((k.to_vec(), rev));
+            Ok::<_, ()>(true)
+        })
+        .unwrap();
+        assert_eq!(seen, vec![(b"b".to_vec(), r(3, 0))]);
+        assert!(!ix.push_checked(b"b", r(3, 0), false));
+        ix.remove(b"b", r(3, 0));
+        assert_eq!(ix.len(), 1);
+        assert_eq!(key_bounds(b"b", b"a"), None);
+    }
+}
