@@ -16,7 +16,7 @@ use std::ops::Bound;
 
 use redb::{ReadableTable, Table};
 
-use super::index::KeyIndex;
+use super::index::{KeyIndex, Latest};
 use super::keys::{encode_row, lease_key, lease_key_entry, seal, unseal, Revision, Version};
 use super::read::{get_at, live_at, range_at};
 use super::types::*;
@@ -215,9 +215,8 @@ impl<'a> Exec<'a> {
         if p.ignore_lease && p.lease != 0 {
             return Ok(Err(RequestError::LeaseProvided));
         }
-        if (p.ignore_value || p.ignore_lease)
-            && get_at(self.index, &self.revs, &p.key, self.read_rev())?.is_none()
-        {
+        // The latest version is the one live at `read_rev`.
+        if (p.ignore_value || p.ignore_lease) && self.index.latest(&p.key).is_none() {
             return Ok(Err(RequestError::KeyNotFound));
         }
         if p.lease != 0 && !self.lease_exists(p.lease)? {
@@ -342,16 +341,29 @@ impl<'a> Exec<'a> {
             rev.to_bytes().as_slice(),
             encode_row(rev, key, v).as_slice(),
         )?;
-        self.index.push(key, rev, matches!(v, Version::Tombstone));
+        let live = match v {
+            Version::Live(kv) => Some(Latest::of(kv)),
+            Version::Tombstone => None,
+        };
+        self.index.push(key, rev, live);
         Ok(())
     }
 
     // Assumes `check_put` passed.
     fn put(&mut self, p: &PutRequest) -> Result<PutResponse, StoreError> {
-        let prev = get_at(self.index, &self.revs, &p.key, self.read_rev())?;
+        // The version replaced is the latest (the one live at `read_rev`); the index
+        // knows what a put needs of it, so its row is read only to return or keep its
+        // value.
+        let cur = self.index.latest(&p.key);
+        let prev = if p.prev_kv || p.ignore_value {
+            get_at(self.index, &self.revs, &p.key, self.read_rev())?
+        } else {
+            None
+        };
         let rev = self.next_rev();
-        let lease = match (&prev, p.ignore_lease) {
-            (Some(prev), true) => prev.lease,
+        let old_lease = cur.map_or(0, |c| c.lease);
+        let lease = match cur {
+            Some(_) if p.ignore_lease => old_lease,
             _ => p.lease,
         };
         let value = match (&prev, p.ignore_value) {
@@ -360,19 +372,19 @@ impl<'a> Exec<'a> {
         };
         let kv = KeyValue {
             key: p.key.clone(),
-            create_revision: prev.as_ref().map_or(rev.main, |k| k.create_revision),
+            create_revision: cur.map_or(rev.main, |c| c.create_revision),
             mod_revision: rev.main,
-            version: prev.as_ref().map_or(1, |k| k.version + 1),
+            version: cur.map_or(1, |c| c.version + 1),
             value,
             lease,
         };
         self.write_version(&p.key, rev, &Version::Live(kv))?;
-        let old_lease = prev.as_ref().map_or(0, |k| k.lease);
         if old_lease != 0 && old_lease != lease {
             self.lease_keys
                 .remove(lease_key_entry(old_lease, &p.key).as_slice())?;
         }
-        if lease != 0 {
+        // A key already attached to `lease` has its row.
+        if lease != 0 && lease != old_lease {
             let k = lease_key_entry(lease, &p.key);
             self.lease_keys
                 .insert(k.as_slice(), seal(&k, &[]).as_slice())?;

@@ -12,11 +12,15 @@
 //!    rebuilds it from the table (see `MvccStore::apply_batch`).
 //! 2. A key's revisions are strictly increasing (writes only append newer revisions;
 //!    compaction only removes), so the version live at `r` is found by binary search.
+//! 3. For a key whose latest version is live, the index also holds that version's
+//!    `create_revision`, `version` and lease ([`Latest`]), so a put, which builds on the
+//!    latest version, reads no row unless it must return or keep the previous value.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use super::keys::Revision;
+use super::types::KeyValue;
 
 /// One stored version of a key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,10 +29,35 @@ pub(crate) struct Entry {
     pub(crate) tombstone: bool,
 }
 
+/// What a put needs of the version it replaces (see guarantee 3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Latest {
+    pub(crate) create_revision: i64,
+    pub(crate) version: i64,
+    pub(crate) lease: i64,
+}
+
+impl Latest {
+    pub(crate) fn of(kv: &KeyValue) -> Self {
+        Self {
+            create_revision: kv.create_revision,
+            version: kv.version,
+            lease: kv.lease,
+        }
+    }
+}
+
+/// One key's versions, oldest first, and the metadata of the latest if it is live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct History {
+    entries: Vec<Entry>,
+    latest: Latest,
+}
+
 /// Key → its versions' revisions, oldest first. See the module docs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct KeyIndex {
-    keys: BTreeMap<Box<[u8]>, Vec<Entry>>,
+    keys: BTreeMap<Box<[u8]>, History>,
 }
 
 /// The entry live at `at` in one key's history: the newest with `main <= at`, if it is
@@ -63,35 +92,51 @@ impl KeyIndex {
         self.keys.len()
     }
 
-    /// Records a new version of `key`; `rev` must be newer than the key's latest.
-    pub(crate) fn push(&mut self, key: &[u8], rev: Revision, tombstone: bool) {
-        let e = Entry { rev, tombstone };
+    /// Records a new version of `key` (`None`: a tombstone); `rev` must be newer than the
+    /// key's latest.
+    pub(crate) fn push(&mut self, key: &[u8], rev: Revision, live: Option<Latest>) {
+        let e = Entry {
+            rev,
+            tombstone: live.is_none(),
+        };
+        let latest = live.unwrap_or_default();
         match self.keys.get_mut(key) {
             Some(h) => {
-                debug_assert!(h.last().is_none_or(|l| l.rev < rev));
-                h.push(e);
+                debug_assert!(h.entries.last().is_none_or(|l| l.rev < rev));
+                h.entries.push(e);
+                h.latest = latest;
             }
             None => {
-                self.keys.insert(key.into(), vec![e]);
+                let h = History {
+                    entries: vec![e],
+                    latest,
+                };
+                self.keys.insert(key.into(), h);
             }
         }
     }
 
     /// Records a version found while rebuilding from the table, which is scanned in
     /// revision order, so this is a push; `false` if the table's order was violated.
-    pub(crate) fn push_checked(&mut self, key: &[u8], rev: Revision, tombstone: bool) -> bool {
+    pub(crate) fn push_checked(&mut self, key: &[u8], rev: Revision, live: Option<Latest>) -> bool {
         if let Some(h) = self.keys.get(key) {
-            if h.last().is_some_and(|l| l.rev >= rev) {
+            if h.entries.last().is_some_and(|l| l.rev >= rev) {
                 return false;
             }
         }
-        self.push(key, rev, tombstone);
+        self.push(key, rev, live);
         true
     }
 
     /// The revision of `key`'s version live at `at`, if any.
     pub(crate) fn get(&self, key: &[u8], at: i64) -> Option<Revision> {
-        live_at(self.keys.get(key)?, at)
+        live_at(&self.keys.get(key)?.entries, at)
+    }
+
+    /// The metadata of `key`'s latest version, if it is live.
+    pub(crate) fn latest(&self, key: &[u8]) -> Option<Latest> {
+        let h = self.keys.get(key)?;
+        (!h.entries.last()?.tombstone).then_some(h.latest)
     }
 
     /// Calls `f(key, revision)` for every key live at `at` in `[key, range_end)`, in key
@@ -107,7 +152,7 @@ impl KeyIndex {
             return Ok(());
         };
         for (k, h) in self.keys.range::<[u8], _>(bounds) {
-            if let Some(rev) = live_at(h, at) {
+            if let Some(rev) = live_at(&h.entries, at) {
                 if !f(k, rev)? {
                     break;
                 }
@@ -118,33 +163,27 @@ impl KeyIndex {
 
     /// Keys in order with their histories (for hashes).
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&[u8], &[Entry])> {
-        self.keys.iter().map(|(k, h)| (&k[..], h.as_slice()))
+        self.keys
+            .iter()
+            .map(|(k, h)| (&k[..], h.entries.as_slice()))
     }
 
-    /// Removes the versions of `key` older than `rev` (compaction) and returns their
-    /// revisions.
-    pub(crate) fn drop_older(&mut self, key: &[u8], rev: Revision) -> Vec<Revision> {
+    /// Compaction: removes the versions of `key` older than `rev`, and the one at `rev`
+    /// too if `and_rev`; returns the revisions removed. A key left without versions goes.
+    /// The latest version is removed only with all others (it is never older than
+    /// another), so [`KeyIndex::latest`] stays right.
+    pub(crate) fn compact(&mut self, key: &[u8], rev: Revision, and_rev: bool) -> Vec<Revision> {
         let Some(h) = self.keys.get_mut(key) else {
             return Vec::new();
         };
-        let n = h.partition_point(|e| e.rev < rev);
-        let old = h.drain(..n).map(|e| e.rev).collect();
-        if h.is_empty() {
+        let n = h
+            .entries
+            .partition_point(|e| e.rev < rev || (and_rev && e.rev == rev));
+        let old = h.entries.drain(..n).map(|e| e.rev).collect();
+        if h.entries.is_empty() {
             self.keys.remove(key);
         }
         old
-    }
-
-    /// Removes the version of `key` at `rev` (compaction); a key left without versions
-    /// goes.
-    pub(crate) fn remove(&mut self, key: &[u8], rev: Revision) {
-        let Some(h) = self.keys.get_mut(key) else {
-            return;
-        };
-        h.retain(|e| e.rev != rev);
-        if h.is_empty() {
-            self.keys.remove(key);
-        }
     }
 }
 
@@ -156,19 +195,29 @@ mod tests {
         Revision { main, sub }
     }
 
+    fn live(version: i64) -> Option<Latest> {
+        Some(Latest {
+            create_revision: 2,
+            version,
+            lease: 0,
+        })
+    }
+
     #[test]
     fn versions_live_at_a_revision() {
         let mut ix = KeyIndex::default();
-        ix.push(b"a", r(2, 0), false);
-        ix.push(b"a", r(4, 1), true);
-        ix.push(b"a", r(6, 0), false);
-        ix.push(b"b", r(3, 0), false);
+        ix.push(b"a", r(2, 0), live(1));
+        ix.push(b"a", r(4, 1), None);
+        assert_eq!(ix.latest(b"a"), None);
+        ix.push(b"a", r(6, 0), live(1));
+        ix.push(b"b", r(3, 0), live(1));
         assert_eq!(ix.get(b"a", 1), None);
         assert_eq!(ix.get(b"a", 2), Some(r(2, 0)));
         assert_eq!(ix.get(b"a", 3), Some(r(2, 0)));
         assert_eq!(ix.get(b"a", 4), None);
         assert_eq!(ix.get(b"a", 5), None);
         assert_eq!(ix.get(b"a", 9), Some(r(6, 0)));
+        assert_eq!(ix.latest(b"a"), live(1));
         let mut seen = Vec::new();
         ix.scan(b"a", &[0], 5, |k, rev| {
             seen.push((k.to_vec(), rev));
@@ -176,8 +225,10 @@ mod tests {
         })
         .unwrap();
         assert_eq!(seen, vec![(b"b".to_vec(), r(3, 0))]);
-        assert!(!ix.push_checked(b"b", r(3, 0), false));
-        ix.remove(b"b", r(3, 0));
+        assert!(!ix.push_checked(b"b", r(3, 0), None));
+        assert_eq!(ix.compact(b"a", r(4, 1), true), vec![r(2, 0), r(4, 1)]);
+        assert_eq!(ix.latest(b"a"), live(1));
+        assert_eq!(ix.compact(b"b", r(3, 0), true), vec![r(3, 0)]);
         assert_eq!(ix.len(), 1);
         assert_eq!(key_bounds(b"b", b"a"), None);
     }

@@ -10,6 +10,7 @@
 //! 3. The legacy `key_revs` encoding (layout 1, ordered by key) is still decoded, to
 //!    migrate stores written by earlier versions (`MvccStore::open`).
 
+use super::index::Latest;
 use super::types::KeyValue;
 
 /// A revision: `main` is the store revision of a write transaction, `sub` orders the
@@ -155,12 +156,20 @@ fn split_row<'a>(rev: &[u8], b: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
     Some((key, &b[4 + len..]))
 }
 
-/// The user key of a `revs` row and whether the row is a tombstone, checksum verified
-/// (the index rebuild reads only this).
-pub(crate) fn row_key(rev: &[u8], b: &[u8]) -> Option<(Vec<u8>, bool)> {
-    let (key, payload) = split_row(rev, b)?;
-    payload_version(Vec::new(), Revision::default(), payload)?;
-    Some((key.to_vec(), is_tombstone(payload)))
+/// The user key of a `revs` row and, for a live version, what the key index keeps of it
+/// (`None`: a tombstone), checksum verified: the index rebuild reads only this.
+pub(crate) fn row_key(rev: &[u8], b: &[u8]) -> Option<(Vec<u8>, Option<Latest>)> {
+    let (key, p) = split_row(rev, b)?;
+    let live = match *p.first()? {
+        TOMBSTONE if p.len() == 1 => None,
+        LIVE if p.len() >= 25 => Some(Latest {
+            create_revision: i64_at(p, 1),
+            version: i64_at(p, 9),
+            lease: i64_at(p, 17),
+        }),
+        _ => return None,
+    };
+    Some((key.to_vec(), live))
 }
 
 /// Decodes a `revs` row (key `rev`, value `b`) into its user key and version.
@@ -175,11 +184,6 @@ pub(crate) fn check_version<'a>(key_rev: &[u8], b: &'a [u8]) -> Option<&'a [u8]>
     let (payload, crc) = b.split_at(b.len().checked_sub(4)?);
     let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     (crc32c::crc32c_append(crc32c::crc32c(key_rev), payload) == want).then_some(payload)
-}
-
-/// Whether a checked payload is a tombstone.
-pub(crate) fn is_tombstone(payload: &[u8]) -> bool {
-    payload == [TOMBSTONE]
 }
 
 fn i64_at(b: &[u8], at: usize) -> i64 {

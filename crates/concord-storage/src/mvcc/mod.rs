@@ -623,9 +623,9 @@ impl<D: Disk> MvccStore<D> {
                     let rev = Revision::from_bytes(k.value())
                         .filter(|r| *r >= from)
                         .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
-                    let (key, tombstone) = row_key(k.value(), v.value())
+                    let (key, live) = row_key(k.value(), v.value())
                         .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
-                    out.push((rev, key, tombstone));
+                    out.push((rev, key, live.is_none()));
                     if out.len() >= limit {
                         break;
                     }
@@ -660,12 +660,8 @@ impl<D: Disk> MvccStore<D> {
             for (rev, key, drop_itself) in &batch {
                 // Every older version of the key is superseded at `rev <= compacted`; a
                 // tombstone below the compacted revision is needed by no read either.
-                for old in self.index.drop_older(key, *rev) {
+                for old in self.index.compact(key, *rev, *drop_itself) {
                     revs.remove(old.to_bytes().as_slice())?;
-                }
-                if *drop_itself {
-                    self.index.remove(key, *rev);
-                    revs.remove(rev.to_bytes().as_slice())?;
                 }
             }
         }
@@ -877,9 +873,9 @@ fn load_index(db: &Database) -> Result<KeyIndex, StoreError> {
         let (k, v) = item?;
         let rev = Revision::from_bytes(k.value())
             .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
-        let (key, tombstone) = row_key(k.value(), v.value())
+        let (key, live) = row_key(k.value(), v.value())
             .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
-        if !index.push_checked(&key, rev, tombstone) {
+        if !index.push_checked(&key, rev, live) {
             return Err(StoreError::Corrupt(format!(
                 "revs rows out of order at {rev:?}"
             )));
