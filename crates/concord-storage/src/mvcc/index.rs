@@ -73,10 +73,7 @@ pub(crate) type KeyRange<'a> = (Bound<&'a [u8]>, Bound<&'a [u8]>);
 
 /// The user-key interval `[key, range_end)` as etcd reads it: an empty `range_end` is the
 /// single key, `[0]` is everything from `key` on. `None` if the interval is empty.
-pub(crate) fn key_bounds<'a>(
-    key: &'a [u8],
-    range_end: &'a [u8],
-) -> Option<KeyRange<'a>> {
+pub(crate) fn key_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> Option<KeyRange<'a>> {
     if range_end.is_empty() {
         return Some((Bound::Included(key), Bound::Included(key)));
     }
