@@ -159,17 +159,8 @@ fn split_row<'a>(rev: &[u8], b: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
 /// The user key of a `revs` row and, for a live version, what the key index keeps of it
 /// (`None`: a tombstone), checksum verified: the index rebuild reads only this.
 pub(crate) fn row_key(rev: &[u8], b: &[u8]) -> Option<(Vec<u8>, Option<Latest>)> {
-    let (key, p) = split_row(rev, b)?;
-    let live = match *p.first()? {
-        TOMBSTONE if p.len() == 1 => None,
-        LIVE if p.len() >= 25 => Some(Latest {
-            create_revision: i64_at(p, 1),
-            version: i64_at(p, 9),
-            lease: i64_at(p, 17),
-        }),
-        _ => return None,
-    };
-    Some((key.to_vec(), live))
+    let (key, payload) = split_row(rev, b)?;
+    Some((key.to_vec(), payload_latest(payload)?))
 }
 
 /// Decodes a `revs` row (key `rev`, value `b`) into its user key and version.
@@ -204,15 +195,28 @@ pub(crate) fn decode_version(
 }
 
 fn payload_version(key: Vec<u8>, rev: Revision, b: &[u8]) -> Option<Version> {
-    match *b.first()? {
-        TOMBSTONE if b.len() == 1 => Some(Version::Tombstone),
-        LIVE if b.len() >= 25 => Some(Version::Live(KeyValue {
+    Some(match payload_latest(b)? {
+        None => Version::Tombstone,
+        Some(l) => Version::Live(KeyValue {
             key,
-            create_revision: i64_at(b, 1),
+            create_revision: l.create_revision,
             mod_revision: rev.main,
+            version: l.version,
+            lease: l.lease,
+            value: b[25..].to_vec(),
+        }),
+    })
+}
+
+/// The fixed fields of a checked version payload: `Some(None)` for a tombstone, `None` if
+/// the payload is malformed.
+fn payload_latest(b: &[u8]) -> Option<Option<Latest>> {
+    match *b.first()? {
+        TOMBSTONE if b.len() == 1 => Some(None),
+        LIVE if b.len() >= 25 => Some(Some(Latest {
+            create_revision: i64_at(b, 1),
             version: i64_at(b, 9),
             lease: i64_at(b, 17),
-            value: b[25..].to_vec(),
         })),
         _ => None,
     }
@@ -264,6 +268,38 @@ mod tests {
             prop_assert_eq!((a.clone(), ra).cmp(&(b.clone(), rb)), ea.cmp(&eb));
             prop_assert_eq!(decode_key_rev(&ea), Some((a, ra)));
         }
+    }
+
+    #[test]
+    fn row_roundtrip_and_damage() {
+        let kv = KeyValue {
+            key: b"k\x00y".to_vec(),
+            create_revision: 3,
+            mod_revision: 9,
+            version: 4,
+            value: b"value".to_vec(),
+            lease: 7,
+        };
+        let rev = Revision { main: 9, sub: 2 };
+        let row = encode_row(rev, &kv.key, &Version::Live(kv.clone()));
+        assert_eq!(
+            decode_row(rev, &row),
+            Some((kv.key.clone(), Version::Live(kv.clone())))
+        );
+        assert_eq!(
+            row_key(&rev.to_bytes(), &row),
+            Some((kv.key.clone(), Some(Latest::of(&kv))))
+        );
+        let tomb = encode_row(rev, b"k", &Version::Tombstone);
+        assert_eq!(row_key(&rev.to_bytes(), &tomb), Some((b"k".to_vec(), None)));
+        // Any flipped bit, a cut, or the row under another revision is caught.
+        for i in 0..row.len() * 8 {
+            let mut bad = row.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            assert_eq!(decode_row(rev, &bad), None);
+        }
+        assert_eq!(decode_row(rev, &row[..row.len() - 1]), None);
+        assert_eq!(decode_row(Revision { main: 9, sub: 3 }, &row), None);
     }
 
     #[test]

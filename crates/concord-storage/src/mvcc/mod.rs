@@ -621,7 +621,6 @@ impl<D: Disk> MvccStore<D> {
                 for item in revs.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
                     let (k, v) = item?;
                     let rev = Revision::from_bytes(k.value())
-                        .filter(|r| *r >= from)
                         .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
                     let (key, live) = row_key(k.value(), v.value())
                         .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;

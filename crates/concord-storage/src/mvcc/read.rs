@@ -21,39 +21,20 @@ use crate::errors::StoreError;
 pub(crate) trait Tbl: ReadableTable<&'static [u8], &'static [u8]> {}
 impl<T: ReadableTable<&'static [u8], &'static [u8]>> Tbl for T {}
 
-/// The version stored at `rev` (which the index says exists).
-pub(crate) fn version_at<T: Tbl>(t: &T, rev: Revision) -> Result<(Vec<u8>, Version), StoreError> {
+/// The live version of `key` stored at `rev` (where the index says it is).
+pub(crate) fn live_at<T: Tbl>(t: &T, key: &[u8], rev: Revision) -> Result<KeyValue, StoreError> {
     let row = t
         .get(rev.to_bytes().as_slice())?
         .ok_or_else(|| StoreError::Corrupt(format!("revs has no row for revision {rev:?}")))?;
-    decode_row(rev, row.value())
-        .ok_or_else(|| StoreError::Corrupt(format!("undecodable revs row {rev:?}")))
-}
-
-/// The live version of `key` stored at `rev`.
-pub(crate) fn live_at<T: Tbl>(t: &T, key: &[u8], rev: Revision) -> Result<KeyValue, StoreError> {
-    match version_at(t, rev)? {
-        (_, Version::Live(kv)) if kv.key == key => Ok(kv),
+    match decode_row(rev, row.value()) {
+        Some((_, Version::Live(kv))) if kv.key == key => Ok(kv),
         _ => Err(StoreError::Corrupt(format!(
             "revs row {rev:?} is not a live version of the key the index names"
         ))),
     }
 }
 
-/// Calls `f` with every key live at revision `rev` in `[key, range_end)`, in key order,
-/// until it returns `false`.
-pub(crate) fn scan_at<T: Tbl>(
-    ix: &KeyIndex,
-    t: &T,
-    key: &[u8],
-    range_end: &[u8],
-    rev: i64,
-    mut f: impl FnMut(KeyValue) -> bool,
-) -> Result<(), StoreError> {
-    ix.scan(key, range_end, rev, |k, r| Ok(f(live_at(t, k, r)?)))
-}
-
-/// Every key live at `rev` in `[key, range_end)`.
+/// Every key live at `rev` in `[key, range_end)`, in key order.
 pub(crate) fn range_at<T: Tbl>(
     ix: &KeyIndex,
     t: &T,
@@ -62,9 +43,9 @@ pub(crate) fn range_at<T: Tbl>(
     rev: i64,
 ) -> Result<Vec<KeyValue>, StoreError> {
     let mut out = Vec::new();
-    scan_at(ix, t, key, range_end, rev, |kv| {
-        out.push(kv);
-        true
+    ix.scan(key, range_end, rev, |k, r| {
+        out.push(live_at(t, k, r)?);
+        Ok::<_, StoreError>(true)
     })?;
     Ok(out)
 }
