@@ -282,6 +282,8 @@ pub struct NodeHandle {
     requests: mpsc::Sender<Request>,
     store: SharedStore,
     status: watch::Receiver<NodeStatus>,
+    /// Set once, when the driver stops: why (see [`NodeHandle::stopped`]).
+    stop_reason: watch::Receiver<Option<String>>,
     incarnation: u64,
     seq: Arc<AtomicU64>,
     /// Set by the driver after each apply when the store refuses writes (NOSPACE alarm or
@@ -381,6 +383,7 @@ pub fn start(
         ..NodeStatus::default()
     };
     let (status_tx, status_rx) = watch::channel(status);
+    let (stop_tx, stop_rx) = watch::channel(None);
     let (req_tx, req_rx) = mpsc::channel(65_536);
     let driver = Driver {
         id: config.id,
@@ -389,6 +392,7 @@ pub fn start(
         store: shared.clone(),
         transport,
         status: status_tx,
+        stop_reason: stop_tx,
         waiters: HashMap::new(),
         conf_waiters: HashMap::new(),
         next_read_ctx: 0,
@@ -427,6 +431,7 @@ pub fn start(
         requests: req_tx,
         store: shared,
         status: status_rx,
+        stop_reason: stop_rx,
         incarnation,
         seq: Arc::new(AtomicU64::new(0)),
         writes_blocked,
@@ -590,6 +595,20 @@ impl NodeHandle {
         (st.term, st.revision)
     }
 
+    /// Resolves when the node stops, with the reason (a fatal error, or "stopped"). Unlike
+    /// a [`NodeHandle::watch_status`] receiver, which wakes on every commit, it wakes once.
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.stop_reason.clone();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return NodeError::Stopped.to_string();
+            }
+        }
+    }
+
     /// A receiver that sees every status change (for waiting on conditions).
     pub fn watch_status(&self) -> watch::Receiver<NodeStatus> {
         self.status.clone()
@@ -676,6 +695,7 @@ struct Driver {
     store: SharedStore,
     transport: Arc<dyn Transport>,
     status: watch::Sender<NodeStatus>,
+    stop_reason: watch::Sender<Option<String>>,
     waiters: HashMap<RequestKey, Reply<Response>>,
     conf_waiters: HashMap<RequestKey, Reply<ConfState>>,
     next_read_ctx: u64,
@@ -779,6 +799,7 @@ impl Driver {
             r
         };
         self.publish(true);
+        let _ = self.stop_reason.send(Some(err.to_string()));
         if let Some(tx) = shutdown {
             let _ = tx.send(result);
         }

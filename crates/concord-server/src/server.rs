@@ -399,20 +399,7 @@ impl Server {
     /// Resolves when the member stops by itself (a fatal storage error), with the reason.
     /// Never resolves while the member runs.
     pub async fn stopped(&self) -> ServerError {
-        let mut status = self.node.watch_status();
-        loop {
-            {
-                let st = status.borrow_and_update();
-                if st.stopped {
-                    return ServerError::Node(
-                        st.fatal.clone().unwrap_or_else(|| "stopped".to_string()),
-                    );
-                }
-            }
-            if status.changed().await.is_err() {
-                return ServerError::Node("stopped".to_string());
-            }
-        }
+        ServerError::Node(self.node.stopped().await)
     }
 
     /// Stops accepting requests, gives open connections up to two seconds to finish,

@@ -215,9 +215,18 @@ async fn single_node_serves_and_refuses_bad_requests() {
         .expect_err("unknown lease");
     assert_eq!(err.to_string(), "etcdserver: requested lease not found");
     let n = n.clone();
+    let stopped = tokio::spawn({
+        let n = n.clone();
+        async move { n.stopped().await }
+    });
+    // Commits do not resolve it.
+    put(&n, "b", "1").await;
+    tokio::task::yield_now().await;
+    assert!(!stopped.is_finished());
     c.shutdown().await;
     assert_eq!(n.propose(put_cmd("a", "2")).await, Err(NodeError::Stopped));
     assert!(n.status().stopped);
+    assert_eq!(stopped.await.unwrap(), NodeError::Stopped.to_string());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
