@@ -18,7 +18,7 @@ use redb::{ReadableTable, Table};
 
 use super::index::{KeyIndex, Latest};
 use super::keys::{encode_row, lease_key, lease_key_entry, seal, unseal, Revision, Version};
-use super::read::{get_at, live_at, range_at};
+use super::read::{get_at, range_at, read_many};
 use super::types::*;
 use crate::errors::{RequestError, StoreError};
 
@@ -571,7 +571,6 @@ pub(crate) fn range_request<K: super::read::Tbl>(
     current: i64,
 ) -> Result<RangeResponse, StoreError> {
     let at = if r.revision > 0 { r.revision } else { current };
-    let mut kvs = Vec::new();
     let mut count = 0i64;
     let filtered = r.sort_order != SortOrder::None
         || r.min_mod_revision != 0
@@ -588,10 +587,11 @@ pub(crate) fn range_request<K: super::read::Tbl>(
     };
     // The count covers the whole range and comes from the index; only the versions
     // returned are read from the table.
+    let mut wanted = Vec::new();
     ix.scan(&r.key, &r.range_end, at, |k, rev| {
         count += 1;
-        if kvs.len() < fetch {
-            kvs.push(live_at(t, k, rev)?);
+        if wanted.len() < fetch {
+            wanted.push((k, rev));
         }
         Ok::<_, StoreError>(true)
     })?;
@@ -603,6 +603,7 @@ pub(crate) fn range_request<K: super::read::Tbl>(
             count,
         });
     }
+    let mut kvs = read_many(t, &wanted)?;
     kvs.retain(|kv| {
         (r.max_mod_revision == 0 || kv.mod_revision <= r.max_mod_revision)
             && (r.min_mod_revision == 0 || kv.mod_revision >= r.min_mod_revision)

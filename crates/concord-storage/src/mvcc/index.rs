@@ -141,12 +141,12 @@ impl KeyIndex {
 
     /// Calls `f(key, revision)` for every key live at `at` in `[key, range_end)`, in key
     /// order, until it returns `Ok(false)`.
-    pub(crate) fn scan<E>(
-        &self,
+    pub(crate) fn scan<'s, E>(
+        &'s self,
         key: &[u8],
         range_end: &[u8],
         at: i64,
-        mut f: impl FnMut(&[u8], Revision) -> Result<bool, E>,
+        mut f: impl FnMut(&'s [u8], Revision) -> Result<bool, E>,
     ) -> Result<(), E> {
         let Some(bounds) = key_bounds(key, range_end) else {
             return Ok(());

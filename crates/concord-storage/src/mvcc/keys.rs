@@ -163,6 +163,19 @@ pub(crate) fn row_key(rev: &[u8], b: &[u8]) -> Option<(Vec<u8>, Option<Latest>)>
     Some((key.to_vec(), payload_latest(payload)?))
 }
 
+/// Decodes a `revs` row (key `rev`, value `b`) that must be a live version of `key`
+/// (the read path: the key index named it); `None` if it is not, or is damaged.
+pub(crate) fn decode_live(rev: Revision, key: &[u8], b: &[u8]) -> Option<KeyValue> {
+    let (k, payload) = split_row(&rev.to_bytes(), b)?;
+    if k != key {
+        return None;
+    }
+    match payload_version(key.to_vec(), rev, payload)? {
+        Version::Live(kv) => Some(kv),
+        Version::Tombstone => None,
+    }
+}
+
 /// Decodes a `revs` row (key `rev`, value `b`) into its user key and version.
 pub(crate) fn decode_row(rev: Revision, b: &[u8]) -> Option<(Vec<u8>, Version)> {
     let (key, payload) = split_row(&rev.to_bytes(), b)?;

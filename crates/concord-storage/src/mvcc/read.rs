@@ -13,7 +13,7 @@
 use redb::ReadableTable;
 
 use super::index::KeyIndex;
-use super::keys::{decode_row, Revision, Version};
+use super::keys::{decode_live, Revision};
 use super::types::KeyValue;
 use crate::errors::StoreError;
 
@@ -26,12 +26,13 @@ pub(crate) fn live_at<T: Tbl>(t: &T, key: &[u8], rev: Revision) -> Result<KeyVal
     let row = t
         .get(rev.to_bytes().as_slice())?
         .ok_or_else(|| StoreError::Corrupt(format!("revs has no row for revision {rev:?}")))?;
-    match decode_row(rev, row.value()) {
-        Some((_, Version::Live(kv))) if kv.key == key => Ok(kv),
-        _ => Err(StoreError::Corrupt(format!(
-            "revs row {rev:?} is not a live version of the key the index names"
-        ))),
-    }
+    decode_live(rev, key, row.value()).ok_or_else(|| not_live(rev))
+}
+
+fn not_live(rev: Revision) -> StoreError {
+    StoreError::Corrupt(format!(
+        "revs row {rev:?} is not a live version of the key the index names"
+    ))
 }
 
 /// Every key live at `rev` in `[key, range_end)`, in key order.
@@ -42,12 +43,69 @@ pub(crate) fn range_at<T: Tbl>(
     range_end: &[u8],
     rev: i64,
 ) -> Result<Vec<KeyValue>, StoreError> {
-    let mut out = Vec::new();
+    let mut wanted = Vec::new();
     ix.scan(key, range_end, rev, |k, r| {
-        out.push(live_at(t, k, r)?);
+        wanted.push((k, r));
         Ok::<_, StoreError>(true)
     })?;
-    Ok(out)
+    read_many(t, &wanted)
+}
+
+/// A wanted row at most this many rows ahead of the last one read is reached by stepping
+/// forward, a farther one by a new lookup.
+const STEP_AHEAD: usize = 8;
+
+/// The live versions of the given keys at the given revisions (as the index names them),
+/// in the order given. They are read in revision order: rows written close together (keys
+/// written together, as after a load) come from one forward scan of `revs`, scattered ones
+/// from a lookup each, so a range costs at most one lookup per key and far fewer when its
+/// keys were written together.
+pub(crate) fn read_many<T: Tbl>(
+    t: &T,
+    wanted: &[(&[u8], Revision)],
+) -> Result<Vec<KeyValue>, StoreError> {
+    let mut order: Vec<usize> = (0..wanted.len()).collect();
+    order.sort_unstable_by_key(|&i| wanted[i].1);
+    let mut got: Vec<Option<KeyValue>> = vec![None; wanted.len()];
+    let mut cursor: Option<redb::Range<'_, &'static [u8], &'static [u8]>> = None;
+    for i in order {
+        let (key, rev) = wanted[i];
+        let missing = || StoreError::Corrupt(format!("revs has no row for revision {rev:?}"));
+        let mut found = None;
+        if let Some(rows) = cursor.as_mut() {
+            for _ in 0..STEP_AHEAD {
+                let Some(item) = rows.next() else {
+                    break;
+                };
+                let (k, v) = item?;
+                match Revision::from_bytes(k.value()) {
+                    Some(r) if r < rev => continue,
+                    Some(r) if r == rev => {
+                        found = Some(decode_live(rev, key, v.value()));
+                        break;
+                    }
+                    // Past it: the row the index names is not there.
+                    _ => return Err(missing()),
+                }
+            }
+        }
+        let row = match found {
+            Some(row) => row,
+            None => {
+                let from = rev.to_bytes();
+                let mut rows = t.range::<&[u8]>(from.as_slice()..)?;
+                let (k, v) = rows.next().ok_or_else(missing)??;
+                if k.value() != from.as_slice() {
+                    return Err(missing());
+                }
+                let row = decode_live(rev, key, v.value());
+                cursor = Some(rows);
+                row
+            }
+        };
+        got[i] = Some(row.ok_or_else(|| not_live(rev))?);
+    }
+    Ok(got.into_iter().flatten().collect())
 }
 
 /// The version of `key` live at `rev`, if any.
