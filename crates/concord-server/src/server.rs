@@ -210,6 +210,7 @@ impl Server {
         nc.max_request_bytes = config.max_request_bytes;
         nc.request_timeout = config.request_timeout;
         nc.mvcc.quota_bytes = config.quota_backend_bytes;
+        nc.mvcc.cache_bytes = config.backend_cache_bytes;
 
         let peers: BTreeMap<u64, String> = founding
             .iter()

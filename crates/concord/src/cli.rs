@@ -335,6 +335,10 @@ pub struct ServerArgs {
     /// Store size that raises the NOSPACE alarm, in bytes [default: 2147483648]
     #[arg(long, value_name = "BYTES", help_heading = "Member")]
     pub quota_backend_bytes: Option<u64>,
+    /// The store's page cache, in bytes: multi-key ranges stay fast while their rows fit;
+    /// resident memory grows up to it [default: 67108864]
+    #[arg(long, value_name = "BYTES", help_heading = "Member")]
+    pub backend_cache_bytes: Option<usize>,
     /// Largest client request, in bytes [default: 1572864]
     #[arg(long, value_name = "BYTES", help_heading = "Member")]
     pub max_request_bytes: Option<usize>,
@@ -461,6 +465,7 @@ impl ServerArgs {
             election_timeout: self.election_timeout.or(lower.election_timeout),
             snapshot_count: self.snapshot_count.or(lower.snapshot_count),
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
+            backend_cache_bytes: self.backend_cache_bytes.or(lower.backend_cache_bytes),
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
             advertise_client_urls: self.advertise_client_urls.or(lower.advertise_client_urls),

@@ -180,6 +180,9 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(n) = args.quota_backend_bytes {
         c.quota_backend_bytes = n;
     }
+    if let Some(n) = args.backend_cache_bytes {
+        c.backend_cache_bytes = n;
+    }
     if let Some(n) = args.max_request_bytes {
         c.max_request_bytes = n;
     }
@@ -368,6 +371,7 @@ mod tests {
                 "--election-timeout=600",
                 "--snapshot-count=5",
                 "--quota-backend-bytes=1000",
+                "--backend-cache-bytes=3000000",
                 "--max-request-bytes=2000",
                 "--max-txn-ops=3",
                 "--lease-checkpoint-interval=900",
@@ -392,6 +396,7 @@ mod tests {
         assert_eq!(c.election_timeout, Duration::from_millis(600));
         assert_eq!(c.snapshot_count, 5);
         assert_eq!(c.quota_backend_bytes, 1000);
+        assert_eq!(c.backend_cache_bytes, 3_000_000);
         assert_eq!(c.max_request_bytes, 2000);
         assert_eq!(c.max_txn_ops, 3);
         assert_eq!(c.lease_checkpoint_interval, Duration::from_millis(900));
