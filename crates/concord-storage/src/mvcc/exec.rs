@@ -283,13 +283,8 @@ impl<'a> Exec<'a> {
     }
 
     fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
-        let kvs = if c.range_end.is_empty() {
-            get_at(self.index, &self.revs, &c.key, self.current)?
-                .into_iter()
-                .collect()
-        } else {
-            range_at(self.index, &self.revs, &c.key, &c.range_end, self.current)?
-        };
+        // An empty `range_end` is the single key.
+        let kvs = range_at(self.index, &self.revs, &c.key, &c.range_end, self.current)?;
         if kvs.is_empty() {
             if matches!(c.target, CompareTarget::Value(_)) {
                 return Ok(false);
@@ -396,19 +391,14 @@ impl<'a> Exec<'a> {
     }
 
     fn delete_range(&mut self, d: &DeleteRangeRequest) -> Result<DeleteRangeResponse, StoreError> {
-        let kvs = if d.range_end.is_empty() {
-            get_at(self.index, &self.revs, &d.key, self.read_rev())?
-                .into_iter()
-                .collect()
-        } else {
-            range_at(
-                self.index,
-                &self.revs,
-                &d.key,
-                &d.range_end,
-                self.read_rev(),
-            )?
-        };
+        // An empty `range_end` is the single key.
+        let kvs = range_at(
+            self.index,
+            &self.revs,
+            &d.key,
+            &d.range_end,
+            self.read_rev(),
+        )?;
         for kv in &kvs {
             let rev = self.next_rev();
             self.write_version(&kv.key, rev, &Version::Tombstone)?;

@@ -620,10 +620,8 @@ impl<D: Disk> MvccStore<D> {
                 let (lo, hi) = (from.to_bytes(), to.to_bytes());
                 for item in revs.range::<&[u8]>(lo.as_slice()..=hi.as_slice())? {
                     let (k, v) = item?;
-                    let rev = Revision::from_bytes(k.value())
-                        .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
-                    let (key, live) = row_key(k.value(), v.value())
-                        .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
+                    let rev = revs_key(k.value())?;
+                    let (key, live) = row_key(k.value(), v.value()).ok_or_else(|| bad_row(rev))?;
                     out.push((rev, key, live.is_none()));
                     if out.len() >= limit {
                         break;
@@ -695,10 +693,8 @@ impl<D: Disk> MvccStore<D> {
                 break;
             }
             let (k, v) = item?;
-            let rev = Revision::from_bytes(k.value())
-                .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
-            let (key, version) = decode_row(rev, v.value())
-                .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
+            let rev = revs_key(k.value())?;
+            let (key, version) = decode_row(rev, v.value()).ok_or_else(|| bad_row(rev))?;
             let prev_kv = if with_prev {
                 read::get_at(&self.index, &revs, &key, rev.main - 1)?
             } else {
@@ -732,10 +728,8 @@ impl<D: Disk> MvccStore<D> {
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            let rev = Revision::from_bytes(k.value())
-                .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
-            let (key, version) = decode_row(rev, v.value())
-                .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
+            let rev = revs_key(k.value())?;
+            let (key, version) = decode_row(rev, v.value()).ok_or_else(|| bad_row(rev))?;
             out.push((
                 key,
                 rev,
@@ -870,10 +864,8 @@ fn load_index(db: &Database) -> Result<KeyIndex, StoreError> {
     let mut index = KeyIndex::default();
     for item in t.iter()? {
         let (k, v) = item?;
-        let rev = Revision::from_bytes(k.value())
-            .ok_or_else(|| StoreError::Corrupt("revs key".into()))?;
-        let (key, live) = row_key(k.value(), v.value())
-            .ok_or_else(|| StoreError::Corrupt(format!("revs row {rev:?}")))?;
+        let rev = revs_key(k.value())?;
+        let (key, live) = row_key(k.value(), v.value()).ok_or_else(|| bad_row(rev))?;
         if !index.push_checked(&key, rev, live) {
             return Err(StoreError::Corrupt(format!(
                 "revs rows out of order at {rev:?}"
@@ -911,4 +903,13 @@ fn migrate_layout_1(txn: &WriteTransaction) -> Result<bool, StoreError> {
     txn.delete_table(LEGACY_KEY_REVS)?;
     txn.delete_table(LEGACY_REV_KEYS)?;
     Ok(true)
+}
+
+/// The revision a `revs` row is keyed by.
+fn revs_key(k: &[u8]) -> Result<Revision, StoreError> {
+    Revision::from_bytes(k).ok_or_else(|| StoreError::Corrupt("revs key".into()))
+}
+
+fn bad_row(rev: Revision) -> StoreError {
+    StoreError::Corrupt(format!("revs row {rev:?}"))
 }
