@@ -354,3 +354,34 @@ fn errors_are_one_line_and_exit_1() {
         "Error: bad lease ID arg (not-hex), expecting ID in Hex\n"
     );
 }
+
+#[test]
+fn shell_completions_cover_the_client_commands() {
+    for (shell, marker) in [
+        ("bash", "_concord()"),
+        ("zsh", "#compdef concord"),
+        ("fish", "complete -c concord"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["completion", shell])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains(marker), "{shell} script lacks {marker}");
+        for sub in [
+            "get", "put", "txn", "watch", "lease", "lock", "elect", "member", "snapshot",
+        ] {
+            assert!(script.contains(sub), "{shell} script lacks {sub}");
+        }
+    }
+    let out = Command::new(BIN)
+        .args(["completion", "tcsh"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
