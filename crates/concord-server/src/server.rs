@@ -15,6 +15,7 @@ mod api;
 mod cluster;
 mod concurrency;
 pub mod config;
+pub mod dirlock;
 mod gateway;
 mod http;
 mod kv;
@@ -66,6 +67,9 @@ pub enum ServerError {
     /// The node stopped on a fatal error.
     #[error("node stopped: {0}")]
     Node(String),
+    /// The data directory is locked by another server, or cannot be locked.
+    #[error(transparent)]
+    DataDir(#[from] dirlock::LockError),
 }
 
 /// A running member.
@@ -78,6 +82,8 @@ pub struct Server {
     stop: tokio_watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
+    // Released (dropped) only after the node has shut down and closed its files.
+    dir_lock: dirlock::DataDirLock,
 }
 
 impl std::fmt::Debug for Server {
@@ -155,6 +161,8 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ServerError::Start(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
+        // Before anything in the directory is read or written: one server per directory.
+        let dir_lock = dirlock::DataDirLock::acquire(&config.data_dir)?;
         // A member keeps the id it started with, whatever its URLs are now (etcd keeps it
         // in its WAL); the id file is written before the node's first WAL record.
         let member_id =
@@ -369,6 +377,7 @@ impl Server {
             stop,
             servers,
             background,
+            dir_lock,
         })
     }
 
@@ -418,10 +427,13 @@ impl Server {
         for b in self.background {
             b.abort();
         }
-        self.node
+        let result = self
+            .node
             .shutdown()
             .await
-            .map_err(|e| ServerError::Node(e.to_string()))
+            .map_err(|e| ServerError::Node(e.to_string()));
+        drop(self.dir_lock);
+        result
     }
 }
 

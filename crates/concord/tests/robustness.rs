@@ -240,3 +240,52 @@ async fn http_health_version_metrics_ready() {
     let r = http_get(port, "/ready").await.expect("/ready");
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_the_same_data_dir_is_refused() {
+    let cluster = Cluster::start(1).await;
+    let node = &cluster.nodes[0];
+    let ports = common::free_ports(2);
+    let client = format!("http://127.0.0.1:{}", ports[0]);
+    let peer = format!("http://127.0.0.1:{}", ports[1]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_concord"))
+        .args(["server", "--name", "intruder", "--data-dir"])
+        .arg(&node.data_dir)
+        .args(["--listen-client-urls", &client, "--listen-peer-urls", &peer])
+        .args(["--initial-advertise-peer-urls", &peer])
+        .args(["--initial-cluster", &format!("intruder={peer}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run concord");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the second server did not exit by itself");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    let out_ok = status.success();
+    assert!(!out_ok, "second server started: {stderr}");
+    assert!(
+        stderr.contains("is in use by another concord server"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&node.data_dir.display().to_string()),
+        "{stderr}"
+    );
+    assert!(stderr.contains("pid "), "{stderr}");
+    // The first server was not disturbed.
+    still_serves(&cluster, "after an intruder").await;
+    assert!(node.is_running());
+}

@@ -31,6 +31,7 @@
 //! 6. **Damage is an error, not data.** Every row's value ends with a CRC32C of the row's
 //!    key and value, checked on every read (redb does not checksum pages on reads).
 
+pub mod codec;
 mod exec;
 mod flush;
 mod index;
