@@ -1,26 +1,25 @@
-//! The Concord node runtime: the tokio side that drives the sans-I/O cores.
+//! The etcd API of a Concord node, on top of concord-runtime.
 //!
-//! This crate is deliberately *not* sans-I/O: it owns the timers, the disk and the
-//! network, and feeds them to `concord-raft` and `concord-storage`, which stay pure.
+//! concord-runtime drives Raft groups over a generic state machine and knows nothing of
+//! etcd; this crate supplies the etcd keyspace as that state machine and serves etcd's
+//! gRPC and HTTP APIs from it.
 //!
 //! # Layout
 //!
-//! * [`node`]: the Raft driver ([`node::start`], [`node::NodeHandle`]): tick timer, Ready
-//!   loop in the persistence order, apply loop, batched proposals and ReadIndex reads,
-//!   snapshots and WAL compaction, restart from the data dir.
-//! * [`transport`]: the [`transport::Transport`] seam and an in-process network with
-//!   fault switches for tests.
-//! * [`grpc`]: the network transport over concord-proto's `concord.peer.v1.Raft` service
-//!   (a tonic server and one reconnecting, bounded stream per peer).
-//! * [`codec`]: the wire encoding of Raft messages and the encoding of commands inside
-//!   log entries.
-//! * [`error`]: [`error::NodeError`], with etcd's error strings.
+//! * [`node`]: the keyspace as a Raft group: [`node::KvState`] (the MVCC store as a
+//!   `StateMachine`), [`node::start`] and [`node::NodeHandle`] (propose a `Command`,
+//!   linearizable and serializable ranges, the store's hash).
+//! * [`server`]: one member process: configuration, the data-directory lock, listeners,
+//!   and the services (`kv`, `watch`, `lease`, `cluster`, `maintenance`, `concurrency` for
+//!   Lock and Election, the JSON `gateway`, `http` for `/health`, `/metrics` and the rest),
+//!   each in its own file under `server/`.
+//! * [`error`]: [`error::KvError`], with etcd's error strings in one catalogue.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
+//! use concord_runtime::transport::LocalNetwork;
 //! use concord_server::node::{self, NodeConfig};
-//! use concord_server::transport::LocalNetwork;
 //! use concord_storage::mvcc::types::{Command, PutRequest};
 //!
 //! let net = LocalNetwork::new();
@@ -34,11 +33,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
-pub mod codec;
 pub mod error;
-pub mod grpc;
 pub mod node;
 pub mod server;
-pub mod transport;
 
-pub use error::NodeError;
+pub use error::KvError;

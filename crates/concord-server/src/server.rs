@@ -44,8 +44,8 @@ use tokio::task::JoinHandle;
 pub use config::{ClusterState, ServerConfig};
 use members::{MemberRecord, Members};
 
-use crate::grpc::{GrpcTransport, RaftPeerService};
 use crate::node::{self, NodeConfig, NodeHandle};
+use concord_runtime::grpc::{GrpcTransport, RaftPeerService};
 
 /// Why a server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -209,14 +209,14 @@ impl Server {
             },
             &config.data_dir,
         );
-        nc.tick = heartbeat;
-        nc.heartbeat_ticks = 1;
-        nc.election_ticks =
+        nc.raft.tick = heartbeat;
+        nc.raft.heartbeat_ticks = 1;
+        nc.raft.election_ticks =
             (config.election_timeout.as_millis() / heartbeat.as_millis().max(1)).max(2) as u32;
-        nc.snapshot_count = config.snapshot_count;
-        nc.snapshot_catch_up_entries = (config.snapshot_count / 2).clamp(1, 5_000);
-        nc.max_request_bytes = config.max_request_bytes;
-        nc.request_timeout = config.request_timeout;
+        nc.raft.snapshot_count = config.snapshot_count;
+        nc.raft.snapshot_catch_up_entries = (config.snapshot_count / 2).clamp(1, 5_000);
+        nc.raft.max_request_bytes = config.max_request_bytes;
+        nc.raft.request_timeout = config.request_timeout;
         nc.mvcc.quota_bytes = config.quota_backend_bytes;
         nc.mvcc.cache_bytes = config.backend_cache_bytes;
 
@@ -225,7 +225,7 @@ impl Server {
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
             .collect();
         let transport = Arc::new(GrpcTransport::new(member_id, cluster_id, peers));
-        let (inbox_tx, inbox) = crate::grpc::inbox();
+        let (inbox_tx, inbox) = concord_runtime::grpc::inbox();
         let node = node::start(nc, transport.clone(), inbox)
             .map_err(|e| ServerError::Start(e.to_string()))?;
 
@@ -240,7 +240,7 @@ impl Server {
             let svc = peer_service.clone();
             let stop = wait_stop(stop_rx.clone());
             servers.push(tokio::spawn(async move {
-                if let Err(e) = crate::grpc::serve(listener, svc, stop).await {
+                if let Err(e) = concord_runtime::grpc::serve(listener, svc, stop).await {
                     tracing::error!(error = %e, "peer server failed");
                 }
             }));

@@ -148,6 +148,10 @@ pub enum RequestError {
     /// Lease id 0 given to grant.
     #[error("etcdserver: lease id must not be 0")]
     ZeroLeaseId,
+    /// The log entry holds a command this member cannot decode (written by a newer
+    /// version); every replica applies it as a no-op and its proposer gets this error.
+    #[error("etcdserver: the log entry holds a command this member cannot decode")]
+    UndecodableCommand,
 }
 
 /// Why the state machine failed (the node must stop; nothing was half-applied).

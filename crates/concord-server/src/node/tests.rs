@@ -13,8 +13,9 @@ use concord_storage::mvcc::types::{Command, PutRequest, RangeRequest, Response};
 use tempfile::TempDir;
 
 use super::{start, NodeConfig, NodeHandle};
-use crate::error::NodeError;
-use crate::transport::LocalNetwork;
+use crate::error::KvError;
+use concord_runtime::transport::LocalNetwork;
+use concord_runtime::NodeError;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -48,10 +49,10 @@ impl Cluster {
 
     fn config(&self, id: NodeId) -> NodeConfig {
         let mut cfg = NodeConfig::new(id, self.ids.clone(), self.dirs[&id].path());
-        cfg.tick = Duration::from_millis(20);
-        cfg.election_ticks = 10;
-        cfg.heartbeat_ticks = 1;
-        cfg.request_timeout = Duration::from_secs(5);
+        cfg.raft.tick = Duration::from_millis(20);
+        cfg.raft.election_ticks = 10;
+        cfg.raft.heartbeat_ticks = 1;
+        cfg.raft.request_timeout = Duration::from_secs(5);
         (self.tweak)(&mut cfg);
         cfg
     }
@@ -68,7 +69,7 @@ impl Cluster {
             .insert(id, tempfile::tempdir().expect("temp dir for a test node"));
         let (transport, inbox) = self.net.register(id);
         let mut cfg = self.config(id);
-        cfg.initial_voters = Vec::new();
+        cfg.raft.initial_voters = Vec::new();
         let node = start(cfg, Arc::new(transport), inbox).expect("joining node starts");
         self.nodes.insert(id, node);
     }
@@ -206,7 +207,7 @@ async fn single_node_serves_and_refuses_bad_requests() {
     let big = "x".repeat(2 << 20);
     assert_eq!(
         n.propose(put_cmd("big", &big)).await,
-        Err(NodeError::RequestTooLarge)
+        Err(KvError::Node(NodeError::RequestTooLarge))
     );
     // State-machine errors come back with etcd's strings.
     let err = n
@@ -224,7 +225,10 @@ async fn single_node_serves_and_refuses_bad_requests() {
     tokio::task::yield_now().await;
     assert!(!stopped.is_finished());
     c.shutdown().await;
-    assert_eq!(n.propose(put_cmd("a", "2")).await, Err(NodeError::Stopped));
+    assert_eq!(
+        n.propose(put_cmd("a", "2")).await,
+        Err(KvError::Node(NodeError::Stopped))
+    );
     assert!(n.status().stopped);
     assert_eq!(stopped.await.unwrap(), NodeError::Stopped.to_string());
 }
@@ -354,8 +358,8 @@ async fn restarted_node_recovers_from_its_data_dir_and_catches_up() {
 }
 
 fn small_snapshots(cfg: &mut NodeConfig) {
-    cfg.snapshot_count = 20;
-    cfg.snapshot_catch_up_entries = 5;
+    cfg.raft.snapshot_count = 20;
+    cfg.raft.snapshot_catch_up_entries = 5;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -401,7 +405,7 @@ async fn leadership_moves_on_transfer_and_campaign() {
     let target = (1..=3).find(|&i| i != leader).unwrap_or(1);
     assert!(matches!(
         c.node(target).transfer_leader(leader).await,
-        Err(NodeError::NotLeader { .. })
+        Err(KvError::Node(NodeError::NotLeader { .. }))
     ));
     c.node(leader)
         .transfer_leader(target)
@@ -427,11 +431,11 @@ async fn without_a_quorum_requests_fail_with_etcd_errors() {
     let net = LocalNetwork::new();
     let (transport, inbox) = net.register(1);
     let mut cfg = NodeConfig::new(1, vec![1, 2], dir.path());
-    cfg.tick = Duration::from_millis(20);
-    cfg.request_timeout = Duration::from_secs(1);
+    cfg.raft.tick = Duration::from_millis(20);
+    cfg.raft.request_timeout = Duration::from_secs(1);
     let n = start(cfg, Arc::new(transport), inbox).expect("node starts");
     let err = n.propose(put_cmd("a", "1")).await.expect_err("no quorum");
-    assert_eq!(err, NodeError::NoLeader);
+    assert_eq!(err, KvError::Node(NodeError::NoLeader));
     assert_eq!(err.to_string(), "etcdserver: no leader");
     let err = n
         .linearizable_range(&RangeRequest {
@@ -441,7 +445,7 @@ async fn without_a_quorum_requests_fail_with_etcd_errors() {
         .await
         .expect_err("no quorum");
     assert!(
-        matches!(err, NodeError::NoLeader | NodeError::Timeout),
+        matches!(err, KvError::Node(NodeError::NoLeader | NodeError::Timeout)),
         "unexpected {err:?}"
     );
     // Serializable reads are local and still work.

@@ -13,7 +13,8 @@ use tonic::Status;
 use super::lease::Leases;
 use super::members::Members;
 use crate::node::NodeHandle;
-use crate::NodeError;
+use crate::KvError;
+use concord_runtime::NodeError;
 
 /// Everything a service needs; cheap to clone.
 #[derive(Clone)]
@@ -78,17 +79,24 @@ impl Ctx {
     }
 }
 
-/// A node error as the gRPC status etcd returns for it.
-pub(crate) fn status(e: NodeError) -> Status {
+/// The response stream type of streaming gRPC methods (as generated servers expect).
+pub type BoxStream<T> =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// A keyspace error as the gRPC status etcd returns for it.
+pub(crate) fn status(e: KvError) -> Status {
     match e {
-        NodeError::Request(r) => request_status(r),
-        NodeError::Timeout
-        | NodeError::LeaderChanged
-        | NodeError::NoLeader
-        | NodeError::Stopped
-        | NodeError::ProposalDropped => Status::unavailable(e.to_string()),
-        NodeError::RequestTooLarge => Status::invalid_argument(e.to_string()),
-        NodeError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
+        KvError::Request(r) => request_status(r),
+        KvError::Node(ref n) => match n {
+            NodeError::Timeout
+            | NodeError::LeaderChanged
+            | NodeError::NoLeader
+            | NodeError::Stopped
+            | NodeError::ProposalDropped => Status::unavailable(e.to_string()),
+            NodeError::RequestTooLarge => Status::invalid_argument(e.to_string()),
+            NodeError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
+            _ => Status::internal(e.to_string()),
+        },
         other => Status::internal(other.to_string()),
     }
 }

@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::api::{self, Ctx};
-use crate::grpc::BoxStream;
+use crate::server::api::BoxStream;
 
 /// The services of both recipes.
 #[derive(Clone)]
@@ -274,7 +274,7 @@ impl Lock for ConcurrencyService {
             .map_err(api::status)?;
         let rev = match resp {
             StResponse::DeleteRange(d) => d.revision,
-            _ => self.ctx.node.status().revision,
+            _ => self.ctx.node.status().state.revision,
         };
         Ok(Response::new(lk::UnlockResponse {
             header: Some(self.ctx.header_at(rev)),

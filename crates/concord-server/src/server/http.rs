@@ -113,7 +113,7 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     gauge(
         "concord_mvcc_revision",
         "Current store revision.",
-        st.revision as f64,
+        st.state.revision as f64,
     );
     gauge(
         "concord_mvcc_db_total_size_bytes",
@@ -163,7 +163,7 @@ fn query_param<'a>(q: &'a Option<String>, name: &str) -> Option<&'a str> {
 ///   (1 heals): clock-rate skew, the clock fault that matters to leases, since Concord
 ///   never reads the wall clock for safety.
 pub(crate) fn test_hooks(
-    transport: std::sync::Arc<crate::grpc::GrpcTransport>,
+    transport: std::sync::Arc<concord_runtime::grpc::GrpcTransport>,
     leases: std::sync::Arc<super::lease::Leases>,
 ) -> Router {
     Router::new()

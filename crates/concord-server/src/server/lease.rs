@@ -29,9 +29,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api::{self, Ctx};
-use crate::grpc::BoxStream;
 use crate::node::NodeHandle;
-use crate::NodeError;
+use crate::server::api::BoxStream;
+use crate::KvError;
+use concord_runtime::NodeError;
 
 /// The clock leases expire by: the monotonic clock, optionally running at a different
 /// rate (a test-only fault: a node whose clock runs fast expires leases early, which is
@@ -111,7 +112,7 @@ impl Leases {
 
     /// Brings the deadlines in line with the store: leases granted or revoked elsewhere,
     /// and a fresh table after this node became leader. Returns the term, if leader.
-    fn sync(&self) -> Result<Option<u64>, NodeError> {
+    fn sync(&self) -> Result<Option<u64>, KvError> {
         let Some(term) = self.leader_term() else {
             let mut st = self.lock();
             st.term = 0;
@@ -196,7 +197,7 @@ impl Leases {
                 let node = self.node.clone();
                 tokio::spawn(async move {
                     match node.propose(Command::LeaseRevoke { id }).await {
-                        Ok(_) | Err(NodeError::Request(RequestError::LeaseNotFound)) => {
+                        Ok(_) | Err(KvError::Request(RequestError::LeaseNotFound)) => {
                             tracing::debug!(lease = id, "lease expired and revoked")
                         }
                         // Still in the table: the next tick retries.
@@ -219,19 +220,19 @@ impl Leases {
     }
 
     /// Resets lease `id`'s deadline to its full TTL (leader only). `Ok(None)`: no such lease.
-    async fn keep_alive(&self, id: i64) -> Result<Option<i64>, NodeError> {
+    async fn keep_alive(&self, id: i64) -> Result<Option<i64>, KvError> {
         // The lease must be known to this leader's applied state; a read barrier makes a
         // grant acknowledged elsewhere visible.
         self.node.read_barrier().await?;
-        let term = self.sync()?.ok_or(NodeError::NotLeader {
+        let term = self.sync()?.ok_or(KvError::Node(NodeError::NotLeader {
             leader: self.node.status().leader,
-        })?;
+        }))?;
         let Some(l) = self.node.with_store(|s| s.lease(id))? else {
             return Ok(None);
         };
         let mut st = self.lock();
         if st.term != term {
-            return Err(NodeError::LeaderChanged);
+            return Err(NodeError::LeaderChanged.into());
         }
         st.deadlines.insert(
             id,
@@ -241,17 +242,17 @@ impl Leases {
     }
 
     /// `(remaining, granted, keys)` of lease `id` (leader only).
-    async fn time_to_live(&self, id: i64) -> Result<Option<(i64, i64, Vec<Vec<u8>>)>, NodeError> {
+    async fn time_to_live(&self, id: i64) -> Result<Option<(i64, i64, Vec<Vec<u8>>)>, KvError> {
         self.node.read_barrier().await?;
-        let term = self.sync()?.ok_or(NodeError::NotLeader {
+        let term = self.sync()?.ok_or(KvError::Node(NodeError::NotLeader {
             leader: self.node.status().leader,
-        })?;
+        }))?;
         let Some(l) = self.node.with_store(|s| s.lease(id))? else {
             return Ok(None);
         };
         let st = self.lock();
         if st.term != term {
-            return Err(NodeError::LeaderChanged);
+            return Err(NodeError::LeaderChanged.into());
         }
         let now = self.clock.now();
         let remaining = st
@@ -319,7 +320,7 @@ impl Lease for LeaseService {
             .map_err(api::status)?;
         let rev = match resp {
             concord_storage::mvcc::types::Response::Revision(r) => r,
-            _ => self.ctx.node.status().revision,
+            _ => self.ctx.node.status().state.revision,
         };
         Ok(Response::new(pb::LeaseGrantResponse {
             header: Some(self.ctx.header_at(rev)),
@@ -342,7 +343,7 @@ impl Lease for LeaseService {
             .map_err(api::status)?;
         let rev = match resp {
             concord_storage::mvcc::types::Response::Revision(r) => r,
-            _ => self.ctx.node.status().revision,
+            _ => self.ctx.node.status().state.revision,
         };
         Ok(Response::new(pb::LeaseRevokeResponse {
             header: Some(self.ctx.header_at(rev)),

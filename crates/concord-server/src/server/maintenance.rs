@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::api::{self, Ctx};
-use crate::grpc::BoxStream;
+use crate::server::api::BoxStream;
 
 /// The etcd API version Concord answers in `Status` and `/version`.
 pub const ETCD_VERSION: &str = "3.5.0";
@@ -101,7 +101,7 @@ impl Maintenance for MaintenanceService {
             errors.push(format!("memberID:{} alarm:NOSPACE", self.ctx.member_id));
         }
         Ok(Response::new(pb::StatusResponse {
-            header: Some(self.ctx.header_at(st.revision)),
+            header: Some(self.ctx.header_at(st.state.revision)),
             version: ETCD_VERSION.into(),
             db_size: size as i64,
             leader: st.leader.unwrap_or(0),

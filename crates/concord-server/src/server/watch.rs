@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api::{self, Ctx};
-use crate::grpc::BoxStream;
+use crate::server::api::BoxStream;
 
 /// Events read from the store per step.
 const EVENTS_PER_STEP: usize = 1000;
@@ -145,7 +145,7 @@ impl Watch for WatchService {
 
 async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
     let mut status = ctx.node.watch_status();
-    let current = status.borrow_and_update().revision;
+    let current = status.borrow_and_update().state.revision;
     let mut next = if c.start_revision > 0 {
         c.start_revision
     } else {
@@ -171,7 +171,7 @@ async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
     loop {
         // Deliver everything up to the applied revision.
         loop {
-            let applied = status.borrow_and_update().revision;
+            let applied = status.borrow_and_update().state.revision;
             if next > applied {
                 break;
             }
@@ -195,7 +195,7 @@ async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
                         .await;
                     return;
                 }
-                Ok(Err(e)) | Err(crate::NodeError::Request(e)) => {
+                Ok(Err(e)) | Err(crate::KvError::Request(e)) => {
                     let _ = out.send(Err(api::request_status(e))).await;
                     return;
                 }
@@ -258,7 +258,7 @@ fn read_events(
     ctx: &Ctx,
     from: i64,
     prev_kv: bool,
-) -> Result<Result<Vec<Event>, RequestError>, crate::NodeError> {
+) -> Result<Result<Vec<Event>, RequestError>, crate::KvError> {
     let mut limit = EVENTS_PER_STEP;
     loop {
         let mut batch = match ctx.node.with_store(|s| s.events(from, limit, prev_kv))? {

@@ -269,13 +269,13 @@ async fn stream_to_peer(
 }
 
 /// Creates a node inbox for use with [`RaftPeerService`]: the sender goes to the
-/// service, the receiver to [`crate::node::start`].
+/// service, the receiver to [`crate::raft_node::start`].
 pub fn inbox() -> (mpsc::Sender<Vec<Message>>, crate::transport::Inbox) {
     mpsc::channel(INBOX_CAPACITY)
 }
 
 /// Called with a peer's id when its inbound stream ended and no new one arrived within
-/// [`FAILOVER_GRACE`] (see [`crate::node::NodeHandle::report_peer_down`]).
+/// [`FAILOVER_GRACE`] (see [`crate::RaftHandle::report_peer_down`]).
 pub type PeerDownHook = Arc<dyn Fn(NodeId) + Send + Sync>;
 
 /// How long a peer's stream may be gone before the peer is reported down.
@@ -316,7 +316,7 @@ impl RaftPeerService {
     }
 
     /// Sets the fast-failover hook (typically calling
-    /// [`crate::node::NodeHandle::report_peer_down`]); clones of the service share it.
+    /// [`crate::RaftHandle::report_peer_down`]); clones of the service share it.
     pub fn set_peer_down_hook(&self, hook: PeerDownHook) {
         *lock(&self.hook) = Some(hook);
     }
@@ -421,6 +421,3 @@ pub async fn serve(
         )
         .await
 }
-
-#[cfg(test)]
-mod tests;

@@ -9,8 +9,8 @@ use concord_raft::{NodeId, StateRole};
 use concord_storage::mvcc::types::{Command, PutRequest};
 use tokio::sync::oneshot;
 
-use super::{inbox, serve, GrpcTransport, RaftPeerService};
-use crate::node::{start, NodeConfig, NodeHandle};
+use super::{start, NodeConfig, NodeHandle};
+use concord_runtime::grpc::{inbox, serve, GrpcTransport, RaftPeerService};
 
 const CLUSTER: u64 = 0xc0c0;
 
@@ -81,8 +81,8 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
         stops.push(stop_tx);
         let transport = GrpcTransport::new(id, CLUSTER, urls.clone());
         let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
-        cfg.tick = Duration::from_millis(20);
-        cfg.request_timeout = Duration::from_secs(5);
+        cfg.raft.tick = Duration::from_millis(20);
+        cfg.raft.request_timeout = Duration::from_secs(5);
         let node = start(cfg, Arc::new(transport), in_rx).expect("node starts");
         nodes.insert(id, node);
     };
@@ -156,11 +156,11 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
         ));
         stops.insert(id, stop_tx);
         let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
-        cfg.tick = Duration::from_millis(20);
+        cfg.raft.tick = Duration::from_millis(20);
         // An election timeout of 100-200 s: far past the test's deadlines, so only the
         // fast-failover path can elect a new leader in time.
-        cfg.election_ticks = 5000;
-        cfg.request_timeout = Duration::from_secs(5);
+        cfg.raft.election_ticks = 5000;
+        cfg.raft.request_timeout = Duration::from_secs(5);
         let transport = GrpcTransport::new(id, CLUSTER, urls.clone());
         let node = start(cfg, Arc::new(transport), in_rx).expect("node starts");
         let hook_node = node.clone();
