@@ -615,6 +615,8 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "to=3:uint64",
             "seq=4:uint64",
             "messages=5:*bytes",
+            "version=6:uint32",
+            "group_id=7:uint64",
         ],
     ),
     ("concord.peer.v1.RaftAck", &["seq=1:uint64"]),
@@ -1410,9 +1412,11 @@ mod round_trip {
             to in any::<u64>(),
             seq in any::<u64>(),
             messages in proptest::collection::vec(bytes(), 0..8),
+            version in any::<u32>(),
+            group_id in any::<u64>(),
         ) {
             let messages = messages.into_iter().map(Bytes::from).collect();
-            round_trip(&RaftBatch { cluster_id, from, to, seq, messages });
+            round_trip(&RaftBatch { cluster_id, from, to, seq, messages, version, group_id });
         }
 
         #[test]

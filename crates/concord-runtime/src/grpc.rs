@@ -1,5 +1,6 @@
 //! The network transport: Raft messages over concord-proto's `concord.peer.v1.Raft/Send`
-//! stream, one long-lived stream per ordered pair of members.
+//! stream, one long-lived stream per ordered pair of members, shared by every Raft group
+//! of the two nodes (each batch names its group and the peer protocol version).
 //!
 //! Sending: [`GrpcTransport`] keeps, per peer, a bounded queue and a task that connects
 //! (with exponential backoff between attempts, 50 ms to 2 s), opens a `Send` stream and
@@ -17,7 +18,10 @@
 //! 2. Within one stream, batches arrive in order and are stepped in order; across a
 //!    reconnect, messages may be lost (never duplicated by the transport), which Raft
 //!    tolerates.
-//! 3. A stream from another cluster (`cluster_id` mismatch) is refused.
+//! 3. A stream from another cluster (`cluster_id` mismatch), or of a peer protocol version
+//!    this build does not speak, is refused with a status that says so.
+//! 4. Batches reach the inbox of the group they name ([`Router`]); a batch for a group
+//!    this node does not host is dropped.
 //!
 //! # Limits (for later)
 //!
@@ -29,7 +33,7 @@
 //!
 //! When a peer's inbound stream breaks (a killed process's connections are reset by its
 //! kernel) and no new stream from it arrives within [`FAILOVER_GRACE`], the service calls
-//! its [`PeerDownHook`], which tells the node; a follower that loses its leader this way
+//! its [`Router`], which tells every group (see [`crate::transport::PeerDownHook`]); a follower that loses its leader this way
 //! campaigns at once rather than after the election timeout.
 
 use std::collections::BTreeMap;
@@ -47,7 +51,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
-use crate::transport::{Transport, TransportError, INBOX_CAPACITY};
+use crate::transport::{GroupId, PeerTransport, Router, TransportError, PEER_PROTOCOL_VERSION};
 
 /// Batches queued per peer before it is reported unreachable.
 pub const PEER_QUEUE_BATCHES: usize = 1024;
@@ -57,7 +61,7 @@ pub const MAX_IN_FLIGHT: usize = 64;
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
 
 struct Peer {
-    queue: mpsc::Sender<Vec<Message>>,
+    queue: mpsc::Sender<(GroupId, Vec<Message>)>,
     connected: Arc<AtomicBool>,
 }
 
@@ -152,15 +156,20 @@ impl GrpcTransport {
     }
 }
 
-impl Transport for GrpcTransport {
-    fn send(&self, to: NodeId, msgs: Vec<Message>) -> Result<(), TransportError> {
+impl PeerTransport for GrpcTransport {
+    fn send_group(
+        &self,
+        to: NodeId,
+        group: GroupId,
+        msgs: Vec<Message>,
+    ) -> Result<(), TransportError> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         let (_, peer) = peers.get(&to).ok_or(TransportError::Unreachable(to))?;
         if !peer.connected.load(Ordering::Acquire) {
             return Err(TransportError::Unreachable(to));
         }
         peer.queue
-            .try_send(msgs)
+            .try_send((group, msgs))
             .map_err(|_| TransportError::Unreachable(to))
     }
 }
@@ -175,7 +184,7 @@ struct PeerLink {
 
 async fn peer_loop(
     link: PeerLink,
-    mut rx: mpsc::Receiver<Vec<Message>>,
+    mut rx: mpsc::Receiver<(GroupId, Vec<Message>)>,
     connected: Arc<AtomicBool>,
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
@@ -214,7 +223,7 @@ enum StreamEnd {
 async fn stream_to_peer(
     link: &PeerLink,
     endpoint: &tonic::transport::Endpoint,
-    rx: &mut mpsc::Receiver<Vec<Message>>,
+    rx: &mut mpsc::Receiver<(GroupId, Vec<Message>)>,
     connected: &AtomicBool,
     backoff: &mut Duration,
 ) -> StreamEnd {
@@ -236,13 +245,15 @@ async fn stream_to_peer(
     loop {
         tokio::select! {
             msgs = rx.recv() => {
-                let Some(msgs) = msgs else { return StreamEnd::TransportDropped };
+                let Some((group, msgs)) = msgs else { return StreamEnd::TransportDropped };
                 seq += 1;
                 let batch = RaftBatch {
                     cluster_id: link.cluster_id,
                     from: link.from,
                     to: link.to,
                     seq,
+                    version: PEER_PROTOCOL_VERSION,
+                    group_id: group,
                     messages: msgs
                         .iter()
                         .map(|m| Bytes::from(codec::encode_message(m)))
@@ -268,16 +279,6 @@ async fn stream_to_peer(
     }
 }
 
-/// Creates a node inbox for use with [`RaftPeerService`]: the sender goes to the
-/// service, the receiver to [`crate::raft_node::start`].
-pub fn inbox() -> (mpsc::Sender<Vec<Message>>, crate::transport::Inbox) {
-    mpsc::channel(INBOX_CAPACITY)
-}
-
-/// Called with a peer's id when its inbound stream ended and no new one arrived within
-/// [`FAILOVER_GRACE`] (see [`crate::RaftHandle::report_peer_down`]).
-pub type PeerDownHook = Arc<dyn Fn(NodeId) + Send + Sync>;
-
 /// How long a peer's stream may be gone before the peer is reported down.
 pub const FAILOVER_GRACE: Duration = Duration::from_millis(10);
 
@@ -285,8 +286,7 @@ pub const FAILOVER_GRACE: Duration = Duration::from_millis(10);
 #[derive(Clone)]
 pub struct RaftPeerService {
     cluster_id: u64,
-    inbox: mpsc::Sender<Vec<Message>>,
-    hook: Arc<std::sync::Mutex<Option<PeerDownHook>>>,
+    router: Router,
     // Streams opened per peer, so a stream's end can tell whether a newer one exists.
     generations: Arc<std::sync::Mutex<BTreeMap<NodeId, u64>>>,
 }
@@ -305,20 +305,14 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl RaftPeerService {
-    /// A service stepping what it receives into `inbox` (see [`inbox`]).
-    pub fn new(cluster_id: u64, inbox: mpsc::Sender<Vec<Message>>) -> Self {
+    /// A service handing what it receives to the groups registered with `router`, and
+    /// reporting a peer whose stream broke to their peer-down hooks.
+    pub fn new(cluster_id: u64, router: Router) -> Self {
         Self {
             cluster_id,
-            inbox,
-            hook: Arc::new(std::sync::Mutex::new(None)),
+            router,
             generations: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
         }
-    }
-
-    /// Sets the fast-failover hook (typically calling
-    /// [`crate::RaftHandle::report_peer_down`]); clones of the service share it.
-    pub fn set_peer_down_hook(&self, hook: PeerDownHook) {
-        *lock(&self.hook) = Some(hook);
     }
 
     /// The tonic service, with message size limits raised for snapshots.
@@ -337,9 +331,8 @@ impl Raft for RaftPeerService {
     ) -> Result<Response<BoxStream<RaftAck>>, Status> {
         let mut stream = request.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(MAX_IN_FLIGHT);
-        let inbox = self.inbox.clone();
+        let router = self.router.clone();
         let cluster_id = self.cluster_id;
-        let hook = self.hook.clone();
         let generations = self.generations.clone();
         tokio::spawn(async move {
             // (peer, generation) once the first batch named the peer.
@@ -357,6 +350,15 @@ impl Raft for RaftPeerService {
                         .await;
                     return;
                 }
+                // 0: a member from before versions were sent, which spoke version 1.
+                if batch.version != PEER_PROTOCOL_VERSION && batch.version != 0 {
+                    let msg = format!(
+                        "peer protocol version {} is not supported (this member speaks {PEER_PROTOCOL_VERSION})",
+                        batch.version
+                    );
+                    let _ = ack_tx.send(Err(Status::failed_precondition(msg))).await;
+                    return;
+                }
                 let mut msgs = Vec::with_capacity(batch.messages.len());
                 for m in &batch.messages {
                     match codec::decode_message(m) {
@@ -366,10 +368,10 @@ impl Raft for RaftPeerService {
                         }
                     }
                 }
-                match inbox.try_send(msgs) {
-                    // A full inbox drops the batch: Raft retransmits.
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                // A full inbox drops the batch (Raft retransmits); one for a group not
+                // hosted here, or stopped, is dropped too. Other groups go on.
+                if let Err(e) = router.route(batch.group_id, msgs) {
+                    tracing::debug!(from = batch.from, error = %e, "inbound batch dropped");
                 }
                 // No per-batch acknowledgement: Raft's own responses are the
                 // acknowledgements, and an extra frame per batch costs both sides a
@@ -383,10 +385,7 @@ impl Raft for RaftPeerService {
             if lock(&generations).get(&id).copied() != Some(gen) {
                 return;
             }
-            let hook = lock(&hook).clone();
-            if let Some(hook) = hook {
-                hook(id);
-            }
+            router.peer_down(id);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }

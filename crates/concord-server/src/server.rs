@@ -46,6 +46,7 @@ use members::{MemberRecord, Members};
 
 use crate::node::{self, NodeConfig, NodeHandle};
 use concord_runtime::grpc::{GrpcTransport, RaftPeerService};
+use concord_runtime::transport::{GroupTransport, Router, DEFAULT_GROUP};
 
 /// Why a server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -225,17 +226,20 @@ impl Server {
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
             .collect();
         let transport = Arc::new(GrpcTransport::new(member_id, cluster_id, peers));
-        let (inbox_tx, inbox) = concord_runtime::grpc::inbox();
-        let node = node::start(nc, transport.clone(), inbox)
+        // One connection per peer carries every group; the keyspace is the default group.
+        let router = Router::new();
+        let inbox = router.register(DEFAULT_GROUP);
+        let group_transport = GroupTransport::new(transport.clone(), DEFAULT_GROUP);
+        let node = node::start(nc, Arc::new(group_transport), inbox)
             .map_err(|e| ServerError::Start(e.to_string()))?;
+        {
+            let node = node.clone();
+            router.set_peer_down_hook(DEFAULT_GROUP, Arc::new(move |id| node.report_peer_down(id)));
+        }
 
         let (stop, stop_rx) = tokio_watch::channel(false);
         let mut servers = Vec::new();
-        let peer_service = RaftPeerService::new(cluster_id, inbox_tx);
-        {
-            let node = node.clone();
-            peer_service.set_peer_down_hook(Arc::new(move |id| node.report_peer_down(id)));
-        }
+        let peer_service = RaftPeerService::new(cluster_id, router);
         for (listener, _) in peer_listeners {
             let svc = peer_service.clone();
             let stop = wait_stop(stop_rx.clone());

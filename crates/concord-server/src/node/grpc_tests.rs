@@ -10,7 +10,8 @@ use concord_storage::mvcc::types::{Command, PutRequest};
 use tokio::sync::oneshot;
 
 use super::{start, NodeConfig, NodeHandle};
-use concord_runtime::grpc::{inbox, serve, GrpcTransport, RaftPeerService};
+use concord_runtime::grpc::{serve, GrpcTransport, RaftPeerService};
+use concord_runtime::transport::{GroupTransport, Router, DEFAULT_GROUP};
 
 const CLUSTER: u64 = 0xc0c0;
 
@@ -69,17 +70,21 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
     let mut launch = |id: NodeId,
                       listener: tokio::net::TcpListener,
                       nodes: &mut BTreeMap<NodeId, NodeHandle>| {
-        let (in_tx, in_rx) = inbox();
+        let router = Router::new();
+        let in_rx = router.register(DEFAULT_GROUP);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         tokio::spawn(serve(
             listener,
-            RaftPeerService::new(CLUSTER, in_tx),
+            RaftPeerService::new(CLUSTER, router),
             async move {
                 let _ = stop_rx.await;
             },
         ));
         stops.push(stop_tx);
-        let transport = GrpcTransport::new(id, CLUSTER, urls.clone());
+        let transport = GroupTransport::new(
+            Arc::new(GrpcTransport::new(id, CLUSTER, urls.clone())),
+            DEFAULT_GROUP,
+        );
         let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
         cfg.raft.tick = Duration::from_millis(20);
         cfg.raft.request_timeout = Duration::from_secs(5);
@@ -144,8 +149,9 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
     let mut nodes = BTreeMap::new();
     let mut stops = BTreeMap::new();
     for &id in &ids {
-        let (in_tx, in_rx) = inbox();
-        let service = RaftPeerService::new(CLUSTER, in_tx);
+        let router = Router::new();
+        let in_rx = router.register(DEFAULT_GROUP);
+        let service = RaftPeerService::new(CLUSTER, router.clone());
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         tokio::spawn(serve(
             listeners.remove(&id).expect("listener"),
@@ -161,10 +167,16 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
         // fast-failover path can elect a new leader in time.
         cfg.raft.election_ticks = 5000;
         cfg.raft.request_timeout = Duration::from_secs(5);
-        let transport = GrpcTransport::new(id, CLUSTER, urls.clone());
+        let transport = GroupTransport::new(
+            Arc::new(GrpcTransport::new(id, CLUSTER, urls.clone())),
+            DEFAULT_GROUP,
+        );
         let node = start(cfg, Arc::new(transport), in_rx).expect("node starts");
         let hook_node = node.clone();
-        service.set_peer_down_hook(Arc::new(move |peer| hook_node.report_peer_down(peer)));
+        router.set_peer_down_hook(
+            DEFAULT_GROUP,
+            Arc::new(move |peer| hook_node.report_peer_down(peer)),
+        );
         nodes.insert(id, node);
     }
     // Elect node 1 explicitly (retrying until the peer streams are up).

@@ -497,3 +497,93 @@ async fn learner_joins_is_promoted_and_an_old_member_is_removed() {
     assert_eq!(get_local(c.node(2), "after-removal"), Some(b"v".to_vec()));
     c.shutdown().await;
 }
+
+/// Two independent Raft groups (two keyspaces) on the same three nodes, over one
+/// connection per pair of nodes: cutting group 1's links leaves it without a quorum, and
+/// group 2 keeps committing through the same connections; after the heal group 1 commits
+/// again and both converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_groups_on_three_nodes_are_independent() {
+    use concord_runtime::transport::GroupTransport;
+
+    const GROUPS: [u64; 2] = [1, 2];
+    let net = LocalNetwork::new();
+    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let dir = tempfile::tempdir().expect("temp dir");
+    // (group, node) -> replica
+    let mut replicas: BTreeMap<(u64, NodeId), NodeHandle> = BTreeMap::new();
+    for &id in &ids {
+        let (connection, router) = net.attach(id);
+        let connection = Arc::new(connection);
+        for group in GROUPS {
+            let mut cfg =
+                NodeConfig::new(id, ids.clone(), dir.path().join(format!("g{group}-n{id}")));
+            cfg.raft.tick = Duration::from_millis(20);
+            cfg.raft.request_timeout = Duration::from_secs(2);
+            let transport = GroupTransport::new(connection.clone(), group);
+            let node =
+                start(cfg, Arc::new(transport), router.register(group)).expect("replica starts");
+            replicas.insert((group, id), node);
+        }
+    }
+    async fn leader_of(replicas: &BTreeMap<(u64, NodeId), NodeHandle>, group: u64) -> NodeId {
+        wait_for("a leader of the group", || async {
+            let st: Vec<_> = replicas
+                .iter()
+                .filter(|((g, _), _)| *g == group)
+                .map(|(_, n)| n.status())
+                .collect();
+            let leader = st.iter().find(|s| s.role == StateRole::Leader)?.id;
+            st.iter()
+                .all(|s| s.leader == Some(leader))
+                .then_some(leader)
+        })
+        .await
+    }
+    for group in GROUPS {
+        let leader = leader_of(&replicas, group).await;
+        put(
+            &replicas[&(group, leader)],
+            "k",
+            &format!("g{group}-before"),
+        )
+        .await;
+    }
+    // Group 1 loses every link: no replica of it can reach a quorum.
+    for &a in &ids {
+        for &b in &ids {
+            if a != b {
+                net.cut_group(a, b, 1);
+            }
+        }
+    }
+    // Group 2 keeps committing, many times, while group 1 is cut off.
+    let g2 = leader_of(&replicas, 2).await;
+    for i in 0..20 {
+        put(&replicas[&(2, g2)], "k", &format!("g2-during-{i}")).await;
+    }
+    // Group 1 cannot: a write through any of its replicas fails.
+    for &id in &ids {
+        let r = replicas[&(1, id)].propose(put_cmd("k", "g1-during")).await;
+        assert!(
+            r.is_err(),
+            "group 1 committed without a quorum via {id}: {r:?}"
+        );
+    }
+    net.heal();
+    let g1 = leader_of(&replicas, 1).await;
+    put(&replicas[&(1, g1)], "k", "g1-after").await;
+    for &id in &ids {
+        assert_eq!(
+            get_linearizable(&replicas[&(1, id)], "k").await.as_deref(),
+            Some(&b"g1-after"[..])
+        );
+        assert_eq!(
+            get_linearizable(&replicas[&(2, id)], "k").await.as_deref(),
+            Some(&b"g2-during-19"[..])
+        );
+    }
+    for node in replicas.values() {
+        node.shutdown().await.expect("clean shutdown");
+    }
+}
