@@ -230,9 +230,19 @@ pub fn start(
     transport: Arc<dyn Transport>,
     inbox: Inbox,
 ) -> Result<NodeHandle, NodeStartError> {
-    let state = KvState::open(RealDisk, &config.store_path, config.mvcc.clone())?;
+    start_on(config, RealDisk, transport, inbox)
+}
+
+/// [`start`] on any disk (the simulated one in tests).
+pub fn start_on<D: Disk>(
+    config: NodeConfig,
+    disk: D,
+    transport: Arc<dyn Transport>,
+    inbox: Inbox,
+) -> Result<NodeHandle<D>, NodeStartError> {
+    let state = KvState::open(disk.clone(), &config.store_path, config.mvcc.clone())?;
     let writes_blocked = state.writes_blocked.clone();
-    let raft = raft_node::start(config.raft, RealDisk, state, transport, inbox)?;
+    let raft = raft_node::start(config.raft, disk, state, transport, inbox)?;
     Ok(NodeHandle {
         raft,
         writes_blocked,
@@ -240,15 +250,24 @@ pub fn start(
 }
 
 /// A cheap, cloneable handle on a running keyspace replica.
-#[derive(Clone, Debug)]
-pub struct NodeHandle {
-    raft: RaftHandle<KvState<RealDisk>>,
+#[derive(Debug)]
+pub struct NodeHandle<D: Disk = RealDisk> {
+    raft: RaftHandle<KvState<D>>,
     writes_blocked: Arc<AtomicBool>,
 }
 
-impl NodeHandle {
+impl<D: Disk> Clone for NodeHandle<D> {
+    fn clone(&self) -> Self {
+        Self {
+            raft: self.raft.clone(),
+            writes_blocked: self.writes_blocked.clone(),
+        }
+    }
+}
+
+impl<D: Disk> NodeHandle<D> {
     /// The Raft group under the keyspace.
-    pub fn raft(&self) -> &RaftHandle<KvState<RealDisk>> {
+    pub fn raft(&self) -> &RaftHandle<KvState<D>> {
         &self.raft
     }
 
@@ -316,7 +335,7 @@ impl NodeHandle {
     /// Runs `f` on the local store (as applied so far), under a read lock: keep it short.
     pub fn with_store<R>(
         &self,
-        f: impl FnOnce(&MvccStore<RealDisk>) -> Result<R, StoreError>,
+        f: impl FnOnce(&MvccStore<D>) -> Result<R, StoreError>,
     ) -> Result<R, KvError> {
         Ok(self.raft.with_state(|s| f(&s.store))??)
     }
@@ -325,7 +344,7 @@ impl NodeHandle {
     /// maintenance such as [`MvccStore::compact_step`] and [`MvccStore::defragment`].
     pub fn with_store_mut<R>(
         &self,
-        f: impl FnOnce(&mut MvccStore<RealDisk>) -> Result<R, StoreError>,
+        f: impl FnOnce(&mut MvccStore<D>) -> Result<R, StoreError>,
     ) -> Result<R, KvError> {
         Ok(self.raft.with_state_mut(|s| f(&mut s.store))??)
     }

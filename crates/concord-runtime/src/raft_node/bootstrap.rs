@@ -97,6 +97,7 @@ pub fn start<S: StateMachine, D: Disk>(
         driver.run(req_rx, inbox).await;
         let _ = done_tx.send(());
     };
+    let mut abort = None;
     if config.own_thread {
         // The driver gets its own thread and single-threaded runtime: its fsyncs and state
         // machine commits block only that thread (no `block_in_place` hand-offs of the
@@ -116,7 +117,7 @@ pub fn start<S: StateMachine, D: Disk>(
             })
             .map_err(StartError::Thread)?;
     } else {
-        tokio::spawn(run);
+        abort = Some(tokio::spawn(run).abort_handle());
     }
     Ok(RaftHandle {
         id: config.id,
@@ -129,6 +130,7 @@ pub fn start<S: StateMachine, D: Disk>(
         request_timeout: config.request_timeout,
         max_request_bytes: config.max_request_bytes,
         task: Arc::new(tokio::sync::Mutex::new(Some(task))),
+        abort,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The driver loop: one task per group replica owns the [`RawNode`], steps what peers
 //! send, batches what callers ask, and handles each Ready in the persistence order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use concord_raft::{
     ConfState, Message, MessageType, NodeId, RawNode, Ready, SnapshotStatus, StateRole,
@@ -31,8 +31,9 @@ pub(super) struct Driver<S: StateMachine, D: Disk> {
     pub(super) status: watch::Sender<NodeStatus<S::Summary>>,
     pub(super) stop_reason: watch::Sender<Option<String>>,
     /// Proposals of this node waiting for their entry to be applied.
-    pub(super) waiters: HashMap<RequestKey, Reply<S::Output>>,
-    pub(super) conf_waiters: HashMap<RequestKey, Reply<ConfState>>,
+    // Ordered maps: failing them all wakes callers in one order (simulation replay).
+    pub(super) waiters: BTreeMap<RequestKey, Reply<S::Output>>,
+    pub(super) conf_waiters: BTreeMap<RequestKey, Reply<ConfState>>,
     pub(super) reads: Reads,
     /// Membership as of each index where it changed (for snapshot metadata).
     pub(super) conf_history: BTreeMap<u64, ConfState>,
@@ -152,6 +153,10 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 Request::Propose { key, data, tx } => {
                     batch.push(data);
                     batch_waiters.push((key, tx));
+                }
+                Request::Read { tx } if self.config.testing_bugs.read_without_read_index => {
+                    // Test-only broken rule: the local state, with no quorum check.
+                    let _ = tx.send(Ok(()));
                 }
                 Request::Read { tx } => reads.push(tx),
                 Request::Campaign { tx } => {
@@ -319,10 +324,10 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
     }
 
     fn fail_all(&mut self, err: &NodeError) {
-        for (_, tx) in self.waiters.drain() {
+        for (_, tx) in std::mem::take(&mut self.waiters) {
             let _ = tx.send(Err(err.clone()));
         }
-        for (_, tx) in self.conf_waiters.drain() {
+        for (_, tx) in std::mem::take(&mut self.conf_waiters) {
             let _ = tx.send(Err(err.clone()));
         }
         self.reads.fail_all(err);

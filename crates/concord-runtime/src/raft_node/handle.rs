@@ -61,6 +61,8 @@ pub struct RaftHandle<S: StateMachine> {
     pub(super) request_timeout: Duration,
     pub(super) max_request_bytes: usize,
     pub(super) task: Arc<tokio::sync::Mutex<Option<oneshot::Receiver<()>>>>,
+    /// The driver task, when it runs on the caller's runtime (see [`RaftHandle::kill`]).
+    pub(super) abort: Option<tokio::task::AbortHandle>,
 }
 
 impl<S: StateMachine> Clone for RaftHandle<S> {
@@ -76,6 +78,7 @@ impl<S: StateMachine> Clone for RaftHandle<S> {
             request_timeout: self.request_timeout,
             max_request_bytes: self.max_request_bytes,
             task: self.task.clone(),
+            abort: self.abort.clone(),
         }
     }
 }
@@ -255,6 +258,20 @@ impl<S: StateMachine> RaftHandle<S> {
         let matched = self.progress().await?.get(&id).copied().unwrap_or(0);
         let commit = self.status.borrow().commit;
         Ok(matched * 10 >= commit * 9)
+    }
+
+    /// Stops the driver at once, as a process crash would: no sync, no answers (callers
+    /// see [`NodeError::Stopped`] or their timeout), and the state machine is dropped
+    /// as it is. For simulations, which cut the disk's power first; only a driver on the
+    /// caller's runtime (`own_thread: false`) can be killed, otherwise nothing happens
+    /// and `false` is returned.
+    pub fn kill(&self) -> bool {
+        let Some(abort) = &self.abort else {
+            return false;
+        };
+        abort.abort();
+        *write_state(&self.state) = None;
+        true
     }
 
     /// Stops the driver, makes the state machine durable and closes it. Idempotent.

@@ -110,6 +110,33 @@ pub struct NodeConfig {
     /// The request-key incarnation; `None` draws one from the wall clock. A simulation
     /// passes its own, so that nothing depends on real time.
     pub incarnation: Option<u64>,
+    /// Deliberately broken rules, for negative controls of the checkers. Off by default;
+    /// never set them in a real deployment.
+    pub testing_bugs: TestingBugs,
+}
+
+/// Rules the driver can be told to break, so that tests can show their checkers catch
+/// the breakage (a negative control). All off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TestingBugs {
+    /// Answer linearizable reads from the local state at once, without ReadIndex: a
+    /// partitioned leader or a lagging follower then serves stale data.
+    pub read_without_read_index: bool,
+}
+
+impl TestingBugs {
+    /// Every rule kept (the default).
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Reads skip ReadIndex (see [`TestingBugs::read_without_read_index`]).
+    pub fn reads_without_read_index() -> Self {
+        Self {
+            read_without_read_index: true,
+        }
+    }
 }
 
 impl NodeConfig {
@@ -130,6 +157,7 @@ impl NodeConfig {
             wal: WalConfig::default(),
             own_thread: true,
             incarnation: None,
+            testing_bugs: TestingBugs::default(),
         }
     }
 }
