@@ -73,8 +73,6 @@ pub type BoxStream<T> =
 pub struct GrpcTransport {
     from: NodeId,
     cluster_id: u64,
-    /// Test-only fault: milliseconds every outgoing batch is held back (0: none).
-    delay_ms: Arc<std::sync::atomic::AtomicU64>,
     peers: std::sync::RwLock<BTreeMap<NodeId, (String, Peer)>>,
 }
 
@@ -98,7 +96,6 @@ impl GrpcTransport {
         let t = Self {
             from,
             cluster_id,
-            delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             peers: std::sync::RwLock::new(BTreeMap::new()),
         };
         for (to, url) in peers {
@@ -125,19 +122,11 @@ impl GrpcTransport {
                 to,
                 cluster_id: self.cluster_id,
                 url: url.clone(),
-                delay_ms: self.delay_ms.clone(),
             },
             rx,
             connected.clone(),
         ));
         peers.insert(to, (url, Peer { queue, connected }));
-    }
-
-    /// Test-only fault injection (the kernel here has no `netem`): holds every outgoing
-    /// batch back by `ms` milliseconds, pipelined (later batches are not held behind
-    /// earlier ones; Raft tolerates the reordering this may cause). 0 turns it off.
-    pub fn set_delay_ms(&self, ms: u64) {
-        self.delay_ms.store(ms, Ordering::Relaxed);
     }
 
     /// Forgets peer `to` and closes its connection.
@@ -179,7 +168,6 @@ struct PeerLink {
     to: NodeId,
     cluster_id: u64,
     url: String,
-    delay_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 async fn peer_loop(
@@ -259,14 +247,7 @@ async fn stream_to_peer(
                         .map(|m| Bytes::from(codec::encode_message(m)))
                         .collect(),
                 };
-                let delay = link.delay_ms.load(Ordering::Relaxed);
-                if delay > 0 {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                        let _ = tx.send(batch).await;
-                    });
-                } else if tx.send(batch).await.is_err() {
+                if tx.send(batch).await.is_err() {
                     return StreamEnd::Failed("request stream closed".into());
                 }
             }

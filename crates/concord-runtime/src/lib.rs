@@ -15,6 +15,7 @@
 //! * [`transport`]: the [`transport::Transport`] seam and an in-process network with fault
 //!   switches for tests.
 //! * [`grpc`]: the network transport over concord-proto's `concord.peer.v1.Raft` service.
+//! * [`faults`]: fault injection (delay, drop, cut) as a wrapper around any transport.
 //! * [`codec`]: the wire encoding of Raft messages.
 //! * [`error`]: [`NodeError`], the runtime's typed errors.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@
 pub mod codec;
 pub mod envelope;
 pub mod error;
+pub mod faults;
 pub mod grpc;
 pub mod raft_node;
 pub mod state_machine;

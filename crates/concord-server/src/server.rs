@@ -45,6 +45,7 @@ pub use config::{ClusterState, ServerConfig};
 use members::{MemberRecord, Members};
 
 use crate::node::{self, NodeConfig, NodeHandle};
+use concord_runtime::faults::FaultyTransport;
 use concord_runtime::grpc::{GrpcTransport, RaftPeerService};
 use concord_runtime::transport::{GroupTransport, Router, DEFAULT_GROUP};
 
@@ -225,7 +226,9 @@ impl Server {
             .iter()
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
             .collect();
-        let transport = Arc::new(GrpcTransport::new(member_id, cluster_id, peers));
+        let grpc = Arc::new(GrpcTransport::new(member_id, cluster_id, peers));
+        // Faults are switched on only through the test hooks (CONCORD_UNSAFE_TEST_HOOKS).
+        let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id));
         // One connection per peer carries every group; the keyspace is the default group.
         let router = Router::new();
         let inbox = router.register(DEFAULT_GROUP);
@@ -360,7 +363,7 @@ impl Server {
                 my_peer_urls,
                 my_client_urls.clone(),
             )),
-            tokio::spawn(sync_peers(node.clone(), members, transport, member_id)),
+            tokio::spawn(sync_peers(node.clone(), members, grpc, member_id)),
             tokio::spawn(compact_in_background(node.clone())),
         ];
         tracing::info!(

@@ -163,7 +163,9 @@ fn query_param<'a>(q: &'a Option<String>, name: &str) -> Option<&'a str> {
 ///   (1 heals): clock-rate skew, the clock fault that matters to leases, since Concord
 ///   never reads the wall clock for safety.
 pub(crate) fn test_hooks(
-    transport: std::sync::Arc<concord_runtime::grpc::GrpcTransport>,
+    transport: std::sync::Arc<
+        concord_runtime::faults::FaultyTransport<concord_runtime::grpc::GrpcTransport>,
+    >,
     leases: std::sync::Arc<super::lease::Leases>,
 ) -> Router {
     Router::new()
@@ -173,7 +175,7 @@ pub(crate) fn test_hooks(
                 move |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
                     match query_param(&q, "ms").and_then(|v| v.parse::<u64>().ok()) {
                         Some(ms) if ms <= 60_000 => {
-                            transport.set_delay_ms(ms);
+                            transport.set_delay(std::time::Duration::from_millis(ms));
                             (StatusCode::OK, format!("peer delay {ms} ms\n"))
                         }
                         _ => (
