@@ -20,6 +20,7 @@ mod gateway;
 mod http;
 mod kv;
 mod lease;
+pub mod listener;
 mod maintenance;
 pub mod members;
 pub mod restore;
@@ -332,22 +333,14 @@ impl Server {
                 }
             },
         ));
-        for (listener, _) in client_listeners {
+        let limits = listener::Limits {
+            max_connections: config.max_client_connections,
+            max_concurrent_streams: config.max_concurrent_streams,
+        };
+        for (tcp, _) in client_listeners {
             let router = router.clone();
             let stop = wait_stop(stop_rx.clone());
-            servers.push(tokio::spawn(async move {
-                use axum::serve::ListenerExt as _;
-                // Responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
-                let listener = listener.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                if let Err(e) = axum::serve(listener, router)
-                    .with_graceful_shutdown(stop)
-                    .await
-                {
-                    tracing::error!(error = %e, "client server failed");
-                }
-            }));
+            servers.push(tokio::spawn(listener::serve(tcp, router, limits, stop)));
         }
 
         let background = vec![

@@ -67,7 +67,6 @@ pub const COMPAT_FLAGS: &[CompatFlag] = &[
     v("grpc-keepalive-min-time"),
     v("grpc-keepalive-interval"),
     v("grpc-keepalive-timeout"),
-    v("max-concurrent-streams"),
     v("snapshot-catchup-entries"),
     v("max-learners"),
     v("corrupt-check-time"),
@@ -345,6 +344,12 @@ pub struct ServerArgs {
     /// Most operations in one transaction [default: 128]
     #[arg(long, value_name = "N", help_heading = "Member")]
     pub max_txn_ops: Option<usize>,
+    /// Most concurrent HTTP/2 streams per client connection (etcd's flag) [default: 4294967295]
+    #[arg(long, value_name = "N", help_heading = "Member")]
+    pub max_concurrent_streams: Option<u32>,
+    /// Most open client connections; more wait to be accepted [default: 10000]
+    #[arg(long, value_name = "N", help_heading = "Member")]
+    pub max_client_connections: Option<usize>,
 
     /// This member's client URLs as told to clients [default: the listen URLs]
     #[arg(long, value_name = "URLS", value_parser = parse_url_list, help_heading = "Clustering")]
@@ -468,6 +473,8 @@ impl ServerArgs {
             backend_cache_bytes: self.backend_cache_bytes.or(lower.backend_cache_bytes),
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
+            max_concurrent_streams: self.max_concurrent_streams.or(lower.max_concurrent_streams),
+            max_client_connections: self.max_client_connections.or(lower.max_client_connections),
             advertise_client_urls: self.advertise_client_urls.or(lower.advertise_client_urls),
             initial_advertise_peer_urls: self
                 .initial_advertise_peer_urls

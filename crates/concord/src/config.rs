@@ -189,6 +189,12 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(n) = args.max_txn_ops {
         c.max_txn_ops = n;
     }
+    if let Some(n) = args.max_concurrent_streams {
+        c.max_concurrent_streams = n;
+    }
+    if let Some(n) = args.max_client_connections {
+        c.max_client_connections = n;
+    }
     if let Some(ms) = args.lease_checkpoint_interval {
         c.lease_checkpoint_interval = Duration::from_millis(ms);
     }
@@ -374,6 +380,8 @@ mod tests {
                 "--backend-cache-bytes=3000000",
                 "--max-request-bytes=2000",
                 "--max-txn-ops=3",
+                "--max-concurrent-streams=7",
+                "--max-client-connections=9",
                 "--lease-checkpoint-interval=900",
                 "--request-timeout=1500",
                 "--log-level=debug",
@@ -399,6 +407,8 @@ mod tests {
         assert_eq!(c.backend_cache_bytes, 3_000_000);
         assert_eq!(c.max_request_bytes, 2000);
         assert_eq!(c.max_txn_ops, 3);
+        assert_eq!(c.max_concurrent_streams, 7);
+        assert_eq!(c.max_client_connections, 9);
         assert_eq!(c.lease_checkpoint_interval, Duration::from_millis(900));
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
         assert_eq!(s.log.level, LogLevel::Debug);

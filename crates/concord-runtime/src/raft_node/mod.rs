@@ -135,6 +135,7 @@ impl TestingBugs {
     pub fn reads_without_read_index() -> Self {
         Self {
             read_without_read_index: true,
+            ..Self::default()
         }
     }
 }

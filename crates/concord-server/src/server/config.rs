@@ -56,6 +56,12 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// `--max-txn-ops`: most operations in one transaction (default 128).
     pub max_txn_ops: usize,
+    /// `--max-concurrent-streams`: most concurrent HTTP/2 streams per client connection
+    /// (etcd's default: 2^32 - 1, no practical limit).
+    pub max_concurrent_streams: u32,
+    /// `--max-client-connections`: most open client connections on each client URL;
+    /// further ones wait in the kernel's accept queue until one closes (default 10,000).
+    pub max_client_connections: usize,
     /// How often the leader records leases' remaining TTLs through Raft, bounding how
     /// much a leader change can extend a lease (default 5 s).
     pub lease_checkpoint_interval: Duration,
@@ -84,6 +90,8 @@ impl ServerConfig {
             backend_cache_bytes: 64 << 20,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
+            max_concurrent_streams: u32::MAX,
+            max_client_connections: 10_000,
             lease_checkpoint_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(7),
         }
@@ -176,6 +184,12 @@ impl ServerConfig {
         }
         if self.max_txn_ops == 0 {
             return Err("--max-txn-ops must be positive".into());
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err("--max-concurrent-streams must be positive".into());
+        }
+        if self.max_client_connections == 0 {
+            return Err("--max-client-connections must be positive".into());
         }
         let members = self.founding_members();
         if self.initial_cluster_state == ClusterState::New {

@@ -16,6 +16,7 @@
 //! No wall clock, real socket or real file is involved: tokio's paused clock advances only
 //! when every task waits, and the driver runs as a task of this runtime.
 
+mod disk;
 mod net;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,6 +38,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio::time::Instant;
 
+use disk::NodeDisk;
 use net::SimNet;
 
 const KEYS: [&str; 5] = ["a", "b", "c", "d", "e"];
@@ -53,17 +55,19 @@ struct RunStats {
     crashes: u64,
     sync_failures: u64,
     partitions: u64,
+    outages: u64,
     simulated: Duration,
 }
 
-type Handles = Arc<Mutex<BTreeMap<NodeId, NodeHandle<SimDisk>>>>;
+type Handles = Arc<Mutex<BTreeMap<NodeId, NodeHandle<NodeDisk>>>>;
 
 struct Sim {
     seed: u64,
     bugs: TestingBugs,
+    lie_about_wal_fsync: bool,
     ids: Vec<NodeId>,
     net: SimNet,
-    disks: BTreeMap<NodeId, SimDisk>,
+    disks: BTreeMap<NodeId, NodeDisk>,
     handles: Handles,
     restarts: BTreeMap<NodeId, u64>,
     rng: SmallRng,
@@ -88,14 +92,15 @@ fn config(id: NodeId, ids: &[NodeId], seed: u64, restarts: u64, bugs: TestingBug
 }
 
 impl Sim {
-    fn new(seed: u64, bugs: TestingBugs) -> Sim {
+    fn new(seed: u64, faults: Broken) -> Sim {
         let mut rng = SmallRng::seed_from_u64(seed);
         let n = if rng.gen_bool(0.7) { 3 } else { 5 };
         let ids: Vec<NodeId> = (1..=n).collect();
         let net = SimNet::new(SmallRng::seed_from_u64(seed ^ 0x5eed));
         Sim {
             seed,
-            bugs,
+            bugs: faults.bugs,
+            lie_about_wal_fsync: faults.lie_about_wal_fsync,
             ids,
             net,
             disks: BTreeMap::new(),
@@ -109,7 +114,15 @@ impl Sim {
 
     /// Starts (or restarts, from what its disk kept) node `id`.
     fn boot(&mut self, id: NodeId) -> Result<(), String> {
-        let disk = self.disks.entry(id).or_default().clone();
+        let lie = self.lie_about_wal_fsync;
+        let disk = self
+            .disks
+            .entry(id)
+            .or_insert_with(|| NodeDisk {
+                sim: SimDisk::new(),
+                lie_about_wal_fsync: lie,
+            })
+            .clone();
         let restarts = *self.restarts.entry(id).or_default();
         let router = self.net.lock().routers.entry(id).or_default().clone();
         let inbox = router.register(DEFAULT_GROUP);
@@ -136,7 +149,7 @@ impl Sim {
             return;
         };
         self.net.lock().up.remove(&id);
-        self.disks[&id].power_cut(tear, &mut self.rng);
+        self.disks[&id].sim.power_cut(tear, &mut self.rng);
         node.raft().kill();
         *self.restarts.entry(id).or_default() += 1;
         let routers: Vec<_> = {
@@ -298,10 +311,21 @@ async fn nemesis(sim: &mut Sim, until: Instant, stats: &mut RunStats) -> Result<
                 let id = sim.ids[sim.rng.gen_range(0..sim.ids.len())];
                 if let Some(disk) = sim.disks.get(&id) {
                     if !down.contains_key(&id) {
-                        disk.fail_syncs_after(Some(sim.rng.gen_range(1..30)));
+                        disk.sim.fail_syncs_after(Some(sim.rng.gen_range(1..30)));
                         stats.sync_failures += 1;
                     }
                 }
+            }
+            // The whole cluster loses power at once (a rack or a data centre): only
+            // what each node made durable survives.
+            7 if down.is_empty() && sim.rng.gen_bool(0.3) => {
+                let back = Instant::now() + Duration::from_millis(sim.rng.gen_range(100..1000));
+                for id in sim.ids.clone() {
+                    sim.crash(id);
+                    down.insert(id, back);
+                }
+                stats.crashes += sim.ids.len() as u64;
+                stats.outages += 1;
             }
             6 => {
                 let mut s = sim.net.lock();
@@ -315,7 +339,7 @@ async fn nemesis(sim: &mut Sim, until: Instant, stats: &mut RunStats) -> Result<
     // Heal: every node back, every link up, no more injected faults.
     sim.net.heal();
     for disk in sim.disks.values() {
-        disk.fail_syncs_after(None);
+        disk.sim.fail_syncs_after(None);
     }
     let stopped: Vec<NodeId> = lock(&sim.handles)
         .iter()
@@ -336,7 +360,7 @@ async fn nemesis(sim: &mut Sim, until: Instant, stats: &mut RunStats) -> Result<
 /// enter the history), and the same keyspace everywhere.
 async fn settle(sim: &Sim) -> Result<(), String> {
     let deadline = Instant::now() + HEAL_PHASE;
-    let nodes: Vec<(NodeId, NodeHandle<SimDisk>)> = lock(&sim.handles)
+    let nodes: Vec<(NodeId, NodeHandle<NodeDisk>)> = lock(&sim.handles)
         .iter()
         .map(|(i, n)| (*i, n.clone()))
         .collect();
@@ -405,15 +429,22 @@ async fn settle(sim: &Sim) -> Result<(), String> {
     }
 }
 
+/// What a negative control breaks on purpose (nothing, by default).
+#[derive(Clone, Copy, Debug, Default)]
+struct Broken {
+    bugs: TestingBugs,
+    lie_about_wal_fsync: bool,
+}
+
 /// Runs seed `seed`: the history and what happened, or why the run itself failed.
-fn run(seed: u64, bugs: TestingBugs) -> (Vec<Event>, RunStats, Result<(), String>) {
+fn run(seed: u64, broken: Broken) -> (Vec<Event>, RunStats, Result<(), String>) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("simulation runtime");
     rt.block_on(async move {
-        let mut sim = Sim::new(seed, bugs);
+        let mut sim = Sim::new(seed, broken);
         let mut stats = RunStats::default();
         let outcome = async {
             for id in sim.ids.clone() {
@@ -454,9 +485,9 @@ fn run(seed: u64, bugs: TestingBugs) -> (Vec<Event>, RunStats, Result<(), String
 }
 
 /// Runs and checks one seed; `Err` describes the failure with the seed to replay.
-fn check_seed(seed: u64, bugs: TestingBugs) -> Result<RunStats, String> {
+fn check_seed(seed: u64, broken: Broken) -> Result<RunStats, String> {
     let t = std::time::Instant::now();
-    let (history, stats, outcome) = run(seed, bugs);
+    let (history, stats, outcome) = run(seed, broken);
     if std::env::var_os("CONCORD_SIM_VERBOSE").is_some() {
         eprintln!("seed {seed}: {stats:?}, run {:?}", t.elapsed());
     }
@@ -496,7 +527,7 @@ fn whole_nodes_stay_linearizable_under_faults() {
     let mut totals = RunStats::default();
     let seeds = seeds();
     for &seed in &seeds {
-        match check_seed(seed, TestingBugs::none()) {
+        match check_seed(seed, Broken::default()) {
             Ok(s) => {
                 simulated += s.simulated;
                 totals.ops += s.ops;
@@ -504,18 +535,20 @@ fn whole_nodes_stay_linearizable_under_faults() {
                 totals.crashes += s.crashes;
                 totals.sync_failures += s.sync_failures;
                 totals.partitions += s.partitions;
+                totals.outages += s.outages;
             }
             Err(e) => panic!("{e}"),
         }
     }
     let secs = wall.elapsed().as_secs_f64();
     println!(
-        "whole-node simulation: {} seeds, {} ops ({} ok), {} crashes, {} fsync failures, {} partitions; \
+        "whole-node simulation: {} seeds, {} ops ({} ok), {} crashes, {} cluster-wide outages, {} fsync failures, {} partitions; \
          {:.0} simulated s in {:.1} wall s ({:.1} simulated s per wall s, {:.0} seeds per minute)",
         seeds.len(),
         totals.ops,
         totals.ok,
         totals.crashes,
+        totals.outages,
         totals.sync_failures,
         totals.partitions,
         simulated.as_secs_f64(),
@@ -530,29 +563,56 @@ fn whole_nodes_stay_linearizable_under_faults() {
 #[test]
 fn a_seed_replays_exactly() {
     for seed in [7, 8] {
-        let (a, _, ra) = run(seed, TestingBugs::none());
-        let (b, _, rb) = run(seed, TestingBugs::none());
+        let (a, _, ra) = run(seed, Broken::default());
+        let (b, _, rb) = run(seed, Broken::default());
         assert_eq!(ra, rb);
         assert_eq!(a, b, "seed {seed} did not replay");
     }
 }
 
-/// Negative control: a driver that serves reads without ReadIndex must be caught (stale
-/// reads under partitions: the checker finds the history non-linearizable) within the
-/// default seeds.
-#[test]
-fn reads_without_read_index_are_caught() {
-    let caught = (1..=500u64).find(|&seed| {
-        let (history, _, _) = run(seed, TestingBugs::reads_without_read_index());
+/// The first of the default seeds whose history the checker finds non-linearizable with
+/// `broken`.
+fn first_caught(broken: Broken) -> Option<u64> {
+    (1..=500u64).find(|&seed| {
+        let (history, _, _) = run(seed, broken);
         register::check(&history, &CheckOptions::default())
             .is_ok_and(|v| v.valid == Validity::Invalid)
+    })
+}
+
+/// Negative control: a driver that serves reads without ReadIndex must be caught (stale
+/// reads under partitions) within the default seeds.
+#[test]
+fn reads_without_read_index_are_caught() {
+    let caught = first_caught(Broken {
+        bugs: TestingBugs::reads_without_read_index(),
+        ..Broken::default()
     });
     assert!(
         caught.is_some(),
         "no seed caught reads served without ReadIndex"
     );
     println!(
-        "negative control caught at seed {}",
+        "stale-read control caught at seed {}",
+        caught.unwrap_or_default()
+    );
+}
+
+/// Negative control: nodes whose WAL fsync does nothing (so a write is acknowledged before
+/// it is durable) must be caught (acknowledged writes lost to power cuts) within the
+/// default seeds.
+#[test]
+fn acknowledging_before_fsync_is_caught() {
+    let caught = first_caught(Broken {
+        lie_about_wal_fsync: true,
+        ..Broken::default()
+    });
+    assert!(
+        caught.is_some(),
+        "no seed caught writes acknowledged before fsync"
+    );
+    println!(
+        "lost-write control caught at seed {}",
         caught.unwrap_or_default()
     );
 }
