@@ -40,7 +40,7 @@
 //!    `persisted_messages` of the Ready that carries the entries.
 //! 3. A leader may send its appends before its own fsync (they are in `messages`); it
 //!    counts itself toward the commit quorum only after `advance` reports the entries
-//!    persisted (DESIGN.md: *acknowledged means durable*).
+//!    persisted (docs/design.md, "Acknowledged means durable").
 //! 4. Entries replace any stored entries from their first index on (a conflict
 //!    truncates the stored suffix); a snapshot replaces the whole log.
 //! 5. Committed entries are applied in order, after the Ready's writes are durable.

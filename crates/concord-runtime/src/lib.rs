@@ -12,6 +12,7 @@
 //!   compaction, restart, fast failover. Nothing in it assumes one group per process.
 //! * [`state_machine`]: the [`StateMachine`] trait and its contract.
 //! * [`envelope`]: the header of every normal log entry (who waits for the result).
+//! * [`clock`]: the node's hybrid logical clock service ([`clock::NodeClock`]).
 //! * [`transport`]: the [`transport::Transport`] seam and an in-process network with fault
 //!   switches for tests.
 //! * [`grpc`]: the network transport over concord-proto's `concord.peer.v1.Raft` service.
@@ -20,6 +21,7 @@
 //! * [`error`]: [`NodeError`], the runtime's typed errors.
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod codec;
 pub mod envelope;
 pub mod error;

@@ -1,7 +1,7 @@
 //! The durable encoding of [`Command`]: the bytes a replicated command has inside a Raft
 //! log entry. It lives beside [`Command`] so that a new command and its bytes are one change.
 //!
-//! The format (version 1) is documented byte by byte in docs/storage.md § "Entry payload".
+//! The format (version 1) is documented byte by byte in docs/storage.md § 1.8 "Entry payload".
 //! In short: a tag byte naming the command, then its fields in order; integers are
 //! little-endian and fixed-width, booleans one byte (0 or 1), byte strings a `u32` length
 //! then the bytes, lists a `u32` count then the items, optional values a presence byte.

@@ -1,7 +1,7 @@
 //! The in-memory key index: for every key, the revisions of its stored versions.
 //!
 //! Versions live in the `revs` table, ordered by revision, so a write appends to the
-//! table's right-most leaf instead of rewriting a random page (docs/storage.md § 3). Finding
+//! table's right-most leaf instead of rewriting a random page (docs/storage.md § 2.2). Finding
 //! a key's version at a revision is this index's job, as `treeIndex` is etcd's: it is
 //! rebuilt at open by one scan of `revs` and updated by every apply and compaction step.
 //!
