@@ -630,6 +630,8 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "term=5:uint64",
             "size=6:uint64",
             "message=7:bytes",
+            "version=8:uint32",
+            "group_id=9:uint64",
         ],
     ),
     (
@@ -1435,6 +1437,8 @@ mod round_trip {
                 term: 5,
                 size: 6,
                 message: Bytes::from_static(b"raft"),
+                version: 1,
+                group_id: 7,
             });
             round_trip(&SnapshotChunk { meta, offset, data: Bytes::from(data), crc32c, last });
         }

@@ -23,10 +23,21 @@
 //! 4. Batches reach the inbox of the group they name ([`Router`]); a batch for a group
 //!    this node does not host is dropped.
 //!
+//! # Snapshots
+//!
+//! A Raft snapshot message does not ride the `Send` stream: it goes on the `Snapshot` RPC
+//! of the same connection as chunks of [`SNAPSHOT_CHUNK_BYTES`] (each with its CRC-32C),
+//! at most [`SNAPSHOT_CHUNKS_IN_FLIGHT`] queued ahead of HTTP/2's flow control, so a large
+//! snapshot is never one message and a slow receiver slows the sender down. The receiver
+//! checks order, checksums and length, then hands the reassembled message to its group
+//! and acknowledges. A transfer that breaks is discarded whole and sent again from the
+//! start when Raft next needs it (restart, not resume). The messages queued behind a
+//! snapshot for the same peer wait until it is acknowledged, so a group sees them after it.
+//!
 //! # Limits (for later)
 //!
-//! * Snapshots travel inside a message on the `Send` stream (one `bytes` field holding the
-//!   whole image, up to [`MAX_MESSAGE_BYTES`]); the chunked `Snapshot` RPC is not served yet.
+//! * The snapshot is whole in memory on both sides (Raft's snapshot message holds it);
+//!   only the wire is chunked.
 //! * No TLS.
 //!
 //! # Fast failover
@@ -37,15 +48,15 @@
 //! campaigns at once rather than after the election timeout.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use concord_proto::peer::raft_client::RaftClient;
 use concord_proto::peer::raft_server::{Raft, RaftServer};
-use concord_proto::peer::{RaftAck, RaftBatch, SnapshotAck, SnapshotChunk};
-use concord_raft::{Message, NodeId};
+use concord_proto::peer::{RaftAck, RaftBatch, SnapshotAck, SnapshotChunk, SnapshotMeta};
+use concord_raft::{Message, MessageType, NodeId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -57,8 +68,16 @@ use crate::transport::{GroupId, PeerTransport, Router, TransportError, PEER_PROT
 pub const PEER_QUEUE_BATCHES: usize = 1024;
 /// Batches queued for one peer stream.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Largest gRPC message either side accepts (a snapshot travels as one message).
+/// Largest gRPC message either side accepts on the Send stream (snapshots travel apart, in
+/// chunks).
 pub const MAX_MESSAGE_BYTES: usize = 512 << 20;
+/// Default size of one snapshot chunk.
+pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Snapshot chunks queued ahead of the network: with HTTP/2 flow control, this bounds a
+/// transfer's memory beyond the snapshot itself (back-pressure).
+pub const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 4;
+/// Largest snapshot a receiver accepts.
+pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
 
 struct Peer {
     queue: mpsc::Sender<(GroupId, Vec<Message>)>,
@@ -73,6 +92,7 @@ pub type BoxStream<T> =
 pub struct GrpcTransport {
     from: NodeId,
     cluster_id: u64,
+    snapshot_chunk_bytes: Arc<AtomicUsize>,
     peers: std::sync::RwLock<BTreeMap<NodeId, (String, Peer)>>,
 }
 
@@ -96,6 +116,7 @@ impl GrpcTransport {
         let t = Self {
             from,
             cluster_id,
+            snapshot_chunk_bytes: Arc::new(AtomicUsize::new(SNAPSHOT_CHUNK_BYTES)),
             peers: std::sync::RwLock::new(BTreeMap::new()),
         };
         for (to, url) in peers {
@@ -122,11 +143,18 @@ impl GrpcTransport {
                 to,
                 cluster_id: self.cluster_id,
                 url: url.clone(),
+                snapshot_chunk_bytes: self.snapshot_chunk_bytes.clone(),
             },
             rx,
             connected.clone(),
         ));
         peers.insert(to, (url, Peer { queue, connected }));
+    }
+
+    /// Sets the size of the chunks snapshots are sent in (at least 1 KiB).
+    pub fn set_snapshot_chunk_bytes(&self, bytes: usize) {
+        self.snapshot_chunk_bytes
+            .store(bytes.max(1024), Ordering::Relaxed);
     }
 
     /// Forgets peer `to` and closes its connection.
@@ -168,6 +196,7 @@ struct PeerLink {
     to: NodeId,
     cluster_id: u64,
     url: String,
+    snapshot_chunk_bytes: Arc<AtomicUsize>,
 }
 
 async fn peer_loop(
@@ -208,6 +237,75 @@ enum StreamEnd {
     Failed(String),
 }
 
+fn raft_batch(link: &PeerLink, seq: u64, group: GroupId, msgs: &[Message]) -> RaftBatch {
+    RaftBatch {
+        cluster_id: link.cluster_id,
+        from: link.from,
+        to: link.to,
+        seq,
+        version: PEER_PROTOCOL_VERSION,
+        group_id: group,
+        messages: msgs
+            .iter()
+            .map(|m| Bytes::from(codec::encode_message(m)))
+            .collect(),
+    }
+}
+
+/// Sends snapshot message `msg` as a stream of checksummed chunks and waits for the
+/// receiver's acknowledgement (the snapshot arrived whole, verified, and was handed to its
+/// group). At most [`SNAPSHOT_CHUNKS_IN_FLIGHT`] chunks wait ahead of the network.
+async fn send_snapshot(
+    client: &mut RaftClient<tonic::transport::Channel>,
+    link: &PeerLink,
+    group: GroupId,
+    mut msg: Message,
+) -> Result<SnapshotAck, String> {
+    let snap = msg
+        .snapshot
+        .as_mut()
+        .ok_or("snapshot message without a snapshot")?;
+    let data = Bytes::from(std::mem::take(&mut snap.data));
+    let (index, term) = (snap.metadata.index, snap.metadata.term);
+    let meta = SnapshotMeta {
+        cluster_id: link.cluster_id,
+        from: link.from,
+        to: link.to,
+        index,
+        term,
+        size: data.len() as u64,
+        message: Bytes::from(codec::encode_message(&msg)),
+        version: PEER_PROTOCOL_VERSION,
+        group_id: group,
+    };
+    let chunk_bytes = link.snapshot_chunk_bytes.load(Ordering::Relaxed).max(1);
+    let (tx, rx) = mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);
+    tokio::spawn(async move {
+        let mut meta = Some(meta);
+        let mut offset = 0usize;
+        loop {
+            let end = (offset + chunk_bytes).min(data.len());
+            let piece = data.slice(offset..end);
+            let chunk = SnapshotChunk {
+                meta: meta.take(),
+                offset: offset as u64,
+                crc32c: crc32c::crc32c(&piece),
+                data: piece,
+                last: end == data.len(),
+            };
+            if tx.send(chunk).await.is_err() || end == data.len() {
+                return;
+            }
+            offset = end;
+        }
+    });
+    client
+        .snapshot(ReceiverStream::new(rx))
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|e| e.to_string())
+}
+
 async fn stream_to_peer(
     link: &PeerLink,
     endpoint: &tonic::transport::Endpoint,
@@ -234,20 +332,31 @@ async fn stream_to_peer(
         tokio::select! {
             msgs = rx.recv() => {
                 let Some((group, msgs)) = msgs else { return StreamEnd::TransportDropped };
+                // Snapshots travel apart, in chunks, on the Snapshot RPC of the same
+                // connection; the messages around one keep their order.
+                let mut plain = Vec::with_capacity(msgs.len());
+                for m in msgs {
+                    if m.msg_type != MessageType::Snapshot {
+                        plain.push(m);
+                        continue;
+                    }
+                    if !plain.is_empty() {
+                        seq += 1;
+                        let batch = raft_batch(link, seq, group, &std::mem::take(&mut plain));
+                        if tx.send(batch).await.is_err() {
+                            return StreamEnd::Failed("request stream closed".into());
+                        }
+                    }
+                    if let Err(e) = send_snapshot(&mut client, link, group, m).await {
+                        // Raft sends it again when the follower still needs it.
+                        tracing::warn!(to = link.to, error = %e, "snapshot transfer failed");
+                    }
+                }
+                if plain.is_empty() {
+                    continue;
+                }
                 seq += 1;
-                let batch = RaftBatch {
-                    cluster_id: link.cluster_id,
-                    from: link.from,
-                    to: link.to,
-                    seq,
-                    version: PEER_PROTOCOL_VERSION,
-                    group_id: group,
-                    messages: msgs
-                        .iter()
-                        .map(|m| Bytes::from(codec::encode_message(m)))
-                        .collect(),
-                };
-                if tx.send(batch).await.is_err() {
+                if tx.send(raft_batch(link, seq, group, &plain)).await.is_err() {
                     return StreamEnd::Failed("request stream closed".into());
                 }
             }
@@ -373,11 +482,84 @@ impl Raft for RaftPeerService {
 
     async fn snapshot(
         &self,
-        _request: Request<Streaming<SnapshotChunk>>,
+        request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotAck>, Status> {
-        Err(Status::unimplemented(
-            "snapshots travel on the Send stream in this version",
-        ))
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
+        let meta = first
+            .meta
+            .clone()
+            .ok_or_else(|| Status::invalid_argument("the first snapshot chunk has no meta"))?;
+        if meta.cluster_id != self.cluster_id {
+            return Err(Status::permission_denied("cluster id mismatch"));
+        }
+        if meta.version != PEER_PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "peer protocol version {} is not supported (this member speaks {PEER_PROTOCOL_VERSION})",
+                meta.version
+            )));
+        }
+        if meta.size > MAX_SNAPSHOT_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "snapshot of {} bytes is over the limit of {MAX_SNAPSHOT_BYTES}",
+                meta.size
+            )));
+        }
+        // A broken or damaged stream is dropped whole (restart, not resume).
+        let mut data = Vec::with_capacity(meta.size.min(64 << 20) as usize);
+        let mut chunk = first;
+        loop {
+            if chunk.offset != data.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "snapshot chunk at offset {}, expected {}",
+                    chunk.offset,
+                    data.len()
+                )));
+            }
+            if crc32c::crc32c(&chunk.data) != chunk.crc32c {
+                return Err(Status::data_loss(format!(
+                    "snapshot chunk at offset {} fails its checksum",
+                    chunk.offset
+                )));
+            }
+            if data.len() as u64 + chunk.data.len() as u64 > meta.size {
+                return Err(Status::invalid_argument("snapshot longer than announced"));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.last {
+                break;
+            }
+            chunk = stream
+                .message()
+                .await?
+                .ok_or_else(|| Status::aborted("snapshot stream ended before its last chunk"))?;
+        }
+        if data.len() as u64 != meta.size {
+            return Err(Status::invalid_argument(format!(
+                "snapshot of {} bytes announced, {} received",
+                meta.size,
+                data.len()
+            )));
+        }
+        let mut msg = codec::decode_message(&meta.message)
+            .map_err(|e| Status::invalid_argument(format!("snapshot message: {e}")))?;
+        let Some(snap) = msg.snapshot.as_mut() else {
+            return Err(Status::invalid_argument(
+                "snapshot message without a snapshot",
+            ));
+        };
+        snap.data = data;
+        let bytes_received = meta.size;
+        self.router
+            .route(meta.group_id, vec![msg])
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(SnapshotAck {
+            index: meta.index,
+            bytes_received,
+        }))
     }
 }
 

@@ -4,13 +4,14 @@
 //!
 //! What every transport must do: deliver each link's batches in order and intact (large
 //! ones too), keep groups apart on one connection, refuse a batch for an unknown peer as
-//! unreachable, and drop (never misdeliver) a batch for a group the peer does not host.
+//! unreachable, drop (never misdeliver) a batch for a group the peer does not host, and
+//! deliver a snapshot (chunked on the wire by the gRPC transport) whole and in order.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_raft::{Entry, Message, MessageType, NodeId};
+use concord_raft::{Entry, Message, MessageType, NodeId, Snapshot, SnapshotMetadata};
 use concord_runtime::grpc::{serve, GrpcTransport, RaftPeerService};
 use concord_runtime::transport::{Inbox, LocalNetwork, PeerTransport, Router, TransportError};
 
@@ -51,6 +52,8 @@ async fn grpc_pair() -> Pair {
         },
     ));
     let t1 = GrpcTransport::new(1, CLUSTER, BTreeMap::from([(2, url)]));
+    // Small chunks, so the snapshot below takes many.
+    t1.set_snapshot_chunk_bytes(64 << 10);
     Pair {
         t1: Arc::new(t1),
         r2,
@@ -130,6 +133,30 @@ async fn suite(pair: Pair) {
     let big = vec![msg(11, 4 << 20)];
     send(&*pair.t1, 2, 1, big.clone()).await;
     assert_eq!(recv(&mut a).await, big);
+
+    // A snapshot message (several chunks on the gRPC transport) arrives whole, in order
+    // with the messages around it.
+    let snap = Message {
+        msg_type: MessageType::Snapshot,
+        from: 1,
+        to: 2,
+        term: 3,
+        snapshot: Some(Snapshot {
+            metadata: SnapshotMetadata {
+                index: 40,
+                term: 3,
+                ..SnapshotMetadata::default()
+            },
+            data: (0..(3 << 20) + 17).map(|i| (i % 253) as u8).collect(),
+        }),
+        ..Message::default()
+    };
+    send(&*pair.t1, 2, 1, vec![msg(13, 1), snap.clone(), msg(14, 1)]).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.extend(recv(&mut a).await);
+    }
+    assert_eq!(got, vec![msg(13, 1), snap, msg(14, 1)]);
 
     // An unknown peer is unreachable at once.
     assert_eq!(

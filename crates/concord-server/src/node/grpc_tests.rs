@@ -213,3 +213,109 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
         let _ = s.send(());
     }
 }
+
+/// A follower that comes up after the leader compacted its log is caught up by a snapshot
+/// larger than many chunks, over gRPC, while every link loses batches at random; it ends
+/// with the same keyspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn far_behind_follower_gets_a_chunked_snapshot_under_message_loss() {
+    use concord_runtime::faults::FaultyTransport;
+
+    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let mut listeners = BTreeMap::new();
+    let mut urls = BTreeMap::new();
+    for &id in &ids {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        urls.insert(
+            id,
+            format!("http://{}", l.local_addr().expect("local addr")),
+        );
+        listeners.insert(id, l);
+    }
+    let dirs: Vec<_> = ids
+        .iter()
+        .map(|_| tempfile::tempdir().expect("temp dir"))
+        .collect();
+    let mut nodes = BTreeMap::new();
+    let mut faults = Vec::new();
+    let mut stops = Vec::new();
+    let mut launch = |id: NodeId, nodes: &mut BTreeMap<NodeId, NodeHandle>| {
+        let router = Router::new();
+        let in_rx = router.register(DEFAULT_GROUP);
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        tokio::spawn(serve(
+            listeners.remove(&id).expect("listener"),
+            RaftPeerService::new(CLUSTER, router),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        stops.push(stop_tx);
+        let grpc = Arc::new(GrpcTransport::new(id, CLUSTER, urls.clone()));
+        grpc.set_snapshot_chunk_bytes(16 << 10);
+        let faulty = Arc::new(FaultyTransport::new(grpc, id));
+        faults.push(faulty.clone());
+        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
+        cfg.raft.tick = Duration::from_millis(20);
+        cfg.raft.request_timeout = Duration::from_secs(5);
+        cfg.raft.snapshot_count = 20;
+        cfg.raft.snapshot_catch_up_entries = 5;
+        let transport = GroupTransport::new(faulty, DEFAULT_GROUP);
+        let node = start(cfg, Arc::new(transport), in_rx).expect("node starts");
+        nodes.insert(id, node);
+    };
+    launch(1, &mut nodes);
+    launch(2, &mut nodes);
+    let leader = wait_for("a leader", || {
+        let st: Vec<_> = nodes.values().map(|n| n.status()).collect();
+        let l = st.iter().find(|s| s.role == StateRole::Leader)?.id;
+        st.iter().all(|s| s.leader == Some(l)).then_some(l)
+    })
+    .await;
+    // Enough data that the store image is many 16 KiB chunks, and enough entries that the
+    // leader's WAL no longer holds the start of the log.
+    let value = vec![b'x'; 2048];
+    for i in 0..200 {
+        let cmd = Command::Put(PutRequest {
+            key: format!("key-{i:04}").into_bytes(),
+            value: value.clone(),
+            ..PutRequest::default()
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while nodes[&leader].propose(cmd.clone()).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "put {i} never acknowledged"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    wait_for("the leader to compact its log", || {
+        (nodes[&leader].status().snapshot_index > 50).then_some(())
+    })
+    .await;
+    launch(3, &mut nodes);
+    for f in &faults {
+        f.set_drop_per_mille(100);
+    }
+    wait_for("node 3 to install a snapshot and converge", || {
+        if nodes[&3].status().snapshots_installed == 0 {
+            return None;
+        }
+        let hashes: Vec<_> = nodes.values().map(|n| n.hash_kv().ok()).collect();
+        let first = hashes[0]?;
+        (first.1 >= 200 && hashes.iter().all(|h| *h == Some(first))).then_some(())
+    })
+    .await;
+    for f in &faults {
+        f.heal();
+    }
+    for node in nodes.values() {
+        node.shutdown().await.expect("shutdown");
+    }
+    for s in stops {
+        let _ = s.send(());
+    }
+}
