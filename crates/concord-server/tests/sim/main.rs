@@ -41,7 +41,7 @@ use tokio::time::Instant;
 use disk::NodeDisk;
 use net::SimNet;
 
-const KEYS: [&str; 5] = ["a", "b", "c", "d", "e"];
+const KEYS: [&str; 8] = ["a", "b", "c", "d", "e", "f", "g", "h"];
 /// Simulated length of the faulty phase.
 const FAULT_PHASE: Duration = Duration::from_secs(12);
 /// Bound on the healing phase (leader, final reads, convergence).
@@ -484,8 +484,10 @@ fn run(seed: u64, broken: Broken) -> (Vec<Event>, RunStats, Result<(), String>) 
     })
 }
 
-/// Runs and checks one seed; `Err` describes the failure with the seed to replay.
-fn check_seed(seed: u64, broken: Broken) -> Result<RunStats, String> {
+/// Runs and checks one seed; `Err` describes the failure with the seed to replay. A history
+/// the checker could not decide within its budget (many indeterminate writes to one key)
+/// comes back as `Ok` with [`Validity::Unknown`].
+fn check_seed(seed: u64, broken: Broken) -> Result<(RunStats, Validity), String> {
     let t = std::time::Instant::now();
     let (history, stats, outcome) = run(seed, broken);
     if std::env::var_os("CONCORD_SIM_VERBOSE").is_some() {
@@ -498,7 +500,7 @@ fn check_seed(seed: u64, broken: Broken) -> Result<RunStats, String> {
     let verdict = register::check(&history, &CheckOptions::default())
         .map_err(|e| format!("seed {seed}: history rejected: {e}"))?;
     match verdict.valid {
-        Validity::Valid => Ok(stats),
+        Validity::Valid | Validity::Unknown => Ok((stats, verdict.valid)),
         other => Err(format!(
             "seed {seed}: history is {other:?}: {:?} {:?} {:?} ({replay})",
             verdict.anomalies, verdict.note, verdict.stats
@@ -526,9 +528,13 @@ fn whole_nodes_stay_linearizable_under_faults() {
     let mut simulated = Duration::ZERO;
     let mut totals = RunStats::default();
     let seeds = seeds();
+    let mut undecided = Vec::new();
     for &seed in &seeds {
         match check_seed(seed, Broken::default()) {
-            Ok(s) => {
+            Ok((s, validity)) => {
+                if validity == Validity::Unknown {
+                    undecided.push(seed);
+                }
                 simulated += s.simulated;
                 totals.ops += s.ops;
                 totals.ok += s.ok;
@@ -557,6 +563,15 @@ fn whole_nodes_stay_linearizable_under_faults() {
         seeds.len() as f64 * 60.0 / secs,
     );
     assert!(totals.ok > 0, "no operation succeeded in any seed");
+    // An undecided history proves nothing either way; a few are tolerated (and named), a
+    // pattern of them is a failure of the test itself.
+    if !undecided.is_empty() {
+        println!("undecided (checker budget) seeds: {undecided:?}");
+    }
+    assert!(
+        undecided.len() * 100 <= seeds.len(),
+        "too many undecided seeds: {undecided:?}"
+    );
 }
 
 /// The same seed gives the same history, event for event: a failure replays exactly.
