@@ -190,9 +190,12 @@ impl Router {
     }
 }
 
+/// A node's end of the in-process wire: encoded batches tagged with their group.
+type Wire = mpsc::Sender<(GroupId, Vec<u8>)>;
+
 #[derive(Default)]
 struct NetState {
-    nodes: BTreeMap<NodeId, (mpsc::Sender<(GroupId, Vec<u8>)>, Router)>,
+    nodes: BTreeMap<NodeId, (Wire, Router)>,
     // Directed links (from, to) that drop everything.
     cut: BTreeSet<(NodeId, NodeId)>,
     // Directed links (from, to) that drop one group's messages.

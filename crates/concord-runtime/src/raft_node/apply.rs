@@ -21,25 +21,41 @@ pub(super) enum ApplyError {
     StateMachine(Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// One committed entry on its way to the state machine: its index, its payload (none for
+/// empty entries and membership changes), and who waits for it.
+struct Pending<'a> {
+    index: u64,
+    payload: Option<&'a [u8]>,
+    key: Option<RequestKey>,
+}
+
 impl<S: StateMachine, D: Disk> Driver<S, D> {
     pub(super) fn apply(&mut self, entries: &[Entry]) -> Result<(), ApplyError> {
         // (index, payload, request key) per entry; configuration changes are applied to
         // the Raft core here and reach the state machine as payload-less entries.
-        let mut batch: Vec<(u64, Option<&[u8]>, Option<RequestKey>)> =
-            Vec::with_capacity(entries.len());
+        let mut batch: Vec<Pending<'_>> = Vec::with_capacity(entries.len());
+        let none = |index| Pending {
+            index,
+            payload: None,
+            key: None,
+        };
         for e in entries {
             match e.kind {
                 EntryKind::ConfChange => {
                     self.apply_conf_change(e);
-                    batch.push((e.index, None, None));
+                    batch.push(none(e.index));
                 }
-                EntryKind::Normal if e.data.is_empty() => batch.push((e.index, None, None)),
+                EntryKind::Normal if e.data.is_empty() => batch.push(none(e.index)),
                 EntryKind::Normal => match envelope::decode(&e.data) {
-                    Ok((key, payload)) => batch.push((e.index, Some(payload), Some(key))),
+                    Ok((key, payload)) => batch.push(Pending {
+                        index: e.index,
+                        payload: Some(payload),
+                        key: Some(key),
+                    }),
                     Err(err) => {
                         // Every replica sees the same bytes and decides alike.
                         tracing::warn!(node = self.id, index = e.index, error = %err, "undecodable entry applied as no-op");
-                        batch.push((e.index, None, None));
+                        batch.push(none(e.index));
                     }
                 },
             }
@@ -47,7 +63,8 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         let outputs = {
             let mut guard = write_state(&self.state);
             let state = guard.as_mut().ok_or(ApplyError::Closed)?;
-            let input: Vec<(u64, Option<&[u8]>)> = batch.iter().map(|(i, p, _)| (*i, *p)).collect();
+            let input: Vec<(u64, Option<&[u8]>)> =
+                batch.iter().map(|p| (p.index, p.payload)).collect();
             state
                 .apply_batch(&input)
                 .map_err(|e| ApplyError::StateMachine(Box::new(e)))?
@@ -58,8 +75,8 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 want: batch.len(),
             });
         }
-        for ((_, _, key), output) in batch.iter().zip(outputs) {
-            let Some(key) = key else { continue };
+        for (pending, output) in batch.iter().zip(outputs) {
+            let Some(key) = &pending.key else { continue };
             if key.origin != self.id {
                 continue;
             }
@@ -68,8 +85,8 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 let _ = tx.send(output.ok_or(NodeError::AppliedBefore));
             }
         }
-        if let Some((last, _, _)) = batch.last() {
-            self.applied = self.applied.max(*last);
+        if let Some(last) = batch.last() {
+            self.applied = self.applied.max(last.index);
         }
         Ok(())
     }

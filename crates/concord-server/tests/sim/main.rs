@@ -300,11 +300,11 @@ async fn nemesis(sim: &mut Sim, until: Instant, stats: &mut RunStats) -> Result<
             2 | 3 => sim.net.heal(),
             4 if !majority_down => {
                 let id = sim.ids[sim.rng.gen_range(0..sim.ids.len())];
-                if !down.contains_key(&id) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = down.entry(id) {
                     sim.crash(id);
                     stats.crashes += 1;
                     let back = Duration::from_millis(sim.rng.gen_range(100..2000));
-                    down.insert(id, Instant::now() + back);
+                    slot.insert(Instant::now() + back);
                 }
             }
             5 => {
