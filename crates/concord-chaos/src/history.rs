@@ -1,4 +1,5 @@
-//! The history recorder: one JSON object per line, in the order events happened.
+//! The history recorder: one [`concord_check::history::Event`] per line (JSON Lines), in the
+//! order events happened, the one history format the checkers read.
 //!
 //! Every event gets a dense `index` and a `time_ns` measured from the start of the run on a
 //! monotonic clock. The recorder also keeps the events in memory for the summary.
@@ -9,31 +10,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use serde_json::{json, Map, Value};
-
-/// Outcome type of an event (Jepsen semantics).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// An operation starts.
-    Invoke,
-    /// The operation took effect.
-    Ok,
-    /// The operation certainly did not take effect.
-    Fail,
-    /// Unknown whether the operation took effect (timeout, connection lost).
-    Info,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Invoke => "invoke",
-            Kind::Ok => "ok",
-            Kind::Fail => "fail",
-            Kind::Info => "info",
-        }
-    }
-}
+use concord_check::history::{Event, EventType};
+use serde_json::Value;
 
 /// A compact copy of an event, for statistics.
 #[derive(Clone, Debug)]
@@ -41,9 +19,9 @@ pub struct Brief {
     /// Nanoseconds since the start of the run.
     pub time_ns: u64,
     /// The event's process.
-    pub process: i64,
+    pub process: u64,
     /// Its type.
-    pub kind: Kind,
+    pub kind: EventType,
     /// Its function (`read`, `write`, ...).
     pub f: String,
 }
@@ -100,41 +78,36 @@ impl Recorder {
     }
 
     /// Appends one event.
-    pub fn record(&self, process: i64, kind: Kind, op: &Op) {
+    pub fn record(&self, process: u64, kind: EventType, op: &Op) {
         let mut guard = match self.inner.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         let time_ns = self.now_ns();
-        let mut m = Map::new();
-        m.insert("index".into(), json!(guard.next));
-        m.insert("time_ns".into(), json!(time_ns));
-        m.insert("process".into(), json!(process));
-        m.insert("type".into(), json!(kind.as_str()));
-        m.insert("f".into(), json!(op.f));
-        if let Some(k) = &op.key {
-            m.insert("key".into(), json!(k));
-        }
-        m.insert("value".into(), op.value.clone());
-        if let Some(n) = &op.node {
-            m.insert("node".into(), json!(n));
-        }
-        if let Some(r) = op.revision {
-            m.insert("revision".into(), json!(r));
-        }
-        if let Some(e) = &op.error {
-            m.insert("error".into(), json!(e));
-        }
+        let event = Event {
+            index: guard.next,
+            time_ns,
+            process,
+            kind,
+            f: op.f.to_string(),
+            key: op.key.clone(),
+            value: op.value.clone(),
+            node: op.node.clone(),
+            error: op.error.clone(),
+            revision: op.revision,
+        };
         guard.next += 1;
-        let line = Value::Object(m).to_string();
-        if let Err(e) = writeln!(guard.out, "{line}") {
-            guard.error.get_or_insert_with(|| e.to_string());
+        let written = serde_json::to_string(&event)
+            .map_err(|e| e.to_string())
+            .and_then(|line| writeln!(guard.out, "{line}").map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            guard.error.get_or_insert(e);
         }
         guard.briefs.push(Brief {
             time_ns,
             process,
             kind,
-            f: op.f.to_string(),
+            f: event.f,
         });
     }
 

@@ -6,7 +6,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
-use crate::history::{Brief, Kind};
+use concord_check::history::EventType;
+
+use crate::history::Brief;
 use crate::nemesis::Window;
 
 /// One completed operation.
@@ -17,14 +19,14 @@ pub struct Completed {
     /// Completion time (ns).
     pub complete_ns: u64,
     /// Completion type.
-    pub kind: Kind,
+    pub kind: EventType,
     /// Function.
     pub f: String,
 }
 
 /// Pairs invocations with completions by process.
 pub fn completions(events: &[Brief]) -> Vec<Completed> {
-    let mut open: HashMap<i64, u64> = HashMap::new();
+    let mut open: HashMap<u64, u64> = HashMap::new();
     let mut out = Vec::new();
     for e in events {
         // Watch deliveries are recorded as instant pairs; they are not client operations.
@@ -32,7 +34,7 @@ pub fn completions(events: &[Brief]) -> Vec<Completed> {
             continue;
         }
         match e.kind {
-            Kind::Invoke => {
+            EventType::Invoke => {
                 open.insert(e.process, e.time_ns);
             }
             k => {
@@ -56,7 +58,7 @@ fn is_write(f: &str) -> bool {
 
 /// Counts and per-fault unavailability.
 pub fn summary(events: &[Brief], windows: &[Window], extra: Value) -> Value {
-    let count = |k: Kind| {
+    let count = |k: EventType| {
         events
             .iter()
             .filter(|e| e.kind == k && e.f != "setup" && e.f != "watch" && e.f != "watch-end")
@@ -67,7 +69,7 @@ pub fn summary(events: &[Brief], windows: &[Window], extra: Value) -> Value {
     for w in windows {
         let first_ok = done
             .iter()
-            .filter(|c| c.kind == Kind::Ok && is_write(&c.f) && c.invoke_ns >= w.start_ns)
+            .filter(|c| c.kind == EventType::Ok && is_write(&c.f) && c.invoke_ns >= w.start_ns)
             .map(|c| c.complete_ns)
             .min();
         let ops_in = done
@@ -77,7 +79,7 @@ pub fn summary(events: &[Brief], windows: &[Window], extra: Value) -> Value {
         let ok_in = done
             .iter()
             .filter(|c| {
-                c.kind == Kind::Ok && c.complete_ns >= w.start_ns && c.complete_ns <= w.end_ns
+                c.kind == EventType::Ok && c.complete_ns >= w.start_ns && c.complete_ns <= w.end_ns
             })
             .count();
         let mut f = json!({
@@ -100,7 +102,7 @@ pub fn summary(events: &[Brief], windows: &[Window], extra: Value) -> Value {
         .collect();
     let mut lat: Vec<u64> = done
         .iter()
-        .filter(|c| c.kind == Kind::Ok)
+        .filter(|c| c.kind == EventType::Ok)
         .map(|c| c.complete_ns - c.invoke_ns)
         .collect();
     lat.sort_unstable();
@@ -113,10 +115,10 @@ pub fn summary(events: &[Brief], windows: &[Window], extra: Value) -> Value {
         }
     };
     json!({
-        "ops": count(Kind::Invoke),
-        "ok": count(Kind::Ok),
-        "fail": count(Kind::Fail),
-        "info": count(Kind::Info),
+        "ops": count(EventType::Invoke),
+        "ok": count(EventType::Ok),
+        "fail": count(EventType::Fail),
+        "info": count(EventType::Info),
         "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)},
         "faults": faults,
         "leader_fault_unavailability_ms": {
@@ -132,7 +134,7 @@ pub fn summary(events: &[Brief], windows: &[Window], extra: Value) -> Value {
 fn per_second(done: &[Completed], secs: usize) -> (Vec<u32>, Vec<f64>) {
     let mut tput = vec![0u32; secs];
     let mut lats: Vec<Vec<u64>> = vec![Vec::new(); secs];
-    for c in done.iter().filter(|c| c.kind == Kind::Ok) {
+    for c in done.iter().filter(|c| c.kind == EventType::Ok) {
         let s = (c.complete_ns / 1_000_000_000) as usize;
         if s < secs {
             tput[s] += 1;
@@ -223,7 +225,7 @@ mod tests {
     use super::*;
     use crate::nemesis::Fault;
 
-    fn b(t: u64, p: i64, kind: Kind, f: &str) -> Brief {
+    fn b(t: u64, p: u64, kind: EventType, f: &str) -> Brief {
         Brief {
             time_ns: t,
             process: p,
@@ -235,14 +237,14 @@ mod tests {
     #[test]
     fn unavailability_is_first_ok_write_invoked_after_fault() {
         let ev = vec![
-            b(0, 1, Kind::Invoke, "write"),
-            b(2_000_000_000, 1, Kind::Ok, "write"),
-            b(1_100_000_000, 2, Kind::Invoke, "write"),
-            b(1_300_000_000, 2, Kind::Info, "write"),
-            b(1_400_000_000, 3, Kind::Invoke, "read"),
-            b(1_500_000_000, 3, Kind::Ok, "read"),
-            b(1_600_000_000, 4, Kind::Invoke, "write"),
-            b(1_700_000_000, 4, Kind::Ok, "write"),
+            b(0, 1, EventType::Invoke, "write"),
+            b(2_000_000_000, 1, EventType::Ok, "write"),
+            b(1_100_000_000, 2, EventType::Invoke, "write"),
+            b(1_300_000_000, 2, EventType::Info, "write"),
+            b(1_400_000_000, 3, EventType::Invoke, "read"),
+            b(1_500_000_000, 3, EventType::Ok, "read"),
+            b(1_600_000_000, 4, EventType::Invoke, "write"),
+            b(1_700_000_000, 4, EventType::Ok, "write"),
         ];
         let w = Window {
             fault: Fault::KillLeader,

@@ -24,7 +24,9 @@ use tonic::transport::Channel;
 
 use crate::client::{connect, OpErr};
 use crate::cluster::Cluster;
-use crate::history::{Kind, Op, Recorder};
+use concord_check::history::EventType;
+
+use crate::history::{Op, Recorder};
 
 /// The workloads: the checker's list, so runner and checker cannot disagree.
 pub use concord_check::Workload;
@@ -71,7 +73,7 @@ fn ok(value: Option<Value>, rev: Option<i64>) -> Result<Done, OpErr> {
 pub struct Worker {
     ctx: Arc<Ctx>,
     /// Current process id.
-    pub process: i64,
+    pub process: u64,
     chan: Option<(usize, Channel)>,
     rng: SmallRng,
 }
@@ -82,7 +84,7 @@ impl Worker {
         let rng = SmallRng::seed_from_u64(ctx.seed.wrapping_mul(1_000_003).wrapping_add(p as u64));
         Worker {
             ctx,
-            process: p as i64,
+            process: p as u64,
             chan: None,
             rng,
         }
@@ -91,7 +93,7 @@ impl Worker {
     /// The node of the current process id: `id mod N`, shifted by one for each new id the
     /// worker took, so a worker that lost track of an operation moves to the next node.
     fn node(&self) -> usize {
-        let p = self.process.unsigned_abs() as usize;
+        let p = self.process as usize;
         (p + p / self.ctx.concurrency.max(1)) % self.ctx.cluster.len()
     }
 
@@ -150,21 +152,21 @@ impl Worker {
         write_like: bool,
         timeout: Duration,
         f: F,
-    ) -> (Kind, Vec<i64>)
+    ) -> (EventType, Vec<i64>)
     where
         F: FnOnce(Channel) -> Fut,
         Fut: Future<Output = Result<Done, OpErr>>,
     {
         let rec = self.ctx.rec.clone();
         op.node = Some(self.ctx.cluster.nodes[self.node()].name.clone());
-        rec.record(self.process, Kind::Invoke, &op);
+        rec.record(self.process, EventType::Invoke, &op);
         let ch = match self.channel().await {
             Ok(c) => c,
             Err(e) => {
                 op.error = Some(e);
-                rec.record(self.process, Kind::Fail, &op);
+                rec.record(self.process, EventType::Fail, &op);
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                return (Kind::Fail, vec![]);
+                return (EventType::Fail, vec![]);
             }
         };
         let res = match tokio::time::timeout(timeout, f(ch)).await {
@@ -185,24 +187,24 @@ impl Worker {
                         self.ctx.max_write_rev.fetch_max(r, Ordering::SeqCst);
                     }
                 }
-                rec.record(self.process, Kind::Ok, &op);
-                (Kind::Ok, extra)
+                rec.record(self.process, EventType::Ok, &op);
+                (EventType::Ok, extra)
             }
             Ok(Done::Fail(msg)) => {
                 op.error = Some(msg);
-                rec.record(self.process, Kind::Fail, &op);
-                (Kind::Fail, vec![])
+                rec.record(self.process, EventType::Fail, &op);
+                (EventType::Fail, vec![])
             }
             Err(e) => {
                 self.chan = None;
                 op.error = Some(e.msg);
                 if e.definite || !write_like {
-                    rec.record(self.process, Kind::Fail, &op);
-                    (Kind::Fail, vec![])
+                    rec.record(self.process, EventType::Fail, &op);
+                    (EventType::Fail, vec![])
                 } else {
-                    rec.record(self.process, Kind::Info, &op);
-                    self.process += self.ctx.concurrency as i64;
-                    (Kind::Info, vec![])
+                    rec.record(self.process, EventType::Info, &op);
+                    self.process += self.ctx.concurrency as u64;
+                    (EventType::Info, vec![])
                 }
             }
         }
@@ -386,7 +388,7 @@ pub async fn bank_setup(ctx: &Ctx) -> Result<(), String> {
     .await?;
     ctx.rec.record(
         0,
-        Kind::Ok,
+        EventType::Ok,
         &Op {
             f: "setup",
             value: json!({ "accounts": accounts }),
@@ -549,7 +551,7 @@ pub async fn final_read(ctx: Arc<Ctx>, workload: Workload) -> bool {
             }
             _ => return true,
         };
-        if kind == Kind::Ok {
+        if kind == EventType::Ok {
             return true;
         }
         w.process += 1;
@@ -629,8 +631,8 @@ pub async fn lock_worker(mut w: Worker) {
             })
             .await;
         let lease = stash.lock().ok().and_then(|g| *g);
-        if kind != Kind::Ok {
-            if kind == Kind::Info {
+        if kind != EventType::Ok {
+            if kind == EventType::Info {
                 if let Some(l) = lease {
                     let ch = w.channel().await.ok();
                     revoke(ch, l).await;
@@ -671,7 +673,7 @@ pub async fn lock_worker(mut w: Worker) {
                     }
                 })
                 .await;
-            if k == Kind::Info {
+            if k == EventType::Info {
                 lost = true;
                 break;
             }
@@ -696,7 +698,7 @@ pub async fn lock_worker(mut w: Worker) {
                 ok(None, rev_of(r.header.as_ref()))
             })
             .await;
-        if k != Kind::Ok {
+        if k != EventType::Ok {
             let ch = w.channel().await.ok();
             revoke(ch, lease).await;
         }
@@ -749,19 +751,19 @@ pub async fn current_revision(ctx: &Ctx) -> Result<i64, String> {
     Ok(h.map(|h| h.revision).unwrap_or(0))
 }
 
-fn record_pair(rec: &Recorder, process: i64, op: Op) {
+fn record_pair(rec: &Recorder, process: u64, op: Op) {
     let inv = Op {
         value: Value::Null,
         ..op.clone()
     };
-    rec.record(process, Kind::Invoke, &inv);
-    rec.record(process, Kind::Ok, &op);
+    rec.record(process, EventType::Invoke, &inv);
+    rec.record(process, EventType::Ok, &op);
 }
 
 /// One watcher: follows prefix `w/` from `from_rev`, moving to another node when its stream
 /// breaks or stalls, until draining and caught up (or 20 s after draining began).
 pub async fn watcher(ctx: Arc<Ctx>, w: usize, from_rev: i64) {
-    let process = 1_000_000 + w as i64;
+    let process = 1_000_000 + w as u64;
     let n = ctx.cluster.len();
     let mut node = w % n;
     let mut last = from_rev - 1;

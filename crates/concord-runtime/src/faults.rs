@@ -1,8 +1,9 @@
 //! Fault injection as a wrapper around any [`PeerTransport`]: hold batches back, drop them
-//! at random, or cut the links to some peers. The gRPC transport, the in-process network
-//! and the simulation's network all get the same faults this way, and none of them carries
-//! test-only code paths. Used by the chaos harness's delay fault (the kernel here has no
-//! `netem`) and by tests.
+//! at random, or cut the links to some peers. The gRPC transport and the in-process
+//! network get the same faults this way, and neither carries test-only code paths. Used by
+//! the chaos harness's delay fault (the kernel here has no `netem`) and by tests. (The
+//! whole-node simulation has its own network, which draws delays and losses from the run's
+//! seed on the simulated clock.)
 //!
 //! # Guarantees
 //!

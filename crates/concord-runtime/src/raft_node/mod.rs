@@ -51,7 +51,8 @@
 //! * Disk I/O (WAL fsync, state machine commits) runs inline in the driver, which by
 //!   default has its own thread and single-threaded runtime: an fsync stalls this group's
 //!   progress for its duration, but never a server worker.
-//! * A snapshot travels as one message whose data is the whole state image.
+//! * A snapshot is built and installed whole in memory (Raft's snapshot message holds the
+//!   state image); the gRPC transport chunks it only on the wire.
 //! * A member removed from the configuration keeps running until its owner stops it.
 
 mod apply;

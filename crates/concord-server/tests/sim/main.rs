@@ -6,12 +6,19 @@
 //! hold the same keyspace.
 //!
 //! Faults: network partitions, random loss and delay (so reordering), a node's power cut
-//! (unsynced writes lost, torn as the seed says) followed by a restart, fsync failures
-//! (the node stops itself; it is restarted after a power cut), and the connection reset
-//! that tells the other nodes a peer died (fast failover).
+//! (unsynced writes lost, torn as the seed says) followed by a restart, a power cut of the
+//! whole cluster at once, fsync failures (the node stops itself; it is restarted after a
+//! power cut), and the connection reset that tells the other nodes a peer died (fast
+//! failover).
+//!
+//! A history the checker cannot decide within its budget (many indeterminate writes to one
+//! register) proves nothing either way: such seeds are named, and tolerated up to 1% of a
+//! run.
 //!
 //! * `CONCORD_SIM_SEEDS=<n>`: how many seeds (default 500).
-//! * `CONCORD_SIM_SEED=<s>`: run that seed alone (replays a failure exactly).
+//! * `CONCORD_SIM_SEED=<s>`: run that seed alone (replays a failure exactly), e.g.
+//!   `CONCORD_SIM_SEED=42 cargo test --release -p concord-server --test sim whole_nodes`.
+//! * `CONCORD_SIM_VERBOSE=1`: one line per seed (with `-- --nocapture`).
 //!
 //! No wall clock, real socket or real file is involved: tokio's paused clock advances only
 //! when every task waits, and the driver runs as a task of this runtime.
@@ -494,7 +501,7 @@ fn check_seed(seed: u64, broken: Broken) -> Result<(RunStats, Validity), String>
         eprintln!("seed {seed}: {stats:?}, run {:?}", t.elapsed());
     }
     let replay = format!(
-        "replay: CONCORD_SIM_SEED={seed} cargo test --release -p concord-server --test sim"
+        "replay: CONCORD_SIM_SEED={seed} cargo test --release -p concord-server --test sim whole_nodes"
     );
     outcome.map_err(|e| format!("seed {seed}: {e} ({replay})"))?;
     let verdict = register::check(&history, &CheckOptions::default())
@@ -569,7 +576,7 @@ fn whole_nodes_stay_linearizable_under_faults() {
         println!("undecided (checker budget) seeds: {undecided:?}");
     }
     assert!(
-        undecided.len() * 100 <= seeds.len(),
+        undecided.len() * 100 <= seeds.len().max(100),
         "too many undecided seeds: {undecided:?}"
     );
 }
