@@ -75,10 +75,15 @@ impl RequestKey {
 /// Entry data: the header for `key`, then `payload`.
 pub fn encode(key: &RequestKey, payload: &[u8]) -> Vec<u8> {
     let mut w = Vec::with_capacity(HEADER_BYTES + payload.len());
-    w.push(ENVELOPE_VERSION);
-    w.extend_from_slice(&key.to_bytes());
+    write_header(key, &mut w);
     w.extend_from_slice(payload);
     w
+}
+
+/// Appends the header for `key` to `w` (the payload follows it).
+pub fn write_header(key: &RequestKey, w: &mut Vec<u8>) {
+    w.push(ENVELOPE_VERSION);
+    w.extend_from_slice(&key.to_bytes());
 }
 
 /// The key and payload of entry data made by [`encode`].

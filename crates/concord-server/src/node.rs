@@ -302,7 +302,14 @@ impl<D: Disk> NodeHandle<D> {
     }
 
     async fn propose_unchecked(&self, cmd: &Command) -> Result<Response, KvError> {
-        Ok(self.raft.propose(&cmd.encode()).await??)
+        let hint = match cmd {
+            Command::Put(p) => p.key.len() + p.value.len() + 32,
+            _ => 128,
+        };
+        Ok(self
+            .raft
+            .propose_with(hint, |buf| cmd.encode_into(buf))
+            .await??)
     }
 
     /// Proposes a membership change; see [`RaftHandle::change_membership`].

@@ -1,7 +1,7 @@
 //! The driver loop: one task per group replica owns the [`RawNode`], steps what peers
 //! send, batches what callers ask, and handles each Ready in the persistence order.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use concord_raft::{
     ConfState, Message, MessageType, NodeId, RawNode, Ready, SnapshotStatus, StateRole,
@@ -31,9 +31,10 @@ pub(super) struct Driver<S: StateMachine, D: Disk> {
     pub(super) status: watch::Sender<NodeStatus<S::Summary>>,
     pub(super) stop_reason: watch::Sender<Option<String>>,
     /// Proposals of this node waiting for their entry to be applied.
-    // Ordered maps: failing them all wakes callers in one order (simulation replay).
-    pub(super) waiters: BTreeMap<RequestKey, Reply<S::Output>>,
-    pub(super) conf_waiters: BTreeMap<RequestKey, Reply<ConfState>>,
+    // Hash maps (on the hot path); `fail_all` answers in key order, so that simulation
+    // replays do not depend on their iteration order.
+    pub(super) waiters: HashMap<RequestKey, Reply<S::Output>>,
+    pub(super) conf_waiters: HashMap<RequestKey, Reply<ConfState>>,
     pub(super) reads: Reads,
     /// Membership as of each index where it changed (for snapshot metadata).
     pub(super) conf_history: BTreeMap<u64, ConfState>,
@@ -324,10 +325,13 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
     }
 
     fn fail_all(&mut self, err: &NodeError) {
-        for (_, tx) in std::mem::take(&mut self.waiters) {
+        let waiters: BTreeMap<_, _> = std::mem::take(&mut self.waiters).into_iter().collect();
+        for (_, tx) in waiters {
             let _ = tx.send(Err(err.clone()));
         }
-        for (_, tx) in std::mem::take(&mut self.conf_waiters) {
+        let conf_waiters: BTreeMap<_, _> =
+            std::mem::take(&mut self.conf_waiters).into_iter().collect();
+        for (_, tx) in conf_waiters {
             let _ = tx.send(Err(err.clone()));
         }
         self.reads.fail_all(err);

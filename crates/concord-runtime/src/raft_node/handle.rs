@@ -124,8 +124,22 @@ impl<S: StateMachine> RaftHandle<S> {
     /// the leader (Raft's own forwarding). On [`NodeError::Timeout`] the entry may still
     /// be applied later.
     pub async fn propose(&self, payload: &[u8]) -> Result<S::Output, NodeError> {
+        self.propose_with(payload.len(), |buf| buf.extend_from_slice(payload))
+            .await
+    }
+
+    /// [`RaftHandle::propose`] with the payload written by `write` straight into the entry
+    /// (after the envelope header): one buffer, no copy. `size_hint` is the payload's
+    /// expected size.
+    pub async fn propose_with(
+        &self,
+        size_hint: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<S::Output, NodeError> {
         let key = self.next_key();
-        let data = envelope::encode(&key, payload);
+        let mut data = Vec::with_capacity(envelope::HEADER_BYTES + size_hint);
+        envelope::write_header(&key, &mut data);
+        write(&mut data);
         if data.len() > self.max_request_bytes {
             return Err(NodeError::RequestTooLarge);
         }

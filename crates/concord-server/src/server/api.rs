@@ -12,6 +12,7 @@ use tonic::Status;
 
 use super::lease::Leases;
 use super::members::Members;
+use crate::error::Etcd;
 use crate::node::NodeHandle;
 use crate::KvError;
 use concord_runtime::NodeError;
@@ -63,10 +64,10 @@ impl Ctx {
                 break url;
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Status::unavailable(match leader {
-                    None => "etcdserver: no leader",
-                    Some(_) => "etcdserver: the leader's client URL is not known yet",
-                }));
+                return Err(match leader {
+                    None => Etcd::NoLeader.status(),
+                    Some(_) => Etcd::LeaderUrlUnknown.status(),
+                });
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
@@ -105,12 +106,8 @@ pub(crate) fn status(e: KvError) -> Status {
 /// `rpctypes`).
 pub(crate) fn request_status(e: RequestError) -> Status {
     match e {
-        RequestError::Compacted => {
-            Status::out_of_range("etcdserver: mvcc: required revision has been compacted")
-        }
-        RequestError::FutureRevision => {
-            Status::out_of_range("etcdserver: mvcc: required revision is a future revision")
-        }
+        RequestError::Compacted => Etcd::Compacted.status(),
+        RequestError::FutureRevision => Etcd::FutureRevision.status(),
         RequestError::LeaseNotFound => Status::not_found(e.to_string()),
         RequestError::LeaseExists => Status::failed_precondition(e.to_string()),
         RequestError::NoSpace => Status::resource_exhausted(e.to_string()),
@@ -212,14 +209,10 @@ fn txn_from_pb_at(
     depth: usize,
 ) -> Result<st::TxnRequest, Status> {
     if depth > 64 {
-        return Err(Status::invalid_argument(
-            "etcdserver: transactions nested too deeply",
-        ));
+        return Err(Etcd::TxnTooDeep.status());
     }
     if t.compare.len() > max_ops || t.success.len() > max_ops || t.failure.len() > max_ops {
-        return Err(Status::invalid_argument(
-            "etcdserver: too many operations in txn request",
-        ));
+        return Err(Etcd::TooManyTxnOps.status());
     }
     let mut compare = Vec::with_capacity(t.compare.len());
     for c in t.compare {
@@ -240,9 +233,7 @@ fn txn_from_pb_at(
                 Some(pb::request_op::Request::RequestTxn(t)) => {
                     Ok(st::RequestOp::Txn(txn_from_pb_at(t, max_ops, depth + 1)?))
                 }
-                None => Err(Status::invalid_argument(
-                    "etcdserver: request op has no request",
-                )),
+                None => Err(Etcd::EmptyRequestOp.status()),
             })
             .collect()
     };
@@ -260,16 +251,10 @@ fn compare_from_pb(c: pb::Compare) -> Result<st::Compare, Status> {
         Ok(CompareResult::Greater) => st::CompareResult::Greater,
         Ok(CompareResult::Less) => st::CompareResult::Less,
         Ok(CompareResult::NotEqual) => st::CompareResult::NotEqual,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "etcdserver: unknown compare result {}",
-                c.result
-            )))
-        }
+        Err(_) => return Err(Etcd::UnknownCompareResult.status_with(c.result)),
     };
-    let target = CompareTarget::try_from(c.target).map_err(|_| {
-        Status::invalid_argument(format!("etcdserver: unknown compare target {}", c.target))
-    })?;
+    let target = CompareTarget::try_from(c.target)
+        .map_err(|_| Etcd::UnknownCompareTarget.status_with(c.target))?;
     // etcd reads the union member that matches the target; a missing one compares with
     // the type's zero value.
     let u = c.target_union;

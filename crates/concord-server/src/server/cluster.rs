@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use super::api::{self, Ctx};
 use super::config::check_url;
 use super::members::{self, MemberRecord};
+use crate::error::Etcd;
 
 /// The `etcdserverpb.Cluster` service.
 #[derive(Clone)]
@@ -46,9 +47,7 @@ impl ClusterService {
             .filter(|v| **v != me)
             .max_by_key(|v| progress.get(v).copied().unwrap_or(0))
             .copied()
-            .ok_or_else(|| {
-                Status::failed_precondition("etcdserver: cannot remove the only voter")
-            })?;
+            .ok_or_else(|| Etcd::OnlyVoter.status())?;
         self.ctx
             .node
             .transfer_leader(target)
@@ -65,7 +64,7 @@ impl ClusterService {
         if moved {
             Ok(())
         } else {
-            Err(Status::unavailable("etcdserver: leader transfer timed out"))
+            Err(Etcd::LeaderTransferTimeout.status())
         }
     }
 
@@ -75,15 +74,13 @@ impl ClusterService {
             .list()
             .into_iter()
             .find(|m| m.id == id)
-            .ok_or_else(|| Status::not_found("etcdserver: member not found"))
+            .ok_or_else(|| Etcd::MemberNotFound.status())
     }
 }
 
 fn check_urls(urls: &[String]) -> Result<(), Status> {
     if urls.is_empty() {
-        return Err(Status::invalid_argument(
-            "etcdserver: member peer URLs are not provided",
-        ));
+        return Err(Etcd::PeerUrlsNotProvided.status());
     }
     for u in urls {
         check_url(u).map_err(Status::invalid_argument)?;
@@ -102,9 +99,7 @@ impl Cluster for ClusterService {
         let current = self.ctx.members.list();
         for m in &current {
             if m.peer_ur_ls.iter().any(|u| r.peer_ur_ls.contains(u)) {
-                return Err(Status::failed_precondition(
-                    "etcdserver: Peer URLs already exists",
-                ));
+                return Err(Etcd::PeerUrlExists.status());
             }
         }
         let id = members::member_id(&r.peer_ur_ls, &self.token);
@@ -212,9 +207,7 @@ impl Cluster for ClusterService {
         let id = request.into_inner().id;
         let m = self.find(id)?;
         if !m.is_learner {
-            return Err(Status::failed_precondition(
-                "etcdserver: can only promote a learner member",
-            ));
+            return Err(Etcd::MemberNotLearner.status());
         }
         if self.ctx.node.status().role != concord_raft::StateRole::Leader {
             // Only the leader knows each member's progress: forward, as etcd does.
@@ -222,9 +215,7 @@ impl Cluster for ClusterService {
             return leader.member_promote(pb::MemberPromoteRequest { id }).await;
         }
         if !self.ctx.node.is_caught_up(id).await.map_err(api::status)? {
-            return Err(Status::failed_precondition(
-                "etcdserver: can only promote a learner member which is in sync with leader",
-            ));
+            return Err(Etcd::LearnerNotReady.status());
         }
         let cs = self.change(ConfChangeType::AddNode, id).await?;
         Ok(Response::new(pb::MemberPromoteResponse {

@@ -27,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::api::{self, Ctx};
+use crate::error::Etcd;
 use crate::server::api::BoxStream;
 
 /// The services of both recipes.
@@ -209,15 +210,13 @@ async fn wait_turn(ctx: &Ctx, prefix: &[u8], key: &[u8], rev: i64) -> Result<(),
     loop {
         status.borrow_and_update();
         if !key_exists(ctx, key, rev)? {
-            return Err(Status::failed_precondition(
-                "etcdserver: the contender's key was deleted (its lease expired?)",
-            ));
+            return Err(Etcd::ContenderDeleted.status());
         }
         if first_contender(ctx, prefix, rev)?.is_none() {
             return Ok(());
         }
         if status.changed().await.is_err() {
-            return Err(Status::unavailable("etcdserver: server stopped"));
+            return Err(Etcd::Stopped.status());
         }
     }
 }

@@ -10,6 +10,7 @@ use concord_storage::mvcc::types::{Command, Response as StResponse};
 use tonic::{Request, Response, Status};
 
 use super::api::{self, Ctx};
+use crate::error::Etcd;
 
 /// The `etcdserverpb.KV` service.
 #[derive(Clone)]
@@ -35,7 +36,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let r = request.into_inner();
         if r.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+            return Err(Etcd::EmptyKey.status());
         }
         let serializable = r.serializable;
         let req = api::range_from_pb(r);
@@ -56,7 +57,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::PutResponse>, Status> {
         let p = request.into_inner();
         if p.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+            return Err(Etcd::EmptyKey.status());
         }
         match self.propose(Command::Put(api::put_from_pb(p))).await? {
             StResponse::Put(p) => Ok(Response::new(api::put_to_pb(&self.ctx, p))),
@@ -70,7 +71,7 @@ impl Kv for KvService {
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let d = request.into_inner();
         if d.key.is_empty() {
-            return Err(Status::invalid_argument("etcdserver: key is not provided"));
+            return Err(Etcd::EmptyKey.status());
         }
         match self
             .propose(Command::DeleteRange(api::delete_from_pb(d)))

@@ -29,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api::{self, Ctx};
+use crate::error::Etcd;
 use crate::node::NodeHandle;
 use crate::server::api::BoxStream;
 use crate::KvError;
@@ -302,14 +303,12 @@ impl Lease for LeaseService {
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
         let r = request.into_inner();
         if r.id < 0 {
-            return Err(Status::invalid_argument(
-                "etcdserver: lease id must be positive",
-            ));
+            return Err(Etcd::LeaseIdNotPositive.status());
         }
         let id = if r.id == 0 { random_id() } else { r.id };
         // etcd: TTLs above 9,000,000,000 s are refused, short ones raised to the minimum.
         if r.ttl > 9_000_000_000 {
-            return Err(Status::out_of_range("etcdserver: too large lease TTL"));
+            return Err(Etcd::LeaseTtlTooLarge.status());
         }
         let ttl = r.ttl.max(self.ctx.leases.min_ttl);
         let resp = self

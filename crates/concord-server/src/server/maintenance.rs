@@ -12,6 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::api::{self, Ctx};
+use crate::error::Etcd;
 use crate::server::api::BoxStream;
 
 /// The etcd API version Concord answers in `Status` and `/version`.
@@ -51,9 +52,7 @@ impl Maintenance for MaintenanceService {
             Ok(AlarmAction::Get) => {}
             Ok(AlarmAction::Activate) => {
                 if r.alarm != pb::AlarmType::Nospace as i32 {
-                    return Err(Status::invalid_argument(
-                        "etcdserver: only the NOSPACE alarm can be raised",
-                    ));
+                    return Err(Etcd::OnlyNoSpaceAlarm.status());
                 }
                 self.ctx
                     .node
@@ -70,12 +69,7 @@ impl Maintenance for MaintenanceService {
                         .map_err(api::status)?;
                 }
             }
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "etcdserver: unknown alarm action {}",
-                    r.action
-                )))
-            }
+            Err(_) => return Err(Etcd::UnknownAlarmAction.status_with(r.action)),
         }
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.ctx.header()),
@@ -95,7 +89,7 @@ impl Maintenance for MaintenanceService {
             .map_err(api::status)?;
         let mut errors = Vec::new();
         if st.leader.is_none() {
-            errors.push("etcdserver: no leader".to_string());
+            errors.push(Etcd::NoLeader.text().to_string());
         }
         if !alarms(&self.ctx).is_empty() {
             errors.push(format!("memberID:{} alarm:NOSPACE", self.ctx.member_id));
@@ -216,12 +210,10 @@ impl Maintenance for MaintenanceService {
         let target = request.into_inner().target_id;
         let st = self.ctx.node.status();
         if st.role != StateRole::Leader {
-            return Err(Status::failed_precondition("etcdserver: not leader"));
+            return Err(Etcd::NotLeader.status());
         }
         if !st.conf_state.voters.contains(&target) {
-            return Err(Status::failed_precondition(
-                "etcdserver: bad leader transferee",
-            ));
+            return Err(Etcd::BadLeaderTransferee.status());
         }
         self.ctx
             .node
@@ -236,7 +228,7 @@ impl Maintenance for MaintenanceService {
             .await
             .map_err(api::status)?;
         if !moved {
-            return Err(Status::unavailable("etcdserver: request timed out"));
+            return Err(Etcd::Timeout.status());
         }
         Ok(Response::new(pb::MoveLeaderResponse {
             header: Some(self.ctx.header()),
@@ -251,7 +243,7 @@ pub(crate) struct AuthService {
 }
 
 fn auth_not_enabled() -> Status {
-    Status::failed_precondition("etcdserver: authentication is not enabled")
+    Etcd::AuthNotEnabled.status()
 }
 
 #[tonic::async_trait]

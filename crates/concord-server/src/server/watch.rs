@@ -27,6 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api::{self, Ctx};
+use crate::error::Etcd;
 use crate::server::api::BoxStream;
 
 /// Events read from the store per step.
@@ -84,8 +85,7 @@ impl Watch for WatchService {
                                     watch_id: id,
                                     created: true,
                                     canceled: true,
-                                    cancel_reason: "etcdserver: mvcc: watcher ID already exists"
-                                        .into(),
+                                    cancel_reason: Etcd::WatcherIdExists.text().into(),
                                     ..Default::default()
                                 }))
                                 .await;
@@ -98,7 +98,7 @@ impl Watch for WatchService {
                                     watch_id: id,
                                     created: true,
                                     canceled: true,
-                                    cancel_reason: "etcdserver: key is not provided".into(),
+                                    cancel_reason: Etcd::EmptyKey.text().into(),
                                     ..Default::default()
                                 }))
                                 .await;
@@ -188,8 +188,7 @@ async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
                             watch_id: id,
                             canceled: true,
                             compact_revision: compacted,
-                            cancel_reason: "etcdserver: mvcc: required revision has been compacted"
-                                .into(),
+                            cancel_reason: Etcd::Compacted.text().into(),
                             ..Default::default()
                         }))
                         .await;
@@ -233,7 +232,7 @@ async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
         tokio::select! {
             changed = status.changed() => {
                 if changed.is_err() {
-                    let _ = out.send(Err(Status::unavailable("etcdserver: server stopped"))).await;
+                    let _ = out.send(Err(Etcd::Stopped.status())).await;
                     return;
                 }
             }
