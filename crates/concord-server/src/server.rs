@@ -171,25 +171,7 @@ impl Server {
         let member_id =
             members::load_or_store_id(&config.data_dir, members::member_id(&my_peer_urls, &token))
                 .map_err(ServerError::Start)?;
-        let mut founding = BTreeMap::new();
-        for (name, urls) in config.founding_members() {
-            founding.insert(
-                members::member_id(&urls, &token),
-                MemberRecord {
-                    name,
-                    peer_urls: urls,
-                    client_urls: Vec::new(),
-                },
-            );
-        }
-        founding.insert(
-            member_id,
-            MemberRecord {
-                name: config.name.clone(),
-                peer_urls: my_peer_urls.clone(),
-                client_urls: Vec::new(),
-            },
-        );
+        let mut founding = founding_members(&config, member_id, &my_peer_urls);
         let client_listeners = bind(&config.listen_client_urls).await?;
         let peer_listeners = bind(&config.listen_peer_urls).await?;
         let client_bound: Vec<String> = client_listeners.iter().map(|(_, u)| u.clone()).collect();
@@ -203,26 +185,7 @@ impl Server {
             me.client_urls = my_client_urls.clone();
         }
 
-        let heartbeat = config.heartbeat_interval;
-        let mut nc = NodeConfig::new(
-            member_id,
-            match config.initial_cluster_state {
-                ClusterState::New => founding.keys().copied().collect(),
-                ClusterState::Existing => Vec::new(),
-            },
-            &config.data_dir,
-        );
-        nc.raft.tick = heartbeat;
-        nc.raft.heartbeat_ticks = 1;
-        nc.raft.election_ticks =
-            (config.election_timeout.as_millis() / heartbeat.as_millis().max(1)).max(2) as u32;
-        nc.raft.snapshot_count = config.snapshot_count;
-        nc.raft.snapshot_catch_up_entries = (config.snapshot_count / 2).clamp(1, 5_000);
-        nc.raft.max_request_bytes = config.max_request_bytes;
-        nc.raft.request_timeout = config.request_timeout;
-        nc.mvcc.quota_bytes = config.quota_backend_bytes;
-        nc.mvcc.cache_bytes = config.backend_cache_bytes;
-
+        let nc = node_config(&config, member_id, &founding);
         let peers: BTreeMap<u64, String> = founding
             .iter()
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
@@ -265,45 +228,7 @@ impl Server {
             leases: leases.clone(),
             members: members.clone(),
         };
-        let limit = config
-            .max_request_bytes
-            .saturating_mul(2)
-            .saturating_add(GRPC_OVERHEAD_BYTES);
-        let routes = tonic::service::Routes::new(
-            KvServer::new(kv::KvService { ctx: ctx.clone() })
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            WatchServer::new(watch::WatchService { ctx: ctx.clone() })
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(
-            LeaseServer::new(lease::LeaseService { ctx: ctx.clone() })
-                .max_decoding_message_size(limit),
-        )
-        .add_service(
-            ClusterServer::new(cluster::ClusterService {
-                ctx: ctx.clone(),
-                token: token.clone(),
-            })
-            .max_decoding_message_size(limit),
-        )
-        .add_service(
-            MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
-                .max_decoding_message_size(limit)
-                .max_encoding_message_size(usize::MAX),
-        )
-        .add_service(AuthServer::new(maintenance::AuthService {
-            ctx: ctx.clone(),
-        }))
-        .add_service(LockServer::new(concurrency::ConcurrencyService {
-            ctx: ctx.clone(),
-        }))
-        .add_service(ElectionServer::new(concurrency::ConcurrencyService {
-            ctx: ctx.clone(),
-        }));
+        let routes = grpc_services(&ctx, &token, config.max_request_bytes);
         // One port for both: gRPC requests (content-type application/grpc) go to the
         // services, everything else to the HTTP routes, which answer 404 for unknown paths.
         let mut plain = http::router(ctx.clone());
@@ -317,22 +242,7 @@ impl Server {
                 token.clone(),
             )))
             .fallback(http::not_found);
-        let router = routes.into_axum_router().layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let plain = plain.clone();
-                async move {
-                    if http::is_grpc(&req) {
-                        next.run(req).await
-                    } else {
-                        use tower::ServiceExt as _;
-                        match plain.oneshot(req).await {
-                            Ok(r) => r,
-                            Err(never) => match never {},
-                        }
-                    }
-                }
-            },
-        ));
+        let router = one_port(routes, plain);
         let limits = listener::Limits {
             max_connections: config.max_client_connections,
             max_concurrent_streams: config.max_concurrent_streams,
@@ -343,6 +253,7 @@ impl Server {
             servers.push(tokio::spawn(listener::serve(tcp, router, limits, stop)));
         }
 
+        let heartbeat = config.heartbeat_interval;
         let background = vec![
             tokio::spawn(leases.clone().run(
                 heartbeat.max(Duration::from_millis(50)),
@@ -435,6 +346,125 @@ impl Server {
         drop(self.dir_lock);
         result
     }
+}
+
+/// The founding members as the command line names them, this member with its own URLs.
+fn founding_members(
+    config: &ServerConfig,
+    member_id: u64,
+    my_peer_urls: &[String],
+) -> BTreeMap<u64, MemberRecord> {
+    let token = &config.initial_cluster_token;
+    let mut founding = BTreeMap::new();
+    for (name, urls) in config.founding_members() {
+        founding.insert(
+            members::member_id(&urls, token),
+            MemberRecord {
+                name,
+                peer_urls: urls,
+                client_urls: Vec::new(),
+            },
+        );
+    }
+    founding.insert(
+        member_id,
+        MemberRecord {
+            name: config.name.clone(),
+            peer_urls: my_peer_urls.to_vec(),
+            client_urls: Vec::new(),
+        },
+    );
+    founding
+}
+
+/// The keyspace replica's settings from the server's (etcd's flags).
+fn node_config(
+    config: &ServerConfig,
+    member_id: u64,
+    founding: &BTreeMap<u64, MemberRecord>,
+) -> NodeConfig {
+    let heartbeat = config.heartbeat_interval;
+    let mut nc = NodeConfig::new(
+        member_id,
+        match config.initial_cluster_state {
+            ClusterState::New => founding.keys().copied().collect(),
+            ClusterState::Existing => Vec::new(),
+        },
+        &config.data_dir,
+    );
+    nc.raft.tick = heartbeat;
+    nc.raft.heartbeat_ticks = 1;
+    nc.raft.election_ticks =
+        (config.election_timeout.as_millis() / heartbeat.as_millis().max(1)).max(2) as u32;
+    nc.raft.snapshot_count = config.snapshot_count;
+    nc.raft.snapshot_catch_up_entries = (config.snapshot_count / 2).clamp(1, 5_000);
+    nc.raft.max_request_bytes = config.max_request_bytes;
+    nc.raft.request_timeout = config.request_timeout;
+    nc.mvcc.quota_bytes = config.quota_backend_bytes;
+    nc.mvcc.cache_bytes = config.backend_cache_bytes;
+    nc
+}
+
+/// etcd's gRPC services over `ctx`, with message limits from `--max-request-bytes`.
+fn grpc_services(ctx: &api::Ctx, token: &str, max_request_bytes: usize) -> tonic::service::Routes {
+    let limit = max_request_bytes
+        .saturating_mul(2)
+        .saturating_add(GRPC_OVERHEAD_BYTES);
+    tonic::service::Routes::new(
+        KvServer::new(kv::KvService { ctx: ctx.clone() })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        WatchServer::new(watch::WatchService { ctx: ctx.clone() })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(
+        LeaseServer::new(lease::LeaseService { ctx: ctx.clone() }).max_decoding_message_size(limit),
+    )
+    .add_service(
+        ClusterServer::new(cluster::ClusterService {
+            ctx: ctx.clone(),
+            token: token.to_string(),
+        })
+        .max_decoding_message_size(limit),
+    )
+    .add_service(
+        MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(usize::MAX),
+    )
+    .add_service(AuthServer::new(maintenance::AuthService {
+        ctx: ctx.clone(),
+    }))
+    .add_service(LockServer::new(concurrency::ConcurrencyService {
+        ctx: ctx.clone(),
+    }))
+    .add_service(ElectionServer::new(concurrency::ConcurrencyService {
+        ctx: ctx.clone(),
+    }))
+}
+
+/// One port for both protocols: gRPC requests (content-type application/grpc) go to
+/// `grpc`, everything else to `plain`.
+fn one_port(grpc: tonic::service::Routes, plain: axum::Router) -> axum::Router {
+    grpc.into_axum_router().layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let plain = plain.clone();
+            async move {
+                if http::is_grpc(&req) {
+                    next.run(req).await
+                } else {
+                    use tower::ServiceExt as _;
+                    match plain.oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
+                }
+            }
+        },
+    ))
 }
 
 async fn wait_stop(mut rx: tokio_watch::Receiver<bool>) {

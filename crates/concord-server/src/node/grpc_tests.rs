@@ -48,23 +48,39 @@ async fn put(node: &NodeHandle, key: String) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_nodes_over_loopback_grpc_commit_and_converge() {
-    let ids: Vec<NodeId> = vec![1, 2, 3];
+/// A loopback listener per node, and the URLs they answer on.
+async fn listeners(
+    ids: &[NodeId],
+) -> (
+    BTreeMap<NodeId, tokio::net::TcpListener>,
+    BTreeMap<NodeId, String>,
+) {
     let mut listeners = BTreeMap::new();
     let mut urls = BTreeMap::new();
-    for &id in &ids {
+    for &id in ids {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
-        let addr = l.local_addr().expect("local addr");
-        urls.insert(id, format!("http://{addr}"));
+        urls.insert(
+            id,
+            format!("http://{}", l.local_addr().expect("local addr")),
+        );
         listeners.insert(id, l);
     }
-    let dirs: Vec<_> = ids
-        .iter()
+    (listeners, urls)
+}
+
+fn temp_dirs(n: usize) -> Vec<tempfile::TempDir> {
+    (0..n)
         .map(|_| tempfile::tempdir().expect("temp dir"))
-        .collect();
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_over_loopback_grpc_commit_and_converge() {
+    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let (mut listeners, urls) = listeners(&ids).await;
+    let dirs = temp_dirs(ids.len());
     let mut nodes = BTreeMap::new();
     let mut stops = Vec::new();
     let mut launch = |id: NodeId,
@@ -130,22 +146,8 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn followers_replace_a_killed_leader_without_waiting_for_the_election_timeout() {
     let ids: Vec<NodeId> = vec![1, 2, 3];
-    let mut listeners = BTreeMap::new();
-    let mut urls = BTreeMap::new();
-    for &id in &ids {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        urls.insert(
-            id,
-            format!("http://{}", l.local_addr().expect("local addr")),
-        );
-        listeners.insert(id, l);
-    }
-    let dirs: Vec<_> = ids
-        .iter()
-        .map(|_| tempfile::tempdir().expect("temp dir"))
-        .collect();
+    let (mut listeners, urls) = listeners(&ids).await;
+    let dirs = temp_dirs(ids.len());
     let mut nodes = BTreeMap::new();
     let mut stops = BTreeMap::new();
     for &id in &ids {
@@ -222,22 +224,8 @@ async fn far_behind_follower_gets_a_chunked_snapshot_under_message_loss() {
     use concord_runtime::faults::FaultyTransport;
 
     let ids: Vec<NodeId> = vec![1, 2, 3];
-    let mut listeners = BTreeMap::new();
-    let mut urls = BTreeMap::new();
-    for &id in &ids {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind loopback");
-        urls.insert(
-            id,
-            format!("http://{}", l.local_addr().expect("local addr")),
-        );
-        listeners.insert(id, l);
-    }
-    let dirs: Vec<_> = ids
-        .iter()
-        .map(|_| tempfile::tempdir().expect("temp dir"))
-        .collect();
+    let (mut listeners, urls) = listeners(&ids).await;
+    let dirs = temp_dirs(ids.len());
     let mut nodes = BTreeMap::new();
     let mut faults = Vec::new();
     let mut stops = Vec::new();

@@ -67,6 +67,13 @@ async fn version() -> impl IntoResponse {
     (StatusCode::OK, JSON, body.to_string())
 }
 
+/// Appends one metric in the Prometheus text format (`kind`: `gauge` or `counter`).
+fn metric(out: &mut String, kind: &str, name: &str, help: &str, value: f64) {
+    out.push_str(&format!(
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+    ));
+}
+
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     let st = ctx.node.status();
     let (size, in_use) = ctx
@@ -74,53 +81,73 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         .with_store(|s| Ok((s.size_bytes()?, s.size_in_use_bytes()?)))
         .unwrap_or((0, 0));
     let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
-    };
-    gauge(
+    metric(
+        &mut out,
+        "gauge",
         "concord_server_has_leader",
         "Whether a leader is known (1) or not (0).",
         f64::from(u8::from(st.leader.is_some())),
     );
-    gauge(
+    metric(
+        &mut out,
+        "gauge",
         "concord_server_is_leader",
         "Whether this member is the leader.",
         f64::from(u8::from(st.role == StateRole::Leader)),
     );
-    gauge("concord_raft_term", "Current Raft term.", st.term as f64);
-    gauge(
+    metric(
+        &mut out,
+        "gauge",
+        "concord_raft_term",
+        "Current Raft term.",
+        st.term as f64,
+    );
+    metric(
+        &mut out,
+        "gauge",
         "concord_raft_commit_index",
         "Raft commit index.",
         st.commit as f64,
     );
-    gauge(
+    metric(
+        &mut out,
+        "gauge",
         "concord_raft_applied_index",
         "Raft applied index.",
         st.applied as f64,
     );
-    gauge(
+    metric(
+        &mut out,
+        "gauge",
         "concord_raft_snapshot_index",
         "Index of the latest snapshot.",
         st.snapshot_index as f64,
     );
-    gauge(
+    // `_total`: a counter, as Prometheus's naming rules expect.
+    metric(
+        &mut out,
+        "counter",
         "concord_raft_snapshots_installed_total",
         "Snapshots received and installed since start.",
         st.snapshots_installed as f64,
     );
-    gauge(
+    metric(
+        &mut out,
+        "gauge",
         "concord_mvcc_revision",
         "Current store revision.",
         st.state.revision as f64,
     );
-    gauge(
+    metric(
+        &mut out,
+        "gauge",
         "concord_mvcc_db_total_size_bytes",
         "Size of the store file.",
         size as f64,
     );
-    gauge(
+    metric(
+        &mut out,
+        "gauge",
         "concord_mvcc_db_total_size_in_use_bytes",
         "Bytes of the store file in use.",
         in_use as f64,

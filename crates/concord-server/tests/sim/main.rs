@@ -170,6 +170,20 @@ impl Sim {
         }
     }
 
+    /// Power-cuts the nodes that stopped by themselves (a failed fsync) and schedules
+    /// their restart at `back`.
+    fn crash_stopped(&mut self, down: &mut BTreeMap<NodeId, Instant>, back: Instant) {
+        let stopped: Vec<NodeId> = lock(&self.handles)
+            .iter()
+            .filter(|(_, n)| n.status().stopped)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stopped {
+            self.crash(id);
+            down.insert(id, back);
+        }
+    }
+
     fn elapsed_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
@@ -277,15 +291,7 @@ async fn nemesis(sim: &mut Sim, until: Instant, stats: &mut RunStats) -> Result<
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(sim.rng.gen_range(100..800))).await;
         // Nodes that stopped by themselves (an fsync failed): power cut, then restart.
-        let stopped: Vec<NodeId> = lock(&sim.handles)
-            .iter()
-            .filter(|(_, n)| n.status().stopped)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in stopped {
-            sim.crash(id);
-            down.insert(id, Instant::now() + Duration::from_millis(200));
-        }
+        sim.crash_stopped(&mut down, Instant::now() + Duration::from_millis(200));
         for (id, at) in down.clone() {
             if Instant::now() >= at {
                 down.remove(&id);
@@ -348,15 +354,7 @@ async fn nemesis(sim: &mut Sim, until: Instant, stats: &mut RunStats) -> Result<
     for disk in sim.disks.values() {
         disk.sim.fail_syncs_after(None);
     }
-    let stopped: Vec<NodeId> = lock(&sim.handles)
-        .iter()
-        .filter(|(_, n)| n.status().stopped)
-        .map(|(id, _)| *id)
-        .collect();
-    for id in stopped {
-        sim.crash(id);
-        down.insert(id, Instant::now());
-    }
+    sim.crash_stopped(&mut down, Instant::now());
     for id in down.into_keys() {
         sim.boot(id)?;
     }
