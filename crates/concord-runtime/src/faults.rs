@@ -15,6 +15,7 @@
 //!    not held behind earlier ones (Raft tolerates the reordering this may cause).
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +36,9 @@ struct Faults {
 #[derive(Debug)]
 pub struct FaultyTransport<T> {
     inner: Arc<T>,
+    // Whether any fault was set since the last heal: without one, a batch goes straight to
+    // the wrapped transport, with no lock on the send path.
+    active: AtomicBool,
     faults: Mutex<Faults>,
 }
 
@@ -43,6 +47,7 @@ impl<T: PeerTransport> FaultyTransport<T> {
     pub fn new(inner: Arc<T>, seed: u64) -> Self {
         Self {
             inner,
+            active: AtomicBool::new(false),
             faults: Mutex::new(Faults {
                 rng: seed | 1,
                 ..Faults::default()
@@ -60,19 +65,26 @@ impl<T: PeerTransport> FaultyTransport<T> {
         self.faults.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The faults, for a change that sets one.
+    fn set(&self) -> MutexGuard<'_, Faults> {
+        let f = self.lock();
+        self.active.store(true, Ordering::Release);
+        f
+    }
+
     /// Holds every outgoing batch back by `delay` (zero: no delay).
     pub fn set_delay(&self, delay: Duration) {
-        self.lock().delay = delay;
+        self.set().delay = delay;
     }
 
     /// Drops each batch with probability `per_mille`/1000 (0: none).
     pub fn set_drop_per_mille(&self, per_mille: u32) {
-        self.lock().drop_per_mille = per_mille.min(1000);
+        self.set().drop_per_mille = per_mille.min(1000);
     }
 
     /// Cuts the link to `to` until [`FaultyTransport::heal`].
     pub fn cut(&self, to: NodeId) {
-        self.lock().cut.insert(to);
+        self.set().cut.insert(to);
     }
 
     /// Lifts every fault.
@@ -81,6 +93,7 @@ impl<T: PeerTransport> FaultyTransport<T> {
         f.delay = Duration::ZERO;
         f.drop_per_mille = 0;
         f.cut.clear();
+        self.active.store(false, Ordering::Release);
     }
 }
 
@@ -91,6 +104,9 @@ impl<T: PeerTransport> PeerTransport for FaultyTransport<T> {
         group: GroupId,
         msgs: Vec<Message>,
     ) -> Result<(), TransportError> {
+        if !self.active.load(Ordering::Acquire) {
+            return self.inner.send_group(to, group, msgs);
+        }
         let delay = {
             let mut f = self.lock();
             if f.cut.contains(&to) {

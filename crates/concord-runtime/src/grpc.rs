@@ -332,6 +332,14 @@ async fn stream_to_peer(
         tokio::select! {
             msgs = rx.recv() => {
                 let Some((group, msgs)) = msgs else { return StreamEnd::TransportDropped };
+                // The common case, no snapshot: the batch goes as it is.
+                if !msgs.iter().any(|m| m.msg_type == MessageType::Snapshot) {
+                    seq += 1;
+                    if tx.send(raft_batch(link, seq, group, &msgs)).await.is_err() {
+                        return StreamEnd::Failed("request stream closed".into());
+                    }
+                    continue;
+                }
                 // Snapshots travel apart, in chunks, on the Snapshot RPC of the same
                 // connection; the messages around one keep their order.
                 let mut plain = Vec::with_capacity(msgs.len());

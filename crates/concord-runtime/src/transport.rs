@@ -169,11 +169,11 @@ impl Router {
 
     /// Hands a batch to group `group`'s inbox, without waiting.
     pub fn route(&self, group: GroupId, msgs: Vec<Message>) -> Result<(), RouteError> {
-        let inbox = self
-            .read()
+        // `try_send` never waits, so it runs under the read lock (no sender clone per batch).
+        let routes = self.read();
+        let inbox = routes
             .inboxes
             .get(&group)
-            .cloned()
             .ok_or(RouteError::UnknownGroup(group))?;
         inbox.try_send(msgs).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => RouteError::Full(group),

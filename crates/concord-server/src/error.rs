@@ -1,5 +1,7 @@
-//! [`KvError`]: what a call on the keyspace can fail with, and the catalogue of etcd's
-//! strings for the runtime's errors.
+//! [`KvError`]: what a call on the keyspace can fail with, and the one catalogue of etcd's
+//! errors: [`Etcd`] (code and text of each error the API raises), [`etcd_text`] (etcd's
+//! strings for the runtime's errors), and `status` / `request_status`, which turn every
+//! error into the gRPC status etcd answers with.
 //!
 //! # Guarantees
 //!
@@ -65,6 +67,37 @@ pub fn etcd_text(e: &NodeError) -> String {
         }
         NodeError::Storage(f) => format!("storage failure: {f}"),
         other => other.to_string(),
+    }
+}
+
+/// A keyspace error as the gRPC status etcd returns for it.
+pub(crate) fn status(e: KvError) -> tonic::Status {
+    match e {
+        KvError::Request(r) => request_status(r),
+        KvError::Node(ref n) => match n {
+            NodeError::Timeout
+            | NodeError::LeaderChanged
+            | NodeError::NoLeader
+            | NodeError::Stopped
+            | NodeError::ProposalDropped => tonic::Status::unavailable(e.to_string()),
+            NodeError::RequestTooLarge => tonic::Status::invalid_argument(e.to_string()),
+            NodeError::NotLeader { .. } => tonic::Status::failed_precondition(e.to_string()),
+            _ => tonic::Status::internal(e.to_string()),
+        },
+        other => tonic::Status::internal(other.to_string()),
+    }
+}
+
+/// A state-machine refusal as etcd's gRPC status (codes and strings of etcd's
+/// `rpctypes`).
+pub(crate) fn request_status(e: RequestError) -> tonic::Status {
+    match e {
+        RequestError::Compacted => Etcd::Compacted.status(),
+        RequestError::FutureRevision => Etcd::FutureRevision.status(),
+        RequestError::LeaseNotFound => tonic::Status::not_found(e.to_string()),
+        RequestError::LeaseExists => tonic::Status::failed_precondition(e.to_string()),
+        RequestError::NoSpace => tonic::Status::resource_exhausted(e.to_string()),
+        other => tonic::Status::invalid_argument(other.to_string()),
     }
 }
 

@@ -23,10 +23,10 @@ use concord_raft::{ConfChange, ConfState, NodeId};
 use concord_runtime::transport::{Inbox, Transport};
 use concord_runtime::{raft_node, RaftHandle, StateMachine};
 use concord_storage::disk::{Disk, RealDisk};
-use concord_storage::errors::{Error as StorageError, RequestError, SnapshotError, StoreError};
+use concord_storage::errors::{Error as StorageError, RequestError, StoreError};
 use concord_storage::mvcc::types::{Command, RangeRequest, RangeResponse, Response};
 use concord_storage::mvcc::{MvccConfig, MvccStore};
-use concord_storage::snapshot::{SnapshotInstaller, SnapshotStream};
+use concord_storage::snapshot::{split_saved, SnapshotInstaller, SnapshotStream};
 use tokio::sync::watch;
 
 use crate::error::KvError;
@@ -137,7 +137,7 @@ impl<D: Disk> StateMachine for KvState<D> {
 
     fn install_snapshot(&mut self, data: &[u8]) -> Result<(), Self::Error> {
         let mut installer = SnapshotInstaller::new(self.disk.clone(), self.store.path())?;
-        for chunk in split_chunks(data)? {
+        for chunk in split_saved(data)? {
             installer.push(chunk)?;
         }
         if installer.applied_index().unwrap_or(0) <= self.store.applied_index() {
@@ -155,34 +155,6 @@ impl<D: Disk> StateMachine for KvState<D> {
             revision: self.store.revision(),
         }
     }
-}
-
-/// Splits snapshot data (concatenated `SnapshotStream` chunks, each self-delimiting: its
-/// 24-byte header holds the payload length) back into chunks.
-pub fn split_chunks(mut data: &[u8]) -> Result<Vec<&[u8]>, SnapshotError> {
-    const HEADER: usize = 24;
-    let corrupt = |chunk: usize, reason: &str| SnapshotError::Corrupt {
-        chunk: chunk as u64,
-        reason: reason.to_string(),
-    };
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        if data.len() < HEADER {
-            return Err(corrupt(out.len(), "truncated chunk header"));
-        }
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&data[16..20]);
-        let total = HEADER
-            .checked_add(u32::from_le_bytes(len) as usize)
-            .ok_or_else(|| corrupt(out.len(), "chunk length overflows"))?;
-        if data.len() < total {
-            return Err(corrupt(out.len(), "truncated chunk"));
-        }
-        let (chunk, rest) = data.split_at(total);
-        out.push(chunk);
-        data = rest;
-    }
-    Ok(out)
 }
 
 /// Settings of one keyspace replica.

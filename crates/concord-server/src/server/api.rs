@@ -6,16 +6,14 @@ use std::sync::Arc;
 
 use concord_proto::etcdserverpb as pb;
 use concord_proto::mvccpb;
-use concord_storage::errors::RequestError;
 use concord_storage::mvcc::types as st;
 use tonic::Status;
 
 use super::lease::Leases;
 use super::members::Members;
 use crate::error::Etcd;
+pub(crate) use crate::error::{request_status, status};
 use crate::node::NodeHandle;
-use crate::KvError;
-use concord_runtime::NodeError;
 
 /// Everything a service needs; cheap to clone.
 #[derive(Clone)]
@@ -83,37 +81,6 @@ impl Ctx {
 /// The response stream type of streaming gRPC methods (as generated servers expect).
 pub type BoxStream<T> =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
-
-/// A keyspace error as the gRPC status etcd returns for it.
-pub(crate) fn status(e: KvError) -> Status {
-    match e {
-        KvError::Request(r) => request_status(r),
-        KvError::Node(ref n) => match n {
-            NodeError::Timeout
-            | NodeError::LeaderChanged
-            | NodeError::NoLeader
-            | NodeError::Stopped
-            | NodeError::ProposalDropped => Status::unavailable(e.to_string()),
-            NodeError::RequestTooLarge => Status::invalid_argument(e.to_string()),
-            NodeError::NotLeader { .. } => Status::failed_precondition(e.to_string()),
-            _ => Status::internal(e.to_string()),
-        },
-        other => Status::internal(other.to_string()),
-    }
-}
-
-/// A state-machine refusal as etcd's gRPC status (codes and strings of etcd's
-/// `rpctypes`).
-pub(crate) fn request_status(e: RequestError) -> Status {
-    match e {
-        RequestError::Compacted => Etcd::Compacted.status(),
-        RequestError::FutureRevision => Etcd::FutureRevision.status(),
-        RequestError::LeaseNotFound => Status::not_found(e.to_string()),
-        RequestError::LeaseExists => Status::failed_precondition(e.to_string()),
-        RequestError::NoSpace => Status::resource_exhausted(e.to_string()),
-        other => Status::invalid_argument(other.to_string()),
-    }
-}
 
 pub(crate) fn kv_to_pb(kv: st::KeyValue) -> mvccpb::KeyValue {
     mvccpb::KeyValue {
