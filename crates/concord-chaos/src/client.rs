@@ -5,22 +5,15 @@ use std::time::Duration;
 
 use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord_proto::etcdserverpb::StatusRequest;
-use tonic::transport::{Channel, Endpoint};
-use tonic::Code;
+use tonic::transport::Channel;
 
 use crate::cluster::{enter_netns, Cluster, Mode, CLIENT_IP, CLIENT_NS};
 
-/// Connects to `url` within `timeout`.
+/// Connects to `url` within `timeout` (through `concord-client`).
 pub async fn connect(url: &str, timeout: Duration) -> Result<Channel, String> {
-    let ep = Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("bad url {url}: {e}"))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true);
-    match tokio::time::timeout(timeout, ep.connect()).await {
-        Ok(Ok(ch)) => Ok(ch),
-        Ok(Err(e)) => Err(format!("connect {url}: {e}")),
-        Err(_) => Err(format!("connect {url}: timeout")),
-    }
+    concord_client::dial(url, timeout)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// An operation error, and whether the operation certainly had no effect.
@@ -34,24 +27,10 @@ pub struct OpErr {
 
 impl From<tonic::Status> for OpErr {
     fn from(s: tonic::Status) -> Self {
-        // Only codes that say the request was refused before it could be applied are
-        // definite; Unavailable, DeadlineExceeded, Unknown, Internal... may hide a commit.
-        let definite = matches!(
-            s.code(),
-            Code::InvalidArgument
-                | Code::PermissionDenied
-                | Code::Unauthenticated
-                | Code::Unimplemented
-                | Code::OutOfRange
-                | Code::ResourceExhausted
-        );
-        // A channel that had to reconnect and could not never sent the request.
-        let refused = s.code() == Code::Unavailable
-            && (s.message().contains("tcp connect error")
-                || s.message().contains("Connection refused"));
+        // The one classification of definite and indefinite failures: concord-client's.
         OpErr {
             msg: format!("{:?}: {}", s.code(), s.message()),
-            definite: definite || refused,
+            definite: concord_client::is_definite_status(&s),
         }
     }
 }

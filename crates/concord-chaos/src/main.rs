@@ -202,7 +202,17 @@ fn run_checker(args: &RunArgs, out: &Path) -> Verdict {
     }
 }
 
-async fn run(args: RunArgs) -> Result<Outcome, String> {
+/// What a run is set to do, checked before anything starts.
+struct Plan {
+    mode: Mode,
+    faults: Vec<nemesis::Fault>,
+    bin: PathBuf,
+    out: PathBuf,
+    seed: u64,
+}
+
+/// Checks the arguments and resolves the binary, the output folder and the seed.
+fn plan(args: &RunArgs) -> Result<Plan, String> {
     if args.nodes == 0 || args.nodes > 9 {
         return Err("--nodes must be between 1 and 9".into());
     }
@@ -230,28 +240,168 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(1)
     });
-    eprintln!(
-        "chaos: workload={} nodes={} mode={:?} nemesis={} seed={seed} out={}",
+    Ok(Plan {
+        mode,
+        faults,
+        bin,
+        out,
+        seed,
+    })
+}
+
+/// The workload's setup before its clients start (accounts, the lock key, the revision
+/// watchers start from); returns that revision for the watch workload, else 0.
+async fn prepare_workload(
+    ctx: &Arc<Ctx>,
+    host: &client::ClientHost,
+    workload: Workload,
+) -> Result<i64, String> {
+    let c = ctx.clone();
+    match workload {
+        Workload::Bank => {
+            host.run(async move { workloads::bank_setup(&c).await })
+                .await??
+        }
+        Workload::Lock => {
+            host.run(async move { workloads::lock_setup(&c).await })
+                .await??
+        }
+        Workload::Watch => {
+            return Ok(host
+                .run(async move { workloads::current_revision(&c).await })
+                .await??
+                + 1)
+        }
+        _ => {}
+    }
+    Ok(0)
+}
+
+/// Starts the workload's clients (and, for the watch workload, its watchers).
+fn spawn_clients(
+    args: &RunArgs,
+    ctx: &Arc<Ctx>,
+    host: &client::ClientHost,
+    watch_from: i64,
+) -> (Tasks<()>, Tasks<()>) {
+    let mut clients = Tasks(Vec::new());
+    for p in 0..ctx.concurrency {
+        let w = Worker::new(ctx.clone(), p);
+        clients.0.push(match args.workload {
+            Workload::Register => host.spawn(workloads::register_worker(w)),
+            Workload::Bank => host.spawn(workloads::bank_worker(w)),
+            Workload::Set => host.spawn(workloads::set_worker(w)),
+            Workload::Lock => host.spawn(workloads::lock_worker(w)),
+            Workload::Watch => host.spawn(workloads::watch_writer(w)),
+        });
+    }
+    let mut watchers = Tasks(Vec::new());
+    if args.workload == Workload::Watch {
+        for w in 0..args.watchers.max(1) {
+            watchers
+                .0
+                .push(host.spawn(workloads::watcher(ctx.clone(), w, watch_from)));
+        }
+    }
+    (clients, watchers)
+}
+
+/// What the end of a run found: whether the cluster recovered after the final heal, whether
+/// the workload's final read succeeded, and which nodes exited on their own.
+struct Aftermath {
+    recovered: bool,
+    final_ok: bool,
+    crashed: Vec<String>,
+}
+
+/// Heals every fault, waits for the cluster, runs the final read and stops the watchers.
+async fn recover(
+    cluster: &Cluster,
+    host: &client::ClientHost,
+    ctx: &Arc<Ctx>,
+    workload: Workload,
+    mut watchers: Tasks<()>,
+) -> Aftermath {
+    if let Err(e) = nemesis::heal(cluster) {
+        eprintln!("chaos: final heal: {e}");
+    }
+    let ready = client::wait_ready(cluster, Duration::from_secs(30)).await;
+    if let Err(e) = &ready {
+        eprintln!("chaos: cluster did not recover after healing: {e}");
+    }
+    let final_ok = host
+        .run(workloads::final_read(ctx.clone(), workload))
+        .await
+        .unwrap_or(false);
+    if !final_ok {
+        eprintln!("chaos: final read failed for 30 s");
+    }
+    ctx.draining.store(true, Ordering::SeqCst);
+    for t in watchers.0.iter_mut() {
+        let _ = t.await;
+    }
+    let crashed = (0..cluster.len())
+        .filter_map(|i| cluster.check_alive(i).err())
+        .collect();
+    Aftermath {
+        recovered: ready.is_ok(),
+        final_ok,
+        crashed,
+    }
+}
+
+/// Writes `summary.json` and `timeline.svg`; returns the summary.
+fn write_reports(
+    args: &RunArgs,
+    plan: &Plan,
+    events: &[history::Brief],
+    windows: &[nemesis::Window],
+    extra: serde_json::Value,
+) -> Result<serde_json::Value, String> {
+    let summary = report::summary(events, windows, extra);
+    std::fs::write(
+        plan.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary).unwrap_or_default(),
+    )
+    .map_err(|e| format!("summary.json: {e}"))?;
+    let title = format!(
+        "concord-chaos {} ({} nodes, seed {}): ok ops per second",
         args.workload.name(),
         args.nodes,
+        plan.seed
+    );
+    if let Err(e) = report::timeline_svg(&plan.out.join("timeline.svg"), events, windows, &title) {
+        eprintln!("chaos: {e}");
+    }
+    Ok(summary)
+}
+
+async fn run(args: RunArgs) -> Result<Outcome, String> {
+    let plan = plan(&args)?;
+    let Plan {
         mode,
-        faults
-            .iter()
-            .map(|f| f.name())
-            .collect::<Vec<_>>()
-            .join(","),
+        seed,
+        ref out,
+        ..
+    } = plan;
+    let fault_names: Vec<&str> = plan.faults.iter().map(|f| f.name()).collect();
+    eprintln!(
+        "chaos: workload={} nodes={} mode={mode:?} nemesis={} seed={seed} out={}",
+        args.workload.name(),
+        args.nodes,
+        fault_names.join(","),
         out.display()
     );
 
-    cluster::remove_leftovers(&bin);
+    cluster::remove_leftovers(&plan.bin);
     let cluster = Arc::new(Cluster::new(
         mode,
         args.nodes,
-        bin,
-        &out,
+        plan.bin.clone(),
+        out,
         args.server_args.clone(),
     ));
-    let _guard = Guard(cluster.clone());
+    let guard = Guard(cluster.clone());
     cluster.setup_hosts()?;
     for i in 0..cluster.len() {
         cluster.start(i)?;
@@ -283,96 +433,32 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         draining: AtomicBool::new(false),
     });
 
-    let mut watch_from = 0;
-    match args.workload {
-        Workload::Bank => {
-            let c = ctx.clone();
-            host.run(async move { workloads::bank_setup(&c).await })
-                .await??
-        }
-        Workload::Lock => {
-            let c = ctx.clone();
-            host.run(async move { workloads::lock_setup(&c).await })
-                .await??
-        }
-        Workload::Watch => {
-            let c = ctx.clone();
-            watch_from = host
-                .run(async move { workloads::current_revision(&c).await })
-                .await??
-                + 1
-        }
-        _ => {}
-    }
-
-    let mut tasks = Tasks(Vec::new());
-    for p in 0..concurrency {
-        let w = Worker::new(ctx.clone(), p);
-        tasks.0.push(match args.workload {
-            Workload::Register => host.spawn(workloads::register_worker(w)),
-            Workload::Bank => host.spawn(workloads::bank_worker(w)),
-            Workload::Set => host.spawn(workloads::set_worker(w)),
-            Workload::Lock => host.spawn(workloads::lock_worker(w)),
-            Workload::Watch => host.spawn(workloads::watch_writer(w)),
-        });
-    }
-    let mut watchers = Tasks(Vec::new());
-    if args.workload == Workload::Watch {
-        for w in 0..args.watchers.max(1) {
-            watchers
-                .0
-                .push(host.spawn(workloads::watcher(ctx.clone(), w, watch_from)));
-        }
-    }
+    let watch_from = prepare_workload(&ctx, &host, args.workload).await?;
+    let (mut clients, watchers) = spawn_clients(&args, &ctx, &host, watch_from);
     let sched = nemesis::Schedule {
         healthy: Duration::from_secs(args.healthy_secs),
         fault_min: Duration::from_secs(args.fault_min_secs),
         fault_max: Duration::from_secs(args.fault_max_secs),
         loss_percent: args.loss_percent,
     };
-    let nem = tokio::spawn(nemesis::run(
+    let mut nem = Tasks(vec![tokio::spawn(nemesis::run(
         cluster.clone(),
         members.clone(),
-        faults.clone(),
+        plan.faults.clone(),
         sched,
         run_for,
         rec.clone(),
         nem_log.clone(),
         seed,
-    ));
-    let mut nem = Tasks(vec![nem]);
-    for t in tasks.0.iter_mut() {
+    ))]);
+    for t in clients.0.iter_mut() {
         let _ = t.await;
     }
     let mut windows = Vec::new();
     for h in nem.0.iter_mut() {
         windows = h.await.unwrap_or_default();
     }
-    if let Err(e) = nemesis::heal(&cluster) {
-        eprintln!("chaos: final heal: {e}");
-    }
-    let ready = client::wait_ready(&cluster, Duration::from_secs(30)).await;
-    if let Err(e) = &ready {
-        eprintln!("chaos: cluster did not recover after healing: {e}");
-    }
-    let recovered = ready.is_ok();
-    let final_ok = host
-        .run(workloads::final_read(ctx.clone(), args.workload))
-        .await
-        .unwrap_or(false);
-    if !final_ok {
-        eprintln!("chaos: final read failed for 30 s");
-    }
-    ctx.draining.store(true, Ordering::SeqCst);
-    for t in watchers.0.iter_mut() {
-        let _ = t.await;
-    }
-    let mut crashed = Vec::new();
-    for i in 0..cluster.len() {
-        if let Err(e) = cluster.check_alive(i) {
-            crashed.push(e);
-        }
-    }
+    let after = recover(&cluster, &host, &ctx, args.workload, watchers).await;
 
     host.check()?;
     let events = rec.finish()?;
@@ -381,31 +467,18 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         "nodes": args.nodes,
         "mode": format!("{mode:?}"),
         "duration_s": args.duration,
-        "nemesis": faults.iter().map(|f| f.name()).collect::<Vec<_>>(),
+        "nemesis": fault_names,
         "seed": seed,
         "concurrency": concurrency,
         "stale_reads": args.stale_reads,
         "client_host": client_host,
-        "recovered_after_heal": recovered,
-        "final_read_ok": final_ok,
-        "nodes_exited_unexpectedly": crashed,
+        "recovered_after_heal": after.recovered,
+        "final_read_ok": after.final_ok,
+        "nodes_exited_unexpectedly": after.crashed,
     });
-    let summary = report::summary(&events, &windows, extra);
-    std::fs::write(
-        out.join("summary.json"),
-        serde_json::to_string_pretty(&summary).unwrap_or_default(),
-    )
-    .map_err(|e| format!("summary.json: {e}"))?;
-    let title = format!(
-        "concord-chaos {} ({} nodes, seed {seed}): ok ops per second",
-        args.workload.name(),
-        args.nodes
-    );
-    if let Err(e) = report::timeline_svg(&out.join("timeline.svg"), &events, &windows, &title) {
-        eprintln!("chaos: {e}");
-    }
-    drop(_guard);
-    let verdict = run_checker(&args, &out);
+    let summary = write_reports(&args, &plan, &events, &windows, extra)?;
+    drop(guard);
+    let verdict = run_checker(&args, out);
     let get = |k: &str| summary.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
     Ok(Outcome {
         ops: get("ops"),

@@ -47,6 +47,25 @@ impl std::fmt::Display for NodeId {
     }
 }
 
+impl std::fmt::LowerHex for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+impl NodeId {
+    /// The raw 64-bit id (as etcd's member ids travel on the wire).
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Whether this is `0`, which never names a node (configurations and decoders refuse it;
+    /// "no node" is `Option::<NodeId>::None`).
+    pub const fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+}
+
 impl From<u64> for NodeId {
     fn from(id: u64) -> Self {
         NodeId(id)

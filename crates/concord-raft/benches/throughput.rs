@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use concord_raft::{ConfState, Config, MemStorage, Message, RawNode, StateRole};
+use concord_raft::{ConfState, Config, MemStorage, Message, NodeId, RawNode, StateRole};
 
 struct Cluster {
     nodes: Vec<(RawNode<MemStorage>, MemStorage)>,
@@ -21,7 +21,7 @@ struct Cluster {
 impl Cluster {
     fn new(max_size_per_msg: u64) -> Self {
         let cs = ConfState {
-            voters: vec![1, 2, 3],
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
             ..ConfState::default()
         };
         let nodes = (1..=3)
@@ -77,7 +77,7 @@ impl Cluster {
             while let Some(m) = self.queue.pop_front() {
                 progress = true;
                 self.messages += 1;
-                let to = m.to as usize - 1;
+                let to = m.to.get() as usize - 1;
                 let _ = self.nodes[to].0.step(m);
             }
             if !progress {

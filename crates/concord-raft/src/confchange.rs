@@ -99,7 +99,7 @@ impl Changer<'_> {
         ccs: &[ConfChangeSingle],
     ) -> Result<(), ConfChangeError> {
         for cc in ccs {
-            if cc.node_id == 0 {
+            if cc.node_id.is_zero() {
                 return Err(ConfChangeError::ZeroId);
             }
             match cc.kind {
@@ -213,15 +213,22 @@ pub(crate) fn restore(
 mod tests {
     use super::*;
 
-    fn cc(kind: ConfChangeType, node_id: NodeId) -> ConfChangeSingle {
-        ConfChangeSingle { kind, node_id }
+    fn cc(kind: ConfChangeType, node_id: u64) -> ConfChangeSingle {
+        ConfChangeSingle {
+            kind,
+            node_id: NodeId(node_id),
+        }
     }
 
-    fn tracker(voters: &[NodeId], learners: &[NodeId]) -> ProgressTracker {
+    fn ids(ids: &[u64]) -> Vec<NodeId> {
+        ids.iter().copied().map(NodeId).collect()
+    }
+
+    fn tracker(voters: &[u64], learners: &[u64]) -> ProgressTracker {
         let mut t = ProgressTracker::new(10, 0);
         let cs = ConfState {
-            voters: voters.to_vec(),
-            learners: learners.to_vec(),
+            voters: ids(voters),
+            learners: ids(learners),
             ..ConfState::default()
         };
         let (c, p) = restore(&t, &cs, 5);
@@ -271,7 +278,7 @@ mod tests {
         )
         .unwrap();
         assert!(c.voters.is_joint());
-        assert!(c.learners_next.contains(&3));
+        assert!(c.learners_next.contains(&NodeId(3)));
         t.config = c;
         t.progress = p;
         assert_eq!(
@@ -289,9 +296,12 @@ mod tests {
         .leave_joint()
         .unwrap();
         assert!(!c.voters.is_joint());
-        assert!(c.learners.contains(&3));
-        assert!(p[&3].is_learner);
-        assert_eq!(c.voters.incoming.voters, [1, 2, 4].into());
+        assert!(c.learners.contains(&NodeId(3)));
+        assert!(p[&NodeId(3)].is_learner);
+        assert_eq!(
+            c.voters.incoming.voters,
+            ids(&[1, 2, 4]).into_iter().collect()
+        );
     }
 
     #[test]
@@ -308,6 +318,6 @@ mod tests {
         assert_eq!(ch.leave_joint(), Err(ConfChangeError::NotJoint));
         let (c, p) = ch.simple(&[cc(ConfChangeType::AddNode, 2)]).unwrap();
         assert!(c.learners.is_empty());
-        assert!(!p[&2].is_learner);
+        assert!(!p[&NodeId(2)].is_learner);
     }
 }

@@ -80,7 +80,8 @@ pub struct Config {
 impl Config {
     /// A configuration with etcd's defaults: election 10 ticks, heartbeat 1 tick, 1 MiB
     /// per message, 256 messages in flight, pre-vote and check-quorum on.
-    pub fn new(id: NodeId) -> Self {
+    pub fn new(id: impl Into<NodeId>) -> Self {
+        let id = id.into();
         Self {
             id,
             election_tick: 10,
@@ -95,7 +96,7 @@ impl Config {
             check_quorum: true,
             read_only_option: ReadOnlyOption::Safe,
             applied: 0,
-            seed: id,
+            seed: id.get(),
             #[cfg(feature = "testing-bugs")]
             testing_skip_vote_log_check: false,
             #[cfg(feature = "testing-bugs")]
@@ -105,7 +106,7 @@ impl Config {
 
     /// Checks the configuration.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.id == 0 {
+        if self.id.is_zero() {
             return Err(ConfigError::ZeroId);
         }
         if self.heartbeat_tick == 0 {

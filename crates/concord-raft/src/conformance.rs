@@ -9,7 +9,7 @@
 
 use crate::errors::StorageError;
 use crate::storage::Storage;
-use crate::types::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use crate::types::{ConfState, Entry, HardState, NodeId, Snapshot, SnapshotMetadata};
 
 /// Builds a storage holding `snapshot` (as its latest snapshot, with nothing before it),
 /// then `entries` (contiguous, starting right after the snapshot), and `hard_state`.
@@ -35,8 +35,8 @@ fn check(cond: bool, what: &str) -> Result<(), String> {
 /// Runs the suite against storages made by `builder`.
 pub fn check_storage<S: Storage>(builder: &impl StorageBuilder<S>) -> Result<(), String> {
     let cs = ConfState {
-        voters: vec![1, 2, 3],
-        learners: vec![4],
+        voters: vec![NodeId(1), NodeId(2), NodeId(3)],
+        learners: vec![NodeId(4)],
         ..ConfState::default()
     };
     let snapshot = Snapshot {
@@ -57,7 +57,7 @@ pub fn check_storage<S: Storage>(builder: &impl StorageBuilder<S>) -> Result<(),
         .collect();
     let hs = HardState {
         term: 4,
-        vote: 2,
+        vote: Some(NodeId(2)),
         commit: 13,
     };
     let s = builder.build(&snapshot, &entries, hs);

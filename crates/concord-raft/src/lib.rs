@@ -87,9 +87,9 @@
 //! # Example
 //!
 //! ```
-//! use concord_raft::{Config, ConfState, MemStorage, RawNode, StateRole};
+//! use concord_raft::{Config, ConfState, MemStorage, NodeId, RawNode, StateRole};
 //!
-//! let storage = MemStorage::bootstrap(ConfState { voters: vec![1], ..ConfState::default() });
+//! let storage = MemStorage::bootstrap(ConfState { voters: vec![NodeId(1)], ..ConfState::default() });
 //! let mut config = Config::new(1);
 //! config.applied = 1;
 //! let mut node = RawNode::new(&config, storage.clone()).unwrap();

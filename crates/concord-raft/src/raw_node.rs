@@ -124,7 +124,7 @@ impl<S: Storage> RawNode<S> {
         if m.msg_type.is_local() {
             return Err(Error::LocalMessage);
         }
-        if m.to != self.raft.id || m.from == 0 {
+        if m.to != self.raft.id || m.from.is_zero() {
             return Err(Error::NotForThisNode);
         }
         if m.msg_type.is_response() && !self.raft.tracker.progress.contains_key(&m.from) {
@@ -398,11 +398,11 @@ mod tests {
     use super::*;
     use crate::storage::MemStorage;
 
-    fn node(id: NodeId) -> RawNode<MemStorage> {
+    fn node(id: u64) -> RawNode<MemStorage> {
         let mut c = Config::new(id);
         c.applied = 1;
         let cs = ConfState {
-            voters: vec![1, 2, 3],
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
             ..ConfState::default()
         };
         RawNode::new(&c, MemStorage::bootstrap(cs)).unwrap()
@@ -413,8 +413,8 @@ mod tests {
         let mut n = node(2);
         n.step(Message {
             msg_type: MessageType::Append,
-            from: 1,
-            to: 2,
+            from: NodeId(1),
+            to: NodeId(2),
             term: 2,
             index: 1,
             log_term: 1,
@@ -443,27 +443,27 @@ mod tests {
         let mut n = node(1);
         let hup = Message {
             msg_type: MessageType::Hup,
-            from: 1,
-            to: 1,
+            from: NodeId(1),
+            to: NodeId(1),
             ..Message::default()
         };
         assert_eq!(n.step(hup), Err(Error::LocalMessage));
         let m = Message {
             msg_type: MessageType::Heartbeat,
-            from: 2,
-            to: 3,
+            from: NodeId(2),
+            to: NodeId(3),
             term: 1,
             ..Message::default()
         };
         assert_eq!(n.step(m), Err(Error::NotForThisNode));
         let resp = Message {
             msg_type: MessageType::AppendResp,
-            from: 9,
-            to: 1,
+            from: NodeId(9),
+            to: NodeId(1),
             term: 1,
             ..Message::default()
         };
-        assert_eq!(n.step(resp), Err(Error::PeerNotFound(9)));
+        assert_eq!(n.step(resp), Err(Error::PeerNotFound(NodeId(9))));
     }
 
     #[test]

@@ -100,11 +100,11 @@ mod tests {
     #[test]
     fn one_ack_round_releases_all_earlier_reads() {
         let mut ro = ReadOnly::default();
-        assert!(ro.add_request(5, req(b"a"), 1));
-        assert!(ro.add_request(6, req(b"b"), 1));
-        assert!(!ro.add_request(7, req(b"b"), 1));
-        assert!(ro.add_request(7, req(b"c"), 1));
-        assert_eq!(ro.recv_ack(2, b"b").unwrap().len(), 2);
+        assert!(ro.add_request(5, req(b"a"), NodeId(1)));
+        assert!(ro.add_request(6, req(b"b"), NodeId(1)));
+        assert!(!ro.add_request(7, req(b"b"), NodeId(1)));
+        assert!(ro.add_request(7, req(b"c"), NodeId(1)));
+        assert_eq!(ro.recv_ack(NodeId(2), b"b").unwrap().len(), 2);
         let released = ro.advance(b"b");
         assert_eq!(
             released.iter().map(|r| r.index).collect::<Vec<_>>(),
@@ -112,6 +112,6 @@ mod tests {
         );
         assert_eq!(ro.pending_count(), 1);
         assert_eq!(ro.last_pending_ctx().unwrap(), b"c");
-        assert!(ro.recv_ack(2, b"a").is_none());
+        assert!(ro.recv_ack(NodeId(2), b"a").is_none());
     }
 }

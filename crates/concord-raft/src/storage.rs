@@ -126,7 +126,7 @@ impl MemStorage {
             core.offset_term = 1;
             core.hard_state = HardState {
                 term: 1,
-                vote: 0,
+                vote: None,
                 commit: 1,
             };
         }
@@ -300,6 +300,7 @@ impl Storage for MemStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::NodeId;
 
     fn ent(index: u64, term: u64) -> Entry {
         Entry {
@@ -328,7 +329,7 @@ mod tests {
         s.append(&[ent(1, 1), ent(2, 1), ent(3, 2)]).unwrap();
         s.set_hard_state(HardState {
             term: 2,
-            vote: 0,
+            vote: None,
             commit: 3,
         });
         assert!(s.compact(2).is_err());
@@ -344,7 +345,7 @@ mod tests {
     #[test]
     fn apply_snapshot_replaces_log() {
         let s = MemStorage::bootstrap(ConfState {
-            voters: vec![1],
+            voters: vec![NodeId(1)],
             ..ConfState::default()
         });
         assert_eq!(s.first_index().unwrap(), 2);

@@ -10,8 +10,9 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A node identifier. `0` is reserved and never names a node.
-pub type NodeId = u64;
+/// A node identifier: the one `NodeId` of the workspace (`concord_core::NodeId`). `0` never
+/// names a node; "no leader" and "no vote" are `None`, never a zero id.
+pub use concord_core::NodeId;
 
 /// What an entry carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -48,8 +49,8 @@ impl Entry {
 pub struct HardState {
     /// Current term.
     pub term: u64,
-    /// Candidate voted for in `term`, `0` if none.
-    pub vote: NodeId,
+    /// Candidate voted for in `term`, if any.
+    pub vote: Option<NodeId>,
     /// Highest index known committed.
     pub commit: u64,
 }
@@ -177,7 +178,7 @@ impl ConfChange {
                 ConfChangeType::RemoveNode => 1,
                 ConfChangeType::AddLearner => 2,
             });
-            out.extend_from_slice(&c.node_id.to_le_bytes());
+            out.extend_from_slice(&c.node_id.get().to_le_bytes());
         }
         out.extend_from_slice(&(self.context.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.context);
@@ -226,7 +227,7 @@ impl ConfChange {
             id.copy_from_slice(take(&mut bytes, 8)?);
             changes.push(ConfChangeSingle {
                 kind,
-                node_id: u64::from_le_bytes(id),
+                node_id: NodeId(u64::from_le_bytes(id)),
             });
         }
         let len = u32_of(take(&mut bytes, 4)?) as usize;
@@ -428,7 +429,7 @@ mod tests {
                 changes: ids.iter().map(|&(k, id)| ConfChangeSingle {
                     kind: [ConfChangeType::AddNode, ConfChangeType::RemoveNode,
                            ConfChangeType::AddLearner][k as usize],
-                    node_id: id,
+                    node_id: NodeId(id),
                 }).collect(),
                 context: ctx,
             };

@@ -45,15 +45,15 @@ pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_raft::{Entry, MessageType, Snapshot, SnapshotMetadata};
+    use concord_raft::{Entry, MessageType, NodeId, Snapshot, SnapshotMetadata};
 
     #[test]
     fn message_batches_round_trip() {
         let msgs = vec![
             Message {
                 msg_type: MessageType::Append,
-                to: 2,
-                from: 1,
+                to: NodeId(2),
+                from: NodeId(1),
                 term: 5,
                 log_term: 4,
                 index: 10,
@@ -68,8 +68,8 @@ mod tests {
             },
             Message {
                 msg_type: MessageType::Snapshot,
-                to: 3,
-                from: 1,
+                to: NodeId(3),
+                from: NodeId(1),
                 snapshot: Some(Snapshot {
                     metadata: SnapshotMetadata {
                         index: 7,

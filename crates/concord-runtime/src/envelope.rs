@@ -52,7 +52,7 @@ impl RequestKey {
         let mut b = [0u8; 24];
         b[..8].copy_from_slice(&self.incarnation.to_le_bytes());
         b[8..16].copy_from_slice(&self.seq.to_le_bytes());
-        b[16..].copy_from_slice(&self.origin.to_le_bytes());
+        b[16..].copy_from_slice(&self.origin.get().to_le_bytes());
         b
     }
 
@@ -67,7 +67,7 @@ impl RequestKey {
         Some(Self {
             incarnation: word(0),
             seq: word(1),
-            origin: word(2),
+            origin: NodeId(word(2)),
         })
     }
 }
@@ -106,7 +106,7 @@ mod tests {
         let key = RequestKey {
             incarnation: 1,
             seq: 2,
-            origin: 3,
+            origin: NodeId(3),
         };
         let bytes = encode(&key, b"xy");
         let mut want = vec![1u8];

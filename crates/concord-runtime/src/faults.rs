@@ -143,8 +143,8 @@ mod tests {
     fn msg(term: u64) -> Message {
         Message {
             msg_type: MessageType::Heartbeat,
-            from: 1,
-            to: 2,
+            from: NodeId(1),
+            to: NodeId(2),
             term,
             ..Message::default()
         }
@@ -153,32 +153,32 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn delays_drops_and_cuts_then_heals() {
         let net = LocalNetwork::new();
-        let (t1, _r1) = net.attach(1);
-        let (_t2, r2) = net.attach(2);
+        let (t1, _r1) = net.attach(NodeId(1));
+        let (_t2, r2) = net.attach(NodeId(2));
         let mut inbox = r2.register(0);
         let faulty = FaultyTransport::new(Arc::new(t1), 42);
 
-        faulty.send_group(2, 0, vec![msg(1)]).unwrap();
+        faulty.send_group(NodeId(2), 0, vec![msg(1)]).unwrap();
         assert_eq!(inbox.recv().await.unwrap(), vec![msg(1)]);
 
         faulty.set_delay(Duration::from_millis(500));
         let sent = tokio::time::Instant::now();
-        faulty.send_group(2, 0, vec![msg(2)]).unwrap();
+        faulty.send_group(NodeId(2), 0, vec![msg(2)]).unwrap();
         assert_eq!(inbox.recv().await.unwrap(), vec![msg(2)]);
         assert!(sent.elapsed() >= Duration::from_millis(500));
 
         faulty.heal();
-        faulty.cut(2);
+        faulty.cut(NodeId(2));
         assert_eq!(
-            faulty.send_group(2, 0, vec![msg(3)]),
-            Err(TransportError::Unreachable(2))
+            faulty.send_group(NodeId(2), 0, vec![msg(3)]),
+            Err(TransportError::Unreachable(NodeId(2)))
         );
 
         faulty.heal();
         faulty.set_drop_per_mille(1000);
-        faulty.send_group(2, 0, vec![msg(4)]).unwrap();
+        faulty.send_group(NodeId(2), 0, vec![msg(4)]).unwrap();
         faulty.heal();
-        faulty.send_group(2, 0, vec![msg(5)]).unwrap();
+        faulty.send_group(NodeId(2), 0, vec![msg(5)]).unwrap();
         // The dropped batch never arrives; the next one does.
         assert_eq!(inbox.recv().await.unwrap(), vec![msg(5)]);
     }

@@ -210,7 +210,7 @@ async fn peer_loop(
     let endpoint = match tonic::transport::Endpoint::from_shared(link.url.clone()) {
         Ok(e) => e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true),
         Err(e) => {
-            tracing::error!(peer = link.to, url = %link.url, error = %e, "invalid peer url");
+            tracing::error!(peer = %link.to, url = %link.url, error = %e, "invalid peer url");
             return;
         }
     };
@@ -221,7 +221,7 @@ async fn peer_loop(
         match stream_to_peer(&link, &endpoint, &mut rx, &connected, &mut backoff).await {
             StreamEnd::TransportDropped => return,
             StreamEnd::Failed(e) => {
-                tracing::debug!(from = link.from, to = link.to, error = %e, "peer stream ended");
+                tracing::debug!(from = %link.from, to = %link.to, error = %e, "peer stream ended");
             }
         }
         connected.store(false, Ordering::Release);
@@ -240,8 +240,8 @@ enum StreamEnd {
 fn raft_batch(link: &PeerLink, seq: u64, group: GroupId, msgs: &[Message]) -> RaftBatch {
     RaftBatch {
         cluster_id: link.cluster_id,
-        from: link.from,
-        to: link.to,
+        from: link.from.get(),
+        to: link.to.get(),
         seq,
         version: PEER_PROTOCOL_VERSION,
         group_id: group,
@@ -269,8 +269,8 @@ async fn send_snapshot(
     let (index, term) = (snap.metadata.index, snap.metadata.term);
     let meta = SnapshotMeta {
         cluster_id: link.cluster_id,
-        from: link.from,
-        to: link.to,
+        from: link.from.get(),
+        to: link.to.get(),
         index,
         term,
         size: data.len() as u64,
@@ -357,7 +357,7 @@ async fn stream_to_peer(
                     }
                     if let Err(e) = send_snapshot(&mut client, link, group, m).await {
                         // Raft sends it again when the follower still needs it.
-                        tracing::warn!(to = link.to, error = %e, "snapshot transfer failed");
+                        tracing::warn!(to = %link.to, error = %e, "snapshot transfer failed");
                     }
                 }
                 if plain.is_empty() {
@@ -438,9 +438,10 @@ impl Raft for RaftPeerService {
             while let Ok(Some(batch)) = stream.message().await {
                 if peer.is_none() {
                     let mut g = lock(&generations);
-                    let gen = g.entry(batch.from).or_insert(0);
+                    let from = NodeId(batch.from);
+                    let gen = g.entry(from).or_insert(0);
                     *gen += 1;
-                    peer = Some((batch.from, *gen));
+                    peer = Some((from, *gen));
                 }
                 if batch.cluster_id != cluster_id {
                     let _ = ack_tx

@@ -29,8 +29,10 @@ pub mod faults;
 pub mod grpc;
 pub mod raft_node;
 pub mod state_machine;
+pub mod telemetry;
 pub mod transport;
 
 pub use error::{NodeError, StorageFailure};
 pub use raft_node::{NodeConfig, NodeStatus, RaftHandle};
 pub use state_machine::StateMachine;
+pub use telemetry::{NoTelemetry, Telemetry};

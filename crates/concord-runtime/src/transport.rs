@@ -237,10 +237,10 @@ impl LocalNetwork {
                 match codec::decode_batch(&bytes) {
                     Ok(msgs) => {
                         if let Err(e) = r.route(group, msgs) {
-                            tracing::debug!(node = id, error = %e, "inbound batch dropped");
+                            tracing::debug!(node = %id, error = %e, "inbound batch dropped");
                         }
                     }
-                    Err(e) => tracing::warn!(node = id, error = %e, "dropping undecodable batch"),
+                    Err(e) => tracing::warn!(node = %id, error = %e, "dropping undecodable batch"),
                 }
             }
         });
@@ -336,11 +336,11 @@ mod tests {
     use super::*;
     use concord_raft::MessageType;
 
-    fn msg(from: NodeId, to: NodeId, term: u64) -> Message {
+    fn msg(from: u64, to: u64, term: u64) -> Message {
         Message {
             msg_type: MessageType::Heartbeat,
-            from,
-            to,
+            from: NodeId(from),
+            to: NodeId(to),
             term,
             ..Message::default()
         }
@@ -349,46 +349,47 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_order_and_honours_cuts() {
         let net = LocalNetwork::new();
-        let (t1, _in1) = net.register(1);
-        let (_t2, mut in2) = net.register(2);
-        t1.send(2, vec![msg(1, 2, 1)]).unwrap();
-        t1.send(2, vec![msg(1, 2, 2), msg(1, 2, 3)]).unwrap();
+        let (t1, _in1) = net.register(NodeId(1));
+        let (_t2, mut in2) = net.register(NodeId(2));
+        t1.send(NodeId(2), vec![msg(1, 2, 1)]).unwrap();
+        t1.send(NodeId(2), vec![msg(1, 2, 2), msg(1, 2, 3)])
+            .unwrap();
         assert_eq!(in2.recv().await.unwrap(), vec![msg(1, 2, 1)]);
         assert_eq!(in2.recv().await.unwrap(), vec![msg(1, 2, 2), msg(1, 2, 3)]);
-        net.cut(1, 2);
+        net.cut(NodeId(1), NodeId(2));
         assert_eq!(
-            t1.send(2, vec![msg(1, 2, 4)]),
-            Err(TransportError::Unreachable(2))
+            t1.send(NodeId(2), vec![msg(1, 2, 4)]),
+            Err(TransportError::Unreachable(NodeId(2)))
         );
         assert_eq!(
-            t1.send(3, vec![msg(1, 3, 4)]),
-            Err(TransportError::Unreachable(3))
+            t1.send(NodeId(3), vec![msg(1, 3, 4)]),
+            Err(TransportError::Unreachable(NodeId(3)))
         );
         net.heal();
-        t1.send(2, vec![msg(1, 2, 5)]).unwrap();
+        t1.send(NodeId(2), vec![msg(1, 2, 5)]).unwrap();
         assert_eq!(in2.recv().await.unwrap(), vec![msg(1, 2, 5)]);
-        net.isolate(2);
-        assert!(t1.send(2, vec![msg(1, 2, 6)]).is_err());
+        net.isolate(NodeId(2));
+        assert!(t1.send(NodeId(2), vec![msg(1, 2, 6)]).is_err());
     }
 
     #[tokio::test]
     async fn groups_share_a_connection_and_are_routed_apart() {
         let net = LocalNetwork::new();
-        let (t1, _r1) = net.attach(1);
-        let (_t2, r2) = net.attach(2);
+        let (t1, _r1) = net.attach(NodeId(1));
+        let (_t2, r2) = net.attach(NodeId(2));
         let mut a = r2.register(10);
         let mut b = r2.register(20);
-        t1.send_group(2, 20, vec![msg(1, 2, 1)]).unwrap();
-        t1.send_group(2, 10, vec![msg(1, 2, 2)]).unwrap();
+        t1.send_group(NodeId(2), 20, vec![msg(1, 2, 1)]).unwrap();
+        t1.send_group(NodeId(2), 10, vec![msg(1, 2, 2)]).unwrap();
         assert_eq!(a.recv().await.unwrap(), vec![msg(1, 2, 2)]);
         assert_eq!(b.recv().await.unwrap(), vec![msg(1, 2, 1)]);
         // A group-only cut leaves the other group's traffic alone.
-        net.cut_group(1, 2, 10);
-        assert!(t1.send_group(2, 10, vec![msg(1, 2, 3)]).is_err());
-        t1.send_group(2, 20, vec![msg(1, 2, 4)]).unwrap();
+        net.cut_group(NodeId(1), NodeId(2), 10);
+        assert!(t1.send_group(NodeId(2), 10, vec![msg(1, 2, 3)]).is_err());
+        t1.send_group(NodeId(2), 20, vec![msg(1, 2, 4)]).unwrap();
         assert_eq!(b.recv().await.unwrap(), vec![msg(1, 2, 4)]);
         // A batch for a group the node does not host is dropped, not misdelivered.
-        t1.send_group(2, 30, vec![msg(1, 2, 5)]).unwrap();
+        t1.send_group(NodeId(2), 30, vec![msg(1, 2, 5)]).unwrap();
         assert_eq!(r2.route(30, vec![]), Err(RouteError::UnknownGroup(30)));
         assert!(a.try_recv().is_err());
     }
@@ -402,7 +403,7 @@ mod tests {
             let seen = seen.clone();
             router.set_peer_down_hook(g, Arc::new(move |id| seen.lock().unwrap().push((g, id))));
         }
-        router.peer_down(7);
-        assert_eq!(*seen.lock().unwrap(), vec![(1, 7), (2, 7)]);
+        router.peer_down(NodeId(7));
+        assert_eq!(*seen.lock().unwrap(), vec![(1, NodeId(7)), (2, NodeId(7))]);
     }
 }

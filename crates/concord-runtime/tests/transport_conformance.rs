@@ -15,6 +15,9 @@ use concord_raft::{Entry, Message, MessageType, NodeId, Snapshot, SnapshotMetada
 use concord_runtime::grpc::{serve, GrpcTransport, RaftPeerService};
 use concord_runtime::transport::{Inbox, LocalNetwork, PeerTransport, Router, TransportError};
 
+/// The receiving node of every pair.
+const N2: NodeId = NodeId(2);
+
 const CLUSTER: u64 = 0xc0de;
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -28,8 +31,8 @@ struct Pair {
 
 async fn local_pair() -> Pair {
     let net = LocalNetwork::new();
-    let (t1, _r1) = net.attach(1);
-    let (_t2, r2) = net.attach(2);
+    let (t1, _r1) = net.attach(NodeId(1));
+    let (_t2, r2) = net.attach(N2);
     Pair {
         t1: Arc::new(t1),
         r2,
@@ -51,7 +54,7 @@ async fn grpc_pair() -> Pair {
             let _ = stopped.await;
         },
     ));
-    let t1 = GrpcTransport::new(1, CLUSTER, BTreeMap::from([(2, url)]));
+    let t1 = GrpcTransport::new(NodeId(1), CLUSTER, BTreeMap::from([(N2, url)]));
     // Small chunks, so the snapshot below takes many.
     t1.set_snapshot_chunk_bytes(64 << 10);
     Pair {
@@ -64,8 +67,8 @@ async fn grpc_pair() -> Pair {
 fn msg(term: u64, payload: usize) -> Message {
     Message {
         msg_type: MessageType::Append,
-        from: 1,
-        to: 2,
+        from: NodeId(1),
+        to: NodeId(2),
         term,
         entries: vec![Entry {
             term,
@@ -106,40 +109,40 @@ async fn suite(pair: Pair) {
     let mut a = pair.r2.register(1);
     let mut b = pair.r2.register(2);
     // The first batch may take a connection to get through: wait until one arrives.
-    send(&*pair.t1, 2, 1, vec![msg(1, 8)]).await;
+    send(&*pair.t1, N2, 1, vec![msg(1, 8)]).await;
     assert_eq!(recv(&mut a).await, vec![msg(1, 8)]);
 
     // Per link and group: in order, intact, nothing duplicated.
     for term in 2..50 {
-        send(&*pair.t1, 2, 1, vec![msg(term, 16), msg(term + 1000, 0)]).await;
+        send(&*pair.t1, N2, 1, vec![msg(term, 16), msg(term + 1000, 0)]).await;
     }
     for term in 2..50 {
         assert_eq!(recv(&mut a).await, vec![msg(term, 16), msg(term + 1000, 0)]);
     }
 
     // Groups share the connection and are routed apart.
-    send(&*pair.t1, 2, 2, vec![msg(7, 4)]).await;
-    send(&*pair.t1, 2, 1, vec![msg(8, 4)]).await;
+    send(&*pair.t1, N2, 2, vec![msg(7, 4)]).await;
+    send(&*pair.t1, N2, 1, vec![msg(8, 4)]).await;
     assert_eq!(recv(&mut b).await, vec![msg(7, 4)]);
     assert_eq!(recv(&mut a).await, vec![msg(8, 4)]);
 
     // A batch for a group the peer does not host is dropped, not misdelivered.
-    send(&*pair.t1, 2, 99, vec![msg(9, 4)]).await;
-    send(&*pair.t1, 2, 1, vec![msg(10, 4)]).await;
+    send(&*pair.t1, N2, 99, vec![msg(9, 4)]).await;
+    send(&*pair.t1, N2, 1, vec![msg(10, 4)]).await;
     assert_eq!(recv(&mut a).await, vec![msg(10, 4)]);
     assert!(b.try_recv().is_err());
 
     // A large batch (a snapshot-sized message) arrives intact.
     let big = vec![msg(11, 4 << 20)];
-    send(&*pair.t1, 2, 1, big.clone()).await;
+    send(&*pair.t1, N2, 1, big.clone()).await;
     assert_eq!(recv(&mut a).await, big);
 
     // A snapshot message (several chunks on the gRPC transport) arrives whole, in order
     // with the messages around it.
     let snap = Message {
         msg_type: MessageType::Snapshot,
-        from: 1,
-        to: 2,
+        from: NodeId(1),
+        to: NodeId(2),
         term: 3,
         snapshot: Some(Snapshot {
             metadata: SnapshotMetadata {
@@ -151,7 +154,7 @@ async fn suite(pair: Pair) {
         }),
         ..Message::default()
     };
-    send(&*pair.t1, 2, 1, vec![msg(13, 1), snap.clone(), msg(14, 1)]).await;
+    send(&*pair.t1, N2, 1, vec![msg(13, 1), snap.clone(), msg(14, 1)]).await;
     let mut got = Vec::new();
     while got.len() < 3 {
         got.extend(recv(&mut a).await);
@@ -160,8 +163,8 @@ async fn suite(pair: Pair) {
 
     // An unknown peer is unreachable at once.
     assert_eq!(
-        pair.t1.send_group(3, 1, vec![msg(12, 0)]),
-        Err(TransportError::Unreachable(3))
+        pair.t1.send_group(NodeId(3), 1, vec![msg(12, 0)]),
+        Err(TransportError::Unreachable(NodeId(3)))
     );
 }
 

@@ -18,13 +18,15 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
+//! use concord_raft::NodeId;
 //! use concord_runtime::transport::LocalNetwork;
 //! use concord_server::node::{self, NodeConfig};
 //! use concord_storage::mvcc::types::{Command, PutRequest};
 //!
 //! let net = LocalNetwork::new();
-//! let (transport, inbox) = net.register(1);
-//! let node = node::start(NodeConfig::new(1, vec![1], "/tmp/n1"), Arc::new(transport), inbox)?;
+//! let (transport, inbox) = net.register(NodeId(1));
+//! let config = NodeConfig::new(NodeId(1), vec![NodeId(1)], "/tmp/n1");
+//! let node = node::start(config, Arc::new(transport), inbox)?;
 //! node.campaign().await?;
 //! let put = PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..PutRequest::default() };
 //! node.propose(Command::Put(put)).await?;

@@ -388,6 +388,11 @@ impl<D: Disk> NodeHandle<D> {
     }
 }
 
+mod feed;
+pub mod leases;
+pub use feed::{EventFeed, FeedError};
+pub use leases::Leases;
+
 #[cfg(test)]
 mod tests;
 

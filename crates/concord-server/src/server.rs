@@ -23,6 +23,7 @@ mod lease;
 pub mod listener;
 mod maintenance;
 pub mod members;
+mod raft_metrics;
 pub mod restore;
 mod watch;
 
@@ -46,6 +47,7 @@ pub use config::{ClusterState, ServerConfig};
 use members::{MemberRecord, Members};
 
 use crate::node::{self, NodeConfig, NodeHandle};
+use concord_raft::NodeId;
 use concord_runtime::faults::FaultyTransport;
 use concord_runtime::grpc::{GrpcTransport, RaftPeerService};
 use concord_runtime::transport::{GroupTransport, Router, DEFAULT_GROUP};
@@ -77,7 +79,7 @@ pub enum ServerError {
 
 /// A running member.
 pub struct Server {
-    member_id: u64,
+    member_id: NodeId,
     cluster_id: u64,
     client_urls: Vec<String>,
     peer_urls: Vec<String>,
@@ -92,7 +94,7 @@ pub struct Server {
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
-            .field("member_id", &format_args!("{:x}", self.member_id))
+            .field("member_id", &format_args!("{}", self.member_id))
             .field("client_urls", &self.client_urls)
             .field("peer_urls", &self.peer_urls)
             .finish_non_exhaustive()
@@ -185,14 +187,16 @@ impl Server {
             me.client_urls = my_client_urls.clone();
         }
 
-        let nc = node_config(&config, member_id, &founding);
-        let peers: BTreeMap<u64, String> = founding
+        let mut nc = node_config(&config, member_id, &founding);
+        let raft_metrics = Arc::new(raft_metrics::RaftMetrics::default());
+        nc.raft.telemetry = raft_metrics.clone();
+        let peers: BTreeMap<NodeId, String> = founding
             .iter()
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
             .collect();
         let grpc = Arc::new(GrpcTransport::new(member_id, cluster_id, peers));
         // Faults are switched on only through the test hooks (CONCORD_UNSAFE_TEST_HOOKS).
-        let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id));
+        let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id.get()));
         // One connection per peer carries every group; the keyspace is the default group.
         let router = Router::new();
         let inbox = router.register(DEFAULT_GROUP);
@@ -218,7 +222,7 @@ impl Server {
         }
 
         let members = Arc::new(Members::new(node.clone(), founding));
-        let leases = Arc::new(lease::Leases::new(node.clone(), config.election_timeout));
+        let leases = Arc::new(node::Leases::new(node.clone(), config.election_timeout));
         let ctx = api::Ctx {
             node: node.clone(),
             cluster_id,
@@ -227,6 +231,7 @@ impl Server {
             quota_bytes: config.quota_backend_bytes,
             leases: leases.clone(),
             members: members.clone(),
+            raft_metrics,
         };
         let routes = grpc_services(&ctx, &token, config.max_request_bytes);
         // One port for both: gRPC requests (content-type application/grpc) go to the
@@ -271,7 +276,7 @@ impl Server {
             tokio::spawn(compact_in_background(node.clone())),
         ];
         tracing::info!(
-            member = format_args!("{member_id:x}"),
+            member = format_args!("{member_id}"),
             cluster = format_args!("{cluster_id:x}"),
             name = %config.name,
             client_urls = ?my_client_urls,
@@ -293,7 +298,7 @@ impl Server {
     }
 
     /// This member's id.
-    pub fn member_id(&self) -> u64 {
+    pub fn member_id(&self) -> NodeId {
         self.member_id
     }
 
@@ -351,9 +356,9 @@ impl Server {
 /// The founding members as the command line names them, this member with its own URLs.
 fn founding_members(
     config: &ServerConfig,
-    member_id: u64,
+    member_id: NodeId,
     my_peer_urls: &[String],
-) -> BTreeMap<u64, MemberRecord> {
+) -> BTreeMap<NodeId, MemberRecord> {
     let token = &config.initial_cluster_token;
     let mut founding = BTreeMap::new();
     for (name, urls) in config.founding_members() {
@@ -380,8 +385,8 @@ fn founding_members(
 /// The keyspace replica's settings from the server's (etcd's flags).
 fn node_config(
     config: &ServerConfig,
-    member_id: u64,
-    founding: &BTreeMap<u64, MemberRecord>,
+    member_id: NodeId,
+    founding: &BTreeMap<NodeId, MemberRecord>,
 ) -> NodeConfig {
     let heartbeat = config.heartbeat_interval;
     let mut nc = NodeConfig::new(
@@ -480,7 +485,7 @@ async fn wait_stop(mut rx: tokio_watch::Receiver<bool>) {
 async fn publish_self(
     node: NodeHandle,
     members: Arc<Members>,
-    id: u64,
+    id: NodeId,
     name: String,
     peer_urls: Vec<String>,
     client_urls: Vec<String>,
@@ -512,10 +517,7 @@ async fn publish_self(
         match node.propose(members::set_command(id, &want)).await {
             Ok(_) => {
                 published = true;
-                tracing::info!(
-                    member = format_args!("{id:x}"),
-                    "published member attributes"
-                );
+                tracing::info!(member = format_args!("{id}"), "published member attributes");
             }
             Err(e) => tracing::debug!(error = %e, "publishing member attributes failed; retrying"),
         }
@@ -531,7 +533,7 @@ async fn sync_peers(
     node: NodeHandle,
     members: Arc<Members>,
     transport: Arc<GrpcTransport>,
-    me: u64,
+    me: NodeId,
 ) {
     let mut every = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -542,7 +544,7 @@ async fn sync_peers(
         }
         let records = members.records();
         let cs = &st.conf_state;
-        let in_conf: Vec<u64> = cs
+        let in_conf: Vec<NodeId> = cs
             .voters
             .iter()
             .chain(&cs.voters_outgoing)

@@ -10,15 +10,8 @@ use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord_proto::etcdserverpb::watch_client::WatchClient;
 use concord_server::server::{Server, ServerConfig};
+use concord_testkit::{eventually, free_port};
 use tonic::transport::Channel;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Cluster {
     servers: Vec<Option<Server>>,
@@ -60,18 +53,18 @@ impl Cluster {
     }
 
     async fn wait_leader(&self) {
-        for _ in 0..200 {
-            if self
-                .servers
-                .iter()
-                .flatten()
-                .all(|s| s.node().status().leader.is_some())
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no leader");
+        eventually(
+            "every server to know a leader",
+            Duration::from_secs(10),
+            || async {
+                self.servers
+                    .iter()
+                    .flatten()
+                    .all(|s| s.node().status().leader.is_some())
+                    .then_some(())
+            },
+        )
+        .await
     }
 
     async fn channel(&self, i: usize) -> Channel {
@@ -446,12 +439,12 @@ async fn snapshot_save_then_restore_into_a_new_cluster() {
     cfg.heartbeat_interval = Duration::from_millis(50);
     cfg.election_timeout = Duration::from_millis(500);
     let s = Server::start(cfg).await.unwrap();
-    for _ in 0..200 {
-        if s.node().status().leader.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the restored member to lead",
+        Duration::from_secs(10),
+        || async { s.node().status().leader.map(|_| ()) },
+    )
+    .await;
     let ch = Channel::from_shared(format!("http://127.0.0.1:{cp}"))
         .unwrap()
         .connect()

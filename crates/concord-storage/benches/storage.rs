@@ -115,7 +115,7 @@ fn append_all(wal: &mut Wal<RealDisk>, batch: u64, batches: u64, size: usize) ->
             entries: &es,
             hard_state: Some(HardState {
                 term: 1,
-                vote: 1,
+                vote: Some(concord_raft::NodeId(1)),
                 commit: from + batch - 1,
             }),
             lazy: false,

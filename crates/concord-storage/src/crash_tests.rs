@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use concord_raft::{Entry, EntryKind, HardState};
+use concord_raft::{Entry, EntryKind, HardState, NodeId};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -63,7 +63,7 @@ fn wal_crash_child() {
             entries: &entries,
             hard_state: Some(HardState {
                 term: 1,
-                vote: 1,
+                vote: Some(NodeId(1)),
                 commit: last,
             }),
             lazy: false,

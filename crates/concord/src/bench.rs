@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use concord_client::ClientError;
 use concord_proto::etcdserverpb as pb;
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::watch_client::WatchClient;
 use hdrhistogram::Histogram;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// What each request does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -125,13 +126,12 @@ pub struct Summary {
 }
 
 async fn connect(url: &str, timeout: Duration) -> Result<Channel, BenchError> {
-    Endpoint::from_shared(url.to_string())
-        .map_err(|e| BenchError::Args(format!("bad endpoint {url}: {e}")))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true)
-        .connect()
+    concord_client::dial(url, timeout)
         .await
-        .map_err(|e| BenchError::Connect(url.to_string(), e.to_string()))
+        .map_err(|e| match e {
+            ClientError::Connect { detail, .. } => BenchError::Connect(url.to_string(), detail),
+            other => BenchError::Args(other.to_string()),
+        })
 }
 
 struct Shared {

@@ -1,87 +1,36 @@
 //! End to end: a real one-node `concord server`, driven by the `concord` binary's
 //! etcdctl-style client commands, checking their exact output.
 
+mod common;
+
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_concord");
+use common::{free_port, Cluster, BIN};
 
-/// A running `concord server`, killed (by PID) and removed on drop.
+/// A running one-node cluster (the test kit's process harness), killed by PID on drop.
 struct Server {
-    child: Child,
-    client: String,
-    peer: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    cluster: Cluster,
+    _rt: tokio::runtime::Runtime,
 }
 
 impl Server {
     fn start() -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (cp, pp) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{cp}");
-        let peer = format!("http://127.0.0.1:{pp}");
-        let log = std::fs::File::create(dir.path().join("server.log")).expect("log file");
-        let child = Command::new(BIN)
-            .args(["server", "--name", "n1", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &client])
-            .args(["--advertise-client-urls", &client])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("n1={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start concord server");
-        let server = Server {
-            child,
-            client,
-            peer,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = server.ctl(&["endpoint", "health"]);
-            if out.status.success() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server not healthy in 30 s: {}\nlog:\n{}",
-                String::from_utf8_lossy(&out.stderr),
-                std::fs::read_to_string(server.dir.path().join("server.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        server
+        let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+        let cluster = rt.block_on(Cluster::start(BIN, 1));
+        Server { cluster, _rt: rt }
     }
 
     /// The endpoint as users type it: host:port without the scheme.
-    fn endpoint(&self) -> &str {
-        self.client.trim_start_matches("http://")
+    fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster.nodes[0].client_port)
     }
 
     fn ctl_stdin(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = Command::new(BIN)
             .args(args)
-            .args(["--endpoints", self.endpoint()])
+            .args(["--endpoints", &self.endpoint()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -218,18 +167,28 @@ fn client_commands_against_a_real_server() {
     );
 
     // Members and endpoints.
+    let node = &s.cluster.nodes[0];
     let list = s.ok(&["member", "list"]);
     let fields: Vec<&str> = list.trim_end().split(", ").collect();
     assert_eq!(fields.len(), 6, "{list}");
     assert!(u64::from_str_radix(fields[0], 16).is_ok(), "{list}");
     assert_eq!(
         &fields[1..],
-        &["started", "n1", s.peer.as_str(), s.client.as_str(), "false"],
+        &[
+            "started",
+            "n0",
+            &node.peer_url(),
+            &node.client_url(),
+            "false"
+        ],
         "{list}"
     );
     let table = s.ok(&["member", "list", "-w", "table"]);
     assert!(table.contains("| IS LEARNER |"), "{table}");
-    assert!(table.contains(&format!("| {} |", s.client)), "{table}");
+    assert!(
+        table.contains(&format!("| {} |", node.client_url())),
+        "{table}"
+    );
     let status = s.ok(&["endpoint", "status"]);
     assert!(
         status.starts_with(&format!("{}, {}, ", s.endpoint(), fields[0])),
@@ -254,7 +213,7 @@ fn client_commands_against_a_real_server() {
     let rev = json(&s.ok(&["get", "x", "-w", "json"]))["header"]["revision"]
         .as_i64()
         .expect("revision");
-    let file = s.dir.path().join("snap.db");
+    let file = s.cluster.dir().join("snap.db");
     let file_arg = file.to_str().expect("utf-8 path");
     assert_eq!(
         s.ok(&["snapshot", "save", file_arg]),
@@ -267,7 +226,7 @@ fn client_commands_against_a_real_server() {
     assert_eq!(cols.len(), 4, "{st}");
     assert!(u32::from_str_radix(cols[0], 16).is_ok(), "{st}");
     assert_eq!(cols[1], rev.to_string(), "{st}");
-    let restored = s.dir.path().join("restored");
+    let restored = s.cluster.dir().join("restored");
     let out = s.ok(&[
         "snapshot",
         "restore",
@@ -321,7 +280,7 @@ fn global_flags_come_from_etcdctl_environment_variables() {
     assert!(hex("env-key").starts_with("\\x65\\x6e\\x76"));
     // A bad value in the environment is a usage error naming it, like a bad flag.
     let out = Command::new(BIN)
-        .args(["get", "env-key", "--endpoints", server.endpoint()])
+        .args(["get", "env-key", "--endpoints", &server.endpoint()])
         .env("ETCDCTL_DIAL_TIMEOUT", "2")
         .output()
         .expect("run concord");

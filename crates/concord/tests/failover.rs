@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, WAIT};
+use common::{Cluster, BIN, WAIT};
 use etcd_client::GetOptions;
 
 /// One acknowledged write: key -> (value, revision, acknowledged at).
@@ -17,7 +17,7 @@ type Acked = Arc<Mutex<BTreeMap<String, (String, i64, Instant)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_kill_under_writes_loses_no_acknowledged_write() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(BIN, 3).await;
     let old_leader = cluster.leader().await;
     let acked: Acked = Arc::new(Mutex::new(BTreeMap::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -152,7 +152,7 @@ async fn leader_kill_under_writes_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(BIN, 3).await;
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     let mut c = cluster.client(leader).await;
@@ -190,7 +190,7 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_kill9_keeps_acknowledged_writes() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(BIN, 3).await;
     let mut rc = cluster.retry_client().await;
     let mut acked = BTreeMap::new();
     for i in 0..100 {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{expect_err, Cluster};
+use common::{expect_err, Cluster, BIN};
 use etcd_client::{
     Client, Compare, CompareOp, DeleteOptions, GetOptions, KeyValue, PutOptions, SortOrder,
     SortTarget, Txn, TxnOp, TxnOpResponse,
@@ -32,7 +32,7 @@ async fn put_rev(c: &mut Client, k: &str, v: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_header_prev_kv_and_versions() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
 
     let r = c.put("a", "1", None).await.expect("put a=1");
@@ -85,7 +85,7 @@ async fn put_header_prev_kv_and_versions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_revision_increments_once_per_write() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     let mut rev = put_rev(&mut c, "h0", "v").await;
     for i in 1..10 {
@@ -130,7 +130,7 @@ async fn header_revision_increments_once_per_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn put_ignore_value_and_ignore_lease() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
 
     expect_err(
@@ -194,7 +194,7 @@ async fn seed_range_keys(c: &mut Client) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_prefix_range_from_key_and_all() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     seed_range_keys(&mut c).await;
 
@@ -238,7 +238,7 @@ async fn get_prefix_range_from_key_and_all() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_limit_more_count_keys_only_count_only_serializable() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     seed_range_keys(&mut c).await;
 
@@ -290,7 +290,7 @@ async fn get_limit_more_count_keys_only_count_only_serializable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_sorted() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     // Created in order k3, k1, k2; values in another order; versions differ.
     c.put("s/k3", "b", None).await.unwrap();
@@ -347,7 +347,7 @@ async fn get_sorted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_at_revision_and_revision_filters() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     let ra = put_rev(&mut c, "f/a", "a1").await;
     let rb = put_rev(&mut c, "f/b", "b1").await;
@@ -413,7 +413,7 @@ async fn get_at_revision_and_revision_filters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delete_single_range_prefix_prev_kv() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     seed_range_keys(&mut c).await;
 
@@ -456,7 +456,7 @@ async fn delete_single_range_prefix_prev_kv() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_compares_and_branches() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     let created = put_rev(&mut c, "tx", "m").await;
     let lease = c.lease_grant(60, None).await.unwrap().id();
@@ -632,7 +632,7 @@ async fn txn_compares_and_branches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn txn_nested_duplicate_keys_and_too_many_ops() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     c.put("n", "0", None).await.unwrap();
 
@@ -689,7 +689,7 @@ async fn txn_nested_duplicate_keys_and_too_many_ops() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compact_then_old_revisions_are_gone() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     let r1 = put_rev(&mut c, "c", "v1").await;
     let r2 = put_rev(&mut c, "c", "v2").await;
@@ -734,7 +734,7 @@ async fn compact_then_old_revisions_are_gone() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_key_is_rejected() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     expect_err(
         c.put("", "v", None).await,
@@ -752,7 +752,7 @@ async fn empty_key_is_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_larger_than_max_request_bytes_is_rejected() {
-    let cluster = Cluster::builder(1)
+    let cluster = Cluster::builder(BIN, 1)
         .flag("--max-request-bytes", 1024 * 1024)
         .start()
         .await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{expect_err, Cluster, RetryClient, ELECTION_MS};
+use common::{expect_err, Cluster, RetryClient, BIN, ELECTION_MS};
 use etcd_client::{LeaseGrantOptions, LeaseTimeToLiveOptions, PutOptions};
 
 /// Slack allowed before the TTL (clock and scheduling noise; a lease must never expire early).
@@ -16,7 +16,7 @@ const CHECKPOINT_MS: u64 = 500;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grant_attach_time_to_live_list_revoke() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
 
     let g = c.lease_grant(30, None).await.expect("grant");
@@ -107,7 +107,7 @@ async fn grant_attach_time_to_live_list_revoke() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_keeps_keys_beyond_ttl() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     let id = c.lease_grant(2, None).await.unwrap().id();
     c.put("ka", "v", Some(PutOptions::new().with_lease(id)))
@@ -185,7 +185,7 @@ async fn observe_expiry(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_expires_after_ttl_not_before() {
-    let cluster = Cluster::builder(1)
+    let cluster = Cluster::builder(BIN, 1)
         .flag("--lease-checkpoint-interval", CHECKPOINT_MS)
         .start()
         .await;
@@ -212,7 +212,7 @@ async fn lease_expires_after_ttl_not_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_expiry_survives_leader_kill() {
-    let mut cluster = Cluster::builder(3)
+    let mut cluster = Cluster::builder(BIN, 3)
         .flag("--lease-checkpoint-interval", CHECKPOINT_MS)
         .start()
         .await;

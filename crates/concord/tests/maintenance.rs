@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{expect_err, Cluster, WAIT};
+use common::{expect_err, Cluster, BIN, WAIT};
 use etcd_client::{AlarmAction, AlarmType, GetOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_hash_kv_agree_across_members() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(BIN, 3).await;
     let leader = cluster.leader().await;
     let mut c = cluster.client(leader).await;
     let mut last = 0;
@@ -77,7 +77,7 @@ async fn status_and_hash_kv_agree_across_members() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn move_leader_transfers_leadership() {
-    let cluster = Cluster::start(3).await;
+    let cluster = Cluster::start(BIN, 3).await;
     let leader = cluster.leader().await;
     let target = (leader + 1) % 3;
     let target_id = cluster.member_id(target).await;
@@ -103,7 +103,7 @@ async fn move_leader_transfers_leadership() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_stream_and_defragment() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     for i in 0..100 {
         c.put(format!("sn/{i:03}"), vec![b'v'; 1024], None)
@@ -150,7 +150,7 @@ async fn snapshot_stream_and_defragment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quota_raises_nospace_alarm_and_disarm_recovers() {
     const QUOTA: usize = 4 * 1024 * 1024;
-    let cluster = Cluster::builder(1)
+    let cluster = Cluster::builder(BIN, 1)
         .flag("--quota-backend-bytes", QUOTA)
         .start()
         .await;

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{expect_err, Cluster, WAIT};
+use common::{expect_err, Cluster, BIN, WAIT};
 use etcd_client::{GetOptions, Member, MemberAddOptions};
 
 fn summary(members: &[Member]) -> Vec<(String, bool)> {
@@ -20,7 +20,7 @@ fn summary(members: &[Member]) -> Vec<(String, bool)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_list_add_learner_promote_remove() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(BIN, 3).await;
     let mut c = cluster.client_all().await;
 
     // member list: three voters with the advertised URLs and distinct non-zero ids. As in
@@ -235,7 +235,7 @@ async fn member_list_add_learner_promote_remove() {
 /// used to time out) and the rest of the cluster keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_leader_through_the_leader_answers_promptly() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(BIN, 3).await;
     let leader = cluster.leader().await;
     let id = cluster.member_id(leader).await;
     let mut c = cluster.client(leader).await;
@@ -270,7 +270,7 @@ async fn removing_the_leader_through_the_leader_answers_promptly() {
 /// races the election the removal starts). The record goes away afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_the_leader_through_a_follower() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(BIN, 3).await;
     let leader = cluster.leader().await;
     let id = cluster.member_id(leader).await;
     let follower = (leader + 1) % 3;

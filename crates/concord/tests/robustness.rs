@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{http_get, http_request, raw_exchange, Cluster};
+use common::{http_get, http_request, raw_exchange, Cluster, BIN};
 use tonic::codegen::http::uri::PathAndQuery;
 
 /// Asserts that node 0 still answers a put and a get.
@@ -21,7 +21,7 @@ async fn still_serves(cluster: &Cluster, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_bytes_and_broken_http2_do_not_hurt() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let port = cluster.nodes[0].client_port;
 
     // Not HTTP at all.
@@ -91,7 +91,7 @@ async fn raw_unary(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecodable_grpc_and_unknown_methods_get_status_errors() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let port = cluster.nodes[0].client_port;
 
     let r = raw_unary(
@@ -128,7 +128,7 @@ async fn undecodable_grpc_and_unknown_methods_get_status_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_grpc_message_is_refused_and_node_survives() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     // Default --max-request-bytes is 1.5 MiB; 8 MiB is far above it and above gRPC limits.
     let huge = vec![b'h'; 8 * 1024 * 1024];
@@ -143,7 +143,7 @@ async fn huge_grpc_message_is_refused_and_node_survives() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_http1_requests_get_4xx() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let port = cluster.nodes[0].client_port;
 
     // A body that claims more bytes than it sends, then the connection closes.
@@ -171,7 +171,7 @@ async fn bad_http1_requests_get_4xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_gateway_rejects_malformed_body_with_400() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let port = cluster.nodes[0].client_port;
     // etcd's grpc-gateway (/v3/...) answers a malformed JSON body with 400 and a JSON error.
     let r = http_request(
@@ -195,7 +195,7 @@ async fn json_gateway_rejects_malformed_body_with_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_health_version_metrics_ready() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let port = cluster.nodes[0].client_port;
 
     let r = http_get(port, "/health").await.expect("/health");
@@ -211,6 +211,9 @@ async fn http_health_version_metrics_ready() {
     assert!(v["etcdserver"].is_string(), "etcdserver field: {v}");
     assert!(v["etcdcluster"].is_string(), "etcdcluster field: {v}");
 
+    // One write, so the driver's telemetry has something to count.
+    let mut client = cluster.client(0).await;
+    client.put("metrics-key", "v", None).await.expect("put");
     let r = http_get(port, "/metrics").await.expect("/metrics");
     assert_eq!(r.status, 200);
     let ct = r.header("content-type").unwrap_or_default().to_string();
@@ -236,6 +239,22 @@ async fn http_health_version_metrics_ready() {
             "metric line without a number: {line:?}"
         );
     }
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    // The Raft driver's telemetry hooks reach /metrics.
+    for name in [
+        "concord_raft_leader_changes_seen_total",
+        "concord_raft_proposals_accepted_total",
+        "concord_raft_applied_entries_total",
+        "concord_wal_writes_total",
+        "concord_wal_fsyncs_total",
+    ] {
+        assert!(value(name) >= 1.0, "{name} = {}", value(name));
+    }
+    assert!(text.contains("# TYPE concord_wal_fsyncs_total counter"));
 
     let r = http_get(port, "/ready").await.expect("/ready");
     assert_eq!(r.status, 200);
@@ -243,7 +262,7 @@ async fn http_health_version_metrics_ready() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_data_dir_is_refused() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let node = &cluster.nodes[0];
     let ports = common::free_ports(2);
     let client = format!("http://127.0.0.1:{}", ports[0]);

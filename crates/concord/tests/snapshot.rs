@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Instant;
 
-use common::{Cluster, WAIT};
+use common::{Cluster, BIN, WAIT};
 use etcd_client::GetOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_follower_catches_up_through_a_snapshot() {
-    let mut cluster = Cluster::builder(3)
+    let mut cluster = Cluster::builder(BIN, 3)
         .flag("--snapshot-count", 100)
         .start()
         .await;

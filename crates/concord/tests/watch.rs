@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, WAIT};
+use common::{Cluster, BIN, WAIT};
 use etcd_client::{Client, EventType, WatchFilterType, WatchOptions, WatchResponse, WatchStream};
 
 /// One received event, flattened.
@@ -82,7 +82,7 @@ async fn create_watch_id(c: &mut Client, key: &str, opts: WatchOptions) -> (Watc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_replays_history_in_order_then_streams_live() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     let start = c
         .put("w/k0", "v0", None)
@@ -138,7 +138,7 @@ async fn watch_replays_history_in_order_then_streams_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prev_kv_filters_and_cancel() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     let mut wc = cluster.stream_client(0).await;
     let mut stream = create_watch(&mut wc, "p", WatchOptions::new().with_prev_key()).await;
@@ -191,7 +191,7 @@ async fn watch_prev_kv_filters_and_cancel() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_on_compacted_revision_reports_compact_revision() {
-    let cluster = Cluster::start(1).await;
+    let cluster = Cluster::start(BIN, 1).await;
     let mut c = cluster.client(0).await;
     let first = c
         .put("cw", "1", None)
@@ -308,7 +308,7 @@ async fn resilient_watcher(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_across_leader_kill() {
-    let mut cluster = Cluster::start(3).await;
+    let mut cluster = Cluster::start(BIN, 3).await;
     let leader = cluster.leader().await;
     let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
     let mut writer = cluster.retry_client().await;

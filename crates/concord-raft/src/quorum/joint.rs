@@ -55,14 +55,15 @@ mod tests {
     #[test]
     fn joint_needs_both_halves() {
         let j = JointConfig {
-            incoming: MajorityConfig::new([1, 2, 3].into()),
-            outgoing: MajorityConfig::new([3, 4, 5].into()),
+            incoming: MajorityConfig::new([1, 2, 3].map(NodeId).into()),
+            outgoing: MajorityConfig::new([3, 4, 5].map(NodeId).into()),
         };
-        let acks = |id: u64| Some([0, 5, 5, 3, 1, 1][id as usize]);
+        let acks = |id: NodeId| Some([0, 5, 5, 3, 1, 1][id.get() as usize]);
         assert_eq!(j.committed_index(acks), 1);
-        let votes = |id: u64| [None, Some(true), Some(true), None, None, None][id as usize];
+        let votes =
+            |id: NodeId| [None, Some(true), Some(true), None, None, None][id.get() as usize];
         assert_eq!(j.vote_result(votes), VoteResult::Pending);
-        let votes = |id: u64| {
+        let votes = |id: NodeId| {
             [
                 None,
                 Some(true),
@@ -70,14 +71,15 @@ mod tests {
                 Some(true),
                 Some(false),
                 Some(true),
-            ][id as usize]
+            ][id.get() as usize]
         };
         assert_eq!(j.vote_result(votes), VoteResult::Won);
-        let votes =
-            |id: u64| [None, Some(true), Some(true), None, Some(false), Some(false)][id as usize];
+        let votes = |id: NodeId| {
+            [None, Some(true), Some(true), None, Some(false), Some(false)][id.get() as usize]
+        };
         assert_eq!(j.vote_result(votes), VoteResult::Lost);
         let simple = JointConfig {
-            incoming: MajorityConfig::new([1].into()),
+            incoming: MajorityConfig::new([NodeId(1)].into()),
             outgoing: MajorityConfig::default(),
         };
         assert!(!simple.is_joint());

@@ -62,8 +62,8 @@ mod tests {
         /// Matches a naive reference: the largest index that at least a majority reached.
         #[test]
         fn committed_index_matches_reference(acks in proptest::collection::vec(0u64..20, 1..8)) {
-            let cfg = MajorityConfig::new((1..=acks.len() as u64).collect());
-            let got = cfg.committed_index(|id| Some(acks[(id - 1) as usize]));
+            let cfg = MajorityConfig::new((1..=acks.len() as u64).map(NodeId).collect());
+            let got = cfg.committed_index(|id| Some(acks[(id.get() - 1) as usize]));
             let q = acks.len() / 2 + 1;
             let want = (0..20u64).rev().find(|&i| acks.iter().filter(|&&a| a >= i).count() >= q).unwrap_or(0);
             prop_assert_eq!(got, want);
@@ -71,8 +71,8 @@ mod tests {
 
         #[test]
         fn vote_result_matches_reference(votes in proptest::collection::vec(0u8..3, 1..8)) {
-            let cfg = MajorityConfig::new((1..=votes.len() as u64).collect());
-            let v = |id: u64| match votes[(id - 1) as usize] { 0 => None, 1 => Some(true), _ => Some(false) };
+            let cfg = MajorityConfig::new((1..=votes.len() as u64).map(NodeId).collect());
+            let v = |id: NodeId| match votes[(id.get() - 1) as usize] { 0 => None, 1 => Some(true), _ => Some(false) };
             let yes = votes.iter().filter(|&&x| x == 1).count();
             let no = votes.iter().filter(|&&x| x == 2).count();
             let q = votes.len() / 2 + 1;

@@ -4,7 +4,7 @@ use super::{Raft, Role};
 use crate::errors::Error;
 use crate::quorum::VoteResult;
 use crate::storage::Storage;
-use crate::types::{EntryKind, Message, MessageType, CAMPAIGN_TRANSFER};
+use crate::types::{EntryKind, Message, MessageType, NodeId, CAMPAIGN_TRANSFER};
 
 impl<S: Storage> Raft<S> {
     /// Starts an election if this node may. `transfer` marks a campaign ordered by the
@@ -82,7 +82,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn poll(&mut self, from: u64, resp_type: MessageType, granted: bool) -> VoteResult {
+    fn poll(&mut self, from: NodeId, resp_type: MessageType, granted: bool) -> VoteResult {
         let votes = match (&mut self.role, resp_type) {
             (Role::PreCandidate(c), MessageType::PreVoteResp)
             | (Role::Candidate(c), MessageType::VoteResp) => &mut c.votes,
@@ -101,8 +101,8 @@ impl<S: Storage> Raft<S> {
         } else {
             MessageType::VoteResp
         };
-        let can_vote = self.vote == m.from
-            || (self.vote == 0 && self.leader_id == 0)
+        let can_vote = self.vote == Some(m.from)
+            || (self.vote.is_none() && self.leader_id.is_none())
             || (pre && m.term > self.term);
         let up_to_date = self.skip_vote_log_check || self.log.is_up_to_date(m.index, m.log_term);
         if can_vote && up_to_date {
@@ -115,7 +115,7 @@ impl<S: Storage> Raft<S> {
             });
             if !pre {
                 self.election_elapsed = 0;
-                self.vote = m.from;
+                self.vote = Some(m.from);
             }
         } else {
             self.send(Message {
@@ -134,15 +134,15 @@ impl<S: Storage> Raft<S> {
                 return Err(Error::ProposalDropped);
             }
             MessageType::Append => {
-                self.become_follower(m.term, m.from);
+                self.become_follower(m.term, Some(m.from));
                 self.handle_append(m);
             }
             MessageType::Heartbeat => {
-                self.become_follower(m.term, m.from);
+                self.become_follower(m.term, Some(m.from));
                 self.handle_heartbeat(m);
             }
             MessageType::Snapshot => {
-                self.become_follower(m.term, m.from);
+                self.become_follower(m.term, Some(m.from));
                 self.handle_snapshot(m);
             }
             MessageType::VoteResp | MessageType::PreVoteResp => {
@@ -160,7 +160,7 @@ impl<S: Storage> Raft<S> {
                     }
                     VoteResult::Lost => {
                         let term = self.term;
-                        self.become_follower(term, 0);
+                        self.become_follower(term, None);
                     }
                     VoteResult::Pending => {}
                 }

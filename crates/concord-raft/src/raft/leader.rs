@@ -14,7 +14,7 @@ impl<S: Storage> Raft<S> {
     pub(crate) fn leader_check_quorum(&mut self) {
         if !self.tracker.quorum_active() {
             let term = self.term;
-            self.become_follower(term, 0);
+            self.become_follower(term, None);
             return;
         }
         let id = self.id;
@@ -323,7 +323,7 @@ impl<S: Storage> Raft<S> {
     }
 
     fn respond_read(&mut self, req: Message, index: u64) {
-        if req.from == 0 || req.from == self.id {
+        if req.from.is_zero() || req.from == self.id {
             self.read_states.push(ReadState {
                 index,
                 request_ctx: req.context,

@@ -100,9 +100,9 @@ pub(crate) struct Raft<S: Storage> {
     /// Invariant: never decreases.
     pub(crate) term: u64,
     /// Vote cast in `term`; 0 if none.
-    pub(crate) vote: NodeId,
+    pub(crate) vote: Option<NodeId>,
     /// Known leader of `term`; 0 if none.
-    pub(crate) leader_id: NodeId,
+    pub(crate) leader_id: Option<NodeId>,
     pub(crate) log: RaftLog<S>,
     pub(crate) tracker: ProgressTracker,
     pub(crate) role: Role,
@@ -150,8 +150,8 @@ impl<S: Storage> Raft<S> {
         let mut r = Raft {
             id: config.id,
             term: 0,
-            vote: 0,
-            leader_id: 0,
+            vote: None,
+            leader_id: None,
             log,
             tracker: ProgressTracker::new(config.max_inflight_msgs, config.max_inflight_bytes),
             role: Role::Follower,
@@ -195,13 +195,13 @@ impl<S: Storage> Raft<S> {
             r.log.applied_to(config.applied.min(r.log.committed));
         }
         let term = r.term;
-        r.become_follower(term, 0);
+        r.become_follower(term, None);
         Ok(r)
     }
 
     pub(crate) fn soft_state(&self) -> SoftState {
         SoftState {
-            leader_id: (self.leader_id != 0).then_some(self.leader_id),
+            leader_id: self.leader_id,
             role: self.role.state_role(),
         }
     }
@@ -260,15 +260,15 @@ impl<S: Storage> Raft<S> {
                 self.term
             );
             self.term = term;
-            self.vote = 0;
+            self.vote = None;
         }
-        self.leader_id = 0;
+        self.leader_id = None;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
         self.reset_randomized_election_timeout();
     }
 
-    pub(crate) fn become_follower(&mut self, term: u64, leader_id: NodeId) {
+    pub(crate) fn become_follower(&mut self, term: u64, leader_id: Option<NodeId>) {
         self.reset(term);
         self.role = Role::Follower;
         self.leader_id = leader_id;
@@ -281,14 +281,14 @@ impl<S: Storage> Raft<S> {
         );
         // Pre-candidacy changes neither term nor vote: a rejected pre-vote leaves no trace.
         self.role = Role::PreCandidate(CandidateState::default());
-        self.leader_id = 0;
+        self.leader_id = None;
     }
 
     pub(crate) fn become_candidate(&mut self) {
         assert!(!self.is_leader(), "invalid transition leader -> candidate");
         let term = self.term + 1;
         self.reset(term);
-        self.vote = self.id;
+        self.vote = Some(self.id);
         self.role = Role::Candidate(CandidateState::default());
     }
 
@@ -300,7 +300,7 @@ impl<S: Storage> Raft<S> {
         );
         let term = self.term;
         self.reset(term);
-        self.leader_id = self.id;
+        self.leader_id = Some(self.id);
         let last = self.log.last_index();
         self.tracker.reset_progress(last + 1);
         let persisted = self.log.persisted;
@@ -332,7 +332,7 @@ impl<S: Storage> Raft<S> {
     /// than an election timeout ago and may have made such a promise before crashing.
     pub(crate) fn in_lease(&self) -> bool {
         self.check_quorum
-            && (self.leader_id != 0 || self.restart_guard)
+            && (self.leader_id.is_some() || self.restart_guard)
             && self.election_elapsed < self.election_tick
     }
 
@@ -423,9 +423,9 @@ impl<S: Storage> Raft<S> {
                 MessageType::PreVote => {}
                 MessageType::PreVoteResp if !m.reject => {}
                 MessageType::Append | MessageType::Heartbeat | MessageType::Snapshot => {
-                    self.become_follower(m.term, m.from);
+                    self.become_follower(m.term, Some(m.from));
                 }
-                _ => self.become_follower(m.term, 0),
+                _ => self.become_follower(m.term, None),
             }
         } else if m.term < self.term {
             if (self.check_quorum || self.pre_vote)
@@ -478,25 +478,25 @@ impl<S: Storage> Raft<S> {
     fn step_follower(&mut self, mut m: Message) -> Result<(), Error> {
         match m.msg_type {
             MessageType::Propose | MessageType::TransferLeader | MessageType::ReadIndex => {
-                if self.leader_id == 0 {
+                let Some(leader) = self.leader_id else {
                     return Err(Error::ProposalDropped);
-                }
-                m.to = self.leader_id;
+                };
+                m.to = leader;
                 self.send(m);
             }
             MessageType::Append => {
                 self.election_elapsed = 0;
-                self.leader_id = m.from;
+                self.leader_id = Some(m.from);
                 self.handle_append(m);
             }
             MessageType::Heartbeat => {
                 self.election_elapsed = 0;
-                self.leader_id = m.from;
+                self.leader_id = Some(m.from);
                 self.handle_heartbeat(m);
             }
             MessageType::Snapshot => {
                 self.election_elapsed = 0;
-                self.leader_id = m.from;
+                self.leader_id = Some(m.from);
                 self.handle_snapshot(m);
             }
             MessageType::TimeoutNow => self.hup(true),
@@ -596,7 +596,7 @@ impl<S: Storage> Raft<S> {
             // so the remaining voters elect a leader among themselves.
             self.bcast_append();
             let term = self.term;
-            self.become_follower(term, 0);
+            self.become_follower(term, None);
             return cs;
         }
         if let Some(pr) = self.tracker.progress.get_mut(&self.id) {

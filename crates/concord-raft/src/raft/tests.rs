@@ -6,14 +6,14 @@ use crate::raw_node::RawNode;
 use crate::storage::MemStorage;
 use crate::types::{ConfChangeSingle, ConfChangeType, Entry};
 
-fn voters(ids: &[NodeId]) -> ConfState {
+fn voters(ids: &[u64]) -> ConfState {
     ConfState {
-        voters: ids.to_vec(),
+        voters: ids.iter().copied().map(NodeId).collect(),
         ..ConfState::default()
     }
 }
 
-fn raft(id: NodeId, ids: &[NodeId], pre_vote: bool, check_quorum: bool) -> Raft<MemStorage> {
+fn raft(id: u64, ids: &[u64], pre_vote: bool, check_quorum: bool) -> Raft<MemStorage> {
     let mut c = Config::new(id);
     c.pre_vote = pre_vote;
     c.check_quorum = check_quorum;
@@ -21,11 +21,11 @@ fn raft(id: NodeId, ids: &[NodeId], pre_vote: bool, check_quorum: bool) -> Raft<
     Raft::new(&c, MemStorage::bootstrap(voters(ids))).unwrap()
 }
 
-fn msg(ty: MessageType, from: NodeId, to: NodeId, term: u64) -> Message {
+fn msg(ty: MessageType, from: u64, to: u64, term: u64) -> Message {
     Message {
         msg_type: ty,
-        from,
-        to,
+        from: NodeId(from),
+        to: NodeId(to),
         term,
         ..Message::default()
     }
@@ -62,11 +62,11 @@ fn votes_once_per_term_and_only_for_up_to_date_logs() {
     v.index = 1;
     v.log_term = 1;
     r.step(v.clone()).unwrap();
-    assert_eq!(r.vote, 2);
+    assert_eq!(r.vote, Some(NodeId(2)));
     let out = take_all(&mut r);
     assert!(!out[0].reject);
     let mut v3 = v.clone();
-    v3.from = 3;
+    v3.from = NodeId(3);
     r.step(v3).unwrap();
     assert!(take_all(&mut r)[0].reject, "second vote in the same term");
 
@@ -81,7 +81,7 @@ fn votes_once_per_term_and_only_for_up_to_date_logs() {
     stale.log_term = 1;
     r.step(stale).unwrap();
     assert!(take_all(&mut r)[0].reject, "stale log must be rejected");
-    assert_eq!(r.vote, 0);
+    assert_eq!(r.vote, None);
 }
 
 #[test]
@@ -208,13 +208,13 @@ fn one_conf_change_at_a_time() {
     let cc = |id| {
         ConfChange::new(vec![ConfChangeSingle {
             kind: ConfChangeType::AddLearner,
-            node_id: id,
+            node_id: NodeId(id),
         }])
         .encode()
     };
     let prop = |data: Vec<u8>| Message {
         msg_type: MessageType::Propose,
-        from: 1,
+        from: NodeId(1),
         entries: vec![Entry {
             kind: EntryKind::ConfChange,
             data,
@@ -240,11 +240,11 @@ fn transfer_is_abandoned_after_an_election_timeout() {
     let mut r = raft(1, &[1, 2, 3], false, false);
     elect(&mut r);
     r.step(msg(MessageType::TransferLeader, 3, 1, 0)).unwrap();
-    assert_eq!(r.leader_state().unwrap().transferee, Some(3));
+    assert_eq!(r.leader_state().unwrap().transferee, Some(NodeId(3)));
     assert_eq!(
         r.step(Message {
             msg_type: MessageType::Propose,
-            from: 1,
+            from: NodeId(1),
             entries: vec![Entry::default()],
             ..Message::default()
         }),
@@ -303,7 +303,7 @@ fn uncommitted_size_is_bounded() {
     elect(&mut r);
     let prop = |n: usize| Message {
         msg_type: MessageType::Propose,
-        from: 1,
+        from: NodeId(1),
         entries: vec![Entry {
             data: vec![0; n],
             ..Entry::default()

@@ -190,13 +190,16 @@ impl Cmd {
     }
 
     fn ids(&self) -> Vec<NodeId> {
-        self.args.iter().filter_map(|a| a.parse().ok()).collect()
+        self.args
+            .iter()
+            .filter_map(|a| a.parse().ok().map(NodeId))
+            .collect()
     }
 
     fn id(&self, i: usize) -> NodeId {
         self.args
             .get(i)
-            .and_then(|a| a.parse().ok())
+            .and_then(|a| a.parse().ok().map(NodeId))
             .unwrap_or_else(|| panic!("{}: missing node id", self.name))
     }
 
@@ -214,7 +217,11 @@ impl Cmd {
     fn list(&self, k: &str) -> Vec<NodeId> {
         self.kv
             .get(k)
-            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+            .map(|v| {
+                v.split(',')
+                    .filter_map(|x| x.parse().ok().map(NodeId))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -279,7 +286,7 @@ impl Env {
                     .split('|')
                     .map(|g| {
                         g.split_whitespace()
-                            .filter_map(|x| x.parse().ok())
+                            .filter_map(|x| x.parse().ok().map(NodeId))
                             .collect()
                     })
                     .collect();
@@ -349,7 +356,7 @@ impl Env {
             "compact" => {
                 // compact <id> <index>: snapshot at the applied index, drop entries <= index.
                 let id = cmd.id(0);
-                let upto = cmd.id(1);
+                let upto = cmd.id(1).get();
                 let n = self.node(id);
                 let applied = n.applied;
                 let conf = n.conf.clone();
@@ -388,8 +395,8 @@ impl Env {
             learners: cmd.list("learners"),
             ..ConfState::default()
         };
-        let first = self.nodes.keys().last().copied().unwrap_or(0) + 1;
-        for id in first..first + n {
+        let first = self.nodes.keys().last().map_or(0, |id| id.get()) + 1;
+        for id in (first..first + n.get()).map(NodeId) {
             let founding = cs.voters.contains(&id) || cs.learners.contains(&id);
             let disk = if founding {
                 MemStorage::bootstrap(cs.clone())
@@ -458,7 +465,7 @@ impl Env {
             "{id}: {:?} term={} leader={} commit={} applied={} last={} {}",
             st.soft_state.role,
             st.hard_state.term,
-            st.soft_state.leader_id.unwrap_or(0),
+            st.soft_state.leader_id.map_or(0, NodeId::get),
             st.hard_state.commit,
             st.applied,
             n.raw.last_index(),
@@ -492,7 +499,7 @@ impl Env {
                 out,
                 "{id} is {:?} (leader={}) term={}",
                 ss.role,
-                ss.leader_id.unwrap_or(0),
+                ss.leader_id.map_or(0, NodeId::get),
                 n.raw.hard_state().term
             )
             .ok();
@@ -623,7 +630,7 @@ fn parse_cc(cmd: &Cmd) -> ConfChange {
             };
             ConfChangeSingle {
                 kind,
-                node_id: id.parse().unwrap_or_else(|_| panic!("bad id in {a}")),
+                node_id: NodeId(id.parse().unwrap_or_else(|_| panic!("bad id in {a}"))),
             }
         })
         .collect();

@@ -184,12 +184,12 @@ impl Sim {
         let rng = SmallRng::seed_from_u64(p.seed);
         let total = p.voters + p.spares;
         let cs = ConfState {
-            voters: (1..=p.voters as u64).collect(),
+            voters: (1..=p.voters as u64).map(NodeId).collect(),
             ..ConfState::default()
         };
         let mut nodes = Vec::with_capacity(total);
         for i in 0..total {
-            let id = i as u64 + 1;
+            let id = NodeId(i as u64 + 1);
             let founding = i < p.voters;
             let disk = if founding {
                 MemStorage::bootstrap(cs.clone())
@@ -248,7 +248,7 @@ impl Sim {
             .p
             .seed
             .wrapping_mul(31)
-            .wrapping_add(id)
+            .wrapping_add(id.get())
             .wrapping_add(self.stats.crashes << 20);
         #[cfg(feature = "testing-bugs")]
         {
@@ -320,7 +320,10 @@ impl Sim {
     fn send(&mut self, m: Message) {
         self.stats.messages += 1;
         let (from, to, ty) = (m.from, m.to, m.msg_type);
-        let to_live = self.nodes.get(to as usize - 1).is_some_and(|n| n.started);
+        let to_live = self
+            .nodes
+            .get(to.get() as usize - 1)
+            .is_some_and(|n| n.started);
         let fate = if to_live {
             self.net.send(&mut self.rng, self.now, m)
         } else {
@@ -329,11 +332,11 @@ impl Sim {
         if let Fate::Dropped = fate {
             if ty == MessageType::Snapshot {
                 // The transport knows the stream failed.
-                if let Some(r) = self.nodes[from as usize - 1].raw.as_mut() {
+                if let Some(r) = self.nodes[from.get() as usize - 1].raw.as_mut() {
                     r.report_snapshot(to, SnapshotStatus::Failure);
                 }
             } else if ty == MessageType::Append && self.rng.gen_bool(0.1) {
-                if let Some(r) = self.nodes[from as usize - 1].raw.as_mut() {
+                if let Some(r) = self.nodes[from.get() as usize - 1].raw.as_mut() {
                     r.report_unreachable(to);
                 }
             }
@@ -341,12 +344,12 @@ impl Sim {
     }
 
     fn deliver(&mut self, m: Message) -> R<()> {
-        let to = m.to as usize - 1;
+        let to = m.to.get() as usize - 1;
         let (from, ty) = (m.from, m.msg_type);
         if self.net.blocked.contains(&(m.from, m.to)) {
             // Cut while in flight.
             if ty == MessageType::Snapshot {
-                if let Some(r) = self.nodes[from as usize - 1].raw.as_mut() {
+                if let Some(r) = self.nodes[from.get() as usize - 1].raw.as_mut() {
                     r.report_snapshot(m.to, SnapshotStatus::Failure);
                 }
             }
@@ -369,7 +372,7 @@ impl Sim {
         // Errors (unknown peer, dropped forwarded proposal) are normal under faults.
         let _ = raw.step(m);
         if ty == MessageType::Snapshot {
-            if let Some(r) = self.nodes[from as usize - 1].raw.as_mut() {
+            if let Some(r) = self.nodes[from.get() as usize - 1].raw.as_mut() {
                 r.report_snapshot(dest, SnapshotStatus::Finish);
             }
         }

@@ -54,7 +54,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                     }),
                     Err(err) => {
                         // Every replica sees the same bytes and decides alike.
-                        tracing::warn!(node = self.id, index = e.index, error = %err, "undecodable entry applied as no-op");
+                        tracing::warn!(node = %self.id, index = e.index, error = %err, "undecodable entry applied as no-op");
                         batch.push(none(e.index));
                     }
                 },
@@ -95,7 +95,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         let cc = match ConfChange::decode(&e.data) {
             Ok(cc) => cc,
             Err(err) => {
-                tracing::warn!(node = self.id, index = e.index, error = %err, "undecodable conf change");
+                tracing::warn!(node = %self.id, index = e.index, error = %err, "undecodable conf change");
                 return;
             }
         };
@@ -111,7 +111,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 let _ = tx.send(Ok(cs));
             }
             (Err(err), waiter) => {
-                tracing::warn!(node = self.id, index = e.index, error = %err, "conf change refused");
+                tracing::warn!(node = %self.id, index = e.index, error = %err, "conf change refused");
                 if let Some(tx) = waiter {
                     let _ = tx.send(Err(NodeError::Raft(err)));
                 }

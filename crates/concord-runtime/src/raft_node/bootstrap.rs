@@ -32,7 +32,7 @@ pub fn start<S: StateMachine, D: Disk>(
     transport: Arc<dyn Transport>,
     inbox: Inbox,
 ) -> Result<RaftHandle<S>, StartError> {
-    if config.id == 0 {
+    if config.id.is_zero() {
         return Err(StartError::Config("node id must not be 0"));
     }
     if config.tick.is_zero() {
@@ -53,7 +53,7 @@ pub fn start<S: StateMachine, D: Disk>(
     rc.applied = snap_meta.index;
     // Each process gets its own election timer sequence.
     let incarnation =
-        config.incarnation.unwrap_or_else(incarnation_seed) ^ config.id.rotate_left(32);
+        config.incarnation.unwrap_or_else(incarnation_seed) ^ config.id.get().rotate_left(32);
     rc.seed = incarnation;
     let shared: Shared<S> = Arc::new(RwLock::new(Some(state)));
     wal.set_snapshot_source(Arc::new(StateSource {
@@ -103,7 +103,7 @@ pub fn start<S: StateMachine, D: Disk>(
         // machine commits block only that thread (no `block_in_place` hand-offs of the
         // server's workers), and the request path never waits behind it for a worker.
         std::thread::Builder::new()
-            .name(format!("concord-raft-{id:x}"))
+            .name(format!("concord-raft-{id}"))
             .spawn(move || {
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -111,7 +111,7 @@ pub fn start<S: StateMachine, D: Disk>(
                 {
                     Ok(rt) => rt.block_on(run),
                     Err(e) => {
-                        tracing::error!(node = id, error = %e, "cannot start the raft runtime")
+                        tracing::error!(node = %id, error = %e, "cannot start the raft runtime")
                     }
                 }
             })
@@ -164,7 +164,7 @@ fn bootstrap<S: StateMachine, D: Disk>(
         entries: &[],
         hard_state: Some(HardState {
             term: 1,
-            vote: 0,
+            vote: None,
             commit: 1,
         }),
         lazy: false,

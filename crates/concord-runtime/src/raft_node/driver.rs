@@ -140,7 +140,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
     fn step_all(&mut self, batch: Vec<Message>) {
         for m in batch {
             if let Err(e) = self.raw.step(m) {
-                tracing::debug!(node = self.id, error = %e, "message not stepped");
+                tracing::debug!(node = %self.id, error = %e, "message not stepped");
             }
         }
     }
@@ -192,9 +192,14 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             }
         }
         if !batch.is_empty() {
+            let n = batch.len();
             match self.raw.propose_batch(batch) {
-                Ok(()) => self.waiters.extend(batch_waiters),
+                Ok(()) => {
+                    self.config.telemetry.proposals(n, 0);
+                    self.waiters.extend(batch_waiters);
+                }
                 Err(e) => {
+                    self.config.telemetry.proposals(0, n);
                     let err = self.drop_error(e);
                     for (_, tx) in batch_waiters {
                         let _ = tx.send(Err(err.clone()));
@@ -250,6 +255,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                     }
                 }
                 Err(_) => {
+                    self.config.telemetry.peer_unreachable(to);
                     self.raw.report_unreachable(to);
                     if has_snapshot {
                         self.raw.report_snapshot(to, SnapshotStatus::Failure);
@@ -264,7 +270,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         what: &'static str,
         e: impl std::error::Error + Send + Sync + 'static,
     ) {
-        tracing::error!(node = self.id, error = %e, "{what} failed; stopping the node");
+        tracing::error!(node = %self.id, error = %e, "{what} failed; stopping the node");
         self.fatal = Some(StorageFailure::new(what, e).into());
     }
 
@@ -276,6 +282,10 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         if let Some(ss) = rd.soft_state {
             if ss.leader_id != self.leader {
                 self.leader = ss.leader_id;
+                let term = rd
+                    .hard_state
+                    .map_or(self.raw.hard_state().term, |hs| hs.term);
+                self.config.telemetry.leader_changed(ss.leader_id, term);
                 self.reads.fail_pending(&NodeError::LeaderChanged);
             }
         }
@@ -285,9 +295,13 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         // 2. A received snapshot: into the state machine first, then the WAL batch
         //    recording it.
         if let Some(snap) = &rd.snapshot {
+            let started = std::time::Instant::now();
             if let Err(e) = self.install_snapshot(&snap.data) {
                 return self.storage_failure("snapshot install", e);
             }
+            self.config
+                .telemetry
+                .snapshot_installed(snap.data.len(), started.elapsed());
             self.conf_history.clear();
             self.conf_history
                 .insert(snap.metadata.index, snap.metadata.conf_state.clone());
@@ -301,17 +315,26 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             hard_state: rd.hard_state,
             lazy: !rd.must_sync,
         };
+        let (entries, synced) = (rd.entries.len(), rd.must_sync);
+        let started = std::time::Instant::now();
         if let Err(e) = self.wal.append(batch) {
             return self.storage_failure("wal append", e);
         }
+        self.config
+            .telemetry
+            .wal_written(entries, synced, started.elapsed());
         // 3. Votes and acknowledgements only once durable.
         let msgs = std::mem::take(&mut rd.persisted_messages);
         self.send(msgs);
         // 4. Apply, in order.
         if !rd.committed_entries.is_empty() {
+            let started = std::time::Instant::now();
             if let Err(e) = self.apply(&rd.committed_entries) {
                 return self.storage_failure("apply", e);
             }
+            self.config
+                .telemetry
+                .applied(rd.committed_entries.len(), started.elapsed());
         }
         self.reads.confirm(std::mem::take(&mut rd.read_states));
         self.reads.release(self.applied);

@@ -46,12 +46,12 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             let ss = self.raw.soft_state();
             if ss.leader_id == Some(lost) && ss.role != StateRole::Leader {
                 tracing::info!(
-                    node = self.id,
-                    leader = lost,
+                    node = %self.id,
+                    leader = %lost,
                     "leader connection lost; campaigning"
                 );
                 if let Err(e) = self.raw.campaign() {
-                    tracing::debug!(node = self.id, error = %e, "fast-failover campaign refused");
+                    tracing::debug!(node = %self.id, error = %e, "fast-failover campaign refused");
                 }
             }
         }
@@ -60,13 +60,18 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
 
 #[cfg(test)]
 mod tests {
-    use super::rank;
+    use super::{rank, NodeId};
+
+    fn rank_of(voters: &[u64], lost: u64, me: u64) -> u32 {
+        let voters: Vec<NodeId> = voters.iter().copied().map(NodeId).collect();
+        rank(&voters, NodeId(lost), NodeId(me))
+    }
 
     #[test]
     fn ranks_skip_the_lost_leader() {
-        assert_eq!(rank(&[1, 2, 3], 1, 2), 0);
-        assert_eq!(rank(&[1, 2, 3], 1, 3), 1);
-        assert_eq!(rank(&[1, 2, 3], 2, 3), 1);
-        assert_eq!(rank(&[1, 2, 3, 4, 5], 3, 5), 3);
+        assert_eq!(rank_of(&[1, 2, 3], 1, 2), 0);
+        assert_eq!(rank_of(&[1, 2, 3], 1, 3), 1);
+        assert_eq!(rank_of(&[1, 2, 3], 2, 3), 1);
+        assert_eq!(rank_of(&[1, 2, 3, 4, 5], 3, 5), 3);
     }
 }

@@ -114,6 +114,8 @@ pub struct NodeConfig {
     /// Deliberately broken rules, for negative controls of the checkers. Off by default;
     /// never set them in a real deployment.
     pub testing_bugs: TestingBugs,
+    /// Where the replica reports what it does and how long it takes (nothing by default).
+    pub telemetry: std::sync::Arc<dyn crate::telemetry::Telemetry>,
 }
 
 /// Rules the driver can be told to break, so that tests can show their checkers catch
@@ -160,6 +162,7 @@ impl NodeConfig {
             own_thread: true,
             incarnation: None,
             testing_bugs: TestingBugs::default(),
+            telemetry: std::sync::Arc::new(crate::telemetry::NoTelemetry),
         }
     }
 }

@@ -31,7 +31,7 @@ impl Reads {
     /// among every node's reads (the leader keys pending reads by it).
     pub(super) fn next_context(&mut self) -> (u64, Vec<u8>) {
         self.next_ctx += 1;
-        let mut bytes = self.id.to_le_bytes().to_vec();
+        let mut bytes = self.id.get().to_le_bytes().to_vec();
         bytes.extend_from_slice(&self.next_ctx.to_le_bytes());
         (self.next_ctx, bytes)
     }

@@ -3,7 +3,7 @@
 
 use concord_raft::SnapshotMetadata;
 use concord_storage::disk::Disk;
-use concord_storage::wal::SnapshotSource;
+use concord_storage::wal::{SnapshotSource, SourceError};
 
 use super::driver::Driver;
 use super::{read_state, write_state, Shared};
@@ -17,10 +17,14 @@ pub(super) struct StateSource<S> {
 }
 
 impl<S: StateMachine> SnapshotSource for StateSource<S> {
-    fn snapshot_data(&self, _meta: &SnapshotMetadata) -> Option<Result<Vec<u8>, String>> {
+    fn snapshot_data(&self, _meta: &SnapshotMetadata) -> Option<Result<Vec<u8>, SourceError>> {
         let guard = read_state(&self.state);
         let state = guard.as_ref()?;
-        Some(state.snapshot_data().map_err(|e| e.to_string()))
+        Some(
+            state
+                .snapshot_data()
+                .map_err(|e| Box::new(e) as SourceError),
+        )
     }
 }
 
@@ -93,7 +97,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         self.conf_history.insert(target, conf_state);
         self.snapshot_index = target;
         tracing::debug!(
-            node = self.id,
+            node = %self.id,
             index = target,
             "snapshot taken, wal compacted"
         );

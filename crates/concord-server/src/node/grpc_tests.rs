@@ -13,6 +13,10 @@ use super::{start, NodeConfig, NodeHandle};
 use concord_runtime::grpc::{serve, GrpcTransport, RaftPeerService};
 use concord_runtime::transport::{GroupTransport, Router, DEFAULT_GROUP};
 
+const N1: NodeId = NodeId(1);
+const N2: NodeId = NodeId(2);
+const N3: NodeId = NodeId(3);
+
 const CLUSTER: u64 = 0xc0c0;
 
 async fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -78,7 +82,7 @@ fn temp_dirs(n: usize) -> Vec<tempfile::TempDir> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_over_loopback_grpc_commit_and_converge() {
-    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let ids: Vec<NodeId> = vec![N1, N2, N3];
     let (mut listeners, urls) = listeners(&ids).await;
     let dirs = temp_dirs(ids.len());
     let mut nodes = BTreeMap::new();
@@ -101,15 +105,15 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
             Arc::new(GrpcTransport::new(id, CLUSTER, urls.clone())),
             DEFAULT_GROUP,
         );
-        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
+        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id.get() - 1) as usize].path());
         cfg.raft.tick = Duration::from_millis(20);
         cfg.raft.request_timeout = Duration::from_secs(5);
         let node = start(cfg, Arc::new(transport), in_rx).expect("node starts");
         nodes.insert(id, node);
     };
     // Node 3 comes up late: the others keep retrying its connection with backoff.
-    let late = listeners.remove(&3).expect("listener");
-    for id in [1, 2] {
+    let late = listeners.remove(&N3).expect("listener");
+    for id in [N1, N2] {
         let listener = listeners.remove(&id).expect("listener");
         launch(id, listener, &mut nodes);
     }
@@ -119,15 +123,15 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
         st.iter().all(|s| s.leader == Some(l)).then_some(l)
     })
     .await;
-    assert!([1, 2].contains(&leader));
+    assert!([N1, N2].contains(&leader));
     for (id, node) in &nodes {
         for i in 0..10 {
             put(node, format!("k{id}-{i}")).await;
         }
     }
-    launch(3, late, &mut nodes);
+    launch(N3, late, &mut nodes);
     for i in 0..10 {
-        put(&nodes[&3], format!("k3-{i}")).await;
+        put(&nodes[&N3], format!("k3-{i}")).await;
     }
     wait_for("stores to converge", || {
         let hashes: Vec<_> = nodes.values().map(|n| n.hash_kv().ok()).collect();
@@ -145,7 +149,7 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn followers_replace_a_killed_leader_without_waiting_for_the_election_timeout() {
-    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let ids: Vec<NodeId> = vec![N1, N2, N3];
     let (mut listeners, urls) = listeners(&ids).await;
     let dirs = temp_dirs(ids.len());
     let mut nodes = BTreeMap::new();
@@ -163,7 +167,7 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
             },
         ));
         stops.insert(id, stop_tx);
-        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
+        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id.get() - 1) as usize].path());
         cfg.raft.tick = Duration::from_millis(20);
         // An election timeout of 100-200 s: far past the test's deadlines, so only the
         // fast-failover path can elect a new leader in time.
@@ -183,16 +187,16 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
     }
     // Elect node 1 explicitly (retrying until the peer streams are up).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !nodes.values().all(|n| n.status().leader == Some(1)) {
+    while !nodes.values().all(|n| n.status().leader == Some(N1)) {
         assert!(tokio::time::Instant::now() < deadline, "node 1 never led");
-        let _ = nodes[&1].campaign().await;
+        let _ = nodes[&N1].campaign().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    put(&nodes[&2], "before".to_string()).await;
-    let old_term = nodes[&2].status().term;
-    let old = nodes.remove(&1).expect("node 1");
+    put(&nodes[&N2], "before".to_string()).await;
+    let old_term = nodes[&N2].status().term;
+    let old = nodes.remove(&N1).expect("node 1");
     old.shutdown().await.expect("shutdown");
-    if let Some(s) = stops.remove(&1) {
+    if let Some(s) = stops.remove(&N1) {
         let _ = s.send(());
     }
     let new = wait_for("a new leader", || {
@@ -206,8 +210,8 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
         })
     })
     .await;
-    assert!(new == 2 || new == 3);
-    put(&nodes[&2], "after".to_string()).await;
+    assert!(new == N2 || new == N3);
+    put(&nodes[&N2], "after".to_string()).await;
     for node in nodes.values() {
         node.shutdown().await.expect("shutdown");
     }
@@ -223,7 +227,7 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
 async fn far_behind_follower_gets_a_chunked_snapshot_under_message_loss() {
     use concord_runtime::faults::FaultyTransport;
 
-    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let ids: Vec<NodeId> = vec![N1, N2, N3];
     let (mut listeners, urls) = listeners(&ids).await;
     let dirs = temp_dirs(ids.len());
     let mut nodes = BTreeMap::new();
@@ -243,9 +247,9 @@ async fn far_behind_follower_gets_a_chunked_snapshot_under_message_loss() {
         stops.push(stop_tx);
         let grpc = Arc::new(GrpcTransport::new(id, CLUSTER, urls.clone()));
         grpc.set_snapshot_chunk_bytes(16 << 10);
-        let faulty = Arc::new(FaultyTransport::new(grpc, id));
+        let faulty = Arc::new(FaultyTransport::new(grpc, id.get()));
         faults.push(faulty.clone());
-        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id - 1) as usize].path());
+        let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id.get() - 1) as usize].path());
         cfg.raft.tick = Duration::from_millis(20);
         cfg.raft.request_timeout = Duration::from_secs(5);
         cfg.raft.snapshot_count = 20;
@@ -254,8 +258,8 @@ async fn far_behind_follower_gets_a_chunked_snapshot_under_message_loss() {
         let node = start(cfg, Arc::new(transport), in_rx).expect("node starts");
         nodes.insert(id, node);
     };
-    launch(1, &mut nodes);
-    launch(2, &mut nodes);
+    launch(N1, &mut nodes);
+    launch(N2, &mut nodes);
     let leader = wait_for("a leader", || {
         let st: Vec<_> = nodes.values().map(|n| n.status()).collect();
         let l = st.iter().find(|s| s.role == StateRole::Leader)?.id;
@@ -284,12 +288,12 @@ async fn far_behind_follower_gets_a_chunked_snapshot_under_message_loss() {
         (nodes[&leader].status().snapshot_index > 50).then_some(())
     })
     .await;
-    launch(3, &mut nodes);
+    launch(N3, &mut nodes);
     for f in &faults {
         f.set_drop_per_mille(100);
     }
     wait_for("node 3 to install a snapshot and converge", || {
-        if nodes[&3].status().snapshots_installed == 0 {
+        if nodes[&N3].status().snapshots_installed == 0 {
             return None;
         }
         let hashes: Vec<_> = nodes.values().map(|n| n.hash_kv().ok()).collect();

@@ -17,6 +17,7 @@ use crate::error::KvError;
 use concord_runtime::transport::LocalNetwork;
 use concord_runtime::NodeError;
 
+const N1: NodeId = NodeId(1);
 const DEADLINE: Duration = Duration::from_secs(30);
 
 struct Cluster {
@@ -31,7 +32,7 @@ fn no_tweak(_: &mut NodeConfig) {}
 
 impl Cluster {
     fn new(n: u64, tweak: fn(&mut NodeConfig)) -> Self {
-        let ids: Vec<NodeId> = (1..=n).collect();
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let mut c = Self {
             net: LocalNetwork::new(),
             ids: ids.clone(),
@@ -57,14 +58,16 @@ impl Cluster {
         cfg
     }
 
-    fn start(&mut self, id: NodeId) {
+    fn start(&mut self, id: impl Into<NodeId>) {
+        let id = id.into();
         let (transport, inbox) = self.net.register(id);
         let node = start(self.config(id), Arc::new(transport), inbox).expect("node starts");
         self.nodes.insert(id, node);
     }
 
     /// Starts a new, empty node that joins the running cluster once added.
-    fn join(&mut self, id: NodeId) {
+    fn join(&mut self, id: impl Into<NodeId>) {
+        let id = id.into();
         self.dirs
             .insert(id, tempfile::tempdir().expect("temp dir for a test node"));
         let (transport, inbox) = self.net.register(id);
@@ -74,13 +77,15 @@ impl Cluster {
         self.nodes.insert(id, node);
     }
 
-    async fn stop(&mut self, id: NodeId) {
+    async fn stop(&mut self, id: impl Into<NodeId>) {
+        let id = id.into();
         if let Some(n) = self.nodes.remove(&id) {
             n.shutdown().await.expect("clean shutdown");
         }
     }
 
-    fn node(&self, id: NodeId) -> &NodeHandle {
+    fn node(&self, id: impl Into<NodeId>) -> &NodeHandle {
+        let id = id.into();
         &self.nodes[&id]
     }
 
@@ -261,7 +266,7 @@ async fn three_nodes_elect_commit_through_every_node_and_converge() {
     }
     // Every node agrees on one leader and the same applied index eventually.
     let leader = c.leader().await;
-    assert!((1..=3).contains(&leader));
+    assert!((1..=3).contains(&leader.get()));
     c.shutdown().await;
 }
 
@@ -309,7 +314,7 @@ async fn partitioned_leader_is_replaced_and_no_acknowledged_write_is_lost() {
             ok
         })
     };
-    let others: Vec<NodeId> = (1..=3).filter(|&i| i != old).collect();
+    let others: Vec<NodeId> = (1..=3).map(NodeId).filter(|&i| i != old).collect();
     let new = wait_for("a new leader among the majority", || async {
         others.iter().copied().find(|&i| {
             let s = c.node(i).status();
@@ -366,16 +371,17 @@ fn small_snapshots(cfg: &mut NodeConfig) {
 async fn far_behind_follower_is_caught_up_by_snapshot() {
     let mut c = Cluster::new(3, small_snapshots);
     let leader = c.leader().await;
-    let lagging = (1..=3).find(|&i| i != leader).unwrap_or(1);
+    let lagging = (1..=3).map(NodeId).find(|&i| i != leader).unwrap_or(N1);
     c.net.isolate(lagging);
     let behind = c.node(lagging).status().applied;
-    let writer = (1..=3).find(|&i| i != lagging).unwrap_or(1);
+    let writer = (1..=3).map(NodeId).find(|&i| i != lagging).unwrap_or(N1);
     for i in 0..100 {
         put(c.node(writer), &format!("s{i}"), "v").await;
     }
     // The majority compacted its logs past everything the lagging node has.
     let _ = wait_for("the majority to compact past the lagging node", || async {
         (1..=3)
+            .map(NodeId)
             .filter(|&i| i != lagging)
             .all(|i| c.node(i).status().snapshot_index > behind)
             .then_some(())
@@ -402,7 +408,7 @@ async fn far_behind_follower_is_caught_up_by_snapshot() {
 async fn leadership_moves_on_transfer_and_campaign() {
     let c = Cluster::new(3, no_tweak);
     let leader = c.leader().await;
-    let target = (1..=3).find(|&i| i != leader).unwrap_or(1);
+    let target = (1..=3).map(NodeId).find(|&i| i != leader).unwrap_or(N1);
     assert!(matches!(
         c.node(target).transfer_leader(leader).await,
         Err(KvError::Node(NodeError::NotLeader { .. }))
@@ -416,7 +422,10 @@ async fn leadership_moves_on_transfer_and_campaign() {
     })
     .await;
     put(c.node(leader), "after-transfer", "1").await;
-    let third = (1..=3).find(|&i| i != leader && i != target).unwrap_or(1);
+    let third = (1..=3)
+        .map(NodeId)
+        .find(|&i| i != leader && i != target)
+        .unwrap_or(N1);
     c.node(third).campaign().await.expect("campaign accepted");
     // Pre-vote may refuse a campaign against a live leader; either way the cluster serves.
     put(c.node(third), "after-campaign", "1").await;
@@ -429,8 +438,8 @@ async fn without_a_quorum_requests_fail_with_etcd_errors() {
     // Node 1 of a two-voter cluster whose other member never starts: no leader, ever.
     let dir = tempfile::tempdir().expect("temp dir");
     let net = LocalNetwork::new();
-    let (transport, inbox) = net.register(1);
-    let mut cfg = NodeConfig::new(1, vec![1, 2], dir.path());
+    let (transport, inbox) = net.register(N1);
+    let mut cfg = NodeConfig::new(N1, vec![N1, NodeId(2)], dir.path());
     cfg.raft.tick = Duration::from_millis(20);
     cfg.raft.request_timeout = Duration::from_secs(1);
     let n = start(cfg, Arc::new(transport), inbox).expect("node starts");
@@ -455,7 +464,8 @@ async fn without_a_quorum_requests_fail_with_etcd_errors() {
     n.shutdown().await.expect("shutdown is idempotent");
 }
 
-async fn change(node: &NodeHandle, kind: ConfChangeType, node_id: NodeId) -> ConfState {
+async fn change(node: &NodeHandle, kind: ConfChangeType, node_id: u64) -> ConfState {
+    let node_id = NodeId(node_id);
     wait_for("a membership change to apply", || async {
         let cc = ConfChange::new(vec![ConfChangeSingle { kind, node_id }]);
         match node.change_membership(cc).await {
@@ -478,18 +488,18 @@ async fn learner_joins_is_promoted_and_an_old_member_is_removed() {
     }
     c.join(4);
     let cs = change(c.node(2), ConfChangeType::AddLearner, 4).await;
-    assert!(cs.learners.contains(&4), "{cs:?}");
+    assert!(cs.learners.contains(&NodeId(4)), "{cs:?}");
     // The learner receives everything (by snapshot: its log is empty).
     c.converged(10).await;
     assert_eq!(get_local(c.node(4), "m9"), Some(b"v".to_vec()));
     let cs = change(c.node(3), ConfChangeType::AddNode, 4).await;
     assert!(
-        cs.voters.contains(&4) && !cs.learners.contains(&4),
+        cs.voters.contains(&NodeId(4)) && !cs.learners.contains(&NodeId(4)),
         "{cs:?}"
     );
     // Remove node 1 (possibly the leader) through another member.
     let cs = change(c.node(2), ConfChangeType::RemoveNode, 1).await;
-    assert_eq!(cs.voters, vec![2, 3, 4]);
+    assert_eq!(cs.voters, [2, 3, 4].map(NodeId).to_vec());
     c.stop(1).await;
     c.leader().await;
     put(c.node(4), "after-removal", "v").await;
@@ -508,7 +518,7 @@ async fn two_groups_on_three_nodes_are_independent() {
 
     const GROUPS: [u64; 2] = [1, 2];
     let net = LocalNetwork::new();
-    let ids: Vec<NodeId> = vec![1, 2, 3];
+    let ids: Vec<NodeId> = [1, 2, 3].map(NodeId).to_vec();
     let dir = tempfile::tempdir().expect("temp dir");
     // (group, node) -> replica
     let mut replicas: BTreeMap<(u64, NodeId), NodeHandle> = BTreeMap::new();

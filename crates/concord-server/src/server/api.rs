@@ -9,22 +9,24 @@ use concord_proto::mvccpb;
 use concord_storage::mvcc::types as st;
 use tonic::Status;
 
-use super::lease::Leases;
 use super::members::Members;
 use crate::error::Etcd;
 pub(crate) use crate::error::{request_status, status};
+use crate::node::Leases;
 use crate::node::NodeHandle;
+use concord_raft::NodeId;
 
 /// Everything a service needs; cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub node: NodeHandle,
     pub cluster_id: u64,
-    pub member_id: u64,
+    pub member_id: NodeId,
     pub max_txn_ops: usize,
     pub quota_bytes: u64,
     pub leases: Arc<Leases>,
     pub members: Arc<Members>,
+    pub raft_metrics: Arc<super::raft_metrics::RaftMetrics>,
 }
 
 impl Ctx {
@@ -42,7 +44,7 @@ impl Ctx {
     fn header_with(&self, raft_term: u64, revision: i64) -> pb::ResponseHeader {
         pb::ResponseHeader {
             cluster_id: self.cluster_id,
-            member_id: self.member_id,
+            member_id: self.member_id.get(),
             revision,
             raft_term,
         }

@@ -8,7 +8,7 @@
 use concord_proto::etcdserverpb as pb;
 use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::cluster_server::Cluster;
-use concord_raft::{ConfChange, ConfChangeSingle, ConfChangeType, ConfState};
+use concord_raft::{ConfChange, ConfChangeSingle, ConfChangeType, ConfState, NodeId};
 use tonic::{Request, Response, Status};
 
 use super::api::{self, Ctx};
@@ -24,7 +24,7 @@ pub(crate) struct ClusterService {
 }
 
 impl ClusterService {
-    async fn change(&self, kind: ConfChangeType, id: u64) -> Result<ConfState, Status> {
+    async fn change(&self, kind: ConfChangeType, id: NodeId) -> Result<ConfState, Status> {
         let cc = ConfChange {
             changes: vec![ConfChangeSingle { kind, node_id: id }],
             ..ConfChange::default()
@@ -68,12 +68,12 @@ impl ClusterService {
         }
     }
 
-    fn find(&self, id: u64) -> Result<pb::Member, Status> {
+    fn find(&self, id: NodeId) -> Result<pb::Member, Status> {
         self.ctx
             .members
             .list()
             .into_iter()
-            .find(|m| m.id == id)
+            .find(|m| m.id == id.get())
             .ok_or_else(|| Etcd::MemberNotFound.status())
     }
 }
@@ -120,7 +120,7 @@ impl Cluster for ClusterService {
         };
         let cs = self.change(kind, id).await?;
         let list = self.ctx.members.list_for(&cs);
-        let member = list.iter().find(|m| m.id == id).cloned();
+        let member = list.iter().find(|m| m.id == id.get()).cloned();
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(self.ctx.header()),
             member,
@@ -132,7 +132,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
-        let id = request.into_inner().id;
+        let id = NodeId(request.into_inner().id);
         self.find(id)?;
         if id == self.ctx.member_id
             && self.ctx.node.status().role == concord_raft::StateRole::Leader
@@ -142,7 +142,9 @@ impl Cluster for ClusterService {
             // do the removal.
             self.step_down().await?;
             let mut leader = ClusterClient::new(self.ctx.leader_channel().await?);
-            return leader.member_remove(pb::MemberRemoveRequest { id }).await;
+            return leader
+                .member_remove(pb::MemberRemoveRequest { id: id.get() })
+                .await;
         }
         let cs = self.change(ConfChangeType::RemoveNode, id).await?;
         // The member is out of the configuration: that is the answer. Its record (name,
@@ -155,7 +157,7 @@ impl Cluster for ClusterService {
                 match node.propose(members::remove_command(id)).await {
                     Ok(_) => return,
                     Err(e) if attempt == 3 => {
-                        tracing::warn!(member = id, error = %e, "member record not removed")
+                        tracing::warn!(member = %id, error = %e, "member record not removed")
                     }
                     Err(_) => tokio::time::sleep(std::time::Duration::from_millis(500)).await,
                 }
@@ -173,12 +175,13 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let r = request.into_inner();
         check_urls(&r.peer_ur_ls)?;
-        self.find(r.id)?;
-        let mut record = self.ctx.members.records().remove(&r.id).unwrap_or_default();
+        let id = NodeId(r.id);
+        self.find(id)?;
+        let mut record = self.ctx.members.records().remove(&id).unwrap_or_default();
         record.peer_urls = r.peer_ur_ls;
         self.ctx
             .node
-            .propose(members::set_command(r.id, &record))
+            .propose(members::set_command(id, &record))
             .await
             .map_err(api::status)?;
         Ok(Response::new(pb::MemberUpdateResponse {
@@ -204,7 +207,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
-        let id = request.into_inner().id;
+        let id = NodeId(request.into_inner().id);
         let m = self.find(id)?;
         if !m.is_learner {
             return Err(Etcd::MemberNotLearner.status());
@@ -212,7 +215,9 @@ impl Cluster for ClusterService {
         if self.ctx.node.status().role != concord_raft::StateRole::Leader {
             // Only the leader knows each member's progress: forward, as etcd does.
             let mut leader = ClusterClient::new(self.ctx.leader_channel().await?);
-            return leader.member_promote(pb::MemberPromoteRequest { id }).await;
+            return leader
+                .member_promote(pb::MemberPromoteRequest { id: id.get() })
+                .await;
         }
         if !self.ctx.node.is_caught_up(id).await.map_err(api::status)? {
             return Err(Etcd::LearnerNotReady.status());

@@ -152,6 +152,9 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         "Bytes of the store file in use.",
         in_use as f64,
     );
+    for (name, help, value) in ctx.raft_metrics.counters() {
+        metric(&mut out, "counter", name, help, value);
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -193,7 +196,7 @@ pub(crate) fn test_hooks(
     transport: std::sync::Arc<
         concord_runtime::faults::FaultyTransport<concord_runtime::grpc::GrpcTransport>,
     >,
-    leases: std::sync::Arc<super::lease::Leases>,
+    leases: std::sync::Arc<crate::node::Leases>,
 ) -> Router {
     Router::new()
         .route(

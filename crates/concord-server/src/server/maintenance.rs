@@ -4,7 +4,7 @@
 use concord_proto::etcdserverpb as pb;
 use concord_proto::etcdserverpb::auth_server::Auth;
 use concord_proto::etcdserverpb::maintenance_server::Maintenance;
-use concord_raft::StateRole;
+use concord_raft::{NodeId, StateRole};
 use concord_storage::mvcc::types::Command;
 use concord_storage::snapshot::SnapshotStream;
 use tokio::sync::mpsc;
@@ -32,7 +32,7 @@ pub(crate) struct MaintenanceService {
 fn alarms(ctx: &Ctx) -> Vec<pb::AlarmMember> {
     if ctx.node.with_store(|s| Ok(s.nospace())).unwrap_or(false) {
         vec![pb::AlarmMember {
-            member_id: ctx.member_id,
+            member_id: ctx.member_id.get(),
             alarm: pb::AlarmType::Nospace as i32,
         }]
     } else {
@@ -92,13 +92,16 @@ impl Maintenance for MaintenanceService {
             errors.push(Etcd::NoLeader.text().to_string());
         }
         if !alarms(&self.ctx).is_empty() {
-            errors.push(format!("memberID:{} alarm:NOSPACE", self.ctx.member_id));
+            errors.push(format!(
+                "memberID:{} alarm:NOSPACE",
+                self.ctx.member_id.get()
+            ));
         }
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.ctx.header_at(st.state.revision)),
             version: ETCD_VERSION.into(),
             db_size: size as i64,
-            leader: st.leader.unwrap_or(0),
+            leader: st.leader.map_or(0, NodeId::get),
             raft_index: st.commit,
             raft_term: st.term,
             raft_applied_index: st.applied,
@@ -207,7 +210,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
-        let target = request.into_inner().target_id;
+        let target = NodeId(request.into_inner().target_id);
         let st = self.ctx.node.status();
         if st.role != StateRole::Leader {
             return Err(Etcd::NotLeader.status());

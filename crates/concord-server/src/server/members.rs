@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use concord_proto::etcdserverpb as pb;
-use concord_raft::ConfState;
+use concord_raft::{ConfState, NodeId};
 use concord_storage::mvcc::types::Command;
 use serde::{Deserialize, Serialize};
 
@@ -37,13 +37,13 @@ pub struct MemberRecord {
 }
 
 /// The id of the member with `peer_urls` in the cluster named by `token` (never 0).
-pub fn member_id(peer_urls: &[String], token: &str) -> u64 {
+pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
     let mut urls: Vec<&str> = peer_urls.iter().map(|u| u.trim_end_matches('/')).collect();
     urls.sort_unstable();
     let mut buf = urls.join(",").into_bytes();
     buf.push(0);
     buf.extend_from_slice(token.as_bytes());
-    nonzero(xxhash_rust::xxh3::xxh3_64(&buf))
+    NodeId(nonzero(xxhash_rust::xxh3::xxh3_64(&buf)))
 }
 
 /// The cluster id of the cluster named by `token` (never 0).
@@ -63,19 +63,20 @@ fn nonzero(x: u64) -> u64 {
 
 /// The member id recorded in `data_dir/member_id`, or `fresh` (then recorded, durably)
 /// when the data dir has none yet.
-pub fn load_or_store_id(data_dir: &std::path::Path, fresh: u64) -> Result<u64, String> {
+pub fn load_or_store_id(data_dir: &std::path::Path, fresh: NodeId) -> Result<NodeId, String> {
     let path = data_dir.join("member_id");
     match std::fs::read_to_string(&path) {
         Ok(text) => u64::from_str_radix(text.trim(), 16)
             .ok()
-            .filter(|id| *id != 0)
+            .map(NodeId)
+            .filter(|id| !id.is_zero())
             .ok_or_else(|| format!("{} is damaged: {:?}", path.display(), text.trim())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let tmp = data_dir.join("member_id.tmp");
             let write = || -> std::io::Result<()> {
                 use std::io::Write as _;
                 let mut f = std::fs::File::create(&tmp)?;
-                writeln!(f, "{fresh:x}")?;
+                writeln!(f, "{fresh}")?;
                 f.sync_all()?;
                 std::fs::rename(&tmp, &path)?;
                 std::fs::File::open(data_dir)?.sync_all()
@@ -89,12 +90,12 @@ pub fn load_or_store_id(data_dir: &std::path::Path, fresh: u64) -> Result<u64, S
 
 const PREFIX: &str = "member/";
 
-fn meta_key(id: u64) -> Vec<u8> {
-    format!("{PREFIX}{id:016x}").into_bytes()
+fn meta_key(id: NodeId) -> Vec<u8> {
+    format!("{PREFIX}{:016x}", id.get()).into_bytes()
 }
 
 /// The command that sets member `id`'s record.
-pub fn set_command(id: u64, record: &MemberRecord) -> Command {
+pub fn set_command(id: NodeId, record: &MemberRecord) -> Command {
     Command::ClusterMeta {
         key: meta_key(id),
         value: Some(serde_json::to_vec(record).unwrap_or_default()),
@@ -102,7 +103,7 @@ pub fn set_command(id: u64, record: &MemberRecord) -> Command {
 }
 
 /// The command that deletes member `id`'s record.
-pub fn remove_command(id: u64) -> Command {
+pub fn remove_command(id: NodeId) -> Command {
     Command::ClusterMeta {
         key: meta_key(id),
         value: None,
@@ -114,17 +115,17 @@ pub fn remove_command(id: u64) -> Command {
 #[derive(Debug)]
 pub struct Members {
     node: NodeHandle,
-    founding: BTreeMap<u64, MemberRecord>,
+    founding: BTreeMap<NodeId, MemberRecord>,
 }
 
 impl Members {
     /// A view for `node`; `founding` are the members known from the command line.
-    pub(crate) fn new(node: NodeHandle, founding: BTreeMap<u64, MemberRecord>) -> Self {
+    pub(crate) fn new(node: NodeHandle, founding: BTreeMap<NodeId, MemberRecord>) -> Self {
         Self { node, founding }
     }
 
     /// The replicated records (undecodable ones are skipped with a warning).
-    pub fn records(&self) -> BTreeMap<u64, MemberRecord> {
+    pub fn records(&self) -> BTreeMap<NodeId, MemberRecord> {
         let mut out = self.founding.clone();
         let entries = self
             .node
@@ -135,6 +136,7 @@ impl Members {
                 .ok()
                 .and_then(|k| k.strip_prefix(PREFIX))
                 .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .map(NodeId)
             else {
                 continue;
             };
@@ -142,7 +144,7 @@ impl Members {
                 Ok(r) => {
                     out.insert(id, r);
                 }
-                Err(e) => tracing::warn!(id, error = %e, "undecodable member record skipped"),
+                Err(e) => tracing::warn!(id = %id, error = %e, "undecodable member record skipped"),
             }
         }
         out
@@ -157,7 +159,7 @@ impl Members {
 
     pub(crate) fn list_for(&self, cs: &ConfState) -> Vec<pb::Member> {
         let records = self.records();
-        let mut ids: Vec<(u64, bool)> = Vec::new();
+        let mut ids: Vec<(NodeId, bool)> = Vec::new();
         for id in cs.voters.iter().chain(&cs.voters_outgoing) {
             ids.push((*id, false));
         }
@@ -170,7 +172,7 @@ impl Members {
             .map(|(id, is_learner)| {
                 let r = records.get(&id).cloned().unwrap_or_default();
                 pb::Member {
-                    id,
+                    id: id.get(),
                     name: r.name,
                     peer_ur_ls: r.peer_urls,
                     client_ur_ls: r.client_urls,
@@ -181,7 +183,7 @@ impl Members {
     }
 
     /// The first client URL of member `id`, if known.
-    pub fn client_url(&self, id: u64) -> Option<String> {
+    pub fn client_url(&self, id: NodeId) -> Option<String> {
         self.records()
             .get(&id)
             .and_then(|r| r.client_urls.first().cloned())
@@ -195,10 +197,10 @@ mod tests {
     #[test]
     fn member_id_survives_restarts_and_damage_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load_or_store_id(dir.path(), 7).unwrap(), 7);
-        assert_eq!(load_or_store_id(dir.path(), 9).unwrap(), 7);
+        assert_eq!(load_or_store_id(dir.path(), NodeId(7)).unwrap(), NodeId(7));
+        assert_eq!(load_or_store_id(dir.path(), NodeId(9)).unwrap(), NodeId(7));
         std::fs::write(dir.path().join("member_id"), "zz").unwrap();
-        assert!(load_or_store_id(dir.path(), 9)
+        assert!(load_or_store_id(dir.path(), NodeId(9))
             .unwrap_err()
             .contains("damaged"));
     }
@@ -210,6 +212,6 @@ mod tests {
         assert_eq!(member_id(&a, "t"), member_id(&b, "t"));
         assert_ne!(member_id(&a, "t"), member_id(&a, "u"));
         assert_ne!(cluster_id("t"), cluster_id("u"));
-        assert_ne!(member_id(&a, "t"), 0);
+        assert!(!member_id(&a, "t").is_zero());
     }
 }

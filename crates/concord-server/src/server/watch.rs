@@ -1,7 +1,7 @@
 //! etcd's `Watch` service.
 //!
-//! Each watcher is a task that reads the store's change log ([`MvccStore::events`]) from
-//! its next revision whenever the applied revision moves, so it delivers every change at
+//! Each watcher is a task that reads the store's change log ([`MvccStore::events`], through
+//! [`EventFeed`]) from its next revision whenever the applied revision moves, so it delivers every change at
 //! or after its start revision exactly once, in revision order, with no separate event
 //! buffer that could drop or reorder anything. A watcher that falls behind a compaction
 //! is cancelled with `compact_revision` set, as etcd does.
@@ -20,18 +20,16 @@ use std::time::Duration;
 
 use concord_proto::etcdserverpb as pb;
 use concord_proto::etcdserverpb::watch_server::Watch;
-use concord_storage::errors::RequestError;
-use concord_storage::mvcc::types::{Event, EventKind};
+use concord_storage::mvcc::types::EventKind;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::api::{self, Ctx};
 use crate::error::Etcd;
+use crate::node::{EventFeed, FeedError};
 use crate::server::api::BoxStream;
 
-/// Events read from the store per step.
-const EVENTS_PER_STEP: usize = 1000;
 /// Responses buffered per stream before watchers wait for the client.
 const STREAM_BUFFER: usize = 256;
 /// Interval of progress notifications for watchers that asked for them (etcd: 10 min).
@@ -144,13 +142,7 @@ impl Watch for WatchService {
 }
 
 async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
-    let mut status = ctx.node.watch_status();
-    let current = status.borrow_and_update().state.revision;
-    let mut next = if c.start_revision > 0 {
-        c.start_revision
-    } else {
-        current + 1
-    };
+    let (mut feed, current) = EventFeed::new(&ctx.node, c.start_revision, c.prev_kv);
     let no_put = c
         .filters
         .contains(&(pb::watch_create_request::FilterType::Noput as i32));
@@ -169,76 +161,60 @@ async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
     let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
     progress.tick().await;
     loop {
-        // Deliver everything up to the applied revision.
-        loop {
-            let applied = status.borrow_and_update().state.revision;
-            if next > applied {
-                break;
-            }
-            let batch = match read_events(&ctx, next, c.prev_kv) {
-                Ok(Ok(b)) => b,
-                Ok(Err(RequestError::Compacted)) => {
-                    let compacted = ctx
-                        .node
-                        .with_store(|s| Ok(s.compacted_revision()))
-                        .unwrap_or(0);
-                    let _ = out
-                        .send(Ok(pb::WatchResponse {
-                            header: Some(ctx.header()),
-                            watch_id: id,
-                            canceled: true,
-                            compact_revision: compacted,
-                            cancel_reason: Etcd::Compacted.text().into(),
-                            ..Default::default()
-                        }))
-                        .await;
-                    return;
-                }
-                Ok(Err(e)) | Err(crate::KvError::Request(e)) => {
-                    let _ = out.send(Err(api::request_status(e))).await;
-                    return;
-                }
-                Err(e) => {
-                    let _ = out.send(Err(api::status(e))).await;
-                    return;
-                }
-            };
-            let Some(last) = batch.last().map(|e| e.kv.mod_revision) else {
-                // Nothing stored past `next` yet (the status ran ahead of a reader).
-                break;
-            };
-            let events: Vec<_> = batch
-                .into_iter()
-                .filter(|e| api::in_range(&e.kv.key, &c.key, &c.range_end))
-                .filter(|e| match e.kind {
-                    EventKind::Put => !no_put,
-                    EventKind::Delete => !no_delete,
-                })
-                .map(api::event_to_pb)
-                .collect();
-            next = last + 1;
-            if !events.is_empty() {
-                let resp = pb::WatchResponse {
-                    header: Some(ctx.header_at(last.max(applied))),
-                    watch_id: id,
-                    events,
-                    ..Default::default()
-                };
-                if out.send(Ok(resp)).await.is_err() {
-                    return;
-                }
-            }
-        }
         tokio::select! {
-            changed = status.changed() => {
-                if changed.is_err() {
-                    let _ = out.send(Err(Etcd::Stopped.status())).await;
-                    return;
+            batch = feed.next_batch() => {
+                let (batch, applied) = match batch {
+                    Ok(b) => b,
+                    Err(FeedError::Compacted { compacted }) => {
+                        let _ = out
+                            .send(Ok(pb::WatchResponse {
+                                header: Some(ctx.header()),
+                                watch_id: id,
+                                canceled: true,
+                                compact_revision: compacted,
+                                cancel_reason: Etcd::Compacted.text().into(),
+                                ..Default::default()
+                            }))
+                            .await;
+                        return;
+                    }
+                    Err(FeedError::Stopped) => {
+                        let _ = out.send(Err(Etcd::Stopped.status())).await;
+                        return;
+                    }
+                    Err(FeedError::Request(e)) => {
+                        let _ = out.send(Err(api::request_status(e))).await;
+                        return;
+                    }
+                    Err(FeedError::Node(e)) => {
+                        let _ = out.send(Err(api::status(e))).await;
+                        return;
+                    }
+                };
+                let events: Vec<_> = batch
+                    .into_iter()
+                    .filter(|e| api::in_range(&e.kv.key, &c.key, &c.range_end))
+                    .filter(|e| match e.kind {
+                        EventKind::Put => !no_put,
+                        EventKind::Delete => !no_delete,
+                    })
+                    .map(api::event_to_pb)
+                    .collect();
+                if !events.is_empty() {
+                    let resp = pb::WatchResponse {
+                        header: Some(ctx.header_at(applied)),
+                        watch_id: id,
+                        events,
+                        ..Default::default()
+                    };
+                    if out.send(Ok(resp)).await.is_err() {
+                        return;
+                    }
                 }
             }
             _ = progress.tick(), if c.progress_notify => {
                 let resp = pb::WatchResponse {
-                    header: Some(ctx.header_at(next - 1)),
+                    header: Some(ctx.header_at(feed.next_revision() - 1)),
                     watch_id: id,
                     ..Default::default()
                 };
@@ -248,35 +224,5 @@ async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
             }
             _ = out.closed() => return,
         }
-    }
-}
-
-/// The events of whole revisions from `from` on: a revision is never split across two
-/// reads, so `next = last + 1` never skips half a transaction.
-fn read_events(
-    ctx: &Ctx,
-    from: i64,
-    prev_kv: bool,
-) -> Result<Result<Vec<Event>, RequestError>, crate::KvError> {
-    let mut limit = EVENTS_PER_STEP;
-    loop {
-        let mut batch = match ctx.node.with_store(|s| s.events(from, limit, prev_kv))? {
-            Ok(b) => b,
-            Err(e) => return Ok(Err(e)),
-        };
-        if batch.len() < limit {
-            return Ok(Ok(batch));
-        }
-        let last = batch.last().map_or(0, |e| e.kv.mod_revision);
-        let whole = batch
-            .iter()
-            .take_while(|e| e.kv.mod_revision < last)
-            .count();
-        if whole > 0 {
-            batch.truncate(whole);
-            return Ok(Ok(batch));
-        }
-        // One revision holds more than `limit` events: read it whole.
-        limit = limit.saturating_mul(2);
     }
 }

@@ -5,6 +5,14 @@
 //! history and checked for linearizability by concord-check; at the end every replica must
 //! hold the same keyspace.
 //!
+//! Every node runs the leader's lease expiry clock; a client grants short leases with a key
+//! each, keeps some alive and checks the others do not expire early; after the heal every
+//! lease must expire (see `leases.rs`).
+//!
+//! Watchers follow the change log throughout, hopping between nodes and resuming from
+//! their next revision (see `watchers.rs`); their deliveries are checked by concord-check's
+//! watch checker and, after the heal, against the converged change log exactly.
+//!
 //! Faults: network partitions, random loss and delay (so reordering), a node's power cut
 //! (unsynced writes lost, torn as the seed says) followed by a restart, a power cut of the
 //! whole cluster at once, fsync failures (the node stops itself; it is restarted after a
@@ -24,7 +32,9 @@
 //! when every task waits, and the driver runs as a task of this runtime.
 
 mod disk;
+mod leases;
 mod net;
+mod watchers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -59,6 +69,10 @@ const HEAL_PHASE: Duration = Duration::from_secs(30);
 struct RunStats {
     ops: usize,
     ok: usize,
+    /// Changes delivered to watchers.
+    watched: usize,
+    /// Leases granted, kept alive, and reads that had to find a lease's key.
+    leases: (usize, usize, usize),
     crashes: u64,
     sync_failures: u64,
     partitions: u64,
@@ -76,6 +90,8 @@ struct Sim {
     net: SimNet,
     disks: BTreeMap<NodeId, NodeDisk>,
     handles: Handles,
+    leases: leases::LeaseTables,
+    lease_clock_rate: f64,
     restarts: BTreeMap<NodeId, u64>,
     rng: SmallRng,
     history: Arc<Mutex<Vec<Event>>>,
@@ -91,7 +107,7 @@ fn config(id: NodeId, ids: &[NodeId], seed: u64, restarts: u64, bugs: TestingBug
     cfg.raft.snapshot_count = 60;
     cfg.raft.snapshot_catch_up_entries = 10;
     cfg.raft.own_thread = false;
-    cfg.raft.incarnation = Some(seed.rotate_left(17) ^ (restarts << 40) ^ id);
+    cfg.raft.incarnation = Some(seed.rotate_left(17) ^ (restarts << 40) ^ id.get());
     cfg.raft.testing_bugs = bugs;
     // No background flush thread: everything runs on the simulation's one thread.
     cfg.mvcc.background_flush = false;
@@ -102,7 +118,7 @@ impl Sim {
     fn new(seed: u64, faults: Broken) -> Sim {
         let mut rng = SmallRng::seed_from_u64(seed);
         let n = if rng.gen_bool(0.7) { 3 } else { 5 };
-        let ids: Vec<NodeId> = (1..=n).collect();
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
         let net = SimNet::new(SmallRng::seed_from_u64(seed ^ 0x5eed));
         Sim {
             seed,
@@ -112,6 +128,8 @@ impl Sim {
             net,
             disks: BTreeMap::new(),
             handles: Arc::new(Mutex::new(BTreeMap::new())),
+            leases: Arc::new(Mutex::new(BTreeMap::new())),
+            lease_clock_rate: if faults.fast_lease_clocks { 3.0 } else { 1.0 },
             restarts: BTreeMap::new(),
             rng,
             history: Arc::new(Mutex::new(Vec::new())),
@@ -140,6 +158,7 @@ impl Sim {
         let hook = node.clone();
         router.set_peer_down_hook(DEFAULT_GROUP, Arc::new(move |p| hook.report_peer_down(p)));
         self.net.lock().up.insert(id);
+        leases::start(&self.leases, id, &node, self.lease_clock_rate);
         lock(&self.handles).insert(id, node);
         Ok(())
     }
@@ -156,6 +175,7 @@ impl Sim {
             return;
         };
         self.net.lock().up.remove(&id);
+        leases::stop(&self.leases, id);
         self.disks[&id].sim.power_cut(tear, &mut self.rng);
         node.raft().kill();
         *self.restarts.entry(id).or_default() += 1;
@@ -255,8 +275,12 @@ async fn client(
                 start,
                 ev(EventType::Invoke, "write", value.into()),
             );
+            let mut revision = None;
             let kind = match node.propose(put(key, value)).await {
-                Ok(Response::Put(_)) => EventType::Ok,
+                Ok(Response::Put(p)) => {
+                    revision = Some(p.revision);
+                    EventType::Ok
+                }
                 // Refused before it reached the log (by the state machine, or by Raft with
                 // no leader to take it): definite. Anything else may still apply.
                 Err(KvError::Request(_))
@@ -265,7 +289,9 @@ async fn client(
                 )) => EventType::Fail,
                 _ => EventType::Info,
             };
-            record(&history, start, ev(kind, "write", value.into()));
+            let mut done = ev(kind, "write", value.into());
+            done.revision = revision;
+            record(&history, start, done);
         } else {
             record(&history, start, ev(EventType::Invoke, "read", Value::Null));
             match node.linearizable_range(&range(key)).await {
@@ -411,6 +437,8 @@ async fn settle(sim: &Sim) -> Result<(), String> {
             }
         }
     }
+    // Nobody keeps leases alive any more: every one expires, with its key.
+    leases::wait_all_revoked(&nodes, deadline).await?;
     // Convergence: once every node applied the same index, the stores hash alike.
     loop {
         let st: Vec<_> = nodes.iter().map(|(_, n)| n.status()).collect();
@@ -434,11 +462,62 @@ async fn settle(sim: &Sim) -> Result<(), String> {
     }
 }
 
+/// After the heal: the converged change log's last revision is every watcher's target;
+/// each must reach it in time and must have seen exactly the log over its range.
+async fn finish_watchers(
+    sim: &Sim,
+    target: tokio::sync::watch::Sender<Option<i64>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<watchers::Seen, String>>>,
+) -> Result<(), String> {
+    let node = lock(&sim.handles)
+        .values()
+        .next()
+        .cloned()
+        .ok_or("no node after the heal")?;
+    let end = node.status().state.revision;
+    let log = node
+        .with_store(|s| s.events(1, usize::MAX, false))
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = target.send(Some(end));
+    for (w, task) in tasks.into_iter().enumerate() {
+        let seen = tokio::time::timeout(HEAL_PHASE, task)
+            .await
+            .map_err(|_| format!("watcher {w} never reached revision {end}"))?
+            .map_err(|e| format!("watcher {w} task failed: {e}"))??;
+        watchers::compare(w as u64, &seen, &log)?;
+        // Into the history, after every event of the same instant, in watcher order.
+        let mut h = lock(&sim.history);
+        for e in seen.events {
+            let at = h.partition_point(|x| x.time_ns <= e.time_ns);
+            h.insert(at, e);
+        }
+    }
+    let mut h = lock(&sim.history);
+    for (i, e) in h.iter_mut().enumerate() {
+        e.index = i as u64;
+    }
+    Ok(())
+}
+
+/// The register operations of a history (watch deliveries are checked separately).
+fn register_history(history: &[Event]) -> Vec<Event> {
+    history
+        .iter()
+        .filter(|e| e.f == "read" || e.f == "write")
+        .cloned()
+        .collect()
+}
+
 /// What a negative control breaks on purpose (nothing, by default).
 #[derive(Clone, Copy, Debug, Default)]
 struct Broken {
     bugs: TestingBugs,
     lie_about_wal_fsync: bool,
+    /// Watchers resume one revision late (a client-side resume bug).
+    watch_resume_skips: bool,
+    /// Every node's lease clock runs 3 times too fast (clock-rate skew).
+    fast_lease_clocks: bool,
 }
 
 /// Runs seed `seed`: the history and what happened, or why the run itself failed.
@@ -468,11 +547,38 @@ fn run(seed: u64, broken: Broken) -> (Vec<Event>, RunStats, Result<(), String>) 
                     ))
                 })
                 .collect();
+            let (target, target_rx) = tokio::sync::watch::channel(None);
+            let watchers: Vec<_> = (0..sim.rng.gen_range(1..3u64))
+                .map(|w| {
+                    tokio::spawn(watchers::watcher(
+                        w,
+                        SmallRng::seed_from_u64(seed.wrapping_mul(37).wrapping_add(w)),
+                        sim.handles.clone(),
+                        sim.start,
+                        target_rx.clone(),
+                        broken.watch_resume_skips,
+                    ))
+                })
+                .collect();
+            let lease_client = tokio::spawn(leases::client(
+                SmallRng::seed_from_u64(seed.wrapping_mul(41).wrapping_add(1)),
+                sim.handles.clone(),
+                sim.leases.clone(),
+                until,
+            ));
             nemesis(&mut sim, until, &mut stats).await?;
             for c in clients {
                 c.await.map_err(|e| format!("client task failed: {e}"))?;
             }
-            settle(&sim).await
+            let leased = lease_client
+                .await
+                .map_err(|e| format!("lease client failed: {e}"))?;
+            stats.leases = (leased.granted, leased.kept_alive, leased.reads_checked);
+            if !leased.violations.is_empty() {
+                return Err(format!("lease violations: {:?}", leased.violations));
+            }
+            settle(&sim).await?;
+            finish_watchers(&sim, target, watchers).await
         }
         .await;
         stats.simulated = Duration::from_nanos(sim.elapsed_ns());
@@ -485,6 +591,12 @@ fn run(seed: u64, broken: Broken) -> (Vec<Event>, RunStats, Result<(), String>) 
             .filter(|e| e.kind == EventType::Invoke)
             .count();
         stats.ok = history.iter().filter(|e| e.kind == EventType::Ok).count();
+        stats.watched = history
+            .iter()
+            .filter(|e| e.f == "watch")
+            .filter_map(|e| e.value.get("events").and_then(Value::as_array))
+            .map(Vec::len)
+            .sum();
         (history, stats, outcome)
     })
 }
@@ -502,7 +614,15 @@ fn check_seed(seed: u64, broken: Broken) -> Result<(RunStats, Validity), String>
         "replay: CONCORD_SIM_SEED={seed} cargo test --release -p concord-server --test sim whole_nodes"
     );
     outcome.map_err(|e| format!("seed {seed}: {e} ({replay})"))?;
-    let verdict = register::check(&history, &CheckOptions::default())
+    let watched = concord_check::watch::check(&history)
+        .map_err(|e| format!("seed {seed}: watch history rejected: {e}"))?;
+    if watched.valid != Validity::Valid {
+        return Err(format!(
+            "seed {seed}: watch history is {:?}: {:?} ({replay})",
+            watched.valid, watched.anomalies
+        ));
+    }
+    let verdict = register::check(&register_history(&history), &CheckOptions::default())
         .map_err(|e| format!("seed {seed}: history rejected: {e}"))?;
     match verdict.valid {
         Validity::Valid | Validity::Unknown => Ok((stats, verdict.valid)),
@@ -543,6 +663,10 @@ fn whole_nodes_stay_linearizable_under_faults() {
                 simulated += s.simulated;
                 totals.ops += s.ops;
                 totals.ok += s.ok;
+                totals.watched += s.watched;
+                totals.leases.0 += s.leases.0;
+                totals.leases.1 += s.leases.1;
+                totals.leases.2 += s.leases.2;
                 totals.crashes += s.crashes;
                 totals.sync_failures += s.sync_failures;
                 totals.partitions += s.partitions;
@@ -553,11 +677,13 @@ fn whole_nodes_stay_linearizable_under_faults() {
     }
     let secs = wall.elapsed().as_secs_f64();
     println!(
-        "whole-node simulation: {} seeds, {} ops ({} ok), {} crashes, {} cluster-wide outages, {} fsync failures, {} partitions; \
+        "whole-node simulation: {} seeds, {} ops ({} ok), {} changes delivered to watchers, {:?} leases (granted, kept alive, reads checked), {} crashes, {} cluster-wide outages, {} fsync failures, {} partitions; \
          {:.0} simulated s in {:.1} wall s ({:.1} simulated s per wall s, {:.0} seeds per minute)",
         seeds.len(),
         totals.ops,
         totals.ok,
+        totals.watched,
+        totals.leases,
         totals.crashes,
         totals.outages,
         totals.sync_failures,
@@ -568,6 +694,8 @@ fn whole_nodes_stay_linearizable_under_faults() {
         seeds.len() as f64 * 60.0 / secs,
     );
     assert!(totals.ok > 0, "no operation succeeded in any seed");
+    assert!(totals.watched > 0, "no watcher saw any change");
+    assert!(totals.leases.2 > 0, "no lease was checked");
     // An undecided history proves nothing either way; a few are tolerated (and named), a
     // pattern of them is a failure of the test itself.
     if !undecided.is_empty() {
@@ -586,7 +714,13 @@ fn a_seed_replays_exactly() {
         let (a, _, ra) = run(seed, Broken::default());
         let (b, _, rb) = run(seed, Broken::default());
         assert_eq!(ra, rb);
-        assert_eq!(a, b, "seed {seed} did not replay");
+        if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+            panic!(
+                "seed {seed} did not replay: event {i} differs: {:?} vs {:?}",
+                a.get(i),
+                b.get(i)
+            );
+        }
     }
 }
 
@@ -595,7 +729,7 @@ fn a_seed_replays_exactly() {
 fn first_caught(broken: Broken) -> Option<u64> {
     (1..=500u64).find(|&seed| {
         let (history, _, _) = run(seed, broken);
-        register::check(&history, &CheckOptions::default())
+        register::check(&register_history(&history), &CheckOptions::default())
             .is_ok_and(|v| v.valid == Validity::Invalid)
     })
 }
@@ -633,6 +767,41 @@ fn acknowledging_before_fsync_is_caught() {
     );
     println!(
         "lost-write control caught at seed {}",
+        caught.unwrap_or_default()
+    );
+}
+
+/// Negative control: a watcher that resumes one revision late after changing nodes must be
+/// caught (a change missed) within the default seeds.
+#[test]
+fn a_watch_resume_that_skips_a_revision_is_caught() {
+    let broken = Broken {
+        watch_resume_skips: true,
+        ..Broken::default()
+    };
+    let caught = (1..=500u64).find(|&seed| check_seed(seed, broken).is_err());
+    assert!(
+        caught.is_some(),
+        "no seed caught a watcher skipping a revision on resume"
+    );
+    println!(
+        "skipped-revision control caught at seed {}",
+        caught.unwrap_or_default()
+    );
+}
+
+/// Negative control: lease clocks that run 3 times too fast expire leases early; that must
+/// be caught within the default seeds.
+#[test]
+fn leases_expiring_early_are_caught() {
+    let broken = Broken {
+        fast_lease_clocks: true,
+        ..Broken::default()
+    };
+    let caught = (1..=500u64).find(|&seed| check_seed(seed, broken).is_err());
+    assert!(caught.is_some(), "no seed caught leases expiring early");
+    println!(
+        "early-expiry control caught at seed {}",
         caught.unwrap_or_default()
     );
 }

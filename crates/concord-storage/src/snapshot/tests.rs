@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use concord_raft::{Entry, EntryKind, HardState, SnapshotMetadata};
+use concord_raft::{Entry, EntryKind, HardState, NodeId, SnapshotMetadata};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -212,7 +212,7 @@ fn restart_from_snapshot_plus_wal_tail_equals_never_stopped() {
         entries: &tail,
         hard_state: Some(HardState {
             term: 1,
-            vote: 1,
+            vote: Some(NodeId(1)),
             commit: 200,
         }),
         lazy: false,

@@ -8,7 +8,7 @@
 //! 2. Decoding never panics and never allocates more than the frame's bytes: every length
 //!    is checked against the buffer and against the configured maximum first.
 
-use concord_raft::{ConfState, EntryKind, HardState, SnapshotMetadata};
+use concord_raft::{ConfState, EntryKind, HardState, NodeId, SnapshotMetadata};
 
 /// Magic bytes at the start of every segment.
 pub(crate) const SEGMENT_MAGIC: &[u8; 8] = b"CONCWAL1";
@@ -108,7 +108,8 @@ pub(crate) fn put_commit(buf: &mut Vec<u8>, hs: &HardState, records: u32, batch_
     put_frame(buf, |b| {
         b.push(TYPE_COMMIT);
         b.extend_from_slice(&hs.term.to_le_bytes());
-        b.extend_from_slice(&hs.vote.to_le_bytes());
+        // No vote is written as 0, an id no node has.
+        b.extend_from_slice(&hs.vote.map_or(0, NodeId::get).to_le_bytes());
         b.extend_from_slice(&hs.commit.to_le_bytes());
         b.extend_from_slice(&records.to_le_bytes());
         b.extend_from_slice(&batch_bytes.to_le_bytes());
@@ -135,7 +136,7 @@ pub(crate) fn encode_conf_state(b: &mut Vec<u8>, cs: &ConfState) {
     ] {
         b.extend_from_slice(&(list.len() as u32).to_le_bytes());
         for id in list {
-            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&id.get().to_le_bytes());
         }
     }
     b.push(u8::from(cs.auto_leave));
@@ -144,7 +145,7 @@ pub(crate) fn encode_conf_state(b: &mut Vec<u8>, cs: &ConfState) {
 /// Decodes [`encode_conf_state`]'s output, returning it and the bytes used.
 pub(crate) fn decode_conf_state(mut b: &[u8]) -> Option<(ConfState, usize)> {
     let total = b.len();
-    let mut lists: [Vec<u64>; 4] = Default::default();
+    let mut lists: [Vec<NodeId>; 4] = Default::default();
     for list in &mut lists {
         if b.len() < 4 {
             return None;
@@ -155,7 +156,12 @@ pub(crate) fn decode_conf_state(mut b: &[u8]) -> Option<(ConfState, usize)> {
             return None;
         }
         for i in 0..n {
-            list.push(u64_at(b, i * 8));
+            // 0 names no node: a list holding it is corrupt.
+            let id = NodeId(u64_at(b, i * 8));
+            if id.is_zero() {
+                return None;
+            }
+            list.push(id);
         }
         b = &b[n * 8..];
     }
@@ -274,7 +280,7 @@ fn decode_payload(p: &[u8], base: usize) -> Result<Record, FrameError> {
             Ok(Record::Commit {
                 hard_state: HardState {
                     term: u64_at(p, 1),
-                    vote: u64_at(p, 9),
+                    vote: Some(NodeId(u64_at(p, 9))).filter(|id| !id.is_zero()),
                     commit: u64_at(p, 17),
                 },
                 records: u32_at(p, 25),
@@ -329,14 +335,39 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn no_vote_is_written_as_zero_and_a_zero_member_is_corrupt() {
+        let mut buf = Vec::new();
+        let hs = HardState {
+            term: 3,
+            vote: None,
+            commit: 2,
+        };
+        put_commit(&mut buf, &hs, 0, 0);
+        match read_frame(&buf, 0, 1 << 20).unwrap().0 {
+            Record::Commit { hard_state, .. } => assert_eq!(hard_state, hs),
+            other => panic!("not a commit: {other:?}"),
+        }
+        // One voter list holding id 0, then three empty lists and the flag byte.
+        let mut cs = 1u32.to_le_bytes().to_vec();
+        cs.extend_from_slice(&0u64.to_le_bytes());
+        cs.extend_from_slice(&[0; 12]);
+        cs.push(0);
+        assert_eq!(decode_conf_state(&cs), None);
+        cs[4] = 5;
+        let (decoded, used) = decode_conf_state(&cs).unwrap();
+        assert_eq!((decoded.voters, used), (vec![NodeId(5)], cs.len()));
+    }
+
     proptest! {
         #[test]
         fn records_roundtrip(term in any::<u64>(), index in any::<u64>(),
                              data in proptest::collection::vec(any::<u8>(), 0..64),
-                             voters in proptest::collection::vec(any::<u64>(), 0..4)) {
+                             voters in proptest::collection::vec(1..u64::MAX, 0..4)) {
+            let voters: Vec<NodeId> = voters.into_iter().map(NodeId).collect();
             let mut buf = Vec::new();
             put_entry(&mut buf, term, index, EntryKind::ConfChange, &data);
-            let hs = HardState { term, vote: index, commit: 3 };
+            let hs = HardState { term, vote: Some(NodeId(index)).filter(|v| !v.is_zero()), commit: 3 };
             put_commit(&mut buf, &hs, 1, 0);
             let meta = SnapshotMetadata { index, term,
                 conf_state: ConfState { voters, auto_leave: true, ..ConfState::default() } };

@@ -37,7 +37,7 @@ mod storage;
 #[cfg(test)]
 mod tests;
 
-pub use storage::{SnapshotSource, WalStorage};
+pub use storage::{SnapshotSource, SourceError, WalStorage};
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};

@@ -22,10 +22,13 @@ use crate::errors::WalWriteError;
 /// Produces the state-machine image for [`Storage::snapshot`] (the WAL only knows the
 /// snapshot's position and membership, not its data).
 pub trait SnapshotSource: Send + Sync {
-    /// The data of the snapshot described by `meta`, or an error message; returning
-    /// `None` makes the leader retry later.
-    fn snapshot_data(&self, meta: &SnapshotMetadata) -> Option<Result<Vec<u8>, String>>;
+    /// The data of the snapshot described by `meta`, or why it cannot be produced;
+    /// returning `None` makes the leader retry later.
+    fn snapshot_data(&self, meta: &SnapshotMetadata) -> Option<Result<Vec<u8>, SourceError>>;
 }
+
+/// Why a [`SnapshotSource`] could not produce a snapshot: the state machine's own error.
+pub type SourceError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A cloneable handle on a [`Wal`] implementing [`Storage`].
 #[derive(Clone)]
@@ -130,7 +133,8 @@ impl<D: Disk> Storage for WalStorage<D> {
         };
         match source.snapshot_data(&metadata) {
             None => Err(StorageError::SnapshotTemporarilyUnavailable),
-            Some(Err(e)) => Err(StorageError::Other(e)),
+            // Raft's storage errors are plain data; the source's error travels as its text.
+            Some(Err(e)) => Err(StorageError::Other(e.to_string())),
             Some(Ok(data)) => Ok(Snapshot { metadata, data }),
         }
     }

@@ -1,7 +1,7 @@
 use std::path::{Path, PathBuf};
 
 use concord_raft::{
-    ConfState, Entry, EntryKind, HardState, SnapshotMetadata, Storage, StorageError,
+    ConfState, Entry, EntryKind, HardState, NodeId, SnapshotMetadata, Storage, StorageError,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -115,7 +115,7 @@ fn run_random(wal: &mut Wal<SimDisk>, rng: &mut SmallRng, steps: usize) -> Vec<M
             let last = if n > 0 { from + n - 1 } else { model.last() };
             let hs = HardState {
                 term,
-                vote: 1,
+                vote: Some(NodeId(1)),
                 commit: rng.gen_range(model.hs.commit..=last.max(model.hs.commit)),
             };
             wal.append(Batch {
@@ -308,7 +308,7 @@ fn power_cuts_keep_everything_synced_and_invent_nothing() {
                 .collect();
             let hs = HardState {
                 term: acked.hs.term.max(1),
-                vote: 2,
+                vote: Some(NodeId(2)),
                 commit: acked.hs.commit,
             };
             let mut inflight = acked.clone();
@@ -375,7 +375,7 @@ fn compaction_removes_covered_segments_and_survives_reopen() {
             entries: &[ent(i, 1, &[i as u8; 50])],
             hard_state: Some(HardState {
                 term: 1,
-                vote: 1,
+                vote: Some(NodeId(1)),
                 commit: i,
             }),
             ..Batch::default()
@@ -388,7 +388,7 @@ fn compaction_removes_covered_segments_and_survives_reopen() {
         index: 50,
         term: 1,
         conf_state: ConfState {
-            voters: vec![1, 2, 3],
+            voters: vec![NodeId(1), NodeId(2), NodeId(3)],
             ..ConfState::default()
         },
     };
@@ -419,7 +419,10 @@ fn compaction_removes_covered_segments_and_survives_reopen() {
     assert_eq!(wal.last_index(), 60);
     let storage = WalStorage::new(wal);
     let state = storage.initial_state().unwrap();
-    assert_eq!(state.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(
+        state.conf_state.voters,
+        vec![NodeId(1), NodeId(2), NodeId(3)]
+    );
     assert_eq!(state.hard_state.commit, 60);
 }
 
@@ -443,7 +446,7 @@ fn installed_snapshot_replaces_the_log() {
         entries: &[ent(101, 3, b"z")],
         hard_state: Some(HardState {
             term: 3,
-            vote: 0,
+            vote: None,
             commit: 100,
         }),
         lazy: false,
@@ -635,7 +638,7 @@ fn lazy_commit_only_batches_are_written_with_the_next_one() {
     let mut wal = Wal::open(disk.clone(), dir(), WalConfig::default()).unwrap();
     let hs = |commit| HardState {
         term: 1,
-        vote: 1,
+        vote: Some(NodeId(1)),
         commit,
     };
     wal.append(Batch {
@@ -658,7 +661,10 @@ fn lazy_commit_only_batches_are_written_with_the_next_one() {
     );
     assert_eq!(wal.hard_state(), hs(2));
     // A vote change is never lazy.
-    let voted = HardState { vote: 2, ..hs(2) };
+    let voted = HardState {
+        vote: Some(NodeId(2)),
+        ..hs(2)
+    };
     wal.append(Batch {
         hard_state: Some(voted),
         lazy: true,

@@ -31,12 +31,13 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
+use concord_client::{Client, ClientError, ClientOptions};
 use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use concord_proto::etcdserverpb::watch_client::WatchClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// `-w/--write-out`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -240,37 +241,22 @@ pub fn out(text: &str) {
     let _ = stdout.flush();
 }
 
-/// `host:port` or `http://host:port` as a URL tonic can dial.
-pub fn endpoint_url(ep: &str) -> String {
-    let ep = ep.trim();
-    if ep.starts_with("http://") || ep.starts_with("https://") {
-        ep.to_string()
-    } else {
-        format!("http://{ep}")
-    }
+/// Dials one endpoint within `timeout` (through `concord-client`), with etcdctl's error text.
+pub async fn dial(ep: &str, timeout: Duration) -> CtlResult<Channel> {
+    concord_client::dial(ep, timeout).await.map_err(dial_error)
 }
 
-/// Dials one endpoint within `timeout`.
-pub async fn dial(ep: &str, timeout: Duration) -> CtlResult<Channel> {
-    let url = endpoint_url(ep);
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| CtlError::new(format!("bad endpoint {ep:?}: {e}")))?
-        .connect_timeout(timeout)
-        .tcp_nodelay(true);
-    match tokio::time::timeout(timeout, endpoint.connect()).await {
-        Ok(Ok(ch)) => Ok(ch),
-        Ok(Err(e)) => {
-            let detail = std::error::Error::source(&e)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| e.to_string());
-            Err(CtlError::new(format!(
-                "context deadline exceeded (cannot connect to {ep}: {detail})"
-            )))
-        }
-        Err(_) => Err(CtlError::new(format!(
-            "context deadline exceeded (cannot connect to {ep} within {})",
+/// A connection failure as etcdctl words it.
+fn dial_error(e: ClientError) -> CtlError {
+    match e {
+        ClientError::Connect { endpoint, detail } => CtlError::new(format!(
+            "context deadline exceeded (cannot connect to {endpoint}: {detail})"
+        )),
+        ClientError::ConnectTimeout { endpoint, timeout } => CtlError::new(format!(
+            "context deadline exceeded (cannot connect to {endpoint} within {})",
             duration::format(timeout)
-        ))),
+        )),
+        other => CtlError::new(other.to_string()),
     }
 }
 
@@ -285,19 +271,18 @@ pub struct Ctx {
 impl Ctx {
     /// Dials the endpoints in order and keeps the first that connects.
     pub async fn connect(global: &GlobalArgs) -> CtlResult<Ctx> {
-        let mut last = CtlError::new("no endpoints given");
-        for ep in global.endpoints.iter().filter(|e| !e.trim().is_empty()) {
-            match dial(ep, global.dial_timeout).await {
-                Ok(channel) => {
-                    return Ok(Ctx {
-                        global: global.clone(),
-                        channel,
-                    })
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
+        let options = ClientOptions {
+            dial_timeout: global.dial_timeout,
+            // Each command bounds its own calls with `--command-timeout`.
+            request_timeout: None,
+            ..ClientOptions::default()
+        };
+        let client = Client::new(&global.endpoints, options).map_err(dial_error)?;
+        let channel = client.channel().await.map_err(dial_error)?;
+        Ok(Ctx {
+            global: global.clone(),
+            channel,
+        })
     }
 
     /// The output format.
@@ -429,13 +414,6 @@ mod tests {
             panic!("not elect")
         };
         assert!(e.listen && e.proposal.is_none());
-    }
-
-    #[test]
-    fn endpoints_get_a_scheme() {
-        assert_eq!(endpoint_url("127.0.0.1:2379"), "http://127.0.0.1:2379");
-        assert_eq!(endpoint_url("http://a:1"), "http://a:1");
-        assert_eq!(endpoint_url(" https://a:1 "), "https://a:1");
     }
 
     #[test]

@@ -1,0 +1,44 @@
+//! Telemetry hooks: the points of a Raft group replica's life that cost time or change
+//! state, reported to whatever the embedding server measures them with (the server's
+//! `/metrics` today). Every hook has a no-op default, so an implementation overrides only
+//! what it records.
+//!
+//! # Contract
+//!
+//! Hooks run on the driver's thread, inside its loop: they must be cheap (an atomic
+//! add, a histogram record) and must never block or call back into the node. They observe
+//! and never decide: the driver does the same thing whatever a hook does.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use concord_raft::NodeId;
+
+/// Receives a replica's measurements. See the module's contract.
+pub trait Telemetry: Send + Sync + Debug {
+    /// The known leader changed to `leader` (`None`: none known) in `term`.
+    fn leader_changed(&self, _leader: Option<NodeId>, _term: u64) {}
+
+    /// A WAL batch of `entries` entries was written in `took`; `synced` when it was
+    /// made durable (fsync) before returning.
+    fn wal_written(&self, _entries: usize, _synced: bool, _took: Duration) {}
+
+    /// `entries` committed entries were applied to the state machine in `took`.
+    fn applied(&self, _entries: usize, _took: Duration) {}
+
+    /// A batch of proposals was handed to Raft: `accepted` entered the log, `refused`
+    /// were dropped (no leader, a transfer in progress, too large).
+    fn proposals(&self, _accepted: usize, _refused: usize) {}
+
+    /// A snapshot of `bytes` bytes from the leader was installed in `took`.
+    fn snapshot_installed(&self, _bytes: usize, _took: Duration) {}
+
+    /// Messages for `peer` could not be handed to the transport (it is unreachable).
+    fn peer_unreachable(&self, _peer: NodeId) {}
+}
+
+/// Records nothing (the default).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoTelemetry;
+
+impl Telemetry for NoTelemetry {}

@@ -1,0 +1,109 @@
+//! The independent `etcd-client` crate as tests use it: connecting, error text, and a client
+//! that retries across nodes the way a real application does through a failover.
+
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use etcd_client::{
+    Client, ConnectOptions, Error, GetOptions, GetResponse, PutOptions, PutResponse,
+};
+
+/// Connects an etcd client to one endpoint (lazily; no request is made).
+pub async fn connect(url: &str, timeout: Option<Duration>) -> Result<Client, Error> {
+    let mut opts = ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+    if let Some(t) = timeout {
+        opts = opts.with_timeout(t);
+    }
+    Client::connect([url], Some(opts)).await
+}
+
+/// Text of an etcd-client error: `Code: message` for gRPC statuses.
+pub fn err_text(e: &Error) -> String {
+    match e {
+        Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => other.to_string(),
+    }
+}
+
+/// Asserts that `r` failed with an error whose text contains `needle`; returns the error.
+#[track_caller]
+pub fn expect_err<T: Debug>(r: Result<T, Error>, needle: &str) -> Error {
+    match r {
+        Ok(v) => panic!("expected an error containing {needle:?}, got Ok({v:?})"),
+        Err(e) => {
+            let text = err_text(&e);
+            assert!(
+                text.contains(needle),
+                "expected an error containing {needle:?}, got {text:?}"
+            );
+            e
+        }
+    }
+}
+
+/// Clients of every node, trying them in turn: what a real client does across a failover.
+#[derive(Clone)]
+pub struct RetryClient {
+    clients: Vec<Client>,
+    next: usize,
+}
+
+/// Time budget of one [`RetryClient`] operation, across all retries.
+pub const RETRY_BUDGET: Duration = Duration::from_secs(20);
+/// Bound on one [`RetryClient`] attempt before it tries the next node. It is part of any
+/// failover time measured through a `RetryClient`.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl RetryClient {
+    /// A client that tries `clients` in turn, starting with the first.
+    pub fn new(clients: Vec<Client>) -> Self {
+        RetryClient { clients, next: 0 }
+    }
+
+    /// Puts, retrying on other nodes (each attempt bounded by [`ATTEMPT_TIMEOUT`]) for up to
+    /// [`RETRY_BUDGET`]. A retried put may have been applied twice; callers use distinct
+    /// keys/values so that does not matter.
+    pub async fn put(&mut self, key: &str, value: &str) -> Result<PutResponse, String> {
+        let deadline = Instant::now() + RETRY_BUDGET;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let idx = self.next % self.clients.len();
+            let c = &mut self.clients[idx];
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, c.put(key, value, None::<PutOptions>)).await
+            {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => last = err_text(&e),
+                Err(_) => last = "attempt timed out".into(),
+            }
+            self.next += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "put {key} failed for {RETRY_BUDGET:?}; last error: {last}"
+        ))
+    }
+
+    /// Linearizable get (unless `opts` says otherwise), retried like [`RetryClient::put`].
+    pub async fn get(
+        &mut self,
+        key: &str,
+        opts: Option<GetOptions>,
+    ) -> Result<GetResponse, String> {
+        let deadline = Instant::now() + RETRY_BUDGET;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let idx = self.next % self.clients.len();
+            let c = &mut self.clients[idx];
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, c.get(key, opts.clone())).await {
+                Ok(Ok(r)) => return Ok(r),
+                Ok(Err(e)) => last = err_text(&e),
+                Err(_) => last = "attempt timed out".into(),
+            }
+            self.next += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "get {key} failed for {RETRY_BUDGET:?}; last error: {last}"
+        ))
+    }
+}
