@@ -223,10 +223,11 @@ impl Client {
             .collect()
     }
 
-    /// Runs `f` with a channel, retrying per the options: after an endpoint failure on the
-    /// next endpoint, after a transient failure after a backoff, and, for requests that are
-    /// not idempotent, only when the failure was definite. Returns the last error when every
-    /// attempt failed.
+    /// Runs `f` with a channel, retrying per the options: after a transient failure (see
+    /// [`ClientError::is_transient`]) on the next endpoint after a backoff, and, for requests
+    /// that are not idempotent, only when the failure was definite. Only the endpoint's own
+    /// failures count against its breaker. Returns the last error when every attempt
+    /// failed.
     pub async fn call<T, F, Fut>(
         &self,
         idempotence: Idempotence,
@@ -255,9 +256,8 @@ impl Client {
             if attempt >= options.attempts.max(1) || !may_retry {
                 return Err(err);
             }
-            if err.is_endpoint_failure() {
-                i = (i + 1) % n;
-            }
+            // Another endpoint may see a leader, or be reachable, where this one does not.
+            i = (i + 1) % n;
             let delay = options
                 .backoff
                 .delay(attempt - 1, &mut *lock(&self.inner.rng));

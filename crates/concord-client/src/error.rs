@@ -76,25 +76,35 @@ impl ClientError {
         }
     }
 
-    /// Whether the failure is the endpoint's (unreachable, refusing, broken transport), so
-    /// another endpoint may do better, rather than the request's.
+    /// Whether the failure is the endpoint's (unreachable, refusing, silent, a broken
+    /// transport) rather than the request's or the cluster's: what its circuit breaker
+    /// counts. A status the server itself sent (its message starts with `etcdserver:`, as
+    /// every Concord and etcd error does) means the endpoint is up, even when it answers
+    /// that there is no leader.
     pub fn is_endpoint_failure(&self) -> bool {
         match self {
             ClientError::Connect { .. }
             | ClientError::ConnectTimeout { .. }
             | ClientError::BreakerOpen { .. }
             | ClientError::Timeout { .. } => true,
-            ClientError::Rpc(s) => matches!(s.code(), Code::Unavailable | Code::Unknown),
+            // The transport's own statuses: no connection (Unavailable), a connection
+            // closed under the request (Cancelled), a broken stream (Unknown).
+            ClientError::Rpc(s) => {
+                matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Cancelled | Code::Unknown
+                ) && !s.message().starts_with("etcdserver:")
+            }
             _ => false,
         }
     }
 
-    /// Whether trying again (elsewhere, later) may succeed: endpoint failures and the
-    /// server-side codes that mean "not now" (no leader, timed out, stopping).
+    /// Whether trying again (elsewhere, later) may succeed: endpoint failures and the codes
+    /// that mean "not now" (no leader, timed out, stopping, aborted).
     pub fn is_transient(&self) -> bool {
         self.is_endpoint_failure()
             || matches!(self, ClientError::Rpc(s)
-                if matches!(s.code(), Code::DeadlineExceeded | Code::Aborted))
+                if matches!(s.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Aborted))
     }
 
     /// The status, when the server answered.
@@ -175,5 +185,12 @@ mod tests {
         assert!(refused.is_definite() && refused.is_transient());
         let rejected = ClientError::Rpc(Status::invalid_argument("bad"));
         assert!(rejected.is_definite() && !rejected.is_transient());
+        // The server says there is no leader: try again, but the endpoint itself is fine.
+        let no_leader = ClientError::Rpc(Status::unavailable("etcdserver: no leader"));
+        assert!(no_leader.is_transient() && !no_leader.is_endpoint_failure());
+        let reset = ClientError::Rpc(Status::unavailable("transport error: connection reset"));
+        assert!(reset.is_transient() && reset.is_endpoint_failure());
+        let closed = ClientError::Rpc(Status::cancelled("operation was canceled"));
+        assert!(closed.is_transient() && !closed.is_definite());
     }
 }

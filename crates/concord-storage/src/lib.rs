@@ -24,7 +24,7 @@
 //! ```
 //!
 //! ```
-//! use concord_raft::{Entry, HardState, Storage};
+//! use concord_raft::{Entry, HardState, NodeId, Storage};
 //! use concord_storage::disk::SimDisk;
 //! use concord_storage::mvcc::types::{Command, PutRequest, RangeRequest};
 //! use concord_storage::mvcc::{MvccConfig, MvccStore};
@@ -33,7 +33,7 @@
 //! let disk = SimDisk::new();
 //! let wal = WalStorage::new(Wal::open(disk.clone(), "/node/wal", WalConfig::default())?);
 //! let entry = Entry { term: 1, index: 1, data: b"put k v".to_vec(), ..Entry::default() };
-//! let hs = HardState { term: 1, vote: 1, commit: 1 };
+//! let hs = HardState { term: 1, vote: Some(NodeId(1)), commit: 1 };
 //! wal.append(Batch { snapshot: None, entries: &[entry], hard_state: Some(hs), lazy: false })?;
 //! assert_eq!(wal.last_index().unwrap(), 1);
 //!
