@@ -1,9 +1,9 @@
 //! etcd's `Watch` service.
 //!
 //! Each watcher is a task that reads the store's change log ([`MvccStore::events`], through
-//! [`EventFeed`]) from its next revision whenever the applied revision moves, so it delivers every change at
-//! or after its start revision exactly once, in revision order, with no separate event
-//! buffer that could drop or reorder anything. A watcher that falls behind a compaction
+//! [`EventFeed`]) from its next revision whenever the applied revision moves, so it
+//! delivers every change at or after its start revision exactly once, in revision order,
+//! with no separate event buffer that could drop or reorder anything. A watcher that falls behind a compaction
 //! is cancelled with `compact_revision` set, as etcd does.
 //!
 //! # Limits
