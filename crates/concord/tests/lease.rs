@@ -254,3 +254,43 @@ async fn lease_expiry_survives_leader_kill() {
         "etcdserver: requested lease not found",
     );
 }
+
+/// etcd's lock and election services grant a caller without a lease a session lease of its
+/// own (60 s, not kept alive) and use it; so do Concord's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_without_a_lease_gets_a_session_lease() {
+    let cluster = Cluster::start(BIN, 1).await;
+    let mut c = cluster.client(0).await;
+    let held = c
+        .lock("sessionless", None)
+        .await
+        .expect("lock without a lease");
+    let key = String::from_utf8(held.key().to_vec()).expect("utf-8 key");
+    let lease_hex = key
+        .strip_prefix("sessionless/")
+        .unwrap_or_else(|| panic!("lock key {key:?} is not <name>/<lease>"));
+    let lease = i64::from_str_radix(lease_hex, 16).expect("lease id in hex");
+    let ttl = c
+        .lease_time_to_live(lease, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .expect("the session lease exists");
+    assert_eq!(ttl.granted_ttl(), 60);
+    assert_eq!(ttl.keys(), [held.key().to_vec()]);
+    // Released like any lock; a second caller then gets it.
+    c.unlock(held.key()).await.expect("unlock");
+    let again = c.lock("sessionless", None).await.expect("lock again");
+    assert_ne!(again.key(), held.key());
+
+    // A campaign without a lease too.
+    let won = c
+        .campaign("chair", "me", 0)
+        .await
+        .expect("campaign without a lease");
+    let leader = won.leader().expect("leader key");
+    assert_ne!(leader.lease(), 0, "the campaign got a session lease");
+    let ttl = c
+        .lease_time_to_live(leader.lease(), None)
+        .await
+        .expect("the campaign's session lease exists");
+    assert_eq!(ttl.granted_ttl(), 60);
+}

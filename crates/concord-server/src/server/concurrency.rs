@@ -225,6 +225,23 @@ fn not_leader() -> Status {
     Status::failed_precondition("election: not leader")
 }
 
+/// TTL of the lease `Lock` and `Campaign` grant a caller that brought none (etcd's session
+/// default).
+const SESSION_TTL_SECS: i64 = 60;
+
+/// Grants a fresh lease of [`SESSION_TTL_SECS`] for a request that brought none.
+async fn session_lease(ctx: &Ctx) -> Result<i64, Status> {
+    let id = super::lease::random_id();
+    ctx.node
+        .propose(Command::LeaseGrant {
+            id,
+            ttl: SESSION_TTL_SECS,
+        })
+        .await
+        .map_err(api::status)?;
+    Ok(id)
+}
+
 #[tonic::async_trait]
 impl Lock for ConcurrencyService {
     async fn lock(
@@ -235,11 +252,16 @@ impl Lock for ConcurrencyService {
         if r.name.is_empty() {
             return Err(Status::invalid_argument("lock: name is not provided"));
         }
-        if r.lease == 0 {
-            return Err(Status::invalid_argument("lock: a lease is required"));
-        }
-        let key = contender_key(&r.name, r.lease);
-        let (kv, _, _) = create_key(&self.ctx, &key, r.lease, Vec::new()).await?;
+        // As etcd's lock service does: without a lease, the caller gets a session lease of
+        // its own (60 s, etcd's session default) that nobody keeps alive, so an abandoned
+        // lock frees itself within a minute.
+        let lease = if r.lease == 0 {
+            session_lease(&self.ctx).await?
+        } else {
+            r.lease
+        };
+        let key = contender_key(&r.name, lease);
+        let (kv, _, _) = create_key(&self.ctx, &key, lease, Vec::new()).await?;
         let guard = Abandon {
             ctx: Some(self.ctx.clone()),
             key: key.clone(),
@@ -291,15 +313,18 @@ impl Election for ConcurrencyService {
         if r.name.is_empty() {
             return Err(Status::invalid_argument("election: name is not provided"));
         }
-        if r.lease == 0 {
-            return Err(Status::invalid_argument("election: a lease is required"));
-        }
-        let key = contender_key(&r.name, r.lease);
-        let (kv, _, existed) = create_key(&self.ctx, &key, r.lease, r.value.clone()).await?;
+        // Without a lease, a session lease of its own, as for `Lock` (and as etcd does).
+        let lease = if r.lease == 0 {
+            session_lease(&self.ctx).await?
+        } else {
+            r.lease
+        };
+        let key = contender_key(&r.name, lease);
+        let (kv, _, existed) = create_key(&self.ctx, &key, lease, r.value.clone()).await?;
         let rev = kv.create_revision;
         if existed && kv.value != r.value {
             // Campaigning again with the same lease proclaims the new value.
-            proclaim(&self.ctx, &key, rev, r.lease, r.value).await?;
+            proclaim(&self.ctx, &key, rev, lease, r.value).await?;
         }
         let guard = Abandon {
             ctx: Some(self.ctx.clone()),
@@ -314,7 +339,7 @@ impl Election for ConcurrencyService {
                 name: r.name,
                 key,
                 rev,
-                lease: r.lease,
+                lease,
             }),
         }))
     }

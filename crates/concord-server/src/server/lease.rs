@@ -32,7 +32,7 @@ impl LeaseService {
     }
 }
 
-fn random_id() -> i64 {
+pub(crate) fn random_id() -> i64 {
     // Positive, non-zero, unpredictable enough to avoid collisions between grants (a
     // collision is refused by the state machine with "lease already exists").
     let mut buf = [0u8; 8];
