@@ -264,7 +264,10 @@ impl<D: Disk> NodeHandle<D> {
             if !raised {
                 // Raised before the refusal is returned, so a client that sees the error
                 // also sees the alarm.
-                if let Err(e) = self.propose_unchecked(&Command::AlarmNoSpace).await {
+                let raise = Command::AlarmActivate {
+                    member: self.id().get(),
+                };
+                if let Err(e) = self.propose_unchecked(&raise).await {
                     tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
                 }
             }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{expect_err, Cluster, BIN, WAIT};
-use etcd_client::{AlarmAction, AlarmType, GetOptions};
+use etcd_client::{AlarmAction, AlarmOptions, AlarmType, GetOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_and_hash_kv_agree_across_members() {
@@ -221,9 +221,22 @@ async fn quota_raises_nospace_alarm_and_disarm_recovers() {
     .await
     .expect("compact");
     c.defragment().await.expect("defragment");
-    c.alarm(AlarmAction::Deactivate, AlarmType::Nospace, None)
+    // Disarm each raised alarm by the member id it names, as etcdctl does (etcd clears
+    // only the alarm of the member a DEACTIVATE names).
+    let raised = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
         .await
-        .expect("disarm");
+        .expect("alarm list");
+    for a in raised.alarms() {
+        let mut only = AlarmOptions::new();
+        only.with_member(a.member_id());
+        let cleared = c
+            .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(only))
+            .await
+            .expect("disarm");
+        assert_eq!(cleared.alarms().len(), 1, "the alarm it cleared");
+        assert_eq!(cleared.alarms()[0].member_id(), a.member_id());
+    }
     let alarms = c
         .alarm(AlarmAction::Get, AlarmType::None, None)
         .await
@@ -232,4 +245,55 @@ async fn quota_raises_nospace_alarm_and_disarm_recovers() {
     c.put("q/after", "x", None)
         .await
         .expect("writes accepted after recovery");
+}
+
+/// etcd answers an ACTIVATE with the alarm it raised, under the member id the request
+/// named (python-etcd3 sends 0 and expects 0 back), lists it, and clears only the alarm of
+/// the member a DEACTIVATE names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alarms_are_named_by_the_member_id_given() {
+    let cluster = Cluster::start(BIN, 1).await;
+    let mut c = cluster.client(0).await;
+    let mut member0 = AlarmOptions::new();
+    member0.with_member(0);
+    let raised = c
+        .alarm(
+            AlarmAction::Activate,
+            AlarmType::Nospace,
+            Some(member0.clone()),
+        )
+        .await
+        .expect("activate");
+    let got: Vec<(u64, AlarmType)> = raised
+        .alarms()
+        .iter()
+        .map(|a| (a.member_id(), a.alarm()))
+        .collect();
+    assert_eq!(got, [(0, AlarmType::Nospace)]);
+    let listed = c
+        .alarm(AlarmAction::Get, AlarmType::None, None)
+        .await
+        .expect("alarm list");
+    assert_eq!(listed.alarms().len(), 1);
+    assert_eq!(listed.alarms()[0].member_id(), 0);
+    expect_err(
+        c.put("a/k", "v", None).await,
+        "etcdserver: mvcc: database space exceeded",
+    );
+    // Deactivating another member's alarm changes nothing.
+    let mut other = AlarmOptions::new();
+    other.with_member(42);
+    let none = c
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(other))
+        .await
+        .expect("deactivate another member");
+    assert!(none.alarms().is_empty());
+    let cleared = c
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(member0))
+        .await
+        .expect("deactivate member 0");
+    assert_eq!(cleared.alarms().len(), 1);
+    c.put("a/k", "v", None)
+        .await
+        .expect("writes accepted once disarmed");
 }

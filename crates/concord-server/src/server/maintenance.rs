@@ -29,14 +29,19 @@ pub(crate) struct MaintenanceService {
     pub ctx: Ctx,
 }
 
+/// The raised alarms, one per member that raised NOSPACE (as etcd lists them).
 fn alarms(ctx: &Ctx) -> Vec<pb::AlarmMember> {
-    if ctx.node.with_store(|s| Ok(s.nospace())).unwrap_or(false) {
-        vec![pb::AlarmMember {
-            member_id: ctx.member_id.get(),
-            alarm: pb::AlarmType::Nospace as i32,
-        }]
-    } else {
-        Vec::new()
+    let members = ctx
+        .node
+        .with_store(|s| Ok(s.alarm_members().to_vec()))
+        .unwrap_or_default();
+    members.into_iter().map(nospace).collect()
+}
+
+fn nospace(member_id: u64) -> pb::AlarmMember {
+    pb::AlarmMember {
+        member_id,
+        alarm: pb::AlarmType::Nospace as i32,
     }
 }
 
@@ -48,32 +53,45 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         use pb::alarm_request::AlarmAction;
         let r = request.into_inner();
-        match AlarmAction::try_from(r.action) {
-            Ok(AlarmAction::Get) => {}
+        // As etcd answers: GET lists every alarm; ACTIVATE and DEACTIVATE answer with the
+        // alarm they changed, named by the member id the request gave (0 included).
+        let changed = match AlarmAction::try_from(r.action) {
+            Ok(AlarmAction::Get) => alarms(&self.ctx),
             Ok(AlarmAction::Activate) => {
                 if r.alarm != pb::AlarmType::Nospace as i32 {
                     return Err(Etcd::OnlyNoSpaceAlarm.status());
                 }
                 self.ctx
                     .node
-                    .propose(Command::AlarmNoSpace)
+                    .propose(Command::AlarmActivate {
+                        member: r.member_id,
+                    })
                     .await
                     .map_err(api::status)?;
+                vec![nospace(r.member_id)]
             }
             Ok(AlarmAction::Deactivate) => {
-                if r.alarm == pb::AlarmType::Nospace as i32 || r.alarm == 0 {
+                let raised = alarms(&self.ctx)
+                    .into_iter()
+                    .any(|a| a.member_id == r.member_id);
+                if (r.alarm == pb::AlarmType::Nospace as i32 || r.alarm == 0) && raised {
                     self.ctx
                         .node
-                        .propose(Command::AlarmDisarm)
+                        .propose(Command::AlarmDeactivate {
+                            member: r.member_id,
+                        })
                         .await
                         .map_err(api::status)?;
+                    vec![nospace(r.member_id)]
+                } else {
+                    Vec::new()
                 }
             }
             Err(_) => return Err(Etcd::UnknownAlarmAction.status_with(r.action)),
-        }
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.ctx.header()),
-            alarms: alarms(&self.ctx),
+            alarms: changed,
         }))
     }
 
@@ -91,11 +109,8 @@ impl Maintenance for MaintenanceService {
         if st.leader.is_none() {
             errors.push(Etcd::NoLeader.text().to_string());
         }
-        if !alarms(&self.ctx).is_empty() {
-            errors.push(format!(
-                "memberID:{} alarm:NOSPACE",
-                self.ctx.member_id.get()
-            ));
+        for alarm in alarms(&self.ctx) {
+            errors.push(format!("memberID:{} alarm:NOSPACE", alarm.member_id));
         }
         Ok(Response::new(pb::StatusResponse {
             header: Some(self.ctx.header_at(st.state.revision)),

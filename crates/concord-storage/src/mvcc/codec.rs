@@ -8,7 +8,8 @@
 //!
 //! # Format versions
 //!
-//! Format 1 has no prefix: its first byte is the tag (0–10). The tag [`VERSIONED`] (0xFF)
+//! Format 1 has no prefix: its first byte is the tag (0–12; 11 and 12 were added to it,
+//! so older entries decode unchanged). The tag [`VERSIONED`] (0xFF)
 //! is reserved: a later format writes `0xFF, version, ...`, so entries written before it
 //! still decode exactly as today and a node that meets a version it does not know refuses
 //! the entry ([`CommandDecodeError::UnknownVersion`]) instead of misreading it.
@@ -230,6 +231,14 @@ fn put_command(w: &mut Vec<u8>, c: &Command) {
         }
         Command::AlarmNoSpace => w.push(8),
         Command::AlarmDisarm => w.push(9),
+        Command::AlarmActivate { member } => {
+            w.push(11);
+            w.extend_from_slice(&member.to_le_bytes());
+        }
+        Command::AlarmDeactivate { member } => {
+            w.push(12);
+            w.extend_from_slice(&member.to_le_bytes());
+        }
         Command::ClusterMeta { key, value } => {
             w.push(10);
             put_bytes(w, key);
@@ -432,6 +441,12 @@ impl Reader<'_> {
                     1 => Some(self.bytes()?),
                     t => return Err(CommandDecodeError::InvalidTag(t)),
                 },
+            },
+            11 => Command::AlarmActivate {
+                member: self.u64()?,
+            },
+            12 => Command::AlarmDeactivate {
+                member: self.u64()?,
             },
             t => return Err(CommandDecodeError::InvalidTag(t)),
         })

@@ -35,7 +35,8 @@ pub(crate) struct Exec<'a> {
     /// Store revision before the current command.
     pub(crate) current: i64,
     pub(crate) compacted: i64,
-    pub(crate) nospace: bool,
+    /// Member ids whose NOSPACE alarm is raised, sorted; writes are refused while any is.
+    pub(crate) alarms: Vec<u64>,
     // Changes made by the current command so far.
     sub: i64,
 }
@@ -53,7 +54,7 @@ impl<'a> Exec<'a> {
         cluster: T<'a>,
         current: i64,
         compacted: i64,
-        nospace: bool,
+        alarms: Vec<u64>,
     ) -> Self {
         Self {
             revs,
@@ -63,8 +64,18 @@ impl<'a> Exec<'a> {
             cluster,
             current,
             compacted,
-            nospace,
+            alarms,
             sub: 0,
+        }
+    }
+
+    fn nospace(&self) -> bool {
+        !self.alarms.is_empty()
+    }
+
+    fn raise(&mut self, member: u64) {
+        if let Err(at) = self.alarms.binary_search(&member) {
+            self.alarms.insert(at, member);
         }
     }
 
@@ -95,7 +106,7 @@ impl<'a> Exec<'a> {
         match cmd {
             Command::Noop => Ok(Ok(Response::Revision(0))),
             Command::Put(p) => {
-                if self.nospace {
+                if self.nospace() {
                     return Ok(Err(RequestError::NoSpace));
                 }
                 if let Err(e) = self.check_put(p)? {
@@ -110,7 +121,7 @@ impl<'a> Exec<'a> {
                 Ok(Ok(Response::DeleteRange(self.delete_range(d)?)))
             }
             Command::Txn(t) => {
-                if self.nospace && txn_has_put(t) {
+                if self.nospace() && txn_has_put(t) {
                     return Ok(Err(RequestError::NoSpace));
                 }
                 if let Err(e) = check_intervals(&t.success).and(check_intervals(&t.failure)) {
@@ -136,7 +147,7 @@ impl<'a> Exec<'a> {
                 Ok(Ok(Response::Revision(0)))
             }
             Command::LeaseGrant { id, ttl } => {
-                if self.nospace {
+                if self.nospace() {
                     return Ok(Err(RequestError::NoSpace));
                 }
                 if *id == 0 {
@@ -180,11 +191,19 @@ impl<'a> Exec<'a> {
                 Ok(Ok(Response::Revision(0)))
             }
             Command::AlarmNoSpace => {
-                self.nospace = true;
+                self.raise(0);
                 Ok(Ok(Response::Revision(0)))
             }
             Command::AlarmDisarm => {
-                self.nospace = false;
+                self.alarms.clear();
+                Ok(Ok(Response::Revision(0)))
+            }
+            Command::AlarmActivate { member } => {
+                self.raise(*member);
+                Ok(Ok(Response::Revision(0)))
+            }
+            Command::AlarmDeactivate { member } => {
+                self.alarms.retain(|m| m != member);
                 Ok(Ok(Response::Revision(0)))
             }
             Command::ClusterMeta { key, value } => {

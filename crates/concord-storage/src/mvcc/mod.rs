@@ -76,6 +76,7 @@ const M_REVISION: &[u8] = b"revision";
 const M_COMPACTED: &[u8] = b"compacted_revision";
 const M_COMPACT_CURSOR: &[u8] = b"compact_cursor";
 const M_NOSPACE: &[u8] = b"alarm_nospace";
+const M_ALARMS: &[u8] = b"alarm_members";
 
 /// One entry of the cluster metadata table: key, value.
 pub type MetaEntry = (Vec<u8>, Vec<u8>);
@@ -141,6 +142,9 @@ pub struct MvccStore<D: Disk> {
     size_cache: std::sync::atomic::AtomicU64,
     // Invariant: equal to what the meta table holds as of the last commit.
     meta: Meta,
+    // Invariant: the members whose alarm the meta table holds, sorted; non-empty exactly
+    // when `meta.nospace`.
+    alarms: Vec<u64>,
     // Invariant: mirrors the `revs` table as of the last commit (see `index.rs`).
     index: KeyIndex,
     // Non-durable commits since the last durable one.
@@ -194,6 +198,30 @@ fn read_meta<T: ReadableTable<&'static [u8], &'static [u8]>>(t: &T) -> Result<Me
         cursor,
         nospace: get_u64(t, M_NOSPACE)? != 0,
     })
+}
+
+/// The members whose alarm is raised. A file from before alarms named a member holds only
+/// the flag: its alarm is member 0's.
+fn read_alarms<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    nospace: bool,
+) -> Result<Vec<u64>, StoreError> {
+    let Some(v) = t.get(M_ALARMS)? else {
+        return Ok(if nospace { vec![0] } else { Vec::new() });
+    };
+    let bytes = unseal(M_ALARMS, v.value())
+        .filter(|b| b.len().is_multiple_of(8))
+        .ok_or_else(|| StoreError::Corrupt("meta value alarm_members".into()))?;
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect())
+}
+
+fn write_alarms(t: &mut exec::T<'_>, alarms: &[u64]) -> Result<(), StoreError> {
+    let v: Vec<u8> = alarms.iter().flat_map(|m| m.to_le_bytes()).collect();
+    t.insert(M_ALARMS, seal(M_ALARMS, &v).as_slice())?;
+    Ok(())
 }
 
 fn write_meta(t: &mut exec::T<'_>, m: &Meta) -> Result<(), StoreError> {
@@ -257,6 +285,7 @@ impl<D: Disk> MvccStore<D> {
             txn.set_durability(Durability::Immediate)?;
         }
         let meta = read_meta(&txn.open_table(META)?)?;
+        let alarms = read_alarms(&txn.open_table(META)?, meta.nospace)?;
         txn.commit()?;
         let index = load_index(&db)?;
         if !existed {
@@ -274,6 +303,7 @@ impl<D: Disk> MvccStore<D> {
             size_cache: std::sync::atomic::AtomicU64::new(0),
             size_probe,
             meta,
+            alarms,
             index,
             lazy_commits: 0,
             durable_applied: 0,
@@ -328,9 +358,14 @@ impl<D: Disk> MvccStore<D> {
         self.meta.compacted
     }
 
-    /// Whether the NOSPACE alarm is raised.
+    /// Whether the NOSPACE alarm is raised (by any member).
     pub fn nospace(&self) -> bool {
         self.meta.nospace
+    }
+
+    /// The member ids whose NOSPACE alarm is raised, in order.
+    pub fn alarm_members(&self) -> &[u64] {
+        &self.alarms
     }
 
     /// Size of the backend file in bytes.
@@ -419,6 +454,7 @@ impl<D: Disk> MvccStore<D> {
     ) -> Result<Vec<ApplyResult>, StoreError> {
         let txn = self.begin_write()?;
         let mut meta = self.meta;
+        let alarms;
         let mut out = Vec::with_capacity(cmds.len());
         {
             let mut ex = Exec::new(
@@ -429,7 +465,7 @@ impl<D: Disk> MvccStore<D> {
                 txn.open_table(CLUSTER)?,
                 meta.revision,
                 meta.compacted,
-                meta.nospace,
+                self.alarms.clone(),
             );
             for (index, cmd) in cmds {
                 if *index <= meta.applied {
@@ -447,11 +483,16 @@ impl<D: Disk> MvccStore<D> {
             }
             meta.revision = ex.current;
             meta.compacted = ex.compacted;
-            meta.nospace = ex.nospace;
+            meta.nospace = !ex.alarms.is_empty();
+            alarms = ex.alarms;
         }
         write_meta(&mut txn.open_table(META)?, &meta)?;
+        if alarms != self.alarms {
+            write_alarms(&mut txn.open_table(META)?, &alarms)?;
+        }
         txn.commit()?;
         self.meta = meta;
+        self.alarms = alarms;
         self.note_commit();
         // Refreshed lazily by the next quota check.
         self.size_cache
@@ -837,10 +878,12 @@ impl<D: Disk> MvccStore<D> {
     pub(crate) fn replace_db(&mut self, db: Database) -> Result<(), StoreError> {
         let txn = db.begin_read()?;
         let meta = read_meta(&txn.open_table(META)?)?;
+        let alarms = read_alarms(&txn.open_table(META)?, meta.nospace)?;
         drop(txn);
         let index = load_index(&db)?;
         self.db = db;
         self.meta = meta;
+        self.alarms = alarms;
         self.index = index;
         self.size_cache
             .store(0, std::sync::atomic::Ordering::Relaxed);

@@ -882,6 +882,37 @@ fn nospace_alarm_refuses_writes_but_not_reads_or_deletes() {
 }
 
 #[test]
+fn alarms_name_members_and_survive_a_reopen() {
+    let disk = SimDisk::new();
+    let path = Path::new("/db/alarms.redb");
+    let mut s = MvccStore::open(disk.clone(), path, MvccConfig::default()).unwrap();
+    let put = put_cmd(b"k", b"v", 0);
+    s.apply(1, &Command::AlarmActivate { member: 7 }).unwrap();
+    s.apply(2, &Command::AlarmActivate { member: 0 }).unwrap();
+    s.apply(3, &Command::AlarmActivate { member: 7 }).unwrap();
+    assert_eq!(s.alarm_members(), [0, 7]);
+    assert!(s.nospace());
+    assert_eq!(s.apply(4, &put).unwrap(), Some(Err(RequestError::NoSpace)));
+    s.apply(5, &Command::AlarmDeactivate { member: 0 }).unwrap();
+    assert_eq!(s.alarm_members(), [7]);
+    assert_eq!(s.apply(6, &put).unwrap(), Some(Err(RequestError::NoSpace)));
+    s.sync().unwrap();
+    drop(s);
+    let mut s = MvccStore::open(disk, path, MvccConfig::default()).unwrap();
+    assert_eq!(s.alarm_members(), [7], "alarms are durable");
+    assert!(s.nospace());
+    s.apply(7, &Command::AlarmDeactivate { member: 7 }).unwrap();
+    assert!(!s.nospace() && s.alarm_members().is_empty());
+    assert!(matches!(s.apply(8, &put).unwrap(), Some(Ok(_))));
+    // The member-less form written before raises member 0's alarm; disarm clears all.
+    s.apply(9, &Command::AlarmNoSpace).unwrap();
+    s.apply(10, &Command::AlarmActivate { member: 3 }).unwrap();
+    assert_eq!(s.alarm_members(), [0, 3]);
+    s.apply(11, &Command::AlarmDisarm).unwrap();
+    assert!(!s.nospace() && s.alarm_members().is_empty());
+}
+
+#[test]
 fn apply_is_idempotent_and_survives_power_cuts() {
     let (disk, mut s) = store();
     let cmds: Vec<Command> = (0..40u8)

@@ -284,10 +284,22 @@ pub enum Command {
         /// Remaining TTL in seconds.
         remaining_ttl: i64,
     },
-    /// Raises the NOSPACE alarm: writes are refused until it is disarmed.
+    /// Raises the NOSPACE alarm for member 0 (the form written before alarms carried a
+    /// member; still decoded and applied): writes are refused until it is disarmed.
     AlarmNoSpace,
-    /// Disarms the NOSPACE alarm.
+    /// Disarms every NOSPACE alarm.
     AlarmDisarm,
+    /// Raises the NOSPACE alarm on behalf of `member` (etcd's `Alarm` ACTIVATE, or a member
+    /// over its quota): writes are refused while any member's alarm is raised.
+    AlarmActivate {
+        /// The member id the alarm names (any value, as etcd accepts).
+        member: u64,
+    },
+    /// Clears `member`'s NOSPACE alarm (etcd's `Alarm` DEACTIVATE).
+    AlarmDeactivate {
+        /// The member id the alarm names.
+        member: u64,
+    },
     /// Sets (`Some`) or removes (`None`) an entry of the cluster metadata table (member
     /// names and URLs, kept by the server). Does not touch the keyspace or its revision.
     ClusterMeta {

@@ -98,6 +98,13 @@ fn samples() -> Vec<(&'static str, Command)> {
         ),
         ("alarm-nospace", Command::AlarmNoSpace),
         ("alarm-disarm", Command::AlarmDisarm),
+        ("alarm-activate", Command::AlarmActivate { member: 0 }),
+        (
+            "alarm-deactivate",
+            Command::AlarmDeactivate {
+                member: 0x8e9e_05c5_2164_694d,
+            },
+        ),
         (
             "cluster-meta-set",
             Command::ClusterMeta {
