@@ -2,6 +2,7 @@
 //! that retries across nodes the way a real application does through a failover.
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
@@ -64,23 +65,10 @@ impl RetryClient {
     /// [`RETRY_BUDGET`]. A retried put may have been applied twice; callers use distinct
     /// keys/values so that does not matter.
     pub async fn put(&mut self, key: &str, value: &str) -> Result<PutResponse, String> {
-        let deadline = Instant::now() + RETRY_BUDGET;
-        let mut last = String::new();
-        while Instant::now() < deadline {
-            let idx = self.next % self.clients.len();
-            let c = &mut self.clients[idx];
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, c.put(key, value, None::<PutOptions>)).await
-            {
-                Ok(Ok(r)) => return Ok(r),
-                Ok(Err(e)) => last = err_text(&e),
-                Err(_) => last = "attempt timed out".into(),
-            }
-            self.next += 1;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err(format!(
-            "put {key} failed for {RETRY_BUDGET:?}; last error: {last}"
-        ))
+        self.retry(&format!("put {key}"), |mut c| async move {
+            c.put(key, value, None::<PutOptions>).await
+        })
+        .await
     }
 
     /// Linearizable get (unless `opts` says otherwise), retried like [`RetryClient::put`].
@@ -89,12 +77,24 @@ impl RetryClient {
         key: &str,
         opts: Option<GetOptions>,
     ) -> Result<GetResponse, String> {
+        self.retry(&format!("get {key}"), |mut c| {
+            let opts = opts.clone();
+            async move { c.get(key, opts).await }
+        })
+        .await
+    }
+
+    /// Runs `attempt` on each node in turn until one succeeds or [`RETRY_BUDGET`] runs out.
+    async fn retry<T, F, Fut>(&mut self, what: &str, mut attempt: F) -> Result<T, String>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
         let deadline = Instant::now() + RETRY_BUDGET;
         let mut last = String::new();
         while Instant::now() < deadline {
-            let idx = self.next % self.clients.len();
-            let c = &mut self.clients[idx];
-            match tokio::time::timeout(ATTEMPT_TIMEOUT, c.get(key, opts.clone())).await {
+            let c = self.clients[self.next % self.clients.len()].clone();
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt(c)).await {
                 Ok(Ok(r)) => return Ok(r),
                 Ok(Err(e)) => last = err_text(&e),
                 Err(_) => last = "attempt timed out".into(),
@@ -103,7 +103,7 @@ impl RetryClient {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Err(format!(
-            "get {key} failed for {RETRY_BUDGET:?}; last error: {last}"
+            "{what} failed for {RETRY_BUDGET:?}; last error: {last}"
         ))
     }
 }

@@ -20,7 +20,7 @@ use concord_raft::StateRole;
 use concord_runtime::NodeError;
 use concord_storage::disk::{Disk, RealDisk};
 use concord_storage::errors::RequestError;
-use concord_storage::mvcc::types::Command;
+use concord_storage::mvcc::types::{Command, Lease};
 use tokio::time::Instant;
 
 use super::NodeHandle;
@@ -216,21 +216,32 @@ impl<D: Disk> Leases<D> {
         }
     }
 
-    /// Resets lease `id`'s deadline to its full TTL (leader only). `Ok(None)`: no such lease.
-    pub async fn keep_alive(&self, id: i64) -> Result<Option<i64>, KvError> {
-        // The lease must be known to this leader's applied state; a read barrier makes a
-        // grant acknowledged elsewhere visible.
+    /// Lease `id` as this leader's applied state has it, with the deadline table locked,
+    /// both of one term. A read barrier first makes a grant acknowledged elsewhere visible.
+    /// `Ok(None)`: no such lease.
+    async fn leader_view(
+        &self,
+        id: i64,
+    ) -> Result<Option<(Lease, std::sync::MutexGuard<'_, State>)>, KvError> {
         self.node.read_barrier().await?;
         let term = self.sync()?.ok_or(KvError::Node(NodeError::NotLeader {
             leader: self.node.status().leader,
         }))?;
-        let Some(l) = self.node.with_store(|s| s.lease(id))? else {
+        let Some(lease) = self.node.with_store(|s| s.lease(id))? else {
             return Ok(None);
         };
-        let mut st = self.lock();
+        let st = self.lock();
         if st.term != term {
             return Err(NodeError::LeaderChanged.into());
         }
+        Ok(Some((lease, st)))
+    }
+
+    /// Resets lease `id`'s deadline to its full TTL (leader only). `Ok(None)`: no such lease.
+    pub async fn keep_alive(&self, id: i64) -> Result<Option<i64>, KvError> {
+        let Some((l, mut st)) = self.leader_view(id).await? else {
+            return Ok(None);
+        };
         st.deadlines.insert(
             id,
             self.clock.now() + Duration::from_secs(l.ttl.max(0) as u64),
@@ -240,17 +251,9 @@ impl<D: Disk> Leases<D> {
 
     /// `(remaining, granted, keys)` of lease `id` (leader only).
     pub async fn time_to_live(&self, id: i64) -> Result<Option<(i64, i64, Vec<Vec<u8>>)>, KvError> {
-        self.node.read_barrier().await?;
-        let term = self.sync()?.ok_or(KvError::Node(NodeError::NotLeader {
-            leader: self.node.status().leader,
-        }))?;
-        let Some(l) = self.node.with_store(|s| s.lease(id))? else {
+        let Some((l, st)) = self.leader_view(id).await? else {
             return Ok(None);
         };
-        let st = self.lock();
-        if st.term != term {
-            return Err(NodeError::LeaderChanged.into());
-        }
         let now = self.clock.now();
         let remaining = st
             .deadlines

@@ -724,32 +724,33 @@ fn a_seed_replays_exactly() {
     }
 }
 
-/// The first of the default seeds whose history the checker finds non-linearizable with
-/// `broken`.
-fn first_caught(broken: Broken) -> Option<u64> {
-    (1..=500u64).find(|&seed| {
-        let (history, _, _) = run(seed, broken);
-        register::check(&register_history(&history), &CheckOptions::default())
-            .is_ok_and(|v| v.valid == Validity::Invalid)
-    })
+/// Whether seed `seed` run with `broken` yields a history the register checker finds
+/// non-linearizable.
+fn not_linearizable(seed: u64, broken: Broken) -> bool {
+    let (history, _, _) = run(seed, broken);
+    register::check(&register_history(&history), &CheckOptions::default())
+        .is_ok_and(|v| v.valid == Validity::Invalid)
+}
+
+/// Asserts that one of the default seeds catches `what` (`caught` says whether a seed
+/// did), and prints the first that does.
+fn assert_caught(what: &str, caught: impl Fn(u64) -> bool) {
+    let seed = (1..=500u64).find(|&seed| caught(seed));
+    assert!(seed.is_some(), "no seed caught {what}");
+    println!("{what}: caught at seed {}", seed.unwrap_or_default());
 }
 
 /// Negative control: a driver that serves reads without ReadIndex must be caught (stale
 /// reads under partitions) within the default seeds.
 #[test]
 fn reads_without_read_index_are_caught() {
-    let caught = first_caught(Broken {
+    let broken = Broken {
         bugs: TestingBugs::reads_without_read_index(),
         ..Broken::default()
+    };
+    assert_caught("reads served without ReadIndex", |seed| {
+        not_linearizable(seed, broken)
     });
-    assert!(
-        caught.is_some(),
-        "no seed caught reads served without ReadIndex"
-    );
-    println!(
-        "stale-read control caught at seed {}",
-        caught.unwrap_or_default()
-    );
 }
 
 /// Negative control: nodes whose WAL fsync does nothing (so a write is acknowledged before
@@ -757,18 +758,13 @@ fn reads_without_read_index_are_caught() {
 /// default seeds.
 #[test]
 fn acknowledging_before_fsync_is_caught() {
-    let caught = first_caught(Broken {
+    let broken = Broken {
         lie_about_wal_fsync: true,
         ..Broken::default()
+    };
+    assert_caught("writes acknowledged before fsync", |seed| {
+        not_linearizable(seed, broken)
     });
-    assert!(
-        caught.is_some(),
-        "no seed caught writes acknowledged before fsync"
-    );
-    println!(
-        "lost-write control caught at seed {}",
-        caught.unwrap_or_default()
-    );
 }
 
 /// Negative control: a watcher that resumes one revision late after changing nodes must be
@@ -779,15 +775,9 @@ fn a_watch_resume_that_skips_a_revision_is_caught() {
         watch_resume_skips: true,
         ..Broken::default()
     };
-    let caught = (1..=500u64).find(|&seed| check_seed(seed, broken).is_err());
-    assert!(
-        caught.is_some(),
-        "no seed caught a watcher skipping a revision on resume"
-    );
-    println!(
-        "skipped-revision control caught at seed {}",
-        caught.unwrap_or_default()
-    );
+    assert_caught("a watcher skipping a revision on resume", |seed| {
+        check_seed(seed, broken).is_err()
+    });
 }
 
 /// Negative control: lease clocks that run 3 times too fast expire leases early; that must
@@ -798,10 +788,7 @@ fn leases_expiring_early_are_caught() {
         fast_lease_clocks: true,
         ..Broken::default()
     };
-    let caught = (1..=500u64).find(|&seed| check_seed(seed, broken).is_err());
-    assert!(caught.is_some(), "no seed caught leases expiring early");
-    println!(
-        "early-expiry control caught at seed {}",
-        caught.unwrap_or_default()
-    );
+    assert_caught("leases expiring early", |seed| {
+        check_seed(seed, broken).is_err()
+    });
 }
