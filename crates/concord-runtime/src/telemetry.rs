@@ -30,6 +30,9 @@ pub trait Telemetry: Send + Sync + Debug {
     /// were dropped (no leader, a transfer in progress, too large).
     fn proposals(&self, _accepted: usize, _refused: usize) {}
 
+    /// `proposals` proposals that a lost leader never committed were sent again.
+    fn proposals_resent(&self, _proposals: usize) {}
+
     /// A snapshot of `bytes` bytes from the leader was installed in `took`.
     fn snapshot_installed(&self, _bytes: usize, _took: Duration) {}
 

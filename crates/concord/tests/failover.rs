@@ -150,6 +150,97 @@ async fn leader_kill_under_writes_loses_no_acknowledged_write() {
     assert_eq!(g.count() as usize, stored.len(), "old leader has every key");
 }
 
+/// Writes sent through a follower while the leader is killed: the follower forwarded
+/// them to a leader that died before replicating them. The follower sends such proposals
+/// again as soon as the next leader commits an entry (runtime `resend.rs`), so they are
+/// answered well within the client's deadline instead of timing out, and none applies
+/// twice: every key is written once, so a second application would show as version 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_forwarded_to_a_killed_leader_are_sent_again_and_apply_once() {
+    const ROUNDS: usize = 5;
+    const WRITERS: usize = 3;
+    // Far below the server's 7 s request timeout: a lost proposal left to that timeout
+    // fails the first write of a round.
+    const CLIENT_TIMEOUT: Duration = Duration::from_secs(3);
+    let mut cluster = Cluster::start(BIN, 3).await;
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut first_writes = Vec::new();
+    for round in 0..ROUNDS {
+        let leader = cluster.leader().await;
+        let follower = (leader + 1) % 3;
+        let url = cluster.url(follower);
+        // Writers keep the follower forwarding while the leader dies.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            let mut c = common::connect(&url, Some(CLIENT_TIMEOUT)).await.unwrap();
+            let (acked, stop) = (acked.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("fwd/{round}/w{w}/{i:05}");
+                    if c.put(key.as_str(), "v", None).await.is_ok() {
+                        acked.lock().unwrap().push(key);
+                    }
+                    i += 1;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut c = common::connect(&url, Some(CLIENT_TIMEOUT)).await.unwrap();
+        cluster.kill9(leader);
+        let killed = Instant::now();
+        let key = format!("fwd/{round}/first");
+        loop {
+            match c.put(key.as_str(), "first", None).await {
+                Ok(_) => break,
+                // A definite refusal (the follower knew of no leader at that moment)
+                // may be retried; a timeout fails the test.
+                Err(e) if common::err_text(&e).contains("etcdserver: no leader") => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => panic!(
+                    "round {round}: the first write through the follower failed after {:?}: {}",
+                    killed.elapsed(),
+                    common::err_text(&e)
+                ),
+            }
+        }
+        first_writes.push(killed.elapsed());
+        acked.lock().unwrap().push(key);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            t.await.expect("writer task");
+        }
+        cluster.restart(leader).await;
+    }
+    let mut sorted = first_writes.clone();
+    sorted.sort();
+    eprintln!(
+        "leader kill -9, first write through a follower answered after: median {:?}, all {:?}",
+        sorted[ROUNDS / 2],
+        first_writes
+    );
+
+    let mut c = cluster.client(cluster.leader().await).await;
+    let g = c
+        .get("fwd/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("read back");
+    let stored: BTreeMap<String, i64> = g
+        .kvs()
+        .iter()
+        .map(|kv| (String::from_utf8_lossy(kv.key()).into_owned(), kv.version()))
+        .collect();
+    for (k, version) in &stored {
+        assert_eq!(*version, 1, "{k} was applied more than once");
+    }
+    for k in acked.lock().unwrap().iter() {
+        assert!(stored.contains_key(k), "acknowledged write {k} lost");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly_and_it_restarts_with_its_data() {
     let mut cluster = Cluster::start(BIN, 3).await;

@@ -105,7 +105,7 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    fn propose(&mut self, entries: &mut [Entry]) -> Result<(), Error> {
+    pub(super) fn propose(&mut self, entries: &mut [Entry]) -> Result<(), Error> {
         if entries.is_empty() {
             return Ok(());
         }

@@ -235,8 +235,9 @@ impl<S: Storage> Raft<S> {
             | MessageType::PreVoteResp => {
                 assert!(m.term != 0, "{:?} must carry a term", m.msg_type);
             }
-            // Forwarded proposals and reads carry no term: the leader treats them as local.
-            MessageType::Propose | MessageType::ReadIndex => m.term = 0,
+            // Forwarded reads carry no term: the leader treats them as local. Forwarded
+            // proposals carry the term they were forwarded in (see `step_forwarded`).
+            MessageType::ReadIndex => m.term = 0,
             _ => m.term = self.term,
         }
         if self.is_leader() {
@@ -406,6 +407,9 @@ impl<S: Storage> Raft<S> {
 
     /// Entry point for every message, local or remote.
     pub(crate) fn step(&mut self, m: Message) -> Result<(), Error> {
+        if m.msg_type == MessageType::Propose && m.term != 0 {
+            return self.step_forwarded(m);
+        }
         if m.term == 0 {
             // Local message (or forwarded proposal/read).
         } else if m.term > self.term {
@@ -472,6 +476,21 @@ impl<S: Storage> Raft<S> {
                 Role::Candidate(_) | Role::PreCandidate(_) => self.step_candidate(m),
                 Role::Follower => self.step_follower(m),
             },
+        }
+    }
+
+    /// A proposal a peer forwarded in term `m.term`. Only the leader of that very term
+    /// appends it; anyone else drops it (no second forwarding). So an entry proposed in
+    /// term T can only ever carry term T, and once its proposer has applied an entry of a
+    /// later term without seeing its own, the proposal is lost for good (log terms never
+    /// decrease, and a later-term entry commits only after every earlier entry that will
+    /// ever commit): the proposer may then send it again without it applying twice. (A
+    /// forwarded proposal without a term, from an older release, is stepped as before.)
+    fn step_forwarded(&mut self, mut m: Message) -> Result<(), Error> {
+        if self.is_leader() && m.term == self.term {
+            self.propose(&mut m.entries)
+        } else {
+            Err(Error::ProposalDropped)
         }
     }
 

@@ -333,3 +333,54 @@ fn stale_vote_request_learns_the_newer_term() {
     assert!(out[0].reject);
     assert_eq!(out[0].term, 9);
 }
+
+#[test]
+fn forwarded_proposals_carry_their_term_and_are_appended_only_in_it() {
+    // A follower forwards a proposal stamped with its term.
+    let mut f = raft(2, &[1, 2, 3], false, false);
+    f.step(msg(MessageType::Heartbeat, 1, 2, 3)).unwrap();
+    assert_eq!(f.leader_id, Some(NodeId(1)));
+    take_all(&mut f);
+    let mut p = msg(MessageType::Propose, 2, 2, 0);
+    p.entries = vec![Entry {
+        data: b"x".to_vec(),
+        ..Entry::default()
+    }];
+    f.step(p.clone()).unwrap();
+    let fwd = take_all(&mut f);
+    assert_eq!(fwd.len(), 1);
+    assert_eq!(
+        (fwd[0].msg_type, fwd[0].to, fwd[0].term),
+        (MessageType::Propose, NodeId(1), 3)
+    );
+
+    // The leader of that term appends it, with that term.
+    let mut l = raft(1, &[1, 2, 3], false, false);
+    elect(&mut l);
+    let term = l.term;
+    let mut same = fwd[0].clone();
+    same.term = term;
+    let last = l.log.last_index();
+    l.step(same.clone()).unwrap();
+    assert_eq!(l.log.last_index(), last + 1);
+    assert_eq!(l.log.term(last + 1), Ok(term));
+    // Forwarded in an earlier (or a later) term: dropped, and the leader keeps its term
+    // and role.
+    for t in [term - 1, term + 1] {
+        let mut other = same.clone();
+        other.term = t;
+        assert_eq!(l.step(other), Err(Error::ProposalDropped));
+        assert_eq!((l.term, l.is_leader()), (term, true));
+        assert_eq!(l.log.last_index(), last + 1);
+    }
+    // A follower never forwards a peer's proposal a second time.
+    take_all(&mut f);
+    let mut relayed = same;
+    relayed.from = NodeId(3);
+    relayed.term = 3;
+    assert_eq!(f.step(relayed), Err(Error::ProposalDropped));
+    assert!(take_all(&mut f).is_empty());
+    // A local proposal (term 0) is still forwarded.
+    f.step(p).unwrap();
+    assert_eq!(take_all(&mut f).len(), 1);
+}

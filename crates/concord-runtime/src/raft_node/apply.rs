@@ -40,6 +40,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             key: None,
         };
         for e in entries {
+            self.applied_term = self.applied_term.max(e.term);
             match e.kind {
                 EntryKind::ConfChange => {
                     self.apply_conf_change(e);
@@ -80,9 +81,9 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             if key.origin != self.id {
                 continue;
             }
-            if let Some(tx) = self.waiters.remove(key) {
+            if let Some(p) = self.waiters.remove(key) {
                 // `None`: applied before this process started, so it cannot be ours.
-                let _ = tx.send(output.ok_or(NodeError::AppliedBefore));
+                let _ = p.tx.send(output.ok_or(NodeError::AppliedBefore));
             }
         }
         if let Some(last) = batch.last() {

@@ -84,6 +84,8 @@ pub fn start<S: StateMachine, D: Disk>(
         reads: Reads::new(config.id),
         conf_history,
         applied: snap_meta.index,
+        applied_term: 0,
+        resent_through: 0,
         snapshot_index: snap_meta.index,
         snapshots_installed: 0,
         leader: None,

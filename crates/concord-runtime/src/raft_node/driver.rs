@@ -13,6 +13,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::handle::{Reply, Request};
 use super::reads::Reads;
+use super::resend::Proposal;
 use super::{read_state, write_state, NodeConfig, NodeStatus, Shared};
 use crate::envelope::RequestKey;
 use crate::error::{NodeError, StorageFailure};
@@ -33,13 +34,17 @@ pub(super) struct Driver<S: StateMachine, D: Disk> {
     /// Proposals of this node waiting for their entry to be applied.
     // Hash maps (on the hot path); `fail_all` answers in key order, so that simulation
     // replays do not depend on their iteration order.
-    pub(super) waiters: HashMap<RequestKey, Reply<S::Output>>,
+    pub(super) waiters: HashMap<RequestKey, Proposal<S::Output>>,
     pub(super) conf_waiters: HashMap<RequestKey, Reply<ConfState>>,
     pub(super) reads: Reads,
     /// Membership as of each index where it changed (for snapshot metadata).
     pub(super) conf_history: BTreeMap<u64, ConfState>,
     // Invariant: snapshot_index <= applied.
     pub(super) applied: u64,
+    /// The highest term of an entry applied since start, and the highest for which lost
+    /// proposals were already sent again (`resend.rs`).
+    pub(super) applied_term: u64,
+    pub(super) resent_through: u64,
     pub(super) snapshot_index: u64,
     pub(super) snapshots_installed: u64,
     pub(super) leader: Option<NodeId>,
@@ -101,8 +106,13 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 }
             }
             self.handle_requests(reqs, &mut shutdown);
-            while self.fatal.is_none() && self.raw.has_ready() {
-                self.on_ready();
+            loop {
+                while self.fatal.is_none() && self.raw.has_ready() {
+                    self.on_ready();
+                }
+                if self.fatal.is_some() || !self.resend_lost() {
+                    break;
+                }
             }
             self.maybe_snapshot();
             self.publish(false);
@@ -152,8 +162,9 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         for r in reqs {
             match r {
                 Request::Propose { key, data, tx } => {
-                    batch.push(data);
-                    batch_waiters.push((key, tx));
+                    // A copy is kept to send the entry again if a leader loses it.
+                    batch.push(data.clone());
+                    batch_waiters.push((key, data, tx));
                 }
                 Request::Read { tx } if self.config.testing_bugs.read_without_read_index => {
                     // Test-only broken rule: the local state, with no quorum check.
@@ -196,12 +207,17 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             match self.raw.propose_batch(batch) {
                 Ok(()) => {
                     self.config.telemetry.proposals(n, 0);
-                    self.waiters.extend(batch_waiters);
+                    let term = self.raw.hard_state().term;
+                    self.waiters
+                        .extend(batch_waiters.into_iter().map(|(key, entry, tx)| {
+                            let entry = Some(entry);
+                            (key, Proposal { tx, term, entry })
+                        }));
                 }
                 Err(e) => {
                     self.config.telemetry.proposals(0, n);
                     let err = self.drop_error(e);
-                    for (_, tx) in batch_waiters {
+                    for (_, _, tx) in batch_waiters {
                         let _ = tx.send(Err(err.clone()));
                     }
                 }
@@ -227,7 +243,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         }
     }
 
-    fn drop_error(&self, e: concord_raft::Error) -> NodeError {
+    pub(super) fn drop_error(&self, e: concord_raft::Error) -> NodeError {
         match e {
             concord_raft::Error::ProposalDropped => {
                 if self.raw.soft_state().leader_id.is_none() {
@@ -295,6 +311,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         // 2. A received snapshot: into the state machine first, then the WAL batch
         //    recording it.
         if let Some(snap) = &rd.snapshot {
+            self.forget_resendable();
             let started = std::time::Instant::now();
             if let Err(e) = self.install_snapshot(&snap.data) {
                 return self.storage_failure("snapshot install", e);
@@ -342,15 +359,15 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
     }
 
     fn sweep_abandoned(&mut self) {
-        self.waiters.retain(|_, tx| !tx.is_closed());
+        self.waiters.retain(|_, p| !p.tx.is_closed());
         self.conf_waiters.retain(|_, tx| !tx.is_closed());
         self.reads.sweep();
     }
 
     fn fail_all(&mut self, err: &NodeError) {
         let waiters: BTreeMap<_, _> = std::mem::take(&mut self.waiters).into_iter().collect();
-        for (_, tx) in waiters {
-            let _ = tx.send(Err(err.clone()));
+        for (_, p) in waiters {
+            let _ = p.tx.send(Err(err.clone()));
         }
         let conf_waiters: BTreeMap<_, _> =
             std::mem::take(&mut self.conf_waiters).into_iter().collect();

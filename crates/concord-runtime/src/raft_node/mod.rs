@@ -24,6 +24,7 @@
 //! * `snapshot.rs`: snapshots out (for followers), in (from the leader), and the WAL
 //!   compaction policy.
 //! * `failover.rs`: the early campaign when the leader's connection resets.
+//! * `resend.rs`: proposals proven lost with a leader, sent again at once.
 //!
 //! # Guarantees
 //!
@@ -61,6 +62,7 @@ mod driver;
 mod failover;
 mod handle;
 mod reads;
+mod resend;
 mod snapshot;
 
 use std::path::PathBuf;

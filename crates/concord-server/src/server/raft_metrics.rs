@@ -18,6 +18,7 @@ pub(crate) struct RaftMetrics {
     pub apply_nanos: AtomicU64,
     pub proposals_accepted: AtomicU64,
     pub proposals_refused: AtomicU64,
+    pub proposals_resent: AtomicU64,
     pub snapshot_install_nanos: AtomicU64,
     pub peer_unreachable: AtomicU64,
 }
@@ -51,6 +52,10 @@ impl Telemetry for RaftMetrics {
         add(&self.proposals_refused, refused as u64);
     }
 
+    fn proposals_resent(&self, proposals: usize) {
+        add(&self.proposals_resent, proposals as u64);
+    }
+
     fn snapshot_installed(&self, _bytes: usize, took: Duration) {
         add(&self.snapshot_install_nanos, nanos(took));
     }
@@ -80,6 +85,11 @@ impl RaftMetrics {
                 "concord_raft_proposals_refused_total",
                 "Proposals Raft refused (no leader, a leadership transfer, too large).",
                 get(&self.proposals_refused),
+            ),
+            (
+                "concord_raft_proposals_resent_total",
+                "Proposals sent again because the leader they went to lost them.",
+                get(&self.proposals_resent),
             ),
             (
                 "concord_raft_applied_entries_total",
