@@ -11,6 +11,8 @@
 //! * [`Client`]: a set of endpoints, each with a lazily dialled channel and a circuit breaker
 //!   (`concord_core::breaker`); [`Client::call`] retries on the next endpoint; [`Client::leader`]
 //!   finds the leader's channel (Status for the leader's id, MemberList for its client URL).
+//! * [`ReadConsistency`]: a read level beyond etcd's two (`bounded`, `session`), set on a
+//!   request with [`ReadConsistency::set_on`] (the `concord-consistency` metadata key).
 //!
 //! TLS endpoints (`https://`) answer [`ClientError::TlsUnsupported`] until the transport
 //! security work lands.
@@ -23,6 +25,7 @@ mod error;
 
 pub use backoff::Backoff;
 pub use client::{Client, ClientOptions, Idempotence};
+pub use concord_proto::consistency::{ReadConsistency, METADATA_KEY as CONSISTENCY_METADATA_KEY};
 pub use endpoint::dial;
 pub use error::{is_definite_status, ClientError};
 pub use tonic::transport::Channel;

@@ -17,6 +17,7 @@
 //! | [`v3electionpb`] | `v3electionpb` | service `Election` (`Campaign`, `Proclaim`, `Leader`, `Observe`, `Resign`) |
 //! | [`v3lockpb`] | `v3lockpb` | service `Lock` (`Lock`, `Unlock`) |
 //! | [`peer`] | `concord.peer.v1` | services `Raft` (`Send`, `Snapshot`) and `Membership` (`Members`) |
+//! | [`consistency`] | (hand-written) | the `concord-consistency` metadata key: read levels beyond etcd's two |
 //!
 //! The modules are siblings at the crate root because prost refers across packages with
 //! `super::mvccpb::KeyValue`-style paths. Generated clients have no `connect` constructor
@@ -57,6 +58,8 @@
 //!   method list of every service with its streaming flags; plus byte-exact encodings computed by hand and a
 //!   loopback call through a generated server and client.
 //! * Building needs no external tool: only Rust crates.
+
+pub mod consistency;
 
 /// etcd's client API, package `etcdserverpb`: KV, Watch, Lease, Cluster, Maintenance, Auth.
 pub mod etcdserverpb {

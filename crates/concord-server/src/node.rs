@@ -16,18 +16,21 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use concord_proto::consistency::ReadConsistency;
 
 use concord_raft::{ConfChange, ConfState, NodeId};
 use concord_runtime::transport::{Inbox, Transport};
-use concord_runtime::{raft_node, RaftHandle, StateMachine};
+use concord_runtime::{raft_node, NodeError, RaftHandle, StateMachine};
 use concord_storage::disk::{Disk, RealDisk};
 use concord_storage::errors::{Error as StorageError, RequestError, StoreError};
 use concord_storage::mvcc::types::{Command, RangeRequest, RangeResponse, Response};
 use concord_storage::mvcc::{MvccConfig, MvccStore};
 use concord_storage::snapshot::{split_saved, SnapshotInstaller, SnapshotStream};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::error::KvError;
 
@@ -218,6 +221,7 @@ pub fn start_on<D: Disk>(
     Ok(NodeHandle {
         raft,
         writes_blocked,
+        fresh_since: Arc::default(),
     })
 }
 
@@ -226,6 +230,9 @@ pub fn start_on<D: Disk>(
 pub struct NodeHandle<D: Disk = RealDisk> {
     raft: RaftHandle<KvState<D>>,
     writes_blocked: Arc<AtomicBool>,
+    /// When the latest completed read barrier started: the store holds every write
+    /// acknowledged before that moment (for `bounded` reads).
+    fresh_since: Arc<Mutex<Option<Instant>>>,
 }
 
 impl<D: Disk> Clone for NodeHandle<D> {
@@ -233,6 +240,7 @@ impl<D: Disk> Clone for NodeHandle<D> {
         Self {
             raft: self.raft.clone(),
             writes_blocked: self.writes_blocked.clone(),
+            fresh_since: self.fresh_since.clone(),
         }
     }
 }
@@ -294,7 +302,61 @@ impl<D: Disk> NodeHandle<D> {
 
     /// Waits until this node has applied everything committed before the call.
     pub async fn read_barrier(&self) -> Result<(), KvError> {
-        Ok(self.raft.read_barrier().await?)
+        let started = Instant::now();
+        self.raft.read_barrier().await?;
+        // The store now holds everything committed before `started`, and applied indexes
+        // only grow: remember the latest such moment for bounded reads.
+        let mut fresh = self.fresh_since.lock().unwrap_or_else(|e| e.into_inner());
+        if fresh.is_none_or(|t| t < started) {
+            *fresh = Some(started);
+        }
+        Ok(())
+    }
+
+    /// A range at `consistency` (see [`ReadConsistency`] and docs/consistency.md).
+    pub async fn range_at(
+        &self,
+        consistency: ReadConsistency,
+        r: &RangeRequest,
+    ) -> Result<RangeResponse, KvError> {
+        match consistency {
+            ReadConsistency::Strong => self.read_barrier().await?,
+            ReadConsistency::Bounded(bound) => self.bounded_barrier(bound).await?,
+            ReadConsistency::Session(revision) => self.wait_for_revision(revision).await?,
+            ReadConsistency::Eventual => {}
+        }
+        self.serializable_range(r)
+    }
+
+    /// Returns once the store holds every write acknowledged more than `bound` ago: at once
+    /// when a read barrier that started within `bound` completed here, else after a new
+    /// one. The bound is the leader's (a quorum-confirmed ReadIndex) measured on this
+    /// node's monotonic clock, never a comparison of two nodes' clocks.
+    pub async fn bounded_barrier(&self, bound: Duration) -> Result<(), KvError> {
+        let fresh = *self.fresh_since.lock().unwrap_or_else(|e| e.into_inner());
+        match fresh {
+            Some(t) if t.elapsed() <= bound => Ok(()),
+            _ => self.read_barrier().await,
+        }
+    }
+
+    /// Waits until this node's store reached `revision`, up to the request timeout.
+    pub async fn wait_for_revision(&self, revision: i64) -> Result<(), KvError> {
+        let mut status = self.raft.watch_status();
+        let wait = async {
+            loop {
+                if status.borrow_and_update().state.revision >= revision {
+                    return Ok(());
+                }
+                if status.changed().await.is_err() {
+                    return Err(NodeError::Stopped);
+                }
+            }
+        };
+        match tokio::time::timeout(self.raft.request_timeout(), wait).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(NodeError::Timeout.into()),
+        }
     }
 
     /// A linearizable range: a read barrier, then a local read.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use concord_client::ClientError;
+use concord_client::{ClientError, ReadConsistency};
 use concord_proto::etcdserverpb as pb;
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
@@ -76,6 +76,10 @@ pub struct BenchArgs {
     /// Dial timeout in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub dial_timeout: f64,
+    /// Read level of `--op range`: strong, bounded=<duration>, session=<revision> or
+    /// eventual (sent in the `concord-consistency` metadata; docs/consistency.md)
+    #[arg(long, default_value = "strong")]
+    pub consistency: ReadConsistency,
 }
 
 /// Why a run failed before producing figures.
@@ -264,10 +268,14 @@ pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
                         .map(|_| ())
                         .map_err(|e| e.message().to_string()),
                     Op::Range | Op::RangeSerializable => kv
-                        .range(pb::RangeRequest {
-                            key: key(args, &mut rng, slot),
-                            serializable: args.op == Op::RangeSerializable,
-                            ..Default::default()
+                        .range({
+                            let mut req = tonic::Request::new(pb::RangeRequest {
+                                key: key(args, &mut rng, slot),
+                                serializable: args.op == Op::RangeSerializable,
+                                ..Default::default()
+                            });
+                            args.consistency.set_on(&mut req);
+                            req
                         })
                         .await
                         .map(|_| ())

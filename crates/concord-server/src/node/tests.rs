@@ -597,3 +597,67 @@ async fn two_groups_on_three_nodes_are_independent() {
         node.shutdown().await.expect("clean shutdown");
     }
 }
+
+/// The read levels at a follower cut off from the others, after a write it cannot see:
+/// `eventual` serves the stale value (the negative control: a follower read without a
+/// check); `session` with the write's revision never does (it waits, then times out);
+/// `bounded` serves locally while its last confirmed read is within the bound, and once
+/// the write is older than the bound it refuses rather than serve a value staler than
+/// that; after the heal every level sees the write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn read_levels_at_an_isolated_follower() {
+    use concord_proto::consistency::ReadConsistency::{Bounded, Eventual, Session, Strong};
+    let c = Cluster::new(3, |cfg| cfg.raft.request_timeout = Duration::from_secs(2));
+    let leader = c.leader().await;
+    let f = (1..=3).map(NodeId).find(|&i| i != leader).unwrap_or(N1);
+    let req = RangeRequest {
+        key: b"k".to_vec(),
+        ..RangeRequest::default()
+    };
+    let read = |level| {
+        let (node, req) = (c.node(f).clone(), req.clone());
+        async move {
+            node.range_at(level, &req)
+                .await
+                .map(|r| r.kvs.into_iter().next().map(|kv| kv.value))
+        }
+    };
+    put(c.node(leader), "k", "old").await;
+    assert_eq!(
+        get_linearizable(c.node(f), "k").await,
+        Some(b"old".to_vec())
+    );
+    // The strong read just made confirms freshness: a generous bound serves locally,
+    // even cut off.
+    c.net.isolate(f);
+    let new_rev = put(c.node(leader), "k", "new").await;
+    let written = tokio::time::Instant::now();
+    assert_eq!(
+        read(Bounded(Duration::from_secs(60))).await,
+        Ok(Some(b"old".to_vec()))
+    );
+    assert_eq!(read(Eventual).await, Ok(Some(b"old".to_vec())));
+    // The session that wrote `new` never reads `old` here.
+    let err = read(Session(new_rev))
+        .await
+        .expect_err("cannot reach the revision");
+    assert_eq!(err, KvError::Node(NodeError::Timeout));
+    // Once `new` is older than the bound, a bounded read must not answer `old`.
+    let bound = Duration::from_millis(300);
+    tokio::time::sleep_until(written + bound).await;
+    let got = read(Bounded(bound)).await;
+    assert!(got.is_err(), "a read staler than its bound: {got:?}");
+    // Eventual still answers the stale value: what the bound protects against.
+    assert_eq!(read(Eventual).await, Ok(Some(b"old".to_vec())));
+    assert!(read(Strong).await.is_err());
+
+    c.net.heal();
+    for level in [Session(new_rev), Bounded(bound), Strong] {
+        let got = wait_for("the healed follower to answer", || async {
+            read(level).await.ok()
+        })
+        .await;
+        assert_eq!(got, Some(b"new".to_vec()), "{level}");
+    }
+    c.shutdown().await;
+}

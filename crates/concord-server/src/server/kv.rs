@@ -2,8 +2,10 @@
 //!
 //! Writes go through Raft ([`NodeHandle::propose`]; a follower's proposal is forwarded to
 //! the leader by Raft). Reads are linearizable by default (a batched ReadIndex, then the
-//! local store) and local when `serializable` is set.
+//! local store) and local when `serializable` is set; the `concord-consistency` metadata
+//! key asks for `bounded`, `session` or `eventual` instead (docs/consistency.md).
 
+use concord_proto::consistency::ReadConsistency;
 use concord_proto::etcdserverpb as pb;
 use concord_proto::etcdserverpb::kv_server::Kv;
 use concord_storage::mvcc::types::{Command, Response as StResponse};
@@ -34,17 +36,19 @@ impl Kv for KvService {
         &self,
         request: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let consistency = ReadConsistency::from_metadata(request.metadata())
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(Etcd::EmptyKey.status());
         }
-        let serializable = r.serializable;
-        let req = api::range_from_pb(r);
-        let res = if serializable {
-            self.ctx.node.serializable_range(&req)
+        let consistency = if r.serializable {
+            ReadConsistency::Eventual
         } else {
-            self.ctx.node.linearizable_range(&req).await
+            consistency
         };
+        let req = api::range_from_pb(r);
+        let res = self.ctx.node.range_at(consistency, &req).await;
         Ok(Response::new(api::range_to_pb(
             &self.ctx,
             res.map_err(api::status)?,

@@ -4,6 +4,7 @@
 use std::io::Read as _;
 
 use clap::Args;
+use concord_proto::consistency::ReadConsistency;
 use concord_proto::etcdserverpb as pb;
 
 use super::printer;
@@ -93,7 +94,8 @@ pub struct GetOpts {
     /// Order of results; ASCEND or DESCEND (ASCEND by default)
     #[arg(long, default_value = "")]
     pub order: String,
-    /// Linearizable(l) or Serializable(s)
+    /// Linearizable(l) or Serializable(s), or a Concord level: strong, eventual,
+    /// session=<revision>, bounded=<duration> (250ms, 2s)
     #[arg(long, default_value = "l")]
     pub consistency: String,
 }
@@ -112,11 +114,7 @@ pub struct GetArgs {
 /// The `RangeRequest` that `opts` asks for.
 pub fn range_request(o: &GetOpts) -> CtlResult<pb::RangeRequest> {
     let (key, range_end) = key_range(&o.key, o.range_end.as_deref(), o.prefix, o.from_key)?;
-    let serializable = match o.consistency.as_str() {
-        "l" => false,
-        "s" => true,
-        other => return Err(CtlError::new(format!("unknown consistency flag {other:?}"))),
-    };
+    let serializable = read_consistency(o)? == ReadConsistency::Eventual;
     use pb::range_request::{SortOrder, SortTarget};
     let sort_order = match o.order.to_uppercase().as_str() {
         "" => SortOrder::None,
@@ -155,6 +153,19 @@ pub fn range_request(o: &GetOpts) -> CtlResult<pb::RangeRequest> {
     })
 }
 
+/// The read level `--consistency` asks for: etcdctl's `l` and `s`, or one of Concord's
+/// (sent in the `concord-consistency` metadata; `eventual` as etcd's `serializable`).
+pub fn read_consistency(o: &GetOpts) -> CtlResult<ReadConsistency> {
+    match o.consistency.as_str() {
+        "l" => Ok(ReadConsistency::Strong),
+        "s" => Ok(ReadConsistency::Eventual),
+        // etcdctl's message for a value it does not know.
+        other => other
+            .parse()
+            .map_err(|_| CtlError::new(format!("unknown consistency flag {other:?}"))),
+    }
+}
+
 /// Formats a `get` answer.
 pub fn format_range(r: &pb::RangeResponse, fmt: Format, value_only: bool) -> String {
     match fmt.out {
@@ -177,7 +188,8 @@ pub async fn get(args: GetArgs) -> CtlResult<()> {
             "print-value-only is only for `--write-out=simple`",
         ));
     }
-    let req = range_request(&args.opts)?;
+    let mut req = tonic::Request::new(range_request(&args.opts)?);
+    read_consistency(&args.opts)?.set_on(&mut req);
     let ctx = Ctx::connect(&args.global).await?;
     let resp = ctx.call(ctx.kv().range(req)).await?;
     out(&format_range(
@@ -415,6 +427,30 @@ mod tests {
     }
 
     #[test]
+    fn consistency_levels() {
+        let mut o = opts("a");
+        for (flag, level, serializable) in [
+            ("l", ReadConsistency::Strong, false),
+            ("s", ReadConsistency::Eventual, true),
+            ("eventual", ReadConsistency::Eventual, true),
+            ("session=12", ReadConsistency::Session(12), false),
+            (
+                "bounded=250ms",
+                ReadConsistency::Bounded(std::time::Duration::from_millis(250)),
+                false,
+            ),
+        ] {
+            o.consistency = flag.into();
+            assert_eq!(read_consistency(&o).unwrap(), level, "{flag}");
+            assert_eq!(
+                range_request(&o).unwrap().serializable,
+                serializable,
+                "{flag}"
+            );
+        }
+    }
+
+    #[test]
     fn get_refuses_bad_flags() {
         let mut o = opts("a");
         o.prefix = true;
@@ -435,6 +471,12 @@ mod tests {
         assert_eq!(
             range_request(&o).unwrap_err().0,
             "unknown consistency flag \"x\""
+        );
+        let mut o = opts("a");
+        o.consistency = "bounded=soon".into();
+        assert_eq!(
+            range_request(&o).unwrap_err().0,
+            "unknown consistency flag \"bounded=soon\""
         );
         let mut o = opts("a");
         o.order = "sideways".into();
