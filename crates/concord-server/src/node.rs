@@ -222,6 +222,7 @@ pub fn start_on<D: Disk>(
         raft,
         writes_blocked,
         fresh_since: Arc::default(),
+        hub: WatchHub::default(),
     })
 }
 
@@ -233,6 +234,8 @@ pub struct NodeHandle<D: Disk = RealDisk> {
     /// When the latest completed read barrier started: the store holds every write
     /// acknowledged before that moment (for `bounded` reads).
     fresh_since: Arc<Mutex<Option<Instant>>>,
+    /// The watch fan-out over this replica's change log.
+    hub: WatchHub,
 }
 
 impl<D: Disk> Clone for NodeHandle<D> {
@@ -241,6 +244,7 @@ impl<D: Disk> Clone for NodeHandle<D> {
             raft: self.raft.clone(),
             writes_blocked: self.writes_blocked.clone(),
             fresh_since: self.fresh_since.clone(),
+            hub: self.hub.clone(),
         }
     }
 }
@@ -311,6 +315,11 @@ impl<D: Disk> NodeHandle<D> {
             *fresh = Some(started);
         }
         Ok(())
+    }
+
+    /// The watch fan-out shared by this replica's watchers ([`WatchFeed`]).
+    pub fn watch_hub(&self) -> &WatchHub {
+        &self.hub
     }
 
     /// A range at `consistency` (see [`ReadConsistency`] and docs/consistency.md).
@@ -454,8 +463,10 @@ impl<D: Disk> NodeHandle<D> {
 }
 
 mod feed;
+mod hub;
 pub mod leases;
 pub use feed::{EventFeed, FeedError};
+pub use hub::{HubStats, KeyRange, WatchFeed, WatchHub};
 pub use leases::Leases;
 
 #[cfg(test)]

@@ -229,6 +229,7 @@ impl Server {
             member_id,
             max_txn_ops: config.max_txn_ops,
             quota_bytes: config.quota_backend_bytes,
+            max_request_bytes: config.max_request_bytes,
             leases: leases.clone(),
             members: members.clone(),
             raft_metrics,

@@ -388,3 +388,274 @@ async fn watch_resumes_across_leader_kill() {
         "only keys under the prefix"
     );
 }
+
+/// Watch fan-out at scale: 10,000 watchers on one member over one gRPC stream (5,000 single
+/// keys, 4,996 prefixes, 4 broad prefixes that see everything) under writes, while another
+/// connection's watcher is stalled (its client never reads). Every watcher must see exactly
+/// its events, once, in revision order; the stalled one must not delay the others (a
+/// watch-latency measurement with a generous bound, not a benchmark) and, once read, must
+/// still deliver all of its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_watchers_see_every_event_once_and_a_stalled_one_delays_nobody() {
+    use concord_proto::etcdserverpb as pb;
+    use pb::watch_request::RequestUnion;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    const KEYS: i64 = 5_000;
+    const PREFIXES: i64 = 4_996;
+    const BROAD: i64 = 4;
+    const WRITES: i64 = 600;
+    // 1,000 events of 8 KiB: past what the stalled stream holds (about 2.4 MB of HTTP/2
+    // window and send buffer, ~300 events, then 256 buffered responses and 64 queued hub
+    // batches), so the hub must drop it.
+    const BIG: i64 = 1_000;
+    let cluster = Cluster::start(BIN, 3).await;
+    let leader = cluster.leader().await;
+    let watched = (leader + 1) % 3;
+    let timeout = Duration::from_secs(10);
+    let url = cluster.url(watched);
+    let dial = || concord_client::dial(&url, timeout);
+
+    // Opens a raw Watch stream and creates `creates` on it; returns the request sender (kept
+    // open) and the response stream once every watcher is confirmed.
+    async fn open(
+        ch: concord_client::Channel,
+        creates: Vec<pb::WatchCreateRequest>,
+    ) -> (
+        tokio::sync::mpsc::Sender<pb::WatchRequest>,
+        tonic::Streaming<pb::WatchResponse>,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let mut client = pb::watch_client::WatchClient::new(ch);
+        let n = creates.len();
+        let sender = tx.clone();
+        tokio::spawn(async move {
+            for c in creates {
+                let req = pb::WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(c)),
+                };
+                if sender.send(req).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut stream = client
+            .watch(ReceiverStream::new(rx))
+            .await
+            .expect("watch stream")
+            .into_inner();
+        let mut created = 0;
+        while created < n {
+            let r = stream
+                .message()
+                .await
+                .expect("watch response")
+                .expect("stream open");
+            assert!(r.created && !r.canceled, "unexpected {r:?}");
+            created += 1;
+        }
+        (tx, stream)
+    }
+    let create = |id: i64, key: String, range_end: Vec<u8>| pb::WatchCreateRequest {
+        key: key.into_bytes(),
+        range_end,
+        watch_id: id,
+        ..Default::default()
+    };
+    let prefix_end = |p: &str| {
+        let mut end = p.as_bytes().to_vec();
+        *end.last_mut().unwrap() += 1;
+        end
+    };
+
+    // The stalled watcher first, on its own connection: it follows big/ and is never read.
+    let (_stalled_tx, mut stalled) = open(
+        dial().await.unwrap(),
+        vec![create(1, "big/".into(), prefix_end("big/"))],
+    )
+    .await;
+    let mut creates = Vec::new();
+    for i in 0..KEYS {
+        creates.push(create(1 + i, format!("fan/k/{i}"), vec![]));
+    }
+    for j in 0..PREFIXES {
+        let p = format!("fan/p/{j}/");
+        creates.push(create(1 + KEYS + j, p.clone(), prefix_end(&p)));
+    }
+    for b in 0..BROAD {
+        creates.push(create(
+            1 + KEYS + PREFIXES + b,
+            "fan/".into(),
+            prefix_end("fan/"),
+        ));
+    }
+    let started = Instant::now();
+    let (_tx, mut stream) = open(dial().await.unwrap(), creates).await;
+    eprintln!("10,000 watchers created in {:?}", started.elapsed());
+
+    let mut kv = cluster.client(leader).await;
+    let big = "x".repeat(8 * 1024);
+    for i in 0..BIG {
+        kv.put(format!("big/{i:03}"), big.as_str(), None)
+            .await
+            .expect("put big");
+    }
+    // Expected events per watcher id: (key, revision), in order.
+    let mut want: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
+    let mut last_put = None;
+    for n in 0..WRITES {
+        let key = if n % 2 == 0 {
+            format!("fan/k/{}", (n * 7) % KEYS)
+        } else {
+            format!("fan/p/{}/x", (n * 7) % PREFIXES)
+        };
+        let r = kv.put(key.as_str(), "v", None).await.expect("put");
+        let rev = r.header().unwrap().revision();
+        last_put = Some((rev, Instant::now()));
+        let owner = if n % 2 == 0 {
+            1 + (n * 7) % KEYS
+        } else {
+            1 + KEYS + (n * 7) % PREFIXES
+        };
+        want.entry(owner).or_default().push((key.clone(), rev));
+        for b in 0..BROAD {
+            want.entry(1 + KEYS + PREFIXES + b)
+                .or_default()
+                .push((key.clone(), rev));
+        }
+    }
+    let total: usize = want.values().map(Vec::len).sum();
+    let (last_rev, last_acked) = last_put.unwrap();
+
+    let mut got: BTreeMap<i64, Vec<(String, i64)>> = BTreeMap::new();
+    let mut received = 0;
+    let mut last_seen = None;
+    let deadline = Instant::now() + WAIT;
+    while received < total {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let r = tokio::time::timeout(left, stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("only {received} of {total} events within {WAIT:?}"))
+            .expect("watch response")
+            .expect("stream open");
+        assert!(
+            !r.canceled,
+            "watcher {} canceled: {}",
+            r.watch_id, r.cancel_reason
+        );
+        for e in r.events {
+            let kv = e.kv.expect("event kv");
+            if kv.mod_revision == last_rev && last_seen.is_none() {
+                last_seen = Some(last_acked.elapsed());
+            }
+            got.entry(r.watch_id)
+                .or_default()
+                .push((String::from_utf8(kv.key).unwrap(), kv.mod_revision));
+            received += 1;
+        }
+    }
+    assert_eq!(
+        got, want,
+        "every watcher sees exactly its events, once, in order"
+    );
+    let lag = last_seen.expect("the last write was seen");
+    eprintln!(
+        "10,000 watchers: {total} events delivered; the last write reached its watchers {lag:?} \
+         after it was acknowledged, with a stalled watcher on the same member"
+    );
+    assert!(
+        lag < Duration::from_secs(10),
+        "a stalled watcher delayed the others: {lag:?}"
+    );
+    // The watchers were served by the member's shared reader, and the stalled one was
+    // moved out of it.
+    let port = cluster
+        .url(watched)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let metrics = common::http_get(port, "/metrics")
+        .await
+        .expect("GET /metrics");
+    let metrics = String::from_utf8(metrics.body).expect("UTF-8 metrics");
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+    };
+    assert!(
+        value("concord_watch_synced_watchers") >= 10_000.0,
+        "{metrics}"
+    );
+    assert!(
+        value("concord_watch_slow_watchers_total") >= 1.0,
+        "{metrics}"
+    );
+    let reads = value("concord_watch_hub_reads_total");
+    assert!(
+        reads <= (WRITES + BIG) as f64,
+        "one change-log read per applied batch, not per watcher: {reads}"
+    );
+
+    // The stalled watcher, read at last, delivers every one of its events once, in order.
+    let mut big_seen = Vec::new();
+    while big_seen.len() < BIG as usize {
+        let r = tokio::time::timeout(WAIT, stalled.message())
+            .await
+            .expect("stalled watcher resumes")
+            .expect("watch response")
+            .expect("stream open");
+        assert!(!r.canceled, "stalled watcher canceled: {}", r.cancel_reason);
+        big_seen.extend(
+            r.events
+                .into_iter()
+                .map(|e| String::from_utf8(e.kv.unwrap().key).unwrap()),
+        );
+    }
+    let want_big: Vec<String> = (0..BIG).map(|i| format!("big/{i:03}")).collect();
+    assert_eq!(big_seen, want_big);
+}
+
+/// `fragment`: a revision whose events exceed `--max-request-bytes` (a DeleteRange of 20
+/// keys watched with their 10 KiB previous values) comes in several responses, every
+/// event once and in key order; without `fragment` it comes in one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_revisions_are_fragmented_only_when_asked() {
+    let cluster = Cluster::builder(BIN, 1)
+        .flag("--max-request-bytes", 64 * 1024)
+        .start()
+        .await;
+    let mut c = cluster.client(0).await;
+    let value = "v".repeat(10 * 1024);
+    let keys: Vec<String> = (0..20).map(|i| format!("frag/{i:02}")).collect();
+    for k in &keys {
+        c.put(k.as_str(), value.as_str(), None).await.expect("put");
+    }
+    let opts = || WatchOptions::new().with_prefix().with_prev_key();
+    let mut fragmented = create_watch(&mut c, "frag/", opts().with_fragment()).await;
+    let mut whole = create_watch(&mut c, "frag/", opts()).await;
+    c.delete("frag/", Some(etcd_client::DeleteOptions::new().with_prefix()))
+        .await
+        .expect("delete the prefix");
+    for (stream, want_responses) in [(&mut fragmented, 2..=20), (&mut whole, 1..=1)] {
+        let mut responses = 0;
+        let mut seen = Vec::new();
+        while seen.len() < keys.len() {
+            let m = next_msg(stream, "the delete's events").await;
+            responses += 1;
+            for e in flatten(&m) {
+                assert_eq!(e.kind, EventType::Delete);
+                assert_eq!(e.prev.as_deref(), Some(value.as_str()));
+                seen.push(e.key);
+            }
+        }
+        assert_eq!(seen, keys);
+        assert!(
+            want_responses.contains(&responses),
+            "{responses} responses, want {want_responses:?}"
+        );
+    }
+}

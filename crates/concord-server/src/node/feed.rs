@@ -69,25 +69,44 @@ impl<D: Disk> EventFeed<D> {
         self.next
     }
 
+    /// Moves the feed to `next` (a revision a caller has dealt with otherwise).
+    pub fn skip_to(&mut self, next: i64) {
+        self.next = next;
+    }
+
+    /// Whether events carry the key's previous version from now on.
+    pub fn set_prev_kv(&mut self, prev_kv: bool) {
+        self.prev_kv = prev_kv;
+    }
+
     /// The events of whole revisions from [`Self::next_revision`] up to the applied
     /// revision, waiting until there is at least one; with the applied revision at the time
     /// of the read. Cancel-safe: a call dropped while waiting delivers nothing and loses
     /// nothing.
     pub async fn next_batch(&mut self) -> Result<(Vec<Event>, i64), FeedError> {
         loop {
-            let applied = self.status.borrow_and_update().state.revision;
-            if self.next <= applied {
-                let batch = self.read_whole_revisions()?;
-                if let Some(last) = batch.last().map(|e| e.kv.mod_revision) {
-                    self.next = last + 1;
-                    return Ok((batch, applied.max(last)));
-                }
-                // Nothing stored past `next` yet (the status ran ahead of the store).
+            if let Some(batch) = self.try_batch()? {
+                return Ok(batch);
             }
             if self.status.changed().await.is_err() {
                 return Err(FeedError::Stopped);
             }
         }
+    }
+
+    /// [`Self::next_batch`] without waiting: `None` when nothing past
+    /// [`Self::next_revision`] is applied yet.
+    pub fn try_batch(&mut self) -> Result<Option<(Vec<Event>, i64)>, FeedError> {
+        let applied = self.status.borrow_and_update().state.revision;
+        if self.next > applied {
+            return Ok(None);
+        }
+        let batch = self.read_whole_revisions()?;
+        // Nothing stored past `next` yet means the status ran ahead of the store.
+        Ok(batch.last().map(|e| e.kv.mod_revision).map(|last| {
+            self.next = last + 1;
+            (batch, applied.max(last))
+        }))
     }
 
     /// The events of whole revisions from `next` on: a revision is never split across two

@@ -24,6 +24,8 @@ pub(crate) struct Ctx {
     pub member_id: NodeId,
     pub max_txn_ops: usize,
     pub quota_bytes: u64,
+    /// `--max-request-bytes`: also the size of a watch response fragment.
+    pub max_request_bytes: usize,
     pub leases: Arc<Leases>,
     pub members: Arc<Members>,
     pub raft_metrics: Arc<super::raft_metrics::RaftMetrics>,
@@ -316,31 +318,9 @@ pub(crate) fn event_to_pb(e: st::Event) -> mvccpb::Event {
     }
 }
 
-/// Whether `key` lies in etcd's interval `[key0, range_end)` (empty end: the key alone;
-/// `\0`: every key from `key0` on).
-pub(crate) fn in_range(key: &[u8], key0: &[u8], range_end: &[u8]) -> bool {
-    if range_end.is_empty() {
-        return key == key0;
-    }
-    if range_end == [0] {
-        return key >= key0;
-    }
-    key >= key0 && key < range_end
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ranges_follow_etcd() {
-        assert!(in_range(b"a", b"a", b""));
-        assert!(!in_range(b"ab", b"a", b""));
-        assert!(in_range(b"ab", b"a", b"b"));
-        assert!(!in_range(b"b", b"a", b"b"));
-        assert!(in_range(b"zzz", b"a", &[0]));
-        assert!(!in_range(b"0", b"a", &[0]));
-    }
 
     #[test]
     fn txn_limits_are_enforced() {

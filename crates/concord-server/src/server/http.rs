@@ -152,6 +152,28 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         "Bytes of the store file in use.",
         in_use as f64,
     );
+    let hub = ctx.node.watch_hub().stats();
+    metric(
+        &mut out,
+        "gauge",
+        "concord_watch_synced_watchers",
+        "Watchers served by the shared change-log reader (caught up).",
+        hub.synced as f64,
+    );
+    metric(
+        &mut out,
+        "counter",
+        "concord_watch_hub_reads_total",
+        "Change-log reads made once for all synced watchers.",
+        hub.reads as f64,
+    );
+    metric(
+        &mut out,
+        "counter",
+        "concord_watch_slow_watchers_total",
+        "Watchers moved out of the shared reader because their client fell behind.",
+        hub.dropped_slow as f64,
+    );
     for (name, help, value) in ctx.raft_metrics.counters() {
         metric(&mut out, "counter", name, help, value);
     }

@@ -1,17 +1,16 @@
 //! etcd's `Watch` service.
 //!
-//! Each watcher is a task that reads the store's change log ([`MvccStore::events`], through
-//! [`EventFeed`]) from its next revision whenever the applied revision moves, so it
-//! delivers every change at or after its start revision exactly once, in revision order,
-//! with no separate event buffer that could drop or reorder anything. A watcher that falls behind a compaction
-//! is cancelled with `compact_revision` set, as etcd does.
+//! Each watcher is a task over a [`WatchFeed`]: while it is caught up, the node's watch hub
+//! reads the store's change log once per applied batch for every such watcher and hands
+//! each its events; a watcher behind (an old start revision, or too slow for the hub)
+//! reads the change log itself ([`MvccStore::events`]) until it has caught up. Either way
+//! it delivers every change at or after its start revision exactly once, in revision
+//! order (node/hub.rs). A watcher that falls behind a compaction is cancelled with
+//! `compact_revision` set, as etcd does.
 //!
-//! # Limits
-//!
-//! * Every watcher scans the whole change log after each revision and filters by its key
-//!   range: cheap for tens of watchers, linear in their number beyond that (etcd groups
-//!   watchers by interval; doing so here is future work).
-//! * Responses are not fragmented: a revision's events go in one message, however large.
+//! With `fragment` set, a response larger than `--max-request-bytes` is split into several
+//! with `fragment: true` on all but the last, as etcd does; without it, a revision's events
+//! go in one message however large.
 //!
 //! [`MvccStore::events`]: concord_storage::mvcc::MvccStore::events
 
@@ -27,7 +26,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::api::{self, Ctx};
 use crate::error::Etcd;
-use crate::node::{EventFeed, FeedError};
+use crate::node::{FeedError, KeyRange, WatchFeed};
 use crate::server::api::BoxStream;
 
 /// Responses buffered per stream before watchers wait for the client.
@@ -142,7 +141,8 @@ impl Watch for WatchService {
 }
 
 async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
-    let (mut feed, current) = EventFeed::new(&ctx.node, c.start_revision, c.prev_kv);
+    let range = KeyRange::new(c.key.clone(), c.range_end.clone());
+    let (mut feed, current) = WatchFeed::new(&ctx.node, c.start_revision, range, c.prev_kv);
     let no_put = c
         .filters
         .contains(&(pb::watch_create_request::FilterType::Noput as i32));
@@ -193,20 +193,14 @@ async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
                 };
                 let events: Vec<_> = batch
                     .into_iter()
-                    .filter(|e| api::in_range(&e.kv.key, &c.key, &c.range_end))
                     .filter(|e| match e.kind {
                         EventKind::Put => !no_put,
                         EventKind::Delete => !no_delete,
                     })
                     .map(api::event_to_pb)
                     .collect();
-                if !events.is_empty() {
-                    let resp = pb::WatchResponse {
-                        header: Some(ctx.header_at(applied)),
-                        watch_id: id,
-                        events,
-                        ..Default::default()
-                    };
+                let limit = if c.fragment { ctx.max_request_bytes } else { usize::MAX };
+                for resp in fragments(ctx.header_at(applied), id, events, limit) {
                     if out.send(Ok(resp)).await.is_err() {
                         return;
                     }
@@ -224,5 +218,83 @@ async fn run_watcher(ctx: Ctx, id: i64, c: pb::WatchCreateRequest, out: Out) {
             }
             _ = out.closed() => return,
         }
+    }
+}
+
+/// The responses carrying `events`: one, or with `limit` (etcd's `fragment`), as many as
+/// keep each under `limit` encoded bytes (at least one event each), all but the last
+/// marked `fragment`. None when there are no events.
+fn fragments(
+    header: pb::ResponseHeader,
+    watch_id: i64,
+    events: Vec<concord_proto::mvccpb::Event>,
+    limit: usize,
+) -> Vec<pb::WatchResponse> {
+    use prost::Message as _;
+    let response = |events| pb::WatchResponse {
+        header: Some(header),
+        watch_id,
+        events,
+        ..Default::default()
+    };
+    let mut parts: Vec<Vec<concord_proto::mvccpb::Event>> = Vec::new();
+    let mut size = 0;
+    for e in events {
+        let len = e.encoded_len();
+        match parts.last_mut() {
+            Some(part) if size + len <= limit => part.push(e),
+            _ => {
+                parts.push(vec![e]);
+                size = 0;
+            }
+        }
+        size += len;
+    }
+    let n = parts.len();
+    parts
+        .into_iter()
+        .enumerate()
+        .map(|(i, events)| pb::WatchResponse {
+            fragment: i + 1 < n,
+            ..response(events)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use concord_proto::mvccpb;
+
+    fn event(value_len: usize) -> mvccpb::Event {
+        mvccpb::Event {
+            kv: Some(mvccpb::KeyValue {
+                key: b"k".to_vec(),
+                value: vec![b'v'; value_len],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fragments_keep_every_event_in_order_under_the_limit() {
+        let header = pb::ResponseHeader::default();
+        assert!(fragments(header, 1, vec![], 100).is_empty());
+        let one = fragments(header, 1, vec![event(10), event(10)], usize::MAX);
+        assert_eq!(one.len(), 1);
+        assert!(!one[0].fragment);
+        let events: Vec<_> = (0..10).map(|i| event(40 + i)).collect();
+        let parts = fragments(header, 7, events.clone(), 120);
+        assert!(parts.len() > 1);
+        for (i, p) in parts.iter().enumerate() {
+            assert_eq!(p.fragment, i + 1 < parts.len());
+            assert_eq!(p.watch_id, 7);
+            assert!(!p.events.is_empty());
+            let size: usize = p.events.iter().map(prost::Message::encoded_len).sum();
+            assert!(size <= 120 || p.events.len() == 1, "part {i}: {size} bytes");
+        }
+        let flat: Vec<_> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(flat, events);
     }
 }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use concord_check::history::{Event, EventType};
-use concord_server::node::{EventFeed, FeedError};
+use concord_server::node::{FeedError, KeyRange, WatchFeed};
 use concord_storage::mvcc::types::{Event as Change, EventKind};
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -87,7 +87,7 @@ pub async fn watcher(
         } else {
             next
         };
-        let (mut feed, _) = EventFeed::new(&node, resume_at, false);
+        let (mut feed, _) = WatchFeed::new(&node, resume_at, KeyRange::all(), false);
         if next == 0 {
             seen.from = feed.next_revision();
         }
