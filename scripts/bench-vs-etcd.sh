@@ -21,7 +21,8 @@ TOTAL="${TOTAL:-1000000}"       # request cap per run (the duration usually ends
 VALUE_SIZE="${VALUE_SIZE:-256}"
 KEY_SPACE="${KEY_SPACE:-100000}"
 CONNS="${CONNS:-8}"
-# op:clients
+# op:clients, or op:clients:watchers (that many extra watchers held open during the run,
+# e.g. watch-latency:16:10000)
 WORKLOADS="${WORKLOADS-put:1 put:64 put:256 range:1 range:64 range-serializable:64 txn-cas:64}"
 MEMORY_KEYS="${MEMORY_KEYS:-0}" # 0: skip the memory run
 
@@ -99,10 +100,13 @@ cpu_jiffies() { # CPU time (user + system, clock ticks) of the running members, 
     echo "$total"
 }
 
-run_bench() { # run_bench OP CLIENTS -> JSON line
-    "$CONCORD" bench --endpoints "$ENDPOINTS" --op "$1" --clients "$2" --conns "$CONNS" \
+run_bench() { # run_bench OP:CLIENTS[:WATCHERS] -> JSON line
+    local op="${1%%:*}" rest="${1#*:}"
+    local clients="${rest%%:*}" watchers=0
+    [ "$rest" = "$clients" ] || watchers="${rest#*:}"
+    "$CONCORD" bench --endpoints "$ENDPOINTS" --op "$op" --clients "$clients" --conns "$CONNS" \
         --total "$TOTAL" --duration "$DURATION" --value-size "$VALUE_SIZE" \
-        --key-space "$KEY_SPACE" --no-progress | tail -1
+        --key-space "$KEY_SPACE" --watchers "$watchers" --no-progress | tail -1
 }
 
 field() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print(d.get('$2', 0))" "$1"; }
@@ -119,7 +123,7 @@ for n in $NODES; do
             --key-space "$KEY_SPACE" --no-progress >/dev/null
         for w in $WORKLOADS; do
             before=$(cpu_jiffies)
-            RES["$sys/$w"]="$(run_bench "${w%%:*}" "${w##*:}")"
+            RES["$sys/$w"]="$(run_bench "$w")"
             # CPU milliseconds per 1,000 operations, per member (mean over members).
             RES["$sys/$w/cpu"]=$(python3 -c "import json,sys; d=json.loads(sys.argv[1]); \
 print(round(($(cpu_jiffies) - $before) * 1000 / $(getconf CLK_TCK) / max(d.get('ok', 0), 1) * 1000 / ${#PIDS[@]}, 1))" "${RES[$sys/$w]}")
@@ -132,7 +136,7 @@ print(round(($(cpu_jiffies) - $before) * 1000 / $(getconf CLK_TCK) / max(d.get('
         et=$(field "$e" throughput); ct=$(field "$c" throughput)
         ep99=$(field "$e" p99_ms); cp99=$(field "$c" p99_ms)
         printf '%-6s %-20s %8s | %12.0f %9.3f %9.3f %8s | %12.0f %9.3f %9.3f %8s | %7.2f %7.2f\n' \
-            "$n" "${w%%:*}" "${w##*:}" "$et" "$(field "$e" p50_ms)" "$ep99" "${RES[etcd/$w/cpu]}" \
+            "$n" "${w%%:*}" "${w#*:}" "$et" "$(field "$e" p50_ms)" "$ep99" "${RES[etcd/$w/cpu]}" \
             "$ct" "$(field "$c" p50_ms)" "$cp99" "${RES[concord/$w/cpu]}" \
             "$(python3 -c "print($ct / max($et, 1e-9))")" "$(python3 -c "print($cp99 / max($ep99, 1e-9))")"
     done

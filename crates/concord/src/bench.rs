@@ -76,6 +76,11 @@ pub struct BenchArgs {
     /// Dial timeout in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub dial_timeout: f64,
+    /// Extra watchers to hold open during the run (one stream, on the last connection):
+    /// each watches one key of the key space (`<prefix><n>`), so the writes of `--op
+    /// put` or `watch-latency` reach them, as a watch-heavy deployment's do
+    #[arg(long, default_value_t = 0)]
+    pub watchers: u64,
     /// Read level of `--op range`: strong, bounded=<duration>, session=<revision> or
     /// eventual (sent in the `concord-consistency` metadata; docs/consistency.md)
     #[arg(long, default_value = "strong")]
@@ -203,6 +208,11 @@ pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
             .id
     } else {
         0
+    };
+    let _extra_watchers = if args.watchers > 0 {
+        Some(start_extra_watchers(&channels[channels.len() - 1], &args).await?)
+    } else {
+        None
     };
     let watch_seen = if args.op == Op::WatchLatency {
         Some(start_watcher(&channels[channels.len() - 1], &args.key_prefix).await?)
@@ -424,6 +434,52 @@ async fn keepalive_once(
             Err(e.message().to_string())
         }
     }
+}
+
+/// Opens one stream with `--watchers` watchers on single keys of the key space, waits
+/// until every one is created, and drains their events in the background. The returned
+/// sender keeps the stream open.
+async fn start_extra_watchers(
+    ch: &Channel,
+    args: &BenchArgs,
+) -> Result<tokio::sync::mpsc::Sender<pb::WatchRequest>, BenchError> {
+    let setup = |e: String| BenchError::Setup(format!("extra watchers: {e}"));
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    // The creates are queued first: etcd sends the stream's response headers only with
+    // its first message, so the call below waits for one.
+    let (n, sender) = (args.watchers, tx.clone());
+    let (prefix, key_space) = (args.key_prefix.clone(), args.key_space.max(1));
+    tokio::spawn(async move {
+        for i in 0..n {
+            let key = format!("{prefix}{:012}", i % key_space).into_bytes();
+            let create = pb::WatchCreateRequest {
+                key,
+                ..Default::default()
+            };
+            let req = pb::WatchRequest {
+                request_union: Some(pb::watch_request::RequestUnion::CreateRequest(create)),
+            };
+            if sender.send(req).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut stream = WatchClient::new(ch.clone())
+        .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(|e| setup(e.message().to_string()))?
+        .into_inner();
+    let mut created = 0;
+    while created < n {
+        match stream.message().await {
+            Ok(Some(m)) if m.created => created += 1,
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(setup("the stream ended".into())),
+            Err(e) => return Err(setup(e.message().to_string())),
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = stream.message().await {} });
+    Ok(tx)
 }
 
 /// Starts one watcher on `prefix` and publishes the highest revision it has seen.

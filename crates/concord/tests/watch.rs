@@ -637,9 +637,12 @@ async fn large_revisions_are_fragmented_only_when_asked() {
     let opts = || WatchOptions::new().with_prefix().with_prev_key();
     let mut fragmented = create_watch(&mut c, "frag/", opts().with_fragment()).await;
     let mut whole = create_watch(&mut c, "frag/", opts()).await;
-    c.delete("frag/", Some(etcd_client::DeleteOptions::new().with_prefix()))
-        .await
-        .expect("delete the prefix");
+    c.delete(
+        "frag/",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("delete the prefix");
     for (stream, want_responses) in [(&mut fragmented, 2..=20), (&mut whole, 1..=1)] {
         let mut responses = 0;
         let mut seen = Vec::new();
