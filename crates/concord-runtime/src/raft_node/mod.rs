@@ -128,6 +128,10 @@ pub struct TestingBugs {
     /// Answer linearizable reads from the local state at once, without ReadIndex: a
     /// partitioned leader or a lagging follower then serves stale data.
     pub read_without_read_index: bool,
+    /// Send pending proposals again as soon as the term moves, without waiting for the
+    /// proof that they are lost (an applied entry of a later term): one the old leader
+    /// did replicate then applies twice.
+    pub resend_unproven: bool,
 }
 
 impl TestingBugs {
@@ -140,6 +144,14 @@ impl TestingBugs {
     pub fn reads_without_read_index() -> Self {
         Self {
             read_without_read_index: true,
+            ..Self::default()
+        }
+    }
+
+    /// Proposals re-sent without proof (see [`TestingBugs::resend_unproven`]).
+    pub fn resend_unproven() -> Self {
+        Self {
+            resend_unproven: true,
             ..Self::default()
         }
     }

@@ -38,11 +38,17 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
     /// Sends again every proposal proven lost by the entries applied so far (see the
     /// module); returns whether it proposed anything, i.e. whether Raft has new work.
     pub(super) fn resend_lost(&mut self) -> bool {
-        if self.applied_term <= self.resent_through {
+        let proven = if self.config.testing_bugs.resend_unproven {
+            // Test-only broken rule: any term change counts as proof.
+            self.raw.hard_state().term
+        } else {
+            self.applied_term
+        };
+        if proven <= self.resent_through {
             return false;
         }
-        self.resent_through = self.applied_term;
-        let applied_term = self.applied_term;
+        self.resent_through = proven;
+        let applied_term = proven;
         // Key order, so that simulation replays do not depend on hash iteration order.
         let lost: BTreeMap<RequestKey, Vec<u8>> = self
             .waiters

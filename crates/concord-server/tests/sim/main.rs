@@ -49,7 +49,9 @@ use concord_runtime::NodeError;
 use concord_server::node::{start_on, NodeConfig, NodeHandle};
 use concord_server::KvError;
 use concord_storage::disk::{SimDisk, Tear};
-use concord_storage::mvcc::types::{Command, PutRequest, RangeRequest, Response};
+use concord_storage::mvcc::types::{
+    Command, Event as StoreEvent, EventKind, PutRequest, RangeRequest, Response,
+};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -479,6 +481,7 @@ async fn finish_watchers(
         .with_store(|s| s.events(1, usize::MAX, false))
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
+    no_write_applied_twice(&log)?;
     let _ = target.send(Some(end));
     for (w, task) in tasks.into_iter().enumerate() {
         let seen = tokio::time::timeout(HEAL_PHASE, task)
@@ -496,6 +499,28 @@ async fn finish_watchers(
     let mut h = lock(&sim.history);
     for (i, e) in h.iter_mut().enumerate() {
         e.index = i as u64;
+    }
+    Ok(())
+}
+
+/// Every register write carries a unique value, so the converged change log must hold
+/// each (key, value) at most once: a write applied twice (a proposal sent again although
+/// its first copy committed) shows as a repeat.
+fn no_write_applied_twice(log: &[StoreEvent]) -> Result<(), String> {
+    let mut first: BTreeMap<(&[u8], &[u8]), i64> = BTreeMap::new();
+    for c in log {
+        let key = c.kv.key.as_slice();
+        if c.kind != EventKind::Put || !KEYS.iter().any(|k| k.as_bytes() == key) {
+            continue;
+        }
+        if let Some(rev) = first.insert((key, c.kv.value.as_slice()), c.kv.mod_revision) {
+            return Err(format!(
+                "write {}={} applied twice, at revisions {rev} and {}",
+                String::from_utf8_lossy(key),
+                String::from_utf8_lossy(&c.kv.value),
+                c.kv.mod_revision
+            ));
+        }
     }
     Ok(())
 }
@@ -750,6 +775,23 @@ fn reads_without_read_index_are_caught() {
     };
     assert_caught("reads served without ReadIndex", |seed| {
         not_linearizable(seed, broken)
+    });
+}
+
+/// Negative control: a driver that sends pending proposals again at any term change,
+/// without the proof that they are lost, must be caught (a write applied twice, or a
+/// write reported failed that took effect) within the default seeds.
+#[test]
+fn resending_proposals_without_proof_is_caught() {
+    let broken = Broken {
+        bugs: TestingBugs::resend_unproven(),
+        ..Broken::default()
+    };
+    assert_caught("proposals re-sent without proof", |seed| {
+        let (history, _, outcome) = run(seed, broken);
+        outcome.is_err_and(|e| e.contains("applied twice"))
+            || register::check(&register_history(&history), &CheckOptions::default())
+                .is_ok_and(|v| v.valid == Validity::Invalid)
     });
 }
 
