@@ -351,27 +351,20 @@ impl<D: Disk> NodeHandle<D> {
 
     /// Waits until this node's store reached `revision`, up to the request timeout.
     pub async fn wait_for_revision(&self, revision: i64) -> Result<(), KvError> {
-        let mut status = self.raft.watch_status();
-        let wait = async {
-            loop {
-                if status.borrow_and_update().state.revision >= revision {
-                    return Ok(());
-                }
-                if status.changed().await.is_err() {
-                    return Err(NodeError::Stopped);
-                }
-            }
-        };
-        match tokio::time::timeout(self.raft.request_timeout(), wait).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(NodeError::Timeout.into()),
+        let timeout = self.raft.request_timeout();
+        match self
+            .raft
+            .wait_for_status(timeout, |s| s.state.revision >= revision)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(NodeError::Timeout.into()),
         }
     }
 
     /// A linearizable range: a read barrier, then a local read.
     pub async fn linearizable_range(&self, r: &RangeRequest) -> Result<RangeResponse, KvError> {
-        self.read_barrier().await?;
-        self.serializable_range(r)
+        self.range_at(ReadConsistency::Strong, r).await
     }
 
     /// A serializable range: the local store as applied so far (may be stale).

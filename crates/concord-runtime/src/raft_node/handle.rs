@@ -222,10 +222,20 @@ impl<S: StateMachine> RaftHandle<S> {
         timeout: Duration,
         done: impl Fn(Option<NodeId>) -> bool,
     ) -> Result<bool, NodeError> {
+        self.wait_for_status(timeout, |s| done(s.leader)).await
+    }
+
+    /// Waits until the published status satisfies `done`: `Ok(true)` once it does,
+    /// `Ok(false)` after `timeout`, `Err(Stopped)` if the node stops meanwhile.
+    pub async fn wait_for_status(
+        &self,
+        timeout: Duration,
+        done: impl Fn(&NodeStatus<S::Summary>) -> bool,
+    ) -> Result<bool, NodeError> {
         let mut status = self.status.clone();
         let wait = async {
             loop {
-                if done(status.borrow_and_update().leader) {
+                if done(&status.borrow_and_update()) {
                     return Ok(());
                 }
                 if status.changed().await.is_err() {

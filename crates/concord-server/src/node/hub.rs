@@ -227,7 +227,7 @@ impl WatchHub {
         next: i64,
         range: &KeyRange,
         prev_kv: bool,
-    ) -> Option<mpsc::Receiver<Delivery>> {
+    ) -> Option<(u64, mpsc::Receiver<Delivery>)> {
         let mut s = self.lock();
         if !s.running {
             s.running = true;
@@ -258,7 +258,13 @@ impl WatchHub {
                 tx,
             },
         );
-        Some(rx)
+        Some((id, rx))
+    }
+
+    /// Takes watcher `id` out of the synced group (a no-op if it is no longer in it; ids
+    /// are never reused).
+    fn unsubscribe(&self, id: u64) {
+        self.lock().remove(id);
     }
 }
 
@@ -272,17 +278,9 @@ async fn run<D: Disk>(
         let applied = status.borrow_and_update().state.revision;
         if feed.next_revision() <= applied {
             let prev_kv = {
+                // (A watcher leaves the group when its feed is dropped, so an idle hub
+                // reads nothing.)
                 let mut s = hub.lock();
-                // Closed watchers leave the group here, so an idle hub reads nothing.
-                let closed: Vec<u64> = s
-                    .subs
-                    .iter()
-                    .filter(|(_, sub)| sub.tx.is_closed())
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in closed {
-                    s.remove(id);
-                }
                 if s.subs.is_empty() {
                     // Nobody to serve: move past what is applied without reading it.
                     s.delivered = applied;
@@ -334,7 +332,16 @@ pub struct WatchFeed<D: Disk> {
     range: KeyRange,
     prev_kv: bool,
     next: i64,
-    synced: Option<mpsc::Receiver<Delivery>>,
+    /// The hub's queue for this watcher, and its id there, while synced.
+    synced: Option<(u64, mpsc::Receiver<Delivery>)>,
+}
+
+impl<D: Disk> Drop for WatchFeed<D> {
+    fn drop(&mut self) {
+        if let Some((id, _)) = &self.synced {
+            self.node.watch_hub().unsubscribe(*id);
+        }
+    }
 }
 
 impl<D: Disk> WatchFeed<D> {
@@ -372,7 +379,7 @@ impl<D: Disk> WatchFeed<D> {
     /// applied revision at the time of the read. Cancel-safe.
     pub async fn next_batch(&mut self) -> Result<(Vec<Event>, i64), FeedError> {
         loop {
-            if let Some(rx) = &mut self.synced {
+            if let Some((_, rx)) = &mut self.synced {
                 match rx.recv().await {
                     Some(d) => {
                         let events: Vec<Event> = d
@@ -402,8 +409,8 @@ impl<D: Disk> WatchFeed<D> {
                 continue;
             }
             let hub = self.node.watch_hub();
-            if let Some(rx) = hub.subscribe(&self.node, self.next, &self.range, self.prev_kv) {
-                self.synced = Some(rx);
+            if let Some(sub) = hub.subscribe(&self.node, self.next, &self.range, self.prev_kv) {
+                self.synced = Some(sub);
                 continue;
             }
             let (batch, applied) = self.own.next_batch().await?;
