@@ -225,6 +225,27 @@ pub enum SnapshotError {
     Store(#[from] StoreError),
 }
 
+/// Why an etcd snapshot (a bbolt file) could not be read, written or imported.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EtcdSnapshotError {
+    /// The file is not a readable bbolt database.
+    #[error("not an etcd snapshot: {0}")]
+    Bolt(#[from] crate::bbolt::BoltError),
+    /// A bucket holds something etcd 3.4 does not write.
+    #[error("etcd snapshot: {0}")]
+    Malformed(String),
+    /// The SHA-256 that `etcdctl snapshot save` appends does not match the content.
+    #[error("etcd snapshot: sha256 mismatch (the file is damaged or truncated)")]
+    Digest,
+    /// Import needs a store that never held a key or a lease.
+    #[error("the store is not empty: import an etcd snapshot into a new data directory")]
+    NotEmpty,
+    /// The state machine failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// The crate-wide error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -8,6 +8,8 @@
 //! * [`wal`]: the segmented Raft log, implementing concord-raft's `Storage`.
 //! * [`mvcc`]: the state machine: revisions, key history, leases, compaction, quota.
 //! * [`snapshot`]: point-in-time images of the state machine in checksummed chunks.
+//! * [`bbolt`] and [`etcd_snapshot`]: etcd's snapshot files (bbolt databases), read and
+//!   written, to migrate from etcd and back.
 //! * [`errors`]: one error enum per operation.
 //!
 //! The on-disk formats, the fsync order and the invariants are in `docs/storage.md`.
@@ -52,8 +54,10 @@
 //! 2. Damaged files give errors naming file and offset; they are never read as shorter
 //!    valid data (except the torn, unacknowledged tail of the WAL).
 
+pub mod bbolt;
 pub mod disk;
 pub mod errors;
+pub mod etcd_snapshot;
 pub mod mvcc;
 pub mod snapshot;
 pub mod wal;

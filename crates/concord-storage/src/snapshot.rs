@@ -447,4 +447,4 @@ impl<D: Disk> MvccStore<D> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -34,6 +34,7 @@
 pub mod codec;
 mod exec;
 mod flush;
+pub(crate) mod image;
 mod index;
 pub(crate) mod keys;
 pub(crate) mod read;
@@ -765,22 +766,7 @@ impl<D: Disk> MvccStore<D> {
     /// Every stored version (key, revision, value or `None` for a tombstone) in key then
     /// revision order: the physical content of `revs`, for tests and hashes.
     pub fn dump(&self) -> Result<Vec<StoredVersion>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(REVS)?;
-        let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            let rev = revs_key(k.value())?;
-            let (key, version) = decode_row(rev, v.value()).ok_or_else(|| bad_row(rev))?;
-            out.push((
-                key,
-                rev,
-                match version {
-                    Version::Live(kv) => Some(kv),
-                    Version::Tombstone => None,
-                },
-            ));
-        }
+        let mut out = self.image()?.versions;
         out.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
         Ok(out)
     }
@@ -862,7 +848,7 @@ impl<D: Disk> MvccStore<D> {
         Ok(crc)
     }
 
-    /// Swaps in a database (an installed snapshot) and reloads the cached meta.
+    /// Records `index` as the applied index, durably.
     pub(crate) fn set_applied_index(&mut self, index: u64) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -875,16 +861,11 @@ impl<D: Disk> MvccStore<D> {
         Ok(())
     }
 
+    /// Swaps in a database (an installed snapshot) and reloads the cached state.
     pub(crate) fn replace_db(&mut self, db: Database) -> Result<(), StoreError> {
-        let txn = db.begin_read()?;
-        let meta = read_meta(&txn.open_table(META)?)?;
-        let alarms = read_alarms(&txn.open_table(META)?, meta.nospace)?;
-        drop(txn);
-        let index = load_index(&db)?;
+        let state = load_state(&db)?;
         self.db = db;
-        self.meta = meta;
-        self.alarms = alarms;
-        self.index = index;
+        self.set_state(state);
         self.size_cache
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.size_probe = self
@@ -899,6 +880,28 @@ impl<D: Disk> MvccStore<D> {
         self.flusher = Self::start_flusher(&self.disk, &self.path, &self.config)?;
         Ok(())
     }
+
+    /// Reloads the cached meta and the key index after the file was written directly.
+    pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
+        let state = load_state(&self.db)?;
+        self.set_state(state);
+        Ok(())
+    }
+
+    fn set_state(&mut self, (meta, alarms, index): (Meta, Vec<u64>, KeyIndex)) {
+        self.meta = meta;
+        self.alarms = alarms;
+        self.index = index;
+    }
+}
+
+/// The meta, the alarms and the key index as a database holds them.
+fn load_state(db: &Database) -> Result<(Meta, Vec<u64>, KeyIndex), StoreError> {
+    let txn = db.begin_read()?;
+    let meta = read_meta(&txn.open_table(META)?)?;
+    let alarms = read_alarms(&txn.open_table(META)?, meta.nospace)?;
+    drop(txn);
+    Ok((meta, alarms, load_index(db)?))
 }
 
 /// Rebuilds the key index by one scan of `revs`, verifying every row's checksum.

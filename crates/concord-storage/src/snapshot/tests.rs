@@ -20,7 +20,7 @@ fn open(disk: &SimDisk) -> MvccStore<SimDisk> {
     .unwrap()
 }
 
-fn random_command(rng: &mut SmallRng) -> Command {
+pub(crate) fn random_command(rng: &mut SmallRng) -> Command {
     let key = vec![b'k', rng.gen_range(0..30u8)];
     match rng.gen_range(0..10) {
         0 => Command::DeleteRange(DeleteRangeRequest {
