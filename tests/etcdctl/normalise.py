@@ -87,7 +87,7 @@ OTHER = [
 TABLE_COLUMNS = {
     "VERSION": "<VERSION>",  # server version string
     "DB SIZE": "<SIZE>",  # storage engine file size
-    "TOTAL SIZE": "<SIZE>",  # snapshot file size (format is implementation-defined)
+    "TOTAL SIZE": "<SIZE>",  # snapshot file size (page layout is implementation-defined)
     "TOTAL KEYS": "<N>",  # bbolt-internal key count (all buckets), not the KV key count
     "IS LEADER": "<BOOL>",  # which member wins the first election; a separate step counts leaders
     "RAFT TERM": "<TERM>",  # number of elections

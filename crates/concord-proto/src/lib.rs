@@ -61,6 +61,12 @@
 
 pub mod consistency;
 
+/// The gRPC metadata key that selects the image `Maintenance.Snapshot` streams: absent or
+/// `etcd`, an etcd 3.4 snapshot (a bbolt database, then its SHA-256), which `etcdctl
+/// snapshot save|status|restore` read; `concord`, Concord's own image in checksummed
+/// chunks. Both restore with `concord snapshot restore`.
+pub const SNAPSHOT_FORMAT_KEY: &str = "concord-snapshot-format";
+
 /// etcd's client API, package `etcdserverpb`: KV, Watch, Lease, Cluster, Maintenance, Auth.
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

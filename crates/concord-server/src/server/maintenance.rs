@@ -182,16 +182,37 @@ impl Maintenance for MaintenanceService {
 
     async fn snapshot(
         &self,
-        _request: Request<pb::SnapshotRequest>,
+        request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<BoxStream<pb::SnapshotResponse>>, Status> {
+        let format = request
+            .metadata()
+            .get(concord_proto::SNAPSHOT_FORMAT_KEY)
+            .map(|v| v.to_str().unwrap_or("?"))
+            .unwrap_or("etcd");
         // One consistent image (a single read transaction), streamed in chunks.
-        let chunks: Vec<Vec<u8>> = self
-            .ctx
-            .node
-            .with_store(|s| SnapshotStream::new(s, SNAPSHOT_CHUNK)?.collect())
-            .map_err(api::status)?;
-        // etcd's stream format: the image, zero padding to 512 bytes, its SHA-256 (etcdctl
-        // checks both). Concord's restore verifies and strips them.
+        let chunks: Vec<Vec<u8>> = match format {
+            "etcd" => {
+                let db = self
+                    .ctx
+                    .node
+                    .with_store(|s| s.export_etcd())
+                    .map_err(api::status)?;
+                db.chunks(SNAPSHOT_CHUNK).map(<[u8]>::to_vec).collect()
+            }
+            "concord" => self
+                .ctx
+                .node
+                .with_store(|s| SnapshotStream::new(s, SNAPSHOT_CHUNK)?.collect())
+                .map_err(api::status)?,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown snapshot format {other:?} in {}: use etcd or concord",
+                    concord_proto::SNAPSHOT_FORMAT_KEY
+                )))
+            }
+        };
+        // etcd's stream format: the image, zero padding to 512 bytes (a bbolt image needs
+        // none), its SHA-256 (etcdctl checks both). Concord's restore verifies them.
         let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         for c in &chunks {
             sha2::Digest::update(&mut hasher, c);

@@ -1,16 +1,20 @@
 //! `concord snapshot save|status|restore`.
 //!
-//! * `save FILE` streams `Maintenance.Snapshot` from one endpoint into `FILE.part`,
-//!   syncs it and renames it to `FILE`, so that `FILE` is never a partial image.
-//! * `status FILE` checks every chunk of a saved file and describes it.
-//! * `restore FILE --data-dir D` creates a data dir holding the snapshot's keyspace, from
-//!   which a member bootstraps a new cluster (`--initial-cluster-state new`).
+//! * `save FILE [--format concord|etcd]` streams `Maintenance.Snapshot` from one endpoint
+//!   into `FILE.part`, syncs it and renames it to `FILE`, so that `FILE` is never a
+//!   partial image. `--format etcd` asks for an etcd 3.4 snapshot (what `etcdctl snapshot
+//!   save` gets from Concord by default), which etcd's tools read.
+//! * `status FILE` checks a saved file (either format) and describes it; an etcd snapshot
+//!   exactly as `etcdctl snapshot status` does.
+//! * `restore FILE --data-dir D` creates a data dir holding the snapshot's keyspace (from
+//!   either format, so also from a snapshot of an etcd cluster), from which a member
+//!   bootstraps a new cluster (`--initial-cluster-state new`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use concord_proto::etcdserverpb as pb;
 use concord_server::server::restore::{restore_snapshot, snapshot_status, SnapshotInfo};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -36,6 +40,10 @@ pub enum SnapshotCmd {
     Save {
         /// The file to write
         file: PathBuf,
+        /// The file's format: Concord's checksummed chunks, or an etcd 3.4 snapshot
+        /// (a bbolt database) that etcdctl and etcd can read
+        #[arg(long, value_enum, default_value_t = SnapshotFormat::Concord)]
+        format: SnapshotFormat,
     },
     /// Checks a snapshot file and prints its hash, revision, chunks and size
     Status {
@@ -64,29 +72,57 @@ pub enum SnapshotCmd {
     },
 }
 
-/// The status table's headers.
-pub const STATUS_HEADERS: [&str; 4] = ["hash", "revision", "total chunks", "total size"];
+/// The format `snapshot save` asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SnapshotFormat {
+    /// Concord's image: checksummed chunks.
+    Concord,
+    /// An etcd 3.4 snapshot: a bbolt database and its SHA-256.
+    Etcd,
+}
 
-/// `snapshot status` output.
+/// `snapshot status` output: for an etcd snapshot, etcdctl's; for Concord's image, the
+/// chunk count where etcdctl has the key count.
 pub fn format_status(info: &SnapshotInfo, fmt: OutputFormat) -> String {
+    let (hash, revision, (count_name, count_json, count), bytes) = match info {
+        SnapshotInfo::Concord {
+            revision,
+            chunks,
+            bytes,
+            hash,
+        } => (
+            *hash,
+            *revision,
+            ("total chunks", "totalChunks", *chunks as u64),
+            *bytes,
+        ),
+        SnapshotInfo::Etcd(s) => (
+            s.hash,
+            s.revision,
+            ("total keys", "totalKey", s.total_keys),
+            s.total_size,
+        ),
+    };
     let row = vec![
-        format!("{:x}", info.hash),
-        info.revision.to_string(),
-        info.chunks.to_string(),
-        printer::humanize_bytes(info.bytes),
+        format!("{hash:x}"),
+        revision.to_string(),
+        count.to_string(),
+        printer::humanize_bytes(bytes),
     ];
     match fmt {
         OutputFormat::Json => format!(
             "{}\n",
             Json::Obj(vec![
-                ("hash".into(), Json::num(info.hash)),
-                ("revision".into(), Json::num(info.revision)),
-                ("totalChunks".into(), Json::num(info.chunks)),
-                ("totalSize".into(), Json::num(info.bytes)),
+                ("hash".into(), Json::num(hash)),
+                ("revision".into(), Json::num(revision)),
+                (count_json.into(), Json::num(count)),
+                ("totalSize".into(), Json::num(bytes)),
             ])
             .render()
         ),
-        OutputFormat::Table => printer::table(&STATUS_HEADERS, &[row]),
+        OutputFormat::Table => {
+            printer::table(&["hash", "revision", count_name, "total size"], &[row])
+        }
         _ => printer::comma_rows(&[row]),
     }
 }
@@ -97,7 +133,7 @@ fn part_path(file: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-async fn save(global: &GlobalArgs, file: &Path) -> CtlResult<()> {
+async fn save(global: &GlobalArgs, file: &Path, format: SnapshotFormat) -> CtlResult<()> {
     let eps: Vec<&String> = global
         .endpoints
         .iter()
@@ -109,9 +145,16 @@ async fn save(global: &GlobalArgs, file: &Path) -> CtlResult<()> {
         )));
     }
     let ctx = Ctx::connect(global).await?;
-    let mut stream = ctx
-        .call(ctx.maintenance().snapshot(pb::SnapshotRequest {}))
-        .await?;
+    let mut request = tonic::Request::new(pb::SnapshotRequest {});
+    let name = match format {
+        SnapshotFormat::Concord => "concord",
+        SnapshotFormat::Etcd => "etcd",
+    };
+    request.metadata_mut().insert(
+        concord_proto::SNAPSHOT_FORMAT_KEY,
+        tonic::metadata::MetadataValue::from_static(name),
+    );
+    let mut stream = ctx.call(ctx.maintenance().snapshot(request)).await?;
     let part = part_path(file);
     let mut f = std::fs::File::create(&part)
         .map_err(|e| CtlError::new(format!("could not open {} ({e})", part.display())))?;
@@ -188,7 +231,7 @@ async fn with_spinner<T: Send + 'static>(
 pub async fn run(args: SnapshotArgs) -> CtlResult<()> {
     let fmt = args.global.write_out;
     match args.cmd {
-        SnapshotCmd::Save { file } => save(&args.global, &file).await,
+        SnapshotCmd::Save { file, format } => save(&args.global, &file, format).await,
         SnapshotCmd::Status { file } => {
             let info = with_spinner("checking snapshot", move || snapshot_status(&file)).await?;
             out(&format_status(&info, fmt));
@@ -204,16 +247,19 @@ pub async fn run(args: SnapshotArgs) -> CtlResult<()> {
         } => {
             let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.concord")));
             let dir = data_dir.clone();
-            let info =
+            let restored =
                 with_spinner("restoring snapshot", move || restore_snapshot(&file, &dir)).await?;
+            for note in &restored.not_restored {
+                out(&format!("not restored: {note}\n"));
+            }
             out(&format!(
                 "restored snapshot (revision {}, {}) into {}\n\
                  start the member of the new cluster with:\n  \
                  concord server --name {} --data-dir {} --initial-cluster {} \
                  --initial-advertise-peer-urls {} --initial-cluster-token {} \
                  --initial-cluster-state new\n",
-                info.revision,
-                printer::humanize_bytes(info.bytes),
+                restored.revision,
+                printer::humanize_bytes(restored.info.bytes()),
                 data_dir.display(),
                 name,
                 data_dir.display(),
@@ -232,7 +278,7 @@ mod tests {
 
     #[test]
     fn status_output() {
-        let info = SnapshotInfo {
+        let info = SnapshotInfo::Concord {
             revision: 12,
             chunks: 1,
             bytes: 20480,
@@ -247,6 +293,21 @@ mod tests {
             "{\"hash\":4261531479,\"revision\":12,\"totalChunks\":1,\"totalSize\":20480}\n"
         );
         assert!(format_status(&info, OutputFormat::Table).contains("| TOTAL CHUNKS |"));
+        // etcdctl's own lines for an etcd snapshot.
+        let etcd = SnapshotInfo::Etcd(concord_server::server::restore::EtcdStatus {
+            hash: 0x683f_e127,
+            revision: 313,
+            total_keys: 414,
+            total_size: 69632,
+        });
+        assert_eq!(
+            format_status(&etcd, OutputFormat::Simple),
+            "683fe127, 313, 414, 70 kB\n"
+        );
+        assert_eq!(
+            format_status(&etcd, OutputFormat::Json),
+            "{\"hash\":1749016871,\"revision\":313,\"totalKey\":414,\"totalSize\":69632}\n"
+        );
         assert_eq!(
             part_path(Path::new("/x/s.db")),
             PathBuf::from("/x/s.db.part")
