@@ -223,6 +223,7 @@ pub fn start_on<D: Disk>(
         writes_blocked,
         fresh_since: Arc::default(),
         hub: WatchHub::default(),
+        defrag: Arc::default(),
     })
 }
 
@@ -236,6 +237,8 @@ pub struct NodeHandle<D: Disk = RealDisk> {
     fresh_since: Arc<Mutex<Option<Instant>>>,
     /// The watch fan-out over this replica's change log.
     hub: WatchHub,
+    /// Figures of this member's defragments.
+    defrag: Arc<DefragStats>,
 }
 
 impl<D: Disk> Clone for NodeHandle<D> {
@@ -245,6 +248,7 @@ impl<D: Disk> Clone for NodeHandle<D> {
             writes_blocked: self.writes_blocked.clone(),
             fresh_since: self.fresh_since.clone(),
             hub: self.hub.clone(),
+            defrag: self.defrag.clone(),
         }
     }
 }
@@ -455,9 +459,11 @@ impl<D: Disk> NodeHandle<D> {
     }
 }
 
+mod defrag;
 mod feed;
 mod hub;
 pub mod leases;
+pub use defrag::{DefragReport, DefragStats};
 pub use feed::{EventFeed, FeedError};
 pub use hub::{HubStats, KeyRange, WatchFeed, WatchHub};
 pub use leases::Leases;

@@ -474,10 +474,13 @@ impl Writer {
     }
 }
 
+/// Key/value pairs in ascending key order.
+pub type Entries = [(Vec<u8>, Vec<u8>)];
+
 /// Writes a database whose root bucket holds `buckets` (name, entries), each with its own
 /// root page. Names and each bucket's keys must ascend (checked: unsorted input is a bug
 /// of the caller, so the function sorts nothing and asserts instead).
-pub fn write(buckets: &[(&[u8], &[(Vec<u8>, Vec<u8>)])]) -> Vec<u8> {
+pub fn write(buckets: &[(&[u8], &Entries)]) -> Vec<u8> {
     assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0));
     let mut w = Writer { out: Vec::new() };
     w.alloc(3); // metas 0 and 1, freelist 2

@@ -223,6 +223,9 @@ pub enum SnapshotError {
     /// The state machine failed while building or installing.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// An online defragment cannot go on (see `defrag.rs`); the store is unchanged.
+    #[error("defragment abandoned: {0}")]
+    Defrag(String),
 }
 
 /// Why an etcd snapshot (a bbolt file) could not be read, written or imported.

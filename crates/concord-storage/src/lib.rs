@@ -8,6 +8,7 @@
 //! * [`wal`]: the segmented Raft log, implementing concord-raft's `Storage`.
 //! * [`mvcc`]: the state machine: revisions, key history, leases, compaction, quota.
 //! * [`snapshot`]: point-in-time images of the state machine in checksummed chunks.
+//! * [`defrag`]: defragmentation that pauses the store only to switch files.
 //! * [`bbolt`] and [`etcd_snapshot`]: etcd's snapshot files (bbolt databases), read and
 //!   written, to migrate from etcd and back.
 //! * [`errors`]: one error enum per operation.
@@ -55,6 +56,7 @@
 //!    valid data (except the torn, unacknowledged tail of the WAL).
 
 pub mod bbolt;
+pub mod defrag;
 pub mod disk;
 pub mod errors;
 pub mod etcd_snapshot;

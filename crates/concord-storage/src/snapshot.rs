@@ -215,7 +215,11 @@ impl<D: Disk> SnapshotInstaller<D> {
     /// Starts receiving a snapshot for the store at `store_path` (on `disk`); any leftover
     /// temporary file of an earlier attempt is discarded.
     pub fn new(disk: D, store_path: &Path) -> Result<Self, SnapshotError> {
-        let tmp_path = tmp_path_for(store_path);
+        Self::at(disk, tmp_path_for(store_path))
+    }
+
+    /// Starts receiving a snapshot into the file `tmp_path` (replaced if it exists).
+    pub(crate) fn at(disk: D, tmp_path: PathBuf) -> Result<Self, SnapshotError> {
         let io = |source| {
             SnapshotError::Store(StoreError::Io {
                 path: tmp_path.clone(),
@@ -321,6 +325,18 @@ impl<D: Disk> SnapshotInstaller<D> {
             self.finished = Some((le_u64(t, 12), le_u64(t, 20) as i64));
         }
         self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Makes a complete image durable and closes its file (which stays at `tmp_path`).
+    pub(crate) fn finish(self) -> Result<(), SnapshotError> {
+        if self.finished.is_none() {
+            return Err(corrupt(self.next_seq, "snapshot stream incomplete"));
+        }
+        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(StoreError::from)?;
+        txn.commit().map_err(StoreError::from)?;
         Ok(())
     }
 
@@ -431,18 +447,6 @@ impl<D: Disk> MvccStore<D> {
         // The installer's database already has the renamed file open.
         self.replace_db(installer.db)?;
         Ok(())
-    }
-
-    /// Rewrites the store into a fresh, compact file (etcd's defragment): streams a
-    /// consistent image of itself through a [`SnapshotInstaller`] and installs it, so the
-    /// space that compaction and deletes freed is returned to the file system. Blocks
-    /// writes (it takes `&mut self`) for the duration of the copy.
-    pub fn defragment(&mut self) -> Result<(), SnapshotError> {
-        let mut installer = SnapshotInstaller::new(self.disk().clone(), self.path())?;
-        for chunk in SnapshotStream::new(self, 4 << 20)? {
-            installer.push(&chunk?)?;
-        }
-        self.install_snapshot(installer)
     }
 }
 

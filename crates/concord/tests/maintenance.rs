@@ -297,3 +297,125 @@ async fn alarms_are_named_by_the_member_id_given() {
         .await
         .expect("writes accepted once disarmed");
 }
+
+/// The value of metric `name` (no labels) on member `i`'s `/metrics`.
+async fn metric(cluster: &Cluster, i: usize, name: &str) -> f64 {
+    let r = common::http_get(cluster.nodes[i].client_port, "/metrics")
+        .await
+        .expect("/metrics");
+    let text = r.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+/// Defragment is online: under puts and linearizable gets through the member being
+/// defragmented, no request fails, requests complete while it copies, the file shrinks,
+/// every acknowledged write is there afterwards, and the pause is reported in /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defragment_under_load_fails_no_request_and_reports_its_pause() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let cluster = Cluster::start(BIN, 3).await;
+    let mut c = cluster.client(0).await;
+    // About 8 MB of values, three quarters then deleted and compacted away.
+    for i in 0..2000 {
+        c.put(format!("df/old/{i:04}"), vec![b'o'; 4096], None)
+            .await
+            .unwrap();
+    }
+    let del = c
+        .delete(
+            "df/old/0",
+            Some(etcd_client::DeleteOptions::new().with_range("df/old/15")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(del.deleted(), 1500);
+    let rev = del.header().unwrap().revision();
+    c.compact(
+        rev,
+        Some(etcd_client::CompactionOptions::new().with_physical()),
+    )
+    .await
+    .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let mut c = cluster.client(0).await;
+        let (stop, done) = (stop.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("df/new/{w}/{i:06}");
+                if w % 2 == 0 {
+                    c.put(key.as_str(), "x", None)
+                        .await
+                        .unwrap_or_else(|e| panic!("put during defragment: {e}"));
+                    acked.push(key);
+                } else {
+                    let g = c
+                        .get("df/old/1999", None)
+                        .await
+                        .unwrap_or_else(|e| panic!("get during defragment: {e}"));
+                    assert_eq!(g.kvs().len(), 1);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+            acked
+        }));
+    }
+    common::eventually("load running", WAIT, || async {
+        (done.load(Ordering::Relaxed) > 50).then_some(())
+    })
+    .await;
+
+    for i in 0..cluster.len() {
+        let before = metric(&cluster, i, "concord_mvcc_db_total_size_bytes").await;
+        let mut m = cluster.client(i).await;
+        let ops_before = done.load(Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let d = m.defragment().await.expect("defragment under load");
+        assert!(d.header().is_none());
+        let took = started.elapsed();
+        let ops = done.load(Ordering::Relaxed) - ops_before;
+        let after = metric(&cluster, i, "concord_mvcc_db_total_size_bytes").await;
+        let pause = metric(&cluster, i, "concord_defragment_last_pause_seconds").await;
+        assert_eq!(metric(&cluster, i, "concord_defragment_total").await, 1.0);
+        assert!(after < before, "member {i}: file {before} -> {after} bytes");
+        eprintln!(
+            "member {i}: defragment took {:.1} ms, paused requests {:.2} ms, {ops} requests \
+             completed meanwhile, file {:.1} -> {:.1} MB",
+            took.as_secs_f64() * 1e3,
+            pause * 1e3,
+            before / 1e6,
+            after / 1e6
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut acked = Vec::new();
+    for t in tasks {
+        acked.extend(t.await.expect("load task"));
+    }
+    for key in acked {
+        let g = c.get(key.as_str(), None).await.unwrap();
+        assert_eq!(
+            g.kvs().len(),
+            1,
+            "{key} acknowledged before the defragment ended"
+        );
+    }
+    let g = c
+        .get(
+            "df/old/",
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(g.count(), 500);
+}

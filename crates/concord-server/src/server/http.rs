@@ -174,6 +174,41 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         "Watchers moved out of the shared reader because their client fell behind.",
         hub.dropped_slow as f64,
     );
+    let (runs, failed, pause_total, last_pause, max_pause) = ctx.node.defrag_stats().snapshot();
+    for (kind, name, help, value) in [
+        (
+            "counter",
+            "concord_defragment_total",
+            "Defragments completed.",
+            runs as f64,
+        ),
+        (
+            "counter",
+            "concord_defragment_failed_total",
+            "Defragments abandoned (the store is left as it was).",
+            failed as f64,
+        ),
+        (
+            "counter",
+            "concord_defragment_pause_seconds_total",
+            "Time reads and applies waited for defragments to switch files.",
+            pause_total.as_secs_f64(),
+        ),
+        (
+            "gauge",
+            "concord_defragment_last_pause_seconds",
+            "Pause of the latest defragment.",
+            last_pause.as_secs_f64(),
+        ),
+        (
+            "gauge",
+            "concord_defragment_max_pause_seconds",
+            "Longest pause of a defragment since start.",
+            max_pause.as_secs_f64(),
+        ),
+    ] {
+        metric(&mut out, kind, name, help, value);
+    }
     for (name, help, value) in ctx.raft_metrics.counters() {
         metric(&mut out, "counter", name, help, value);
     }

@@ -133,15 +133,11 @@ impl Maintenance for MaintenanceService {
         _request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
         let node = self.ctx.node.clone();
-        tokio::task::spawn_blocking(move || {
-            node.with_store_mut(|s| {
-                s.defragment()
-                    .map_err(|e| concord_storage::errors::StoreError::Corrupt(e.to_string()))
-            })
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(api::status)?;
+        // Online: requests go on during the copy and wait only for the switch.
+        tokio::task::spawn_blocking(move || node.defragment())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(api::status)?;
         // etcd 3.4 answers Defragment without a header.
         Ok(Response::new(pb::DefragmentResponse { header: None }))
     }

@@ -10,7 +10,7 @@ fn sorted(mut e: Entries) -> Entries {
 }
 
 fn roundtrip(buckets: &[(Vec<u8>, Entries)]) -> Database {
-    let refs: Vec<(&[u8], &[(Vec<u8>, Vec<u8>)])> = buckets
+    let refs: Vec<(&[u8], &super::Entries)> = buckets
         .iter()
         .map(|(n, e)| (n.as_slice(), e.as_slice()))
         .collect();

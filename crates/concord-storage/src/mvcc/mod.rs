@@ -154,6 +154,21 @@ pub struct MvccStore<D: Disk> {
     durable_applied: u64,
     /// Background write-back, if configured.
     flusher: Option<flush::Flusher>,
+    /// Commands applied while an online defragment copies the store (see `defrag.rs`).
+    recording: Option<Recording>,
+}
+
+/// Most commands an online defragment keeps for its copy to catch up with; past it the
+/// defragment is abandoned (writes outpace the copy).
+pub(crate) const MAX_RECORDED: usize = 1 << 20;
+
+/// What the store applied since an online defragment took its image.
+#[derive(Debug, Default)]
+pub(crate) struct Recording {
+    /// Applied commands with their Raft index, in order, not yet handed over.
+    pub cmds: Vec<(u64, Command)>,
+    /// Why the copy can no longer catch up, if it cannot.
+    pub broken: Option<String>,
 }
 
 impl<D: Disk> std::fmt::Debug for MvccStore<D> {
@@ -309,6 +324,7 @@ impl<D: Disk> MvccStore<D> {
             lazy_commits: 0,
             durable_applied: 0,
             flusher,
+            recording: None,
         })
     }
 
@@ -495,6 +511,9 @@ impl<D: Disk> MvccStore<D> {
         self.meta = meta;
         self.alarms = alarms;
         self.note_commit();
+        if let Some(r) = &mut self.recording {
+            r.record(cmds, &out);
+        }
         // Refreshed lazily by the next quota check.
         self.size_cache
             .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -866,6 +885,32 @@ impl<D: Disk> MvccStore<D> {
         let state = load_state(&db)?;
         self.db = db;
         self.set_state(state);
+        if let Some(r) = &mut self.recording {
+            r.broken = Some("a snapshot replaced the store during the copy".into());
+        }
+        self.reopen_file_handles()
+    }
+
+    /// Takes over `other`, a store on a file just renamed over this one's (a finished
+    /// defragment): its database, meta and key index, without rebuilding anything.
+    pub(crate) fn adopt(&mut self, other: MvccStore<D>) -> Result<(), StoreError> {
+        let MvccStore {
+            db,
+            meta,
+            alarms,
+            index,
+            ..
+        } = other;
+        self.db = db;
+        self.meta = meta;
+        self.alarms = alarms;
+        self.index = index;
+        self.lazy_commits = 0;
+        self.durable_applied = meta.applied;
+        self.reopen_file_handles()
+    }
+
+    fn reopen_file_handles(&mut self) -> Result<(), StoreError> {
         self.size_cache
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.size_probe = self
@@ -881,6 +926,16 @@ impl<D: Disk> MvccStore<D> {
         Ok(())
     }
 
+    /// The recording of applied commands, for an online defragment.
+    pub(crate) fn recording(&mut self) -> &mut Option<Recording> {
+        &mut self.recording
+    }
+
+    /// The store's settings.
+    pub(crate) fn config(&self) -> &MvccConfig {
+        &self.config
+    }
+
     /// Reloads the cached meta and the key index after the file was written directly.
     pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
         let state = load_state(&self.db)?;
@@ -892,6 +947,26 @@ impl<D: Disk> MvccStore<D> {
         self.meta = meta;
         self.alarms = alarms;
         self.index = index;
+    }
+}
+
+impl Recording {
+    /// Keeps the commands of `cmds` that were applied (`out[i]` is `Some`).
+    fn record(&mut self, cmds: &[(u64, &Command)], out: &[ApplyResult]) {
+        if self.broken.is_some() {
+            return;
+        }
+        for ((index, cmd), result) in cmds.iter().zip(out) {
+            if result.is_some() {
+                self.cmds.push((*index, (*cmd).clone()));
+            }
+        }
+        if self.cmds.len() > MAX_RECORDED {
+            self.cmds = Vec::new();
+            self.broken = Some(format!(
+                "more than {MAX_RECORDED} commands were applied while the copy was made"
+            ));
+        }
     }
 }
 
