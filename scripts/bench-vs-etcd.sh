@@ -9,6 +9,10 @@
 #   CONCORD=/path/to/concord scripts/bench-vs-etcd.sh   # use a given binary, no build
 #   MEMORY_KEYS=1000000 WORKLOADS= NODES=3 scripts/bench-vs-etcd.sh
 #       # also: resident memory per member after writing that many distinct keys
+#   DEFRAG_MB=1024 WORKLOADS= NODES=3 scripts/bench-vs-etcd.sh
+#       # also: a store file of about that many MB (60 kB values written twice, the
+#       # first versions compacted away) defragmented on member 1 while one client reads
+#       # from it: how long the defragment took and the longest request meanwhile
 #
 # Every process started here is stopped by PID on exit; data lives in a temp dir that is
 # removed. Needs root (or sudo) only to install etcd-server when it is missing.
@@ -25,6 +29,7 @@ CONNS="${CONNS:-8}"
 # e.g. watch-latency:16:10000)
 WORKLOADS="${WORKLOADS-put:1 put:64 put:256 range:1 range:64 range-serializable:64 txn-cas:64}"
 MEMORY_KEYS="${MEMORY_KEYS:-0}" # 0: skip the memory run
+DEFRAG_MB="${DEFRAG_MB:-0}"     # 0: skip the defragment run
 
 if ! command -v etcd >/dev/null 2>&1; then
     SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
@@ -49,6 +54,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+SERVER_FLAGS=()
 # start SYSTEM N: starts an N-member cluster of `etcd` or `concord` on loopback.
 start() {
     local sys=$1 n=$2 base=$3 i cluster="" eps=""
@@ -64,7 +70,7 @@ start() {
             --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
             --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
             --initial-cluster "$cluster" --initial-cluster-state new \
-            --initial-cluster-token "bench-$sys-$n" >"$WORK/$sys-$n-m$i.log" 2>&1 &
+            --initial-cluster-token "bench-$sys-$n" "${SERVER_FLAGS[@]}" >"$WORK/$sys-$n-m$i.log" 2>&1 &
         PIDS+=($!)
     done
     for i in $(seq 1 "$n"); do
@@ -152,6 +158,50 @@ print(round(($(cpu_jiffies) - $before) * 1000 / $(getconf CLK_TCK) / max(d.get('
             stop
         done
         echo "$n nodes: resident memory per member after writing $MEMORY_KEYS distinct keys of $VALUE_SIZE bytes: etcd ${RES[etcd/mem]} MiB, concord ${RES[concord/mem]} MiB"
+    fi
+    if [ "$DEFRAG_MB" -gt 0 ]; then
+        # Values of 60,000 bytes, each written twice. (Not 64 KiB: redb allocates pages in
+        # powers of two, so a row just over 64 KiB would take 128 KiB.)
+        keys=$((DEFRAG_MB * 1024 * 1024 / 2 / 60000))
+        # Room for the file (redb's grows to about twice the data before a defragment).
+        SERVER_FLAGS=(--quota-backend-bytes $((DEFRAG_MB * 8 * 1024 * 1024)))
+        for sys in etcd concord; do
+            start "$sys" "$n" $((30000 + (n * 1000)))
+            for _ in 1 2; do
+                fill=$("$CONCORD" bench --endpoints "$ENDPOINTS" --op put --clients 16 --conns "$CONNS" \
+                    --total "$keys" --key-space "$keys" --sequential-keys --duration 3600 \
+                    --value-size 60000 --key-prefix dfg/ --no-progress | tail -1)
+                [ "$(field "$fill" errors)" = 0 ] || { echo "$sys: filling the store failed: $fill" >&2; exit 1; }
+            done
+            ep1="${ENDPOINTS%%,*}"
+            rev=$(ETCDCTL_API=3 etcdctl --endpoints "$ep1" endpoint status -w json \
+                | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["Status"]["header"]["revision"])')
+            ETCDCTL_API=3 etcdctl --endpoints "$ep1" --command-timeout 600s compaction --physical "$rev" >/dev/null
+            # The store file only (the WAL is not defragmented).
+            size_mb() {
+                local f="$WORK/$sys-$n-m1/state.redb"
+                [ "$sys" = etcd ] && f="$WORK/$sys-$n-m1/member/snap/db"
+                du -sm "$f" | cut -f1
+            }
+            before=$(size_mb)
+            "$CONCORD" bench --endpoints "$ep1" --op range --clients 1 --conns 1 --total "$TOTAL" \
+                --duration 40 --key-space "$keys" --key-prefix dfg/ --no-progress >"$WORK/defrag-reads.txt" &
+            reader=$!
+            sleep 3
+            t0=$(date +%s.%N)
+            ETCDCTL_API=3 etcdctl --endpoints "$ep1" --command-timeout 600s defrag >/dev/null
+            took=$(python3 -c "print(round($(date +%s.%N) - $t0, 2))")
+            wait "$reader"
+            r=$(tail -1 "$WORK/defrag-reads.txt")
+            RES["$sys/defrag"]="store file ${before} MB -> $(size_mb) MB, defragment took ${took} s; one client's linearizable gets meanwhile: max $(field "$r" max_ms) ms, p99.9 $(field "$r" p999_ms) ms, p50 $(field "$r" p50_ms) ms, $(field "$r" errors) errors"
+            if [ "$sys" = concord ]; then
+                RES["$sys/defrag"]+="; switch pause logged by m1: $(sed -n 's/.*defragmented pause_ms=\([0-9.]*\).*/\1/p' "$WORK/$sys-$n-m1.log" | tail -1) ms"
+            fi
+            stop
+        done
+        SERVER_FLAGS=()
+        echo "$n nodes, etcd:    ${RES[etcd/defrag]}"
+        echo "$n nodes, concord: ${RES[concord/defrag]}"
     fi
     unset RES
 done

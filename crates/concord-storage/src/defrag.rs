@@ -36,6 +36,7 @@ use std::path::{Path, PathBuf};
 use crate::disk::Disk;
 use crate::errors::{SnapshotError, StoreError};
 use crate::mvcc::types::Command;
+pub use crate::mvcc::Replaced;
 use crate::mvcc::{MvccConfig, MvccStore, Recording};
 use crate::snapshot::{SnapshotInstaller, SnapshotStream};
 
@@ -167,9 +168,13 @@ impl<D: Disk> MvccStore<D> {
     }
 
     /// Brings the copy up to date and switches to it (step 4, the pause); returns how
-    /// many commands the copy replayed in all. On error the defragment is abandoned and
-    /// the store is unchanged.
-    pub fn finish_defragment(&mut self, mut d: Defrag<D>) -> Result<u64, SnapshotError> {
+    /// many commands the copy replayed in all, and the replaced database, which the
+    /// caller drops after releasing whatever lock it holds the store under (closing it
+    /// takes time). On error the defragment is abandoned and the store is unchanged.
+    pub fn finish_defragment(
+        &mut self,
+        mut d: Defrag<D>,
+    ) -> Result<(u64, Replaced), SnapshotError> {
         let result = (|| {
             let last = self.take_recorded()?;
             d.catch_up(&last)?;
@@ -196,8 +201,8 @@ impl<D: Disk> MvccStore<D> {
             if let Some(dir) = path.parent() {
                 self.disk().sync_dir(dir).map_err(io)?;
             }
-            self.adopt(copy)?;
-            Ok(d.caught_up)
+            let old = self.adopt(copy)?;
+            Ok((d.caught_up, old))
         })();
         *self.recording() = None;
         if result.is_err() {

@@ -93,7 +93,11 @@ impl<D: Disk> NodeHandle<D> {
         };
         let pause = pause_start.elapsed();
         let caught_up = match result {
-            Ok(n) => n,
+            // The old file is closed here, after the store's lock is released.
+            Ok((n, replaced)) => {
+                drop(replaced);
+                n
+            }
             Err(e) => {
                 self.defrag.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "defragment failed; the store is unchanged");

@@ -162,6 +162,20 @@ pub struct MvccStore<D: Disk> {
 /// defragment is abandoned (writes outpace the copy).
 pub(crate) const MAX_RECORDED: usize = 1 << 20;
 
+/// The database a finished defragment replaced, still open. Dropping it closes it, which
+/// can take a while (redb writes back on close; a background flusher is joined): drop it
+/// where nothing waits for the store.
+pub struct Replaced {
+    _db: Database,
+    _flusher: Option<flush::Flusher>,
+}
+
+impl std::fmt::Debug for Replaced {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replaced")
+    }
+}
+
 /// What the store applied since an online defragment took its image.
 #[derive(Debug, Default)]
 pub(crate) struct Recording {
@@ -893,7 +907,8 @@ impl<D: Disk> MvccStore<D> {
 
     /// Takes over `other`, a store on a file just renamed over this one's (a finished
     /// defragment): its database, meta and key index, without rebuilding anything.
-    pub(crate) fn adopt(&mut self, other: MvccStore<D>) -> Result<(), StoreError> {
+    /// Returns the old database, still open.
+    pub(crate) fn adopt(&mut self, other: MvccStore<D>) -> Result<Replaced, StoreError> {
         let MvccStore {
             db,
             meta,
@@ -901,13 +916,17 @@ impl<D: Disk> MvccStore<D> {
             index,
             ..
         } = other;
-        self.db = db;
+        let old = Replaced {
+            _db: std::mem::replace(&mut self.db, db),
+            _flusher: self.flusher.take(),
+        };
         self.meta = meta;
         self.alarms = alarms;
         self.index = index;
         self.lazy_commits = 0;
         self.durable_applied = meta.applied;
-        self.reopen_file_handles()
+        self.reopen_file_handles()?;
+        Ok(old)
     }
 
     fn reopen_file_handles(&mut self) -> Result<(), StoreError> {
