@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Short chaos suite for CI (under 5 minutes of runs on 2 cores):
+# Short chaos suite for CI (about 8 minutes of runs on 2 cores):
 #   1. register, 60 s, partitions + kills + pauses          -> must be VALID
 #   2. register --stale-reads, 30 s, partitions (negative control) -> must be INVALID
 #      (up to 3 attempts with different seeds; one anomaly observed is enough)
 #   3. set, 30 s, every fault                                -> must be VALID
 #   4. bank, 30 s, every fault                               -> must be VALID
+#   5. reads at bounded=500ms and at session, 30 s each, partitions + process faults
+#                                                            -> must be VALID
+#   6. the same reads sent eventual (negative controls), 30 s, partitions -> must be INVALID
 # As root, nodes run in network namespaces (iproute2 and nftables are installed if missing).
 # Without root, runs use --local (loopback, process faults only) and the negative control,
 # which needs partitions, is skipped.
@@ -91,6 +94,10 @@ if [ "$MODE" = --netns ]; then
     run register-stale invalid --workload register --duration 30 --nemesis partition --stale-reads
     run set valid --workload set --duration 30 --nemesis all
     run bank valid --workload bank --duration 30 --nemesis all
+    run reads-bounded valid --workload reads --read-level bounded=500ms --duration 30 --nemesis partitions,process
+    run reads-session valid --workload reads --read-level session --duration 30 --nemesis partitions,process
+    run reads-bounded-stale invalid --workload reads --read-level bounded=500ms --duration 30 --nemesis partition --stale-reads
+    run reads-session-stale invalid --workload reads --read-level session --duration 30 --nemesis partition --stale-reads
     if [ "${CHAOS_FULL:-0}" = 1 ]; then
         run lock valid --workload lock --duration 30 --nemesis all
         run watch valid --workload watch --duration 30 --nemesis all
@@ -100,6 +107,7 @@ else
     results+=("SKIP register-stale: the negative control needs partitions (root)")
     run set valid --workload set --duration 30 --nemesis process
     run bank valid --workload bank --duration 30 --nemesis process
+    run reads-session valid --workload reads --read-level session --duration 30 --nemesis process
 fi
 
 echo "chaos.sh: results (outputs under $OUT)"

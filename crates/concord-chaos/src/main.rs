@@ -12,6 +12,7 @@ mod nemesis;
 mod report;
 mod workloads;
 
+use concord_proto::consistency::ReadConsistency;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -66,9 +67,14 @@ struct RunArgs {
     /// Output folder (its previous contents from a run are replaced).
     #[arg(long)]
     out: PathBuf,
-    /// Register reads are serializable (may be stale): the negative control.
+    /// Negative control: register reads are serializable (may be stale); reads-workload
+    /// reads are sent `eventual` but still checked against `--read-level`.
     #[arg(long)]
     stale_reads: bool,
+    /// The level of the reads workload's reads: `strong`, `bounded=<duration>` (e.g.
+    /// `bounded=500ms`) or `session` (each client process sends its session token).
+    #[arg(long, default_value = "session", value_parser = parse_read_level)]
+    read_level: ReadConsistency,
     /// Seed of the schedule and of the workload's choices (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -249,6 +255,20 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
     })
 }
 
+/// `--read-level`: a level with a checkable promise (`eventual` promises nothing).
+fn parse_read_level(s: &str) -> Result<ReadConsistency, String> {
+    if s == "session" {
+        // The token is each process's own.
+        return Ok(ReadConsistency::Session(0));
+    }
+    match s.parse::<ReadConsistency>().map_err(|e| e.to_string())? {
+        ReadConsistency::Eventual => Err("eventual reads promise nothing to check; for the \
+             negative control use --stale-reads with the level they are checked against"
+            .into()),
+        level => Ok(level),
+    }
+}
+
 /// The workload's setup before its clients start (accounts, the lock key, the revision
 /// watchers start from); returns that revision for the watch workload, else 0.
 async fn prepare_workload(
@@ -293,6 +313,7 @@ fn spawn_clients(
             Workload::Set => host.spawn(workloads::set_worker(w)),
             Workload::Lock => host.spawn(workloads::lock_worker(w)),
             Workload::Watch => host.spawn(workloads::watch_writer(w)),
+            Workload::Reads => host.spawn(workloads::reads_worker(w)),
         });
     }
     let mut watchers = Tasks(Vec::new());
@@ -426,6 +447,7 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         concurrency,
         rate: args.rate,
         stale_reads: args.stale_reads,
+        read_level: args.read_level,
         deadline: tokio::time::Instant::now() + run_for,
         seed,
         max_write_rev: AtomicI64::new(0),
@@ -471,6 +493,7 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         "seed": seed,
         "concurrency": concurrency,
         "stale_reads": args.stale_reads,
+        "read_level": args.read_level.to_string(),
         "client_host": client_host,
         "recovered_after_heal": after.recovered,
         "final_read_ok": after.final_ok,

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use concord_proto::consistency::ReadConsistency;
 use concord_proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use concord_proto::etcdserverpb::kv_client::KvClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
@@ -43,8 +44,10 @@ pub struct Ctx {
     pub concurrency: usize,
     /// Target total operations per second.
     pub rate: f64,
-    /// Serializable (possibly stale) reads for the register workload.
+    /// Negative control: serializable register reads; `eventual` reads-workload reads.
     pub stale_reads: bool,
+    /// The reads workload's level.
+    pub read_level: ReadConsistency,
     /// When processes stop invoking.
     pub deadline: tokio::time::Instant,
     /// Seed.
@@ -76,6 +79,8 @@ pub struct Worker {
     pub process: u64,
     chan: Option<(usize, Channel)>,
     rng: SmallRng,
+    /// The member the next operation goes to, when the workload picks one per operation.
+    pin: Option<usize>,
 }
 
 impl Worker {
@@ -87,12 +92,16 @@ impl Worker {
             process: p as u64,
             chan: None,
             rng,
+            pin: None,
         }
     }
 
     /// The node of the current process id: `id mod N`, shifted by one for each new id the
     /// worker took, so a worker that lost track of an operation moves to the next node.
     fn node(&self) -> usize {
+        if let Some(n) = self.pin {
+            return n % self.ctx.cluster.len();
+        }
         let p = self.process as usize;
         (p + p / self.ctx.concurrency.max(1)) % self.ctx.cluster.len()
     }
@@ -123,7 +132,7 @@ impl Worker {
     /// Records the invocation, runs `f` with a timeout, records the completion.
     /// Returns the completion type and, on success, the extra data.
     /// Puts integer `v` at `key`, recorded as operation `f` (`write`, `add`) on that key.
-    async fn put_int(&mut self, f: &'static str, key: String, v: i64) {
+    async fn put_int(&mut self, f: &'static str, key: String, v: i64) -> Option<i64> {
         let k = key.clone();
         let op = Op {
             f,
@@ -141,9 +150,13 @@ impl Worker {
                 })
                 .await?
                 .into_inner();
-            ok(None, rev_of(r.header.as_ref()))
+            let rev = rev_of(r.header.as_ref());
+            Ok(Done::Ok(None, rev, rev.into_iter().collect()))
         })
-        .await;
+        .await
+        .1
+        .first()
+        .copied()
     }
 
     async fn perform<F, Fut>(
@@ -322,6 +335,64 @@ pub async fn register_worker(mut w: Worker) {
                 }
             })
             .await;
+        }
+        w.pace().await;
+    }
+}
+
+/// Runs one reads process until the deadline: writes of unique integers and reads at the
+/// run's level, each to a member picked at random (reads at a relaxed level are meant to be
+/// served by any member). The process keeps a session token: the highest revision it saw.
+pub async fn reads_worker(mut w: Worker) {
+    let t = w.ctx.op_timeout;
+    let level = w.ctx.read_level;
+    let mut token = 0i64;
+    while w.running() {
+        let key = format!("c{}", w.rng.gen_range(0..3));
+        w.pin = Some(w.rng.gen_range(0..w.ctx.cluster.len()));
+        if w.rng.gen_bool(0.4) {
+            let v = w.ctx.counter.fetch_add(1, Ordering::SeqCst);
+            if let Some(rev) = w.put_int("write", key, v).await {
+                token = token.max(rev);
+            }
+        } else {
+            let claimed = match level {
+                ReadConsistency::Session(_) => ReadConsistency::Session(token),
+                other => other,
+            };
+            let sent = if w.ctx.stale_reads {
+                ReadConsistency::Eventual
+            } else {
+                claimed
+            };
+            let op = Op {
+                f: "read",
+                key: Some(key.clone()),
+                value: json!({"level": sent.to_string(), "check": claimed.to_string()}),
+                ..Op::default()
+            };
+            let (kind, seen) = w
+                .perform(op, false, t, move |ch| async move {
+                    let mut req = tonic::Request::new(RangeRequest {
+                        key: key.into_bytes(),
+                        ..Default::default()
+                    });
+                    sent.set_on(&mut req);
+                    let r = KvClient::new(ch).range(req).await?.into_inner();
+                    let (v, m) = r.kvs.first().map_or((Value::Null, 0), |kv| {
+                        (parse_int(&kv.value), kv.mod_revision)
+                    });
+                    let rev = rev_of(r.header.as_ref());
+                    Ok(Done::Ok(
+                        Some(json!([v, m])),
+                        rev,
+                        rev.into_iter().collect(),
+                    ))
+                })
+                .await;
+            if kind == EventType::Ok {
+                token = token.max(seen.first().copied().unwrap_or(0));
+            }
         }
         w.pace().await;
     }
@@ -530,7 +601,15 @@ pub async fn final_read(ctx: Arc<Ctx>, workload: Workload) -> bool {
                         })
                         .await?
                         .into_inner();
-                    let mut v: Vec<Value> = r.kvs.iter().map(|kv| parse_int(&kv.value)).collect();
+                    // Each element once per version of its key: every add puts a key of
+                    // its own once, so a put applied twice (version 2) is a duplicate.
+                    let mut v: Vec<Value> = r
+                        .kvs
+                        .iter()
+                        .flat_map(|kv| {
+                            std::iter::repeat_n(parse_int(&kv.value), kv.version.max(1) as usize)
+                        })
+                        .collect();
                     v.sort_by_key(|x| x.as_i64().unwrap_or(i64::MAX));
                     ok(Some(Value::Array(v)), rev_of(r.header.as_ref()))
                 })

@@ -65,6 +65,7 @@ use serde::{Deserialize, Serialize};
 pub mod bank;
 pub mod history;
 pub mod lock;
+pub mod reads;
 pub mod register;
 pub mod set;
 pub mod synth;
@@ -269,16 +270,19 @@ pub enum Workload {
     Lock,
     /// Watch streams: ordered, no duplicates, complete.
     Watch,
+    /// Reads at a consistency level (strong, bounded, session): each meets its claim.
+    Reads,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 5] = [
+    pub const ALL: [Workload; 6] = [
         Workload::Register,
         Workload::Bank,
         Workload::Set,
         Workload::Lock,
         Workload::Watch,
+        Workload::Reads,
     ];
 
     /// Lower-case name, as in history files and on command lines.
@@ -289,6 +293,7 @@ impl Workload {
             Workload::Set => "set",
             Workload::Lock => "lock",
             Workload::Watch => "watch",
+            Workload::Reads => "reads",
         }
     }
 }
@@ -344,6 +349,7 @@ pub fn check(
         Workload::Set => set::check(events)?,
         Workload::Lock => lock::check(events)?,
         Workload::Watch => watch::check(events)?,
+        Workload::Reads => reads::check(events)?,
     };
     verdict.elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
     Ok(verdict)
