@@ -338,8 +338,11 @@ impl<'a> Reader<'a> {
                 return Err(bad(id, "keys out of order"));
             }
             if flags & BUCKET_LEAF != 0 {
-                let root = u64_at(value, 0).ok_or_else(|| bad(id, "short bucket header"))?;
-                let inline = (root == 0).then(|| &value[BUCKET_HEADER..]);
+                let (root, inline) = match (u64_at(value, 0), value.get(BUCKET_HEADER..)) {
+                    (Some(0), Some(page)) => (0, Some(page)),
+                    (Some(root), Some(_)) => (root, None),
+                    _ => return Err(bad(id, "short bucket header")),
+                };
                 let nested = self.bucket(root, inline, depth + 1)?;
                 out.buckets.push((key.to_vec(), nested));
             } else {

@@ -85,6 +85,11 @@ fn a_damaged_or_foreign_file_is_an_error() {
     let at = last * PAGE_SIZE + PAGE_HEADER + ELEMENT + 3; // after the key "key"
     cyc[at..at + 8].copy_from_slice(&(last as u64).to_le_bytes());
     assert!(matches!(read(&cyc), Err(BoltError::Page { .. })));
+    // A bucket value shorter than a bucket header.
+    let mut short = file.clone();
+    let vsize = last * PAGE_SIZE + PAGE_HEADER + 12;
+    short[vsize..vsize + 4].copy_from_slice(&9u32.to_le_bytes());
+    assert!(matches!(read(&short), Err(BoltError::Page { .. })));
 }
 
 proptest! {
