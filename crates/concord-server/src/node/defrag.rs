@@ -78,7 +78,16 @@ impl<D: Disk> NodeHandle<D> {
         let started = Instant::now();
         let bytes_before = self.with_store(|s| s.size_bytes())?;
         let mut d = self.with_store_mut(|s| s.begin_defragment().map_err(store_error))?;
-        let result = self.defragment_steps(&mut d);
+        // Whatever happens in the steps (even a panic), the recording is stopped below:
+        // left running it would refuse every later defragment.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.defragment_steps(&mut d)
+        }))
+        .unwrap_or_else(|_| {
+            Err(KvError::from(StoreError::Corrupt(
+                "defragment: the copy panicked".into(),
+            )))
+        });
         let pause_start = Instant::now();
         let result = match result {
             Ok(()) => self.with_store_mut(|s| s.finish_defragment(d).map_err(store_error)),
