@@ -31,13 +31,9 @@ WORKLOADS="${WORKLOADS-put:1 put:64 put:256 range:1 range:64 range-serializable:
 MEMORY_KEYS="${MEMORY_KEYS:-0}" # 0: skip the memory run
 DEFRAG_MB="${DEFRAG_MB:-0}"     # 0: skip the defragment run
 
-if ! command -v etcd >/dev/null 2>&1; then
-    SUDO=(); [ "$(id -u)" -eq 0 ] || SUDO=(sudo)
-    echo "installing etcd-server..." >&2
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q install etcd-server >/dev/null \
-        || { "${SUDO[@]}" apt-get -q update >/dev/null;
-             "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q install etcd-server >/dev/null; }
-fi
+source "$PWD/scripts/lib/apt.sh"
+apt_install etcd-server etcd
+[ "$DEFRAG_MB" -eq 0 ] || apt_install etcd-client etcdctl
 if [ -z "${CONCORD:-}" ]; then
     cargo build --release -p concord >&2
     CONCORD="$PWD/target/release/concord"

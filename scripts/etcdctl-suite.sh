@@ -25,22 +25,7 @@ case "$MODE" in
     *) echo "usage: $0 record|check|show [etcd|concord]" >&2; exit 2 ;;
 esac
 
-# apt_install PKG COMMAND: installs Debian package PKG unless COMMAND is on PATH.
-apt_install() {
-    command -v "$2" >/dev/null 2>&1 && return 0
-    local sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null 2>&1 || { echo "error: $2 is missing; install $1 (not root, no sudo)" >&2; exit 1; }
-        sudo=(sudo)
-    fi
-    command -v apt-get >/dev/null 2>&1 || { echo "error: $2 is missing and apt-get is not available; install $1" >&2; exit 1; }
-    echo "installing $1..." >&2
-    local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0)
-    "${apt[@]}" install --no-install-recommends "$1" >/dev/null \
-        || { "${apt[@]}" update >/dev/null && "${apt[@]}" install --no-install-recommends "$1" >/dev/null; }
-    command -v "$2" >/dev/null 2>&1 || { echo "error: $2 still not found after installing $1" >&2; exit 1; }
-}
-
+source "$PWD/scripts/lib/apt.sh"
 apt_install etcd-client etcdctl
 command -v python3 >/dev/null 2>&1 || apt_install python3-minimal python3
 if [ "$SYSTEM" = etcd ]; then

@@ -12,7 +12,6 @@ mod nemesis;
 mod report;
 mod workloads;
 
-use concord_proto::consistency::ReadConsistency;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -20,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use concord_proto::consistency::ReadConsistency;
 use serde_json::json;
 
 use cluster::{Cluster, Guard, Mode};

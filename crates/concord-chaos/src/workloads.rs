@@ -129,9 +129,8 @@ impl Worker {
         tokio::time::sleep(Duration::from_secs_f64(d)).await;
     }
 
-    /// Records the invocation, runs `f` with a timeout, records the completion.
-    /// Returns the completion type and, on success, the extra data.
-    /// Puts integer `v` at `key`, recorded as operation `f` (`write`, `add`) on that key.
+    /// Puts integer `v` at `key`, recorded as operation `f` (`write`, `add`) on that key;
+    /// returns the write's revision when it was acknowledged.
     async fn put_int(&mut self, f: &'static str, key: String, v: i64) -> Option<i64> {
         let k = key.clone();
         let op = Op {
@@ -159,6 +158,8 @@ impl Worker {
         .copied()
     }
 
+    /// Records the invocation, runs `f` with a timeout, records the completion.
+    /// Returns the completion type and, on success, the extra data.
     async fn perform<F, Fut>(
         &mut self,
         mut op: Op,

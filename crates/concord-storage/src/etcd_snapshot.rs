@@ -86,8 +86,10 @@ pub struct EtcdStatus {
 }
 
 /// What an import brought over.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImportReport {
+    /// The file, as [`status`] describes it.
+    pub status: EtcdStatus,
     /// The store's revision afterwards.
     pub revision: i64,
     /// The compacted revision.
@@ -131,7 +133,10 @@ fn read(data: &[u8]) -> Result<bbolt::Database, EtcdSnapshotError> {
 
 /// `etcdctl snapshot status` for a file (checking its SHA-256 when it has one).
 pub fn status(data: &[u8]) -> Result<EtcdStatus, EtcdSnapshotError> {
-    let db = read(data)?;
+    Ok(status_of(&read(data)?))
+}
+
+fn status_of(db: &bbolt::Database) -> EtcdStatus {
     let mut hash = 0u32;
     let mut total_keys = 0u64;
     let mut revision = 0;
@@ -156,12 +161,12 @@ pub fn status(data: &[u8]) -> Result<EtcdStatus, EtcdSnapshotError> {
             }
         }
     }
-    Ok(EtcdStatus {
+    EtcdStatus {
         hash,
         revision,
         total_keys,
         total_size: db.high_water * db.page_size as u64,
-    })
+    }
 }
 
 fn rev_bytes(rev: Revision, tombstone: bool) -> Vec<u8> {
@@ -362,6 +367,7 @@ impl<D: Disk> MvccStore<D> {
         image.applied = self.applied_index();
         self.load_image(&image)?;
         Ok(ImportReport {
+            status: status_of(&db),
             revision: self.revision(),
             compacted: self.compacted_revision(),
             versions: image.versions.len(),

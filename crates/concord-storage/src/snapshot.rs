@@ -330,6 +330,11 @@ impl<D: Disk> SnapshotInstaller<D> {
 
     /// Makes a complete image durable and closes its file (which stays at `tmp_path`).
     pub(crate) fn finish(self) -> Result<(), SnapshotError> {
+        self.make_durable()
+    }
+
+    /// Checks that the image is complete and commits it durably.
+    fn make_durable(&self) -> Result<(), SnapshotError> {
         if self.finished.is_none() {
             return Err(corrupt(self.next_seq, "snapshot stream incomplete"));
         }
@@ -423,13 +428,7 @@ impl<D: Disk> MvccStore<D> {
         &mut self,
         installer: SnapshotInstaller<D>,
     ) -> Result<(), SnapshotError> {
-        if installer.finished.is_none() {
-            return Err(corrupt(installer.next_seq, "snapshot stream incomplete"));
-        }
-        let mut txn = installer.db.begin_write().map_err(StoreError::from)?;
-        txn.set_durability(Durability::Immediate)
-            .map_err(StoreError::from)?;
-        txn.commit().map_err(StoreError::from)?;
+        installer.make_durable()?;
         let path = self.path().to_path_buf();
         let io = |source| {
             SnapshotError::Store(StoreError::Io {

@@ -76,9 +76,12 @@ fn install(
     let mut store =
         MvccStore::open(RealDisk, store_path, MvccConfig::default()).map_err(|e| e.to_string())?;
     if etcd_snapshot::is_etcd_snapshot(data) {
-        let info = etcd_snapshot::status(data).map_err(|e| e.to_string())?;
         let report = store.import_etcd(data).map_err(|e| e.to_string())?;
-        return Ok((store, SnapshotInfo::Etcd(info), report.not_imported));
+        return Ok((
+            store,
+            SnapshotInfo::Etcd(report.status),
+            report.not_imported,
+        ));
     }
     let chunks = split_saved(data).map_err(|e| e.to_string())?;
     let mut installer = SnapshotInstaller::new(RealDisk, store_path).map_err(|e| e.to_string())?;
