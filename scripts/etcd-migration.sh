@@ -111,10 +111,8 @@ for rev in range(compacted, current + 1):
             ("key", "create_revision", "mod_revision", "version", "value", "lease")}, sort_keys=True))
 below = ctl("get", "", "--from-key", "--rev", str(compacted - 1), check=False)
 out.append("below compacted: " + " ".join(l for l in below.stderr.split("\n") if l.startswith("Error")))
-for line in ctl("lease", "list").stdout.split("\n")[1:]:
-    if not line.strip():
-        continue
-    lid = line.split()[0]
+# etcd lists leases in map order: sort them.
+for lid in sorted(l.split()[0] for l in ctl("lease", "list").stdout.split("\n")[1:] if l.strip()):
     t = json.loads(ctl("lease", "timetolive", lid, "--keys", "-w", "json").stdout)
     out.append(f"lease {lid} granted {t['granted-ttl']} keys {sorted(t.get('keys') or [])}")
 open(sys.argv[1], "w").write("\n".join(out) + "\n")
