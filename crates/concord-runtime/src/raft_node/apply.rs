@@ -76,6 +76,12 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 want: batch.len(),
             });
         }
+        if let Some(last) = batch.last() {
+            self.applied = self.applied.max(last.index);
+        }
+        // The status shows this batch before anyone hears of it: a caller that sees its
+        // write answered and then opens a watch "from now" must start after that write.
+        self.publish(false);
         for (pending, output) in batch.iter().zip(outputs) {
             let Some(key) = &pending.key else { continue };
             if key.origin != self.id {
@@ -85,9 +91,6 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 // `None`: applied before this process started, so it cannot be ours.
                 let _ = p.tx.send(output.ok_or(NodeError::AppliedBefore));
             }
-        }
-        if let Some(last) = batch.last() {
-            self.applied = self.applied.max(last.index);
         }
         Ok(())
     }

@@ -377,7 +377,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         self.reads.fail_all(err);
     }
 
-    fn publish(&self, stopped: bool) {
+    pub(super) fn publish(&self, stopped: bool) {
         let st = self.raw.status();
         let new = NodeStatus {
             id: self.id,

@@ -661,3 +661,21 @@ async fn read_levels_at_an_isolated_follower() {
     }
     c.shutdown().await;
 }
+
+/// A write's answer comes after the node's status shows it: a client that sees its put
+/// answered and then opens a watch "from now" must not be shown that put again (the
+/// watch's start revision comes from the status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answered_write_is_in_the_status_before_its_answer() {
+    let c = Cluster::new(3, no_tweak);
+    let leader = c.leader().await;
+    for id in [leader, c.ids.iter().copied().find(|&i| i != leader).unwrap()] {
+        let n = c.node(id);
+        for i in 0..200 {
+            let rev = put(n, &format!("k{i}"), "v").await;
+            let shown = n.watch_status().borrow().state.revision;
+            assert!(shown >= rev, "answered revision {rev}, status shows {shown}");
+        }
+    }
+    c.shutdown().await;
+}
