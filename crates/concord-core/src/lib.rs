@@ -16,6 +16,7 @@
 //! | [`detector`] | heartbeat-count and phi-accrual failure detectors, one history per peer |
 //! | [`breaker`] | circuit breaker: closed, open, half-open with a bounded number of probes |
 //! | [`quorum`] | N/R/W validation, consistency levels, ack tracking, causal resolution of replica answers |
+//! | [`swim`] | SWIM gossip membership: probes, indirect probes, suspicion, incarnations, generations, push-pull; phi per peer |
 //!
 //! Every module documents the guarantees it gives in a `# Guarantees` section, and every
 //! guarantee has a test beside the code.
@@ -28,6 +29,7 @@ pub mod merkle;
 pub mod quorum;
 pub mod range;
 pub mod ring;
+pub mod swim;
 
 use serde::{Deserialize, Serialize};
 
