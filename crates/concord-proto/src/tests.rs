@@ -668,11 +668,55 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "version=4:string",
         ],
     ),
+    (
+        "concord.peer.v1.SwimUpdate",
+        &[
+            "id=1:uint64",
+            "generation=2:uint64",
+            "incarnation=3:uint64",
+            "state=4:.concord.peer.v1.SwimState",
+            "meta=5:uint64",
+            "by=6:uint64",
+        ],
+    ),
+    ("concord.peer.v1.SwimPing", &["seq=1:uint64"]),
+    (
+        "concord.peer.v1.SwimPingReq",
+        &["seq=1:uint64", "target=2:uint64"],
+    ),
+    ("concord.peer.v1.SwimAck", &["seq=1:uint64"]),
+    (
+        "concord.peer.v1.SwimSync",
+        &["members=1:*.concord.peer.v1.SwimUpdate", "reply=2:bool"],
+    ),
+    (
+        "concord.peer.v1.GossipPacket",
+        &[
+            "cluster_id=1:uint64",
+            "to=2:uint64",
+            "sender=3:.concord.peer.v1.SwimUpdate",
+            "updates=4:*.concord.peer.v1.SwimUpdate",
+            "ping=5:.concord.peer.v1.SwimPing@message",
+            "ping_req=6:.concord.peer.v1.SwimPingReq@message",
+            "ack=7:.concord.peer.v1.SwimAck@message",
+            "sync=8:.concord.peer.v1.SwimSync@message",
+        ],
+    ),
+    ("concord.peer.v1.GossipAck", &[]),
 ];
 
 /// Every enum of etcd's packages with its values, typed from etcd's files.
 const ENUMS: &[(&str, &[(&str, i32)])] = &[
     ("mvccpb.Event.EventType", &[("PUT", 0), ("DELETE", 1)]),
+    (
+        "concord.peer.v1.SwimState",
+        &[
+            ("SWIM_STATE_ALIVE", 0),
+            ("SWIM_STATE_SUSPECT", 1),
+            ("SWIM_STATE_DEAD", 2),
+            ("SWIM_STATE_LEFT", 3),
+        ],
+    ),
     (
         "authpb.Permission.Type",
         &[("READ", 0), ("WRITE", 1), ("READWRITE", 2)],
@@ -1036,6 +1080,10 @@ const SERVICES: &[(&str, &[Method])] = &[
         "concord.peer.v1.Membership",
         &[("Members", "MembersRequest", "MembersResponse", false, false)],
     ),
+    (
+        "concord.peer.v1.Gossip",
+        &[("Send", "GossipPacket", "GossipAck", false, false)],
+    ),
 ];
 
 #[test]
@@ -1160,6 +1208,10 @@ fn generated_servers_answer_on_etcds_grpc_paths() {
     assert_eq!(
         crate::peer::membership_server::SERVICE_NAME,
         "concord.peer.v1.Membership"
+    );
+    assert_eq!(
+        crate::peer::gossip_server::SERVICE_NAME,
+        "concord.peer.v1.Gossip"
     );
 }
 

@@ -572,14 +572,17 @@ impl Raft for RaftPeerService {
     }
 }
 
-/// Serves `service` on `listener` until `shutdown` completes.
+/// Serves `service` (Raft) and, when given, `gossip` (membership) on `listener` until
+/// `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: RaftPeerService,
+    gossip: Option<crate::membership::GossipService>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
         .add_service(service.into_server())
+        .add_optional_service(gossip.map(|g| g.into_server()))
         .serve_with_incoming_shutdown(
             // Small Raft messages and acks must not wait for Nagle's algorithm (40 ms
             // with delayed ACKs).

@@ -16,6 +16,8 @@
 //! * [`transport`]: the [`transport::Transport`] seam and an in-process network with fault
 //!   switches for tests.
 //! * [`grpc`]: the network transport over concord-proto's `concord.peer.v1.Raft` service.
+//! * [`membership`]: SWIM gossip membership ([`concord_core::swim`]) driven over the
+//!   `concord.peer.v1.Gossip` service, with a phi-accrual detector per peer.
 //! * [`faults`]: fault injection (delay, drop, cut) as a wrapper around any transport.
 //! * [`codec`]: the wire encoding of Raft messages.
 //! * [`error`]: [`NodeError`], the runtime's typed errors.
@@ -27,6 +29,7 @@ pub mod envelope;
 pub mod error;
 pub mod faults;
 pub mod grpc;
+pub mod membership;
 pub mod raft_node;
 pub mod state_machine;
 pub mod telemetry;

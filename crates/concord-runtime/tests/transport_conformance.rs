@@ -50,6 +50,7 @@ async fn grpc_pair() -> Pair {
     tokio::spawn(serve(
         listener,
         RaftPeerService::new(CLUSTER, r2.clone()),
+        None,
         async move {
             let _ = stopped.await;
         },

@@ -50,6 +50,7 @@ use crate::node::{self, NodeConfig, NodeHandle};
 use concord_raft::NodeId;
 use concord_runtime::faults::FaultyTransport;
 use concord_runtime::grpc::{GrpcTransport, RaftPeerService};
+use concord_runtime::membership::{generation_now, Membership, MembershipConfig};
 use concord_runtime::transport::{GroupTransport, Router, DEFAULT_GROUP};
 
 /// Why a server could not start or stopped.
@@ -84,6 +85,7 @@ pub struct Server {
     client_urls: Vec<String>,
     peer_urls: Vec<String>,
     node: NodeHandle,
+    membership: Membership,
     stop: tokio_watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
@@ -194,7 +196,19 @@ impl Server {
             .iter()
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
             .collect();
-        let grpc = Arc::new(GrpcTransport::new(member_id, cluster_id, peers));
+        let grpc = Arc::new(GrpcTransport::new(member_id, cluster_id, peers.clone()));
+        let generation = generation_now();
+        let (membership, gossip) = Membership::start(
+            MembershipConfig {
+                me: member_id,
+                cluster_id,
+                generation,
+                swim: config.gossip,
+                seed: generation ^ member_id.get(),
+            },
+            peers,
+        )
+        .map_err(|e| ServerError::Config(e.to_string()))?;
         // Faults are switched on only through the test hooks (CONCORD_UNSAFE_TEST_HOOKS).
         let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id.get()));
         // One connection per peer carries every group; the keyspace is the default group.
@@ -213,9 +227,12 @@ impl Server {
         let peer_service = RaftPeerService::new(cluster_id, router);
         for (listener, _) in peer_listeners {
             let svc = peer_service.clone();
+            let gossip = gossip.clone();
             let stop = wait_stop(stop_rx.clone());
             servers.push(tokio::spawn(async move {
-                if let Err(e) = concord_runtime::grpc::serve(listener, svc, stop).await {
+                if let Err(e) =
+                    concord_runtime::grpc::serve(listener, svc, Some(gossip), stop).await
+                {
                     tracing::error!(error = %e, "peer server failed");
                 }
             }));
@@ -233,6 +250,7 @@ impl Server {
             leases: leases.clone(),
             members: members.clone(),
             raft_metrics,
+            membership: membership.clone(),
         };
         let routes = grpc_services(&ctx, &token, config.max_request_bytes);
         // One port for both: gRPC requests (content-type application/grpc) go to the
@@ -273,7 +291,13 @@ impl Server {
                 my_peer_urls,
                 my_client_urls.clone(),
             )),
-            tokio::spawn(sync_peers(node.clone(), members, grpc, member_id)),
+            tokio::spawn(sync_peers(
+                node.clone(),
+                members,
+                grpc,
+                membership.clone(),
+                member_id,
+            )),
             tokio::spawn(compact_in_background(node.clone())),
         ];
         tracing::info!(
@@ -291,6 +315,7 @@ impl Server {
             client_urls: client_bound,
             peer_urls: peer_bound,
             node,
+            membership,
             stop,
             servers,
             background,
@@ -332,6 +357,8 @@ impl Server {
     /// Stops accepting requests, gives open connections up to two seconds to finish,
     /// then stops Raft and makes the store durable.
     pub async fn shutdown(self) -> Result<(), ServerError> {
+        // Tell the other members first, so they mark this one Left instead of suspecting it.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.membership.leave()).await;
         let _ = self.stop.send(true);
         for mut s in self.servers {
             if tokio::time::timeout(Duration::from_secs(2), &mut s)
@@ -534,6 +561,7 @@ async fn sync_peers(
     node: NodeHandle,
     members: Arc<Members>,
     transport: Arc<GrpcTransport>,
+    membership: Membership,
     me: NodeId,
 ) {
     let mut every = tokio::time::interval(Duration::from_millis(500));
@@ -559,6 +587,7 @@ async fn sync_peers(
             }
             if let Some(url) = records.get(id).and_then(|r| r.peer_urls.first()) {
                 transport.set_peer(*id, url.clone());
+                membership.set_peer(*id, url.clone());
             }
         }
         // A joining member knows no configuration until the leader's snapshot arrives;
@@ -567,6 +596,7 @@ async fn sync_peers(
             for id in transport.peers().keys() {
                 if !in_conf.contains(id) {
                     transport.remove_peer(*id);
+                    membership.remove_peer(*id);
                 }
             }
         }

@@ -374,6 +374,19 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MS", help_heading = "Concord")]
     pub request_timeout: Option<u64>,
 
+    /// SWIM gossip: one probe of a member per this many milliseconds [default: 1000]
+    #[arg(long, value_name = "MS", help_heading = "Gossip")]
+    pub gossip_interval: Option<u64>,
+    /// Phi at or above which the detector counts a member as late [default: 8]
+    #[arg(long, value_name = "PHI", help_heading = "Gossip")]
+    pub phi_threshold: Option<f64>,
+    /// How long a member may pause before its phi climbs, in milliseconds [default: 3000]
+    #[arg(long, value_name = "MS", help_heading = "Gossip")]
+    pub phi_acceptable_pause: Option<u64>,
+    /// Least standard deviation of a member's packet intervals, in milliseconds [default: 100]
+    #[arg(long, value_name = "MS", help_heading = "Gossip")]
+    pub phi_min_std_deviation: Option<u64>,
+
     /// Log verbosity (RUST_LOG overrides it) [default: info]
     #[arg(long, value_name = "LEVEL", help_heading = "Logging")]
     pub log_level: Option<LogLevel>,
@@ -486,6 +499,10 @@ impl ServerArgs {
                 .lease_checkpoint_interval
                 .or(lower.lease_checkpoint_interval),
             request_timeout: self.request_timeout.or(lower.request_timeout),
+            gossip_interval: self.gossip_interval.or(lower.gossip_interval),
+            phi_threshold: self.phi_threshold.or(lower.phi_threshold),
+            phi_acceptable_pause: self.phi_acceptable_pause.or(lower.phi_acceptable_pause),
+            phi_min_std_deviation: self.phi_min_std_deviation.or(lower.phi_min_std_deviation),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
             compat: CompatFlags { given: compat },

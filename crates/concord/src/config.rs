@@ -201,6 +201,18 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(ms) = args.request_timeout {
         c.request_timeout = Duration::from_millis(ms);
     }
+    if let Some(ms) = args.gossip_interval {
+        c.set_gossip_interval(Duration::from_millis(ms));
+    }
+    if let Some(phi) = args.phi_threshold {
+        c.gossip.phi.threshold = phi;
+    }
+    if let Some(ms) = args.phi_acceptable_pause {
+        c.gossip.phi.acceptable_heartbeat_pause = Duration::from_millis(ms);
+    }
+    if let Some(ms) = args.phi_min_std_deviation {
+        c.gossip.phi.min_std_deviation = Duration::from_millis(ms);
+    }
     c
 }
 
@@ -384,6 +396,10 @@ mod tests {
                 "--max-client-connections=9",
                 "--lease-checkpoint-interval=900",
                 "--request-timeout=1500",
+                "--gossip-interval=400",
+                "--phi-threshold=10.5",
+                "--phi-acceptable-pause=700",
+                "--phi-min-std-deviation=30",
                 "--log-level=debug",
                 "--log-format=json",
             ]),
@@ -411,6 +427,14 @@ mod tests {
         assert_eq!(c.max_client_connections, 9);
         assert_eq!(c.lease_checkpoint_interval, Duration::from_millis(900));
         assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.gossip.protocol_period, Duration::from_millis(400));
+        assert_eq!(c.gossip.ping_timeout, Duration::from_millis(200));
+        assert_eq!(c.gossip.phi.threshold, 10.5);
+        assert_eq!(
+            c.gossip.phi.acceptable_heartbeat_pause,
+            Duration::from_millis(700)
+        );
+        assert_eq!(c.gossip.phi.min_std_deviation, Duration::from_millis(30));
         assert_eq!(s.log.level, LogLevel::Debug);
         assert_eq!(s.log.format, LogFormat::Json);
     }

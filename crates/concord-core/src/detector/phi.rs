@@ -301,7 +301,9 @@ pub fn phi_normal(elapsed: f64, mean: f64, std_deviation: f64) -> f64 {
         // Only reachable with infinite inputs (e.g. ∞ - ∞): treat as the most suspicious.
         return PHI_MAX;
     }
-    phi.clamp(0.0, PHI_MAX)
+    // `+ 0.0` turns the -0.0 of `-log10(1.0)` into 0.0 (clamp keeps -0.0, which prints as
+    // "-0").
+    phi.clamp(0.0, PHI_MAX) + 0.0
 }
 
 /// `-log10(0.5·erfc(z))` for large `z`, from the asymptotic series of `erfc`.
@@ -586,6 +588,7 @@ mod tests {
             let p_hi = d.phi(now + Duration::from_nanos(hi));
             prop_assert!(p_lo.is_finite() && p_hi.is_finite());
             prop_assert!(p_lo >= 0.0);
+            prop_assert!(p_lo.is_sign_positive());
             prop_assert!(p_lo <= p_hi, "phi({lo}) = {p_lo} > phi({hi}) = {p_hi}");
         }
 

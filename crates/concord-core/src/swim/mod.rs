@@ -506,12 +506,22 @@ impl Swim {
         }
     }
 
-    /// Leaves the cluster: Left is gossiped from now on. Keep ticking for a few periods so
-    /// that it spreads, then stop the process.
+    /// Leaves the cluster: every member that is not known dead gets this node's member
+    /// list with its Left record at once (a push), and Left is gossiped from then on.
     pub fn leave(&mut self) {
-        if self.me.state != State::Left {
-            self.me.state = State::Left;
-            self.broadcasts.push(self.me.clone());
+        if self.me.state == State::Left {
+            return;
+        }
+        self.me.state = State::Left;
+        self.broadcasts.push(self.me.clone());
+        let reachable: Vec<NodeId> = self
+            .members
+            .values()
+            .filter(|m| matches!(m.record.state, State::Alive | State::Suspect))
+            .map(|m| m.record.id)
+            .collect();
+        for id in reachable {
+            self.send_sync(id, false);
         }
     }
 

@@ -96,6 +96,7 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
         tokio::spawn(serve(
             listener,
             RaftPeerService::new(CLUSTER, router),
+            None,
             async move {
                 let _ = stop_rx.await;
             },
@@ -162,6 +163,7 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
         tokio::spawn(serve(
             listeners.remove(&id).expect("listener"),
             service.clone(),
+            None,
             async move {
                 let _ = stop_rx.await;
             },
@@ -240,6 +242,7 @@ async fn far_behind_follower_gets_a_chunked_snapshot_under_message_loss() {
         tokio::spawn(serve(
             listeners.remove(&id).expect("listener"),
             RaftPeerService::new(CLUSTER, router),
+            None,
             async move {
                 let _ = stop_rx.await;
             },

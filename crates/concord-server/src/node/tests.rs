@@ -669,12 +669,18 @@ async fn read_levels_at_an_isolated_follower() {
 async fn an_answered_write_is_in_the_status_before_its_answer() {
     let c = Cluster::new(3, no_tweak);
     let leader = c.leader().await;
-    for id in [leader, c.ids.iter().copied().find(|&i| i != leader).unwrap()] {
+    for id in [
+        leader,
+        c.ids.iter().copied().find(|&i| i != leader).unwrap(),
+    ] {
         let n = c.node(id);
         for i in 0..200 {
             let rev = put(n, &format!("k{i}"), "v").await;
             let shown = n.watch_status().borrow().state.revision;
-            assert!(shown >= rev, "answered revision {rev}, status shows {shown}");
+            assert!(
+                shown >= rev,
+                "answered revision {rev}, status shows {shown}"
+            );
         }
     }
     c.shutdown().await;

@@ -29,6 +29,8 @@ pub(crate) struct Ctx {
     pub leases: Arc<Leases>,
     pub members: Arc<Members>,
     pub raft_metrics: Arc<super::raft_metrics::RaftMetrics>,
+    /// SWIM gossip: who is alive, with phi per peer.
+    pub membership: concord_runtime::membership::Membership,
 }
 
 impl Ctx {

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use concord_core::swim::SwimConfig;
+
 /// Whether this member founds a new cluster or joins a running one (etcd's
 /// `--initial-cluster-state`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,6 +69,8 @@ pub struct ServerConfig {
     pub lease_checkpoint_interval: Duration,
     /// How long a client request may wait for the cluster (default 7 s).
     pub request_timeout: Duration,
+    /// SWIM gossip and the phi detector per peer (`--gossip-interval`, `--phi-*`).
+    pub gossip: SwimConfig,
 }
 
 impl ServerConfig {
@@ -94,7 +98,14 @@ impl ServerConfig {
             max_client_connections: 10_000,
             lease_checkpoint_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(7),
+            gossip: SwimConfig::default(),
         }
+    }
+
+    /// `--gossip-interval`: one SWIM probe per `interval`, its direct ping given half of it.
+    pub fn set_gossip_interval(&mut self, interval: Duration) {
+        self.gossip.protocol_period = interval;
+        self.gossip.ping_timeout = interval / 2;
     }
 
     /// Parses etcd's `--initial-cluster` syntax: `n1=http://a:2380,n2=http://b:2380`
@@ -191,6 +202,20 @@ impl ServerConfig {
         if self.max_client_connections == 0 {
             return Err("--max-client-connections must be positive".into());
         }
+        if self.gossip.protocol_period < Duration::from_millis(10) {
+            return Err("--gossip-interval must be at least 10 ms".into());
+        }
+        let phi = &self.gossip.phi;
+        if !(phi.threshold.is_finite() && phi.threshold > 0.0) {
+            return Err(format!(
+                "--phi-threshold must be a positive number, got {}",
+                phi.threshold
+            ));
+        }
+        if phi.min_std_deviation.is_zero() {
+            return Err("--phi-min-std-deviation must be positive".into());
+        }
+        self.gossip.validate().map_err(|e| e.to_string())?;
         let members = self.founding_members();
         if self.initial_cluster_state == ClusterState::New {
             let me = members

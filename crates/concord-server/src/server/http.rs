@@ -1,5 +1,6 @@
 //! Plain HTTP on the client URL, next to gRPC: `/health` (etcd's JSON), `/ready`,
-//! `/metrics` (Prometheus text format) and `/version`.
+//! `/metrics` (Prometheus text format), `/version` and `/v1/members` (the gossip view:
+//! every member's SWIM state and phi).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -10,6 +11,7 @@ use concord_raft::StateRole;
 
 use super::api::Ctx;
 use super::maintenance::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
+use concord_runtime::membership::{MemberView, MembershipView};
 
 /// The HTTP routes, to be merged with the gRPC router.
 pub(crate) fn router(ctx: Ctx) -> Router {
@@ -18,6 +20,7 @@ pub(crate) fn router(ctx: Ctx) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/version", get(version))
+        .route("/v1/members", get(gossip_members))
         .with_state(ctx)
 }
 
@@ -56,6 +59,33 @@ async fn ready(State(ctx): State<Ctx>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader\n")
     }
+}
+
+/// This member's gossip view: `{"me": {...}, "members": [...], "pending_updates": n,
+/// "phi_threshold": x}`, ids in hex as etcdctl prints them.
+async fn gossip_members(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let Some(view) = ctx.membership.view().await else {
+        let body = serde_json::json!({"error": "gossip has stopped on this member"});
+        return (StatusCode::SERVICE_UNAVAILABLE, JSON, body.to_string());
+    };
+    let member = |m: &MemberView| {
+        serde_json::json!({
+            "id": format!("{:x}", m.id.get()),
+            "state": m.state.as_str(),
+            "generation": m.generation,
+            "incarnation": m.incarnation,
+            "meta": m.meta,
+            "phi": m.phi,
+            "for_secs": m.for_secs,
+        })
+    };
+    let body = serde_json::json!({
+        "me": member(&view.me),
+        "members": view.members.iter().map(member).collect::<Vec<_>>(),
+        "pending_updates": view.pending_updates,
+        "phi_threshold": view.phi_threshold,
+    });
+    (StatusCode::OK, JSON, body.to_string())
 }
 
 async fn version() -> impl IntoResponse {
@@ -212,11 +242,53 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     for (name, help, value) in ctx.raft_metrics.counters() {
         metric(&mut out, "counter", name, help, value);
     }
+    if let Some(view) = ctx.membership.view().await {
+        gossip_metrics(&mut out, &view);
+    }
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         out,
     )
+}
+
+/// One series per member and state (1 for the member's state, 0 for the others), phi
+/// per member, and the updates waiting to be gossiped.
+fn gossip_metrics(out: &mut String, view: &MembershipView) {
+    use concord_core::swim::State;
+    out.push_str(
+        "# HELP concord_gossip_member_state The member's SWIM state as this member sees it (1 for the current state).\n\
+         # TYPE concord_gossip_member_state gauge\n",
+    );
+    for m in &view.members {
+        for s in [State::Alive, State::Suspect, State::Dead, State::Left] {
+            out.push_str(&format!(
+                "concord_gossip_member_state{{member=\"{:x}\",state=\"{}\"}} {}\n",
+                m.id.get(),
+                s.as_str(),
+                u8::from(m.state == s)
+            ));
+        }
+    }
+    out.push_str(
+        "# HELP concord_gossip_member_phi Phi-accrual suspicion of the member, from the gossip packets received from it.\n\
+         # TYPE concord_gossip_member_phi gauge\n",
+    );
+    for m in &view.members {
+        if let Some(phi) = m.phi {
+            out.push_str(&format!(
+                "concord_gossip_member_phi{{member=\"{:x}\"}} {phi}\n",
+                m.id.get()
+            ));
+        }
+    }
+    metric(
+        out,
+        "gauge",
+        "concord_gossip_pending_updates",
+        "Membership updates waiting to be piggybacked on gossip packets.",
+        view.pending_updates as f64,
+    );
 }
 
 /// Whether a request is gRPC (by its content type).

@@ -52,6 +52,8 @@ pub enum MemberCmd {
         /// The member id, in hex
         id: String,
     },
+    /// Shows every member's gossip (SWIM) state and phi, as the endpoint's member sees them
+    Gossip,
 }
 
 /// The member list as etcdctl's table rows.
@@ -171,7 +173,7 @@ pub async fn run(args: MemberArgs) -> CtlResult<()> {
         MemberCmd::Remove { id } | MemberCmd::Update { id, .. } | MemberCmd::Promote { id } => {
             parse_member_id(id)?;
         }
-        MemberCmd::Add { .. } | MemberCmd::List => {}
+        MemberCmd::Add { .. } | MemberCmd::List | MemberCmd::Gossip => {}
     }
     let ctx = Ctx::connect(&args.global).await?;
     let fmt = ctx.format();
@@ -265,8 +267,91 @@ pub async fn run(args: MemberArgs) -> CtlResult<()> {
                 .await?;
             out(&format_list(&r, fmt));
         }
+        MemberCmd::Gossip => gossip(&ctx).await?,
     }
     Ok(())
+}
+
+/// The columns of `member gossip`.
+pub const GOSSIP_HEADERS: [&str; 7] = [
+    "ID",
+    "Name",
+    "State",
+    "Phi",
+    "Generation",
+    "Incarnation",
+    "For",
+];
+
+/// `concord member gossip`: the `/v1/members` view of the first endpoint that answers,
+/// with the members' names from the member list.
+async fn gossip(ctx: &Ctx) -> CtlResult<()> {
+    let global = &ctx.global;
+    let mut last = CtlError::new("no endpoint given");
+    let mut view = None;
+    for endpoint in &global.endpoints {
+        match super::http::get_json(endpoint, "/v1/members", global.command_timeout).await {
+            Ok(v) => {
+                view = Some(v);
+                break;
+            }
+            Err(e) => last = e,
+        }
+    }
+    let view = view.ok_or(last)?;
+    if global.write_out == OutputFormat::Json {
+        out(&format!("{view}\n"));
+        return Ok(());
+    }
+    let names = ctx
+        .call(ctx.cluster().member_list(pb::MemberListRequest::default()))
+        .await?
+        .members
+        .into_iter()
+        .map(|m| (format!("{:x}", m.id), m.name))
+        .collect();
+    let rows = gossip_rows(&view, &names)?;
+    out(&match global.write_out {
+        OutputFormat::Table => printer::table(&GOSSIP_HEADERS, &rows),
+        _ => printer::comma_rows(&rows),
+    });
+    Ok(())
+}
+
+/// One row per member, this member first (state `self`).
+fn gossip_rows(
+    view: &serde_json::Value,
+    names: &std::collections::BTreeMap<String, String>,
+) -> CtlResult<Vec<Vec<String>>> {
+    let bad = || CtlError::new("unexpected answer from /v1/members");
+    let members = view["members"].as_array().ok_or_else(bad)?;
+    let mut rows = Vec::new();
+    for (m, is_me) in std::iter::once((&view["me"], true)).chain(members.iter().map(|m| (m, false)))
+    {
+        let id = m["id"].as_str().ok_or_else(bad)?.to_string();
+        let phi = match m["phi"].as_f64() {
+            Some(phi) => format!("{phi:.2}"),
+            None => "-".into(),
+        };
+        rows.push(vec![
+            id.clone(),
+            names.get(&id).cloned().unwrap_or_default(),
+            if is_me {
+                "self".into()
+            } else {
+                m["state"].as_str().ok_or_else(bad)?.to_string()
+            },
+            if is_me { "-".into() } else { phi },
+            m["generation"].as_u64().ok_or_else(bad)?.to_string(),
+            m["incarnation"].as_u64().ok_or_else(bad)?.to_string(),
+            if is_me {
+                "-".into()
+            } else {
+                format!("{:.1}s", m["for_secs"].as_f64().ok_or_else(bad)?)
+            },
+        ]);
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 pub mod concurrency;
 pub mod duration;
 pub mod endpoint;
+pub mod http;
 pub mod kv;
 pub mod lease;
 pub mod member;

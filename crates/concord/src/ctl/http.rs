@@ -1,0 +1,125 @@
+//! Plain HTTP/1.1 GETs of a member's JSON endpoints (those gRPC does not carry, such as
+//! `/v1/members`), on the same client URL as gRPC.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{CtlError, CtlResult};
+
+/// Largest answer read.
+const MAX_RESPONSE_BYTES: u64 = 16 << 20;
+
+/// `host:port` of an endpoint given as `host:port` or `http://host:port[/...]`.
+pub fn authority(endpoint: &str) -> CtlResult<String> {
+    if endpoint.starts_with("https://") {
+        return Err(CtlError::new(format!(
+            "{endpoint}: https endpoints are not supported yet"
+        )));
+    }
+    let rest = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    let host_port = rest.split('/').next().unwrap_or_default();
+    if host_port.is_empty() {
+        return Err(CtlError::new(format!(
+            "{endpoint}: no host in the endpoint"
+        )));
+    }
+    Ok(
+        if host_port
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            host_port.to_string()
+        } else {
+            format!("{host_port}:2379")
+        },
+    )
+}
+
+/// GETs `path` from `endpoint` and parses the body as JSON; an answer other than 200 is an
+/// error carrying the body.
+pub async fn get_json(
+    endpoint: &str,
+    path: &str,
+    timeout: Duration,
+) -> CtlResult<serde_json::Value> {
+    let authority = authority(endpoint)?;
+    let attempt = async {
+        let mut stream = TcpStream::connect(&authority).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream
+            .take(MAX_RESPONSE_BYTES)
+            .read_to_end(&mut response)
+            .await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(timeout, attempt)
+        .await
+        .map_err(|_| CtlError::new(format!("{endpoint}: no answer within {timeout:?}")))?
+        .map_err(|e| CtlError::new(format!("{endpoint}: {e}")))?;
+    parse_response(endpoint, &response)
+}
+
+fn parse_response(endpoint: &str, response: &[u8]) -> CtlResult<serde_json::Value> {
+    let bad = || CtlError::new(format!("{endpoint}: not an HTTP response"));
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
+    let head = std::str::from_utf8(&response[..split]).map_err(|_| bad())?;
+    let body = &response[split + 4..];
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(bad)?;
+    if head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    }) {
+        return Err(CtlError::new(format!(
+            "{endpoint}: chunked answers are not supported"
+        )));
+    }
+    if status != 200 {
+        return Err(CtlError::new(format!(
+            "{endpoint}: HTTP {status}: {}",
+            String::from_utf8_lossy(body).trim()
+        )));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| CtlError::new(format!("{endpoint}: the answer is not JSON: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(authority("127.0.0.1:1").unwrap(), "127.0.0.1:1");
+        assert_eq!(authority("http://h:22/x").unwrap(), "h:22");
+        assert_eq!(authority("http://h").unwrap(), "h:2379");
+        assert!(authority("https://h:1").is_err());
+        assert!(authority("http://").is_err());
+    }
+
+    #[test]
+    fn responses() {
+        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":1}";
+        assert_eq!(parse_response("e", ok).unwrap()["a"], 1);
+        let err = b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"error\":\"x\"}";
+        assert!(parse_response("e", err)
+            .unwrap_err()
+            .to_string()
+            .contains("HTTP 503"));
+        assert!(parse_response("e", b"garbage").is_err());
+        let chunked =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n";
+        assert!(parse_response("e", chunked).is_err());
+    }
+}
