@@ -16,6 +16,7 @@
 //! | [`detector`] | heartbeat-count and phi-accrual failure detectors, one history per peer |
 //! | [`breaker`] | circuit breaker: closed, open, half-open with a bounded number of probes |
 //! | [`quorum`] | N/R/W validation, consistency levels, ack tracking, causal resolution of replica answers |
+//! | [`coordinator`] | one AP write or read over a key's replicas: sloppy quorum with hints, R-of-N reads of CRDT states, read repair |
 //! | [`swim`] | SWIM gossip membership: probes, indirect probes, suspicion, incarnations, generations, push-pull; phi per peer |
 //!
 //! Every module documents the guarantees it gives in a `# Guarantees` section, and every
@@ -23,6 +24,7 @@
 
 pub mod breaker;
 pub mod clock;
+pub mod coordinator;
 pub mod crdt;
 pub mod detector;
 pub mod merkle;
