@@ -61,7 +61,7 @@ mod broadcast;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -216,7 +216,7 @@ struct Suspicion {
     max: Duration,
     k: usize,
     /// Accusers heard so far, the first included.
-    accusers: std::collections::BTreeSet<NodeId>,
+    accusers: BTreeSet<NodeId>,
 }
 
 impl Suspicion {
@@ -384,6 +384,9 @@ pub struct Swim {
     me: Update,
     /// Every other member ever heard of (until [`Swim::remove`]).
     members: BTreeMap<NodeId, Member>,
+    /// The members with a running suspicion. Invariant: exactly those whose
+    /// `Member::suspicion` is set.
+    suspects: BTreeSet<NodeId>,
     broadcasts: Broadcasts,
     detectors: FailureDetectors<NodeId>,
     rng: Rng,
@@ -427,6 +430,7 @@ impl Swim {
                 by: me,
             },
             members: BTreeMap::new(),
+            suspects: BTreeSet::new(),
             broadcasts: Broadcasts::default(),
             detectors: FailureDetectors::new(config.phi)?,
             rng,
@@ -528,6 +532,7 @@ impl Swim {
     /// Forgets `id` (removed from the cluster by the operator).
     pub fn remove(&mut self, id: NodeId) {
         self.members.remove(&id);
+        self.suspects.remove(&id);
         self.broadcasts.remove(id);
         self.detectors.remove(&id);
         self.probe_order.retain(|m| *m != id);
@@ -546,10 +551,13 @@ impl Swim {
                 p.indirect_at
             });
         }
-        let suspects = self
-            .members
-            .values()
-            .filter_map(|m| m.suspicion.as_ref().map(Suspicion::deadline));
+        let suspects = self.suspects.iter().filter_map(|id| {
+            self.members
+                .get(id)?
+                .suspicion
+                .as_ref()
+                .map(Suspicion::deadline)
+        });
         let forwards = self.forwards.values().map(|f| f.expires);
         suspects.chain(forwards).fold(at, Duration::min)
     }
@@ -669,10 +677,15 @@ impl Swim {
 
     fn expire_suspicions(&mut self, now: Duration) {
         let due: Vec<NodeId> = self
-            .members
-            .values()
-            .filter(|m| m.suspicion.as_ref().is_some_and(|s| s.deadline() <= now))
-            .map(|m| m.record.id)
+            .suspects
+            .iter()
+            .filter(|id| {
+                self.members
+                    .get(id)
+                    .and_then(|m| m.suspicion.as_ref())
+                    .is_some_and(|s| s.deadline() <= now)
+            })
+            .copied()
             .collect();
         for id in due {
             if let Some(m) = self.members.get(&id) {
@@ -827,6 +840,11 @@ impl Swim {
             self.detectors.remove(&update.id);
         }
         let suspicion = (update.state == State::Suspect).then(|| self.suspicion(update.by, now));
+        if suspicion.is_some() {
+            self.suspects.insert(update.id);
+        } else {
+            self.suspects.remove(&update.id);
+        }
         let since = match (&previous, state_changed) {
             (Some(_), false) => self.members.get(&update.id).map_or(now, |m| m.since),
             _ => now,

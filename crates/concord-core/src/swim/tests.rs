@@ -46,6 +46,10 @@ struct Sim {
     loss: f64,
     /// When set, packets between this side and the rest are dropped.
     partition: Option<BTreeSet<NodeId>>,
+    /// Extra latency of every packet from or to these nodes (slow but alive).
+    slow: BTreeMap<NodeId, Duration>,
+    /// The simulation's time step.
+    step: Duration,
     /// Every event seen, with the observer and the time.
     log: Vec<(Duration, NodeId, Event)>,
 }
@@ -62,6 +66,8 @@ impl Sim {
             rng: Rng(seed),
             loss: 0.0,
             partition: None,
+            slow: BTreeMap::new(),
+            step: MS * 10,
             log: Vec::new(),
         };
         for i in 1..=n {
@@ -122,17 +128,18 @@ impl Sim {
             if lost || self.cut(from, o.to) {
                 continue;
             }
-            let latency = MS * (1 + self.rng.below(20) as u32);
+            let extra = |n: NodeId| self.slow.get(&n).copied().unwrap_or_default();
+            let latency = MS * (1 + self.rng.below(20) as u32) + extra(from) + extra(o.to);
             self.sent += 1;
             self.in_flight.push((self.now + latency, self.sent, o));
         }
     }
 
-    /// Runs for `d` in steps of 10 ms.
+    /// Runs for `d` in steps of `self.step`.
     fn run(&mut self, d: Duration) {
         let end = self.now + d;
         while self.now < end {
-            self.now += MS * 10;
+            self.now += self.step;
             let now = self.now;
             let (due, later): (Vec<_>, Vec<_>) =
                 self.in_flight.drain(..).partition(|(at, _, _)| *at <= now);
@@ -156,12 +163,22 @@ impl Sim {
 
     /// Runs until `done` holds (checked every 100 ms) or `limit` passes; returns how long.
     fn run_until(&mut self, limit: Duration, done: impl Fn(&Sim) -> bool) -> Option<Duration> {
+        self.run_until_every(limit, MS * 100, done)
+    }
+
+    /// [`Sim::run_until`], checking every `every`.
+    fn run_until_every(
+        &mut self,
+        limit: Duration,
+        every: Duration,
+        done: impl Fn(&Sim) -> bool,
+    ) -> Option<Duration> {
         let start = self.now;
         while self.now - start < limit {
             if done(self) {
                 return Some(self.now - start);
             }
-            self.run(MS * 100);
+            self.run(every);
         }
         done(self).then(|| self.now - start)
     }
@@ -675,4 +692,90 @@ fn a_member_that_leaves_is_never_suspected() {
         })
         .collect();
     assert!(after.is_empty(), "{after:?}");
+}
+
+/// A member whose every packet is 300 ms late (60% of the ping timeout each way, so a
+/// direct probe of it often fails) and 5% of all packets lost: it may be suspected, but
+/// it refutes, and nobody declares it dead.
+#[test]
+fn a_slow_member_is_not_declared_dead() {
+    for seed in 0..5 {
+        let mut sim = Sim::new(8, seed, config());
+        sim.run(Duration::from_secs(5));
+        let slow = id(3);
+        sim.slow.insert(slow, MS * 300);
+        sim.loss = 0.05;
+        sim.run(Duration::from_secs(120));
+        assert!(
+            sim.events(slow, State::Dead).is_empty(),
+            "seed {seed}: the slow member was declared dead"
+        );
+    }
+}
+
+/// The issue's scale test: 1,000 members join through one, a metadata change reaches every
+/// member in `c · log2(N)` protocol periods (c printed), and a crash is declared dead by
+/// every member.
+#[test]
+fn a_thousand_members_spread_updates_in_log_n_periods_and_agree_on_a_crash() {
+    const N: u64 = 1000;
+    let config = SwimConfig::default();
+    let period = config.protocol_period;
+    let mut sim = Sim::new(N, 42, config);
+    sim.step = MS * 20;
+    let every = Duration::from_secs(1);
+    let knows_everyone = |s: &Sim| {
+        s.live().into_iter().all(|n| {
+            s.node(n)
+                .members()
+                .filter(|m| m.record.state == State::Alive)
+                .count()
+                == N as usize - 1
+        })
+    };
+    let joined = sim
+        .run_until_every(Duration::from_secs(300), every, knows_everyone)
+        .expect("1,000 members never all knew each other");
+
+    let source = id(500);
+    sim.nodes
+        .get_mut(&source)
+        .unwrap()
+        .as_mut()
+        .unwrap()
+        .set_meta(7);
+    let spread = sim
+        .run_until_every(Duration::from_secs(60), period / 2, |s| {
+            s.live()
+                .into_iter()
+                .filter(|n| *n != source)
+                .all(|n| s.node(n).member(source).unwrap().record.meta == 7)
+        })
+        .expect("a metadata change never reached every member");
+    let rounds = spread.as_secs_f64() / period.as_secs_f64();
+    let c = rounds / (N as f64).log2();
+    eprintln!(
+        "1,000 members: all joined in {joined:?}; an update reached all in {rounds:.1} periods \
+         = {c:.2} · log2(N)"
+    );
+    assert!(
+        c <= 1.0,
+        "dissemination took {rounds:.1} periods ({c:.2} · log2 N)"
+    );
+
+    let victim = id(321);
+    sim.crash(victim);
+    let dead = sim
+        .run_until_every(Duration::from_secs(120), every, |s| {
+            s.all_see(victim, State::Dead)
+        })
+        .expect("a crashed member was not declared dead by all");
+    eprintln!("1,000 members: a crash was declared dead by all in {dead:?}");
+    // Expected: found within a few periods, confirmed by two more probers, then the
+    // suspicion's minimum (4 · log10(1000) = 12 periods), then spread in O(log N) periods.
+    assert!(dead <= period * 40, "{dead:?}");
+    assert!(sim
+        .log
+        .iter()
+        .all(|(_, _, e)| e.current.id == victim || e.current.state == State::Alive));
 }
