@@ -11,6 +11,8 @@
 //! * [`defrag`]: defragmentation that pauses the store only to switch files.
 //! * [`bbolt`] and [`etcd_snapshot`]: etcd's snapshot files (bbolt databases), read and
 //!   written, to migrate from etcd and back.
+//! * [`ap`]: the AP bucket store: each key's CRDT state and the hints held for others,
+//!   in a file of its own.
 //! * [`errors`]: one error enum per operation.
 //!
 //! The on-disk formats, the fsync order and the invariants are in `docs/storage.md`.
@@ -55,6 +57,7 @@
 //! 2. Damaged files give errors naming file and offset; they are never read as shorter
 //!    valid data (except the torn, unacknowledged tail of the WAL).
 
+pub mod ap;
 pub mod bbolt;
 pub mod defrag;
 pub mod disk;
