@@ -16,7 +16,7 @@
 //! | [`authpb`] | `authpb` | `User`, `Permission`, `Role`, `UserAddOptions` |
 //! | [`v3electionpb`] | `v3electionpb` | service `Election` (`Campaign`, `Proclaim`, `Leader`, `Observe`, `Resign`) |
 //! | [`v3lockpb`] | `v3lockpb` | service `Lock` (`Lock`, `Unlock`) |
-//! | [`peer`] | `concord.peer.v1` | services `Raft` (`Send`, `Snapshot`), `Gossip` (`Send`, SWIM packets) and `Membership` (`Members`) |
+//! | [`peer`] | `concord.peer.v1` | services `Raft` (`Send`, `Snapshot`), `Gossip` (`Send`, SWIM packets), `Replica` (`Apply`, `Merge`, `Read`: AP keys) and `Membership` (`Members`) |
 //! | [`consistency`] | (hand-written) | the `concord-consistency` metadata key: read levels beyond etcd's two |
 //!
 //! The modules are siblings at the crate root because prost refers across packages with

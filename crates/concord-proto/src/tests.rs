@@ -703,6 +703,47 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
         ],
     ),
     ("concord.peer.v1.GossipAck", &[]),
+    (
+        "concord.peer.v1.ApSet",
+        &["value=1:bytes", "expiry=2:uint32", "expire_at_ms=3:uint64"],
+    ),
+    ("concord.peer.v1.ApDel", &[]),
+    ("concord.peer.v1.ApIncr", &["delta=1:sint64"]),
+    (
+        "concord.peer.v1.ApExpire",
+        &["persist=1:bool", "at_ms=2:uint64"],
+    ),
+    (
+        "concord.peer.v1.ReplicaApply",
+        &[
+            "cluster_id=1:uint64",
+            "bucket=2:uint32",
+            "key=3:bytes",
+            "set=4:.concord.peer.v1.ApSet@op",
+            "del=5:.concord.peer.v1.ApDel@op",
+            "incr=6:.concord.peer.v1.ApIncr@op",
+            "expire=7:.concord.peer.v1.ApExpire@op",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaState",
+        &["state=1:bytes", "integer=2:sint64", "error=3:string"],
+    ),
+    (
+        "concord.peer.v1.ReplicaMerge",
+        &[
+            "cluster_id=1:uint64",
+            "bucket=2:uint32",
+            "key=3:bytes",
+            "state=4:bytes",
+            "hint_for=5:uint64",
+        ],
+    ),
+    ("concord.peer.v1.ReplicaMergeAck", &[]),
+    (
+        "concord.peer.v1.ReplicaRead",
+        &["cluster_id=1:uint64", "bucket=2:uint32", "key=3:bytes"],
+    ),
 ];
 
 /// Every enum of etcd's packages with its values, typed from etcd's files.
@@ -1083,6 +1124,14 @@ const SERVICES: &[(&str, &[Method])] = &[
     (
         "concord.peer.v1.Gossip",
         &[("Send", "GossipPacket", "GossipAck", false, false)],
+    ),
+    (
+        "concord.peer.v1.Replica",
+        &[
+            ("Apply", "ReplicaApply", "ReplicaState", false, false),
+            ("Merge", "ReplicaMerge", "ReplicaMergeAck", false, false),
+            ("Read", "ReplicaRead", "ReplicaState", false, false),
+        ],
     ),
 ];
 

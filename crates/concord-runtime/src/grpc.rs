@@ -572,17 +572,20 @@ impl Raft for RaftPeerService {
     }
 }
 
-/// Serves `service` (Raft) and, when given, `gossip` (membership) on `listener` until
-/// `shutdown` completes.
+/// Serves `service` (Raft) and, when given, the `extra` services (gossip, replicas) on
+/// `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: RaftPeerService,
-    gossip: Option<crate::membership::GossipService>,
+    extra: Option<tonic::service::Routes>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let routes = match extra {
+        Some(routes) => routes.add_service(service.into_server()),
+        None => tonic::service::Routes::new(service.into_server()),
+    };
     tonic::transport::Server::builder()
-        .add_service(service.into_server())
-        .add_optional_service(gossip.map(|g| g.into_server()))
+        .add_routes(routes)
         .serve_with_incoming_shutdown(
             // Small Raft messages and acks must not wait for Nagle's algorithm (40 ms
             // with delayed ACKs).

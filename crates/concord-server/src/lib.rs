@@ -13,6 +13,8 @@
 //!   and the services (`kv`, `watch`, `lease`, `cluster`, `maintenance`, `concurrency` for
 //!   Lock and Election, the JSON `gateway`, `http` for `/health`, `/metrics` and the rest),
 //!   each in its own file under `server/`.
+//! * [`ap`]: AP buckets on this member: its replica store, the replica service, and the
+//!   coordinator of client requests over a key's replicas (`docs/ap.md`).
 //! * [`error`]: [`error::KvError`], with etcd's error strings in one catalogue.
 //!
 //! ```no_run
@@ -35,6 +37,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod ap;
 pub mod error;
 pub mod node;
 pub mod server;

@@ -51,6 +51,8 @@ use concord_raft::NodeId;
 use concord_runtime::faults::FaultyTransport;
 use concord_runtime::grpc::{GrpcTransport, RaftPeerService};
 use concord_runtime::membership::{generation_now, Membership, MembershipConfig};
+
+use crate::ap::{ApConfig, ApNode};
 use concord_runtime::transport::{GroupTransport, Router, DEFAULT_GROUP};
 
 /// Why a server could not start or stopped.
@@ -209,6 +211,8 @@ impl Server {
             peers,
         )
         .map_err(|e| ServerError::Config(e.to_string()))?;
+        let ap = ApNode::open(member_id, cluster_id, &config.data_dir, ApConfig::default())
+            .map_err(|e| ServerError::Start(e.to_string()))?;
         // Faults are switched on only through the test hooks (CONCORD_UNSAFE_TEST_HOOKS).
         let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id.get()));
         // One connection per peer carries every group; the keyspace is the default group.
@@ -227,11 +231,11 @@ impl Server {
         let peer_service = RaftPeerService::new(cluster_id, router);
         for (listener, _) in peer_listeners {
             let svc = peer_service.clone();
-            let gossip = gossip.clone();
+            let extra =
+                tonic::service::Routes::new(gossip.clone().into_server()).add_service(ap.service());
             let stop = wait_stop(stop_rx.clone());
             servers.push(tokio::spawn(async move {
-                if let Err(e) =
-                    concord_runtime::grpc::serve(listener, svc, Some(gossip), stop).await
+                if let Err(e) = concord_runtime::grpc::serve(listener, svc, Some(extra), stop).await
                 {
                     tracing::error!(error = %e, "peer server failed");
                 }
@@ -291,6 +295,7 @@ impl Server {
                 my_peer_urls,
                 my_client_urls.clone(),
             )),
+            tokio::spawn(sync_ap(members.clone(), membership.clone(), ap.clone())),
             tokio::spawn(sync_peers(
                 node.clone(),
                 members,
@@ -600,6 +605,30 @@ async fn sync_peers(
                 }
             }
         }
+    }
+}
+
+/// Keeps the AP side's ring on the member list and its health on the gossip view.
+async fn sync_ap(members: Arc<Members>, membership: Membership, ap: ApNode) {
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        every.tick().await;
+        let peers: BTreeMap<NodeId, String> = members
+            .records()
+            .into_iter()
+            .filter_map(|(id, r)| r.peer_urls.first().map(|u| (id, u.clone())))
+            .collect();
+        ap.set_members(&peers);
+        let Some(view) = membership.view().await else {
+            return;
+        };
+        ap.set_healthy(
+            view.members
+                .iter()
+                .filter(|m| m.state == concord_core::swim::State::Alive)
+                .map(|m| m.id)
+                .collect(),
+        );
     }
 }
 

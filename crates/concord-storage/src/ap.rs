@@ -108,26 +108,37 @@ fn hint_row(owner: NodeId, bucket: u8, key: &[u8]) -> Vec<u8> {
     r
 }
 
-fn encode(row: &[u8], state: &RedisString) -> Vec<u8> {
+/// A state as bytes: a format version, then the state (what the replica protocol carries;
+/// the store adds a checksum).
+pub fn state_to_bytes(state: &RedisString) -> Vec<u8> {
     let mut b = vec![FORMAT];
     // Serializing an in-memory state into a Vec cannot fail.
     b.extend(postcard::to_allocvec(state).unwrap_or_default());
-    seal(row, &b)
+    b
+}
+
+/// The state in `bytes` written by [`state_to_bytes`], or what is wrong with them.
+pub fn state_from_bytes(bytes: &[u8]) -> Result<RedisString, String> {
+    match bytes.split_first() {
+        Some((&FORMAT, body)) => {
+            postcard::from_bytes(body).map_err(|e| format!("undecodable state: {e}"))
+        }
+        Some((v, _)) => Err(format!("unknown format version {v}")),
+        None => Err("empty value".into()),
+    }
+}
+
+fn encode(row: &[u8], state: &RedisString) -> Vec<u8> {
+    seal(row, &state_to_bytes(state))
 }
 
 fn decode(row: &[u8], stored: &[u8]) -> Result<RedisString, ApStoreError> {
-    let corrupt = |reason: &str| ApStoreError::Corrupt {
+    let corrupt = |reason: String| ApStoreError::Corrupt {
         key: String::from_utf8_lossy(row).into_owned(),
-        reason: reason.into(),
+        reason,
     };
-    let bytes = unseal(row, stored).ok_or_else(|| corrupt("checksum mismatch"))?;
-    match bytes.split_first() {
-        Some((&FORMAT, body)) => {
-            postcard::from_bytes(body).map_err(|e| corrupt(&format!("undecodable state: {e}")))
-        }
-        Some((v, _)) => Err(corrupt(&format!("unknown format version {v}"))),
-        None => Err(corrupt("empty value")),
-    }
+    let bytes = unseal(row, stored).ok_or_else(|| corrupt("checksum mismatch".into()))?;
+    state_from_bytes(bytes).map_err(corrupt)
 }
 
 impl ApStore {

@@ -1,0 +1,270 @@
+//! Serving a client's AP request on any member: concord-core's sans-I/O
+//! [`WriteRequest`] and [`ReadRequest`] driven over the replica service.
+//!
+//! ```text
+//! write(op): coordinating replica = first healthy preferred node
+//!            Apply(op) there ─▶ state ─▶ WriteRequest: Merge(state) to the other targets
+//!            (hinted for suspected owners), W acks (the Apply counts as one) ─▶ reply
+//! read:      ReadRequest: Read from the first N healthy nodes ─▶ R answers ─▶ reply with
+//!            their join; stragglers are awaited in the background until the deadline,
+//!            and replicas that answered with less are repaired (Merge)
+//! ```
+//!
+//! A request that cannot finish fails at its deadline ([`ApConfig::timeout`]); a write
+//! that fails may or may not have been stored (the error says so).
+
+use std::time::Duration;
+
+use concord_core::coordinator::{ReadAction, ReadRequest, WriteAction, WriteRequest};
+use concord_core::crdt::RedisString;
+use concord_proto::peer::{ReplicaApply, ReplicaMerge, ReplicaRead};
+use concord_raft::NodeId;
+use concord_storage::ap::{state_from_bytes, state_to_bytes};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{blocking, op_to_wire, ApConfig, ApError, ApNode, Op};
+
+/// The result of a write: for `INCRBY`, the new value.
+pub type Written = Option<i64>;
+
+impl ApNode {
+    fn quorum(&self, wanted: u32, replicas: usize) -> u32 {
+        wanted.clamp(1, replicas.max(1) as u32)
+    }
+
+    /// Applies `op` to `key` in `bucket` over the key's replicas.
+    pub async fn write(&self, bucket: u8, key: &[u8], op: Op) -> Result<Written, ApError> {
+        let ApConfig { w, timeout, .. } = self.config();
+        let started = Instant::now();
+        let (preferred, fallbacks) = self.placement(key);
+        let coordinating = preferred
+            .iter()
+            .chain(&fallbacks)
+            .copied()
+            .find(|n| self.is_healthy(*n))
+            .ok_or_else(|| ApError::Unavailable("no replica of the key is reachable".into()))?;
+        let (state, answer) = tokio::time::timeout(
+            timeout,
+            self.apply_at(coordinating, bucket, key.to_vec(), op),
+        )
+        .await
+        .map_err(|_| {
+            ApError::Unavailable(format!(
+                "write timed out at replica {coordinating}; it may or may not have been applied"
+            ))
+        })??;
+        let w = self.quorum(w, preferred.len());
+        let elapsed = started.elapsed();
+        let (mut req, actions) = WriteRequest::start(
+            w,
+            &preferred,
+            &fallbacks,
+            |n| self.is_healthy(n),
+            elapsed,
+            timeout.saturating_sub(elapsed),
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut pending = actions;
+        // The coordinating replica stored the state already.
+        pending.extend(req.on_ack(coordinating));
+        loop {
+            for action in std::mem::take(&mut pending) {
+                match action {
+                    // The coordinating replica stored the state as the key's already.
+                    WriteAction::Write { to, hint_for: None } if to == coordinating => {}
+                    WriteAction::Write { to, hint_for } => {
+                        let node = self.clone();
+                        let (tx, state, key) = (tx.clone(), state.clone(), key.to_vec());
+                        tokio::spawn(async move {
+                            let ok = node.merge_at(to, bucket, key, state, hint_for).await;
+                            let _ = tx.send((to, ok.is_ok()));
+                        });
+                    }
+                    WriteAction::Reply(Ok(_)) => return Ok(answer),
+                    WriteAction::Reply(Err(e)) => {
+                        return Err(ApError::Unavailable(format!(
+                            "{e}; the write may or may not have been stored"
+                        )))
+                    }
+                }
+            }
+            let deadline = started + req.deadline();
+            tokio::select! {
+                Some((from, ok)) = rx.recv() => {
+                    pending = if ok { req.on_ack(from) } else { req.on_failure(from) };
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    pending = req.on_tick(started.elapsed());
+                }
+            }
+        }
+    }
+
+    /// Reads `key` in `bucket` from R of its replicas; the join of their states.
+    pub async fn read(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisString>, ApError> {
+        let ApConfig { r, timeout, .. } = self.config();
+        let started = Instant::now();
+        let (preferred, fallbacks) = self.placement(key);
+        let r = self.quorum(r, preferred.len());
+        let (mut req, actions) = ReadRequest::<RedisString>::start(
+            r,
+            &preferred,
+            &fallbacks,
+            |n| self.is_healthy(n),
+            Duration::ZERO,
+            timeout,
+        );
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
+        let node = self.clone();
+        let key = key.to_vec();
+        // Runs until every repair is sent (or the deadline), after the client has its
+        // answer.
+        tokio::spawn(async move {
+            let mut reply = Some(reply_tx);
+            let mut pending = actions;
+            loop {
+                for action in std::mem::take(&mut pending) {
+                    match action {
+                        ReadAction::Read { from } => {
+                            let (node, tx, key) = (node.clone(), tx.clone(), key.clone());
+                            tokio::spawn(async move {
+                                let answer = node.read_at(from, bucket, key).await;
+                                let _ = tx.send((from, answer));
+                            });
+                        }
+                        ReadAction::Repair { to, value } => {
+                            let (node, key) = (node.clone(), key.clone());
+                            tokio::spawn(async move {
+                                let _ = node.merge_at(to, bucket, key, value, None).await;
+                            });
+                        }
+                        ReadAction::Reply(result) => {
+                            if let Some(reply) = reply.take() {
+                                let _ = reply.send(result);
+                            }
+                        }
+                    }
+                }
+                if req.is_done() {
+                    return;
+                }
+                tokio::select! {
+                    Some((from, answer)) = rx.recv() => {
+                        pending = match answer {
+                            Ok(state) => req.on_answer(from, state),
+                            Err(_) => req.on_failure(from),
+                        };
+                    }
+                    _ = tokio::time::sleep_until(started + timeout) => {
+                        pending = req.on_tick(started.elapsed());
+                    }
+                }
+            }
+        });
+        match reply_rx.await {
+            Ok(Ok(state)) => Ok(state),
+            Ok(Err(e)) => Err(ApError::Unavailable(e.to_string())),
+            Err(_) => Err(ApError::Unavailable("read abandoned".into())),
+        }
+    }
+
+    async fn apply_at(
+        &self,
+        at: NodeId,
+        bucket: u8,
+        key: Vec<u8>,
+        op: Op,
+    ) -> Result<(RedisString, Option<i64>), ApError> {
+        if at == self.me() {
+            let node = self.clone();
+            return blocking(move || node.apply_local(bucket, &key, &op)).await;
+        }
+        let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
+        let state = client
+            .apply(ReplicaApply {
+                cluster_id: self.inner.cluster_id,
+                bucket: u32::from(bucket),
+                key: key.into(),
+                op: Some(op_to_wire(&op)),
+            })
+            .await
+            .map_err(|e| {
+                ApError::Unavailable(format!(
+                    "replica {at} failed ({}); the write may or may not have been applied",
+                    e.message()
+                ))
+            })?
+            .into_inner();
+        if !state.error.is_empty() {
+            return Err(ApError::Refused(state.error));
+        }
+        let decoded = state_from_bytes(&state.state)
+            .map_err(|e| ApError::Unavailable(format!("replica {at} answered {e}")))?;
+        let integer = matches!(op, Op::Incr(_)).then_some(state.integer);
+        Ok((decoded, integer))
+    }
+
+    async fn merge_at(
+        &self,
+        at: NodeId,
+        bucket: u8,
+        key: Vec<u8>,
+        state: RedisString,
+        hint_for: Option<NodeId>,
+    ) -> Result<(), ApError> {
+        if at == self.me() {
+            let node = self.clone();
+            return blocking(move || node.merge_local(bucket, &key, &state, hint_for)).await;
+        }
+        let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
+        let request = ReplicaMerge {
+            cluster_id: self.inner.cluster_id,
+            bucket: u32::from(bucket),
+            key: key.into(),
+            state: state_to_bytes(&state).into(),
+            hint_for: hint_for.map_or(0, NodeId::get),
+        };
+        let timeout = self.config().timeout;
+        match tokio::time::timeout(timeout, client.merge(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(ApError::Unavailable(e.message().to_string())),
+            Err(_) => Err(unreachable(at)),
+        }
+    }
+
+    async fn read_at(
+        &self,
+        at: NodeId,
+        bucket: u8,
+        key: Vec<u8>,
+    ) -> Result<Option<RedisString>, ApError> {
+        if at == self.me() {
+            let node = self.clone();
+            return blocking(move || node.read_local(bucket, &key)).await;
+        }
+        let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
+        let request = ReplicaRead {
+            cluster_id: self.inner.cluster_id,
+            bucket: u32::from(bucket),
+            key: key.into(),
+        };
+        let timeout = self.config().timeout;
+        let state = match tokio::time::timeout(timeout, client.read(request)).await {
+            Ok(Ok(r)) => r.into_inner().state,
+            Ok(Err(e)) => return Err(ApError::Unavailable(e.message().to_string())),
+            Err(_) => return Err(unreachable(at)),
+        };
+        if state.is_empty() {
+            return Ok(None);
+        }
+        state_from_bytes(&state)
+            .map(Some)
+            .map_err(|e| ApError::Unavailable(format!("replica {at} answered {e}")))
+    }
+}
+
+fn unreachable(at: NodeId) -> ApError {
+    ApError::Unavailable(format!("replica {at} is unreachable"))
+}

@@ -1,0 +1,463 @@
+//! AP buckets on one member: its replica of the keys it owns (concord-storage's
+//! [`ApStore`]), the `concord.peer.v1.Replica` service other members call, and the
+//! coordinator that serves a client's request over the key's replicas
+//! ([`coordinate`], driving concord-core's sans-I/O `coordinator`). `docs/ap.md` has the
+//! write path and the rules.
+//!
+//! Placement: a consistent-hash ring over the cluster's members ([`ApNode::set_members`]);
+//! health: the members gossip sees alive ([`ApNode::set_healthy`]). Both are refreshed by
+//! the server from the member list and the gossip view.
+//!
+//! # Guarantees
+//!
+//! 1. **A replica acknowledges only what is durable**: every Apply and Merge answers after
+//!    the store's fsync'd commit.
+//! 2. **Operations are applied once, by one replica** (the first healthy preferred one,
+//!    the coordinating replica), stamped with its hybrid logical clock after it has seen
+//!    the key's current epoch, so a write it applies always supersedes what it held; the
+//!    other replicas only merge the resulting state, so retries, hints and repairs are
+//!    idempotent.
+//! 3. **Refusals say why**: a request of another cluster, an undecodable state or a missing
+//!    operation is refused with a status naming the problem; an operation the value
+//!    refuses (`INCR` on text) answers Redis's error and changes nothing.
+
+pub mod coordinate;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use concord_core::crdt::{Expiry, RedisString, SetExpiry, StringError};
+use concord_core::ring::Ring;
+use concord_proto::peer::replica_client::ReplicaClient;
+use concord_proto::peer::replica_server::{Replica, ReplicaServer};
+use concord_proto::peer::{
+    replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaMerge, ReplicaMergeAck,
+    ReplicaRead, ReplicaState,
+};
+use concord_raft::NodeId;
+use concord_runtime::clock::{NodeClock, SystemClock};
+use concord_storage::ap::{state_from_bytes, state_to_bytes, ApStore, ApStoreError};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+/// Virtual nodes per member on the ring.
+pub const VNODES: u32 = 64;
+/// Buckets (Redis databases `0..16`).
+pub const BUCKETS: u32 = 16;
+
+/// Replication settings of the buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApConfig {
+    /// Replicas per key (fewer when the cluster is smaller).
+    pub n: usize,
+    /// Acknowledgements a write waits for (at most the replicas there are).
+    pub w: u32,
+    /// Answers a read waits for (at most the replicas there are).
+    pub r: u32,
+    /// How long a request may take before it fails.
+    pub timeout: Duration,
+}
+
+impl Default for ApConfig {
+    fn default() -> Self {
+        ApConfig {
+            n: 3,
+            w: 2,
+            r: 2,
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// One operation on a key, applied by its coordinating replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// `SET`.
+    Set {
+        /// The value.
+        value: Vec<u8>,
+        /// What happens to the expiry.
+        expiry: SetExpiry,
+    },
+    /// `DEL`.
+    Del,
+    /// `INCRBY`.
+    Incr(i64),
+    /// `EXPIRE` (at a time) or `PERSIST` (`Expiry::Never`).
+    Expire(Expiry),
+}
+
+/// Why an AP request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApError {
+    /// The value refused the operation (Redis's error text; nothing changed).
+    #[error("{0}")]
+    Refused(String),
+    /// Not enough replicas answered in time; a write may or may not have been stored.
+    #[error("{0}")]
+    Unavailable(String),
+    /// This member's store failed.
+    #[error("ap store: {0}")]
+    Store(String),
+}
+
+impl From<ApStoreError> for ApError {
+    fn from(e: ApStoreError) -> Self {
+        ApError::Store(e.to_string())
+    }
+}
+
+impl From<StringError> for ApError {
+    fn from(e: StringError) -> Self {
+        ApError::Refused(e.to_string())
+    }
+}
+
+struct Inner {
+    me: NodeId,
+    cluster_id: u64,
+    config: ApConfig,
+    store: ApStore,
+    clock: NodeClock,
+    ring: RwLock<Ring>,
+    peers: RwLock<BTreeMap<NodeId, (String, ReplicaClient<Channel>)>>,
+    healthy: RwLock<BTreeSet<NodeId>>,
+}
+
+/// A member's AP side; cheap to clone.
+#[derive(Clone)]
+pub struct ApNode {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ApNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApNode")
+            .field("me", &self.inner.me)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Plain data, consistent at any panic point.
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ApNode {
+    /// Opens this member's replica store (`ap.redb` in `data_dir`).
+    pub fn open(
+        me: NodeId,
+        cluster_id: u64,
+        data_dir: &Path,
+        config: ApConfig,
+    ) -> Result<ApNode, ApStoreError> {
+        let store = ApStore::open(&data_dir.join("ap.redb"))?;
+        let ring = Ring::with_nodes(VNODES, [me]).map_err(|e| ApStoreError::Open {
+            path: data_dir.into(),
+            reason: e.to_string(),
+        })?;
+        Ok(ApNode {
+            inner: Arc::new(Inner {
+                me,
+                cluster_id,
+                config,
+                store,
+                clock: NodeClock::new(Arc::new(SystemClock), 500),
+                ring: RwLock::new(ring),
+                peers: RwLock::new(BTreeMap::new()),
+                healthy: RwLock::new([me].into()),
+            }),
+        })
+    }
+
+    /// This member.
+    pub fn me(&self) -> NodeId {
+        self.inner.me
+    }
+
+    /// The replication settings.
+    pub fn config(&self) -> ApConfig {
+        self.inner.config
+    }
+
+    /// The cluster's members (id → peer URL, this member included): the ring is rebuilt
+    /// when the set changes, and peers are dialled lazily.
+    pub fn set_members(&self, members: &BTreeMap<NodeId, String>) {
+        let ids: BTreeSet<NodeId> = members.keys().copied().chain([self.inner.me]).collect();
+        if read(&self.inner.ring).nodes().ne(ids.iter().copied()) {
+            if let Ok(ring) = Ring::with_nodes(VNODES, ids.iter().copied()) {
+                *write(&self.inner.ring) = ring;
+            }
+        }
+        let mut peers = write(&self.inner.peers);
+        peers.retain(|id, _| members.contains_key(id));
+        for (id, url) in members {
+            if *id == self.inner.me || peers.get(id).is_some_and(|(u, _)| u == url) {
+                continue;
+            }
+            if let Ok(e) = Endpoint::from_shared(url.clone()) {
+                let channel = e
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .connect_lazy();
+                peers.insert(*id, (url.clone(), ReplicaClient::new(channel)));
+            }
+        }
+    }
+
+    /// The members the failure detector trusts now (this member always is).
+    pub fn set_healthy(&self, healthy: BTreeSet<NodeId>) {
+        let mut h = healthy;
+        h.insert(self.inner.me);
+        *write(&self.inner.healthy) = h;
+    }
+
+    /// The key's preference list (N nodes) and the rest of the ring walk.
+    fn placement(&self, key: &[u8]) -> (Vec<NodeId>, Vec<NodeId>) {
+        let ring = read(&self.inner.ring);
+        let mut all = ring.preference_list(key, ring.node_count());
+        let rest = all.split_off(self.inner.config.n.min(all.len()));
+        (all, rest)
+    }
+
+    fn is_healthy(&self, id: NodeId) -> bool {
+        read(&self.inner.healthy).contains(&id)
+    }
+
+    fn client(&self, id: NodeId) -> Option<ReplicaClient<Channel>> {
+        read(&self.inner.peers).get(&id).map(|(_, c)| c.clone())
+    }
+
+    /// Applies `op` to this replica's state of `key`, stamped after the key's epoch; the
+    /// state stored and, for `INCRBY`, the new value.
+    pub fn apply_local(
+        &self,
+        bucket: u8,
+        key: &[u8],
+        op: &Op,
+    ) -> Result<(RedisString, Option<i64>), ApError> {
+        let me = self.inner.me;
+        let clock = &self.inner.clock;
+        let now_ms = clock.now().physical_ms;
+        let out = self.inner.store.update(bucket, key, |s| {
+            // Newer than anything this replica has seen of the key (guarantee 2).
+            let stamp = (clock.now().pack().max(s.epoch().0.saturating_add(1)), me);
+            match op {
+                Op::Set { value, expiry } => {
+                    s.set(value.clone(), stamp, me, *expiry);
+                    Ok(None)
+                }
+                Op::Del => {
+                    s.delete(stamp);
+                    Ok(None)
+                }
+                Op::Incr(delta) => s.incr(*delta, me, stamp, now_ms).map(Some),
+                Op::Expire(e) => {
+                    s.expire(*e, me);
+                    Ok(None)
+                }
+            }
+        })?;
+        let (answer, state) = out?;
+        Ok((state, answer))
+    }
+
+    /// Merges `state` into this replica's `key`, or keeps it as a hint for `hint_for`.
+    pub fn merge_local(
+        &self,
+        bucket: u8,
+        key: &[u8],
+        state: &RedisString,
+        hint_for: Option<NodeId>,
+    ) -> Result<(), ApError> {
+        match hint_for {
+            Some(owner) if owner != self.inner.me => {
+                self.inner.store.store_hint(owner, bucket, key, state)?
+            }
+            _ => {
+                self.inner.store.merge(bucket, key, state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This replica's state of `key`.
+    pub fn read_local(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisString>, ApError> {
+        Ok(self.inner.store.get(bucket, key)?)
+    }
+
+    /// The physical time of this member's clock, in ms since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now().physical_ms
+    }
+
+    /// The `concord.peer.v1.Replica` service.
+    pub fn service(&self) -> ReplicaServer<ReplicaService> {
+        ReplicaServer::new(ReplicaService { node: self.clone() })
+    }
+}
+
+/// Runs blocking store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApError> + Send + 'static,
+) -> Result<T, ApError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApError::Store(format!("store task failed: {e}")))?
+}
+
+/// `Op` to its wire form.
+pub(crate) fn op_to_wire(op: &Op) -> replica_apply::Op {
+    match op {
+        Op::Set { value, expiry } => {
+            let (kind, at) = match expiry {
+                SetExpiry::Clear => (0, 0),
+                SetExpiry::At(at) => (1, *at),
+                SetExpiry::Keep => (2, 0),
+            };
+            replica_apply::Op::Set(ApSet {
+                value: value.clone().into(),
+                expiry: kind,
+                expire_at_ms: at,
+            })
+        }
+        Op::Del => replica_apply::Op::Del(ApDel {}),
+        Op::Incr(delta) => replica_apply::Op::Incr(ApIncr { delta: *delta }),
+        Op::Expire(e) => replica_apply::Op::Expire(match e {
+            Expiry::Never => ApExpire {
+                persist: true,
+                at_ms: 0,
+            },
+            Expiry::At(at) => ApExpire {
+                persist: false,
+                at_ms: *at,
+            },
+        }),
+    }
+}
+
+fn op_from_wire(op: replica_apply::Op) -> Result<Op, Status> {
+    Ok(match op {
+        replica_apply::Op::Set(s) => Op::Set {
+            value: s.value.to_vec(),
+            expiry: match s.expiry {
+                0 => SetExpiry::Clear,
+                1 => SetExpiry::At(s.expire_at_ms),
+                2 => SetExpiry::Keep,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown expiry kind {other}"
+                    )))
+                }
+            },
+        },
+        replica_apply::Op::Del(_) => Op::Del,
+        replica_apply::Op::Incr(i) => Op::Incr(i.delta),
+        replica_apply::Op::Expire(e) if e.persist => Op::Expire(Expiry::Never),
+        replica_apply::Op::Expire(e) => Op::Expire(Expiry::At(e.at_ms)),
+    })
+}
+
+fn bucket_of(bucket: u32) -> Result<u8, Status> {
+    if bucket < BUCKETS {
+        Ok(bucket as u8)
+    } else {
+        Err(Status::invalid_argument(format!(
+            "bucket {bucket} out of range (0..{BUCKETS})"
+        )))
+    }
+}
+
+fn status(e: ApError) -> Status {
+    match e {
+        ApError::Store(m) => Status::internal(m),
+        ApError::Refused(m) | ApError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+/// The replica service: this member's store, for the coordinators of other members.
+#[derive(Debug, Clone)]
+pub struct ReplicaService {
+    node: ApNode,
+}
+
+impl ReplicaService {
+    fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
+        if cluster_id == self.node.inner.cluster_id {
+            Ok(())
+        } else {
+            Err(Status::failed_precondition(format!(
+                "replica request from cluster {cluster_id:x}, this member belongs to cluster {:x}",
+                self.node.inner.cluster_id
+            )))
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Replica for ReplicaService {
+    async fn apply(
+        &self,
+        request: Request<ReplicaApply>,
+    ) -> Result<Response<ReplicaState>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let bucket = bucket_of(r.bucket)?;
+        let op = op_from_wire(r.op.ok_or_else(|| Status::invalid_argument("no operation"))?)?;
+        let node = self.node.clone();
+        let key = r.key.to_vec();
+        match blocking(move || node.apply_local(bucket, &key, &op)).await {
+            Ok((state, integer)) => Ok(Response::new(ReplicaState {
+                state: state_to_bytes(&state).into(),
+                integer: integer.unwrap_or_default(),
+                error: String::new(),
+            })),
+            Err(ApError::Refused(error)) => Ok(Response::new(ReplicaState {
+                error,
+                ..ReplicaState::default()
+            })),
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    async fn merge(
+        &self,
+        request: Request<ReplicaMerge>,
+    ) -> Result<Response<ReplicaMergeAck>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let bucket = bucket_of(r.bucket)?;
+        let state = state_from_bytes(&r.state).map_err(Status::invalid_argument)?;
+        let hint_for = (r.hint_for != 0).then_some(NodeId(r.hint_for));
+        let node = self.node.clone();
+        let key = r.key.to_vec();
+        blocking(move || node.merge_local(bucket, &key, &state, hint_for))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReplicaMergeAck {}))
+    }
+
+    async fn read(&self, request: Request<ReplicaRead>) -> Result<Response<ReplicaState>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let bucket = bucket_of(r.bucket)?;
+        let node = self.node.clone();
+        let key = r.key.to_vec();
+        let state = blocking(move || node.read_local(bucket, &key))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReplicaState {
+            state: state.map(|s| state_to_bytes(&s)).unwrap_or_default().into(),
+            ..ReplicaState::default()
+        }))
+    }
+}

@@ -1,0 +1,149 @@
+//! Three members' AP sides over real gRPC on loopback: writes through one member are read
+//! through another, a stopped replica does not stop W=2 writes, increments from different
+//! coordinators add up, and a read repairs a replica that missed a write.
+
+use std::collections::BTreeMap;
+
+use concord_core::crdt::{Expiry, SetExpiry};
+
+use super::*;
+
+const CLUSTER: u64 = 0xc0c0;
+
+struct Members {
+    nodes: Vec<ApNode>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+async fn start(n: u64) -> Members {
+    let mut listeners = Vec::new();
+    let mut urls = BTreeMap::new();
+    for i in 1..=n {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        urls.insert(NodeId(i), format!("http://{}", l.local_addr().unwrap()));
+        listeners.push(l);
+    }
+    let mut m = Members {
+        nodes: Vec::new(),
+        servers: Vec::new(),
+        _dirs: Vec::new(),
+    };
+    for (i, listener) in (1..=n).zip(listeners) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ApConfig {
+            timeout: Duration::from_millis(1500),
+            ..ApConfig::default()
+        };
+        let node = ApNode::open(NodeId(i), CLUSTER, dir.path(), config).unwrap();
+        node.set_members(&urls);
+        node.set_healthy(urls.keys().copied().collect());
+        m.servers.push(tokio::spawn({
+            let svc = node.service();
+            async move {
+                let _ = tonic::transport::Server::builder()
+                    .add_service(svc)
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                    .await;
+            }
+        }));
+        m.nodes.push(node);
+        m._dirs.push(dir);
+    }
+    m
+}
+
+fn set(v: &str) -> Op {
+    Op::Set {
+        value: v.as_bytes().to_vec(),
+        expiry: SetExpiry::Clear,
+    }
+}
+
+fn value(state: Option<RedisString>, now_ms: u64) -> Option<Vec<u8>> {
+    state.and_then(|s| s.get(now_ms))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_one_member_are_read_through_another() {
+    let m = start(3).await;
+    let (a, b) = (&m.nodes[0], &m.nodes[1]);
+    a.write(0, b"k", set("v1")).await.unwrap();
+    let now = a.now_ms();
+    assert_eq!(
+        value(b.read(0, b"k").await.unwrap(), now),
+        Some(b"v1".to_vec())
+    );
+    // Every replica holds it (N = 3 with three members), some at once, all eventually.
+    for node in &m.nodes {
+        let got = concord_testkit::eventually(
+            "the write on every replica",
+            Duration::from_secs(5),
+            || async { value(node.read_local(0, b"k").unwrap(), now).filter(|v| v == b"v1") },
+        )
+        .await;
+        assert_eq!(got, b"v1");
+    }
+    // Buckets are apart; a delete wins over the older write.
+    assert_eq!(b.read(1, b"k").await.unwrap(), None);
+    b.write(0, b"k", Op::Del).await.unwrap();
+    assert_eq!(value(a.read(0, b"k").await.unwrap(), a.now_ms()), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_through_different_members_add_up_and_text_refuses_them() {
+    let m = start(3).await;
+    let mut expected = 0;
+    for (i, node) in m.nodes.iter().cycle().take(9).enumerate() {
+        let delta = i as i64 + 1;
+        expected += delta;
+        node.write(0, b"n", Op::Incr(delta)).await.unwrap();
+    }
+    let got = value(m.nodes[2].read(0, b"n").await.unwrap(), m.nodes[2].now_ms());
+    assert_eq!(got, Some(expected.to_string().into_bytes()));
+    m.nodes[0].write(0, b"t", set("text")).await.unwrap();
+    assert_eq!(
+        m.nodes[1].write(0, b"t", Op::Incr(1)).await,
+        Err(ApError::Refused(
+            "ERR value is not an integer or out of range".into()
+        ))
+    );
+    // An expiry in the past hides the key.
+    m.nodes[0]
+        .write(0, b"t", Op::Expire(Expiry::At(1)))
+        .await
+        .unwrap();
+    assert_eq!(
+        value(m.nodes[1].read(0, b"t").await.unwrap(), m.nodes[1].now_ms()),
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_does_not_stop_quorum_writes_and_a_read_repairs_it() {
+    let mut m = start(3).await;
+    // Member 3 stops (its server goes away); the others are told it is suspected.
+    m.servers.pop().unwrap().abort();
+    let healthy: std::collections::BTreeSet<NodeId> = [NodeId(1), NodeId(2)].into();
+    m.nodes[0].set_healthy(healthy.clone());
+    m.nodes[1].set_healthy(healthy);
+    m.nodes[0]
+        .write(0, b"k", set("while-3-was-down"))
+        .await
+        .unwrap();
+    let now = m.nodes[0].now_ms();
+    assert_eq!(m.nodes[2].read_local(0, b"k").unwrap(), None);
+    // Member 3's store is still there: a read through it sees the write (from the others)
+    // and repairs it.
+    let third = m.nodes[2].clone();
+    assert_eq!(
+        value(third.read(0, b"k").await.unwrap(), now),
+        Some(b"while-3-was-down".to_vec())
+    );
+    concord_testkit::eventually(
+        "read repair of member 3",
+        Duration::from_secs(5),
+        || async { value(third.read_local(0, b"k").unwrap(), now) },
+    )
+    .await;
+}
