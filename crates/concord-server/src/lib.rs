@@ -15,6 +15,7 @@
 //!   each in its own file under `server/`.
 //! * [`ap`]: AP buckets on this member: its replica store, the replica service, and the
 //!   coordinator of client requests over a key's replicas (`docs/ap.md`).
+//! * [`redis`]: the Redis front door (RESP2/RESP3) to the AP buckets.
 //! * [`error`]: [`error::KvError`], with etcd's error strings in one catalogue.
 //!
 //! ```no_run
@@ -40,6 +41,7 @@
 pub mod ap;
 pub mod error;
 pub mod node;
+pub mod redis;
 pub mod server;
 
 pub use error::KvError;

@@ -179,6 +179,18 @@ impl Server {
                 .map_err(ServerError::Start)?;
         let mut founding = founding_members(&config, member_id, &my_peer_urls);
         let client_listeners = bind(&config.listen_client_urls).await?;
+        let mut redis_listeners = Vec::new();
+        for url in &config.listen_redis_urls {
+            let addr = config::redis_host_port(url).map_err(ServerError::Config)?;
+            let listener =
+                TcpListener::bind(&addr)
+                    .await
+                    .map_err(|source| ServerError::Listen {
+                        url: url.clone(),
+                        source,
+                    })?;
+            redis_listeners.push(listener);
+        }
         let peer_listeners = bind(&config.listen_peer_urls).await?;
         let client_bound: Vec<String> = client_listeners.iter().map(|(_, u)| u.clone()).collect();
         let peer_bound: Vec<String> = peer_listeners.iter().map(|(_, u)| u.clone()).collect();
@@ -281,6 +293,21 @@ impl Server {
             servers.push(tokio::spawn(listener::serve(tcp, router, limits, stop)));
         }
 
+        let mut redis_bound = Vec::new();
+        for listener in redis_listeners {
+            if let Ok(addr) = listener.local_addr() {
+                redis_bound.push(format!("redis://{addr}"));
+            }
+            let ap = ap.clone();
+            let stop = wait_stop(stop_rx.clone());
+            servers.push(tokio::spawn(async move {
+                tokio::select! {
+                    _ = crate::redis::serve(listener, ap) => {}
+                    _ = stop => {}
+                }
+            }));
+        }
+
         let heartbeat = config.heartbeat_interval;
         let background = vec![
             tokio::spawn(leases.clone().run(
@@ -311,6 +338,7 @@ impl Server {
             name = %config.name,
             client_urls = ?my_client_urls,
             peer_urls = ?peer_bound,
+            redis_urls = ?redis_bound,
             data_dir = %config.data_dir.display(),
             "concord member started"
         );

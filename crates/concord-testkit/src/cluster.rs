@@ -37,6 +37,8 @@ pub struct Node {
     pub client_port: u16,
     /// Port of the peer URL.
     pub peer_port: u16,
+    /// Port of the Redis URL (AP buckets).
+    pub redis_port: u16,
     /// `--data-dir`.
     pub data_dir: PathBuf,
     /// File receiving the child's stdout and stderr (appended across restarts).
@@ -152,10 +154,10 @@ impl Cluster {
             .prefix("concord-e2e-")
             .tempdir()
             .expect("create temp dir");
-        let ports = free_ports(2 * size);
+        let ports = free_ports(3 * size);
         let token = format!("e2e-{}", ports[0]);
         let mut nodes: Vec<Node> = (0..size)
-            .map(|i| new_node(dir.path(), &format!("n{i}"), ports[2 * i], ports[2 * i + 1]))
+            .map(|i| new_node(dir.path(), &format!("n{i}"), &ports[3 * i..3 * i + 3]))
             .collect();
         let initial_cluster = nodes
             .iter()
@@ -435,8 +437,8 @@ impl Cluster {
     /// Reserves ports, a data dir and a log for a node to be added with `member add`; the
     /// process is started by [`Cluster::start_added_member`].
     pub fn reserve_node(&mut self, name: &str) -> usize {
-        let ports = free_ports(2);
-        let node = new_node(self.dir.path(), name, ports[0], ports[1]);
+        let ports = free_ports(3);
+        let node = new_node(self.dir.path(), name, &ports);
         self.nodes.push(node);
         self.nodes.len() - 1
     }
@@ -481,11 +483,13 @@ impl Drop for Cluster {
     }
 }
 
-fn new_node(dir: &Path, name: &str, client_port: u16, peer_port: u16) -> Node {
+/// A node on `ports`: client, peer and Redis port.
+fn new_node(dir: &Path, name: &str, ports: &[u16]) -> Node {
     Node {
         name: name.to_string(),
-        client_port,
-        peer_port,
+        client_port: ports[0],
+        peer_port: ports[1],
+        redis_port: ports[2],
         data_dir: dir.join(format!("{name}.data")),
         log_path: dir.join(format!("{name}.log")),
         args: Vec::new(),
@@ -524,6 +528,8 @@ fn server_args(
         HEARTBEAT_MS.to_string(),
         "--election-timeout".into(),
         ELECTION_MS.to_string(),
+        "--listen-redis-urls".into(),
+        format!("redis://127.0.0.1:{}", node.redis_port),
     ];
     args.extend(extra.iter().cloned());
     args

@@ -5,6 +5,7 @@
 //! * [`ports`]: free loopback ports.
 //! * [`wait`]: bounded "eventually" polling, async and blocking.
 //! * [`http`]: a raw HTTP/1.1 client (exact bytes out, parsed answer back).
+//! * [`redis`]: a minimal Redis client (one command, one parsed reply).
 //! * [`etcd`]: `etcd-client` helpers (connect, error text, a client that retries across
 //!   nodes).
 //!
@@ -16,10 +17,12 @@ pub mod cluster;
 pub mod etcd;
 pub mod http;
 pub mod ports;
+pub mod redis;
 pub mod wait;
 
 pub use cluster::{Cluster, ClusterBuilder, Node};
 pub use etcd::{connect, err_text, expect_err, RetryClient};
 pub use http::{http_get, http_request, parse_http_response, raw_exchange, HttpResponse};
 pub use ports::{free_port, free_ports};
+pub use redis::{RedisConn, RedisReply};
 pub use wait::{eventually, eventually_blocking};

@@ -293,6 +293,22 @@ fn parse_url_list(s: &str) -> Result<UrlList, String> {
     Ok(UrlList(urls))
 }
 
+fn parse_redis_url_list(s: &str) -> Result<UrlList, String> {
+    let urls: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_string)
+        .collect();
+    if urls.is_empty() {
+        return Err("expected at least one URL".into());
+    }
+    for url in &urls {
+        concord_server::server::config::redis_host_port(url)?;
+    }
+    Ok(UrlList(urls))
+}
+
 fn parse_initial_cluster(s: &str) -> Result<InitialCluster, String> {
     let members = ServerConfig::parse_initial_cluster(s)?;
     if members.is_empty() {
@@ -373,6 +389,11 @@ pub struct ServerArgs {
     /// How long a client request may wait for the cluster, in milliseconds [default: 7000]
     #[arg(long, value_name = "MS", help_heading = "Concord")]
     pub request_timeout: Option<u64>,
+
+    /// Redis protocol URLs (AP buckets), comma-separated redis://host:port [default:
+    /// redis://127.0.0.1:6379 when no --listen-client-urls is given either, else none]
+    #[arg(long, value_name = "URLS", value_parser = parse_redis_url_list, help_heading = "Member")]
+    pub listen_redis_urls: Option<UrlList>,
 
     /// SWIM gossip: one probe of a member per this many milliseconds [default: 1000]
     #[arg(long, value_name = "MS", help_heading = "Gossip")]
@@ -499,6 +520,7 @@ impl ServerArgs {
                 .lease_checkpoint_interval
                 .or(lower.lease_checkpoint_interval),
             request_timeout: self.request_timeout.or(lower.request_timeout),
+            listen_redis_urls: self.listen_redis_urls.or(lower.listen_redis_urls),
             gossip_interval: self.gossip_interval.or(lower.gossip_interval),
             phi_threshold: self.phi_threshold.or(lower.phi_threshold),
             phi_acceptable_pause: self.phi_acceptable_pause.or(lower.phi_acceptable_pause),

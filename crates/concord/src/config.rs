@@ -144,6 +144,12 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(d) = args.data_dir {
         c.data_dir = d;
     }
+    match (&args.listen_redis_urls, &args.listen_client_urls) {
+        (Some(u), _) => c.listen_redis_urls = u.0.clone(),
+        // With no listen flags at all, Redis clients find Concord where they look first.
+        (None, None) => c.listen_redis_urls = vec!["redis://127.0.0.1:6379".into()],
+        (None, Some(_)) => {}
+    }
     if let Some(u) = args.listen_client_urls {
         c.listen_client_urls = u.0;
     }

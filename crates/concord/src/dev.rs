@@ -116,6 +116,8 @@ pub struct NodePlan {
     pub client_port: u16,
     /// The peer port.
     pub peer_port: u16,
+    /// The Redis port (AP buckets); `None` in plans saved before it existed.
+    pub redis_port: Option<u16>,
 }
 
 impl NodePlan {
@@ -128,22 +130,39 @@ impl NodePlan {
     pub fn peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
+
+    /// `redis://127.0.0.1:<redis port>`.
+    pub fn redis_url(&self) -> Option<String> {
+        self.redis_port.map(|p| format!("redis://127.0.0.1:{p}"))
+    }
 }
 
-/// Names and ports of `nodes` members: `base + 10000*k` and one more, or free ports when
-/// `base` is 0.
+/// The first member's Redis port; the others' are 10000 apart, like the client ports.
+const REDIS_BASE_PORT: u32 = 6379;
+
+/// Names and ports of `nodes` members: `base + 10000*k` and one more (Redis: 6379 +
+/// 10000*k while below 65536, else two above the client port), or free ports when `base`
+/// is 0.
 pub fn plan(nodes: u8, base: u16) -> Result<Vec<NodePlan>, DevError> {
     let n = usize::from(nodes);
-    let ports: Vec<(u16, u16)> = if base == 0 {
-        let free = free_ports(2 * n)
+    let ports: Vec<(u16, u16, u16)> = if base == 0 {
+        let free = free_ports(3 * n)
             .map_err(|e| DevError::Ports(format!("cannot find free ports: {e}")))?;
-        free.chunks(2).map(|c| (c[0], c[1])).collect()
+        free.chunks(3).map(|c| (c[0], c[1], c[2])).collect()
     } else {
         (0..n)
             .map(|k| {
                 let client = u32::from(base) + 10_000 * k as u32;
-                match (u16::try_from(client), u16::try_from(client + 1)) {
-                    (Ok(c), Ok(p)) => Ok((c, p)),
+                // 6379, 16379, ... while that fits; beyond, two above the client port.
+                let redis = Some(REDIS_BASE_PORT + 10_000 * k as u32)
+                    .filter(|r| *r <= u32::from(u16::MAX))
+                    .unwrap_or(client + 2);
+                match (
+                    u16::try_from(client),
+                    u16::try_from(client + 1),
+                    u16::try_from(redis),
+                ) {
+                    (Ok(c), Ok(p), Ok(r)) => Ok((c, p, r)),
                     _ => Err(DevError::Ports(format!(
                         "--base-port {base} with --nodes {nodes} needs ports above 65535; \
                          use a lower --base-port, or --base-port 0 for free ports"
@@ -155,10 +174,11 @@ pub fn plan(nodes: u8, base: u16) -> Result<Vec<NodePlan>, DevError> {
     Ok(ports
         .into_iter()
         .enumerate()
-        .map(|(k, (client_port, peer_port))| NodePlan {
+        .map(|(k, (client_port, peer_port, redis_port))| NodePlan {
             name: format!("n{}", k + 1),
             client_port,
             peer_port,
+            redis_port: Some(redis_port),
         })
         .collect())
 }
@@ -174,6 +194,9 @@ fn save_plan(path: &Path, plans: &[NodePlan]) -> Result<(), DevError> {
             "\n[[node]]\nname = \"{}\"\nclient_port = {}\npeer_port = {}\n",
             p.name, p.client_port, p.peer_port
         ));
+        if let Some(r) = p.redis_port {
+            text.push_str(&format!("redis_port = {r}\n"));
+        }
     }
     std::fs::write(path, text)
         .map_err(|e| DevError::Plan(format!("cannot write {}: {e}", path.display())))
@@ -219,6 +242,10 @@ fn load_plan(path: &Path) -> Result<Option<Vec<NodePlan>>, DevError> {
             name,
             client_port: port(node, "client_port")?,
             peer_port: port(node, "peer_port")?,
+            redis_port: match node.get("redis_port") {
+                None => None,
+                Some(_) => Some(port(node, "redis_port")?),
+            },
         });
     }
     if plans.is_empty() || plans.len() > 7 {
@@ -246,7 +273,7 @@ pub fn server_args(plans: &[NodePlan], index: usize, data_dir: &Path) -> Vec<Str
         .map(|p| format!("{}={}", p.name, p.peer_url()))
         .collect::<Vec<_>>()
         .join(",");
-    vec![
+    let mut args: Vec<String> = vec![
         "server".into(),
         format!("--name={}", me.name),
         format!("--data-dir={}", data_dir.join(&me.name).display()),
@@ -259,7 +286,9 @@ pub fn server_args(plans: &[NodePlan], index: usize, data_dir: &Path) -> Vec<Str
         // with the same --data-dir finds its data.
         "--initial-cluster-state=new".into(),
         "--initial-cluster-token=concord-dev".into(),
-    ]
+    ];
+    args.extend(me.redis_url().map(|u| format!("--listen-redis-urls={u}")));
+    args
 }
 
 /// A running (or exited) child.
@@ -692,15 +721,16 @@ fn print_endpoints(plans: &[NodePlan], data: &DataDir) {
     println!("concord dev: {} node(s) ready", plans.len());
     println!();
     println!(
-        "  {:<5} {:<24} {:<24} LOG",
-        "NAME", "CLIENT ENDPOINT", "PEER URL"
+        "  {:<5} {:<24} {:<24} {:<24} LOG",
+        "NAME", "CLIENT ENDPOINT", "PEER URL", "REDIS URL"
     );
     for p in plans {
         println!(
-            "  {:<5} {:<24} {:<24} {}",
+            "  {:<5} {:<24} {:<24} {:<24} {}",
             p.name,
             p.client_url(),
             p.peer_url(),
+            p.redis_url().unwrap_or_else(|| "-".into()),
             data.path.join(format!("{}.log", p.name)).display()
         );
     }
@@ -710,6 +740,9 @@ fn print_endpoints(plans: &[NodePlan], data: &DataDir) {
     }
     println!("ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint status -w table");
     println!("export ENDPOINTS={endpoints}");
+    if let Some(port) = plans.first().and_then(|p| p.redis_port) {
+        println!("redis-cli -p {port} set greeting hello   # AP buckets over the Redis protocol");
+    }
     println!();
     println!(
         "data in {}{}; press Ctrl-C to stop",
@@ -733,6 +766,11 @@ mod tests {
         assert_eq!(ports, vec![(2379, 2380), (12379, 12380), (22379, 22380)]);
         assert_eq!(p[2].name, "n3");
         assert_eq!(plan(7, 2379).unwrap()[6].client_port, 62379);
+        let redis: Vec<Option<u16>> = p.iter().map(|n| n.redis_port).collect();
+        assert_eq!(redis, [Some(6379), Some(16379), Some(26379)]);
+        assert_eq!(plan(7, 2379).unwrap()[6].redis_port, Some(62381));
+        let args = server_args(&p, 1, Path::new("/d"));
+        assert!(args.contains(&"--listen-redis-urls=redis://127.0.0.1:16379".to_string()));
     }
 
     #[test]
@@ -747,12 +785,12 @@ mod tests {
         let p = plan(3, 0).unwrap();
         let mut ports: Vec<u16> = p
             .iter()
-            .flat_map(|n| [n.client_port, n.peer_port])
+            .flat_map(|n| [n.client_port, n.peer_port, n.redis_port.unwrap_or(0)])
             .collect();
         assert!(ports.iter().all(|p| *p != 0));
         ports.sort_unstable();
         ports.dedup();
-        assert_eq!(ports.len(), 6);
+        assert_eq!(ports.len(), 9);
     }
 
     #[test]

@@ -38,22 +38,50 @@ impl ApNode {
         let ApConfig { w, timeout, .. } = self.config();
         let started = Instant::now();
         let (preferred, fallbacks) = self.placement(key);
-        let coordinating = preferred
+        let candidates: Vec<NodeId> = preferred
             .iter()
             .chain(&fallbacks)
             .copied()
-            .find(|n| self.is_healthy(*n))
-            .ok_or_else(|| ApError::Unavailable("no replica of the key is reachable".into()))?;
-        let (state, answer) = tokio::time::timeout(
-            timeout,
-            self.apply_at(coordinating, bucket, key.to_vec(), op),
-        )
-        .await
-        .map_err(|_| {
-            ApError::Unavailable(format!(
-                "write timed out at replica {coordinating}; it may or may not have been applied"
-            ))
-        })??;
+            .filter(|n| self.is_healthy(*n))
+            .collect();
+        if candidates.is_empty() {
+            return Err(ApError::Unavailable(
+                "no replica of the key is reachable".into(),
+            ));
+        }
+        // SET, DEL and EXPIRE may be applied twice without harm (a second SET is a newer
+        // write of the same value), so a failed coordinating replica is replaced by the
+        // next one; an INCR is not retried (it might count twice).
+        let retries = if matches!(op, Op::Incr(_)) {
+            1
+        } else {
+            candidates.len()
+        };
+        let mut applied = None;
+        let mut last_error = None;
+        for &at in candidates.iter().take(retries) {
+            let left = timeout.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, self.apply_at(at, bucket, key.to_vec(), op.clone()))
+                .await
+            {
+                Ok(Ok(done)) => {
+                    applied = Some((at, done));
+                    break;
+                }
+                Ok(Err(e @ ApError::Refused(_))) => return Err(e),
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_) => {
+                    last_error = Some(ApError::Unavailable(format!(
+                        "write timed out at replica {at}; it may or may not have been applied"
+                    )));
+                    break;
+                }
+            }
+        }
+        let Some((coordinating, (state, answer))) = applied else {
+            return Err(last_error
+                .unwrap_or_else(|| ApError::Unavailable("no replica of the key answered".into())));
+        };
         let w = self.quorum(w, preferred.len());
         let elapsed = started.elapsed();
         let (mut req, actions) = WriteRequest::start(

@@ -71,6 +71,10 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     /// SWIM gossip and the phi detector per peer (`--gossip-interval`, `--phi-*`).
     pub gossip: SwimConfig,
+    /// `--listen-redis-urls`: where Redis clients connect (`redis://host:port`; none by
+    /// default here; `concord server` with no listen flags at all uses
+    /// `redis://127.0.0.1:6379`).
+    pub listen_redis_urls: Vec<String>,
 }
 
 impl ServerConfig {
@@ -99,6 +103,7 @@ impl ServerConfig {
             lease_checkpoint_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(7),
             gossip: SwimConfig::default(),
+            listen_redis_urls: Vec::new(),
         }
     }
 
@@ -168,6 +173,9 @@ impl ServerConfig {
                 return Err(format!("{flag} must name at least one URL"));
             }
         }
+        for url in &self.listen_redis_urls {
+            redis_host_port(url)?;
+        }
         for url in self
             .listen_client_urls
             .iter()
@@ -236,6 +244,27 @@ impl ServerConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// `host:port` of a `redis://host:port` URL (`rediss://`, TLS, is not implemented yet).
+pub fn redis_host_port(url: &str) -> Result<String, String> {
+    if url.starts_with("rediss://") {
+        return Err(format!(
+            "--listen-redis-urls: {url}: TLS is not implemented in this version; use redis://"
+        ));
+    }
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| format!("--listen-redis-urls: URL `{url}` must start with redis://"))?;
+    let hostport = rest.trim_end_matches('/');
+    match hostport.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok(hostport.to_string())
+        }
+        _ => Err(format!(
+            "--listen-redis-urls: URL `{url}` is not redis://host:port"
+        )),
     }
 }
 

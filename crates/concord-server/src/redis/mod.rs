@@ -1,0 +1,110 @@
+//! The Redis front door: `--listen-redis-urls`, RESP2 and RESP3, pipelining; every member
+//! coordinates any key of the AP buckets ([`crate::ap`]) and looks to a client like one
+//! plain Redis server (`cluster_enabled:0`). `docs/ap.md` lists the commands and what
+//! differs from Redis.
+//!
+//! One task per connection reads what has arrived, answers every complete request in
+//! order (pipelining), and writes the answers together. A protocol error is answered and
+//! the connection closed, as Redis does; a command error leaves it open.
+
+pub mod commands;
+pub mod resp;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ap::ApNode;
+use resp::{parse_request, Reply};
+
+/// Most simultaneous Redis connections per listener (Redis's `maxclients` default).
+pub const MAX_CLIENTS: usize = 10_000;
+
+/// A connection's state.
+#[derive(Debug)]
+pub struct Session {
+    /// Client id (`CLIENT ID`), unique in this process.
+    pub id: u64,
+    /// The protocol in use: 2, or 3 after `HELLO 3`.
+    pub resp: u8,
+    /// The selected bucket (`SELECT`).
+    pub bucket: u8,
+    /// `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
+    /// Set by `QUIT`: close after answering.
+    pub closing: bool,
+}
+
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Serves Redis clients on `listener` until the returned future is dropped.
+pub async fn serve(listener: TcpListener, ap: ApNode) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "redis accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            let mut stream = stream;
+            let _ = stream
+                .write_all(b"-ERR max number of clients reached\r\n")
+                .await;
+            continue;
+        };
+        let ap = ap.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            if let Err(e) = connection(stream, ap).await {
+                tracing::debug!(error = %e, "redis connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
+    let mut session = Session {
+        id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+        resp: 2,
+        bucket: 0,
+        name: None,
+        closing: false,
+    };
+    let mut buf = BytesMut::with_capacity(16 << 10);
+    let mut out = Vec::with_capacity(16 << 10);
+    loop {
+        if stream.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        loop {
+            match parse_request(&mut buf) {
+                Ok(Some(args)) => {
+                    let reply = commands::run(&ap, &mut session, args).await;
+                    reply.encode(session.resp, &mut out);
+                    if session.closing {
+                        stream.write_all(&out).await?;
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    Reply::error(e.to_string()).encode(session.resp, &mut out);
+                    stream.write_all(&out).await?;
+                    return Ok(());
+                }
+            }
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+    }
+}

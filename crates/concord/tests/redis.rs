@@ -1,0 +1,144 @@
+//! The Redis front door end to end: real processes, a Redis client on each member's Redis
+//! port, N=3 W=2 R=2 over the AP buckets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Cluster, RedisConn, RedisReply, BIN, WAIT};
+
+async fn conn(cluster: &Cluster, i: usize) -> RedisConn {
+    RedisConn::connect(cluster.nodes[i].redis_port)
+        .await
+        .expect("redis port answers")
+}
+
+fn ok() -> RedisReply {
+    RedisReply::Simple("OK".into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_member_serves_any_key_and_writes_survive_a_killed_replica() {
+    let mut cluster = Cluster::builder(BIN, 3)
+        .flag("--gossip-interval", 100)
+        .start()
+        .await;
+    let (mut a, mut b) = (conn(&cluster, 0).await, conn(&cluster, 1).await);
+    assert_eq!(
+        a.cmd(&["PING"]).await,
+        Ok(RedisReply::Simple("PONG".into()))
+    );
+    assert_eq!(a.cmd(&["SET", "greeting", "hello"]).await, Ok(ok()));
+    assert_eq!(
+        b.cmd(&["GET", "greeting"]).await,
+        Ok(RedisReply::bulk("hello"))
+    );
+    assert_eq!(b.cmd(&["GET", "missing"]).await, Ok(RedisReply::Null));
+    // Counters add up across coordinators; text refuses INCR with Redis's error.
+    for i in 0..10 {
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        assert_eq!(
+            c.cmd(&["INCR", "hits"]).await,
+            Ok(RedisReply::Integer(i + 1))
+        );
+    }
+    assert_eq!(
+        a.cmd(&["INCR", "greeting"]).await,
+        Ok(RedisReply::Error(
+            "ERR value is not an integer or out of range".into()
+        ))
+    );
+    // Buckets: SELECT 1 does not see bucket 0.
+    assert_eq!(b.cmd(&["SELECT", "1"]).await, Ok(ok()));
+    assert_eq!(b.cmd(&["GET", "greeting"]).await, Ok(RedisReply::Null));
+    assert_eq!(b.cmd(&["SELECT", "0"]).await, Ok(ok()));
+    // Expiry.
+    assert_eq!(a.cmd(&["SET", "tmp", "x", "PX", "100000"]).await, Ok(ok()));
+    match b.cmd(&["PTTL", "tmp"]).await {
+        Ok(RedisReply::Integer(ms)) => assert!((1..=100_000).contains(&ms), "{ms}"),
+        other => panic!("PTTL answered {other:?}"),
+    }
+    assert_eq!(
+        b.cmd(&["TTL", "greeting"]).await,
+        Ok(RedisReply::Integer(-1))
+    );
+    assert_eq!(
+        b.cmd(&["TTL", "missing"]).await,
+        Ok(RedisReply::Integer(-2))
+    );
+    assert_eq!(
+        a.cmd(&["DEL", "tmp", "missing"]).await,
+        Ok(RedisReply::Integer(1))
+    );
+    assert_eq!(
+        b.cmd(&["EXISTS", "tmp", "greeting"]).await,
+        Ok(RedisReply::Integer(1))
+    );
+
+    // One replica killed: W=2 writes still succeed, through either survivor, for many
+    // keys (whose coordinating replicas were spread over all three members).
+    cluster.kill9(2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..30 {
+        let key = format!("k{i}");
+        let c = if i % 2 == 0 { &mut a } else { &mut b };
+        assert_eq!(c.cmd(&["SET", &key, &key]).await, Ok(ok()), "SET {key}");
+    }
+    for i in 0..30 {
+        let key = format!("k{i}");
+        assert_eq!(a.cmd(&["GET", &key]).await, Ok(RedisReply::bulk(&key)));
+    }
+    // It comes back: reads through it see what was written meanwhile.
+    cluster.restart(2).await;
+    let port = cluster.nodes[2].redis_port;
+    common::eventually("the restarted member to serve reads", WAIT, || async move {
+        let mut c = RedisConn::connect(port).await.ok()?;
+        (c.cmd(&["GET", "k7"]).await == Ok(RedisReply::bulk("k7"))).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_and_command_errors_are_redis_s() {
+    let cluster = Cluster::start(BIN, 1).await;
+    let mut c = conn(&cluster, 0).await;
+    assert_eq!(
+        c.cmd(&["NOSUCH", "a"]).await,
+        Ok(RedisReply::Error(
+            "ERR unknown command 'NOSUCH', with args beginning with: 'a' ".into()
+        ))
+    );
+    assert_eq!(
+        c.cmd(&["GET"]).await,
+        Ok(RedisReply::Error(
+            "ERR wrong number of arguments for 'get' command".into()
+        ))
+    );
+    assert_eq!(
+        c.cmd(&["SET", "k", "v", "EX", "0"]).await,
+        Ok(RedisReply::Error(
+            "ERR invalid expire time in 'set' command".into()
+        ))
+    );
+    // Inline commands and RESP3.
+    assert_eq!(c.raw(b"SET inline \"a b\"\r\n").await, Ok(ok()));
+    assert_eq!(c.cmd(&["GET", "inline"]).await, Ok(RedisReply::bulk("a b")));
+    match c.cmd(&["HELLO", "3"]).await {
+        Ok(RedisReply::Array(kv)) => assert!(kv.contains(&RedisReply::bulk("proto"))),
+        other => panic!("HELLO 3 answered {other:?}"),
+    }
+    assert_eq!(c.cmd(&["GET", "missing"]).await, Ok(RedisReply::Null));
+    // A protocol error is answered, then the connection is closed; the server lives on.
+    assert_eq!(
+        c.raw(b"*1\r\n$-5\r\n").await,
+        Ok(RedisReply::Error(
+            "ERR Protocol error: invalid bulk length".into()
+        ))
+    );
+    assert!(c.cmd(&["PING"]).await.is_err());
+    let mut again = conn(&cluster, 0).await;
+    assert_eq!(
+        again.cmd(&["GET", "inline"]).await,
+        Ok(RedisReply::bulk("a b"))
+    );
+}
