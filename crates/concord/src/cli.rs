@@ -277,7 +277,8 @@ pub struct UrlList(pub Vec<String>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitialCluster(pub Vec<(String, Vec<String>)>);
 
-fn parse_url_list(s: &str) -> Result<UrlList, String> {
+/// A comma-separated list of at least one URL, each accepted by `check`.
+fn url_list<T>(s: &str, check: fn(&str) -> Result<T, String>) -> Result<UrlList, String> {
     let urls: Vec<String> = s
         .split(',')
         .map(str::trim)
@@ -288,25 +289,17 @@ fn parse_url_list(s: &str) -> Result<UrlList, String> {
         return Err("expected at least one URL".into());
     }
     for url in &urls {
-        concord_server::server::config::check_url(url)?;
+        check(url)?;
     }
     Ok(UrlList(urls))
 }
 
+fn parse_url_list(s: &str) -> Result<UrlList, String> {
+    url_list(s, concord_server::server::config::check_url)
+}
+
 fn parse_redis_url_list(s: &str) -> Result<UrlList, String> {
-    let urls: Vec<String> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|u| !u.is_empty())
-        .map(str::to_string)
-        .collect();
-    if urls.is_empty() {
-        return Err("expected at least one URL".into());
-    }
-    for url in &urls {
-        concord_server::server::config::redis_host_port(url)?;
-    }
-    Ok(UrlList(urls))
+    url_list(s, concord_server::server::config::redis_host_port)
 }
 
 fn parse_initial_cluster(s: &str) -> Result<InitialCluster, String> {

@@ -177,14 +177,13 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
             let Some(n) = integer(&rest[1]) else {
                 return Reply::error(NOT_INTEGER);
             };
-            let now = ap.now_ms() as i64;
-            let at = match cmd.as_str() {
-                "expire" => n.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
-                "pexpire" => n.checked_add(now),
-                "expireat" => n.checked_mul(1000),
-                _ => Some(n),
+            let unit = match cmd.as_str() {
+                "expire" => TimeUnit::Seconds,
+                "pexpire" => TimeUnit::Millis,
+                "expireat" => TimeUnit::UnixSeconds,
+                _ => TimeUnit::UnixMillis,
             };
-            let Some(at) = at else {
+            let Some(at) = deadline_ms(unit, n, ap.now_ms()) else {
                 return Reply::error(format!("ERR invalid expire time in '{cmd}' command"));
             };
             match live(ap, bucket, &rest[0]).await {
@@ -228,6 +227,30 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
     }
 }
 
+/// How an expiry argument counts.
+#[derive(Clone, Copy)]
+enum TimeUnit {
+    /// Seconds from now (`EX`, `EXPIRE`).
+    Seconds,
+    /// Milliseconds from now (`PX`, `PEXPIRE`).
+    Millis,
+    /// A Unix time in seconds (`EXAT`, `EXPIREAT`).
+    UnixSeconds,
+    /// A Unix time in milliseconds (`PXAT`, `PEXPIREAT`).
+    UnixMillis,
+}
+
+/// The deadline in ms since the Unix epoch; `None` when it overflows.
+fn deadline_ms(unit: TimeUnit, n: i64, now_ms: u64) -> Option<i64> {
+    let now = i64::try_from(now_ms).ok()?;
+    match unit {
+        TimeUnit::Seconds => n.checked_mul(1000)?.checked_add(now),
+        TimeUnit::Millis => n.checked_add(now),
+        TimeUnit::UnixSeconds => n.checked_mul(1000),
+        TimeUnit::UnixMillis => Some(n),
+    }
+}
+
 /// The key's state if it exists now.
 async fn live(ap: &ApNode, bucket: u8, key: &[u8]) -> Result<Option<RedisString>, ApError> {
     let now = ap.now_ms();
@@ -241,9 +264,11 @@ async fn set(ap: &ApNode, bucket: u8, rest: &[Vec<u8>]) -> Reply {
     while i < rest.len() {
         let opt = String::from_utf8_lossy(&rest[i]).to_ascii_uppercase();
         match opt.as_str() {
-            "NX" | "XX" | "GET" => return Reply::error(format!(
+            "NX" | "XX" | "GET" => {
+                return Reply::error(format!(
                 "ERR SET {opt} needs compare-and-set, which Concord's AP buckets do not have yet"
-            )),
+            ))
+            }
             "KEEPTTL" if expiry.is_none() => {
                 expiry = Some(SetExpiry::Keep);
                 i += 1;
@@ -252,14 +277,13 @@ async fn set(ap: &ApNode, bucket: u8, rest: &[Vec<u8>]) -> Reply {
                 let Some(n) = integer(&rest[i + 1]) else {
                     return Reply::error(NOT_INTEGER);
                 };
-                let now = ap.now_ms() as i64;
-                let at = match opt.as_str() {
-                    "EX" => n.checked_mul(1000).and_then(|ms| ms.checked_add(now)),
-                    "PX" => n.checked_add(now),
-                    "EXAT" => n.checked_mul(1000),
-                    _ => Some(n),
+                let unit = match opt.as_str() {
+                    "EX" => TimeUnit::Seconds,
+                    "PX" => TimeUnit::Millis,
+                    "EXAT" => TimeUnit::UnixSeconds,
+                    _ => TimeUnit::UnixMillis,
                 };
-                match at {
+                match deadline_ms(unit, n, ap.now_ms()) {
                     Some(at) if n > 0 => expiry = Some(SetExpiry::At(at as u64)),
                     _ => return Reply::error("ERR invalid expire time in 'set' command"),
                 }
