@@ -16,6 +16,8 @@
 //! * [`ap`]: AP buckets on this member: its replica store, the replica service, and the
 //!   coordinator of client requests over a key's replicas (`docs/ap.md`).
 //! * [`redis`]: the Redis front door (RESP2/RESP3) to the AP buckets.
+//! * [`resp`]: the RESP2/RESP3 frame codec, pure code: requests read as Redis 7 reads
+//!   them, [`resp::Frame`]s written with Redis's RESP2 downgrade, replies parsed.
 //! * [`error`]: [`error::KvError`], with etcd's error strings in one catalogue.
 //!
 //! ```no_run
@@ -42,6 +44,7 @@ pub mod ap;
 pub mod error;
 pub mod node;
 pub mod redis;
+pub mod resp;
 pub mod server;
 
 pub use error::KvError;

@@ -46,13 +46,12 @@ use tokio::task::JoinHandle;
 pub use config::{ClusterState, ServerConfig};
 use members::{MemberRecord, Members};
 
+use crate::ap::{ApConfig, ApNode};
 use crate::node::{self, NodeConfig, NodeHandle};
 use concord_raft::NodeId;
 use concord_runtime::faults::FaultyTransport;
 use concord_runtime::grpc::{GrpcTransport, RaftPeerService};
 use concord_runtime::membership::{generation_now, Membership, MembershipConfig};
-
-use crate::ap::{ApConfig, ApNode};
 use concord_runtime::transport::{GroupTransport, Router, DEFAULT_GROUP};
 
 /// Why a server could not start or stopped.

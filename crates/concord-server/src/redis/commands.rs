@@ -5,9 +5,11 @@
 
 use concord_core::crdt::{Expiry, RedisString, SetExpiry};
 
-use super::resp::Reply;
+use bytes::Bytes;
+
 use super::Session;
 use crate::ap::{ApError, ApNode, Op, BUCKETS};
+use crate::resp::{Frame, Protocol};
 
 /// The Redis version Concord answers as (the commands follow its semantics).
 pub const REDIS_VERSION: &str = "7.0.15";
@@ -15,11 +17,11 @@ pub const REDIS_VERSION: &str = "7.0.15";
 const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 const SYNTAX: &str = "ERR syntax error";
 
-fn wrong_arity(cmd: &str) -> Reply {
-    Reply::error(format!("ERR wrong number of arguments for '{cmd}' command"))
+fn wrong_arity(cmd: &str) -> Frame {
+    Frame::error(format!("ERR wrong number of arguments for '{cmd}' command"))
 }
 
-fn unknown(name: &[u8], args: &[Vec<u8>]) -> Reply {
+fn unknown(name: &[u8], args: &[Bytes]) -> Frame {
     let mut text = format!(
         "ERR unknown command '{}', with args beginning with: ",
         String::from_utf8_lossy(name)
@@ -27,14 +29,14 @@ fn unknown(name: &[u8], args: &[Vec<u8>]) -> Reply {
     for a in args.iter().take(128) {
         text.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
     }
-    Reply::error(text)
+    Frame::error(text)
 }
 
-fn ap_error(e: ApError) -> Reply {
+fn ap_error(e: ApError) -> Frame {
     match e {
-        ApError::Refused(text) => Reply::error(text),
-        ApError::Unavailable(why) => Reply::error(format!("TRYAGAIN {why}")),
-        ApError::Store(why) => Reply::error(format!("ERR {why}")),
+        ApError::Refused(text) => Frame::error(text),
+        ApError::Unavailable(why) => Frame::error(format!("TRYAGAIN {why}")),
+        ApError::Store(why) => Frame::error(format!("ERR {why}")),
     }
 }
 
@@ -43,9 +45,9 @@ fn integer(arg: &[u8]) -> Option<i64> {
 }
 
 /// Runs one request.
-pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
+pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
     let Some((name, rest)) = args.split_first() else {
-        return Reply::ok();
+        return Frame::ok();
     };
     let cmd = String::from_utf8_lossy(name).to_ascii_lowercase();
     // (min, max) arguments after the name; None: any number from min.
@@ -70,27 +72,27 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
     let bucket = s.bucket;
     match cmd.as_str() {
         "ping" => match rest.first() {
-            None => Reply::Simple("PONG".into()),
-            Some(m) => Reply::bulk(m.clone()),
+            None => Frame::simple("PONG"),
+            Some(m) => Frame::bulk(m.clone()),
         },
-        "echo" => Reply::bulk(rest[0].clone()),
+        "echo" => Frame::bulk(rest[0].clone()),
         "quit" => {
             s.closing = true;
-            Reply::ok()
+            Frame::ok()
         }
         "reset" => {
-            s.resp = 2;
+            s.resp = Protocol::Resp2;
             s.bucket = 0;
             s.name = None;
-            Reply::Simple("RESET".into())
+            Frame::simple("RESET")
         }
         "select" => match integer(&rest[0]) {
             Some(n) if (0..i64::from(BUCKETS)).contains(&n) => {
                 s.bucket = n as u8;
-                Reply::ok()
+                Frame::ok()
             }
-            Some(_) => Reply::error("ERR DB index is out of range"),
-            None => Reply::error(NOT_INTEGER),
+            Some(_) => Frame::error("ERR DB index is out of range"),
+            None => Frame::error(NOT_INTEGER),
         },
         "hello" => hello(s, rest),
         "client" => client(s, rest),
@@ -100,7 +102,7 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
         "get" => match ap.read(bucket, &rest[0]).await {
             Ok(state) => state
                 .and_then(|st| st.get(ap.now_ms()))
-                .map_or(Reply::Null, Reply::Bulk),
+                .map_or(Frame::Null, Frame::bulk),
             Err(e) => ap_error(e),
         },
         "set" => set(ap, bucket, rest).await,
@@ -110,14 +112,14 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
             }
             for pair in rest.chunks(2) {
                 let op = Op::Set {
-                    value: pair[1].clone(),
+                    value: pair[1].to_vec(),
                     expiry: SetExpiry::Clear,
                 };
                 if let Err(e) = ap.write(bucket, &pair[0], op).await {
                     return ap_error(e);
                 }
             }
-            Reply::ok()
+            Frame::ok()
         }
         "mget" => {
             let mut values = Vec::with_capacity(rest.len());
@@ -126,12 +128,12 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
                     Ok(state) => values.push(
                         state
                             .and_then(|st| st.get(ap.now_ms()))
-                            .map_or(Reply::Null, Reply::Bulk),
+                            .map_or(Frame::Null, Frame::bulk),
                     ),
                     Err(e) => return ap_error(e),
                 }
             }
-            Reply::Array(values)
+            Frame::Array(values)
         }
         "del" | "unlink" => {
             let mut removed = 0;
@@ -145,7 +147,7 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
                     Err(e) => return ap_error(e),
                 }
             }
-            Reply::Integer(removed)
+            Frame::Integer(removed)
         }
         "exists" => {
             let mut n = 0;
@@ -155,7 +157,7 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
                     Err(e) => return ap_error(e),
                 }
             }
-            Reply::Integer(n)
+            Frame::Integer(n)
         }
         "incr" | "decr" | "incrby" | "decrby" => {
             let delta = match cmd.as_str() {
@@ -165,17 +167,17 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
                 _ => integer(&rest[1]).and_then(i64::checked_neg),
             };
             let Some(delta) = delta else {
-                return Reply::error(NOT_INTEGER);
+                return Frame::error(NOT_INTEGER);
             };
             match ap.write(bucket, &rest[0], Op::Incr(delta)).await {
-                Ok(Some(n)) => Reply::Integer(n),
-                Ok(None) => Reply::error("ERR the replica did not return the new value"),
+                Ok(Some(n)) => Frame::Integer(n),
+                Ok(None) => Frame::error("ERR the replica did not return the new value"),
                 Err(e) => ap_error(e),
             }
         }
         "expire" | "pexpire" | "expireat" | "pexpireat" => {
             let Some(n) = integer(&rest[1]) else {
-                return Reply::error(NOT_INTEGER);
+                return Frame::error(NOT_INTEGER);
             };
             let unit = match cmd.as_str() {
                 "expire" => TimeUnit::Seconds,
@@ -184,37 +186,37 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Vec<u8>>) -> Reply {
                 _ => TimeUnit::UnixMillis,
             };
             let Some(at) = deadline_ms(unit, n, ap.now_ms()) else {
-                return Reply::error(format!("ERR invalid expire time in '{cmd}' command"));
+                return Frame::error(format!("ERR invalid expire time in '{cmd}' command"));
             };
             match live(ap, bucket, &rest[0]).await {
                 Ok(Some(_)) => {
                     let op = Op::Expire(Expiry::At(at.max(0) as u64));
                     match ap.write(bucket, &rest[0], op).await {
-                        Ok(_) => Reply::Integer(1),
+                        Ok(_) => Frame::Integer(1),
                         Err(e) => ap_error(e),
                     }
                 }
-                Ok(None) => Reply::Integer(0),
+                Ok(None) => Frame::Integer(0),
                 Err(e) => ap_error(e),
             }
         }
         "persist" => match live(ap, bucket, &rest[0]).await {
             Ok(Some(st)) if st.expires_at().is_some() => {
                 match ap.write(bucket, &rest[0], Op::Expire(Expiry::Never)).await {
-                    Ok(_) => Reply::Integer(1),
+                    Ok(_) => Frame::Integer(1),
                     Err(e) => ap_error(e),
                 }
             }
-            Ok(_) => Reply::Integer(0),
+            Ok(_) => Frame::Integer(0),
             Err(e) => ap_error(e),
         },
         "ttl" | "pttl" => match live(ap, bucket, &rest[0]).await {
-            Ok(None) => Reply::Integer(-2),
+            Ok(None) => Frame::Integer(-2),
             Ok(Some(st)) => match st.expires_at() {
-                None => Reply::Integer(-1),
+                None => Frame::Integer(-1),
                 Some(at) => {
                     let left = at.saturating_sub(ap.now_ms()) as i64;
-                    Reply::Integer(if cmd == "ttl" {
+                    Frame::Integer(if cmd == "ttl" {
                         (left + 500) / 1000
                     } else {
                         left
@@ -257,7 +259,7 @@ async fn live(ap: &ApNode, bucket: u8, key: &[u8]) -> Result<Option<RedisString>
     Ok(ap.read(bucket, key).await?.filter(|st| st.exists(now)))
 }
 
-async fn set(ap: &ApNode, bucket: u8, rest: &[Vec<u8>]) -> Reply {
+async fn set(ap: &ApNode, bucket: u8, rest: &[Bytes]) -> Frame {
     let (key, value) = (&rest[0], &rest[1]);
     let mut expiry: Option<SetExpiry> = None;
     let mut i = 2;
@@ -265,7 +267,7 @@ async fn set(ap: &ApNode, bucket: u8, rest: &[Vec<u8>]) -> Reply {
         let opt = String::from_utf8_lossy(&rest[i]).to_ascii_uppercase();
         match opt.as_str() {
             "NX" | "XX" | "GET" => {
-                return Reply::error(format!(
+                return Frame::error(format!(
                 "ERR SET {opt} needs compare-and-set, which Concord's AP buckets do not have yet"
             ))
             }
@@ -275,7 +277,7 @@ async fn set(ap: &ApNode, bucket: u8, rest: &[Vec<u8>]) -> Reply {
             }
             "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && i + 1 < rest.len() => {
                 let Some(n) = integer(&rest[i + 1]) else {
-                    return Reply::error(NOT_INTEGER);
+                    return Frame::error(NOT_INTEGER);
                 };
                 let unit = match opt.as_str() {
                     "EX" => TimeUnit::Seconds,
@@ -285,31 +287,31 @@ async fn set(ap: &ApNode, bucket: u8, rest: &[Vec<u8>]) -> Reply {
                 };
                 match deadline_ms(unit, n, ap.now_ms()) {
                     Some(at) if n > 0 => expiry = Some(SetExpiry::At(at as u64)),
-                    _ => return Reply::error("ERR invalid expire time in 'set' command"),
+                    _ => return Frame::error("ERR invalid expire time in 'set' command"),
                 }
                 i += 2;
             }
-            _ => return Reply::error(SYNTAX),
+            _ => return Frame::error(SYNTAX),
         }
     }
     let op = Op::Set {
-        value: value.clone(),
+        value: value.to_vec(),
         expiry: expiry.unwrap_or(SetExpiry::Clear),
     };
     match ap.write(bucket, key, op).await {
-        Ok(_) => Reply::ok(),
+        Ok(_) => Frame::ok(),
         Err(e) => ap_error(e),
     }
 }
 
-fn hello(s: &mut Session, rest: &[Vec<u8>]) -> Reply {
+fn hello(s: &mut Session, rest: &[Bytes]) -> Frame {
     let mut i = 0;
     if let Some(v) = rest.first() {
         match integer(v) {
-            Some(2) => s.resp = 2,
-            Some(3) => s.resp = 3,
-            Some(_) => return Reply::error("NOPROTO unsupported protocol version"),
-            None => return Reply::error("ERR Protocol version is not an integer or out of range"),
+            Some(2) => s.resp = Protocol::Resp2,
+            Some(3) => s.resp = Protocol::Resp3,
+            Some(_) => return Frame::error("NOPROTO unsupported protocol version"),
+            None => return Frame::error("ERR Protocol version is not an integer or out of range"),
         }
         i = 1;
     }
@@ -317,60 +319,66 @@ fn hello(s: &mut Session, rest: &[Vec<u8>]) -> Reply {
         let opt = String::from_utf8_lossy(&rest[i]).to_ascii_uppercase();
         match opt.as_str() {
             "SETNAME" if i + 1 < rest.len() => {
-                s.name = Some(rest[i + 1].clone());
+                s.name = Some(rest[i + 1].to_vec());
                 i += 2;
             }
             "AUTH" if i + 2 < rest.len() => {
-                return Reply::error(
+                return Frame::error(
                     "ERR AUTH is not supported yet: Concord's Redis port has no users",
                 )
             }
-            _ => return Reply::error(SYNTAX),
+            _ => return Frame::error(SYNTAX),
         }
     }
-    Reply::Map(vec![
-        (Reply::bulk("server"), Reply::bulk("redis")),
-        (Reply::bulk("version"), Reply::bulk(REDIS_VERSION)),
-        (Reply::bulk("proto"), Reply::Integer(i64::from(s.resp))),
-        (Reply::bulk("id"), Reply::Integer(s.id as i64)),
-        (Reply::bulk("mode"), Reply::bulk("standalone")),
-        (Reply::bulk("role"), Reply::bulk("master")),
-        (Reply::bulk("modules"), Reply::Array(vec![])),
+    Frame::Map(vec![
+        (Frame::bulk("server"), Frame::bulk("redis")),
+        (Frame::bulk("version"), Frame::bulk(REDIS_VERSION)),
+        (
+            Frame::bulk("proto"),
+            Frame::Integer(match s.resp {
+                Protocol::Resp2 => 2,
+                Protocol::Resp3 => 3,
+            }),
+        ),
+        (Frame::bulk("id"), Frame::Integer(s.id as i64)),
+        (Frame::bulk("mode"), Frame::bulk("standalone")),
+        (Frame::bulk("role"), Frame::bulk("master")),
+        (Frame::bulk("modules"), Frame::Array(vec![])),
     ])
 }
 
-fn client(s: &mut Session, rest: &[Vec<u8>]) -> Reply {
+fn client(s: &mut Session, rest: &[Bytes]) -> Frame {
     let sub = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
     match (sub.as_str(), rest.len()) {
         ("setname", 2) => {
             if rest[1].iter().any(|b| *b <= b' ' || *b > b'~') {
-                return Reply::error(
+                return Frame::error(
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 );
             }
-            s.name = (!rest[1].is_empty()).then(|| rest[1].clone());
-            Reply::ok()
+            s.name = (!rest[1].is_empty()).then(|| rest[1].to_vec());
+            Frame::ok()
         }
-        ("getname", 1) => s.name.clone().map_or(Reply::Null, Reply::Bulk),
-        ("id", 1) => Reply::Integer(s.id as i64),
+        ("getname", 1) => s.name.clone().map_or(Frame::Null, Frame::bulk),
+        ("id", 1) => Frame::Integer(s.id as i64),
         // Libraries announce themselves; nothing to keep.
-        ("setinfo", 3) => Reply::ok(),
-        _ => Reply::error(format!(
+        ("setinfo", 3) => Frame::ok(),
+        _ => Frame::error(format!(
             "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
         )),
     }
 }
 
-fn command(rest: &[Vec<u8>]) -> Reply {
+fn command(rest: &[Bytes]) -> Frame {
     match rest
         .first()
         .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
         .as_deref()
     {
-        Some("count") => Reply::Integer(COMMANDS.len() as i64),
+        Some("count") => Frame::Integer(COMMANDS.len() as i64),
         // redis-cli asks for the docs at start; an empty answer is valid.
-        Some("docs") => Reply::Map(vec![]),
-        _ => Reply::Array(vec![]),
+        Some("docs") => Frame::Map(vec![]),
+        _ => Frame::Array(vec![]),
     }
 }
 
@@ -406,20 +414,20 @@ const COMMANDS: &[&str] = &[
     "pttl",
 ];
 
-fn config(rest: &[Vec<u8>]) -> Reply {
+fn config(rest: &[Bytes]) -> Frame {
     let sub = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
     match sub.as_str() {
         // No settings are exposed; unknown ones are accepted and ignored, as
         // Redis-compatible servers do.
-        "get" => Reply::Map(vec![]),
-        "set" if rest.len() >= 3 && rest.len() % 2 == 1 => Reply::ok(),
-        _ => Reply::error(format!(
+        "get" => Frame::Map(vec![]),
+        "set" if rest.len() >= 3 && rest.len() % 2 == 1 => Frame::ok(),
+        _ => Frame::error(format!(
             "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CONFIG HELP."
         )),
     }
 }
 
-fn info(ap: &ApNode, s: &Session) -> Reply {
+fn info(ap: &ApNode, s: &Session) -> Frame {
     let c = ap.config();
     let text = format!(
         "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nconcord_version:{}\r\nprocess_id:{}\r\n\r\n\
@@ -433,5 +441,5 @@ fn info(ap: &ApNode, s: &Session) -> Reply {
         c.r,
         c.w,
     );
-    Reply::bulk(text)
+    Frame::bulk(text)
 }

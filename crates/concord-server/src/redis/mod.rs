@@ -8,7 +8,6 @@
 //! the connection closed, as Redis does; a command error leaves it open.
 
 pub mod commands;
-pub mod resp;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ap::ApNode;
-use resp::{parse_request, Reply};
+use crate::resp::{encode, parse_request, Limits, Protocol};
 
 /// Most simultaneous Redis connections per listener (Redis's `maxclients` default).
 pub const MAX_CLIENTS: usize = 10_000;
@@ -28,8 +27,8 @@ pub const MAX_CLIENTS: usize = 10_000;
 pub struct Session {
     /// Client id (`CLIENT ID`), unique in this process.
     pub id: u64,
-    /// The protocol in use: 2, or 3 after `HELLO 3`.
-    pub resp: u8,
+    /// The protocol in use: RESP2, or RESP3 after `HELLO 3`.
+    pub resp: Protocol,
     /// The selected bucket (`SELECT`).
     pub bucket: u8,
     /// `CLIENT SETNAME`.
@@ -73,22 +72,23 @@ pub async fn serve(listener: TcpListener, ap: ApNode) {
 async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
     let mut session = Session {
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
-        resp: 2,
+        resp: Protocol::Resp2,
         bucket: 0,
         name: None,
         closing: false,
     };
+    let limits = Limits::default();
     let mut buf = BytesMut::with_capacity(16 << 10);
-    let mut out = Vec::with_capacity(16 << 10);
+    let mut out = BytesMut::with_capacity(16 << 10);
     loop {
         if stream.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
         loop {
-            match parse_request(&mut buf) {
+            match parse_request(&mut buf, &limits) {
                 Ok(Some(args)) => {
                     let reply = commands::run(&ap, &mut session, args).await;
-                    reply.encode(session.resp, &mut out);
+                    encode(&reply, session.resp, &mut out);
                     if session.closing {
                         stream.write_all(&out).await?;
                         return Ok(());
@@ -96,7 +96,7 @@ async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    Reply::error(e.to_string()).encode(session.resp, &mut out);
+                    encode(&e.reply(), session.resp, &mut out);
                     stream.write_all(&out).await?;
                     return Ok(());
                 }
