@@ -321,12 +321,12 @@ impl Server {
                 my_peer_urls,
                 my_client_urls.clone(),
             )),
-            tokio::spawn(sync_ap(members.clone(), membership.clone(), ap.clone())),
             tokio::spawn(sync_peers(
                 node.clone(),
                 members,
                 grpc,
                 membership.clone(),
+                ap.clone(),
                 member_id,
             )),
             tokio::spawn(compact_in_background(node.clone())),
@@ -588,12 +588,14 @@ async fn publish_self(
     }
 }
 
-/// Keeps the transport's peers in line with the membership and the members' peer URLs.
+/// Keeps the transport's, gossip's and the AP ring's peers in line with the membership and
+/// the members' peer URLs, and the AP side's health with the gossip view.
 async fn sync_peers(
     node: NodeHandle,
     members: Arc<Members>,
     transport: Arc<GrpcTransport>,
     membership: Membership,
+    ap: ApNode,
     me: NodeId,
 ) {
     let mut every = tokio::time::interval(Duration::from_millis(500));
@@ -632,20 +634,8 @@ async fn sync_peers(
                 }
             }
         }
-    }
-}
-
-/// Keeps the AP side's ring on the member list and its health on the gossip view.
-async fn sync_ap(members: Arc<Members>, membership: Membership, ap: ApNode) {
-    let mut every = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        every.tick().await;
-        let peers: BTreeMap<NodeId, String> = members
-            .records()
-            .into_iter()
-            .filter_map(|(id, r)| r.peer_urls.first().map(|u| (id, u.clone())))
-            .collect();
-        ap.set_members(&peers);
+        // The AP ring holds the same members; its health is what gossip sees alive.
+        ap.set_members(&transport.peers());
         let Some(view) = membership.view().await else {
             return;
         };

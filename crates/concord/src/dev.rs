@@ -26,12 +26,12 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal as NixSignal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::{sleep, timeout, Instant};
 
 use crate::cli::DevArgs;
+use crate::ctl::http::{parse_status_line, send_get};
 
 /// How long every node has to answer `GET /ready` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -646,10 +646,7 @@ async fn wait_ready(children: &mut Children) -> Result<(), DevError> {
 /// The status code of `GET path` on 127.0.0.1:`port` (HTTP/1.1, one second at most).
 pub async fn http_status(port: u16, path: &str) -> io::Result<u16> {
     let attempt = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
+        let mut stream = send_get(&format!("127.0.0.1:{port}"), path).await?;
         let mut head = Vec::with_capacity(128);
         let mut buf = [0u8; 128];
         while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
@@ -670,17 +667,6 @@ pub async fn http_status(port: u16, path: &str) -> io::Result<u16> {
                 "no answer within 1 s",
             ))
         })
-}
-
-/// The status code of an HTTP/1.x status line (`HTTP/1.1 200 OK`).
-fn parse_status_line(head: &[u8]) -> Option<u16> {
-    let line = head.split(|b| *b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    let mut parts = line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/1.") {
-        return None;
-    }
-    parts.next()?.parse().ok()
 }
 
 /// The last `lines` lines of a log file (at most its last 64 KiB), for error messages.
@@ -758,6 +744,7 @@ fn print_endpoints(plans: &[NodePlan], data: &DataDir) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     #[test]
     fn default_plan_matches_etcds_procfile() {
@@ -834,17 +821,6 @@ mod tests {
         assert!(e.contains("bad client_port"), "{e}");
         std::fs::write(&path, "[[node]]\nname = \"n2\"\n").unwrap();
         assert!(load_plan(&path).is_err());
-    }
-
-    #[test]
-    fn status_lines() {
-        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Some(200));
-        assert_eq!(
-            parse_status_line(b"HTTP/1.0 503 Service Unavailable\r\n"),
-            Some(503)
-        );
-        assert_eq!(parse_status_line(b"SSH-2.0\r\n"), None);
-        assert_eq!(parse_status_line(b""), None);
     }
 
     #[tokio::test]

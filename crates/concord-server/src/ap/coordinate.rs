@@ -28,11 +28,12 @@ use super::{blocking, op_to_wire, ApConfig, ApError, ApNode, Op};
 /// The result of a write: for `INCRBY`, the new value.
 pub type Written = Option<i64>;
 
-impl ApNode {
-    fn quorum(&self, wanted: u32, replicas: usize) -> u32 {
-        wanted.clamp(1, replicas.max(1) as u32)
-    }
+/// `wanted`, within what `replicas` replicas can give.
+fn quorum(wanted: u32, replicas: usize) -> u32 {
+    wanted.clamp(1, replicas.max(1) as u32)
+}
 
+impl ApNode {
     /// Applies `op` to `key` in `bucket` over the key's replicas.
     pub async fn write(&self, bucket: u8, key: &[u8], op: Op) -> Result<Written, ApError> {
         let ApConfig { w, timeout, .. } = self.config();
@@ -82,7 +83,7 @@ impl ApNode {
             return Err(last_error
                 .unwrap_or_else(|| ApError::Unavailable("no replica of the key answered".into())));
         };
-        let w = self.quorum(w, preferred.len());
+        let w = quorum(w, preferred.len());
         let elapsed = started.elapsed();
         let (mut req, actions) = WriteRequest::start(
             w,
@@ -134,7 +135,7 @@ impl ApNode {
         let ApConfig { r, timeout, .. } = self.config();
         let started = Instant::now();
         let (preferred, fallbacks) = self.placement(key);
-        let r = self.quorum(r, preferred.len());
+        let r = quorum(r, preferred.len());
         let (mut req, actions) = ReadRequest::<RedisString>::start(
             r,
             &preferred,

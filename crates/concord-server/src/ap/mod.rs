@@ -246,11 +246,11 @@ impl ApNode {
         op: &Op,
     ) -> Result<(RedisString, Option<i64>), ApError> {
         let me = self.inner.me;
-        let clock = &self.inner.clock;
-        let now_ms = clock.now().physical_ms;
+        let now = self.inner.clock.now();
+        let now_ms = now.physical_ms;
         let out = self.inner.store.update(bucket, key, |s| {
             // Newer than anything this replica has seen of the key (guarantee 2).
-            let stamp = (clock.now().pack().max(s.epoch().0.saturating_add(1)), me);
+            let stamp = (now.pack().max(s.epoch().0.saturating_add(1)), me);
             match op {
                 Op::Set { value, expiry } => {
                     s.set(value.clone(), stamp, me, *expiry);

@@ -1,5 +1,6 @@
 //! Plain HTTP/1.1 GETs of a member's JSON endpoints (those gRPC does not carry, such as
-//! `/v1/members`), on the same client URL as gRPC.
+//! `/v1/members`), on the same client URL as gRPC; `concord dev` polls `/ready` with the
+//! same request.
 
 use std::time::Duration;
 
@@ -37,6 +38,26 @@ pub fn authority(endpoint: &str) -> CtlResult<String> {
     )
 }
 
+/// Connects to `authority` and sends `GET path` (HTTP/1.1, `Connection: close`); the answer
+/// is the caller's to read.
+pub async fn send_get(authority: &str, path: &str) -> std::io::Result<TcpStream> {
+    let mut stream = TcpStream::connect(authority).await?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    Ok(stream)
+}
+
+/// The status code of an HTTP/1.x answer starting with `head`.
+pub fn parse_status_line(head: &[u8]) -> Option<u16> {
+    let line = head.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(line).ok()?;
+    let mut parts = line.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/1.") {
+        return None;
+    }
+    parts.next()?.parse().ok()
+}
+
 /// GETs `path` from `endpoint` and parses the body as JSON; an answer other than 200 is an
 /// error carrying the body.
 pub async fn get_json(
@@ -46,10 +67,7 @@ pub async fn get_json(
 ) -> CtlResult<serde_json::Value> {
     let authority = authority(endpoint)?;
     let attempt = async {
-        let mut stream = TcpStream::connect(&authority).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
+        let stream = send_get(&authority, path).await?;
         let mut response = Vec::new();
         stream
             .take(MAX_RESPONSE_BYTES)
@@ -72,11 +90,7 @@ fn parse_response(endpoint: &str, response: &[u8]) -> CtlResult<serde_json::Valu
         .ok_or_else(bad)?;
     let head = std::str::from_utf8(&response[..split]).map_err(|_| bad())?;
     let body = &response[split + 4..];
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(bad)?;
+    let status = parse_status_line(head.as_bytes()).ok_or_else(bad)?;
     if head.lines().any(|l| {
         l.to_ascii_lowercase()
             .starts_with("transfer-encoding: chunked")
@@ -98,6 +112,17 @@ fn parse_response(endpoint: &str, response: &[u8]) -> CtlResult<serde_json::Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse_status_line(b"HTTP/1.1 200 OK\r\n"), Some(200));
+        assert_eq!(
+            parse_status_line(b"HTTP/1.0 503 Service Unavailable\r\n"),
+            Some(503)
+        );
+        assert_eq!(parse_status_line(b"SSH-2.0\r\n"), None);
+        assert_eq!(parse_status_line(b""), None);
+    }
 
     #[test]
     fn authorities() {
