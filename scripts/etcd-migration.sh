@@ -56,6 +56,9 @@ fail() { echo "etcd migration: FAIL: $*" >&2; exit 1; }
 
 # start_cluster KIND PREFIX BASEPORT CMD...: three members named PREFIX1..3, client port
 # BASEPORT+10*i, peer port +1, data dirs $WORK/PREFIXi (created by a restore or new).
+# The fixed ports lie below Linux's ephemeral range (32768-60999), so no outgoing
+# connection of the members (peer streams, gossip) can hold one when a later cluster
+# binds it (a CI run failed on exactly that: "bind: address already in use").
 start_cluster() {
     local kind=$1 prefix=$2 base=$3
     shift 3
@@ -132,7 +135,7 @@ check_write() {
 }
 
 # 1. etcd with a history.
-start_cluster etcd e 43300 etcd
+start_cluster etcd e 23300 etcd
 ctl put a 1 >/dev/null
 ctl put b 2 >/dev/null
 ctl put a 11 >/dev/null
@@ -174,7 +177,7 @@ for i in 1 2 3; do
         || fail "concord snapshot restore"
 done
 grep -q "not restored: 3 member records" "$WORK/restore-c1.txt" || { cat "$WORK/restore-c1.txt" >&2; fail "restore did not report the member records"; }
-start_cluster concord c 43400 "$CONCORD" server
+start_cluster concord c 23400 "$CONCORD" server
 dump "$WORK/concord.dump"
 diff -u "$WORK/etcd.dump" "$WORK/concord.dump" || fail "Concord restored from etcd's snapshot shows another history"
 echo "etcd -> Concord: identical ($(wc -l <"$WORK/concord.dump") lines)" >&2
@@ -188,12 +191,12 @@ etcdctl snapshot status "$WORK/concord.db" -w json >"$WORK/status.json" || fail 
     || fail "concord snapshot status differs from etcdctl's on Concord's own file"
 for i in 1 2 3; do
     etcdctl snapshot restore "$WORK/concord.db" --name "b$i" --data-dir "$WORK/b$i" \
-        --initial-cluster "b1=http://127.0.0.1:43511,b2=http://127.0.0.1:43521,b3=http://127.0.0.1:43531" \
+        --initial-cluster "b1=http://127.0.0.1:23511,b2=http://127.0.0.1:23521,b3=http://127.0.0.1:23531" \
         --initial-cluster-token b-migration \
-        --initial-advertise-peer-urls "http://127.0.0.1:435${i}1" >/dev/null 2>&1 \
+        --initial-advertise-peer-urls "http://127.0.0.1:235${i}1" >/dev/null 2>&1 \
         || fail "etcdctl snapshot restore refused Concord's snapshot"
 done
-start_cluster etcd b 43500 etcd
+start_cluster etcd b 23500 etcd
 dump "$WORK/back.dump"
 diff -u "$WORK/etcd.dump" "$WORK/back.dump" || fail "etcd restored from Concord's snapshot shows another history"
 check_write etcd
