@@ -266,6 +266,7 @@ impl Server {
             members: members.clone(),
             raft_metrics,
             membership: membership.clone(),
+            ap: ap.clone(),
         };
         let routes = grpc_services(&ctx, &token, config.max_request_bytes);
         // One port for both: gRPC requests (content-type application/grpc) go to the
@@ -330,6 +331,7 @@ impl Server {
                 member_id,
             )),
             tokio::spawn(compact_in_background(node.clone())),
+            tokio::spawn(replay_hints_in_background(node.clone(), ap.clone())),
         ];
         tracing::info!(
             member = format_args!("{member_id}"),
@@ -646,6 +648,19 @@ async fn sync_peers(
                 .map(|m| m.id)
                 .collect(),
         );
+    }
+}
+
+/// Hands hints over to the members they are for, once a second, batch after batch while
+/// there are hints to hand over.
+async fn replay_hints_in_background(node: NodeHandle, ap: ApNode) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        while !node.status().stopped && ap.replay_hints(256).await > 0 {}
+        if node.status().stopped {
+            return;
+        }
     }
 }
 

@@ -2,14 +2,17 @@
 //! holds for replicas that were unreachable, in one redb file (`ap.redb` in the data
 //! directory) apart from the CP keyspace's.
 //!
-//! Every change is a read-merge-write of one key in one transaction made durable (fsync)
-//! before it returns, so a replica acknowledges only what survives a crash. A stored state
-//! only ever moves up its lattice: writes and repairs are merges.
+//! Every change is a read-modify-write of one key, run by one writer thread that commits
+//! whatever changes queued up while its previous commit ran in one transaction with one
+//! fsync (group commit), and answers each change only after that commit, so a replica
+//! acknowledges only what survives a crash. A stored state only ever moves up its
+//! lattice: writes and repairs are merges.
 //!
 //! # Guarantees
 //!
 //! 1. **Durable before acknowledged.** [`ApStore::update`], [`ApStore::merge`] and
-//!    [`ApStore::store_hint`] return after an fsync'd commit.
+//!    [`ApStore::store_hint`] return after the fsync'd commit of the batch that carried
+//!    them; when that commit fails, every change in the batch answers the error.
 //! 2. **Only joins.** A merge never loses what the stored state had: the result is the
 //!    join of both.
 //! 3. **Damage is an error.** Every stored value carries a CRC32C over its key and bytes
@@ -19,7 +22,9 @@
 //!    that was handed over and removes the hint only if it still equals it, so a hint
 //!    merged again meanwhile is handed over again.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use concord_core::crdt::{Crdt, RedisString};
 use concord_core::NodeId;
@@ -50,6 +55,17 @@ pub enum ApStoreError {
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// The group commit that carried this write failed: nothing of it is stored.
+    #[error("{0}")]
+    Commit(String),
+    /// The hint store holds its limit of hints for this owner already.
+    #[error("the hint store holds {limit} hints for member {owner} already")]
+    HintsFull {
+        /// The owner.
+        owner: NodeId,
+        /// The limit.
+        limit: u64,
     },
     /// A stored value failed its checksum or does not decode.
     #[error("ap store value of key {key:?} is damaged: {reason}")]
@@ -90,9 +106,83 @@ pub struct Hint {
 }
 
 /// The store.
-#[derive(Debug)]
 pub struct ApStore {
-    db: Database,
+    db: Arc<Database>,
+    /// Hints held per owner (kept in step with the table after each commit).
+    hint_counts: Mutex<BTreeMap<NodeId, u64>>,
+    /// Most hints held for one owner.
+    hint_limit: u64,
+    /// Hands write jobs to the group-commit thread; `None` once dropping.
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for ApStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApStore").finish_non_exhaustive()
+    }
+}
+
+impl Drop for ApStore {
+    fn drop(&mut self) {
+        // The writer finishes the jobs queued, then sees the channel closed.
+        self.jobs = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+/// The tables a write job works on, inside the batch's transaction.
+struct Tables<'t> {
+    keys: redb::Table<'t, &'static [u8], &'static [u8]>,
+    hints: redb::Table<'t, &'static [u8], &'static [u8]>,
+}
+
+/// What a job does once its batch has committed (or failed to).
+type Done = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A write: run inside a batch's transaction (`None` when the batch failed before it
+/// could run), it answers its caller through the `Done` after the commit.
+type Job = Box<dyn FnOnce(Option<&mut Tables<'_>>) -> Done + Send>;
+
+/// Most jobs committed together.
+const MAX_BATCH: usize = 1024;
+
+/// The group-commit loop: takes every job queued while the previous commit was running,
+/// applies them in order in one transaction, commits it with one fsync, then answers them
+/// all. Nothing waits for company: a lone job commits at once.
+fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let mut dones = Vec::with_capacity(batch.len());
+        let committed = (|| -> Result<(), ApStoreError> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            {
+                let mut tables = Tables {
+                    keys: txn.open_table(KEYS)?,
+                    hints: txn.open_table(HINTS)?,
+                };
+                for job in batch.drain(..) {
+                    dones.push(job(Some(&mut tables)));
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })()
+        .map_err(|e| format!("ap store commit failed: {e}"));
+        // Jobs the failure kept from running answer the same error.
+        dones.extend(batch.drain(..).map(|job| job(None)));
+        for done in dones {
+            done(committed.clone());
+        }
+    }
 }
 
 fn row(bucket: u8, key: &[u8]) -> Vec<u8> {
@@ -141,9 +231,33 @@ fn decode(row: &[u8], stored: &[u8]) -> Result<RedisString, ApStoreError> {
     state_from_bytes(bytes).map_err(corrupt)
 }
 
+/// Hints per owner in the table, counted at open.
+fn count_hints(db: &Database) -> Result<BTreeMap<NodeId, u64>, ApStoreError> {
+    let txn = db.begin_read()?;
+    let t = txn.open_table(HINTS)?;
+    let mut out = BTreeMap::new();
+    for entry in t.iter()? {
+        let (k, _) = entry?;
+        if let Some(id) = k.value().get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
+            *out.entry(NodeId(u64::from_be_bytes(id))).or_default() += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn get_state(
+    t: &redb::Table<'_, &'static [u8], &'static [u8]>,
+    row: &[u8],
+) -> Result<RedisString, ApStoreError> {
+    match t.get(row)? {
+        Some(v) => decode(row, v.value()),
+        None => Ok(RedisString::new()),
+    }
+}
+
 impl ApStore {
-    /// Opens or creates the store at `path`.
-    pub fn open(path: &Path) -> Result<Self, ApStoreError> {
+    /// Opens or creates the store at `path`, holding at most `hint_limit` hints per owner.
+    pub fn open(path: &Path, hint_limit: u64) -> Result<Self, ApStoreError> {
         let open_err = |reason: String| ApStoreError::Open {
             path: path.to_path_buf(),
             reason,
@@ -151,12 +265,52 @@ impl ApStore {
         // redb may panic on a damaged file instead of returning an error.
         let opened = std::panic::catch_unwind(|| Database::create(path))
             .map_err(|_| open_err("the database library failed reading it".into()))?;
-        let db = opened.map_err(|e| open_err(e.to_string()))?;
+        let db = Arc::new(opened.map_err(|e| open_err(e.to_string()))?);
         let txn = db.begin_write()?;
         txn.open_table(KEYS)?;
         txn.open_table(HINTS)?;
         txn.commit()?;
-        Ok(ApStore { db })
+        let hint_counts = Mutex::new(count_hints(&db)?);
+        let (tx, rx) = mpsc::channel();
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("ap-store-commit".into())
+            .spawn(move || write_loop(&writer_db, &rx))
+            .map_err(|e| open_err(format!("cannot start its commit thread: {e}")))?;
+        Ok(ApStore {
+            db,
+            hint_counts,
+            hint_limit,
+            jobs: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Runs `f` in the next group commit and returns its answer once that commit is
+    /// durable (or the commit's error).
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, ApStoreError> + Send + 'static,
+    ) -> Result<T, ApStoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let job: Job = Box::new(move |tables| {
+            let out = match tables {
+                Some(t) => f(t),
+                None => Err(ApStoreError::Commit(
+                    "the batch failed before this write".into(),
+                )),
+            };
+            Box::new(move |committed: Result<(), String>| {
+                let _ = tx.send(committed.map_err(ApStoreError::Commit).and(out));
+            })
+        });
+        let stopped = || ApStoreError::Commit("the store is closing".into());
+        self.jobs
+            .as_ref()
+            .ok_or_else(stopped)?
+            .send(job)
+            .map_err(|_| stopped())?;
+        rx.recv().map_err(|_| stopped())?
     }
 
     /// The state of `key` in `bucket`, if any.
@@ -171,35 +325,23 @@ impl ApStore {
     /// Applies `f` to the state of `key` (a new one if absent) and stores the result
     /// durably, unless `f` refuses (then nothing is written). Returns `f`'s answer and the
     /// state stored.
-    pub fn update<T, E>(
+    pub fn update<T: Send + 'static, E: Send + 'static>(
         &self,
         bucket: u8,
         key: &[u8],
-        f: impl FnOnce(&mut RedisString) -> Result<T, E>,
+        f: impl FnOnce(&mut RedisString) -> Result<T, E> + Send + 'static,
     ) -> Result<Result<(T, RedisString), E>, ApStoreError> {
         let r = row(bucket, key);
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let out = {
-            let mut t = txn.open_table(KEYS)?;
-            let mut state = match t.get(r.as_slice())? {
-                Some(v) => decode(&r, v.value())?,
-                None => RedisString::new(),
-            };
-            match f(&mut state) {
+        self.write(move |t| {
+            let mut state = get_state(&t.keys, &r)?;
+            Ok(match f(&mut state) {
                 Ok(answer) => {
-                    t.insert(r.as_slice(), encode(&r, &state).as_slice())?;
+                    t.keys.insert(r.as_slice(), encode(&r, &state).as_slice())?;
                     Ok((answer, state))
                 }
                 Err(e) => Err(e),
-            }
-        };
-        if out.is_ok() {
-            txn.commit()?;
-        } else {
-            txn.abort()?;
-        }
-        Ok(out)
+            })
+        })
     }
 
     /// Merges `state` into the stored state of `key` durably; returns the result.
@@ -209,14 +351,16 @@ impl ApStore {
         key: &[u8],
         state: &RedisString,
     ) -> Result<RedisString, ApStoreError> {
-        let merged = self.update(bucket, key, |s| {
-            s.merge(state);
+        let state = state.clone();
+        let merged = self.update(bucket, key, move |s| {
+            s.merge(&state);
             Ok::<(), std::convert::Infallible>(())
         })?;
         Ok(merged.map_or_else(|e| match e {}, |(_, s)| s))
     }
 
-    /// Keeps `state` of `key` for `owner` (merged into a hint already held).
+    /// Keeps `state` of `key` for `owner` (merged into a hint already held); refused with
+    /// [`ApStoreError::HintsFull`] when a new hint would pass the limit for `owner`.
     pub fn store_hint(
         &self,
         owner: NodeId,
@@ -225,19 +369,30 @@ impl ApStore {
         state: &RedisString,
     ) -> Result<(), ApStoreError> {
         let r = hint_row(owner, bucket, key);
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        {
-            let mut t = txn.open_table(HINTS)?;
-            let mut held = match t.get(r.as_slice())? {
-                Some(v) => decode(&r, v.value())?,
-                None => RedisString::new(),
+        let state = state.clone();
+        let limit = self.hint_limit;
+        let full = self.counts().get(&owner).copied().unwrap_or(0) >= limit;
+        let added = self.write(move |t| {
+            let held = match t.hints.get(r.as_slice())? {
+                Some(v) => Some(decode(&r, v.value())?),
+                None if full => return Err(ApStoreError::HintsFull { owner, limit }),
+                None => None,
             };
-            held.merge(state);
-            t.insert(r.as_slice(), encode(&r, &held).as_slice())?;
+            let added = held.is_none();
+            let mut held = held.unwrap_or_default();
+            held.merge(&state);
+            t.hints.insert(r.as_slice(), encode(&r, &held).as_slice())?;
+            Ok(added)
+        })?;
+        if added {
+            *self.counts().entry(owner).or_default() += 1;
         }
-        txn.commit()?;
         Ok(())
+    }
+
+    fn counts(&self) -> MutexGuard<'_, BTreeMap<NodeId, u64>> {
+        // Plain counts, consistent at any panic point.
+        self.hint_counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Up to `limit` hints held for `owner`, in key order.
@@ -265,22 +420,8 @@ impl ApStore {
     }
 
     /// The owners hints are held for, with how many each.
-    pub fn hint_owners(&self) -> Result<Vec<(NodeId, u64)>, ApStoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(HINTS)?;
-        let mut out: Vec<(NodeId, u64)> = Vec::new();
-        for entry in t.iter()? {
-            let (k, _) = entry?;
-            let Some(id) = k.value().get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()) else {
-                continue;
-            };
-            let owner = NodeId(u64::from_be_bytes(id));
-            match out.last_mut() {
-                Some((o, n)) if *o == owner => *n += 1,
-                _ => out.push((owner, 1)),
-            }
-        }
-        Ok(out)
+    pub fn hint_owners(&self) -> Vec<(NodeId, u64)> {
+        self.counts().iter().map(|(o, n)| (*o, *n)).collect()
     }
 
     /// Removes the hint of `key` for `owner` if it still equals `handed_over`; returns
@@ -293,21 +434,53 @@ impl ApStore {
         handed_over: &RedisString,
     ) -> Result<bool, ApStoreError> {
         let r = hint_row(owner, bucket, key);
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        let removed = {
-            let mut t = txn.open_table(HINTS)?;
-            let same = match t.get(r.as_slice())? {
-                Some(v) => decode(&r, v.value())? == *handed_over,
+        let handed_over = handed_over.clone();
+        let removed = self.write(move |t| {
+            let same = match t.hints.get(r.as_slice())? {
+                Some(v) => decode(&r, v.value())? == handed_over,
                 None => false,
             };
             if same {
-                t.remove(r.as_slice())?;
+                t.hints.remove(r.as_slice())?;
             }
-            same
-        };
-        txn.commit()?;
+            Ok(same)
+        })?;
+        if removed {
+            let mut counts = self.counts();
+            if let Some(n) = counts.get_mut(&owner) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    counts.remove(&owner);
+                }
+            }
+        }
         Ok(removed)
+    }
+
+    /// Up to `limit` keys of `bucket` after `after` (from the first when empty), in key
+    /// order, with their states (tombstones and expired keys included).
+    pub fn scan(
+        &self,
+        bucket: u8,
+        after: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, RedisString)>, ApStoreError> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(KEYS)?;
+        let start = row(bucket, after);
+        let mut out = Vec::new();
+        for entry in t.range(start.as_slice()..)? {
+            let (k, v) = entry?;
+            let k = k.value();
+            if k.first() != Some(&bucket) || out.len() >= limit {
+                break;
+            }
+            if k == start.as_slice() && !after.is_empty() {
+                continue;
+            }
+            out.push((k[1..].to_vec(), decode(k, v.value())?));
+        }
+        Ok(out)
     }
 
     /// How many keys `bucket` holds (tombstones included).
@@ -345,7 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ap.redb");
         {
-            let store = ApStore::open(&path).unwrap();
+            let store = ApStore::open(&path, 100).unwrap();
             assert_eq!(store.get(0, b"k").unwrap(), None);
             store.merge(0, b"k", &set("a", 1, A)).unwrap();
             let m = store.merge(0, b"k", &set("old", 0, B)).unwrap();
@@ -358,7 +531,7 @@ mod tests {
             let refused = store.update(0, b"k", |s| s.incr(1, A, (2, A), 0)).unwrap();
             assert_eq!(refused, Err(StringError::NotInteger));
         }
-        let store = ApStore::open(&path).unwrap();
+        let store = ApStore::open(&path, 100).unwrap();
         assert_eq!(
             store.get(0, b"k").unwrap().unwrap().get(0),
             Some(b"a".to_vec())
@@ -368,22 +541,36 @@ mod tests {
             Some(b"5".to_vec())
         );
         assert_eq!(store.get(1, b"k").unwrap(), None, "buckets are apart");
+        let keys = |after: &[u8], limit| -> Vec<Vec<u8>> {
+            let page = store.scan(0, after, limit).unwrap();
+            page.into_iter().map(|(k, _)| k).collect()
+        };
+        store.merge(0, b"", &set("empty key", 1, A)).unwrap();
+        store.merge(0, b"z", &set("z", 1, A)).unwrap();
+        assert_eq!(keys(b"", 10), [b"".to_vec(), b"k".to_vec(), b"z".to_vec()]);
+        assert_eq!(
+            keys(b"", 1),
+            [b"".to_vec()],
+            "from the first, empty key included"
+        );
+        assert_eq!(keys(b"k", 10), [b"z".to_vec()], "after, not from");
+        assert_eq!(keys(b"z", 10), Vec::<Vec<u8>>::new());
         assert_eq!(
             (store.key_count(0).unwrap(), store.key_count(1).unwrap()),
-            (1, 1)
+            (3, 1)
         );
     }
 
     #[test]
     fn hints_are_kept_per_owner_and_removed_only_if_unchanged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = ApStore::open(&dir.path().join("ap.redb")).unwrap();
+        let store = ApStore::open(&dir.path().join("ap.redb"), 3).unwrap();
         store.store_hint(B, 0, b"x", &set("1", 1, A)).unwrap();
         store.store_hint(B, 0, b"y", &set("2", 1, A)).unwrap();
         store
             .store_hint(NodeId(3), 0, b"x", &set("3", 1, A))
             .unwrap();
-        assert_eq!(store.hint_owners().unwrap(), vec![(B, 2), (NodeId(3), 1)]);
+        assert_eq!(store.hint_owners(), vec![(B, 2), (NodeId(3), 1)]);
         let hints = store.hints(B, 10).unwrap();
         assert_eq!(hints.len(), 2);
         assert_eq!(store.hints(B, 1).unwrap().len(), 1);
@@ -393,6 +580,56 @@ mod tests {
         let now = store.hints(B, 10).unwrap();
         assert!(store.remove_hint(B, 0, b"x", &now[0].state).unwrap());
         assert_eq!(store.hints(B, 10).unwrap().len(), 1);
+        assert_eq!(store.hint_owners(), vec![(B, 1), (NodeId(3), 1)]);
+        // The limit (3 per owner) refuses a new key, never a merge into a held one.
+        store.store_hint(B, 0, b"p", &set("p", 1, A)).unwrap();
+        store.store_hint(B, 0, b"q", &set("q", 1, A)).unwrap();
+        let full = store.store_hint(B, 0, b"r", &set("r", 1, A)).unwrap_err();
+        assert!(
+            matches!(full, ApStoreError::HintsFull { limit: 3, .. }),
+            "{full}"
+        );
+        store.store_hint(B, 0, b"q", &set("q2", 2, A)).unwrap();
+        assert_eq!(store.hint_owners(), vec![(B, 3), (NodeId(3), 1)]);
+        drop(store);
+        let store = ApStore::open(&dir.path().join("ap.redb"), 3).unwrap();
+        assert_eq!(
+            store.hint_owners(),
+            vec![(B, 3), (NodeId(3), 1)],
+            "counted at open"
+        );
+    }
+
+    #[test]
+    fn concurrent_changes_commit_together_and_none_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ap.redb");
+        {
+            let store = Arc::new(ApStore::open(&path, 100).unwrap());
+            let threads: Vec<_> = (0..8u64)
+                .map(|i| {
+                    let store = store.clone();
+                    std::thread::spawn(move || {
+                        for j in 0..100u64 {
+                            let stamp = (i * 1000 + j + 1, A);
+                            store
+                                .update(0, b"count", move |s| s.incr(1, A, stamp, 0))
+                                .unwrap()
+                                .unwrap();
+                            let key = format!("k{i}-{j}");
+                            store.merge(2, key.as_bytes(), &set("v", 1, A)).unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+        }
+        let store = ApStore::open(&path, 100).unwrap();
+        let count = store.get(0, b"count").unwrap().unwrap();
+        assert_eq!(count.get(0), Some(b"800".to_vec()));
+        assert_eq!(store.key_count(2).unwrap(), 800);
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //!          acks ─▶ W distinct acks ─▶ Reply(Ok)      a failure ─▶ next fallback, hinted
 //!          no W acks by the deadline ─▶ Reply(Err(Timeout)): the write may or may not
 //!          have been stored (an indefinite error)
+//!          every target answered (or the deadline) ─▶ KeepHint{owner} for each owner
+//!          that neither it nor a stand-in acknowledged: the coordinator keeps the write
+//!          for it (Cassandra's coordinator-held hints)
 //!  read:   Read{first N healthy nodes} ─▶ R answers ─▶ Reply(Ok(merge of the answers))
 //!          every target answered (or the deadline) ─▶ Repair{stale replica, merge}
 //! ```
@@ -36,6 +39,11 @@
 //!    preferred replica.
 //! 4. **A read returns at least R answers merged.** Its value is the join of the answers
 //!    received when the R-th arrived (absent keys are `None`, the identity of the join).
+//! 6. **No owner is forgotten.** When a write settles (every target acknowledged or
+//!    failed, or the deadline passed, whichever comes first, after its reply or not), each
+//!    preferred replica that neither acknowledged nor has an acknowledged stand-in is named
+//!    in exactly one [`WriteAction::KeepHint`], and no other is; a settled write emits
+//!    nothing more.
 //! 5. **Repairs only advance.** A repair goes only to a replica that answered with less than
 //!    the join of all answers received, and carries that join.
 
@@ -100,12 +108,21 @@ pub enum WriteAction {
     },
     /// Answer the client.
     Reply(Result<Written, CoordinatorError>),
+    /// The write settled without reaching `owner` or a stand-in for it: the coordinator
+    /// keeps it as a hint and hands it over when `owner` is back.
+    KeepHint {
+        /// The preferred replica the write did not reach.
+        owner: NodeId,
+    },
 }
 
 /// One write of one key.
 #[derive(Debug, Clone)]
 pub struct WriteRequest {
     w: u32,
+    preferred: Vec<NodeId>,
+    /// Targets that acknowledged, before the reply or after.
+    acked: BTreeSet<NodeId>,
     tracker: AckTracker,
     /// target → the preferred replica it stands in for (`None`: it is one). Failed targets
     /// stay, so that no node is used twice.
@@ -115,6 +132,7 @@ pub struct WriteRequest {
     fallbacks: VecDeque<NodeId>,
     deadline: Duration,
     replied: bool,
+    settled: bool,
 }
 
 /// Pops the first fallback that is not a target yet.
@@ -164,14 +182,23 @@ impl WriteRequest {
         }
         let mut req = WriteRequest {
             w,
+            preferred: preferred.iter().fold(Vec::new(), |mut v, p| {
+                if !v.contains(p) {
+                    v.push(*p);
+                }
+                v
+            }),
+            acked: BTreeSet::new(),
             tracker: AckTracker::new(w, targets.keys().copied()),
             targets,
             failed: BTreeSet::new(),
             fallbacks: spare,
             deadline: now + timeout,
             replied: false,
+            settled: false,
         };
         req.maybe_reply(&mut actions);
+        req.maybe_settle(&mut actions);
         (req, actions)
     }
 
@@ -180,11 +207,22 @@ impl WriteRequest {
         self.replied
     }
 
+    /// Whether every target has answered or the deadline passed: nothing more will come
+    /// out of the request.
+    pub fn is_settled(&self) -> bool {
+        self.settled
+    }
+
     /// `from` stored the write durably.
     pub fn on_ack(&mut self, from: NodeId) -> Vec<WriteAction> {
         let mut actions = Vec::new();
+        if self.settled || !self.targets.contains_key(&from) || self.failed.contains(&from) {
+            return actions;
+        }
+        self.acked.insert(from);
         self.tracker.ack(from);
         self.maybe_reply(&mut actions);
+        self.maybe_settle(&mut actions);
         actions
     }
 
@@ -195,8 +233,12 @@ impl WriteRequest {
         let Some(&stood_for) = self.targets.get(&from) else {
             return actions;
         };
-        let acked = self.tracker.acked().any(|a| a == from);
-        if self.replied || acked || !self.failed.insert(from) {
+        if self.settled || self.acked.contains(&from) || !self.failed.insert(from) {
+            return actions;
+        }
+        if self.replied {
+            // Too late to matter to the client; the owner it stood for may need a hint.
+            self.maybe_settle(&mut actions);
             return actions;
         }
         match next_fallback(&mut self.fallbacks, &self.targets) {
@@ -211,13 +253,18 @@ impl WriteRequest {
             }
         }
         self.maybe_reply(&mut actions);
+        self.maybe_settle(&mut actions);
         actions
     }
 
-    /// The time is `now`: past the deadline without a quorum, the write times out.
+    /// The time is `now`: past the deadline without a quorum, the write times out; past
+    /// it at all, the write settles.
     pub fn on_tick(&mut self, now: Duration) -> Vec<WriteAction> {
         let mut actions = Vec::new();
-        if !self.replied && now >= self.deadline {
+        if now < self.deadline {
+            return actions;
+        }
+        if !self.replied {
             self.replied = true;
             actions.push(WriteAction::Reply(Err(CoordinatorError::Timeout {
                 kind: "write",
@@ -225,7 +272,32 @@ impl WriteRequest {
                 required: self.w,
             })));
         }
+        self.settle(&mut actions);
         actions
+    }
+
+    fn maybe_settle(&mut self, actions: &mut Vec<WriteAction>) {
+        let answered = |t: &NodeId| self.acked.contains(t) || self.failed.contains(t);
+        if self.targets.keys().all(answered) {
+            self.settle(actions);
+        }
+    }
+
+    /// Names every owner not covered by an acknowledgement (guarantee 6).
+    fn settle(&mut self, actions: &mut Vec<WriteAction>) {
+        if self.settled {
+            return;
+        }
+        self.settled = true;
+        for &owner in &self.preferred {
+            let covered = self
+                .acked
+                .iter()
+                .any(|a| *a == owner || self.targets.get(a) == Some(&Some(owner)));
+            if !covered {
+                actions.push(WriteAction::KeepHint { owner });
+            }
+        }
     }
 
     /// The deadline given at the start.

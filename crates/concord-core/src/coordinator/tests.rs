@@ -33,9 +33,58 @@ fn writes(actions: &[WriteAction]) -> Vec<(NodeId, Option<NodeId>)> {
         .iter()
         .filter_map(|a| match a {
             WriteAction::Write { to, hint_for } => Some((*to, *hint_for)),
-            WriteAction::Reply(_) => None,
+            _ => None,
         })
         .collect()
+}
+
+fn kept(actions: &[WriteAction]) -> Vec<NodeId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            WriteAction::KeepHint { owner } => Some(*owner),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_owner_no_write_reached_is_kept_as_a_hint_once_the_write_settles() {
+    // Three owners, no fallback: owner 3 fails, the write succeeds on 1 and 2.
+    let (mut w, _) = WriteRequest::start(2, &nodes(&[1, 2, 3]), &[], |_| true, T0, TIMEOUT);
+    assert!(w.on_ack(n(1)).is_empty());
+    let out = w.on_ack(n(2));
+    assert!(matches!(out.as_slice(), [WriteAction::Reply(Ok(_))]));
+    assert!(!w.is_settled(), "owner 3 has not answered yet");
+    assert_eq!(w.on_failure(n(3)), [WriteAction::KeepHint { owner: n(3) }]);
+    assert!(w.is_settled());
+    assert!(w.on_tick(T0 + TIMEOUT).is_empty(), "settled once");
+
+    // Owner 2 never answers: the deadline settles the write.
+    let (mut w, _) = WriteRequest::start(2, &nodes(&[1, 2, 3]), &[], |_| true, T0, TIMEOUT);
+    w.on_ack(n(1));
+    w.on_ack(n(3));
+    assert!(w.on_tick(T0 + TIMEOUT / 2).is_empty());
+    assert_eq!(
+        w.on_tick(T0 + TIMEOUT),
+        [WriteAction::KeepHint { owner: n(2) }]
+    );
+
+    // A hinted stand-in that acknowledged covers its owner.
+    let (mut w, first) = WriteRequest::start(
+        3,
+        &nodes(&[1, 2, 3]),
+        &nodes(&[4]),
+        |x| x != n(2),
+        T0,
+        TIMEOUT,
+    );
+    assert_eq!(writes(&first)[1], (n(4), Some(n(2))));
+    w.on_ack(n(1));
+    w.on_ack(n(4));
+    let out = w.on_ack(n(3));
+    assert!(kept(&out).is_empty(), "{out:?}");
+    assert!(w.is_settled());
 }
 
 #[test]
@@ -113,13 +162,19 @@ fn a_write_without_enough_replicas_fails_and_one_without_acks_times_out() {
     w.on_ack(n(1));
     assert!(w.on_tick(T0 + TIMEOUT / 2).is_empty());
     let reply = w.on_tick(T0 + TIMEOUT);
+    // A write that failed may still have been stored: the owners it did not reach get it
+    // as hints, which completes it rather than undoing it.
     assert_eq!(
         reply,
-        [WriteAction::Reply(Err(CoordinatorError::Timeout {
-            kind: "write",
-            acked: 1,
-            required: 2
-        }))]
+        [
+            WriteAction::Reply(Err(CoordinatorError::Timeout {
+                kind: "write",
+                acked: 1,
+                required: 2
+            })),
+            WriteAction::KeepHint { owner: n(2) },
+            WriteAction::KeepHint { owner: n(3) },
+        ]
     );
     assert_eq!(
         CoordinatorError::Timeout {
@@ -240,7 +295,7 @@ fn setup() -> impl Strategy<Value = (usize, u32, BTreeSet<u64>, Vec<Ev>)> {
 }
 
 proptest! {
-    /// Guarantees 1–3 on random scripts.
+    /// Guarantees 1–3 and 6 on random scripts.
     #[test]
     fn writes_reply_once_only_after_w_acks_and_cover_every_owner(
         (size, w, healthy, events) in setup(),
@@ -261,14 +316,21 @@ proptest! {
         let mut replies = Vec::new();
         let mut timed_out = false;
         let mut sent: Vec<(NodeId, Option<NodeId>)> = Vec::new();
-        let record = |out: Vec<WriteAction>, replies: &mut Vec<_>, sent: &mut Vec<_>| {
+        let record = |out: Vec<WriteAction>,
+                      replies: &mut Vec<_>,
+                      sent: &mut Vec<_>,
+                      kept_hints: &mut Vec<NodeId>| {
             sent.extend(writes(&out));
+            kept_hints.extend(kept(&out));
             replies.extend(out.into_iter().filter_map(|a| match a {
                 WriteAction::Reply(r) => Some(r),
-                WriteAction::Write { .. } => None,
+                _ => None,
             }));
         };
-        record(std::mem::take(&mut actions), &mut replies, &mut sent);
+        let mut kept_hints = Vec::new();
+        let mut acked_any = BTreeSet::new();
+        let mut failed_any = BTreeSet::new();
+        record(std::mem::take(&mut actions), &mut replies, &mut sent, &mut kept_hints);
         for e in events {
             let out = match e {
                 Ev::Ok(x) | Ev::Answer(x, _) => {
@@ -276,6 +338,9 @@ proptest! {
                     let target = sent.iter().any(|(to, _)| *to == x);
                     if replies.is_empty() && target && !failed.contains(&x) {
                         acked_before_reply.insert(x);
+                    }
+                    if !req.is_settled() && target && !failed_any.contains(&x) {
+                        acked_any.insert(x);
                     }
                     req.on_ack(x)
                 }
@@ -285,6 +350,9 @@ proptest! {
                     if replies.is_empty() && target && !acked_before_reply.contains(&x) {
                         failed.insert(x);
                     }
+                    if !req.is_settled() && target && !acked_any.contains(&x) {
+                        failed_any.insert(x);
+                    }
                     req.on_failure(x)
                 }
                 Ev::Tick(ms) => {
@@ -293,7 +361,7 @@ proptest! {
                     req.on_tick(now)
                 }
             };
-            record(out, &mut replies, &mut sent);
+            record(out, &mut replies, &mut sent, &mut kept_hints);
         }
         prop_assert!(replies.len() <= 1, "{:?}", replies);
         if timed_out {
@@ -307,6 +375,18 @@ proptest! {
                 prop_assert!(preferred.contains(owner));
             }
         }
+        // Guarantee 6: once settled, exactly the owners no acknowledgement covers are
+        // kept, each once; nothing before.
+        prop_assert!(!timed_out || req.is_settled());
+        let kept_set: BTreeSet<NodeId> = kept_hints.iter().copied().collect();
+        prop_assert_eq!(kept_set.len(), kept_hints.len(), "an owner kept twice");
+        let covered = |o: NodeId| {
+            acked_any.iter().any(|a| *a == o || sent.iter().any(|(to, h)| to == a && *h == Some(o)))
+        };
+        for p in &preferred {
+            prop_assert_eq!(kept_set.contains(p), req.is_settled() && !covered(*p), "owner {:?}", p);
+        }
+        prop_assert!(kept_set.iter().all(|o| preferred.contains(o)));
         if let Some(Ok(written)) = replies.first() {
             prop_assert!(written.acked.len() >= w as usize);
             for a in &written.acked {

@@ -190,6 +190,13 @@ impl RedisString {
             );
             self.delete(stamp);
         }
+        if delta == 0 && !self.exists(now_ms) {
+            // `INCRBY k 0` creates the key with 0, as in Redis: one increment and one
+            // decrement by `node` leave the sum alone but make the counter non-zero,
+            // without a new epoch that would discard concurrent increments.
+            self.counter.add(node, 1);
+            self.counter.add(node, -1);
+        }
         self.counter.add(node, delta);
         Ok(next)
     }

@@ -13,6 +13,7 @@
 //! A request that cannot finish fails at its deadline ([`ApConfig::timeout`]); a write
 //! that fails may or may not have been stored (the error says so).
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use concord_core::coordinator::{ReadAction, ReadRequest, WriteAction, WriteRequest};
@@ -23,7 +24,7 @@ use concord_storage::ap::{state_from_bytes, state_to_bytes};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{blocking, op_to_wire, ApConfig, ApError, ApNode, Op};
+use super::{blocking, op_to_wire, Access, ApConfig, ApError, ApNode, Op};
 
 /// The result of a write: for `INCRBY`, the new value.
 pub type Written = Option<i64>;
@@ -34,9 +35,23 @@ fn quorum(wanted: u32, replicas: usize) -> u32 {
 }
 
 impl ApNode {
-    /// Applies `op` to `key` in `bucket` over the key's replicas.
-    pub async fn write(&self, bucket: u8, key: &[u8], op: Op) -> Result<Written, ApError> {
+    /// Applies `op` to `key` over the key's replicas.
+    pub async fn write(&self, at: Access, key: &[u8], op: Op) -> Result<Written, ApError> {
+        self.write_after(at, key, op, None).await
+    }
+
+    /// Applies `op` to `key` over the key's replicas after the coordinating replica has
+    /// joined `base` (a state the caller read), so that the write supersedes it: the
+    /// write half of a read-modify-write.
+    pub async fn write_after(
+        &self,
+        access: Access,
+        key: &[u8],
+        op: Op,
+        base: Option<RedisString>,
+    ) -> Result<Written, ApError> {
         let ApConfig { w, timeout, .. } = self.config();
+        let (bucket, w) = (access.bucket, access.w.unwrap_or(w));
         let started = Instant::now();
         let (preferred, fallbacks) = self.placement(key);
         let candidates: Vec<NodeId> = preferred
@@ -62,9 +77,8 @@ impl ApNode {
         let mut last_error = None;
         for &at in candidates.iter().take(retries) {
             let left = timeout.saturating_sub(started.elapsed());
-            match tokio::time::timeout(left, self.apply_at(at, bucket, key.to_vec(), op.clone()))
-                .await
-            {
+            let apply = self.apply_at(at, bucket, key.to_vec(), op.clone(), base.clone());
+            match tokio::time::timeout(left, apply).await {
                 Ok(Ok(done)) => {
                     applied = Some((at, done));
                     break;
@@ -94,45 +108,82 @@ impl ApNode {
             timeout.saturating_sub(elapsed),
         );
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
         let mut pending = actions;
         // The coordinating replica stored the state already.
         pending.extend(req.on_ack(coordinating));
-        loop {
-            for action in std::mem::take(&mut pending) {
-                match action {
-                    // The coordinating replica stored the state as the key's already.
-                    WriteAction::Write { to, hint_for: None } if to == coordinating => {}
-                    WriteAction::Write { to, hint_for } => {
-                        let node = self.clone();
-                        let (tx, state, key) = (tx.clone(), state.clone(), key.to_vec());
-                        tokio::spawn(async move {
-                            let ok = node.merge_at(to, bucket, key, state, hint_for).await;
-                            let _ = tx.send((to, ok.is_ok()));
-                        });
+        let node = self.clone();
+        let key = key.to_vec();
+        // Runs until the write settles (every target answered, or the deadline), after the
+        // client has its answer, so that owners it did not reach get a hint.
+        tokio::spawn(async move {
+            let mut reply = Some(reply_tx);
+            loop {
+                for action in std::mem::take(&mut pending) {
+                    match action {
+                        // The coordinating replica stored the state as the key's already.
+                        WriteAction::Write { to, hint_for: None } if to == coordinating => {}
+                        WriteAction::Write { to, hint_for } => {
+                            let node = node.clone();
+                            let (tx, state, key) = (tx.clone(), state.clone(), key.clone());
+                            tokio::spawn(async move {
+                                let ok = node.merge_at(to, bucket, key, state, hint_for).await;
+                                let _ = tx.send((to, ok.is_ok()));
+                            });
+                        }
+                        WriteAction::Reply(result) => {
+                            if let Some(reply) = reply.take() {
+                                let _ = reply.send(result.map(drop).map_err(|e| e.to_string()));
+                            }
+                        }
+                        WriteAction::KeepHint { owner } => {
+                            node.keep_hint(owner, bucket, &key, &state).await
+                        }
                     }
-                    WriteAction::Reply(Ok(_)) => return Ok(answer),
-                    WriteAction::Reply(Err(e)) => {
-                        return Err(ApError::Unavailable(format!(
-                            "{e}; the write may or may not have been stored"
-                        )))
+                }
+                if req.is_settled() {
+                    return;
+                }
+                let deadline = started + req.deadline();
+                tokio::select! {
+                    Some((from, ok)) = rx.recv() => {
+                        pending = if ok { req.on_ack(from) } else { req.on_failure(from) };
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        pending = req.on_tick(started.elapsed());
                     }
                 }
             }
-            let deadline = started + req.deadline();
-            tokio::select! {
-                Some((from, ok)) = rx.recv() => {
-                    pending = if ok { req.on_ack(from) } else { req.on_failure(from) };
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    pending = req.on_tick(started.elapsed());
-                }
-            }
+        });
+        match reply_rx.await {
+            Ok(Ok(())) => Ok(answer),
+            Ok(Err(e)) => Err(ApError::Unavailable(format!(
+                "{e}; the write may or may not have been stored"
+            ))),
+            Err(_) => Err(ApError::Unavailable(
+                "write abandoned; it may or may not have been stored".into(),
+            )),
         }
     }
 
-    /// Reads `key` in `bucket` from R of its replicas; the join of their states.
-    pub async fn read(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisString>, ApError> {
+    /// Keeps `state` of `key` here for `owner`, which the write did not reach; counted in
+    /// the metrics when the hint store is full (anti-entropy is then what repairs
+    /// `owner`).
+    async fn keep_hint(&self, owner: NodeId, bucket: u8, key: &[u8], state: &RedisString) {
+        if owner == self.me() {
+            return;
+        }
+        let (node, key, state) = (self.clone(), key.to_vec(), state.clone());
+        if let Err(e) = blocking(move || node.merge_local(bucket, &key, &state, Some(owner))).await
+        {
+            tracing::warn!(owner = %owner, error = %e, "a hint could not be kept");
+        }
+    }
+
+    /// Reads `key` from R of its replicas; the join of their states.
+    pub async fn read(&self, at: Access, key: &[u8]) -> Result<Option<RedisString>, ApError> {
         let ApConfig { r, timeout, .. } = self.config();
+        let (bucket, r) = (at.bucket, at.r.unwrap_or(r));
         let started = Instant::now();
         let (preferred, fallbacks) = self.placement(key);
         let r = quorum(r, preferred.len());
@@ -164,6 +215,10 @@ impl ApNode {
                             });
                         }
                         ReadAction::Repair { to, value } => {
+                            node.inner
+                                .counters
+                                .read_repairs
+                                .fetch_add(1, Ordering::Relaxed);
                             let (node, key) = (node.clone(), key.clone());
                             tokio::spawn(async move {
                                 let _ = node.merge_at(to, bucket, key, value, None).await;
@@ -205,10 +260,11 @@ impl ApNode {
         bucket: u8,
         key: Vec<u8>,
         op: Op,
+        base: Option<RedisString>,
     ) -> Result<(RedisString, Option<i64>), ApError> {
         if at == self.me() {
             let node = self.clone();
-            return blocking(move || node.apply_local(bucket, &key, &op)).await;
+            return blocking(move || node.apply_local(bucket, &key, op, base)).await;
         }
         let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
         let state = client
@@ -217,6 +273,7 @@ impl ApNode {
                 bucket: u32::from(bucket),
                 key: key.into(),
                 op: Some(op_to_wire(&op)),
+                base: base.map(|b| state_to_bytes(&b)).unwrap_or_default().into(),
             })
             .await
             .map_err(|e| {
@@ -235,7 +292,7 @@ impl ApNode {
         Ok((decoded, integer))
     }
 
-    async fn merge_at(
+    pub(super) async fn merge_at(
         &self,
         at: NodeId,
         bucket: u8,

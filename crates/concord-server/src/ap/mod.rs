@@ -22,21 +22,24 @@
 //!    refuses (`INCR` on text) answers Redis's error and changes nothing.
 
 pub mod coordinate;
+mod hints;
+mod keyspace;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use concord_core::crdt::{Expiry, RedisString, SetExpiry, StringError};
+use concord_core::crdt::{Crdt, Expiry, RedisString, SetExpiry, StringError};
 use concord_core::ring::Ring;
 use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
-    replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaMerge, ReplicaMergeAck,
-    ReplicaRead, ReplicaState,
+    replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaKey, ReplicaKeys,
+    ReplicaMerge, ReplicaMergeAck, ReplicaRead, ReplicaScan, ReplicaState,
 };
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, SystemClock};
@@ -46,6 +49,8 @@ use tonic::{Request, Response, Status};
 
 /// Virtual nodes per member on the ring.
 pub const VNODES: u32 = 64;
+/// Most keys in one page of a replica scan.
+pub const SCAN_PAGE: usize = 1000;
 /// Buckets (Redis databases `0..16`).
 pub const BUCKETS: u32 = 16;
 
@@ -60,6 +65,9 @@ pub struct ApConfig {
     pub r: u32,
     /// How long a request may take before it fails.
     pub timeout: Duration,
+    /// Most hints this member holds for one other member; past it, writes that miss that
+    /// member are left to anti-entropy (and counted as dropped hints).
+    pub max_hints_per_member: u64,
 }
 
 impl Default for ApConfig {
@@ -69,8 +77,21 @@ impl Default for ApConfig {
             w: 2,
             r: 2,
             timeout: Duration::from_secs(2),
+            max_hints_per_member: 1_000_000,
         }
     }
+}
+
+/// Where a request goes and how many replicas it waits for: the bucket, and a
+/// connection's own R and W (`None`: the bucket's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Access {
+    /// The bucket (`SELECT`).
+    pub bucket: u8,
+    /// Answers a read waits for.
+    pub r: Option<u32>,
+    /// Acknowledgements a write waits for.
+    pub w: Option<u32>,
 }
 
 /// One operation on a key, applied by its coordinating replica.
@@ -127,6 +148,30 @@ struct Inner {
     ring: RwLock<Ring>,
     peers: RwLock<BTreeMap<NodeId, (String, ReplicaClient<Channel>)>>,
     healthy: RwLock<BTreeSet<NodeId>>,
+    /// Whether the member list has been given (until then the ring holds this member only).
+    ring_known: AtomicBool,
+    counters: Counters,
+}
+
+/// What the AP side has done since the member started.
+#[derive(Debug, Default)]
+struct Counters {
+    hints_replayed: AtomicU64,
+    hints_dropped: AtomicU64,
+    read_repairs: AtomicU64,
+}
+
+/// The AP side's figures for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct ApMetrics {
+    /// Hints held, per member they are for.
+    pub hints_pending: Vec<(NodeId, u64)>,
+    /// Hints handed over to their member since start.
+    pub hints_replayed: u64,
+    /// Hints not kept because the hint store was full for their member.
+    pub hints_dropped: u64,
+    /// Repairs sent to stale replicas by reads.
+    pub read_repairs: u64,
 }
 
 /// A member's AP side; cheap to clone.
@@ -160,7 +205,7 @@ impl ApNode {
         data_dir: &Path,
         config: ApConfig,
     ) -> Result<ApNode, ApStoreError> {
-        let store = ApStore::open(&data_dir.join("ap.redb"))?;
+        let store = ApStore::open(&data_dir.join("ap.redb"), config.max_hints_per_member)?;
         let ring = Ring::with_nodes(VNODES, [me]).map_err(|e| ApStoreError::Open {
             path: data_dir.into(),
             reason: e.to_string(),
@@ -175,6 +220,8 @@ impl ApNode {
                 ring: RwLock::new(ring),
                 peers: RwLock::new(BTreeMap::new()),
                 healthy: RwLock::new([me].into()),
+                ring_known: AtomicBool::new(false),
+                counters: Counters::default(),
             }),
         })
     }
@@ -198,6 +245,7 @@ impl ApNode {
                 *write(&self.inner.ring) = ring;
             }
         }
+        self.inner.ring_known.store(true, Ordering::Relaxed);
         let mut peers = write(&self.inner.peers);
         peers.retain(|id, _| members.contains_key(id));
         for (id, url) in members {
@@ -229,6 +277,10 @@ impl ApNode {
         (all, rest)
     }
 
+    fn ring_known(&self) -> bool {
+        self.inner.ring_known.load(Ordering::Relaxed)
+    }
+
     fn is_healthy(&self, id: NodeId) -> bool {
         read(&self.inner.healthy).contains(&id)
     }
@@ -237,32 +289,41 @@ impl ApNode {
         read(&self.inner.peers).get(&id).map(|(_, c)| c.clone())
     }
 
-    /// Applies `op` to this replica's state of `key`, stamped after the key's epoch; the
-    /// state stored and, for `INCRBY`, the new value.
+    /// Applies `op` to this replica's state of `key` (joined with `base` first), stamped
+    /// after the key's epoch; the state stored and, for `INCRBY`, the new value.
     pub fn apply_local(
         &self,
         bucket: u8,
         key: &[u8],
-        op: &Op,
+        op: Op,
+        base: Option<RedisString>,
     ) -> Result<(RedisString, Option<i64>), ApError> {
         let me = self.inner.me;
         let now = self.inner.clock.now();
         let now_ms = now.physical_ms;
-        let out = self.inner.store.update(bucket, key, |s| {
+        let out = self.inner.store.update(bucket, key, move |s| {
+            if let Some(base) = &base {
+                s.merge(base);
+            }
             // Newer than anything this replica has seen of the key (guarantee 2).
             let stamp = (now.pack().max(s.epoch().0.saturating_add(1)), me);
             match op {
                 Op::Set { value, expiry } => {
-                    s.set(value.clone(), stamp, me, *expiry);
+                    // KEEPTTL keeps a deadline that is still ahead, not one that passed.
+                    let expiry = match expiry {
+                        SetExpiry::Keep if !s.exists(now_ms) => SetExpiry::Clear,
+                        e => e,
+                    };
+                    s.set(value, stamp, me, expiry);
                     Ok(None)
                 }
                 Op::Del => {
                     s.delete(stamp);
                     Ok(None)
                 }
-                Op::Incr(delta) => s.incr(*delta, me, stamp, now_ms).map(Some),
+                Op::Incr(delta) => s.incr(delta, me, stamp, now_ms).map(Some),
                 Op::Expire(e) => {
-                    s.expire(*e, me);
+                    s.expire(e, me);
                     Ok(None)
                 }
             }
@@ -281,7 +342,15 @@ impl ApNode {
     ) -> Result<(), ApError> {
         match hint_for {
             Some(owner) if owner != self.inner.me => {
-                self.inner.store.store_hint(owner, bucket, key, state)?
+                if let Err(e) = self.inner.store.store_hint(owner, bucket, key, state) {
+                    if matches!(e, ApStoreError::HintsFull { .. }) {
+                        self.inner
+                            .counters
+                            .hints_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Err(e.into());
+                }
             }
             _ => {
                 self.inner.store.merge(bucket, key, state)?;
@@ -293,6 +362,17 @@ impl ApNode {
     /// This replica's state of `key`.
     pub fn read_local(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisString>, ApError> {
         Ok(self.inner.store.get(bucket, key)?)
+    }
+
+    /// The AP side's figures.
+    pub fn metrics(&self) -> ApMetrics {
+        let c = &self.inner.counters;
+        ApMetrics {
+            hints_pending: self.inner.store.hint_owners(),
+            hints_replayed: c.hints_replayed.load(Ordering::Relaxed),
+            hints_dropped: c.hints_dropped.load(Ordering::Relaxed),
+            read_repairs: c.read_repairs.load(Ordering::Relaxed),
+        }
     }
 
     /// The physical time of this member's clock, in ms since the Unix epoch.
@@ -413,9 +493,13 @@ impl Replica for ReplicaService {
         self.check_cluster(r.cluster_id)?;
         let bucket = bucket_of(r.bucket)?;
         let op = op_from_wire(r.op.ok_or_else(|| Status::invalid_argument("no operation"))?)?;
+        let base = match r.base.is_empty() {
+            true => None,
+            false => Some(state_from_bytes(&r.base).map_err(Status::invalid_argument)?),
+        };
         let node = self.node.clone();
         let key = r.key.to_vec();
-        match blocking(move || node.apply_local(bucket, &key, &op)).await {
+        match blocking(move || node.apply_local(bucket, &key, op, base)).await {
             Ok((state, integer)) => Ok(Response::new(ReplicaState {
                 state: state_to_bytes(&state).into(),
                 integer: integer.unwrap_or_default(),
@@ -444,6 +528,30 @@ impl Replica for ReplicaService {
             .await
             .map_err(status)?;
         Ok(Response::new(ReplicaMergeAck {}))
+    }
+
+    async fn scan(&self, request: Request<ReplicaScan>) -> Result<Response<ReplicaKeys>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let bucket = bucket_of(r.bucket)?;
+        let limit = match r.limit {
+            0 => SCAN_PAGE,
+            n => (n as usize).clamp(2, SCAN_PAGE),
+        };
+        let node = self.node.clone();
+        let page = blocking(move || Ok(node.inner.store.scan(bucket, &r.after, limit)?))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReplicaKeys {
+            done: page.len() < limit,
+            keys: page
+                .into_iter()
+                .map(|(key, state)| ReplicaKey {
+                    key: key.into(),
+                    state: state_to_bytes(&state).into(),
+                })
+                .collect(),
+        }))
     }
 
     async fn read(&self, request: Request<ReplicaRead>) -> Result<Response<ReplicaState>, Status> {

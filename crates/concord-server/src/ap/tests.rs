@@ -9,11 +9,29 @@ use concord_core::crdt::{Expiry, SetExpiry};
 use super::*;
 
 const CLUSTER: u64 = 0xc0c0;
+/// Bucket 0 at the configured quorums.
+const B0: Access = Access {
+    bucket: 0,
+    r: None,
+    w: None,
+};
 
 struct Members {
     nodes: Vec<ApNode>,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    urls: BTreeMap<NodeId, String>,
     _dirs: Vec<tempfile::TempDir>,
+}
+
+/// Serves `node`'s replica service on `listener`.
+fn serve(node: &ApNode, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
+    let svc = node.service();
+    tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    })
 }
 
 async fn start(n: u64) -> Members {
@@ -27,6 +45,7 @@ async fn start(n: u64) -> Members {
     let mut m = Members {
         nodes: Vec::new(),
         servers: Vec::new(),
+        urls: urls.clone(),
         _dirs: Vec::new(),
     };
     for (i, listener) in (1..=n).zip(listeners) {
@@ -38,15 +57,7 @@ async fn start(n: u64) -> Members {
         let node = ApNode::open(NodeId(i), CLUSTER, dir.path(), config).unwrap();
         node.set_members(&urls);
         node.set_healthy(urls.keys().copied().collect());
-        m.servers.push(tokio::spawn({
-            let svc = node.service();
-            async move {
-                let _ = tonic::transport::Server::builder()
-                    .add_service(svc)
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                    .await;
-            }
-        }));
+        m.servers.push(serve(&node, listener));
         m.nodes.push(node);
         m._dirs.push(dir);
     }
@@ -68,10 +79,10 @@ fn value(state: Option<RedisString>, now_ms: u64) -> Option<Vec<u8>> {
 async fn writes_through_one_member_are_read_through_another() {
     let m = start(3).await;
     let (a, b) = (&m.nodes[0], &m.nodes[1]);
-    a.write(0, b"k", set("v1")).await.unwrap();
+    a.write(B0, b"k", set("v1")).await.unwrap();
     let now = a.now_ms();
     assert_eq!(
-        value(b.read(0, b"k").await.unwrap(), now),
+        value(b.read(B0, b"k").await.unwrap(), now),
         Some(b"v1".to_vec())
     );
     // Every replica holds it (N = 3 with three members), some at once, all eventually.
@@ -85,9 +96,12 @@ async fn writes_through_one_member_are_read_through_another() {
         assert_eq!(got, b"v1");
     }
     // Buckets are apart; a delete wins over the older write.
-    assert_eq!(b.read(1, b"k").await.unwrap(), None);
-    b.write(0, b"k", Op::Del).await.unwrap();
-    assert_eq!(value(a.read(0, b"k").await.unwrap(), a.now_ms()), None);
+    assert_eq!(
+        b.read(Access { bucket: 1, ..B0 }, b"k").await.unwrap(),
+        None
+    );
+    b.write(B0, b"k", Op::Del).await.unwrap();
+    assert_eq!(value(a.read(B0, b"k").await.unwrap(), a.now_ms()), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,24 +111,30 @@ async fn increments_through_different_members_add_up_and_text_refuses_them() {
     for (i, node) in m.nodes.iter().cycle().take(9).enumerate() {
         let delta = i as i64 + 1;
         expected += delta;
-        node.write(0, b"n", Op::Incr(delta)).await.unwrap();
+        node.write(B0, b"n", Op::Incr(delta)).await.unwrap();
     }
-    let got = value(m.nodes[2].read(0, b"n").await.unwrap(), m.nodes[2].now_ms());
+    let got = value(
+        m.nodes[2].read(B0, b"n").await.unwrap(),
+        m.nodes[2].now_ms(),
+    );
     assert_eq!(got, Some(expected.to_string().into_bytes()));
-    m.nodes[0].write(0, b"t", set("text")).await.unwrap();
+    m.nodes[0].write(B0, b"t", set("text")).await.unwrap();
     assert_eq!(
-        m.nodes[1].write(0, b"t", Op::Incr(1)).await,
+        m.nodes[1].write(B0, b"t", Op::Incr(1)).await,
         Err(ApError::Refused(
             "ERR value is not an integer or out of range".into()
         ))
     );
     // An expiry in the past hides the key.
     m.nodes[0]
-        .write(0, b"t", Op::Expire(Expiry::At(1)))
+        .write(B0, b"t", Op::Expire(Expiry::At(1)))
         .await
         .unwrap();
     assert_eq!(
-        value(m.nodes[1].read(0, b"t").await.unwrap(), m.nodes[1].now_ms()),
+        value(
+            m.nodes[1].read(B0, b"t").await.unwrap(),
+            m.nodes[1].now_ms()
+        ),
         None
     );
 }
@@ -128,7 +148,7 @@ async fn a_stopped_replica_does_not_stop_quorum_writes_and_a_read_repairs_it() {
     m.nodes[0].set_healthy(healthy.clone());
     m.nodes[1].set_healthy(healthy);
     m.nodes[0]
-        .write(0, b"k", set("while-3-was-down"))
+        .write(B0, b"k", set("while-3-was-down"))
         .await
         .unwrap();
     let now = m.nodes[0].now_ms();
@@ -137,7 +157,7 @@ async fn a_stopped_replica_does_not_stop_quorum_writes_and_a_read_repairs_it() {
     // and repairs it.
     let third = m.nodes[2].clone();
     assert_eq!(
-        value(third.read(0, b"k").await.unwrap(), now),
+        value(third.read(B0, b"k").await.unwrap(), now),
         Some(b"while-3-was-down".to_vec())
     );
     concord_testkit::eventually(
@@ -146,4 +166,48 @@ async fn a_stopped_replica_does_not_stop_quorum_writes_and_a_read_repairs_it() {
         || async { value(third.read_local(0, b"k").unwrap(), now) },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_keeps_hints_for_a_stopped_owner_and_hands_them_over_when_it_is_back() {
+    let mut m = start(3).await;
+    m.servers.pop().unwrap().abort();
+    let two: std::collections::BTreeSet<NodeId> = [NodeId(1), NodeId(2)].into();
+    m.nodes[0].set_healthy(two.clone());
+    m.nodes[1].set_healthy(two);
+    for i in 0..5 {
+        let key = format!("k{i}");
+        m.nodes[0]
+            .write(B0, key.as_bytes(), set(&key))
+            .await
+            .unwrap();
+    }
+    // With three members there is no fallback: the coordinator holds the hints, once the
+    // write to member 3 has failed (which may be after the client's answer).
+    let first = m.nodes[0].clone();
+    concord_testkit::eventually("five hints for member 3", Duration::from_secs(5), || {
+        let pending = first.metrics().hints_pending;
+        async move { (pending == [(NodeId(3), 5)]).then_some(()) }
+    })
+    .await;
+    // Still away: nothing is handed over.
+    assert_eq!(m.nodes[0].replay_hints(100).await, 0);
+    // Member 3 is back, on its address, and seen alive.
+    let addr = m.urls[&NodeId(3)].trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    m.servers.push(serve(&m.nodes[2], listener));
+    m.nodes[0].set_healthy(m.urls.keys().copied().collect());
+    assert_eq!(m.nodes[0].replay_hints(100).await, 5);
+    let now = m.nodes[2].now_ms();
+    for i in 0..5 {
+        let key = format!("k{i}");
+        assert_eq!(
+            value(m.nodes[2].read_local(0, key.as_bytes()).unwrap(), now),
+            Some(key.into_bytes()),
+        );
+    }
+    let metrics = m.nodes[0].metrics();
+    assert!(metrics.hints_pending.is_empty(), "{metrics:?}");
+    assert_eq!(metrics.hints_replayed, 5);
+    assert_eq!(m.nodes[0].replay_hints(100).await, 0, "nothing twice");
 }

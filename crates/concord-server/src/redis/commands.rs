@@ -2,37 +2,75 @@
 //! commands go through the AP coordinator ([`ApNode::read`], [`ApNode::write`]); a request
 //! that cannot reach its quorum answers `TRYAGAIN` with the reason (for a write: it may or
 //! may not have been stored).
-
-use concord_core::crdt::{Expiry, RedisString, SetExpiry};
+//!
+//! Commands that read a value and write a new one from it (`APPEND`, `SETRANGE`,
+//! `INCRBYFLOAT`, `GETDEL`, `GETEX`, the expire options) read at R, then write at W a
+//! state that supersedes what they read ([`ApNode::write_after`]); a write by another
+//! client between the two may be overwritten, as `docs/ap.md` says (compare-and-set comes
+//! with part 2).
 
 use bytes::Bytes;
+use concord_core::crdt::{Expiry, RedisString, SetExpiry};
 
-use super::Session;
-use crate::ap::{ApError, ApNode, Op, BUCKETS};
-use crate::resp::{Frame, Protocol};
+use super::{admin, keyspace, Session};
+use crate::ap::{Access, ApError, ApNode, Op};
+use crate::resp::Frame;
 
-/// The Redis version Concord answers as (the commands follow its semantics).
-pub const REDIS_VERSION: &str = "7.0.15";
+pub(crate) const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+pub(crate) const SYNTAX: &str = "ERR syntax error";
+const NOT_FLOAT: &str = "ERR value is not a valid float";
+const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
+/// Redis's `proto-max-bulk-len`: the largest string value.
+pub const MAX_STRING: usize = 512 << 20;
 
-const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
-const SYNTAX: &str = "ERR syntax error";
-
-fn wrong_arity(cmd: &str) -> Frame {
+pub(crate) fn wrong_arity(cmd: &str) -> Frame {
     Frame::error(format!("ERR wrong number of arguments for '{cmd}' command"))
 }
 
-fn unknown(name: &[u8], args: &[Bytes]) -> Frame {
-    let mut text = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(name)
-    );
-    for a in args.iter().take(128) {
-        text.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
+/// An error reply quoting client bytes as Redis's `addReplyErrorFormat` does: each part
+/// as a C string (up to its first NUL), line breaks at the end trimmed and the others
+/// turned into spaces.
+fn error_bytes(parts: &[&[u8]]) -> Frame {
+    let mut text: Vec<u8> = Vec::new();
+    for p in parts {
+        text.extend(p.iter().take_while(|b| **b != 0));
+    }
+    while text.last().is_some_and(|b| *b == b'\r' || *b == b'\n') {
+        text.pop();
+    }
+    for b in &mut text {
+        if *b == b'\r' || *b == b'\n' {
+            *b = b' ';
+        }
     }
     Frame::error(text)
 }
 
-fn ap_error(e: ApError) -> Frame {
+/// The first 128 bytes of `b` (Redis's `%.128s`).
+fn head(b: &[u8]) -> &[u8] {
+    &b[..b.len().min(128)]
+}
+
+fn unknown(name: &[u8], args: &[Bytes]) -> Frame {
+    let mut quoted = Vec::new();
+    // Arguments are quoted while the quote is shorter than 128 bytes.
+    for a in args {
+        if quoted.len() >= 128 {
+            break;
+        }
+        quoted.extend_from_slice(b"'");
+        quoted.extend_from_slice(head(a));
+        quoted.extend_from_slice(b"' ");
+    }
+    error_bytes(&[
+        b"ERR unknown command '",
+        head(name),
+        b"', with args beginning with: ",
+        &quoted,
+    ])
+}
+
+pub(crate) fn ap_error(e: ApError) -> Frame {
     match e {
         ApError::Refused(text) => Frame::error(text),
         ApError::Unavailable(why) => Frame::error(format!("TRYAGAIN {why}")),
@@ -40,8 +78,28 @@ fn ap_error(e: ApError) -> Frame {
     }
 }
 
-fn integer(arg: &[u8]) -> Option<i64> {
+pub(crate) fn integer(arg: &[u8]) -> Option<i64> {
     concord_core::crdt::parse_integer(arg)
+}
+
+/// (min, max) arguments after the name (`None`: any number from min), by command.
+fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
+    Some(match cmd {
+        "ping" => (0, Some(1)),
+        "echo" | "get" | "incr" | "decr" | "ttl" | "pttl" | "persist" | "select" | "strlen"
+        | "getdel" | "type" | "expiretime" | "pexpiretime" | "keys" => (1, Some(1)),
+        "incrby" | "decrby" | "append" | "incrbyfloat" => (2, Some(2)),
+        "getrange" | "setrange" | "setex" | "psetex" => (3, Some(3)),
+        "expire" | "pexpire" | "expireat" | "pexpireat" => (2, None),
+        "set" => (2, None),
+        "del" | "unlink" | "exists" | "touch" | "mget" | "client" | "config" | "getex" | "scan"
+        | "auth" => (1, None),
+        "mset" => (2, None),
+        "hello" | "command" | "info" | "quit" | "reset" | "flushdb" | "flushall"
+        | "concord.quorum" => (0, None),
+        "time" | "dbsize" | "randomkey" => (0, Some(0)),
+        _ => return None,
+    })
 }
 
 /// Runs one request.
@@ -50,73 +108,65 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
         return Frame::ok();
     };
     let cmd = String::from_utf8_lossy(name).to_ascii_lowercase();
-    // (min, max) arguments after the name; None: any number from min.
-    let arity: Option<(usize, Option<usize>)> = match cmd.as_str() {
-        "ping" => Some((0, Some(1))),
-        "echo" | "get" | "incr" | "decr" | "ttl" | "pttl" | "persist" | "select" => {
-            Some((1, Some(1)))
-        }
-        "incrby" | "decrby" | "expire" | "pexpire" | "expireat" | "pexpireat" => Some((2, Some(2))),
-        "set" => Some((2, None)),
-        "del" | "unlink" | "exists" | "mget" | "client" | "config" => Some((1, None)),
-        "mset" => Some((2, None)),
-        "hello" | "command" | "info" | "quit" | "reset" => Some((0, None)),
-        _ => None,
-    };
-    let Some((min, max)) = arity else {
+    let Some((min, max)) = arity(&cmd) else {
         return unknown(name, rest);
     };
     if rest.len() < min || max.is_some_and(|m| rest.len() > m) {
         return wrong_arity(&cmd);
     }
-    let bucket = s.bucket;
+    let at = s.access;
     match cmd.as_str() {
-        "ping" => match rest.first() {
-            None => Frame::simple("PONG"),
-            Some(m) => Frame::bulk(m.clone()),
+        "ping" | "echo" | "quit" | "reset" | "select" | "hello" | "client" | "command"
+        | "config" | "info" | "time" | "auth" | "concord.quorum" => {
+            admin::run(ap, s, &cmd, rest).await
+        }
+        "keys" => keyspace::keys(ap, at, &rest[0]).await,
+        "scan" => keyspace::scan(ap, at, rest).await,
+        "dbsize" => keyspace::dbsize(ap, at).await,
+        "randomkey" => keyspace::randomkey(ap, at).await,
+        "flushdb" | "flushall" => keyspace::flush(ap, at, cmd == "flushall", rest).await,
+        "get" => match value(ap, at, &rest[0]).await {
+            Ok(v) => v.map_or(Frame::Null, Frame::bulk),
+            Err(e) => e,
         },
-        "echo" => Frame::bulk(rest[0].clone()),
-        "quit" => {
-            s.closing = true;
-            Frame::ok()
-        }
-        "reset" => {
-            s.resp = Protocol::Resp2;
-            s.bucket = 0;
-            s.name = None;
-            Frame::simple("RESET")
-        }
-        "select" => match integer(&rest[0]) {
-            Some(n) if (0..i64::from(BUCKETS)).contains(&n) => {
-                s.bucket = n as u8;
-                Frame::ok()
+        "strlen" => match value(ap, at, &rest[0]).await {
+            Ok(v) => Frame::Integer(v.map_or(0, |v| v.len() as i64)),
+            Err(e) => e,
+        },
+        "getrange" => {
+            let (Some(start), Some(end)) = (integer(&rest[1]), integer(&rest[2])) else {
+                return Frame::error(NOT_INTEGER);
+            };
+            match value(ap, at, &rest[0]).await {
+                Ok(v) => Frame::bulk(substring(&v.unwrap_or_default(), start, end)),
+                Err(e) => e,
             }
-            Some(_) => Frame::error("ERR DB index is out of range"),
-            None => Frame::error(NOT_INTEGER),
-        },
-        "hello" => hello(s, rest),
-        "client" => client(s, rest),
-        "command" => command(rest),
-        "config" => config(rest),
-        "info" => info(ap, s),
-        "get" => match ap.read(bucket, &rest[0]).await {
-            Ok(state) => state
-                .and_then(|st| st.get(ap.now_ms()))
-                .map_or(Frame::Null, Frame::bulk),
-            Err(e) => ap_error(e),
-        },
-        "set" => set(ap, bucket, rest).await,
+        }
+        "set" => set(ap, at, rest).await,
+        "setex" | "psetex" => {
+            let Some(n) = integer(&rest[1]) else {
+                return Frame::error(NOT_INTEGER);
+            };
+            let unit = if cmd == "setex" {
+                TimeUnit::Seconds
+            } else {
+                TimeUnit::Millis
+            };
+            match deadline_ms(unit, n, ap.now_ms()) {
+                Some(t) if n > 0 => {
+                    store(ap, at, &rest[0], rest[2].to_vec(), SetExpiry::At(t as u64)).await
+                }
+                _ => Frame::error(format!("ERR invalid expire time in '{cmd}' command")),
+            }
+        }
         "mset" => {
             if rest.len() % 2 != 0 {
                 return wrong_arity(&cmd);
             }
             for pair in rest.chunks(2) {
-                let op = Op::Set {
-                    value: pair[1].to_vec(),
-                    expiry: SetExpiry::Clear,
-                };
-                if let Err(e) = ap.write(bucket, &pair[0], op).await {
-                    return ap_error(e);
+                let reply = store(ap, at, &pair[0], pair[1].to_vec(), SetExpiry::Clear).await;
+                if matches!(reply, Frame::Error(_)) {
+                    return reply;
                 }
             }
             Frame::ok()
@@ -124,13 +174,9 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
         "mget" => {
             let mut values = Vec::with_capacity(rest.len());
             for key in rest {
-                match ap.read(bucket, key).await {
-                    Ok(state) => values.push(
-                        state
-                            .and_then(|st| st.get(ap.now_ms()))
-                            .map_or(Frame::Null, Frame::bulk),
-                    ),
-                    Err(e) => return ap_error(e),
+                match value(ap, at, key).await {
+                    Ok(v) => values.push(v.map_or(Frame::Null, Frame::bulk)),
+                    Err(e) => return e,
                 }
             }
             Frame::Array(values)
@@ -138,8 +184,8 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
         "del" | "unlink" => {
             let mut removed = 0;
             for key in rest {
-                match live(ap, bucket, key).await {
-                    Ok(Some(_)) => match ap.write(bucket, key, Op::Del).await {
+                match live(ap, at, key).await {
+                    Ok(Some(_)) => match ap.write(at, key, Op::Del).await {
                         Ok(_) => removed += 1,
                         Err(e) => return ap_error(e),
                     },
@@ -149,60 +195,57 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
             }
             Frame::Integer(removed)
         }
-        "exists" => {
+        "exists" | "touch" => {
             let mut n = 0;
             for key in rest {
-                match live(ap, bucket, key).await {
+                match live(ap, at, key).await {
                     Ok(found) => n += i64::from(found.is_some()),
                     Err(e) => return ap_error(e),
                 }
             }
             Frame::Integer(n)
         }
+        "type" => match live(ap, at, &rest[0]).await {
+            Ok(Some(_)) => Frame::simple("string"),
+            Ok(None) => Frame::simple("none"),
+            Err(e) => ap_error(e),
+        },
+        "getdel" => match live(ap, at, &rest[0]).await {
+            Ok(Some(st)) => match ap
+                .write_after(at, &rest[0], Op::Del, Some(st.clone()))
+                .await
+            {
+                Ok(_) => st.get(ap.now_ms()).map_or(Frame::Null, Frame::bulk),
+                Err(e) => ap_error(e),
+            },
+            Ok(None) => Frame::Null,
+            Err(e) => ap_error(e),
+        },
+        "getex" => getex(ap, at, rest).await,
+        "append" | "setrange" | "incrbyfloat" => edit(ap, at, &cmd, rest).await,
         "incr" | "decr" | "incrby" | "decrby" => {
             let delta = match cmd.as_str() {
                 "incr" => Some(1),
                 "decr" => Some(-1),
                 "incrby" => integer(&rest[1]),
-                _ => integer(&rest[1]).and_then(i64::checked_neg),
+                _ => match integer(&rest[1]) {
+                    Some(i64::MIN) => return Frame::error("ERR decrement would overflow"),
+                    d => d.map(|d| -d),
+                },
             };
             let Some(delta) = delta else {
                 return Frame::error(NOT_INTEGER);
             };
-            match ap.write(bucket, &rest[0], Op::Incr(delta)).await {
+            match ap.write(at, &rest[0], Op::Incr(delta)).await {
                 Ok(Some(n)) => Frame::Integer(n),
                 Ok(None) => Frame::error("ERR the replica did not return the new value"),
                 Err(e) => ap_error(e),
             }
         }
-        "expire" | "pexpire" | "expireat" | "pexpireat" => {
-            let Some(n) = integer(&rest[1]) else {
-                return Frame::error(NOT_INTEGER);
-            };
-            let unit = match cmd.as_str() {
-                "expire" => TimeUnit::Seconds,
-                "pexpire" => TimeUnit::Millis,
-                "expireat" => TimeUnit::UnixSeconds,
-                _ => TimeUnit::UnixMillis,
-            };
-            let Some(at) = deadline_ms(unit, n, ap.now_ms()) else {
-                return Frame::error(format!("ERR invalid expire time in '{cmd}' command"));
-            };
-            match live(ap, bucket, &rest[0]).await {
-                Ok(Some(_)) => {
-                    let op = Op::Expire(Expiry::At(at.max(0) as u64));
-                    match ap.write(bucket, &rest[0], op).await {
-                        Ok(_) => Frame::Integer(1),
-                        Err(e) => ap_error(e),
-                    }
-                }
-                Ok(None) => Frame::Integer(0),
-                Err(e) => ap_error(e),
-            }
-        }
-        "persist" => match live(ap, bucket, &rest[0]).await {
+        "expire" | "pexpire" | "expireat" | "pexpireat" => expire(ap, at, &cmd, rest).await,
+        "persist" => match live(ap, at, &rest[0]).await {
             Ok(Some(st)) if st.expires_at().is_some() => {
-                match ap.write(bucket, &rest[0], Op::Expire(Expiry::Never)).await {
+                match ap.write(at, &rest[0], Op::Expire(Expiry::Never)).await {
                     Ok(_) => Frame::Integer(1),
                     Err(e) => ap_error(e),
                 }
@@ -210,16 +253,17 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
             Ok(_) => Frame::Integer(0),
             Err(e) => ap_error(e),
         },
-        "ttl" | "pttl" => match live(ap, bucket, &rest[0]).await {
+        "ttl" | "pttl" | "expiretime" | "pexpiretime" => match live(ap, at, &rest[0]).await {
             Ok(None) => Frame::Integer(-2),
             Ok(Some(st)) => match st.expires_at() {
                 None => Frame::Integer(-1),
-                Some(at) => {
-                    let left = at.saturating_sub(ap.now_ms()) as i64;
-                    Frame::Integer(if cmd == "ttl" {
-                        (left + 500) / 1000
-                    } else {
-                        left
+                Some(when) => {
+                    let left = when.saturating_sub(ap.now_ms()) as i64;
+                    Frame::Integer(match cmd.as_str() {
+                        "ttl" => (left + 500) / 1000,
+                        "pttl" => left,
+                        "expiretime" => ((when + 500) / 1000) as i64,
+                        _ => when as i64,
                     })
                 }
             },
@@ -242,6 +286,19 @@ enum TimeUnit {
     UnixMillis,
 }
 
+impl TimeUnit {
+    /// The unit of a `SET`/`GETEX` option or an `EXPIRE`-family command.
+    fn of(name: &str) -> Option<TimeUnit> {
+        Some(match name {
+            "ex" | "expire" => TimeUnit::Seconds,
+            "px" | "pexpire" => TimeUnit::Millis,
+            "exat" | "expireat" => TimeUnit::UnixSeconds,
+            "pxat" | "pexpireat" => TimeUnit::UnixMillis,
+            _ => return None,
+        })
+    }
+}
+
 /// The deadline in ms since the Unix epoch; `None` when it overflows.
 fn deadline_ms(unit: TimeUnit, n: i64, now_ms: u64) -> Option<i64> {
     let now = i64::try_from(now_ms).ok()?;
@@ -254,136 +311,318 @@ fn deadline_ms(unit: TimeUnit, n: i64, now_ms: u64) -> Option<i64> {
 }
 
 /// The key's state if it exists now.
-async fn live(ap: &ApNode, bucket: u8, key: &[u8]) -> Result<Option<RedisString>, ApError> {
+async fn live(ap: &ApNode, at: Access, key: &[u8]) -> Result<Option<RedisString>, ApError> {
     let now = ap.now_ms();
-    Ok(ap.read(bucket, key).await?.filter(|st| st.exists(now)))
+    Ok(ap.read(at, key).await?.filter(|st| st.exists(now)))
 }
 
-async fn set(ap: &ApNode, bucket: u8, rest: &[Bytes]) -> Frame {
-    let (key, value) = (&rest[0], &rest[1]);
-    let mut expiry: Option<SetExpiry> = None;
-    let mut i = 2;
-    while i < rest.len() {
-        let opt = String::from_utf8_lossy(&rest[i]).to_ascii_uppercase();
-        match opt.as_str() {
-            "NX" | "XX" | "GET" => {
-                return Frame::error(format!(
-                "ERR SET {opt} needs compare-and-set, which Concord's AP buckets do not have yet"
-            ))
-            }
-            "KEEPTTL" if expiry.is_none() => {
-                expiry = Some(SetExpiry::Keep);
-                i += 1;
-            }
-            "EX" | "PX" | "EXAT" | "PXAT" if expiry.is_none() && i + 1 < rest.len() => {
-                let Some(n) = integer(&rest[i + 1]) else {
-                    return Frame::error(NOT_INTEGER);
-                };
-                let unit = match opt.as_str() {
-                    "EX" => TimeUnit::Seconds,
-                    "PX" => TimeUnit::Millis,
-                    "EXAT" => TimeUnit::UnixSeconds,
-                    _ => TimeUnit::UnixMillis,
-                };
-                match deadline_ms(unit, n, ap.now_ms()) {
-                    Some(at) if n > 0 => expiry = Some(SetExpiry::At(at as u64)),
-                    _ => return Frame::error("ERR invalid expire time in 'set' command"),
-                }
-                i += 2;
-            }
-            _ => return Frame::error(SYNTAX),
-        }
+/// The key's value now, or the error reply.
+async fn value(ap: &ApNode, at: Access, key: &[u8]) -> Result<Option<Vec<u8>>, Frame> {
+    match ap.read(at, key).await {
+        Ok(state) => Ok(state.and_then(|st| st.get(ap.now_ms()))),
+        Err(e) => Err(ap_error(e)),
     }
-    let op = Op::Set {
-        value: value.to_vec(),
-        expiry: expiry.unwrap_or(SetExpiry::Clear),
-    };
-    match ap.write(bucket, key, op).await {
+}
+
+/// `SET key value` with `expiry`.
+async fn store(ap: &ApNode, at: Access, key: &[u8], value: Vec<u8>, expiry: SetExpiry) -> Frame {
+    match ap.write(at, key, Op::Set { value, expiry }).await {
         Ok(_) => Frame::ok(),
         Err(e) => ap_error(e),
     }
 }
 
-fn hello(s: &mut Session, rest: &[Bytes]) -> Frame {
+/// `GETRANGE`'s slice, with Redis 7's index rules.
+fn substring(v: &[u8], start: i64, end: i64) -> Vec<u8> {
+    let len = v.len() as i64;
+    if start < 0 && end < 0 && start > end {
+        return Vec::new();
+    }
+    let start = if start < 0 { len + start } else { start }.max(0);
+    let end = if end < 0 { len + end } else { end }.max(0).min(len - 1);
+    if len == 0 || start > end {
+        return Vec::new();
+    }
+    v[start as usize..=end as usize].to_vec()
+}
+
+/// The options of `SET` (`getex`: false) or `GETEX` (`getex`: true), read as Redis's
+/// `parseExtendedStringArgumentsOrReply` reads them: every option checked first (an
+/// option may repeat, the last value wins, conflicting ones are a syntax error), then
+/// the time value.
+struct Options {
+    /// `NX`, `XX` or `GET`, which need compare-and-set (`SET` only).
+    cas: Option<&'static str>,
+    keepttl: bool,
+    persist: bool,
+    /// The time option given: its unit and value, not yet checked ([`Options::deadline`]).
+    time: Option<(TimeUnit, Bytes)>,
+}
+
+impl Options {
+    /// The deadline given, in ms since the Unix epoch, or the error reply for a value
+    /// that is not an integer or not a valid time.
+    fn deadline(&self, ap: &ApNode, cmd: &str) -> Result<Option<u64>, Frame> {
+        let Some((unit, v)) = &self.time else {
+            return Ok(None);
+        };
+        let n = integer(v).ok_or_else(|| Frame::error(NOT_INTEGER))?;
+        match deadline_ms(*unit, n, ap.now_ms()) {
+            Some(t) if n > 0 && t > 0 => Ok(Some(t as u64)),
+            _ => Err(Frame::error(format!(
+                "ERR invalid expire time in '{cmd}' command"
+            ))),
+        }
+    }
+}
+
+fn options(opts: &[Bytes], getex: bool) -> Result<Options, Frame> {
+    let (mut nx, mut xx, mut get, mut keepttl, mut persist) = (false, false, false, false, false);
+    let mut time: Option<(&'static str, &Bytes)> = None;
     let mut i = 0;
-    if let Some(v) = rest.first() {
-        match integer(v) {
-            Some(2) => s.resp = Protocol::Resp2,
-            Some(3) => s.resp = Protocol::Resp3,
-            Some(_) => return Frame::error("NOPROTO unsupported protocol version"),
-            None => return Frame::error("ERR Protocol version is not an integer or out of range"),
-        }
-        i = 1;
-    }
-    while i < rest.len() {
-        let opt = String::from_utf8_lossy(&rest[i]).to_ascii_uppercase();
-        match opt.as_str() {
-            "SETNAME" if i + 1 < rest.len() => {
-                s.name = Some(rest[i + 1].to_vec());
-                i += 2;
+    while i < opts.len() {
+        let opt = opts[i].to_ascii_lowercase();
+        let next = opts.get(i + 1);
+        let unit_free = |u: &str| time.is_none_or(|(t, _)| t == u);
+        match opt.as_slice() {
+            b"nx" if !getex && !xx => nx = true,
+            b"xx" if !getex && !nx => xx = true,
+            b"get" if !getex => get = true,
+            b"keepttl" if !getex && time.is_none() => keepttl = true,
+            b"persist" if getex && time.is_none() => persist = true,
+            b"ex" | b"px" | b"exat" | b"pxat" if !keepttl && !persist && next.is_some() => {
+                let unit = match opt.as_slice() {
+                    b"ex" => "ex",
+                    b"px" => "px",
+                    b"exat" => "exat",
+                    _ => "pxat",
+                };
+                match next {
+                    Some(v) if unit_free(unit) => time = Some((unit, v)),
+                    _ => return Err(Frame::error(SYNTAX)),
+                }
+                i += 1;
             }
-            "AUTH" if i + 2 < rest.len() => {
-                return Frame::error(
-                    "ERR AUTH is not supported yet: Concord's Redis port has no users",
-                )
-            }
-            _ => return Frame::error(SYNTAX),
+            _ => return Err(Frame::error(SYNTAX)),
         }
+        i += 1;
     }
-    Frame::Map(vec![
-        (Frame::bulk("server"), Frame::bulk("redis")),
-        (Frame::bulk("version"), Frame::bulk(REDIS_VERSION)),
-        (
-            Frame::bulk("proto"),
-            Frame::Integer(match s.resp {
-                Protocol::Resp2 => 2,
-                Protocol::Resp3 => 3,
-            }),
-        ),
-        (Frame::bulk("id"), Frame::Integer(s.id as i64)),
-        (Frame::bulk("mode"), Frame::bulk("standalone")),
-        (Frame::bulk("role"), Frame::bulk("master")),
-        (Frame::bulk("modules"), Frame::Array(vec![])),
-    ])
+    let cas = [(nx, "NX"), (xx, "XX"), (get, "GET")]
+        .into_iter()
+        .find_map(|(on, name)| on.then_some(name));
+    Ok(Options {
+        cas,
+        keepttl,
+        persist,
+        time: time.map(|(unit, v)| (TimeUnit::of(unit).unwrap_or(TimeUnit::Seconds), v.clone())),
+    })
 }
 
-fn client(s: &mut Session, rest: &[Bytes]) -> Frame {
-    let sub = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
-    match (sub.as_str(), rest.len()) {
-        ("setname", 2) => {
-            if rest[1].iter().any(|b| *b <= b' ' || *b > b'~') {
-                return Frame::error(
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                );
-            }
-            s.name = (!rest[1].is_empty()).then(|| rest[1].to_vec());
-            Frame::ok()
+async fn set(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
+    let (o, at_ms) = match options(&rest[2..], false).and_then(|o| {
+        let d = o.deadline(ap, "set")?;
+        Ok((o, d))
+    }) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    if let Some(opt) = o.cas {
+        return Frame::error(format!(
+            "ERR SET {opt} needs compare-and-set, which Concord's AP buckets do not have yet"
+        ));
+    }
+    let expiry = match (at_ms, o.keepttl) {
+        (Some(t), _) => SetExpiry::At(t),
+        (None, true) => SetExpiry::Keep,
+        (None, false) => SetExpiry::Clear,
+    };
+    store(ap, at, &rest[0], rest[1].to_vec(), expiry).await
+}
+
+/// `GETEX key [EX s | PX ms | EXAT t | PXAT t | PERSIST]`.
+async fn getex(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
+    let key = &rest[0];
+    let o = match options(&rest[1..], true) {
+        Ok(o) => o,
+        Err(e) => return e,
+    };
+    // Redis looks the key up before it checks the time value.
+    let state = match live(ap, at, key).await {
+        Ok(Some(st)) => st,
+        Ok(None) => return Frame::Null,
+        Err(e) => return ap_error(e),
+    };
+    let change = match (o.deadline(ap, "getex"), o.persist) {
+        (Err(e), _) => return e,
+        (Ok(Some(t)), _) => Some(Expiry::At(t)),
+        (Ok(None), true) => Some(Expiry::Never),
+        (Ok(None), false) => None,
+    };
+    let value = state.get(ap.now_ms()).map_or(Frame::Null, Frame::bulk);
+    let change = match change {
+        Some(Expiry::Never) if state.expires_at().is_none() => None,
+        other => other,
+    };
+    if let Some(e) = change {
+        if let Err(e) = ap.write_after(at, key, Op::Expire(e), Some(state)).await {
+            return ap_error(e);
         }
-        ("getname", 1) => s.name.clone().map_or(Frame::Null, Frame::bulk),
-        ("id", 1) => Frame::Integer(s.id as i64),
-        // Libraries announce themselves; nothing to keep.
-        ("setinfo", 3) => Frame::ok(),
-        _ => Frame::error(format!(
-            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
-        )),
+    }
+    value
+}
+
+/// `APPEND`, `SETRANGE` and `INCRBYFLOAT`: a new value computed from the current one,
+/// written over what was read (the expiry kept).
+async fn edit(ap: &ApNode, at: Access, cmd: &str, rest: &[Bytes]) -> Frame {
+    let key = &rest[0];
+    // Arguments are checked before anything is read, as Redis does.
+    let offset = match cmd {
+        "setrange" => match integer(&rest[1]) {
+            Some(o) if o < 0 => return Frame::error("ERR offset is out of range"),
+            Some(o) => o as usize,
+            None => return Frame::error(NOT_INTEGER),
+        },
+        _ => 0,
+    };
+    let delta = match cmd {
+        "incrbyfloat" => match parse_float(&rest[1]) {
+            Some(d) => d,
+            None => return Frame::error(NOT_FLOAT),
+        },
+        _ => 0.0,
+    };
+    let state = match ap.read(at, key).await {
+        Ok(s) => s,
+        Err(e) => return ap_error(e),
+    };
+    let current = state.as_ref().and_then(|s| s.get(ap.now_ms()));
+    let (next, reply) = match cmd {
+        "append" => {
+            let mut v = current.unwrap_or_default();
+            if v.len() + rest[1].len() > MAX_STRING {
+                return Frame::error(TOO_BIG);
+            }
+            v.extend_from_slice(&rest[1]);
+            let len = v.len() as i64;
+            (v, Frame::Integer(len))
+        }
+        "setrange" => {
+            let piece = &rest[2];
+            let v = current.unwrap_or_default();
+            if piece.is_empty() {
+                // Nothing to write: the length as it is, and no key created.
+                return Frame::Integer(v.len() as i64);
+            }
+            if offset.saturating_add(piece.len()) > MAX_STRING {
+                return Frame::error(TOO_BIG);
+            }
+            let mut v = v;
+            if v.len() < offset + piece.len() {
+                v.resize(offset + piece.len(), 0);
+            }
+            v[offset..offset + piece.len()].copy_from_slice(piece);
+            let len = v.len() as i64;
+            (v, Frame::Integer(len))
+        }
+        _ => {
+            let base = match current.as_deref().map(parse_float) {
+                None => 0.0,
+                Some(Some(b)) => b,
+                Some(None) => return Frame::error(NOT_FLOAT),
+            };
+            let sum = base + delta;
+            if !sum.is_finite() {
+                return Frame::error("ERR increment would produce NaN or Infinity");
+            }
+            let text = format_float(sum);
+            (text.clone().into_bytes(), Frame::bulk(text))
+        }
+    };
+    let op = Op::Set {
+        value: next,
+        expiry: SetExpiry::Keep,
+    };
+    match ap.write_after(at, key, op, state).await {
+        Ok(_) => reply,
+        Err(e) => ap_error(e),
     }
 }
 
-fn command(rest: &[Bytes]) -> Frame {
-    match rest
-        .first()
-        .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
-        .as_deref()
+/// A float as Redis's `strtold` takes it (no spaces, no NaN, no infinities).
+fn parse_float(b: &[u8]) -> Option<f64> {
+    let s = std::str::from_utf8(b).ok()?;
+    if s.is_empty() || s.starts_with(|c: char| c.is_whitespace()) {
+        return None;
+    }
+    if s.to_ascii_lowercase().contains("nan") {
+        return None;
+    }
+    // Infinities parse (the sum is then refused, as Redis refuses it).
+    s.parse::<f64>().ok()
+}
+
+/// A float as Redis writes `INCRBYFLOAT`'s result: plain decimal, no exponent, no
+/// trailing zeros.
+fn format_float(f: f64) -> String {
+    let s = format!("{f}");
+    if s == "-0" {
+        "0".into()
+    } else {
+        s
+    }
+}
+
+/// `EXPIRE key n [NX|XX|GT|LT]` and its variants.
+async fn expire(ap: &ApNode, at: Access, cmd: &str, rest: &[Bytes]) -> Frame {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for opt in &rest[2..] {
+        match opt.to_ascii_lowercase().as_slice() {
+            b"nx" => nx = true,
+            b"xx" => xx = true,
+            b"gt" => gt = true,
+            b"lt" => lt = true,
+            _ => return error_bytes(&[b"ERR Unsupported option ", opt]),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Frame::error("ERR NX and XX, GT or LT options at the same time are not compatible");
+    }
+    if gt && lt {
+        return Frame::error("ERR GT and LT options at the same time are not compatible");
+    }
+    let Some(n) = integer(&rest[1]) else {
+        return Frame::error(NOT_INTEGER);
+    };
+    let unit = TimeUnit::of(cmd).unwrap_or(TimeUnit::Seconds);
+    let Some(when) = deadline_ms(unit, n, ap.now_ms()) else {
+        return Frame::error(format!("ERR invalid expire time in '{cmd}' command"));
+    };
+    let state = match live(ap, at, &rest[0]).await {
+        Ok(Some(st)) => st,
+        Ok(None) => return Frame::Integer(0),
+        Err(e) => return ap_error(e),
+    };
+    let when = when.max(0) as u64;
+    // No expiry counts as an infinite one for GT and LT.
+    let current = state.expires_at();
+    let refused = (nx && current.is_some())
+        || (xx && current.is_none())
+        || (gt && current.is_none_or(|c| when <= c))
+        || (lt && current.is_some_and(|c| when >= c));
+    if refused {
+        return Frame::Integer(0);
+    }
+    match ap
+        .write_after(at, &rest[0], Op::Expire(Expiry::At(when)), Some(state))
+        .await
     {
-        Some("count") => Frame::Integer(COMMANDS.len() as i64),
-        // redis-cli asks for the docs at start; an empty answer is valid.
-        Some("docs") => Frame::Map(vec![]),
-        _ => Frame::Array(vec![]),
+        Ok(_) => Frame::Integer(1),
+        Err(e) => ap_error(e),
     }
 }
 
-/// The commands answered here.
-const COMMANDS: &[&str] = &[
+/// The commands answered here, for `COMMAND COUNT` and `COMMAND LIST`.
+pub(crate) const COMMANDS: &[&str] = &[
     "ping",
     "echo",
     "quit",
@@ -394,13 +633,33 @@ const COMMANDS: &[&str] = &[
     "command",
     "config",
     "info",
+    "time",
+    "auth",
+    "concord.quorum",
+    "keys",
+    "scan",
+    "dbsize",
+    "randomkey",
+    "flushdb",
+    "flushall",
     "get",
+    "strlen",
+    "getrange",
     "set",
+    "setex",
+    "psetex",
     "mset",
     "mget",
     "del",
     "unlink",
     "exists",
+    "touch",
+    "type",
+    "getdel",
+    "getex",
+    "append",
+    "setrange",
+    "incrbyfloat",
     "incr",
     "decr",
     "incrby",
@@ -412,34 +671,54 @@ const COMMANDS: &[&str] = &[
     "persist",
     "ttl",
     "pttl",
+    "expiretime",
+    "pexpiretime",
 ];
 
-fn config(rest: &[Bytes]) -> Frame {
-    let sub = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
-    match sub.as_str() {
-        // No settings are exposed; unknown ones are accepted and ignored, as
-        // Redis-compatible servers do.
-        "get" => Frame::Map(vec![]),
-        "set" if rest.len() >= 3 && rest.len() % 2 == 1 => Frame::ok(),
-        _ => Frame::error(format!(
-            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CONFIG HELP."
-        )),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn info(ap: &ApNode, s: &Session) -> Frame {
-    let c = ap.config();
-    let text = format!(
-        "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nconcord_version:{}\r\nprocess_id:{}\r\n\r\n\
-         # Clients\r\nclient_id:{}\r\n\r\n\
-         # Replication\r\nrole:master\r\nconcord_n:{}\r\nconcord_r:{}\r\nconcord_w:{}\r\n\r\n\
-         # Cluster\r\ncluster_enabled:0\r\n\r\n# Keyspace\r\n",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        s.id,
-        c.n,
-        c.r,
-        c.w,
-    );
-    Frame::bulk(text)
+    #[test]
+    fn every_listed_command_has_an_arity_and_every_arity_is_listed() {
+        for c in COMMANDS {
+            assert!(arity(c).is_some(), "{c}");
+        }
+        assert_eq!(
+            COMMANDS.iter().filter(|c| arity(c).is_some()).count(),
+            COMMANDS.len()
+        );
+    }
+
+    #[test]
+    fn getrange_follows_redis_s_index_rules() {
+        let v = b"This is a string";
+        for (start, end, want) in [
+            (0, 3, "This"),
+            (-3, -1, "ing"),
+            (0, -1, "This is a string"),
+            (10, 100, "string"),
+            (5, 3, ""),
+            (-1, -5, ""),
+            (-100, 2, "Thi"),
+            (100, 200, ""),
+        ] {
+            assert_eq!(substring(v, start, end), want.as_bytes(), "{start} {end}");
+        }
+        assert_eq!(substring(b"", 0, -1), b"");
+    }
+
+    #[test]
+    fn floats_parse_and_print_as_redis_does() {
+        assert_eq!(parse_float(b"10.5"), Some(10.5));
+        assert_eq!(parse_float(b"5.0e3"), Some(5000.0));
+        assert_eq!(parse_float(b"-inf"), Some(f64::NEG_INFINITY));
+        for bad in [&b""[..], b" 1", b"abc", b"nan", b"1 "] {
+            assert_eq!(parse_float(bad), None, "{bad:?}");
+        }
+        assert_eq!(format_float(10.5 + 0.1), "10.6");
+        assert_eq!(format_float(5000.0), "5000");
+        assert_eq!(format_float(-0.0), "0");
+        assert_eq!(format_float(3.0e20), "300000000000000000000");
+    }
 }

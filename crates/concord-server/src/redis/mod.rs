@@ -7,7 +7,9 @@
 //! order (pipelining), and writes the answers together. A protocol error is answered and
 //! the connection closed, as Redis does; a command error leaves it open.
 
+mod admin;
 pub mod commands;
+mod keyspace;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::ap::ApNode;
+use crate::ap::{Access, ApNode};
 use crate::resp::{encode, parse_request, Limits, Protocol};
 
 /// Most simultaneous Redis connections per listener (Redis's `maxclients` default).
@@ -29,8 +31,8 @@ pub struct Session {
     pub id: u64,
     /// The protocol in use: RESP2, or RESP3 after `HELLO 3`.
     pub resp: Protocol,
-    /// The selected bucket (`SELECT`).
-    pub bucket: u8,
+    /// The selected bucket (`SELECT`) and the connection's quorums (`CONCORD.QUORUM`).
+    pub access: Access,
     /// `CLIENT SETNAME`.
     pub name: Option<Vec<u8>>,
     /// Set by `QUIT`: close after answering.
@@ -73,7 +75,7 @@ async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
     let mut session = Session {
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
         resp: Protocol::Resp2,
-        bucket: 0,
+        access: Access::default(),
         name: None,
         closing: false,
     };

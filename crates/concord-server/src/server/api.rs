@@ -31,6 +31,8 @@ pub(crate) struct Ctx {
     pub raft_metrics: Arc<super::raft_metrics::RaftMetrics>,
     /// SWIM gossip: who is alive, with phi per peer.
     pub membership: concord_runtime::membership::Membership,
+    /// The AP buckets on this member.
+    pub ap: crate::ap::ApNode,
 }
 
 impl Ctx {

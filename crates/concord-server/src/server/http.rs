@@ -245,6 +245,7 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     if let Some(view) = ctx.membership.view().await {
         gossip_metrics(&mut out, &view);
     }
+    ap_metrics(&mut out, &ctx.ap.metrics());
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -289,6 +290,39 @@ fn gossip_metrics(out: &mut String, view: &MembershipView) {
         "Membership updates waiting to be piggybacked on gossip packets.",
         view.pending_updates as f64,
     );
+}
+
+/// Hints held per member, hints handed over and dropped, read repairs.
+fn ap_metrics(out: &mut String, m: &crate::ap::ApMetrics) {
+    out.push_str(
+        "# HELP concord_ap_hints_pending Hints this member holds for another member, by that member.\n\
+         # TYPE concord_ap_hints_pending gauge\n",
+    );
+    for (member, n) in &m.hints_pending {
+        out.push_str(&format!(
+            "concord_ap_hints_pending{{member=\"{:x}\"}} {n}\n",
+            member.get()
+        ));
+    }
+    for (name, help, value) in [
+        (
+            "concord_ap_hints_replayed_total",
+            "Hints handed over to the member they were for.",
+            m.hints_replayed,
+        ),
+        (
+            "concord_ap_hints_dropped_total",
+            "Hints not kept because the hint store held its limit for their member.",
+            m.hints_dropped,
+        ),
+        (
+            "concord_ap_read_repairs_total",
+            "Repairs sent to replicas that answered a read with less than the others.",
+            m.read_repairs,
+        ),
+    ] {
+        metric(out, "counter", name, help, value as f64);
+    }
 }
 
 /// Whether a request is gRPC (by its content type).

@@ -1,0 +1,264 @@
+//! Connection and server commands: `PING`, `ECHO`, `QUIT`, `RESET`, `SELECT`, `HELLO`,
+//! `CLIENT`, `COMMAND`, `CONFIG`, `INFO`, `TIME`, `AUTH`, and Concord's own
+//! `CONCORD.QUORUM`, which sets the connection's R and W.
+
+use bytes::Bytes;
+
+use super::commands::{integer, COMMANDS, NOT_INTEGER, SYNTAX};
+use super::{keyspace, Session};
+use crate::ap::{Access, ApNode, BUCKETS};
+use crate::resp::{Frame, Protocol};
+
+/// The Redis version Concord answers as (the commands follow its semantics).
+pub const REDIS_VERSION: &str = "7.0.15";
+
+/// Runs one connection or server command (its arity already checked).
+pub async fn run(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Frame {
+    match cmd {
+        "ping" => match rest.first() {
+            None => Frame::simple("PONG"),
+            Some(m) => Frame::bulk(m.clone()),
+        },
+        "echo" => Frame::bulk(rest[0].clone()),
+        "quit" => {
+            s.closing = true;
+            Frame::ok()
+        }
+        "reset" => {
+            s.resp = Protocol::Resp2;
+            s.access = Access::default();
+            s.name = None;
+            Frame::simple("RESET")
+        }
+        "select" => match integer(&rest[0]) {
+            Some(n) if (0..i64::from(BUCKETS)).contains(&n) => {
+                s.access.bucket = n as u8;
+                Frame::ok()
+            }
+            Some(_) => Frame::error("ERR DB index is out of range"),
+            None => Frame::error(NOT_INTEGER),
+        },
+        "hello" => hello(s, rest),
+        "client" => client(s, rest),
+        "command" => command(rest),
+        "config" => config(rest),
+        "info" => info(ap, s, rest).await,
+        "time" => {
+            let micros = ap.now_ms() as i64 * 1000;
+            Frame::Array(vec![
+                Frame::bulk((micros / 1_000_000).to_string()),
+                Frame::bulk((micros % 1_000_000).to_string()),
+            ])
+        }
+        "auth" => Frame::error(
+            "ERR AUTH <password> called without any password configured for the default user. \
+             Are you sure your configuration is correct?",
+        ),
+        "concord.quorum" => quorum(ap, s, rest),
+        _ => Frame::error(format!("ERR unknown command '{cmd}'")),
+    }
+}
+
+/// `CONCORD.QUORUM [R n] [W n] [DEFAULT]`: sets the connection's read and write quorums
+/// (1 up to the bucket's replica count), or back to the bucket's with `DEFAULT`; answers
+/// the quorums in force.
+fn quorum(ap: &ApNode, s: &mut Session, rest: &[Bytes]) -> Frame {
+    let n = ap.config().n as i64;
+    let mut access = s.access;
+    let mut i = 0;
+    while i < rest.len() {
+        let opt = rest[i].to_ascii_lowercase();
+        if opt == b"default" {
+            access.r = None;
+            access.w = None;
+            i += 1;
+            continue;
+        }
+        let Some(v) = rest.get(i + 1) else {
+            return Frame::error(SYNTAX);
+        };
+        let value = match integer(v) {
+            Some(x) if (1..=n).contains(&x) => x as u32,
+            _ => {
+                return Frame::error(format!(
+                    "ERR invalid {} '{}': it must be an integer from 1 to the replica count ({n})",
+                    String::from_utf8_lossy(&opt).to_ascii_uppercase(),
+                    String::from_utf8_lossy(v)
+                ))
+            }
+        };
+        match opt.as_slice() {
+            b"r" => access.r = Some(value),
+            b"w" => access.w = Some(value),
+            _ => return Frame::error(SYNTAX),
+        }
+        i += 2;
+    }
+    s.access = access;
+    let c = ap.config();
+    Frame::Map(vec![
+        (Frame::bulk("n"), Frame::Integer(n)),
+        (
+            Frame::bulk("r"),
+            Frame::Integer(i64::from(access.r.unwrap_or(c.r))),
+        ),
+        (
+            Frame::bulk("w"),
+            Frame::Integer(i64::from(access.w.unwrap_or(c.w))),
+        ),
+    ])
+}
+
+fn hello(s: &mut Session, rest: &[Bytes]) -> Frame {
+    let mut i = 0;
+    if let Some(v) = rest.first() {
+        match integer(v) {
+            Some(2) => s.resp = Protocol::Resp2,
+            Some(3) => s.resp = Protocol::Resp3,
+            Some(_) => return Frame::error("NOPROTO unsupported protocol version"),
+            None => return Frame::error("ERR Protocol version is not an integer or out of range"),
+        }
+        i = 1;
+    }
+    while i < rest.len() {
+        let opt = String::from_utf8_lossy(&rest[i]).to_ascii_uppercase();
+        match opt.as_str() {
+            "SETNAME" if i + 1 < rest.len() => {
+                s.name = Some(rest[i + 1].to_vec());
+                i += 2;
+            }
+            "AUTH" if i + 2 < rest.len() => {
+                return Frame::error(
+                    "ERR AUTH is not supported yet: Concord's Redis port has no users",
+                )
+            }
+            _ => return Frame::error(SYNTAX),
+        }
+    }
+    Frame::Map(vec![
+        (Frame::bulk("server"), Frame::bulk("redis")),
+        (Frame::bulk("version"), Frame::bulk(REDIS_VERSION)),
+        (
+            Frame::bulk("proto"),
+            Frame::Integer(match s.resp {
+                Protocol::Resp2 => 2,
+                Protocol::Resp3 => 3,
+            }),
+        ),
+        (Frame::bulk("id"), Frame::Integer(s.id as i64)),
+        (Frame::bulk("mode"), Frame::bulk("standalone")),
+        (Frame::bulk("role"), Frame::bulk("master")),
+        (Frame::bulk("modules"), Frame::Array(vec![])),
+    ])
+}
+
+fn client(s: &mut Session, rest: &[Bytes]) -> Frame {
+    let sub = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
+    match (sub.as_str(), rest.len()) {
+        ("setname", 2) => {
+            if rest[1].iter().any(|b| *b <= b' ' || *b > b'~') {
+                return Frame::error(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            s.name = (!rest[1].is_empty()).then(|| rest[1].to_vec());
+            Frame::ok()
+        }
+        ("getname", 1) => s.name.clone().map_or(Frame::Null, Frame::bulk),
+        ("id", 1) => Frame::Integer(s.id as i64),
+        // Libraries announce themselves; nothing to keep.
+        ("setinfo", 3) => Frame::ok(),
+        _ => Frame::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
+        )),
+    }
+}
+
+fn command(rest: &[Bytes]) -> Frame {
+    match rest
+        .first()
+        .map(|s| String::from_utf8_lossy(s).to_ascii_lowercase())
+        .as_deref()
+    {
+        Some("count") => Frame::Integer(COMMANDS.len() as i64),
+        Some("list") => Frame::Array(COMMANDS.iter().map(|c| Frame::bulk(*c)).collect()),
+        // redis-cli asks for the docs at start; an empty answer is valid.
+        Some("docs") => Frame::Map(vec![]),
+        _ => Frame::Array(vec![]),
+    }
+}
+
+/// The settings `CONFIG GET` shows: what Concord's Redis port does, in Redis's terms.
+/// Every write is fsync'd on W replicas before it is acknowledged, and nothing is
+/// snapshotted to an RDB file.
+const SETTINGS: &[(&str, &str)] = &[
+    ("appendfsync", "always"),
+    ("appendonly", "yes"),
+    ("databases", "16"),
+    ("maxclients", "10000"),
+    ("maxmemory", "0"),
+    ("proto-max-bulk-len", "536870912"),
+    ("save", ""),
+];
+
+fn config(rest: &[Bytes]) -> Frame {
+    let sub = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
+    match sub.as_str() {
+        "get" if rest.len() >= 2 => {
+            let mut out = Vec::new();
+            for (name, value) in SETTINGS {
+                if rest[1..]
+                    .iter()
+                    .any(|p| keyspace::glob(&p.to_ascii_lowercase(), name.as_bytes()))
+                {
+                    out.push((Frame::bulk(*name), Frame::bulk(*value)));
+                }
+            }
+            Frame::Map(out)
+        }
+        // Settings are accepted and ignored, as Redis-compatible servers do.
+        "set" if rest.len() >= 3 && rest.len() % 2 == 1 => Frame::ok(),
+        "resetstat" if rest.len() == 1 => Frame::ok(),
+        _ => Frame::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CONFIG HELP."
+        )),
+    }
+}
+
+async fn info(ap: &ApNode, s: &Session, rest: &[Bytes]) -> Frame {
+    let c = ap.config();
+    let wanted = |section: &str| {
+        rest.is_empty()
+            || rest.iter().any(|r| {
+                let r = r.to_ascii_lowercase();
+                r == b"all" || r == b"everything" || r == b"default" || r == section.as_bytes()
+            })
+    };
+    let mut text = String::new();
+    if wanted("server") {
+        text.push_str(&format!(
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\n\
+             concord_version:{}\r\nprocess_id:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+        ));
+    }
+    if wanted("clients") {
+        text.push_str(&format!("# Clients\r\nclient_id:{}\r\n\r\n", s.id));
+    }
+    if wanted("replication") {
+        text.push_str(&format!(
+            "# Replication\r\nrole:master\r\nconcord_n:{}\r\nconcord_r:{}\r\nconcord_w:{}\r\n\r\n",
+            c.n,
+            s.access.r.unwrap_or(c.r),
+            s.access.w.unwrap_or(c.w),
+        ));
+    }
+    if wanted("cluster") {
+        text.push_str("# Cluster\r\ncluster_enabled:0\r\n\r\n");
+    }
+    if wanted("keyspace") {
+        text.push_str(&keyspace::info_keyspace(ap).await);
+    }
+    Frame::bulk(text)
+}
