@@ -88,14 +88,56 @@ async fn any_member_serves_any_key_and_writes_survive_a_killed_replica() {
         let key = format!("k{i}");
         assert_eq!(a.cmd(&["GET", &key]).await, Ok(RedisReply::bulk(&key)));
     }
-    // It comes back: reads through it see what was written meanwhile.
+    // It comes back: the survivors hand over the hints they kept for it.
     cluster.restart(2).await;
-    let port = cluster.nodes[2].redis_port;
-    common::eventually("the restarted member to serve reads", WAIT, || async move {
-        let mut c = RedisConn::connect(port).await.ok()?;
-        (c.cmd(&["GET", "k7"]).await == Ok(RedisReply::bulk("k7"))).then_some(())
-    })
-    .await;
+    for i in 0..2 {
+        let port = cluster.nodes[i].client_port;
+        common::eventually(
+            "the hints for the restarted member to be handed over",
+            WAIT,
+            || async move {
+                let metrics = common::http_get(port, "/metrics").await.ok()?.text();
+                let replayed = metric(&metrics, "concord_ap_hints_replayed_total")?;
+                let pending = metrics
+                    .lines()
+                    .any(|l| l.starts_with("concord_ap_hints_pending{"));
+                (!pending && replayed > 0.0).then_some(())
+            },
+        )
+        .await;
+    }
+    // The proof that it holds every write of its absence: the other two stop, and it
+    // answers alone, reading one replica (its own) per key.
+    cluster.kill9(0);
+    cluster.kill9(1);
+    let mut c = conn(&cluster, 2).await;
+    assert_eq!(
+        c.cmd(&["CONCORD.QUORUM", "R", "1", "W", "1"]).await,
+        Ok(RedisReply::Array(vec![
+            RedisReply::bulk("n"),
+            RedisReply::Integer(3),
+            RedisReply::bulk("r"),
+            RedisReply::Integer(1),
+            RedisReply::bulk("w"),
+            RedisReply::Integer(1),
+        ]))
+    );
+    for i in 0..30 {
+        let key = format!("k{i}");
+        let got = c.cmd(&["GET", &key]).await;
+        assert_eq!(got, Ok(RedisReply::bulk(&key)), "{key}");
+    }
+    let refused = c.cmd(&["CONCORD.QUORUM", "R", "4"]).await;
+    assert!(
+        matches!(&refused, Ok(RedisReply::Error(e)) if e.contains("from 1 to the replica count (3)")),
+        "R beyond N: {refused:?}"
+    );
+}
+
+/// The value of an unlabelled metric in a Prometheus text page.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
