@@ -46,7 +46,7 @@ use tokio::task::JoinHandle;
 pub use config::{ClusterState, ServerConfig};
 use members::{MemberRecord, Members};
 
-use crate::ap::{ApConfig, ApNode};
+use crate::ap::ApNode;
 use crate::node::{self, NodeConfig, NodeHandle};
 use concord_raft::NodeId;
 use concord_runtime::faults::FaultyTransport;
@@ -222,7 +222,7 @@ impl Server {
             peers,
         )
         .map_err(|e| ServerError::Config(e.to_string()))?;
-        let ap = ApNode::open(member_id, cluster_id, &config.data_dir, ApConfig::default())
+        let ap = ApNode::open(member_id, cluster_id, &config.data_dir, config.ap)
             .map_err(|e| ServerError::Start(e.to_string()))?;
         // Faults are switched on only through the test hooks (CONCORD_UNSAFE_TEST_HOOKS).
         let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id.get()));
@@ -332,6 +332,7 @@ impl Server {
             )),
             tokio::spawn(compact_in_background(node.clone())),
             tokio::spawn(replay_hints_in_background(node.clone(), ap.clone())),
+            tokio::spawn(anti_entropy_in_background(node.clone(), ap.clone())),
         ];
         tracing::info!(
             member = format_args!("{member_id}"),
@@ -660,6 +661,30 @@ async fn replay_hints_in_background(node: NodeHandle, ap: ApNode) {
         while !node.status().stopped && ap.replay_hints(256).await > 0 {}
         if node.status().stopped {
             return;
+        }
+    }
+}
+
+/// One anti-entropy exchange per interval, with the live members in turn.
+async fn anti_entropy_in_background(node: NodeHandle, ap: ApNode) {
+    let mut every = tokio::time::interval(ap.config().anti_entropy_interval);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut turn = 0usize;
+    loop {
+        every.tick().await;
+        if node.status().stopped {
+            return;
+        }
+        let peers = ap.anti_entropy_peers();
+        if peers.is_empty() {
+            continue;
+        }
+        let peer = peers[turn % peers.len()];
+        turn = turn.wrapping_add(1);
+        match ap.anti_entropy_with(peer).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(peer = %peer, repaired = n, "anti-entropy repaired keys"),
+            Err(e) => tracing::debug!(peer = %peer, error = %e, "anti-entropy exchange failed"),
         }
     }
 }

@@ -27,14 +27,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use concord_core::crdt::{Crdt, RedisString};
+use concord_core::merkle::MerkleTree;
+use concord_core::ring::hash_key;
 use concord_core::NodeId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::mvcc::keys::{seal, unseal};
 
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
-/// bucket (1 byte) + key → sealed state.
-const KEYS: Def = TableDefinition::new("ap_keys");
+/// bucket (1 byte) + the key's ring hash (8 bytes, big-endian) + key → sealed state: a
+/// bucket's keys in hash order, so that a Merkle leaf (a hash range) is one range scan.
+const KEYS: Def = TableDefinition::new("ap_keys_v2");
+/// The first layout (bucket + key → sealed state), moved into [`KEYS`] at open.
+const KEYS_V1: Def = TableDefinition::new("ap_keys");
+/// Leaves of each bucket's Merkle tree (a power of two).
+pub const TREE_LEAVES: usize = 1024;
+/// Buckets the store keeps trees for (Redis databases).
+pub const TREE_BUCKETS: usize = 16;
 /// owner (8 bytes, big-endian) + bucket + key → sealed state.
 const HINTS: Def = TableDefinition::new("ap_hints");
 
@@ -108,6 +118,9 @@ pub struct Hint {
 /// The store.
 pub struct ApStore {
     db: Arc<Database>,
+    /// One Merkle tree per bucket over (key, digest of its state), kept in step with the
+    /// table after each commit (built at open).
+    trees: Mutex<Vec<MerkleTree>>,
     /// Hints held per owner (kept in step with the table after each commit).
     hint_counts: Mutex<BTreeMap<NodeId, u64>>,
     /// Most hints held for one owner.
@@ -185,17 +198,34 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
     }
 }
 
+/// Bytes before the key in a row of [`KEYS`].
+const ROW_HEAD: usize = 9;
+
 fn row(bucket: u8, key: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(key.len() + 1);
+    let mut r = Vec::with_capacity(key.len() + ROW_HEAD);
     r.push(bucket);
+    r.extend_from_slice(&hash_key(key).to_be_bytes());
     r.extend_from_slice(key);
+    r
+}
+
+/// The first row at or after hash position `hash` in `bucket`.
+fn row_at(bucket: u8, hash: u64) -> Vec<u8> {
+    let mut r = vec![bucket];
+    r.extend_from_slice(&hash.to_be_bytes());
     r
 }
 
 fn hint_row(owner: NodeId, bucket: u8, key: &[u8]) -> Vec<u8> {
     let mut r = owner.get().to_be_bytes().to_vec();
-    r.extend(row(bucket, key));
+    r.push(bucket);
+    r.extend_from_slice(key);
     r
+}
+
+/// What the Merkle trees record of a stored state.
+fn digest(state_bytes: &[u8]) -> [u8; 8] {
+    xxh3_64(state_bytes).to_le_bytes()
 }
 
 /// A state as bytes: a format version, then the state (what the replica protocol carries;
@@ -231,6 +261,54 @@ fn decode(row: &[u8], stored: &[u8]) -> Result<RedisString, ApStoreError> {
     state_from_bytes(bytes).map_err(corrupt)
 }
 
+/// Moves the rows of the first layout into [`KEYS`] (re-sealed under their new row), in
+/// one transaction.
+fn migrate_v1(db: &Database) -> Result<(), ApStoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    match txn.open_table(KEYS_V1) {
+        Ok(old) => {
+            let mut new = txn.open_table(KEYS)?;
+            for entry in old.iter()? {
+                let (k, v) = entry?;
+                let (k, v) = (k.value(), v.value());
+                let state = decode(k, v)?;
+                let Some((&bucket, key)) = k.split_first() else {
+                    continue;
+                };
+                let r = row(bucket, key);
+                new.insert(r.as_slice(), encode(&r, &state).as_slice())?;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    txn.delete_table(KEYS_V1)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Every bucket's Merkle tree, from a scan of the table.
+fn build_trees(db: &Database) -> Result<Vec<MerkleTree>, ApStoreError> {
+    let mut trees = vec![new_tree(); TREE_BUCKETS];
+    let txn = db.begin_read()?;
+    let t = txn.open_table(KEYS)?;
+    for entry in t.iter()? {
+        let (k, v) = entry?;
+        let k = k.value();
+        let state = decode(k, v.value())?;
+        if let Some(tree) = trees.get_mut(usize::from(k[0])) {
+            tree.insert(&k[ROW_HEAD..], &digest(&state_to_bytes(&state)));
+        }
+    }
+    Ok(trees)
+}
+
+fn new_tree() -> MerkleTree {
+    // TREE_LEAVES is a valid power of two.
+    MerkleTree::new(TREE_LEAVES).unwrap_or_else(|_| unreachable!("TREE_LEAVES is a power of two"))
+}
+
 /// Hints per owner in the table, counted at open.
 fn count_hints(db: &Database) -> Result<BTreeMap<NodeId, u64>, ApStoreError> {
     let txn = db.begin_read()?;
@@ -243,16 +321,6 @@ fn count_hints(db: &Database) -> Result<BTreeMap<NodeId, u64>, ApStoreError> {
         }
     }
     Ok(out)
-}
-
-fn get_state(
-    t: &redb::Table<'_, &'static [u8], &'static [u8]>,
-    row: &[u8],
-) -> Result<RedisString, ApStoreError> {
-    match t.get(row)? {
-        Some(v) => decode(row, v.value()),
-        None => Ok(RedisString::new()),
-    }
 }
 
 impl ApStore {
@@ -270,6 +338,8 @@ impl ApStore {
         txn.open_table(KEYS)?;
         txn.open_table(HINTS)?;
         txn.commit()?;
+        migrate_v1(&db)?;
+        let trees = Mutex::new(build_trees(&db)?);
         let hint_counts = Mutex::new(count_hints(&db)?);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
@@ -279,6 +349,7 @@ impl ApStore {
             .map_err(|e| open_err(format!("cannot start its commit thread: {e}")))?;
         Ok(ApStore {
             db,
+            trees,
             hint_counts,
             hint_limit,
             jobs: Some(tx),
@@ -332,16 +403,144 @@ impl ApStore {
         f: impl FnOnce(&mut RedisString) -> Result<T, E> + Send + 'static,
     ) -> Result<Result<(T, RedisString), E>, ApStoreError> {
         let r = row(bucket, key);
-        self.write(move |t| {
-            let mut state = get_state(&t.keys, &r)?;
+        let out = self.write(move |t| {
+            let (mut state, before) = match t.keys.get(r.as_slice())? {
+                Some(v) => {
+                    let s = decode(&r, v.value())?;
+                    let d = digest(&state_to_bytes(&s));
+                    (s, Some(d))
+                }
+                None => (RedisString::new(), None),
+            };
             Ok(match f(&mut state) {
                 Ok(answer) => {
                     t.keys.insert(r.as_slice(), encode(&r, &state).as_slice())?;
-                    Ok((answer, state))
+                    let after = digest(&state_to_bytes(&state));
+                    Ok((answer, state, before, after))
                 }
                 Err(e) => Err(e),
             })
-        })
+        })?;
+        Ok(out.map(|(answer, state, before, after)| {
+            self.record(bucket, key, before, after);
+            (answer, state)
+        }))
+    }
+
+    /// Mirrors a committed change of `key` in its bucket's tree. Called after the commit,
+    /// so the tree holds only what is durable; sums commute, so two changes of one key may
+    /// reach the tree in either order.
+    fn record(&self, bucket: u8, key: &[u8], before: Option<[u8; 8]>, after: [u8; 8]) {
+        if let Some(tree) = self.trees().get_mut(usize::from(bucket)) {
+            match before {
+                Some(b) => tree.update(key, &b, &after),
+                None => tree.insert(key, &after),
+            }
+        }
+    }
+
+    /// Merges each state into its key of `bucket`, all in one commit, writing only the keys
+    /// the merge changes; how many it changed.
+    pub fn merge_many(
+        &self,
+        bucket: u8,
+        entries: Vec<(Vec<u8>, RedisString)>,
+    ) -> Result<usize, ApStoreError> {
+        let changes = self.write(move |t| {
+            let mut changes = Vec::new();
+            for (key, state) in entries {
+                let r = row(bucket, &key);
+                let (mut held, before) = match t.keys.get(r.as_slice())? {
+                    Some(v) => {
+                        let s = decode(&r, v.value())?;
+                        let d = digest(&state_to_bytes(&s));
+                        (s, Some(d))
+                    }
+                    None => (RedisString::new(), None),
+                };
+                let old = held.clone();
+                held.merge(&state);
+                if held == old {
+                    continue;
+                }
+                t.keys.insert(r.as_slice(), encode(&r, &held).as_slice())?;
+                changes.push((key, before, digest(&state_to_bytes(&held))));
+            }
+            Ok(changes)
+        })?;
+        for (key, before, after) in &changes {
+            self.record(bucket, key, *before, *after);
+        }
+        Ok(changes.len())
+    }
+
+    fn trees(&self) -> MutexGuard<'_, Vec<MerkleTree>> {
+        // Plain hashes, consistent at any panic point.
+        self.trees.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The root of `bucket`'s Merkle tree (`None`: no such bucket).
+    pub fn tree_root(&self, bucket: u8) -> Option<u128> {
+        self.trees().get(usize::from(bucket)).map(MerkleTree::root)
+    }
+
+    /// The leaf hashes of `bucket`'s Merkle tree, leaf `i` covering ring hashes
+    /// `[i, i + 1) · 2^64 / TREE_LEAVES`.
+    pub fn tree_leaves(&self, bucket: u8) -> Option<Vec<u128>> {
+        let trees = self.trees();
+        let tree = trees.get(usize::from(bucket))?;
+        tree.level(tree.depth()).map(<[u128]>::to_vec)
+    }
+
+    /// The keys of `bucket` in Merkle leaf `leaf`, with their states.
+    pub fn leaf(
+        &self,
+        bucket: u8,
+        leaf: usize,
+    ) -> Result<Vec<(Vec<u8>, RedisString)>, ApStoreError> {
+        if usize::from(bucket) >= TREE_BUCKETS || leaf >= TREE_LEAVES {
+            return Ok(Vec::new());
+        }
+        let shift = 64 - TREE_LEAVES.trailing_zeros();
+        let start = row_at(bucket, (leaf as u64) << shift);
+        let end = (leaf as u64 + 1)
+            .checked_shl(shift)
+            .filter(|_| leaf + 1 < TREE_LEAVES)
+            .map_or_else(|| vec![bucket + 1], |h| row_at(bucket, h));
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(KEYS)?;
+        let mut out = Vec::new();
+        for entry in t.range(start.as_slice()..end.as_slice())? {
+            let (k, v) = entry?;
+            let k = k.value();
+            out.push((k[ROW_HEAD..].to_vec(), decode(k, v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Merges `state` into the stored state of `key` durably when that changes it (an
+    /// unchanged key costs a read, no write); whether it did.
+    pub fn merge_if_newer(
+        &self,
+        bucket: u8,
+        key: &[u8],
+        state: &RedisString,
+    ) -> Result<bool, ApStoreError> {
+        let unchanged = |held: &RedisString| held.merged(state) == *held;
+        if self.get(bucket, key)?.as_ref().is_some_and(unchanged) {
+            return Ok(false);
+        }
+        let state = state.clone();
+        let out = self.update(bucket, key, move |s| {
+            let before = s.clone();
+            s.merge(&state);
+            if *s == before {
+                Err(())
+            } else {
+                Ok(())
+            }
+        })?;
+        Ok(out.is_ok())
     }
 
     /// Merges `state` into the stored state of `key` durably; returns the result.
@@ -457,17 +656,18 @@ impl ApStore {
         Ok(removed)
     }
 
-    /// Up to `limit` keys of `bucket` after `after` (from the first when empty), in key
-    /// order, with their states (tombstones and expired keys included).
+    /// Up to `limit` keys of `bucket` after the key `after` (from the first when `None`),
+    /// in the store's order (by ring hash, then key), with their states (tombstones and
+    /// expired keys included).
     pub fn scan(
         &self,
         bucket: u8,
-        after: &[u8],
+        after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, RedisString)>, ApStoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(KEYS)?;
-        let start = row(bucket, after);
+        let start = after.map_or_else(|| vec![bucket], |a| row(bucket, a));
         let mut out = Vec::new();
         for entry in t.range(start.as_slice()..)? {
             let (k, v) = entry?;
@@ -475,10 +675,10 @@ impl ApStore {
             if k.first() != Some(&bucket) || out.len() >= limit {
                 break;
             }
-            if k == start.as_slice() && !after.is_empty() {
+            if after.is_some() && k == start.as_slice() {
                 continue;
             }
-            out.push((k[1..].to_vec(), decode(k, v.value())?));
+            out.push((k[ROW_HEAD..].to_vec(), decode(k, v.value())?));
         }
         Ok(out)
     }
@@ -541,20 +741,19 @@ mod tests {
             Some(b"5".to_vec())
         );
         assert_eq!(store.get(1, b"k").unwrap(), None, "buckets are apart");
-        let keys = |after: &[u8], limit| -> Vec<Vec<u8>> {
+        let keys = |after: Option<&[u8]>, limit| -> Vec<Vec<u8>> {
             let page = store.scan(0, after, limit).unwrap();
             page.into_iter().map(|(k, _)| k).collect()
         };
         store.merge(0, b"", &set("empty key", 1, A)).unwrap();
         store.merge(0, b"z", &set("z", 1, A)).unwrap();
-        assert_eq!(keys(b"", 10), [b"".to_vec(), b"k".to_vec(), b"z".to_vec()]);
-        assert_eq!(
-            keys(b"", 1),
-            [b"".to_vec()],
-            "from the first, empty key included"
-        );
-        assert_eq!(keys(b"k", 10), [b"z".to_vec()], "after, not from");
-        assert_eq!(keys(b"z", 10), Vec::<Vec<u8>>::new());
+        let all = keys(None, 10);
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(sorted, [b"".to_vec(), b"k".to_vec(), b"z".to_vec()]);
+        assert_eq!(keys(None, 1), all[..1], "from the first");
+        assert_eq!(keys(Some(&all[0]), 10), all[1..], "after, not from");
+        assert_eq!(keys(Some(&all[2]), 10), Vec::<Vec<u8>>::new());
         assert_eq!(
             (store.key_count(0).unwrap(), store.key_count(1).unwrap()),
             (3, 1)
@@ -630,6 +829,93 @@ mod tests {
         let count = store.get(0, b"count").unwrap().unwrap();
         assert_eq!(count.get(0), Some(b"800".to_vec()));
         assert_eq!(store.key_count(2).unwrap(), 800);
+    }
+
+    #[test]
+    fn merkle_trees_follow_every_commit_and_match_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, p2) = (dir.path().join("one.redb"), dir.path().join("two.redb"));
+        let (one, two) = (
+            ApStore::open(&p1, 10).unwrap(),
+            ApStore::open(&p2, 10).unwrap(),
+        );
+        assert_eq!(one.tree_root(0), two.tree_root(0), "empty trees agree");
+        // The same states reached in different orders, through different operations.
+        for i in 0..200u64 {
+            let key = format!("key-{i}");
+            one.merge(0, key.as_bytes(), &set("old", 1, A)).unwrap();
+            one.merge(0, key.as_bytes(), &set("new", 2, B)).unwrap();
+        }
+        for i in (0..200u64).rev() {
+            let key = format!("key-{i}");
+            assert!(two
+                .merge_if_newer(0, key.as_bytes(), &set("new", 2, B))
+                .unwrap());
+            let older = two.merge_if_newer(0, key.as_bytes(), &set("old", 1, A));
+            assert!(!older.unwrap(), "an older state changes nothing");
+        }
+        assert_eq!(one.tree_root(0), two.tree_root(0));
+        assert_eq!(one.tree_leaves(0), two.tree_leaves(0));
+        // One differing key shows in exactly its leaf, and that leaf holds it.
+        two.merge(0, b"key-7", &set("newest", 3, A)).unwrap();
+        let (l1, l2) = (one.tree_leaves(0).unwrap(), two.tree_leaves(0).unwrap());
+        let differing: Vec<usize> = (0..TREE_LEAVES).filter(|i| l1[*i] != l2[*i]).collect();
+        assert_eq!(differing.len(), 1);
+        let leaf = two.leaf(0, differing[0]).unwrap();
+        assert!(leaf
+            .iter()
+            .any(|(k, s)| k == b"key-7" && s.get(0) == Some(b"newest".to_vec())));
+        assert!(leaf.len() < 200, "a leaf is a slice of the bucket");
+        let all: usize = (0..TREE_LEAVES)
+            .map(|i| two.leaf(0, i).unwrap().len())
+            .sum();
+        assert_eq!(all, 200, "the leaves partition the bucket");
+        assert_ne!(
+            two.tree_root(0),
+            two.tree_root(1),
+            "buckets have their own trees"
+        );
+        // A rebuild from the file gives the tree kept in memory.
+        let (root, leaves) = (two.tree_root(0), two.tree_leaves(0));
+        drop(two);
+        let two = ApStore::open(&p2, 10).unwrap();
+        assert_eq!((two.tree_root(0), two.tree_leaves(0)), (root, leaves));
+        // A batch merge writes only what it changes, and the trees follow it.
+        let theirs = one.leaf(0, differing[0]).unwrap();
+        assert_eq!(
+            one.merge_many(0, two.leaf(0, differing[0]).unwrap())
+                .unwrap(),
+            1
+        );
+        assert_eq!(two.merge_many(0, theirs).unwrap(), 0, "nothing newer");
+        assert_eq!(one.tree_root(0), two.tree_root(0));
+    }
+
+    #[test]
+    fn the_first_layout_is_moved_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ap.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(KEYS_V1).unwrap();
+                for key in [&b"a"[..], b"b"] {
+                    let mut r = vec![3u8];
+                    r.extend_from_slice(key);
+                    t.insert(r.as_slice(), encode(&r, &set("v", 1, A)).as_slice())
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+        }
+        let store = ApStore::open(&path, 10).unwrap();
+        let a = store.get(3, b"a").unwrap().unwrap();
+        assert_eq!(a.get(0), Some(b"v".to_vec()));
+        assert_eq!(store.key_count(3).unwrap(), 2);
+        drop(store);
+        let store = ApStore::open(&path, 10).unwrap();
+        assert_eq!(store.key_count(3).unwrap(), 2, "moved once");
     }
 
     #[test]

@@ -401,6 +401,15 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MS", help_heading = "Gossip")]
     pub phi_min_std_deviation: Option<u64>,
 
+    /// Most hints a member keeps for one other member; past it, missed writes are left to
+    /// anti-entropy [default: 1000000]
+    #[arg(long, value_name = "N", help_heading = "AP buckets")]
+    pub ap_max_hints: Option<u64>,
+    /// Time between two anti-entropy exchanges, each with the next live member, in
+    /// milliseconds [default: 10000]
+    #[arg(long, value_name = "MS", help_heading = "AP buckets")]
+    pub ap_anti_entropy_interval: Option<u64>,
+
     /// Log verbosity (RUST_LOG overrides it) [default: info]
     #[arg(long, value_name = "LEVEL", help_heading = "Logging")]
     pub log_level: Option<LogLevel>,
@@ -518,6 +527,10 @@ impl ServerArgs {
             phi_threshold: self.phi_threshold.or(lower.phi_threshold),
             phi_acceptable_pause: self.phi_acceptable_pause.or(lower.phi_acceptable_pause),
             phi_min_std_deviation: self.phi_min_std_deviation.or(lower.phi_min_std_deviation),
+            ap_max_hints: self.ap_max_hints.or(lower.ap_max_hints),
+            ap_anti_entropy_interval: self
+                .ap_anti_entropy_interval
+                .or(lower.ap_anti_entropy_interval),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
             compat: CompatFlags { given: compat },

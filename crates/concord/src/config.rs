@@ -219,6 +219,12 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(ms) = args.phi_min_std_deviation {
         c.gossip.phi.min_std_deviation = Duration::from_millis(ms);
     }
+    if let Some(n) = args.ap_max_hints {
+        c.ap.max_hints_per_member = n;
+    }
+    if let Some(ms) = args.ap_anti_entropy_interval {
+        c.ap.anti_entropy_interval = Duration::from_millis(ms.max(1));
+    }
     c
 }
 

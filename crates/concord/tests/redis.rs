@@ -184,3 +184,42 @@ async fn protocol_and_command_errors_are_redis_s() {
         Ok(RedisReply::bulk("a b"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_refills_a_replica_that_lost_its_data() {
+    let mut cluster = Cluster::builder(BIN, 3)
+        .flag("--gossip-interval", 100)
+        .flag("--ap-anti-entropy-interval", 200)
+        .start()
+        .await;
+    let mut a = conn(&cluster, 0).await;
+    for i in 0..40 {
+        let key = format!("k{i}");
+        assert_eq!(a.cmd(&["SET", &key, &key]).await, Ok(ok()), "SET {key}");
+    }
+    assert_eq!(a.cmd(&["DEL", "k0"]).await, Ok(RedisReply::Integer(1)));
+    // Member 3 loses its AP data (its CP data stays: it rejoins as the same member).
+    cluster.kill9(2);
+    std::fs::remove_file(cluster.nodes[2].data_dir.join("ap.redb")).expect("ap.redb exists");
+    cluster.restart(2).await;
+    let port = cluster.nodes[2].client_port;
+    common::eventually("anti-entropy to refill member 3", WAIT, || async move {
+        let metrics = common::http_get(port, "/metrics").await.ok()?.text();
+        let repaired = metric(&metrics, "concord_ap_anti_entropy_keys_repaired_total")?;
+        (repaired >= 40.0).then_some(())
+    })
+    .await;
+    // It alone answers every key, and the deleted one stays deleted.
+    cluster.kill9(0);
+    cluster.kill9(1);
+    let mut c = conn(&cluster, 2).await;
+    c.cmd(&["CONCORD.QUORUM", "R", "1"])
+        .await
+        .expect("quorum set");
+    assert_eq!(c.cmd(&["GET", "k0"]).await, Ok(RedisReply::Null));
+    for i in 1..40 {
+        let key = format!("k{i}");
+        let got = c.cmd(&["GET", &key]).await;
+        assert_eq!(got, Ok(RedisReply::bulk(&key)), "{key}");
+    }
+}

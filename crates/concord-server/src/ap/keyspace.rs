@@ -72,10 +72,8 @@ impl ApNode {
             return blocking(move || {
                 let mut out = Vec::new();
                 loop {
-                    let after = out
-                        .last()
-                        .map_or(Vec::new(), |(k, _): &(Vec<u8>, _)| k.clone());
-                    let page = node.inner.store.scan(bucket, &after, SCAN_PAGE)?;
+                    let after = out.last().map(|(k, _): &(Vec<u8>, _)| k.as_slice());
+                    let page = node.inner.store.scan(bucket, after, SCAN_PAGE)?;
                     let done = page.len() < SCAN_PAGE;
                     out.extend(page);
                     if done {
@@ -94,7 +92,7 @@ impl ApNode {
             let request = ReplicaScan {
                 cluster_id: self.inner.cluster_id,
                 bucket: u32::from(bucket),
-                after: out.last().map_or(Vec::new(), |(k, _)| k.clone()).into(),
+                after: out.last().map(|(k, _)| k.clone().into()),
                 limit: SCAN_PAGE as u32,
             };
             let page = match tokio::time::timeout(timeout, client.scan(request)).await {

@@ -21,6 +21,7 @@
 //!    operation is refused with a status naming the problem; an operation the value
 //!    refuses (`INCR` on text) answers Redis's error and changes nothing.
 
+mod anti_entropy;
 pub mod coordinate;
 mod hints;
 mod keyspace;
@@ -39,7 +40,8 @@ use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
     replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaKey, ReplicaKeys,
-    ReplicaMerge, ReplicaMergeAck, ReplicaRead, ReplicaScan, ReplicaState,
+    ReplicaLeaf, ReplicaMerge, ReplicaMergeAck, ReplicaRead, ReplicaScan, ReplicaState,
+    ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, SystemClock};
@@ -68,6 +70,8 @@ pub struct ApConfig {
     /// Most hints this member holds for one other member; past it, writes that miss that
     /// member are left to anti-entropy (and counted as dropped hints).
     pub max_hints_per_member: u64,
+    /// Time between two anti-entropy exchanges (each with the next live member).
+    pub anti_entropy_interval: Duration,
 }
 
 impl Default for ApConfig {
@@ -78,6 +82,7 @@ impl Default for ApConfig {
             r: 2,
             timeout: Duration::from_secs(2),
             max_hints_per_member: 1_000_000,
+            anti_entropy_interval: Duration::from_secs(10),
         }
     }
 }
@@ -159,6 +164,8 @@ struct Counters {
     hints_replayed: AtomicU64,
     hints_dropped: AtomicU64,
     read_repairs: AtomicU64,
+    anti_entropy_rounds: AtomicU64,
+    anti_entropy_repaired: AtomicU64,
 }
 
 /// The AP side's figures for `/metrics`.
@@ -172,6 +179,10 @@ pub struct ApMetrics {
     pub hints_dropped: u64,
     /// Repairs sent to stale replicas by reads.
     pub read_repairs: u64,
+    /// Anti-entropy exchanges completed with another member.
+    pub anti_entropy_rounds: u64,
+    /// Keys anti-entropy found stale here and repaired.
+    pub anti_entropy_repaired: u64,
 }
 
 /// A member's AP side; cheap to clone.
@@ -372,6 +383,8 @@ impl ApNode {
             hints_replayed: c.hints_replayed.load(Ordering::Relaxed),
             hints_dropped: c.hints_dropped.load(Ordering::Relaxed),
             read_repairs: c.read_repairs.load(Ordering::Relaxed),
+            anti_entropy_rounds: c.anti_entropy_rounds.load(Ordering::Relaxed),
+            anti_entropy_repaired: c.anti_entropy_repaired.load(Ordering::Relaxed),
         }
     }
 
@@ -539,12 +552,60 @@ impl Replica for ReplicaService {
             n => (n as usize).clamp(2, SCAN_PAGE),
         };
         let node = self.node.clone();
-        let page = blocking(move || Ok(node.inner.store.scan(bucket, &r.after, limit)?))
-            .await
-            .map_err(status)?;
+        let page =
+            blocking(move || Ok(node.inner.store.scan(bucket, r.after.as_deref(), limit)?))
+                .await
+                .map_err(status)?;
         Ok(Response::new(ReplicaKeys {
             done: page.len() < limit,
             keys: page
+                .into_iter()
+                .map(|(key, state)| ReplicaKey {
+                    key: key.into(),
+                    state: state_to_bytes(&state).into(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn tree(
+        &self,
+        request: Request<ReplicaTree>,
+    ) -> Result<Response<ReplicaTreeLeaves>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let bucket = bucket_of(r.bucket)?;
+        let store = &self.node.inner.store;
+        let root = store.tree_root(bucket).map(u128::to_be_bytes);
+        if root.is_some_and(|root| r.root.as_ref() == root.as_slice()) {
+            return Ok(Response::new(ReplicaTreeLeaves {
+                same: true,
+                leaves: Default::default(),
+            }));
+        }
+        let leaves = store.tree_leaves(bucket).unwrap_or_default();
+        Ok(Response::new(ReplicaTreeLeaves {
+            same: false,
+            leaves: leaves
+                .iter()
+                .flat_map(|h| h.to_be_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        }))
+    }
+
+    async fn leaf(&self, request: Request<ReplicaLeaf>) -> Result<Response<ReplicaKeys>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let bucket = bucket_of(r.bucket)?;
+        let node = self.node.clone();
+        let leaf = r.leaf as usize;
+        let entries = blocking(move || Ok(node.inner.store.leaf(bucket, leaf)?))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReplicaKeys {
+            done: true,
+            keys: entries
                 .into_iter()
                 .map(|(key, state)| ReplicaKey {
                     key: key.into(),

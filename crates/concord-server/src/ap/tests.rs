@@ -211,3 +211,54 @@ async fn the_coordinator_keeps_hints_for_a_stopped_owner_and_hands_them_over_whe
     assert_eq!(metrics.hints_replayed, 5);
     assert_eq!(m.nodes[0].replay_hints(100).await, 0, "nothing twice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_repairs_what_a_replica_missed_and_keeps_deletes_deleted() {
+    let m = start(3).await;
+    let (first, third) = (&m.nodes[0], &m.nodes[2]);
+    let state = |v: &str, t: u64| {
+        let mut s = RedisString::new();
+        s.set(
+            v.as_bytes().to_vec(),
+            (t, NodeId(1)),
+            NodeId(1),
+            SetExpiry::Clear,
+        );
+        s
+    };
+    // Member 3 missed 50 writes and a delete of a key it still holds.
+    for i in 0..50 {
+        let key = format!("k{i}");
+        first
+            .merge_local(0, key.as_bytes(), &state(&key, 1), None)
+            .unwrap();
+    }
+    third
+        .merge_local(0, b"gone", &state("old", 1), None)
+        .unwrap();
+    let mut deleted = state("old", 1);
+    deleted.delete((2, NodeId(1)));
+    first.merge_local(0, b"gone", &deleted, None).unwrap();
+    assert_eq!(third.anti_entropy_with(NodeId(1)).await.unwrap(), 51);
+    let now = third.now_ms();
+    for i in 0..50 {
+        let key = format!("k{i}");
+        assert_eq!(
+            value(third.read_local(0, key.as_bytes()).unwrap(), now),
+            Some(key.into_bytes())
+        );
+    }
+    assert_eq!(
+        value(third.read_local(0, b"gone").unwrap(), now),
+        None,
+        "the delete stays"
+    );
+    // In step now: nothing more to repair, in either direction.
+    assert_eq!(third.anti_entropy_with(NodeId(1)).await.unwrap(), 0);
+    assert_eq!(first.anti_entropy_with(NodeId(3)).await.unwrap(), 0);
+    let metrics = third.metrics();
+    assert_eq!(
+        (metrics.anti_entropy_rounds, metrics.anti_entropy_repaired),
+        (2, 51)
+    );
+}

@@ -75,6 +75,9 @@ pub struct ServerConfig {
     /// default here; `concord server` with no listen flags at all uses
     /// `redis://127.0.0.1:6379`).
     pub listen_redis_urls: Vec<String>,
+    /// The AP buckets: replicas and quorums, timeouts, the hint bound, the anti-entropy
+    /// interval (`--ap-*`).
+    pub ap: crate::ap::ApConfig,
 }
 
 impl ServerConfig {
@@ -103,6 +106,7 @@ impl ServerConfig {
             lease_checkpoint_interval: Duration::from_secs(5),
             request_timeout: Duration::from_secs(7),
             gossip: SwimConfig::default(),
+            ap: crate::ap::ApConfig::default(),
             listen_redis_urls: Vec::new(),
         }
     }

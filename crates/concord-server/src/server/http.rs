@@ -320,6 +320,16 @@ fn ap_metrics(out: &mut String, m: &crate::ap::ApMetrics) {
             "Repairs sent to replicas that answered a read with less than the others.",
             m.read_repairs,
         ),
+        (
+            "concord_ap_anti_entropy_rounds_total",
+            "Anti-entropy exchanges completed with another member.",
+            m.anti_entropy_rounds,
+        ),
+        (
+            "concord_ap_anti_entropy_keys_repaired_total",
+            "Keys anti-entropy found stale on this member and repaired.",
+            m.anti_entropy_repaired,
+        ),
     ] {
         metric(out, "counter", name, help, value as f64);
     }
