@@ -120,7 +120,7 @@ pub struct ApStore {
     db: Arc<Database>,
     /// One Merkle tree per bucket over (key, digest of its state), kept in step with the
     /// table after each commit (built at open).
-    trees: Mutex<Vec<MerkleTree>>,
+    trees: Arc<Mutex<Vec<MerkleTree>>>,
     /// Hints held per owner (kept in step with the table after each commit).
     hint_counts: Mutex<BTreeMap<NodeId, u64>>,
     /// Most hints held for one owner.
@@ -304,6 +304,29 @@ fn build_trees(db: &Database) -> Result<Vec<MerkleTree>, ApStoreError> {
     Ok(trees)
 }
 
+fn lock_trees(trees: &Mutex<Vec<MerkleTree>>) -> MutexGuard<'_, Vec<MerkleTree>> {
+    // Plain hashes, consistent at any panic point.
+    trees.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Mirrors a committed change of `key` in its bucket's tree. Called after the commit, so
+/// the tree holds only what is durable; sums commute, so two changes of one key may reach
+/// the tree in either order.
+fn record(
+    trees: &Mutex<Vec<MerkleTree>>,
+    bucket: u8,
+    key: &[u8],
+    before: Option<[u8; 8]>,
+    after: [u8; 8],
+) {
+    if let Some(tree) = lock_trees(trees).get_mut(usize::from(bucket)) {
+        match before {
+            Some(b) => tree.update(key, &b, &after),
+            None => tree.insert(key, &after),
+        }
+    }
+}
+
 fn new_tree() -> MerkleTree {
     // TREE_LEAVES is a valid power of two.
     MerkleTree::new(TREE_LEAVES).unwrap_or_else(|_| unreachable!("TREE_LEAVES is a power of two"))
@@ -339,7 +362,7 @@ impl ApStore {
         txn.open_table(HINTS)?;
         txn.commit()?;
         migrate_v1(&db)?;
-        let trees = Mutex::new(build_trees(&db)?);
+        let trees = Arc::new(Mutex::new(build_trees(&db)?));
         let hint_counts = Mutex::new(count_hints(&db)?);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
@@ -357,13 +380,13 @@ impl ApStore {
         })
     }
 
-    /// Runs `f` in the next group commit and returns its answer once that commit is
-    /// durable (or the commit's error).
-    fn write<T: Send + 'static>(
+    /// Queues `f` for the next group commit; `done` gets its answer once that commit is
+    /// durable (or the commit's error), on the commit thread: it must not block.
+    fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, ApStoreError> + Send + 'static,
-    ) -> Result<T, ApStoreError> {
-        let (tx, rx) = mpsc::sync_channel(1);
+        done: impl FnOnce(Result<T, ApStoreError>) + Send + 'static,
+    ) {
         let job: Job = Box::new(move |tables| {
             let out = match tables {
                 Some(t) => f(t),
@@ -372,16 +395,30 @@ impl ApStore {
                 )),
             };
             Box::new(move |committed: Result<(), String>| {
-                let _ = tx.send(committed.map_err(ApStoreError::Commit).and(out));
+                done(committed.map_err(ApStoreError::Commit).and(out))
             })
         });
-        let stopped = || ApStoreError::Commit("the store is closing".into());
-        self.jobs
-            .as_ref()
-            .ok_or_else(stopped)?
-            .send(job)
-            .map_err(|_| stopped())?;
-        rx.recv().map_err(|_| stopped())?
+        let refused = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|e| e.0),
+            None => Some(job),
+        };
+        if let Some(job) = refused {
+            job(None)(Err("the store is closing".into()));
+        }
+    }
+
+    /// Runs `f` in the next group commit and returns its answer once that commit is
+    /// durable (or the commit's error).
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tables<'_>) -> Result<T, ApStoreError> + Send + 'static,
+    ) -> Result<T, ApStoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(f, move |out| {
+            let _ = tx.send(out);
+        });
+        rx.recv()
+            .map_err(|_| ApStoreError::Commit("the store is closing".into()))?
     }
 
     /// The state of `key` in `bucket`, if any.
@@ -402,8 +439,28 @@ impl ApStore {
         key: &[u8],
         f: impl FnOnce(&mut RedisString) -> Result<T, E> + Send + 'static,
     ) -> Result<Result<(T, RedisString), E>, ApStoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.update_then(bucket, key, f, move |out| {
+            let _ = tx.send(out);
+        });
+        rx.recv()
+            .map_err(|_| ApStoreError::Commit("the store is closing".into()))?
+    }
+
+    /// [`ApStore::update`] without waiting: `done` gets what `update` would return, on
+    /// the commit thread (it must not block), so an async caller needs no thread of its
+    /// own per change.
+    pub fn update_then<T: Send + 'static, E: Send + 'static>(
+        &self,
+        bucket: u8,
+        key: &[u8],
+        f: impl FnOnce(&mut RedisString) -> Result<T, E> + Send + 'static,
+        done: impl FnOnce(Result<Result<(T, RedisString), E>, ApStoreError>) + Send + 'static,
+    ) {
         let r = row(bucket, key);
-        let out = self.write(move |t| {
+        let key = key.to_vec();
+        let trees = self.trees.clone();
+        let change = move |t: &mut Tables<'_>| {
             let (mut state, before) = match t.keys.get(r.as_slice())? {
                 Some(v) => {
                     let s = decode(&r, v.value())?;
@@ -420,23 +477,19 @@ impl ApStore {
                 }
                 Err(e) => Err(e),
             })
-        })?;
-        Ok(out.map(|(answer, state, before, after)| {
-            self.record(bucket, key, before, after);
-            (answer, state)
-        }))
+        };
+        self.submit(change, move |out| {
+            done(out.map(|changed| {
+                changed.map(|(answer, state, before, after)| {
+                    record(&trees, bucket, &key, before, after);
+                    (answer, state)
+                })
+            }))
+        });
     }
 
-    /// Mirrors a committed change of `key` in its bucket's tree. Called after the commit,
-    /// so the tree holds only what is durable; sums commute, so two changes of one key may
-    /// reach the tree in either order.
-    fn record(&self, bucket: u8, key: &[u8], before: Option<[u8; 8]>, after: [u8; 8]) {
-        if let Some(tree) = self.trees().get_mut(usize::from(bucket)) {
-            match before {
-                Some(b) => tree.update(key, &b, &after),
-                None => tree.insert(key, &after),
-            }
-        }
+    fn trees(&self) -> MutexGuard<'_, Vec<MerkleTree>> {
+        lock_trees(&self.trees)
     }
 
     /// Merges each state into its key of `bucket`, all in one commit, writing only the keys
@@ -469,14 +522,9 @@ impl ApStore {
             Ok(changes)
         })?;
         for (key, before, after) in &changes {
-            self.record(bucket, key, *before, *after);
+            record(&self.trees, bucket, key, *before, *after);
         }
         Ok(changes.len())
-    }
-
-    fn trees(&self) -> MutexGuard<'_, Vec<MerkleTree>> {
-        // Plain hashes, consistent at any panic point.
-        self.trees.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The root of `bucket`'s Merkle tree (`None`: no such bucket).
@@ -541,6 +589,23 @@ impl ApStore {
             }
         })?;
         Ok(out.is_ok())
+    }
+
+    /// [`ApStore::merge`] without waiting: `done` gets its answer on the commit thread.
+    pub fn merge_then(
+        &self,
+        bucket: u8,
+        key: &[u8],
+        state: RedisString,
+        done: impl FnOnce(Result<RedisString, ApStoreError>) + Send + 'static,
+    ) {
+        let merge = move |s: &mut RedisString| {
+            s.merge(&state);
+            Ok::<(), std::convert::Infallible>(())
+        };
+        self.update_then(bucket, key, merge, move |out| {
+            done(out.map(|merged| merged.map_or_else(|e| match e {}, |(_, s)| s)))
+        });
     }
 
     /// Merges `state` into the stored state of `key` durably; returns the result.

@@ -24,7 +24,7 @@ use concord_storage::ap::{state_from_bytes, state_to_bytes};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{blocking, op_to_wire, Access, ApConfig, ApError, ApNode, Op};
+use super::{op_to_wire, Access, ApConfig, ApError, ApNode, Op};
 
 /// The result of a write: for `INCRBY`, the new value.
 pub type Written = Option<i64>;
@@ -174,7 +174,7 @@ impl ApNode {
             return;
         }
         let (node, key, state) = (self.clone(), key.to_vec(), state.clone());
-        if let Err(e) = blocking(move || node.merge_local(bucket, &key, &state, Some(owner))).await
+        if let Err(e) = node.merge_local(bucket, &key, state, Some(owner)).await
         {
             tracing::warn!(owner = %owner, error = %e, "a hint could not be kept");
         }
@@ -264,7 +264,7 @@ impl ApNode {
     ) -> Result<(RedisString, Option<i64>), ApError> {
         if at == self.me() {
             let node = self.clone();
-            return blocking(move || node.apply_local(bucket, &key, op, base)).await;
+            return node.apply_local(bucket, &key, op, base).await;
         }
         let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
         let state = client
@@ -302,7 +302,7 @@ impl ApNode {
     ) -> Result<(), ApError> {
         if at == self.me() {
             let node = self.clone();
-            return blocking(move || node.merge_local(bucket, &key, &state, hint_for)).await;
+            return node.merge_local(bucket, &key, state, hint_for).await;
         }
         let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
         let request = ReplicaMerge {
@@ -328,7 +328,7 @@ impl ApNode {
     ) -> Result<Option<RedisString>, ApError> {
         if at == self.me() {
             let node = self.clone();
-            return blocking(move || node.read_local(bucket, &key)).await;
+            return node.read_local(bucket, &key);
         }
         let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
         let request = ReplicaRead {

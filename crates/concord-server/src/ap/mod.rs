@@ -302,7 +302,7 @@ impl ApNode {
 
     /// Applies `op` to this replica's state of `key` (joined with `base` first), stamped
     /// after the key's epoch; the state stored and, for `INCRBY`, the new value.
-    pub fn apply_local(
+    pub async fn apply_local(
         &self,
         bucket: u8,
         key: &[u8],
@@ -312,7 +312,8 @@ impl ApNode {
         let me = self.inner.me;
         let now = self.inner.clock.now();
         let now_ms = now.physical_ms;
-        let out = self.inner.store.update(bucket, key, move |s| {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let change = move |s: &mut RedisString| {
             if let Some(base) = &base {
                 s.merge(base);
             }
@@ -338,22 +339,31 @@ impl ApNode {
                     Ok(None)
                 }
             }
-        })?;
-        let (answer, state) = out?;
+        };
+        // The commit thread answers; no thread waits meanwhile.
+        self.inner.store.update_then(bucket, key, change, move |out| {
+            let _ = tx.send(out);
+        });
+        let (answer, state) = rx.await.map_err(|_| stopped())???;
         Ok((state, answer))
     }
 
     /// Merges `state` into this replica's `key`, or keeps it as a hint for `hint_for`.
-    pub fn merge_local(
+    pub async fn merge_local(
         &self,
         bucket: u8,
         key: &[u8],
-        state: &RedisString,
+        state: RedisString,
         hint_for: Option<NodeId>,
     ) -> Result<(), ApError> {
         match hint_for {
             Some(owner) if owner != self.inner.me => {
-                if let Err(e) = self.inner.store.store_hint(owner, bucket, key, state) {
+                let (node, key) = (self.clone(), key.to_vec());
+                let kept = blocking(move || {
+                    Ok(node.inner.store.store_hint(owner, bucket, &key, &state))
+                })
+                .await?;
+                if let Err(e) = kept {
                     if matches!(e, ApStoreError::HintsFull { .. }) {
                         self.inner
                             .counters
@@ -362,12 +372,17 @@ impl ApNode {
                     }
                     return Err(e.into());
                 }
+                Ok(())
             }
             _ => {
-                self.inner.store.merge(bucket, key, state)?;
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                self.inner.store.merge_then(bucket, key, state, move |out| {
+                    let _ = tx.send(out);
+                });
+                rx.await.map_err(|_| stopped())??;
+                Ok(())
             }
         }
-        Ok(())
     }
 
     /// This replica's state of `key`.
@@ -397,6 +412,10 @@ impl ApNode {
     pub fn service(&self) -> ReplicaServer<ReplicaService> {
         ReplicaServer::new(ReplicaService { node: self.clone() })
     }
+}
+
+fn stopped() -> ApError {
+    ApError::Store("the store stopped before answering".into())
 }
 
 /// Runs blocking store work off the async threads.
@@ -512,7 +531,7 @@ impl Replica for ReplicaService {
         };
         let node = self.node.clone();
         let key = r.key.to_vec();
-        match blocking(move || node.apply_local(bucket, &key, op, base)).await {
+        match node.apply_local(bucket, &key, op, base).await {
             Ok((state, integer)) => Ok(Response::new(ReplicaState {
                 state: state_to_bytes(&state).into(),
                 integer: integer.unwrap_or_default(),
@@ -537,7 +556,7 @@ impl Replica for ReplicaService {
         let hint_for = (r.hint_for != 0).then_some(NodeId(r.hint_for));
         let node = self.node.clone();
         let key = r.key.to_vec();
-        blocking(move || node.merge_local(bucket, &key, &state, hint_for))
+        node.merge_local(bucket, &key, state, hint_for)
             .await
             .map_err(status)?;
         Ok(Response::new(ReplicaMergeAck {}))
@@ -619,11 +638,8 @@ impl Replica for ReplicaService {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
         let bucket = bucket_of(r.bucket)?;
-        let node = self.node.clone();
-        let key = r.key.to_vec();
-        let state = blocking(move || node.read_local(bucket, &key))
-            .await
-            .map_err(status)?;
+        // A read of one key is a lookup in pages the store caches: no thread hand-off.
+        let state = self.node.read_local(bucket, &r.key).map_err(status)?;
         Ok(Response::new(ReplicaState {
             state: state.map(|s| state_to_bytes(&s)).unwrap_or_default().into(),
             ..ReplicaState::default()
