@@ -304,7 +304,6 @@ impl ApNode {
             let node = self.clone();
             return node.merge_local(bucket, &key, state, hint_for).await;
         }
-        let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
         let request = ReplicaMerge {
             cluster_id: self.inner.cluster_id,
             bucket: u32::from(bucket),
@@ -312,12 +311,8 @@ impl ApNode {
             state: state_to_bytes(&state).into(),
             hint_for: hint_for.map_or(0, NodeId::get),
         };
-        let timeout = self.config().timeout;
-        match tokio::time::timeout(timeout, client.merge(request)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(ApError::Unavailable(e.message().to_string())),
-            Err(_) => Err(unreachable(at)),
-        }
+        // Batched with the other merges for that replica (the batch has the timeout).
+        self.queue_merge(at, request).await
     }
 
     async fn read_at(

@@ -22,6 +22,7 @@
 //!    refuses (`INCR` on text) answers Redis's error and changes nothing.
 
 mod anti_entropy;
+mod batch;
 pub mod coordinate;
 mod hints;
 mod keyspace;
@@ -40,7 +41,8 @@ use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
     replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaKey, ReplicaKeys,
-    ReplicaLeaf, ReplicaMerge, ReplicaMergeAck, ReplicaRead, ReplicaScan, ReplicaState,
+    ReplicaLeaf, ReplicaMerge, ReplicaMergeAck, ReplicaMergeBatch, ReplicaMergeBatchAck,
+    ReplicaRead, ReplicaScan, ReplicaState,
     ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
@@ -151,11 +153,19 @@ struct Inner {
     store: ApStore,
     clock: NodeClock,
     ring: RwLock<Ring>,
-    peers: RwLock<BTreeMap<NodeId, (String, ReplicaClient<Channel>)>>,
+    peers: RwLock<BTreeMap<NodeId, Peer>>,
     healthy: RwLock<BTreeSet<NodeId>>,
     /// Whether the member list has been given (until then the ring holds this member only).
     ring_known: AtomicBool,
     counters: Counters,
+}
+
+/// Another member's replica: its URL, a client, and the queue of its merge batcher
+/// ([`batch::merge_batches`]).
+struct Peer {
+    url: String,
+    client: ReplicaClient<Channel>,
+    merges: tokio::sync::mpsc::UnboundedSender<batch::PendingMerge>,
 }
 
 /// What the AP side has done since the member started.
@@ -260,7 +270,7 @@ impl ApNode {
         let mut peers = write(&self.inner.peers);
         peers.retain(|id, _| members.contains_key(id));
         for (id, url) in members {
-            if *id == self.inner.me || peers.get(id).is_some_and(|(u, _)| u == url) {
+            if *id == self.inner.me || peers.get(id).is_some_and(|p| p.url == *url) {
                 continue;
             }
             if let Ok(e) = Endpoint::from_shared(url.clone()) {
@@ -268,7 +278,24 @@ impl ApNode {
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .connect_lazy();
-                peers.insert(*id, (url.clone(), ReplicaClient::new(channel)));
+                let client = ReplicaClient::new(channel);
+                // The batcher ends when this peer entry (its queue's sender) goes.
+                let (merges, queue) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(batch::merge_batches(
+                    *id,
+                    client.clone(),
+                    self.inner.cluster_id,
+                    self.inner.config.timeout,
+                    queue,
+                ));
+                peers.insert(
+                    *id,
+                    Peer {
+                        url: url.clone(),
+                        client,
+                        merges,
+                    },
+                );
             }
         }
     }
@@ -297,7 +324,15 @@ impl ApNode {
     }
 
     fn client(&self, id: NodeId) -> Option<ReplicaClient<Channel>> {
-        read(&self.inner.peers).get(&id).map(|(_, c)| c.clone())
+        read(&self.inner.peers).get(&id).map(|p| p.client.clone())
+    }
+
+    /// The queue of `id`'s merge batcher.
+    fn merge_queue(
+        &self,
+        id: NodeId,
+    ) -> Option<tokio::sync::mpsc::UnboundedSender<batch::PendingMerge>> {
+        read(&self.inner.peers).get(&id).map(|p| p.merges.clone())
     }
 
     /// Applies `op` to this replica's state of `key` (joined with `base` first), stamped
@@ -560,6 +595,28 @@ impl Replica for ReplicaService {
             .await
             .map_err(status)?;
         Ok(Response::new(ReplicaMergeAck {}))
+    }
+
+    async fn merge_batch(
+        &self,
+        request: Request<ReplicaMergeBatch>,
+    ) -> Result<Response<ReplicaMergeBatchAck>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        // Every merge is queued for the group commit before any is awaited, so one
+        // commit usually carries the whole batch.
+        let mut outcomes = Vec::with_capacity(r.merges.len());
+        for m in r.merges {
+            outcomes.push(self.node.start_merge(m));
+        }
+        let mut errors = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            errors.push(match outcome.await {
+                Ok(()) => String::new(),
+                Err(e) => e.to_string(),
+            });
+        }
+        Ok(Response::new(ReplicaMergeBatchAck { errors }))
     }
 
     async fn scan(&self, request: Request<ReplicaScan>) -> Result<Response<ReplicaKeys>, Status> {
