@@ -1,44 +1,114 @@
-//! Merges to one replica, batched: a coordinator's merges for a member go through one
-//! queue per member, and whatever has queued up while earlier batches were on the wire
-//! leaves as one `MergeBatch` call (at most [`MAX_BATCH`] merges, [`IN_FLIGHT`] calls at
-//! once). The replica queues the whole batch for its group commit before it waits, so one
-//! call and usually one fsync carry many clients' writes; a lone merge still leaves at
-//! once. Each merge keeps its own answer.
+//! Requests to one replica, batched. A coordinator's applies, merges and reads for a
+//! member go through one queue per kind per member; whatever has queued up while earlier
+//! batches were on the wire leaves as one call (`ApplyBatch`, `MergeBatch`, `ReadBatch`;
+//! at most [`MAX_BATCH`] requests, [`IN_FLIGHT`] calls per queue at once). A lone request
+//! still leaves at once: nothing waits for company. The replica queues a whole batch of
+//! writes for its group commit before it waits, so one call and usually one fsync carry
+//! many clients' writes. Each request keeps its own answer.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use concord_core::crdt::RedisString;
 use concord_proto::peer::replica_client::ReplicaClient;
-use concord_proto::peer::{ReplicaMerge, ReplicaMergeBatch};
+use concord_proto::peer::{
+    ReplicaApply, ReplicaApplyBatch, ReplicaMerge, ReplicaMergeBatch, ReplicaRead,
+    ReplicaReadBatch, ReplicaState,
+};
 use concord_raft::NodeId;
 use concord_storage::ap::state_from_bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::transport::Channel;
 
-use super::{bucket_of, stopped, ApError, ApNode};
+use super::{bucket_of, op_from_wire, stopped, ApError, ApNode};
 
-/// Most merges in one call.
+/// Most requests in one call.
 pub const MAX_BATCH: usize = 512;
-/// Most calls in flight to one replica.
+/// Most calls in flight per queue.
 pub const IN_FLIGHT: usize = 4;
 
-/// A merge waiting for its batch.
+/// A request waiting for its batch.
 #[derive(Debug)]
-pub struct PendingMerge {
-    merge: ReplicaMerge,
-    done: oneshot::Sender<Result<(), ApError>>,
+pub struct Pending<Q, A> {
+    request: Q,
+    done: oneshot::Sender<Result<A, ApError>>,
 }
 
-/// Sends the merges queued for member `to` until the queue's senders are gone.
-pub async fn merge_batches(
+type Queue<Q, A> = mpsc::UnboundedSender<Pending<Q, A>>;
+
+/// The queues to one member; its batchers end when this is dropped.
+#[derive(Debug, Clone)]
+pub struct Queues {
+    applies: Queue<ReplicaApply, ReplicaState>,
+    merges: Queue<ReplicaMerge, ()>,
+    reads: Queue<ReplicaRead, ReplicaState>,
+}
+
+/// One call's answers, in request order, or why the whole call failed.
+type Answers<A> = Result<Vec<Result<A, ApError>>, String>;
+
+/// Starts the batchers of member `to`.
+pub fn start(
     to: NodeId,
     client: ReplicaClient<Channel>,
     cluster_id: u64,
     timeout: Duration,
-    mut queue: mpsc::UnboundedReceiver<PendingMerge>,
-) {
+) -> Queues {
+    let failed = move |e: String| ApError::Unavailable(format!("replica {to}: {e}"));
+    let (applies, queue) = mpsc::unbounded_channel();
+    let c = client.clone();
+    tokio::spawn(run(to, timeout, queue, move |applies| {
+        let mut c = c.clone();
+        async move {
+            let call = c.apply_batch(ReplicaApplyBatch {
+                cluster_id,
+                applies,
+            });
+            let states = call.await.map_err(|s| s.message().to_string())?;
+            Ok(states.into_inner().states.into_iter().map(Ok).collect())
+        }
+    }));
+    let (merges, queue) = mpsc::unbounded_channel();
+    let c = client.clone();
+    tokio::spawn(run(to, timeout, queue, move |merges| {
+        let mut c = c.clone();
+        async move {
+            let call = c.merge_batch(ReplicaMergeBatch { cluster_id, merges });
+            let ack = call.await.map_err(|s| s.message().to_string())?;
+            let answers = ack.into_inner().errors.into_iter();
+            Ok(answers
+                .map(|e| if e.is_empty() { Ok(()) } else { Err(failed(e)) })
+                .collect())
+        }
+    }));
+    let (reads, queue) = mpsc::unbounded_channel();
+    tokio::spawn(run(to, timeout, queue, move |reads| {
+        let mut c = client.clone();
+        async move {
+            let call = c.read_batch(ReplicaReadBatch { cluster_id, reads });
+            let states = call.await.map_err(|s| s.message().to_string())?;
+            Ok(states.into_inner().states.into_iter().map(Ok).collect())
+        }
+    }));
+    Queues {
+        applies,
+        merges,
+        reads,
+    }
+}
+
+/// Sends the requests of `queue` in batches through `send` until the queue closes.
+async fn run<Q, A, F, Fut>(
+    to: NodeId,
+    timeout: Duration,
+    mut queue: mpsc::UnboundedReceiver<Pending<Q, A>>,
+    send: F,
+) where
+    Q: Send + 'static,
+    A: Send + 'static,
+    F: Fn(Vec<Q>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Answers<A>> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     loop {
         // A batch forms while every slot is busy.
@@ -51,37 +121,33 @@ pub async fn merge_batches(
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(m) => batch.push(m),
+                Ok(p) => batch.push(p),
                 Err(_) => break,
             }
         }
-        let mut client = client.clone();
+        let (requests, dones): (Vec<Q>, Vec<_>) =
+            batch.into_iter().map(|p| (p.request, p.done)).unzip();
+        let call = send(requests);
         tokio::spawn(async move {
-            let (merges, dones): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.merge, p.done)).unzip();
-            let request = ReplicaMergeBatch { cluster_id, merges };
-            let outcome = tokio::time::timeout(timeout, client.merge_batch(request)).await;
-            let failed = |why: String| ApError::Unavailable(format!("replica {to}: {why}"));
-            match outcome {
-                Ok(Ok(ack)) => {
-                    let errors = ack.into_inner().errors;
-                    for (i, done) in dones.into_iter().enumerate() {
-                        let answer = match errors.get(i) {
-                            Some(e) if e.is_empty() => Ok(()),
-                            Some(e) => Err(failed(e.clone())),
-                            None => Err(failed("no answer for this merge".into())),
-                        };
+            let failed = |why: &str| ApError::Unavailable(format!("replica {to}: {why}"));
+            match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(answers)) => {
+                    let mut answers = answers.into_iter();
+                    for done in dones {
+                        let answer = answers
+                            .next()
+                            .unwrap_or_else(|| Err(failed("no answer for this request")));
                         let _ = done.send(answer);
                     }
                 }
-                Ok(Err(status)) => {
+                Ok(Err(why)) => {
                     for done in dones {
-                        let _ = done.send(Err(failed(status.message().to_string())));
+                        let _ = done.send(Err(failed(&why)));
                     }
                 }
                 Err(_) => {
                     for done in dones {
-                        let _ = done.send(Err(failed("timed out".into())));
+                        let _ = done.send(Err(failed("timed out")));
                     }
                 }
             }
@@ -90,31 +156,89 @@ pub async fn merge_batches(
     }
 }
 
+/// Queues `request` and waits for its answer.
+async fn call<Q, A>(to: NodeId, queue: Option<Queue<Q, A>>, request: Q) -> Result<A, ApError> {
+    let (done, answer) = oneshot::channel();
+    let queued = queue.is_some_and(|q| q.send(Pending { request, done }).is_ok());
+    if !queued {
+        return Err(ApError::Unavailable(format!("replica {to} is unreachable")));
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Err(ApError::Unavailable(format!("replica {to} went away"))))
+}
+
 impl ApNode {
-    /// Queues a merge of `state` into `key` for member `to`; resolves once that replica
-    /// made it durable, or failed.
-    pub(super) fn queue_merge(
+    /// An apply at member `to`, batched.
+    pub(super) async fn queue_apply(
         &self,
         to: NodeId,
-        merge: ReplicaMerge,
-    ) -> impl Future<Output = Result<(), ApError>> {
-        let (done, answer) = oneshot::channel();
-        let queued = match self.merge_queue(to) {
-            Some(q) => q.send(PendingMerge { merge, done }).is_ok(),
-            None => false,
+        request: ReplicaApply,
+    ) -> Result<ReplicaState, ApError> {
+        call(to, self.queues(to).map(|q| q.applies), request).await
+    }
+
+    /// A merge at member `to`, batched.
+    pub(super) async fn queue_merge(
+        &self,
+        to: NodeId,
+        request: ReplicaMerge,
+    ) -> Result<(), ApError> {
+        call(to, self.queues(to).map(|q| q.merges), request).await
+    }
+
+    /// A read at member `to`, batched.
+    pub(super) async fn queue_read(
+        &self,
+        to: NodeId,
+        request: ReplicaRead,
+    ) -> Result<ReplicaState, ApError> {
+        call(to, self.queues(to).map(|q| q.reads), request).await
+    }
+
+    /// Starts one apply of a received batch: queued for the group commit now, awaited
+    /// later. Its answer as the replica protocol carries it.
+    pub(super) fn start_apply(
+        &self,
+        a: ReplicaApply,
+    ) -> impl Future<Output = ReplicaState> + use<> {
+        let failure = |failure: String| ReplicaState {
+            failure,
+            ..ReplicaState::default()
         };
+        let checked = (|| {
+            let bucket = bucket_of(a.bucket).map_err(|s| s.message().to_string())?;
+            let op =
+                op_from_wire(a.op.ok_or("no operation")?).map_err(|s| s.message().to_string())?;
+            let base = match a.base.is_empty() {
+                true => None,
+                false => Some(state_from_bytes(&a.base)?),
+            };
+            Ok::<_, String>((bucket, op, base))
+        })();
+        let started =
+            checked.map(|(bucket, op, base)| self.start_apply_local(bucket, &a.key, op, base));
         async move {
-            if !queued {
-                return Err(ApError::Unavailable(format!("replica {to} is unreachable")));
+            match started {
+                Err(e) => failure(e),
+                Ok(rx) => match rx.await.map_err(|_| stopped()).and_then(|r| r) {
+                    Ok((state, integer)) => ReplicaState {
+                        state: concord_storage::ap::state_to_bytes(&state).into(),
+                        integer: integer.unwrap_or_default(),
+                        ..ReplicaState::default()
+                    },
+                    Err(ApError::Refused(error)) => ReplicaState {
+                        error,
+                        ..ReplicaState::default()
+                    },
+                    Err(e) => failure(e.to_string()),
+                },
             }
-            answer
-                .await
-                .unwrap_or_else(|_| Err(ApError::Unavailable(format!("replica {to} went away"))))
         }
     }
 
-    /// Starts one merge of a batch received from a coordinator: queued for the group
-    /// commit now, awaited later.
+    /// Starts one merge of a received batch: queued for the group commit now, awaited
+    /// later.
     pub(super) fn start_merge(
         &self,
         m: ReplicaMerge,
@@ -128,13 +252,14 @@ impl ApNode {
             });
         let hint_for = (m.hint_for != 0).then_some(NodeId(m.hint_for));
         // A plain merge is queued at once; a hint goes through its own store call.
-        let queued: Option<oneshot::Receiver<_>> = match (&checked, hint_for) {
+        let queued = match (&checked, hint_for) {
             (Ok((bucket, state)), None) => {
                 let (tx, rx) = oneshot::channel();
-                let state: RedisString = state.clone();
-                self.inner.store.merge_then(*bucket, &m.key, state, move |out| {
-                    let _ = tx.send(out);
-                });
+                self.inner
+                    .store
+                    .merge_then(*bucket, &m.key, state.clone(), move |out| {
+                        let _ = tx.send(out);
+                    });
                 Some(rx)
             }
             _ => None,

@@ -174,8 +174,7 @@ impl ApNode {
             return;
         }
         let (node, key, state) = (self.clone(), key.to_vec(), state.clone());
-        if let Err(e) = node.merge_local(bucket, &key, state, Some(owner)).await
-        {
+        if let Err(e) = node.merge_local(bucket, &key, state, Some(owner)).await {
             tracing::warn!(owner = %owner, error = %e, "a hint could not be kept");
         }
     }
@@ -266,23 +265,25 @@ impl ApNode {
             let node = self.clone();
             return node.apply_local(bucket, &key, op, base).await;
         }
-        let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
-        let state = client
-            .apply(ReplicaApply {
-                cluster_id: self.inner.cluster_id,
-                bucket: u32::from(bucket),
-                key: key.into(),
-                op: Some(op_to_wire(&op)),
-                base: base.map(|b| state_to_bytes(&b)).unwrap_or_default().into(),
-            })
-            .await
-            .map_err(|e| {
-                ApError::Unavailable(format!(
-                    "replica {at} failed ({}); the write may or may not have been applied",
-                    e.message()
-                ))
-            })?
-            .into_inner();
+        let request = ReplicaApply {
+            cluster_id: self.inner.cluster_id,
+            bucket: u32::from(bucket),
+            key: key.into(),
+            op: Some(op_to_wire(&op)),
+            base: base.map(|b| state_to_bytes(&b)).unwrap_or_default().into(),
+        };
+        let indefinite = |why: &str| {
+            ApError::Unavailable(format!(
+                "replica {at} failed ({why}); the write may or may not have been applied"
+            ))
+        };
+        let state = match self.queue_apply(at, request).await {
+            Ok(state) => state,
+            Err(e) => return Err(indefinite(&e.to_string())),
+        };
+        if !state.failure.is_empty() {
+            return Err(indefinite(&state.failure));
+        }
         if !state.error.is_empty() {
             return Err(ApError::Refused(state.error));
         }
@@ -325,18 +326,19 @@ impl ApNode {
             let node = self.clone();
             return node.read_local(bucket, &key);
         }
-        let mut client = self.client(at).ok_or_else(|| unreachable(at))?;
         let request = ReplicaRead {
             cluster_id: self.inner.cluster_id,
             bucket: u32::from(bucket),
             key: key.into(),
         };
-        let timeout = self.config().timeout;
-        let state = match tokio::time::timeout(timeout, client.read(request)).await {
-            Ok(Ok(r)) => r.into_inner().state,
-            Ok(Err(e)) => return Err(ApError::Unavailable(e.message().to_string())),
-            Err(_) => return Err(unreachable(at)),
-        };
+        let answer = self.queue_read(at, request).await?;
+        if !answer.failure.is_empty() {
+            return Err(ApError::Unavailable(format!(
+                "replica {at}: {}",
+                answer.failure
+            )));
+        }
+        let state = answer.state;
         if state.is_empty() {
             return Ok(None);
         }
@@ -344,8 +346,4 @@ impl ApNode {
             .map(Some)
             .map_err(|e| ApError::Unavailable(format!("replica {at} answered {e}")))
     }
-}
-
-fn unreachable(at: NodeId) -> ApError {
-    ApError::Unavailable(format!("replica {at} is unreachable"))
 }

@@ -40,14 +40,14 @@ use concord_core::ring::Ring;
 use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
-    replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaKey, ReplicaKeys,
-    ReplicaLeaf, ReplicaMerge, ReplicaMergeAck, ReplicaMergeBatch, ReplicaMergeBatchAck,
-    ReplicaRead, ReplicaScan, ReplicaState,
+    replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaApplyBatch, ReplicaKey,
+    ReplicaKeys, ReplicaLeaf, ReplicaMerge, ReplicaMergeAck, ReplicaMergeBatch,
+    ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaScan, ReplicaState, ReplicaStates,
     ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, SystemClock};
-use concord_storage::ap::{state_from_bytes, state_to_bytes, ApStore, ApStoreError};
+use concord_storage::ap::{state_to_bytes, ApStore, ApStoreError};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -160,12 +160,12 @@ struct Inner {
     counters: Counters,
 }
 
-/// Another member's replica: its URL, a client, and the queue of its merge batcher
-/// ([`batch::merge_batches`]).
+/// Another member's replica: its URL, a client, and the queues of its batchers
+/// ([`batch`]).
 struct Peer {
     url: String,
     client: ReplicaClient<Channel>,
-    merges: tokio::sync::mpsc::UnboundedSender<batch::PendingMerge>,
+    queues: batch::Queues,
 }
 
 /// What the AP side has done since the member started.
@@ -279,21 +279,19 @@ impl ApNode {
                     .tcp_nodelay(true)
                     .connect_lazy();
                 let client = ReplicaClient::new(channel);
-                // The batcher ends when this peer entry (its queue's sender) goes.
-                let (merges, queue) = tokio::sync::mpsc::unbounded_channel();
-                tokio::spawn(batch::merge_batches(
+                // The batchers end when this peer entry (their queues' senders) goes.
+                let queues = batch::start(
                     *id,
                     client.clone(),
                     self.inner.cluster_id,
                     self.inner.config.timeout,
-                    queue,
-                ));
+                );
                 peers.insert(
                     *id,
                     Peer {
                         url: url.clone(),
                         client,
-                        merges,
+                        queues,
                     },
                 );
             }
@@ -327,12 +325,9 @@ impl ApNode {
         read(&self.inner.peers).get(&id).map(|p| p.client.clone())
     }
 
-    /// The queue of `id`'s merge batcher.
-    fn merge_queue(
-        &self,
-        id: NodeId,
-    ) -> Option<tokio::sync::mpsc::UnboundedSender<batch::PendingMerge>> {
-        read(&self.inner.peers).get(&id).map(|p| p.merges.clone())
+    /// The queues of `id`'s batchers.
+    fn queues(&self, id: NodeId) -> Option<batch::Queues> {
+        read(&self.inner.peers).get(&id).map(|p| p.queues.clone())
     }
 
     /// Applies `op` to this replica's state of `key` (joined with `base` first), stamped
@@ -344,6 +339,19 @@ impl ApNode {
         op: Op,
         base: Option<RedisString>,
     ) -> Result<(RedisString, Option<i64>), ApError> {
+        let answer = self.start_apply_local(bucket, key, op, base);
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// [`ApNode::apply_local`], queued for the group commit now; the answer comes
+    /// through the receiver.
+    fn start_apply_local(
+        &self,
+        bucket: u8,
+        key: &[u8],
+        op: Op,
+        base: Option<RedisString>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(RedisString, Option<i64>), ApError>> {
         let me = self.inner.me;
         let now = self.inner.clock.now();
         let now_ms = now.physical_ms;
@@ -376,11 +384,17 @@ impl ApNode {
             }
         };
         // The commit thread answers; no thread waits meanwhile.
-        self.inner.store.update_then(bucket, key, change, move |out| {
-            let _ = tx.send(out);
-        });
-        let (answer, state) = rx.await.map_err(|_| stopped())???;
-        Ok((state, answer))
+        self.inner
+            .store
+            .update_then(bucket, key, change, move |out| {
+                let answer = match out {
+                    Ok(Ok((integer, state))) => Ok((state, integer)),
+                    Ok(Err(refused)) => Err(ApError::from(refused)),
+                    Err(e) => Err(ApError::from(e)),
+                };
+                let _ = tx.send(answer);
+            });
+        rx
     }
 
     /// Merges `state` into this replica's `key`, or keeps it as a hint for `hint_for`.
@@ -394,10 +408,9 @@ impl ApNode {
         match hint_for {
             Some(owner) if owner != self.inner.me => {
                 let (node, key) = (self.clone(), key.to_vec());
-                let kept = blocking(move || {
-                    Ok(node.inner.store.store_hint(owner, bucket, &key, &state))
-                })
-                .await?;
+                let kept =
+                    blocking(move || Ok(node.inner.store.store_hint(owner, bucket, &key, &state)))
+                        .await?;
                 if let Err(e) = kept {
                     if matches!(e, ApStoreError::HintsFull { .. }) {
                         self.inner
@@ -492,7 +505,7 @@ pub(crate) fn op_to_wire(op: &Op) -> replica_apply::Op {
     }
 }
 
-fn op_from_wire(op: replica_apply::Op) -> Result<Op, Status> {
+pub(crate) fn op_from_wire(op: replica_apply::Op) -> Result<Op, Status> {
     Ok(match op {
         replica_apply::Op::Set(s) => Op::Set {
             value: s.value.to_vec(),
@@ -514,7 +527,7 @@ fn op_from_wire(op: replica_apply::Op) -> Result<Op, Status> {
     })
 }
 
-fn bucket_of(bucket: u32) -> Result<u8, Status> {
+pub(crate) fn bucket_of(bucket: u32) -> Result<u8, Status> {
     if bucket < BUCKETS {
         Ok(bucket as u8)
     } else {
@@ -558,26 +571,7 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaState>, Status> {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
-        let bucket = bucket_of(r.bucket)?;
-        let op = op_from_wire(r.op.ok_or_else(|| Status::invalid_argument("no operation"))?)?;
-        let base = match r.base.is_empty() {
-            true => None,
-            false => Some(state_from_bytes(&r.base).map_err(Status::invalid_argument)?),
-        };
-        let node = self.node.clone();
-        let key = r.key.to_vec();
-        match node.apply_local(bucket, &key, op, base).await {
-            Ok((state, integer)) => Ok(Response::new(ReplicaState {
-                state: state_to_bytes(&state).into(),
-                integer: integer.unwrap_or_default(),
-                error: String::new(),
-            })),
-            Err(ApError::Refused(error)) => Ok(Response::new(ReplicaState {
-                error,
-                ..ReplicaState::default()
-            })),
-            Err(e) => Err(status(e)),
-        }
+        Ok(Response::new(self.node.start_apply(r).await))
     }
 
     async fn merge(
@@ -586,15 +580,59 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaMergeAck>, Status> {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
-        let bucket = bucket_of(r.bucket)?;
-        let state = state_from_bytes(&r.state).map_err(Status::invalid_argument)?;
-        let hint_for = (r.hint_for != 0).then_some(NodeId(r.hint_for));
-        let node = self.node.clone();
-        let key = r.key.to_vec();
-        node.merge_local(bucket, &key, state, hint_for)
-            .await
-            .map_err(status)?;
+        self.node.start_merge(r).await.map_err(status)?;
         Ok(Response::new(ReplicaMergeAck {}))
+    }
+
+    async fn apply_batch(
+        &self,
+        request: Request<ReplicaApplyBatch>,
+    ) -> Result<Response<ReplicaStates>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        // Every apply is queued for the group commit before any is awaited.
+        let started: Vec<_> = r
+            .applies
+            .into_iter()
+            .map(|a| self.node.start_apply(a))
+            .collect();
+        let mut states = Vec::with_capacity(started.len());
+        for answer in started {
+            states.push(answer.await);
+        }
+        Ok(Response::new(ReplicaStates { states }))
+    }
+
+    async fn read_batch(
+        &self,
+        request: Request<ReplicaReadBatch>,
+    ) -> Result<Response<ReplicaStates>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let states = r
+            .reads
+            .into_iter()
+            .map(|read| {
+                let found = bucket_of(read.bucket)
+                    .map_err(|s| s.message().to_string())
+                    .and_then(|b| {
+                        self.node
+                            .read_local(b, &read.key)
+                            .map_err(|e| e.to_string())
+                    });
+                match found {
+                    Ok(state) => ReplicaState {
+                        state: state.map(|s| state_to_bytes(&s)).unwrap_or_default().into(),
+                        ..ReplicaState::default()
+                    },
+                    Err(failure) => ReplicaState {
+                        failure,
+                        ..ReplicaState::default()
+                    },
+                }
+            })
+            .collect();
+        Ok(Response::new(ReplicaStates { states }))
     }
 
     async fn merge_batch(

@@ -230,10 +230,14 @@ async fn anti_entropy_repairs_what_a_replica_missed_and_keeps_deletes_deleted() 
     for i in 0..50 {
         let key = format!("k{i}");
         first
-            .merge_local(0, key.as_bytes(), state(&key, 1), None).await.unwrap();
+            .merge_local(0, key.as_bytes(), state(&key, 1), None)
+            .await
+            .unwrap();
     }
     third
-        .merge_local(0, b"gone", state("old", 1), None).await.unwrap();
+        .merge_local(0, b"gone", state("old", 1), None)
+        .await
+        .unwrap();
     let mut deleted = state("old", 1);
     deleted.delete((2, NodeId(1)));
     first.merge_local(0, b"gone", deleted, None).await.unwrap();
