@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Short chaos suite for CI (about 8 minutes of runs on 2 cores):
+# Short chaos suite for CI (about 10 minutes of runs on 2 cores):
 #   1. register, 60 s, partitions + kills + pauses          -> must be VALID
 #   2. register --stale-reads, 30 s, partitions (negative control) -> must be INVALID
 #      (up to 3 attempts with different seeds; one anomaly observed is enough)
@@ -8,6 +8,10 @@
 #   5. reads at bounded=500ms and at session, 30 s each, partitions + process faults
 #                                                            -> must be VALID
 #   6. the same reads sent eventual (negative controls), 30 s, partitions -> must be INVALID
+#   7. AP buckets over RESP: unique-key SETs and INCRs of one counter at the default
+#      N=3 W=2 R=2, 30 s each, partitions + process faults  -> must be VALID
+#   8. AP SETs at W=1 R=1 with hinted handoff and anti-entropy off (negative control),
+#      30 s, partitions                                      -> must be INVALID
 # As root, nodes run in network namespaces (iproute2 and nftables are installed if missing).
 # Without root, runs use --local (loopback, process faults only) and the negative control,
 # which needs partitions, is skipped.
@@ -98,6 +102,10 @@ if [ "$MODE" = --netns ]; then
     run reads-session valid --workload reads --read-level session --duration 30 --nemesis partitions,process
     run reads-bounded-stale invalid --workload reads --read-level bounded=500ms --duration 30 --nemesis partition --stale-reads
     run reads-session-stale invalid --workload reads --read-level session --duration 30 --nemesis partition --stale-reads
+    run ap-set valid --workload ap-set --duration 30 --nemesis partitions,process
+    run ap-counter valid --workload ap-counter --duration 30 --nemesis partitions,process
+    run ap-set-w1 invalid --workload ap-set --duration 30 --nemesis partition --ap-quorum 1,1 \
+        --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
     if [ "${CHAOS_FULL:-0}" = 1 ]; then
         run lock valid --workload lock --duration 30 --nemesis all
         run watch valid --workload watch --duration 30 --nemesis all
@@ -108,6 +116,8 @@ else
     run set valid --workload set --duration 30 --nemesis process
     run bank valid --workload bank --duration 30 --nemesis process
     run reads-session valid --workload reads --read-level session --duration 30 --nemesis process
+    run ap-set valid --workload ap-set --duration 30 --nemesis process
+    run ap-counter valid --workload ap-counter --duration 30 --nemesis process
 fi
 
 echo "chaos.sh: results (outputs under $OUT)"

@@ -52,6 +52,8 @@ pub struct NodeSpec {
     pub client_url: String,
     /// Peer URL.
     pub peer_url: String,
+    /// Redis protocol address (`ip:port`) of the AP buckets.
+    pub redis_addr: String,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Log file (stdout and stderr, appended across restarts).
@@ -225,6 +227,11 @@ impl Cluster {
                 ns,
                 client_url: format!("http://{ip}:{cport}"),
                 peer_url: format!("http://{ip}:{pport}"),
+                // 6379 in a namespace; the client port + 5 on loopback.
+                redis_addr: match mode {
+                    Mode::Netns => format!("{ip}:6379"),
+                    Mode::Local => format!("{ip}:{}", cport + 5),
+                },
                 data_dir: out.join("data").join(&name),
                 log: out.join("logs").join(format!("{name}.log")),
                 ip,
@@ -311,6 +318,7 @@ impl Cluster {
             .args(["--listen-client-urls", &s.client_url])
             .args(["--advertise-client-urls", &s.client_url])
             .args(["--listen-peer-urls", &s.peer_url])
+            .args(["--listen-redis-urls", &format!("redis://{}", s.redis_addr)])
             .args(["--initial-advertise-peer-urls", &s.peer_url])
             .args(["--initial-cluster", &self.initial_cluster])
             .args([

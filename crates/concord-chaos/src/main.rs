@@ -10,6 +10,7 @@ mod cluster;
 mod history;
 mod nemesis;
 mod report;
+mod resp;
 mod workloads;
 
 use std::path::{Path, PathBuf};
@@ -111,6 +112,10 @@ struct RunArgs {
     /// Succeed (exit 0) only when the checker finds the history INVALID.
     #[arg(long)]
     expect_invalid: bool,
+    /// AP workloads: the connection's read and write quorums as `R,W` (`CONCORD.QUORUM`);
+    /// default: the bucket's.
+    #[arg(long, value_parser = parse_quorum)]
+    ap_quorum: Option<(u32, u32)>,
     /// Extra arguments for every `concord server` (repeatable).
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
@@ -256,6 +261,12 @@ fn plan(args: &RunArgs) -> Result<Plan, String> {
 }
 
 /// `--read-level`: a level with a checkable promise (`eventual` promises nothing).
+fn parse_quorum(s: &str) -> Result<(u32, u32), String> {
+    let (r, w) = s.split_once(',').ok_or("expected R,W")?;
+    let n = |x: &str| x.trim().parse::<u32>().map_err(|e| format!("{x:?}: {e}"));
+    Ok((n(r)?, n(w)?))
+}
+
 fn parse_read_level(s: &str) -> Result<ReadConsistency, String> {
     if s == "session" {
         // The token is each process's own.
@@ -314,6 +325,8 @@ fn spawn_clients(
             Workload::Lock => host.spawn(workloads::lock_worker(w)),
             Workload::Watch => host.spawn(workloads::watch_writer(w)),
             Workload::Reads => host.spawn(workloads::reads_worker(w)),
+            Workload::ApSet => host.spawn(workloads::ap_set_worker(w)),
+            Workload::ApCounter => host.spawn(workloads::ap_counter_worker(w)),
         });
     }
     let mut watchers = Tasks(Vec::new());
@@ -448,6 +461,7 @@ async fn run(args: RunArgs) -> Result<Outcome, String> {
         rate: args.rate,
         stale_reads: args.stale_reads,
         read_level: args.read_level,
+        ap_quorum: args.ap_quorum,
         deadline: tokio::time::Instant::now() + run_for,
         seed,
         max_write_rev: AtomicI64::new(0),

@@ -25,6 +25,7 @@ use tonic::transport::Channel;
 
 use crate::client::{connect, OpErr};
 use crate::cluster::Cluster;
+use crate::resp::{self, Reply};
 use concord_check::history::EventType;
 
 use crate::history::{Op, Recorder};
@@ -48,6 +49,8 @@ pub struct Ctx {
     pub stale_reads: bool,
     /// The reads workload's level.
     pub read_level: ReadConsistency,
+    /// AP workloads: the connections' (R, W), when not the bucket's.
+    pub ap_quorum: Option<(u32, u32)>,
     /// When processes stop invoking.
     pub deadline: tokio::time::Instant,
     /// Seed.
@@ -81,6 +84,8 @@ pub struct Worker {
     rng: SmallRng,
     /// The member the next operation goes to, when the workload picks one per operation.
     pin: Option<usize>,
+    /// AP workloads: a Redis connection and the node it goes to.
+    redis: Option<(usize, resp::Conn)>,
 }
 
 impl Worker {
@@ -93,6 +98,7 @@ impl Worker {
             chan: None,
             rng,
             pin: None,
+            redis: None,
         }
     }
 
@@ -221,6 +227,199 @@ impl Worker {
                     (EventType::Info, vec![])
                 }
             }
+        }
+    }
+}
+
+impl Worker {
+    /// A Redis connection to the current node, with the run's quorums set.
+    async fn redis(&mut self) -> Result<resp::Conn, String> {
+        let node = self.node();
+        if let Some((n, conn)) = self.redis.take() {
+            if n == node {
+                return Ok(conn);
+            }
+        }
+        let t = self.ctx.op_timeout.min(Duration::from_secs(1));
+        let mut conn = resp::Conn::connect(&self.ctx.cluster.nodes[node].redis_addr, t).await?;
+        if let Some((r, w)) = self.ctx.ap_quorum {
+            let (r, w) = (r.to_string(), w.to_string());
+            let args: [&[u8]; 5] = [b"CONCORD.QUORUM", b"R", r.as_bytes(), b"W", w.as_bytes()];
+            match tokio::time::timeout(t, conn.cmd(&args)).await {
+                Ok(Ok(Reply::Array(_))) => {}
+                other => return Err(format!("CONCORD.QUORUM answered {other:?}")),
+            }
+        }
+        Ok(conn)
+    }
+
+    /// Records `op`, sends `args` over RESP and records what `judge` makes of the reply
+    /// (`Ok(value)`: it happened; `Err`: Redis's error text). A write is indeterminate
+    /// (`info`, and the process takes a new id) when the command may have reached the
+    /// server without an answer, or the answer is `TRYAGAIN` (the write may or may not have
+    /// been stored); it failed when it never left, or the server refused it.
+    async fn redis_op(
+        &mut self,
+        mut op: Op,
+        write: bool,
+        args: Vec<Vec<u8>>,
+        judge: impl FnOnce(Reply) -> Result<Option<Value>, String>,
+    ) -> EventType {
+        let rec = self.ctx.rec.clone();
+        let node = self.node();
+        op.node = Some(self.ctx.cluster.nodes[node].name.clone());
+        rec.record(self.process, EventType::Invoke, &op);
+        let mut conn = match self.redis().await {
+            Ok(c) => c,
+            Err(e) => {
+                op.error = Some(e);
+                rec.record(self.process, EventType::Fail, &op);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return EventType::Fail;
+            }
+        };
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let reply = tokio::time::timeout(self.ctx.op_timeout, conn.cmd(&refs)).await;
+        let outcome = match reply {
+            Ok(Ok(Reply::Error(e))) if e.starts_with("TRYAGAIN") => Err((true, e)),
+            Ok(Ok(reply)) => {
+                self.redis = Some((node, conn));
+                judge(reply).map_err(|e| (false, e))
+            }
+            Ok(Err(e)) => Err((e.sent, e.msg)),
+            Err(_) => Err((true, "timeout".into())),
+        };
+        match outcome {
+            Ok(value) => {
+                if let Some(v) = value {
+                    op.value = v;
+                }
+                rec.record(self.process, EventType::Ok, &op);
+                EventType::Ok
+            }
+            Err((maybe, e)) => {
+                op.error = Some(e);
+                if maybe && write {
+                    rec.record(self.process, EventType::Info, &op);
+                    self.process += self.ctx.concurrency as u64;
+                    EventType::Info
+                } else {
+                    rec.record(self.process, EventType::Fail, &op);
+                    EventType::Fail
+                }
+            }
+        }
+    }
+}
+
+/// Runs one AP set process: `SET ap/<n> <n>` of unique keys until the deadline.
+pub async fn ap_set_worker(mut w: Worker) {
+    while w.running() {
+        let n = w.ctx.counter.fetch_add(1, Ordering::SeqCst);
+        let op = Op {
+            f: "add",
+            key: Some(format!("ap/{n}")),
+            value: json!(n),
+            ..Op::default()
+        };
+        let args = vec![
+            b"SET".to_vec(),
+            format!("ap/{n}").into_bytes(),
+            n.to_string().into_bytes(),
+        ];
+        w.redis_op(op, true, args, |r| match r {
+            Reply::Simple(s) if s == "OK" => Ok(None),
+            other => Err(format!("SET answered {other:?}")),
+        })
+        .await;
+        w.pace().await;
+    }
+}
+
+/// The AP counter key.
+const AP_COUNTER: &str = "ap/counter";
+
+/// Runs one AP counter process: `INCR` of one key until the deadline.
+pub async fn ap_counter_worker(mut w: Worker) {
+    while w.running() {
+        let op = Op {
+            f: "add",
+            key: Some(AP_COUNTER.into()),
+            value: json!(1),
+            ..Op::default()
+        };
+        let args = vec![b"INCR".to_vec(), AP_COUNTER.as_bytes().to_vec()];
+        w.redis_op(op, true, args, |r| match r {
+            Reply::Integer(_) => Ok(None),
+            other => Err(format!("INCR answered {other:?}")),
+        })
+        .await;
+        w.pace().await;
+    }
+}
+
+/// The AP workloads' final read through member `w`'s node: for the set, every key that was
+/// attempted, by `MGET` in chunks; for the counter, the counter.
+async fn ap_final_read(w: &mut Worker, workload: Workload) -> EventType {
+    let op = Op {
+        f: "read",
+        ..Op::default()
+    };
+    if workload == Workload::ApCounter {
+        let args = vec![b"GET".to_vec(), AP_COUNTER.as_bytes().to_vec()];
+        return w
+            .redis_op(op, false, args, |r| match r {
+                Reply::Bulk(Some(v)) => Ok(Some(parse_int(&v))),
+                Reply::Bulk(None) => Ok(Some(json!(0))),
+                other => Err(format!("GET answered {other:?}")),
+            })
+            .await;
+    }
+    let attempted = w.ctx.counter.load(Ordering::SeqCst);
+    let mut present: Vec<Value> = Vec::new();
+    // One read recorded for all the chunks (the checker takes the last ok read as the
+    // final one), completed with their union.
+    let rec = w.ctx.rec.clone();
+    let mut op = op;
+    op.node = Some(w.ctx.cluster.nodes[w.node()].name.clone());
+    rec.record(w.process, EventType::Invoke, &op);
+    let mut failure = None;
+    for chunk in (0..attempted).collect::<Vec<_>>().chunks(200) {
+        let mut args = vec![b"MGET".to_vec()];
+        args.extend(chunk.iter().map(|n| format!("ap/{n}").into_bytes()));
+        let mut conn = match w.redis().await {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let refs: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        match tokio::time::timeout(Duration::from_secs(10), conn.cmd(&refs)).await {
+            Ok(Ok(Reply::Array(items))) => {
+                w.redis = Some((w.node(), conn));
+                present.extend(items.into_iter().filter_map(|i| match i {
+                    Reply::Bulk(Some(v)) => Some(parse_int(&v)),
+                    _ => None,
+                }));
+            }
+            other => {
+                failure = Some(format!("MGET answered {other:?}"));
+                break;
+            }
+        }
+    }
+    match failure {
+        None => {
+            present.sort_by_key(|v| v.as_i64().unwrap_or(i64::MAX));
+            op.value = Value::Array(present);
+            rec.record(w.process, EventType::Ok, &op);
+            EventType::Ok
+        }
+        Some(e) => {
+            op.error = Some(e);
+            rec.record(w.process, EventType::Fail, &op);
+            EventType::Fail
         }
     }
 }
@@ -629,6 +828,7 @@ pub async fn final_read(ctx: Arc<Ctx>, workload: Workload) -> bool {
                 .await
                 .0
             }
+            Workload::ApSet | Workload::ApCounter => ap_final_read(&mut w, workload).await,
             _ => return true,
         };
         if kind == EventType::Ok {

@@ -63,6 +63,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub mod bank;
+pub mod counter;
 pub mod history;
 pub mod lock;
 pub mod reads;
@@ -272,17 +273,27 @@ pub enum Workload {
     Watch,
     /// Reads at a consistency level (strong, bounded, session): each meets its claim.
     Reads,
+    /// AP buckets over RESP: unique-key `SET`s, then a final read: no acknowledged write
+    /// lost (the set checker).
+    #[serde(rename = "ap-set")]
+    ApSet,
+    /// AP buckets over RESP: `INCR`s of one counter, then a final read: every
+    /// acknowledged increment counted, nothing more.
+    #[serde(rename = "ap-counter")]
+    ApCounter,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 6] = [
+    pub const ALL: [Workload; 8] = [
         Workload::Register,
         Workload::Bank,
         Workload::Set,
         Workload::Lock,
         Workload::Watch,
         Workload::Reads,
+        Workload::ApSet,
+        Workload::ApCounter,
     ];
 
     /// Lower-case name, as in history files and on command lines.
@@ -294,6 +305,8 @@ impl Workload {
             Workload::Lock => "lock",
             Workload::Watch => "watch",
             Workload::Reads => "reads",
+            Workload::ApSet => "ap-set",
+            Workload::ApCounter => "ap-counter",
         }
     }
 }
@@ -350,6 +363,8 @@ pub fn check(
         Workload::Lock => lock::check(events)?,
         Workload::Watch => watch::check(events)?,
         Workload::Reads => reads::check(events)?,
+        Workload::ApSet => set::check(events)?,
+        Workload::ApCounter => counter::check(events)?,
     };
     verdict.elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
     Ok(verdict)

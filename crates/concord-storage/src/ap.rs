@@ -304,6 +304,21 @@ fn build_trees(db: &Database) -> Result<Vec<MerkleTree>, ApStoreError> {
     Ok(trees)
 }
 
+/// The state stored at `row` (a new one when absent) and its digest (`None` when absent).
+fn held(
+    keys: &redb::Table<'_, &'static [u8], &'static [u8]>,
+    row: &[u8],
+) -> Result<(RedisString, Option<[u8; 8]>), ApStoreError> {
+    Ok(match keys.get(row)? {
+        Some(v) => {
+            let s = decode(row, v.value())?;
+            let d = digest(&state_to_bytes(&s));
+            (s, Some(d))
+        }
+        None => (RedisString::new(), None),
+    })
+}
+
 fn lock_trees(trees: &Mutex<Vec<MerkleTree>>) -> MutexGuard<'_, Vec<MerkleTree>> {
     // Plain hashes, consistent at any panic point.
     trees.lock().unwrap_or_else(|e| e.into_inner())
@@ -461,14 +476,7 @@ impl ApStore {
         let key = key.to_vec();
         let trees = self.trees.clone();
         let change = move |t: &mut Tables<'_>| {
-            let (mut state, before) = match t.keys.get(r.as_slice())? {
-                Some(v) => {
-                    let s = decode(&r, v.value())?;
-                    let d = digest(&state_to_bytes(&s));
-                    (s, Some(d))
-                }
-                None => (RedisString::new(), None),
-            };
+            let (mut state, before) = held(&t.keys, &r)?;
             Ok(match f(&mut state) {
                 Ok(answer) => {
                     t.keys.insert(r.as_slice(), encode(&r, &state).as_slice())?;
@@ -503,21 +511,14 @@ impl ApStore {
             let mut changes = Vec::new();
             for (key, state) in entries {
                 let r = row(bucket, &key);
-                let (mut held, before) = match t.keys.get(r.as_slice())? {
-                    Some(v) => {
-                        let s = decode(&r, v.value())?;
-                        let d = digest(&state_to_bytes(&s));
-                        (s, Some(d))
-                    }
-                    None => (RedisString::new(), None),
-                };
-                let old = held.clone();
-                held.merge(&state);
-                if held == old {
+                let (mut now, before) = held(&t.keys, &r)?;
+                let old = now.clone();
+                now.merge(&state);
+                if now == old {
                     continue;
                 }
-                t.keys.insert(r.as_slice(), encode(&r, &held).as_slice())?;
-                changes.push((key, before, digest(&state_to_bytes(&held))));
+                t.keys.insert(r.as_slice(), encode(&r, &now).as_slice())?;
+                changes.push((key, before, digest(&state_to_bytes(&now))));
             }
             Ok(changes)
         })?;
