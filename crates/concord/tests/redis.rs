@@ -209,6 +209,20 @@ async fn anti_entropy_refills_a_replica_that_lost_its_data() {
         (repaired >= 40.0).then_some(())
     })
     .await;
+    // /v1/ap (what `concord member ring` shows): the ring's shares and the repair count.
+    let status = common::http_get(port, "/v1/ap")
+        .await
+        .expect("/v1/ap answers")
+        .text();
+    let status: serde_json::Value = serde_json::from_str(&status).expect("JSON");
+    let ring = status["ring"].as_array().expect("a ring");
+    assert_eq!(ring.len(), 3, "{status}");
+    let total: f64 = ring.iter().map(|m| m["share"].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9, "shares sum to {total}");
+    assert!(
+        status["anti_entropy_keys_repaired"].as_u64().unwrap() >= 40,
+        "{status}"
+    );
     // It alone answers every key, and the deleted one stays deleted.
     cluster.kill9(0);
     cluster.kill9(1);

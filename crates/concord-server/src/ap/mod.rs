@@ -438,6 +438,16 @@ impl ApNode {
         Ok(self.inner.store.get(bucket, key)?)
     }
 
+    /// Each ring member's share of the keys it is the first replica of (0 to 1), and
+    /// whether gossip sees it alive.
+    pub fn ring_shares(&self) -> Vec<(NodeId, f64, bool)> {
+        let owned = read(&self.inner.ring).ownership();
+        owned
+            .into_iter()
+            .map(|(id, tokens)| (id, tokens as f64 / 2f64.powi(64), self.is_healthy(id)))
+            .collect()
+    }
+
     /// The AP side's figures.
     pub fn metrics(&self) -> ApMetrics {
         let c = &self.inner.counters;

@@ -21,6 +21,7 @@ pub(crate) fn router(ctx: Ctx) -> Router {
         .route("/metrics", get(metrics))
         .route("/version", get(version))
         .route("/v1/members", get(gossip_members))
+        .route("/v1/ap", get(ap_status))
         .with_state(ctx)
 }
 
@@ -84,6 +85,42 @@ async fn gossip_members(State(ctx): State<Ctx>) -> impl IntoResponse {
         "members": view.members.iter().map(member).collect::<Vec<_>>(),
         "pending_updates": view.pending_updates,
         "phi_threshold": view.phi_threshold,
+    });
+    (StatusCode::OK, JSON, body.to_string())
+}
+
+/// This member's view of the AP buckets: replication settings, the ring (each member's
+/// share of first replicas and whether it is alive), the hints held here per member, and
+/// the AP counters.
+async fn ap_status(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let c = ctx.ap.config();
+    let m = ctx.ap.metrics();
+    let pending: std::collections::BTreeMap<_, _> = m.hints_pending.iter().copied().collect();
+    let ring: Vec<_> = ctx
+        .ap
+        .ring_shares()
+        .into_iter()
+        .map(|(id, share, alive)| {
+            serde_json::json!({
+                "id": format!("{:x}", id.get()),
+                "share": share,
+                "alive": alive,
+                "hints_held_here": pending.get(&id).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    let body = serde_json::json!({
+        "me": format!("{:x}", ctx.member_id.get()),
+        "n": c.n,
+        "r": c.r,
+        "w": c.w,
+        "vnodes_per_member": crate::ap::VNODES,
+        "ring": ring,
+        "hints_replayed": m.hints_replayed,
+        "hints_dropped": m.hints_dropped,
+        "read_repairs": m.read_repairs,
+        "anti_entropy_rounds": m.anti_entropy_rounds,
+        "anti_entropy_keys_repaired": m.anti_entropy_repaired,
     });
     (StatusCode::OK, JSON, body.to_string())
 }

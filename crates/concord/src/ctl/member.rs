@@ -54,6 +54,9 @@ pub enum MemberCmd {
     },
     /// Shows every member's gossip (SWIM) state and phi, as the endpoint's member sees them
     Gossip,
+    /// Shows the AP ring as the endpoint's member sees it: each member's share of first
+    /// replicas, whether it is alive, and the hints held for it there
+    Ring,
 }
 
 /// The member list as etcdctl's table rows.
@@ -173,7 +176,7 @@ pub async fn run(args: MemberArgs) -> CtlResult<()> {
         MemberCmd::Remove { id } | MemberCmd::Update { id, .. } | MemberCmd::Promote { id } => {
             parse_member_id(id)?;
         }
-        MemberCmd::Add { .. } | MemberCmd::List | MemberCmd::Gossip => {}
+        MemberCmd::Add { .. } | MemberCmd::List | MemberCmd::Gossip | MemberCmd::Ring => {}
     }
     let ctx = Ctx::connect(&args.global).await?;
     let fmt = ctx.format();
@@ -268,6 +271,7 @@ pub async fn run(args: MemberArgs) -> CtlResult<()> {
             out(&format_list(&r, fmt));
         }
         MemberCmd::Gossip => gossip(&ctx).await?,
+        MemberCmd::Ring => ring(&ctx).await?,
     }
     Ok(())
 }
@@ -287,32 +291,70 @@ pub const GOSSIP_HEADERS: [&str; 7] = [
 /// with the members' names from the member list.
 async fn gossip(ctx: &Ctx) -> CtlResult<()> {
     let global = &ctx.global;
-    let mut last = CtlError::new("no endpoint given");
-    let mut view = None;
-    for endpoint in &global.endpoints {
-        match super::http::get_json(endpoint, "/v1/members", global.command_timeout).await {
-            Ok(v) => {
-                view = Some(v);
-                break;
-            }
-            Err(e) => last = e,
-        }
-    }
-    let view = view.ok_or(last)?;
+    let view = first_json(ctx, "/v1/members").await?;
     if global.write_out == OutputFormat::Json {
         out(&format!("{view}\n"));
         return Ok(());
     }
-    let names = ctx
+    let names = member_names(ctx).await?;
+    let rows = gossip_rows(&view, &names)?;
+    out(&match global.write_out {
+        OutputFormat::Table => printer::table(&GOSSIP_HEADERS, &rows),
+        _ => printer::comma_rows(&rows),
+    });
+    Ok(())
+}
+
+/// `path` on the first endpoint that answers it, as JSON.
+async fn first_json(ctx: &Ctx, path: &str) -> CtlResult<serde_json::Value> {
+    let global = &ctx.global;
+    let mut last = CtlError::new("no endpoint given");
+    for endpoint in &global.endpoints {
+        match super::http::get_json(endpoint, path, global.command_timeout).await {
+            Ok(v) => return Ok(v),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Member names by hex id.
+async fn member_names(ctx: &Ctx) -> CtlResult<std::collections::BTreeMap<String, String>> {
+    Ok(ctx
         .call(ctx.cluster().member_list(pb::MemberListRequest::default()))
         .await?
         .members
         .into_iter()
         .map(|m| (format!("{:x}", m.id), m.name))
-        .collect();
-    let rows = gossip_rows(&view, &names)?;
+        .collect())
+}
+
+/// The columns of `member ring`.
+pub const RING_HEADERS: [&str; 5] = ["ID", "Name", "Share", "Alive", "Hints held"];
+
+/// `concord member ring`: the `/v1/ap` view of the first endpoint that answers.
+async fn ring(ctx: &Ctx) -> CtlResult<()> {
+    let global = &ctx.global;
+    let view = first_json(ctx, "/v1/ap").await?;
+    if global.write_out == OutputFormat::Json {
+        out(&format!("{view}\n"));
+        return Ok(());
+    }
+    let names = member_names(ctx).await?;
+    let bad = || CtlError::new("unexpected answer from /v1/ap");
+    let mut rows = Vec::new();
+    for m in view["ring"].as_array().ok_or_else(bad)? {
+        let id = m["id"].as_str().ok_or_else(bad)?.to_string();
+        rows.push(vec![
+            id.clone(),
+            names.get(&id).cloned().unwrap_or_default(),
+            format!("{:.1}%", 100.0 * m["share"].as_f64().ok_or_else(bad)?),
+            m["alive"].as_bool().ok_or_else(bad)?.to_string(),
+            m["hints_held_here"].as_u64().ok_or_else(bad)?.to_string(),
+        ]);
+    }
     out(&match global.write_out {
-        OutputFormat::Table => printer::table(&GOSSIP_HEADERS, &rows),
+        OutputFormat::Table => printer::table(&RING_HEADERS, &rows),
         _ => printer::comma_rows(&rows),
     });
     Ok(())
