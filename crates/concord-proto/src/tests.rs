@@ -723,11 +723,76 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "del=5:.concord.peer.v1.ApDel@op",
             "incr=6:.concord.peer.v1.ApIncr@op",
             "expire=7:.concord.peer.v1.ApExpire@op",
+            "base=8:bytes",
         ],
     ),
     (
         "concord.peer.v1.ReplicaState",
-        &["state=1:bytes", "integer=2:sint64", "error=3:string"],
+        &[
+            "state=1:bytes",
+            "integer=2:sint64",
+            "error=3:string",
+            "failure=4:string",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaApplyBatch",
+        &[
+            "cluster_id=1:uint64",
+            "applies=2:*.concord.peer.v1.ReplicaApply",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaReadBatch",
+        &[
+            "cluster_id=1:uint64",
+            "reads=2:*.concord.peer.v1.ReplicaRead",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaStates",
+        &["states=1:*.concord.peer.v1.ReplicaState"],
+    ),
+    (
+        "concord.peer.v1.ReplicaMergeBatch",
+        &[
+            "cluster_id=1:uint64",
+            "merges=2:*.concord.peer.v1.ReplicaMerge",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaMergeBatchAck",
+        &["errors=1:*string"],
+    ),
+    (
+        "concord.peer.v1.ReplicaScan",
+        &[
+            "cluster_id=1:uint64",
+            "bucket=2:uint32",
+            "after=3:bytes",
+            "limit=4:uint32",
+            "has_after=5:bool",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaKey",
+        &["key=1:bytes", "state=2:bytes"],
+    ),
+    (
+        "concord.peer.v1.ReplicaKeys",
+        &["keys=1:*.concord.peer.v1.ReplicaKey", "done=2:bool"],
+    ),
+    (
+        "concord.peer.v1.ReplicaTree",
+        &["cluster_id=1:uint64", "bucket=2:uint32", "root=3:bytes"],
+    ),
+    (
+        "concord.peer.v1.ReplicaTreeLeaves",
+        &["same=1:bool", "leaves=2:bytes"],
+    ),
+    (
+        "concord.peer.v1.ReplicaLeaf",
+        &["cluster_id=1:uint64", "bucket=2:uint32", "leaf=3:uint32"],
     ),
     (
         "concord.peer.v1.ReplicaMerge",
@@ -1130,7 +1195,31 @@ const SERVICES: &[(&str, &[Method])] = &[
         &[
             ("Apply", "ReplicaApply", "ReplicaState", false, false),
             ("Merge", "ReplicaMerge", "ReplicaMergeAck", false, false),
+            (
+                "MergeBatch",
+                "ReplicaMergeBatch",
+                "ReplicaMergeBatchAck",
+                false,
+                false,
+            ),
+            (
+                "ApplyBatch",
+                "ReplicaApplyBatch",
+                "ReplicaStates",
+                false,
+                false,
+            ),
+            (
+                "ReadBatch",
+                "ReplicaReadBatch",
+                "ReplicaStates",
+                false,
+                false,
+            ),
             ("Read", "ReplicaRead", "ReplicaState", false, false),
+            ("Scan", "ReplicaScan", "ReplicaKeys", false, false),
+            ("Tree", "ReplicaTree", "ReplicaTreeLeaves", false, false),
+            ("Leaf", "ReplicaLeaf", "ReplicaKeys", false, false),
         ],
     ),
 ];

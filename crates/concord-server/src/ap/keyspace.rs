@@ -92,8 +92,13 @@ impl ApNode {
             let request = ReplicaScan {
                 cluster_id: self.inner.cluster_id,
                 bucket: u32::from(bucket),
-                after: out.last().map(|(k, _)| k.clone().into()),
+                after: out
+                    .last()
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_default()
+                    .into(),
                 limit: SCAN_PAGE as u32,
+                has_after: !out.is_empty(),
             };
             let page = match tokio::time::timeout(timeout, client.scan(request)).await {
                 Ok(Ok(page)) => page.into_inner(),

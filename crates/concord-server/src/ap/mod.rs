@@ -676,10 +676,14 @@ impl Replica for ReplicaService {
             n => (n as usize).clamp(2, SCAN_PAGE),
         };
         let node = self.node.clone();
-        let page =
-            blocking(move || Ok(node.inner.store.scan(bucket, r.after.as_deref(), limit)?))
-                .await
-                .map_err(status)?;
+        let page = blocking(move || {
+            Ok(node
+                .inner
+                .store
+                .scan(bucket, r.has_after.then_some(&r.after[..]), limit)?)
+        })
+        .await
+        .map_err(status)?;
         Ok(Response::new(ReplicaKeys {
             done: page.len() < limit,
             keys: page
