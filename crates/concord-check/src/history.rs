@@ -229,6 +229,23 @@ impl<'a> Op<'a> {
     }
 }
 
+/// The final read of a history: its last `ok` read (taken after healing), with its
+/// completion event; `None` when no read succeeded.
+pub fn final_read<'a>(ops: &[Op<'a>]) -> Result<Option<(Op<'a>, &'a Event)>, CheckError> {
+    let Some(read) = ops
+        .iter()
+        .rev()
+        .find(|o| o.f() == "read" && o.outcome() == Outcome::Ok)
+    else {
+        return Ok(None);
+    };
+    let completion = read.completed().ok_or_else(|| CheckError::Malformed {
+        index: read.invoke.index,
+        message: "read has no completion".into(),
+    })?;
+    Ok(Some((*read, completion)))
+}
+
 /// Pairs every invocation with its process's next completion.
 ///
 /// Events with `f == "setup"` that complete without an invocation are configuration records

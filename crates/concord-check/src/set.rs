@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::history::{pair_ops, Event, Outcome};
+use crate::history::{final_read, pair_ops, Event, Outcome};
 use crate::{Anomaly, CheckError, Validity, Verdict};
 
 #[derive(Default)]
@@ -32,21 +32,11 @@ struct Attempts {
 pub fn check(events: &[Event]) -> Result<Verdict, CheckError> {
     let ops = pair_ops(events)?;
     let mut verdict = Verdict::new("set", ops.iter().filter(|o| o.f() != "setup").count());
-    let Some(final_read) = ops
-        .iter()
-        .rev()
-        .find(|o| o.f() == "read" && o.outcome() == Outcome::Ok)
-    else {
+    let Some((final_read, read_event)) = final_read(&ops)? else {
         verdict.valid = Validity::Unknown;
         verdict.note = Some("no ok read: nothing to check adds against".into());
         return Ok(verdict);
     };
-    let read_event = final_read
-        .completed()
-        .ok_or_else(|| CheckError::Malformed {
-            index: final_read.invoke.index,
-            message: "read has no completion".into(),
-        })?;
     let list = read_event
         .value
         .as_array()
