@@ -237,6 +237,27 @@ impl ApNode {
         }
     }
 
+    /// One read of a received batch (or the unary `Read`), answered as the replica
+    /// protocol carries it: a lookup in pages the store caches, no thread hand-off.
+    pub(super) fn read_answer(&self, read: &ReplicaRead) -> ReplicaState {
+        let found = bucket_of(read.bucket)
+            .map_err(|s| s.message().to_string())
+            .and_then(|b| self.read_local(b, &read.key).map_err(|e| e.to_string()));
+        match found {
+            Ok(state) => ReplicaState {
+                state: state
+                    .map(|s| concord_storage::ap::state_to_bytes(&s))
+                    .unwrap_or_default()
+                    .into(),
+                ..ReplicaState::default()
+            },
+            Err(failure) => ReplicaState {
+                failure,
+                ..ReplicaState::default()
+            },
+        }
+    }
+
     /// Starts one merge of a received batch: queued for the group commit now, awaited
     /// later.
     pub(super) fn start_merge(

@@ -262,8 +262,7 @@ impl ApNode {
         base: Option<RedisString>,
     ) -> Result<(RedisString, Option<i64>), ApError> {
         if at == self.me() {
-            let node = self.clone();
-            return node.apply_local(bucket, &key, op, base).await;
+            return self.apply_local(bucket, &key, op, base).await;
         }
         let request = ReplicaApply {
             cluster_id: self.inner.cluster_id,
@@ -302,8 +301,7 @@ impl ApNode {
         hint_for: Option<NodeId>,
     ) -> Result<(), ApError> {
         if at == self.me() {
-            let node = self.clone();
-            return node.merge_local(bucket, &key, state, hint_for).await;
+            return self.merge_local(bucket, &key, state, hint_for).await;
         }
         let request = ReplicaMerge {
             cluster_id: self.inner.cluster_id,
@@ -323,8 +321,7 @@ impl ApNode {
         key: Vec<u8>,
     ) -> Result<Option<RedisString>, ApError> {
         if at == self.me() {
-            let node = self.clone();
-            return node.read_local(bucket, &key);
+            return self.read_local(bucket, &key);
         }
         let request = ReplicaRead {
             cluster_id: self.inner.cluster_id,

@@ -621,26 +621,8 @@ impl Replica for ReplicaService {
         self.check_cluster(r.cluster_id)?;
         let states = r
             .reads
-            .into_iter()
-            .map(|read| {
-                let found = bucket_of(read.bucket)
-                    .map_err(|s| s.message().to_string())
-                    .and_then(|b| {
-                        self.node
-                            .read_local(b, &read.key)
-                            .map_err(|e| e.to_string())
-                    });
-                match found {
-                    Ok(state) => ReplicaState {
-                        state: state.map(|s| state_to_bytes(&s)).unwrap_or_default().into(),
-                        ..ReplicaState::default()
-                    },
-                    Err(failure) => ReplicaState {
-                        failure,
-                        ..ReplicaState::default()
-                    },
-                }
-            })
+            .iter()
+            .map(|read| self.node.read_answer(read))
             .collect();
         Ok(Response::new(ReplicaStates { states }))
     }
@@ -746,12 +728,6 @@ impl Replica for ReplicaService {
     async fn read(&self, request: Request<ReplicaRead>) -> Result<Response<ReplicaState>, Status> {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
-        let bucket = bucket_of(r.bucket)?;
-        // A read of one key is a lookup in pages the store caches: no thread hand-off.
-        let state = self.node.read_local(bucket, &r.key).map_err(status)?;
-        Ok(Response::new(ReplicaState {
-            state: state.map(|s| state_to_bytes(&s)).unwrap_or_default().into(),
-            ..ReplicaState::default()
-        }))
+        Ok(Response::new(self.node.read_answer(&r)))
     }
 }
