@@ -11,6 +11,7 @@
 //! # Ok(()) }
 //! ```
 
+mod ap_http;
 mod api;
 mod cluster;
 mod concurrency;
@@ -232,6 +233,8 @@ impl Server {
         let group_transport = GroupTransport::new(transport.clone(), DEFAULT_GROUP);
         let node = node::start(nc, Arc::new(group_transport), inbox)
             .map_err(|e| ServerError::Start(e.to_string()))?;
+        ap.set_catalog(Arc::new(RaftCatalog(node.clone())));
+        sync_buckets(&node, &ap);
         {
             let node = node.clone();
             router.set_peer_down_hook(DEFAULT_GROUP, Arc::new(move |id| node.report_peer_down(id)));
@@ -639,6 +642,7 @@ async fn sync_peers(
         }
         // The AP ring holds the same members; its health is what gossip sees alive.
         ap.set_members(&transport.peers());
+        sync_buckets(&node, &ap);
         let Some(view) = membership.view().await else {
             return;
         };
@@ -649,6 +653,34 @@ async fn sync_peers(
                 .map(|m| m.id)
                 .collect(),
         );
+    }
+}
+
+/// Bucket properties go through the Raft group as cluster metadata.
+struct RaftCatalog(NodeHandle);
+
+impl crate::ap::BucketCatalog for RaftCatalog {
+    fn store(
+        &self,
+        bucket: u8,
+        props: crate::ap::BucketProps,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>> {
+        let node = self.0.clone();
+        Box::pin(async move {
+            node.propose(crate::ap::buckets::set_command(bucket, &props))
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("bucket properties not stored: {e}"))
+        })
+    }
+}
+
+/// Puts the bucket properties this member has applied in force (those in force stay when
+/// the store cannot be read).
+fn sync_buckets(node: &NodeHandle, ap: &ApNode) {
+    match node.with_store(|s| s.cluster_meta()) {
+        Ok(entries) => ap.set_buckets(&crate::ap::buckets::from_meta(&entries)),
+        Err(e) => tracing::warn!(error = %e, "bucket properties unreadable"),
     }
 }
 

@@ -5,14 +5,19 @@
 //! Every change is a read-modify-write of one key, run by one writer thread that commits
 //! whatever changes queued up while its previous commit ran in one transaction with one
 //! fsync (group commit), and answers each change only after that commit, so a replica
-//! acknowledges only what survives a crash. A stored state only ever moves up its
-//! lattice: writes and repairs are merges.
+//! acknowledges only what survives a crash. A bucket whose durability is `async`
+//! ([`ApStore::set_async`]) skips that fsync: a batch of only such changes is committed
+//! without one, and the writer makes it durable within [`FLUSH_EVERY`]. A stored state
+//! only ever moves up its lattice: writes and repairs are merges.
 //!
 //! # Guarantees
 //!
 //! 1. **Durable before acknowledged.** [`ApStore::update`], [`ApStore::merge`] and
 //!    [`ApStore::store_hint`] return after the fsync'd commit of the batch that carried
-//!    them; when that commit fails, every change in the batch answers the error.
+//!    them; when that commit fails, every change in the batch answers the error. For an
+//!    `async` bucket: after a commit that the next fsync'd one, at most [`FLUSH_EVERY`]
+//!    later, makes durable (a crash in between loses that window, as Redis's
+//!    `appendfsync everysec` does).
 //! 2. **Only joins.** A merge never loses what the stored state had: the result is the
 //!    join of both.
 //! 3. **Damage is an error.** Every stored value carries a CRC32C over its key and bytes
@@ -24,7 +29,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use concord_core::crdt::{Crdt, RedisString};
 use concord_core::merkle::MerkleTree;
@@ -125,8 +132,11 @@ pub struct ApStore {
     hint_counts: Mutex<BTreeMap<NodeId, u64>>,
     /// Most hints held for one owner.
     hint_limit: u64,
-    /// Hands write jobs to the group-commit thread; `None` once dropping.
-    jobs: Option<mpsc::Sender<Job>>,
+    /// Buckets whose changes are acknowledged before their fsync (`async` durability).
+    lazy: [AtomicBool; TREE_BUCKETS],
+    /// Hands write jobs (and whether each must be fsync'd before it is answered) to the
+    /// group-commit thread; `None` once dropping.
+    jobs: Option<mpsc::Sender<(Job, bool)>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -161,22 +171,55 @@ type Job = Box<dyn FnOnce(Option<&mut Tables<'_>>) -> Done + Send>;
 /// Most jobs committed together.
 const MAX_BATCH: usize = 1024;
 
+/// Longest time a change of an `async` bucket stays acknowledged but not yet fsync'd.
+pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
+
 /// The group-commit loop: takes every job queued while the previous commit was running,
-/// applies them in order in one transaction, commits it with one fsync, then answers them
-/// all. Nothing waits for company: a lone job commits at once.
-fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
-    while let Ok(first) = jobs.recv() {
-        let mut batch = vec![first];
+/// applies them in order in one transaction, commits it (with one fsync when any job
+/// needs it, or when the last fsync is [`FLUSH_EVERY`] old), then answers them all.
+/// Nothing waits for company: a lone job commits at once. Commits left without an fsync
+/// get one when the queue has been idle for [`FLUSH_EVERY`].
+fn write_loop(db: &Database, jobs: &mpsc::Receiver<(Job, bool)>) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
+    loop {
+        let first = if unsynced {
+            match jobs.recv_timeout(FLUSH_EVERY.saturating_sub(last_sync.elapsed())) {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Tried again after FLUSH_EVERY if it fails.
+                    unsynced = flush(db).is_err();
+                    last_sync = Instant::now();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match jobs.recv() {
+                Ok(j) => j,
+                Err(_) => break,
+            }
+        };
+        let mut sync = first.1;
+        let mut batch = vec![first.0];
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(j) => batch.push(j),
+                Ok((j, s)) => {
+                    sync |= s;
+                    batch.push(j);
+                }
                 Err(_) => break,
             }
         }
+        sync |= last_sync.elapsed() >= FLUSH_EVERY;
         let mut dones = Vec::with_capacity(batch.len());
         let committed = (|| -> Result<(), ApStoreError> {
             let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            txn.set_durability(if sync {
+                Durability::Immediate
+            } else {
+                Durability::None
+            })?;
             {
                 let mut tables = Tables {
                     keys: txn.open_table(KEYS)?,
@@ -190,12 +233,29 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<Job>) {
             Ok(())
         })()
         .map_err(|e| format!("ap store commit failed: {e}"));
+        if committed.is_ok() {
+            if sync {
+                last_sync = Instant::now();
+            }
+            unsynced = !sync;
+        }
         // Jobs the failure kept from running answer the same error.
         dones.extend(batch.drain(..).map(|job| job(None)));
         for done in dones {
             done(committed.clone());
         }
     }
+    if unsynced {
+        let _ = flush(db);
+    }
+}
+
+/// An empty fsync'd commit: makes the commits before it durable.
+fn flush(db: &Database) -> Result<(), ApStoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    txn.commit()?;
+    Ok(())
 }
 
 /// Bytes before the key in a row of [`KEYS`].
@@ -390,15 +450,33 @@ impl ApStore {
             trees,
             hint_counts,
             hint_limit,
+            lazy: Default::default(),
             jobs: Some(tx),
             writer: Some(writer),
         })
     }
 
+    /// Sets whether changes of `bucket` are acknowledged before their fsync (`async`
+    /// durability; see [`FLUSH_EVERY`]) or after it (the default).
+    pub fn set_async(&self, bucket: u8, lazy: bool) {
+        if let Some(b) = self.lazy.get(usize::from(bucket)) {
+            b.store(lazy, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether changes of `bucket` must be fsync'd before they are answered.
+    fn sync(&self, bucket: u8) -> bool {
+        self.lazy
+            .get(usize::from(bucket))
+            .is_none_or(|b| !b.load(Ordering::Relaxed))
+    }
+
     /// Queues `f` for the next group commit; `done` gets its answer once that commit is
-    /// durable (or the commit's error), on the commit thread: it must not block.
+    /// durable (or the commit's error; with `sync` false, once it is committed), on the
+    /// commit thread: it must not block.
     fn submit<T: Send + 'static>(
         &self,
+        sync: bool,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, ApStoreError> + Send + 'static,
         done: impl FnOnce(Result<T, ApStoreError>) + Send + 'static,
     ) {
@@ -414,7 +492,7 @@ impl ApStore {
             })
         });
         let refused = match &self.jobs {
-            Some(jobs) => jobs.send(job).err().map(|e| e.0),
+            Some(jobs) => jobs.send((job, sync)).err().map(|e| e.0 .0),
             None => Some(job),
         };
         if let Some(job) = refused {
@@ -426,10 +504,11 @@ impl ApStore {
     /// durable (or the commit's error).
     fn write<T: Send + 'static>(
         &self,
+        sync: bool,
         f: impl FnOnce(&mut Tables<'_>) -> Result<T, ApStoreError> + Send + 'static,
     ) -> Result<T, ApStoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.submit(f, move |out| {
+        self.submit(sync, f, move |out| {
             let _ = tx.send(out);
         });
         rx.recv()
@@ -486,7 +565,7 @@ impl ApStore {
                 Err(e) => Err(e),
             })
         };
-        self.submit(change, move |out| {
+        self.submit(self.sync(bucket), change, move |out| {
             done(out.map(|changed| {
                 changed.map(|(answer, state, before, after)| {
                     record(&trees, bucket, &key, before, after);
@@ -507,7 +586,7 @@ impl ApStore {
         bucket: u8,
         entries: Vec<(Vec<u8>, RedisString)>,
     ) -> Result<usize, ApStoreError> {
-        let changes = self.write(move |t| {
+        let changes = self.write(self.sync(bucket), move |t| {
             let mut changes = Vec::new();
             for (key, state) in entries {
                 let r = row(bucket, &key);
@@ -637,7 +716,7 @@ impl ApStore {
         let state = state.clone();
         let limit = self.hint_limit;
         let full = self.counts().get(&owner).copied().unwrap_or(0) >= limit;
-        let added = self.write(move |t| {
+        let added = self.write(self.sync(bucket), move |t| {
             let held = match t.hints.get(r.as_slice())? {
                 Some(v) => Some(decode(&r, v.value())?),
                 None if full => return Err(ApStoreError::HintsFull { owner, limit }),
@@ -700,7 +779,7 @@ impl ApStore {
     ) -> Result<bool, ApStoreError> {
         let r = hint_row(owner, bucket, key);
         let handed_over = handed_over.clone();
-        let removed = self.write(move |t| {
+        let removed = self.write(self.sync(bucket), move |t| {
             let same = match t.hints.get(r.as_slice())? {
                 Some(v) => decode(&r, v.value())? == handed_over,
                 None => false,
@@ -777,6 +856,77 @@ mod tests {
         let mut s = RedisString::new();
         s.set(v.as_bytes().to_vec(), (t, n), n, SetExpiry::Clear);
         s
+    }
+
+    const ASYNC_CHILD_DIR: &str = "CONCORD_AP_ASYNC_CHILD_DIR";
+
+    /// The child of [`async_buckets_are_made_durable_within_the_flush_interval`]: does
+    /// nothing unless started by it.
+    #[test]
+    fn async_bucket_child() {
+        let Ok(dir) = std::env::var(ASYNC_CHILD_DIR) else {
+            return;
+        };
+        let store = ApStore::open(&Path::new(&dir).join("ap.redb"), 100).expect("open");
+        store.set_async(3, true);
+        store.merge(3, b"lazy", &set("v", 1, A)).expect("merge");
+        assert!(
+            store.get(3, b"lazy").expect("get").is_some(),
+            "visible at once"
+        );
+        println!("ACK");
+        std::thread::sleep(FLUSH_EVERY * 2);
+        println!("FLUSHED");
+        // Bounded even if the parent never kills it.
+        std::thread::sleep(Duration::from_secs(30));
+    }
+
+    /// An `async` bucket's change is acknowledged before its fsync and made durable by the
+    /// writer within FLUSH_EVERY: a SIGKILL after that keeps it. A fsync'd bucket's change
+    /// survives a SIGKILL right after its acknowledgement.
+    #[test]
+    fn async_buckets_are_made_durable_within_the_flush_interval() {
+        use std::io::{BufRead, BufReader};
+        let tmp = tempfile::tempdir().unwrap();
+        let child_test = format!(
+            "{}::async_bucket_child",
+            module_path!().split_once("::").map_or("", |(_, m)| m)
+        );
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                child_test.as_str(),
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(ASYNC_CHILD_DIR, tmp.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
+            .lines()
+            .map_while(Result::ok)
+            .take_while(|l| l != "FLUSHED")
+            .collect();
+        child.kill().unwrap();
+        let _ = child.wait();
+        assert!(
+            lines.iter().any(|l| l.ends_with("ACK")),
+            "child output: {lines:?}"
+        );
+        let store = ApStore::open(&tmp.path().join("ap.redb"), 100).unwrap();
+        assert_eq!(
+            store.get(3, b"lazy").unwrap().and_then(|s| s.get(0)),
+            Some(b"v".to_vec())
+        );
+        // And a store dropped (the process ending normally) flushes what it holds.
+        store.set_async(4, true);
+        store.merge(4, b"k", &set("w", 1, A)).unwrap();
+        drop(store);
+        let store = ApStore::open(&tmp.path().join("ap.redb"), 100).unwrap();
+        assert!(store.get(4, b"k").unwrap().is_some());
     }
 
     #[test]

@@ -237,3 +237,201 @@ async fn anti_entropy_refills_a_replica_that_lost_its_data() {
         assert_eq!(got, Ok(RedisReply::bulk(&key)), "{key}");
     }
 }
+
+/// Runs `concord <args>` against member `i`; its standard output (the command must
+/// succeed).
+fn cli(cluster: &Cluster, i: usize, args: &[&str]) -> String {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .arg(format!("--endpoints={}", cluster.url(i)))
+        .output()
+        .expect("concord runs");
+    assert!(
+        out.status.success(),
+        "concord {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn http_json(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let r = common::http_request(
+        port,
+        method,
+        path,
+        Some("application/json"),
+        body.as_bytes(),
+    )
+    .await
+    .expect("HTTP answers");
+    let json = serde_json::from_str(&r.text()).unwrap_or(serde_json::Value::Null);
+    (r.status, json)
+}
+
+/// How many members hold a key of `bucket` (their `keys_held_here` summed).
+async fn copies(cluster: &Cluster, bucket: u8) -> u64 {
+    let mut n = 0;
+    for node in &cluster.nodes {
+        let path = format!("/v1/buckets/{bucket}");
+        n += http_json(node.client_port, "GET", &path, None).await.1["keys_held_here"]
+            .as_u64()
+            .expect("keys_held_here");
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_properties_are_replicated_and_keys_are_served_over_http_and_the_cli() {
+    let mut cluster = Cluster::builder(BIN, 3)
+        .flag("--gossip-interval", 100)
+        .start()
+        .await;
+    let mut a = conn(&cluster, 0).await;
+    // Set through RESP on member 1; in force on member 2 (through the Raft group).
+    let set = a
+        .cmd(&[
+            "CONCORD.BUCKET",
+            "SET",
+            "2",
+            "N_VAL",
+            "1",
+            "R",
+            "1",
+            "w",
+            "quorum",
+        ])
+        .await
+        .expect("answer");
+    assert_eq!(
+        set,
+        RedisReply::Array(vec![
+            RedisReply::bulk("bucket"),
+            RedisReply::Integer(2),
+            RedisReply::bulk("n_val"),
+            RedisReply::Integer(1),
+            RedisReply::bulk("r"),
+            RedisReply::Integer(1),
+            RedisReply::bulk("w"),
+            RedisReply::bulk("quorum (1)"),
+            RedisReply::bulk("durability"),
+            RedisReply::bulk("fsync"),
+        ])
+    );
+    let port1 = cluster.nodes[1].client_port;
+    common::eventually("member 2 to use bucket 2's n_val", WAIT, || async move {
+        let (_, b) = http_json(port1, "GET", "/v1/buckets/2", None).await;
+        (b["n_val"] == 1).then_some(())
+    })
+    .await;
+    // Keys over HTTP: one copy in bucket 2 (n_val 1), three in bucket 0.
+    for (bucket, want) in [(2u8, 1u64), (0, 3)] {
+        let path = format!("/v1/buckets/{bucket}/keys/some%2Fkey");
+        let (status, body) =
+            http_json(port1, "PUT", &path, Some(serde_json::json!({"value": "v"}))).await;
+        assert_eq!(
+            (status, &body["stored"]),
+            (200, &serde_json::json!(true)),
+            "{body}"
+        );
+        let cl = &cluster;
+        common::eventually("every replica to hold the key", WAIT, || async move {
+            (copies(cl, bucket).await == want).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(a.cmd(&["SELECT", "2"]).await, Ok(ok()));
+    assert_eq!(a.cmd(&["GET", "some/key"]).await, Ok(RedisReply::bulk("v")));
+    let port0 = cluster.nodes[0].client_port;
+    let path = "/v1/buckets/2/keys/some%2Fkey";
+    let (status, body) = http_json(port0, "GET", path, None).await;
+    assert_eq!((status, body["value"].as_str()), (200, Some("v")), "{body}");
+    let (status, body) = http_json(port0, "DELETE", path, None).await;
+    assert_eq!((status, &body["deleted"]), (200, &serde_json::json!(true)));
+    assert_eq!(http_json(port0, "GET", path, None).await.0, 404);
+    assert_eq!(
+        http_json(port0, "DELETE", path, None).await.1["deleted"],
+        false
+    );
+    // Bad requests: clear errors, nothing changed.
+    for (method, path, body, status) in [
+        ("PUT", "/v1/buckets/2", serde_json::json!({"r": 2}), 400),
+        ("PUT", "/v1/buckets/2", serde_json::json!({"n_val": 0}), 400),
+        (
+            "PUT",
+            "/v1/buckets/2",
+            serde_json::json!({"colour": "red"}),
+            400,
+        ),
+        (
+            "PUT",
+            "/v1/buckets/16",
+            serde_json::json!({"n_val": 3}),
+            404,
+        ),
+        (
+            "PUT",
+            "/v1/buckets/0/keys/k",
+            serde_json::json!({"val": "x"}),
+            400,
+        ),
+        (
+            "GET",
+            "/v1/buckets/0/keys/k?r=4",
+            serde_json::Value::Null,
+            400,
+        ),
+    ] {
+        let (got, answer) = http_json(port0, method, path, Some(body.clone())).await;
+        assert_eq!(got, status, "{method} {path} {body}: {answer}");
+        assert!(answer["error"].is_string(), "{answer}");
+    }
+    let refused = a.cmd(&["CONCORD.BUCKET", "SET", "2", "R", "2"]).await;
+    assert!(
+        matches!(&refused, Ok(RedisReply::Error(e)) if e.contains("r must be from 1 to n_val (1)")),
+        "{refused:?}"
+    );
+    // The CLI: properties, and keys in an async bucket.
+    let out = cli(
+        &cluster,
+        2,
+        &["bucket", "set", "3", "--durability", "async", "-w", "table"],
+    );
+    assert!(out.contains("| 3 ") && out.contains("async"), "{out}");
+    let list = cli(&cluster, 2, &["bucket", "list"]);
+    assert!(
+        list.lines().any(|l| l == "2, 1, 1, quorum (1), fsync"),
+        "{list}"
+    );
+    assert_eq!(
+        cli(&cluster, 2, &["ap", "put", "--bucket", "3", "k", "v3"]),
+        "OK\n"
+    );
+    assert_eq!(
+        cli(&cluster, 0, &["ap", "get", "--bucket", "3", "k"]),
+        "k\nv3\n"
+    );
+    assert_eq!(
+        cli(&cluster, 1, &["ap", "del", "--bucket", "3", "k"]),
+        "1\n"
+    );
+    // Properties are cluster state: a restarted member has them once it has applied its
+    // log again.
+    cluster.kill9(1);
+    cluster.restart(1).await;
+    common::eventually(
+        "the restarted member to use the properties",
+        WAIT,
+        || async move {
+            let (_, three) = http_json(port1, "GET", "/v1/buckets/3", None).await;
+            let (_, two) = http_json(port1, "GET", "/v1/buckets/2", None).await;
+            (three["durability"] == "async" && two["n_val"] == 1).then_some(())
+        },
+    )
+    .await;
+}

@@ -78,7 +78,7 @@ impl ApNode {
                 };
                 let mut owned = Vec::new();
                 for k in keys {
-                    if !self.placement(&k.key).0.contains(&self.me()) {
+                    if !self.placement(bucket, &k.key).0.contains(&self.me()) {
                         continue;
                     }
                     let state = state_from_bytes(&k.state)

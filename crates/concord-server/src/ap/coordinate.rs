@@ -24,7 +24,7 @@ use concord_storage::ap::{state_from_bytes, state_to_bytes};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::{op_to_wire, Access, ApConfig, ApError, ApNode, Op};
+use super::{op_to_wire, Access, ApError, ApNode, Op};
 
 /// The result of a write: for `INCRBY`, the new value.
 pub type Written = Option<i64>;
@@ -50,10 +50,11 @@ impl ApNode {
         op: Op,
         base: Option<RedisString>,
     ) -> Result<Written, ApError> {
-        let ApConfig { w, timeout, .. } = self.config();
-        let (bucket, w) = (access.bucket, access.w.unwrap_or(w));
+        let timeout = self.config().timeout;
+        let bucket = access.bucket;
+        let w = access.w.unwrap_or_else(|| self.bucket(bucket).w());
         let started = Instant::now();
-        let (preferred, fallbacks) = self.placement(key);
+        let (preferred, fallbacks) = self.placement(bucket, key);
         let candidates: Vec<NodeId> = preferred
             .iter()
             .chain(&fallbacks)
@@ -181,10 +182,11 @@ impl ApNode {
 
     /// Reads `key` from R of its replicas; the join of their states.
     pub async fn read(&self, at: Access, key: &[u8]) -> Result<Option<RedisString>, ApError> {
-        let ApConfig { r, timeout, .. } = self.config();
-        let (bucket, r) = (at.bucket, at.r.unwrap_or(r));
+        let timeout = self.config().timeout;
+        let bucket = at.bucket;
+        let r = at.r.unwrap_or_else(|| self.bucket(bucket).r());
         let started = Instant::now();
-        let (preferred, fallbacks) = self.placement(key);
+        let (preferred, fallbacks) = self.placement(bucket, key);
         let r = quorum(r, preferred.len());
         let (mut req, actions) = ReadRequest::<RedisString>::start(
             r,

@@ -67,7 +67,7 @@ impl ApNode {
                 .await
                 .is_ok()
         } else {
-            let (owners, _) = self.placement(&key);
+            let (owners, _) = self.placement(bucket, &key);
             let mut any = false;
             for to in owners {
                 any |= self

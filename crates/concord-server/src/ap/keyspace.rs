@@ -25,7 +25,9 @@ impl ApNode {
         bucket: u8,
     ) -> Result<BTreeMap<Vec<u8>, RedisString>, ApError> {
         let members: Vec<NodeId> = read(&self.inner.ring).nodes().collect();
-        let tolerated = self.config().n.min(members.len()).saturating_sub(1);
+        let tolerated = (self.bucket(bucket).n_val as usize)
+            .min(members.len())
+            .saturating_sub(1);
         let mut scans = JoinSet::new();
         let mut failed = Vec::new();
         for m in members {

@@ -23,6 +23,7 @@
 
 mod anti_entropy;
 mod batch;
+pub mod buckets;
 pub mod coordinate;
 mod hints;
 mod keyspace;
@@ -35,6 +36,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+pub use buckets::{BucketCatalog, BucketChange, BucketProps, Durability};
 use concord_core::crdt::{Crdt, Expiry, RedisString, SetExpiry, StringError};
 use concord_core::ring::Ring;
 use concord_proto::peer::replica_client::ReplicaClient;
@@ -58,15 +60,10 @@ pub const SCAN_PAGE: usize = 1000;
 /// Buckets (Redis databases `0..16`).
 pub const BUCKETS: u32 = 16;
 
-/// Replication settings of the buckets.
+/// Settings of a member's AP side (the replication settings are each bucket's
+/// [`BucketProps`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApConfig {
-    /// Replicas per key (fewer when the cluster is smaller).
-    pub n: usize,
-    /// Acknowledgements a write waits for (at most the replicas there are).
-    pub w: u32,
-    /// Answers a read waits for (at most the replicas there are).
-    pub r: u32,
     /// How long a request may take before it fails.
     pub timeout: Duration,
     /// Most hints this member holds for one other member; past it, writes that miss that
@@ -79,9 +76,6 @@ pub struct ApConfig {
 impl Default for ApConfig {
     fn default() -> Self {
         ApConfig {
-            n: 3,
-            w: 2,
-            r: 2,
             timeout: Duration::from_secs(2),
             max_hints_per_member: 1_000_000,
             anti_entropy_interval: Duration::from_secs(10),
@@ -132,6 +126,10 @@ pub enum ApError {
     /// This member's store failed.
     #[error("ap store: {0}")]
     Store(String),
+    /// The request asked for something that cannot be (a bucket that does not exist,
+    /// properties out of range).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl From<ApStoreError> for ApError {
@@ -153,6 +151,10 @@ struct Inner {
     store: ApStore,
     clock: NodeClock,
     ring: RwLock<Ring>,
+    /// Each bucket's properties ([`buckets`]).
+    buckets: RwLock<[BucketProps; BUCKETS as usize]>,
+    /// Where bucket changes go (the Raft group); `None` until the server sets it.
+    catalog: RwLock<Option<Arc<dyn BucketCatalog>>>,
     peers: RwLock<BTreeMap<NodeId, Peer>>,
     healthy: RwLock<BTreeSet<NodeId>>,
     /// Whether the member list has been given (until then the ring holds this member only).
@@ -239,6 +241,8 @@ impl ApNode {
                 store,
                 clock: NodeClock::new(Arc::new(SystemClock), 500),
                 ring: RwLock::new(ring),
+                buckets: RwLock::new([BucketProps::default(); BUCKETS as usize]),
+                catalog: RwLock::new(None),
                 peers: RwLock::new(BTreeMap::new()),
                 healthy: RwLock::new([me].into()),
                 ring_known: AtomicBool::new(false),
@@ -305,11 +309,13 @@ impl ApNode {
         *write(&self.inner.healthy) = h;
     }
 
-    /// The key's preference list (N nodes) and the rest of the ring walk.
-    fn placement(&self, key: &[u8]) -> (Vec<NodeId>, Vec<NodeId>) {
+    /// The preference list (`n_val` nodes, fewer while the ring has fewer) of `key` in
+    /// `bucket`, and the rest of the ring walk.
+    fn placement(&self, bucket: u8, key: &[u8]) -> (Vec<NodeId>, Vec<NodeId>) {
+        let n = self.bucket(bucket).n_val as usize;
         let ring = read(&self.inner.ring);
         let mut all = ring.preference_list(key, ring.node_count());
-        let rest = all.split_off(self.inner.config.n.min(all.len()));
+        let rest = all.split_off(n.min(all.len()));
         (all, rest)
     }
 
@@ -551,6 +557,7 @@ fn status(e: ApError) -> Status {
     match e {
         ApError::Store(m) => Status::internal(m),
         ApError::Refused(m) | ApError::Unavailable(m) => Status::unavailable(m),
+        ApError::Invalid(m) => Status::invalid_argument(m),
     }
 }
 

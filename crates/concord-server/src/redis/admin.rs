@@ -1,12 +1,13 @@
 //! Connection and server commands: `PING`, `ECHO`, `QUIT`, `RESET`, `SELECT`, `HELLO`,
 //! `CLIENT`, `COMMAND`, `CONFIG`, `INFO`, `TIME`, `AUTH`, and Concord's own
-//! `CONCORD.QUORUM`, which sets the connection's R and W.
+//! `CONCORD.QUORUM`, which sets the connection's R and W, and `CONCORD.BUCKET`, which
+//! reads and sets bucket properties.
 
 use bytes::Bytes;
 
 use super::commands::{integer, COMMANDS, NOT_INTEGER, SYNTAX};
 use super::{keyspace, Session};
-use crate::ap::{Access, ApNode, BUCKETS};
+use crate::ap::{Access, ApNode, BucketChange, BucketProps, Durability, BUCKETS};
 use crate::resp::{Frame, Protocol};
 
 /// The Redis version Concord answers as (the commands follow its semantics).
@@ -55,6 +56,7 @@ pub async fn run(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Fra
              Are you sure your configuration is correct?",
         ),
         "concord.quorum" => quorum(ap, s, rest),
+        "concord.bucket" => bucket(ap, s, rest).await,
         _ => Frame::error(format!("ERR unknown command '{cmd}'")),
     }
 }
@@ -63,7 +65,8 @@ pub async fn run(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Fra
 /// (1 up to the bucket's replica count), or back to the bucket's with `DEFAULT`; answers
 /// the quorums in force.
 fn quorum(ap: &ApNode, s: &mut Session, rest: &[Bytes]) -> Frame {
-    let n = ap.config().n as i64;
+    let props = ap.bucket(s.access.bucket);
+    let n = i64::from(props.n_val);
     let mut access = s.access;
     let mut i = 0;
     while i < rest.len() {
@@ -95,18 +98,117 @@ fn quorum(ap: &ApNode, s: &mut Session, rest: &[Bytes]) -> Frame {
         i += 2;
     }
     s.access = access;
-    let c = ap.config();
     Frame::Map(vec![
         (Frame::bulk("n"), Frame::Integer(n)),
         (
             Frame::bulk("r"),
-            Frame::Integer(i64::from(access.r.unwrap_or(c.r))),
+            Frame::Integer(i64::from(access.r.unwrap_or(props.r()))),
         ),
         (
             Frame::bulk("w"),
-            Frame::Integer(i64::from(access.w.unwrap_or(c.w))),
+            Frame::Integer(i64::from(access.w.unwrap_or(props.w()))),
         ),
     ])
+}
+
+/// A bucket's properties as a map reply.
+pub(crate) fn props_frame(bucket: u8, p: &BucketProps) -> Frame {
+    let quorum = |explicit: Option<u32>, value: u32| match explicit {
+        Some(v) => Frame::Integer(i64::from(v)),
+        None => Frame::bulk(format!("quorum ({value})")),
+    };
+    Frame::Map(vec![
+        (Frame::bulk("bucket"), Frame::Integer(i64::from(bucket))),
+        (Frame::bulk("n_val"), Frame::Integer(i64::from(p.n_val))),
+        (Frame::bulk("r"), quorum(p.r, p.r())),
+        (Frame::bulk("w"), quorum(p.w, p.w())),
+        (
+            Frame::bulk("durability"),
+            Frame::bulk(p.durability.as_str()),
+        ),
+    ])
+}
+
+/// `CONCORD.BUCKET GET [db]`, `CONCORD.BUCKET LIST`, `CONCORD.BUCKET SET db [N_VAL n]
+/// [R n|QUORUM] [W n|QUORUM] [DURABILITY fsync|async]`: reads or changes bucket
+/// properties (the selected database when `db` is left out of GET).
+async fn bucket(ap: &ApNode, s: &Session, rest: &[Bytes]) -> Frame {
+    let sub = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
+    let db = |arg: Option<&Bytes>| -> Result<u8, Frame> {
+        match arg.map(|a| integer(a)) {
+            None => Ok(s.access.bucket),
+            Some(Some(n)) if (0..i64::from(BUCKETS)).contains(&n) => Ok(n as u8),
+            Some(Some(_)) => Err(Frame::error("ERR DB index is out of range")),
+            Some(None) => Err(Frame::error(NOT_INTEGER)),
+        }
+    };
+    match sub.as_str() {
+        "get" if rest.len() <= 2 => match db(rest.get(1)) {
+            Ok(b) => props_frame(b, &ap.bucket(b)),
+            Err(e) => e,
+        },
+        "list" if rest.len() == 1 => Frame::Array(
+            (0..BUCKETS as u8)
+                .map(|b| props_frame(b, &ap.bucket(b)))
+                .collect(),
+        ),
+        "set" if rest.len() >= 2 => {
+            let b = match db(rest.get(1)) {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let change = match bucket_change(&rest[2..]) {
+                Ok(c) => c,
+                Err(e) => return e,
+            };
+            match ap.change_bucket(b, change).await {
+                Ok(p) => props_frame(b, &p),
+                Err(e) => super::commands::ap_error(e),
+            }
+        }
+        _ => Frame::error(format!(
+            "ERR unknown subcommand or wrong number of arguments for '{sub}'. \
+             Try CONCORD.BUCKET GET [db], LIST or SET db [N_VAL n] [R n|QUORUM] [W n|QUORUM] \
+             [DURABILITY fsync|async]."
+        )),
+    }
+}
+
+/// The options of `CONCORD.BUCKET SET` as a change.
+fn bucket_change(opts: &[Bytes]) -> Result<BucketChange, Frame> {
+    let mut change = BucketChange::default();
+    for pair in opts.chunks(2) {
+        let [name, value] = pair else {
+            return Err(Frame::error(SYNTAX));
+        };
+        let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+        let text = String::from_utf8_lossy(value).to_ascii_lowercase();
+        let number = || {
+            integer(value)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| Frame::error(NOT_INTEGER))
+        };
+        let quorum = || {
+            if text == "quorum" {
+                Ok(None)
+            } else {
+                number().map(Some)
+            }
+        };
+        match name.as_str() {
+            "n_val" => change.n_val = Some(number()?),
+            "r" => change.r = Some(quorum()?),
+            "w" => change.w = Some(quorum()?),
+            "durability" => {
+                change.durability = Some(
+                    Durability::parse(&text)
+                        .ok_or_else(|| Frame::error("ERR durability must be fsync or async"))?,
+                )
+            }
+            _ => return Err(Frame::error(SYNTAX)),
+        }
+    }
+    Ok(change)
 }
 
 fn hello(s: &mut Session, rest: &[Bytes]) -> Frame {
@@ -226,7 +328,7 @@ fn config(rest: &[Bytes]) -> Frame {
 }
 
 async fn info(ap: &ApNode, s: &Session, rest: &[Bytes]) -> Frame {
-    let c = ap.config();
+    let c = ap.bucket(s.access.bucket);
     let wanted = |section: &str| {
         rest.is_empty()
             || rest.iter().any(|r| {
@@ -249,9 +351,9 @@ async fn info(ap: &ApNode, s: &Session, rest: &[Bytes]) -> Frame {
     if wanted("replication") {
         text.push_str(&format!(
             "# Replication\r\nrole:master\r\nconcord_n:{}\r\nconcord_r:{}\r\nconcord_w:{}\r\n\r\n",
-            c.n,
-            s.access.r.unwrap_or(c.r),
-            s.access.w.unwrap_or(c.w),
+            c.n_val,
+            s.access.r.unwrap_or(c.r()),
+            s.access.w.unwrap_or(c.w()),
         ));
     }
     if wanted("cluster") {

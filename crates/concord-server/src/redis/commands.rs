@@ -75,6 +75,7 @@ pub(crate) fn ap_error(e: ApError) -> Frame {
         ApError::Refused(text) => Frame::error(text),
         ApError::Unavailable(why) => Frame::error(format!("TRYAGAIN {why}")),
         ApError::Store(why) => Frame::error(format!("ERR {why}")),
+        ApError::Invalid(why) => Frame::error(format!("ERR {why}")),
     }
 }
 
@@ -97,6 +98,7 @@ fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
         "mset" => (2, None),
         "hello" | "command" | "info" | "quit" | "reset" | "flushdb" | "flushall"
         | "concord.quorum" => (0, None),
+        "concord.bucket" => (1, None),
         "time" | "dbsize" | "randomkey" => (0, Some(0)),
         _ => return None,
     })
@@ -117,7 +119,7 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
     let at = s.access;
     match cmd.as_str() {
         "ping" | "echo" | "quit" | "reset" | "select" | "hello" | "client" | "command"
-        | "config" | "info" | "time" | "auth" | "concord.quorum" => {
+        | "config" | "info" | "time" | "auth" | "concord.quorum" | "concord.bucket" => {
             admin::run(ap, s, &cmd, rest).await
         }
         "keys" => keyspace::keys(ap, at, &rest[0]).await,
@@ -636,6 +638,7 @@ pub(crate) const COMMANDS: &[&str] = &[
     "time",
     "auth",
     "concord.quorum",
+    "concord.bucket",
     "keys",
     "scan",
     "dbsize",

@@ -22,10 +22,12 @@ pub(crate) fn router(ctx: Ctx) -> Router {
         .route("/version", get(version))
         .route("/v1/members", get(gossip_members))
         .route("/v1/ap", get(ap_status))
-        .with_state(ctx)
+        .with_state(ctx.clone())
+        .merge(super::ap_http::router(ctx))
 }
 
-const JSON: [(header::HeaderName, &str); 1] = [(header::CONTENT_TYPE, "application/json")];
+pub(crate) const JSON: [(header::HeaderName, &str); 1] =
+    [(header::CONTENT_TYPE, "application/json")];
 
 /// etcd's `/health`: healthy when a leader is known and no alarm is raised.
 async fn health(State(ctx): State<Ctx>) -> impl IntoResponse {
@@ -93,7 +95,6 @@ async fn gossip_members(State(ctx): State<Ctx>) -> impl IntoResponse {
 /// share of first replicas and whether it is alive), the hints held here per member, and
 /// the AP counters.
 async fn ap_status(State(ctx): State<Ctx>) -> impl IntoResponse {
-    let c = ctx.ap.config();
     let m = ctx.ap.metrics();
     let pending: std::collections::BTreeMap<_, _> = m.hints_pending.iter().copied().collect();
     let ring: Vec<_> = ctx
@@ -111,9 +112,9 @@ async fn ap_status(State(ctx): State<Ctx>) -> impl IntoResponse {
         .collect();
     let body = serde_json::json!({
         "me": format!("{:x}", ctx.member_id.get()),
-        "n": c.n,
-        "r": c.r,
-        "w": c.w,
+        "buckets": (0..crate::ap::BUCKETS as u8)
+            .map(|b| super::ap_http::props_json(b, &ctx.ap.bucket(b)))
+            .collect::<Vec<_>>(),
         "vnodes_per_member": crate::ap::VNODES,
         "ring": ring,
         "hints_replayed": m.hints_replayed,
@@ -389,7 +390,7 @@ pub(crate) async fn not_found() -> impl IntoResponse {
     )
 }
 
-fn query_param<'a>(q: &'a Option<String>, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(q: &'a Option<String>, name: &str) -> Option<&'a str> {
     q.as_deref()?
         .split('&')
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))

@@ -1,6 +1,6 @@
-//! Plain HTTP/1.1 GETs of a member's JSON endpoints (those gRPC does not carry, such as
-//! `/v1/members`), on the same client URL as gRPC; `concord dev` polls `/ready` with the
-//! same request.
+//! Plain HTTP/1.1 requests to a member's JSON endpoints (those gRPC does not carry, such
+//! as `/v1/members` and `/v1/buckets`), on the same client URL as gRPC; `concord dev`
+//! polls `/ready` with the same request.
 
 use std::time::Duration;
 
@@ -41,9 +41,31 @@ pub fn authority(endpoint: &str) -> CtlResult<String> {
 /// Connects to `authority` and sends `GET path` (HTTP/1.1, `Connection: close`); the answer
 /// is the caller's to read.
 pub async fn send_get(authority: &str, path: &str) -> std::io::Result<TcpStream> {
+    send(authority, "GET", path, None).await
+}
+
+/// Connects to `authority` and sends `method path` with `body` as JSON (HTTP/1.1,
+/// `Connection: close`); the answer is the caller's to read.
+async fn send(
+    authority: &str,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(authority).await?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
     stream.write_all(request.as_bytes()).await?;
+    if let Some(body) = body {
+        stream.write_all(body).await?;
+    }
     Ok(stream)
 }
 
@@ -65,9 +87,22 @@ pub async fn get_json(
     path: &str,
     timeout: Duration,
 ) -> CtlResult<serde_json::Value> {
+    request_json(endpoint, "GET", path, None, timeout).await
+}
+
+/// Sends `method path` (with `body`, JSON) to `endpoint` and parses the answer as JSON; an
+/// answer other than 200 is an error carrying the body.
+pub async fn request_json(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> CtlResult<serde_json::Value> {
     let authority = authority(endpoint)?;
+    let body = body.map(|b| b.to_string().into_bytes());
     let attempt = async {
-        let stream = send_get(&authority, path).await?;
+        let stream = send(&authority, method, path, body.as_deref()).await?;
         let mut response = Vec::new();
         stream
             .take(MAX_RESPONSE_BYTES)

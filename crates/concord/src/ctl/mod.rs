@@ -14,6 +14,7 @@
 //! Errors are printed as one line, `Error: <message>`, on standard error (the server's
 //! message, e.g. `etcdserver: requested lease not found`), and the exit status is 1.
 
+pub mod bucket;
 pub mod concurrency;
 pub mod duration;
 pub mod endpoint;
@@ -166,6 +167,10 @@ pub enum CtlCommand {
     Endpoint(endpoint::EndpointArgs),
     /// Saves, checks and restores snapshots of a member's keyspace
     Snapshot(snapshot::SnapshotArgs),
+    /// Lists, shows and changes the AP buckets' properties (n_val, r, w, durability)
+    Bucket(bucket::BucketArgs),
+    /// Reads, writes and deletes keys of the AP buckets (as Redis GET, SET, DEL)
+    Ap(bucket::ApArgs),
     /// Generates the shell completion script for concord
     Completion(CompletionArgs),
 }
@@ -220,6 +225,8 @@ pub fn run(cmd: CtlCommand) -> ExitCode {
             CtlCommand::Member(a) => member::run(a).await,
             CtlCommand::Endpoint(a) => endpoint::run(a).await,
             CtlCommand::Snapshot(a) => snapshot::run(a).await,
+            CtlCommand::Bucket(a) => bucket::run_bucket(a).await,
+            CtlCommand::Ap(a) => bucket::run_ap(a).await,
             CtlCommand::Completion(_) => Ok(()),
         }
     });

@@ -1,0 +1,269 @@
+//! The AP buckets over HTTP JSON, on the client URL (`docs/ap.md`, "HTTP"):
+//!
+//! * `GET /v1/buckets`: every bucket's properties;
+//! * `GET /v1/buckets/{b}`: one bucket's properties and the keys this member holds in it;
+//! * `PUT /v1/buckets/{b}` with `{"n_val": n, "r": n|"quorum", "w": n|"quorum",
+//!   "durability": "fsync"|"async"}` (any subset): changes them cluster-wide;
+//! * `GET`, `PUT` (`{"value": text}` or `{"value_base64": b64}`, optional `"ttl_ms"`) and
+//!   `DELETE /v1/buckets/{b}/keys/{key}`, with `?r=` / `?w=` for one request's quorum.
+//!
+//! The key operations are the Redis `GET`, `SET [PX]` and `DEL` (same coordinator, same
+//! rules); keys in the path are UTF-8 (percent-encoded as needed).
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine as _;
+use concord_core::crdt::SetExpiry;
+use serde_json::{json, Value};
+
+use super::api::Ctx;
+use super::http::{query_param, JSON};
+use crate::ap::{Access, ApError, BucketChange, BucketProps, Durability, Op, BUCKETS};
+
+/// Largest request body read (a value plus its JSON).
+const MAX_BODY: usize = 8 << 20;
+
+/// The routes, to be merged with the other HTTP routes.
+pub(crate) fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/v1/buckets", get(list))
+        .route("/v1/buckets/{bucket}", get(describe).put(change))
+        .route(
+            "/v1/buckets/{bucket}/keys/{*key}",
+            get(get_key).put(put_key).delete(delete_key),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(ctx)
+}
+
+fn reply(body: Value) -> Response {
+    (StatusCode::OK, JSON, body.to_string()).into_response()
+}
+
+/// A refused request: its status and `{"error": message}`.
+#[derive(Debug)]
+struct HttpError(StatusCode, String);
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        (self.0, JSON, json!({ "error": self.1 }).to_string()).into_response()
+    }
+}
+
+impl From<ApError> for HttpError {
+    fn from(e: ApError) -> Self {
+        let status = match &e {
+            ApError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApError::Refused(_) => StatusCode::CONFLICT,
+            ApError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        HttpError(status, e.to_string())
+    }
+}
+
+fn bad_request(message: String) -> HttpError {
+    HttpError(StatusCode::BAD_REQUEST, message)
+}
+
+type Answer = Result<Response, HttpError>;
+
+/// A bucket's properties as JSON (a quorum left to its default is `"quorum"`, with the
+/// number in force beside it).
+pub(crate) fn props_json(bucket: u8, p: &BucketProps) -> Value {
+    let quorum = |q: Option<u32>| q.map_or_else(|| json!("quorum"), |q| json!(q));
+    json!({
+        "bucket": bucket,
+        "n_val": p.n_val,
+        "r": quorum(p.r),
+        "w": quorum(p.w),
+        "r_in_force": p.r(),
+        "w_in_force": p.w(),
+        "durability": p.durability.as_str(),
+    })
+}
+
+fn bucket_number(text: &str) -> Result<u8, HttpError> {
+    text.parse::<u8>()
+        .ok()
+        .filter(|b| u32::from(*b) < BUCKETS)
+        .ok_or_else(|| {
+            HttpError(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "bucket {text:?} does not exist (buckets are 0 to {})",
+                    BUCKETS - 1
+                ),
+            )
+        })
+}
+
+async fn list(State(ctx): State<Ctx>) -> Response {
+    let all: Vec<Value> = (0..BUCKETS as u8)
+        .map(|b| props_json(b, &ctx.ap.bucket(b)))
+        .collect();
+    reply(json!({ "buckets": all }))
+}
+
+async fn describe(State(ctx): State<Ctx>, Path(bucket): Path<String>) -> Answer {
+    let b = bucket_number(&bucket)?;
+    let mut body = props_json(b, &ctx.ap.bucket(b));
+    body["keys_held_here"] = json!(ctx.ap.keys_held(b).await?);
+    Ok(reply(body))
+}
+
+/// The change a `PUT /v1/buckets/{b}` body asks for.
+fn parse_change(body: &[u8]) -> Result<BucketChange, String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let obj = v.as_object().ok_or("expected a JSON object")?;
+    let number = |name: &str, x: &Value| {
+        x.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("{name} must be a non-negative integer"))
+    };
+    let quorum = |name: &str, x: &Value| {
+        if x.as_str() == Some("quorum") {
+            Ok(None)
+        } else {
+            number(name, x)
+                .map(Some)
+                .map_err(|_| format!("{name} must be an integer or \"quorum\""))
+        }
+    };
+    let mut change = BucketChange::default();
+    for (name, x) in obj {
+        match name.as_str() {
+            "n_val" => change.n_val = Some(number(name, x)?),
+            "r" => change.r = Some(quorum(name, x)?),
+            "w" => change.w = Some(quorum(name, x)?),
+            "durability" => {
+                change.durability = Some(
+                    x.as_str()
+                        .and_then(Durability::parse)
+                        .ok_or("durability must be \"fsync\" or \"async\"")?,
+                )
+            }
+            // Read-only fields of a described bucket may be sent back unchanged.
+            "bucket" | "r_in_force" | "w_in_force" | "keys_held_here" => {}
+            other => return Err(format!("unknown property {other:?}")),
+        }
+    }
+    Ok(change)
+}
+
+async fn change(State(ctx): State<Ctx>, Path(bucket): Path<String>, body: Bytes) -> Answer {
+    let b = bucket_number(&bucket)?;
+    let change = parse_change(&body).map_err(bad_request)?;
+    let props = ctx.ap.change_bucket(b, change).await?;
+    Ok(reply(props_json(b, &props)))
+}
+
+/// The bucket and the request's own quorums (`?r=`, `?w=`), checked against the bucket.
+fn access(ctx: &Ctx, bucket: &str, q: &Option<String>) -> Result<Access, HttpError> {
+    let b = bucket_number(bucket)?;
+    let n = ctx.ap.bucket(b).n_val;
+    let quorum = |name: &str| match query_param(q, name) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u32>() {
+            Ok(x) if (1..=n).contains(&x) => Ok(Some(x)),
+            _ => Err(bad_request(format!(
+                "{name} must be an integer from 1 to the bucket's n_val ({n})"
+            ))),
+        },
+    };
+    Ok(Access {
+        bucket: b,
+        r: quorum("r")?,
+        w: quorum("w")?,
+    })
+}
+
+/// A value as JSON: text when it is UTF-8, else base64.
+fn value_json(v: &[u8]) -> (&'static str, Value) {
+    match std::str::from_utf8(v) {
+        Ok(text) => ("value", json!(text)),
+        Err(_) => (
+            "value_base64",
+            json!(base64::engine::general_purpose::STANDARD.encode(v)),
+        ),
+    }
+}
+
+async fn get_key(
+    State(ctx): State<Ctx>,
+    Path((bucket, key)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    let at = access(&ctx, &bucket, &q)?;
+    let state = ctx.ap.read(at, key.as_bytes()).await?;
+    let now = ctx.ap.now_ms();
+    let Some((state, value)) = state.and_then(|s| s.get(now).map(|v| (s, v))) else {
+        return Err(HttpError(
+            StatusCode::NOT_FOUND,
+            format!("key {key:?} not found"),
+        ));
+    };
+    let (field, v) = value_json(&value);
+    let mut body = json!({ "bucket": at.bucket, "key": key, field: v });
+    if let Some(at) = state.expires_at() {
+        body["ttl_ms"] = json!(at.saturating_sub(now));
+    }
+    Ok(reply(body))
+}
+
+/// The value and expiry a `PUT .../keys/{key}` body gives.
+fn parse_value(body: &[u8], now_ms: u64) -> Result<(Vec<u8>, SetExpiry), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let value = match (v.get("value"), v.get("value_base64")) {
+        (Some(Value::String(s)), None) => s.as_bytes().to_vec(),
+        (None, Some(Value::String(s))) => base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .map_err(|e| format!("value_base64 is not base64: {e}"))?,
+        _ => return Err("expected exactly one of \"value\" or \"value_base64\" (a string)".into()),
+    };
+    let expiry = match v.get("ttl_ms") {
+        None | Some(Value::Null) => SetExpiry::Clear,
+        Some(t) => match t.as_u64().filter(|t| *t > 0) {
+            Some(t) => SetExpiry::At(now_ms.saturating_add(t)),
+            None => return Err("ttl_ms must be a positive integer".into()),
+        },
+    };
+    Ok((value, expiry))
+}
+
+async fn put_key(
+    State(ctx): State<Ctx>,
+    Path((bucket, key)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    body: Bytes,
+) -> Answer {
+    let at = access(&ctx, &bucket, &q)?;
+    let (value, expiry) = parse_value(&body, ctx.ap.now_ms()).map_err(bad_request)?;
+    ctx.ap
+        .write(at, key.as_bytes(), Op::Set { value, expiry })
+        .await?;
+    Ok(reply(
+        json!({ "bucket": at.bucket, "key": key, "stored": true }),
+    ))
+}
+
+async fn delete_key(
+    State(ctx): State<Ctx>,
+    Path((bucket, key)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+) -> Answer {
+    let at = access(&ctx, &bucket, &q)?;
+    let now = ctx.ap.now_ms();
+    let state = ctx.ap.read(at, key.as_bytes()).await?;
+    let existed = state.is_some_and(|s| s.exists(now));
+    if existed {
+        ctx.ap.write(at, key.as_bytes(), Op::Del).await?;
+    }
+    Ok(reply(
+        json!({ "bucket": at.bucket, "key": key, "deleted": existed }),
+    ))
+}
