@@ -795,6 +795,16 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
         &["cluster_id=1:uint64", "bucket=2:uint32", "leaf=3:uint32"],
     ),
     (
+        "concord.peer.v1.ReplicaReap",
+        &[
+            "cluster_id=1:uint64",
+            "bucket=2:uint32",
+            "key=3:bytes",
+            "state=4:bytes",
+        ],
+    ),
+    ("concord.peer.v1.ReplicaReapAck", &["removed=1:bool"]),
+    (
         "concord.peer.v1.ReplicaMerge",
         &[
             "cluster_id=1:uint64",
@@ -1220,6 +1230,7 @@ const SERVICES: &[(&str, &[Method])] = &[
             ("Scan", "ReplicaScan", "ReplicaKeys", false, false),
             ("Tree", "ReplicaTree", "ReplicaTreeLeaves", false, false),
             ("Leaf", "ReplicaLeaf", "ReplicaKeys", false, false),
+            ("Reap", "ReplicaReap", "ReplicaReapAck", false, false),
         ],
     ),
 ];

@@ -336,6 +336,7 @@ impl Server {
             tokio::spawn(compact_in_background(node.clone())),
             tokio::spawn(replay_hints_in_background(node.clone(), ap.clone())),
             tokio::spawn(anti_entropy_in_background(node.clone(), ap.clone())),
+            tokio::spawn(collect_tombstones_in_background(node.clone(), ap.clone())),
         ];
         tracing::info!(
             member = format_args!("{member_id}"),
@@ -717,6 +718,25 @@ async fn anti_entropy_in_background(node: NodeHandle, ap: ApNode) {
             Ok(0) => {}
             Ok(n) => tracing::info!(peer = %peer, repaired = n, "anti-entropy repaired keys"),
             Err(e) => tracing::debug!(peer = %peer, error = %e, "anti-entropy exchange failed"),
+        }
+    }
+}
+
+/// A pass of tombstone collection every tenth of the grace period (1 s to 1 min).
+async fn collect_tombstones_in_background(node: NodeHandle, ap: ApNode) {
+    let period =
+        (ap.config().tombstone_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if node.status().stopped {
+            return;
+        }
+        match ap.collect_tombstones().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(collected = n, "tombstones collected"),
+            Err(e) => tracing::debug!(error = %e, "tombstone collection pass failed"),
         }
     }
 }

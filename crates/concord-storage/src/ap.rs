@@ -580,17 +580,22 @@ impl ApStore {
     }
 
     /// Merges each state into its key of `bucket`, all in one commit, writing only the keys
-    /// the merge changes; how many it changed.
+    /// the merge changes, and creating no key for a state `creates` refuses (see
+    /// [`ApStore::merge_then`]); how many it changed.
     pub fn merge_many(
         &self,
         bucket: u8,
         entries: Vec<(Vec<u8>, RedisString)>,
+        creates: impl Fn(&RedisString) -> bool + Send + 'static,
     ) -> Result<usize, ApStoreError> {
         let changes = self.write(self.sync(bucket), move |t| {
             let mut changes = Vec::new();
             for (key, state) in entries {
                 let r = row(bucket, &key);
                 let (mut now, before) = held(&t.keys, &r)?;
+                if before.is_none() && !creates(&state) {
+                    continue;
+                }
                 let old = now.clone();
                 now.merge(&state);
                 if now == old {
@@ -672,19 +677,26 @@ impl ApStore {
     }
 
     /// [`ApStore::merge`] without waiting: `done` gets its answer on the commit thread.
+    /// With `create` false, a key this store does not hold is left absent (nothing is
+    /// written; the answer is the empty state): how a collectable tombstone is kept from
+    /// coming back to a replica that has already collected it.
     pub fn merge_then(
         &self,
         bucket: u8,
         key: &[u8],
         state: RedisString,
+        create: bool,
         done: impl FnOnce(Result<RedisString, ApStoreError>) + Send + 'static,
     ) {
         let merge = move |s: &mut RedisString| {
+            if !create && *s == RedisString::new() {
+                return Err(());
+            }
             s.merge(&state);
-            Ok::<(), std::convert::Infallible>(())
+            Ok(())
         };
         self.update_then(bucket, key, merge, move |out| {
-            done(out.map(|merged| merged.map_or_else(|e| match e {}, |(_, s)| s)))
+            done(out.map(|merged| merged.map_or_else(|()| RedisString::new(), |(_, s)| s)))
         });
     }
 
@@ -701,6 +713,34 @@ impl ApStore {
             Ok::<(), std::convert::Infallible>(())
         })?;
         Ok(merged.map_or_else(|e| match e {}, |(_, s)| s))
+    }
+
+    /// Removes `key` from `bucket` if its stored state still equals `expected` (tombstone
+    /// collection); whether it did.
+    pub fn remove_if_same(
+        &self,
+        bucket: u8,
+        key: &[u8],
+        expected: &RedisString,
+    ) -> Result<bool, ApStoreError> {
+        let r = row(bucket, key);
+        let expected = expected.clone();
+        let removed = self.write(self.sync(bucket), move |t| {
+            let same = match t.keys.get(r.as_slice())? {
+                Some(v) => decode(&r, v.value())? == expected,
+                None => false,
+            };
+            if same {
+                t.keys.remove(r.as_slice())?;
+            }
+            Ok(same.then(|| digest(&state_to_bytes(&expected))))
+        })?;
+        if let Some(d) = removed {
+            if let Some(tree) = self.trees().get_mut(usize::from(bucket)) {
+                tree.remove(key, &d);
+            }
+        }
+        Ok(removed.is_some())
     }
 
     /// Keeps `state` of `key` for `owner` (merged into a hint already held); refused with
@@ -1099,12 +1139,59 @@ mod tests {
         // A batch merge writes only what it changes, and the trees follow it.
         let theirs = one.leaf(0, differing[0]).unwrap();
         assert_eq!(
-            one.merge_many(0, two.leaf(0, differing[0]).unwrap())
+            one.merge_many(0, two.leaf(0, differing[0]).unwrap(), |_| true)
                 .unwrap(),
             1
         );
-        assert_eq!(two.merge_many(0, theirs).unwrap(), 0, "nothing newer");
+        assert_eq!(
+            two.merge_many(0, theirs, |_| true).unwrap(),
+            0,
+            "nothing newer"
+        );
         assert_eq!(one.tree_root(0), two.tree_root(0));
+        // Tombstone collection removes a key only while its state is the one expected, and
+        // the trees follow (equal to a rebuild, and to a store that never had the key).
+        let mut dead = set("gone", 5, A);
+        dead.delete((6, A));
+        one.merge(0, b"key-3", &dead).unwrap();
+        assert!(!one.remove_if_same(0, b"key-3", &set("new", 2, B)).unwrap());
+        assert!(
+            one.get(0, b"key-3").unwrap().is_some(),
+            "changed since: kept"
+        );
+        assert!(one.remove_if_same(0, b"key-3", &dead).unwrap());
+        assert_eq!(one.get(0, b"key-3").unwrap(), None);
+        assert!(
+            !one.remove_if_same(0, b"key-3", &dead).unwrap(),
+            "gone already"
+        );
+        let (root, leaves) = (one.tree_root(0), one.tree_leaves(0));
+        drop(one);
+        let one = ApStore::open(&p1, 10).unwrap();
+        assert_eq!((one.tree_root(0), one.tree_leaves(0)), (root, leaves));
+        assert!(two.remove_if_same(0, b"key-3", &set("new", 2, B)).unwrap());
+        assert_eq!(one.tree_root(0), two.tree_root(0));
+        // A state refused creation does not come back to a store that lacks the key, but
+        // still merges into one that holds it.
+        let refuse = |s: &RedisString| !s.is_tombstone();
+        assert_eq!(
+            one.merge_many(0, vec![(b"key-3".to_vec(), dead.clone())], refuse)
+                .unwrap(),
+            0
+        );
+        assert_eq!(one.get(0, b"key-3").unwrap(), None);
+        let (tx, rx) = mpsc::channel();
+        one.merge_then(0, b"key-3", dead.clone(), false, move |out| {
+            tx.send(out).unwrap()
+        });
+        assert_eq!(rx.recv().unwrap().unwrap(), RedisString::new());
+        assert_eq!(one.get(0, b"key-3").unwrap(), None);
+        assert_eq!(
+            one.merge_many(0, vec![(b"key-4".to_vec(), dead.clone())], refuse)
+                .unwrap(),
+            1
+        );
+        assert!(one.get(0, b"key-4").unwrap().unwrap().is_tombstone());
     }
 
     #[test]

@@ -409,6 +409,10 @@ pub struct ServerArgs {
     /// milliseconds [default: 10000]
     #[arg(long, value_name = "MS", help_heading = "AP buckets")]
     pub ap_anti_entropy_interval: Option<u64>,
+    /// Age, in milliseconds, after which a tombstone every replica holds is collected, and a
+    /// hint is dropped rather than handed over [default: 3600000]
+    #[arg(long, value_name = "MS", help_heading = "AP buckets")]
+    pub ap_tombstone_grace: Option<u64>,
 
     /// Log verbosity (RUST_LOG overrides it) [default: info]
     #[arg(long, value_name = "LEVEL", help_heading = "Logging")]
@@ -531,6 +535,7 @@ impl ServerArgs {
             ap_anti_entropy_interval: self
                 .ap_anti_entropy_interval
                 .or(lower.ap_anti_entropy_interval),
+            ap_tombstone_grace: self.ap_tombstone_grace.or(lower.ap_tombstone_grace),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
             compat: CompatFlags { given: compat },

@@ -225,6 +225,9 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(ms) = args.ap_anti_entropy_interval {
         c.ap.anti_entropy_interval = Duration::from_millis(ms.max(1));
     }
+    if let Some(ms) = args.ap_tombstone_grace {
+        c.ap.tombstone_grace = Duration::from_millis(ms);
+    }
     c
 }
 

@@ -435,3 +435,42 @@ async fn bucket_properties_are_replicated_and_keys_are_served_over_http_and_the_
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_keys_leave_no_tombstone_once_the_grace_period_has_passed() {
+    let cluster = Cluster::builder(BIN, 3)
+        .flag("--gossip-interval", 100)
+        .flag("--ap-tombstone-grace", 500)
+        .start()
+        .await;
+    let mut a = conn(&cluster, 0).await;
+    for i in 0..10 {
+        let key = format!("k{i}");
+        assert_eq!(a.cmd(&["SET", &key, "v"]).await, Ok(ok()));
+    }
+    assert_eq!(a.cmd(&["SET", "kept", "v"]).await, Ok(ok()));
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    let mut del = vec!["DEL"];
+    del.extend(keys.iter().map(String::as_str));
+    assert_eq!(a.cmd(&del).await, Ok(RedisReply::Integer(10)));
+    let cl = &cluster;
+    common::eventually("every tombstone to be collected", WAIT, || async move {
+        (copies(cl, 0).await == 3).then_some(())
+    })
+    .await;
+    let mut collected = 0.0;
+    for node in &cluster.nodes {
+        let page = common::http_get(node.client_port, "/metrics")
+            .await
+            .unwrap()
+            .text();
+        collected += metric(&page, "concord_ap_tombstones_removed_total").unwrap();
+    }
+    assert_eq!(
+        collected, 30.0,
+        "ten keys' tombstones, from three replicas each"
+    );
+    assert_eq!(a.cmd(&["GET", "k3"]).await, Ok(RedisReply::Null));
+    assert_eq!(a.cmd(&["GET", "kept"]).await, Ok(RedisReply::bulk("v")));
+    assert_eq!(a.cmd(&["DBSIZE"]).await, Ok(RedisReply::Integer(1)));
+}

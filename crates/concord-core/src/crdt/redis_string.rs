@@ -139,6 +139,13 @@ impl RedisString {
         true
     }
 
+    /// Whether the state is a `DEL`'s tombstone and nothing more: written, no value, no
+    /// increment since. Such a state reads as absent at any time, and removing it from
+    /// every replica (tombstone collection) changes no answer.
+    pub fn is_tombstone(&self) -> bool {
+        *self != RedisString::new() && self.value.is_none() && self.counter == PnCounter::new()
+    }
+
     /// Whether the key exists at `now_ms`.
     pub fn exists(&self, now_ms: u64) -> bool {
         let live = self.value.is_some() || self.counter != PnCounter::new();
@@ -264,6 +271,27 @@ mod tests {
         let mut base = RedisString::new();
         setup(&mut base);
         (base.clone(), base)
+    }
+
+    #[test]
+    fn only_a_delete_with_nothing_after_it_is_a_tombstone() {
+        let mut k = RedisString::new();
+        assert!(!k.is_tombstone(), "never written");
+        k.set(b"v".to_vec(), (1, A), A, SetExpiry::Clear);
+        assert!(!k.is_tombstone());
+        k.delete((2, A));
+        assert!(k.is_tombstone());
+        k.incr(1, B, (3, B), 0).unwrap();
+        assert!(
+            !k.is_tombstone(),
+            "an increment after the delete revives the key"
+        );
+        k.delete((4, B));
+        k.expire(Expiry::At(10), A);
+        assert!(
+            k.is_tombstone() && !k.exists(0),
+            "an expiry alone does not revive it"
+        );
     }
 
     #[test]

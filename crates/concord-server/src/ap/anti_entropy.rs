@@ -18,6 +18,7 @@
 
 use std::sync::atomic::Ordering;
 
+use concord_core::crdt::RedisString;
 use concord_proto::peer::{ReplicaLeaf, ReplicaTree};
 use concord_raft::NodeId;
 use concord_storage::ap::state_from_bytes;
@@ -89,8 +90,12 @@ impl ApNode {
                     continue;
                 }
                 let node = self.clone();
-                repaired +=
-                    blocking(move || Ok(node.inner.store.merge_many(bucket, owned)?)).await?;
+                repaired += blocking(move || {
+                    let (judge, now) = (node.clone(), node.now_ms());
+                    let creates = move |s: &RedisString| !judge.collectable(s, now);
+                    Ok(node.inner.store.merge_many(bucket, owned, creates)?)
+                })
+                .await?;
             }
         }
         let c = &self.inner.counters;

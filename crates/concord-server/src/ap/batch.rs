@@ -276,9 +276,10 @@ impl ApNode {
         let queued = match (&checked, hint_for) {
             (Ok((bucket, state)), None) => {
                 let (tx, rx) = oneshot::channel();
+                let create = !self.collectable(state, self.now_ms());
                 self.inner
                     .store
-                    .merge_then(*bucket, &m.key, state.clone(), move |out| {
+                    .merge_then(*bucket, &m.key, state.clone(), create, move |out| {
                         let _ = tx.send(out);
                     });
                 Some(rx)

@@ -316,7 +316,7 @@ impl ApNode {
         self.queue_merge(at, request).await
     }
 
-    async fn read_at(
+    pub(super) async fn read_at(
         &self,
         at: NodeId,
         bucket: u8,

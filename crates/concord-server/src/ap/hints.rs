@@ -5,7 +5,10 @@
 //!
 //! A hint for a member that has left the cluster goes to the key's current owners
 //! instead. Hints are merges of CRDT states, so handing one over twice, or after the
-//! owner got the write some other way, changes nothing.
+//! owner got the write some other way, changes nothing. A hint whose write is older than
+//! the tombstone grace period is dropped instead of handed over (counted as dropped): the
+//! tombstone that superseded it may have been collected ([`super::tombstones`]), and the
+//! owners that acknowledged the write repair its owner through anti-entropy.
 
 use std::sync::atomic::Ordering;
 
@@ -62,6 +65,19 @@ impl ApNode {
     /// Delivers one hint and removes it; whether both happened.
     async fn hand_over(&self, owner: NodeId, member: bool, hint: Hint) -> bool {
         let Hint { bucket, key, state } = hint;
+        if self.older_than_grace(&state, self.now_ms()) {
+            let node = self.clone();
+            let removed =
+                blocking(move || Ok(node.inner.store.remove_hint(owner, bucket, &key, &state)?))
+                    .await;
+            if matches!(removed, Ok(true)) {
+                self.inner
+                    .counters
+                    .hints_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return false;
+        }
         let delivered = if member {
             self.merge_at(owner, bucket, key.clone(), state.clone(), None)
                 .await

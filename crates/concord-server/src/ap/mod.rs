@@ -29,6 +29,7 @@ mod hints;
 mod keyspace;
 #[cfg(test)]
 mod tests;
+mod tombstones;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -44,8 +45,8 @@ use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
     replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaApplyBatch, ReplicaKey,
     ReplicaKeys, ReplicaLeaf, ReplicaMerge, ReplicaMergeAck, ReplicaMergeBatch,
-    ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaScan, ReplicaState, ReplicaStates,
-    ReplicaTree, ReplicaTreeLeaves,
+    ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaReap, ReplicaReapAck, ReplicaScan,
+    ReplicaState, ReplicaStates, ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, SystemClock};
@@ -71,6 +72,9 @@ pub struct ApConfig {
     pub max_hints_per_member: u64,
     /// Time between two anti-entropy exchanges (each with the next live member).
     pub anti_entropy_interval: Duration,
+    /// How old a tombstone must be before it is collected, and a hint before it is
+    /// dropped rather than handed over ([`tombstones`]).
+    pub tombstone_grace: Duration,
 }
 
 impl Default for ApConfig {
@@ -79,6 +83,7 @@ impl Default for ApConfig {
             timeout: Duration::from_secs(2),
             max_hints_per_member: 1_000_000,
             anti_entropy_interval: Duration::from_secs(10),
+            tombstone_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -178,6 +183,7 @@ struct Counters {
     read_repairs: AtomicU64,
     anti_entropy_rounds: AtomicU64,
     anti_entropy_repaired: AtomicU64,
+    tombstones_removed: AtomicU64,
 }
 
 /// The AP side's figures for `/metrics`.
@@ -195,6 +201,8 @@ pub struct ApMetrics {
     pub anti_entropy_rounds: u64,
     /// Keys anti-entropy found stale here and repaired.
     pub anti_entropy_repaired: u64,
+    /// Tombstones removed from this member's replica by collection.
+    pub tombstones_removed: u64,
 }
 
 /// A member's AP side; cheap to clone.
@@ -430,9 +438,12 @@ impl ApNode {
             }
             _ => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                self.inner.store.merge_then(bucket, key, state, move |out| {
-                    let _ = tx.send(out);
-                });
+                let create = !self.collectable(&state, self.now_ms());
+                self.inner
+                    .store
+                    .merge_then(bucket, key, state, create, move |out| {
+                        let _ = tx.send(out);
+                    });
                 rx.await.map_err(|_| stopped())??;
                 Ok(())
             }
@@ -464,6 +475,7 @@ impl ApNode {
             read_repairs: c.read_repairs.load(Ordering::Relaxed),
             anti_entropy_rounds: c.anti_entropy_rounds.load(Ordering::Relaxed),
             anti_entropy_repaired: c.anti_entropy_repaired.load(Ordering::Relaxed),
+            tombstones_removed: c.tombstones_removed.load(Ordering::Relaxed),
         }
     }
 
@@ -736,5 +748,22 @@ impl Replica for ReplicaService {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
         Ok(Response::new(self.node.read_answer(&r)))
+    }
+
+    async fn reap(
+        &self,
+        request: Request<ReplicaReap>,
+    ) -> Result<Response<ReplicaReapAck>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let bucket = bucket_of(r.bucket)?;
+        let state = concord_storage::ap::state_from_bytes(&r.state)
+            .map_err(|e| Status::invalid_argument(format!("reap: {e}")))?;
+        let removed = self
+            .node
+            .reap_local(bucket, r.key.to_vec(), state)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(ReplicaReapAck { removed }))
     }
 }

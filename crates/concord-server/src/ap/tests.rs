@@ -35,6 +35,17 @@ fn serve(node: &ApNode, listener: tokio::net::TcpListener) -> tokio::task::JoinH
 }
 
 async fn start(n: u64) -> Members {
+    start_with(
+        n,
+        ApConfig {
+            timeout: Duration::from_millis(1500),
+            ..ApConfig::default()
+        },
+    )
+    .await
+}
+
+async fn start_with(n: u64, config: ApConfig) -> Members {
     let mut listeners = Vec::new();
     let mut urls = BTreeMap::new();
     for i in 1..=n {
@@ -50,10 +61,6 @@ async fn start(n: u64) -> Members {
     };
     for (i, listener) in (1..=n).zip(listeners) {
         let dir = tempfile::tempdir().unwrap();
-        let config = ApConfig {
-            timeout: Duration::from_millis(1500),
-            ..ApConfig::default()
-        };
         let node = ApNode::open(NodeId(i), CLUSTER, dir.path(), config).unwrap();
         node.set_members(&urls);
         node.set_healthy(urls.keys().copied().collect());
@@ -216,11 +223,13 @@ async fn the_coordinator_keeps_hints_for_a_stopped_owner_and_hands_them_over_whe
 async fn anti_entropy_repairs_what_a_replica_missed_and_keeps_deletes_deleted() {
     let m = start(3).await;
     let (first, third) = (&m.nodes[0], &m.nodes[2]);
+    // Recent stamps: a tombstone past the grace period would not be repaired.
+    let base = concord_core::clock::Timestamp::new(first.now_ms(), 0).pack();
     let state = |v: &str, t: u64| {
         let mut s = RedisString::new();
         s.set(
             v.as_bytes().to_vec(),
-            (t, NodeId(1)),
+            (base + t, NodeId(1)),
             NodeId(1),
             SetExpiry::Clear,
         );
@@ -239,7 +248,7 @@ async fn anti_entropy_repairs_what_a_replica_missed_and_keeps_deletes_deleted() 
         .await
         .unwrap();
     let mut deleted = state("old", 1);
-    deleted.delete((2, NodeId(1)));
+    deleted.delete((base + 2, NodeId(1)));
     first.merge_local(0, b"gone", deleted, None).await.unwrap();
     assert_eq!(third.anti_entropy_with(NodeId(1)).await.unwrap(), 51);
     let now = third.now_ms();
@@ -263,4 +272,163 @@ async fn anti_entropy_repairs_what_a_replica_missed_and_keeps_deletes_deleted() 
         (metrics.anti_entropy_rounds, metrics.anti_entropy_repaired),
         (2, 51)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tombstones_are_collected_only_when_every_owner_holds_them_past_the_grace() {
+    let grace = Duration::from_millis(300);
+    let m = start_with(
+        3,
+        ApConfig {
+            timeout: Duration::from_millis(1500),
+            tombstone_grace: grace,
+            ..ApConfig::default()
+        },
+    )
+    .await;
+    let keys: Vec<String> = (0..20).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        m.nodes[0].write(B0, k.as_bytes(), set(k)).await.unwrap();
+        m.nodes[1].write(B0, k.as_bytes(), Op::Del).await.unwrap();
+    }
+    let tombstones_everywhere = || async {
+        m.nodes.iter().all(|n| {
+            keys.iter().all(|k| {
+                n.read_local(0, k.as_bytes())
+                    .unwrap()
+                    .is_some_and(|s| s.is_tombstone())
+            })
+        })
+    };
+    concord_testkit::eventually(
+        "every replica to hold the tombstones",
+        Duration::from_secs(5),
+        || async { tombstones_everywhere().await.then_some(()) },
+    )
+    .await;
+    let collect_all = || async {
+        let mut n = 0;
+        for node in &m.nodes {
+            n += node.collect_tombstones().await.unwrap();
+        }
+        n
+    };
+    assert_eq!(collect_all().await, 0, "younger than the grace period");
+    tokio::time::sleep(grace + Duration::from_millis(100)).await;
+    // An owner the others suspect: nothing is collected.
+    let two: std::collections::BTreeSet<NodeId> = [NodeId(1), NodeId(2)].into();
+    m.nodes[0].set_healthy(two.clone());
+    m.nodes[1].set_healthy(two);
+    assert_eq!(
+        m.nodes[0].collect_tombstones().await.unwrap()
+            + m.nodes[1].collect_tombstones().await.unwrap(),
+        0
+    );
+    assert!(tombstones_everywhere().await);
+    for node in &m.nodes {
+        node.set_healthy(m.urls.keys().copied().collect());
+    }
+    // One owner holds a newer write of k0 than the tombstone: k0 is kept.
+    let mut newer = m.nodes[2].read_local(0, b"k0").unwrap().unwrap();
+    let stamp = (newer.epoch().0 + 1, NodeId(3));
+    newer.set(b"back".to_vec(), stamp, NodeId(3), SetExpiry::Clear);
+    m.nodes[2].merge_local(0, b"k0", newer, None).await.unwrap();
+    assert_eq!(collect_all().await, 19);
+    let now = m.nodes[0].now_ms();
+    for node in &m.nodes {
+        for k in &keys[1..] {
+            assert_eq!(node.read_local(0, k.as_bytes()).unwrap(), None, "{k}");
+        }
+        assert!(node.read_local(0, b"k0").unwrap().is_some());
+    }
+    assert_eq!(
+        value(
+            m.nodes[0]
+                .read(Access { r: Some(3), ..B0 }, b"k0")
+                .await
+                .unwrap(),
+            now
+        ),
+        Some(b"back".to_vec()),
+        "the newer write wins and stays"
+    );
+    assert_eq!(
+        m.nodes
+            .iter()
+            .map(|n| n.metrics().tombstones_removed)
+            .sum::<u64>(),
+        19 * 3,
+        "19 keys' tombstones, from three replicas each"
+    );
+    // Nothing comes back: anti-entropy between the replicas finds nothing to repair.
+    for (i, node) in m.nodes.iter().enumerate() {
+        let peer = NodeId((i as u64 + 1) % 3 + 1);
+        assert_eq!(node.anti_entropy_with(peer).await.unwrap(), 0);
+    }
+    // An owner that missed a delete (it holds the value, the others the tombstone) keeps
+    // the tombstone on all: collecting it would let anti-entropy bring the value back.
+    let long_ago = concord_core::clock::Timestamp::new(m.nodes[0].now_ms() - 10_000, 0).pack();
+    let mut value_only = RedisString::new();
+    value_only.set(
+        b"old".to_vec(),
+        (long_ago, NodeId(1)),
+        NodeId(1),
+        SetExpiry::Clear,
+    );
+    let mut tombstone = value_only.clone();
+    tombstone.delete((long_ago + 1, NodeId(1)));
+    for (i, node) in m.nodes.iter().enumerate() {
+        let state = if i == 2 { &value_only } else { &tombstone };
+        // Written straight to the stores: merges no longer create old tombstones.
+        node.inner.store.merge(0, b"missed", state).unwrap();
+    }
+    let first_owner = m
+        .nodes
+        .iter()
+        .find(|n| n.placement(0, b"missed").0[0] == n.me())
+        .unwrap();
+    assert_eq!(first_owner.collect_tombstones().await.unwrap(), 0);
+    assert!(m.nodes[0].read_local(0, b"missed").unwrap().is_some());
+    m.nodes[2].anti_entropy_with(NodeId(1)).await.unwrap();
+    assert_eq!(
+        first_owner.collect_tombstones().await.unwrap(),
+        1,
+        "once it has it"
+    );
+    for node in &m.nodes {
+        assert_eq!(node.read_local(0, b"missed").unwrap(), None);
+    }
+    // A tombstone left on one owner (as when its Reap failed) is not spread back to the
+    // owners that collected it, and that owner's own pass removes it.
+    m.nodes[0]
+        .merge_local(0, b"missed", tombstone.clone(), None)
+        .await
+        .unwrap();
+    assert_eq!(m.nodes[0].read_local(0, b"missed").unwrap(), None);
+    m.nodes[1]
+        .inner
+        .store
+        .merge(0, b"missed", &tombstone)
+        .unwrap();
+    assert_eq!(m.nodes[0].anti_entropy_with(NodeId(2)).await.unwrap(), 0);
+    assert_eq!(m.nodes[0].read_local(0, b"missed").unwrap(), None);
+    assert_eq!(m.nodes[1].collect_tombstones().await.unwrap(), 1);
+    assert_eq!(m.nodes[1].read_local(0, b"missed").unwrap(), None);
+    // A hint older than the grace period is dropped, not handed over.
+    let mut old = RedisString::new();
+    old.set(
+        b"zombie".to_vec(),
+        (1, NodeId(1)),
+        NodeId(1),
+        SetExpiry::Clear,
+    );
+    m.nodes[0]
+        .merge_local(0, b"k5", old, Some(NodeId(3)))
+        .await
+        .unwrap();
+    assert_eq!(m.nodes[0].replay_hints(10).await, 0);
+    let metrics = m.nodes[0].metrics();
+    assert!(metrics.hints_pending.is_empty(), "{metrics:?}");
+    assert_eq!(metrics.hints_dropped, 1);
+    assert_eq!(m.nodes[2].read_local(0, b"k5").unwrap(), None);
 }

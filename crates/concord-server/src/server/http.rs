@@ -122,6 +122,7 @@ async fn ap_status(State(ctx): State<Ctx>) -> impl IntoResponse {
         "read_repairs": m.read_repairs,
         "anti_entropy_rounds": m.anti_entropy_rounds,
         "anti_entropy_keys_repaired": m.anti_entropy_repaired,
+        "tombstones_removed": m.tombstones_removed,
     });
     (StatusCode::OK, JSON, body.to_string())
 }
@@ -367,6 +368,11 @@ fn ap_metrics(out: &mut String, m: &crate::ap::ApMetrics) {
             "concord_ap_anti_entropy_keys_repaired_total",
             "Keys anti-entropy found stale on this member and repaired.",
             m.anti_entropy_repaired,
+        ),
+        (
+            "concord_ap_tombstones_removed_total",
+            "Tombstones removed from this member's replica by tombstone collection.",
+            m.tombstones_removed,
         ),
     ] {
         metric(out, "counter", name, help, value as f64);
