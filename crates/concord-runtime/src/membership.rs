@@ -105,6 +105,7 @@ enum Command {
     View(oneshot::Sender<MembershipView>),
     SetPeer(NodeId, String),
     RemovePeer(NodeId),
+    SetMeta(u64),
     Leave(oneshot::Sender<()>),
 }
 
@@ -121,6 +122,7 @@ impl std::fmt::Debug for Command {
             Command::View(_) => f.write_str("View"),
             Command::SetPeer(id, url) => write!(f, "SetPeer({id}, {url})"),
             Command::RemovePeer(id) => write!(f, "RemovePeer({id})"),
+            Command::SetMeta(m) => write!(f, "SetMeta({m})"),
             Command::Leave(_) => f.write_str("Leave"),
         }
     }
@@ -174,6 +176,12 @@ impl Membership {
     /// Forgets `id` (removed from the cluster).
     pub fn remove_peer(&self, id: NodeId) {
         let _ = self.commands.try_send(Command::RemovePeer(id));
+    }
+
+    /// Announces `meta` about this member (a new incarnation carries it to the others,
+    /// who see it as [`MemberView::meta`]); the same value again changes nothing.
+    pub fn set_meta(&self, meta: u64) {
+        let _ = self.commands.try_send(Command::SetMeta(meta));
     }
 
     /// Tells every member this one leaves (a graceful shutdown: they mark it Left rather
@@ -239,6 +247,7 @@ impl Task {
                         self.channels.remove(&id);
                         self.swim.remove(id);
                     }
+                    Some(Command::SetMeta(meta)) => self.swim.set_meta(meta),
                     Some(Command::Leave(done)) => {
                         self.swim.leave();
                         let sends = self.flush();

@@ -337,6 +337,7 @@ impl Server {
             tokio::spawn(replay_hints_in_background(node.clone(), ap.clone())),
             tokio::spawn(anti_entropy_in_background(node.clone(), ap.clone())),
             tokio::spawn(collect_tombstones_in_background(node.clone(), ap.clone())),
+            tokio::spawn(hand_off_in_background(node.clone(), ap.clone())),
         ];
         tracing::info!(
             member = format_args!("{member_id}"),
@@ -654,6 +655,9 @@ async fn sync_peers(
                 .map(|m| m.id)
                 .collect(),
         );
+        // Handoff progress travels as gossip metadata.
+        ap.set_announced(view.members.iter().map(|m| (m.id, m.meta)).collect());
+        membership.set_meta(ap.handoff_meta());
     }
 }
 
@@ -719,6 +723,19 @@ async fn anti_entropy_in_background(node: NodeHandle, ap: ApNode) {
             Ok(n) => tracing::info!(peer = %peer, repaired = n, "anti-entropy repaired keys"),
             Err(e) => tracing::debug!(peer = %peer, error = %e, "anti-entropy exchange failed"),
         }
+    }
+}
+
+/// Hands keys over after ring changes (`ap/handoff.rs`), a step every 500 ms.
+async fn hand_off_in_background(node: NodeHandle, ap: ApNode) {
+    let mut every = tokio::time::interval(Duration::from_millis(500));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if node.status().stopped {
+            return;
+        }
+        ap.handoff_step().await;
     }
 }
 

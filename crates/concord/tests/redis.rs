@@ -276,10 +276,16 @@ async fn http_json(
 
 /// How many members hold a key of `bucket` (their `keys_held_here` summed).
 async fn copies(cluster: &Cluster, bucket: u8) -> u64 {
+    copies_on(cluster, &cluster.running(), bucket).await
+}
+
+/// How many of `members` hold a key of `bucket`.
+async fn copies_on(cluster: &Cluster, members: &[usize], bucket: u8) -> u64 {
     let mut n = 0;
-    for node in &cluster.nodes {
+    for &i in members {
         let path = format!("/v1/buckets/{bucket}");
-        n += http_json(node.client_port, "GET", &path, None).await.1["keys_held_here"]
+        let port = cluster.nodes[i].client_port;
+        n += http_json(port, "GET", &path, None).await.1["keys_held_here"]
             .as_u64()
             .expect("keys_held_here");
     }
@@ -473,4 +479,101 @@ async fn deleted_keys_leave_no_tombstone_once_the_grace_period_has_passed() {
     assert_eq!(a.cmd(&["GET", "k3"]).await, Ok(RedisReply::Null));
     assert_eq!(a.cmd(&["GET", "kept"]).await, Ok(RedisReply::bulk("v")));
     assert_eq!(a.cmd(&["DBSIZE"]).await, Ok(RedisReply::Integer(1)));
+}
+
+/// Every key `k0..k{n}` answers `v{i}` through member `i`'s Redis port.
+async fn all_readable(cluster: &Cluster, i: usize, n: usize) {
+    let mut c = conn(cluster, i).await;
+    for k in 0..n {
+        let (key, want) = (format!("k{k}"), format!("v{k}"));
+        assert_eq!(
+            c.cmd(&["GET", &key]).await,
+            Ok(RedisReply::bulk(&want)),
+            "{key} through member {i}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_joining_and_leaving_move_only_their_share_and_no_key_is_missed() {
+    let mut cluster = Cluster::builder(BIN, 3)
+        .flag("--gossip-interval", 100)
+        .flag("--ap-anti-entropy-interval", 300)
+        .start()
+        .await;
+    let mut a = conn(&cluster, 0).await;
+    const KEYS: usize = 300;
+    for k in 0..KEYS {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        assert_eq!(a.cmd(&["SET", &key, &value]).await, Ok(ok()));
+    }
+    // A fourth member joins (etcd's member add, then the process).
+    let n3 = cluster.reserve_node("n3");
+    let mut c = cluster.client(0).await;
+    let added = c
+        .member_add([cluster.nodes[n3].peer_url()], None)
+        .await
+        .expect("member add");
+    let new_id = added.member().expect("added member").id();
+    let initial_cluster = added
+        .member_list()
+        .iter()
+        .flat_map(|m| {
+            let name = if m.id() == new_id { "n3" } else { m.name() }.to_string();
+            m.peer_urls()
+                .iter()
+                .map(move |u| format!("{name}={u}"))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    cluster.start_added_member(n3, &initial_cluster).await;
+    // Readable through every member at R=2 while the ring changes and keys move,
+    // including through the newcomer, which owns a share of them from the start.
+    for i in [3, 0, 1] {
+        all_readable(&cluster, i, KEYS).await;
+    }
+    // The move ends: every member has pushed, each key is on exactly three members, and
+    // the members that lost a key no longer hold it.
+    handoff_ended(&cluster, &[0, 1, 2, 3], 3 * KEYS as u64).await;
+    let (_, ap) = http_json(cluster.nodes[3].client_port, "GET", "/v1/ap", None).await;
+    assert_eq!(ap["ring"].as_array().map(Vec::len), Some(4), "{ap}");
+    let (_, held) = http_json(cluster.nodes[3].client_port, "GET", "/v1/buckets/0", None).await;
+    let held = held["keys_held_here"].as_u64().unwrap();
+    assert!(
+        (100..=350).contains(&held),
+        "the newcomer holds {held} of {KEYS}"
+    );
+    for i in 0..4 {
+        all_readable(&cluster, i, KEYS).await;
+    }
+    // A founding member leaves (member remove, then it stops): the three left own every
+    // key again and the keys it alone held among them are pushed to them.
+    let gone = cluster.member_id(0).await;
+    let mut c = cluster.client(1).await;
+    c.member_remove(gone).await.expect("member remove");
+    cluster.kill9(0);
+    for i in [1, 2, 3] {
+        all_readable(&cluster, i, KEYS).await;
+    }
+    handoff_ended(&cluster, &[1, 2, 3], 3 * KEYS as u64).await;
+    for i in [1, 2, 3] {
+        all_readable(&cluster, i, KEYS).await;
+    }
+}
+
+/// Waits until none of `members` is in a ring transition and they hold `copies` keys of
+/// bucket 0 between them.
+async fn handoff_ended(cluster: &Cluster, members: &[usize], copies: u64) {
+    common::eventually("the handoff to end", WAIT, || async move {
+        for &i in members {
+            let port = cluster.nodes[i].client_port;
+            let (_, ap) = http_json(port, "GET", "/v1/ap", None).await;
+            if ap["in_transition"] != false {
+                return None;
+            }
+        }
+        (copies_on(cluster, members, 0).await == copies).then_some(())
+    })
+    .await;
 }

@@ -186,8 +186,17 @@ impl ApNode {
         let bucket = at.bucket;
         let r = at.r.unwrap_or_else(|| self.bucket(bucket).r());
         let started = Instant::now();
-        let (preferred, fallbacks) = self.placement(bucket, key);
-        let r = quorum(r, preferred.len());
+        let (mut preferred, mut fallbacks) = self.placement(bucket, key);
+        let mut r = quorum(r, preferred.len());
+        // During a ring change, the owners under the earlier rings are asked too, and one
+        // more answer is awaited per such owner (see `handoff`).
+        for earlier in self.earlier_owners(bucket, key) {
+            if !preferred.contains(&earlier) {
+                preferred.push(earlier);
+                fallbacks.retain(|f| *f != earlier);
+                r += 1;
+            }
+        }
         let (mut req, actions) = ReadRequest::<RedisString>::start(
             r,
             &preferred,

@@ -25,6 +25,7 @@ mod anti_entropy;
 mod batch;
 pub mod buckets;
 pub mod coordinate;
+mod handoff;
 mod hints;
 mod keyspace;
 #[cfg(test)]
@@ -164,6 +165,8 @@ struct Inner {
     healthy: RwLock<BTreeSet<NodeId>>,
     /// Whether the member list has been given (until then the ring holds this member only).
     ring_known: AtomicBool,
+    /// Ring changes being handed over ([`handoff`]).
+    handoff: RwLock<handoff::Handoff>,
     counters: Counters,
 }
 
@@ -184,6 +187,8 @@ struct Counters {
     anti_entropy_rounds: AtomicU64,
     anti_entropy_repaired: AtomicU64,
     tombstones_removed: AtomicU64,
+    handoff_sent: AtomicU64,
+    handoff_removed: AtomicU64,
 }
 
 /// The AP side's figures for `/metrics`.
@@ -203,6 +208,10 @@ pub struct ApMetrics {
     pub anti_entropy_repaired: u64,
     /// Tombstones removed from this member's replica by collection.
     pub tombstones_removed: u64,
+    /// Keys sent to new owners by handoff.
+    pub handoff_sent: u64,
+    /// Keys removed from this member after handoff gave them to their owners.
+    pub handoff_removed: u64,
 }
 
 /// A member's AP side; cheap to clone.
@@ -254,6 +263,7 @@ impl ApNode {
                 peers: RwLock::new(BTreeMap::new()),
                 healthy: RwLock::new([me].into()),
                 ring_known: AtomicBool::new(false),
+                handoff: RwLock::new(handoff::Handoff::default()),
                 counters: Counters::default(),
             }),
         })
@@ -275,7 +285,8 @@ impl ApNode {
         let ids: BTreeSet<NodeId> = members.keys().copied().chain([self.inner.me]).collect();
         if read(&self.inner.ring).nodes().ne(ids.iter().copied()) {
             if let Ok(ring) = Ring::with_nodes(VNODES, ids.iter().copied()) {
-                *write(&self.inner.ring) = ring;
+                let old = std::mem::replace(&mut *write(&self.inner.ring), ring);
+                self.ring_changed(old, !self.ring_known());
             }
         }
         self.inner.ring_known.store(true, Ordering::Relaxed);
@@ -476,6 +487,8 @@ impl ApNode {
             anti_entropy_rounds: c.anti_entropy_rounds.load(Ordering::Relaxed),
             anti_entropy_repaired: c.anti_entropy_repaired.load(Ordering::Relaxed),
             tombstones_removed: c.tombstones_removed.load(Ordering::Relaxed),
+            handoff_sent: c.handoff_sent.load(Ordering::Relaxed),
+            handoff_removed: c.handoff_removed.load(Ordering::Relaxed),
         }
     }
 

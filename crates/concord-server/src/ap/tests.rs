@@ -432,3 +432,72 @@ async fn tombstones_are_collected_only_when_every_owner_holds_them_past_the_grac
     assert_eq!(metrics.hints_dropped, 1);
     assert_eq!(m.nodes[2].read_local(0, b"k5").unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_handed_over() {
+    let mut m = start(4).await;
+    // Forty keys, each on exactly two of its three owners (a W=2 write whose third copy
+    // had not landed yet).
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let mut state = RedisString::new();
+    let stamp = concord_core::clock::Timestamp::new(m.nodes[0].now_ms(), 0).pack();
+    state.set(
+        b"v".to_vec(),
+        (stamp, NodeId(1)),
+        NodeId(1),
+        SetExpiry::Clear,
+    );
+    let mut on_the_leaver = 0;
+    for k in &keys {
+        let (owners, _) = m.nodes[0].placement(0, k.as_bytes());
+        for o in &owners[..2] {
+            let node = &m.nodes[(o.get() - 1) as usize];
+            node.merge_local(0, k.as_bytes(), state.clone(), None)
+                .await
+                .unwrap();
+        }
+        on_the_leaver += usize::from(owners[..2].contains(&NodeId(4)));
+    }
+    assert!(on_the_leaver > 0, "some keys have a copy on member 4");
+    // Member 4 leaves: the ring has three members now, a transition for the others.
+    m.servers.pop().unwrap().abort();
+    let mut three = m.urls.clone();
+    three.remove(&NodeId(4));
+    for node in &m.nodes[..3] {
+        node.set_members(&three);
+        node.set_healthy(three.keys().copied().collect());
+        assert!(node.in_transition());
+    }
+    // Before anything is handed over, every key reads through any member at R=2: the
+    // earlier owners are asked too.
+    let now = m.nodes[0].now_ms();
+    for (i, k) in keys.iter().enumerate() {
+        let reader = &m.nodes[i % 3];
+        assert_eq!(
+            value(reader.read(B0, k.as_bytes()).await.unwrap(), now),
+            Some(b"v".to_vec()),
+            "{k}"
+        );
+    }
+    // Each pushes, announces it, and the transition ends; then every key is on all three.
+    for node in &m.nodes[..3] {
+        node.handoff_step().await;
+    }
+    let announced: BTreeMap<NodeId, u64> = m.nodes[..3]
+        .iter()
+        .map(|n| (n.me(), n.handoff_meta()))
+        .collect();
+    assert!(announced
+        .values()
+        .all(|fp| *fp != 0 && *fp == announced[&NodeId(1)]));
+    for node in &m.nodes[..3] {
+        node.set_announced(announced.clone());
+        node.handoff_step().await;
+        assert!(!node.in_transition());
+    }
+    for node in &m.nodes[..3] {
+        for k in &keys {
+            assert!(node.read_local(0, k.as_bytes()).unwrap().is_some(), "{k}");
+        }
+    }
+}

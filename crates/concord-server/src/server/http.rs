@@ -123,6 +123,9 @@ async fn ap_status(State(ctx): State<Ctx>) -> impl IntoResponse {
         "anti_entropy_rounds": m.anti_entropy_rounds,
         "anti_entropy_keys_repaired": m.anti_entropy_repaired,
         "tombstones_removed": m.tombstones_removed,
+        "in_transition": ctx.ap.in_transition(),
+        "handoff_sent": m.handoff_sent,
+        "handoff_removed": m.handoff_removed,
     });
     (StatusCode::OK, JSON, body.to_string())
 }
@@ -373,6 +376,16 @@ fn ap_metrics(out: &mut String, m: &crate::ap::ApMetrics) {
             "concord_ap_tombstones_removed_total",
             "Tombstones removed from this member's replica by tombstone collection.",
             m.tombstones_removed,
+        ),
+        (
+            "concord_ap_handoff_keys_sent_total",
+            "Keys sent to their new owners after a ring change.",
+            m.handoff_sent,
+        ),
+        (
+            "concord_ap_handoff_keys_removed_total",
+            "Keys removed from this member once handoff gave them to their owners.",
+            m.handoff_removed,
         ),
     ] {
         metric(out, "counter", name, help, value as f64);
