@@ -924,7 +924,7 @@ def start_concord(binary, base, work):
 # Concord in 64-bit floats, shortest form (100000.1); docs/ap.md lists the difference.
 DEFAULT_COMMANDS = ("ping,echo,select,get,set,mget,mset,del,unlink,exists,incr,decr,incrby,decrby,"
                     "expire,pexpire,expireat,pexpireat,persist,ttl,pttl,setex,psetex,append,"
-                    "strlen,getrange,setrange,getdel,getex,type,touch,expiretime,pexpiretime,"
+                    "strlen,getrange,substr,setrange,getdel,getex,type,touch,expiretime,pexpiretime,"
                     "dbsize,keys,scan,randomkey,time,expire-options")
 KNOWN = set(DEFAULT_COMMANDS.split(",")) | set(
     "setex psetex append strlen getrange substr setrange getdel getex incrbyfloat type touch "

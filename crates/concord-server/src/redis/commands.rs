@@ -90,7 +90,7 @@ fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
         "echo" | "get" | "incr" | "decr" | "ttl" | "pttl" | "persist" | "select" | "strlen"
         | "getdel" | "type" | "expiretime" | "pexpiretime" | "keys" => (1, Some(1)),
         "incrby" | "decrby" | "append" | "incrbyfloat" => (2, Some(2)),
-        "getrange" | "setrange" | "setex" | "psetex" => (3, Some(3)),
+        "getrange" | "substr" | "setrange" | "setex" | "psetex" => (3, Some(3)),
         "expire" | "pexpire" | "expireat" | "pexpireat" => (2, None),
         "set" => (2, None),
         "del" | "unlink" | "exists" | "touch" | "mget" | "client" | "config" | "getex" | "scan"
@@ -135,7 +135,8 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
             Ok(v) => Frame::Integer(v.map_or(0, |v| v.len() as i64)),
             Err(e) => e,
         },
-        "getrange" => {
+        // SUBSTR is GETRANGE's old name, still answered by Redis 7.
+        "getrange" | "substr" => {
             let (Some(start), Some(end)) = (integer(&rest[1]), integer(&rest[2])) else {
                 return Frame::error(NOT_INTEGER);
             };
@@ -648,6 +649,7 @@ pub(crate) const COMMANDS: &[&str] = &[
     "get",
     "strlen",
     "getrange",
+    "substr",
     "set",
     "setex",
     "psetex",
