@@ -15,6 +15,13 @@ pub const REDIS_VERSION: &str = "7.0.15";
 
 /// Runs one connection or server command (its arity already checked).
 pub async fn run(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Frame {
+    let answer = answer(ap, s, cmd, rest).await;
+    // These commands are what changes a connection's CLIENT LIST row.
+    s.publish();
+    answer
+}
+
+async fn answer(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Frame {
     match cmd {
         "ping" => match rest.first() {
             None => Frame::simple("PONG"),
@@ -29,6 +36,8 @@ pub async fn run(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Fra
             s.resp = Protocol::Resp2;
             s.access = Access::default();
             s.name = None;
+            s.client.lib_name.clear();
+            s.client.lib_ver.clear();
             Frame::simple("RESET")
         }
         "select" => match integer(&rest[0]) {
@@ -268,11 +277,74 @@ fn client(s: &mut Session, rest: &[Bytes]) -> Frame {
         }
         ("getname", 1) => s.name.clone().map_or(Frame::Null, Frame::bulk),
         ("id", 1) => Frame::Integer(s.id as i64),
-        // Libraries announce themselves; nothing to keep.
-        ("setinfo", 3) => Frame::ok(),
+        ("setinfo", 3) => {
+            let value = rest[2].to_vec();
+            if value.iter().any(|b| *b <= b' ' || *b > b'~') {
+                return Frame::error(
+                    "ERR lib-name and lib-ver cannot contain spaces, newlines or special characters.",
+                );
+            }
+            match String::from_utf8_lossy(&rest[1])
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                "lib-name" => s.client.lib_name = value,
+                "lib-ver" => s.client.lib_ver = value,
+                other => {
+                    return Frame::error(format!("ERR Unrecognized option '{other}'"));
+                }
+            }
+            Frame::ok()
+        }
+        ("info", 1) => {
+            s.publish();
+            text(s.client.line(s.id))
+        }
+        ("list", _) => match client_list_ids(&rest[1..]) {
+            Ok(ids) => text(super::clients::list(ids.as_deref())),
+            Err(e) => e,
+        },
+        ("no-evict" | "no-touch", 2) => match rest[1].to_ascii_lowercase().as_slice() {
+            b"on" | b"off" => Frame::ok(),
+            _ => Frame::error(SYNTAX),
+        },
         _ => Frame::error(format!(
             "ERR unknown subcommand or wrong number of arguments for '{sub}'. Try CLIENT HELP."
         )),
+    }
+}
+
+/// Text as Redis answers `CLIENT INFO` and `CLIENT LIST`: verbatim in RESP3, bulk in RESP2.
+fn text(t: String) -> Frame {
+    Frame::Verbatim {
+        format: *b"txt",
+        text: t.into(),
+    }
+}
+
+/// The ids `CLIENT LIST [TYPE normal] [ID id ...]` asks for (`None`: all).
+fn client_list_ids(opts: &[Bytes]) -> Result<Option<Vec<u64>>, Frame> {
+    match opts {
+        [] => Ok(None),
+        [t, kind] if t.eq_ignore_ascii_case(b"type") => {
+            match kind.to_ascii_lowercase().as_slice() {
+                b"normal" => Ok(None),
+                b"master" | b"replica" | b"slave" | b"pubsub" => Ok(Some(Vec::new())),
+                _ => Err(Frame::error(format!(
+                    "ERR Unknown client type '{}'",
+                    String::from_utf8_lossy(kind)
+                ))),
+            }
+        }
+        [i, ids @ ..] if i.eq_ignore_ascii_case(b"id") && !ids.is_empty() => ids
+            .iter()
+            .map(|id| match integer(id) {
+                Some(n) if n > 0 => Ok(n as u64),
+                _ => Err(Frame::error("ERR Invalid client ID")),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        _ => Err(Frame::error(SYNTAX)),
     }
 }
 

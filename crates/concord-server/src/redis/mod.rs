@@ -8,6 +8,7 @@
 //! the connection closed, as Redis does; a command error leaves it open.
 
 mod admin;
+mod clients;
 pub mod commands;
 mod keyspace;
 
@@ -35,11 +36,26 @@ pub struct Session {
     pub access: Access,
     /// `CLIENT SETNAME`.
     pub name: Option<Vec<u8>>,
+    /// What `CLIENT INFO` and `CLIENT LIST` show of it besides the above.
+    pub client: clients::Row,
     /// Set by `QUIT`: close after answering.
     pub closing: bool,
 }
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Session {
+    /// Brings this connection's `CLIENT LIST` row up to date.
+    pub fn publish(&mut self) {
+        self.client.name = self.name.clone().unwrap_or_default();
+        self.client.db = self.access.bucket;
+        self.client.resp = match self.resp {
+            Protocol::Resp2 => 2,
+            Protocol::Resp3 => 3,
+        };
+        clients::publish(self.id, &self.client);
+    }
+}
 
 /// Serves Redis clients on `listener` until the returned future is dropped.
 pub async fn serve(listener: TcpListener, ap: ApNode) {
@@ -72,13 +88,27 @@ pub async fn serve(listener: TcpListener, ap: ApNode) {
 }
 
 async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
+    let addr =
+        |a: std::io::Result<std::net::SocketAddr>| a.map_or_else(|_| "?".into(), |a| a.to_string());
     let mut session = Session {
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
         resp: Protocol::Resp2,
         access: Access::default(),
         name: None,
+        client: clients::Row {
+            addr: addr(stream.peer_addr()),
+            laddr: addr(stream.local_addr()),
+            created: std::time::Instant::now(),
+            name: Vec::new(),
+            db: 0,
+            resp: 2,
+            lib_name: Vec::new(),
+            lib_ver: Vec::new(),
+        },
         closing: false,
     };
+    let _registered = clients::Registered(session.id);
+    session.publish();
     let limits = Limits::default();
     let mut buf = BytesMut::with_capacity(16 << 10);
     let mut out = BytesMut::with_capacity(16 << 10);
