@@ -104,6 +104,8 @@ if [ "$MODE" = --netns ]; then
     run reads-session-stale invalid --workload reads --read-level session --duration 30 --nemesis partition --stale-reads
     run ap-set valid --workload ap-set --duration 30 --nemesis partitions,process
     run ap-counter valid --workload ap-counter --duration 30 --nemesis partitions,process
+    run ap-set-member valid --workload ap-set --duration 30 --nemesis member
+    run ap-counter-member valid --workload ap-counter --duration 30 --nemesis member
     run ap-set-w1 invalid --workload ap-set --duration 30 --nemesis partition --ap-quorum 1,1 \
         --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
     if [ "${CHAOS_FULL:-0}" = 1 ]; then

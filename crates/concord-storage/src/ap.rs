@@ -54,6 +54,8 @@ pub const TREE_LEAVES: usize = 1024;
 pub const TREE_BUCKETS: usize = 16;
 /// owner (8 bytes, big-endian) + bucket + key → sealed state.
 const HINTS: Def = TableDefinition::new("ap_hints");
+/// The store's own facts: `replica_id` → u64 (big-endian).
+const META: Def = TableDefinition::new("ap_meta");
 
 /// The format version written before each encoded state.
 const FORMAT: u8 = 1;
@@ -132,6 +134,10 @@ pub struct ApStore {
     hint_counts: Mutex<BTreeMap<NodeId, u64>>,
     /// Most hints held for one owner.
     hint_limit: u64,
+    /// This store's identity, drawn at random when the file is created: what its member
+    /// acts as in CRDT states, so that a member whose data was lost (a new file) never
+    /// reuses the counter entries of its earlier life.
+    replica_id: u64,
     /// Buckets whose changes are acknowledged before their fsync (`async` durability).
     lazy: [AtomicBool; TREE_BUCKETS],
     /// Hands write jobs (and whether each must be fsync'd before it is answered) to the
@@ -248,6 +254,20 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<(Job, bool)>) {
     if unsynced {
         let _ = flush(db);
     }
+}
+
+/// A new store's identity: the OS-seeded keys of std's `RandomState`, the time and the
+/// path, hashed (unique, not secret; never 0).
+fn fresh_id(path: &Path) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write(path.as_os_str().as_encoded_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish().max(1)
 }
 
 /// An empty fsync'd commit: makes the commits before it durable.
@@ -432,9 +452,25 @@ impl ApStore {
         let opened = std::panic::catch_unwind(|| Database::create(path))
             .map_err(|_| open_err("the database library failed reading it".into()))?;
         let db = Arc::new(opened.map_err(|e| open_err(e.to_string()))?);
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
         txn.open_table(KEYS)?;
         txn.open_table(HINTS)?;
+        let replica_id = {
+            let mut meta = txn.open_table(META)?;
+            let held = meta
+                .get(b"replica_id".as_slice())?
+                .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+                .map(u64::from_be_bytes);
+            match held {
+                Some(id) => id,
+                None => {
+                    let id = fresh_id(path);
+                    meta.insert(b"replica_id".as_slice(), id.to_be_bytes().as_slice())?;
+                    id
+                }
+            }
+        };
         txn.commit()?;
         migrate_v1(&db)?;
         let trees = Arc::new(Mutex::new(build_trees(&db)?));
@@ -450,10 +486,16 @@ impl ApStore {
             trees,
             hint_counts,
             hint_limit,
+            replica_id,
             lazy: Default::default(),
             jobs: Some(tx),
             writer: Some(writer),
         })
+    }
+
+    /// This store's identity (fixed for the life of the file, never 0).
+    pub fn replica_id(&self) -> u64 {
+        self.replica_id
     }
 
     /// Sets whether changes of `bucket` are acknowledged before their fsync (`async`
@@ -973,8 +1015,10 @@ mod tests {
     fn states_merge_durably_and_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ap.redb");
+        let first_id;
         {
             let store = ApStore::open(&path, 100).unwrap();
+            first_id = store.replica_id();
             assert_eq!(store.get(0, b"k").unwrap(), None);
             store.merge(0, b"k", &set("a", 1, A)).unwrap();
             let m = store.merge(0, b"k", &set("old", 0, B)).unwrap();
@@ -992,6 +1036,13 @@ mod tests {
             store.get(0, b"k").unwrap().unwrap().get(0),
             Some(b"a".to_vec())
         );
+        // The store's identity lasts as long as its file; a new file gets another.
+        let id = store.replica_id();
+        assert_eq!(id, first_id);
+        assert_ne!(id, 0);
+        let other = ApStore::open(&dir.path().join("other.redb"), 100).unwrap();
+        assert_ne!(other.replica_id(), id);
+        drop(other);
         assert_eq!(
             store.get(1, b"c").unwrap().unwrap().get(0),
             Some(b"5".to_vec())

@@ -20,6 +20,10 @@
 //! 3. **Refusals say why**: a request of another cluster, an undecodable state or a missing
 //!    operation is refused with a status naming the problem; an operation the value
 //!    refuses (`INCR` on text) answers Redis's error and changes nothing.
+//! 4. **A replica acts under its store's identity** (`ApStore::replica_id`, drawn when the
+//!    file is created), not its member id: a member that lost its data starts counting
+//!    under a new actor, so its new increments are never hidden behind the larger entries
+//!    of its earlier life that other replicas still hold.
 
 mod anti_entropy;
 mod batch;
@@ -377,7 +381,9 @@ impl ApNode {
         op: Op,
         base: Option<RedisString>,
     ) -> tokio::sync::oneshot::Receiver<Result<(RedisString, Option<i64>), ApError>> {
-        let me = self.inner.me;
+        // The store's identity, not the member's: a member whose data was lost acts as a
+        // new replica, so its counter entries never collide with its earlier life's.
+        let me = NodeId(self.inner.store.replica_id());
         let now = self.inner.clock.now();
         let now_ms = now.physical_ms;
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -501,3 +501,45 @@ async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_h
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_lost_its_data_counts_under_a_new_identity() {
+    let mut m = start(3).await;
+    // Member 1 coordinates INCRs of a key it is the first owner of.
+    let key = (0..)
+        .map(|i| format!("n{i}"))
+        .find(|k| m.nodes[0].placement(0, k.as_bytes()).0[0] == NodeId(1))
+        .unwrap();
+    for _ in 0..5 {
+        m.nodes[0]
+            .write(B0, key.as_bytes(), Op::Incr(1))
+            .await
+            .unwrap();
+    }
+    // It loses its data: same member id and address, a new, empty store.
+    m.servers.remove(0).abort();
+    let dir = tempfile::tempdir().unwrap();
+    let config = ApConfig {
+        timeout: Duration::from_millis(1500),
+        ..ApConfig::default()
+    };
+    let reborn = ApNode::open(NodeId(1), CLUSTER, dir.path(), config).unwrap();
+    reborn.set_members(&m.urls);
+    reborn.set_healthy(m.urls.keys().copied().collect());
+    let addr = m.urls[&NodeId(1)].trim_start_matches("http://").to_string();
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    m.servers.push(serve(&reborn, listener));
+    // Its next increment is applied on its empty state and merged into the others': it
+    // must add to the five, not hide behind them.
+    assert_eq!(
+        reborn.write(B0, key.as_bytes(), Op::Incr(1)).await,
+        Ok(Some(1))
+    );
+    let all = Access { r: Some(3), ..B0 };
+    let now = reborn.now_ms();
+    assert_eq!(
+        value(m.nodes[1].read(all, key.as_bytes()).await.unwrap(), now),
+        Some(b"6".to_vec())
+    );
+    m._dirs.push(dir);
+}
