@@ -6,8 +6,32 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use etcd_client::{
-    Client, ConnectOptions, Error, GetOptions, GetResponse, PutOptions, PutResponse,
+    Client, ConnectOptions, Error, GetOptions, GetResponse, MemberAddResponse, PutOptions,
+    PutResponse,
 };
+
+/// The `--initial-cluster` of a member just added as `name`, as etcd's `member add` prints
+/// it: every member's `name=peer-url`, the new one under `name`.
+pub fn initial_cluster_after_add(added: &MemberAddResponse, name: &str) -> String {
+    let new_id = added.member().map(|m| m.id());
+    added
+        .member_list()
+        .iter()
+        .flat_map(|m| {
+            let n = if Some(m.id()) == new_id {
+                name
+            } else {
+                m.name()
+            }
+            .to_string();
+            m.peer_urls()
+                .iter()
+                .map(move |u| format!("{n}={u}"))
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
 
 /// Connects an etcd client to one endpoint (lazily; no request is made).
 pub async fn connect(url: &str, timeout: Option<Duration>) -> Result<Client, Error> {

@@ -21,7 +21,7 @@ pub mod redis;
 pub mod wait;
 
 pub use cluster::{Cluster, ClusterBuilder, Node};
-pub use etcd::{connect, err_text, expect_err, RetryClient};
+pub use etcd::{connect, err_text, expect_err, initial_cluster_after_add, RetryClient};
 pub use http::{http_get, http_request, parse_http_response, raw_exchange, HttpResponse};
 pub use ports::{free_port, free_ports};
 pub use redis::{RedisConn, RedisReply};

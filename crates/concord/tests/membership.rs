@@ -110,22 +110,7 @@ async fn member_list_add_learner_promote_remove() {
         .any(|m| m.id() == new.id() && m.is_learner()));
 
     // Start it as etcd's `member add` output says: existing state, cluster = members + itself.
-    let initial_cluster = added
-        .member_list()
-        .iter()
-        .flat_map(|m| {
-            let name = if m.id() == new.id() {
-                "n3".to_string()
-            } else {
-                m.name().to_string()
-            };
-            m.peer_urls()
-                .iter()
-                .map(move |u| format!("{name}={u}"))
-                .collect::<Vec<_>>()
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial_cluster = common::initial_cluster_after_add(&added, "n3");
     cluster.start_added_member(n3, &initial_cluster).await;
 
     // A learner serves serializable reads once it has caught up.

@@ -514,19 +514,7 @@ async fn members_joining_and_leaving_move_only_their_share_and_no_key_is_missed(
         .member_add([cluster.nodes[n3].peer_url()], None)
         .await
         .expect("member add");
-    let new_id = added.member().expect("added member").id();
-    let initial_cluster = added
-        .member_list()
-        .iter()
-        .flat_map(|m| {
-            let name = if m.id() == new_id { "n3" } else { m.name() }.to_string();
-            m.peer_urls()
-                .iter()
-                .map(move |u| format!("{name}={u}"))
-                .collect::<Vec<_>>()
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial_cluster = common::initial_cluster_after_add(&added, "n3");
     cluster.start_added_member(n3, &initial_cluster).await;
     // Readable through every member at R=2 while the ring changes and keys move,
     // including through the newcomer, which owns a share of them from the start.

@@ -30,7 +30,7 @@ use concord_core::ring::Ring;
 use concord_raft::NodeId;
 use tokio::task::JoinSet;
 
-use super::{blocking, read, write, ApError, ApNode, BUCKETS, SCAN_PAGE};
+use super::{read, write, ApError, ApNode};
 
 /// Sends in flight at once during a pass.
 const IN_FLIGHT: usize = 64;
@@ -85,8 +85,12 @@ impl ApNode {
     /// What this member announces in gossip: the fingerprint of the ring it has pushed
     /// for, or 0 while a push pass is due.
     pub fn handoff_meta(&self) -> u64 {
-        let h = read(&self.inner.handoff);
-        if h.pushed == h.version {
+        // One lock at a time, here and below: no lock order to keep.
+        let pushed = {
+            let h = read(&self.inner.handoff);
+            h.pushed == h.version
+        };
+        if pushed {
             fingerprint(&read(&self.inner.ring))
         } else {
             0
@@ -106,8 +110,8 @@ impl ApNode {
     /// The owners of `key` in `bucket` under the rings before the current one, while a
     /// transition lasts (empty otherwise).
     pub(super) fn earlier_owners(&self, bucket: u8, key: &[u8]) -> Vec<NodeId> {
-        let h = read(&self.inner.handoff);
         let n = self.bucket(bucket).n_val as usize;
+        let h = read(&self.inner.handoff);
         let mut out = Vec::new();
         for ring in &h.old {
             for o in ring.preference_list(key, n) {
@@ -151,9 +155,12 @@ impl ApNode {
         }
         if self.in_transition() && self.everyone_pushed() {
             let mut h = write(&self.inner.handoff);
-            h.old.clear();
-            h.cleanup = true;
-            tracing::info!("handoff: every member has pushed; transition over");
+            // Not if the ring changed again meanwhile: that change has its own transition.
+            if h.version == version {
+                h.old.clear();
+                h.cleanup = true;
+                tracing::info!("handoff: every member has pushed; transition over");
+            }
         }
         let due = {
             let h = read(&self.inner.handoff);
@@ -177,20 +184,22 @@ impl ApNode {
 
     /// Whether every live member of the ring announces the current ring's fingerprint.
     fn everyone_pushed(&self) -> bool {
-        let ring = read(&self.inner.ring);
-        let fp = fingerprint(&ring);
-        let h = read(&self.inner.handoff);
-        let done = ring
-            .nodes()
+        let (fp, members): (u64, Vec<NodeId>) = {
+            let ring = read(&self.inner.ring);
+            (fingerprint(&ring), ring.nodes().collect())
+        };
+        let live: Vec<NodeId> = members
+            .into_iter()
             .filter(|m| *m != self.me() && self.is_healthy(*m))
-            .all(|m| h.announced.get(&m) == Some(&fp));
-        done
+            .collect();
+        let h = read(&self.inner.handoff);
+        live.iter().all(|m| h.announced.get(m) == Some(&fp))
     }
 
     /// Sends every local key to its owners that were not owners under an earlier ring.
     async fn push_pass(&self) -> Result<(), ApError> {
         let failed = self
-            .each_page(|node, bucket, page| async move {
+            .for_each_page(|node, bucket, page| async move {
                 let mut sends = JoinSet::new();
                 let mut failed = 0;
                 for (key, state) in page {
@@ -220,7 +229,7 @@ impl ApNode {
     async fn cleanup_pass(&self) -> Result<u64, ApError> {
         let before = self.inner.counters.handoff_removed.load(Ordering::Relaxed);
         let failed = self
-            .each_page(|node, bucket, page| async move {
+            .for_each_page(|node, bucket, page| async move {
                 let mut failed = 0;
                 for (key, state) in page {
                     let (owners, _) = node.placement(bucket, &key);
@@ -279,34 +288,6 @@ impl ApNode {
             ok
         });
         failed
-    }
-
-    /// Runs `each` on every page of local keys of every bucket, in order; the sum of what
-    /// the pages report as failed.
-    async fn each_page<F, Fut>(&self, each: F) -> Result<usize, ApError>
-    where
-        F: Fn(ApNode, u8, Vec<(Vec<u8>, RedisString)>) -> Fut,
-        Fut: std::future::Future<Output = usize>,
-    {
-        let mut failed = 0;
-        for bucket in 0..BUCKETS as u8 {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let node = self.clone();
-                let from = after.clone();
-                let page = blocking(move || {
-                    Ok(node.inner.store.scan(bucket, from.as_deref(), SCAN_PAGE)?)
-                })
-                .await?;
-                let done = page.len() < SCAN_PAGE;
-                after = page.last().map(|(k, _)| k.clone());
-                failed += each(self.clone(), bucket, page).await;
-                if done {
-                    break;
-                }
-            }
-        }
-        Ok(failed)
     }
 }
 

@@ -498,6 +498,35 @@ impl ApNode {
         }
     }
 
+    /// Runs `each` on every page of this replica's keys ([`SCAN_PAGE`] at a time, bucket
+    /// by bucket, in the store's order) one page after the other; the sum of what the
+    /// pages return. The passes over a whole replica (handoff, tombstone collection) use it.
+    pub(crate) async fn for_each_page<F, Fut>(&self, each: F) -> Result<usize, ApError>
+    where
+        F: Fn(ApNode, u8, Vec<(Vec<u8>, RedisString)>) -> Fut,
+        Fut: std::future::Future<Output = usize>,
+    {
+        let mut sum = 0;
+        for bucket in 0..BUCKETS as u8 {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let node = self.clone();
+                let from = after.clone();
+                let page = blocking(move || {
+                    Ok(node.inner.store.scan(bucket, from.as_deref(), SCAN_PAGE)?)
+                })
+                .await?;
+                let done = page.len() < SCAN_PAGE;
+                after = page.last().map(|(k, _)| k.clone());
+                sum += each(self.clone(), bucket, page).await;
+                if done {
+                    break;
+                }
+            }
+        }
+        Ok(sum)
+    }
+
     /// The physical time of this member's clock, in ms since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.now().physical_ms

@@ -32,7 +32,7 @@ use concord_proto::peer::ReplicaReap;
 use concord_raft::NodeId;
 use concord_storage::ap::state_to_bytes;
 
-use super::{blocking, ApError, ApNode, BUCKETS, SCAN_PAGE};
+use super::{blocking, ApError, ApNode};
 
 impl ApNode {
     /// Whether `state` is a tombstone past the grace period at `now_ms`.
@@ -50,34 +50,23 @@ impl ApNode {
     /// One pass over this member's keys: removes every collectable tombstone of the keys
     /// this member owns from all their owners; how many it removed.
     pub async fn collect_tombstones(&self) -> Result<u64, ApError> {
-        let mut collected = 0;
         if self.in_transition() {
             // Owners of the earlier ring may hold what a tombstone deleted.
             return Ok(0);
         }
-        for bucket in 0..BUCKETS as u8 {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let node = self.clone();
-                let from = after.clone();
-                let page = blocking(move || {
-                    Ok(node.inner.store.scan(bucket, from.as_deref(), SCAN_PAGE)?)
-                })
-                .await?;
-                let done = page.len() < SCAN_PAGE;
-                after = page.last().map(|(k, _)| k.clone());
-                let now = self.now_ms();
+        let collected = self
+            .for_each_page(|node, bucket, page| async move {
+                let now = node.now_ms();
+                let mut collected = 0;
                 for (key, state) in page {
-                    if self.collectable(&state, now) {
-                        collected += u64::from(self.collect(bucket, key, state).await);
+                    if node.collectable(&state, now) {
+                        collected += usize::from(node.collect(bucket, key, state).await);
                     }
                 }
-                if done {
-                    break;
-                }
-            }
-        }
-        Ok(collected)
+                collected
+            })
+            .await?;
+        Ok(collected as u64)
     }
 
     /// Removes one tombstone from every owner if this member is an owner of the key and
