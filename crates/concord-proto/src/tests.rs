@@ -648,7 +648,10 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
         "concord.peer.v1.SnapshotAck",
         &["index=1:uint64", "bytes_received=2:uint64"],
     ),
-    ("concord.peer.v1.MembersRequest", &["cluster_id=1:uint64"]),
+    (
+        "concord.peer.v1.MembersRequest",
+        &["cluster_id=1:uint64", "known_version=2:uint64"],
+    ),
     (
         "concord.peer.v1.PeerMember",
         &[
@@ -657,6 +660,7 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "peer_urls=3:*string",
             "client_urls=4:*string",
             "is_learner=5:bool",
+            "ap_only=6:bool",
         ],
     ),
     (
@@ -666,8 +670,28 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "member_id=2:uint64",
             "members=3:*.concord.peer.v1.PeerMember",
             "version=4:string",
+            "buckets=5:*.concord.peer.v1.MetaEntry",
+            "metadata_version=6:uint64",
+            "unchanged=7:bool",
         ],
     ),
+    (
+        "concord.peer.v1.MetaEntry",
+        &["key=1:string", "value=2:bytes"],
+    ),
+    (
+        "concord.peer.v1.RegisterRequest",
+        &[
+            "cluster_id=1:uint64",
+            "member=2:.concord.peer.v1.PeerMember",
+        ],
+    ),
+    ("concord.peer.v1.RegisterResponse", &[]),
+    (
+        "concord.peer.v1.SetBucketRequest",
+        &["cluster_id=1:uint64", "bucket=2:uint32", "props=3:bytes"],
+    ),
+    ("concord.peer.v1.SetBucketResponse", &[]),
     (
         "concord.peer.v1.SwimUpdate",
         &[
@@ -1194,7 +1218,23 @@ const SERVICES: &[(&str, &[Method])] = &[
     ),
     (
         "concord.peer.v1.Membership",
-        &[("Members", "MembersRequest", "MembersResponse", false, false)],
+        &[
+            ("Members", "MembersRequest", "MembersResponse", false, false),
+            (
+                "Register",
+                "RegisterRequest",
+                "RegisterResponse",
+                false,
+                false,
+            ),
+            (
+                "SetBucket",
+                "SetBucketRequest",
+                "SetBucketResponse",
+                false,
+                false,
+            ),
+        ],
     ),
     (
         "concord.peer.v1.Gossip",

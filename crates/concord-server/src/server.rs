@@ -12,6 +12,7 @@
 //! ```
 
 mod ap_http;
+mod ap_only;
 mod api;
 mod cluster;
 mod concurrency;
@@ -24,6 +25,7 @@ mod lease;
 pub mod listener;
 mod maintenance;
 pub mod members;
+mod meta;
 mod raft_metrics;
 pub mod restore;
 mod watch;
@@ -86,13 +88,21 @@ pub struct Server {
     cluster_id: u64,
     client_urls: Vec<String>,
     peer_urls: Vec<String>,
-    node: NodeHandle,
+    role: Role,
     membership: Membership,
     stop: tokio_watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
     // Released (dropped) only after the node has shut down and closed its files.
     dir_lock: dirlock::DataDirLock,
+}
+
+/// What a member is besides an AP member.
+enum Role {
+    /// A Raft member (voter or learner): the CP keyspace, and the cluster metadata.
+    Raft(NodeHandle),
+    /// An AP-only member; the reason it stopped is sent when it does (it was removed).
+    ApOnly(tokio_watch::Receiver<Option<String>>),
 }
 
 impl std::fmt::Debug for Server {
@@ -141,6 +151,61 @@ async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, String)>, ServerError
     Ok(out)
 }
 
+/// Binds the Redis listeners (`redis://host:port`).
+async fn bind_redis(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
+    let mut out = Vec::new();
+    for url in urls {
+        let addr = config::redis_host_port(url).map_err(ServerError::Config)?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| ServerError::Listen {
+                url: url.clone(),
+                source,
+            })?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Serves Redis clients on `listeners` until stopped; the URLs bound.
+fn serve_redis(
+    listeners: Vec<TcpListener>,
+    ap: &ApNode,
+    stop_rx: &tokio_watch::Receiver<bool>,
+    servers: &mut Vec<JoinHandle<()>>,
+) -> Vec<String> {
+    let mut bound = Vec::new();
+    for listener in listeners {
+        if let Ok(addr) = listener.local_addr() {
+            bound.push(format!("redis://{addr}"));
+        }
+        let ap = ap.clone();
+        let stop = wait_stop(stop_rx.clone());
+        servers.push(tokio::spawn(async move {
+            tokio::select! {
+                _ = crate::redis::serve(listener, ap) => {}
+                _ = stop => {}
+            }
+        }));
+    }
+    bound
+}
+
+/// Serves the peer services (Raft and `extra`) on `listener` until stopped.
+fn serve_peers(
+    listener: TcpListener,
+    raft: RaftPeerService,
+    extra: tonic::service::Routes,
+    stop_rx: &tokio_watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let stop = wait_stop(stop_rx.clone());
+    tokio::spawn(async move {
+        if let Err(e) = concord_runtime::grpc::serve(listener, raft, Some(extra), stop).await {
+            tracing::error!(error = %e, "peer server failed");
+        }
+    })
+}
+
 /// Advertised URLs: the configured ones, with port 0 replaced by the bound port when
 /// they are the listen URLs themselves.
 fn resolve(advertised: &[String], listen: &[String], bound: &[String]) -> Vec<String> {
@@ -177,20 +242,12 @@ impl Server {
         let member_id =
             members::load_or_store_id(&config.data_dir, members::member_id(&my_peer_urls, &token))
                 .map_err(ServerError::Start)?;
+        if config.ap_only {
+            return ap_only::start(config, dir_lock, member_id, cluster_id).await;
+        }
         let mut founding = founding_members(&config, member_id, &my_peer_urls);
         let client_listeners = bind(&config.listen_client_urls).await?;
-        let mut redis_listeners = Vec::new();
-        for url in &config.listen_redis_urls {
-            let addr = config::redis_host_port(url).map_err(ServerError::Config)?;
-            let listener =
-                TcpListener::bind(&addr)
-                    .await
-                    .map_err(|source| ServerError::Listen {
-                        url: url.clone(),
-                        source,
-                    })?;
-            redis_listeners.push(listener);
-        }
+        let redis_listeners = bind_redis(&config.listen_redis_urls).await?;
         let peer_listeners = bind(&config.listen_peer_urls).await?;
         let client_bound: Vec<String> = client_listeners.iter().map(|(_, u)| u.clone()).collect();
         let peer_bound: Vec<String> = peer_listeners.iter().map(|(_, u)| u.clone()).collect();
@@ -243,21 +300,22 @@ impl Server {
         let (stop, stop_rx) = tokio_watch::channel(false);
         let mut servers = Vec::new();
         let peer_service = RaftPeerService::new(cluster_id, router);
+        let members = Arc::new(Members::new(node.clone(), founding));
+        let meta = meta::MetaService {
+            node: node.clone(),
+            members: members.clone(),
+            cluster_id,
+            token: token.clone(),
+        };
         for (listener, _) in peer_listeners {
-            let svc = peer_service.clone();
-            let extra =
-                tonic::service::Routes::new(gossip.clone().into_server()).add_service(ap.service());
-            let stop = wait_stop(stop_rx.clone());
-            servers.push(tokio::spawn(async move {
-                if let Err(e) = concord_runtime::grpc::serve(listener, svc, Some(extra), stop).await
-                {
-                    tracing::error!(error = %e, "peer server failed");
-                }
-            }));
+            let extra = tonic::service::Routes::new(gossip.clone().into_server())
+                .add_service(ap.service())
+                .add_service(meta.clone().into_server());
+            servers.push(serve_peers(listener, peer_service.clone(), extra, &stop_rx));
         }
 
-        let members = Arc::new(Members::new(node.clone(), founding));
         let leases = Arc::new(node::Leases::new(node.clone(), config.election_timeout));
+        let roster = Arc::new(http::Roster::default());
         let ctx = api::Ctx {
             node: node.clone(),
             cluster_id,
@@ -270,6 +328,7 @@ impl Server {
             raft_metrics,
             membership: membership.clone(),
             ap: ap.clone(),
+            roster: roster.clone(),
         };
         let routes = grpc_services(&ctx, &token, config.max_request_bytes);
         // One port for both: gRPC requests (content-type application/grpc) go to the
@@ -296,23 +355,10 @@ impl Server {
             servers.push(tokio::spawn(listener::serve(tcp, router, limits, stop)));
         }
 
-        let mut redis_bound = Vec::new();
-        for listener in redis_listeners {
-            if let Ok(addr) = listener.local_addr() {
-                redis_bound.push(format!("redis://{addr}"));
-            }
-            let ap = ap.clone();
-            let stop = wait_stop(stop_rx.clone());
-            servers.push(tokio::spawn(async move {
-                tokio::select! {
-                    _ = crate::redis::serve(listener, ap) => {}
-                    _ = stop => {}
-                }
-            }));
-        }
+        let redis_bound = serve_redis(redis_listeners, &ap, &stop_rx, &mut servers);
 
         let heartbeat = config.heartbeat_interval;
-        let background = vec![
+        let mut background = vec![
             tokio::spawn(leases.clone().run(
                 heartbeat.max(Duration::from_millis(50)),
                 config.lease_checkpoint_interval,
@@ -328,17 +374,15 @@ impl Server {
             tokio::spawn(sync_peers(
                 node.clone(),
                 members,
+                roster,
                 grpc,
                 membership.clone(),
                 ap.clone(),
                 member_id,
             )),
             tokio::spawn(compact_in_background(node.clone())),
-            tokio::spawn(replay_hints_in_background(node.clone(), ap.clone())),
-            tokio::spawn(anti_entropy_in_background(node.clone(), ap.clone())),
-            tokio::spawn(collect_tombstones_in_background(node.clone(), ap.clone())),
-            tokio::spawn(hand_off_in_background(node.clone(), ap.clone())),
         ];
+        background.extend(ap_in_background(&ap));
         tracing::info!(
             member = format_args!("{member_id}"),
             cluster = format_args!("{cluster_id:x}"),
@@ -354,7 +398,7 @@ impl Server {
             cluster_id,
             client_urls: client_bound,
             peer_urls: peer_bound,
-            node,
+            role: Role::Raft(node),
             membership,
             stop,
             servers,
@@ -383,15 +427,29 @@ impl Server {
         &self.peer_urls
     }
 
-    /// The Raft node, for embedding and tests.
-    pub fn node(&self) -> &NodeHandle {
-        &self.node
+    /// The Raft node, for embedding and tests (none on an AP-only member).
+    pub fn node(&self) -> Option<&NodeHandle> {
+        match &self.role {
+            Role::Raft(node) => Some(node),
+            Role::ApOnly(_) => None,
+        }
     }
 
-    /// Resolves when the member stops by itself (a fatal storage error), with the reason.
-    /// Never resolves while the member runs.
+    /// Resolves when the member stops by itself (a fatal storage error; an AP-only
+    /// member removed from the cluster), with the reason. Never resolves while the member
+    /// runs.
     pub async fn stopped(&self) -> ServerError {
-        ServerError::Node(self.node.stopped().await)
+        match &self.role {
+            Role::Raft(node) => ServerError::Node(node.stopped().await),
+            Role::ApOnly(removed) => {
+                let mut removed = removed.clone();
+                let reason = match removed.wait_for(Option::is_some).await {
+                    Ok(reason) => reason.clone().unwrap_or_default(),
+                    Err(_) => std::future::pending().await,
+                };
+                ServerError::Node(reason)
+            }
+        }
     }
 
     /// Stops accepting requests, gives open connections up to two seconds to finish,
@@ -411,11 +469,13 @@ impl Server {
         for b in self.background {
             b.abort();
         }
-        let result = self
-            .node
-            .shutdown()
-            .await
-            .map_err(|e| ServerError::Node(e.to_string()));
+        let result = match &self.role {
+            Role::Raft(node) => node
+                .shutdown()
+                .await
+                .map_err(|e| ServerError::Node(e.to_string())),
+            Role::ApOnly(_) => Ok(()),
+        };
         drop(self.dir_lock);
         result
     }
@@ -436,6 +496,7 @@ fn founding_members(
                 name,
                 peer_urls: urls,
                 client_urls: Vec::new(),
+                ap_only: false,
             },
         );
     }
@@ -445,6 +506,7 @@ fn founding_members(
             name: config.name.clone(),
             peer_urls: my_peer_urls.to_vec(),
             client_urls: Vec::new(),
+            ap_only: config.ap_only,
         },
     );
     founding
@@ -601,12 +663,14 @@ async fn publish_self(
 async fn sync_peers(
     node: NodeHandle,
     members: Arc<Members>,
+    roster: Arc<http::Roster>,
     transport: Arc<GrpcTransport>,
     membership: Membership,
     ap: ApNode,
     me: NodeId,
 ) {
     let mut every = tokio::time::interval(Duration::from_millis(500));
+    let mut ap_only_before = BTreeMap::new();
     loop {
         every.tick().await;
         let st = node.status();
@@ -632,33 +696,73 @@ async fn sync_peers(
                 membership.set_peer(*id, url.clone());
             }
         }
+        // AP-only members are in the ring and in gossip, not in Raft.
+        let ap_only: BTreeMap<NodeId, String> = members
+            .ap_only(cs)
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .filter_map(|(id, r)| r.peer_urls.first().map(|u| (id, u.clone())))
+            .collect();
+        for (id, url) in &ap_only {
+            membership.set_peer(*id, url.clone());
+        }
         // A joining member knows no configuration until the leader's snapshot arrives;
         // until then it keeps every peer it was told about.
         if !in_conf.is_empty() {
             for id in transport.peers().keys() {
                 if !in_conf.contains(id) {
                     transport.remove_peer(*id);
-                    membership.remove_peer(*id);
+                    if !ap_only.contains_key(id) {
+                        membership.remove_peer(*id);
+                    }
                 }
             }
         }
-        // The AP ring holds the same members; its health is what gossip sees alive.
-        ap.set_members(&transport.peers());
-        sync_buckets(&node, &ap);
-        let Some(view) = membership.view().await else {
-            return;
-        };
-        ap.set_healthy(
-            view.members
+        for id in ap_only_before.keys() {
+            if !ap_only.contains_key(id) && !in_conf.contains(id) {
+                membership.remove_peer(*id);
+            }
+        }
+        // The AP ring holds the same members and the AP-only ones.
+        roster.set(
+            in_conf
                 .iter()
-                .filter(|m| m.state == concord_core::swim::State::Alive)
-                .map(|m| m.id)
+                .chain(ap_only.keys())
+                .chain([&me])
+                .map(|id| {
+                    let name = records.get(id).map(|r| r.name.clone()).unwrap_or_default();
+                    (*id, (name, ap_only.contains_key(id)))
+                })
                 .collect(),
         );
-        // Handoff progress travels as gossip metadata.
-        ap.set_announced(view.members.iter().map(|m| (m.id, m.meta)).collect());
-        membership.set_meta(ap.handoff_meta());
+        let mut ring = transport.peers();
+        ring.extend(ap_only.clone());
+        ap.set_members(&ring);
+        ap_only_before = ap_only;
+        sync_buckets(&node, &ap);
+        if !gossip_to_ap(&membership, &ap).await {
+            return;
+        }
     }
+}
+
+/// Puts gossip's view in force on the AP side (who is alive; the handoff progress each
+/// member announces) and announces this member's; false once gossip has stopped.
+async fn gossip_to_ap(membership: &Membership, ap: &ApNode) -> bool {
+    let Some(view) = membership.view().await else {
+        return false;
+    };
+    ap.set_healthy(
+        view.members
+            .iter()
+            .filter(|m| m.state == concord_core::swim::State::Alive)
+            .map(|m| m.id)
+            .collect(),
+    );
+    // Handoff progress travels as gossip metadata.
+    ap.set_announced(view.members.iter().map(|m| (m.id, m.meta)).collect());
+    membership.set_meta(ap.handoff_meta());
+    true
 }
 
 /// Bucket properties go through the Raft group as cluster metadata.
@@ -689,29 +793,34 @@ fn sync_buckets(node: &NodeHandle, ap: &ApNode) {
     }
 }
 
+/// The AP side's background work, on every member: hint replay, anti-entropy, handoff,
+/// tombstone collection. The tasks run until aborted (at shutdown).
+fn ap_in_background(ap: &ApNode) -> Vec<JoinHandle<()>> {
+    vec![
+        tokio::spawn(replay_hints_in_background(ap.clone())),
+        tokio::spawn(anti_entropy_in_background(ap.clone())),
+        tokio::spawn(collect_tombstones_in_background(ap.clone())),
+        tokio::spawn(hand_off_in_background(ap.clone())),
+    ]
+}
+
 /// Hands hints over to the members they are for, once a second, batch after batch while
 /// there are hints to hand over.
-async fn replay_hints_in_background(node: NodeHandle, ap: ApNode) {
+async fn replay_hints_in_background(ap: ApNode) {
     let mut every = tokio::time::interval(Duration::from_secs(1));
     loop {
         every.tick().await;
-        while !node.status().stopped && ap.replay_hints(256).await > 0 {}
-        if node.status().stopped {
-            return;
-        }
+        while ap.replay_hints(256).await > 0 {}
     }
 }
 
 /// One anti-entropy exchange per interval, with the live members in turn.
-async fn anti_entropy_in_background(node: NodeHandle, ap: ApNode) {
+async fn anti_entropy_in_background(ap: ApNode) {
     let mut every = tokio::time::interval(ap.config().anti_entropy_interval);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut turn = 0usize;
     loop {
         every.tick().await;
-        if node.status().stopped {
-            return;
-        }
         let peers = ap.anti_entropy_peers();
         if peers.is_empty() {
             continue;
@@ -727,29 +836,23 @@ async fn anti_entropy_in_background(node: NodeHandle, ap: ApNode) {
 }
 
 /// Hands keys over after ring changes (`ap/handoff.rs`), a step every 500 ms.
-async fn hand_off_in_background(node: NodeHandle, ap: ApNode) {
+async fn hand_off_in_background(ap: ApNode) {
     let mut every = tokio::time::interval(Duration::from_millis(500));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if node.status().stopped {
-            return;
-        }
         ap.handoff_step().await;
     }
 }
 
 /// A pass of tombstone collection every tenth of the grace period (1 s to 1 min).
-async fn collect_tombstones_in_background(node: NodeHandle, ap: ApNode) {
+async fn collect_tombstones_in_background(ap: ApNode) {
     let period =
         (ap.config().tombstone_grace / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        if node.status().stopped {
-            return;
-        }
         match ap.collect_tombstones().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(collected = n, "tombstones collected"),

@@ -60,7 +60,7 @@ impl Cluster {
                 self.servers
                     .iter()
                     .flatten()
-                    .all(|s| s.node().status().leader.is_some())
+                    .all(|s| s.node().is_some_and(|n| n.status().leader.is_some()))
                     .then_some(())
             },
         )
@@ -465,7 +465,7 @@ async fn snapshot_save_then_restore_into_a_new_cluster() {
     eventually(
         "the restored member to lead",
         Duration::from_secs(10),
-        || async { s.node().status().leader.map(|_| ()) },
+        || async { s.node().and_then(|n| n.status().leader).map(|_| ()) },
     )
     .await;
     let ch = Channel::from_shared(format!("http://127.0.0.1:{cp}"))

@@ -443,6 +443,40 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// Starts reserved node `i` as an AP-only member (`--ap-only`) that reads the cluster
+    /// metadata from the Raft members `raft_members` (node indexes). Waits until it is
+    /// ready (it has registered and knows the ring).
+    pub async fn start_ap_only_member(&mut self, i: usize, raft_members: &[usize]) {
+        let initial_cluster = raft_members
+            .iter()
+            .map(|&m| format!("{}={}", self.nodes[m].name, self.nodes[m].peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut args = server_args(
+            &self.nodes[i],
+            &initial_cluster,
+            "new",
+            &self.token,
+            &self.extra,
+        );
+        args.push("--ap-only".into());
+        self.nodes[i].args = args;
+        self.spawn(i);
+        self.wait_ready(i).await;
+    }
+
+    /// Whether node `i`'s process has exited by itself (its status is then reaped).
+    pub fn has_exited(&mut self, i: usize) -> bool {
+        match self.nodes[i].child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) => {
+                self.nodes[i].child = None;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     /// Starts reserved node `i` as etcd documents for a member added at run time:
     /// `--initial-cluster-state existing` and `--initial-cluster` listing the existing members
     /// and itself. Waits until it is ready.

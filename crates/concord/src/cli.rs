@@ -413,6 +413,17 @@ pub struct ServerArgs {
     /// hint is dropped rather than handed over [default: 3600000]
     #[arg(long, value_name = "MS", help_heading = "AP buckets")]
     pub ap_tombstone_grace: Option<u64>,
+    /// Join as an AP-only member: hold AP data and serve Redis clients without being a
+    /// Raft member (no CP keyspace); --initial-cluster names the Raft members to read the
+    /// cluster metadata from [default: false]
+    #[arg(
+        long,
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        help_heading = "AP buckets"
+    )]
+    pub ap_only: Option<bool>,
 
     /// Log verbosity (RUST_LOG overrides it) [default: info]
     #[arg(long, value_name = "LEVEL", help_heading = "Logging")]
@@ -488,6 +499,10 @@ pub struct DevArgs {
     /// peers; 0 picks free ports
     #[arg(long, value_name = "PORT", default_value_t = 2379)]
     pub base_port: u16,
+    /// AP-only members started after the --nodes Raft members (they hold AP data and serve
+    /// Redis clients, not the CP keyspace); --nodes 3 --ap-members 2 is the 3+2 demo
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub ap_members: u8,
 }
 
 impl ServerArgs {
@@ -536,6 +551,7 @@ impl ServerArgs {
                 .ap_anti_entropy_interval
                 .or(lower.ap_anti_entropy_interval),
             ap_tombstone_grace: self.ap_tombstone_grace.or(lower.ap_tombstone_grace),
+            ap_only: self.ap_only.or(lower.ap_only),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
             compat: CompatFlags { given: compat },

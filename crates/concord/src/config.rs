@@ -228,6 +228,9 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(ms) = args.ap_tombstone_grace {
         c.ap.tombstone_grace = Duration::from_millis(ms);
     }
+    if let Some(b) = args.ap_only {
+        c.ap_only = b;
+    }
     c
 }
 

@@ -118,6 +118,8 @@ pub struct NodePlan {
     pub peer_port: u16,
     /// The Redis port (AP buckets); `None` in plans saved before it existed.
     pub redis_port: Option<u16>,
+    /// An AP-only member (`--ap-only`): not in Raft, no CP keyspace.
+    pub ap_only: bool,
 }
 
 impl NodePlan {
@@ -179,6 +181,7 @@ pub fn plan(nodes: u8, base: u16) -> Result<Vec<NodePlan>, DevError> {
             client_port,
             peer_port,
             redis_port: Some(redis_port),
+            ap_only: false,
         })
         .collect())
 }
@@ -196,6 +199,9 @@ fn save_plan(path: &Path, plans: &[NodePlan]) -> Result<(), DevError> {
         ));
         if let Some(r) = p.redis_port {
             text.push_str(&format!("redis_port = {r}\n"));
+        }
+        if p.ap_only {
+            text.push_str("ap_only = true\n");
         }
     }
     std::fs::write(path, text)
@@ -246,6 +252,10 @@ fn load_plan(path: &Path) -> Result<Option<Vec<NodePlan>>, DevError> {
                 None => None,
                 Some(_) => Some(port(node, "redis_port")?),
             },
+            ap_only: node
+                .get("ap_only")
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(false),
         });
     }
     if plans.is_empty() || plans.len() > 7 {
@@ -268,8 +278,10 @@ fn free_ports(count: usize) -> io::Result<Vec<u16>> {
 /// The `concord server` arguments of member `index` of `plans`.
 pub fn server_args(plans: &[NodePlan], index: usize, data_dir: &Path) -> Vec<String> {
     let me = &plans[index];
+    // The Raft members; an AP-only member reads the cluster metadata from them.
     let cluster = plans
         .iter()
+        .filter(|p| !p.ap_only)
         .map(|p| format!("{}={}", p.name, p.peer_url()))
         .collect::<Vec<_>>()
         .join(",");
@@ -288,6 +300,9 @@ pub fn server_args(plans: &[NodePlan], index: usize, data_dir: &Path) -> Vec<Str
         "--initial-cluster-token=concord-dev".into(),
     ];
     args.extend(me.redis_url().map(|u| format!("--listen-redis-urls={u}")));
+    if me.ap_only {
+        args.push("--ap-only".into());
+    }
     args
 }
 
@@ -481,14 +496,32 @@ async fn dev(args: DevArgs) -> Result<(), DevError> {
     let exe = std::env::current_exe().map_err(DevError::Exe)?;
     // Declared before `children`, so dropped after them: the folder outlives the processes.
     let data = DataDir::new(args.data_dir)?;
+    let total = args.nodes.saturating_add(args.ap_members);
+    if total > 7 {
+        return Err(DevError::Plan(format!(
+            "--nodes {} with --ap-members {} makes {total} members; at most 7",
+            args.nodes, args.ap_members
+        )));
+    }
+    let fresh_plan = || -> Result<Vec<NodePlan>, DevError> {
+        let mut plans = plan(total, args.base_port)?;
+        for p in plans.iter_mut().skip(usize::from(args.nodes)) {
+            p.ap_only = true;
+        }
+        Ok(plans)
+    };
+    let ap_members = |plans: &[NodePlan]| plans.iter().filter(|p| p.ap_only).count();
     let plans = if data.is_temporary() {
-        plan(args.nodes, args.base_port)?
+        fresh_plan()?
     } else {
         // A kept folder remembers its ports: members are known to each other by their peer
         // URLs, so a restart (even after --base-port 0) must use the same ones.
         let saved = data.path.join(PLAN_FILE);
         match load_plan(&saved)? {
-            Some(plans) if plans.len() == usize::from(args.nodes) => {
+            Some(plans)
+                if plans.len() == usize::from(total)
+                    && ap_members(&plans) == usize::from(args.ap_members) =>
+            {
                 println!(
                     "concord dev: reusing the ports of the previous run (from {})",
                     saved.display()
@@ -496,15 +529,17 @@ async fn dev(args: DevArgs) -> Result<(), DevError> {
                 plans
             }
             Some(plans) => {
+                let ap = ap_members(&plans);
                 return Err(DevError::Plan(format!(
-                    "{} holds a {}-node cluster; run with --nodes {} or use another --data-dir",
+                    "{} holds a cluster of {} Raft and {ap} AP-only members; run with \
+                     --nodes {} --ap-members {ap} or use another --data-dir",
                     data.path.display(),
-                    plans.len(),
-                    plans.len()
-                )))
+                    plans.len() - ap,
+                    plans.len() - ap,
+                )));
             }
             None => {
-                let plans = plan(args.nodes, args.base_port)?;
+                let plans = fresh_plan()?;
                 save_plan(&saved, &plans)?;
                 plans
             }
@@ -700,6 +735,7 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 fn print_endpoints(plans: &[NodePlan], data: &DataDir) {
     let endpoints = plans
         .iter()
+        .filter(|p| !p.ap_only)
         .map(|p| format!("127.0.0.1:{}", p.client_port))
         .collect::<Vec<_>>()
         .join(",");
@@ -707,13 +743,14 @@ fn print_endpoints(plans: &[NodePlan], data: &DataDir) {
     println!("concord dev: {} node(s) ready", plans.len());
     println!();
     println!(
-        "  {:<5} {:<24} {:<24} {:<24} LOG",
-        "NAME", "CLIENT ENDPOINT", "PEER URL", "REDIS URL"
+        "  {:<5} {:<8} {:<24} {:<24} {:<24} LOG",
+        "NAME", "ROLE", "CLIENT ENDPOINT", "PEER URL", "REDIS URL"
     );
     for p in plans {
         println!(
-            "  {:<5} {:<24} {:<24} {:<24} {}",
+            "  {:<5} {:<8} {:<24} {:<24} {:<24} {}",
             p.name,
+            if p.ap_only { "AP-only" } else { "raft" },
             p.client_url(),
             p.peer_url(),
             p.redis_url().unwrap_or_else(|| "-".into()),
@@ -802,6 +839,32 @@ mod tests {
         let s = crate::config::resolve(*a, &Default::default()).unwrap();
         assert_eq!(s.server.founding_members().len(), 3);
         assert!(s.warnings.is_empty());
+    }
+
+    #[test]
+    fn ap_only_members_read_from_the_raft_members_and_their_role_is_saved() {
+        let mut plans = plan(5, 2379).unwrap();
+        for p in plans.iter_mut().skip(3) {
+            p.ap_only = true;
+        }
+        let raft = "--initial-cluster=n1=http://127.0.0.1:2380,n2=http://127.0.0.1:12380,\
+                    n3=http://127.0.0.1:22380";
+        for i in 0..5 {
+            let args = server_args(&plans, i, Path::new("/d"));
+            assert!(args.contains(&raft.to_string()), "{args:?}");
+            assert_eq!(args.contains(&"--ap-only".to_string()), i >= 3, "{args:?}");
+            let mut argv: Vec<std::ffi::OsString> = vec!["concord".into()];
+            argv.extend(args.iter().map(Into::into));
+            let crate::cli::Command::Server(a) = crate::cli::parse(argv).unwrap().command else {
+                panic!("not server")
+            };
+            let s = crate::config::resolve(*a, &Default::default()).unwrap();
+            assert_eq!(s.server.ap_only, i >= 3);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(PLAN_FILE);
+        save_plan(&path, &plans).unwrap();
+        assert_eq!(load_plan(&path).unwrap().unwrap(), plans);
     }
 
     #[test]

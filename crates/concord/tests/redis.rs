@@ -565,3 +565,110 @@ async fn handoff_ended(cluster: &Cluster, members: &[usize], copies: u64) {
     })
     .await;
 }
+
+/// The 3+2 shape: three Raft members and two AP-only members, which hold AP data and
+/// serve Redis clients without the CP keyspace, read the ring and bucket properties from
+/// the Raft members, and leave through etcd's member remove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ap_only_members_hold_ap_data_without_the_cp_keyspace() {
+    let mut cluster = Cluster::builder(BIN, 3)
+        .flag("--gossip-interval", 100)
+        .flag("--ap-anti-entropy-interval", 300)
+        .start()
+        .await;
+    const KEYS: usize = 200;
+    let mut a = conn(&cluster, 0).await;
+    for k in 0..KEYS / 2 {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        assert_eq!(a.cmd(&["SET", &key, &value]).await, Ok(ok()));
+    }
+    let (n3, n4) = (cluster.reserve_node("n3"), cluster.reserve_node("n4"));
+    cluster.start_ap_only_member(n3, &[0, 1, 2]).await;
+    cluster.start_ap_only_member(n4, &[0, 1, 2]).await;
+    // Writes through an AP-only member, reads through every member.
+    let mut d = conn(&cluster, n3).await;
+    for k in KEYS / 2..KEYS {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        assert_eq!(d.cmd(&["SET", &key, &value]).await, Ok(ok()));
+    }
+    for i in 0..5 {
+        all_readable(&cluster, i, KEYS).await;
+    }
+    // Five members in the ring and in gossip, three in Raft.
+    common::eventually("five members in every ring", WAIT, || async {
+        for i in 0..5 {
+            let (_, ap) = http_json(cluster.nodes[i].client_port, "GET", "/v1/ap", None).await;
+            if ap["ring"].as_array().map(Vec::len) != Some(5) {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    let mut c = cluster.client(1).await;
+    let list = c.member_list().await.expect("member list");
+    assert_eq!(list.members().len(), 3, "{list:?}");
+    // The views name the AP-only members and their role, on either kind of member.
+    for i in [0, n4] {
+        common::eventually("the roles in the gossip view", WAIT, || async {
+            let (_, view) =
+                http_json(cluster.nodes[i].client_port, "GET", "/v1/members", None).await;
+            let mut ap_only: Vec<String> = view["members"]
+                .as_array()?
+                .iter()
+                .chain([&view["me"]])
+                .filter(|m| m["role"] == "ap-only")
+                .filter_map(|m| m["name"].as_str().map(str::to_string))
+                .collect();
+            ap_only.sort();
+            (ap_only == ["n3", "n4"]).then_some(())
+        })
+        .await;
+    }
+    // Each key on three members, the AP-only ones holding their share; no CP keyspace
+    // on their disks.
+    handoff_ended(&cluster, &[0, 1, 2, 3, 4], 3 * KEYS as u64).await;
+    for i in [n3, n4] {
+        let held = copies_on(&cluster, &[i], 0).await;
+        assert!(held > 0, "AP-only member {i} holds no key");
+        let dir = &cluster.nodes[i].data_dir;
+        assert!(dir.join("ap.redb").exists());
+        assert!(!dir.join("wal").exists() && !dir.join("state.redb").exists());
+    }
+    // etcd's API is not served there, with a clear error.
+    let mut e = cluster.client(n3).await;
+    let err = e
+        .put("x", "y", None)
+        .await
+        .expect_err("an AP-only member has no CP keyspace");
+    assert!(err.to_string().contains("AP-only"), "{err}");
+    // Bucket properties set through an AP-only member are in force everywhere.
+    let mut f = conn(&cluster, n4).await;
+    let set = f.cmd(&["CONCORD.BUCKET", "SET", "1", "N_VAL", "2"]).await;
+    assert!(matches!(set, Ok(RedisReply::Array(_))), "{set:?}");
+    common::eventually("bucket 1 at n_val 2 on member 0", WAIT, || async {
+        let (_, b) = http_json(cluster.nodes[0].client_port, "GET", "/v1/buckets/1", None).await;
+        (b["n_val"] == 2).then_some(())
+    })
+    .await;
+    // An AP-only member leaves through etcd's member remove: it stops by itself, and
+    // its keys are handed over to the four left.
+    let (_, ap) = http_json(cluster.nodes[n4].client_port, "GET", "/v1/ap", None).await;
+    let id = u64::from_str_radix(ap["me"].as_str().unwrap(), 16).unwrap();
+    c.member_remove(id)
+        .await
+        .expect("member remove of an AP-only member");
+    common::eventually(
+        "the removed member to stop",
+        Duration::from_secs(40),
+        || {
+            let exited = cluster.has_exited(n4);
+            async move { exited.then_some(()) }
+        },
+    )
+    .await;
+    handoff_ended(&cluster, &[0, 1, 2, 3], 3 * KEYS as u64).await;
+    for i in 0..4 {
+        all_readable(&cluster, i, KEYS).await;
+    }
+}

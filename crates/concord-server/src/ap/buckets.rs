@@ -144,7 +144,8 @@ pub trait BucketCatalog: Send + Sync {
     ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 }
 
-const PREFIX: &str = "bucket/";
+/// The key prefix of bucket properties among the cluster metadata.
+pub const PREFIX: &str = "bucket/";
 
 /// The Raft command that sets `bucket`'s properties.
 pub fn set_command(bucket: u8, props: &BucketProps) -> Command {

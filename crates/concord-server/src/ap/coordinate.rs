@@ -50,6 +50,7 @@ impl ApNode {
         op: Op,
         base: Option<RedisString>,
     ) -> Result<Written, ApError> {
+        self.ring_ready()?;
         let timeout = self.config().timeout;
         let bucket = access.bucket;
         let w = access.w.unwrap_or_else(|| self.bucket(bucket).w());
@@ -182,6 +183,7 @@ impl ApNode {
 
     /// Reads `key` from R of its replicas; the join of their states.
     pub async fn read(&self, at: Access, key: &[u8]) -> Result<Option<RedisString>, ApError> {
+        self.ring_ready()?;
         let timeout = self.config().timeout;
         let bucket = at.bucket;
         let r = at.r.unwrap_or_else(|| self.bucket(bucket).r());

@@ -31,7 +31,7 @@ impl ApNode {
             if member && !self.is_healthy(owner) {
                 continue;
             }
-            if !member && !self.ring_known() {
+            if !member && !self.ring_is_known() {
                 // Not a member, or the member list has not been read yet: wait.
                 continue;
             }

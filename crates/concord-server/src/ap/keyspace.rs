@@ -24,6 +24,7 @@ impl ApNode {
         &self,
         bucket: u8,
     ) -> Result<BTreeMap<Vec<u8>, RedisString>, ApError> {
+        self.ring_ready()?;
         let members: Vec<NodeId> = read(&self.inner.ring).nodes().collect();
         let tolerated = (self.bucket(bucket).n_val as usize)
             .min(members.len())

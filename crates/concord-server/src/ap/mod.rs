@@ -290,7 +290,7 @@ impl ApNode {
         if read(&self.inner.ring).nodes().ne(ids.iter().copied()) {
             if let Ok(ring) = Ring::with_nodes(VNODES, ids.iter().copied()) {
                 let old = std::mem::replace(&mut *write(&self.inner.ring), ring);
-                self.ring_changed(old, !self.ring_known());
+                self.ring_changed(old, !self.ring_is_known());
             }
         }
         self.inner.ring_known.store(true, Ordering::Relaxed);
@@ -342,7 +342,23 @@ impl ApNode {
         (all, rest)
     }
 
-    fn ring_known(&self) -> bool {
+    /// An error until the member list has been put in force: an AP-only member that has
+    /// not yet read the cluster metadata must not place keys on a ring of itself alone.
+    fn ring_ready(&self) -> Result<(), ApError> {
+        if self.ring_is_known() {
+            Ok(())
+        } else {
+            Err(ApError::Unavailable(
+                "this member does not know the ring yet (it has not read the cluster \
+                 metadata from a Raft member)"
+                    .into(),
+            ))
+        }
+    }
+
+    /// Whether the member list has been put in force (at start for a Raft member; once
+    /// the metadata has been read for an AP-only one).
+    pub fn ring_is_known(&self) -> bool {
         self.inner.ring_known.load(Ordering::Relaxed)
     }
 

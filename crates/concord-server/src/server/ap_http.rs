@@ -20,15 +20,14 @@ use base64::Engine as _;
 use concord_core::crdt::SetExpiry;
 use serde_json::{json, Value};
 
-use super::api::Ctx;
 use super::http::{query_param, JSON};
-use crate::ap::{Access, ApError, BucketChange, BucketProps, Durability, Op, BUCKETS};
+use crate::ap::{Access, ApError, ApNode, BucketChange, BucketProps, Durability, Op, BUCKETS};
 
 /// Largest request body read (a value plus its JSON).
 const MAX_BODY: usize = 8 << 20;
 
 /// The routes, to be merged with the other HTTP routes.
-pub(crate) fn router(ctx: Ctx) -> Router {
+pub(crate) fn router(ap: ApNode) -> Router {
     Router::new()
         .route("/v1/buckets", get(list))
         .route("/v1/buckets/{bucket}", get(describe).put(change))
@@ -37,7 +36,7 @@ pub(crate) fn router(ctx: Ctx) -> Router {
             get(get_key).put(put_key).delete(delete_key),
         )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(ctx)
+        .with_state(ap)
 }
 
 fn reply(body: Value) -> Response {
@@ -102,17 +101,17 @@ fn bucket_number(text: &str) -> Result<u8, HttpError> {
         })
 }
 
-async fn list(State(ctx): State<Ctx>) -> Response {
+async fn list(State(ap): State<ApNode>) -> Response {
     let all: Vec<Value> = (0..BUCKETS as u8)
-        .map(|b| props_json(b, &ctx.ap.bucket(b)))
+        .map(|b| props_json(b, &ap.bucket(b)))
         .collect();
     reply(json!({ "buckets": all }))
 }
 
-async fn describe(State(ctx): State<Ctx>, Path(bucket): Path<String>) -> Answer {
+async fn describe(State(ap): State<ApNode>, Path(bucket): Path<String>) -> Answer {
     let b = bucket_number(&bucket)?;
-    let mut body = props_json(b, &ctx.ap.bucket(b));
-    body["keys_held_here"] = json!(ctx.ap.keys_held(b).await?);
+    let mut body = props_json(b, &ap.bucket(b));
+    body["keys_held_here"] = json!(ap.keys_held(b).await?);
     Ok(reply(body))
 }
 
@@ -155,17 +154,17 @@ fn parse_change(body: &[u8]) -> Result<BucketChange, String> {
     Ok(change)
 }
 
-async fn change(State(ctx): State<Ctx>, Path(bucket): Path<String>, body: Bytes) -> Answer {
+async fn change(State(ap): State<ApNode>, Path(bucket): Path<String>, body: Bytes) -> Answer {
     let b = bucket_number(&bucket)?;
     let change = parse_change(&body).map_err(bad_request)?;
-    let props = ctx.ap.change_bucket(b, change).await?;
+    let props = ap.change_bucket(b, change).await?;
     Ok(reply(props_json(b, &props)))
 }
 
 /// The bucket and the request's own quorums (`?r=`, `?w=`), checked against the bucket.
-fn access(ctx: &Ctx, bucket: &str, q: &Option<String>) -> Result<Access, HttpError> {
+fn access(ap: &ApNode, bucket: &str, q: &Option<String>) -> Result<Access, HttpError> {
     let b = bucket_number(bucket)?;
-    let n = ctx.ap.bucket(b).n_val;
+    let n = ap.bucket(b).n_val;
     let quorum = |name: &str| match query_param(q, name) {
         None => Ok(None),
         Some(v) => match v.parse::<u32>() {
@@ -194,13 +193,13 @@ fn value_json(v: &[u8]) -> (&'static str, Value) {
 }
 
 async fn get_key(
-    State(ctx): State<Ctx>,
+    State(ap): State<ApNode>,
     Path((bucket, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> Answer {
-    let at = access(&ctx, &bucket, &q)?;
-    let state = ctx.ap.read(at, key.as_bytes()).await?;
-    let now = ctx.ap.now_ms();
+    let at = access(&ap, &bucket, &q)?;
+    let state = ap.read(at, key.as_bytes()).await?;
+    let now = ap.now_ms();
     let Some((state, value)) = state.and_then(|s| s.get(now).map(|v| (s, v))) else {
         return Err(HttpError(
             StatusCode::NOT_FOUND,
@@ -236,15 +235,14 @@ fn parse_value(body: &[u8], now_ms: u64) -> Result<(Vec<u8>, SetExpiry), String>
 }
 
 async fn put_key(
-    State(ctx): State<Ctx>,
+    State(ap): State<ApNode>,
     Path((bucket, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     body: Bytes,
 ) -> Answer {
-    let at = access(&ctx, &bucket, &q)?;
-    let (value, expiry) = parse_value(&body, ctx.ap.now_ms()).map_err(bad_request)?;
-    ctx.ap
-        .write(at, key.as_bytes(), Op::Set { value, expiry })
+    let at = access(&ap, &bucket, &q)?;
+    let (value, expiry) = parse_value(&body, ap.now_ms()).map_err(bad_request)?;
+    ap.write(at, key.as_bytes(), Op::Set { value, expiry })
         .await?;
     Ok(reply(
         json!({ "bucket": at.bucket, "key": key, "stored": true }),
@@ -252,16 +250,16 @@ async fn put_key(
 }
 
 async fn delete_key(
-    State(ctx): State<Ctx>,
+    State(ap): State<ApNode>,
     Path((bucket, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
 ) -> Answer {
-    let at = access(&ctx, &bucket, &q)?;
-    let now = ctx.ap.now_ms();
-    let state = ctx.ap.read(at, key.as_bytes()).await?;
+    let at = access(&ap, &bucket, &q)?;
+    let now = ap.now_ms();
+    let state = ap.read(at, key.as_bytes()).await?;
     let existed = state.is_some_and(|s| s.exists(now));
     if existed {
-        ctx.ap.write(at, key.as_bytes(), Op::Del).await?;
+        ap.write(at, key.as_bytes(), Op::Del).await?;
     }
     Ok(reply(
         json!({ "bucket": at.bucket, "key": key, "deleted": existed }),

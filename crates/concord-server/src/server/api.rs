@@ -33,6 +33,8 @@ pub(crate) struct Ctx {
     pub membership: concord_runtime::membership::Membership,
     /// The AP buckets on this member.
     pub ap: crate::ap::ApNode,
+    /// Members' names and roles for the views.
+    pub roster: Arc<super::http::Roster>,
 }
 
 impl Ctx {

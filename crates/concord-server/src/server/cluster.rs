@@ -107,6 +107,7 @@ impl Cluster for ClusterService {
             name: String::new(),
             peer_urls: r.peer_ur_ls.clone(),
             client_urls: Vec::new(),
+            ap_only: false,
         };
         self.ctx
             .node
@@ -133,6 +134,20 @@ impl Cluster for ClusterService {
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
         let id = NodeId(request.into_inner().id);
+        let cs = self.ctx.node.status().conf_state;
+        if self.ctx.members.ap_only(&cs).contains_key(&id) {
+            // An AP-only member is only a record: removing it takes it out of the ring
+            // (its keys are handed over) and stops it once it sees it is gone.
+            self.ctx
+                .node
+                .propose(members::remove_command(id))
+                .await
+                .map_err(api::status)?;
+            return Ok(Response::new(pb::MemberRemoveResponse {
+                header: Some(self.ctx.header()),
+                members: self.ctx.members.list_for(&cs),
+            }));
+        }
         self.find(id)?;
         if id == self.ctx.member_id
             && self.ctx.node.status().role == concord_raft::StateRole::Leader

@@ -78,6 +78,9 @@ pub struct ServerConfig {
     /// The AP buckets: replicas and quorums, timeouts, the hint bound, the anti-entropy
     /// interval (`--ap-*`).
     pub ap: crate::ap::ApConfig,
+    /// `--ap-only`: hold AP data without being a Raft member; the other members named by
+    /// `--initial-cluster` are the Raft members to read the cluster metadata from.
+    pub ap_only: bool,
 }
 
 impl ServerConfig {
@@ -108,6 +111,7 @@ impl ServerConfig {
             gossip: SwimConfig::default(),
             ap: crate::ap::ApConfig::default(),
             listen_redis_urls: Vec::new(),
+            ap_only: false,
         }
     }
 
@@ -229,6 +233,17 @@ impl ServerConfig {
         }
         self.gossip.validate().map_err(|e| e.to_string())?;
         let members = self.founding_members();
+        if self.ap_only {
+            // The other members named are the Raft members it reads the metadata from.
+            if !members.iter().any(|(n, _)| *n != self.name) {
+                return Err(
+                    "--ap-only needs --initial-cluster to name at least one Raft \
+                            member to read the cluster metadata from"
+                        .into(),
+                );
+            }
+            return Ok(());
+        }
         if self.initial_cluster_state == ClusterState::New {
             let me = members
                 .iter()
@@ -315,5 +330,16 @@ mod tests {
         c.validate().unwrap();
         c.election_timeout = Duration::from_millis(200);
         assert!(c.validate().unwrap_err().contains("--election-timeout"));
+    }
+
+    #[test]
+    fn an_ap_only_member_needs_raft_members_to_read_from() {
+        let mut c = ServerConfig::new("n4");
+        c.ap_only = true;
+        assert!(c.validate().unwrap_err().contains("--ap-only"));
+        // The Raft members named need not include this member.
+        c.initial_cluster =
+            ServerConfig::parse_initial_cluster("n1=http://127.0.0.1:2380").unwrap();
+        c.validate().unwrap();
     }
 }

@@ -11,7 +11,7 @@ use concord_raft::StateRole;
 
 use super::api::Ctx;
 use super::maintenance::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
-use concord_runtime::membership::{MemberView, MembershipView};
+use concord_runtime::membership::{MemberView, Membership, MembershipView};
 
 /// The HTTP routes, to be merged with the gRPC router.
 pub(crate) fn router(ctx: Ctx) -> Router {
@@ -19,11 +19,55 @@ pub(crate) fn router(ctx: Ctx) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
+        .with_state(ctx.clone())
+        .merge(ap_routes(ApSide {
+            ap: ctx.ap,
+            membership: ctx.membership,
+            member_id: ctx.member_id,
+            roster: ctx.roster,
+        }))
+}
+
+/// The members' names and whether they are AP-only, as this member last read them from
+/// the cluster metadata, for the views (`/v1/members`, `/v1/ap`).
+#[derive(Debug, Default)]
+pub(crate) struct Roster(
+    std::sync::RwLock<std::collections::BTreeMap<concord_raft::NodeId, (String, bool)>>,
+);
+
+impl Roster {
+    pub fn set(&self, members: std::collections::BTreeMap<concord_raft::NodeId, (String, bool)>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = members;
+    }
+
+    /// `"name"` and `"role"` (`raft` or `ap-only`) of member `id`, for a JSON view.
+    fn describe(&self, id: concord_raft::NodeId, into: &mut serde_json::Value) {
+        let members = self.0.read().unwrap_or_else(|e| e.into_inner());
+        if let Some((name, ap_only)) = members.get(&id) {
+            into["name"] = serde_json::json!(name);
+            into["role"] = serde_json::json!(if *ap_only { "ap-only" } else { "raft" });
+        }
+    }
+}
+
+/// What the AP side's routes need: every member has it, AP-only members included.
+#[derive(Clone)]
+pub(crate) struct ApSide {
+    pub ap: crate::ap::ApNode,
+    pub membership: Membership,
+    pub member_id: concord_raft::NodeId,
+    pub roster: std::sync::Arc<Roster>,
+}
+
+/// The routes every member serves, AP-only members included: `/version`, `/v1/members`,
+/// `/v1/ap`, and the buckets and their keys.
+pub(crate) fn ap_routes(side: ApSide) -> Router {
+    Router::new()
         .route("/version", get(version))
         .route("/v1/members", get(gossip_members))
         .route("/v1/ap", get(ap_status))
-        .with_state(ctx.clone())
-        .merge(super::ap_http::router(ctx))
+        .with_state(side.clone())
+        .merge(super::ap_http::router(side.ap))
 }
 
 pub(crate) const JSON: [(header::HeaderName, &str); 1] =
@@ -66,13 +110,13 @@ async fn ready(State(ctx): State<Ctx>) -> impl IntoResponse {
 
 /// This member's gossip view: `{"me": {...}, "members": [...], "pending_updates": n,
 /// "phi_threshold": x}`, ids in hex as etcdctl prints them.
-async fn gossip_members(State(ctx): State<Ctx>) -> impl IntoResponse {
+async fn gossip_members(State(ctx): State<ApSide>) -> impl IntoResponse {
     let Some(view) = ctx.membership.view().await else {
         let body = serde_json::json!({"error": "gossip has stopped on this member"});
         return (StatusCode::SERVICE_UNAVAILABLE, JSON, body.to_string());
     };
     let member = |m: &MemberView| {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "id": format!("{:x}", m.id.get()),
             "state": m.state.as_str(),
             "generation": m.generation,
@@ -80,7 +124,9 @@ async fn gossip_members(State(ctx): State<Ctx>) -> impl IntoResponse {
             "meta": m.meta,
             "phi": m.phi,
             "for_secs": m.for_secs,
-        })
+        });
+        ctx.roster.describe(m.id, &mut v);
+        v
     };
     let body = serde_json::json!({
         "me": member(&view.me),
@@ -94,7 +140,7 @@ async fn gossip_members(State(ctx): State<Ctx>) -> impl IntoResponse {
 /// This member's view of the AP buckets: replication settings, the ring (each member's
 /// share of first replicas and whether it is alive), the hints held here per member, and
 /// the AP counters.
-async fn ap_status(State(ctx): State<Ctx>) -> impl IntoResponse {
+async fn ap_status(State(ctx): State<ApSide>) -> impl IntoResponse {
     let m = ctx.ap.metrics();
     let pending: std::collections::BTreeMap<_, _> = m.hints_pending.iter().copied().collect();
     let ring: Vec<_> = ctx
@@ -102,12 +148,14 @@ async fn ap_status(State(ctx): State<Ctx>) -> impl IntoResponse {
         .ring_shares()
         .into_iter()
         .map(|(id, share, alive)| {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "id": format!("{:x}", id.get()),
                 "share": share,
                 "alive": alive,
                 "hints_held_here": pending.get(&id).copied().unwrap_or(0),
-            })
+            });
+            ctx.roster.describe(id, &mut v);
+            v
         })
         .collect();
     let body = serde_json::json!({
@@ -140,7 +188,7 @@ async fn version() -> impl IntoResponse {
 }
 
 /// Appends one metric in the Prometheus text format (`kind`: `gauge` or `counter`).
-fn metric(out: &mut String, kind: &str, name: &str, help: &str, value: f64) {
+pub(crate) fn metric(out: &mut String, kind: &str, name: &str, help: &str, value: f64) {
     out.push_str(&format!(
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
     ));
@@ -284,15 +332,29 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     for (name, help, value) in ctx.raft_metrics.counters() {
         metric(&mut out, "counter", name, help, value);
     }
-    if let Some(view) = ctx.membership.view().await {
-        gossip_metrics(&mut out, &view);
-    }
-    ap_metrics(&mut out, &ctx.ap.metrics());
+    ap_side_metrics(&mut out, &ctx.membership, &ctx.ap).await;
+    metrics_response(out)
+}
+
+/// A `/metrics` answer.
+pub(crate) fn metrics_response(text: String) -> impl IntoResponse {
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        out,
+        text,
     )
+}
+
+/// The metrics of gossip and the AP buckets, which every member has.
+pub(crate) async fn ap_side_metrics(
+    out: &mut String,
+    membership: &Membership,
+    ap: &crate::ap::ApNode,
+) {
+    if let Some(view) = membership.view().await {
+        gossip_metrics(out, &view);
+    }
+    ap_metrics(out, &ap.metrics());
 }
 
 /// One series per member and state (1 for the member's state, 0 for the others), phi

@@ -12,6 +12,8 @@
 //!   URLs, and each member publishes its name and client URLs once it sees a leader (etcd's
 //!   "publish"). Who is a voter or a learner comes from Raft's configuration, never from
 //!   these records.
+//! * AP-only members (`--ap-only`) are in the same table with `ap_only` set, recorded when
+//!   they register through a Raft member; they join the AP ring and gossip, not Raft.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +36,10 @@ pub struct MemberRecord {
     /// Client URLs; empty until published.
     #[serde(default)]
     pub client_urls: Vec<String>,
+    /// An AP-only member: it holds AP data and reads the cluster metadata from the Raft
+    /// members, but is not in Raft's configuration (ignored for a member that is).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ap_only: bool,
 }
 
 /// The id of the member with `peer_urls` in the cluster named by `token` (never 0).
@@ -179,6 +185,23 @@ impl Members {
                     is_learner,
                 }
             })
+            .collect()
+    }
+
+    /// The AP-only members (records marked so, for ids outside Raft's configuration
+    /// `cs`).
+    pub fn ap_only(&self, cs: &ConfState) -> BTreeMap<NodeId, MemberRecord> {
+        let in_conf = |id: &NodeId| {
+            cs.voters
+                .iter()
+                .chain(&cs.voters_outgoing)
+                .chain(&cs.learners)
+                .chain(&cs.learners_next)
+                .any(|m| m == id)
+        };
+        self.records()
+            .into_iter()
+            .filter(|(id, r)| r.ap_only && !in_conf(id))
             .collect()
     }
 

@@ -318,15 +318,37 @@ async fn first_json(ctx: &Ctx, path: &str) -> CtlResult<serde_json::Value> {
     Err(last)
 }
 
-/// Member names by hex id.
+/// Member names by hex id, from the member list (none when the endpoint is an AP-only
+/// member, which does not serve it: the views then carry the names).
 async fn member_names(ctx: &Ctx) -> CtlResult<std::collections::BTreeMap<String, String>> {
     Ok(ctx
         .call(ctx.cluster().member_list(pb::MemberListRequest::default()))
-        .await?
-        .members
+        .await
+        .map(|r| r.members)
+        .unwrap_or_default()
         .into_iter()
         .map(|m| (format!("{:x}", m.id), m.name))
         .collect())
+}
+
+/// A member's name in a view row: the view's own, else the member list's; AP-only
+/// members are marked.
+fn name_of(
+    row: &serde_json::Value,
+    id: &str,
+    names: &std::collections::BTreeMap<String, String>,
+) -> String {
+    let name = row["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .or_else(|| names.get(id).cloned())
+        .unwrap_or_default();
+    if row["role"] == "ap-only" {
+        format!("{name} (AP-only)")
+    } else {
+        name
+    }
 }
 
 /// The columns of `member ring`.
@@ -347,7 +369,7 @@ async fn ring(ctx: &Ctx) -> CtlResult<()> {
         let id = m["id"].as_str().ok_or_else(bad)?.to_string();
         rows.push(vec![
             id.clone(),
-            names.get(&id).cloned().unwrap_or_default(),
+            name_of(m, &id, &names),
             format!("{:.1}%", 100.0 * m["share"].as_f64().ok_or_else(bad)?),
             m["alive"].as_bool().ok_or_else(bad)?.to_string(),
             m["hints_held_here"].as_u64().ok_or_else(bad)?.to_string(),
@@ -377,7 +399,7 @@ fn gossip_rows(
         };
         rows.push(vec![
             id.clone(),
-            names.get(&id).cloned().unwrap_or_default(),
+            name_of(m, &id, names),
             if is_me {
                 "self".into()
             } else {
