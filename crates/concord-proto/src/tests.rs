@@ -804,7 +804,11 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
     ),
     (
         "concord.peer.v1.ReplicaKeys",
-        &["keys=1:*.concord.peer.v1.ReplicaKey", "done=2:bool"],
+        &[
+            "keys=1:*.concord.peer.v1.ReplicaKey",
+            "done=2:bool",
+            "digest=3:bytes",
+        ],
     ),
     (
         "concord.peer.v1.ReplicaTree",
@@ -816,7 +820,17 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
     ),
     (
         "concord.peer.v1.ReplicaLeaf",
-        &["cluster_id=1:uint64", "bucket=2:uint32", "leaf=3:uint32"],
+        &[
+            "cluster_id=1:uint64",
+            "bucket=2:uint32",
+            "leaf=3:uint32",
+            "spans=4:*.concord.peer.v1.ReplicaSpan",
+            "digest_only=5:bool",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaSpan",
+        &["lo=1:uint64", "hi=2:uint64"],
     ),
     (
         "concord.peer.v1.ReplicaReap",

@@ -334,6 +334,45 @@ impl Ring {
         list
     }
 
+    /// The parts of `[lo, hi]` (both inclusive, `lo <= hi`: no wrap-around) where the
+    /// preference list of `n` holds both `a` and `b`, as inclusive spans in order, adjacent
+    /// ones joined: the keys two members must both hold (anti-entropy between them compares
+    /// only these). Empty when `lo > hi` or the ring is empty.
+    ///
+    /// O((k + 1) · n) for the k vnode tokens inside the range.
+    pub fn shared_spans(
+        &self,
+        lo: Token,
+        hi: Token,
+        n: usize,
+        a: NodeId,
+        b: NodeId,
+    ) -> Vec<(Token, Token)> {
+        let mut out: Vec<(Token, Token)> = Vec::new();
+        if lo > hi {
+            return out;
+        }
+        let mut start = lo;
+        // Every token from `start` up to the owning vnode's own token (or to the end of the
+        // circle, when the owner is the first vnode past the wrap) has the same list.
+        while let Some(idx) = self.entries.owner_index(start) {
+            let own = self.entries.tokens[idx];
+            let end = if own >= start { own } else { Token(u64::MAX) }.min(hi);
+            let list = self.preference_list_of_token(start, n);
+            if list.contains(&a) && list.contains(&b) {
+                match out.last_mut() {
+                    Some(last) if last.1 .0.wrapping_add(1) == start.0 => last.1 = end,
+                    _ => out.push((start, end)),
+                }
+            }
+            if end >= hi {
+                break;
+            }
+            start = Token(end.0 + 1);
+        }
+        out
+    }
+
     /// Adds `node` and returns the ranges it took over (all with `to == Some(node)`).
     ///
     /// O(v) where v is the total number of vnodes: the table is rebuilt by a merge.

@@ -307,6 +307,43 @@ fn serde_round_trips_through_the_description() {
 
 proptest! {
     #[test]
+    fn prop_shared_spans_are_exactly_where_both_are_replicas(
+        nodes in proptest::collection::btree_set(0u64..16, 1..8),
+        vnodes in 1u32..24,
+        n in 1usize..5,
+        lo in any::<u64>(),
+        width in prop_oneof![Just(u64::MAX), 0u64..1 << 20, any::<u64>()],
+        probes in proptest::collection::vec(any::<u64>(), 100),
+    ) {
+        let ring = Ring::with_nodes(vnodes, nodes.iter().map(|&n| NodeId(n))).unwrap();
+        let ids: Vec<NodeId> = nodes.iter().map(|&n| NodeId(n)).collect();
+        let (a, b) = (ids[0], ids[ids.len() - 1]);
+        let hi = lo.saturating_add(width);
+        let spans = ring.shared_spans(Token(lo), Token(hi), n, a, b);
+        // In order, inside the range, disjoint and not adjacent (joined).
+        for w in spans.windows(2) {
+            prop_assert!(w[0].1 .0.saturating_add(1) < w[1].0 .0);
+        }
+        for (s, e) in &spans {
+            prop_assert!(lo <= s.0 && s.0 <= e.0 && e.0 <= hi);
+        }
+        // A token of the range is in a span exactly when both are among its replicas:
+        // probes anywhere in it, at the range's ends, and at the spans' ends and just
+        // past them.
+        let mut tokens: Vec<u64> = probes.iter().map(|p| lo + p % (hi - lo).saturating_add(1).max(1)).collect();
+        tokens.extend([lo, hi]);
+        for (s, e) in &spans {
+            tokens.extend([s.0, e.0, s.0.saturating_sub(1), e.0.saturating_add(1)]);
+        }
+        for t in tokens.into_iter().filter(|t| (lo..=hi).contains(t)) {
+            let list = ring.preference_list_of_token(Token(t), n);
+            let shared = list.contains(&a) && list.contains(&b);
+            let inside = spans.iter().any(|(s, e)| s.0 <= t && t <= e.0);
+            prop_assert_eq!(shared, inside, "token {:#x}", t);
+        }
+    }
+
+    #[test]
     fn prop_membership_changes_move_exactly_the_changed_tokens(
         initial in proptest::collection::btree_set(0u64..64, 0..8),
         changes in proptest::collection::vec(0u64..64, 1..6),

@@ -190,6 +190,7 @@ struct Counters {
     read_repairs: AtomicU64,
     anti_entropy_rounds: AtomicU64,
     anti_entropy_repaired: AtomicU64,
+    anti_entropy_fetched: AtomicU64,
     tombstones_removed: AtomicU64,
     handoff_sent: AtomicU64,
     handoff_removed: AtomicU64,
@@ -210,6 +211,8 @@ pub struct ApMetrics {
     pub anti_entropy_rounds: u64,
     /// Keys anti-entropy found stale here and repaired.
     pub anti_entropy_repaired: u64,
+    /// Keys anti-entropy fetched from other members to compare (repaired or not).
+    pub anti_entropy_fetched: u64,
     /// Tombstones removed from this member's replica by collection.
     pub tombstones_removed: u64,
     /// Keys sent to new owners by handoff.
@@ -508,6 +511,7 @@ impl ApNode {
             read_repairs: c.read_repairs.load(Ordering::Relaxed),
             anti_entropy_rounds: c.anti_entropy_rounds.load(Ordering::Relaxed),
             anti_entropy_repaired: c.anti_entropy_repaired.load(Ordering::Relaxed),
+            anti_entropy_fetched: c.anti_entropy_fetched.load(Ordering::Relaxed),
             tombstones_removed: c.tombstones_removed.load(Ordering::Relaxed),
             handoff_sent: c.handoff_sent.load(Ordering::Relaxed),
             handoff_removed: c.handoff_removed.load(Ordering::Relaxed),
@@ -750,6 +754,7 @@ impl Replica for ReplicaService {
         .await
         .map_err(status)?;
         Ok(Response::new(ReplicaKeys {
+            digest: Default::default(),
             done: page.len() < limit,
             keys: page
                 .into_iter()
@@ -793,11 +798,21 @@ impl Replica for ReplicaService {
         let bucket = bucket_of(r.bucket)?;
         let node = self.node.clone();
         let leaf = r.leaf as usize;
+        let spans: Vec<(u64, u64)> = r.spans.iter().map(|s| (s.lo, s.hi)).collect();
         let entries = blocking(move || Ok(node.inner.store.leaf(bucket, leaf)?))
             .await
             .map_err(status)?;
+        let entries = anti_entropy::within(entries, &spans);
+        if r.digest_only {
+            return Ok(Response::new(ReplicaKeys {
+                done: true,
+                keys: Vec::new(),
+                digest: anti_entropy::digest(&entries).to_vec().into(),
+            }));
+        }
         Ok(Response::new(ReplicaKeys {
             done: true,
+            digest: Default::default(),
             keys: entries
                 .into_iter()
                 .map(|(key, state)| ReplicaKey {

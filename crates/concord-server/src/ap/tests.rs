@@ -275,6 +275,82 @@ async fn anti_entropy_repairs_what_a_replica_missed_and_keeps_deletes_deleted() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_more_members_than_replicas_anti_entropy_compares_only_the_shared_ranges() {
+    let m = start(5).await;
+    for i in 0..300 {
+        let key = format!("k{i}");
+        m.nodes[i % 5]
+            .write(B0, key.as_bytes(), set(&key))
+            .await
+            .unwrap();
+    }
+    let round = || async {
+        let mut repaired = 0;
+        for a in &m.nodes {
+            for b in 1..=5 {
+                if NodeId(b) != a.me() {
+                    repaired += a.anti_entropy_with(NodeId(b)).await.unwrap();
+                }
+            }
+        }
+        repaired
+    };
+    let fetched = || {
+        m.nodes
+            .iter()
+            .map(|n| n.metrics().anti_entropy_fetched)
+            .sum::<u64>()
+    };
+    // Once the last replicas of the writes have landed, the members are in sync: a full
+    // round of exchanges between every pair repairs nothing and fetches no key, though
+    // every member's tree differs from every other's (each holds 3/5 of the keys).
+    round().await;
+    let before = fetched();
+    assert_eq!(round().await, 0);
+    assert_eq!(fetched(), before, "an exchange in sync fetched keys");
+    // Keys that member 5 shares with member 1 and missed are repaired from it, and only
+    // such keys are fetched.
+    let (first, fifth) = (&m.nodes[0], &m.nodes[4]);
+    let base = concord_core::clock::Timestamp::new(first.now_ms(), 0).pack();
+    let mut missed = Vec::new();
+    for i in 0..2000 {
+        let key = format!("x{i}");
+        let owners = first.placement(0, key.as_bytes()).0;
+        if owners.contains(&NodeId(1)) && owners.contains(&NodeId(5)) {
+            let mut state = RedisString::new();
+            state.set(
+                b"v".to_vec(),
+                (base, NodeId(1)),
+                NodeId(1),
+                SetExpiry::Clear,
+            );
+            first
+                .merge_local(0, key.as_bytes(), state, None)
+                .await
+                .unwrap();
+            missed.push(key);
+        }
+        if missed.len() == 40 {
+            break;
+        }
+    }
+    assert_eq!(missed.len(), 40);
+    let before = fifth.metrics().anti_entropy_fetched;
+    assert_eq!(fifth.anti_entropy_with(NodeId(1)).await.unwrap(), 40);
+    let now = fifth.now_ms();
+    for key in &missed {
+        assert_eq!(
+            value(fifth.read_local(0, key.as_bytes()).unwrap(), now),
+            Some(b"v".to_vec())
+        );
+    }
+    let fetched_now = fifth.metrics().anti_entropy_fetched - before;
+    // The leaves fetched hold the 40 keys and the shared keys written before, not the
+    // 3/5 of all keys member 1 holds.
+    assert!(fetched_now < 40 + 150, "fetched {fetched_now} keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tombstones_are_collected_only_when_every_owner_holds_them_past_the_grace() {
     let grace = Duration::from_millis(300);
     let m = start_with(

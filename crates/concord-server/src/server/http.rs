@@ -170,6 +170,7 @@ async fn ap_status(State(ctx): State<ApSide>) -> impl IntoResponse {
         "read_repairs": m.read_repairs,
         "anti_entropy_rounds": m.anti_entropy_rounds,
         "anti_entropy_keys_repaired": m.anti_entropy_repaired,
+        "anti_entropy_keys_fetched": m.anti_entropy_fetched,
         "tombstones_removed": m.tombstones_removed,
         "in_transition": ctx.ap.in_transition(),
         "handoff_sent": m.handoff_sent,
@@ -433,6 +434,11 @@ fn ap_metrics(out: &mut String, m: &crate::ap::ApMetrics) {
             "concord_ap_anti_entropy_keys_repaired_total",
             "Keys anti-entropy found stale on this member and repaired.",
             m.anti_entropy_repaired,
+        ),
+        (
+            "concord_ap_anti_entropy_keys_fetched_total",
+            "Keys anti-entropy fetched from other members to compare (repaired or not).",
+            m.anti_entropy_fetched,
         ),
         (
             "concord_ap_tombstones_removed_total",
