@@ -20,8 +20,13 @@
 # SINGLE_REQUESTS (-n of the -c 1 SET runs, 3000), CLIENTS (50), VALUE_SIZE (256), KEY_SPACE
 # (-r, 100000), CP_CLIENTS (256), CP_DURATION (seconds, 10), BENCH_TIMEOUT (cap on each
 # redis-benchmark run, seconds, 300), BASE_PORT (23610: Concord member i uses BASE+10i
-# client, +1 peer, +5 Redis protocol; Redis uses BASE+40..BASE+42). The defaults take
-# about two minutes on a 2-core machine.
+# client, +1 peer, +5 Redis protocol; Redis uses BASE+40..BASE+42), PARTITION_SECS (30; 0
+# skips the convergence run), CONVERGE_TIMEOUT (180 s). The defaults take about three
+# minutes on a 2-core machine.
+#
+# After the throughput runs, member 3 is cut off for PARTITION_SECS under write load and
+# the script reports the hints kept, how fast they are replayed once it is back, and when
+# the three replicas agree again.
 #
 # Every process started here is stopped by PID on exit; data lives in a temp dir that is
 # removed. Needs root (or sudo) only to install redis-server / redis-tools when missing.
@@ -38,6 +43,8 @@ CP_CLIENTS="${CP_CLIENTS:-256}"
 CP_DURATION="${CP_DURATION:-10}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-300}"
 BASE_PORT="${BASE_PORT:-23610}"
+PARTITION_SECS="${PARTITION_SECS:-30}"
+CONVERGE_TIMEOUT="${CONVERGE_TIMEOUT:-180}"
 
 source "$PWD/scripts/lib/apt.sh"
 apt_install redis-server redis-server
@@ -147,6 +154,44 @@ for i in 1 2; do
         || echo "warning: redis replica $i lost its link during the run" >&2
 done
 
+# --- Convergence after a partition heals ---------------------------------------------------
+# Member 3 is cut off (SIGSTOP: it answers nobody, as behind a partition) for
+# PARTITION_SECS while writes go to member 1 (W=2 on members 1 and 2; member 1 keeps a
+# hint for member 3 per key). Then it is let back (SIGCONT) and the clock runs until no
+# member holds a hint and the three hold the same number of keys in bucket 0.
+echo '{}' >"$WORK/converge.json"
+if [ "$PARTITION_SECS" -gt 0 ]; then
+    ap_json() { curl -fsS --max-time 2 "http://127.0.0.1:$((BASE_PORT + 10 * $1))$2" 2>/dev/null || echo '{}'; }
+    hints_total() {
+        local t=0 i
+        for i in 1 2; do
+            t=$((t + $(ap_json "$i" /v1/ap | python3 -c 'import json,sys; d=json.load(sys.stdin); print(sum(m.get("hints_held_here",0) for m in d.get("ring",[])))')))
+        done
+        echo "$t"
+    }
+    held() { ap_json "$1" /v1/buckets/0 | python3 -c 'import json,sys; print(json.load(sys.stdin).get("keys_held_here",-1))'; }
+    echo "partition: member 3 cut off for ${PARTITION_SECS} s under SET -c $CLIENTS to member 1" >&2
+    kill -STOP "${PIDS[2]}"
+    timeout "$PARTITION_SECS" redis-benchmark -h 127.0.0.1 -p "$CONCORD_REDIS" -d "$VALUE_SIZE" \
+        -c "$CLIENTS" -t set -n 100000000 -r "$KEY_SPACE" -q >/dev/null 2>&1 || true
+    hints=$(hints_total)
+    kill -CONT "${PIDS[2]}"
+    start=$(date +%s.%N) replayed="" converged=""
+    while :; do
+        now=$(date +%s.%N)
+        elapsed=$(python3 -c "print($now - $start)")
+        if [ -z "$replayed" ] && [ "$(hints_total)" -eq 0 ]; then replayed=$elapsed; fi
+        if [ -n "$replayed" ]; then
+            a=$(held 1) b=$(held 2) c=$(held 3)
+            if [ "$a" -ge 0 ] && [ "$a" = "$b" ] && [ "$b" = "$c" ]; then converged=$elapsed; break; fi
+        fi
+        python3 -c "import sys; sys.exit(0 if $elapsed < $CONVERGE_TIMEOUT else 1)" || break
+        sleep 0.1
+    done
+    printf '{"partition_secs": %s, "hints": %s, "replayed_secs": %s, "converged_secs": %s}\n' \
+        "$PARTITION_SECS" "$hints" "${replayed:-null}" "${converged:-null}" >"$WORK/converge.json"
+fi
+
 # --- The table -----------------------------------------------------------------------------
 python3 - "$WORK" "$CLIENTS" "$CP_CLIENTS" "$VALUE_SIZE" "$REQUESTS" "$REDIS_REQUESTS" "$SINGLE_REQUESTS" "$KEY_SPACE" <<'EOF'
 import csv, json, sys
@@ -209,4 +254,20 @@ print()
 print("CP put@%s: %s ok, %s errors, p50 %s ms, p99 %s ms"
       % (cp_clients, cp.get("ok"), cp.get("errors"), cp.get("p50_ms"), cp.get("p99_ms")))
 print("ratio = concord / redis (for latencies lower is better); last row: Concord SET / Concord CP put.")
+conv = json.loads(open(work + "/converge.json").read())
+if conv:
+    print()
+    print("partition of member 3 for %s s under SET load: %s hints kept"
+          % (conv["partition_secs"], conv["hints"]))
+    if conv["replayed_secs"] is None:
+        print("  hints NOT all replayed in time")
+    else:
+        rate = conv["hints"] / conv["replayed_secs"] if conv["replayed_secs"] else float("nan")
+        print("  hints replayed %.1f s after healing (%.0f hints/s, failure detection included)"
+              % (conv["replayed_secs"], rate))
+    if conv["converged_secs"] is None:
+        print("  replicas NOT converged in time")
+    else:
+        print("  replicas converged (no hint left, same key count on all three) %.1f s after healing"
+              % conv["converged_secs"])
 EOF

@@ -5,6 +5,8 @@
 
 stop_pids() {
     local p
+    # A stopped process (SIGSTOP) would not act on SIGTERM until continued.
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -CONT "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done
     for _ in $(seq 1 50); do
         local alive=""

@@ -216,8 +216,8 @@ impl ApNode {
             };
             Ok::<_, String>((bucket, op, base))
         })();
-        let started =
-            checked.map(|(bucket, op, base)| self.start_apply_local(bucket, &a.key, op, base));
+        let started = checked
+            .map(|(bucket, op, base)| self.start_apply_local(bucket, &a.key, op, base, None));
         async move {
             match started {
                 Err(e) => failure(e),

@@ -56,7 +56,7 @@ impl ApNode {
         let w = access.w.unwrap_or_else(|| self.bucket(bucket).w());
         let started = Instant::now();
         let (preferred, fallbacks) = self.placement(bucket, key);
-        let candidates: Vec<NodeId> = preferred
+        let mut candidates: Vec<NodeId> = preferred
             .iter()
             .chain(&fallbacks)
             .copied()
@@ -67,20 +67,52 @@ impl ApNode {
                 "no replica of the key is reachable".into(),
             ));
         }
+        // A member that is a replica of the key applies the write itself: no network hop
+        // before the first copy.
+        if let Some(i) = candidates.iter().position(|n| *n == self.me()) {
+            if preferred.contains(&self.me()) {
+                candidates[..=i].rotate_right(1);
+            }
+        }
         // SET, DEL and EXPIRE may be applied twice without harm (a second SET is a newer
-        // write of the same value), so a failed coordinating replica is replaced by the
-        // next one; an INCR is not retried (it might count twice).
-        let retries = if matches!(op, Op::Incr(_)) {
-            1
-        } else {
-            candidates.len()
-        };
+        // write of the same value), so a failed or silent coordinating replica is
+        // replaced by the next one, each but the last given half of what time is left;
+        // an INCR is not retried (it might count twice).
+        let idempotent = !matches!(op, Op::Incr(_));
+        let retries = if idempotent { candidates.len() } else { 1 };
         let mut applied = None;
+        let mut local_commit = None;
         let mut last_error = None;
-        for &at in candidates.iter().take(retries) {
+        for (attempt, &at) in candidates.iter().take(retries).enumerate() {
             let left = timeout.saturating_sub(started.elapsed());
-            let apply = self.apply_at(at, bucket, key.to_vec(), op.clone(), base.clone());
-            match tokio::time::timeout(left, apply).await {
+            let last = attempt + 1 == retries;
+            let budget = if last { left } else { left / 2 };
+            let outcome = if at == self.me() && idempotent {
+                // Here, the replicas are sent the new state as soon as it is computed,
+                // while this replica's commit runs: the two durable steps overlap. This
+                // replica counts towards W once its commit is durable. (Not for an INCR:
+                // its counter entry must be durable here before any other replica holds
+                // it, or a crash could make this replica count the same entry again.)
+                let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
+                let commit =
+                    self.start_apply_local(bucket, key, op.clone(), base.clone(), Some(applied_tx));
+                match tokio::time::timeout(budget, applied_rx).await {
+                    Ok(Ok(state)) => {
+                        local_commit = Some(commit);
+                        Ok(Ok((state, None)))
+                    }
+                    // The job did not run (its batch failed first): the commit says why.
+                    Ok(Err(_)) => Ok(match commit.await {
+                        Ok(Err(e)) => Err(e),
+                        _ => Err(ApError::Unavailable("this replica's store failed".into())),
+                    }),
+                    Err(elapsed) => Err(elapsed),
+                }
+            } else {
+                let apply = self.apply_at(at, bucket, key.to_vec(), op.clone(), base.clone());
+                tokio::time::timeout(budget, apply).await
+            };
+            match outcome {
                 Ok(Ok(done)) => {
                     applied = Some((at, done));
                     break;
@@ -91,7 +123,9 @@ impl ApNode {
                     last_error = Some(ApError::Unavailable(format!(
                         "write timed out at replica {at}; it may or may not have been applied"
                     )));
-                    break;
+                    if !idempotent {
+                        break;
+                    }
                 }
             }
         }
@@ -112,8 +146,18 @@ impl ApNode {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
         let mut pending = actions;
-        // The coordinating replica stored the state already.
-        pending.extend(req.on_ack(coordinating));
+        match local_commit {
+            // Its commit answers through the channel, like the other replicas.
+            Some(commit) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let ok = matches!(commit.await, Ok(Ok(_)));
+                    let _ = tx.send((coordinating, ok));
+                });
+            }
+            // The coordinating replica stored the state already.
+            None => pending.extend(req.on_ack(coordinating)),
+        }
         let node = self.clone();
         let key = key.to_vec();
         // Runs until the write settles (every target answered, or the deadline), after the

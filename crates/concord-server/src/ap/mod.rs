@@ -387,18 +387,21 @@ impl ApNode {
         op: Op,
         base: Option<RedisString>,
     ) -> Result<(RedisString, Option<i64>), ApError> {
-        let answer = self.start_apply_local(bucket, key, op, base);
+        let answer = self.start_apply_local(bucket, key, op, base, None);
         answer.await.map_err(|_| stopped())?
     }
 
     /// [`ApNode::apply_local`], queued for the group commit now; the answer comes
-    /// through the receiver.
+    /// through the receiver once the commit is durable. With `applied`, a `SET`, `DEL` or
+    /// `EXPIRE` also sends the new state there as soon as it is computed in the commit's
+    /// transaction, before the commit (an `INCR` never does: see `coordinate.rs`).
     fn start_apply_local(
         &self,
         bucket: u8,
         key: &[u8],
         op: Op,
         base: Option<RedisString>,
+        applied: Option<tokio::sync::oneshot::Sender<RedisString>>,
     ) -> tokio::sync::oneshot::Receiver<Result<(RedisString, Option<i64>), ApError>> {
         // The store's identity, not the member's: a member whose data was lost acts as a
         // new replica, so its counter entries never collide with its earlier life's.
@@ -420,18 +423,15 @@ impl ApNode {
                         e => e,
                     };
                     s.set(value, stamp, me, expiry);
-                    Ok(None)
                 }
-                Op::Del => {
-                    s.delete(stamp);
-                    Ok(None)
-                }
-                Op::Incr(delta) => s.incr(delta, me, stamp, now_ms).map(Some),
-                Op::Expire(e) => {
-                    s.expire(e, me);
-                    Ok(None)
-                }
+                Op::Del => s.delete(stamp),
+                Op::Incr(delta) => return s.incr(delta, me, stamp, now_ms).map(Some),
+                Op::Expire(e) => s.expire(e, me),
             }
+            if let Some(applied) = applied {
+                let _ = applied.send(s.clone());
+            }
+            Ok(None)
         };
         // The commit thread answers; no thread waits meanwhile.
         self.inner
