@@ -151,6 +151,42 @@ async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, String)>, ServerError
     Ok(out)
 }
 
+/// Every listener of a member, bound, with the URLs it answers on.
+struct Listeners {
+    client: Vec<(TcpListener, String)>,
+    redis: Vec<TcpListener>,
+    peer: Vec<(TcpListener, String)>,
+    /// The client URLs listened on (with the ports chosen).
+    client_bound: Vec<String>,
+    /// The peer URLs listened on.
+    peer_bound: Vec<String>,
+    /// The client URLs advertised (port 0 resolved).
+    my_client_urls: Vec<String>,
+}
+
+impl Listeners {
+    async fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
+        let client = bind(&config.listen_client_urls).await?;
+        let redis = bind_redis(&config.listen_redis_urls).await?;
+        let peer = bind(&config.listen_peer_urls).await?;
+        let client_bound: Vec<String> = client.iter().map(|(_, u)| u.clone()).collect();
+        let peer_bound: Vec<String> = peer.iter().map(|(_, u)| u.clone()).collect();
+        let my_client_urls = resolve(
+            config.advertised_client_urls(),
+            &config.listen_client_urls,
+            &client_bound,
+        );
+        Ok(Listeners {
+            client,
+            redis,
+            peer,
+            client_bound,
+            peer_bound,
+            my_client_urls,
+        })
+    }
+}
+
 /// Binds the Redis listeners (`redis://host:port`).
 async fn bind_redis(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
     let mut out = Vec::new();
@@ -246,16 +282,14 @@ impl Server {
             return ap_only::start(config, dir_lock, member_id, cluster_id).await;
         }
         let mut founding = founding_members(&config, member_id, &my_peer_urls);
-        let client_listeners = bind(&config.listen_client_urls).await?;
-        let redis_listeners = bind_redis(&config.listen_redis_urls).await?;
-        let peer_listeners = bind(&config.listen_peer_urls).await?;
-        let client_bound: Vec<String> = client_listeners.iter().map(|(_, u)| u.clone()).collect();
-        let peer_bound: Vec<String> = peer_listeners.iter().map(|(_, u)| u.clone()).collect();
-        let my_client_urls = resolve(
-            config.advertised_client_urls(),
-            &config.listen_client_urls,
-            &client_bound,
-        );
+        let Listeners {
+            client: client_listeners,
+            redis: redis_listeners,
+            peer: peer_listeners,
+            client_bound,
+            peer_bound,
+            my_client_urls,
+        } = Listeners::bind(&config).await?;
         if let Some(me) = founding.get_mut(&member_id) {
             me.client_urls = my_client_urls.clone();
         }

@@ -35,10 +35,10 @@ use concord_runtime::transport::Router;
 use tokio::sync::watch as tokio_watch;
 use tonic::transport::{Channel, Endpoint};
 
-use super::http::{self, ApSide, JSON};
+use super::http::{self, ApSide};
 use super::{
-    ap_in_background, bind, bind_redis, dirlock, founding_members, gossip_to_ap, resolve,
-    serve_peers, serve_redis, wait_stop, Role, Server, ServerConfig, ServerError,
+    ap_in_background, dirlock, founding_members, gossip_to_ap, serve_peers, serve_redis, wait_stop,
+    Listeners, Role, Server, ServerConfig, ServerError,
 };
 use crate::ap::{buckets, ApNode, BucketCatalog, BucketProps};
 
@@ -248,16 +248,14 @@ pub(super) async fn start(
         .filter(|(id, _)| *id != member_id)
         .filter_map(|(id, r)| r.peer_urls.first().map(|u| (id, u.clone())))
         .collect();
-    let client_listeners = bind(&config.listen_client_urls).await?;
-    let redis_listeners = bind_redis(&config.listen_redis_urls).await?;
-    let peer_listeners = bind(&config.listen_peer_urls).await?;
-    let client_bound: Vec<String> = client_listeners.iter().map(|(_, u)| u.clone()).collect();
-    let peer_bound: Vec<String> = peer_listeners.iter().map(|(_, u)| u.clone()).collect();
-    let my_client_urls = resolve(
-        config.advertised_client_urls(),
-        &config.listen_client_urls,
-        &client_bound,
-    );
+    let Listeners {
+        client: client_listeners,
+        redis: redis_listeners,
+        peer: peer_listeners,
+        client_bound,
+        peer_bound,
+        my_client_urls,
+    } = Listeners::bind(&config).await?;
 
     let generation = generation_now();
     let (membership, gossip) = Membership::start(
@@ -488,17 +486,7 @@ async fn health_route(State(st): State<HttpState>) -> impl IntoResponse {
         }
         Some(_) => String::new(),
     };
-    let code = if reason.is_empty() {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = serde_json::json!({
-        "health": if reason.is_empty() { "true" } else { "false" },
-        "reason": reason,
-        "ap_only": true,
-    });
-    (code, JSON, body.to_string())
+    http::health_response(&reason, serde_json::json!({"ap_only": true}))
 }
 
 /// Ready once the member knows the ring.

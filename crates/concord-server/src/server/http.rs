@@ -86,15 +86,24 @@ async fn health(State(ctx): State<Ctx>) -> impl IntoResponse {
     } else {
         ""
     };
+    health_response(reason, serde_json::json!({}))
+}
+
+/// etcd's `/health` answer: healthy (200) when `reason` is empty, else 503 with it; the
+/// fields of `extra` are added.
+pub(crate) fn health_response(reason: &str, extra: serde_json::Value) -> impl IntoResponse {
     let code = if reason.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "health": if reason.is_empty() { "true" } else { "false" },
         "reason": reason,
     });
+    if let (Some(body), Some(extra)) = (body.as_object_mut(), extra.as_object()) {
+        body.extend(extra.clone());
+    }
     (code, JSON, body.to_string())
 }
 
