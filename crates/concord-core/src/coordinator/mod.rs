@@ -19,6 +19,8 @@
 //!          for it (Cassandra's coordinator-held hints)
 //!  read:   Read{first N healthy nodes} ─▶ R answers ─▶ Reply(Ok(merge of the answers))
 //!          every target answered (or the deadline) ─▶ Repair{stale replica, merge}
+//!  lean:   Read{first R of them}; a failure ─▶ Read{next one}; no reply by the
+//!          speculation time ─▶ Read{every other one} (Cassandra's speculative retry)
 //! ```
 //!
 //! Values are state-based CRDTs ([`Crdt`]): a replica's answer is its state, the merge of
@@ -46,6 +48,9 @@
 //!    nothing more.
 //! 5. **Repairs only advance.** A repair goes only to a replica that answered with less than
 //!    the join of all answers received, and carries that join.
+//! 7. **A lean read fails only when the full one would.** It asks R of the N targets
+//!    first and each other one as soon as a target fails or the speculation time passes,
+//!    so it answers `Unavailable` only once more than N − R of all its targets failed.
 
 #[cfg(test)]
 mod tests;
@@ -354,7 +359,12 @@ pub enum ReadAction<V> {
 #[derive(Debug, Clone)]
 pub struct ReadRequest<V> {
     r: u32,
+    /// The nodes asked so far.
     targets: BTreeSet<NodeId>,
+    /// The nodes to ask when a target fails or the speculation time passes, in order.
+    spares: VecDeque<NodeId>,
+    /// When every spare is asked if the read has no reply yet.
+    speculate_at: Option<Duration>,
     /// Answers so far, by replica. Invariant: keys are targets, none of them failed.
     answers: BTreeMap<NodeId, Option<V>>,
     /// The join of `answers`.
@@ -386,6 +396,35 @@ impl<V: Crdt + Clone + PartialEq> ReadRequest<V> {
         now: Duration,
         timeout: Duration,
     ) -> (Self, Vec<ReadAction<V>>) {
+        Self::begin(r, preferred, fallbacks, healthy, now, timeout, None)
+    }
+
+    /// [`ReadRequest::start`] asking only the first R of its targets: each of the others
+    /// is asked when a target fails, and all of them once `speculate_after` has passed
+    /// without a reply (guarantee 7). Half the messages of a full read when every replica
+    /// answers; read repair then covers the replicas asked.
+    pub fn start_lean(
+        r: u32,
+        preferred: &[NodeId],
+        fallbacks: &[NodeId],
+        healthy: impl Fn(NodeId) -> bool,
+        now: Duration,
+        timeout: Duration,
+        speculate_after: Duration,
+    ) -> (Self, Vec<ReadAction<V>>) {
+        let at = now + speculate_after.min(timeout);
+        Self::begin(r, preferred, fallbacks, healthy, now, timeout, Some(at))
+    }
+
+    fn begin(
+        r: u32,
+        preferred: &[NodeId],
+        fallbacks: &[NodeId],
+        healthy: impl Fn(NodeId) -> bool,
+        now: Duration,
+        timeout: Duration,
+        speculate_at: Option<Duration>,
+    ) -> (Self, Vec<ReadAction<V>>) {
         let n = preferred.len();
         let mut targets: Vec<NodeId> = Vec::with_capacity(n);
         for &node in preferred.iter().chain(fallbacks) {
@@ -398,9 +437,15 @@ impl<V: Crdt + Clone + PartialEq> ReadRequest<V> {
                 targets.push(p);
             }
         }
+        let spares: VecDeque<NodeId> = match speculate_at {
+            Some(_) => targets.split_off((r as usize).min(targets.len())).into(),
+            None => VecDeque::new(),
+        };
         let mut req = ReadRequest {
             r,
             targets: targets.iter().copied().collect(),
+            spares,
+            speculate_at,
             answers: BTreeMap::new(),
             merged: None,
             failed: BTreeSet::new(),
@@ -449,15 +494,45 @@ impl<V: Crdt + Clone + PartialEq> ReadRequest<V> {
             return actions;
         }
         self.failed.insert(from);
+        // A spare stands in for each target short of R answers.
+        while !self.replied
+            && self.targets.len() - self.failed.len() < self.r as usize
+            && self.ask_spare(&mut actions)
+        {}
         self.maybe_reply(&mut actions);
         self.maybe_repair(&mut actions);
         actions
+    }
+
+    /// Asks the next spare; false when there is none.
+    fn ask_spare(&mut self, actions: &mut Vec<ReadAction<V>>) -> bool {
+        match self.spares.pop_front() {
+            Some(node) => {
+                self.targets.insert(node);
+                actions.push(ReadAction::Read { from: node });
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// When the runtime must call [`ReadRequest::on_tick`] next: the speculation time
+    /// while it matters, else the deadline.
+    pub fn next_tick(&self) -> Duration {
+        match self.speculate_at {
+            Some(at) if !self.replied && !self.spares.is_empty() => at.min(self.deadline),
+            _ => self.deadline,
+        }
     }
 
     /// The time is `now`: past the deadline, a read without R answers times out, and the
     /// replicas that answered are repaired from what arrived.
     pub fn on_tick(&mut self, now: Duration) -> Vec<ReadAction<V>> {
         let mut actions = Vec::new();
+        if !self.replied && self.speculate_at.is_some_and(|at| now >= at) {
+            self.speculate_at = None;
+            while self.ask_spare(&mut actions) {}
+        }
         if now < self.deadline {
             return actions;
         }
@@ -480,7 +555,7 @@ impl<V: Crdt + Clone + PartialEq> ReadRequest<V> {
         let r = self.r as usize;
         let reply = if self.answers.len() >= r {
             Ok(self.merged.clone())
-        } else if self.targets.len() - self.failed.len() < r {
+        } else if self.targets.len() - self.failed.len() + self.spares.len() < r {
             Err(CoordinatorError::Unavailable {
                 kind: "read",
                 acked: self.answers.len(),

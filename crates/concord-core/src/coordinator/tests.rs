@@ -400,63 +400,120 @@ proptest! {
     fn reads_reply_once_with_the_join_of_r_answers_and_repair_only_the_stale(
         (size, r, healthy, events) in setup(),
     ) {
-        let preferred: Vec<NodeId> = (1..=size as u64).map(NodeId).collect();
-        let fallbacks: Vec<NodeId> = (size as u64 + 1..=8).map(NodeId).collect();
-        let is_healthy = |x: NodeId| healthy.contains(&x.0);
-        let (mut req, first) =
-            ReadRequest::<GCounter>::start(r, &preferred, &fallbacks, is_healthy, T0, TIMEOUT);
-        let targets: BTreeSet<NodeId> = first
+        check_read(size, r, &healthy, events, None)?;
+    }
+
+    /// Guarantees 1, 4, 5 and 7 for lean reads (R asked first, spares on failure and at
+    /// the speculation time).
+    #[test]
+    fn lean_reads_keep_the_guarantees_and_fail_only_when_a_full_read_would(
+        (size, r, healthy, events) in setup(),
+        speculate_ms in 0u64..1500,
+    ) {
+        check_read(size, r, &healthy, events, Some(Duration::from_millis(speculate_ms)))?;
+    }
+}
+
+/// Runs a read (lean when `speculate_after` is given) through `events` and checks its
+/// guarantees.
+fn check_read(
+    size: usize,
+    r: u32,
+    healthy: &BTreeSet<u64>,
+    events: Vec<Ev>,
+    speculate_after: Option<Duration>,
+) -> Result<(), TestCaseError> {
+    let preferred: Vec<NodeId> = (1..=size as u64).map(NodeId).collect();
+    let fallbacks: Vec<NodeId> = (size as u64 + 1..=8).map(NodeId).collect();
+    let is_healthy = |x: NodeId| healthy.contains(&x.0);
+    let reads = |actions: &[ReadAction<GCounter>]| -> Vec<NodeId> {
+        actions
             .iter()
             .filter_map(|a| match a {
                 ReadAction::Read { from } => Some(*from),
                 _ => None,
             })
-            .collect();
-        let mut answers: BTreeMap<NodeId, Option<GCounter>> = BTreeMap::new();
-        let mut failed = BTreeSet::new();
-        let mut out_all = first;
-        let mut answers_at_reply = None;
-        for e in events {
-            let out = match e {
-                Ev::Answer(x, v) => {
-                    let x = NodeId(x);
-                    let value = v.map(|v| counter(&[(x.0, v + 1)]));
-                    if targets.contains(&x) && !answers.contains_key(&x) && !failed.contains(&x) {
-                        answers.insert(x, value.clone());
-                    }
-                    req.on_answer(x, value)
+            .collect()
+    };
+    // Whom a full read asks.
+    let (_, full) =
+        ReadRequest::<GCounter>::start(r, &preferred, &fallbacks, is_healthy, T0, TIMEOUT);
+    let all_targets: BTreeSet<NodeId> = reads(&full).into_iter().collect();
+    let (mut req, first) = match speculate_after {
+        None => ReadRequest::<GCounter>::start(r, &preferred, &fallbacks, is_healthy, T0, TIMEOUT),
+        Some(after) => ReadRequest::<GCounter>::start_lean(
+            r, &preferred, &fallbacks, is_healthy, T0, TIMEOUT, after,
+        ),
+    };
+    let mut targets: BTreeSet<NodeId> = reads(&first).into_iter().collect();
+    if speculate_after.is_some() {
+        prop_assert_eq!(targets.len(), (r as usize).min(all_targets.len()));
+    }
+    let mut answers: BTreeMap<NodeId, Option<GCounter>> = BTreeMap::new();
+    let mut failed = BTreeSet::new();
+    let mut out_all = first;
+    let mut answers_at_reply = None;
+    for e in events {
+        let out = match e {
+            Ev::Answer(x, v) => {
+                let x = NodeId(x);
+                let value = v.map(|v| counter(&[(x.0, v + 1)]));
+                if targets.contains(&x) && !answers.contains_key(&x) && !failed.contains(&x) {
+                    answers.insert(x, value.clone());
                 }
-                Ev::Fail(x) => {
-                    if !answers.contains_key(&NodeId(x)) {
-                        failed.insert(NodeId(x));
-                    }
-                    req.on_failure(NodeId(x))
-                }
-                Ev::Ok(_) => Vec::new(),
-                Ev::Tick(ms) => req.on_tick(T0 + Duration::from_millis(ms)),
-            };
-            if answers_at_reply.is_none() && out.iter().any(|a| matches!(a, ReadAction::Reply(_))) {
-                answers_at_reply = Some(answers.clone());
+                req.on_answer(x, value)
             }
-            out_all.extend(out);
+            Ev::Fail(x) => {
+                let x = NodeId(x);
+                if targets.contains(&x) && !answers.contains_key(&x) {
+                    failed.insert(x);
+                }
+                req.on_failure(x)
+            }
+            Ev::Ok(_) => Vec::new(),
+            Ev::Tick(ms) => req.on_tick(T0 + Duration::from_millis(ms)),
+        };
+        // Every node asked is one a full read asks, asked once.
+        for x in reads(&out) {
+            prop_assert!(all_targets.contains(&x), "{:?} is no target", x);
+            prop_assert!(targets.insert(x), "{:?} asked twice", x);
         }
-        let replies: Vec<_> = out_all.iter().filter(|a| matches!(a, ReadAction::Reply(_))).collect();
-        prop_assert!(replies.len() <= 1);
-        if let Some(ReadAction::Reply(Ok(value))) = replies.first() {
-            let seen = answers_at_reply.unwrap();
+        if answers_at_reply.is_none() && out.iter().any(|a| matches!(a, ReadAction::Reply(_))) {
+            answers_at_reply = Some(answers.clone());
+        }
+        out_all.extend(out);
+    }
+    let replies: Vec<_> = out_all
+        .iter()
+        .filter(|a| matches!(a, ReadAction::Reply(_)))
+        .collect();
+    prop_assert!(replies.len() <= 1);
+    match replies.first() {
+        Some(ReadAction::Reply(Ok(value))) => {
+            let seen = answers_at_reply.unwrap_or_default();
             prop_assert!(seen.len() >= r as usize);
             let joined = seen.values().fold(None, |acc, v| join(&acc, v));
             prop_assert_eq!(value, &joined);
         }
-        let final_join = answers.values().fold(None, |acc, v| join(&acc, v));
-        for a in &out_all {
-            if let ReadAction::Repair { to, value } = a {
-                prop_assert!(answers.contains_key(to), "repair of {:?}, which never answered", to);
-                prop_assert_ne!(answers[to].as_ref(), Some(value));
-                // The join at repair time can only be below the final one.
-                let below = final_join.as_ref().is_some_and(|f| &f.merged(value) == f);
-                prop_assert!(below);
-            }
+        // Guarantee 7: as many of all the targets failed as would fail a full read.
+        Some(ReadAction::Reply(Err(CoordinatorError::Unavailable { .. }))) => {
+            prop_assert!(all_targets.len() - failed.len() < r as usize);
+        }
+        _ => {}
+    }
+    let final_join = answers.values().fold(None, |acc, v| join(&acc, v));
+    for a in &out_all {
+        if let ReadAction::Repair { to, value } = a {
+            prop_assert!(
+                answers.contains_key(to),
+                "repair of {:?}, which never answered",
+                to
+            );
+            prop_assert_ne!(answers[to].as_ref(), Some(value));
+            // The join at repair time can only be below the final one.
+            let below = final_join.as_ref().is_some_and(|f| &f.merged(value) == f);
+            prop_assert!(below);
         }
     }
+    Ok(())
 }

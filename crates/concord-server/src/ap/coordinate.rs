@@ -2,12 +2,15 @@
 //! [`WriteRequest`] and [`ReadRequest`] driven over the replica service.
 //!
 //! ```text
-//! write(op): coordinating replica = first healthy preferred node
+//! write(op): coordinating replica = this member when it is a healthy preferred node,
+//!            else the first healthy preferred node
 //!            Apply(op) there ─▶ state ─▶ WriteRequest: Merge(state) to the other targets
-//!            (hinted for suspected owners), W acks (the Apply counts as one) ─▶ reply
-//! read:      ReadRequest: Read from the first N healthy nodes ─▶ R answers ─▶ reply with
-//!            their join; stragglers are awaited in the background until the deadline,
-//!            and replicas that answered with less are repaired (Merge)
+//!            (hinted for suspected owners), W acks (the Apply counts as one once
+//!            durable; a local SET/DEL/EXPIRE's state leaves before its commit) ─▶ reply
+//! read:      ReadRequest (lean): Read from R of the first N healthy nodes, this member
+//!            first; another for each that fails, all after SPECULATE_AFTER ─▶ R answers
+//!            ─▶ reply with their join; replicas asked that answered with less are
+//!            repaired (Merge)
 //! ```
 //!
 //! A request that cannot finish fails at its deadline ([`ApConfig::timeout`]); a write
@@ -25,6 +28,9 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{op_to_wire, Access, ApError, ApNode, Op};
+
+/// How long a read waits for its first R replicas before it asks the others too.
+pub const SPECULATE_AFTER: Duration = Duration::from_millis(50);
 
 /// The result of a write: for `INCRBY`, the new value.
 pub type Written = Option<i64>;
@@ -243,13 +249,20 @@ impl ApNode {
                 r += 1;
             }
         }
-        let (mut req, actions) = ReadRequest::<RedisString>::start(
+        // This member answers first when it is a replica: one message less.
+        if let Some(i) = preferred.iter().position(|n| *n == self.me()) {
+            preferred[..=i].rotate_right(1);
+        }
+        // R replicas are asked, another one for each that fails, and the rest after
+        // SPECULATE_AFTER without an answer (a slow or paused replica).
+        let (mut req, actions) = ReadRequest::<RedisString>::start_lean(
             r,
             &preferred,
             &fallbacks,
             |n| self.is_healthy(n),
             Duration::ZERO,
             timeout,
+            SPECULATE_AFTER,
         );
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
@@ -297,7 +310,7 @@ impl ApNode {
                             Err(_) => req.on_failure(from),
                         };
                     }
-                    _ = tokio::time::sleep_until(started + timeout) => {
+                    _ = tokio::time::sleep_until(started + req.next_tick()) => {
                         pending = req.on_tick(started.elapsed());
                     }
                 }

@@ -616,6 +616,23 @@ async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_h
         node.handoff_step().await;
         assert!(!node.in_transition());
     }
+    // No key lost a copy: each is on at least the two members that held it among the
+    // three, or the one that did and the one it was pushed to.
+    for k in &keys {
+        let copies = m.nodes[..3]
+            .iter()
+            .filter(|n| n.read_local(0, k.as_bytes()).unwrap().is_some())
+            .count();
+        assert!(copies >= 2, "{k} is on {copies} members");
+    }
+    // The third copy of the keys written to two owners only comes from anti-entropy.
+    for a in &m.nodes[..3] {
+        for b in [1, 2, 3] {
+            if NodeId(b) != a.me() {
+                a.anti_entropy_with(NodeId(b)).await.unwrap();
+            }
+        }
+    }
     for node in &m.nodes[..3] {
         for k in &keys {
             assert!(node.read_local(0, k.as_bytes()).unwrap().is_some(), "{k}");
