@@ -447,22 +447,23 @@ impl Cluster {
     /// metadata from the Raft members `raft_members` (node indexes). Waits until it is
     /// ready (it has registered and knows the ring).
     pub async fn start_ap_only_member(&mut self, i: usize, raft_members: &[usize]) {
+        let token = self.token.clone();
+        self.spawn_ap_only_member(i, raft_members, &token);
+        self.wait_ready(i).await;
+    }
+
+    /// Spawns reserved node `i` as an AP-only member of the cluster named by `token`
+    /// (the cluster's own, or another to see it refused), without waiting.
+    pub fn spawn_ap_only_member(&mut self, i: usize, raft_members: &[usize], token: &str) {
         let initial_cluster = raft_members
             .iter()
             .map(|&m| format!("{}={}", self.nodes[m].name, self.nodes[m].peer_url()))
             .collect::<Vec<_>>()
             .join(",");
-        let mut args = server_args(
-            &self.nodes[i],
-            &initial_cluster,
-            "new",
-            &self.token,
-            &self.extra,
-        );
+        let mut args = server_args(&self.nodes[i], &initial_cluster, "new", token, &self.extra);
         args.push("--ap-only".into());
         self.nodes[i].args = args;
         self.spawn(i);
-        self.wait_ready(i).await;
     }
 
     /// Whether node `i`'s process has exited by itself (its status is then reaped).

@@ -672,3 +672,23 @@ async fn ap_only_members_hold_ap_data_without_the_cp_keyspace() {
         all_readable(&cluster, i, KEYS).await;
     }
 }
+
+/// An AP-only member the Raft members refuse (here: another cluster's token) stops by
+/// itself and says why, rather than waiting forever unregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ap_only_member_the_raft_members_refuse_stops_with_the_reason() {
+    let mut cluster = Cluster::builder(BIN, 3).start().await;
+    let n3 = cluster.reserve_node("n3");
+    cluster.spawn_ap_only_member(n3, &[0, 1, 2], "not-this-cluster");
+    common::eventually(
+        "the refused member to stop",
+        Duration::from_secs(40),
+        || {
+            let exited = cluster.has_exited(n3);
+            async move { exited.then_some(()) }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&cluster.nodes[n3].log_path).unwrap();
+    assert!(log.contains("cluster id mismatch"), "{log}");
+}

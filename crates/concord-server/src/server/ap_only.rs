@@ -11,6 +11,8 @@
 //!   this member missing  ─▶ Register (through Raft), before it has been seen;
 //!                           after it has been seen, for REMOVED_AFTER: it was removed,
 //!                           and it stops
+//!   a refusal            ─▶ it stops with the reason (a wrong cluster token, an id
+//!                           that is a Raft member's)
 //! ```
 //!
 //! Until it finds itself among the members, it knows no ring and answers AP requests
@@ -131,7 +133,7 @@ impl RaftMembers {
     }
 
     /// Calls the Raft members in turn until one answers; the last error otherwise.
-    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, String>
+    async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, CallError>
     where
         F: Fn(MembershipClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -150,16 +152,19 @@ impl RaftMembers {
                         tonic::Code::InvalidArgument | tonic::Code::FailedPrecondition
                     ) =>
                 {
-                    return Err(format!("{what}: {url}: {}", s.message()));
+                    return Err(CallError::Refused(format!(
+                        "{what}: {url}: {}",
+                        s.message()
+                    )));
                 }
                 Ok(Err(s)) => last = format!("{what}: {url}: {}", s.message()),
                 Err(_) => last = format!("{what}: {url}: timed out"),
             }
         }
-        Err(last)
+        Err(CallError::Unreachable(last))
     }
 
-    async fn members(&self, known_version: u64) -> Result<MembersResponse, String> {
+    async fn members(&self, known_version: u64) -> Result<MembersResponse, CallError> {
         let cluster_id = self.cluster_id;
         self.call("reading the cluster metadata", |mut c| async move {
             c.members(MembersRequest {
@@ -171,7 +176,7 @@ impl RaftMembers {
         .await
     }
 
-    async fn register(&self, me: PeerMember) -> Result<(), String> {
+    async fn register(&self, me: PeerMember) -> Result<(), CallError> {
         let cluster_id = self.cluster_id;
         self.call("registering this member", |mut c| {
             let member = Some(me.clone());
@@ -179,6 +184,24 @@ impl RaftMembers {
         })
         .await
         .map(|_| ())
+    }
+}
+
+/// Why a call to the Raft members failed.
+#[derive(Debug)]
+enum CallError {
+    /// A Raft member refused it (a wrong cluster token, an id that is a Raft member's):
+    /// every other would too, and trying again changes nothing.
+    Refused(String),
+    /// No Raft member answered in time.
+    Unreachable(String),
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Refused(why) | CallError::Unreachable(why) => f.write_str(why),
+        }
     }
 }
 
@@ -205,6 +228,7 @@ impl BucketCatalog for PeerCatalog {
             })
             .await
             .map(|_| ())
+            .map_err(|e| e.to_string())
         })
     }
 }
@@ -382,11 +406,15 @@ async fn sync_metadata(
     let mut peers_before: BTreeMap<NodeId, String> = BTreeMap::new();
     let mut seen = false;
     let mut missing_since: Option<Instant> = None;
+    let mut failures = 0u64;
     loop {
         every.tick().await;
+        // Why this member must stop, if it must.
+        let mut refused = None;
         match raft.members(known_version).await {
             Ok(answer) => {
                 health.mark();
+                failures = 0;
                 if !answer.unchanged {
                     known_version = answer.metadata_version;
                     raft.set_urls(
@@ -437,24 +465,36 @@ async fn sync_metadata(
                                 || record.peer_urls != me.peer_urls
                                 || record.client_urls != me.client_urls
                             {
-                                register(&raft, &me, &mut known_version).await;
+                                refused = register(&raft, &me, &mut known_version).await.err();
                             }
                         }
-                        None if !seen => register(&raft, &me, &mut known_version).await,
+                        None if !seen => {
+                            refused = register(&raft, &me, &mut known_version).await.err();
+                        }
                         None => {
                             missing_since.get_or_insert_with(Instant::now);
                         }
                     }
                 }
                 if missing_since.is_some_and(|t| t.elapsed() >= REMOVED_AFTER) {
-                    let reason =
-                        format!("member {my_id} was removed from the cluster (its record is gone)");
-                    tracing::error!("{reason}; stopping");
-                    let _ = removed.send(Some(reason));
-                    return;
+                    refused = Some(format!(
+                        "member {my_id} was removed from the cluster (its record is gone)"
+                    ));
                 }
             }
-            Err(e) => tracing::debug!(error = %e, "cluster metadata not read"),
+            Err(CallError::Refused(why)) => refused = Some(why),
+            Err(CallError::Unreachable(why)) => {
+                failures += 1;
+                // Said once, then every ten seconds while it lasts.
+                if failures % 20 == 1 {
+                    tracing::warn!(error = %why, failures, "cluster metadata not read");
+                }
+            }
+        }
+        if let Some(reason) = refused {
+            tracing::error!("{reason}; stopping");
+            let _ = removed.send(Some(reason));
+            return;
         }
         if !gossip_to_ap(&membership, &ap).await {
             return;
@@ -463,13 +503,24 @@ async fn sync_metadata(
 }
 
 /// Records this member through a Raft member; the metadata is read in full next time.
-async fn register(raft: &RaftMembers, me: &PeerMember, known_version: &mut u64) {
+/// An error only when the Raft members refuse it (then it must stop); one that did not
+/// answer is tried again at the next round.
+async fn register(
+    raft: &RaftMembers,
+    me: &PeerMember,
+    known_version: &mut u64,
+) -> Result<(), String> {
     match raft.register(me.clone()).await {
         Ok(()) => {
             tracing::info!("registered as an AP-only member");
             *known_version = 0;
+            Ok(())
         }
-        Err(e) => tracing::warn!(error = %e, "registration failed; retrying"),
+        Err(CallError::Refused(why)) => Err(why),
+        Err(CallError::Unreachable(why)) => {
+            tracing::warn!(error = %why, "registration failed; retrying");
+            Ok(())
+        }
     }
 }
 
