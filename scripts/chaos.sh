@@ -108,6 +108,9 @@ if [ "$MODE" = --netns ]; then
     run ap-counter-member valid --workload ap-counter --duration 30 --nemesis member
     run ap-set-w1 invalid --workload ap-set --duration 30 --nemesis partition --ap-quorum 1,1 \
         --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
+    run ap-orset valid --workload ap-orset --duration 30 --nemesis partitions,process
+    run ap-orset-w1 invalid --workload ap-orset --duration 30 --nemesis partition --ap-quorum 1,1 \
+        --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
     if [ "${CHAOS_FULL:-0}" = 1 ]; then
         run lock valid --workload lock --duration 30 --nemesis all
         run watch valid --workload watch --duration 30 --nemesis all
@@ -120,6 +123,7 @@ else
     run reads-session valid --workload reads --read-level session --duration 30 --nemesis process
     run ap-set valid --workload ap-set --duration 30 --nemesis process
     run ap-counter valid --workload ap-counter --duration 30 --nemesis process
+    run ap-orset valid --workload ap-orset --duration 30 --nemesis process
 fi
 
 echo "chaos.sh: results (outputs under $OUT)"

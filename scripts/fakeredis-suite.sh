@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs fakeredis's own test suite against Concord: the "real server" variants of its
-# string, key, scan, connection and server command tests (RESP2 and RESP3, redis-py),
+# string, key, scan, connection, server, set and hash command tests (RESP2 and RESP3, redis-py),
 # pointed at a one-member Concord serving Redis on 127.0.0.1:6390, the port the suite
 # expects. The tests listed in scripts/fakeredis-deselected.txt are skipped, each with its
 # reason there; every other test must pass.
@@ -21,6 +21,8 @@ FILES=(
     test/test_mixins/test_generic_scan_commands.py
     test/test_mixins/test_connection_commands.py
     test/test_mixins/test_server_commands.py
+    test/test_mixins/test_set_commands.py
+    test/test_mixins/test_hash_commands.py
 )
 DESELECTED="$PWD/scripts/fakeredis-deselected.txt"
 

@@ -24,9 +24,12 @@ divergence). Exits 1 if any divergence was found, 2 on a usage or start-up error
 
 Comparison is exact except: TTL/PTTL/EXPIRETIME/PEXPIRETIME (equal when negative, else
 within --ttl-tolerance seconds), RANDOMKEY (both nil, or both a key of the keyspace),
-KEYS (as sorted lists), SCAN (a full iteration from cursor 0 on each side, compared as
-sets of keys), TIME (shape only: two decimal strings within 5 s of each other), DBSIZE
-(Concord's at most Redis's: Redis also counts keys that expired but are not reclaimed yet).
+KEYS, SMEMBERS, SUNION, SINTER, SDIFF, SPOP, HKEYS, HVALS (as sorted lists; SPOP is only
+sent with counts that pop all or nothing), HGETALL (as sorted field-value pairs), SCAN,
+SSCAN and HSCAN (a full iteration from cursor 0 on each side, compared as sets of the
+strings listed), SRANDMEMBER and HRANDFIELD (shape only: nil or not, how many), TIME
+(shape only: two decimal strings within 5 s of each other), DBSIZE (Concord's at most
+Redis's: Redis also counts keys that expired but are not reclaimed yet).
 
 --commands takes command names; besides the plain commands it knows the pseudo-names
 `expire-options` (NX/XX/GT/LT on EXPIRE and friends) and `set-cas` (SET NX/XX/GET), which
@@ -214,8 +217,8 @@ def fmt_arg(a):
 
 
 def fmt_cmd(args):
-    if isinstance(args, tuple) and args[0] == "scan-full":
-        return "SCAN " + " ".join(fmt_arg(a) for a in args[1][1:]) + "   (full iteration)"
+    if isinstance(args, tuple):
+        return " ".join(fmt_arg(a) for a in args[1]) + "   (full iteration)"
     return " ".join(fmt_arg(a) for a in args)
 
 
@@ -266,6 +269,8 @@ def kind(r):
 # ---------------------------------------------------------------------------------------
 
 KEYS = [b"k0", b"k1", b"k2", b"k3", b"k4", b"num", b"", b"bin\x00\xff\r\n"]
+FIELDS = [b"f", b"g", b"h", b"n", b"", b"\x00\xff", b"long" * 10]
+MEMBERS = [b"a", b"b", b"c", b"1", b"2", b"-3", b"", b"m" * 40, b"\x00\xff", b"a b"]
 
 I64MAX, I64MIN = 2**63 - 1, -(2**63)
 INTS = [b"0", b"1", b"-1", b"2", b"42", b"-42", b"100", b"1000", b"123456789",
@@ -490,9 +495,126 @@ class Gen:
                 args += [self.case(b"COUNT"), self.pick([b"1", b"2", b"10", b"1000", b"0", b"-1",
                                                           b"abc"])]
             elif x < 0.9:
-                args += [self.case(b"TYPE"), self.pick([b"string", b"list", b"STRING", b"foo"])]
+                args += [self.case(b"TYPE"), self.pick([b"string", b"list", b"STRING", b"foo",
+                                                         b"set"])]
             else:
                 args.append(self.pick([b"MATCH", b"FOO", b"COUNT"]))
+        return args
+
+    # Sets. SPOP without a count and SRANDMEMBER choose at random: SPOP is only sent with
+    # counts that take every member or none, and SRANDMEMBER's answers are compared by shape.
+    def member(self):
+        return self.pick(MEMBERS)
+
+    def members(self, lo=1, hi=3):
+        return [self.member() for _ in range(self.r.randint(lo, hi))]
+
+    def g_sadd(self):
+        return [self.key()] + self.members()
+
+    g_srem = g_smismember = g_sadd
+
+    def g_smembers(self):
+        return [self.key()]
+
+    g_scard = g_smembers
+
+    def g_sismember(self):
+        return [self.key(), self.member()]
+
+    def g_srandmember(self):
+        return [self.key()] + self.pick([[], [b"0"], [b"2"], [b"100"], [b"-3"], [b"abc"],
+                                         [b"%d" % I64MIN]])
+
+    def g_spop(self):
+        return [self.key(), self.pick([b"0", b"100", b"1000", b"-1", b"abc"])]
+
+    def g_smove(self):
+        return [self.key(), self.key(), self.member()]
+
+    def g_sunion(self):
+        return self.keys(1, 3)
+
+    g_sinter = g_sdiff = g_sunion
+
+    def g_sunionstore(self):
+        return [self.key()] + self.keys(1, 3)
+
+    g_sinterstore = g_sdiffstore = g_sunionstore
+
+    def g_sintercard(self):
+        keys = self.keys(1, 3)
+        n = self.pick([b"%d" % len(keys)] * 4 + [b"0", b"-1", b"abc", b"%d" % (len(keys) + 1)])
+        args = [n] + keys
+        if self.r.random() < 0.4:
+            args += [self.case(b"LIMIT"), self.pick([b"0", b"1", b"2", b"-1", b"abc"])]
+        return args
+
+    def g_sscan(self):
+        args = [self.key(), self.pick([b"0"] * 8 + [b"abc", b""])]
+        for _ in range(self.pick([0, 0, 1, 2])):
+            x = self.r.random()
+            if x < 0.4:
+                args += [self.case(b"MATCH"), self.pick([b"*", b"a*", b"?", b"[ab]", b"m*"])]
+            elif x < 0.8:
+                args += [self.case(b"COUNT"), self.pick([b"1", b"2", b"10", b"0", b"abc"])]
+            else:
+                args.append(self.pick([b"MATCH", b"FOO"]))
+        return args
+
+    # Hashes. HRANDFIELD's answers are compared by shape.
+    def field(self):
+        return self.pick(FIELDS)
+
+    def g_hset(self):
+        args = [self.key()]
+        for _ in range(self.r.randint(1, 3)):
+            args += [self.field(), self.value()]
+        return args
+
+    g_hmset = g_hset
+
+    def g_hsetnx(self):
+        return [self.key(), self.field(), self.value()]
+
+    def g_hget(self):
+        return [self.key(), self.field()]
+
+    g_hexists = g_hstrlen = g_hget
+
+    def g_hmget(self):
+        return [self.key()] + [self.field() for _ in range(self.r.randint(1, 3))]
+
+    g_hdel = g_hmget
+
+    def g_hlen(self):
+        return [self.key()]
+
+    g_hgetall = g_hkeys = g_hvals = g_hlen
+
+    def g_hincrby(self):
+        return [self.key(), self.field(), self.int_arg()]
+
+    def g_hincrbyfloat(self):
+        x = self.r.random()
+        arg = self.pick(FLOATS) if x < 0.6 else self.pick(INTS) if x < 0.85 else self.pick(BAD_INTS)
+        return [self.key(), self.field(), arg]
+
+    def g_hrandfield(self):
+        return [self.key()] + self.pick([[], [b"0"], [b"2"], [b"100"], [b"-3"], [b"abc"],
+                                         [b"2", b"WITHVALUES"], [b"-2", b"withvalues"],
+                                         [b"1", b"FOO"], [b"%d" % I64MIN]])
+
+    def g_hscan(self):
+        args = [self.key(), self.pick([b"0"] * 8 + [b"abc", b""])]
+        for _ in range(self.pick([0, 0, 1, 2])):
+            x = self.r.random()
+            if x < 0.4:
+                args += [self.case(b"MATCH"), self.pick([b"*", b"f*", b"?", b"[fg]", b"l*"])]
+            elif x < 0.8:
+                args += [self.case(b"COUNT"), self.pick([b"1", b"2", b"10", b"0", b"abc"])]
+            else:
+                args.append(self.pick([b"MATCH", b"FOO"]))
         return args
 
     def command(self):
@@ -503,7 +625,8 @@ class Gen:
         # Wrong arity now and then: the last argument dropped (not any: a value moved into
         # a key's place would write keys outside the keyspace) or one added.
         x = self.r.random()
-        if x < 0.04 and args:
+        if x < 0.04 and args and name != "spop":
+            # (SPOP without its count pops a random member: the two servers would differ.)
             args.pop()
         elif x < 0.07 and (self.expire_options or "expire" not in name):
             # (An extra argument to EXPIRE and friends is an option in Redis 7.)
@@ -511,12 +634,14 @@ class Gen:
         cmd = [word] + args
         if name == "scan" and args and args[0] in (b"0", b""):
             return ("scan-full", cmd)
+        if name in ("sscan", "hscan") and len(args) > 1 and args[1] in (b"0", b""):
+            return (name + "-full", cmd)
         return cmd
 
 
 def cmd_name(cmd):
     if isinstance(cmd, tuple):
-        return "scan"
+        return cmd[0][:-len("-full")]
     return cmd[0].decode("latin-1").lower()
 
 
@@ -560,13 +685,14 @@ class Side:
 
     def run(self, cmd):
         if isinstance(cmd, tuple):
-            return self.scan_full(cmd[1])
+            # SCAN's cursor is its first argument, SSCAN's its second (after the key).
+            return self.scan_full(cmd[1], 1 if cmd[0] == "scan-full" else 2)
         return self.call(cmd)
 
-    def scan_full(self, cmd):
-        keys, cursor = set(), cmd[1]
+    def scan_full(self, cmd, at):
+        keys, cursor = set(), cmd[at]
         for _ in range(10000):
-            reply = self.call([cmd[0], cursor] + cmd[2:])
+            reply = self.call(cmd[:at] + [cursor] + cmd[at + 1:])
             if reply[0] != "*" or reply[1] is None or len(reply[1]) != 2:
                 return reply
             (ct, cursor), (lt, items) = reply[1]
@@ -599,8 +725,18 @@ def same(name, a, b, tol_s):
         if a[1] is None or b[1] is None:
             return a[1] is None and b[1] is None
         return a[1] in KEYS and b[1] in KEYS
-    if name == "keys" and a[0] == b[0] == "*" and a[1] is not None and b[1] is not None:
+    unordered = ("keys", "smembers", "sunion", "sinter", "sdiff", "spop", "hkeys", "hvals")
+    if name == "hgetall" and a[0] == b[0] == "*" and a[1] is not None and b[1] is not None:
+        pairs = lambda r: sorted(zip(r[1][0::2], r[1][1::2]))
+        return len(a[1]) == len(b[1]) and pairs(a) == pairs(b)
+    if name in unordered and a[0] == b[0] == "*" and a[1] is not None and b[1] is not None:
         return sorted(a[1]) == sorted(b[1])
+    if name in ("srandmember", "hrandfield") and a[0] == b[0]:
+        # Random members: the same shape (nil or a member; as many members).
+        if a[0] == "$":
+            return (a[1] is None) == (b[1] is None)
+        if a[0] == "*" and a[1] is not None and b[1] is not None:
+            return len(a[1]) == len(b[1])
     if name == "time" and a[0] == b[0] == "*" and a[1] and b[1]:
         if len(a[1]) != 2 or len(b[1]) != 2:
             return False
@@ -942,7 +1078,11 @@ def start_concord(binary, base, work):
 DEFAULT_COMMANDS = ("ping,echo,select,get,set,mget,mset,del,unlink,exists,incr,decr,incrby,decrby,"
                     "expire,pexpire,expireat,pexpireat,persist,ttl,pttl,setex,psetex,append,"
                     "strlen,getrange,substr,setrange,getdel,getex,type,touch,expiretime,pexpiretime,"
-                    "dbsize,keys,scan,randomkey,time,expire-options")
+                    "dbsize,keys,scan,randomkey,time,expire-options,sadd,srem,smembers,scard,"
+                    "sismember,smismember,srandmember,spop,smove,sunion,sinter,sdiff,"
+                    "sunionstore,sinterstore,sdiffstore,sintercard,sscan,hset,hmset,hsetnx,hget,"
+                    "hmget,hdel,hexists,hlen,hgetall,hkeys,hvals,hstrlen,hincrby,hrandfield,"
+                    "hscan")
 KNOWN = set(DEFAULT_COMMANDS.split(",")) | set(
     "setex psetex append strlen getrange substr setrange getdel getex incrbyfloat type touch "
     "expiretime pexpiretime time dbsize keys scan flushdb flushall randomkey "

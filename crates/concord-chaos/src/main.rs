@@ -327,6 +327,7 @@ fn spawn_clients(
             Workload::Reads => host.spawn(workloads::reads_worker(w)),
             Workload::ApSet => host.spawn(workloads::ap_set_worker(w)),
             Workload::ApCounter => host.spawn(workloads::ap_counter_worker(w)),
+            Workload::ApOrSet => host.spawn(workloads::ap_orset_worker(w)),
         });
     }
     let mut watchers = Tasks(Vec::new());

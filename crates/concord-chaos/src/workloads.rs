@@ -339,6 +339,47 @@ pub async fn ap_set_worker(mut w: Worker) {
 /// The AP counter key.
 const AP_COUNTER: &str = "ap/counter";
 
+/// The AP OR-set key.
+const AP_ORSET: &str = "ap/orset";
+
+/// Runs one AP OR-set process until the deadline: `SADD` of a unique member to one set
+/// key, or (one operation in four) `SREM` of a member this process added and saw
+/// acknowledged. The set checker then finds acknowledged adds lost and acknowledged
+/// removes undone.
+pub async fn ap_orset_worker(mut w: Worker) {
+    let mut added = Vec::new();
+    while w.running() {
+        let remove = !added.is_empty() && w.rng.gen_range(0..4) == 0;
+        let (f, cmd, n) = if remove {
+            let i = w.rng.gen_range(0..added.len());
+            ("remove", "SREM", added.swap_remove(i))
+        } else {
+            ("add", "SADD", w.ctx.counter.fetch_add(1, Ordering::SeqCst))
+        };
+        let op = Op {
+            f,
+            key: Some(AP_ORSET.into()),
+            value: json!(n),
+            ..Op::default()
+        };
+        let args = vec![
+            cmd.as_bytes().to_vec(),
+            AP_ORSET.as_bytes().to_vec(),
+            n.to_string().into_bytes(),
+        ];
+        let done = w
+            .redis_op(op, true, args, |r| match r {
+                Reply::Integer(_) => Ok(None),
+                other => Err(format!("{cmd} answered {other:?}")),
+            })
+            .await;
+        if !remove && done == EventType::Ok {
+            added.push(n);
+        }
+        w.pace().await;
+    }
+}
+
 /// Runs one AP counter process: `INCR` of one key until the deadline.
 pub async fn ap_counter_worker(mut w: Worker) {
     while w.running() {
@@ -359,12 +400,32 @@ pub async fn ap_counter_worker(mut w: Worker) {
 }
 
 /// The AP workloads' final read through member `w`'s node: for the set, every key that was
-/// attempted, by `MGET` in chunks; for the counter, the counter.
+/// attempted, by `MGET` in chunks; for the counter, the counter; for the OR-set, its
+/// members.
 async fn ap_final_read(w: &mut Worker, workload: Workload) -> EventType {
     let op = Op {
         f: "read",
         ..Op::default()
     };
+    if workload == Workload::ApOrSet {
+        let args = vec![b"SMEMBERS".to_vec(), AP_ORSET.as_bytes().to_vec()];
+        return w
+            .redis_op(op, false, args, |r| match r {
+                Reply::Array(items) => {
+                    let mut members = Vec::with_capacity(items.len());
+                    for item in items {
+                        match item {
+                            Reply::Bulk(Some(v)) => members.push(parse_int(&v)),
+                            other => return Err(format!("SMEMBERS listed {other:?}")),
+                        }
+                    }
+                    members.sort_by_key(|v| v.as_i64().unwrap_or(i64::MAX));
+                    Ok(Some(Value::Array(members)))
+                }
+                other => Err(format!("SMEMBERS answered {other:?}")),
+            })
+            .await;
+    }
     if workload == Workload::ApCounter {
         let args = vec![b"GET".to_vec(), AP_COUNTER.as_bytes().to_vec()];
         return w
@@ -478,6 +539,10 @@ pub async fn register_worker(mut w: Worker) {
         let key = format!("r{}", w.rng.gen_range(0..5));
         let choice = w.rng.gen_range(0..4);
         let k = key.clone();
+        // The negative control sends each read to a member chosen at random, so that reads
+        // keep reaching the minority side of a partition (a process there otherwise moves
+        // away at its first write, which times out) and the stale answers are observed.
+        w.pin = (stale && choice < 2).then(|| w.rng.gen_range(0..w.ctx.cluster.len()));
         if choice < 2 {
             let op = Op {
                 f: "read",
@@ -828,7 +893,9 @@ pub async fn final_read(ctx: Arc<Ctx>, workload: Workload) -> bool {
                 .await
                 .0
             }
-            Workload::ApSet | Workload::ApCounter => ap_final_read(&mut w, workload).await,
+            Workload::ApSet | Workload::ApCounter | Workload::ApOrSet => {
+                ap_final_read(&mut w, workload).await
+            }
             _ => return true,
         };
         if kind == EventType::Ok {

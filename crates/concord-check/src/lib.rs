@@ -281,11 +281,16 @@ pub enum Workload {
     /// acknowledged increment counted, nothing more.
     #[serde(rename = "ap-counter")]
     ApCounter,
+    /// AP buckets over RESP: `SADD` of unique members to one set and `SREM` of some of
+    /// them, then a final `SMEMBERS`: no acknowledged add lost unless removed, no
+    /// acknowledged remove undone (the set checker).
+    #[serde(rename = "ap-orset")]
+    ApOrSet,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::Register,
         Workload::Bank,
         Workload::Set,
@@ -294,6 +299,7 @@ impl Workload {
         Workload::Reads,
         Workload::ApSet,
         Workload::ApCounter,
+        Workload::ApOrSet,
     ];
 
     /// Lower-case name, as in history files and on command lines.
@@ -307,6 +313,7 @@ impl Workload {
             Workload::Reads => "reads",
             Workload::ApSet => "ap-set",
             Workload::ApCounter => "ap-counter",
+            Workload::ApOrSet => "ap-orset",
         }
     }
 }
@@ -363,7 +370,7 @@ pub fn check(
         Workload::Lock => lock::check(events)?,
         Workload::Watch => watch::check(events)?,
         Workload::Reads => reads::check(events)?,
-        Workload::ApSet => set::check(events)?,
+        Workload::ApSet | Workload::ApOrSet => set::check(events)?,
         Workload::ApCounter => counter::check(events)?,
     };
     verdict.elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;

@@ -16,7 +16,7 @@ use concord_check::{check_file_with, CheckOptions, Validity, Workload};
     about = "Check a Concord chaos history (JSONL)"
 )]
 struct Args {
-    /// Workload: register, bank, set, lock, watch, reads, ap-set or ap-counter.
+    /// Workload: register, bank, set, lock, watch, reads, ap-set, ap-counter or ap-orset.
     workload: String,
     /// Path to the history (one JSON event per line).
     history: PathBuf,

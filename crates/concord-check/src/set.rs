@@ -1,9 +1,13 @@
-//! Set: no acknowledged add may be lost.
+//! Set: no acknowledged add may be lost, no acknowledged remove undone.
 //!
-//! Operations: `add v` (integer), and reads whose `ok` value is a list of integers. The last
-//! `ok` read in the history is the final read (taken after healing). Against it:
+//! Operations: `add v` (integer, each element added at most once), `remove v` (of an
+//! element whose add was acknowledged), and reads whose `ok` value is a list of integers.
+//! The last `ok` read in the history is the final read (taken after healing). Against it:
 //!
-//! * `lost` (anomaly): an `ok` add missing from the final read;
+//! * `lost` (anomaly): an `ok` add missing from the final read, when no remove of the
+//!   element was attempted;
+//! * `resurrected` (anomaly): an element present in the final read although a remove of it
+//!   was acknowledged before that read began;
 //! * `unexpected` (anomaly): an element that no add ever attempted;
 //! * `failed-present` (anomaly): an element whose every add failed (`fail` means it did not
 //!   happen) yet is present;
@@ -56,7 +60,34 @@ pub fn check(events: &[Event]) -> Result<Verdict, CheckError> {
         *present.entry(x).or_default() += 1;
     }
     let mut adds: BTreeMap<i64, Attempts> = BTreeMap::new();
+    // Per element: every remove attempted, and those acknowledged before the final read.
+    let mut removes: BTreeMap<i64, Attempts> = BTreeMap::new();
     for op in &ops {
+        if op.f() == "remove" {
+            let v = op
+                .invoke
+                .value
+                .as_i64()
+                .ok_or_else(|| CheckError::Malformed {
+                    index: op.invoke.index,
+                    message: format!("remove value must be an integer, got {}", op.invoke.value),
+                })?;
+            let r = removes.entry(v).or_default();
+            match op.outcome() {
+                Outcome::Ok => {
+                    r.ok.push(op.invoke.index);
+                    if op
+                        .completion_pos()
+                        .is_some_and(|c| c < final_read.invoke_pos)
+                    {
+                        r.required = true;
+                    }
+                }
+                Outcome::Info => r.info.push(op.invoke.index),
+                Outcome::Fail => r.fail.push(op.invoke.index),
+            }
+            continue;
+        }
         if op.f() != "add" {
             continue;
         }
@@ -87,11 +118,28 @@ pub fn check(events: &[Event]) -> Result<Verdict, CheckError> {
     }
     let ri = read_event.index;
     let (mut ok, mut lost, mut recovered, mut unexpected) = (0u64, 0u64, 0u64, 0u64);
+    let mut resurrected = 0u64;
+    for (v, r) in &removes {
+        if r.required && present.contains_key(v) {
+            resurrected += 1;
+            let mut ids = r.ok.clone();
+            ids.push(ri);
+            verdict.push(Anomaly::new(
+                "resurrected",
+                None,
+                format!(
+                    "remove of {v} was acknowledged (#{}) yet {v} is in the final read #{ri}",
+                    r.ok[0]
+                ),
+                ids,
+            ));
+        }
+    }
     for (v, a) in &adds {
         let here = present.contains_key(v);
         if !a.ok.is_empty() {
             ok += 1;
-            if !here && a.required {
+            if !here && a.required && !removes.contains_key(v) {
                 lost += 1;
                 let mut ids = a.ok.clone();
                 ids.push(ri);
@@ -144,6 +192,11 @@ pub fn check(events: &[Event]) -> Result<Verdict, CheckError> {
     verdict.stats.insert("attempted".into(), adds.len() as u64);
     verdict.stats.insert("ok_adds".into(), ok);
     verdict.stats.insert("lost".into(), lost);
+    verdict.stats.insert(
+        "removes".into(),
+        removes.values().map(|r| r.ok.len() as u64).sum(),
+    );
+    verdict.stats.insert("resurrected".into(), resurrected);
     verdict.stats.insert("recovered".into(), recovered);
     verdict.stats.insert("unexpected".into(), unexpected);
     verdict

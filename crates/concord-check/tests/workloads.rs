@@ -149,6 +149,43 @@ fn set_invalid_reports_lost_unexpected_and_failed() {
     assert_eq!(v.stats["unexpected"], 1);
 }
 
+fn orset(final_read: Value) -> Vec<Event> {
+    h(&[
+        (1, "invoke", "add", json!(1)),
+        (1, "ok", "add", json!(1)),
+        (1, "invoke", "add", json!(2)),
+        (1, "ok", "add", json!(2)),
+        (2, "invoke", "add", json!(3)),
+        (2, "ok", "add", json!(3)),
+        // 1's remove acknowledged; 2's remove indeterminate; 3 kept.
+        (1, "invoke", "remove", json!(1)),
+        (1, "ok", "remove", json!(1)),
+        (1, "invoke", "remove", json!(2)),
+        (1, "info", "remove", json!(2)),
+        (5, "invoke", "read", N),
+        (5, "ok", "read", final_read),
+    ])
+}
+
+#[test]
+fn orset_valid_when_removed_members_are_gone_and_the_rest_kept() {
+    // 2's remove may or may not have happened: either answer is valid.
+    for read in [json!([3]), json!([2, 3])] {
+        let v = run(Workload::ApOrSet, &orset(read));
+        assert_eq!(v.valid, Validity::Valid, "{v:?}");
+        assert_eq!((v.stats["removes"], v.stats["resurrected"]), (1, 0));
+    }
+}
+
+#[test]
+fn orset_invalid_reports_resurrected_and_lost() {
+    let v = run(Workload::ApOrSet, &orset(json!([1, 2])));
+    assert_eq!(v.valid, Validity::Invalid);
+    let k = kinds(&v);
+    assert_eq!(k, vec!["resurrected", "lost"], "1 came back, 3 was lost");
+    assert_eq!(v.stats["resurrected"], 1);
+}
+
 fn lock(rows_after: &[(u64, &str, &str, Value)]) -> Vec<Event> {
     let mut rows = vec![
         (1, "invoke", "acquire", N),

@@ -733,6 +733,15 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
     ),
     ("concord.peer.v1.ApDel", &[]),
     ("concord.peer.v1.ApIncr", &["delta=1:sint64"]),
+    ("concord.peer.v1.ApMembers", &["members=1:*bytes"]),
+    (
+        "concord.peer.v1.ApHashSet",
+        &["fields=1:*bytes", "values=2:*bytes", "nx=3:bool"],
+    ),
+    (
+        "concord.peer.v1.ApHashIncr",
+        &["field=1:bytes", "delta=2:sint64"],
+    ),
     (
         "concord.peer.v1.ApExpire",
         &["persist=1:bool", "at_ms=2:uint64"],
@@ -748,6 +757,12 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "incr=6:.concord.peer.v1.ApIncr@op",
             "expire=7:.concord.peer.v1.ApExpire@op",
             "base=8:bytes",
+            "sadd=9:.concord.peer.v1.ApMembers@op",
+            "srem=10:.concord.peer.v1.ApMembers@op",
+            "set_store=11:.concord.peer.v1.ApMembers@op",
+            "hset=12:.concord.peer.v1.ApHashSet@op",
+            "hdel=13:.concord.peer.v1.ApMembers@op",
+            "hincrby=14:.concord.peer.v1.ApHashIncr@op",
         ],
     ),
     (

@@ -1,4 +1,4 @@
-//! The AP bucket store: each key's CRDT state ([`RedisString`]) and the hints this node
+//! The AP bucket store: each key's CRDT state ([`RedisValue`]) and the hints this node
 //! holds for replicas that were unreachable, in one redb file (`ap.redb` in the data
 //! directory) apart from the CP keyspace's.
 //!
@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use concord_core::crdt::{Crdt, RedisString};
+use concord_core::crdt::{Crdt, RedisValue, StringLayout};
 use concord_core::merkle::MerkleTree;
 use concord_core::ring::hash_key;
 use concord_core::NodeId;
@@ -57,8 +57,10 @@ const HINTS: Def = TableDefinition::new("ap_hints");
 /// The store's own facts: `replica_id` → u64 (big-endian).
 const META: Def = TableDefinition::new("ap_meta");
 
-/// The format version written before each encoded state.
+/// The format version written before each encoded state: 1 for a key that never held set
+/// members (the layout from before sets), 2 for the whole state.
 const FORMAT: u8 = 1;
+const FORMAT_SETS: u8 = 2;
 
 /// Why the AP store failed.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,7 @@ pub struct Hint {
     /// The key.
     pub key: Vec<u8>,
     /// The state to hand over.
-    pub state: RedisString,
+    pub state: RedisValue,
 }
 
 /// The store.
@@ -309,30 +311,43 @@ fn digest(state_bytes: &[u8]) -> [u8; 8] {
 }
 
 /// A state as bytes: a format version, then the state (what the replica protocol carries;
-/// the store adds a checksum).
-pub fn state_to_bytes(state: &RedisString) -> Vec<u8> {
-    let mut b = vec![FORMAT];
+/// the store adds a checksum). A key that never held set members keeps format 1, the
+/// layout from before sets, so its bytes (and the Merkle trees' digests of them) are the
+/// same whichever build wrote them.
+pub fn state_to_bytes(state: &RedisValue) -> Vec<u8> {
     // Serializing an in-memory state into a Vec cannot fail.
-    b.extend(postcard::to_allocvec(state).unwrap_or_default());
-    b
+    match state.string_layout() {
+        Some(layout) => {
+            let mut b = vec![FORMAT];
+            b.extend(postcard::to_allocvec(&layout).unwrap_or_default());
+            b
+        }
+        None => {
+            let mut b = vec![FORMAT_SETS];
+            b.extend(postcard::to_allocvec(state).unwrap_or_default());
+            b
+        }
+    }
 }
 
 /// The state in `bytes` written by [`state_to_bytes`], or what is wrong with them.
-pub fn state_from_bytes(bytes: &[u8]) -> Result<RedisString, String> {
+pub fn state_from_bytes(bytes: &[u8]) -> Result<RedisValue, String> {
+    let undecodable = |e: postcard::Error| format!("undecodable state: {e}");
     match bytes.split_first() {
-        Some((&FORMAT, body)) => {
-            postcard::from_bytes(body).map_err(|e| format!("undecodable state: {e}"))
-        }
+        Some((&FORMAT, body)) => postcard::from_bytes::<StringLayout>(body)
+            .map(RedisValue::from)
+            .map_err(undecodable),
+        Some((&FORMAT_SETS, body)) => postcard::from_bytes(body).map_err(undecodable),
         Some((v, _)) => Err(format!("unknown format version {v}")),
         None => Err("empty value".into()),
     }
 }
 
-fn encode(row: &[u8], state: &RedisString) -> Vec<u8> {
+fn encode(row: &[u8], state: &RedisValue) -> Vec<u8> {
     seal(row, &state_to_bytes(state))
 }
 
-fn decode(row: &[u8], stored: &[u8]) -> Result<RedisString, ApStoreError> {
+fn decode(row: &[u8], stored: &[u8]) -> Result<RedisValue, ApStoreError> {
     let corrupt = |reason: String| ApStoreError::Corrupt {
         key: String::from_utf8_lossy(row).into_owned(),
         reason,
@@ -388,14 +403,14 @@ fn build_trees(db: &Database) -> Result<Vec<MerkleTree>, ApStoreError> {
 fn held(
     keys: &redb::Table<'_, &'static [u8], &'static [u8]>,
     row: &[u8],
-) -> Result<(RedisString, Option<[u8; 8]>), ApStoreError> {
+) -> Result<(RedisValue, Option<[u8; 8]>), ApStoreError> {
     Ok(match keys.get(row)? {
         Some(v) => {
             let s = decode(row, v.value())?;
             let d = digest(&state_to_bytes(&s));
             (s, Some(d))
         }
-        None => (RedisString::new(), None),
+        None => (RedisValue::new(), None),
     })
 }
 
@@ -558,7 +573,7 @@ impl ApStore {
     }
 
     /// The state of `key` in `bucket`, if any.
-    pub fn get(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisString>, ApStoreError> {
+    pub fn get(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisValue>, ApStoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(KEYS)?;
         let r = row(bucket, key);
@@ -573,8 +588,8 @@ impl ApStore {
         &self,
         bucket: u8,
         key: &[u8],
-        f: impl FnOnce(&mut RedisString) -> Result<T, E> + Send + 'static,
-    ) -> Result<Result<(T, RedisString), E>, ApStoreError> {
+        f: impl FnOnce(&mut RedisValue) -> Result<T, E> + Send + 'static,
+    ) -> Result<Result<(T, RedisValue), E>, ApStoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.update_then(bucket, key, f, move |out| {
             let _ = tx.send(out);
@@ -590,8 +605,8 @@ impl ApStore {
         &self,
         bucket: u8,
         key: &[u8],
-        f: impl FnOnce(&mut RedisString) -> Result<T, E> + Send + 'static,
-        done: impl FnOnce(Result<Result<(T, RedisString), E>, ApStoreError>) + Send + 'static,
+        f: impl FnOnce(&mut RedisValue) -> Result<T, E> + Send + 'static,
+        done: impl FnOnce(Result<Result<(T, RedisValue), E>, ApStoreError>) + Send + 'static,
     ) {
         let r = row(bucket, key);
         let key = key.to_vec();
@@ -627,8 +642,8 @@ impl ApStore {
     pub fn merge_many(
         &self,
         bucket: u8,
-        entries: Vec<(Vec<u8>, RedisString)>,
-        creates: impl Fn(&RedisString) -> bool + Send + 'static,
+        entries: Vec<(Vec<u8>, RedisValue)>,
+        creates: impl Fn(&RedisValue) -> bool + Send + 'static,
     ) -> Result<usize, ApStoreError> {
         let changes = self.write(self.sync(bucket), move |t| {
             let mut changes = Vec::new();
@@ -672,7 +687,7 @@ impl ApStore {
         &self,
         bucket: u8,
         leaf: usize,
-    ) -> Result<Vec<(Vec<u8>, RedisString)>, ApStoreError> {
+    ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApStoreError> {
         if usize::from(bucket) >= TREE_BUCKETS || leaf >= TREE_LEAVES {
             return Ok(Vec::new());
         }
@@ -699,9 +714,9 @@ impl ApStore {
         &self,
         bucket: u8,
         key: &[u8],
-        state: &RedisString,
+        state: &RedisValue,
     ) -> Result<bool, ApStoreError> {
-        let unchanged = |held: &RedisString| held.merged(state) == *held;
+        let unchanged = |held: &RedisValue| held.merged(state) == *held;
         if self.get(bucket, key)?.as_ref().is_some_and(unchanged) {
             return Ok(false);
         }
@@ -726,19 +741,19 @@ impl ApStore {
         &self,
         bucket: u8,
         key: &[u8],
-        state: RedisString,
+        state: RedisValue,
         create: bool,
-        done: impl FnOnce(Result<RedisString, ApStoreError>) + Send + 'static,
+        done: impl FnOnce(Result<RedisValue, ApStoreError>) + Send + 'static,
     ) {
-        let merge = move |s: &mut RedisString| {
-            if !create && *s == RedisString::new() {
+        let merge = move |s: &mut RedisValue| {
+            if !create && *s == RedisValue::new() {
                 return Err(());
             }
             s.merge(&state);
             Ok(())
         };
         self.update_then(bucket, key, merge, move |out| {
-            done(out.map(|merged| merged.map_or_else(|()| RedisString::new(), |(_, s)| s)))
+            done(out.map(|merged| merged.map_or_else(|()| RedisValue::new(), |(_, s)| s)))
         });
     }
 
@@ -747,8 +762,8 @@ impl ApStore {
         &self,
         bucket: u8,
         key: &[u8],
-        state: &RedisString,
-    ) -> Result<RedisString, ApStoreError> {
+        state: &RedisValue,
+    ) -> Result<RedisValue, ApStoreError> {
         let state = state.clone();
         let merged = self.update(bucket, key, move |s| {
             s.merge(&state);
@@ -763,7 +778,7 @@ impl ApStore {
         &self,
         bucket: u8,
         key: &[u8],
-        expected: &RedisString,
+        expected: &RedisValue,
     ) -> Result<bool, ApStoreError> {
         let r = row(bucket, key);
         let expected = expected.clone();
@@ -792,7 +807,7 @@ impl ApStore {
         owner: NodeId,
         bucket: u8,
         key: &[u8],
-        state: &RedisString,
+        state: &RedisValue,
     ) -> Result<(), ApStoreError> {
         let r = hint_row(owner, bucket, key);
         let state = state.clone();
@@ -857,7 +872,7 @@ impl ApStore {
         owner: NodeId,
         bucket: u8,
         key: &[u8],
-        handed_over: &RedisString,
+        handed_over: &RedisValue,
     ) -> Result<bool, ApStoreError> {
         let r = hint_row(owner, bucket, key);
         let handed_over = handed_over.clone();
@@ -891,7 +906,7 @@ impl ApStore {
         bucket: u8,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, RedisString)>, ApStoreError> {
+    ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApStoreError> {
         let txn = self.db.begin_read()?;
         let t = txn.open_table(KEYS)?;
         let start = after.map_or_else(|| vec![bucket], |a| row(bucket, a));
@@ -929,13 +944,13 @@ impl ApStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use concord_core::crdt::{SetExpiry, StringError};
+    use concord_core::crdt::{SetExpiry, ValueError};
 
     const A: NodeId = NodeId(1);
     const B: NodeId = NodeId(2);
 
-    fn set(v: &str, t: u64, n: NodeId) -> RedisString {
-        let mut s = RedisString::new();
+    fn set(v: &str, t: u64, n: NodeId) -> RedisValue {
+        let mut s = RedisValue::new();
         s.set(v.as_bytes().to_vec(), (t, n), n, SetExpiry::Clear);
         s
     }
@@ -1029,7 +1044,7 @@ mod tests {
                 .unwrap();
             assert_eq!(n, 5);
             let refused = store.update(0, b"k", |s| s.incr(1, A, (2, A), 0)).unwrap();
-            assert_eq!(refused, Err(StringError::NotInteger));
+            assert_eq!(refused, Err(ValueError::NotInteger));
         }
         let store = ApStore::open(&path, 100).unwrap();
         assert_eq!(
@@ -1224,7 +1239,7 @@ mod tests {
         assert_eq!(one.tree_root(0), two.tree_root(0));
         // A state refused creation does not come back to a store that lacks the key, but
         // still merges into one that holds it.
-        let refuse = |s: &RedisString| !s.is_tombstone();
+        let refuse = |s: &RedisValue| !s.is_tombstone();
         assert_eq!(
             one.merge_many(0, vec![(b"key-3".to_vec(), dead.clone())], refuse)
                 .unwrap(),
@@ -1235,7 +1250,7 @@ mod tests {
         one.merge_then(0, b"key-3", dead.clone(), false, move |out| {
             tx.send(out).unwrap()
         });
-        assert_eq!(rx.recv().unwrap().unwrap(), RedisString::new());
+        assert_eq!(rx.recv().unwrap().unwrap(), RedisValue::new());
         assert_eq!(one.get(0, b"key-3").unwrap(), None);
         assert_eq!(
             one.merge_many(0, vec![(b"key-4".to_vec(), dead.clone())], refuse)

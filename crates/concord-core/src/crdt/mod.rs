@@ -16,7 +16,7 @@
 //! | [`OrSet`] | add-wins observed-remove set |
 //! | [`OrMap`] | observed-remove map of nested CRDTs, update wins over a concurrent remove |
 //! | [`EnableWinsFlag`] | boolean flag, enable wins over a concurrent disable |
-//! | [`RedisString`] | a Redis string key: LWW register whose writes start epochs, a PN-counter and a multi-value expiry per epoch (`docs/ap.md`) |
+//! | [`RedisValue`] | a Redis key: LWW register whose writes start epochs; per epoch a PN-counter, an OR-set of members and a multi-value expiry (`docs/ap.md`) |
 //!
 //! The dotted types ([`MvRegister`], [`OrSet`], [`OrMap`], [`EnableWinsFlag`]) follow the
 //! "optimized OR-Set" / causal-CRDT construction (Bieniusa et al., 2012; Almeida, Shoker,
@@ -52,7 +52,7 @@ mod lww;
 mod map;
 mod mvreg;
 mod orset;
-mod redis_string;
+mod redis_value;
 #[cfg(test)]
 mod tests;
 
@@ -65,7 +65,10 @@ pub use lww::LwwRegister;
 pub use map::OrMap;
 pub use mvreg::MvRegister;
 pub use orset::OrSet;
-pub use redis_string::{parse_integer, Expiry, RedisString, SetExpiry, Stamp, StringError};
+pub use redis_value::{
+    parse_integer, Expiry, HashField, Kind, RedisValue, SetExpiry, Stamp, StringLayout,
+    StringLayoutRef, ValueError,
+};
 
 /// A state-based CRDT: a join-semilattice whose join is [`Crdt::merge`].
 ///

@@ -23,7 +23,7 @@
 
 use std::sync::atomic::Ordering;
 
-use concord_core::crdt::RedisString;
+use concord_core::crdt::RedisValue;
 use concord_core::ring::Token;
 use concord_proto::peer::{ReplicaLeaf, ReplicaSpan, ReplicaTree};
 use concord_raft::NodeId;
@@ -134,7 +134,7 @@ impl ApNode {
                 let node = self.clone();
                 repaired += blocking(move || {
                     let (judge, now) = (node.clone(), node.now_ms());
-                    let creates = move |s: &RedisString| !judge.collectable(s, now);
+                    let creates = move |s: &RedisValue| !judge.collectable(s, now);
                     Ok(node.inner.store.merge_many(bucket, owned, creates)?)
                 })
                 .await?;
@@ -166,9 +166,9 @@ fn leaf_tokens(leaf: usize) -> (Token, Token) {
 /// The entries whose key's ring token lies in one of `spans` (all of them when there are
 /// no spans).
 pub(super) fn within(
-    mut entries: Vec<(Vec<u8>, RedisString)>,
+    mut entries: Vec<(Vec<u8>, RedisValue)>,
     spans: &[(u64, u64)],
-) -> Vec<(Vec<u8>, RedisString)> {
+) -> Vec<(Vec<u8>, RedisValue)> {
     if !spans.is_empty() {
         entries.retain(|(k, _)| {
             let t = Token::of_key(k).0;
@@ -180,7 +180,7 @@ pub(super) fn within(
 
 /// A digest of keys and their states, in the order given (the store's, the same on both
 /// sides of an exchange).
-pub(super) fn digest(entries: &[(Vec<u8>, RedisString)]) -> [u8; 16] {
+pub(super) fn digest(entries: &[(Vec<u8>, RedisValue)]) -> [u8; 16] {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for (k, state) in entries {
         let state = state_to_bytes(state);

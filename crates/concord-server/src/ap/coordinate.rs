@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use concord_core::coordinator::{ReadAction, ReadRequest, WriteAction, WriteRequest};
-use concord_core::crdt::RedisString;
+use concord_core::crdt::RedisValue;
 use concord_proto::peer::{ReplicaApply, ReplicaMerge, ReplicaRead};
 use concord_raft::NodeId;
 use concord_storage::ap::{state_from_bytes, state_to_bytes};
@@ -54,7 +54,7 @@ impl ApNode {
         access: Access,
         key: &[u8],
         op: Op,
-        base: Option<RedisString>,
+        base: Option<RedisValue>,
     ) -> Result<Written, ApError> {
         self.ring_ready()?;
         let timeout = self.config().timeout;
@@ -80,11 +80,11 @@ impl ApNode {
                 candidates[..=i].rotate_right(1);
             }
         }
-        // SET, DEL and EXPIRE may be applied twice without harm (a second SET is a newer
-        // write of the same value), so a failed or silent coordinating replica is
-        // replaced by the next one, each but the last given half of what time is left;
-        // an INCR is not retried (it might count twice).
-        let idempotent = !matches!(op, Op::Incr(_));
+        // Everything but INCR may be applied twice without harm (a second SET is a newer
+        // write of the same value, a second SADD adds what is there), so a failed or
+        // silent coordinating replica is replaced by the next one, each but the last given
+        // half of what time is left; an INCR is not retried (it might count twice).
+        let idempotent = op.retriable();
         let retries = if idempotent { candidates.len() } else { 1 };
         let mut applied = None;
         let mut local_commit = None;
@@ -93,12 +93,11 @@ impl ApNode {
             let left = timeout.saturating_sub(started.elapsed());
             let last = attempt + 1 == retries;
             let budget = if last { left } else { left / 2 };
-            let outcome = if at == self.me() && idempotent {
+            let outcome = if at == self.me() && op.sends_before_commit() {
                 // Here, the replicas are sent the new state as soon as it is computed,
                 // while this replica's commit runs: the two durable steps overlap. This
-                // replica counts towards W once its commit is durable. (Not for an INCR:
-                // its counter entry must be durable here before any other replica holds
-                // it, or a crash could make this replica count the same entry again.)
+                // replica counts towards W once its commit is durable. (Not for an INCR or
+                // a SADD: see `Op::sends_before_commit`.)
                 let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
                 let commit =
                     self.start_apply_local(bucket, key, op.clone(), base.clone(), Some(applied_tx));
@@ -221,7 +220,7 @@ impl ApNode {
     /// Keeps `state` of `key` here for `owner`, which the write did not reach; counted in
     /// the metrics when the hint store is full (anti-entropy is then what repairs
     /// `owner`).
-    async fn keep_hint(&self, owner: NodeId, bucket: u8, key: &[u8], state: &RedisString) {
+    async fn keep_hint(&self, owner: NodeId, bucket: u8, key: &[u8], state: &RedisValue) {
         if owner == self.me() {
             return;
         }
@@ -232,7 +231,7 @@ impl ApNode {
     }
 
     /// Reads `key` from R of its replicas; the join of their states.
-    pub async fn read(&self, at: Access, key: &[u8]) -> Result<Option<RedisString>, ApError> {
+    pub async fn read(&self, at: Access, key: &[u8]) -> Result<Option<RedisValue>, ApError> {
         self.ring_ready()?;
         let timeout = self.config().timeout;
         let bucket = at.bucket;
@@ -255,7 +254,7 @@ impl ApNode {
         }
         // R replicas are asked, another one for each that fails, and the rest after
         // SPECULATE_AFTER without an answer (a slow or paused replica).
-        let (mut req, actions) = ReadRequest::<RedisString>::start_lean(
+        let (mut req, actions) = ReadRequest::<RedisValue>::start_lean(
             r,
             &preferred,
             &fallbacks,
@@ -329,8 +328,8 @@ impl ApNode {
         bucket: u8,
         key: Vec<u8>,
         op: Op,
-        base: Option<RedisString>,
-    ) -> Result<(RedisString, Option<i64>), ApError> {
+        base: Option<RedisValue>,
+    ) -> Result<(RedisValue, Option<i64>), ApError> {
         if at == self.me() {
             return self.apply_local(bucket, &key, op, base).await;
         }
@@ -358,7 +357,7 @@ impl ApNode {
         }
         let decoded = state_from_bytes(&state.state)
             .map_err(|e| ApError::Unavailable(format!("replica {at} answered {e}")))?;
-        let integer = matches!(op, Op::Incr(_)).then_some(state.integer);
+        let integer = op.answers_integer().then_some(state.integer);
         Ok((decoded, integer))
     }
 
@@ -367,7 +366,7 @@ impl ApNode {
         at: NodeId,
         bucket: u8,
         key: Vec<u8>,
-        state: RedisString,
+        state: RedisValue,
         hint_for: Option<NodeId>,
     ) -> Result<(), ApError> {
         if at == self.me() {
@@ -389,7 +388,7 @@ impl ApNode {
         at: NodeId,
         bucket: u8,
         key: Vec<u8>,
-    ) -> Result<Option<RedisString>, ApError> {
+    ) -> Result<Option<RedisValue>, ApError> {
         if at == self.me() {
             return self.read_local(bucket, &key);
         }

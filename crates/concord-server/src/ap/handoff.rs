@@ -25,7 +25,7 @@
 
 use std::sync::atomic::Ordering;
 
-use concord_core::crdt::RedisString;
+use concord_core::crdt::RedisValue;
 use concord_core::ring::Ring;
 use concord_raft::NodeId;
 use tokio::task::JoinSet;
@@ -274,7 +274,7 @@ impl ApNode {
         to: NodeId,
         bucket: u8,
         key: Vec<u8>,
-        state: RedisString,
+        state: RedisValue,
     ) -> usize {
         let mut failed = 0;
         while sends.len() >= IN_FLIGHT {

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use concord_core::crdt::{Crdt, RedisString};
+use concord_core::crdt::{Crdt, RedisValue};
 use concord_proto::peer::ReplicaScan;
 use concord_raft::NodeId;
 use concord_storage::ap::state_from_bytes;
@@ -23,7 +23,7 @@ impl ApNode {
     pub async fn bucket_states(
         &self,
         bucket: u8,
-    ) -> Result<BTreeMap<Vec<u8>, RedisString>, ApError> {
+    ) -> Result<BTreeMap<Vec<u8>, RedisValue>, ApError> {
         self.ring_ready()?;
         let members: Vec<NodeId> = read(&self.inner.ring).nodes().collect();
         let tolerated = (self.bucket(bucket).n_val as usize)
@@ -39,7 +39,7 @@ impl ApNode {
             let node = self.clone();
             scans.spawn(async move { node.scan_member(m, bucket).await });
         }
-        let mut joined: BTreeMap<Vec<u8>, RedisString> = BTreeMap::new();
+        let mut joined: BTreeMap<Vec<u8>, RedisValue> = BTreeMap::new();
         while let Some(done) = scans.join_next().await {
             match done {
                 Ok(Ok(entries)) => {
@@ -69,7 +69,7 @@ impl ApNode {
         &self,
         m: NodeId,
         bucket: u8,
-    ) -> Result<Vec<(Vec<u8>, RedisString)>, ApError> {
+    ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApError> {
         if m == self.me() {
             let node = self.clone();
             return blocking(move || {
@@ -90,7 +90,7 @@ impl ApNode {
             .client(m)
             .ok_or_else(|| ApError::Unavailable(format!("member {m} is unknown")))?;
         let timeout = self.config().timeout;
-        let mut out: Vec<(Vec<u8>, RedisString)> = Vec::new();
+        let mut out: Vec<(Vec<u8>, RedisValue)> = Vec::new();
         loop {
             let request = ReplicaScan {
                 cluster_id: self.inner.cluster_id,

@@ -43,15 +43,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use buckets::{BucketCatalog, BucketChange, BucketProps, Durability};
-use concord_core::crdt::{Crdt, Expiry, RedisString, SetExpiry, StringError};
+use concord_core::crdt::{Crdt, Expiry, RedisValue, SetExpiry, ValueError};
 use concord_core::ring::Ring;
 use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
-    replica_apply, ApDel, ApExpire, ApIncr, ApSet, ReplicaApply, ReplicaApplyBatch, ReplicaKey,
-    ReplicaKeys, ReplicaLeaf, ReplicaMerge, ReplicaMergeAck, ReplicaMergeBatch,
-    ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaReap, ReplicaReapAck, ReplicaScan,
-    ReplicaState, ReplicaStates, ReplicaTree, ReplicaTreeLeaves,
+    replica_apply, ApDel, ApExpire, ApHashIncr, ApHashSet, ApIncr, ApMembers, ApSet, ReplicaApply,
+    ReplicaApplyBatch, ReplicaKey, ReplicaKeys, ReplicaLeaf, ReplicaMerge, ReplicaMergeAck,
+    ReplicaMergeBatch, ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaReap,
+    ReplicaReapAck, ReplicaScan, ReplicaState, ReplicaStates, ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, SystemClock};
@@ -121,6 +121,46 @@ pub enum Op {
     Incr(i64),
     /// `EXPIRE` (at a time) or `PERSIST` (`Expiry::Never`).
     Expire(Expiry),
+    /// `SADD`.
+    SetAdd(Vec<Vec<u8>>),
+    /// `SREM`.
+    SetRemove(Vec<Vec<u8>>),
+    /// A `*STORE` command's result: the key becomes a set of exactly these members (none:
+    /// deleted).
+    SetStore(Vec<Vec<u8>>),
+    /// `HSET`: fields and their values.
+    HashSet(Vec<(Vec<u8>, Vec<u8>)>),
+    /// `HSETNX`: a field and its value, set only when the field is absent.
+    HashSetNx(Vec<u8>, Vec<u8>),
+    /// `HDEL`.
+    HashDel(Vec<Vec<u8>>),
+    /// `HINCRBY`: a field and the delta.
+    HashIncr(Vec<u8>, i64),
+}
+
+impl Op {
+    /// Whether the new state may leave for the other replicas before this replica's commit
+    /// is durable. Not for an operation that makes a counter entry or an add (a dot): after
+    /// a crash before the commit, the replica would make the same entry again for another
+    /// operation, and the two would be taken for one.
+    pub(crate) fn sends_before_commit(&self) -> bool {
+        matches!(self, Op::Set { .. } | Op::Del | Op::Expire(_))
+    }
+
+    /// Whether applying it a second time (at another replica, after one that failed or
+    /// stayed silent) changes nothing more: everything but an increment.
+    pub(crate) fn retriable(&self) -> bool {
+        !matches!(self, Op::Incr(_) | Op::HashIncr(..))
+    }
+
+    /// Whether its answer is a number (`INCRBY`'s and `HINCRBY`'s values, the counts of
+    /// the set and hash commands).
+    pub(crate) fn answers_integer(&self) -> bool {
+        !matches!(
+            self,
+            Op::Set { .. } | Op::Del | Op::Expire(_) | Op::SetStore(_)
+        )
+    }
 }
 
 /// Why an AP request failed.
@@ -148,8 +188,8 @@ impl From<ApStoreError> for ApError {
     }
 }
 
-impl From<StringError> for ApError {
-    fn from(e: StringError) -> Self {
+impl From<ValueError> for ApError {
+    fn from(e: ValueError) -> Self {
         ApError::Refused(e.to_string())
     }
 }
@@ -379,14 +419,15 @@ impl ApNode {
     }
 
     /// Applies `op` to this replica's state of `key` (joined with `base` first), stamped
-    /// after the key's epoch; the state stored and, for `INCRBY`, the new value.
+    /// after the key's epoch; the state stored and, for `INCRBY`, `SADD` and `SREM`, the
+    /// answer.
     pub async fn apply_local(
         &self,
         bucket: u8,
         key: &[u8],
         op: Op,
-        base: Option<RedisString>,
-    ) -> Result<(RedisString, Option<i64>), ApError> {
+        base: Option<RedisValue>,
+    ) -> Result<(RedisValue, Option<i64>), ApError> {
         let answer = self.start_apply_local(bucket, key, op, base, None);
         answer.await.map_err(|_| stopped())?
     }
@@ -400,16 +441,16 @@ impl ApNode {
         bucket: u8,
         key: &[u8],
         op: Op,
-        base: Option<RedisString>,
-        applied: Option<tokio::sync::oneshot::Sender<RedisString>>,
-    ) -> tokio::sync::oneshot::Receiver<Result<(RedisString, Option<i64>), ApError>> {
+        base: Option<RedisValue>,
+        applied: Option<tokio::sync::oneshot::Sender<RedisValue>>,
+    ) -> tokio::sync::oneshot::Receiver<Result<(RedisValue, Option<i64>), ApError>> {
         // The store's identity, not the member's: a member whose data was lost acts as a
         // new replica, so its counter entries never collide with its earlier life's.
         let me = NodeId(self.inner.store.replica_id());
         let now = self.inner.clock.now();
         let now_ms = now.physical_ms;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let change = move |s: &mut RedisString| {
+        let change = move |s: &mut RedisValue| {
             if let Some(base) = &base {
                 s.merge(base);
             }
@@ -427,6 +468,17 @@ impl ApNode {
                 Op::Del => s.delete(stamp),
                 Op::Incr(delta) => return s.incr(delta, me, stamp, now_ms).map(Some),
                 Op::Expire(e) => s.expire(e, me),
+                Op::SetAdd(members) => return s.sadd(&members, me, stamp, now_ms).map(Some),
+                Op::SetRemove(members) => return s.srem(&members, stamp.0, now_ms).map(Some),
+                Op::SetStore(members) => s.replace_set(&members, stamp, me),
+                Op::HashSet(pairs) => return s.hset(&pairs, me, stamp, now_ms).map(Some),
+                Op::HashSetNx(field, value) => {
+                    return s.hsetnx(&field, &value, me, stamp, now_ms).map(Some)
+                }
+                Op::HashDel(fields) => return s.hdel(&fields, stamp.0, now_ms).map(Some),
+                Op::HashIncr(field, delta) => {
+                    return s.hincrby(&field, delta, me, stamp, now_ms).map(Some)
+                }
             }
             if let Some(applied) = applied {
                 let _ = applied.send(s.clone());
@@ -452,7 +504,7 @@ impl ApNode {
         &self,
         bucket: u8,
         key: &[u8],
-        state: RedisString,
+        state: RedisValue,
         hint_for: Option<NodeId>,
     ) -> Result<(), ApError> {
         match hint_for {
@@ -487,7 +539,7 @@ impl ApNode {
     }
 
     /// This replica's state of `key`.
-    pub fn read_local(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisString>, ApError> {
+    pub fn read_local(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisValue>, ApError> {
         Ok(self.inner.store.get(bucket, key)?)
     }
 
@@ -523,7 +575,7 @@ impl ApNode {
     /// pages return. The passes over a whole replica (handoff, tombstone collection) use it.
     pub(crate) async fn for_each_page<F, Fut>(&self, each: F) -> Result<usize, ApError>
     where
-        F: Fn(ApNode, u8, Vec<(Vec<u8>, RedisString)>) -> Fut,
+        F: Fn(ApNode, u8, Vec<(Vec<u8>, RedisValue)>) -> Fut,
         Fut: std::future::Future<Output = usize>,
     {
         let mut sum = 0;
@@ -588,6 +640,32 @@ pub(crate) fn op_to_wire(op: &Op) -> replica_apply::Op {
         }
         Op::Del => replica_apply::Op::Del(ApDel {}),
         Op::Incr(delta) => replica_apply::Op::Incr(ApIncr { delta: *delta }),
+        Op::SetAdd(members) => replica_apply::Op::Sadd(ApMembers {
+            members: members.iter().map(|m| m.clone().into()).collect(),
+        }),
+        Op::SetRemove(members) => replica_apply::Op::Srem(ApMembers {
+            members: members.iter().map(|m| m.clone().into()).collect(),
+        }),
+        Op::SetStore(members) => replica_apply::Op::SetStore(ApMembers {
+            members: members.iter().map(|m| m.clone().into()).collect(),
+        }),
+        Op::HashSet(pairs) => replica_apply::Op::Hset(ApHashSet {
+            fields: pairs.iter().map(|(f, _)| f.clone().into()).collect(),
+            values: pairs.iter().map(|(_, v)| v.clone().into()).collect(),
+            nx: false,
+        }),
+        Op::HashSetNx(field, value) => replica_apply::Op::Hset(ApHashSet {
+            fields: vec![field.clone().into()],
+            values: vec![value.clone().into()],
+            nx: true,
+        }),
+        Op::HashDel(fields) => replica_apply::Op::Hdel(ApMembers {
+            members: fields.iter().map(|m| m.clone().into()).collect(),
+        }),
+        Op::HashIncr(field, delta) => replica_apply::Op::Hincrby(ApHashIncr {
+            field: field.clone().into(),
+            delta: *delta,
+        }),
         Op::Expire(e) => replica_apply::Op::Expire(match e {
             Expiry::Never => ApExpire {
                 persist: true,
@@ -618,6 +696,38 @@ pub(crate) fn op_from_wire(op: replica_apply::Op) -> Result<Op, Status> {
         },
         replica_apply::Op::Del(_) => Op::Del,
         replica_apply::Op::Incr(i) => Op::Incr(i.delta),
+        replica_apply::Op::Sadd(m) => Op::SetAdd(m.members.into_iter().map(Vec::from).collect()),
+        replica_apply::Op::Srem(m) => Op::SetRemove(m.members.into_iter().map(Vec::from).collect()),
+        replica_apply::Op::SetStore(m) => {
+            Op::SetStore(m.members.into_iter().map(Vec::from).collect())
+        }
+        replica_apply::Op::Hset(h) => {
+            if h.fields.len() != h.values.len() || h.fields.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "HSET with {} fields and {} values",
+                    h.fields.len(),
+                    h.values.len()
+                )));
+            }
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = h
+                .fields
+                .into_iter()
+                .map(Vec::from)
+                .zip(h.values.into_iter().map(Vec::from))
+                .collect();
+            match (h.nx, pairs.len()) {
+                (false, _) => Op::HashSet(pairs),
+                (true, 1) => {
+                    let (f, v) = pairs.remove(0);
+                    Op::HashSetNx(f, v)
+                }
+                (true, n) => {
+                    return Err(Status::invalid_argument(format!("HSETNX with {n} fields")))
+                }
+            }
+        }
+        replica_apply::Op::Hdel(m) => Op::HashDel(m.members.into_iter().map(Vec::from).collect()),
+        replica_apply::Op::Hincrby(h) => Op::HashIncr(h.field.to_vec(), h.delta),
         replica_apply::Op::Expire(e) if e.persist => Op::Expire(Expiry::Never),
         replica_apply::Op::Expire(e) => Op::Expire(Expiry::At(e.at_ms)),
     })

@@ -78,7 +78,7 @@ fn set(v: &str) -> Op {
     }
 }
 
-fn value(state: Option<RedisString>, now_ms: u64) -> Option<Vec<u8>> {
+fn value(state: Option<RedisValue>, now_ms: u64) -> Option<Vec<u8>> {
     state.and_then(|s| s.get(now_ms))
 }
 
@@ -226,7 +226,7 @@ async fn anti_entropy_repairs_what_a_replica_missed_and_keeps_deletes_deleted() 
     // Recent stamps: a tombstone past the grace period would not be repaired.
     let base = concord_core::clock::Timestamp::new(first.now_ms(), 0).pack();
     let state = |v: &str, t: u64| {
-        let mut s = RedisString::new();
+        let mut s = RedisValue::new();
         s.set(
             v.as_bytes().to_vec(),
             (base + t, NodeId(1)),
@@ -367,7 +367,7 @@ async fn with_more_members_than_replicas_anti_entropy_compares_only_the_shared_r
         let key = format!("x{i}");
         let owners = first.placement(0, key.as_bytes()).0;
         if owners.contains(&NodeId(1)) && owners.contains(&NodeId(5)) {
-            let mut state = RedisString::new();
+            let mut state = RedisValue::new();
             state.set(
                 b"v".to_vec(),
                 (base, NodeId(1)),
@@ -494,7 +494,7 @@ async fn tombstones_are_collected_only_when_every_owner_holds_them_past_the_grac
     // An owner that missed a delete (it holds the value, the others the tombstone) keeps
     // the tombstone on all: collecting it would let anti-entropy bring the value back.
     let long_ago = concord_core::clock::Timestamp::new(m.nodes[0].now_ms() - 10_000, 0).pack();
-    let mut value_only = RedisString::new();
+    let mut value_only = RedisValue::new();
     value_only.set(
         b"old".to_vec(),
         (long_ago, NodeId(1)),
@@ -541,7 +541,7 @@ async fn tombstones_are_collected_only_when_every_owner_holds_them_past_the_grac
     assert_eq!(m.nodes[1].collect_tombstones().await.unwrap(), 1);
     assert_eq!(m.nodes[1].read_local(0, b"missed").unwrap(), None);
     // A hint older than the grace period is dropped, not handed over.
-    let mut old = RedisString::new();
+    let mut old = RedisValue::new();
     old.set(
         b"zombie".to_vec(),
         (1, NodeId(1)),
@@ -565,7 +565,7 @@ async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_h
     // Forty keys, each on exactly two of its three owners (a W=2 write whose third copy
     // had not landed yet).
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
-    let mut state = RedisString::new();
+    let mut state = RedisValue::new();
     let stamp = concord_core::clock::Timestamp::new(m.nodes[0].now_ms(), 0).pack();
     state.set(
         b"v".to_vec(),
@@ -685,4 +685,147 @@ async fn a_member_that_lost_its_data_counts_under_a_new_identity() {
         Some(b"6".to_vec())
     );
     m._dirs.push(dir);
+}
+
+fn members_of(state: Option<RedisValue>, now_ms: u64) -> Vec<Vec<u8>> {
+    state.map_or_else(Vec::new, |s| {
+        s.members(now_ms)
+            .unwrap()
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect()
+    })
+}
+
+fn list(items: &[&str]) -> Vec<Vec<u8>> {
+    items.iter().map(|s| s.as_bytes().to_vec()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_adds_through_different_members_union_and_a_concurrent_add_beats_a_remove() {
+    let m = start(3).await;
+    let (a, b, c) = (&m.nodes[0], &m.nodes[1], &m.nodes[2]);
+    assert_eq!(
+        a.write(B0, b"s", Op::SetAdd(list(&["x", "y", "x"]))).await,
+        Ok(Some(2))
+    );
+    let seen = b.read(B0, b"s").await.unwrap();
+    assert_eq!(
+        b.write_after(B0, b"s", Op::SetAdd(list(&["y", "z"])), seen)
+            .await,
+        Ok(Some(1)),
+        "y was there already"
+    );
+    assert_eq!(
+        members_of(c.read(B0, b"s").await.unwrap(), c.now_ms()),
+        list(&["x", "y", "z"])
+    );
+    // A string operation on the set is refused, and nothing changes.
+    assert_eq!(
+        c.write(B0, b"s", Op::Incr(1)).await,
+        Err(ApError::Refused(
+            "WRONGTYPE Operation against a key holding the wrong kind of value".into()
+        ))
+    );
+
+    // Concurrently, each on its own replica and nowhere else: member 1 removes x and y,
+    // member 2 adds x again.
+    let (removed, _) = a
+        .apply_local(0, b"s", Op::SetRemove(list(&["x", "y"])), None)
+        .await
+        .unwrap();
+    assert_eq!(members_of(Some(removed), a.now_ms()), list(&["z"]));
+    assert_eq!(
+        b.apply_local(0, b"s", Op::SetAdd(list(&["x"])), None)
+            .await
+            .map(|(_, n)| n),
+        Ok(Some(0)),
+        "member 2 still sees x"
+    );
+    // Joined: x stays (its add was concurrent with the remove), y stays removed even
+    // though members 2 and 3 held it.
+    let all = Access { r: Some(3), ..B0 };
+    assert_eq!(
+        members_of(c.read(all, b"s").await.unwrap(), c.now_ms()),
+        list(&["x", "z"])
+    );
+    // The read repaired every replica: each holds the same members now.
+    for node in &m.nodes {
+        let got = concord_testkit::eventually(
+            "every replica repaired",
+            Duration::from_secs(5),
+            || async {
+                let held = members_of(node.read_local(0, b"s").unwrap(), node.now_ms());
+                (held == list(&["x", "z"])).then_some(held)
+            },
+        )
+        .await;
+        assert_eq!(got, list(&["x", "z"]));
+    }
+    // A *STORE result replaces the set; an empty one deletes it.
+    a.write(B0, b"s", Op::SetStore(list(&["q"]))).await.unwrap();
+    assert_eq!(
+        members_of(b.read(B0, b"s").await.unwrap(), b.now_ms()),
+        list(&["q"])
+    );
+    a.write(B0, b"s", Op::SetStore(Vec::new())).await.unwrap();
+    let gone = b.read(B0, b"s").await.unwrap();
+    assert!(gone.is_some_and(|s| !s.exists(b.now_ms())));
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    items
+        .iter()
+        .map(|(f, v)| (f.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
+}
+
+fn fields_of(state: Option<RedisValue>, now_ms: u64) -> Vec<(Vec<u8>, Vec<u8>)> {
+    state.map_or_else(Vec::new, |s| {
+        s.hfields(now_ms).unwrap().into_iter().collect()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hash_fields_merge_per_field_and_increments_through_different_members_add_up() {
+    let m = start(3).await;
+    let (a, b, c) = (&m.nodes[0], &m.nodes[1], &m.nodes[2]);
+    assert_eq!(
+        a.write(B0, b"h", Op::HashSet(pairs(&[("f", "1"), ("g", "2")])))
+            .await,
+        Ok(Some(2))
+    );
+    for (i, node) in m.nodes.iter().cycle().take(6).enumerate() {
+        node.write(B0, b"h", Op::HashIncr(b"n".to_vec(), i as i64 + 1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        fields_of(c.read(B0, b"h").await.unwrap(), c.now_ms()),
+        pairs(&[("f", "1"), ("g", "2"), ("n", "21")])
+    );
+    assert_eq!(
+        b.write(B0, b"h", Op::HashIncr(b"f".to_vec(), 1)).await,
+        Ok(Some(2))
+    );
+
+    // Concurrently, each on its own replica and nowhere else: member 1 deletes f and g,
+    // member 2 increments f.
+    a.apply_local(0, b"h", Op::HashDel(list(&["f", "g"])), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.apply_local(0, b"h", Op::HashIncr(b"f".to_vec(), 10), None)
+            .await
+            .map(|(_, n)| n),
+        Ok(Some(12)),
+        "member 2 still sees f = 2"
+    );
+    let all = Access { r: Some(3), ..B0 };
+    assert_eq!(
+        fields_of(c.read(all, b"h").await.unwrap(), c.now_ms()),
+        pairs(&[("f", "12"), ("n", "21")]),
+        "the concurrent update of f survives its delete (with what it was built on); g \
+         stays deleted"
+    );
 }

@@ -27,7 +27,7 @@
 use std::sync::atomic::Ordering;
 
 use concord_core::clock::Timestamp;
-use concord_core::crdt::RedisString;
+use concord_core::crdt::RedisValue;
 use concord_proto::peer::ReplicaReap;
 use concord_raft::NodeId;
 use concord_storage::ap::state_to_bytes;
@@ -36,13 +36,13 @@ use super::{blocking, ApError, ApNode};
 
 impl ApNode {
     /// Whether `state` is a tombstone past the grace period at `now_ms`.
-    pub(super) fn collectable(&self, state: &RedisString, now_ms: u64) -> bool {
+    pub(super) fn collectable(&self, state: &RedisValue, now_ms: u64) -> bool {
         state.is_tombstone() && self.older_than_grace(state, now_ms)
     }
 
     /// Whether the last write of `state` is older than the grace period at `now_ms`.
-    pub(super) fn older_than_grace(&self, state: &RedisString, now_ms: u64) -> bool {
-        let written = Timestamp::unpack(state.epoch().0).physical_ms;
+    pub(super) fn older_than_grace(&self, state: &RedisValue, now_ms: u64) -> bool {
+        let written = Timestamp::unpack(state.last_write()).physical_ms;
         let grace = u64::try_from(self.config().tombstone_grace.as_millis()).unwrap_or(u64::MAX);
         written.saturating_add(grace) < now_ms
     }
@@ -72,7 +72,7 @@ impl ApNode {
     /// Removes one tombstone from every owner if this member is an owner of the key and
     /// every owner holds exactly `state` or nothing; whether every owner that held it
     /// removed it.
-    async fn collect(&self, bucket: u8, key: Vec<u8>, state: RedisString) -> bool {
+    async fn collect(&self, bucket: u8, key: Vec<u8>, state: RedisValue) -> bool {
         let (owners, _) = self.placement(bucket, &key);
         if !owners.contains(&self.me()) || !owners.iter().all(|o| self.is_healthy(*o)) {
             return false;
@@ -101,7 +101,7 @@ impl ApNode {
         at: NodeId,
         bucket: u8,
         key: Vec<u8>,
-        state: RedisString,
+        state: RedisValue,
     ) -> Result<bool, ApError> {
         if at == self.me() {
             return self.reap_local(bucket, key, state).await;
@@ -127,7 +127,7 @@ impl ApNode {
         &self,
         bucket: u8,
         key: Vec<u8>,
-        state: RedisString,
+        state: RedisValue,
     ) -> Result<bool, ApError> {
         let node = self.clone();
         let removed =

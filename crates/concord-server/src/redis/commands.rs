@@ -10,15 +10,16 @@
 //! with part 2).
 
 use bytes::Bytes;
-use concord_core::crdt::{Expiry, RedisString, SetExpiry};
+use concord_core::crdt::{Expiry, Kind, RedisValue, SetExpiry};
 
-use super::{admin, keyspace, Session};
+use super::sets::wrong_type;
+use super::{admin, hashes, keyspace, sets, Session};
 use crate::ap::{Access, ApError, ApNode, Op};
 use crate::resp::Frame;
 
 pub(crate) const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
 pub(crate) const SYNTAX: &str = "ERR syntax error";
-const NOT_FLOAT: &str = "ERR value is not a valid float";
+pub(crate) const NOT_FLOAT: &str = "ERR value is not a valid float";
 const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-len)";
 /// Redis's `proto-max-bulk-len`: the largest string value.
 pub const MAX_STRING: usize = 512 << 20;
@@ -100,6 +101,18 @@ fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
         | "concord.quorum" => (0, None),
         "concord.bucket" => (1, None),
         "time" | "dbsize" | "randomkey" => (0, Some(0)),
+        "smembers" | "scard" => (1, Some(1)),
+        "sismember" => (2, Some(2)),
+        "smove" => (3, Some(3)),
+        "srandmember" | "spop" | "hrandfield" => (1, None),
+        "sadd" | "srem" | "smismember" | "sunionstore" | "sinterstore" | "sdiffstore"
+        | "sintercard" | "sscan" => (2, None),
+        "sunion" | "sinter" | "sdiff" => (1, None),
+        "hget" | "hexists" | "hstrlen" => (2, Some(2)),
+        "hlen" | "hgetall" | "hkeys" | "hvals" => (1, Some(1)),
+        "hsetnx" | "hincrby" | "hincrbyfloat" => (3, Some(3)),
+        "hset" | "hmset" => (3, None),
+        "hmget" | "hdel" | "hscan" => (2, None),
         _ => return None,
     })
 }
@@ -127,6 +140,12 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
         "dbsize" => keyspace::dbsize(ap, at).await,
         "randomkey" => keyspace::randomkey(ap, at).await,
         "flushdb" | "flushall" => keyspace::flush(ap, at, cmd == "flushall", rest).await,
+        "sadd" | "srem" | "smembers" | "scard" | "sismember" | "smismember" | "srandmember"
+        | "spop" | "smove" | "sunion" | "sinter" | "sdiff" | "sunionstore" | "sinterstore"
+        | "sdiffstore" | "sintercard" | "sscan" => sets::run(ap, at, &cmd, rest).await,
+        "hset" | "hmset" | "hsetnx" | "hget" | "hmget" | "hdel" | "hexists" | "hlen"
+        | "hgetall" | "hkeys" | "hvals" | "hstrlen" | "hscan" | "hrandfield" | "hincrby"
+        | "hincrbyfloat" => hashes::run(ap, at, s.resp, &cmd, rest).await,
         "get" => match value(ap, at, &rest[0]).await {
             Ok(v) => v.map_or(Frame::Null, Frame::bulk),
             Err(e) => e,
@@ -175,11 +194,15 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
             Frame::ok()
         }
         "mget" => {
+            // A key of another type reads as nil here, not as an error.
             let mut values = Vec::with_capacity(rest.len());
             for key in rest {
-                match value(ap, at, key).await {
-                    Ok(v) => values.push(v.map_or(Frame::Null, Frame::bulk)),
-                    Err(e) => return e,
+                match ap.read(at, key).await {
+                    Ok(st) => values.push(
+                        st.and_then(|st| st.get(ap.now_ms()))
+                            .map_or(Frame::Null, Frame::bulk),
+                    ),
+                    Err(e) => return ap_error(e),
                 }
             }
             Frame::Array(values)
@@ -209,11 +232,11 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
             Frame::Integer(n)
         }
         "type" => match live(ap, at, &rest[0]).await {
-            Ok(Some(_)) => Frame::simple("string"),
-            Ok(None) => Frame::simple("none"),
+            Ok(st) => Frame::simple(type_name(st.as_ref(), ap.now_ms())),
             Err(e) => ap_error(e),
         },
         "getdel" => match live(ap, at, &rest[0]).await {
+            Ok(Some(st)) if st.kind(ap.now_ms()) != Some(Kind::String) => wrong_type(),
             Ok(Some(st)) => match ap
                 .write_after(at, &rest[0], Op::Del, Some(st.clone()))
                 .await
@@ -314,15 +337,34 @@ fn deadline_ms(unit: TimeUnit, n: i64, now_ms: u64) -> Option<i64> {
 }
 
 /// The key's state if it exists now.
-async fn live(ap: &ApNode, at: Access, key: &[u8]) -> Result<Option<RedisString>, ApError> {
+async fn live(ap: &ApNode, at: Access, key: &[u8]) -> Result<Option<RedisValue>, ApError> {
     let now = ap.now_ms();
     Ok(ap.read(at, key).await?.filter(|st| st.exists(now)))
+}
+
+/// `TYPE`'s answer for a key's state (`None`: no replica holds it).
+pub(crate) fn type_name(state: Option<&RedisValue>, now_ms: u64) -> &'static str {
+    match state.and_then(|st| st.kind(now_ms)) {
+        Some(Kind::String) => "string",
+        Some(Kind::Set) => "set",
+        Some(Kind::Hash) => "hash",
+        None => "none",
+    }
+}
+
+/// The string value of `state` now; the error reply when the key is of another type.
+fn string_value(state: Option<&RedisValue>, now_ms: u64) -> Result<Option<Vec<u8>>, Frame> {
+    match state {
+        Some(st) if st.kind(now_ms).is_some_and(|k| k != Kind::String) => Err(wrong_type()),
+        Some(st) => Ok(st.get(now_ms)),
+        None => Ok(None),
+    }
 }
 
 /// The key's value now, or the error reply.
 async fn value(ap: &ApNode, at: Access, key: &[u8]) -> Result<Option<Vec<u8>>, Frame> {
     match ap.read(at, key).await {
-        Ok(state) => Ok(state.and_then(|st| st.get(ap.now_ms()))),
+        Ok(state) => string_value(state.as_ref(), ap.now_ms()),
         Err(e) => Err(ap_error(e)),
     }
 }
@@ -455,13 +497,17 @@ async fn getex(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
         Ok(None) => return Frame::Null,
         Err(e) => return ap_error(e),
     };
+    // Then the type, then the time value.
+    let value = match string_value(Some(&state), ap.now_ms()) {
+        Ok(v) => v.map_or(Frame::Null, Frame::bulk),
+        Err(e) => return e,
+    };
     let change = match (o.deadline(ap, "getex"), o.persist) {
         (Err(e), _) => return e,
         (Ok(Some(t)), _) => Some(Expiry::At(t)),
         (Ok(None), true) => Some(Expiry::Never),
         (Ok(None), false) => None,
     };
-    let value = state.get(ap.now_ms()).map_or(Frame::Null, Frame::bulk);
     let change = match change {
         Some(Expiry::Never) if state.expires_at().is_none() => None,
         other => other,
@@ -487,18 +533,14 @@ async fn edit(ap: &ApNode, at: Access, cmd: &str, rest: &[Bytes]) -> Frame {
         },
         _ => 0,
     };
-    let delta = match cmd {
-        "incrbyfloat" => match parse_float(&rest[1]) {
-            Some(d) => d,
-            None => return Frame::error(NOT_FLOAT),
-        },
-        _ => 0.0,
-    };
     let state = match ap.read(at, key).await {
         Ok(s) => s,
         Err(e) => return ap_error(e),
     };
-    let current = state.as_ref().and_then(|s| s.get(ap.now_ms()));
+    let current = match string_value(state.as_ref(), ap.now_ms()) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
     let (next, reply) = match cmd {
         "append" => {
             let mut v = current.unwrap_or_default();
@@ -528,10 +570,14 @@ async fn edit(ap: &ApNode, at: Access, cmd: &str, rest: &[Bytes]) -> Frame {
             (v, Frame::Integer(len))
         }
         _ => {
+            // The key's type first, then its value, then the increment, as Redis checks.
             let base = match current.as_deref().map(parse_float) {
                 None => 0.0,
                 Some(Some(b)) => b,
                 Some(None) => return Frame::error(NOT_FLOAT),
+            };
+            let Some(delta) = parse_float(&rest[1]) else {
+                return Frame::error(NOT_FLOAT);
             };
             let sum = base + delta;
             if !sum.is_finite() {
@@ -552,7 +598,7 @@ async fn edit(ap: &ApNode, at: Access, cmd: &str, rest: &[Bytes]) -> Frame {
 }
 
 /// A float as Redis's `strtold` takes it (no spaces, no NaN, no infinities).
-fn parse_float(b: &[u8]) -> Option<f64> {
+pub(crate) fn parse_float(b: &[u8]) -> Option<f64> {
     let s = std::str::from_utf8(b).ok()?;
     if s.is_empty() || s.starts_with(|c: char| c.is_whitespace()) {
         return None;
@@ -566,7 +612,7 @@ fn parse_float(b: &[u8]) -> Option<f64> {
 
 /// A float as Redis writes `INCRBYFLOAT`'s result: plain decimal, no exponent, no
 /// trailing zeros.
-fn format_float(f: f64) -> String {
+pub(crate) fn format_float(f: f64) -> String {
     let s = format!("{f}");
     if s == "-0" {
         "0".into()
@@ -678,6 +724,39 @@ pub(crate) const COMMANDS: &[&str] = &[
     "pttl",
     "expiretime",
     "pexpiretime",
+    "sadd",
+    "srem",
+    "smembers",
+    "scard",
+    "sismember",
+    "smismember",
+    "srandmember",
+    "spop",
+    "smove",
+    "sunion",
+    "sinter",
+    "sdiff",
+    "sunionstore",
+    "sinterstore",
+    "sdiffstore",
+    "sintercard",
+    "sscan",
+    "hset",
+    "hmset",
+    "hsetnx",
+    "hget",
+    "hmget",
+    "hdel",
+    "hexists",
+    "hlen",
+    "hgetall",
+    "hkeys",
+    "hvals",
+    "hstrlen",
+    "hscan",
+    "hrandfield",
+    "hincrby",
+    "hincrbyfloat",
 ];
 
 #[cfg(test)]

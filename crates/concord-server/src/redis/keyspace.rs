@@ -9,18 +9,27 @@
 use bytes::Bytes;
 use concord_core::ring::hash_key;
 
-use super::commands::{ap_error, SYNTAX};
+use super::commands::{ap_error, type_name, SYNTAX};
 use crate::ap::{Access, ApNode, Op, BUCKETS};
 use crate::resp::Frame;
 
 /// The keys of the bucket that exist now, in key order.
 async fn live_keys(ap: &ApNode, bucket: u8) -> Result<Vec<Vec<u8>>, Frame> {
+    Ok(typed_keys(ap, bucket)
+        .await?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect())
+}
+
+/// The keys of the bucket that exist now, in key order, with `TYPE`'s name for each.
+async fn typed_keys(ap: &ApNode, bucket: u8) -> Result<Vec<(Vec<u8>, &'static str)>, Frame> {
     let now = ap.now_ms();
     let states = ap.bucket_states(bucket).await.map_err(ap_error)?;
     Ok(states
         .into_iter()
         .filter(|(_, s)| s.exists(now))
-        .map(|(k, _)| k)
+        .map(|(k, s)| (k, type_name(Some(&s), now)))
         .collect())
 }
 
@@ -112,35 +121,84 @@ pub async fn scan(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
         }
         i += 2;
     }
-    let keys = match live_keys(ap, at.bucket).await {
+    let keys = match typed_keys(ap, at.bucket).await {
         Ok(k) => k,
         Err(e) => return e,
     };
-    // Positions: 1 + the top 63 bits of the key's hash, in order.
-    let mut positioned: Vec<(u64, Vec<u8>)> = keys
+    let types: std::collections::BTreeMap<&Vec<u8>, &str> =
+        keys.iter().map(|(k, t)| (k, *t)).collect();
+    let (next, page) = hash_page(types.keys().copied(), cursor, count);
+    let page = page
         .into_iter()
-        .map(|k| ((hash_key(&k) >> 1) + 1, k))
-        .filter(|(p, _)| *p >= cursor)
-        .collect();
-    positioned.sort_unstable();
-    let next = positioned.get(count).map_or(0, |(p, _)| *p);
-    // Keys sharing the next position are returned by the next call (duplicates are
-    // allowed, skipping is not).
-    let page = positioned
-        .into_iter()
-        .take(count)
-        .map(|(_, k)| k)
         .filter(|k| pattern.as_ref().is_none_or(|p| glob(p, k)))
-        // Every AP key is a string.
-        .filter(|_| kind.as_deref().is_none_or(|t| t == b"string"))
-        .map(Frame::bulk)
+        .filter(|k| {
+            kind.as_deref()
+                .is_none_or(|want| want == types[k].as_bytes())
+        })
+        .map(|k| Frame::bulk(k.clone()))
         .collect();
     Frame::Array(vec![Frame::bulk(next.to_string()), Frame::Array(page)])
 }
 
+/// One page of a scan in hash order: the names at or after `cursor`, at most `count`, and
+/// the cursor of the next page (0 when this one ends the scan). A name's position is 1 +
+/// the top 63 bits of its ring hash, so it depends on nothing but the name; names sharing
+/// the next position are returned by the next call (duplicates are allowed, skipping is
+/// not).
+pub(crate) fn hash_page<'a>(
+    names: impl IntoIterator<Item = &'a Vec<u8>>,
+    cursor: u64,
+    count: usize,
+) -> (u64, Vec<&'a Vec<u8>>) {
+    let mut positioned: Vec<(u64, &Vec<u8>)> = names
+        .into_iter()
+        .map(|k| ((hash_key(k) >> 1) + 1, k))
+        .filter(|(p, _)| *p >= cursor)
+        .collect();
+    positioned.sort_unstable();
+    let next = positioned.get(count).map_or(0, |(p, _)| *p);
+    (
+        next,
+        positioned.into_iter().take(count).map(|(_, k)| k).collect(),
+    )
+}
+
+/// `SSCAN`'s and `HSCAN`'s options after the cursor: `MATCH pattern`, `COUNT n` and, when
+/// `novalues` is allowed, `NOVALUES`; the pattern, the count (10 by default) and whether
+/// `NOVALUES` was given.
+pub(crate) fn collection_scan_options(
+    opts: &[Bytes],
+    novalues_allowed: bool,
+) -> Result<(Option<Bytes>, usize, bool), Frame> {
+    let (mut pattern, mut count, mut novalues) = (None, 10usize, false);
+    let mut i = 0;
+    while i < opts.len() {
+        let opt = opts[i].to_ascii_lowercase();
+        if novalues_allowed && opt == b"novalues" {
+            novalues = true;
+            i += 1;
+            continue;
+        }
+        let Some(value) = opts.get(i + 1) else {
+            return Err(Frame::error(SYNTAX));
+        };
+        match opt.as_slice() {
+            b"match" => pattern = Some(value.clone()),
+            b"count" => match super::commands::integer(value) {
+                Some(n) if n >= 1 => count = n as usize,
+                Some(_) => return Err(Frame::error(SYNTAX)),
+                None => return Err(Frame::error(super::commands::NOT_INTEGER)),
+            },
+            _ => return Err(Frame::error(SYNTAX)),
+        }
+        i += 2;
+    }
+    Ok((pattern, count, novalues))
+}
+
 /// A cursor as Redis reads one (`strtoul`): empty is 0, a sign may lead (`-1` wraps), no
 /// spaces, nothing after the digits, no overflow.
-fn parse_cursor(b: &[u8]) -> Option<u64> {
+pub(crate) fn parse_cursor(b: &[u8]) -> Option<u64> {
     let (negative, digits) = match b.split_first() {
         Some((b'-', d)) => (true, d),
         Some((b'+', d)) => (false, d),

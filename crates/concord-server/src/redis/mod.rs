@@ -10,7 +10,9 @@
 mod admin;
 mod clients;
 pub mod commands;
+mod hashes;
 mod keyspace;
+mod sets;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

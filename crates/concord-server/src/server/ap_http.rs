@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use base64::Engine as _;
-use concord_core::crdt::SetExpiry;
+use concord_core::crdt::{Kind, SetExpiry};
 use serde_json::{json, Value};
 
 use super::http::{query_param, JSON};
@@ -200,14 +200,62 @@ async fn get_key(
     let at = access(&ap, &bucket, &q)?;
     let state = ap.read(at, key.as_bytes()).await?;
     let now = ap.now_ms();
-    let Some((state, value)) = state.and_then(|s| s.get(now).map(|v| (s, v))) else {
+    let Some((state, kind)) = state.and_then(|s| s.kind(now).map(|k| (s, k))) else {
         return Err(HttpError(
             StatusCode::NOT_FOUND,
             format!("key {key:?} not found"),
         ));
     };
-    let (field, v) = value_json(&value);
-    let mut body = json!({ "bucket": at.bucket, "key": key, field: v });
+    let mut body = json!({ "bucket": at.bucket, "key": key });
+    match kind {
+        Kind::String => {
+            let (field, v) = value_json(&state.get(now).unwrap_or_default());
+            body["type"] = json!("string");
+            body[field] = v;
+        }
+        Kind::Set => {
+            // Members as text when every one is UTF-8, else all as base64.
+            let members = state.members(now).unwrap_or_default();
+            let text: Option<Vec<&str>> = members
+                .iter()
+                .map(|m| std::str::from_utf8(m).ok())
+                .collect();
+            body["type"] = json!("set");
+            match text {
+                Some(text) => body["members"] = json!(text),
+                None => {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let encoded: Vec<String> = members.iter().map(|m| b64.encode(m)).collect();
+                    body["members_base64"] = json!(encoded);
+                }
+            }
+        }
+        Kind::Hash => {
+            // Fields as a text object when every name and value is UTF-8, else as base64
+            // pairs.
+            let fields = state.hfields(now).unwrap_or_default();
+            let text: Option<serde_json::Map<String, Value>> = fields
+                .iter()
+                .map(|(f, v)| {
+                    let f = std::str::from_utf8(f).ok()?;
+                    let v = std::str::from_utf8(v).ok()?;
+                    Some((f.to_string(), json!(v)))
+                })
+                .collect();
+            body["type"] = json!("hash");
+            match text {
+                Some(text) => body["fields"] = Value::Object(text),
+                None => {
+                    let b64 = base64::engine::general_purpose::STANDARD;
+                    let encoded: Vec<[String; 2]> = fields
+                        .iter()
+                        .map(|(f, v)| [b64.encode(f), b64.encode(v)])
+                        .collect();
+                    body["fields_base64"] = json!(encoded);
+                }
+            }
+        }
+    }
     if let Some(at) = state.expires_at() {
         body["ttl_ms"] = json!(at.saturating_sub(now));
     }

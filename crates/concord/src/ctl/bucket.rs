@@ -240,6 +240,20 @@ pub async fn run_ap(args: ApArgs) -> CtlResult<()> {
                 out(&format!("{v}\n"));
             } else if let Some(text) = v["value"].as_str() {
                 out(&format!("{key}\n{text}\n"));
+            } else if let Some(members) = v["members"].as_array() {
+                // A set: one member per line.
+                let lines: Vec<&str> = members.iter().filter_map(|m| m.as_str()).collect();
+                out(&format!("{key}\n{}\n", lines.join("\n")));
+            } else if let Some(fields) = v["fields"].as_object() {
+                // A hash: one field and value per line.
+                let lines: Vec<String> = fields
+                    .iter()
+                    .map(|(f, v)| format!("{f}\t{}", v.as_str().unwrap_or_default()))
+                    .collect();
+                out(&format!("{key}\n{}\n", lines.join("\n")));
+            } else if let Some(members) = v["members_base64"].as_array() {
+                let lines: Vec<String> = members.iter().map(|m| format!("(base64) {m}")).collect();
+                out(&format!("{key}\n{}\n", lines.join("\n")));
             } else {
                 out(&format!("{key}\n(base64) {}\n", v["value_base64"]));
             }
