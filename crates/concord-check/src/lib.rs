@@ -285,6 +285,7 @@ pub enum Workload {
     /// them, then a final `SMEMBERS`: no acknowledged add lost unless removed, no
     /// acknowledged remove undone (the set checker).
     #[serde(rename = "ap-orset")]
+    #[value(name = "ap-orset")]
     ApOrSet,
 }
 
