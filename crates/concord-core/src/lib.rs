@@ -18,6 +18,7 @@
 //! | [`quorum`] | N/R/W validation, consistency levels, ack tracking, causal resolution of replica answers |
 //! | [`coordinator`] | one AP write or read over a key's replicas: sloppy quorum with hints, R-of-N reads of CRDT states, read repair |
 //! | [`swim`] | SWIM gossip membership: probes, indirect probes, suspicion, incarnations, generations, push-pull; phi per peer |
+//! | [`paxos`] | compare-and-set on one key by single-decree Paxos: acceptor state, the coordinator's request (prepare with read, propose, commit; finishing proposals in progress) |
 //!
 //! Every module documents the guarantees it gives in a `# Guarantees` section, and every
 //! guarantee has a test beside the code.
@@ -28,6 +29,7 @@ pub mod coordinator;
 pub mod crdt;
 pub mod detector;
 pub mod merkle;
+pub mod paxos;
 pub mod quorum;
 pub mod range;
 pub mod ring;
