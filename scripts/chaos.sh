@@ -111,6 +111,10 @@ if [ "$MODE" = --netns ]; then
     run ap-orset valid --workload ap-orset --duration 30 --nemesis partitions,process
     run ap-orset-w1 invalid --workload ap-orset --duration 30 --nemesis partition --ap-quorum 1,1 \
         --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
+    run ap-register valid --workload ap-register --duration 30 --nemesis partitions,process
+    run ap-register-plain invalid --workload ap-register --duration 30 --nemesis partition \
+        --stale-reads --ap-quorum 1,1 --server-arg=--ap-max-hints=0 \
+        --server-arg=--ap-anti-entropy-interval=3600000
     if [ "${CHAOS_FULL:-0}" = 1 ]; then
         run lock valid --workload lock --duration 30 --nemesis all
         run watch valid --workload watch --duration 30 --nemesis all
@@ -124,6 +128,7 @@ else
     run ap-set valid --workload ap-set --duration 30 --nemesis process
     run ap-counter valid --workload ap-counter --duration 30 --nemesis process
     run ap-orset valid --workload ap-orset --duration 30 --nemesis process
+    run ap-register valid --workload ap-register --duration 30 --nemesis process
 fi
 
 echo "chaos.sh: results (outputs under $OUT)"

@@ -32,8 +32,8 @@ strings listed), SRANDMEMBER and HRANDFIELD (shape only: nil or not, how many), 
 Redis's: Redis also counts keys that expired but are not reclaimed yet).
 
 --commands takes command names; besides the plain commands it knows the pseudo-names
-`expire-options` (NX/XX/GT/LT on EXPIRE and friends) and `set-cas` (SET NX/XX/GET), which
-Concord does not have by design or yet. A leading `+` adds names to the default list.
+`expire-options` (NX/XX/GT/LT on EXPIRE and friends) and `set-cas` (SET NX/XX/GET, which
+Concord decides by Paxos). A leading `+` adds names to the default list.
 
 Servers: unless --redis-port is given, starts `redis-server --port P --save ''
 --appendonly no` (installing Debian's redis-server with scripts/lib/apt.sh when it is
@@ -393,6 +393,11 @@ class Gen:
             elif x < 0.9:
                 args.append(self.pick([b"FOO", b"EXX", b"", b"PERSIST"]))
         return args
+
+    def g_setnx(self):
+        return [self.key(), self.value()]
+
+    g_getset = g_setnx
 
     def g_setex(self):
         return [self.key(), self.rel_seconds(), self.value()]
@@ -1082,7 +1087,7 @@ DEFAULT_COMMANDS = ("ping,echo,select,get,set,mget,mset,del,unlink,exists,incr,d
                     "sismember,smismember,srandmember,spop,smove,sunion,sinter,sdiff,"
                     "sunionstore,sinterstore,sdiffstore,sintercard,sscan,hset,hmset,hsetnx,hget,"
                     "hmget,hdel,hexists,hlen,hgetall,hkeys,hvals,hstrlen,hincrby,hrandfield,"
-                    "hscan")
+                    "hscan,set-cas,setnx,getset")
 KNOWN = set(DEFAULT_COMMANDS.split(",")) | set(
     "setex psetex append strlen getrange substr setrange getdel getex incrbyfloat type touch "
     "expiretime pexpiretime time dbsize keys scan flushdb flushall randomkey "

@@ -328,6 +328,7 @@ fn spawn_clients(
             Workload::ApSet => host.spawn(workloads::ap_set_worker(w)),
             Workload::ApCounter => host.spawn(workloads::ap_counter_worker(w)),
             Workload::ApOrSet => host.spawn(workloads::ap_orset_worker(w)),
+            Workload::ApRegister => host.spawn(workloads::ap_register_worker(w)),
         });
     }
     let mut watchers = Tasks(Vec::new());

@@ -339,6 +339,77 @@ pub async fn ap_set_worker(mut w: Worker) {
 /// The AP counter key.
 const AP_COUNTER: &str = "ap/counter";
 
+/// Runs one AP register process until the deadline, over the Redis protocol: reads are
+/// `CONCORD.CASGET`, writes `SET k v GET`, compare-and-sets `SET k n IFEQ e`, all decided
+/// by Paxos among the key's owners (five keys). With `--stale-reads` (the negative
+/// control) reads are plain `GET`s and writes plain `SET`s, which are not linearizable.
+pub async fn ap_register_worker(mut w: Worker) {
+    let stale = w.ctx.stale_reads;
+    while w.running() {
+        let key = format!("ap/r{}", w.rng.gen_range(0..5));
+        let choice = w.rng.gen_range(0..4);
+        w.pin = (stale && choice < 2).then(|| w.rng.gen_range(0..w.ctx.cluster.len()));
+        let int = |r: Option<Vec<u8>>| r.map_or(Value::Null, |v| parse_int(&v));
+        if choice < 2 {
+            let op = Op {
+                f: "read",
+                key: Some(key.clone()),
+                ..Op::default()
+            };
+            let cmd: &[u8] = if stale { b"GET" } else { b"CONCORD.CASGET" };
+            let args = vec![cmd.to_vec(), key.into_bytes()];
+            w.redis_op(op, false, args, |r| match r {
+                Reply::Bulk(v) => Ok(Some(int(v))),
+                other => Err(format!("read answered {other:?}")),
+            })
+            .await;
+        } else if choice == 2 {
+            let v = w.rng.gen_range(0..5i64);
+            let op = Op {
+                f: "write",
+                key: Some(key.clone()),
+                value: json!(v),
+                ..Op::default()
+            };
+            let mut args = vec![
+                b"SET".to_vec(),
+                key.into_bytes(),
+                v.to_string().into_bytes(),
+            ];
+            if !stale {
+                args.push(b"GET".to_vec());
+            }
+            w.redis_op(op, true, args, |r| match r {
+                Reply::Simple(_) | Reply::Bulk(_) => Ok(None),
+                other => Err(format!("SET answered {other:?}")),
+            })
+            .await;
+        } else {
+            let (e, n) = (w.rng.gen_range(0..5i64), w.rng.gen_range(0..5i64));
+            let op = Op {
+                f: "cas",
+                key: Some(key.clone()),
+                value: json!([e, n]),
+                ..Op::default()
+            };
+            let args = vec![
+                b"SET".to_vec(),
+                key.into_bytes(),
+                n.to_string().into_bytes(),
+                b"IFEQ".to_vec(),
+                e.to_string().into_bytes(),
+            ];
+            w.redis_op(op, true, args, |r| match r {
+                Reply::Simple(_) => Ok(None),
+                Reply::Bulk(None) => Err("compare failed".into()),
+                other => Err(format!("SET IFEQ answered {other:?}")),
+            })
+            .await;
+        }
+        w.pace().await;
+    }
+}
+
 /// The AP OR-set key.
 const AP_ORSET: &str = "ap/orset";
 

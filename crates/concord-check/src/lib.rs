@@ -287,11 +287,15 @@ pub enum Workload {
     #[serde(rename = "ap-orset")]
     #[value(name = "ap-orset")]
     ApOrSet,
+    /// AP buckets over RESP: per-key registers read, written and compared-and-set
+    /// through Paxos: linearizability (the register checker).
+    #[serde(rename = "ap-register")]
+    ApRegister,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 9] = [
+    pub const ALL: [Workload; 10] = [
         Workload::Register,
         Workload::Bank,
         Workload::Set,
@@ -301,6 +305,7 @@ impl Workload {
         Workload::ApSet,
         Workload::ApCounter,
         Workload::ApOrSet,
+        Workload::ApRegister,
     ];
 
     /// Lower-case name, as in history files and on command lines.
@@ -315,6 +320,7 @@ impl Workload {
             Workload::ApSet => "ap-set",
             Workload::ApCounter => "ap-counter",
             Workload::ApOrSet => "ap-orset",
+            Workload::ApRegister => "ap-register",
         }
     }
 }
@@ -365,7 +371,7 @@ pub fn check(
 ) -> Result<Verdict, CheckError> {
     let start = Instant::now();
     let mut verdict = match workload {
-        Workload::Register => register::check(events, options)?,
+        Workload::Register | Workload::ApRegister => register::check(events, options)?,
         Workload::Bank => bank::check(events)?,
         Workload::Set => set::check(events)?,
         Workload::Lock => lock::check(events)?,

@@ -858,6 +858,32 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
     ),
     ("concord.peer.v1.ReplicaReapAck", &["removed=1:bool"]),
     (
+        "concord.peer.v1.PaxosBallot",
+        &["time=1:uint64", "node=2:uint64"],
+    ),
+    (
+        "concord.peer.v1.ReplicaPaxos",
+        &[
+            "cluster_id=1:uint64",
+            "bucket=2:uint32",
+            "key=3:bytes",
+            "phase=4:uint32",
+            "ballot=5:.concord.peer.v1.PaxosBallot",
+            "value=6:bytes",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaPaxosReply",
+        &[
+            "kind=1:uint32",
+            "promised=2:.concord.peer.v1.PaxosBallot",
+            "in_progress_ballot=3:.concord.peer.v1.PaxosBallot",
+            "in_progress_value=4:bytes",
+            "committed=5:.concord.peer.v1.PaxosBallot",
+            "value=6:bytes",
+        ],
+    ),
+    (
         "concord.peer.v1.ReplicaMerge",
         &[
             "cluster_id=1:uint64",
@@ -1300,6 +1326,7 @@ const SERVICES: &[(&str, &[Method])] = &[
             ("Tree", "ReplicaTree", "ReplicaTreeLeaves", false, false),
             ("Leaf", "ReplicaLeaf", "ReplicaKeys", false, false),
             ("Reap", "ReplicaReap", "ReplicaReapAck", false, false),
+            ("Paxos", "ReplicaPaxos", "ReplicaPaxosReply", false, false),
         ],
     ),
 ];

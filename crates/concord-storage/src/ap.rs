@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use concord_core::crdt::{Crdt, RedisValue, StringLayout};
 use concord_core::merkle::MerkleTree;
+use concord_core::paxos::Acceptor;
 use concord_core::ring::hash_key;
 use concord_core::NodeId;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -54,6 +55,8 @@ pub const TREE_LEAVES: usize = 1024;
 pub const TREE_BUCKETS: usize = 16;
 /// owner (8 bytes, big-endian) + bucket + key → sealed state.
 const HINTS: Def = TableDefinition::new("ap_hints");
+/// bucket + key → sealed Paxos acceptor state of the key (compare-and-set).
+const PAXOS: Def = TableDefinition::new("ap_paxos");
 /// The store's own facts: `replica_id` → u64 (big-endian).
 const META: Def = TableDefinition::new("ap_meta");
 
@@ -168,6 +171,7 @@ impl Drop for ApStore {
 struct Tables<'t> {
     keys: redb::Table<'t, &'static [u8], &'static [u8]>,
     hints: redb::Table<'t, &'static [u8], &'static [u8]>,
+    paxos: redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
 /// What a job does once its batch has committed (or failed to).
@@ -232,6 +236,7 @@ fn write_loop(db: &Database, jobs: &mpsc::Receiver<(Job, bool)>) {
                 let mut tables = Tables {
                     keys: txn.open_table(KEYS)?,
                     hints: txn.open_table(HINTS)?,
+                    paxos: txn.open_table(PAXOS)?,
                 };
                 for job in batch.drain(..) {
                     dones.push(job(Some(&mut tables)));
@@ -471,6 +476,7 @@ impl ApStore {
         txn.set_durability(Durability::Immediate)?;
         txn.open_table(KEYS)?;
         txn.open_table(HINTS)?;
+        txn.open_table(PAXOS)?;
         let replica_id = {
             let mut meta = txn.open_table(META)?;
             let held = meta
@@ -628,6 +634,58 @@ impl ApStore {
                     record(&trees, bucket, &key, before, after);
                     (answer, state)
                 })
+            }))
+        });
+    }
+
+    /// One Paxos step on `key` (compare-and-set, `concord_core::paxos`): `f` gets the key's
+    /// acceptor state and its data (a new state when absent) and may change both; what
+    /// changed is stored and fsync'd (whatever the bucket's durability: a promise must
+    /// survive a crash) before `done` gets `f`'s answer and the data.
+    pub fn paxos_then<T: Send + 'static>(
+        &self,
+        bucket: u8,
+        key: &[u8],
+        f: impl FnOnce(&mut Acceptor<RedisValue>, &mut RedisValue) -> T + Send + 'static,
+        done: impl FnOnce(Result<(T, RedisValue), ApStoreError>) + Send + 'static,
+    ) {
+        let r = row(bucket, key);
+        let key = key.to_vec();
+        let trees = self.trees.clone();
+        let step = move |t: &mut Tables<'_>| {
+            let corrupt = |reason: String| ApStoreError::Corrupt {
+                key: String::from_utf8_lossy(&r).into_owned(),
+                reason,
+            };
+            let mut acceptor: Acceptor<RedisValue> = match t.paxos.get(r.as_slice())? {
+                Some(v) => {
+                    let bytes = unseal(&r, v.value())
+                        .ok_or_else(|| corrupt("paxos state checksum mismatch".into()))?;
+                    postcard::from_bytes(bytes)
+                        .map_err(|e| corrupt(format!("undecodable paxos state: {e}")))?
+                }
+                None => Acceptor::new(),
+            };
+            let (mut state, before) = held(&t.keys, &r)?;
+            let (acceptor_was, state_was) = (acceptor.clone(), state.clone());
+            let answer = f(&mut acceptor, &mut state);
+            if acceptor != acceptor_was {
+                let bytes = postcard::to_allocvec(&acceptor).unwrap_or_default();
+                t.paxos.insert(r.as_slice(), seal(&r, &bytes).as_slice())?;
+            }
+            let mut changed = None;
+            if state != state_was {
+                t.keys.insert(r.as_slice(), encode(&r, &state).as_slice())?;
+                changed = Some((before, digest(&state_to_bytes(&state))));
+            }
+            Ok((answer, state, changed))
+        };
+        self.submit(true, step, move |out| {
+            done(out.map(|(answer, state, changed)| {
+                if let Some((before, after)) = changed {
+                    record(&trees, bucket, &key, before, after);
+                }
+                (answer, state)
             }))
         });
     }

@@ -28,6 +28,7 @@
 mod anti_entropy;
 mod batch;
 pub mod buckets;
+pub mod cas;
 pub mod coordinate;
 mod handoff;
 mod hints;
@@ -50,8 +51,9 @@ use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
     replica_apply, ApDel, ApExpire, ApHashIncr, ApHashSet, ApIncr, ApMembers, ApSet, ReplicaApply,
     ReplicaApplyBatch, ReplicaKey, ReplicaKeys, ReplicaLeaf, ReplicaMerge, ReplicaMergeAck,
-    ReplicaMergeBatch, ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaReap,
-    ReplicaReapAck, ReplicaScan, ReplicaState, ReplicaStates, ReplicaTree, ReplicaTreeLeaves,
+    ReplicaMergeBatch, ReplicaMergeBatchAck, ReplicaPaxos, ReplicaPaxosReply, ReplicaRead,
+    ReplicaReadBatch, ReplicaReap, ReplicaReapAck, ReplicaScan, ReplicaState, ReplicaStates,
+    ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, SystemClock};
@@ -954,5 +956,21 @@ impl Replica for ReplicaService {
             .await
             .map_err(status)?;
         Ok(Response::new(ReplicaReapAck { removed }))
+    }
+
+    async fn paxos(
+        &self,
+        request: Request<ReplicaPaxos>,
+    ) -> Result<Response<ReplicaPaxosReply>, Status> {
+        let r = request.into_inner();
+        self.check_cluster(r.cluster_id)?;
+        let bucket = bucket_of(r.bucket)?;
+        let step = cas::step_from_wire(&r)?;
+        let reply = self
+            .node
+            .paxos_local(bucket, &r.key, step)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(cas::reply_to_wire(&reply)))
     }
 }

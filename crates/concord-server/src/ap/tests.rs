@@ -829,3 +829,102 @@ async fn hash_fields_merge_per_field_and_increments_through_different_members_ad
          stays deleted"
     );
 }
+
+/// A `SET NX` through [`ApNode::cas`]: writes `value` when the key is absent; the answer
+/// says whether it did.
+async fn set_if_absent(node: &ApNode, key: &[u8], value: &str) -> Result<bool, ApError> {
+    let now = node.now_ms();
+    node.cas(B0, key, |current, stamp, actor| {
+        if current.is_some_and(|c| c.exists(now)) {
+            return cas::Decision {
+                write: None,
+                answer: false,
+            };
+        }
+        let mut next = current.cloned().unwrap_or_default();
+        next.set(value.as_bytes().to_vec(), stamp, actor, SetExpiry::Clear);
+        cas::Decision {
+            write: Some(next),
+            answer: true,
+        }
+    })
+    .await
+    .map(|(answer, _)| answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_concurrent_set_if_absent_through_every_member_exactly_one_wins() {
+    let m = start(3).await;
+    let mut won = 0;
+    for round in 0..5 {
+        let key = format!("lock-{round}");
+        let mut tries = tokio::task::JoinSet::new();
+        for (i, node) in m.nodes.iter().cycle().take(9).enumerate() {
+            let (node, key) = (node.clone(), key.clone());
+            tries.spawn(async move {
+                let me = format!("owner-{i}");
+                (set_if_absent(&node, key.as_bytes(), &me).await, me)
+            });
+        }
+        let mut winners = Vec::new();
+        while let Some(done) = tries.join_next().await {
+            let (won, me) = done.unwrap();
+            // Contention may time a request out (indefinite), never make two win.
+            if won == Ok(true) {
+                winners.push(me);
+            }
+        }
+        assert!(winners.len() <= 1, "round {round}: {winners:?} all won");
+        won += winners.len();
+        // A linearizable read through any member sees the winner, if there is one.
+        let read = m.nodes[round % 3]
+            .cas(B0, key.as_bytes(), |current, _, _| cas::Decision {
+                write: None,
+                answer: current.and_then(|c| c.get(0)),
+            })
+            .await
+            .unwrap()
+            .0;
+        if let Some(w) = winners.first() {
+            assert_eq!(read, Some(w.as_bytes().to_vec()), "round {round}");
+        }
+        // Plain reads see the committed write too.
+        assert_eq!(
+            value(m.nodes[2].read(B0, key.as_bytes()).await.unwrap(), 0),
+            read
+        );
+    }
+    assert!(won > 0, "contention timed every round out");
+    // A plain write acknowledged at W (W + a majority > N) is seen by a later
+    // compare-and-set, which then writes above it.
+    m.nodes[1].write(B0, b"mixed", set("plain")).await.unwrap();
+    assert_eq!(set_if_absent(&m.nodes[2], b"mixed", "cas").await, Ok(false));
+    m.nodes[1].write(B0, b"mixed", Op::Del).await.unwrap();
+    assert_eq!(set_if_absent(&m.nodes[0], b"mixed", "cas").await, Ok(true));
+    assert_eq!(
+        value(
+            m.nodes[1].read(B0, b"mixed").await.unwrap(),
+            m.nodes[1].now_ms()
+        ),
+        Some(b"cas".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_and_set_needs_a_majority_of_the_owners() {
+    let m = start(3).await;
+    // Member 1 sees member 3 at an address nobody listens on: two of three owners.
+    let mut urls = m.urls.clone();
+    urls.insert(NodeId(3), "http://127.0.0.1:1".into());
+    m.nodes[0].set_members(&urls);
+    assert_eq!(set_if_absent(&m.nodes[0], b"k", "a").await, Ok(true));
+    assert_eq!(set_if_absent(&m.nodes[0], b"k", "b").await, Ok(false));
+    // And member 2 too: one of three, no majority.
+    urls.insert(NodeId(2), "http://127.0.0.1:1".into());
+    m.nodes[0].set_members(&urls);
+    let alone = set_if_absent(&m.nodes[0], b"k2", "c").await;
+    assert!(
+        matches!(&alone, Err(ApError::Unavailable(why)) if why.contains("majority")),
+        "{alone:?}"
+    );
+}

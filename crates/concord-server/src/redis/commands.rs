@@ -14,6 +14,7 @@ use concord_core::crdt::{Expiry, Kind, RedisValue, SetExpiry};
 
 use super::sets::wrong_type;
 use super::{admin, hashes, keyspace, sets, Session};
+use crate::ap::cas::Decision;
 use crate::ap::{Access, ApError, ApNode, Op};
 use crate::resp::Frame;
 
@@ -90,7 +91,8 @@ fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
         "ping" => (0, Some(1)),
         "echo" | "get" | "incr" | "decr" | "ttl" | "pttl" | "persist" | "select" | "strlen"
         | "getdel" | "type" | "expiretime" | "pexpiretime" | "keys" => (1, Some(1)),
-        "incrby" | "decrby" | "append" | "incrbyfloat" => (2, Some(2)),
+        "incrby" | "decrby" | "append" | "incrbyfloat" | "setnx" | "getset" => (2, Some(2)),
+        "concord.casget" => (1, Some(1)),
         "getrange" | "substr" | "setrange" | "setex" | "psetex" => (3, Some(3)),
         "expire" | "pexpire" | "expireat" | "pexpireat" => (2, None),
         "set" => (2, None),
@@ -165,6 +167,25 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
             }
         }
         "set" => set(ap, at, rest).await,
+        "setnx" => {
+            let c = Cas {
+                nx: true,
+                ..Cas::default()
+            };
+            match cas_set(ap, at, &rest[0], rest[1].to_vec(), SetExpiry::Clear, &c).await {
+                Frame::Simple(_) => Frame::Integer(1),
+                Frame::Null => Frame::Integer(0),
+                other => other,
+            }
+        }
+        "getset" => {
+            let c = Cas {
+                get: true,
+                ..Cas::default()
+            };
+            cas_set(ap, at, &rest[0], rest[1].to_vec(), SetExpiry::Clear, &c).await
+        }
+        "concord.casget" => cas_get(ap, at, &rest[0]).await,
         "setex" | "psetex" => {
             let Some(n) = integer(&rest[1]) else {
                 return Frame::error(NOT_INTEGER);
@@ -396,8 +417,8 @@ fn substring(v: &[u8], start: i64, end: i64) -> Vec<u8> {
 /// option may repeat, the last value wins, conflicting ones are a syntax error), then
 /// the time value.
 struct Options {
-    /// `NX`, `XX` or `GET`, which need compare-and-set (`SET` only).
-    cas: Option<&'static str>,
+    /// `NX`, `XX` and `GET` (`SET` only), which go through compare-and-set.
+    cas: Cas,
     keepttl: bool,
     persist: bool,
     /// The time option given: its unit and value, not yet checked ([`Options::deadline`]).
@@ -423,6 +444,7 @@ impl Options {
 
 fn options(opts: &[Bytes], getex: bool) -> Result<Options, Frame> {
     let (mut nx, mut xx, mut get, mut keepttl, mut persist) = (false, false, false, false, false);
+    let mut compare: Option<(bool, Bytes)> = None;
     let mut time: Option<(&'static str, &Bytes)> = None;
     let mut i = 0;
     while i < opts.len() {
@@ -430,8 +452,18 @@ fn options(opts: &[Bytes], getex: bool) -> Result<Options, Frame> {
         let next = opts.get(i + 1);
         let unit_free = |u: &str| time.is_none_or(|(t, _)| t == u);
         match opt.as_slice() {
-            b"nx" if !getex && !xx => nx = true,
-            b"xx" if !getex && !nx => xx = true,
+            b"nx" if !getex && !xx && compare.is_none() => nx = true,
+            b"xx" if !getex && !nx && compare.is_none() => xx = true,
+            // Redis 8.4's conditions on the current value.
+            b"ifeq" | b"ifne" if !getex && !nx && !xx && next.is_some() => {
+                let equal = opt.as_slice() == b"ifeq";
+                match (next, &compare) {
+                    (Some(v), None) => compare = Some((equal, v.clone())),
+                    (Some(v), Some((e, _))) if *e == equal => compare = Some((equal, v.clone())),
+                    _ => return Err(Frame::error(SYNTAX)),
+                }
+                i += 1;
+            }
             b"get" if !getex => get = true,
             b"keepttl" if !getex && time.is_none() => keepttl = true,
             b"persist" if getex && time.is_none() => persist = true,
@@ -452,11 +484,13 @@ fn options(opts: &[Bytes], getex: bool) -> Result<Options, Frame> {
         }
         i += 1;
     }
-    let cas = [(nx, "NX"), (xx, "XX"), (get, "GET")]
-        .into_iter()
-        .find_map(|(on, name)| on.then_some(name));
     Ok(Options {
-        cas,
+        cas: Cas {
+            nx,
+            xx,
+            get,
+            compare,
+        },
         keepttl,
         persist,
         time: time.map(|(unit, v)| (TimeUnit::of(unit).unwrap_or(TimeUnit::Seconds), v.clone())),
@@ -471,17 +505,106 @@ async fn set(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
         Ok(x) => x,
         Err(e) => return e,
     };
-    if let Some(opt) = o.cas {
-        return Frame::error(format!(
-            "ERR SET {opt} needs compare-and-set, which Concord's AP buckets do not have yet"
-        ));
-    }
     let expiry = match (at_ms, o.keepttl) {
         (Some(t), _) => SetExpiry::At(t),
         (None, true) => SetExpiry::Keep,
         (None, false) => SetExpiry::Clear,
     };
+    if o.cas != Cas::default() {
+        return cas_set(ap, at, &rest[0], rest[1].to_vec(), expiry, &o.cas).await;
+    }
     store(ap, at, &rest[0], rest[1].to_vec(), expiry).await
+}
+
+/// The conditions and answer of a `SET` that goes through compare-and-set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Cas {
+    /// Only if the key does not exist.
+    nx: bool,
+    /// Only if it exists.
+    xx: bool,
+    /// Answer the old string value.
+    get: bool,
+    /// `IFEQ v` (true) or `IFNE v` (false): only if the current string value is (is not)
+    /// `v`.
+    compare: Option<(bool, Bytes)>,
+}
+
+/// `SET key value [NX|XX] [GET] ...`, `SETNX` and `GETSET`: decided by Paxos among the
+/// key's owners on their current state, so two such writes of one key never both succeed
+/// on the same old value. The answer: with `GET` the old value (whether or not the write
+/// happened; `WRONGTYPE` and nothing written when the key is not a string), else `OK`, or
+/// nil when the condition failed.
+async fn cas_set(
+    ap: &ApNode,
+    at: Access,
+    key: &[u8],
+    value: Vec<u8>,
+    expiry: SetExpiry,
+    c: &Cas,
+) -> Frame {
+    let now_ms = ap.now_ms();
+    let outcome = ap
+        .cas(at, key, |current, stamp, actor| {
+            let live = current.filter(|st| st.exists(now_ms));
+            let string = live.is_none_or(|st| st.kind(now_ms) == Some(Kind::String));
+            if (c.get || c.compare.is_some()) && !string {
+                return Decision {
+                    write: None,
+                    answer: Err(wrong_type()),
+                };
+            }
+            let old = live.and_then(|st| st.get(now_ms));
+            let answer = Ok(if c.get {
+                old.clone().map_or(Frame::Null, Frame::bulk)
+            } else {
+                Frame::ok()
+            });
+            let refused = match &c.compare {
+                Some((true, v)) => old.as_deref() != Some(v.as_ref()),
+                Some((false, v)) => old.as_deref() == Some(v.as_ref()),
+                None => (c.nx && live.is_some()) || (c.xx && live.is_none()),
+            };
+            if refused {
+                let answer = if c.get { answer } else { Ok(Frame::Null) };
+                return Decision {
+                    write: None,
+                    answer,
+                };
+            }
+            let mut next = current.cloned().unwrap_or_default();
+            let expiry = match expiry {
+                SetExpiry::Keep if live.is_none() => SetExpiry::Clear,
+                e => e,
+            };
+            next.set(value.clone(), stamp, actor, expiry);
+            Decision {
+                write: Some(next),
+                answer,
+            }
+        })
+        .await;
+    match outcome {
+        Ok((answer, _)) => answer.unwrap_or_else(|e| e),
+        Err(e) => ap_error(e),
+    }
+}
+
+/// `CONCORD.CASGET key`: `GET` through Paxos, linearizable with the compare-and-set
+/// writes of the key (one round trip to a majority of its owners).
+async fn cas_get(ap: &ApNode, at: Access, key: &[u8]) -> Frame {
+    let now_ms = ap.now_ms();
+    let outcome = ap
+        .cas(at, key, |current, _, _| Decision {
+            write: None,
+            answer: string_value(current, now_ms),
+        })
+        .await;
+    match outcome {
+        Ok((Ok(v), _)) => v.map_or(Frame::Null, Frame::bulk),
+        Ok((Err(e), _)) => e,
+        Err(e) => ap_error(e),
+    }
 }
 
 /// `GETEX key [EX s | PX ms | EXAT t | PXAT t | PERSIST]`.
@@ -697,6 +820,9 @@ pub(crate) const COMMANDS: &[&str] = &[
     "getrange",
     "substr",
     "set",
+    "setnx",
+    "getset",
+    "concord.casget",
     "setex",
     "psetex",
     "mset",
