@@ -10,6 +10,10 @@
 #   Concord SET  >= 2 x Concord CP put@256
 #   single-client SET p50: Concord <= 2 x Redis
 #
+# and, without targets: SADD and HSET at -c 50; compare-and-set (`SET k v GET` through
+# Paxos on Concord, a plain `SET ... GET` on Redis) at -c 50 and -c 1 with p50/p99; and
+# Concord's CP compare-and-set (`concord bench --op txn-cas`, etcd Txn) at 50 clients.
+#
 #   scripts/bench-vs-redis.sh
 #   CONCORD=/path/to/concord scripts/bench-vs-redis.sh   # use a given binary, no build
 #   REQUESTS=50000 REDIS_REQUESTS=300000 CP_DURATION=20 scripts/bench-vs-redis.sh
@@ -142,7 +146,17 @@ for sys in concord redis; do
     [ "$sys" = redis ] && port=$REDIS_MASTER n=$REDIS_REQUESTS
     rb "$sys-c$CLIENTS" "$port" -d "$VALUE_SIZE" -c "$CLIENTS" -t set,get,incr -n "$n" -r "$KEY_SPACE"
     rb "$sys-c1" "$port" -d "$VALUE_SIZE" -c 1 -t set -n "$SINGLE_REQUESTS" -r "$KEY_SPACE"
+    rb "$sys-types" "$port" -d "$VALUE_SIZE" -c "$CLIENTS" -t sadd,hset -n "$n" -r "$KEY_SPACE"
+    rb "$sys-cas-c$CLIENTS" "$port" -c "$CLIENTS" -n "$((n / 4))" -r "$KEY_SPACE" \
+        SET cas:__rand_int__ __rand_int__ GET
+    rb "$sys-cas-c1" "$port" -c 1 -n "$SINGLE_REQUESTS" -r "$KEY_SPACE" \
+        SET cas:__rand_int__ __rand_int__ GET
 done
+echo "concord bench --op txn-cas --clients $CLIENTS (${CP_DURATION} s)" >&2
+timeout $((CP_DURATION + 120)) "$CONCORD" bench --endpoints "$CONCORD_CLIENT" --op txn-cas \
+    --clients "$CLIENTS" --total 100000000 --duration "$CP_DURATION" --value-size "$VALUE_SIZE" \
+    --key-space "$KEY_SPACE" --no-progress >"$WORK/cp-cas.txt" 2>"$WORK/cp-cas.err" \
+    || { echo "error: concord bench txn-cas failed:" >&2; cat "$WORK/cp-cas.err" >&2; exit 1; }
 echo "concord bench --op put --clients $CP_CLIENTS (${CP_DURATION} s)" >&2
 timeout $((CP_DURATION + 120)) "$CONCORD" bench --endpoints "$CONCORD_CLIENT" --op put \
     --clients "$CP_CLIENTS" --total 100000000 --duration "$CP_DURATION" --value-size "$VALUE_SIZE" \
@@ -210,6 +224,10 @@ def num(rows, test, col):
     except (KeyError, ValueError):
         return float("nan")
 
+def only(rows, col):
+    # A run of one custom command: its single row, whatever redis-benchmark named it.
+    return num(rows, next(iter(rows), ""), col)
+
 c, r = load("concord-c" + clients), load("redis-c" + clients)
 c1, r1 = load("concord-c1"), load("redis-c1")
 cp = json.loads(open(work + "/cp-put.txt").read().strip().splitlines()[-1])
@@ -235,6 +253,19 @@ rows.append(("SET -c 1 p50 (ms)", "%.3f" % a, "%.3f" % b, ratio(a, b), "concord 
 a, b = num(c1, "SET", "rps"), num(r1, "SET", "rps")
 rows.append(("SET -c 1 (req/s)", "%.0f" % a, "%.0f" % b, ratio(a, b), "-", "-"))
 rows.append(("CP put@%s, etcd API (req/s)" % cp_clients, "%.0f" % cp_rate, "-", float("nan"), "-", "-"))
+ct, rt = load("concord-types"), load("redis-types")
+for test in ("SADD", "HSET"):
+    a, b = num(ct, test, "rps"), num(rt, test, "rps")
+    rows.append(("%s -c %s (req/s)" % (test, clients), "%.0f" % a, "%.0f" % b, ratio(a, b), "-", "-"))
+for sfx, label in (("c" + clients, "-c " + clients), ("c1", "-c 1")):
+    cc, rc = load("concord-cas-" + sfx), load("redis-cas-" + sfx)
+    for col, unit in (("rps", "req/s"), ("p50_latency_ms", "p50 ms"), ("p99_latency_ms", "p99 ms")):
+        a, b = only(cc, col), only(rc, col)
+        shown = "%.0f" if col == "rps" else "%.3f"
+        rows.append(("CAS SET..GET %s (%s)" % (label, unit), shown % a, shown % b, ratio(a, b), "-", "-"))
+cas = json.loads(open(work + "/cp-cas.txt").read().strip().splitlines()[-1])
+rows.append(("CP txn-cas@%s (req/s)" % clients, "%.0f" % float(cas.get("throughput", 0)), "-",
+             float("nan"), "-", "-"))
 a = num(c, "SET", "rps")
 rows.append(("SET -c %s / CP put@%s" % (clients, cp_clients), "%.0f" % a, "%.0f (CP)" % cp_rate,
              ratio(a, cp_rate), "SET >= 2x CP put", "yes" if ratio(a, cp_rate) >= 2 else "NO"))
@@ -253,6 +284,10 @@ for w, a, b, x, t, m in rows:
 print()
 print("CP put@%s: %s ok, %s errors, p50 %s ms, p99 %s ms"
       % (cp_clients, cp.get("ok"), cp.get("errors"), cp.get("p50_ms"), cp.get("p99_ms")))
+print("CP txn-cas@%s: %s ok, %s errors, p50 %s ms, p99 %s ms"
+      % (clients, cas.get("ok"), cas.get("errors"), cas.get("p50_ms"), cas.get("p99_ms")))
+print("CAS on Concord: SET ... GET decided by Paxos among the key's 3 owners (prepare with read,")
+print("propose, commit; each an fsync on a majority); on Redis the same command is a plain write.")
 print("ratio = concord / redis (for latencies lower is better); last row: Concord SET / Concord CP put.")
 conv = json.loads(open(work + "/converge.json").read())
 if conv:

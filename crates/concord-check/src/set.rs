@@ -59,52 +59,33 @@ pub fn check(events: &[Event]) -> Result<Verdict, CheckError> {
         })?;
         *present.entry(x).or_default() += 1;
     }
+    // Per element: the adds attempted, and the removes (of elements already added).
     let mut adds: BTreeMap<i64, Attempts> = BTreeMap::new();
-    // Per element: every remove attempted, and those acknowledged before the final read.
     let mut removes: BTreeMap<i64, Attempts> = BTreeMap::new();
     for op in &ops {
-        if op.f() == "remove" {
-            let v = op
-                .invoke
-                .value
-                .as_i64()
-                .ok_or_else(|| CheckError::Malformed {
-                    index: op.invoke.index,
-                    message: format!("remove value must be an integer, got {}", op.invoke.value),
-                })?;
-            let r = removes.entry(v).or_default();
-            match op.outcome() {
-                Outcome::Ok => {
-                    r.ok.push(op.invoke.index);
-                    if op
-                        .completion_pos()
-                        .is_some_and(|c| c < final_read.invoke_pos)
-                    {
-                        r.required = true;
-                    }
-                }
-                Outcome::Info => r.info.push(op.invoke.index),
-                Outcome::Fail => r.fail.push(op.invoke.index),
-            }
-            continue;
-        }
-        if op.f() != "add" {
-            continue;
-        }
+        let attempts = match op.f() {
+            "add" => &mut adds,
+            "remove" => &mut removes,
+            _ => continue,
+        };
         let v = op
             .invoke
             .value
             .as_i64()
             .ok_or_else(|| CheckError::Malformed {
                 index: op.invoke.index,
-                message: format!("add value must be an integer, got {}", op.invoke.value),
+                message: format!(
+                    "{} value must be an integer, got {}",
+                    op.f(),
+                    op.invoke.value
+                ),
             })?;
-        let a = adds.entry(v).or_default();
+        let a = attempts.entry(v).or_default();
         let idx = op.invoke.index;
         match op.outcome() {
             Outcome::Ok => {
                 a.ok.push(idx);
-                // Only adds acknowledged before the final read began must be in it.
+                // Only operations acknowledged before the final read began must show in it.
                 if op
                     .completion_pos()
                     .is_some_and(|c| c < final_read.invoke_pos)

@@ -353,14 +353,17 @@ impl RedisValue {
         if !self.exists(now_ms) {
             return Ok(0);
         }
-        let mut removed = 0;
-        for m in members {
-            removed += i64::from(self.set.remove(m));
-        }
-        if removed > 0 {
+        let removed = members.iter().filter(|m| self.set.remove(m)).count();
+        Ok(self.note_removed(removed, at))
+    }
+
+    /// Records a remove of `count` members or fields at HLC time `at` (the time tombstone
+    /// collection counts from); returns the count.
+    fn note_removed(&mut self, count: usize, at: u64) -> i64 {
+        if count > 0 {
             self.removed = self.removed.max(at);
         }
-        Ok(removed)
+        count as i64
     }
 
     /// A `*STORE` command's result: a new epoch at `stamp` holding exactly `members` (none:
@@ -429,14 +432,8 @@ impl RedisValue {
         if !self.exists(now_ms) {
             return Ok(0);
         }
-        let mut removed = 0;
-        for f in fields {
-            removed += i64::from(self.hash.remove(f));
-        }
-        if removed > 0 {
-            self.removed = self.removed.max(at);
-        }
-        Ok(removed)
+        let removed = fields.iter().filter(|f| self.hash.remove(f)).count();
+        Ok(self.note_removed(removed, at))
     }
 
     /// `HINCRBY` by `node` at `now_ms`: the field's new value. Refuses a field that is not
