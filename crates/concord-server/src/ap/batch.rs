@@ -24,6 +24,13 @@ use super::{bucket_of, op_from_wire, stopped, ApError, ApNode};
 
 /// Most requests in one call.
 pub const MAX_BATCH: usize = 512;
+/// Most encoded bytes of requests in one call (a batch may exceed it by its last
+/// request; a single request larger than it leaves alone). Large states (big sets and
+/// hashes travel whole) would otherwise make batches of tens of megabytes.
+pub const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Largest message the replica service and its clients accept: a single state may be
+/// large; members are trusted peers.
+pub const MAX_MESSAGE: usize = 1 << 30;
 /// Most calls in flight per queue.
 pub const IN_FLIGHT: usize = 4;
 
@@ -104,24 +111,39 @@ async fn run<Q, A, F, Fut>(
     mut queue: mpsc::UnboundedReceiver<Pending<Q, A>>,
     send: F,
 ) where
-    Q: Send + 'static,
+    Q: prost::Message + Send + 'static,
     A: Send + 'static,
     F: Fn(Vec<Q>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Answers<A>> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    // A request that did not fit the last batch: it starts the next.
+    let mut carried: Option<Pending<Q, A>> = None;
     loop {
         // A batch forms while every slot is busy.
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = queue.recv().await else {
-            return;
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match queue.recv().await {
+                Some(p) => p,
+                None => return,
+            },
         };
+        let mut bytes = first.request.encoded_len();
         let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match queue.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    let len = p.request.encoded_len();
+                    if bytes + len > MAX_BATCH_BYTES {
+                        carried = Some(p);
+                        break;
+                    }
+                    bytes += len;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }

@@ -350,7 +350,9 @@ impl ApNode {
                     .connect_timeout(Duration::from_secs(1))
                     .tcp_nodelay(true)
                     .connect_lazy();
-                let client = ReplicaClient::new(channel);
+                let client = ReplicaClient::new(channel)
+                    .max_decoding_message_size(batch::MAX_MESSAGE)
+                    .max_encoding_message_size(batch::MAX_MESSAGE);
                 // The batchers end when this peer entry (their queues' senders) goes.
                 let queues = batch::start(
                     *id,
@@ -609,6 +611,8 @@ impl ApNode {
     /// The `concord.peer.v1.Replica` service.
     pub fn service(&self) -> ReplicaServer<ReplicaService> {
         ReplicaServer::new(ReplicaService { node: self.clone() })
+            .max_decoding_message_size(batch::MAX_MESSAGE)
+            .max_encoding_message_size(batch::MAX_MESSAGE)
     }
 }
 
