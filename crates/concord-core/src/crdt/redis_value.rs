@@ -128,13 +128,7 @@ pub struct HashField {
 impl HashField {
     /// The field's value: the register's bytes, or its integer plus the increments.
     pub fn get(&self) -> Vec<u8> {
-        if self.counter == PnCounter::new() {
-            return self.value.clone().unwrap_or_default();
-        }
-        let base = self.value.as_deref().and_then(parse_integer).unwrap_or(0);
-        (i128::from(base) + self.counter.value())
-            .to_string()
-            .into_bytes()
+        counted(&self.value, &self.counter)
     }
 
     fn set(&mut self, value: Vec<u8>, stamp: Stamp) {
@@ -146,6 +140,19 @@ impl HashField {
             };
         }
     }
+}
+
+/// A register with the increments of its epoch, as `GET` and `HGET` read it: the bytes when
+/// nothing was added, else the register's integer (0 when empty; increments exist only on
+/// an integer or an empty register) plus the counter, exactly.
+fn counted(value: &Option<Vec<u8>>, counter: &PnCounter) -> Vec<u8> {
+    if *counter == PnCounter::new() {
+        return value.clone().unwrap_or_default();
+    }
+    let base = value.as_deref().and_then(parse_integer).unwrap_or(0);
+    (i128::from(base) + counter.value())
+        .to_string()
+        .into_bytes()
 }
 
 impl Crdt for HashField {
@@ -518,16 +525,7 @@ impl RedisValue {
         if self.kind(now_ms) != Some(Kind::String) {
             return None;
         }
-        if self.counter == PnCounter::new() {
-            return self.value.clone();
-        }
-        // Increments exist only in epochs whose register is an integer or empty.
-        let base = self.value.as_deref().and_then(parse_integer).unwrap_or(0);
-        Some(
-            (i128::from(base) + self.counter.value())
-                .to_string()
-                .into_bytes(),
-        )
+        Some(counted(&self.value, &self.counter))
     }
 
     /// `INCRBY delta` by `node` at `now_ms` (`stamp` starts a fresh epoch when the key has
