@@ -143,6 +143,13 @@ impl<K: Ord, V: Crdt + Default + Clone> OrMap<K, V> {
         self.entries.remove(key).is_some()
     }
 
+    /// Records an event of `node` that writes no key (a remove) under a new dot of its own,
+    /// so that the context shows which of `node`'s events a state has seen; returns the
+    /// dot. Joins treat it as an update already removed.
+    pub fn mark(&mut self, node: NodeId) -> Dot {
+        self.context.next_dot(node)
+    }
+
     /// The value of `key`: the merge of its surviving states.
     pub fn get(&self, key: &K) -> Option<V> {
         self.entries.get(key).map(join_states)

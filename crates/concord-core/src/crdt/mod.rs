@@ -66,7 +66,7 @@ pub use map::OrMap;
 pub use mvreg::MvRegister;
 pub use orset::OrSet;
 pub use redis_value::{
-    parse_integer, Expiry, HashField, Kind, RedisValue, SetExpiry, Stamp, StringLayout,
+    parse_integer, Expiry, HashField, Kind, RedisValue, Seen, SetExpiry, Stamp, StringLayout,
     StringLayoutRef, ValueError,
 };
 

@@ -102,6 +102,13 @@ impl<E: Ord> OrSet<E> {
         self.entries.remove(element).is_some()
     }
 
+    /// Records an event of `node` that adds nothing (a remove) under a new dot of its own,
+    /// so that the context shows which of `node`'s events a state has seen; returns the
+    /// dot. Joins treat it as an add already removed.
+    pub fn mark(&mut self, node: NodeId) -> Dot {
+        self.context.next_dot(node)
+    }
+
     /// Removes every element this replica holds.
     pub fn clear(&mut self) {
         self.entries.clear();

@@ -40,12 +40,50 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::crdt::{Crdt, MvRegister, OrMap, OrSet, PnCounter};
+use crate::clock::Dot;
+use crate::crdt::{Crdt, DotContext, MvRegister, OrMap, OrSet, PnCounter};
 use crate::NodeId;
 
 /// The order of register writes: (HLC timestamp, node), unique per write when each node's
 /// HLC never repeats a timestamp.
 pub type Stamp = (u64, NodeId);
+
+/// What a state of a key has seen, in brief: its epoch and, per node that acted in that
+/// epoch, how far its events go (increments, decrements, and the newest dot of its expiry,
+/// set and hash events; a remove counts as an event). A few dozen bytes where the state may
+/// hold megabytes, it is what a session token keeps per key ([`RedisValue::covers`]).
+///
+/// It is exact for states made by this module's operations, each node acting on its own
+/// state: a node's events in one epoch are made one after another on a state holding all
+/// its earlier ones, so a state holding a node's newest event holds all of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Seen {
+    epoch: Stamp,
+    nodes: BTreeMap<NodeId, [u64; 5]>,
+}
+
+impl Seen {
+    /// Whether nothing was seen (a key never written).
+    pub fn is_empty(&self) -> bool {
+        *self == Seen::default()
+    }
+
+    /// The summary of the join of the states `self` and `other` summarise.
+    pub fn join(&mut self, other: &Seen) {
+        match other.epoch.cmp(&self.epoch) {
+            std::cmp::Ordering::Greater => *self = other.clone(),
+            std::cmp::Ordering::Less => {}
+            std::cmp::Ordering::Equal => {
+                for (node, theirs) in &other.nodes {
+                    let mine = self.nodes.entry(*node).or_default();
+                    for (m, t) in mine.iter_mut().zip(theirs) {
+                        *m = (*m).max(*t);
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// A key's expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -242,6 +280,53 @@ impl RedisValue {
         self.epoch.0.max(self.removed)
     }
 
+    /// This state's [`Seen`].
+    pub fn seen(&self) -> Seen {
+        let mut nodes: BTreeMap<NodeId, [u64; 5]> = BTreeMap::new();
+        for (node, n) in self.counter.increments().iter() {
+            nodes.entry(node).or_default()[0] = n;
+        }
+        for (node, n) in self.counter.decrements().iter() {
+            nodes.entry(node).or_default()[1] = n;
+        }
+        let contexts = [
+            self.expiry.context(),
+            self.set.context(),
+            self.hash.context(),
+        ];
+        for (i, context) in contexts.into_iter().enumerate() {
+            let clock = context.clock().iter().map(|(node, _)| node);
+            let cloud = context.cloud().iter().map(|d| d.node);
+            for node in clock.chain(cloud) {
+                nodes.entry(node).or_default()[2 + i] = context.max_counter(node);
+            }
+        }
+        Seen {
+            epoch: self.epoch,
+            nodes,
+        }
+    }
+
+    /// Whether this state holds everything a state summarised by `seen` held (merging
+    /// that state in would change nothing): a newer epoch, or the same one with every
+    /// node's events up to those of `seen`.
+    pub fn covers(&self, seen: &Seen) -> bool {
+        match self.epoch.cmp(&seen.epoch) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => seen.nodes.iter().all(|(node, [inc, dec, e, s, h])| {
+                let holds = |context: &DotContext, counter: u64| {
+                    counter == 0 || context.contains(Dot::new(*node, counter))
+                };
+                self.counter.increments().count(*node) >= *inc
+                    && self.counter.decrements().count(*node) >= *dec
+                    && holds(self.expiry.context(), *e)
+                    && holds(self.set.context(), *s)
+                    && holds(self.hash.context(), *h)
+            }),
+        }
+    }
+
     /// The state in the first encoding's layout, when it holds nothing of a set.
     pub fn string_layout(&self) -> Option<StringLayoutRef<'_>> {
         let plain = self.set == OrSet::new() && self.hash == OrMap::new() && self.removed == 0;
@@ -354,15 +439,23 @@ impl RedisValue {
         Ok(added)
     }
 
-    /// `SREM` at `now_ms`, at HLC time `at`: how many of `members` were removed. Removes the
-    /// adds of them this state has seen, no others.
-    pub fn srem(&mut self, members: &[Vec<u8>], at: u64, now_ms: u64) -> Result<i64, ValueError> {
+    /// `SREM` at `now_ms` by the node and HLC time of `stamp`: how many of `members` were
+    /// removed. Removes the adds of them this state has seen, no others.
+    pub fn srem(
+        &mut self,
+        members: &[Vec<u8>],
+        stamp: Stamp,
+        now_ms: u64,
+    ) -> Result<i64, ValueError> {
         self.check_kind(Kind::Set, now_ms)?;
         if !self.exists(now_ms) {
             return Ok(0);
         }
         let removed = members.iter().filter(|m| self.set.remove(m)).count();
-        Ok(self.note_removed(removed, at))
+        if removed > 0 {
+            self.set.mark(stamp.1);
+        }
+        Ok(self.note_removed(removed, stamp.0))
     }
 
     /// Records a remove of `count` members or fields at HLC time `at` (the time tombstone
@@ -433,15 +526,23 @@ impl RedisValue {
         self.hset(&[(field.to_vec(), value.to_vec())], node, stamp, now_ms)
     }
 
-    /// `HDEL` at HLC time `at`: how many of `fields` were removed (only the writes of them
-    /// this replica has seen).
-    pub fn hdel(&mut self, fields: &[Vec<u8>], at: u64, now_ms: u64) -> Result<i64, ValueError> {
+    /// `HDEL` by the node and HLC time of `stamp`: how many of `fields` were removed (only
+    /// the writes of them this replica has seen).
+    pub fn hdel(
+        &mut self,
+        fields: &[Vec<u8>],
+        stamp: Stamp,
+        now_ms: u64,
+    ) -> Result<i64, ValueError> {
         self.check_kind(Kind::Hash, now_ms)?;
         if !self.exists(now_ms) {
             return Ok(0);
         }
         let removed = fields.iter().filter(|f| self.hash.remove(f)).count();
-        Ok(self.note_removed(removed, at))
+        if removed > 0 {
+            self.hash.mark(stamp.1);
+        }
+        Ok(self.note_removed(removed, stamp.0))
     }
 
     /// `HINCRBY` by `node` at `now_ms`: the field's new value. Refuses a field that is not
@@ -631,6 +732,26 @@ mod tests {
     }
 
     #[test]
+    fn a_remove_is_seen_only_by_states_that_hold_it() {
+        let mut a = RedisValue::new();
+        a.sadd(&[m("x"), m("y")], A, (1, A), 0).unwrap();
+        let mut b = a.clone();
+        assert!(b.covers(&a.seen()) && a.covers(&b.seen()));
+        b.srem(&[m("x")], (2, B), 0).unwrap();
+        assert!(!a.covers(&b.seen()), "a still holds x");
+        assert!(b.covers(&a.seen()));
+        // A later remove of another member by A does not stand for B's.
+        a.srem(&[m("y")], (3, A), 0).unwrap();
+        assert!(!a.covers(&b.seen()));
+        assert!(a.merged(&b).covers(&b.seen()));
+        // A newer epoch covers everything before it.
+        let mut c = a.clone();
+        c.delete((4, A));
+        assert!(c.covers(&b.seen()) && !b.covers(&c.seen()));
+        assert!(RedisValue::new().covers(&Seen::default()));
+    }
+
+    #[test]
     fn only_a_delete_with_nothing_after_it_is_a_tombstone() {
         let mut k = RedisValue::new();
         assert!(!k.is_tombstone(), "never written");
@@ -793,10 +914,10 @@ mod tests {
         assert_eq!(k.sadd(&[m("a"), m("b"), m("a")], A, (1, A), 0), Ok(2));
         assert_eq!(k.sadd(&[m("a"), m("c")], A, (2, A), 0), Ok(1));
         assert_eq!(k.kind(0), Some(Kind::Set));
-        assert_eq!(k.srem(&[m("a"), m("x")], 3, 0), Ok(1));
+        assert_eq!(k.srem(&[m("a"), m("x")], (3, A), 0), Ok(1));
         assert_eq!(members(&k), vec![m("b"), m("c")]);
         assert!(k.is_member(b"b", 0).unwrap() && !k.is_member(b"a", 0).unwrap());
-        assert_eq!(k.srem(&[m("b"), m("c")], 4, 0), Ok(2));
+        assert_eq!(k.srem(&[m("b"), m("c")], (4, A), 0), Ok(2));
         assert!(!k.exists(0), "an empty set is no key");
         assert!(k.is_tombstone());
         assert_eq!(
@@ -804,7 +925,7 @@ mod tests {
             4,
             "its grace period counts from the last remove"
         );
-        assert_eq!(k.srem(&[m("b")], 5, 0), Ok(0));
+        assert_eq!(k.srem(&[m("b")], (5, A), 0), Ok(0));
     }
 
     #[test]
@@ -813,7 +934,7 @@ mod tests {
             k.sadd(&[m("x"), m("y")], A, (1, A), 0).unwrap();
         });
         // A removes x and y; B concurrently adds x again.
-        assert_eq!(a.srem(&[m("x"), m("y")], 2, 0), Ok(2));
+        assert_eq!(a.srem(&[m("x"), m("y")], (2, A), 0), Ok(2));
         assert_eq!(b.sadd(&[m("x")], B, (2, B), 0), Ok(0));
         let joined = merged(&a, &b);
         assert_eq!(
@@ -871,7 +992,7 @@ mod tests {
         s.set(m("v"), (1, A), A, SetExpiry::Clear);
         let before = s.clone();
         assert_eq!(s.sadd(&[m("x")], A, (2, A), 0), Err(ValueError::WrongType));
-        assert_eq!(s.srem(&[m("x")], 2, 0), Err(ValueError::WrongType));
+        assert_eq!(s.srem(&[m("x")], (2, A), 0), Err(ValueError::WrongType));
         assert_eq!(s.members(0), Err(ValueError::WrongType));
         assert_eq!(s.is_member(b"x", 0), Err(ValueError::WrongType));
         assert_eq!(s, before);
@@ -903,7 +1024,7 @@ mod tests {
         );
         // Emptied by SREM while it had a deadline: the next add starts without it.
         k.expire(Expiry::At(1_000), A);
-        k.srem(&[m("new")], 3, 200).unwrap();
+        k.srem(&[m("new")], (3, A), 200).unwrap();
         k.sadd(&[m("again")], A, (4, A), 200).unwrap();
         assert_eq!(k.expires_at(), None);
         assert!(k.exists(5_000));
@@ -953,11 +1074,11 @@ mod tests {
             k.hset(&[pair("g", "4"), pair("h", "5")], A, (2, A), 0),
             Ok(1)
         );
-        assert_eq!(k.hdel(&[m("f"), m("x")], 3, 0), Ok(1));
+        assert_eq!(k.hdel(&[m("f"), m("x")], (3, A), 0), Ok(1));
         assert_eq!(k.hfield(b"g", 0), Ok(Some(m("4"))));
         assert_eq!(k.hsetnx(b"g", b"9", A, (4, A), 0), Ok(0));
         assert_eq!(k.hsetnx(b"n", b"9", A, (4, A), 0), Ok(1));
-        assert_eq!(k.hdel(&[m("g"), m("h"), m("n")], 5, 0), Ok(3));
+        assert_eq!(k.hdel(&[m("g"), m("h"), m("n")], (5, A), 0), Ok(3));
         assert!(!k.exists(0) && k.is_tombstone());
         assert_eq!(k.last_write(), 5);
     }
@@ -983,7 +1104,7 @@ mod tests {
             k.hset(&[pair("f", "old"), pair("g", "1")], A, (1, A), 0)
                 .unwrap();
         });
-        assert_eq!(a.hdel(&[m("f"), m("g")], 2, 0), Ok(2));
+        assert_eq!(a.hdel(&[m("f"), m("g")], (2, A), 0), Ok(2));
         b.hset(&[pair("f", "new")], B, (2, B), 0).unwrap();
         let j = merged(&a, &b);
         assert_eq!(fields(&j), vec![pair("f", "new")], "g stays deleted");
@@ -1104,17 +1225,19 @@ mod tests {
         ]
     }
 
-    /// Three replicas acting and merging at random.
-    fn run(ops: &[(usize, Op)]) -> Vec<RedisValue> {
+    /// Three replicas acting and merging at random. With `unique`, no two register writes
+    /// share a stamp (as with real clocks); without, they may.
+    fn run(ops: &[(usize, Op)], unique: bool) -> Vec<RedisValue> {
         let mut replicas = vec![RedisValue::new(); 3];
         for (step, (i, op)) in ops.iter().enumerate() {
             let node = NodeId(*i as u64 + 1);
             let before = replicas[*i].clone();
+            let at = |t: u64| if unique { t * 100 + step as u64 } else { t };
             match op {
                 Op::Set(v, t) => {
-                    replicas[*i].set(vec![b'0' + v], (*t, node), node, SetExpiry::Clear)
+                    replicas[*i].set(vec![b'0' + v], (at(*t), node), node, SetExpiry::Clear)
                 }
-                Op::Del(t) => replicas[*i].delete((*t, node)),
+                Op::Del(t) => replicas[*i].delete((at(*t), node)),
                 Op::Incr(d) => {
                     let stamp = (1000 + step as u64, node);
                     let _ = replicas[*i].incr(i64::from(*d), node, stamp, 0);
@@ -1128,7 +1251,7 @@ mod tests {
                     let _ = replicas[*i].sadd(&[vec![b'0' + v]], node, stamp, 0);
                 }
                 Op::Srem(v) => {
-                    let _ = replicas[*i].srem(&[vec![b'0' + v]], 1000 + step as u64, 0);
+                    let _ = replicas[*i].srem(&[vec![b'0' + v]], (1000 + step as u64, node), 0);
                 }
                 Op::Hset(f, v) => {
                     let stamp = (1000 + step as u64, node);
@@ -1136,7 +1259,7 @@ mod tests {
                     let _ = replicas[*i].hset(&pairs, node, stamp, 0);
                 }
                 Op::Hdel(f) => {
-                    let _ = replicas[*i].hdel(&[vec![b'f', *f]], 1000 + step as u64, 0);
+                    let _ = replicas[*i].hdel(&[vec![b'f', *f]], (1000 + step as u64, node), 0);
                 }
                 Op::Hincr(f, d) => {
                     let stamp = (1000 + step as u64, node);
@@ -1158,7 +1281,7 @@ mod tests {
         /// Guarantee 1 on states reached by random operations and merges.
         #[test]
         fn merge_is_a_join(ops in prop::collection::vec((0..3usize, arb_op()), 0..40)) {
-            let r = run(&ops);
+            let r = run(&ops, false);
             let (a, b, c) = (&r[0], &r[1], &r[2]);
             prop_assert_eq!(a.merged(b), b.merged(a));
             prop_assert_eq!(a.merged(b).merged(c), a.merged(&b.merged(c)));
@@ -1166,6 +1289,29 @@ mod tests {
             // Replicas that exchange everything agree.
             let all = a.merged(b).merged(c);
             prop_assert_eq!(c.merged(a).merged(b), all);
+        }
+
+        /// `seen` and `covers` on states reached by random operations and merges: a state
+        /// covers what it merged (complete), covering means merging changes nothing
+        /// (sound), and the join of two summaries is covered exactly when both are.
+        #[test]
+        fn covers_is_exact(ops in prop::collection::vec((0..3usize, arb_op()), 0..60)) {
+            let r = run(&ops, true);
+            let mut states = r.clone();
+            states.push(r[0].merged(&r[1]));
+            states.push(r[1].merged(&r[2]));
+            for x in &states {
+                for y in &states {
+                    let (sx, sy) = (x.seen(), y.seen());
+                    prop_assert!(x.merged(y).covers(&sy));
+                    prop_assert_eq!(x.covers(&sy), x.merged(y) == *x);
+                    let mut both = sx.clone();
+                    both.join(&sy);
+                    for z in &states {
+                        prop_assert_eq!(z.covers(&both), z.covers(&sx) && z.covers(&sy));
+                    }
+                }
+            }
         }
     }
 }

@@ -263,6 +263,13 @@ impl ApNode {
         }
         let quorum = replicas.len() / 2 + 1;
         let actor = NodeId(self.inner.store.replica_id());
+        // In a session, what it has seen of the key is decided on too (a plain write of
+        // the session that no majority holds yet).
+        let base = match self.session_floor(access, key) {
+            Some(floor) => self.read_covering(access, key, &floor, None).await?,
+            None => None,
+        };
+        let mut seen = None;
         let (mut request, first) = CasRequest::new(replicas, quorum, self.next_ballot(None));
         let (tx, mut rx) = mpsc::unbounded_channel::<(Ballot, NodeId, Result<_, ApError>)>();
         let mut pending = vec![first];
@@ -277,10 +284,16 @@ impl ApNode {
                     CasAction::Commit { to, ballot, value } => {
                         (to, PaxosStep::Commit(ballot, value))
                     }
-                    CasAction::Decide { current } => {
+                    CasAction::Decide { mut current } => {
+                        if let Some(base) = &base {
+                            current.get_or_insert_with(RedisValue::new).merge(base);
+                        }
                         let latest = current.as_ref().map_or(0, |c| c.last_write());
                         let time = request.ballot().time.max(latest.saturating_add(1));
                         let d = decide(current.as_ref(), (time, actor), actor);
+                        if access.session.is_some() {
+                            seen = d.write.as_ref().or(current.as_ref()).cloned();
+                        }
                         answer = Some(d.answer);
                         pending.push(request.decide(d.write));
                         continue;
@@ -307,6 +320,7 @@ impl ApNode {
                         )))
                     }
                     CasAction::Done { written } => {
+                        self.session_saw(access, key, seen.as_ref());
                         return answer.map(|a| (a, written)).ok_or_else(|| {
                             ApError::Unavailable("compare-and-set ended undecided".into())
                         });

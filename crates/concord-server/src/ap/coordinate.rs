@@ -48,7 +48,8 @@ impl ApNode {
 
     /// Applies `op` to `key` over the key's replicas after the coordinating replica has
     /// joined `base` (a state the caller read), so that the write supersedes it: the
-    /// write half of a read-modify-write.
+    /// write half of a read-modify-write. In a session, `base` is first brought up to what
+    /// the session has seen of the key ([`session`](super::session)).
     pub async fn write_after(
         &self,
         access: Access,
@@ -56,6 +57,26 @@ impl ApNode {
         op: Op,
         base: Option<RedisValue>,
     ) -> Result<Written, ApError> {
+        let base = match self.session_floor(access, key) {
+            Some(floor) if !base.as_ref().is_some_and(|b| b.covers(&floor)) => {
+                self.read_covering(access, key, &floor, base).await?
+            }
+            _ => base,
+        };
+        let (answer, state) = self.write_quorum(access, key, op, base).await?;
+        self.session_saw(access, key, Some(&state));
+        Ok(answer)
+    }
+
+    /// [`ApNode::write_after`] without the session: the answer and the state the
+    /// coordinating replica stored.
+    async fn write_quorum(
+        &self,
+        access: Access,
+        key: &[u8],
+        op: Op,
+        base: Option<RedisValue>,
+    ) -> Result<(Written, RedisValue), ApError> {
         self.ring_ready()?;
         let timeout = self.config().timeout;
         let bucket = access.bucket;
@@ -165,6 +186,7 @@ impl ApNode {
         }
         let node = self.clone();
         let key = key.to_vec();
+        let stored = state.clone();
         // Runs until the write settles (every target answered, or the deadline), after the
         // client has its answer, so that owners it did not reach get a hint.
         tokio::spawn(async move {
@@ -207,7 +229,7 @@ impl ApNode {
             }
         });
         match reply_rx.await {
-            Ok(Ok(())) => Ok(answer),
+            Ok(Ok(())) => Ok((answer, stored)),
             Ok(Err(e)) => Err(ApError::Unavailable(format!(
                 "{e}; the write may or may not have been stored"
             ))),
@@ -230,8 +252,23 @@ impl ApNode {
         }
     }
 
-    /// Reads `key` from R of its replicas; the join of their states.
+    /// Reads `key` from R of its replicas; the join of their states. In a session, the
+    /// state returned holds what the session has seen of the key, read from more replicas
+    /// if need be ([`session`](super::session)).
     pub async fn read(&self, at: Access, key: &[u8]) -> Result<Option<RedisValue>, ApError> {
+        let state = self.read_quorum(at, key).await?;
+        let state = match self.session_floor(at, key) {
+            Some(floor) if !state.as_ref().is_some_and(|s| s.covers(&floor)) => {
+                self.read_covering(at, key, &floor, state).await?
+            }
+            _ => state,
+        };
+        self.session_saw(at, key, state.as_ref());
+        Ok(state)
+    }
+
+    /// [`ApNode::read`] without the session.
+    async fn read_quorum(&self, at: Access, key: &[u8]) -> Result<Option<RedisValue>, ApError> {
         self.ring_ready()?;
         let timeout = self.config().timeout;
         let bucket = at.bucket;

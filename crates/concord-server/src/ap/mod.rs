@@ -33,6 +33,7 @@ pub mod coordinate;
 mod handoff;
 mod hints;
 mod keyspace;
+pub mod session;
 #[cfg(test)]
 mod tests;
 mod tombstones;
@@ -58,6 +59,7 @@ use concord_proto::peer::{
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, SystemClock};
 use concord_storage::ap::{state_to_bytes, ApStore, ApStoreError};
+pub use session::{SessionGuard, SessionId, SessionToken};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -105,6 +107,8 @@ pub struct Access {
     pub r: Option<u32>,
     /// Acknowledgements a write waits for.
     pub w: Option<u32>,
+    /// The session the request belongs to ([`session`]; `None`: none).
+    pub session: Option<SessionId>,
 }
 
 /// One operation on a key, applied by its coordinating replica.
@@ -213,6 +217,8 @@ struct Inner {
     ring_known: AtomicBool,
     /// Ring changes being handed over ([`handoff`]).
     handoff: RwLock<handoff::Handoff>,
+    /// The sessions of this member's clients ([`session`]).
+    sessions: session::Sessions,
     counters: Counters,
 }
 
@@ -313,6 +319,7 @@ impl ApNode {
                 healthy: RwLock::new([me].into()),
                 ring_known: AtomicBool::new(false),
                 handoff: RwLock::new(handoff::Handoff::default()),
+                sessions: session::Sessions::default(),
                 counters: Counters::default(),
             }),
         })
@@ -473,13 +480,13 @@ impl ApNode {
                 Op::Incr(delta) => return s.incr(delta, me, stamp, now_ms).map(Some),
                 Op::Expire(e) => s.expire(e, me),
                 Op::SetAdd(members) => return s.sadd(&members, me, stamp, now_ms).map(Some),
-                Op::SetRemove(members) => return s.srem(&members, stamp.0, now_ms).map(Some),
+                Op::SetRemove(members) => return s.srem(&members, stamp, now_ms).map(Some),
                 Op::SetStore(members) => s.replace_set(&members, stamp, me),
                 Op::HashSet(pairs) => return s.hset(&pairs, me, stamp, now_ms).map(Some),
                 Op::HashSetNx(field, value) => {
                     return s.hsetnx(&field, &value, me, stamp, now_ms).map(Some)
                 }
-                Op::HashDel(fields) => return s.hdel(&fields, stamp.0, now_ms).map(Some),
+                Op::HashDel(fields) => return s.hdel(&fields, stamp, now_ms).map(Some),
                 Op::HashIncr(field, delta) => {
                     return s.hincrby(&field, delta, me, stamp, now_ms).map(Some)
                 }

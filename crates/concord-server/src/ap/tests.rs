@@ -14,6 +14,7 @@ const B0: Access = Access {
     bucket: 0,
     r: None,
     w: None,
+    session: None,
 };
 
 struct Members {
@@ -927,4 +928,77 @@ async fn compare_and_set_needs_a_majority_of_the_owners() {
         matches!(&alone, Err(ApError::Unavailable(why)) if why.contains("majority")),
         "{alone:?}"
     );
+}
+
+/// Bucket 0 read and written at one replica, in `session`.
+fn one(session: &SessionGuard) -> Access {
+    Access {
+        r: Some(1),
+        w: Some(1),
+        session: Some(session.id()),
+        ..B0
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_token_carries_what_was_seen_to_another_coordinator() {
+    let m = start(3).await;
+    let (a, b, c) = (&m.nodes[0], &m.nodes[1], &m.nodes[2]);
+    // A write that reached member 1 only (the others missed it).
+    a.apply_local(0, b"k", set("10"), None).await.unwrap();
+    let now = a.now_ms();
+    let at_a = a.open_session();
+    let seen = a.read(one(&at_a), b"k").await.unwrap();
+    assert_eq!(value(seen, now), Some(b"10".to_vec()));
+    let token = SessionToken::decode(at_a.token().encode().as_bytes()).unwrap();
+    // Member 2 alone is stale: without the token, an R=1 read there misses the write.
+    let plain = Access { r: Some(1), ..B0 };
+    assert_eq!(value(b.read(plain, b"k").await.unwrap(), now), None);
+    // With it, member 2 reads more replicas until it has what the session saw.
+    let at_b = b.open_session();
+    at_b.join(&token);
+    let read = b.read(one(&at_b), b"k").await.unwrap();
+    assert_eq!(value(read, now), Some(b"10".to_vec()));
+    // A write of the session is applied on top of what it saw: member 3 had nothing, yet
+    // the increment counts from 10 (without the session it would start from nothing and
+    // then lose to the older SET's epoch).
+    let at_c = c.open_session();
+    at_c.join(&at_b.token());
+    assert_eq!(c.write(one(&at_c), b"k", Op::Incr(1)).await, Ok(Some(11)));
+    let after = c.read(one(&at_c), b"k").await.unwrap();
+    assert_eq!(value(after, now), Some(b"11".to_vec()));
+    // An ended session forgets: its id no longer names a floor.
+    let ended = at_c.id();
+    drop(at_c);
+    assert!(c
+        .session_floor(
+            Access {
+                session: Some(ended),
+                ..B0
+            },
+            b"k"
+        )
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_read_that_cannot_reach_what_it_saw_fails_rather_than_go_back() {
+    let m = start(3).await;
+    let (a, b) = (&m.nodes[0], &m.nodes[1]);
+    a.apply_local(0, b"k", set("new"), None).await.unwrap();
+    let at_a = a.open_session();
+    a.read(one(&at_a), b"k").await.unwrap();
+    // Member 2 cannot reach member 1, the only replica holding what the session saw.
+    let mut urls = m.urls.clone();
+    urls.insert(NodeId(1), "http://127.0.0.1:1".into());
+    b.set_members(&urls);
+    let at_b = b.open_session();
+    at_b.join(&at_a.token());
+    let got = b.read(one(&at_b), b"k").await;
+    assert!(
+        matches!(&got, Err(ApError::Unavailable(why)) if why.contains("session")),
+        "{got:?}"
+    );
+    // Another key, which the session has not seen, is served as usual.
+    assert_eq!(b.read(one(&at_b), b"other").await, Ok(None));
 }

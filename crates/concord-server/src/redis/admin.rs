@@ -1,13 +1,16 @@
 //! Connection and server commands: `PING`, `ECHO`, `QUIT`, `RESET`, `SELECT`, `HELLO`,
 //! `CLIENT`, `COMMAND`, `CONFIG`, `INFO`, `TIME`, `AUTH`, and Concord's own
-//! `CONCORD.QUORUM`, which sets the connection's R and W, and `CONCORD.BUCKET`, which
-//! reads and sets bucket properties.
+//! `CONCORD.QUORUM`, which sets the connection's R and W, `CONCORD.BUCKET`, which
+//! reads and sets bucket properties, and `CONCORD.SESSION`, which gives and takes session
+//! tokens.
 
 use bytes::Bytes;
 
 use super::commands::{integer, COMMANDS, NOT_INTEGER, SYNTAX};
 use super::{keyspace, Session};
-use crate::ap::{Access, ApNode, BucketChange, BucketProps, Durability, BUCKETS};
+use crate::ap::{
+    Access, ApNode, BucketChange, BucketProps, Durability, SessionGuard, SessionToken, BUCKETS,
+};
 use crate::resp::{Frame, Protocol};
 
 /// The Redis version Concord answers as (the commands follow its semantics).
@@ -35,6 +38,7 @@ async fn answer(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Fram
         "reset" => {
             s.resp = Protocol::Resp2;
             s.access = Access::default();
+            s.session = None;
             s.name = None;
             s.client.lib_name.clear();
             s.client.lib_ver.clear();
@@ -66,7 +70,36 @@ async fn answer(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Fram
         ),
         "concord.quorum" => quorum(ap, s, rest),
         "concord.bucket" => bucket(ap, s, rest).await,
+        "concord.session" => session(ap, s, rest),
         _ => Frame::error(format!("ERR unknown command '{cmd}'")),
+    }
+}
+
+/// `CONCORD.SESSION [GET]` answers the connection's session token (starting a session
+/// if it has none); `CONCORD.SESSION JOIN token` adds a token's history to the
+/// connection's session (starting one); `CONCORD.SESSION END` ends it.
+fn session(ap: &ApNode, s: &mut Session, rest: &[Bytes]) -> Frame {
+    fn guard<'s>(ap: &ApNode, s: &'s mut Session) -> &'s SessionGuard {
+        let guard = s.session.get_or_insert_with(|| ap.open_session());
+        s.access.session = Some(guard.id());
+        guard
+    }
+    let sub = rest.first().map(|a| a.to_ascii_lowercase());
+    match (sub.as_deref(), rest.len()) {
+        (None | Some(b"get"), 0 | 1) => Frame::bulk(guard(ap, s).token().encode()),
+        (Some(b"join"), 2) => match SessionToken::decode(&rest[1]) {
+            Ok(token) => {
+                guard(ap, s).join(&token);
+                Frame::ok()
+            }
+            Err(why) => Frame::error(format!("ERR invalid session token: {why}")),
+        },
+        (Some(b"end"), 1) => {
+            s.session = None;
+            s.access.session = None;
+            Frame::ok()
+        }
+        _ => Frame::error("ERR syntax error: CONCORD.SESSION [GET] | JOIN token | END".to_string()),
     }
 }
 

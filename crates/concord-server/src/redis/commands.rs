@@ -93,6 +93,7 @@ fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
         | "getdel" | "type" | "expiretime" | "pexpiretime" | "keys" => (1, Some(1)),
         "incrby" | "decrby" | "append" | "incrbyfloat" | "setnx" | "getset" => (2, Some(2)),
         "concord.casget" => (1, Some(1)),
+        "concord.session" => (0, Some(2)),
         "getrange" | "substr" | "setrange" | "setex" | "psetex" => (3, Some(3)),
         "expire" | "pexpire" | "expireat" | "pexpireat" => (2, None),
         "set" => (2, None),
@@ -134,9 +135,8 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
     let at = s.access;
     match cmd.as_str() {
         "ping" | "echo" | "quit" | "reset" | "select" | "hello" | "client" | "command"
-        | "config" | "info" | "time" | "auth" | "concord.quorum" | "concord.bucket" => {
-            admin::run(ap, s, &cmd, rest).await
-        }
+        | "config" | "info" | "time" | "auth" | "concord.quorum" | "concord.bucket"
+        | "concord.session" => admin::run(ap, s, &cmd, rest).await,
         "keys" => keyspace::keys(ap, at, &rest[0]).await,
         "scan" => keyspace::scan(ap, at, rest).await,
         "dbsize" => keyspace::dbsize(ap, at).await,
@@ -809,6 +809,7 @@ pub(crate) const COMMANDS: &[&str] = &[
     "auth",
     "concord.quorum",
     "concord.bucket",
+    "concord.session",
     "keys",
     "scan",
     "dbsize",

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::ap::{Access, ApNode};
+use crate::ap::{Access, ApNode, SessionGuard};
 use crate::resp::{encode, parse_request, Limits, Protocol};
 
 /// Most simultaneous Redis connections per listener (Redis's `maxclients` default).
@@ -34,8 +34,11 @@ pub struct Session {
     pub id: u64,
     /// The protocol in use: RESP2, or RESP3 after `HELLO 3`.
     pub resp: Protocol,
-    /// The selected bucket (`SELECT`) and the connection's quorums (`CONCORD.QUORUM`).
+    /// The selected bucket (`SELECT`), the connection's quorums (`CONCORD.QUORUM`) and
+    /// session.
     pub access: Access,
+    /// The connection's session (`CONCORD.SESSION`), which `access` names.
+    pub session: Option<SessionGuard>,
     /// `CLIENT SETNAME`.
     pub name: Option<Vec<u8>>,
     /// What `CLIENT INFO` and `CLIENT LIST` show of it besides the above.
@@ -96,6 +99,7 @@ async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
         resp: Protocol::Resp2,
         access: Access::default(),
+        session: None,
         name: None,
         client: clients::Row {
             addr: addr(stream.peer_addr()),

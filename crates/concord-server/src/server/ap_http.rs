@@ -178,6 +178,7 @@ fn access(ap: &ApNode, bucket: &str, q: &Option<String>) -> Result<Access, HttpE
         bucket: b,
         r: quorum("r")?,
         w: quorum("w")?,
+        session: None,
     })
 }
 
