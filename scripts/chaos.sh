@@ -115,6 +115,13 @@ if [ "$MODE" = --netns ]; then
     run ap-register-plain invalid --workload ap-register --duration 30 --nemesis partition \
         --stale-reads --ap-quorum 1,1 --server-arg=--ap-max-hints=0 \
         --server-arg=--ap-anti-entropy-interval=3600000
+    run ap-session valid --workload ap-session --duration 30 --nemesis partitions,process \
+        --ap-quorum 1,1
+    run ap-session-member valid --workload ap-session --duration 30 --nemesis member \
+        --ap-quorum 1,1
+    run ap-session-plain invalid --workload ap-session --duration 30 --nemesis partition \
+        --stale-reads --ap-quorum 1,1 --server-arg=--ap-max-hints=0 \
+        --server-arg=--ap-anti-entropy-interval=3600000
     if [ "${CHAOS_FULL:-0}" = 1 ]; then
         run lock valid --workload lock --duration 30 --nemesis all
         run watch valid --workload watch --duration 30 --nemesis all
@@ -129,6 +136,7 @@ else
     run ap-counter valid --workload ap-counter --duration 30 --nemesis process
     run ap-orset valid --workload ap-orset --duration 30 --nemesis process
     run ap-register valid --workload ap-register --duration 30 --nemesis process
+    run ap-session valid --workload ap-session --duration 30 --nemesis process --ap-quorum 1,1
 fi
 
 echo "chaos.sh: results (outputs under $OUT)"

@@ -329,6 +329,7 @@ fn spawn_clients(
             Workload::ApCounter => host.spawn(workloads::ap_counter_worker(w)),
             Workload::ApOrSet => host.spawn(workloads::ap_orset_worker(w)),
             Workload::ApRegister => host.spawn(workloads::ap_register_worker(w)),
+            Workload::ApSession => host.spawn(workloads::ap_session_worker(w)),
         });
     }
     let mut watchers = Tasks(Vec::new());

@@ -253,6 +253,21 @@ impl Worker {
         Ok(conn)
     }
 
+    /// Sends `args` on the connection to the current node, outside the history (a
+    /// session's bookkeeping).
+    async fn redis_aside(&mut self, args: &[&[u8]]) -> Result<Reply, String> {
+        let node = self.node();
+        let mut conn = self.redis().await?;
+        match tokio::time::timeout(self.ctx.op_timeout, conn.cmd(args)).await {
+            Ok(Ok(reply)) => {
+                self.redis = Some((node, conn));
+                Ok(reply)
+            }
+            Ok(Err(e)) => Err(e.msg),
+            Err(_) => Err("timeout".into()),
+        }
+    }
+
     /// Records `op`, sends `args` over RESP and records what `judge` makes of the reply
     /// (`Ok(value)`: it happened; `Err`: Redis's error text). A write is indeterminate
     /// (`info`, and the process takes a new id) when the command may have reached the
@@ -405,6 +420,85 @@ pub async fn ap_register_worker(mut w: Worker) {
                 other => Err(format!("SET IFEQ answered {other:?}")),
             })
             .await;
+        }
+        w.pace().await;
+    }
+}
+
+/// Runs one AP session process until the deadline. Worker `p` writes key `ap/s<p>` alone
+/// (values 1, 2, 3, ...) and reads its own key or another worker's; every request goes to
+/// a random member, with the session's token: `CONCORD.SESSION JOIN token` before it,
+/// `CONCORD.SESSION` after it for the new token. When the token after an operation cannot
+/// be had, the worker starts a new session (its id grows by the concurrency), since the old
+/// one lost track of what it saw. With `--stale-reads` (the negative control) no token
+/// travels.
+pub async fn ap_session_worker(mut w: Worker) {
+    let me = w.process;
+    let stale = w.ctx.stale_reads;
+    let workers = w.ctx.concurrency.max(1) as u64;
+    let mut session = me;
+    let mut token: Option<Vec<u8>> = None;
+    let mut next = 1i64;
+    while w.running() {
+        w.pin = Some(w.rng.gen_range(0..w.ctx.cluster.len()));
+        if let (false, Some(t)) = (stale, &token) {
+            let join: [&[u8]; 3] = [b"CONCORD.SESSION", b"JOIN", t];
+            if !matches!(w.redis_aside(&join).await, Ok(Reply::Simple(_))) {
+                w.pace().await;
+                continue;
+            }
+        }
+        let write = w.rng.gen_range(0..3) == 0;
+        let owner = if write || w.rng.gen_bool(0.5) {
+            me
+        } else {
+            w.rng.gen_range(0..workers)
+        };
+        let key = format!("ap/s{owner}");
+        let done = if write {
+            let n = next;
+            next += 1;
+            let op = Op {
+                f: "write",
+                key: Some(key.clone()),
+                value: json!({ "session": session, "value": n }),
+                ..Op::default()
+            };
+            let args = vec![
+                b"SET".to_vec(),
+                key.into_bytes(),
+                n.to_string().into_bytes(),
+            ];
+            w.redis_op(op, true, args, |r| match r {
+                Reply::Simple(_) => Ok(None),
+                other => Err(format!("SET answered {other:?}")),
+            })
+            .await
+        } else {
+            let op = Op {
+                f: "read",
+                key: Some(key.clone()),
+                value: json!({ "session": session }),
+                ..Op::default()
+            };
+            let args = vec![b"GET".to_vec(), key.into_bytes()];
+            w.redis_op(op, false, args, |r| match r {
+                Reply::Bulk(v) => Ok(Some(json!({
+                    "session": session,
+                    "value": v.map_or(Value::Null, |v| parse_int(&v)),
+                }))),
+                other => Err(format!("GET answered {other:?}")),
+            })
+            .await
+        };
+        if !stale && done == EventType::Ok {
+            match w.redis_aside(&[b"CONCORD.SESSION"]).await {
+                Ok(Reply::Bulk(Some(t))) => token = Some(t),
+                _ => {
+                    session += workers;
+                    token = None;
+                }
+            }
         }
         w.pace().await;
     }

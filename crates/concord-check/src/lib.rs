@@ -15,6 +15,7 @@
 //! | [`register`] | `register` | linearizability of per-key registers (read, write, cas) |
 //! | [`bank`] | `bank` | every snapshot read sums to the total, no negative balance |
 //! | [`set`] | `set` | every acknowledged add is in the final read; nothing unexpected is |
+//! | [`session`] | `ap-session` | read-your-writes and monotonic reads per session |
 //! | [`lock`] | `lock` | fencing tokens are unique and accepted writes never go back in token |
 //! | [`watch`] | `watch` | watch streams are ordered, duplicate-free and complete over their claimed range |
 //! | [`synth`] | tests, benchmarks | a simulated linearizable register that writes histories |
@@ -68,6 +69,7 @@ pub mod history;
 pub mod lock;
 pub mod reads;
 pub mod register;
+pub mod session;
 pub mod set;
 pub mod synth;
 pub mod watch;
@@ -111,7 +113,7 @@ pub enum CheckError {
         message: String,
     },
     /// The workload name is not one of the known ones.
-    #[error("unknown workload {0:?} (expected register, bank, set, lock or watch)")]
+    #[error("unknown workload {0:?} (`concord-check --help` lists the workloads)")]
     UnknownWorkload(String),
 }
 
@@ -291,11 +293,16 @@ pub enum Workload {
     /// through Paxos: linearizability (the register checker).
     #[serde(rename = "ap-register")]
     ApRegister,
+    /// AP buckets over RESP: sessions that write their own key and read every session's,
+    /// each request at a random member with the session's token: read-your-writes and
+    /// monotonic reads per session (the session checker).
+    #[serde(rename = "ap-session")]
+    ApSession,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 10] = [
+    pub const ALL: [Workload; 11] = [
         Workload::Register,
         Workload::Bank,
         Workload::Set,
@@ -306,6 +313,7 @@ impl Workload {
         Workload::ApCounter,
         Workload::ApOrSet,
         Workload::ApRegister,
+        Workload::ApSession,
     ];
 
     /// Lower-case name, as in history files and on command lines.
@@ -321,6 +329,7 @@ impl Workload {
             Workload::ApCounter => "ap-counter",
             Workload::ApOrSet => "ap-orset",
             Workload::ApRegister => "ap-register",
+            Workload::ApSession => "ap-session",
         }
     }
 }
@@ -379,6 +388,7 @@ pub fn check(
         Workload::Reads => reads::check(events)?,
         Workload::ApSet | Workload::ApOrSet => set::check(events)?,
         Workload::ApCounter => counter::check(events)?,
+        Workload::ApSession => session::check(events)?,
     };
     verdict.elapsed_ms = start.elapsed().as_secs_f64() * 1000.0;
     Ok(verdict)

@@ -8,20 +8,30 @@
 //!   `DELETE /v1/buckets/{b}/keys/{key}`, with `?r=` / `?w=` for one request's quorum.
 //!
 //! The key operations are the Redis `GET`, `SET [PX]` and `DEL` (same coordinator, same
-//! rules); keys in the path are UTF-8 (percent-encoded as needed).
+//! rules); keys in the path are UTF-8 (percent-encoded as needed). A key request with a
+//! `Concord-Session` header (empty to start, or a token) runs in that session and its
+//! answer carries the session's new token in the same header (`crate::ap::session`).
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use base64::Engine as _;
 use concord_core::crdt::{Kind, SetExpiry};
 use serde_json::{json, Value};
 
 use super::http::{query_param, JSON};
-use crate::ap::{Access, ApError, ApNode, BucketChange, BucketProps, Durability, Op, BUCKETS};
+use crate::ap::{
+    Access, ApError, ApNode, BucketChange, BucketProps, Durability, Op, SessionId, SessionToken,
+    BUCKETS,
+};
+
+/// The header that carries a session token both ways.
+pub const SESSION_HEADER: &str = "concord-session";
 
 /// Largest request body read (a value plus its JSON).
 const MAX_BODY: usize = 8 << 20;
@@ -33,10 +43,38 @@ pub(crate) fn router(ap: ApNode) -> Router {
         .route("/v1/buckets/{bucket}", get(describe).put(change))
         .route(
             "/v1/buckets/{bucket}/keys/{*key}",
-            get(get_key).put(put_key).delete(delete_key),
+            get(get_key)
+                .put(put_key)
+                .delete(delete_key)
+                .layer(axum::middleware::from_fn_with_state(ap.clone(), session)),
         )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(ap)
+}
+
+/// Runs a key request with a `Concord-Session` header in that session (a new one when
+/// the header is empty) and answers the session's token after it, also on an error.
+async fn session(State(ap): State<ApNode>, mut request: Request, next: Next) -> Response {
+    let Some(header) = request.headers().get(SESSION_HEADER) else {
+        return next.run(request).await;
+    };
+    let guard = ap.open_session();
+    if !header.is_empty() {
+        match SessionToken::decode(header.as_bytes()) {
+            Ok(token) => guard.join(&token),
+            Err(why) => {
+                return bad_request(format!("invalid {SESSION_HEADER} header: {why}"))
+                    .into_response()
+            }
+        }
+    }
+    request.extensions_mut().insert(guard.id());
+    let mut response = next.run(request).await;
+    // Base64url text is always a valid header value.
+    if let Ok(token) = HeaderValue::from_str(&guard.token().encode()) {
+        response.headers_mut().insert(SESSION_HEADER, token);
+    }
+    response
 }
 
 fn reply(body: Value) -> Response {
@@ -161,8 +199,14 @@ async fn change(State(ap): State<ApNode>, Path(bucket): Path<String>, body: Byte
     Ok(reply(props_json(b, &props)))
 }
 
-/// The bucket and the request's own quorums (`?r=`, `?w=`), checked against the bucket.
-fn access(ap: &ApNode, bucket: &str, q: &Option<String>) -> Result<Access, HttpError> {
+/// The bucket, the request's own quorums (`?r=`, `?w=`), checked against the bucket, and
+/// its session.
+fn access(
+    ap: &ApNode,
+    bucket: &str,
+    q: &Option<String>,
+    session: Option<Extension<SessionId>>,
+) -> Result<Access, HttpError> {
     let b = bucket_number(bucket)?;
     let n = ap.bucket(b).n_val;
     let quorum = |name: &str| match query_param(q, name) {
@@ -178,7 +222,7 @@ fn access(ap: &ApNode, bucket: &str, q: &Option<String>) -> Result<Access, HttpE
         bucket: b,
         r: quorum("r")?,
         w: quorum("w")?,
-        session: None,
+        session: session.map(|Extension(id)| id),
     })
 }
 
@@ -197,8 +241,9 @@ async fn get_key(
     State(ap): State<ApNode>,
     Path((bucket, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    session: Option<Extension<SessionId>>,
 ) -> Answer {
-    let at = access(&ap, &bucket, &q)?;
+    let at = access(&ap, &bucket, &q, session)?;
     let state = ap.read(at, key.as_bytes()).await?;
     let now = ap.now_ms();
     let Some((state, kind)) = state.and_then(|s| s.kind(now).map(|k| (s, k))) else {
@@ -287,9 +332,10 @@ async fn put_key(
     State(ap): State<ApNode>,
     Path((bucket, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    session: Option<Extension<SessionId>>,
     body: Bytes,
 ) -> Answer {
-    let at = access(&ap, &bucket, &q)?;
+    let at = access(&ap, &bucket, &q, session)?;
     let (value, expiry) = parse_value(&body, ap.now_ms()).map_err(bad_request)?;
     ap.write(at, key.as_bytes(), Op::Set { value, expiry })
         .await?;
@@ -302,8 +348,9 @@ async fn delete_key(
     State(ap): State<ApNode>,
     Path((bucket, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
+    session: Option<Extension<SessionId>>,
 ) -> Answer {
-    let at = access(&ap, &bucket, &q)?;
+    let at = access(&ap, &bucket, &q, session)?;
     let now = ap.now_ms();
     let state = ap.read(at, key.as_bytes()).await?;
     let existed = state.is_some_and(|s| s.exists(now));
@@ -313,4 +360,64 @@ async fn delete_key(
     Ok(reply(
         json!({ "bucket": at.bucket, "key": key, "deleted": existed }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use concord_raft::NodeId;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::ap::ApConfig;
+
+    async fn call(app: &Router, method: &str, path: &str, session: Option<&str>) -> Response {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = session {
+            request = request.header(SESSION_HEADER, token);
+        }
+        let body = if method == "PUT" {
+            Body::from(r#"{"value":"v"}"#)
+        } else {
+            Body::empty()
+        };
+        app.clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap()
+    }
+
+    fn token(r: &Response) -> Option<SessionToken> {
+        let header = r.headers().get(SESSION_HEADER)?;
+        Some(SessionToken::decode(header.as_bytes()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_session_header_starts_carries_and_answers_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let ap = ApNode::open(NodeId(1), 7, dir.path(), ApConfig::default()).unwrap();
+        ap.set_members(&BTreeMap::from([(NodeId(1), "http://127.0.0.1:1".into())]));
+        let app = router(ap);
+        let path = "/v1/buckets/0/keys/k";
+        // Without the header, no session and no token.
+        let plain = call(&app, "GET", path, None).await;
+        assert_eq!(plain.status(), StatusCode::NOT_FOUND);
+        assert!(token(&plain).is_none());
+        // An empty header starts one; the write is in the answer's token.
+        let put = call(&app, "PUT", path, Some("")).await;
+        assert_eq!(put.status(), StatusCode::OK);
+        let after_put = token(&put).expect("a token");
+        assert!(after_put.floor(0, b"k").is_some());
+        // The token comes back with a read, also of a key not found.
+        let text = after_put.encode();
+        let got = call(&app, "GET", "/v1/buckets/0/keys/absent", Some(&text)).await;
+        assert_eq!(got.status(), StatusCode::NOT_FOUND);
+        assert_eq!(token(&got), Some(after_put));
+        // A malformed token is refused, not ignored.
+        let bad = call(&app, "GET", path, Some("not a token")).await;
+        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    }
 }
