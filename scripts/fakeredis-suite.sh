@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs fakeredis's own test suite against Concord: the "real server" variants of its
-# string, key, scan, connection, server, set and hash command tests (RESP2 and RESP3, redis-py),
-# pointed at a one-member Concord serving Redis on 127.0.0.1:6390, the port the suite
-# expects. The tests listed in scripts/fakeredis-deselected.txt are skipped, each with its
+# string, key, scan, connection, server, set, hash, transaction and DELEX tests (RESP2 and
+# RESP3, redis-py), pointed at a one-member Concord serving Redis on 127.0.0.1:6390, the
+# port the suite expects. The tests listed in scripts/fakeredis-deselected.txt are skipped, each with its
 # reason there; every other test must pass.
 #
 #   CONCORD=target/release/concord bash scripts/fakeredis-suite.sh
@@ -23,6 +23,8 @@ FILES=(
     test/test_mixins/test_server_commands.py
     test/test_mixins/test_set_commands.py
     test/test_mixins/test_hash_commands.py
+    test/test_mixins/test_transactions_commands.py
+    test/test_mixins/test_delex.py
 )
 DESELECTED="$PWD/scripts/fakeredis-deselected.txt"
 

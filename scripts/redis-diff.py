@@ -217,6 +217,8 @@ def fmt_arg(a):
 
 
 def fmt_cmd(args):
+    if isinstance(args, tuple) and args[0] == "txn":
+        return "; ".join(fmt_cmd(c) for c in args[1])
     if isinstance(args, tuple):
         return " ".join(fmt_arg(a) for a in args[1]) + "   (full iteration)"
     return " ".join(fmt_arg(a) for a in args)
@@ -247,6 +249,8 @@ def fmt_reply(r):
         return "(no reply within the timeout)"
     if t == "keyset":
         return "{" + ", ".join(short(k) for k in sorted(r[1])) + "}"
+    if t == "txn":
+        return "<" + "; ".join(fmt_reply(x) for x in r[1]) + ">"
     return repr(r)
 
 
@@ -622,8 +626,47 @@ class Gen:
                 args.append(self.pick([b"MATCH", b"FOO"]))
         return args
 
+    # A transaction of one key (Concord's rule): an optional WATCH of the key (and
+    # sometimes a write of it by the same connection in between, which must abort EXEC),
+    # MULTI, commands of that key (now and then one with a wrong arity or an unknown name,
+    # which must end in EXECABORT), then EXEC or DISCARD. Its replies are compared as one.
+    TXN = ("get", "set", "setnx", "getset", "incr", "incrby", "decr", "append", "strlen",
+           "del", "exists", "type", "sadd", "srem", "scard", "sismember", "hset", "hget",
+           "hdel", "hlen", "hexists", "hincrby", "getdel", "ping")
+
+    def txn(self):
+        key = self.key()
+        steps = []
+        watch = self.r.random() < 0.5
+        if watch:
+            steps.append([b"WATCH", key])
+            if self.r.random() < 0.3:
+                steps.append([b"SET", key, self.value()])
+        steps.append([b"MULTI"])
+        for _ in range(self.r.randint(0, 4)):
+            name = self.pick(self.TXN)
+            args = getattr(self, "g_" + name, None)
+            args = args() if args else [self.key()]
+            if name in ("del", "exists"):
+                args = [key] * len(args)
+            elif name != "ping" and args:
+                args[0] = key
+            if name == "set":
+                args = args[:2]
+            x = self.r.random()
+            if x < 0.03:
+                steps.append([b"NOSUCHCMD", key])
+            elif x < 0.06:
+                steps.append([name.upper().encode()])
+            else:
+                steps.append([name.upper().encode()] + args)
+        steps.append([self.pick([b"EXEC"] * 6 + [b"DISCARD"])])
+        return ("txn", steps)
+
     def command(self):
         name = self.pick(self.commands)
+        if name == "txn":
+            return self.txn()
         gen = getattr(self, "g_" + name, None)
         args = gen() if gen else self.keys(0, 2)
         word = self.case(name.upper().encode())
@@ -645,6 +688,8 @@ class Gen:
 
 
 def cmd_name(cmd):
+    if isinstance(cmd, tuple) and cmd[0] == "txn":
+        return "txn"
     if isinstance(cmd, tuple):
         return cmd[0][:-len("-full")]
     return cmd[0].decode("latin-1").lower()
@@ -689,6 +734,8 @@ class Side:
         return reply
 
     def run(self, cmd):
+        if isinstance(cmd, tuple) and cmd[0] == "txn":
+            return ("txn", tuple(self.call(c) for c in cmd[1]))
         if isinstance(cmd, tuple):
             # SCAN's cursor is its first argument, SSCAN's its second (after the key).
             return self.scan_full(cmd[1], 1 if cmd[0] == "scan-full" else 2)
@@ -1087,11 +1134,11 @@ DEFAULT_COMMANDS = ("ping,echo,select,get,set,mget,mset,del,unlink,exists,incr,d
                     "sismember,smismember,srandmember,spop,smove,sunion,sinter,sdiff,"
                     "sunionstore,sinterstore,sdiffstore,sintercard,sscan,hset,hmset,hsetnx,hget,"
                     "hmget,hdel,hexists,hlen,hgetall,hkeys,hvals,hstrlen,hincrby,hrandfield,"
-                    "hscan,set-cas,setnx,getset")
+                    "hscan,set-cas,setnx,getset,txn")
 KNOWN = set(DEFAULT_COMMANDS.split(",")) | set(
     "setex psetex append strlen getrange substr setrange getdel getex incrbyfloat type touch "
     "expiretime pexpiretime time dbsize keys scan flushdb flushall randomkey "
-    "expire-options set-cas".split())
+    "expire-options set-cas txn".split())
 
 
 def main():

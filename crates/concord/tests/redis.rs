@@ -692,3 +692,132 @@ async fn an_ap_only_member_the_raft_members_refuse_stops_with_the_reason() {
     let log = std::fs::read_to_string(&cluster.nodes[n3].log_path).unwrap();
     assert!(log.contains("cluster id mismatch"), "{log}");
 }
+
+fn int(n: i64) -> RedisReply {
+    RedisReply::Integer(n)
+}
+
+fn err(text: &str) -> RedisReply {
+    RedisReply::Error(text.into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_transactions_and_sessions_over_resp() {
+    let cluster = Cluster::builder(BIN, 3)
+        .flag("--gossip-interval", 100)
+        .start()
+        .await;
+    let (mut a, mut b) = (conn(&cluster, 0).await, conn(&cluster, 1).await);
+    // Redis 8.4's conditions and DIGEST, DELEX; MSETNX of one key.
+    assert_eq!(a.cmd(&["SET", "k", "v1"]).await, Ok(ok()));
+    let Ok(RedisReply::Bulk(d)) = b.cmd(&["DIGEST", "k"]).await else {
+        panic!("DIGEST answers a bulk string");
+    };
+    let d = String::from_utf8(d).unwrap();
+    assert_eq!(d.len(), 16, "{d}");
+    let upper = d.to_uppercase();
+    assert_eq!(
+        b.cmd(&["SET", "k", "v2", "IFDNE", &d]).await,
+        Ok(RedisReply::Null)
+    );
+    assert_eq!(b.cmd(&["SET", "k", "v2", "IFDEQ", &upper]).await, Ok(ok()));
+    assert_eq!(
+        a.cmd(&["SET", "k", "v3", "IFEQ", "v1"]).await,
+        Ok(RedisReply::Null)
+    );
+    assert_eq!(
+        a.cmd(&["SET", "k", "v3", "IFDEQ", "short"]).await,
+        Ok(err("ERR digest must be exactly 16 hexadecimal characters"))
+    );
+    assert_eq!(a.cmd(&["DELEX", "k", "IFNE", "v2"]).await, Ok(int(0)));
+    assert_eq!(a.cmd(&["DELEX", "k", "IFEQ", "v2"]).await, Ok(int(1)));
+    assert_eq!(b.cmd(&["GET", "k"]).await, Ok(RedisReply::Null));
+    assert_eq!(a.cmd(&["DELEX", "k", "IFEQ", "v2"]).await, Ok(int(0)));
+    assert_eq!(a.cmd(&["SADD", "s", "m"]).await, Ok(int(1)));
+    assert_eq!(
+        a.cmd(&["DELEX", "s", "IFEQ", "m"]).await,
+        Ok(err(
+            "WRONGTYPE Operation against a key holding the wrong kind of value"
+        ))
+    );
+    assert_eq!(a.cmd(&["DELEX", "s"]).await, Ok(int(1)));
+    assert_eq!(a.cmd(&["MSETNX", "n", "1"]).await, Ok(int(1)));
+    assert_eq!(b.cmd(&["MSETNX", "n", "2"]).await, Ok(int(0)));
+    assert!(matches!(
+        a.cmd(&["MSETNX", "x", "1", "y", "2"]).await,
+        Ok(RedisReply::Error(e)) if e.contains("more than one key")
+    ));
+    // A transaction on one key runs atomically; a write of the watched key between
+    // WATCH and EXEC, from any member, aborts it.
+    assert_eq!(a.cmd(&["MULTI"]).await, Ok(ok()));
+    for step in [&["INCR", "c"][..], &["INCRBY", "c", "4"], &["GET", "c"]] {
+        assert_eq!(a.cmd(step).await, Ok(RedisReply::Simple("QUEUED".into())));
+    }
+    assert_eq!(
+        a.cmd(&["EXEC"]).await,
+        Ok(RedisReply::Array(vec![
+            int(1),
+            int(5),
+            RedisReply::bulk("5")
+        ]))
+    );
+    assert_eq!(a.cmd(&["WATCH", "c"]).await, Ok(ok()));
+    assert_eq!(b.cmd(&["INCR", "c"]).await, Ok(int(6)));
+    assert_eq!(a.cmd(&["MULTI"]).await, Ok(ok()));
+    assert_eq!(
+        a.cmd(&["SET", "c", "0"]).await,
+        Ok(RedisReply::Simple("QUEUED".into()))
+    );
+    assert_eq!(a.cmd(&["EXEC"]).await, Ok(RedisReply::Null));
+    assert_eq!(b.cmd(&["GET", "c"]).await, Ok(RedisReply::bulk("6")));
+    // Unchanged since WATCH: it runs.
+    assert_eq!(a.cmd(&["WATCH", "c"]).await, Ok(ok()));
+    assert_eq!(a.cmd(&["MULTI"]).await, Ok(ok()));
+    assert_eq!(
+        a.cmd(&["DECR", "c"]).await,
+        Ok(RedisReply::Simple("QUEUED".into()))
+    );
+    assert_eq!(a.cmd(&["EXEC"]).await, Ok(RedisReply::Array(vec![int(5)])));
+    // A second key is refused when queued, and EXEC then aborts.
+    assert_eq!(a.cmd(&["MULTI"]).await, Ok(ok()));
+    assert_eq!(
+        a.cmd(&["GET", "c"]).await,
+        Ok(RedisReply::Simple("QUEUED".into()))
+    );
+    assert!(matches!(
+        a.cmd(&["GET", "other"]).await,
+        Ok(RedisReply::Error(e)) if e.contains("one key")
+    ));
+    assert_eq!(
+        a.cmd(&["EXEC"]).await,
+        Ok(err(
+            "EXECABORT Transaction discarded because of previous errors."
+        ))
+    );
+    assert_eq!(a.cmd(&["EXEC"]).await, Ok(err("ERR EXEC without MULTI")));
+    // A session token carried from member 1 to member 2: what the session wrote is read
+    // there (at R=1, W=1, where only the token makes it so).
+    for c in [&mut a, &mut b] {
+        let q = c.cmd(&["CONCORD.QUORUM", "R", "1", "W", "1"]).await;
+        assert!(matches!(q, Ok(RedisReply::Array(_))), "{q:?}");
+    }
+    let Ok(RedisReply::Bulk(empty)) = a.cmd(&["CONCORD.SESSION"]).await else {
+        panic!("CONCORD.SESSION answers a token");
+    };
+    for i in 0..20 {
+        let v = i.to_string();
+        assert_eq!(a.cmd(&["SET", "sess", &v]).await, Ok(ok()));
+        let Ok(RedisReply::Bulk(token)) = a.cmd(&["CONCORD.SESSION", "GET"]).await else {
+            panic!("a token");
+        };
+        assert_ne!(token, empty);
+        let token = String::from_utf8(token).unwrap();
+        assert_eq!(b.cmd(&["CONCORD.SESSION", "JOIN", &token]).await, Ok(ok()));
+        assert_eq!(b.cmd(&["GET", "sess"]).await, Ok(RedisReply::bulk(&v)));
+    }
+    assert!(matches!(
+        b.cmd(&["CONCORD.SESSION", "JOIN", "%%%"]).await,
+        Ok(RedisReply::Error(e)) if e.starts_with("ERR invalid session token")
+    ));
+    assert_eq!(b.cmd(&["CONCORD.SESSION", "END"]).await, Ok(ok()));
+}

@@ -39,6 +39,8 @@ async fn answer(ap: &ApNode, s: &mut Session, cmd: &str, rest: &[Bytes]) -> Fram
             s.resp = Protocol::Resp2;
             s.access = Access::default();
             s.session = None;
+            s.multi = None;
+            s.watch = None;
             s.name = None;
             s.client.lib_name.clear();
             s.client.lib_ver.clear();

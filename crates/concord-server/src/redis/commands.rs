@@ -10,10 +10,11 @@
 //! with part 2).
 
 use bytes::Bytes;
-use concord_core::crdt::{Expiry, Kind, RedisValue, SetExpiry};
+use concord_core::crdt::{Expiry, Kind, RedisValue, SetExpiry, Stamp};
+use concord_raft::NodeId;
 
 use super::sets::wrong_type;
-use super::{admin, hashes, keyspace, sets, Session};
+use super::{admin, hashes, keyspace, multi, sets, Session};
 use crate::ap::cas::Decision;
 use crate::ap::{Access, ApError, ApNode, Op};
 use crate::resp::Frame;
@@ -25,8 +26,12 @@ const TOO_BIG: &str = "ERR string exceeds maximum allowed size (proto-max-bulk-l
 /// Redis's `proto-max-bulk-len`: the largest string value.
 pub const MAX_STRING: usize = 512 << 20;
 
+fn arity_message(cmd: &str) -> String {
+    format!("ERR wrong number of arguments for '{cmd}' command")
+}
+
 pub(crate) fn wrong_arity(cmd: &str) -> Frame {
-    Frame::error(format!("ERR wrong number of arguments for '{cmd}' command"))
+    Frame::error(arity_message(cmd))
 }
 
 /// An error reply quoting client bytes as Redis's `addReplyErrorFormat` does: each part
@@ -55,13 +60,15 @@ fn head(b: &[u8]) -> &[u8] {
 
 fn unknown(name: &[u8], args: &[Bytes]) -> Frame {
     let mut quoted = Vec::new();
-    // Arguments are quoted while the quote is shorter than 128 bytes.
+    // Arguments are quoted while the quote is shorter than 128 bytes, each cut to what is
+    // left of the 128 and at its first NUL (Redis's `'%.*s' `).
     for a in args {
         if quoted.len() >= 128 {
             break;
         }
+        let a = &a[..a.iter().position(|b| *b == 0).unwrap_or(a.len())];
         quoted.extend_from_slice(b"'");
-        quoted.extend_from_slice(head(a));
+        quoted.extend_from_slice(&a[..a.len().min(128 - quoted.len() + 1)]);
         quoted.extend_from_slice(b"' ");
     }
     error_bytes(&[
@@ -92,7 +99,11 @@ fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
         "echo" | "get" | "incr" | "decr" | "ttl" | "pttl" | "persist" | "select" | "strlen"
         | "getdel" | "type" | "expiretime" | "pexpiretime" | "keys" => (1, Some(1)),
         "incrby" | "decrby" | "append" | "incrbyfloat" | "setnx" | "getset" => (2, Some(2)),
-        "concord.casget" => (1, Some(1)),
+        "concord.casget" | "digest" => (1, Some(1)),
+        "multi" | "exec" | "discard" | "unwatch" => (0, Some(0)),
+        "watch" => (1, None),
+        "delex" => (1, Some(3)),
+        "msetnx" => (2, None),
         "concord.session" => (0, Some(2)),
         "getrange" | "substr" | "setrange" | "setex" | "psetex" => (3, Some(3)),
         "expire" | "pexpire" | "expireat" | "pexpireat" => (2, None),
@@ -126,11 +137,30 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
         return Frame::ok();
     };
     let cmd = String::from_utf8_lossy(name).to_ascii_lowercase();
+    // In a transaction, a command refused here makes EXEC abort.
+    let refuse = |s: &mut Session, reply: Frame| {
+        if let Some(t) = s.multi.as_mut() {
+            t.fail();
+        }
+        reply
+    };
     let Some((min, max)) = arity(&cmd) else {
-        return unknown(name, rest);
+        return refuse(s, unknown(name, rest));
     };
     if rest.len() < min || max.is_some_and(|m| rest.len() > m) {
-        return wrong_arity(&cmd);
+        if cmd == "exec" {
+            // Redis discards the transaction, if any, and the watch.
+            s.multi = None;
+            s.watch = None;
+            return Frame::error(format!(
+                "EXECABORT Transaction discarded because of: {}",
+                arity_message(&cmd)
+            ));
+        }
+        return refuse(s, wrong_arity(&cmd));
+    }
+    if s.multi.is_some() && !multi::CONTROL.contains(&cmd.as_str()) {
+        return multi::queue(s, &cmd, rest);
     }
     let at = s.access;
     match cmd.as_str() {
@@ -186,6 +216,29 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
             cas_set(ap, at, &rest[0], rest[1].to_vec(), SetExpiry::Clear, &c).await
         }
         "concord.casget" => cas_get(ap, at, &rest[0]).await,
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => multi::run(ap, s, &cmd, rest).await,
+        "delex" => delex(ap, at, rest).await,
+        "digest" => match value(ap, at, &rest[0]).await {
+            Ok(v) => v.map_or(Frame::Null, |v| Frame::bulk(digest(&v))),
+            Err(e) => e,
+        },
+        // One key is one Paxos instance: several keys cannot be set together atomically.
+        "msetnx" if rest.len() % 2 != 0 => wrong_arity(&cmd),
+        "msetnx" if rest.len() > 2 => Frame::error(
+            "ERR MSETNX of more than one key is not supported by AP buckets (each key is \
+             decided by its own Paxos instance); use SET key value NX per key",
+        ),
+        "msetnx" => {
+            let c = Cas {
+                nx: true,
+                ..Cas::default()
+            };
+            match cas_set(ap, at, &rest[0], rest[1].to_vec(), SetExpiry::Clear, &c).await {
+                Frame::Simple(_) => Frame::Integer(1),
+                Frame::Null => Frame::Integer(0),
+                other => other,
+            }
+        }
         "setex" | "psetex" => {
             let Some(n) = integer(&rest[1]) else {
                 return Frame::error(NOT_INTEGER);
@@ -374,7 +427,10 @@ pub(crate) fn type_name(state: Option<&RedisValue>, now_ms: u64) -> &'static str
 }
 
 /// The string value of `state` now; the error reply when the key is of another type.
-fn string_value(state: Option<&RedisValue>, now_ms: u64) -> Result<Option<Vec<u8>>, Frame> {
+pub(crate) fn string_value(
+    state: Option<&RedisValue>,
+    now_ms: u64,
+) -> Result<Option<Vec<u8>>, Frame> {
     match state {
         Some(st) if st.kind(now_ms).is_some_and(|k| k != Kind::String) => Err(wrong_type()),
         Some(st) => Ok(st.get(now_ms)),
@@ -444,7 +500,7 @@ impl Options {
 
 fn options(opts: &[Bytes], getex: bool) -> Result<Options, Frame> {
     let (mut nx, mut xx, mut get, mut keepttl, mut persist) = (false, false, false, false, false);
-    let mut compare: Option<(bool, Bytes)> = None;
+    let mut compare: Option<Condition> = None;
     let mut time: Option<(&'static str, &Bytes)> = None;
     let mut i = 0;
     while i < opts.len() {
@@ -454,12 +510,11 @@ fn options(opts: &[Bytes], getex: bool) -> Result<Options, Frame> {
         match opt.as_slice() {
             b"nx" if !getex && !xx && compare.is_none() => nx = true,
             b"xx" if !getex && !nx && compare.is_none() => xx = true,
-            // Redis 8.4's conditions on the current value.
-            b"ifeq" | b"ifne" if !getex && !nx && !xx && next.is_some() => {
-                let equal = opt.as_slice() == b"ifeq";
-                match (next, &compare) {
-                    (Some(v), None) => compare = Some((equal, v.clone())),
-                    (Some(v), Some((e, _))) if *e == equal => compare = Some((equal, v.clone())),
+            // Redis 8.4's conditions on the current value (one kind; repeated, the last).
+            b"ifeq" | b"ifne" | b"ifdeq" | b"ifdne" if !getex && !nx && !xx => {
+                match (next.and_then(|v| Condition::parse(&opt, v)), &compare) {
+                    (Some(c), None) => compare = Some(c),
+                    (Some(c), Some(old)) if old.test == c.test => compare = Some(c),
                     _ => return Err(Frame::error(SYNTAX)),
                 }
                 i += 1;
@@ -497,37 +552,104 @@ fn options(opts: &[Bytes], getex: bool) -> Result<Options, Frame> {
     })
 }
 
-async fn set(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
-    let (o, at_ms) = match options(&rest[2..], false).and_then(|o| {
-        let d = o.deadline(ap, "set")?;
-        Ok((o, d))
-    }) {
-        Ok(x) => x,
-        Err(e) => return e,
-    };
-    let expiry = match (at_ms, o.keepttl) {
+/// The expiry and the conditions `SET key value [options]` (`rest`) asks for, or the
+/// error reply.
+pub(crate) fn set_request(ap: &ApNode, rest: &[Bytes]) -> Result<(SetExpiry, Cas), Frame> {
+    let o = options(&rest[2..], false)?;
+    let expiry = match (o.deadline(ap, "set")?, o.keepttl) {
         (Some(t), _) => SetExpiry::At(t),
         (None, true) => SetExpiry::Keep,
         (None, false) => SetExpiry::Clear,
     };
-    if o.cas != Cas::default() {
-        return cas_set(ap, at, &rest[0], rest[1].to_vec(), expiry, &o.cas).await;
+    Ok((expiry, o.cas))
+}
+
+async fn set(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
+    let (expiry, cas) = match set_request(ap, rest) {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
+    if cas != Cas::default() {
+        return cas_set(ap, at, &rest[0], rest[1].to_vec(), expiry, &cas).await;
     }
     store(ap, at, &rest[0], rest[1].to_vec(), expiry).await
 }
 
 /// The conditions and answer of a `SET` that goes through compare-and-set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Cas {
+pub(crate) struct Cas {
     /// Only if the key does not exist.
-    nx: bool,
+    pub(crate) nx: bool,
     /// Only if it exists.
-    xx: bool,
+    pub(crate) xx: bool,
     /// Answer the old string value.
-    get: bool,
-    /// `IFEQ v` (true) or `IFNE v` (false): only if the current string value is (is not)
-    /// `v`.
-    compare: Option<(bool, Bytes)>,
+    pub(crate) get: bool,
+    /// `IFEQ`, `IFNE`, `IFDEQ` or `IFDNE`: a condition on the current string value.
+    pub(crate) compare: Option<Condition>,
+}
+
+/// What a Redis 8.4 condition compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Test {
+    /// `IFEQ v`: the value is `v`.
+    Equal,
+    /// `IFNE v`: the value is not `v` (or the key is absent).
+    NotEqual,
+    /// `IFDEQ d`: the value's digest is `d`.
+    DigestEqual,
+    /// `IFDNE d`: the value's digest is not `d` (or the key is absent).
+    DigestNotEqual,
+}
+
+/// A condition of `SET` or `DELEX` on a key's current string value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Condition {
+    test: Test,
+    arg: Bytes,
+}
+
+/// `DIGEST`'s answer for a string value: its XXH3 (64 bits) as 16 hex digits.
+fn digest(value: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(value))
+}
+
+impl Condition {
+    /// The condition an option (lower case) names, with its argument.
+    fn parse(option: &[u8], arg: &Bytes) -> Option<Condition> {
+        let test = match option {
+            b"ifeq" => Test::Equal,
+            b"ifne" => Test::NotEqual,
+            b"ifdeq" => Test::DigestEqual,
+            b"ifdne" => Test::DigestNotEqual,
+            _ => return None,
+        };
+        Some(Condition {
+            test,
+            arg: arg.clone(),
+        })
+    }
+
+    /// Whether it holds for the current value (`None`: the key is absent), or the error
+    /// reply for a digest that is not 16 characters (checked, as Redis does, only when
+    /// the key exists).
+    fn holds(&self, current: Option<&[u8]>) -> Result<bool, Frame> {
+        let digest_matches = |v: &[u8]| {
+            if self.arg.len() != 16 {
+                return Err(Frame::error(
+                    "ERR digest must be exactly 16 hexadecimal characters",
+                ));
+            }
+            Ok(digest(v).as_bytes().eq_ignore_ascii_case(&self.arg))
+        };
+        Ok(match (self.test, current) {
+            (Test::Equal, v) => v == Some(self.arg.as_ref()),
+            (Test::NotEqual, v) => v != Some(self.arg.as_ref()),
+            (Test::DigestEqual, None) => false,
+            (Test::DigestNotEqual, None) => true,
+            (Test::DigestEqual, Some(v)) => digest_matches(v)?,
+            (Test::DigestNotEqual, Some(v)) => !digest_matches(v)?,
+        })
+    }
 }
 
 /// `SET key value [NX|XX] [GET] ...`, `SETNX` and `GETSET`: decided by Paxos among the
@@ -546,46 +668,116 @@ async fn cas_set(
     let now_ms = ap.now_ms();
     let outcome = ap
         .cas(at, key, |current, stamp, actor| {
-            let live = current.filter(|st| st.exists(now_ms));
-            let string = live.is_none_or(|st| st.kind(now_ms) == Some(Kind::String));
-            if (c.get || c.compare.is_some()) && !string {
-                return Decision {
-                    write: None,
-                    answer: Err(wrong_type()),
-                };
-            }
-            let old = live.and_then(|st| st.get(now_ms));
-            let answer = Ok(if c.get {
-                old.clone().map_or(Frame::Null, Frame::bulk)
-            } else {
-                Frame::ok()
-            });
-            let refused = match &c.compare {
-                Some((true, v)) => old.as_deref() != Some(v.as_ref()),
-                Some((false, v)) => old.as_deref() == Some(v.as_ref()),
-                None => (c.nx && live.is_some()) || (c.xx && live.is_none()),
-            };
-            if refused {
-                let answer = if c.get { answer } else { Ok(Frame::Null) };
-                return Decision {
-                    write: None,
-                    answer,
-                };
-            }
-            let mut next = current.cloned().unwrap_or_default();
-            let expiry = match expiry {
-                SetExpiry::Keep if live.is_none() => SetExpiry::Clear,
-                e => e,
-            };
-            next.set(value.clone(), stamp, actor, expiry);
-            Decision {
-                write: Some(next),
-                answer,
-            }
+            let (write, answer) = set_on(current, &value, expiry, c, stamp, actor, now_ms);
+            Decision { write, answer }
         })
         .await;
     match outcome {
         Ok((answer, _)) => answer.unwrap_or_else(|e| e),
+        Err(e) => ap_error(e),
+    }
+}
+
+/// A conditional `SET` of `value` on the key's `current` state at `now_ms` (`stamp` newer
+/// than it, by `actor`): the new state, if the write happens, and the answer (an error
+/// reply as `Err`). What `SET` through Paxos and `SET` inside `MULTI` decide.
+pub(crate) fn set_on(
+    current: Option<&RedisValue>,
+    value: &[u8],
+    expiry: SetExpiry,
+    c: &Cas,
+    stamp: Stamp,
+    actor: NodeId,
+    now_ms: u64,
+) -> (Option<RedisValue>, Result<Frame, Frame>) {
+    let live = current.filter(|st| st.exists(now_ms));
+    let string = live.is_none_or(|st| st.kind(now_ms) == Some(Kind::String));
+    if (c.get || c.compare.is_some()) && !string {
+        return (None, Err(wrong_type()));
+    }
+    let old = live.and_then(|st| st.get(now_ms));
+    let answer = Ok(if c.get {
+        old.clone().map_or(Frame::Null, Frame::bulk)
+    } else {
+        Frame::ok()
+    });
+    let refused = match &c.compare {
+        Some(condition) => match condition.holds(old.as_deref()) {
+            Ok(holds) => !holds,
+            Err(e) => return (None, Err(e)),
+        },
+        None => (c.nx && live.is_some()) || (c.xx && live.is_none()),
+    };
+    if refused {
+        return (None, if c.get { answer } else { Ok(Frame::Null) });
+    }
+    let mut next = current.cloned().unwrap_or_default();
+    let expiry = match expiry {
+        SetExpiry::Keep if live.is_none() => SetExpiry::Clear,
+        e => e,
+    };
+    next.set(value.to_vec(), stamp, actor, expiry);
+    (Some(next), answer)
+}
+
+/// `DELEX key [IFEQ v | IFNE v | IFDEQ d | IFDNE d]`: without a condition, `DEL` of one
+/// key; with one, a compare-and-delete decided by Paxos among the key's owners (the key
+/// must then be a string). 1 when the key was deleted, else 0.
+async fn delex(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
+    let key = &rest[0];
+    let condition = match &rest[1..] {
+        [] => None,
+        [opt, arg] => match Condition::parse(&opt.to_ascii_lowercase(), arg) {
+            Some(c) => Some(c),
+            None => return Frame::error(SYNTAX),
+        },
+        _ => return Frame::error(SYNTAX),
+    };
+    let Some(condition) = condition else {
+        return match live(ap, at, key).await {
+            Ok(Some(st)) => match ap.write_after(at, key, Op::Del, Some(st)).await {
+                Ok(_) => Frame::Integer(1),
+                Err(e) => ap_error(e),
+            },
+            Ok(None) => Frame::Integer(0),
+            Err(e) => ap_error(e),
+        };
+    };
+    let now_ms = ap.now_ms();
+    let outcome = ap
+        .cas(at, key, |current, stamp, _| {
+            let Some(live) = current.filter(|st| st.exists(now_ms)) else {
+                return Decision {
+                    write: None,
+                    answer: Frame::Integer(0),
+                };
+            };
+            let holds = match string_value(Some(live), now_ms) {
+                Ok(v) => condition.holds(v.as_deref()),
+                Err(e) => Err(e),
+            };
+            match holds {
+                Ok(true) => {
+                    let mut next = live.clone();
+                    next.delete(stamp);
+                    Decision {
+                        write: Some(next),
+                        answer: Frame::Integer(1),
+                    }
+                }
+                Ok(false) => Decision {
+                    write: None,
+                    answer: Frame::Integer(0),
+                },
+                Err(e) => Decision {
+                    write: None,
+                    answer: e,
+                },
+            }
+        })
+        .await;
+    match outcome {
+        Ok((answer, _)) => answer,
         Err(e) => ap_error(e),
     }
 }
@@ -824,6 +1016,14 @@ pub(crate) const COMMANDS: &[&str] = &[
     "setnx",
     "getset",
     "concord.casget",
+    "delex",
+    "digest",
+    "multi",
+    "exec",
+    "discard",
+    "watch",
+    "unwatch",
+    "msetnx",
     "setex",
     "psetex",
     "mset",

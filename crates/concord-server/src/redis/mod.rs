@@ -12,6 +12,7 @@ mod clients;
 pub mod commands;
 mod hashes;
 mod keyspace;
+mod multi;
 mod sets;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,10 @@ pub struct Session {
     pub access: Access,
     /// The connection's session (`CONCORD.SESSION`), which `access` names.
     pub session: Option<SessionGuard>,
+    /// The transaction being queued (`MULTI`).
+    pub multi: Option<multi::Transaction>,
+    /// The watched key (`WATCH`).
+    pub watch: Option<multi::Watch>,
     /// `CLIENT SETNAME`.
     pub name: Option<Vec<u8>>,
     /// What `CLIENT INFO` and `CLIENT LIST` show of it besides the above.
@@ -100,6 +105,8 @@ async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
         resp: Protocol::Resp2,
         access: Access::default(),
         session: None,
+        multi: None,
+        watch: None,
         name: None,
         client: clients::Row {
             addr: addr(stream.peer_addr()),

@@ -46,7 +46,7 @@ async fn members(ap: &ApNode, at: Access, key: &[u8]) -> Result<BTreeSet<Vec<u8>
     }
 }
 
-fn bulk_set(members: impl IntoIterator<Item = Vec<u8>>) -> Frame {
+pub(crate) fn bulk_set(members: impl IntoIterator<Item = Vec<u8>>) -> Frame {
     Frame::Set(members.into_iter().map(Frame::bulk).collect())
 }
 
@@ -357,11 +357,18 @@ async fn smove(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
     if src == dst {
         return Frame::Integer(1);
     }
+    // A member the destination holds already is only removed from the source: the
+    // destination is not written (as in Redis, where it is not modified for `WATCH`).
+    let present = to
+        .as_ref()
+        .is_some_and(|st| st.is_member(&member, now).unwrap_or(false));
     let moved = async {
         ap.write_after(at, src, Op::SetRemove(vec![member.clone()]), Some(from))
             .await?;
-        ap.write_after(at, dst, Op::SetAdd(vec![member]), to)
-            .await?;
+        if !present {
+            ap.write_after(at, dst, Op::SetAdd(vec![member]), to)
+                .await?;
+        }
         Ok::<_, ApError>(())
     };
     match moved.await {
