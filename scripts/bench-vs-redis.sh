@@ -157,6 +157,16 @@ for sys in concord redis; do
     rb "$sys-cas-c1" "$port" -c 1 -n "$SINGLE_REQUESTS" -r "$KEY_SPACE" \
         SET cas:__rand_int__ __rand_int__ GET
 done
+# Sibling reads (Concord only): bucket 4 keeps siblings; key sib<k> gets k blind writes,
+# so k siblings; CONCORD.SGET reads all of them at R=2.
+redis-cli -p "$CONCORD_REDIS" CONCORD.BUCKET SET 4 SIBLINGS yes >/dev/null
+for k in 2 10 100; do
+    for i in $(seq 1 "$k"); do
+        printf 'CONCORD.SPUT sib%s "" value-%s-%0200d\n' "$k" "$i" 0
+    done | redis-cli -p "$CONCORD_REDIS" -n 4 >/dev/null
+    rb "concord-sib$k" "$CONCORD_REDIS" -c "$CLIENTS" -n "$((REQUESTS / 4))" --dbnum 4 \
+        CONCORD.SGET "sib$k"
+done
 echo "concord bench --op txn-cas --clients $CLIENTS (${CP_DURATION} s)" >&2
 timeout $((CP_DURATION + 120)) "$CONCORD" bench --endpoints "$CONCORD_CLIENT" --op txn-cas \
     --clients "$CLIENTS" --total 100000000 --duration "$CP_DURATION" --value-size "$VALUE_SIZE" \
@@ -268,6 +278,12 @@ for sfx, label in (("c" + clients, "-c " + clients), ("c1", "-c 1")):
         a, b = only(cc, col), only(rc, col)
         shown = "%.0f" if col == "rps" else "%.3f"
         rows.append(("CAS SET..GET %s (%s)" % (label, unit), shown % a, shown % b, ratio(a, b), "-", "-"))
+for k in (2, 10, 100):
+    sib = load("concord-sib%d" % k)
+    rows.append(("SGET of %d siblings -c %s (req/s)" % (k, clients), "%.0f" % only(sib, "rps"), "-",
+                 float("nan"), "-", "-"))
+    rows.append(("SGET of %d siblings p50 (ms)" % k, "%.3f" % only(sib, "p50_latency_ms"), "-",
+                 float("nan"), "-", "-"))
 cas = json.loads(open(work + "/cp-cas.txt").read().strip().splitlines()[-1])
 rows.append(("CP txn-cas@%s (req/s)" % clients, "%.0f" % float(cas.get("throughput", 0)), "-",
              float("nan"), "-", "-"))

@@ -33,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use concord_core::crdt::{Crdt, RedisValue, StringLayout};
+use concord_core::crdt::{CollectionsLayout, Crdt, RedisValue, StringLayout};
 use concord_core::merkle::MerkleTree;
 use concord_core::paxos::Acceptor;
 use concord_core::ring::hash_key;
@@ -61,9 +61,11 @@ const PAXOS: Def = TableDefinition::new("ap_paxos");
 const META: Def = TableDefinition::new("ap_meta");
 
 /// The format version written before each encoded state: 1 for a key that never held set
-/// members (the layout from before sets), 2 for the whole state.
+/// members (the layout from before sets), 2 for one that never held siblings (the layout
+/// from before siblings), 3 for the whole state. A key keeps its bytes across versions.
 const FORMAT: u8 = 1;
 const FORMAT_SETS: u8 = 2;
+const FORMAT_SIBLINGS: u8 = 3;
 
 /// Why the AP store failed.
 #[derive(Debug, thiserror::Error)]
@@ -327,11 +329,18 @@ pub fn state_to_bytes(state: &RedisValue) -> Vec<u8> {
             b.extend(postcard::to_allocvec(&layout).unwrap_or_default());
             b
         }
-        None => {
-            let mut b = vec![FORMAT_SETS];
-            b.extend(postcard::to_allocvec(state).unwrap_or_default());
-            b
-        }
+        None => match state.collections_layout() {
+            Some(layout) => {
+                let mut b = vec![FORMAT_SETS];
+                b.extend(postcard::to_allocvec(&layout).unwrap_or_default());
+                b
+            }
+            None => {
+                let mut b = vec![FORMAT_SIBLINGS];
+                b.extend(postcard::to_allocvec(state).unwrap_or_default());
+                b
+            }
+        },
     }
 }
 
@@ -342,7 +351,10 @@ pub fn state_from_bytes(bytes: &[u8]) -> Result<RedisValue, String> {
         Some((&FORMAT, body)) => postcard::from_bytes::<StringLayout>(body)
             .map(RedisValue::from)
             .map_err(undecodable),
-        Some((&FORMAT_SETS, body)) => postcard::from_bytes(body).map_err(undecodable),
+        Some((&FORMAT_SETS, body)) => postcard::from_bytes::<CollectionsLayout>(body)
+            .map(RedisValue::from)
+            .map_err(undecodable),
+        Some((&FORMAT_SIBLINGS, body)) => postcard::from_bytes(body).map_err(undecodable),
         Some((v, _)) => Err(format!("unknown format version {v}")),
         None => Err("empty value".into()),
     }
@@ -1362,5 +1374,25 @@ mod tests {
         let garbage = seal(&r, &[FORMAT, 0xff, 0xff, 0xff]);
         assert!(decode(&r, &garbage).is_err());
         assert!(decode(&r, &seal(&r, &[])).is_err());
+    }
+
+    #[test]
+    fn each_state_takes_the_oldest_format_that_holds_it() {
+        let string = set("v", 1, A);
+        let mut members = set("v", 1, A);
+        members.delete((2, A));
+        members.sadd(&[b"m".to_vec()], A, (3, A), 0).unwrap();
+        let mut siblings = RedisValue::new();
+        siblings.sibling_put(&Default::default(), Some(b"x".to_vec()), A);
+        siblings.sibling_put(&Default::default(), Some(b"y".to_vec()), B);
+        for (state, format) in [
+            (string, FORMAT),
+            (members, FORMAT_SETS),
+            (siblings, FORMAT_SIBLINGS),
+        ] {
+            let bytes = state_to_bytes(&state);
+            assert_eq!(bytes[0], format);
+            assert_eq!(state_from_bytes(&bytes), Ok(state));
+        }
     }
 }

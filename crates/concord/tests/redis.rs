@@ -327,6 +327,8 @@ async fn bucket_properties_are_replicated_and_keys_are_served_over_http_and_the_
             RedisReply::bulk("quorum (1)"),
             RedisReply::bulk("durability"),
             RedisReply::bulk("fsync"),
+            RedisReply::bulk("siblings"),
+            RedisReply::bulk("no"),
         ])
     );
     let port1 = cluster.nodes[1].client_port;
@@ -411,7 +413,7 @@ async fn bucket_properties_are_replicated_and_keys_are_served_over_http_and_the_
     assert!(out.contains("| 3 ") && out.contains("async"), "{out}");
     let list = cli(&cluster, 2, &["bucket", "list"]);
     assert!(
-        list.lines().any(|l| l == "2, 1, 1, quorum (1), fsync"),
+        list.lines().any(|l| l == "2, 1, 1, quorum (1), fsync, no"),
         "{list}"
     );
     assert_eq!(
@@ -820,4 +822,80 @@ async fn conditional_writes_transactions_and_sessions_over_resp() {
         Ok(RedisReply::Error(e)) if e.starts_with("ERR invalid session token")
     ));
     assert_eq!(b.cmd(&["CONCORD.SESSION", "END"]).await, Ok(ok()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_keeps_siblings_over_resp_and_http() {
+    let cluster = Cluster::builder(BIN, 3)
+        .flag("--gossip-interval", 100)
+        .start()
+        .await;
+    let (mut a, mut b) = (conn(&cluster, 0).await, conn(&cluster, 1).await);
+    let set = a
+        .cmd(&["CONCORD.BUCKET", "SET", "3", "SIBLINGS", "yes"])
+        .await;
+    assert!(matches!(set, Ok(RedisReply::Array(_))), "{set:?}");
+    let port = cluster.nodes[1].client_port;
+    common::eventually(
+        "member 2 to keep siblings in bucket 3",
+        WAIT,
+        || async move {
+            let (_, p) = http_json(port, "GET", "/v1/buckets/3", None).await;
+            (p["siblings"] == true).then_some(())
+        },
+    )
+    .await;
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.cmd(&["SELECT", "3"]).await, Ok(ok()));
+    }
+    // Plain commands are refused; blind writes through two members are both kept.
+    assert!(matches!(
+        a.cmd(&["SET", "k", "v"]).await,
+        Ok(RedisReply::Error(e)) if e.contains("keeps siblings")
+    ));
+    assert_eq!(a.cmd(&["CONCORD.SPUT", "k", "", "x"]).await, Ok(ok()));
+    assert_eq!(b.cmd(&["CONCORD.SPUT", "k", "", "y"]).await, Ok(ok()));
+    let Ok(RedisReply::Array(got)) = b.cmd(&["CONCORD.SGET", "k"]).await else {
+        panic!("SGET answers an array");
+    };
+    let [RedisReply::Bulk(context), RedisReply::Array(values)] = &got[..] else {
+        panic!("SGET answered {got:?}");
+    };
+    assert_eq!(values.len(), 2, "{values:?}");
+    let context = String::from_utf8(context.clone()).unwrap();
+    // Over HTTP: 300 with both, the context in a header.
+    let r = common::http_request(port, "GET", "/v1/buckets/3/keys/k", None, b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 300, "{}", r.text());
+    let header = r
+        .headers
+        .iter()
+        .find(|(n, _)| n == "concord-context")
+        .map(|(_, v)| v.clone());
+    assert_eq!(header.as_deref(), Some(context.as_str()));
+    // A write with the context replaces both: one value, 200 over HTTP.
+    assert_eq!(a.cmd(&["CONCORD.SPUT", "k", &context, "z"]).await, Ok(ok()));
+    assert_eq!(
+        b.cmd(&["CONCORD.SGET", "k"]).await.map(|r| match r {
+            RedisReply::Array(mut v) => v.pop(),
+            _ => None,
+        }),
+        Ok(Some(RedisReply::Array(vec![RedisReply::bulk("z")])))
+    );
+    let (status, body) = http_json(port, "GET", "/v1/buckets/3/keys/k", None).await;
+    assert_eq!((status, &body["value"]), (200, &serde_json::json!("z")));
+    assert_eq!(
+        a.cmd(&["TYPE", "k"]).await,
+        Ok(RedisReply::Simple("siblings".into()))
+    );
+    assert!(matches!(
+        a.cmd(&["CONCORD.SPUT", "k", "%%", "v"]).await,
+        Ok(RedisReply::Error(e)) if e.starts_with("ERR invalid causal context")
+    ));
+    assert!(matches!(a.cmd(&["SELECT", "0"]).await.and(Ok(())), Ok(())));
+    assert!(matches!(
+        a.cmd(&["CONCORD.SGET", "k"]).await,
+        Ok(RedisReply::Error(e)) if e.contains("does not keep siblings")
+    ));
 }

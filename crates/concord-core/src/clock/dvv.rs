@@ -18,12 +18,49 @@ use crate::NodeId;
 
 /// The sibling values of one key at one replica, with their causal context.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(bound(serialize = "V: Serialize", deserialize = "V: Deserialize<'de>"))]
+#[serde(
+    try_from = "RawDvvSet<V>",
+    bound(serialize = "V: Serialize", deserialize = "V: Deserialize<'de>")
+)]
 pub struct DvvSet<V> {
     // Invariant: every sibling's dot is contained in `context`.
     context: VectorClock,
     // Invariant: sorted by dot, no two siblings share a dot.
     siblings: Vec<(Dot, V)>,
+}
+
+/// A [`DvvSet`] as read, before its invariants are checked.
+#[derive(Deserialize)]
+struct RawDvvSet<V> {
+    context: VectorClock,
+    siblings: Vec<(Dot, V)>,
+}
+
+impl<V> TryFrom<RawDvvSet<V>> for DvvSet<V> {
+    type Error = String;
+
+    fn try_from(raw: RawDvvSet<V>) -> Result<Self, String> {
+        let set = DvvSet {
+            context: raw.context,
+            siblings: raw.siblings,
+        };
+        if set.is_valid() {
+            Ok(set)
+        } else {
+            Err(
+                "a dotted version vector set with unordered siblings or a sibling outside its \
+                 context"
+                    .into(),
+            )
+        }
+    }
+}
+
+impl<V> DvvSet<V> {
+    fn is_valid(&self) -> bool {
+        self.siblings.windows(2).all(|w| w[0].0 < w[1].0)
+            && self.siblings.iter().all(|(d, _)| self.context.contains(*d))
+    }
 }
 
 impl<V> Default for DvvSet<V> {
@@ -126,11 +163,6 @@ impl<V: Clone> DvvSet<V> {
         self.siblings = merged;
         self.context.merge(&other.context);
         debug_assert!(self.is_valid());
-    }
-
-    fn is_valid(&self) -> bool {
-        self.siblings.windows(2).all(|w| w[0].0 < w[1].0)
-            && self.siblings.iter().all(|(d, _)| self.context.contains(*d))
     }
 }
 

@@ -66,8 +66,8 @@ pub use map::OrMap;
 pub use mvreg::MvRegister;
 pub use orset::OrSet;
 pub use redis_value::{
-    parse_integer, Expiry, HashField, Kind, RedisValue, Seen, SetExpiry, Stamp, StringLayout,
-    StringLayoutRef, ValueError,
+    parse_integer, CollectionsLayout, CollectionsLayoutRef, Expiry, HashField, Kind, RedisValue,
+    Seen, SetExpiry, Stamp, StringLayout, StringLayoutRef, ValueError,
 };
 
 /// A state-based CRDT: a join-semilattice whose join is [`Crdt::merge`].

@@ -40,7 +40,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Dot;
+use crate::clock::{Dot, DvvSet, VectorClock};
 use crate::crdt::{Crdt, DotContext, MvRegister, OrMap, OrSet, PnCounter};
 use crate::NodeId;
 
@@ -50,7 +50,7 @@ pub type Stamp = (u64, NodeId);
 
 /// What a state of a key has seen, in brief: its epoch and, per node that acted in that
 /// epoch, how far its events go (increments, decrements, and the newest dot of its expiry,
-/// set and hash events; a remove counts as an event). A few dozen bytes where the state may
+/// set, hash and sibling events; a remove counts as an event). A few dozen bytes where the state may
 /// hold megabytes, it is what a session token keeps per key ([`RedisValue::covers`]).
 ///
 /// It is exact for states made by this module's operations, each node acting on its own
@@ -59,7 +59,7 @@ pub type Stamp = (u64, NodeId);
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Seen {
     epoch: Stamp,
-    nodes: BTreeMap<NodeId, [u64; 5]>,
+    nodes: BTreeMap<NodeId, [u64; 6]>,
 }
 
 impl Seen {
@@ -132,6 +132,8 @@ pub enum Kind {
     Set,
     /// A hash.
     Hash,
+    /// Sibling values (a key of a bucket in siblings mode).
+    Siblings,
 }
 
 /// One Redis key.
@@ -151,6 +153,10 @@ pub struct RedisValue {
     hash: OrMap<Vec<u8>, HashField>,
     /// HLC time of the latest `SREM` or `HDEL` in `epoch` that removed something (0: none).
     removed: u64,
+    /// Sibling values written in `epoch` with a causal context (buckets in siblings mode):
+    /// each write replaces the values its context saw, concurrent ones are all kept; `None`
+    /// is a delete.
+    siblings: DvvSet<Option<Vec<u8>>>,
 }
 
 /// One field of a Redis hash: the string key's register and counter, without expiry. A
@@ -244,6 +250,48 @@ impl From<StringLayout> for RedisValue {
             set: OrSet::new(),
             hash: OrMap::new(),
             removed: 0,
+            siblings: DvvSet::new(),
+        }
+    }
+}
+
+/// The fields of a key that never held siblings, in the order of the second encoding
+/// (before siblings existed): what [`RedisValue::collections_layout`] gives and
+/// [`RedisValue::from`] takes, so that such keys keep their bytes.
+#[derive(Debug, Serialize)]
+pub struct CollectionsLayoutRef<'a> {
+    epoch: &'a Stamp,
+    value: &'a Option<Vec<u8>>,
+    counter: &'a PnCounter,
+    expiry: &'a MvRegister<Expiry>,
+    set: &'a OrSet<Vec<u8>>,
+    hash: &'a OrMap<Vec<u8>, HashField>,
+    removed: u64,
+}
+
+/// [`CollectionsLayoutRef`], decoded.
+#[derive(Debug, Deserialize)]
+pub struct CollectionsLayout {
+    epoch: Stamp,
+    value: Option<Vec<u8>>,
+    counter: PnCounter,
+    expiry: MvRegister<Expiry>,
+    set: OrSet<Vec<u8>>,
+    hash: OrMap<Vec<u8>, HashField>,
+    removed: u64,
+}
+
+impl From<CollectionsLayout> for RedisValue {
+    fn from(l: CollectionsLayout) -> Self {
+        RedisValue {
+            epoch: l.epoch,
+            value: l.value,
+            counter: l.counter,
+            expiry: l.expiry,
+            set: l.set,
+            hash: l.hash,
+            removed: l.removed,
+            siblings: DvvSet::new(),
         }
     }
 }
@@ -282,7 +330,7 @@ impl RedisValue {
 
     /// This state's [`Seen`].
     pub fn seen(&self) -> Seen {
-        let mut nodes: BTreeMap<NodeId, [u64; 5]> = BTreeMap::new();
+        let mut nodes: BTreeMap<NodeId, [u64; 6]> = BTreeMap::new();
         for (node, n) in self.counter.increments().iter() {
             nodes.entry(node).or_default()[0] = n;
         }
@@ -301,6 +349,9 @@ impl RedisValue {
                 nodes.entry(node).or_default()[2 + i] = context.max_counter(node);
             }
         }
+        for (node, n) in self.siblings.context().iter() {
+            nodes.entry(node).or_default()[5] = n;
+        }
         Seen {
             epoch: self.epoch,
             nodes,
@@ -314,7 +365,7 @@ impl RedisValue {
         match self.epoch.cmp(&seen.epoch) {
             std::cmp::Ordering::Greater => true,
             std::cmp::Ordering::Less => false,
-            std::cmp::Ordering::Equal => seen.nodes.iter().all(|(node, [inc, dec, e, s, h])| {
+            std::cmp::Ordering::Equal => seen.nodes.iter().all(|(node, [inc, dec, e, s, h, v])| {
                 let holds = |context: &DotContext, counter: u64| {
                     counter == 0 || context.contains(Dot::new(*node, counter))
                 };
@@ -323,13 +374,31 @@ impl RedisValue {
                     && holds(self.expiry.context(), *e)
                     && holds(self.set.context(), *s)
                     && holds(self.hash.context(), *h)
+                    && self.siblings.context().get(*node) >= *v
             }),
         }
     }
 
-    /// The state in the first encoding's layout, when it holds nothing of a set.
+    /// The state in the second encoding's layout, when it holds nothing of siblings.
+    pub fn collections_layout(&self) -> Option<CollectionsLayoutRef<'_>> {
+        (self.siblings == DvvSet::new()).then_some(CollectionsLayoutRef {
+            epoch: &self.epoch,
+            value: &self.value,
+            counter: &self.counter,
+            expiry: &self.expiry,
+            set: &self.set,
+            hash: &self.hash,
+            removed: self.removed,
+        })
+    }
+
+    /// The state in the first encoding's layout, when it holds nothing of a set, a hash or
+    /// siblings.
     pub fn string_layout(&self) -> Option<StringLayoutRef<'_>> {
-        let plain = self.set == OrSet::new() && self.hash == OrMap::new() && self.removed == 0;
+        let plain = self.set == OrSet::new()
+            && self.hash == OrMap::new()
+            && self.removed == 0
+            && self.siblings == DvvSet::new();
         plain.then_some(StringLayoutRef {
             epoch: &self.epoch,
             value: &self.value,
@@ -351,8 +420,10 @@ impl RedisValue {
             Some(Kind::String)
         } else if !self.hash.is_empty() {
             Some(Kind::Hash)
-        } else {
+        } else if !self.set.is_empty() {
             Some(Kind::Set)
+        } else {
+            Some(Kind::Siblings)
         }
     }
 
@@ -607,17 +678,42 @@ impl RedisValue {
     /// Whether the state is a `DEL`'s tombstone and nothing more: written, no value, no
     /// increment since. Such a state reads as absent at any time, and removing it from
     /// every replica (tombstone collection) changes no answer.
+    /// A key that ever held siblings is never one: its deletes carry no time to count a
+    /// grace period from, and its causal context is what keeps an older value from coming
+    /// back.
     pub fn is_tombstone(&self) -> bool {
         *self != RedisValue::new()
             && !self.string_live()
             && self.set.is_empty()
             && self.hash.is_empty()
+            && self.siblings == DvvSet::new()
     }
 
     /// Whether the key exists at `now_ms`.
     pub fn exists(&self, now_ms: u64) -> bool {
-        let live = self.string_live() || !self.set.is_empty() || !self.hash.is_empty();
+        let live = self.string_live()
+            || !self.set.is_empty()
+            || !self.hash.is_empty()
+            || self.siblings.values().any(Option::is_some);
         live && self.expires_at().is_none_or(|at| at > now_ms)
+    }
+
+    /// A write of a bucket in siblings mode, coordinated by `node`: `value` (`None`: a
+    /// delete) replaces the values whose writes `context` (what the client read) holds;
+    /// values it did not see stay as siblings. An empty context adds a sibling.
+    pub fn sibling_put(&mut self, context: &VectorClock, value: Option<Vec<u8>>, node: NodeId) {
+        self.siblings.update(context, node, value);
+    }
+
+    /// The sibling values (deletes left out) and the causal context a client sends back
+    /// with its next write of the key.
+    pub fn siblings(&self) -> (Vec<&[u8]>, &VectorClock) {
+        let values = self
+            .siblings
+            .values()
+            .filter_map(Option::as_deref)
+            .collect();
+        (values, self.siblings.context())
     }
 
     /// `GET` at `now_ms`: the bytes, or `None` when absent, deleted, expired or not a
@@ -701,6 +797,7 @@ impl Crdt for RedisValue {
                 self.set.merge(&other.set);
                 self.hash.merge(&other.hash);
                 self.removed = self.removed.max(other.removed);
+                self.siblings.sync(&other.siblings);
             }
         }
     }
@@ -729,6 +826,34 @@ mod tests {
         let mut base = RedisValue::new();
         setup(&mut base);
         (base.clone(), base)
+    }
+
+    #[test]
+    fn siblings_keep_concurrent_writes_and_a_write_with_context_replaces_them() {
+        let blind = VectorClock::new();
+        let (mut a, mut b) = forked(|_| {});
+        a.sibling_put(&blind, Some(m("x")), A);
+        b.sibling_put(&blind, Some(m("y")), B);
+        let both = merged(&a, &b);
+        assert_eq!(both.siblings().0, [b"x".as_slice(), b"y"]);
+        assert_eq!(both.kind(0), Some(Kind::Siblings));
+        assert!(both.exists(0) && !both.is_tombstone());
+        // A write with the context of that read replaces both; a write concurrent with it
+        // (made on a state that had seen only x) stays beside it.
+        let mut c = both.clone();
+        c.sibling_put(both.siblings().1, Some(m("z")), A);
+        // (B acts on its own replica, which holds y.)
+        let mut d = b.clone();
+        d.sibling_put(a.siblings().1, Some(m("w")), B);
+        let all = merged(&merged(&c, &d), &both);
+        assert_eq!(all.siblings().0, [b"z".as_slice(), b"w"]);
+        // A delete with the context of everything leaves no value, yet the key keeps its
+        // history (never a collectable tombstone).
+        let mut gone = all.clone();
+        gone.sibling_put(all.siblings().1, None, B);
+        assert!(gone.siblings().0.is_empty());
+        assert!(!gone.exists(0) && !gone.is_tombstone());
+        assert!(gone.covers(&all.seen()) && !all.covers(&gone.seen()));
     }
 
     #[test]
@@ -1207,6 +1332,9 @@ mod tests {
         Hset(u8, u8),
         Hdel(u8),
         Hincr(u8, i8),
+        /// A sibling write with the context read from that replica (none: blind), or a
+        /// sibling delete (value `None`).
+        Sput(Option<usize>, Option<u8>),
         Merge(usize),
     }
 
@@ -1221,6 +1349,8 @@ mod tests {
             (0..3u8, 0..4u8).prop_map(|(f, v)| Op::Hset(f, v)),
             (0..3u8).prop_map(Op::Hdel),
             (0..3u8, any::<i8>()).prop_map(|(f, d)| Op::Hincr(f, d)),
+            (prop::option::of(0..3usize), prop::option::of(0..4u8))
+                .prop_map(|(from, v)| Op::Sput(from, v)),
             (0..3usize).prop_map(Op::Merge),
         ]
     }
@@ -1264,6 +1394,12 @@ mod tests {
                 Op::Hincr(f, d) => {
                     let stamp = (1000 + step as u64, node);
                     let _ = replicas[*i].hincrby(&[b'f', *f], i64::from(*d), node, stamp, 0);
+                }
+                Op::Sput(from, v) => {
+                    let context =
+                        from.map_or_else(VectorClock::new, |j| replicas[j].siblings().1.clone());
+                    let value = v.map(|v| vec![b'0' + v]);
+                    replicas[*i].sibling_put(&context, value, node);
                 }
                 Op::Merge(j) => {
                     let other = replicas[*j].clone();

@@ -124,17 +124,23 @@ async fn run<Q, A, F, Fut>(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
+        // A request whose caller has stopped waiting is not sent: a coordinator that gave
+        // up on an apply may have had it applied elsewhere since.
         let first = match carried.take() {
             Some(p) => p,
-            None => match queue.recv().await {
-                Some(p) => p,
-                None => return,
+            None => loop {
+                match queue.recv().await {
+                    Some(p) if p.done.is_closed() => continue,
+                    Some(p) => break p,
+                    None => return,
+                }
             },
         };
         let mut bytes = first.request.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match queue.try_recv() {
+                Ok(p) if p.done.is_closed() => {}
                 Ok(p) => {
                     let len = p.request.encoded_len();
                     if bytes + len > MAX_BATCH_BYTES {
@@ -238,8 +244,10 @@ impl ApNode {
             };
             Ok::<_, String>((bucket, op, base))
         })();
-        let started = checked
-            .map(|(bucket, op, base)| self.start_apply_local(bucket, &a.key, op, base, None));
+        let not_after = (a.not_after_ms != 0).then_some(a.not_after_ms);
+        let started = checked.map(|(bucket, op, base)| {
+            self.start_apply_local(bucket, &a.key, op, base, None, not_after)
+        });
         async move {
             match started {
                 Err(e) => failure(e),

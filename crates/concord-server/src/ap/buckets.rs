@@ -65,6 +65,10 @@ pub struct BucketProps {
     /// When replicas acknowledge.
     #[serde(default)]
     pub durability: Durability,
+    /// Concurrent writes of a key are all kept as siblings, with a causal context
+    /// ([`super::siblings`]), instead of the last one winning.
+    #[serde(default)]
+    pub siblings: bool,
 }
 
 impl Default for BucketProps {
@@ -74,6 +78,7 @@ impl Default for BucketProps {
             r: None,
             w: None,
             durability: Durability::Fsync,
+            siblings: false,
         }
     }
 }
@@ -117,6 +122,8 @@ pub struct BucketChange {
     pub w: Option<Option<u32>>,
     /// New durability.
     pub durability: Option<Durability>,
+    /// New siblings mode.
+    pub siblings: Option<bool>,
 }
 
 impl BucketChange {
@@ -127,6 +134,7 @@ impl BucketChange {
             r: self.r.unwrap_or(props.r),
             w: self.w.unwrap_or(props.w),
             durability: self.durability.unwrap_or(props.durability),
+            siblings: self.siblings.unwrap_or(props.siblings),
         };
         out.check()?;
         Ok(out)
@@ -320,6 +328,7 @@ mod tests {
             r: Some(1),
             w: None,
             durability: Durability::Async,
+            siblings: true,
         };
         let Command::ClusterMeta {
             key,

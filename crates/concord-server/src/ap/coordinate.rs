@@ -114,14 +114,22 @@ impl ApNode {
             let left = timeout.saturating_sub(started.elapsed());
             let last = attempt + 1 == retries;
             let budget = if last { left } else { left / 2 };
+            // Past this, the replica must not apply it (guarantee 5 of `ap`).
+            let not_after = self.now_ms() + budget.as_millis() as u64;
             let outcome = if at == self.me() && op.sends_before_commit() {
                 // Here, the replicas are sent the new state as soon as it is computed,
                 // while this replica's commit runs: the two durable steps overlap. This
                 // replica counts towards W once its commit is durable. (Not for an INCR or
                 // a SADD: see `Op::sends_before_commit`.)
                 let (applied_tx, applied_rx) = tokio::sync::oneshot::channel();
-                let commit =
-                    self.start_apply_local(bucket, key, op.clone(), base.clone(), Some(applied_tx));
+                let commit = self.start_apply_local(
+                    bucket,
+                    key,
+                    op.clone(),
+                    base.clone(),
+                    Some(applied_tx),
+                    Some(not_after),
+                );
                 match tokio::time::timeout(budget, applied_rx).await {
                     Ok(Ok(state)) => {
                         local_commit = Some(commit);
@@ -135,7 +143,14 @@ impl ApNode {
                     Err(elapsed) => Err(elapsed),
                 }
             } else {
-                let apply = self.apply_at(at, bucket, key.to_vec(), op.clone(), base.clone());
+                let apply = self.apply_at(
+                    at,
+                    bucket,
+                    key.to_vec(),
+                    op.clone(),
+                    base.clone(),
+                    not_after,
+                );
                 tokio::time::timeout(budget, apply).await
             };
             match outcome {
@@ -366,9 +381,11 @@ impl ApNode {
         key: Vec<u8>,
         op: Op,
         base: Option<RedisValue>,
+        not_after: u64,
     ) -> Result<(RedisValue, Option<i64>), ApError> {
         if at == self.me() {
-            return self.apply_local(bucket, &key, op, base).await;
+            let answer = self.start_apply_local(bucket, &key, op, base, None, Some(not_after));
+            return answer.await.map_err(|_| super::stopped())?;
         }
         let request = ReplicaApply {
             cluster_id: self.inner.cluster_id,
@@ -376,6 +393,7 @@ impl ApNode {
             key: key.into(),
             op: Some(op_to_wire(&op)),
             base: base.map(|b| state_to_bytes(&b)).unwrap_or_default().into(),
+            not_after_ms: not_after,
         };
         let indefinite = |why: &str| {
             ApError::Unavailable(format!(

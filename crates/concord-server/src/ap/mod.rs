@@ -24,6 +24,11 @@
 //!    file is created), not its member id: a member that lost its data starts counting
 //!    under a new actor, so its new increments are never hidden behind the larger entries
 //!    of its earlier life that other replicas still hold.
+//! 5. **An operation is applied within its coordinator's wait or not at all**: an apply
+//!    carries the time its coordinator stops waiting for it, and a replica whose clock has
+//!    passed that time refuses it (batchers also drop requests nobody waits for). A SET
+//!    the coordinator retried elsewhere after a silent replica therefore cannot land
+//!    there later, stamped above the writes that followed it (within the clocks' skew).
 
 mod anti_entropy;
 mod batch;
@@ -34,6 +39,7 @@ mod handoff;
 mod hints;
 mod keyspace;
 pub mod session;
+pub mod siblings;
 #[cfg(test)]
 mod tests;
 mod tombstones;
@@ -45,16 +51,17 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use buckets::{BucketCatalog, BucketChange, BucketProps, Durability};
+use concord_core::clock::VectorClock;
 use concord_core::crdt::{Crdt, Expiry, RedisValue, SetExpiry, ValueError};
 use concord_core::ring::Ring;
 use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
-    replica_apply, ApDel, ApExpire, ApHashIncr, ApHashSet, ApIncr, ApMembers, ApSet, ReplicaApply,
-    ReplicaApplyBatch, ReplicaKey, ReplicaKeys, ReplicaLeaf, ReplicaMerge, ReplicaMergeAck,
-    ReplicaMergeBatch, ReplicaMergeBatchAck, ReplicaPaxos, ReplicaPaxosReply, ReplicaRead,
-    ReplicaReadBatch, ReplicaReap, ReplicaReapAck, ReplicaScan, ReplicaState, ReplicaStates,
-    ReplicaTree, ReplicaTreeLeaves,
+    replica_apply, ApDel, ApExpire, ApHashIncr, ApHashSet, ApIncr, ApMembers, ApSet, ApSiblingPut,
+    ReplicaApply, ReplicaApplyBatch, ReplicaKey, ReplicaKeys, ReplicaLeaf, ReplicaMerge,
+    ReplicaMergeAck, ReplicaMergeBatch, ReplicaMergeBatchAck, ReplicaPaxos, ReplicaPaxosReply,
+    ReplicaRead, ReplicaReadBatch, ReplicaReap, ReplicaReapAck, ReplicaScan, ReplicaState,
+    ReplicaStates, ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, SystemClock};
@@ -142,6 +149,14 @@ pub enum Op {
     HashDel(Vec<Vec<u8>>),
     /// `HINCRBY`: a field and the delta.
     HashIncr(Vec<u8>, i64),
+    /// A write of a bucket in siblings mode: the value (`None`: a delete) replaces the
+    /// values the client's causal context saw.
+    SiblingPut {
+        /// What the client read (empty: a blind write, a new sibling).
+        context: VectorClock,
+        /// The value, or `None` for a delete.
+        value: Option<Vec<u8>>,
+    },
 }
 
 impl Op {
@@ -156,7 +171,7 @@ impl Op {
     /// Whether applying it a second time (at another replica, after one that failed or
     /// stayed silent) changes nothing more: everything but an increment.
     pub(crate) fn retriable(&self) -> bool {
-        !matches!(self, Op::Incr(_) | Op::HashIncr(..))
+        !matches!(self, Op::Incr(_) | Op::HashIncr(..) | Op::SiblingPut { .. })
     }
 
     /// Whether its answer is a number (`INCRBY`'s and `HINCRBY`'s values, the counts of
@@ -164,7 +179,7 @@ impl Op {
     pub(crate) fn answers_integer(&self) -> bool {
         !matches!(
             self,
-            Op::Set { .. } | Op::Del | Op::Expire(_) | Op::SetStore(_)
+            Op::Set { .. } | Op::Del | Op::Expire(_) | Op::SetStore(_) | Op::SiblingPut { .. }
         )
     }
 }
@@ -439,14 +454,16 @@ impl ApNode {
         op: Op,
         base: Option<RedisValue>,
     ) -> Result<(RedisValue, Option<i64>), ApError> {
-        let answer = self.start_apply_local(bucket, key, op, base, None);
+        let answer = self.start_apply_local(bucket, key, op, base, None, None);
         answer.await.map_err(|_| stopped())?
     }
 
     /// [`ApNode::apply_local`], queued for the group commit now; the answer comes
     /// through the receiver once the commit is durable. With `applied`, a `SET`, `DEL` or
     /// `EXPIRE` also sends the new state there as soon as it is computed in the commit's
-    /// transaction, before the commit (an `INCR` never does: see `coordinate.rs`).
+    /// transaction, before the commit (an `INCR` never does: see `coordinate.rs`). With
+    /// `not_after` (ms since the Unix epoch), an operation that reaches the store after
+    /// that time is not applied (guarantee 5).
     fn start_apply_local(
         &self,
         bucket: u8,
@@ -454,6 +471,7 @@ impl ApNode {
         op: Op,
         base: Option<RedisValue>,
         applied: Option<tokio::sync::oneshot::Sender<RedisValue>>,
+        not_after: Option<u64>,
     ) -> tokio::sync::oneshot::Receiver<Result<(RedisValue, Option<i64>), ApError>> {
         // The store's identity, not the member's: a member whose data was lost acts as a
         // new replica, so its counter entries never collide with its earlier life's.
@@ -461,7 +479,15 @@ impl ApNode {
         let now = self.inner.clock.now();
         let now_ms = now.physical_ms;
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let clock = self.clone();
         let change = move |s: &mut RedisValue| {
+            if not_after.is_some_and(|t| clock.now_ms() > t) {
+                return Err(ApError::Unavailable(
+                    "the write reached this replica after its coordinator stopped waiting; \
+                     not applied"
+                        .into(),
+                ));
+            }
             if let Some(base) = &base {
                 s.merge(base);
             }
@@ -477,19 +503,51 @@ impl ApNode {
                     s.set(value, stamp, me, expiry);
                 }
                 Op::Del => s.delete(stamp),
-                Op::Incr(delta) => return s.incr(delta, me, stamp, now_ms).map(Some),
+                Op::Incr(delta) => {
+                    return s
+                        .incr(delta, me, stamp, now_ms)
+                        .map(Some)
+                        .map_err(ApError::from)
+                }
                 Op::Expire(e) => s.expire(e, me),
-                Op::SetAdd(members) => return s.sadd(&members, me, stamp, now_ms).map(Some),
-                Op::SetRemove(members) => return s.srem(&members, stamp, now_ms).map(Some),
+                Op::SetAdd(members) => {
+                    return s
+                        .sadd(&members, me, stamp, now_ms)
+                        .map(Some)
+                        .map_err(ApError::from)
+                }
+                Op::SetRemove(members) => {
+                    return s
+                        .srem(&members, stamp, now_ms)
+                        .map(Some)
+                        .map_err(ApError::from)
+                }
                 Op::SetStore(members) => s.replace_set(&members, stamp, me),
-                Op::HashSet(pairs) => return s.hset(&pairs, me, stamp, now_ms).map(Some),
+                Op::HashSet(pairs) => {
+                    return s
+                        .hset(&pairs, me, stamp, now_ms)
+                        .map(Some)
+                        .map_err(ApError::from)
+                }
                 Op::HashSetNx(field, value) => {
-                    return s.hsetnx(&field, &value, me, stamp, now_ms).map(Some)
+                    return s
+                        .hsetnx(&field, &value, me, stamp, now_ms)
+                        .map(Some)
+                        .map_err(ApError::from)
                 }
-                Op::HashDel(fields) => return s.hdel(&fields, stamp, now_ms).map(Some),
+                Op::HashDel(fields) => {
+                    return s
+                        .hdel(&fields, stamp, now_ms)
+                        .map(Some)
+                        .map_err(ApError::from)
+                }
                 Op::HashIncr(field, delta) => {
-                    return s.hincrby(&field, delta, me, stamp, now_ms).map(Some)
+                    return s
+                        .hincrby(&field, delta, me, stamp, now_ms)
+                        .map(Some)
+                        .map_err(ApError::from)
                 }
+                Op::SiblingPut { context, value } => s.sibling_put(&context, value, me),
             }
             if let Some(applied) = applied {
                 let _ = applied.send(s.clone());
@@ -502,7 +560,7 @@ impl ApNode {
             .update_then(bucket, key, change, move |out| {
                 let answer = match out {
                     Ok(Ok((integer, state))) => Ok((state, integer)),
-                    Ok(Err(refused)) => Err(ApError::from(refused)),
+                    Ok(Err(e)) => Err(e),
                     Err(e) => Err(ApError::from(e)),
                 };
                 let _ = tx.send(answer);
@@ -679,6 +737,11 @@ pub(crate) fn op_to_wire(op: &Op) -> replica_apply::Op {
             field: field.clone().into(),
             delta: *delta,
         }),
+        Op::SiblingPut { context, value } => replica_apply::Op::SiblingPut(ApSiblingPut {
+            context: siblings::context_to_bytes(context).into(),
+            value: value.clone().unwrap_or_default().into(),
+            delete: value.is_none(),
+        }),
         Op::Expire(e) => replica_apply::Op::Expire(match e {
             Expiry::Never => ApExpire {
                 persist: true,
@@ -741,6 +804,10 @@ pub(crate) fn op_from_wire(op: replica_apply::Op) -> Result<Op, Status> {
         }
         replica_apply::Op::Hdel(m) => Op::HashDel(m.members.into_iter().map(Vec::from).collect()),
         replica_apply::Op::Hincrby(h) => Op::HashIncr(h.field.to_vec(), h.delta),
+        replica_apply::Op::SiblingPut(p) => Op::SiblingPut {
+            context: siblings::context_from_bytes(&p.context).map_err(Status::invalid_argument)?,
+            value: (!p.delete).then(|| p.value.to_vec()),
+        },
         replica_apply::Op::Expire(e) if e.persist => Op::Expire(Expiry::Never),
         replica_apply::Op::Expire(e) => Op::Expire(Expiry::At(e.at_ms)),
     })

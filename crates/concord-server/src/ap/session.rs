@@ -261,6 +261,7 @@ impl ApNode {
         floor: &Seen,
         start: Option<RedisValue>,
     ) -> Result<Option<RedisValue>, ApError> {
+        self.ring_ready()?;
         let deadline = Instant::now() + self.config().timeout;
         let bucket = at.bucket;
         let (mut owners, _) = self.placement(bucket, key);

@@ -1002,3 +1002,76 @@ async fn a_session_read_that_cannot_reach_what_it_saw_fails_rather_than_go_back(
     // Another key, which the session has not seen, is served as usual.
     assert_eq!(b.read(one(&at_b), b"other").await, Ok(None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_in_siblings_mode_keeps_concurrent_writes_until_one_replaces_them() {
+    let m = start(3).await;
+    let props = BucketProps {
+        siblings: true,
+        ..BucketProps::default()
+    };
+    for node in &m.nodes {
+        node.set_buckets(&BTreeMap::from([(2, props)]));
+    }
+    let b2 = Access { bucket: 2, ..B0 };
+    let (a, b, c) = (&m.nodes[0], &m.nodes[1], &m.nodes[2]);
+    // Writes without a context through two members: both kept.
+    a.sibling_put(b2, b"k", Default::default(), Some(b"x".to_vec()))
+        .await
+        .unwrap();
+    b.sibling_put(b2, b"k", Default::default(), Some(b"y".to_vec()))
+        .await
+        .unwrap();
+    let read = c.sibling_get(b2, b"k").await.unwrap();
+    let mut values = read.values.clone();
+    values.sort();
+    assert_eq!(values, [b"x".to_vec(), b"y".to_vec()]);
+    // A write with that read's context replaces both, wherever it is coordinated.
+    b.sibling_put(b2, b"k", read.context.clone(), Some(b"z".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        a.sibling_get(b2, b"k").await.unwrap().values,
+        [b"z".to_vec()]
+    );
+    // A write with the stale context (it saw x and y, not z) is kept beside z.
+    c.sibling_put(b2, b"k", read.context, Some(b"w".to_vec()))
+        .await
+        .unwrap();
+    let mut values = a.sibling_get(b2, b"k").await.unwrap().values;
+    values.sort();
+    assert_eq!(values, [b"w".to_vec(), b"z".to_vec()]);
+    // A delete with the latest context leaves nothing.
+    let latest = b.sibling_get(b2, b"k").await.unwrap().context;
+    a.sibling_put(b2, b"k", latest, None).await.unwrap();
+    assert!(c.sibling_get(b2, b"k").await.unwrap().values.is_empty());
+    // Bucket 0 keeps no siblings.
+    let plain = a.sibling_get(B0, b"k").await;
+    assert!(matches!(plain, Err(ApError::Invalid(_))), "{plain:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_that_arrives_after_its_coordinator_stopped_waiting_is_not_applied() {
+    let m = start(1).await;
+    let a = &m.nodes[0];
+    a.apply_local(0, b"k", set("first"), None).await.unwrap();
+    let now = a.now_ms();
+    // A late copy of an older SET: past its deadline, it must not supersede "first".
+    let late = a.start_apply_local(0, b"k", set("stale"), None, None, Some(now - 1));
+    let refused = late.await.unwrap();
+    assert!(
+        matches!(&refused, Err(ApError::Unavailable(why)) if why.contains("stopped waiting")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        value(a.read_local(0, b"k").unwrap(), now),
+        Some(b"first".to_vec())
+    );
+    // Within its deadline, it is applied.
+    let timely = a.start_apply_local(0, b"k", set("second"), None, None, Some(now + 60_000));
+    timely.await.unwrap().unwrap();
+    assert_eq!(
+        value(a.read_local(0, b"k").unwrap(), now),
+        Some(b"second".to_vec())
+    );
+}

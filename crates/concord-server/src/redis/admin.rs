@@ -170,11 +170,15 @@ pub(crate) fn props_frame(bucket: u8, p: &BucketProps) -> Frame {
             Frame::bulk("durability"),
             Frame::bulk(p.durability.as_str()),
         ),
+        (
+            Frame::bulk("siblings"),
+            Frame::bulk(if p.siblings { "yes" } else { "no" }),
+        ),
     ])
 }
 
 /// `CONCORD.BUCKET GET [db]`, `CONCORD.BUCKET LIST`, `CONCORD.BUCKET SET db [N_VAL n]
-/// [R n|QUORUM] [W n|QUORUM] [DURABILITY fsync|async]`: reads or changes bucket
+/// [R n|QUORUM] [W n|QUORUM] [DURABILITY fsync|async] [SIBLINGS yes|no]`: reads or changes bucket
 /// properties (the selected database when `db` is left out of GET).
 async fn bucket(ap: &ApNode, s: &Session, rest: &[Bytes]) -> Frame {
     let sub = String::from_utf8_lossy(&rest[0]).to_ascii_lowercase();
@@ -248,6 +252,13 @@ fn bucket_change(opts: &[Bytes]) -> Result<BucketChange, Frame> {
                     Durability::parse(&text)
                         .ok_or_else(|| Frame::error("ERR durability must be fsync or async"))?,
                 )
+            }
+            "siblings" => {
+                change.siblings = Some(match text.as_str() {
+                    "yes" => true,
+                    "no" => false,
+                    _ => return Err(Frame::error("ERR siblings must be yes or no")),
+                })
             }
             _ => return Err(Frame::error(SYNTAX)),
         }

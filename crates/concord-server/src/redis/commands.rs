@@ -16,6 +16,7 @@ use concord_raft::NodeId;
 use super::sets::wrong_type;
 use super::{admin, hashes, keyspace, multi, sets, Session};
 use crate::ap::cas::Decision;
+use crate::ap::siblings::{context_from_text, context_to_text};
 use crate::ap::{Access, ApError, ApNode, Op};
 use crate::resp::Frame;
 
@@ -92,6 +93,40 @@ pub(crate) fn integer(arg: &[u8]) -> Option<i64> {
     concord_core::crdt::parse_integer(arg)
 }
 
+/// The commands a bucket that keeps siblings answers (the others read or write values
+/// that are not lists of siblings).
+const ANY_BUCKET: &[&str] = &[
+    "ping",
+    "echo",
+    "quit",
+    "reset",
+    "select",
+    "hello",
+    "client",
+    "command",
+    "config",
+    "info",
+    "time",
+    "auth",
+    "concord.quorum",
+    "concord.bucket",
+    "concord.session",
+    "concord.sget",
+    "concord.sput",
+    "concord.sdel",
+    "keys",
+    "scan",
+    "dbsize",
+    "randomkey",
+    "flushdb",
+    "flushall",
+    "exists",
+    "type",
+    "exec",
+    "discard",
+    "unwatch",
+];
+
 /// (min, max) arguments after the name (`None`: any number from min), by command.
 fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
     Some(match cmd {
@@ -99,7 +134,9 @@ fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
         "echo" | "get" | "incr" | "decr" | "ttl" | "pttl" | "persist" | "select" | "strlen"
         | "getdel" | "type" | "expiretime" | "pexpiretime" | "keys" => (1, Some(1)),
         "incrby" | "decrby" | "append" | "incrbyfloat" | "setnx" | "getset" => (2, Some(2)),
-        "concord.casget" | "digest" => (1, Some(1)),
+        "concord.casget" | "digest" | "concord.sget" => (1, Some(1)),
+        "concord.sput" => (3, Some(3)),
+        "concord.sdel" => (2, Some(2)),
         "multi" | "exec" | "discard" | "unwatch" => (0, Some(0)),
         "watch" => (1, None),
         "delex" => (1, Some(3)),
@@ -159,6 +196,15 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
         }
         return refuse(s, wrong_arity(&cmd));
     }
+    if ap.keeps_siblings(s.access.bucket) && !ANY_BUCKET.contains(&cmd.as_str()) {
+        let b = s.access.bucket;
+        return refuse(
+            s,
+            Frame::error(format!(
+                "ERR bucket {b} keeps siblings: use CONCORD.SGET, CONCORD.SPUT and CONCORD.SDEL"
+            )),
+        );
+    }
     if s.multi.is_some() && !multi::CONTROL.contains(&cmd.as_str()) {
         return multi::queue(s, &cmd, rest);
     }
@@ -197,48 +243,47 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
             }
         }
         "set" => set(ap, at, rest).await,
-        "setnx" => {
-            let c = Cas {
-                nx: true,
-                ..Cas::default()
-            };
-            match cas_set(ap, at, &rest[0], rest[1].to_vec(), SetExpiry::Clear, &c).await {
-                Frame::Simple(_) => Frame::Integer(1),
-                Frame::Null => Frame::Integer(0),
-                other => other,
-            }
-        }
-        "getset" => {
-            let c = Cas {
-                get: true,
-                ..Cas::default()
-            };
-            cas_set(ap, at, &rest[0], rest[1].to_vec(), SetExpiry::Clear, &c).await
-        }
-        "concord.casget" => cas_get(ap, at, &rest[0]).await,
-        "multi" | "exec" | "discard" | "watch" | "unwatch" => multi::run(ap, s, &cmd, rest).await,
-        "delex" => delex(ap, at, rest).await,
-        "digest" => match value(ap, at, &rest[0]).await {
-            Ok(v) => v.map_or(Frame::Null, |v| Frame::bulk(digest(&v))),
-            Err(e) => e,
-        },
         // One key is one Paxos instance: several keys cannot be set together atomically.
         "msetnx" if rest.len() % 2 != 0 => wrong_arity(&cmd),
         "msetnx" if rest.len() > 2 => Frame::error(
             "ERR MSETNX of more than one key is not supported by AP buckets (each key is \
              decided by its own Paxos instance); use SET key value NX per key",
         ),
-        "msetnx" => {
-            let c = Cas {
-                nx: true,
-                ..Cas::default()
-            };
-            match cas_set(ap, at, &rest[0], rest[1].to_vec(), SetExpiry::Clear, &c).await {
+        "setnx" | "msetnx" => {
+            match cas_set(
+                ap,
+                at,
+                &rest[0],
+                rest[1].to_vec(),
+                SetExpiry::Clear,
+                &Cas::NX,
+            )
+            .await
+            {
                 Frame::Simple(_) => Frame::Integer(1),
                 Frame::Null => Frame::Integer(0),
                 other => other,
             }
         }
+        "getset" => {
+            cas_set(
+                ap,
+                at,
+                &rest[0],
+                rest[1].to_vec(),
+                SetExpiry::Clear,
+                &Cas::GET,
+            )
+            .await
+        }
+        "concord.casget" => cas_get(ap, at, &rest[0]).await,
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => multi::run(ap, s, &cmd, rest).await,
+        "delex" => delex(ap, at, rest).await,
+        "concord.sget" | "concord.sput" | "concord.sdel" => siblings(ap, at, &cmd, rest).await,
+        "digest" => match value(ap, at, &rest[0]).await {
+            Ok(v) => v.map_or(Frame::Null, |v| Frame::bulk(digest(&v))),
+            Err(e) => e,
+        },
         "setex" | "psetex" => {
             let Some(n) = integer(&rest[1]) else {
                 return Frame::error(NOT_INTEGER);
@@ -324,17 +369,9 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
         "getex" => getex(ap, at, rest).await,
         "append" | "setrange" | "incrbyfloat" => edit(ap, at, &cmd, rest).await,
         "incr" | "decr" | "incrby" | "decrby" => {
-            let delta = match cmd.as_str() {
-                "incr" => Some(1),
-                "decr" => Some(-1),
-                "incrby" => integer(&rest[1]),
-                _ => match integer(&rest[1]) {
-                    Some(i64::MIN) => return Frame::error("ERR decrement would overflow"),
-                    d => d.map(|d| -d),
-                },
-            };
-            let Some(delta) = delta else {
-                return Frame::error(NOT_INTEGER);
+            let delta = match incr_delta(&cmd, rest) {
+                Ok(d) => d,
+                Err(e) => return e,
             };
             match ap.write(at, &rest[0], Op::Incr(delta)).await {
                 Ok(Some(n)) => Frame::Integer(n),
@@ -422,6 +459,7 @@ pub(crate) fn type_name(state: Option<&RedisValue>, now_ms: u64) -> &'static str
         Some(Kind::String) => "string",
         Some(Kind::Set) => "set",
         Some(Kind::Hash) => "hash",
+        Some(Kind::Siblings) => "siblings",
         None => "none",
     }
 }
@@ -552,6 +590,21 @@ fn options(opts: &[Bytes], getex: bool) -> Result<Options, Frame> {
     })
 }
 
+/// The delta of `INCR`, `DECR`, `INCRBY` or `DECRBY` (`rest`: the arguments), or the
+/// error reply.
+pub(crate) fn incr_delta(cmd: &str, rest: &[Bytes]) -> Result<i64, Frame> {
+    let delta = match cmd {
+        "incr" => Some(1),
+        "decr" => Some(-1),
+        "incrby" => integer(&rest[1]),
+        _ => match integer(&rest[1]) {
+            Some(i64::MIN) => return Err(Frame::error("ERR decrement would overflow")),
+            d => d.map(|d| -d),
+        },
+    };
+    delta.ok_or_else(|| Frame::error(NOT_INTEGER))
+}
+
 /// The expiry and the conditions `SET key value [options]` (`rest`) asks for, or the
 /// error reply.
 pub(crate) fn set_request(ap: &ApNode, rest: &[Bytes]) -> Result<(SetExpiry, Cas), Frame> {
@@ -579,13 +632,30 @@ async fn set(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Cas {
     /// Only if the key does not exist.
-    pub(crate) nx: bool,
+    nx: bool,
     /// Only if it exists.
-    pub(crate) xx: bool,
+    xx: bool,
     /// Answer the old string value.
-    pub(crate) get: bool,
+    get: bool,
     /// `IFEQ`, `IFNE`, `IFDEQ` or `IFDNE`: a condition on the current string value.
-    pub(crate) compare: Option<Condition>,
+    compare: Option<Condition>,
+}
+
+impl Cas {
+    /// `SETNX`'s: only if the key does not exist.
+    pub(crate) const NX: Cas = Cas {
+        nx: true,
+        xx: false,
+        get: false,
+        compare: None,
+    };
+    /// `GETSET`'s: answer the old value.
+    pub(crate) const GET: Cas = Cas {
+        nx: false,
+        xx: false,
+        get: true,
+        compare: None,
+    };
 }
 
 /// What a Redis 8.4 condition compares.
@@ -718,6 +788,35 @@ pub(crate) fn set_on(
     };
     next.set(value.to_vec(), stamp, actor, expiry);
     (Some(next), answer)
+}
+
+/// `CONCORD.SGET key` (the causal context, then the values), `CONCORD.SPUT key context
+/// value` and `CONCORD.SDEL key context` (`context` from an `SGET`, or empty for a blind
+/// write, which adds a sibling): keys of a bucket that keeps siblings.
+async fn siblings(ap: &ApNode, at: Access, cmd: &str, rest: &[Bytes]) -> Frame {
+    let key = &rest[0];
+    let outcome = match cmd {
+        "concord.sget" => {
+            return match ap.sibling_get(at, key).await {
+                Ok(found) => Frame::Array(vec![
+                    Frame::bulk(context_to_text(&found.context)),
+                    Frame::Array(found.values.into_iter().map(Frame::bulk).collect()),
+                ]),
+                Err(e) => ap_error(e),
+            }
+        }
+        _ => match context_from_text(&rest[1]) {
+            Ok(context) => {
+                let value = (cmd == "concord.sput").then(|| rest[2].to_vec());
+                ap.sibling_put(at, key, context, value).await
+            }
+            Err(why) => return Frame::error(format!("ERR invalid causal context: {why}")),
+        },
+    };
+    match outcome {
+        Ok(()) => Frame::ok(),
+        Err(e) => ap_error(e),
+    }
 }
 
 /// `DELEX key [IFEQ v | IFNE v | IFDEQ d | IFDNE d]`: without a condition, `DEL` of one
@@ -1023,6 +1122,9 @@ pub(crate) const COMMANDS: &[&str] = &[
     "discard",
     "watch",
     "unwatch",
+    "concord.sget",
+    "concord.sput",
+    "concord.sdel",
     "msetnx",
     "setex",
     "psetex",

@@ -18,7 +18,7 @@ use concord_core::crdt::{RedisValue, Seen, SetExpiry, Stamp, ValueError};
 use concord_raft::NodeId;
 
 use super::commands::{
-    ap_error, integer, set_on, set_request, string_value, type_name, Cas, NOT_INTEGER,
+    ap_error, incr_delta, integer, set_on, set_request, string_value, type_name, Cas, NOT_INTEGER,
 };
 use super::sets::{bulk_set, wrong_type};
 use super::Session;
@@ -294,20 +294,8 @@ fn apply(
                     Ok(x) => x,
                     Err(e) => return e,
                 },
-                "setnx" => (
-                    SetExpiry::Clear,
-                    Cas {
-                        nx: true,
-                        ..Cas::default()
-                    },
-                ),
-                _ => (
-                    SetExpiry::Clear,
-                    Cas {
-                        get: true,
-                        ..Cas::default()
-                    },
-                ),
+                "setnx" => (SetExpiry::Clear, Cas::NX),
+                _ => (SetExpiry::Clear, Cas::GET),
             };
             let (next, answer) = set_on(Some(state), &args[1], expiry, &cas, stamp, actor, now_ms);
             let wrote = next.is_some();
@@ -343,21 +331,10 @@ fn apply(
             }
             Err(e) => e,
         },
-        "incr" | "decr" | "incrby" | "decrby" => {
-            let delta = match cmd {
-                "incr" => Some(1),
-                "decr" => Some(-1),
-                "incrby" => integer(&args[1]),
-                _ => match integer(&args[1]) {
-                    Some(i64::MIN) => return Frame::error("ERR decrement would overflow"),
-                    d => d.map(|d| -d),
-                },
-            };
-            match delta {
-                Some(d) => int(state.incr(d, actor, stamp, now_ms)),
-                None => Frame::error(NOT_INTEGER),
-            }
-        }
+        "incr" | "decr" | "incrby" | "decrby" => match incr_delta(cmd, args) {
+            Ok(d) => int(state.incr(d, actor, stamp, now_ms)),
+            Err(e) => e,
+        },
         "del" | "unlink" => {
             // Every key named is the transaction's one key: deleted once.
             if exists {

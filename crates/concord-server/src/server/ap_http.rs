@@ -3,7 +3,8 @@
 //! * `GET /v1/buckets`: every bucket's properties;
 //! * `GET /v1/buckets/{b}`: one bucket's properties and the keys this member holds in it;
 //! * `PUT /v1/buckets/{b}` with `{"n_val": n, "r": n|"quorum", "w": n|"quorum",
-//!   "durability": "fsync"|"async"}` (any subset): changes them cluster-wide;
+//!   "durability": "fsync"|"async", "siblings": bool}` (any subset): changes them
+//!   cluster-wide;
 //! * `GET`, `PUT` (`{"value": text}` or `{"value_base64": b64}`, optional `"ttl_ms"`) and
 //!   `DELETE /v1/buckets/{b}/keys/{key}`, with `?r=` / `?w=` for one request's quorum.
 //!
@@ -11,10 +12,16 @@
 //! rules); keys in the path are UTF-8 (percent-encoded as needed). A key request with a
 //! `Concord-Session` header (empty to start, or a token) runs in that session and its
 //! answer carries the session's new token in the same header (`crate::ap::session`).
+//!
+//! In a bucket that keeps siblings (`crate::ap::siblings`), as Riak does: `GET` answers
+//! `200` with the value when there is one, `300 Multiple Choices` with
+//! `{"siblings": [...]}` when there are several, `404` when none, each with the causal
+//! context in a `Concord-Context` header; `PUT` and `DELETE` send it back in the same
+//! header to replace what was read (without it, a `PUT` adds a sibling).
 
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -25,13 +32,57 @@ use concord_core::crdt::{Kind, SetExpiry};
 use serde_json::{json, Value};
 
 use super::http::{query_param, JSON};
+use crate::ap::siblings::{context_from_text, context_to_text};
 use crate::ap::{
     Access, ApError, ApNode, BucketChange, BucketProps, Durability, Op, SessionId, SessionToken,
     BUCKETS,
 };
+use concord_core::clock::VectorClock;
 
 /// The header that carries a session token both ways.
 pub const SESSION_HEADER: &str = "concord-session";
+/// The header that carries the causal context of a key in siblings mode both ways.
+pub const CONTEXT_HEADER: &str = "concord-context";
+
+/// The causal context a request sends back (none: a blind write).
+fn context_of(headers: &HeaderMap) -> Result<VectorClock, HttpError> {
+    match headers.get(CONTEXT_HEADER) {
+        None => Ok(VectorClock::new()),
+        Some(h) => context_from_text(h.as_bytes())
+            .map_err(|why| bad_request(format!("invalid {CONTEXT_HEADER} header: {why}"))),
+    }
+}
+
+/// Sibling values as JSON: `[{"value": text} or {"value_base64": b64}, ...]`.
+fn sibling_values<V: AsRef<[u8]>>(values: &[V]) -> Vec<Value> {
+    let each = values.iter().map(|v| {
+        let (field, v) = value_json(v.as_ref());
+        json!({ field: v })
+    });
+    each.collect()
+}
+
+/// `GET` of a key in siblings mode.
+async fn get_siblings(ap: &ApNode, at: Access, key: &str) -> Answer {
+    let found = ap.sibling_get(at, key.as_bytes()).await?;
+    let values = sibling_values(&found.values);
+    let (status, mut body) = match values.len() {
+        0 => (
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("key {key:?} not found") }),
+        ),
+        1 => (StatusCode::OK, values[0].clone()),
+        _ => (StatusCode::MULTIPLE_CHOICES, json!({ "siblings": values })),
+    };
+    body["bucket"] = json!(at.bucket);
+    body["key"] = json!(key);
+    let mut response = (status, JSON, body.to_string()).into_response();
+    // Base64url text is always a valid header value.
+    if let Ok(h) = HeaderValue::from_str(&context_to_text(&found.context)) {
+        response.headers_mut().insert(CONTEXT_HEADER, h);
+    }
+    Ok(response)
+}
 
 /// Largest request body read (a value plus its JSON).
 const MAX_BODY: usize = 8 << 20;
@@ -121,6 +172,7 @@ pub(crate) fn props_json(bucket: u8, p: &BucketProps) -> Value {
         "r_in_force": p.r(),
         "w_in_force": p.w(),
         "durability": p.durability.as_str(),
+        "siblings": p.siblings,
     })
 }
 
@@ -184,6 +236,9 @@ fn parse_change(body: &[u8]) -> Result<BucketChange, String> {
                         .ok_or("durability must be \"fsync\" or \"async\"")?,
                 )
             }
+            "siblings" => {
+                change.siblings = Some(x.as_bool().ok_or("siblings must be true or false")?)
+            }
             // Read-only fields of a described bucket may be sent back unchanged.
             "bucket" | "r_in_force" | "w_in_force" | "keys_held_here" => {}
             other => return Err(format!("unknown property {other:?}")),
@@ -244,6 +299,9 @@ async fn get_key(
     session: Option<Extension<SessionId>>,
 ) -> Answer {
     let at = access(&ap, &bucket, &q, session)?;
+    if ap.keeps_siblings(at.bucket) {
+        return get_siblings(&ap, at, &key).await;
+    }
     let state = ap.read(at, key.as_bytes()).await?;
     let now = ap.now_ms();
     let Some((state, kind)) = state.and_then(|s| s.kind(now).map(|k| (s, k))) else {
@@ -301,6 +359,11 @@ async fn get_key(
                 }
             }
         }
+        // Left from when the bucket kept siblings.
+        Kind::Siblings => {
+            body["type"] = json!("siblings");
+            body["siblings"] = json!(sibling_values(&state.siblings().0));
+        }
     }
     if let Some(at) = state.expires_at() {
         body["ttl_ms"] = json!(at.saturating_sub(now));
@@ -333,10 +396,23 @@ async fn put_key(
     Path((bucket, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     session: Option<Extension<SessionId>>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Answer {
     let at = access(&ap, &bucket, &q, session)?;
     let (value, expiry) = parse_value(&body, ap.now_ms()).map_err(bad_request)?;
+    if ap.keeps_siblings(at.bucket) {
+        if expiry != SetExpiry::Clear {
+            return Err(bad_request(
+                "keys of a bucket that keeps siblings do not expire".into(),
+            ));
+        }
+        ap.sibling_put(at, key.as_bytes(), context_of(&headers)?, Some(value))
+            .await?;
+        return Ok(reply(
+            json!({ "bucket": at.bucket, "key": key, "stored": true }),
+        ));
+    }
     ap.write(at, key.as_bytes(), Op::Set { value, expiry })
         .await?;
     Ok(reply(
@@ -349,8 +425,16 @@ async fn delete_key(
     Path((bucket, key)): Path<(String, String)>,
     RawQuery(q): RawQuery,
     session: Option<Extension<SessionId>>,
+    headers: HeaderMap,
 ) -> Answer {
     let at = access(&ap, &bucket, &q, session)?;
+    if ap.keeps_siblings(at.bucket) {
+        ap.sibling_put(at, key.as_bytes(), context_of(&headers)?, None)
+            .await?;
+        return Ok(reply(
+            json!({ "bucket": at.bucket, "key": key, "deleted": true }),
+        ));
+    }
     let now = ap.now_ms();
     let state = ap.read(at, key.as_bytes()).await?;
     let existed = state.is_some_and(|s| s.exists(now));

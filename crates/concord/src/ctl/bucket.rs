@@ -43,6 +43,9 @@ pub enum BucketCmd {
         /// When replicas acknowledge: "fsync" (after the fsync) or "async"
         #[arg(long)]
         durability: Option<String>,
+        /// Keep concurrent writes of a key as siblings ("yes") or the last one ("no")
+        #[arg(long, value_parser = ["yes", "no"])]
+        siblings: Option<String>,
     },
 }
 
@@ -95,7 +98,7 @@ pub enum ApCmd {
 }
 
 /// The columns of `bucket list` and `bucket get`.
-pub const BUCKET_HEADERS: [&str; 5] = ["Bucket", "N", "R", "W", "Durability"];
+pub const BUCKET_HEADERS: [&str; 6] = ["Bucket", "N", "R", "W", "Durability", "Siblings"];
 
 /// Sends the request to each endpoint in turn until one answers (an HTTP error answer,
 /// such as 404 or 400, is final: another member would give the same).
@@ -133,6 +136,12 @@ fn row(p: &Value) -> CtlResult<Vec<String>> {
         quorum("r", "r_in_force")?,
         quorum("w", "w_in_force")?,
         p["durability"].as_str().ok_or_else(bad)?.to_string(),
+        if p["siblings"].as_bool().unwrap_or(false) {
+            "yes"
+        } else {
+            "no"
+        }
+        .to_string(),
     ])
 }
 
@@ -178,6 +187,7 @@ pub async fn run_bucket(args: BucketArgs) -> CtlResult<()> {
             r,
             w,
             durability,
+            siblings,
         } => {
             let mut body = serde_json::Map::new();
             if let Some(n) = n_val {
@@ -192,9 +202,12 @@ pub async fn run_bucket(args: BucketArgs) -> CtlResult<()> {
             if let Some(d) = durability {
                 body.insert("durability".into(), json!(d.to_ascii_lowercase()));
             }
+            if let Some(s) = siblings {
+                body.insert("siblings".into(), json!(s == "yes"));
+            }
             if body.is_empty() {
                 return Err(CtlError::new(
-                    "nothing to change: give --n-val, --r, --w or --durability",
+                    "nothing to change: give --n-val, --r, --w, --durability or --siblings",
                 ));
             }
             let v = call(
