@@ -743,6 +743,10 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
         &["field=1:bytes", "delta=2:sint64"],
     ),
     (
+        "concord.peer.v1.ApSiblingPut",
+        &["context=1:bytes", "value=2:bytes", "delete=3:bool"],
+    ),
+    (
         "concord.peer.v1.ApExpire",
         &["persist=1:bool", "at_ms=2:uint64"],
     ),
@@ -763,6 +767,8 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "hset=12:.concord.peer.v1.ApHashSet@op",
             "hdel=13:.concord.peer.v1.ApMembers@op",
             "hincrby=14:.concord.peer.v1.ApHashIncr@op",
+            "sibling_put=15:.concord.peer.v1.ApSiblingPut@op",
+            "not_after_ms=20:uint64",
         ],
     ),
     (

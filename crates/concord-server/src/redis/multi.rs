@@ -207,7 +207,12 @@ async fn exec(ap: &ApNode, s: &mut Session, t: Transaction) -> Frame {
     if t.failed {
         return Frame::error("EXECABORT Transaction discarded because of previous errors.");
     }
-    let watch = watch.filter(|w| w.bucket == s.access.bucket);
+    if watch.as_ref().is_some_and(|w| w.bucket != s.access.bucket) {
+        return Frame::error(
+            "EXECABORT Transaction discarded: the watched key is in another bucket (a \
+             transaction on AP buckets is one key)",
+        );
+    }
     let Some(key) = t
         .key
         .clone()
