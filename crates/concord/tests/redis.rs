@@ -332,11 +332,19 @@ async fn bucket_properties_are_replicated_and_keys_are_served_over_http_and_the_
         ])
     );
     let port1 = cluster.nodes[1].client_port;
-    common::eventually("member 2 to use bucket 2's n_val", WAIT, || async move {
-        let (_, b) = http_json(port1, "GET", "/v1/buckets/2", None).await;
-        (b["n_val"] == 1).then_some(())
-    })
-    .await;
+    // Members put bucket properties in force as they apply them: wait for all three.
+    for node in &cluster.nodes {
+        let port = node.client_port;
+        common::eventually(
+            "every member to use bucket 2's n_val",
+            WAIT,
+            || async move {
+                let (_, b) = http_json(port, "GET", "/v1/buckets/2", None).await;
+                (b["n_val"] == 1).then_some(())
+            },
+        )
+        .await;
+    }
     // Keys over HTTP: one copy in bucket 2 (n_val 1), three in bucket 0.
     for (bucket, want) in [(2u8, 1u64), (0, 3)] {
         let path = format!("/v1/buckets/{bucket}/keys/some%2Fkey");
