@@ -64,19 +64,19 @@ impl ApNode {
             _ => base,
         };
         let (answer, state) = self.write_quorum(access, key, op, base).await?;
-        self.session_saw(access, key, Some(&state));
+        self.session_saw(access, key, state.as_ref());
         Ok(answer)
     }
 
-    /// [`ApNode::write_after`] without the session: the answer and the state the
-    /// coordinating replica stored.
+    /// [`ApNode::write_after`] without the session: the answer and, in a session, the state
+    /// the coordinating replica stored.
     async fn write_quorum(
         &self,
         access: Access,
         key: &[u8],
         op: Op,
         base: Option<RedisValue>,
-    ) -> Result<(Written, RedisValue), ApError> {
+    ) -> Result<(Written, Option<RedisValue>), ApError> {
         self.ring_ready()?;
         let timeout = self.config().timeout;
         let bucket = access.bucket;
@@ -201,7 +201,8 @@ impl ApNode {
         }
         let node = self.clone();
         let key = key.to_vec();
-        let stored = state.clone();
+        // Only a session needs it back (a whole set may be large).
+        let stored = access.session.is_some().then(|| state.clone());
         // Runs until the write settles (every target answered, or the deadline), after the
         // client has its answer, so that owners it did not reach get a hint.
         tokio::spawn(async move {
