@@ -108,16 +108,20 @@ if [ "$MODE" = --netns ]; then
     run ap-counter-member valid --workload ap-counter --duration 30 --nemesis member
     run ap-set-w1 invalid --workload ap-set --duration 30 --nemesis partition --ap-quorum 1,1 \
         --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
-    run ap-orset valid --workload ap-orset --duration 30 --nemesis partitions,process
+    run ap-orset valid --workload ap-orset --duration 30 --nemesis partitions,process,clock-skew
+    run ap-orset-member valid --workload ap-orset --duration 30 --nemesis member,clock-skew
     run ap-orset-w1 invalid --workload ap-orset --duration 30 --nemesis partition --ap-quorum 1,1 \
         --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
-    run ap-register valid --workload ap-register --duration 30 --nemesis partitions,process
+    run ap-register valid --workload ap-register --duration 30 \
+        --nemesis partitions,process,clock-skew
+    run ap-register-member valid --workload ap-register --duration 30 --nemesis member,clock-skew
     run ap-register-plain invalid --workload ap-register --duration 30 --nemesis partition \
         --stale-reads --ap-quorum 1,1 --server-arg=--ap-max-hints=0 \
         --server-arg=--ap-anti-entropy-interval=3600000
-    run ap-session valid --workload ap-session --duration 30 --nemesis partitions,process \
+    run ap-session valid --workload ap-session --duration 30 \
+        --nemesis partitions,process,clock-skew \
         --ap-quorum 1,1
-    run ap-session-member valid --workload ap-session --duration 30 --nemesis member \
+    run ap-session-member valid --workload ap-session --duration 30 --nemesis member,clock-skew \
         --ap-quorum 1,1
     run ap-session-plain invalid --workload ap-session --duration 30 --nemesis partition \
         --stale-reads --ap-quorum 1,1 --server-arg=--ap-max-hints=0 \

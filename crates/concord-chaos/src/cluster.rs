@@ -495,6 +495,12 @@ impl Cluster {
         self.debug_hook(i, &format!("clock-rate?rate={rate}"))
     }
 
+    /// Node `i`'s HLC clock (AP buckets) reads `ms` off the system clock (the server's
+    /// test hook).
+    pub fn set_clock_offset(&self, i: usize, ms: i64) -> Result<(), String> {
+        self.debug_hook(i, &format!("clock-offset?ms={ms}"))
+    }
+
     /// `POST /debug/<what>` on node `i`'s client URL (served because the runner starts
     /// servers with `CONCORD_UNSAFE_TEST_HOOKS=1`).
     fn debug_hook(&self, i: usize, what: &str) -> Result<(), String> {

@@ -36,7 +36,9 @@ pub enum Fault {
     PauseLeader,
     /// Random drop of peer packets on every node.
     Loss,
-    /// The leader's lease clock runs 2–4× fast (the server's test hook): clock-rate skew.
+    /// The leader's lease clock runs 2–4× fast (clock-rate skew, what leases feel), and
+    /// every running node's HLC clock is shifted by up to ±[`MAX_SKEW_MS`] (offset skew
+    /// within the bound, what AP buckets feel); both through the server's test hooks.
     ClockSkew,
     /// Every node holds its outgoing Raft messages back (100–300 ms; the server's test
     /// hook, since this kernel has no `netem`).
@@ -100,6 +102,10 @@ impl Fault {
         Fault::Member,
     ];
 }
+
+/// The largest shift of one node's HLC clock under the clock-skew fault: two nodes differ
+/// by at most twice this, below the 500 ms the servers' HLCs tolerate.
+pub const MAX_SKEW_MS: i64 = 200;
 
 /// Parses a comma-separated list; `partitions`, `process` and `all` are groups; `none` is empty.
 pub fn parse_faults(spec: &str, mode: Mode) -> Result<Vec<Fault>, String> {
@@ -280,11 +286,20 @@ async fn apply(
                 .ok_or_else(|| "no leader found".to_string())?;
             let rate = rng.gen_range(2.0..=4.0);
             cluster.set_clock_rate(t, rate)?;
+            let mut offsets = Vec::new();
+            for i in 0..n {
+                if cluster.is_running(i) {
+                    let ms = rng.gen_range(-MAX_SKEW_MS..=MAX_SKEW_MS);
+                    cluster.set_clock_offset(i, ms)?;
+                    offsets.push(format!("{} {ms:+} ms", cluster.nodes[i].name));
+                }
+            }
             Ok((
                 vec![t],
                 format!(
-                    "lease clock of the leader {} runs {rate:.2}x fast",
-                    cluster.nodes[t].name
+                    "lease clock of the leader {} runs {rate:.2}x fast; HLC clocks {}",
+                    cluster.nodes[t].name,
+                    offsets.join(", ")
                 ),
             ))
         }
@@ -419,6 +434,7 @@ pub fn heal(cluster: &Cluster) -> Result<(), String> {
         if cluster.is_running(i) {
             let _ = cluster.set_peer_delay(i, 0);
             let _ = cluster.set_clock_rate(i, 1.0);
+            let _ = cluster.set_clock_offset(i, 0);
         }
         if let Err(e) = cluster.check_alive(i) {
             errs.push(format!("node died on its own: {e}"));

@@ -34,6 +34,31 @@ impl PhysicalClock for SystemClock {
     }
 }
 
+/// The system clock read with an offset that can be changed while it runs: how the chaos
+/// harness puts a member's clock ahead of or behind the others (within the maximum offset
+/// the HLC tolerates) without touching the machine's clock. Offset 0 reads the system
+/// clock unchanged.
+#[derive(Debug, Default)]
+pub struct OffsetClock(std::sync::atomic::AtomicI64);
+
+impl OffsetClock {
+    /// Reads `ms` ahead of the system clock from now on (negative: behind).
+    pub fn set_offset(&self, ms: i64) {
+        self.0.store(ms, Ordering::SeqCst);
+    }
+
+    /// The offset in force.
+    pub fn offset(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl PhysicalClock for OffsetClock {
+    fn now_ms(&self) -> u64 {
+        SystemClock.now_ms().saturating_add_signed(self.offset())
+    }
+}
+
 /// A physical clock that moves only when told to (tests and simulations).
 #[derive(Debug, Default)]
 pub struct ManualClock(AtomicU64);
@@ -106,6 +131,18 @@ impl NodeClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_offset_clock_reads_the_system_clock_shifted() {
+        let c = OffsetClock::default();
+        let before = SystemClock.now_ms();
+        assert!((before..before + 1_000).contains(&c.now_ms()));
+        c.set_offset(-60_000);
+        let behind = c.now_ms();
+        assert!(behind + 59_000 <= SystemClock.now_ms() && behind + 61_000 >= before);
+        c.set_offset(60_000);
+        assert!(c.now_ms() >= before + 60_000);
+    }
 
     #[test]
     fn strictly_increasing_across_threads_and_backward_steps() {

@@ -370,7 +370,11 @@ impl Server {
         let mut plain = http::router(ctx.clone());
         if std::env::var_os("CONCORD_UNSAFE_TEST_HOOKS").is_some_and(|v| v == "1") {
             tracing::warn!("CONCORD_UNSAFE_TEST_HOOKS=1: fault-injection endpoints are enabled");
-            plain = plain.merge(http::test_hooks(transport.clone(), leases.clone()));
+            plain = plain.merge(http::test_hooks(
+                transport.clone(),
+                leases.clone(),
+                ap.clone(),
+            ));
         }
         let plain = plain
             .merge(gateway::router(gateway::Gateway::new(

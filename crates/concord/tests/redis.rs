@@ -436,6 +436,53 @@ async fn bucket_properties_are_replicated_and_keys_are_served_over_http_and_the_
         cli(&cluster, 1, &["ap", "del", "--bucket", "3", "k"]),
         "1\n"
     );
+    // Compare-and-set, any data command, and a session kept in a file.
+    let cas = ["ap", "put", "--bucket", "3", "c", "v", "--if-absent"];
+    assert_eq!(cli(&cluster, 0, &cas), "1\n");
+    assert_eq!(cli(&cluster, 1, &cas), "0\n");
+    let digest = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(b"v"));
+    let swap = [
+        "ap",
+        "put",
+        "--bucket",
+        "3",
+        "c",
+        "w",
+        "--if-match",
+        &digest,
+    ];
+    assert_eq!(cli(&cluster, 2, &swap), "1\n");
+    assert_eq!(cli(&cluster, 0, &swap), "0\n");
+    let sadd = ["ap", "cmd", "--bucket", "3", "s", "SADD", "a", "b", "a"];
+    assert_eq!(cli(&cluster, 1, &sadd), "2\n");
+    let members = cli(
+        &cluster,
+        2,
+        &["ap", "cmd", "--bucket", "3", "s", "SMEMBERS"],
+    );
+    let mut members: Vec<&str> = members.lines().collect();
+    members.sort();
+    assert_eq!(members, ["a", "b"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("session");
+    let file_arg = file.to_str().unwrap();
+    let put = ["ap", "--session-file", file_arg, "put", "sk", "1"];
+    assert_eq!(cli(&cluster, 0, &put), "OK\n");
+    let token = std::fs::read_to_string(&file).unwrap();
+    assert!(token.trim().len() > 10, "{token:?}");
+    let get = ["ap", "--session-file", file_arg, "get", "sk", "--r", "1"];
+    assert_eq!(cli(&cluster, 2, &get), "sk\n1\n");
+    std::fs::write(&file, "not a token").unwrap();
+    let refused = std::process::Command::new(BIN)
+        .args(get)
+        .arg(format!("--endpoints={}", cluster.url(1)))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("invalid concord-session header"),
+        "{refused:?}"
+    );
     // Properties are cluster state: a restarted member has them once it has applied its
     // log again.
     cluster.kill9(1);

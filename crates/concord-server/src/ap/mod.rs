@@ -64,7 +64,7 @@ use concord_proto::peer::{
     ReplicaStates, ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
-use concord_runtime::clock::{NodeClock, SystemClock};
+use concord_runtime::clock::{NodeClock, OffsetClock};
 use concord_storage::ap::{state_to_bytes, ApStore, ApStoreError};
 pub use session::{SessionGuard, SessionId, SessionToken};
 use tonic::transport::{Channel, Endpoint};
@@ -76,6 +76,10 @@ pub const VNODES: u32 = 64;
 pub const SCAN_PAGE: usize = 1000;
 /// Buckets (Redis databases `0..16`).
 pub const BUCKETS: u32 = 16;
+/// How far ahead of this member's clock a peer's HLC timestamp may be before it is
+/// refused: the bound on clock skew between members that LWW order and Paxos ballots
+/// assume (`docs/ap.md`, "Clocks").
+pub const MAX_CLOCK_OFFSET_MS: u64 = 500;
 
 /// Settings of a member's AP side (the replication settings are each bucket's
 /// [`BucketProps`]).
@@ -221,6 +225,8 @@ struct Inner {
     config: ApConfig,
     store: ApStore,
     clock: NodeClock,
+    /// The physical clock under `clock` (the system clock; the chaos harness shifts it).
+    physical: Arc<OffsetClock>,
     ring: RwLock<Ring>,
     /// Each bucket's properties ([`buckets`]).
     buckets: RwLock<[BucketProps; BUCKETS as usize]>,
@@ -316,6 +322,7 @@ impl ApNode {
         config: ApConfig,
     ) -> Result<ApNode, ApStoreError> {
         let store = ApStore::open(&data_dir.join("ap.redb"), config.max_hints_per_member)?;
+        let physical = Arc::new(OffsetClock::default());
         let ring = Ring::with_nodes(VNODES, [me]).map_err(|e| ApStoreError::Open {
             path: data_dir.into(),
             reason: e.to_string(),
@@ -326,7 +333,8 @@ impl ApNode {
                 cluster_id,
                 config,
                 store,
-                clock: NodeClock::new(Arc::new(SystemClock), 500),
+                clock: NodeClock::new(physical.clone(), MAX_CLOCK_OFFSET_MS),
+                physical,
                 ring: RwLock::new(ring),
                 buckets: RwLock::new([BucketProps::default(); BUCKETS as usize]),
                 catalog: RwLock::new(None),
@@ -666,6 +674,12 @@ impl ApNode {
             }
         }
         Ok(sum)
+    }
+
+    /// Shifts this member's physical clock `ms` from the system clock's reading (the
+    /// chaos harness's clock-skew fault; 0 heals). The HLC never goes back when it does.
+    pub fn set_clock_offset(&self, ms: i64) {
+        self.inner.physical.set_offset(ms);
     }
 
     /// The physical time of this member's clock, in ms since the Unix epoch.

@@ -127,6 +127,43 @@ const ANY_BUCKET: &[&str] = &[
     "unwatch",
 ];
 
+/// Commands that do not act on the key named first: connection, keyspace-wide and
+/// transaction commands.
+const UNKEYED: &[&str] = &[
+    "ping",
+    "echo",
+    "quit",
+    "reset",
+    "select",
+    "hello",
+    "client",
+    "command",
+    "config",
+    "info",
+    "time",
+    "auth",
+    "concord.quorum",
+    "concord.bucket",
+    "concord.session",
+    "keys",
+    "scan",
+    "dbsize",
+    "randomkey",
+    "flushdb",
+    "flushall",
+    "multi",
+    "exec",
+    "discard",
+    "watch",
+    "unwatch",
+];
+
+/// Whether `cmd` (lower case) is a data command whose first argument is the key it acts
+/// on (other keys may follow): what the HTTP command endpoint runs.
+pub fn keyed(cmd: &str) -> bool {
+    arity(cmd).is_some_and(|(min, _)| min >= 1) && !UNKEYED.contains(&cmd)
+}
+
 /// (min, max) arguments after the name (`None`: any number from min), by command.
 fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
     Some(match cmd {
@@ -679,7 +716,7 @@ pub(crate) struct Condition {
 }
 
 /// `DIGEST`'s answer for a string value: its XXH3 (64 bits) as 16 hex digits.
-fn digest(value: &[u8]) -> String {
+pub(crate) fn digest(value: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh3::xxh3_64(value))
 }
 

@@ -55,6 +55,31 @@ pub struct Session {
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 impl Session {
+    /// The state of one command run outside a connection (the HTTP command endpoint):
+    /// RESP3 replies, `access`'s bucket, quorums and session; not in `CLIENT LIST`.
+    pub fn detached(access: Access) -> Session {
+        Session {
+            id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+            resp: Protocol::Resp3,
+            access,
+            session: None,
+            multi: None,
+            watch: None,
+            name: None,
+            client: clients::Row {
+                addr: "http".into(),
+                laddr: "http".into(),
+                created: std::time::Instant::now(),
+                name: Vec::new(),
+                db: access.bucket,
+                resp: 3,
+                lib_name: Vec::new(),
+                lib_ver: Vec::new(),
+            },
+            closing: false,
+        }
+    }
+
     /// Brings this connection's `CLIENT LIST` row up to date.
     pub fn publish(&mut self) {
         self.client.name = self.name.clone().unwrap_or_default();

@@ -13,6 +13,21 @@
 //! `Concord-Session` header (empty to start, or a token) runs in that session and its
 //! answer carries the session's new token in the same header (`crate::ap::session`).
 //!
+//! `GET` of a string answers its `DIGEST` (XXH3, 16 hex digits) as the `ETag`; a `PUT`
+//! with `If-None-Match: *` writes only an absent key (`SET NX`), with `If-Match: *` only
+//! a present one (`SET XX`), with `If-Match: "<digest>"` only over that value (`SET
+//! IFDEQ`), with `If-None-Match: "<digest>"` only over another (`SET IFDNE`); a `DELETE`
+//! with `If-Match` deletes only that value (`DELEX IFDEQ`). These are compare-and-sets
+//! decided by Paxos among the key's replicas; one whose condition fails answers `412
+//! Precondition Failed` and writes nothing.
+//!
+//! `POST /v1/buckets/{b}/keys/{key}` with `{"command": "SADD", "args": ["a", "b"]}`
+//! (or `"args_base64"`) runs any Redis data command on the key (the key is its first
+//! argument; `args` are the rest) with the same code and semantics as over RESP, and
+//! answers `{"result": ...}`: RESP3's reply as JSON (a bulk string that is not UTF-8 as
+//! `{"base64": ...}`, a map as an object when its keys are text). Error replies answer
+//! `409` (`WRONGTYPE`), `503` (`TRYAGAIN`) or `400` (the others) with the Redis text.
+//!
 //! In a bucket that keeps siblings (`crate::ap::siblings`), as Riak does: `GET` answers
 //! `200` with the value when there is one, `300 Multiple Choices` with
 //! `{"siblings": [...]}` when there are several, `404` when none, each with the causal
@@ -37,6 +52,8 @@ use crate::ap::{
     Access, ApError, ApNode, BucketChange, BucketProps, Durability, Op, SessionId, SessionToken,
     BUCKETS,
 };
+use crate::redis::{commands, Session};
+use crate::resp::Frame;
 use concord_core::clock::VectorClock;
 
 /// The header that carries a session token both ways.
@@ -97,6 +114,7 @@ pub(crate) fn router(ap: ApNode) -> Router {
             get(get_key)
                 .put(put_key)
                 .delete(delete_key)
+                .post(command)
                 .layer(axum::middleware::from_fn_with_state(ap.clone(), session)),
         )
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -311,11 +329,16 @@ async fn get_key(
         ));
     };
     let mut body = json!({ "bucket": at.bucket, "key": key });
+    let mut etag = None;
     match kind {
         Kind::String => {
-            let (field, v) = value_json(&state.get(now).unwrap_or_default());
+            let value = state.get(now).unwrap_or_default();
+            let (field, v) = value_json(&value);
             body["type"] = json!("string");
             body[field] = v;
+            let digest = commands::digest(&value);
+            etag = HeaderValue::from_str(&format!("\"{digest}\"")).ok();
+            body["digest"] = json!(digest);
         }
         Kind::Set => {
             // Members as text when every one is UTF-8, else all as base64.
@@ -368,7 +391,13 @@ async fn get_key(
     if let Some(at) = state.expires_at() {
         body["ttl_ms"] = json!(at.saturating_sub(now));
     }
-    Ok(reply(body))
+    let mut response = reply(body);
+    if let Some(etag) = etag {
+        response
+            .headers_mut()
+            .insert(axum::http::header::ETAG, etag);
+    }
+    Ok(response)
 }
 
 /// The value and expiry a `PUT .../keys/{key}` body gives.
@@ -401,7 +430,11 @@ async fn put_key(
 ) -> Answer {
     let at = access(&ap, &bucket, &q, session)?;
     let (value, expiry) = parse_value(&body, ap.now_ms()).map_err(bad_request)?;
+    let condition = precondition(&headers)?;
     if ap.keeps_siblings(at.bucket) {
+        if condition.is_some() {
+            return Err(siblings_take_context());
+        }
         if expiry != SetExpiry::Clear {
             return Err(bad_request(
                 "keys of a bucket that keeps siblings do not expire".into(),
@@ -413,10 +446,237 @@ async fn put_key(
             json!({ "bucket": at.bucket, "key": key, "stored": true }),
         ));
     }
+    if let Some(condition) = condition {
+        let mut set = vec![
+            Bytes::from_static(b"SET"),
+            Bytes::from(key.clone().into_bytes()),
+            Bytes::from(value),
+        ];
+        if let SetExpiry::At(t) = expiry {
+            set.extend([Bytes::from_static(b"PXAT"), Bytes::from(t.to_string())]);
+        }
+        set.extend(condition.set_options());
+        let written = run_command(&ap, at, set).await? != Frame::Null;
+        return conditional_answer(at.bucket, &key, "stored", written);
+    }
     ap.write(at, key.as_bytes(), Op::Set { value, expiry })
         .await?;
     Ok(reply(
         json!({ "bucket": at.bucket, "key": key, "stored": true }),
+    ))
+}
+
+/// The condition of a `PUT` or `DELETE` (`If-Match`, `If-None-Match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Precondition {
+    /// `If-None-Match: *`.
+    Absent,
+    /// `If-Match: *`.
+    Present,
+    /// `If-Match: "digest"`.
+    Is(String),
+    /// `If-None-Match: "digest"`.
+    IsNot(String),
+}
+
+impl Precondition {
+    /// The options of `SET` that test it.
+    fn set_options(&self) -> Vec<Bytes> {
+        let (option, digest): (&'static [u8], Option<&str>) = match self {
+            Precondition::Absent => (b"NX", None),
+            Precondition::Present => (b"XX", None),
+            Precondition::Is(d) => (b"IFDEQ", Some(d)),
+            Precondition::IsNot(d) => (b"IFDNE", Some(d)),
+        };
+        let mut options = vec![Bytes::from_static(option)];
+        options.extend(digest.map(|d| Bytes::from(d.to_string())));
+        options
+    }
+}
+
+/// The request's `If-Match` or `If-None-Match` (one of them, with `*` or one strong ETag:
+/// a digest as `GET` answers it).
+fn precondition(headers: &HeaderMap) -> Result<Option<Precondition>, HttpError> {
+    let header = |name: axum::http::HeaderName| -> Result<Option<String>, HttpError> {
+        let Some(h) = headers.get(&name) else {
+            return Ok(None);
+        };
+        let text = h
+            .to_str()
+            .map_err(|_| bad_request(format!("{name} is not text")))?
+            .trim();
+        if text == "*" {
+            return Ok(Some(text.into()));
+        }
+        match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+            Some(d) if d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Ok(Some(d.to_ascii_lowercase()))
+            }
+            _ => Err(bad_request(format!(
+                "{name} must be * or one ETag as GET answers it (a quoted 16-digit digest)"
+            ))),
+        }
+    };
+    let matching = header(axum::http::header::IF_MATCH)?;
+    let none_matching = header(axum::http::header::IF_NONE_MATCH)?;
+    Ok(match (matching, none_matching) {
+        (None, None) => None,
+        (Some(m), None) if m == "*" => Some(Precondition::Present),
+        (Some(m), None) => Some(Precondition::Is(m)),
+        (None, Some(n)) if n == "*" => Some(Precondition::Absent),
+        (None, Some(n)) => Some(Precondition::IsNot(n)),
+        (Some(_), Some(_)) => {
+            return Err(bad_request(
+                "give If-Match or If-None-Match, not both".into(),
+            ))
+        }
+    })
+}
+
+fn siblings_take_context() -> HttpError {
+    bad_request(format!(
+        "a bucket that keeps siblings takes the causal context ({CONTEXT_HEADER}), not \
+         If-Match or If-None-Match"
+    ))
+}
+
+/// The answer of a conditional `PUT` or `DELETE`: 200, or 412 when the condition failed.
+fn conditional_answer(bucket: u8, key: &str, done: &str, written: bool) -> Answer {
+    let body = json!({ "bucket": bucket, "key": key, done: written });
+    if written {
+        return Ok(reply(body));
+    }
+    let mut body = body;
+    body["error"] = json!("precondition failed: the key's current value did not match");
+    Ok((StatusCode::PRECONDITION_FAILED, JSON, body.to_string()).into_response())
+}
+
+/// Runs one Redis command (`args`, name first) as a RESP3 client in `at` would; an error
+/// reply is an [`HttpError`] (409 for `WRONGTYPE`, 503 for `TRYAGAIN`, else 400).
+async fn run_command(ap: &ApNode, at: Access, args: Vec<Bytes>) -> Result<Frame, HttpError> {
+    let mut session = Session::detached(at);
+    match commands::run(ap, &mut session, args).await {
+        Frame::Error(text) | Frame::BulkError(text) => {
+            let text = String::from_utf8_lossy(&text).into_owned();
+            let status = if text.starts_with("WRONGTYPE") {
+                StatusCode::CONFLICT
+            } else if text.starts_with("TRYAGAIN") {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            Err(HttpError(status, text))
+        }
+        reply => Ok(reply),
+    }
+}
+
+/// A reply as JSON (see the module's documentation).
+fn frame_json(f: Frame) -> Value {
+    let text = |b: &[u8]| match std::str::from_utf8(b) {
+        Ok(t) => json!(t),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) }),
+    };
+    match f {
+        Frame::Simple(b) | Frame::Bulk(b) | Frame::BigNumber(b) => text(&b),
+        Frame::Verbatim { text: b, .. } => text(&b),
+        Frame::Error(b) | Frame::BulkError(b) => json!({ "error": String::from_utf8_lossy(&b) }),
+        Frame::Integer(i) => json!(i),
+        Frame::Double(d) => json!(d),
+        Frame::Boolean(b) => json!(b),
+        Frame::Null | Frame::NullBulk | Frame::NullArray => Value::Null,
+        Frame::Array(items) | Frame::Set(items) | Frame::Push(items) => {
+            Value::Array(items.into_iter().map(frame_json).collect())
+        }
+        Frame::Map(pairs) => {
+            let keys: Option<Vec<String>> = pairs
+                .iter()
+                .map(|(k, _)| match k {
+                    Frame::Simple(b) | Frame::Bulk(b) => {
+                        std::str::from_utf8(b).ok().map(str::to_string)
+                    }
+                    _ => None,
+                })
+                .collect();
+            match keys {
+                Some(keys) => Value::Object(
+                    keys.into_iter()
+                        .zip(pairs)
+                        .map(|(k, (_, v))| (k, frame_json(v)))
+                        .collect(),
+                ),
+                None => Value::Array(
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| json!([frame_json(k), frame_json(v)]))
+                        .collect(),
+                ),
+            }
+        }
+        Frame::Attribute { data, .. } => frame_json(*data),
+    }
+}
+
+/// The command and arguments a `POST .../keys/{key}` body gives.
+fn parse_command(body: &[u8]) -> Result<(String, Vec<Bytes>), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let command = v
+        .get("command")
+        .and_then(Value::as_str)
+        .ok_or("expected \"command\": a Redis command name")?
+        .to_string();
+    let strings = |name: &str| -> Result<Option<Vec<String>>, String> {
+        match v.get(name) {
+            None => Ok(None),
+            Some(Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| format!("{name} must be an array of strings")),
+            Some(_) => Err(format!("{name} must be an array of strings")),
+        }
+    };
+    let args = match (strings("args")?, strings("args_base64")?) {
+        (Some(a), None) => a.into_iter().map(|a| Bytes::from(a.into_bytes())).collect(),
+        (None, Some(a)) => a
+            .iter()
+            .map(|a| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(a)
+                    .map(Bytes::from)
+                    .map_err(|e| format!("args_base64 holds something not base64: {e}"))
+            })
+            .collect::<Result<_, _>>()?,
+        (None, None) => Vec::new(),
+        (Some(_), Some(_)) => return Err("give args or args_base64, not both".into()),
+    };
+    Ok((command, args))
+}
+
+/// `POST .../keys/{key}`: one Redis data command on the key.
+async fn command(
+    State(ap): State<ApNode>,
+    Path((bucket, key)): Path<(String, String)>,
+    RawQuery(q): RawQuery,
+    session: Option<Extension<SessionId>>,
+    body: Bytes,
+) -> Answer {
+    let at = access(&ap, &bucket, &q, session)?;
+    let (name, args) = parse_command(&body).map_err(bad_request)?;
+    if !commands::keyed(&name.to_ascii_lowercase()) {
+        return Err(bad_request(format!(
+            "{name:?} is not a Redis data command on a key (connection, keyspace-wide and \
+             transaction commands are served over RESP only)"
+        )));
+    }
+    let mut request = Vec::with_capacity(args.len() + 2);
+    request.push(Bytes::from(name.into_bytes()));
+    request.push(Bytes::from(key.clone().into_bytes()));
+    request.extend(args);
+    let result = run_command(&ap, at, request).await?;
+    Ok(reply(
+        json!({ "bucket": at.bucket, "key": key, "result": frame_json(result) }),
     ))
 }
 
@@ -428,16 +688,41 @@ async fn delete_key(
     headers: HeaderMap,
 ) -> Answer {
     let at = access(&ap, &bucket, &q, session)?;
+    let condition = precondition(&headers)?;
     if ap.keeps_siblings(at.bucket) {
+        if condition.is_some() {
+            return Err(siblings_take_context());
+        }
         ap.sibling_put(at, key.as_bytes(), context_of(&headers)?, None)
             .await?;
         return Ok(reply(
             json!({ "bucket": at.bucket, "key": key, "deleted": true }),
         ));
     }
+    match &condition {
+        None | Some(Precondition::Present) => {}
+        Some(Precondition::Is(digest)) => {
+            let delex = vec![
+                Bytes::from_static(b"DELEX"),
+                Bytes::from(key.clone().into_bytes()),
+                Bytes::from_static(b"IFDEQ"),
+                Bytes::from(digest.clone()),
+            ];
+            let deleted = run_command(&ap, at, delex).await? == Frame::Integer(1);
+            return conditional_answer(at.bucket, &key, "deleted", deleted);
+        }
+        Some(_) => {
+            return Err(bad_request(
+                "DELETE takes If-Match (* or an ETag), not If-None-Match".into(),
+            ))
+        }
+    }
     let now = ap.now_ms();
     let state = ap.read(at, key.as_bytes()).await?;
     let existed = state.is_some_and(|s| s.exists(now));
+    if !existed && condition.is_some() {
+        return conditional_answer(at.bucket, &key, "deleted", false);
+    }
     if existed {
         ap.write(at, key.as_bytes(), Op::Del).await?;
     }
@@ -477,6 +762,143 @@ mod tests {
     fn token(r: &Response) -> Option<SessionToken> {
         let header = r.headers().get(SESSION_HEADER)?;
         Some(SessionToken::decode(header.as_bytes()).unwrap())
+    }
+
+    /// `method path` with `headers` and a JSON `body`: the status, headers and JSON body.
+    async fn send(
+        app: &Router,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+        let response = app
+            .clone()
+            .oneshot(request.body(body).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (parts.status, parts.headers, json)
+    }
+
+    fn one_member() -> (tempfile::TempDir, Router) {
+        let dir = tempfile::tempdir().unwrap();
+        let ap = ApNode::open(NodeId(1), 7, dir.path(), ApConfig::default()).unwrap();
+        ap.set_members(&BTreeMap::from([(NodeId(1), "http://127.0.0.1:1".into())]));
+        (dir, router(ap))
+    }
+
+    #[tokio::test]
+    async fn conditional_puts_and_deletes_follow_the_etag() {
+        let (_dir, app) = one_member();
+        let path = "/v1/buckets/0/keys/k";
+        let put = |v: &str| Some(json!({ "value": v }));
+        // If-None-Match: * creates only an absent key.
+        let (status, _, _) = send(&app, "PUT", path, &[("if-none-match", "*")], put("a")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, body) = send(&app, "PUT", path, &[("if-none-match", "*")], put("b")).await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+        assert_eq!(body["stored"], false);
+        // GET answers the value's digest as the ETag.
+        let (status, headers, body) = send(&app, "GET", path, &[], None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["value"], "a");
+        let etag = headers["etag"].to_str().unwrap().to_string();
+        assert_eq!(etag, format!("\"{}\"", commands::digest(b"a")));
+        // If-Match with that ETag writes; the old ETag then no longer matches.
+        let (status, _, _) = send(&app, "PUT", path, &[("if-match", &etag)], put("c")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = send(&app, "PUT", path, &[("if-match", &etag)], put("d")).await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+        let (status, _, _) = send(&app, "PUT", path, &[("if-none-match", &etag)], put("e")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, _, body) = send(&app, "GET", path, &[], None).await;
+        assert_eq!(body["value"], "e");
+        // DELETE with a stale ETag deletes nothing; with the current one it deletes.
+        let (status, _, _) = send(&app, "DELETE", path, &[("if-match", &etag)], None).await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+        let current = format!("\"{}\"", commands::digest(b"e"));
+        let (status, _, body) = send(&app, "DELETE", path, &[("if-match", &current)], None).await;
+        assert_eq!(
+            (status, body["deleted"].clone()),
+            (StatusCode::OK, json!(true))
+        );
+        // If-Match: * needs a present key.
+        let (status, _, _) = send(&app, "PUT", path, &[("if-match", "*")], put("f")).await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+        let (status, _, _) = send(&app, "DELETE", path, &[("if-match", "*")], None).await;
+        assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+        // Malformed conditions are refused.
+        for (name, value) in [("if-match", "W/\"x\""), ("if-none-match", "\"short\"")] {
+            let (status, _, _) = send(&app, "PUT", path, &[(name, value)], put("g")).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {value}");
+        }
+        let both = [("if-match", "*"), ("if-none-match", "*")];
+        let (status, _, _) = send(&app, "PUT", path, &both, put("g")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn the_command_endpoint_runs_redis_data_commands_on_the_key() {
+        let (_dir, app) = one_member();
+        let path = "/v1/buckets/0/keys/s";
+        let run = |command: &str, args: &[&str]| Some(json!({ "command": command, "args": args }));
+        let (status, _, body) = send(&app, "POST", path, &[], run("SADD", &["a", "b", "a"])).await;
+        assert_eq!((status, body["result"].clone()), (StatusCode::OK, json!(2)));
+        let (_, _, body) = send(&app, "POST", path, &[], run("smembers", &[])).await;
+        let mut members: Vec<String> = serde_json::from_value(body["result"].clone()).unwrap();
+        members.sort();
+        assert_eq!(members, ["a", "b"]);
+        // Type errors answer 409 with Redis's text and change nothing.
+        let (status, _, body) = send(&app, "POST", path, &[], run("HSET", &["f", "v"])).await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(body["error"].as_str().unwrap().starts_with("WRONGTYPE"));
+        // A hash reads back as an object (RESP3 map); bytes that are not UTF-8 as base64.
+        let h = "/v1/buckets/0/keys/h";
+        let bytes = json!({ "command": "HSET", "args_base64": ["Zg==", "/w=="] });
+        let (status, _, _) = send(&app, "POST", h, &[], Some(bytes)).await;
+        assert_eq!(status, StatusCode::OK);
+        let (_, _, body) = send(&app, "POST", h, &[], run("HGETALL", &[])).await;
+        assert_eq!(body["result"], json!({ "f": { "base64": "/w==" } }));
+        // Compare-and-set: SET NX twice, then a nil result.
+        let c = "/v1/buckets/0/keys/c";
+        let (_, _, body) = send(&app, "POST", c, &[], run("SET", &["1", "NX"])).await;
+        assert_eq!(body["result"], "OK");
+        let (_, _, body) = send(&app, "POST", c, &[], run("SET", &["2", "NX", "GET"])).await;
+        assert_eq!(body["result"], "1");
+        let (_, _, body) = send(&app, "POST", c, &[], run("INCRBY", &["5"])).await;
+        assert_eq!(body["result"], 6);
+        // Commands that are not on one key, and bad bodies, are refused.
+        for (body, why) in [
+            (run("FLUSHALL", &[]), "keyspace-wide"),
+            (run("MULTI", &[]), "transaction"),
+            (run("NOSUCH", &[]), "unknown"),
+            (Some(json!({ "args": ["x"] })), "no command"),
+            (
+                Some(json!({ "command": "GET", "args": [1] })),
+                "not strings",
+            ),
+            (
+                Some(json!({ "command": "GET", "args_base64": ["!"] })),
+                "not base64",
+            ),
+        ] {
+            let (status, _, _) = send(&app, "POST", c, &[], body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{why}");
+        }
+        let (status, _, body) = send(&app, "POST", c, &[], run("GET", &["extra"])).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body["error"]
+            .as_str()
+            .unwrap()
+            .contains("wrong number of arguments"));
     }
 
     #[tokio::test]

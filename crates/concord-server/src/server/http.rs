@@ -498,12 +498,16 @@ pub(crate) fn query_param<'a>(q: &'a Option<String>, name: &str) -> Option<&'a s
 /// * `POST /debug/peer-delay?ms=N` holds every outgoing Raft batch back by N ms (0 heals);
 /// * `POST /debug/clock-rate?rate=R` makes the lease clock run at R times real time
 ///   (1 heals): clock-rate skew, the clock fault that matters to leases, since Concord
-///   never reads the wall clock for safety.
+///   never reads the wall clock for safety;
+/// * `POST /debug/clock-offset?ms=N` shifts the physical clock under the AP buckets' HLC
+///   N ms (negative: behind; 0 heals): clock-offset skew, what LWW order, Paxos ballots
+///   and apply deadlines see.
 pub(crate) fn test_hooks(
     transport: std::sync::Arc<
         concord_runtime::faults::FaultyTransport<concord_runtime::grpc::GrpcTransport>,
     >,
     leases: std::sync::Arc<crate::node::Leases>,
+    ap: crate::ap::ApNode,
 ) -> Router {
     Router::new()
         .route(
@@ -535,6 +539,23 @@ pub(crate) fn test_hooks(
                         _ => (
                             StatusCode::BAD_REQUEST,
                             "expected ?rate=R with 0.1 <= R <= 10\n".to_string(),
+                        ),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/debug/clock-offset",
+            axum::routing::post(
+                move |axum::extract::RawQuery(q): axum::extract::RawQuery| async move {
+                    match query_param(&q, "ms").and_then(|v| v.parse::<i64>().ok()) {
+                        Some(ms) if ms.abs() <= 60_000 => {
+                            ap.set_clock_offset(ms);
+                            (StatusCode::OK, format!("clock offset {ms} ms\n"))
+                        }
+                        _ => (
+                            StatusCode::BAD_REQUEST,
+                            "expected ?ms=N with -60000 <= N <= 60000\n".to_string(),
                         ),
                     }
                 },

@@ -1,9 +1,12 @@
-//! `concord bucket list|get|set` (AP bucket properties) and `concord ap get|put|del` (AP
-//! keys), over the members' HTTP JSON API (`/v1/buckets`), trying the endpoints in turn.
+//! `concord bucket list|get|set` (AP bucket properties) and `concord ap get|put|del|cmd`
+//! (AP keys: values, siblings and their context, compare-and-set by digest, any Redis data
+//! command, sessions kept in a file), over the members' HTTP JSON API (`/v1/buckets`),
+//! trying the endpoints in turn.
 
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
+use super::http::Answer;
 use super::{out, printer, CtlError, CtlResult, GlobalArgs, OutputFormat};
 
 /// `concord bucket`.
@@ -58,6 +61,11 @@ pub struct ApArgs {
     /// The bucket (0-15; Redis's SELECT)
     #[arg(long, default_value_t = 0, global = true)]
     pub bucket: u8,
+    /// Run in the session whose token this file holds (a new one when the file is absent
+    /// or empty) and write the session's new token back to it: successive commands then
+    /// read their own writes and never go back in time, at any member
+    #[arg(long, global = true, value_name = "FILE")]
+    pub session_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     /// The key command.
     pub cmd: ApCmd,
@@ -66,7 +74,8 @@ pub struct ApArgs {
 /// The AP key commands.
 #[derive(Subcommand, Debug)]
 pub enum ApCmd {
-    /// Reads a key of an AP bucket (Redis GET)
+    /// Reads a key of an AP bucket (Redis GET; in a bucket that keeps siblings, every
+    /// sibling and the causal context)
     Get {
         /// The key
         key: String,
@@ -74,7 +83,7 @@ pub enum ApCmd {
         #[arg(long)]
         r: Option<u32>,
     },
-    /// Writes a key of an AP bucket (Redis SET)
+    /// Writes a key of an AP bucket (Redis SET); with a condition, a compare-and-set
     Put {
         /// The key
         key: String,
@@ -86,6 +95,12 @@ pub enum ApCmd {
         /// Acknowledgements to wait for (default: the bucket's w)
         #[arg(long)]
         w: Option<u32>,
+        #[command(flatten)]
+        condition: Condition,
+        /// The causal context from `get` (buckets that keep siblings): replaces exactly
+        /// the siblings read; without it the value is added as a sibling
+        #[arg(long)]
+        context: Option<String>,
     },
     /// Deletes a key of an AP bucket (Redis DEL)
     Del {
@@ -94,30 +109,98 @@ pub enum ApCmd {
         /// Acknowledgements to wait for (default: the bucket's w)
         #[arg(long)]
         w: Option<u32>,
+        /// Delete only while the value has this digest (`get -w json` shows it)
+        #[arg(long, value_name = "DIGEST")]
+        if_match: Option<String>,
+        /// The causal context from `get` (buckets that keep siblings)
+        #[arg(long)]
+        context: Option<String>,
     },
+    /// Runs a Redis data command on a key (`concord ap cmd myset SADD a b`), with the
+    /// same semantics as over RESP
+    Cmd {
+        /// The key
+        key: String,
+        /// The command (SADD, HGETALL, INCRBY, SET ... NX, ...)
+        command: String,
+        /// Its arguments after the key (after `--` when one starts with `-` and is not a
+        /// number)
+        #[arg(allow_negative_numbers = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The condition of a compare-and-set `put` (at most one).
+#[derive(Args, Debug, Default)]
+#[group(multiple = false)]
+pub struct Condition {
+    /// Write only if the key does not exist (SET NX)
+    #[arg(long)]
+    if_absent: bool,
+    /// Write only if the key exists (SET XX)
+    #[arg(long)]
+    if_present: bool,
+    /// Write only while the value has this digest (SET IFDEQ; `get -w json` shows it)
+    #[arg(long, value_name = "DIGEST")]
+    if_match: Option<String>,
+    /// Write only while the value does not have this digest (SET IFDNE)
+    #[arg(long, value_name = "DIGEST")]
+    if_none_match: Option<String>,
+}
+
+impl Condition {
+    /// The request header that carries it.
+    fn header(&self) -> Option<(&'static str, String)> {
+        let etag = |d: &str| format!("\"{d}\"");
+        if self.if_absent {
+            Some(("If-None-Match", "*".into()))
+        } else if self.if_present {
+            Some(("If-Match", "*".into()))
+        } else if let Some(d) = &self.if_match {
+            Some(("If-Match", etag(d)))
+        } else {
+            self.if_none_match
+                .as_deref()
+                .map(|d| ("If-None-Match", etag(d)))
+        }
+    }
 }
 
 /// The columns of `bucket list` and `bucket get`.
 pub const BUCKET_HEADERS: [&str; 6] = ["Bucket", "N", "R", "W", "Durability", "Siblings"];
 
-/// Sends the request to each endpoint in turn until one answers (an HTTP error answer,
-/// such as 404 or 400, is final: another member would give the same).
+/// Sends the request to each endpoint in turn until one answers (any HTTP answer, such
+/// as 404 or 400, is final: another member would give the same); the endpoint and answer.
+async fn call_with(
+    global: &GlobalArgs,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<&Value>,
+) -> CtlResult<(String, Answer)> {
+    let mut last = CtlError::new("no endpoint given");
+    for endpoint in &global.endpoints {
+        let timeout = global.command_timeout;
+        match super::http::request(endpoint, method, path, headers, body, timeout).await {
+            Ok(answer) => return Ok((endpoint.clone(), answer)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// [`call_with`] without headers; an answer other than 200 is an error.
 async fn call(
     global: &GlobalArgs,
     method: &str,
     path: &str,
     body: Option<&Value>,
 ) -> CtlResult<Value> {
-    let mut last = CtlError::new("no endpoint given");
-    for endpoint in &global.endpoints {
-        match super::http::request_json(endpoint, method, path, body, global.command_timeout).await
-        {
-            Ok(v) => return Ok(v),
-            Err(e) if e.to_string().contains(": HTTP ") => return Err(e),
-            Err(e) => last = e,
-        }
+    let (endpoint, answer) = call_with(global, method, path, &[], body).await?;
+    if answer.status != 200 {
+        return Err(answer.error(&endpoint));
     }
-    Err(last)
+    Ok(answer.body)
 }
 
 fn row(p: &Value) -> CtlResult<Vec<String>> {
@@ -235,6 +318,85 @@ fn encode_key(key: &str) -> String {
     s
 }
 
+/// The session header to send for `--session-file` (empty: start a session).
+fn session_header(file: &std::path::Path) -> CtlResult<(&'static str, String)> {
+    let token = match std::fs::read_to_string(file) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(CtlError::new(format!("{}: {e}", file.display()))),
+    };
+    Ok(("Concord-Session", token))
+}
+
+/// A value of a JSON answer as one line of text (bytes that are not UTF-8 as base64).
+fn value_line(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "(nil)".into(),
+        Value::Object(o) if o.len() == 1 && o.contains_key("base64") => {
+            format!("(base64) {}", o["base64"].as_str().unwrap_or_default())
+        }
+        Value::Object(o) => match (o.get("value"), o.get("value_base64")) {
+            (Some(v), _) => value_line(v),
+            (_, Some(b)) => format!("(base64) {}", b.as_str().unwrap_or_default()),
+            _ => v.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// `concord ap cmd`'s result as lines: one per element of an array, `field<TAB>value`
+/// per entry of a map.
+fn result_lines(result: &Value) -> String {
+    let mut text = match result {
+        Value::Array(items) if items.is_empty() => "(empty)".into(),
+        Value::Array(items) => items.iter().map(value_line).collect::<Vec<_>>().join("\n"),
+        Value::Object(o) if !o.contains_key("base64") => o
+            .iter()
+            .map(|(k, v)| format!("{k}\t{}", value_line(v)))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        other => value_line(other),
+    };
+    text.push('\n');
+    text
+}
+
+/// What `get` prints of a key (simple format).
+fn key_lines(key: &str, v: &Value) -> String {
+    let lines: Vec<String> = if let Some(siblings) = v["siblings"].as_array() {
+        siblings.iter().map(value_line).collect()
+    } else if let Some(members) = v["members"].as_array() {
+        // A set: one member per line.
+        members.iter().map(value_line).collect()
+    } else if let Some(members) = v["members_base64"].as_array() {
+        members
+            .iter()
+            .map(|m| format!("(base64) {}", m.as_str().unwrap_or_default()))
+            .collect()
+    } else if let Some(fields) = v["fields"].as_object() {
+        // A hash: one field and value per line.
+        fields
+            .iter()
+            .map(|(f, v)| format!("{f}\t{}", value_line(v)))
+            .collect()
+    } else if let Some(pairs) = v["fields_base64"].as_array() {
+        pairs
+            .iter()
+            .map(|p| {
+                format!(
+                    "(base64) {}\t(base64) {}",
+                    p[0].as_str().unwrap_or_default(),
+                    p[1].as_str().unwrap_or_default()
+                )
+            })
+            .collect()
+    } else {
+        vec![value_line(v)]
+    };
+    format!("{key}\n{}\n", lines.join("\n"))
+}
+
 /// Runs `concord ap ...`.
 pub async fn run_ap(args: ApArgs) -> CtlResult<()> {
     let g = &args.global;
@@ -245,59 +407,85 @@ pub async fn run_ap(args: ApArgs) -> CtlResult<()> {
         }
         p
     };
-    let json_out = g.write_out == OutputFormat::Json;
-    match &args.cmd {
-        ApCmd::Get { key, r } => {
-            let v = call(g, "GET", &path(key, r.map(|r| ("r", r))), None).await?;
-            if json_out {
-                out(&format!("{v}\n"));
-            } else if let Some(text) = v["value"].as_str() {
-                out(&format!("{key}\n{text}\n"));
-            } else if let Some(members) = v["members"].as_array() {
-                // A set: one member per line.
-                let lines: Vec<&str> = members.iter().filter_map(|m| m.as_str()).collect();
-                out(&format!("{key}\n{}\n", lines.join("\n")));
-            } else if let Some(fields) = v["fields"].as_object() {
-                // A hash: one field and value per line.
-                let lines: Vec<String> = fields
-                    .iter()
-                    .map(|(f, v)| format!("{f}\t{}", v.as_str().unwrap_or_default()))
-                    .collect();
-                out(&format!("{key}\n{}\n", lines.join("\n")));
-            } else if let Some(members) = v["members_base64"].as_array() {
-                let lines: Vec<String> = members.iter().map(|m| format!("(base64) {m}")).collect();
-                out(&format!("{key}\n{}\n", lines.join("\n")));
-            } else {
-                out(&format!("{key}\n(base64) {}\n", v["value_base64"]));
-            }
-        }
+    let mut headers = Vec::new();
+    if let Some(file) = &args.session_file {
+        headers.push(session_header(file)?);
+    }
+    let context = |c: &Option<String>| c.clone().map(|c| ("Concord-Context", c));
+    let (method, path, body) = match &args.cmd {
+        ApCmd::Get { key, r } => ("GET", path(key, r.map(|r| ("r", r))), None),
         ApCmd::Put {
             key,
             value,
             ttl_ms,
             w,
+            condition,
+            context: ctx,
         } => {
             let mut body = json!({ "value": value });
             if let Some(t) = ttl_ms {
                 body["ttl_ms"] = json!(t);
             }
-            let v = call(g, "PUT", &path(key, w.map(|w| ("w", w))), Some(&body)).await?;
-            out(&if json_out {
-                format!("{v}\n")
-            } else {
-                "OK\n".to_string()
-            });
+            headers.extend(condition.header());
+            headers.extend(context(ctx));
+            ("PUT", path(key, w.map(|w| ("w", w))), Some(body))
         }
-        ApCmd::Del { key, w } => {
-            let v = call(g, "DELETE", &path(key, w.map(|w| ("w", w))), None).await?;
-            let deleted = u8::from(v["deleted"].as_bool().unwrap_or(false));
-            out(&if json_out {
-                format!("{v}\n")
-            } else {
-                format!("{deleted}\n")
-            });
+        ApCmd::Del {
+            key,
+            w,
+            if_match,
+            context: ctx,
+        } => {
+            headers.extend(if_match.as_ref().map(|d| ("If-Match", format!("\"{d}\""))));
+            headers.extend(context(ctx));
+            ("DELETE", path(key, w.map(|w| ("w", w))), None)
         }
+        ApCmd::Cmd { key, command, args } => {
+            let body = json!({ "command": command, "args": args });
+            ("POST", path(key, None), Some(body))
+        }
+    };
+    let (endpoint, answer) = call_with(g, method, &path, &headers, body.as_ref()).await?;
+    // The session goes on also after a refusal.
+    if let (Some(file), Some(token)) = (&args.session_file, answer.header("concord-session")) {
+        std::fs::write(file, format!("{token}\n"))
+            .map_err(|e| CtlError::new(format!("{}: {e}", file.display())))?;
     }
+    let found_siblings = answer.status == 300 && matches!(args.cmd, ApCmd::Get { .. });
+    if answer.status == 412 {
+        // A compare-and-set whose condition failed: not an error, nothing written.
+        out(&if g.write_out == OutputFormat::Json {
+            format!("{}\n", answer.body)
+        } else {
+            "0\n".into()
+        });
+        return Ok(());
+    }
+    if answer.status != 200 && !found_siblings {
+        return Err(answer.error(&endpoint));
+    }
+    let mut body = answer.body.clone();
+    let ctx = answer.header("concord-context");
+    if let Some(ctx) = ctx {
+        body["context"] = json!(ctx);
+    }
+    if g.write_out == OutputFormat::Json {
+        out(&format!("{body}\n"));
+        return Ok(());
+    }
+    out(&match &args.cmd {
+        ApCmd::Get { key, .. } => {
+            let mut text = key_lines(key, &body);
+            if let Some(ctx) = ctx {
+                text.push_str(&format!("(context) {ctx}\n"));
+            }
+            text
+        }
+        ApCmd::Put { condition, .. } if condition.header().is_some() => "1\n".into(),
+        ApCmd::Put { .. } => "OK\n".into(),
+        ApCmd::Del { .. } => format!("{}\n", u8::from(body["deleted"].as_bool().unwrap_or(false))),
+        ApCmd::Cmd { .. } => result_lines(&body["result"]),
+    });
     Ok(())
 }
 

@@ -41,20 +41,24 @@ pub fn authority(endpoint: &str) -> CtlResult<String> {
 /// Connects to `authority` and sends `GET path` (HTTP/1.1, `Connection: close`); the answer
 /// is the caller's to read.
 pub async fn send_get(authority: &str, path: &str) -> std::io::Result<TcpStream> {
-    send(authority, "GET", path, None).await
+    send(authority, "GET", path, &[], None).await
 }
 
-/// Connects to `authority` and sends `method path` with `body` as JSON (HTTP/1.1,
-/// `Connection: close`); the answer is the caller's to read.
+/// Connects to `authority` and sends `method path` with `headers` and `body` as JSON
+/// (HTTP/1.1, `Connection: close`); the answer is the caller's to read.
 async fn send(
     authority: &str,
     method: &str,
     path: &str,
+    headers: &[(&str, String)],
     body: Option<&[u8]>,
 ) -> std::io::Result<TcpStream> {
     let mut stream = TcpStream::connect(authority).await?;
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(body) = body {
         request.push_str(&format!(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -99,10 +103,57 @@ pub async fn request_json(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> CtlResult<serde_json::Value> {
+    let answer = request(endpoint, method, path, &[], body, timeout).await?;
+    if answer.status != 200 {
+        return Err(answer.error(endpoint));
+    }
+    Ok(answer.body)
+}
+
+/// An HTTP answer whose body is JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: serde_json::Value,
+}
+
+impl Answer {
+    /// The value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The answer as an error: the status and the body's `error` text (or the body).
+    pub fn error(&self, endpoint: &str) -> CtlError {
+        let text = match self.body["error"].as_str() {
+            Some(e) => e.to_string(),
+            None => self.body.to_string(),
+        };
+        CtlError::new(format!("{endpoint}: HTTP {}: {text}", self.status))
+    }
+}
+
+/// Sends `method path` with `headers` (and `body`, JSON) to `endpoint`: the answer, whatever
+/// its status, with its body parsed as JSON (`null` when empty).
+pub async fn request(
+    endpoint: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> CtlResult<Answer> {
     let authority = authority(endpoint)?;
     let body = body.map(|b| b.to_string().into_bytes());
     let attempt = async {
-        let stream = send(&authority, method, path, body.as_deref()).await?;
+        let stream = send(&authority, method, path, headers, body.as_deref()).await?;
         let mut response = Vec::new();
         stream
             .take(MAX_RESPONSE_BYTES)
@@ -117,7 +168,7 @@ pub async fn request_json(
     parse_response(endpoint, &response)
 }
 
-fn parse_response(endpoint: &str, response: &[u8]) -> CtlResult<serde_json::Value> {
+fn parse_response(endpoint: &str, response: &[u8]) -> CtlResult<Answer> {
     let bad = || CtlError::new(format!("{endpoint}: not an HTTP response"));
     let split = response
         .windows(4)
@@ -134,14 +185,33 @@ fn parse_response(endpoint: &str, response: &[u8]) -> CtlResult<serde_json::Valu
             "{endpoint}: chunked answers are not supported"
         )));
     }
-    if status != 200 {
-        return Err(CtlError::new(format!(
-            "{endpoint}: HTTP {status}: {}",
-            String::from_utf8_lossy(body).trim()
-        )));
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| CtlError::new(format!("{endpoint}: the answer is not JSON: {e}")))
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::Value::Null
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(v) => v,
+            // A refusal in plain text still says why.
+            Err(_) if status != 200 => {
+                serde_json::json!({ "error": String::from_utf8_lossy(body).trim() })
+            }
+            Err(e) => {
+                return Err(CtlError::new(format!(
+                    "{endpoint}: the answer is not JSON: {e}"
+                )))
+            }
+        }
+    };
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 #[cfg(test)]
@@ -170,13 +240,24 @@ mod tests {
 
     #[test]
     fn responses() {
-        let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{\"a\":1}";
-        assert_eq!(parse_response("e", ok).unwrap()["a"], 1);
+        let ok =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nETag: \"x\"\r\n\r\n{\"a\":1}";
+        let answer = parse_response("e", ok).unwrap();
+        assert_eq!(
+            (answer.status, &answer.body["a"]),
+            (200, &serde_json::json!(1))
+        );
+        assert_eq!(answer.header("content-type"), Some("application/json"));
+        assert_eq!(answer.header("etag"), Some("\"x\""));
         let err = b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"error\":\"x\"}";
-        assert!(parse_response("e", err)
-            .unwrap_err()
-            .to_string()
-            .contains("HTTP 503"));
+        let answer = parse_response("e", err).unwrap();
+        assert_eq!(answer.status, 503);
+        assert_eq!(answer.error("e").to_string(), "e: HTTP 503: x");
+        let text = b"HTTP/1.1 400 Bad Request\r\n\r\nexpected ?ms=N\n";
+        let answer = parse_response("e", text).unwrap();
+        assert_eq!(answer.error("e").to_string(), "e: HTTP 400: expected ?ms=N");
+        let not_json = b"HTTP/1.1 200 OK\r\n\r\nnope";
+        assert!(parse_response("e", not_json).is_err());
         assert!(parse_response("e", b"garbage").is_err());
         let chunked =
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{\"a\":1}\r\n0\r\n\r\n";
