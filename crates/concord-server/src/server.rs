@@ -26,7 +26,6 @@ pub mod listener;
 mod maintenance;
 pub mod members;
 mod meta;
-mod raft_metrics;
 pub mod restore;
 mod watch;
 
@@ -295,8 +294,8 @@ impl Server {
         }
 
         let mut nc = node_config(&config, member_id, &founding);
-        let raft_metrics = Arc::new(raft_metrics::RaftMetrics::default());
-        nc.raft.telemetry = raft_metrics.clone();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        nc.raft.telemetry = metrics.raft.clone();
         let peers: BTreeMap<NodeId, String> = founding
             .iter()
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
@@ -359,7 +358,7 @@ impl Server {
             max_request_bytes: config.max_request_bytes,
             leases: leases.clone(),
             members: members.clone(),
-            raft_metrics,
+            metrics: metrics.clone(),
             membership: membership.clone(),
             ap: ap.clone(),
             roster: roster.clone(),
@@ -382,7 +381,7 @@ impl Server {
                 token.clone(),
             )))
             .fallback(http::not_found);
-        let router = one_port(routes, plain);
+        let router = one_port(routes, plain, metrics.grpc.clone());
         let limits = listener::Limits {
             max_connections: config.max_client_connections,
             max_concurrent_streams: config.max_concurrent_streams,
@@ -621,13 +620,24 @@ fn grpc_services(ctx: &api::Ctx, token: &str, max_request_bytes: usize) -> tonic
 
 /// One port for both protocols: gRPC requests (content-type application/grpc) go to
 /// `grpc`, everything else to `plain`.
-fn one_port(grpc: tonic::service::Routes, plain: axum::Router) -> axum::Router {
+fn one_port(
+    grpc: tonic::service::Routes,
+    plain: axum::Router,
+    metrics: Arc<crate::metrics::GrpcMetrics>,
+) -> axum::Router {
     grpc.into_axum_router().layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| {
             let plain = plain.clone();
+            let metrics = metrics.clone();
             async move {
                 if http::is_grpc(&req) {
-                    next.run(req).await
+                    // Counted: started, bytes both ways, handled with its code and time.
+                    let (parts, body) = req.into_parts();
+                    let (call, body) = metrics.start(parts.uri.path(), body);
+                    let response = next
+                        .run(axum::extract::Request::from_parts(parts, body))
+                        .await;
+                    call.response(response)
                 } else {
                     use tower::ServiceExt as _;
                     match plain.oneshot(req).await {

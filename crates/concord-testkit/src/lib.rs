@@ -5,6 +5,7 @@
 //! * [`ports`]: free loopback ports.
 //! * [`wait`]: bounded "eventually" polling, async and blocking.
 //! * [`http`]: a raw HTTP/1.1 client (exact bytes out, parsed answer back).
+//! * [`metrics`]: `/metrics` pages parsed by a Prometheus text-format parser.
 //! * [`redis`]: a minimal Redis client (one command, one parsed reply).
 //! * [`etcd`]: `etcd-client` helpers (connect, error text, a client that retries across
 //!   nodes).
@@ -16,6 +17,7 @@
 pub mod cluster;
 pub mod etcd;
 pub mod http;
+pub mod metrics;
 pub mod ports;
 pub mod redis;
 pub mod wait;

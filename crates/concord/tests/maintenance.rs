@@ -376,7 +376,7 @@ async fn defragment_under_load_fails_no_request_and_reports_its_pause() {
     .await;
 
     for i in 0..cluster.len() {
-        let before = metric(&cluster, i, "concord_mvcc_db_total_size_bytes").await;
+        let before = metric(&cluster, i, "etcd_mvcc_db_total_size_in_bytes").await;
         let mut m = cluster.client(i).await;
         let ops_before = done.load(Ordering::Relaxed);
         let started = std::time::Instant::now();
@@ -384,7 +384,7 @@ async fn defragment_under_load_fails_no_request_and_reports_its_pause() {
         assert!(d.header().is_none());
         let took = started.elapsed();
         let ops = done.load(Ordering::Relaxed) - ops_before;
-        let after = metric(&cluster, i, "concord_mvcc_db_total_size_bytes").await;
+        let after = metric(&cluster, i, "etcd_mvcc_db_total_size_in_bytes").await;
         let pause = metric(&cluster, i, "concord_defragment_last_pause_seconds").await;
         assert_eq!(metric(&cluster, i, "concord_defragment_total").await, 1.0);
         assert!(after < before, "member {i}: file {before} -> {after} bytes");

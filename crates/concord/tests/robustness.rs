@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::metrics::MetricSample;
 use common::{http_get, http_request, raw_exchange, Cluster, BIN};
 use tonic::codegen::http::uri::PathAndQuery;
 
@@ -221,40 +222,94 @@ async fn http_health_version_metrics_ready() {
         ct.starts_with("text/plain"),
         "Prometheus text content type, got {ct:?}"
     );
-    let text = r.text();
-    assert!(text.contains("# TYPE "), "Prometheus exposition format");
-    assert!(text.contains("# HELP "), "Prometheus exposition format");
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        // `name{labels} value [timestamp]`; label values may contain spaces.
-        let rest = match line.rfind('}') {
-            Some(i) => &line[i + 1..],
-            None => line.split_once(' ').map(|(_, r)| r).unwrap_or_default(),
-        };
-        let value = rest.split_whitespace().next().unwrap_or_default();
-        assert!(
-            value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
-            "metric line without a number: {line:?}"
+    let first = scrape(&r.text());
+    // etcd's names, with etcd's types, so its dashboards and alerts work unchanged.
+    for (name, kind) in [
+        ("etcd_server_has_leader", "gauge"),
+        ("etcd_server_is_leader", "gauge"),
+        ("etcd_server_leader_changes_seen_total", "counter"),
+        ("etcd_server_proposals_committed_total", "gauge"),
+        ("etcd_server_proposals_applied_total", "gauge"),
+        ("etcd_server_proposals_pending", "gauge"),
+        ("etcd_server_proposals_failed_total", "counter"),
+        ("etcd_disk_wal_fsync_duration_seconds", "histogram"),
+        ("etcd_disk_backend_commit_duration_seconds", "histogram"),
+        ("etcd_mvcc_db_total_size_in_bytes", "gauge"),
+        ("etcd_mvcc_db_total_size_in_use_in_bytes", "gauge"),
+        ("etcd_debugging_mvcc_keys_total", "gauge"),
+        ("etcd_network_client_grpc_received_bytes_total", "counter"),
+        ("etcd_network_client_grpc_sent_bytes_total", "counter"),
+        ("grpc_server_started_total", "counter"),
+        ("grpc_server_handled_total", "counter"),
+        ("grpc_server_handling_seconds", "histogram"),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("concord_raft_proposals_accepted_total", "counter"),
+        ("concord_wal_fsyncs_total", "counter"),
+    ] {
+        let found = first.iter().find(|s| s.family == name);
+        assert_eq!(
+            found.map(|s| s.kind.as_str()),
+            Some(kind),
+            "{name} in /metrics"
         );
     }
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    let value = |scrape: &[MetricSample], name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .iter()
+            .find(|s| s.family == name && s.has(labels))
+            .map(|s| s.value)
+            .unwrap_or_else(|| panic!("{name} {labels:?} missing from /metrics"))
     };
-    // The Raft driver's telemetry hooks reach /metrics.
+    // The Raft driver's telemetry hooks and the gRPC layer reach /metrics: the put is a
+    // handled etcdserverpb.KV/Put with code OK.
     for name in [
-        "concord_raft_leader_changes_seen_total",
+        "etcd_server_leader_changes_seen_total",
+        "etcd_server_has_leader",
+        "etcd_server_is_leader",
+        "etcd_debugging_mvcc_keys_total",
         "concord_raft_proposals_accepted_total",
         "concord_raft_applied_entries_total",
+        "etcd_disk_wal_fsync_duration_seconds",
         "concord_wal_writes_total",
         "concord_wal_fsyncs_total",
+        "etcd_network_client_grpc_received_bytes_total",
+        "etcd_network_client_grpc_sent_bytes_total",
     ] {
-        assert!(value(name) >= 1.0, "{name} = {}", value(name));
+        assert!(value(&first, name, &[]) >= 1.0, "{name}");
     }
-    assert!(text.contains("# TYPE concord_wal_fsyncs_total counter"));
+    let put = [
+        ("grpc_service", "etcdserverpb.KV"),
+        ("grpc_method", "Put"),
+        ("grpc_type", "unary"),
+    ];
+    let ok = [put[0], put[1], put[2], ("grpc_code", "OK")];
+    assert_eq!(value(&first, "grpc_server_started_total", &put), 1.0);
+    assert_eq!(value(&first, "grpc_server_handled_total", &ok), 1.0);
+    assert_eq!(value(&first, "grpc_server_handling_seconds", &put), 1.0);
+    // A refused request is counted with its code.
+    let refused = client.put(Vec::<u8>::new(), "v", None).await;
+    assert!(refused.is_err(), "an empty key is refused: {refused:?}");
+    // Counters never go back between scrapes.
+    let r = http_get(port, "/metrics").await.expect("/metrics");
+    let second = scrape(&r.text());
+    for s in first.iter().filter(|s| s.kind == "counter") {
+        let now = second
+            .iter()
+            .find(|t| t.family == s.family && t.labels == s.labels)
+            .map(|t| t.value);
+        assert!(
+            now.is_some_and(|now| now >= s.value),
+            "{} {:?} went from {} to {now:?}",
+            s.family,
+            s.labels,
+            s.value
+        );
+    }
+    let invalid = [put[0], put[1], put[2], ("grpc_code", "InvalidArgument")];
+    assert_eq!(value(&second, "grpc_server_handled_total", &invalid), 1.0);
+    assert_eq!(value(&second, "grpc_server_started_total", &put), 2.0);
 
     let r = http_get(port, "/ready").await.expect("/ready");
     assert_eq!(r.status, 200);
@@ -307,4 +362,9 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
     // The first server was not disturbed.
     still_serves(&cluster, "after an intruder").await;
     assert!(node.is_running());
+}
+
+/// `/metrics` parsed by a Prometheus text-format parser (a malformed line fails it).
+fn scrape(text: &str) -> Vec<MetricSample> {
+    common::metrics::parse_metrics(text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
 }

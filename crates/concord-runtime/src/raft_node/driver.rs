@@ -388,6 +388,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             applied: self.applied,
             snapshot_index: self.snapshot_index,
             snapshots_installed: self.snapshots_installed,
+            pending_proposals: self.waiters.len() + self.conf_waiters.len(),
             state: read_state(&self.state)
                 .as_ref()
                 .map(|s| s.summary())

@@ -225,6 +225,9 @@ pub struct NodeStatus<M> {
     pub snapshot_index: u64,
     /// Snapshots received from a leader and installed since start.
     pub snapshots_installed: u64,
+    /// Proposals of this node waiting to be committed and applied (as of the last
+    /// publication of the status).
+    pub pending_proposals: usize,
     /// The state machine's summary after the last apply.
     pub state: M,
     /// The membership as of the last applied configuration change.

@@ -257,6 +257,7 @@ impl MetaHealth {
 struct HttpState {
     side: ApSide,
     health: Arc<MetaHealth>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Starts an AP-only member (the caller holds the data directory's lock).
@@ -326,6 +327,7 @@ pub(super) async fn start(
         .with_state(HttpState {
             side: side.clone(),
             health: health.clone(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
         .merge(http::ap_routes(side))
         .fallback(not_served);
@@ -553,7 +555,7 @@ async fn ready_route(State(st): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics_route(State(st): State<HttpState>) -> impl IntoResponse {
-    let mut out = String::new();
+    let mut out = Vec::new();
     http::metric(
         &mut out,
         "gauge",
@@ -569,7 +571,7 @@ async fn metrics_route(State(st): State<HttpState>) -> impl IntoResponse {
         st.health.age().map_or(-1.0, |a| a.as_secs_f64()),
     );
     http::ap_side_metrics(&mut out, &st.side.membership, &st.side.ap).await;
-    http::metrics_response(out)
+    http::metrics_response(&st.metrics, out)
 }
 
 /// gRPC requests (etcd's API) get UNIMPLEMENTED with the reason; others 404.

@@ -28,7 +28,8 @@ pub(crate) struct Ctx {
     pub max_request_bytes: usize,
     pub leases: Arc<Leases>,
     pub members: Arc<Members>,
-    pub raft_metrics: Arc<super::raft_metrics::RaftMetrics>,
+    /// The member's metrics registry.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// SWIM gossip: who is alive, with phi per peer.
     pub membership: concord_runtime::membership::Membership,
     /// The AP buckets on this member.

@@ -11,6 +11,7 @@ use concord_raft::StateRole;
 
 use super::api::Ctx;
 use super::maintenance::{ETCD_CLUSTER_VERSION, ETCD_VERSION};
+use crate::metrics::{Kind, Metrics, Sample};
 use concord_runtime::membership::{MemberView, Membership, MembershipView};
 
 /// The HTTP routes, to be merged with the gRPC router.
@@ -197,62 +198,101 @@ async fn version() -> impl IntoResponse {
     (StatusCode::OK, JSON, body.to_string())
 }
 
-/// Appends one metric in the Prometheus text format (`kind`: `gauge` or `counter`).
-pub(crate) fn metric(out: &mut String, kind: &str, name: &str, help: &str, value: f64) {
-    out.push_str(&format!(
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-    ));
+/// Adds one sample without labels (`kind`: `gauge` or `counter`).
+pub(crate) fn metric(
+    out: &mut Vec<Sample>,
+    kind: &str,
+    name: &'static str,
+    help: &'static str,
+    value: f64,
+) {
+    let kind = if kind == "counter" {
+        Kind::Counter
+    } else {
+        Kind::Gauge
+    };
+    out.push(Sample::new(kind, name, help, value));
 }
 
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     let st = ctx.node.status();
-    let (size, in_use) = ctx
+    let (size, in_use, keys) = ctx
         .node
-        .with_store(|s| Ok((s.size_bytes()?, s.size_in_use_bytes()?)))
-        .unwrap_or((0, 0));
-    let mut out = String::new();
-    metric(
-        &mut out,
-        "gauge",
-        "concord_server_has_leader",
-        "Whether a leader is known (1) or not (0).",
-        f64::from(u8::from(st.leader.is_some())),
-    );
-    metric(
-        &mut out,
-        "gauge",
-        "concord_server_is_leader",
-        "Whether this member is the leader.",
-        f64::from(u8::from(st.role == StateRole::Leader)),
-    );
-    metric(
-        &mut out,
-        "gauge",
-        "concord_raft_term",
-        "Current Raft term.",
-        st.term as f64,
-    );
-    metric(
-        &mut out,
-        "gauge",
-        "concord_raft_commit_index",
-        "Raft commit index.",
-        st.commit as f64,
-    );
-    metric(
-        &mut out,
-        "gauge",
-        "concord_raft_applied_index",
-        "Raft applied index.",
-        st.applied as f64,
-    );
-    metric(
-        &mut out,
-        "gauge",
-        "concord_raft_snapshot_index",
-        "Index of the latest snapshot.",
-        st.snapshot_index as f64,
-    );
+        .with_store(|s| Ok((s.size_bytes()?, s.size_in_use_bytes()?, s.indexed_keys())))
+        .unwrap_or((0, 0, 0));
+    let mut out = Vec::new();
+    let has_leader = f64::from(u8::from(st.leader.is_some()));
+    let is_leader = f64::from(u8::from(st.role == StateRole::Leader));
+    for (name, help, value) in [
+        (
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+            has_leader,
+        ),
+        (
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            is_leader,
+        ),
+        (
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed (the Raft commit index).",
+            st.commit as f64,
+        ),
+        (
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied (the applied index).",
+            st.applied as f64,
+        ),
+        (
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit.",
+            st.pending_proposals as f64,
+        ),
+        (
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+            size as f64,
+        ),
+        (
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+            in_use as f64,
+        ),
+        (
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of keys (with versions not yet compacted away).",
+            keys as f64,
+        ),
+        ("concord_raft_term", "Current Raft term.", st.term as f64),
+        (
+            "concord_raft_commit_index",
+            "Raft commit index.",
+            st.commit as f64,
+        ),
+        (
+            "concord_raft_applied_index",
+            "Raft applied index.",
+            st.applied as f64,
+        ),
+        (
+            "concord_raft_apply_lag_entries",
+            "Committed entries not yet applied on this member.",
+            st.commit.saturating_sub(st.applied) as f64,
+        ),
+        (
+            "concord_raft_snapshot_index",
+            "Index of the latest snapshot.",
+            st.snapshot_index as f64,
+        ),
+        (
+            "concord_mvcc_revision",
+            "Current store revision.",
+            st.state.revision as f64,
+        ),
+    ] {
+        metric(&mut out, "gauge", name, help, value);
+    }
     // `_total`: a counter, as Prometheus's naming rules expect.
     metric(
         &mut out,
@@ -260,27 +300,6 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         "concord_raft_snapshots_installed_total",
         "Snapshots received and installed since start.",
         st.snapshots_installed as f64,
-    );
-    metric(
-        &mut out,
-        "gauge",
-        "concord_mvcc_revision",
-        "Current store revision.",
-        st.state.revision as f64,
-    );
-    metric(
-        &mut out,
-        "gauge",
-        "concord_mvcc_db_total_size_bytes",
-        "Size of the store file.",
-        size as f64,
-    );
-    metric(
-        &mut out,
-        "gauge",
-        "concord_mvcc_db_total_size_in_use_bytes",
-        "Bytes of the store file in use.",
-        in_use as f64,
     );
     let hub = ctx.node.watch_hub().stats();
     metric(
@@ -339,25 +358,25 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     ] {
         metric(&mut out, kind, name, help, value);
     }
-    for (name, help, value) in ctx.raft_metrics.counters() {
-        metric(&mut out, "counter", name, help, value);
-    }
     ap_side_metrics(&mut out, &ctx.membership, &ctx.ap).await;
-    metrics_response(out)
+    metrics_response(&ctx.metrics, out)
 }
 
-/// A `/metrics` answer.
-pub(crate) fn metrics_response(text: String) -> impl IntoResponse {
+/// A `/metrics` answer: the registry's metrics with `samples`.
+pub(crate) fn metrics_response(metrics: &Metrics, samples: Vec<Sample>) -> impl IntoResponse {
     (
         StatusCode::OK,
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        metrics.encode(samples),
     )
 }
 
 /// The metrics of gossip and the AP buckets, which every member has.
 pub(crate) async fn ap_side_metrics(
-    out: &mut String,
+    out: &mut Vec<Sample>,
     membership: &Membership,
     ap: &crate::ap::ApNode,
 ) {
@@ -369,32 +388,33 @@ pub(crate) async fn ap_side_metrics(
 
 /// One series per member and state (1 for the member's state, 0 for the others), phi
 /// per member, and the updates waiting to be gossiped.
-fn gossip_metrics(out: &mut String, view: &MembershipView) {
+fn gossip_metrics(out: &mut Vec<Sample>, view: &MembershipView) {
     use concord_core::swim::State;
-    out.push_str(
-        "# HELP concord_gossip_member_state The member's SWIM state as this member sees it (1 for the current state).\n\
-         # TYPE concord_gossip_member_state gauge\n",
-    );
     for m in &view.members {
         for s in [State::Alive, State::Suspect, State::Dead, State::Left] {
-            out.push_str(&format!(
-                "concord_gossip_member_state{{member=\"{:x}\",state=\"{}\"}} {}\n",
-                m.id.get(),
-                s.as_str(),
-                u8::from(m.state == s)
-            ));
+            out.push(
+                Sample::new(
+                    Kind::Gauge,
+                    "concord_gossip_member_state",
+                    "The member's SWIM state as this member sees it (1 for the current state).",
+                    f64::from(u8::from(m.state == s)),
+                )
+                .label("member", format!("{:x}", m.id.get()))
+                .label("state", s.as_str()),
+            );
         }
     }
-    out.push_str(
-        "# HELP concord_gossip_member_phi Phi-accrual suspicion of the member, from the gossip packets received from it.\n\
-         # TYPE concord_gossip_member_phi gauge\n",
-    );
     for m in &view.members {
         if let Some(phi) = m.phi {
-            out.push_str(&format!(
-                "concord_gossip_member_phi{{member=\"{:x}\"}} {phi}\n",
-                m.id.get()
-            ));
+            out.push(
+                Sample::new(
+                    Kind::Gauge,
+                    "concord_gossip_member_phi",
+                    "Phi-accrual suspicion of the member, from the gossip packets received from it.",
+                    phi,
+                )
+                .label("member", format!("{:x}", m.id.get())),
+            );
         }
     }
     metric(
@@ -407,16 +427,17 @@ fn gossip_metrics(out: &mut String, view: &MembershipView) {
 }
 
 /// Hints held per member, hints handed over and dropped, read repairs.
-fn ap_metrics(out: &mut String, m: &crate::ap::ApMetrics) {
-    out.push_str(
-        "# HELP concord_ap_hints_pending Hints this member holds for another member, by that member.\n\
-         # TYPE concord_ap_hints_pending gauge\n",
-    );
+fn ap_metrics(out: &mut Vec<Sample>, m: &crate::ap::ApMetrics) {
     for (member, n) in &m.hints_pending {
-        out.push_str(&format!(
-            "concord_ap_hints_pending{{member=\"{:x}\"}} {n}\n",
-            member.get()
-        ));
+        out.push(
+            Sample::new(
+                Kind::Gauge,
+                "concord_ap_hints_pending",
+                "Hints this member holds for another member, by that member.",
+                *n as f64,
+            )
+            .label("member", format!("{:x}", member.get())),
+        );
     }
     for (name, help, value) in [
         (
