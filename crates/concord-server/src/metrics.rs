@@ -98,7 +98,9 @@ impl Collector for Scraped {
                     MetricType::Counter,
                 ),
             };
-            let mut metric = encoder.encode_descriptor(name, first.help, None, kind)?;
+            // The encoder ends the help with a period itself.
+            let help = first.help.trim_end_matches('.');
+            let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
             for s in family {
                 let labels: Vec<(&str, &str)> =
                     s.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -224,74 +226,74 @@ impl RaftMetrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "etcd_server_leader_changes_seen",
-            "The number of leader changes seen.",
+            "The number of leader changes seen",
             self.leader_changes.clone(),
         );
         r.register(
             "etcd_server_proposals_failed",
             "The total number of failed proposals seen (refused by Raft: no leader, a \
-             leadership transfer, too large).",
+             leadership transfer, too large)",
             self.proposals_failed.clone(),
         );
         r.register(
             "etcd_disk_wal_fsync_duration_seconds",
-            "The latency distributions of fsync called by WAL.",
+            "The latency distributions of fsync called by WAL",
             self.wal_fsync_seconds.clone(),
         );
         r.register(
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend (one apply batch: \
-             applying its entries and committing the store's transaction).",
+             applying its entries and committing the store's transaction)",
             self.backend_commit_seconds.clone(),
         );
         r.register(
             "concord_raft_proposals_accepted",
-            "Proposals this member handed to Raft that entered the log.",
+            "Proposals this member handed to Raft that entered the log",
             self.proposals_accepted.clone(),
         );
         r.register(
             "concord_raft_proposals_resent",
-            "Proposals sent again because the leader they went to lost them.",
+            "Proposals sent again because the leader they went to lost them",
             self.proposals_resent.clone(),
         );
         r.register(
             "concord_raft_applied_entries",
-            "Committed entries applied to the store.",
+            "Committed entries applied to the store",
             self.applied_entries.clone(),
         );
         r.register(
             "concord_raft_apply_batch_entries",
-            "Entries per apply batch (one store transaction).",
+            "Entries per apply batch (one store transaction)",
             self.apply_batch_entries.clone(),
         );
         r.register(
             "concord_wal_writes",
-            "WAL batches written.",
+            "WAL batches written",
             self.wal_writes.clone(),
         );
         r.register(
             "concord_wal_fsyncs",
-            "WAL batches made durable (fsync) before returning.",
+            "WAL batches made durable (fsync) before returning",
             self.wal_fsyncs.clone(),
         );
         r.register(
             "concord_wal_write_seconds",
-            "Time spent writing (and syncing) WAL batches.",
+            "Time spent writing (and syncing) WAL batches",
             self.wal_write_seconds.clone(),
         );
         r.register(
             "concord_raft_snapshot_install_seconds",
-            "Time spent installing snapshots received from the leader.",
+            "Time spent installing snapshots received from the leader",
             self.snapshot_install_seconds.clone(),
         );
         r.register(
             "concord_raft_snapshot_received_bytes",
-            "Bytes of the snapshots received from the leader and installed.",
+            "Bytes of the snapshots received from the leader and installed",
             self.snapshots_installed_bytes.clone(),
         );
         r.register(
             "concord_peer_unreachable",
-            "Message batches that could not be handed to a peer's connection.",
+            "Message batches that could not be handed to a peer's connection",
             self.peer_unreachable.clone(),
         );
     }
@@ -438,28 +440,28 @@ impl GrpcMetrics {
     fn register(&self, r: &mut Registry) {
         r.register(
             "grpc_server_started",
-            "Total number of RPCs started on the server.",
+            "Total number of RPCs started on the server",
             self.started.clone(),
         );
         r.register(
             "grpc_server_handled",
-            "Total number of RPCs completed on the server, regardless of success or failure.",
+            "Total number of RPCs completed on the server, regardless of success or failure",
             self.handled.clone(),
         );
         r.register(
             "grpc_server_handling_seconds",
             "Histogram of response latency (seconds) of gRPC that had been application-level \
-             handled by the server.",
+             handled by the server",
             self.handling.clone(),
         );
         r.register(
             "etcd_network_client_grpc_received_bytes",
-            "The total number of bytes received from grpc clients.",
+            "The total number of bytes received from grpc clients",
             self.received_bytes.clone(),
         );
         r.register(
             "etcd_network_client_grpc_sent_bytes",
-            "The total number of bytes sent to grpc clients.",
+            "The total number of bytes sent to grpc clients",
             self.sent_bytes.clone(),
         );
     }

@@ -17,6 +17,7 @@ mod api;
 mod cluster;
 mod concurrency;
 pub mod config;
+mod dashboard;
 pub mod dirlock;
 mod gateway;
 mod http;

@@ -21,6 +21,7 @@ pub(crate) fn router(ctx: Ctx) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .with_state(ctx.clone())
+        .merge(super::dashboard::router(ctx.clone()))
         .merge(ap_routes(ApSide {
             ap: ctx.ap,
             membership: ctx.membership,
@@ -216,10 +217,17 @@ pub(crate) fn metric(
 
 async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     let st = ctx.node.status();
-    let (size, in_use, keys) = ctx
+    let (size, in_use, keys, nospace) = ctx
         .node
-        .with_store(|s| Ok((s.size_bytes()?, s.size_in_use_bytes()?, s.indexed_keys())))
-        .unwrap_or((0, 0, 0));
+        .with_store(|s| {
+            Ok((
+                s.size_bytes()?,
+                s.size_in_use_bytes()?,
+                s.indexed_keys(),
+                s.nospace(),
+            ))
+        })
+        .unwrap_or((0, 0, 0, false));
     let mut out = Vec::new();
     let has_leader = f64::from(u8::from(st.leader.is_some()));
     let is_leader = f64::from(u8::from(st.role == StateRole::Leader));
@@ -263,6 +271,11 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
             "etcd_debugging_mvcc_keys_total",
             "Total number of keys (with versions not yet compacted away).",
             keys as f64,
+        ),
+        (
+            "concord_alarm_nospace",
+            "Whether the NOSPACE alarm is raised (writes refused until it is disarmed).",
+            f64::from(u8::from(nospace)),
         ),
         ("concord_raft_term", "Current Raft term.", st.term as f64),
         (

@@ -1,0 +1,157 @@
+//! The dashboard: `GET /ui` (one HTML page with its script and styles, embedded in the
+//! binary) and `GET /v1/dashboard`, what the page polls every second: every member of the
+//! cluster with its `/metrics` page, fetched by this member from the others in parallel
+//! (a member that does not answer within [`FETCH_TIMEOUT`] is reported down with the
+//! reason). The page computes rates, latency quantiles and fsync time from those metrics
+//! itself, so the dashboard shows exactly what Prometheus would scrape. The AP side comes
+//! from this member's `/v1/ap` (ring, hints, anti-entropy) and `/v1/members` (gossip
+//! states and phi).
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+
+use super::api::Ctx;
+use super::http::JSON;
+
+/// How long the dashboard waits for another member's metrics.
+pub const FETCH_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// Largest metrics page read from a member.
+const MAX_PAGE: usize = 4 << 20;
+
+/// The page.
+const PAGE: &str = include_str!("dashboard.html");
+
+/// `/ui` and `/v1/dashboard`.
+pub(crate) fn router(ctx: Ctx) -> Router {
+    Router::new()
+        .route("/ui", get(page))
+        .route("/ui/", get(page))
+        .route("/v1/dashboard", get(cluster))
+        .with_state(ctx)
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+}
+
+type Client = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    http_body_util::Empty<bytes::Bytes>,
+>;
+
+fn client() -> &'static Client {
+    static CLIENT: std::sync::OnceLock<Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build_http()
+    })
+}
+
+/// `GET {client_url}/metrics`: the page, or why not.
+async fn fetch_metrics(client_url: &str) -> Result<String, String> {
+    let base = client_url.trim_end_matches('/');
+    if !base.starts_with("http://") {
+        return Err(format!("{base}: only http client URLs can be read"));
+    }
+    let uri: axum::http::Uri = format!("{base}/metrics")
+        .parse()
+        .map_err(|e| format!("{base}: {e}"))?;
+    let attempt = async {
+        let response = client().get(uri).await.map_err(|e| e.to_string())?;
+        if response.status() != StatusCode::OK {
+            return Err(format!("HTTP {}", response.status()));
+        }
+        let body = http_body_util::Limited::new(response.into_body(), MAX_PAGE)
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        String::from_utf8(body.to_vec()).map_err(|_| "the page is not UTF-8".to_string())
+    };
+    match tokio::time::timeout(FETCH_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {} ms", FETCH_TIMEOUT.as_millis())),
+    }
+}
+
+/// Every member (Raft voters and learners, then AP-only members) with its metrics page.
+async fn cluster(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let status = ctx.node.status();
+    let mut members: Vec<Value> = ctx
+        .members
+        .list_for(&status.conf_state)
+        .into_iter()
+        .map(|m| {
+            json!({
+                "id": format!("{:x}", m.id),
+                "name": m.name,
+                "client_url": m.client_ur_ls.first(),
+                "kind": if m.is_learner { "learner" } else { "voter" },
+            })
+        })
+        .collect();
+    members.extend(
+        ctx.members
+            .ap_only(&status.conf_state)
+            .into_iter()
+            .map(|(id, r)| {
+                json!({
+                    "id": format!("{:x}", id.get()),
+                    "name": r.name,
+                    "client_url": r.client_urls.first(),
+                    "kind": "ap-only",
+                })
+            }),
+    );
+    let mut fetches = tokio::task::JoinSet::new();
+    for (i, m) in members.iter().enumerate() {
+        let url = m["client_url"].as_str().map(str::to_string);
+        fetches.spawn(async move {
+            let page = match url {
+                Some(url) => fetch_metrics(&url).await,
+                None => Err("no client URL published yet".to_string()),
+            };
+            (i, page)
+        });
+    }
+    while let Some(done) = fetches.join_next().await {
+        let Ok((i, page)) = done else { continue };
+        match page {
+            Ok(text) => {
+                members[i]["up"] = json!(true);
+                members[i]["metrics"] = json!(text);
+            }
+            Err(why) => {
+                members[i]["up"] = json!(false);
+                members[i]["error"] = json!(why);
+            }
+        }
+    }
+    let body = json!({
+        "self": format!("{:x}", ctx.member_id.get()),
+        "leader": status.leader.map(|l| format!("{:x}", l.get())),
+        "members": members,
+        "fetch_timeout_ms": FETCH_TIMEOUT.as_millis() as u64,
+        // The page computes rates over this member's clock, not the browser's.
+        "now_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    });
+    (StatusCode::OK, JSON, body.to_string())
+}

@@ -1,0 +1,139 @@
+//! The dashboard at `/ui`, in a real browser: headless Chromium loads the page of a
+//! 3-member cluster, waits for live data, finds the leader's name, and sees a killed
+//! member marked down. Screenshots go to `target/dashboard-*.png` (CI keeps them).
+//!
+//! Chromium is taken from `CONCORD_CHROMIUM` or `/usr/bin/chromium`. Without it the test
+//! says so and passes, unless `CONCORD_REQUIRE_BROWSER=1` (as `.ci/run` sets after
+//! installing Debian's `chromium`), when a missing browser fails it.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Cluster, BIN};
+
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("CONCORD_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var_os("CONCORD_REQUIRE_BROWSER").is_none_or(|v| v != "1"),
+        "CONCORD_REQUIRE_BROWSER=1 but there is no browser at {}",
+        path.display()
+    );
+    eprintln!(
+        "no Chromium at {}: the browser test is skipped",
+        path.display()
+    );
+    None
+}
+
+/// Loads `url` in headless Chromium, lets the page run `budget` of (virtual) time, and
+/// returns the DOM; saves a screenshot to `shot` too.
+fn load(browser: &PathBuf, url: &str, budget: Duration, shot: &PathBuf) -> String {
+    let profile = tempfile::tempdir().expect("a profile directory");
+    let common_args = |cmd: &mut Command| {
+        cmd.args([
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--window-size=1280,1000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--virtual-time-budget={}", budget.as_millis()));
+    };
+    let mut dump = Command::new(browser);
+    common_args(&mut dump);
+    let out = dump
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium --dump-dom {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut screenshot = Command::new(browser);
+    common_args(&mut screenshot);
+    let taken = screenshot
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(url)
+        .output()
+        .expect("chromium runs");
+    assert!(
+        taken.status.success() && shot.exists(),
+        "no screenshot at {shot:?}"
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `<tr>` start tag of member `name` in the members table.
+fn row<'a>(dom: &'a str, name: &str) -> Option<&'a str> {
+    let start = dom.find(&format!("<tr data-member=\"{name}\""))?;
+    let end = dom[start..].find('>')?;
+    Some(&dom[start..start + end])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_leader_and_a_member_that_stops() {
+    let Some(browser) = chromium() else {
+        return;
+    };
+    let mut cluster = Cluster::start(BIN, 3).await;
+    let leader = cluster.leader().await;
+    let mut client = cluster.client(leader).await;
+    for i in 0..20 {
+        client.put(format!("k{i}"), "v", None).await.expect("put");
+    }
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("..");
+    let url = format!("{}/ui", cluster.url(leader));
+    let leader_name = cluster.nodes[leader].name.clone();
+
+    let dom = load(
+        &browser,
+        &url,
+        Duration::from_secs(5),
+        &shots.join("dashboard-live.png"),
+    );
+    assert!(dom.contains("data-ready=\"true\""), "no live data:\n{dom}");
+    assert!(
+        dom.contains(&format!("data-leader=\"{leader_name}\"")),
+        "the leader {leader_name} is not named:\n{dom}"
+    );
+    for node in &cluster.nodes {
+        let tag = row(&dom, &node.name).unwrap_or_else(|| panic!("no row for {}", node.name));
+        assert!(tag.contains("data-up=\"true\""), "{tag}");
+    }
+    assert!(
+        row(&dom, &leader_name).is_some_and(|t| t.contains("data-role=\"leader\"")),
+        "{dom}"
+    );
+
+    // A follower stops: the page served by the leader marks it down within seconds.
+    let victim = (leader + 1) % cluster.len();
+    let victim_name = cluster.nodes[victim].name.clone();
+    cluster.kill9(victim);
+    let stopped = Instant::now();
+    let dom = load(
+        &browser,
+        &url,
+        Duration::from_secs(4),
+        &shots.join("dashboard-member-down.png"),
+    );
+    let tag = row(&dom, &victim_name).unwrap_or_else(|| panic!("no row for {victim_name}"));
+    assert!(
+        tag.contains("data-up=\"false\"") && tag.contains("data-role=\"down\""),
+        "{victim_name} not marked down {:?} after it stopped: {tag}",
+        stopped.elapsed()
+    );
+    let other = (leader + 2) % cluster.len();
+    assert!(row(&dom, &cluster.nodes[other].name).is_some_and(|t| t.contains("data-up=\"true\"")));
+}
