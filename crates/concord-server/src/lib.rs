@@ -42,6 +42,7 @@
 
 pub mod ap;
 pub mod error;
+pub mod logs;
 pub mod metrics;
 pub mod node;
 pub mod redis;

@@ -42,21 +42,111 @@ pub fn filter(settings: &LogSettings) -> (EnvFilter, Option<String>) {
     }
 }
 
-/// Installs the global subscriber. Returns a warning to log, if any. Fails only if a
-/// subscriber is already installed.
-pub fn init(settings: &LogSettings) -> Result<Option<String>, String> {
+/// Installs the global subscriber; every line names the member (`member_name` in JSON, the
+/// first word in text). The filter can be replaced while the process runs (`PUT
+/// /v1/log-level`, through [`concord_server::logs`]). Returns a warning to log, if any.
+/// Fails only if a subscriber is already installed.
+pub fn init(settings: &LogSettings, member: &str) -> Result<Option<String>, String> {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let (filter, warning) = filter(settings);
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let result = match settings.format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let spec = filter.to_string();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let json = settings.format == LogFormat::Json;
+    let format = Named {
+        member: member.to_string(),
+        json,
+        text: tracing_subscriber::fmt::format::Format::default(),
+        json_format: tracing_subscriber::fmt::format::Format::default()
+            .json()
+            .flatten_event(true),
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))?;
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(!json && std::io::stderr().is_terminal())
+        .event_format(format);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .try_init()
+        .map_err(|e| format!("cannot set up logging: {e}"))?;
+    concord_server::logs::register(std::sync::Arc::new(Reloadable {
+        handle,
+        spec: std::sync::Mutex::new(spec),
+    }));
     Ok(warning)
+}
+
+type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
+
+/// The installed filter, replaceable at run time.
+struct Reloadable {
+    handle: FilterHandle,
+    spec: std::sync::Mutex<String>,
+}
+
+impl concord_server::logs::LogControl for Reloadable {
+    fn filter(&self) -> String {
+        self.spec.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set_filter(&self, spec: &str) -> Result<(), String> {
+        // A bare level gets the same quieting of noisy libraries as --log-level.
+        let spec = match spec.to_ascii_lowercase().as_str() {
+            "debug" => directives(LogLevel::Debug),
+            "info" => directives(LogLevel::Info),
+            "warn" => directives(LogLevel::Warn),
+            "error" => directives(LogLevel::Error),
+            _ => spec.to_string(),
+        };
+        let filter = EnvFilter::try_new(&spec)
+            .map_err(|e| format!("{spec:?} is not a log level or filter: {e}"))?;
+        self.handle
+            .reload(filter)
+            .map_err(|e| format!("cannot replace the filter: {e}"))?;
+        *self.spec.lock().unwrap_or_else(|e| e.into_inner()) = spec;
+        Ok(())
+    }
+}
+
+/// The default text or JSON line, with the member's name.
+struct Named {
+    member: String,
+    json: bool,
+    text: tracing_subscriber::fmt::format::Format,
+    json_format: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for Named
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        if !self.json {
+            write!(writer, "{} ", self.member)?;
+            return self.text.format_event(ctx, writer, event);
+        }
+        // The JSON object, with the member's name as its first field.
+        let mut line = String::new();
+        self.json_format.format_event(
+            ctx,
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        match line.strip_prefix('{') {
+            Some(rest) => {
+                let name = serde_json::Value::String(self.member.clone());
+                write!(writer, "{{\"member_name\":{name},{rest}")
+            }
+            None => writer.write_str(&line),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use crate::logging;
 
 /// Runs `concord server` with resolved settings; returns the process exit code.
 pub fn run(settings: Settings) -> ExitCode {
-    match logging::init(&settings.log) {
+    match logging::init(&settings.log, &settings.server.name) {
         Ok(Some(w)) => warn!("{w}"),
         Ok(None) => {}
         Err(e) => {

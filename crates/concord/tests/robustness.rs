@@ -311,8 +311,50 @@ async fn http_health_version_metrics_ready() {
     assert_eq!(value(&second, "grpc_server_handled_total", &invalid), 1.0);
     assert_eq!(value(&second, "grpc_server_started_total", &put), 2.0);
 
-    let r = http_get(port, "/ready").await.expect("/ready");
-    assert_eq!(r.status, 200);
+    for path in ["/ready", "/readyz", "/livez"] {
+        let r = http_get(port, path).await.expect(path);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+    }
+
+    // The log filter changes at run time; a bad one is refused and the old one kept.
+    let level = |body: &'static str| async move {
+        let r = http_request(
+            port,
+            "PUT",
+            "/v1/log-level",
+            Some("text/plain"),
+            body.as_bytes(),
+        )
+        .await
+        .expect("PUT /v1/log-level");
+        (r.status, r.text())
+    };
+    let (status, text) = level("debug").await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("debug,h2=warn"), "{text}");
+    let (status, text) = level("=[").await;
+    assert_eq!(status, 400, "{text}");
+    let r = http_get(port, "/v1/log-level")
+        .await
+        .expect("GET /v1/log-level");
+    assert!(r.text().starts_with("debug,h2=warn"), "{}", r.text());
+    // Every log line names the member (text format: its first word).
+    let log = std::fs::read_to_string(&cluster.nodes[0].log_path).expect("the log");
+    let name = &cluster.nodes[0].name;
+    // (The harness writes its own lines there too.)
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("=== harness"))
+        .collect();
+    assert!(!lines.is_empty());
+    assert!(
+        lines.iter().all(|l| l.starts_with(&format!("{name} "))),
+        "{log}"
+    );
+    assert!(
+        log.contains("log filter changed through /v1/log-level"),
+        "{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -367,4 +409,32 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
 /// `/metrics` parsed by a Prometheus text-format parser (a malformed line fails it).
 fn scrape(text: &str) -> Vec<MetricSample> {
     common::metrics::parse_metrics(text).unwrap_or_else(|e| panic!("{e}:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_a_quorum_is_live_but_not_ready_and_says_why() {
+    let mut cluster = Cluster::start(BIN, 3).await;
+    let leader = cluster.leader().await;
+    let kept = (leader + 1) % 3;
+    cluster.kill9(leader);
+    cluster.kill9((leader + 2) % 3);
+    let port = cluster.nodes[kept].client_port;
+    common::eventually(
+        "the lone member to lose its leader",
+        common::WAIT,
+        || async move {
+            let r = http_get(port, "/ready").await.ok()?;
+            (r.status == 503 && r.text() == "not ready: no leader\n").then_some(())
+        },
+    )
+    .await;
+    let live = http_get(port, "/livez").await.expect("/livez");
+    assert_eq!((live.status, live.text().as_str()), (200, "ok\n"));
+    let health = http_get(port, "/health").await.expect("/health");
+    assert_eq!(health.status, 503);
+    assert!(
+        health.text().contains("RAFT NO LEADER"),
+        "{}",
+        health.text()
+    );
 }

@@ -323,6 +323,8 @@ pub(super) async fn start(
     let router = axum::Router::new()
         .route("/health", get(health_route))
         .route("/ready", get(ready_route))
+        .route("/readyz", get(ready_route))
+        .route("/livez", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_route))
         .with_state(HttpState {
             side: side.clone(),

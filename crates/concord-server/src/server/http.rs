@@ -19,6 +19,8 @@ pub(crate) fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/readyz", get(ready))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .with_state(ctx.clone())
         .merge(super::dashboard::router(ctx.clone()))
@@ -68,6 +70,7 @@ pub(crate) fn ap_routes(side: ApSide) -> Router {
         .route("/version", get(version))
         .route("/v1/members", get(gossip_members))
         .route("/v1/ap", get(ap_status))
+        .route("/v1/log-level", get(log_level).put(set_log_level))
         .with_state(side.clone())
         .merge(super::ap_http::router(side.ap))
 }
@@ -109,13 +112,50 @@ pub(crate) fn health_response(reason: &str, extra: serde_json::Value) -> impl In
     (code, JSON, body.to_string())
 }
 
-/// Ready to serve: the member knows a leader and has applied what it committed at start.
+/// Committed entries a member may still have to apply and be ready.
+pub(crate) const READY_APPLY_LAG: u64 = 1000;
+
+/// Ready to serve (`/ready`, etcd 3.5's `/readyz`): the member knows a leader, has applied
+/// what is committed (within [`READY_APPLY_LAG`] entries) and no alarm is raised; else 503
+/// with the reason.
 async fn ready(State(ctx): State<Ctx>) -> impl IntoResponse {
     let st = ctx.node.status();
-    if !st.stopped && st.leader.is_some() {
-        (StatusCode::OK, "ready\n")
+    let nospace = ctx.node.with_store(|s| Ok(s.nospace())).unwrap_or(false);
+    let lag = st.commit.saturating_sub(st.applied);
+    let reason = if st.stopped {
+        format!(
+            "server stopped{}",
+            st.fatal.map(|f| format!(": {f}")).unwrap_or_default()
+        )
+    } else if st.leader.is_none() {
+        "no leader".into()
+    } else if lag > READY_APPLY_LAG {
+        format!("applying: {lag} committed entries not applied yet")
+    } else if nospace {
+        "alarm NOSPACE raised".into()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: no leader\n")
+        return (StatusCode::OK, "ready\n".to_string());
+    };
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("not ready: {reason}\n"),
+    )
+}
+
+/// Alive (`/livez`): the process answers and its Raft driver runs; else 503 with why it
+/// stopped (a restart is the remedy, which is what a liveness probe is for).
+async fn livez(State(ctx): State<Ctx>) -> impl IntoResponse {
+    let st = ctx.node.status();
+    match (st.stopped, st.fatal) {
+        (false, _) => (StatusCode::OK, "ok\n".to_string()),
+        (true, Some(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not live: the Raft driver stopped: {why}\n"),
+        ),
+        (true, None) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not live: the Raft driver stopped\n".to_string(),
+        ),
     }
 }
 
@@ -188,6 +228,39 @@ async fn ap_status(State(ctx): State<ApSide>) -> impl IntoResponse {
         "handoff_removed": m.handoff_removed,
     });
     (StatusCode::OK, JSON, body.to_string())
+}
+
+fn no_log_control() -> (StatusCode, String) {
+    (
+        StatusCode::NOT_IMPLEMENTED,
+        "not implemented: this process installed no reloadable logger\n".into(),
+    )
+}
+
+/// `GET /v1/log-level`: the log filter in force.
+async fn log_level() -> (StatusCode, String) {
+    match crate::logs::control() {
+        Some(c) => (StatusCode::OK, format!("{}\n", c.filter())),
+        None => no_log_control(),
+    }
+}
+
+/// `PUT /v1/log-level` with a level (`debug`) or filter directives as the body: replaces
+/// the log filter at once (no restart); answers the filter now in force.
+async fn set_log_level(body: axum::body::Bytes) -> (StatusCode, String) {
+    let Some(c) = crate::logs::control() else {
+        return no_log_control();
+    };
+    let Ok(spec) = std::str::from_utf8(&body) else {
+        return (StatusCode::BAD_REQUEST, "the filter is not UTF-8\n".into());
+    };
+    match c.set_filter(spec.trim()) {
+        Ok(()) => {
+            tracing::warn!(filter = %c.filter(), "log filter changed through /v1/log-level");
+            (StatusCode::OK, format!("{}\n", c.filter()))
+        }
+        Err(why) => (StatusCode::BAD_REQUEST, format!("{why}\n")),
+    }
 }
 
 async fn version() -> impl IntoResponse {
