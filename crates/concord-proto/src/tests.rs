@@ -769,6 +769,7 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "hincrby=14:.concord.peer.v1.ApHashIncr@op",
             "sibling_put=15:.concord.peer.v1.ApSiblingPut@op",
             "not_after_ms=20:uint64",
+            "traceparent=21:string",
         ],
     ),
     (
@@ -897,6 +898,7 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "key=3:bytes",
             "state=4:bytes",
             "hint_for=5:uint64",
+            "traceparent=6:string",
         ],
     ),
     ("concord.peer.v1.ReplicaMergeAck", &[]),

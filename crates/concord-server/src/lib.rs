@@ -48,5 +48,6 @@ pub mod node;
 pub mod redis;
 pub mod resp;
 pub mod server;
+pub mod telemetry;
 
 pub use error::KvError;

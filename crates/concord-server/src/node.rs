@@ -272,6 +272,14 @@ impl<D: Disk> NodeHandle<D> {
     /// `etcdserver: mvcc: database space exceeded`, and the alarm is raised through Raft
     /// so every member refuses writes until it is disarmed.
     pub async fn propose(&self, cmd: Command) -> Result<Response, KvError> {
+        use tracing::Instrument as _;
+        self.propose_admitted(cmd)
+            .instrument(crate::telemetry::step("raft.propose"))
+            .await
+    }
+
+    /// [`NodeHandle::propose`] after the NOSPACE check.
+    async fn propose_admitted(&self, cmd: Command) -> Result<Response, KvError> {
         if !self.writes_blocked.load(Ordering::Relaxed) {
             return self.propose_unchecked(&cmd).await;
         }

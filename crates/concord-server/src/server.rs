@@ -633,10 +633,14 @@ fn one_port(
             async move {
                 if http::is_grpc(&req) {
                     // Counted: started, bytes both ways, handled with its code and time.
+                    use tracing::Instrument as _;
                     let (parts, body) = req.into_parts();
                     let (call, body) = metrics.start(parts.uri.path(), body);
+                    let path = parts.uri.path().trim_start_matches('/');
+                    let span = crate::telemetry::request_span(path, &parts.headers);
                     let response = next
                         .run(axum::extract::Request::from_parts(parts, body))
+                        .instrument(span)
                         .await;
                     call.response(response)
                 } else {

@@ -432,6 +432,15 @@ pub struct ServerArgs {
     #[arg(long, value_name = "FORMAT", help_heading = "Logging")]
     pub log_format: Option<LogFormat>,
 
+    /// Export OpenTelemetry traces over OTLP/gRPC to this collector (e.g.
+    /// http://127.0.0.1:4317); no spans are recorded when unset
+    #[arg(long, value_name = "URL", help_heading = "Tracing")]
+    pub otlp_endpoint: Option<String>,
+    /// Fraction of requests that start a trace, 0 to 1 (a request whose caller sampled its
+    /// trace is always traced) [default: 0.01]
+    #[arg(long, value_name = "RATIO", help_heading = "Tracing")]
+    pub otlp_sampling_ratio: Option<f64>,
+
     /// etcd flags accepted for compatibility and ignored with a warning.
     #[command(flatten)]
     pub compat: CompatFlags,
@@ -554,6 +563,8 @@ impl ServerArgs {
             ap_only: self.ap_only.or(lower.ap_only),
             log_level: self.log_level.or(lower.log_level),
             log_format: self.log_format.or(lower.log_format),
+            otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
+            otlp_sampling_ratio: self.otlp_sampling_ratio.or(lower.otlp_sampling_ratio),
             compat: CompatFlags { given: compat },
         }
     }

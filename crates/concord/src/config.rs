@@ -72,7 +72,7 @@ pub enum ConfigError {
 }
 
 /// How to log.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogSettings {
     /// `--log-level`.
     pub level: LogLevel,
@@ -80,7 +80,14 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// `RUST_LOG`, which overrides `level` when set and not empty.
     pub rust_log: Option<String>,
+    /// `--otlp-endpoint`: where traces go (none: no spans recorded).
+    pub otlp_endpoint: Option<String>,
+    /// `--otlp-sampling-ratio`: the fraction of requests that start a trace.
+    pub otlp_sampling_ratio: f64,
 }
+
+/// The default of `--otlp-sampling-ratio`.
+pub const DEFAULT_SAMPLING_RATIO: f64 = 0.01;
 
 /// Everything `concord server` needs to run.
 #[derive(Clone, Debug)]
@@ -124,10 +131,21 @@ pub fn resolve(cli: ServerArgs, env: &EnvMap) -> Result<Settings, ConfigError> {
     }
     let mut seen = BTreeSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
+    let ratio = merged.otlp_sampling_ratio.unwrap_or(DEFAULT_SAMPLING_RATIO);
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err(ConfigError::Invalid(format!(
+            "--otlp-sampling-ratio must be from 0 to 1, not {ratio}"
+        )));
+    }
     let log = LogSettings {
         level: merged.log_level.unwrap_or_default(),
         format: merged.log_format.unwrap_or_default(),
         rust_log,
+        otlp_endpoint: merged
+            .otlp_endpoint
+            .clone()
+            .filter(|e| !e.trim().is_empty()),
+        otlp_sampling_ratio: ratio,
     };
     let server = to_server_config(merged);
     server.validate().map_err(ConfigError::Invalid)?;

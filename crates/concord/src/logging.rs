@@ -42,13 +42,72 @@ pub fn filter(settings: &LogSettings) -> (EnvFilter, Option<String>) {
     }
 }
 
+/// What must outlive the server: the trace exporter, flushed by [`Tracing::shutdown`].
+#[derive(Default)]
+pub struct Tracing(Option<opentelemetry_sdk::trace::SdkTracerProvider>);
+
+impl Tracing {
+    /// Exports the spans still buffered (within the exporter's timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.0 {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("concord: flushing traces failed: {e}");
+            }
+        }
+    }
+}
+
+/// The OTLP/HTTP endpoint of traces: `url`, with `/v1/traces` when it names no path.
+pub fn traces_url(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    match rest.split_once('/') {
+        Some((_, path)) if !path.is_empty() => url.to_string(),
+        _ => format!("{}/v1/traces", url.trim_end_matches('/')),
+    }
+}
+
+/// The tracer provider for `--otlp-endpoint` (OTLP over HTTP/protobuf, batched on a
+/// thread of its own), sampling `ratio` of new traces and every request whose caller
+/// sampled its trace.
+fn tracer_provider(
+    endpoint: &str,
+    ratio: f64,
+    member: &str,
+) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::WithExportConfig as _;
+    use opentelemetry_sdk::trace::Sampler;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(traces_url(endpoint))
+        .build()
+        .map_err(|e| format!("--otlp-endpoint {endpoint}: {e}"))?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("concord")
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.instance.id",
+            member.to_string(),
+        ))
+        .build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))))
+        .with_resource(resource)
+        .build())
+}
+
 /// Installs the global subscriber; every line names the member (`member_name` in JSON, the
-/// first word in text). The filter can be replaced while the process runs (`PUT
-/// /v1/log-level`, through [`concord_server::logs`]). Returns a warning to log, if any.
-/// Fails only if a subscriber is already installed.
-pub fn init(settings: &LogSettings, member: &str) -> Result<Option<String>, String> {
+/// first word in text) and, inside a traced request, its trace id. The filter can be
+/// replaced while the process runs (`PUT /v1/log-level`, through
+/// [`concord_server::logs`]). With `--otlp-endpoint`, Concord's spans
+/// ([`concord_server::telemetry`]) are exported there. Returns the tracing handle and a
+/// warning to log, if any. Fails only if a subscriber is already installed or the
+/// endpoint is not a URL.
+pub fn init(settings: &LogSettings, member: &str) -> Result<(Tracing, Option<String>), String> {
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
     let (filter, warning) = filter(settings);
     let spec = filter.to_string();
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
@@ -64,17 +123,38 @@ pub fn init(settings: &LogSettings, member: &str) -> Result<Option<String>, Stri
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(!json && std::io::stderr().is_terminal())
-        .event_format(format);
+        .event_format(format)
+        .with_filter(filter);
+    let provider = match &settings.otlp_endpoint {
+        Some(endpoint) => Some(tracer_provider(
+            endpoint,
+            settings.otlp_sampling_ratio,
+            member,
+        )?),
+        None => None,
+    };
+    let spans = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("concord"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target(concord_server::telemetry::TARGET, tracing::Level::DEBUG),
+            )
+    });
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
+        .with(spans)
         .try_init()
         .map_err(|e| format!("cannot set up logging: {e}"))?;
     concord_server::logs::register(std::sync::Arc::new(Reloadable {
         handle,
         spec: std::sync::Mutex::new(spec),
     }));
-    Ok(warning)
+    Ok((Tracing(provider), warning))
 }
 
 type FilterHandle = tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>;
@@ -109,6 +189,20 @@ impl concord_server::logs::LogControl for Reloadable {
     }
 }
 
+/// The trace id of the current span, when it belongs to a sampled trace.
+fn trace_id() -> Option<String> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    (span_context.is_valid() && span_context.is_sampled())
+        .then(|| span_context.trace_id().to_string())
+}
+
 /// The default text or JSON line, with the member's name.
 struct Named {
     member: String,
@@ -128,8 +222,12 @@ where
         mut writer: tracing_subscriber::fmt::format::Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
+        let trace = trace_id();
         if !self.json {
             write!(writer, "{} ", self.member)?;
+            if let Some(t) = &trace {
+                write!(writer, "trace_id={t} ")?;
+            }
             return self.text.format_event(ctx, writer, event);
         }
         // The JSON object, with the member's name as its first field.
@@ -142,7 +240,11 @@ where
         match line.strip_prefix('{') {
             Some(rest) => {
                 let name = serde_json::Value::String(self.member.clone());
-                write!(writer, "{{\"member_name\":{name},{rest}")
+                write!(writer, "{{\"member_name\":{name},")?;
+                if let Some(t) = &trace {
+                    write!(writer, "\"trace_id\":\"{t}\",")?;
+                }
+                writer.write_str(rest)
             }
             None => writer.write_str(&line),
         }
@@ -173,6 +275,8 @@ mod tests {
             level: LogLevel::Warn,
             format: LogFormat::Text,
             rust_log: Some("concord=trace".into()),
+            otlp_endpoint: None,
+            otlp_sampling_ratio: 0.01,
         };
         let (f, w) = filter(&s);
         assert!(w.is_none());

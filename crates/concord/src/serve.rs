@@ -20,14 +20,18 @@ use crate::logging;
 
 /// Runs `concord server` with resolved settings; returns the process exit code.
 pub fn run(settings: Settings) -> ExitCode {
-    match logging::init(&settings.log, &settings.server.name) {
-        Ok(Some(w)) => warn!("{w}"),
-        Ok(None) => {}
+    let tracing = match logging::init(&settings.log, &settings.server.name) {
+        Ok((tracing, warning)) => {
+            if let Some(w) = warning {
+                warn!("{w}");
+            }
+            tracing
+        }
         Err(e) => {
             eprintln!("concord server: {e}");
             return ExitCode::FAILURE;
         }
-    }
+    };
     for w in &settings.warnings {
         warn!("{w}");
     }
@@ -44,6 +48,7 @@ pub fn run(settings: Settings) -> ExitCode {
     let code = runtime.block_on(serve(settings.server));
     // Do not wait for tasks that ignore shutdown; the store is already durable.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    tracing.shutdown();
     code
 }
 

@@ -245,10 +245,11 @@ impl ApNode {
             Ok::<_, String>((bucket, op, base))
         })();
         let not_after = (a.not_after_ms != 0).then_some(a.not_after_ms);
+        let span = crate::telemetry::remote_span("ap.replica_apply", &a.traceparent);
         let started = checked.map(|(bucket, op, base)| {
             self.start_apply_local(bucket, &a.key, op, base, None, not_after)
         });
-        async move {
+        let answer = async move {
             match started {
                 Err(e) => failure(e),
                 Ok(rx) => match rx.await.map_err(|_| stopped()).and_then(|r| r) {
@@ -264,7 +265,9 @@ impl ApNode {
                     Err(e) => failure(e.to_string()),
                 },
             }
-        }
+        };
+        // The span lasts until the apply is durable.
+        tracing::Instrument::instrument(answer, span)
     }
 
     /// One read of a received batch (or the unary `Read`), answered as the replica
@@ -302,6 +305,7 @@ impl ApNode {
                 Ok((b, state))
             });
         let hint_for = (m.hint_for != 0).then_some(NodeId(m.hint_for));
+        let span = crate::telemetry::remote_span("ap.replica_merge", &m.traceparent);
         // A plain merge is queued at once; a hint goes through its own store call.
         let queued = match (&checked, hint_for) {
             (Ok((bucket, state)), None) => {
@@ -316,7 +320,7 @@ impl ApNode {
             }
             _ => None,
         };
-        async move {
+        let merged = async move {
             let (bucket, state) = checked?;
             match queued {
                 Some(rx) => {
@@ -325,6 +329,8 @@ impl ApNode {
                 }
                 None => node.merge_local(bucket, &m.key, state, hint_for).await,
             }
-        }
+        };
+        // The span lasts until the merge is durable.
+        tracing::Instrument::instrument(merged, span)
     }
 }

@@ -26,6 +26,7 @@ use concord_raft::NodeId;
 use concord_storage::ap::{state_from_bytes, state_to_bytes};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use super::{op_to_wire, Access, ApError, ApNode, Op};
 
@@ -51,6 +52,18 @@ impl ApNode {
     /// write half of a read-modify-write. In a session, `base` is first brought up to what
     /// the session has seen of the key ([`session`](super::session)).
     pub async fn write_after(
+        &self,
+        access: Access,
+        key: &[u8],
+        op: Op,
+        base: Option<RedisValue>,
+    ) -> Result<Written, ApError> {
+        self.write_after_untraced(access, key, op, base)
+            .instrument(crate::telemetry::step("ap.write"))
+            .await
+    }
+
+    async fn write_after_untraced(
         &self,
         access: Access,
         key: &[u8],
@@ -191,10 +204,13 @@ impl ApNode {
             // Its commit answers through the channel, like the other replicas.
             Some(commit) => {
                 let tx = tx.clone();
-                tokio::spawn(async move {
-                    let ok = matches!(commit.await, Ok(Ok(_)));
-                    let _ = tx.send((coordinating, ok));
-                });
+                tokio::spawn(
+                    async move {
+                        let ok = matches!(commit.await, Ok(Ok(_)));
+                        let _ = tx.send((coordinating, ok));
+                    }
+                    .in_current_span(),
+                );
             }
             // The coordinating replica stored the state already.
             None => pending.extend(req.on_ack(coordinating)),
@@ -205,45 +221,52 @@ impl ApNode {
         let stored = access.session.is_some().then(|| state.clone());
         // Runs until the write settles (every target answered, or the deadline), after the
         // client has its answer, so that owners it did not reach get a hint.
-        tokio::spawn(async move {
-            let mut reply = Some(reply_tx);
-            loop {
-                for action in std::mem::take(&mut pending) {
-                    match action {
-                        // The coordinating replica stored the state as the key's already.
-                        WriteAction::Write { to, hint_for: None } if to == coordinating => {}
-                        WriteAction::Write { to, hint_for } => {
-                            let node = node.clone();
-                            let (tx, state, key) = (tx.clone(), state.clone(), key.clone());
-                            tokio::spawn(async move {
-                                let ok = node.merge_at(to, bucket, key, state, hint_for).await;
-                                let _ = tx.send((to, ok.is_ok()));
-                            });
-                        }
-                        WriteAction::Reply(result) => {
-                            if let Some(reply) = reply.take() {
-                                let _ = reply.send(result.map(drop).map_err(|e| e.to_string()));
+        tokio::spawn(
+            async move {
+                let mut reply = Some(reply_tx);
+                loop {
+                    for action in std::mem::take(&mut pending) {
+                        match action {
+                            // The coordinating replica stored the state as the key's already.
+                            WriteAction::Write { to, hint_for: None } if to == coordinating => {}
+                            WriteAction::Write { to, hint_for } => {
+                                let node = node.clone();
+                                let (tx, state, key) = (tx.clone(), state.clone(), key.clone());
+                                tokio::spawn(
+                                    async move {
+                                        let ok =
+                                            node.merge_at(to, bucket, key, state, hint_for).await;
+                                        let _ = tx.send((to, ok.is_ok()));
+                                    }
+                                    .in_current_span(),
+                                );
+                            }
+                            WriteAction::Reply(result) => {
+                                if let Some(reply) = reply.take() {
+                                    let _ = reply.send(result.map(drop).map_err(|e| e.to_string()));
+                                }
+                            }
+                            WriteAction::KeepHint { owner } => {
+                                node.keep_hint(owner, bucket, &key, &state).await
                             }
                         }
-                        WriteAction::KeepHint { owner } => {
-                            node.keep_hint(owner, bucket, &key, &state).await
+                    }
+                    if req.is_settled() {
+                        return;
+                    }
+                    let deadline = started + req.deadline();
+                    tokio::select! {
+                        Some((from, ok)) = rx.recv() => {
+                            pending = if ok { req.on_ack(from) } else { req.on_failure(from) };
                         }
-                    }
-                }
-                if req.is_settled() {
-                    return;
-                }
-                let deadline = started + req.deadline();
-                tokio::select! {
-                    Some((from, ok)) = rx.recv() => {
-                        pending = if ok { req.on_ack(from) } else { req.on_failure(from) };
-                    }
-                    _ = tokio::time::sleep_until(deadline) => {
-                        pending = req.on_tick(started.elapsed());
+                        _ = tokio::time::sleep_until(deadline) => {
+                            pending = req.on_tick(started.elapsed());
+                        }
                     }
                 }
             }
-        });
+            .in_current_span(),
+        );
         match reply_rx.await {
             Ok(Ok(())) => Ok((answer, stored)),
             Ok(Err(e)) => Err(ApError::Unavailable(format!(
@@ -272,7 +295,10 @@ impl ApNode {
     /// state returned holds what the session has seen of the key, read from more replicas
     /// if need be ([`session`](super::session)).
     pub async fn read(&self, at: Access, key: &[u8]) -> Result<Option<RedisValue>, ApError> {
-        let state = self.read_quorum(at, key).await?;
+        let state = self
+            .read_quorum(at, key)
+            .instrument(crate::telemetry::step("ap.read"))
+            .await?;
         let state = match self.session_floor(at, key) {
             Some(floor) if !state.as_ref().is_some_and(|s| s.covers(&floor)) => {
                 self.read_covering(at, key, &floor, state).await?
@@ -322,52 +348,61 @@ impl ApNode {
         let key = key.to_vec();
         // Runs until every repair is sent (or the deadline), after the client has its
         // answer.
-        tokio::spawn(async move {
-            let mut reply = Some(reply_tx);
-            let mut pending = actions;
-            loop {
-                for action in std::mem::take(&mut pending) {
-                    match action {
-                        ReadAction::Read { from } => {
-                            let (node, tx, key) = (node.clone(), tx.clone(), key.clone());
-                            tokio::spawn(async move {
-                                let answer = node.read_at(from, bucket, key).await;
-                                let _ = tx.send((from, answer));
-                            });
-                        }
-                        ReadAction::Repair { to, value } => {
-                            node.inner
-                                .counters
-                                .read_repairs
-                                .fetch_add(1, Ordering::Relaxed);
-                            let (node, key) = (node.clone(), key.clone());
-                            tokio::spawn(async move {
-                                let _ = node.merge_at(to, bucket, key, value, None).await;
-                            });
-                        }
-                        ReadAction::Reply(result) => {
-                            if let Some(reply) = reply.take() {
-                                let _ = reply.send(result);
+        tokio::spawn(
+            async move {
+                let mut reply = Some(reply_tx);
+                let mut pending = actions;
+                loop {
+                    for action in std::mem::take(&mut pending) {
+                        match action {
+                            ReadAction::Read { from } => {
+                                let (node, tx, key) = (node.clone(), tx.clone(), key.clone());
+                                tokio::spawn(
+                                    async move {
+                                        let answer = node.read_at(from, bucket, key).await;
+                                        let _ = tx.send((from, answer));
+                                    }
+                                    .in_current_span(),
+                                );
+                            }
+                            ReadAction::Repair { to, value } => {
+                                node.inner
+                                    .counters
+                                    .read_repairs
+                                    .fetch_add(1, Ordering::Relaxed);
+                                let (node, key) = (node.clone(), key.clone());
+                                tokio::spawn(
+                                    async move {
+                                        let _ = node.merge_at(to, bucket, key, value, None).await;
+                                    }
+                                    .in_current_span(),
+                                );
+                            }
+                            ReadAction::Reply(result) => {
+                                if let Some(reply) = reply.take() {
+                                    let _ = reply.send(result);
+                                }
                             }
                         }
                     }
-                }
-                if req.is_done() {
-                    return;
-                }
-                tokio::select! {
-                    Some((from, answer)) = rx.recv() => {
-                        pending = match answer {
-                            Ok(state) => req.on_answer(from, state),
-                            Err(_) => req.on_failure(from),
-                        };
+                    if req.is_done() {
+                        return;
                     }
-                    _ = tokio::time::sleep_until(started + req.next_tick()) => {
-                        pending = req.on_tick(started.elapsed());
+                    tokio::select! {
+                        Some((from, answer)) = rx.recv() => {
+                            pending = match answer {
+                                Ok(state) => req.on_answer(from, state),
+                                Err(_) => req.on_failure(from),
+                            };
+                        }
+                        _ = tokio::time::sleep_until(started + req.next_tick()) => {
+                            pending = req.on_tick(started.elapsed());
+                        }
                     }
                 }
             }
-        });
+            .in_current_span(),
+        );
         match reply_rx.await {
             Ok(Ok(state)) => Ok(state),
             Ok(Err(e)) => Err(ApError::Unavailable(e.to_string())),
@@ -395,6 +430,7 @@ impl ApNode {
             op: Some(op_to_wire(&op)),
             base: base.map(|b| state_to_bytes(&b)).unwrap_or_default().into(),
             not_after_ms: not_after,
+            traceparent: crate::telemetry::current_traceparent(),
         };
         let indefinite = |why: &str| {
             ApError::Unavailable(format!(
@@ -434,6 +470,7 @@ impl ApNode {
             key: key.into(),
             state: state_to_bytes(&state).into(),
             hint_for: hint_for.map_or(0, NodeId::get),
+            traceparent: crate::telemetry::current_traceparent(),
         };
         // Batched with the other merges for that replica (the batch has the timeout).
         self.queue_merge(at, request).await

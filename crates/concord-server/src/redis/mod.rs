@@ -157,7 +157,11 @@ async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
         loop {
             match parse_request(&mut buf, &limits) {
                 Ok(Some(args)) => {
-                    let reply = commands::run(&ap, &mut session, args).await;
+                    use tracing::Instrument as _;
+                    let span = crate::telemetry::command_span(args.first().map_or(&[][..], |a| a));
+                    let reply = commands::run(&ap, &mut session, args)
+                        .instrument(span)
+                        .await;
                     encode(&reply, session.resp, &mut out);
                     if session.closing {
                         stream.write_all(&out).await?;

@@ -1,0 +1,209 @@
+//! Distributed tracing end to end: a 3-member cluster exports its spans over OTLP/HTTP to
+//! a receiver in this test; one Redis `SET` gives a trace with spans from the coordinating
+//! member and from the replicas it wrote to (applies and merges); an etcd `Put` gives a request span with its
+//! Raft proposal inside; no key or value appears in any span or log line.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::redis::RedisConn;
+use common::{Cluster, BIN, WAIT};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// One exported span: the member that recorded it, its trace, its name, its parent.
+#[derive(Debug, Clone)]
+struct Span {
+    member: String,
+    trace: Vec<u8>,
+    id: Vec<u8>,
+    parent: Vec<u8>,
+    name: String,
+}
+
+/// An OTLP/HTTP receiver: every request body, and the spans decoded from them.
+#[derive(Default)]
+struct Received {
+    bodies: Vec<Vec<u8>>,
+    spans: Vec<Span>,
+}
+
+async fn serve_connection(stream: tokio::net::TcpStream, received: Arc<Mutex<Received>>) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        // The request line and headers.
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        if let Ok(request) = ExportTraceServiceRequest::decode(&body[..]) {
+            let mut r = received.lock().unwrap();
+            for resource in &request.resource_spans {
+                let member = resource
+                    .resource
+                    .iter()
+                    .flat_map(|r| &r.attributes)
+                    .find(|a| a.key == "service.instance.id")
+                    .and_then(|a| a.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                for scope in &resource.scope_spans {
+                    for s in &scope.spans {
+                        r.spans.push(Span {
+                            member: member.clone(),
+                            trace: s.trace_id.clone(),
+                            id: s.span_id.clone(),
+                            parent: s.parent_span_id.clone(),
+                            name: s.name.clone(),
+                        });
+                    }
+                }
+            }
+            r.bodies.push(body);
+        }
+        let ok =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+        if reader.get_mut().write_all(ok).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn receiver() -> (u16, Arc<Mutex<Received>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Arc::new(Mutex::new(Received::default()));
+    let r = received.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_connection(stream, r.clone()));
+        }
+    });
+    (port, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data() {
+    let (port, received) = receiver().await;
+    let cluster = Cluster::builder(BIN, 3)
+        .flag("--otlp-endpoint", format!("http://127.0.0.1:{port}"))
+        .flag("--otlp-sampling-ratio", 1)
+        .start()
+        .await;
+    let secret_key = "secret-key-5f1d";
+    let secret_value = "secret-value-93ab";
+    // AP: a SET at member 0 is applied on its replicas (n_val 3, W = 2).
+    let mut redis = RedisConn::connect(cluster.nodes[0].redis_port)
+        .await
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if matches!(redis.cmd(&["SET", secret_key, secret_value]).await,
+            Ok(common::redis::RedisReply::Simple(ref s)) if s == "OK")
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "the SET never succeeded");
+    // CP: an etcd put.
+    let mut client = cluster.client(0).await;
+    client
+        .put(secret_key, secret_value, None)
+        .await
+        .expect("put");
+
+    // The batch exporter sends within its schedule delay (5 s by default).
+    let complete = |spans: &[Span]| {
+        let Some(set) = spans.iter().find(|s| s.name == "SET") else {
+            return false;
+        };
+        let trace: Vec<&Span> = spans.iter().filter(|s| s.trace == set.trace).collect();
+        let members: std::collections::BTreeSet<&str> =
+            trace.iter().map(|s| s.member.as_str()).collect();
+        members.len() >= 2
+            && trace.iter().any(|s| s.name.starts_with("ap.replica_"))
+            && spans.iter().any(|s| s.name == "etcdserverpb.KV/Put")
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    let spans = loop {
+        let spans = received.lock().unwrap().spans.clone();
+        if complete(&spans) {
+            break spans;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no complete trace within {WAIT:?}; received: {:?}",
+            spans
+                .iter()
+                .map(|s| (&s.member[..], &s.name[..], s.trace[0], s.parent.first()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let set = spans.iter().find(|s| s.name == "SET").unwrap();
+    let trace: Vec<&Span> = spans.iter().filter(|s| s.trace == set.trace).collect();
+    // The replica's apply is a child of the coordinator's write, which is inside the SET.
+    let write = trace
+        .iter()
+        .find(|s| s.name == "ap.write")
+        .expect("ap.write in the trace");
+    assert_eq!(write.parent, set.id, "{trace:#?}");
+    let on_replicas: Vec<&&Span> = trace
+        .iter()
+        .filter(|s| s.name.starts_with("ap.replica_"))
+        .collect();
+    assert!(!on_replicas.is_empty(), "{trace:#?}");
+    for s in on_replicas {
+        assert_eq!(s.parent, write.id, "{trace:#?}");
+        assert_ne!(s.member, set.member, "{trace:#?}");
+    }
+    // The etcd put: its Raft proposal is inside the request span.
+    let put = spans
+        .iter()
+        .find(|s| s.name == "etcdserverpb.KV/Put")
+        .unwrap();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "raft.propose" && s.trace == put.trace && s.parent == put.id),
+        "{spans:#?}"
+    );
+
+    // No key or value in any exported byte, nor in any log line.
+    let r = received.lock().unwrap();
+    for body in &r.bodies {
+        for secret in [secret_key, secret_value] {
+            assert!(
+                !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret} exported in a span"
+            );
+        }
+    }
+    for node in &cluster.nodes {
+        let log = std::fs::read_to_string(&node.log_path).unwrap();
+        assert!(
+            !log.contains(secret_key) && !log.contains(secret_value),
+            "{log}"
+        );
+    }
+}
