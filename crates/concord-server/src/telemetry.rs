@@ -4,8 +4,11 @@
 //! Every span here has the target [`TARGET`] at `DEBUG` level, so it exists only when the
 //! process installed a layer that wants it (the `concord` binary does when
 //! `--otlp-endpoint` is set); otherwise creating one is a disabled-callsite check and
-//! nothing is allocated. Spans name operations, never keys or values: no user data
-//! leaves the process in a trace.
+//! nothing is allocated. Even then, a request starts a trace only when it is sampled
+//! ([`set_sampling_ratio`], decided here before any span exists, so an unsampled request
+//! costs one random draw) or when its caller sent a `traceparent`; the steps and the
+//! replicas' spans exist only inside a traced request. Spans name operations, never keys
+//! or values: no user data leaves the process in a trace.
 //!
 //! * A gRPC request to the client URL continues the caller's trace when its metadata
 //!   holds a `traceparent` ([`request_span`]).
@@ -14,6 +17,8 @@
 //!   ([`remote_span`]), so one trace shows the coordinator and its replicas.
 
 use std::collections::HashMap;
+use std::hash::BuildHasher as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use opentelemetry::propagation::{Extractor, Injector};
 use tracing::Span;
@@ -21,6 +26,37 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The target of every tracing span.
 pub const TARGET: &str = "concord::trace";
+
+/// The fraction of requests without a caller's context that start a trace, as the bits
+/// of an `f64` (0 until the binary sets it).
+static RATIO: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the fraction (0 to 1) of requests without a caller's context that start a trace.
+pub fn set_sampling_ratio(ratio: f64) {
+    RATIO.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+}
+
+/// Whether a request without a caller's context starts a trace.
+fn sampled() -> bool {
+    let ratio = f64::from_bits(RATIO.load(Ordering::Relaxed));
+    if ratio <= 0.0 {
+        return false;
+    }
+    if ratio >= 1.0 {
+        return true;
+    }
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    static KEY: std::sync::OnceLock<std::hash::RandomState> = std::sync::OnceLock::new();
+    let draw = KEY
+        .get_or_init(std::hash::RandomState::new)
+        .hash_one(DRAWS.fetch_add(1, Ordering::Relaxed));
+    (draw as f64) < ratio * (u64::MAX as f64)
+}
+
+/// Whether tracing spans are wanted at all (an exporter is installed).
+fn wanted() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::DEBUG)
+}
 
 struct Headers<'a>(&'a axum::http::HeaderMap);
 
@@ -55,6 +91,10 @@ impl Extractor for Fields {
 /// The span of a client request named `name` (`etcdserverpb.KV/Put`), a child of the
 /// caller's trace when `headers` carry a W3C `traceparent`.
 pub fn request_span(name: &str, headers: &axum::http::HeaderMap) -> Span {
+    let continued = headers.contains_key("traceparent");
+    if !wanted() || !(continued || sampled()) {
+        return Span::none();
+    }
     let span = tracing::debug_span!(
         target: TARGET,
         "request",
@@ -62,7 +102,7 @@ pub fn request_span(name: &str, headers: &axum::http::HeaderMap) -> Span {
         otel.kind = "server",
         rpc.system = "grpc"
     );
-    if !span.is_disabled() && headers.contains_key("traceparent") {
+    if continued {
         let parent =
             opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
         let _ = span.set_parent(parent);
@@ -85,10 +125,13 @@ pub fn current_traceparent() -> String {
 }
 
 /// A span named `name` whose parent is the remote span `traceparent` (from a peer's
-/// message); a span of its own trace when that is empty or malformed.
+/// message); none when that is empty (the request is not traced).
 pub fn remote_span(name: &'static str, traceparent: &str) -> Span {
+    if traceparent.is_empty() || !wanted() {
+        return Span::none();
+    }
     let span = tracing::debug_span!(target: TARGET, "peer", otel.name = name, otel.kind = "server");
-    if !span.is_disabled() && !traceparent.is_empty() {
+    {
         let fields = Fields(HashMap::from([(
             "traceparent".to_string(),
             traceparent.to_string(),
@@ -99,13 +142,21 @@ pub fn remote_span(name: &'static str, traceparent: &str) -> Span {
     span
 }
 
-/// A span for a step of the current request (`raft.propose`, `ap.write`, ...).
+/// A span for a step of the current request (`raft.propose`, `ap.write`, ...); none
+/// outside a traced request.
 pub fn step(name: &'static str) -> Span {
+    if Span::current().is_none() {
+        return Span::none();
+    }
     tracing::debug_span!(target: TARGET, "step", otel.name = name)
 }
 
-/// The span of one Redis command (`SET`), a root span: RESP carries no trace context.
+/// The span of one Redis command (`SET`) when it is sampled, a root span: RESP carries
+/// no trace context.
 pub fn command_span(command: &[u8]) -> Span {
+    if !wanted() || !sampled() {
+        return Span::none();
+    }
     tracing::debug_span!(
         target: TARGET,
         "request",

@@ -67,11 +67,9 @@ pub fn traces_url(url: &str) -> String {
 }
 
 /// The tracer provider for `--otlp-endpoint` (OTLP over HTTP/protobuf, batched on a
-/// thread of its own), sampling `ratio` of new traces and every request whose caller
-/// sampled its trace.
+/// thread of its own).
 fn tracer_provider(
     endpoint: &str,
-    ratio: f64,
     member: &str,
 ) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
     use opentelemetry_otlp::WithExportConfig as _;
@@ -90,9 +88,9 @@ fn tracer_provider(
         .build();
     Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
         .with_batch_exporter(exporter)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            ratio,
-        ))))
+        // Which requests start a trace is decided before their span exists
+        // (`concord_server::telemetry`); a caller's unsampled context is still honoured.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
         .with_resource(resource)
         .build())
 }
@@ -126,15 +124,12 @@ pub fn init(settings: &LogSettings, member: &str) -> Result<(Tracing, Option<Str
         .event_format(format)
         .with_filter(filter);
     let provider = match &settings.otlp_endpoint {
-        Some(endpoint) => Some(tracer_provider(
-            endpoint,
-            settings.otlp_sampling_ratio,
-            member,
-        )?),
+        Some(endpoint) => Some(tracer_provider(endpoint, member)?),
         None => None,
     };
     let spans = provider.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider as _;
+        concord_server::telemetry::set_sampling_ratio(settings.otlp_sampling_ratio);
         opentelemetry::global::set_text_map_propagator(
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );

@@ -137,3 +137,56 @@ async fn the_dashboard_shows_the_leader_and_a_member_that_stops() {
     let other = (leader + 2) % cluster.len();
     assert!(row(&dom, &cluster.nodes[other].name).is_some_and(|t| t.contains("data-up=\"true\"")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concord_top_shows_the_members_and_the_leader() {
+    let cluster = Cluster::start(BIN, 3).await;
+    let leader = cluster.leader().await;
+    // Members publish their client URLs shortly after a leader exists.
+    let port = cluster.nodes[0].client_port;
+    common::eventually(
+        "every member's client URL to be published",
+        common::WAIT,
+        || async move {
+            let page = common::http_get(port, "/v1/dashboard").await.ok()?.text();
+            (page.matches("\"up\":true").count() == 3).then_some(())
+        },
+    )
+    .await;
+    let out = Command::new(BIN)
+        .args(["top", "--iterations", "2", "--interval", "300ms"])
+        .arg(format!("--endpoints={}", cluster.url((leader + 1) % 3)))
+        .output()
+        .expect("concord top runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    // Two screens; the second has a request rate (the first has nothing to compare with).
+    let screens: Vec<&str> = text.split("leader: ").filter(|s| !s.is_empty()).collect();
+    assert_eq!(screens.len(), 2, "{text}");
+    let leader_name = &cluster.nodes[leader].name;
+    assert!(screens[1].starts_with(&format!("{leader_name} ")), "{text}");
+    assert!(
+        screens[1].contains("gRPC requests/s: ") && !screens[1].contains("requests/s: -"),
+        "{text}"
+    );
+    // A table row's cells, trimmed (the table right-aligns them).
+    let cells = |name: &str| -> Vec<String> {
+        screens[1]
+            .lines()
+            .map(|l| {
+                l.split('|')
+                    .map(|c| c.trim().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .find(|c| c.get(1).map(String::as_str) == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}: {text}"))
+    };
+    for node in &cluster.nodes {
+        assert_eq!(cells(&node.name)[2], "up", "{text}");
+    }
+    assert_eq!(cells(leader_name)[3], "leader", "{text}");
+}

@@ -93,9 +93,8 @@ pub(crate) fn integer(arg: &[u8]) -> Option<i64> {
     concord_core::crdt::parse_integer(arg)
 }
 
-/// The commands a bucket that keeps siblings answers (the others read or write values
-/// that are not lists of siblings).
-const ANY_BUCKET: &[&str] = &[
+/// Connection commands (they name no key).
+const CONNECTION: &[&str] = &[
     "ping",
     "echo",
     "quit",
@@ -111,57 +110,38 @@ const ANY_BUCKET: &[&str] = &[
     "concord.quorum",
     "concord.bucket",
     "concord.session",
-    "concord.sget",
-    "concord.sput",
-    "concord.sdel",
-    "keys",
-    "scan",
-    "dbsize",
-    "randomkey",
-    "flushdb",
-    "flushall",
-    "exists",
-    "type",
-    "exec",
-    "discard",
-    "unwatch",
 ];
 
-/// Commands that do not act on the key named first: connection, keyspace-wide and
-/// transaction commands.
-const UNKEYED: &[&str] = &[
-    "ping",
-    "echo",
-    "quit",
-    "reset",
-    "select",
-    "hello",
-    "client",
-    "command",
-    "config",
-    "info",
-    "time",
-    "auth",
-    "concord.quorum",
-    "concord.bucket",
-    "concord.session",
-    "keys",
-    "scan",
-    "dbsize",
-    "randomkey",
-    "flushdb",
-    "flushall",
-    "multi",
-    "exec",
-    "discard",
-    "watch",
-    "unwatch",
-];
+/// Keyspace-wide commands.
+const KEYSPACE: &[&str] = &["keys", "scan", "dbsize", "randomkey", "flushdb", "flushall"];
+
+/// Transaction commands.
+const TRANSACTION: &[&str] = &["multi", "exec", "discard", "watch", "unwatch"];
+
+/// Whether a bucket that keeps siblings answers `cmd`: connection and keyspace-wide
+/// commands, the sibling commands, and those that read no value (the others read or
+/// write values that are not lists of siblings).
+fn any_bucket(cmd: &str) -> bool {
+    const ALSO: &[&str] = &[
+        "concord.sget",
+        "concord.sput",
+        "concord.sdel",
+        "exists",
+        "type",
+        "exec",
+        "discard",
+        "unwatch",
+    ];
+    CONNECTION.contains(&cmd) || KEYSPACE.contains(&cmd) || ALSO.contains(&cmd)
+}
 
 /// Whether `cmd` (lower case) is a data command whose first argument is the key it acts
 /// on (other keys may follow): what the HTTP command endpoint runs.
 pub fn keyed(cmd: &str) -> bool {
-    arity(cmd).is_some_and(|(min, _)| min >= 1) && !UNKEYED.contains(&cmd)
+    arity(cmd).is_some_and(|(min, _)| min >= 1)
+        && ![CONNECTION, KEYSPACE, TRANSACTION]
+            .iter()
+            .any(|list| list.contains(&cmd))
 }
 
 /// (min, max) arguments after the name (`None`: any number from min), by command.
@@ -233,7 +213,7 @@ pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
         }
         return refuse(s, wrong_arity(&cmd));
     }
-    if ap.keeps_siblings(s.access.bucket) && !ANY_BUCKET.contains(&cmd.as_str()) {
+    if ap.keeps_siblings(s.access.bucket) && !any_bucket(&cmd) {
         let b = s.access.bucket;
         return refuse(
             s,

@@ -24,6 +24,7 @@ pub mod lease;
 pub mod member;
 pub mod printer;
 pub mod snapshot;
+pub mod top;
 pub mod txn;
 pub mod watch;
 
@@ -171,6 +172,9 @@ pub enum CtlCommand {
     Bucket(bucket::BucketArgs),
     /// Reads, writes and deletes keys of the AP buckets (as Redis GET, SET, DEL)
     Ap(bucket::ApArgs),
+    /// Shows the cluster's members and live request rate and latency, refreshing (the
+    /// dashboard's numbers in a terminal)
+    Top(top::TopArgs),
     /// Generates the shell completion script for concord
     Completion(CompletionArgs),
 }
@@ -227,6 +231,7 @@ pub fn run(cmd: CtlCommand) -> ExitCode {
             CtlCommand::Snapshot(a) => snapshot::run(a).await,
             CtlCommand::Bucket(a) => bucket::run_bucket(a).await,
             CtlCommand::Ap(a) => bucket::run_ap(a).await,
+            CtlCommand::Top(a) => top::run(a).await,
             CtlCommand::Completion(_) => Ok(()),
         }
     });
