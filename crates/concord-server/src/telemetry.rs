@@ -131,14 +131,12 @@ pub fn remote_span(name: &'static str, traceparent: &str) -> Span {
         return Span::none();
     }
     let span = tracing::debug_span!(target: TARGET, "peer", otel.name = name, otel.kind = "server");
-    {
-        let fields = Fields(HashMap::from([(
-            "traceparent".to_string(),
-            traceparent.to_string(),
-        )]));
-        let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&fields));
-        let _ = span.set_parent(parent);
-    }
+    let fields = Fields(HashMap::from([(
+        "traceparent".to_string(),
+        traceparent.to_string(),
+    )]));
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&fields));
+    let _ = span.set_parent(parent);
     span
 }
 

@@ -743,24 +743,21 @@ mod tests {
     use super::*;
     use crate::ap::ApConfig;
 
-    async fn call(app: &Router, method: &str, path: &str, session: Option<&str>) -> Response {
-        let mut request = Request::builder().method(method).uri(path);
-        if let Some(token) = session {
-            request = request.header(SESSION_HEADER, token);
-        }
-        let body = if method == "PUT" {
-            Body::from(r#"{"value":"v"}"#)
-        } else {
-            Body::empty()
-        };
-        app.clone()
-            .oneshot(request.body(body).unwrap())
-            .await
-            .unwrap()
+    /// A request in the session `session` (a `PUT` writes "v"): the status and headers.
+    async fn call(
+        app: &Router,
+        method: &str,
+        path: &str,
+        session: Option<&str>,
+    ) -> (StatusCode, HeaderMap) {
+        let headers: Vec<(&str, &str)> = session.map(|t| (SESSION_HEADER, t)).into_iter().collect();
+        let body = (method == "PUT").then(|| json!({ "value": "v" }));
+        let (status, headers, _) = send(app, method, path, &headers, body).await;
+        (status, headers)
     }
 
-    fn token(r: &Response) -> Option<SessionToken> {
-        let header = r.headers().get(SESSION_HEADER)?;
+    fn token((_, headers): &(StatusCode, HeaderMap)) -> Option<SessionToken> {
+        let header = headers.get(SESSION_HEADER)?;
         Some(SessionToken::decode(header.as_bytes()).unwrap())
     }
 
@@ -903,27 +900,24 @@ mod tests {
 
     #[tokio::test]
     async fn the_session_header_starts_carries_and_answers_a_token() {
-        let dir = tempfile::tempdir().unwrap();
-        let ap = ApNode::open(NodeId(1), 7, dir.path(), ApConfig::default()).unwrap();
-        ap.set_members(&BTreeMap::from([(NodeId(1), "http://127.0.0.1:1".into())]));
-        let app = router(ap);
+        let (_dir, app) = one_member();
         let path = "/v1/buckets/0/keys/k";
         // Without the header, no session and no token.
         let plain = call(&app, "GET", path, None).await;
-        assert_eq!(plain.status(), StatusCode::NOT_FOUND);
+        assert_eq!(plain.0, StatusCode::NOT_FOUND);
         assert!(token(&plain).is_none());
         // An empty header starts one; the write is in the answer's token.
         let put = call(&app, "PUT", path, Some("")).await;
-        assert_eq!(put.status(), StatusCode::OK);
+        assert_eq!(put.0, StatusCode::OK);
         let after_put = token(&put).expect("a token");
         assert!(after_put.floor(0, b"k").is_some());
         // The token comes back with a read, also of a key not found.
         let text = after_put.encode();
         let got = call(&app, "GET", "/v1/buckets/0/keys/absent", Some(&text)).await;
-        assert_eq!(got.status(), StatusCode::NOT_FOUND);
+        assert_eq!(got.0, StatusCode::NOT_FOUND);
         assert_eq!(token(&got), Some(after_put));
         // A malformed token is refused, not ignored.
         let bad = call(&app, "GET", path, Some("not a token")).await;
-        assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(bad.0, StatusCode::BAD_REQUEST);
     }
 }

@@ -560,14 +560,14 @@ async fn metrics_route(State(st): State<HttpState>) -> impl IntoResponse {
     let mut out = Vec::new();
     http::metric(
         &mut out,
-        "gauge",
+        crate::metrics::Kind::Gauge,
         "concord_server_ap_only",
         "Whether this member is AP-only (1): not in Raft, no CP keyspace.",
         1.0,
     );
     http::metric(
         &mut out,
-        "gauge",
+        crate::metrics::Kind::Gauge,
         "concord_ap_metadata_age_seconds",
         "Time since the cluster metadata was last read from a Raft member (-1: never).",
         st.health.age().map_or(-1.0, |a| a.as_secs_f64()),

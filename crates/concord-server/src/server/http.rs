@@ -272,19 +272,14 @@ async fn version() -> impl IntoResponse {
     (StatusCode::OK, JSON, body.to_string())
 }
 
-/// Adds one sample without labels (`kind`: `gauge` or `counter`).
+/// Adds one sample without labels.
 pub(crate) fn metric(
     out: &mut Vec<Sample>,
-    kind: &str,
+    kind: Kind,
     name: &'static str,
     help: &'static str,
     value: f64,
 ) {
-    let kind = if kind == "counter" {
-        Kind::Counter
-    } else {
-        Kind::Gauge
-    };
     out.push(Sample::new(kind, name, help, value));
 }
 
@@ -377,12 +372,12 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
             st.state.revision as f64,
         ),
     ] {
-        metric(&mut out, "gauge", name, help, value);
+        metric(&mut out, Kind::Gauge, name, help, value);
     }
     // `_total`: a counter, as Prometheus's naming rules expect.
     metric(
         &mut out,
-        "counter",
+        Kind::Counter,
         "concord_raft_snapshots_installed_total",
         "Snapshots received and installed since start.",
         st.snapshots_installed as f64,
@@ -390,21 +385,21 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     let hub = ctx.node.watch_hub().stats();
     metric(
         &mut out,
-        "gauge",
+        Kind::Gauge,
         "concord_watch_synced_watchers",
         "Watchers served by the shared change-log reader (caught up).",
         hub.synced as f64,
     );
     metric(
         &mut out,
-        "counter",
+        Kind::Counter,
         "concord_watch_hub_reads_total",
         "Change-log reads made once for all synced watchers.",
         hub.reads as f64,
     );
     metric(
         &mut out,
-        "counter",
+        Kind::Counter,
         "concord_watch_slow_watchers_total",
         "Watchers moved out of the shared reader because their client fell behind.",
         hub.dropped_slow as f64,
@@ -412,31 +407,31 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
     let (runs, failed, pause_total, last_pause, max_pause) = ctx.node.defrag_stats().snapshot();
     for (kind, name, help, value) in [
         (
-            "counter",
+            Kind::Counter,
             "concord_defragment_total",
             "Defragments completed.",
             runs as f64,
         ),
         (
-            "counter",
+            Kind::Counter,
             "concord_defragment_failed_total",
             "Defragments abandoned (the store is left as it was).",
             failed as f64,
         ),
         (
-            "counter",
+            Kind::Counter,
             "concord_defragment_pause_seconds_total",
             "Time reads and applies waited for defragments to switch files.",
             pause_total.as_secs_f64(),
         ),
         (
-            "gauge",
+            Kind::Gauge,
             "concord_defragment_last_pause_seconds",
             "Pause of the latest defragment.",
             last_pause.as_secs_f64(),
         ),
         (
-            "gauge",
+            Kind::Gauge,
             "concord_defragment_max_pause_seconds",
             "Longest pause of a defragment since start.",
             max_pause.as_secs_f64(),
@@ -505,7 +500,7 @@ fn gossip_metrics(out: &mut Vec<Sample>, view: &MembershipView) {
     }
     metric(
         out,
-        "gauge",
+        Kind::Gauge,
         "concord_gossip_pending_updates",
         "Membership updates waiting to be piggybacked on gossip packets.",
         view.pending_updates as f64,
@@ -572,7 +567,7 @@ fn ap_metrics(out: &mut Vec<Sample>, m: &crate::ap::ApMetrics) {
             m.handoff_removed,
         ),
     ] {
-        metric(out, "counter", name, help, value as f64);
+        metric(out, Kind::Counter, name, help, value as f64);
     }
 }
 
