@@ -16,7 +16,7 @@ use rand::SeedableRng;
 use tonic::transport::Channel;
 
 use crate::backoff::Backoff;
-use crate::endpoint::{dial, endpoint_url};
+use crate::endpoint::{dial_with, endpoint_url};
 use crate::error::ClientError;
 
 /// Whether a request may be sent again after an indefinite failure.
@@ -43,6 +43,8 @@ pub struct ClientOptions {
     pub backoff: Backoff,
     /// The breaker kept for each endpoint.
     pub breaker: BreakerConfig,
+    /// TLS of `https://` endpoints (default: the system's trusted CAs, no certificate).
+    pub tls: concord_tls::ClientSettings,
 }
 
 impl Default for ClientOptions {
@@ -56,6 +58,7 @@ impl Default for ClientOptions {
                 cool_down: Duration::from_secs(2),
                 ..BreakerConfig::default()
             },
+            tls: concord_tls::ClientSettings::default(),
         }
     }
 }
@@ -71,6 +74,7 @@ struct Slot {
 struct Inner {
     slots: Vec<Slot>,
     options: ClientOptions,
+    dialer: concord_tls::Dialer,
     /// The endpoint that answered last; calls start there.
     preferred: AtomicUsize,
     origin: Instant,
@@ -122,6 +126,14 @@ impl Client {
         if slots.is_empty() {
             return Err(ClientError::NoEndpoints);
         }
+        // Without settings, nothing is loaded until an https:// endpoint is dialled.
+        let dialer = if options.tls == concord_tls::ClientSettings::default() {
+            concord_tls::Dialer::default()
+        } else {
+            concord_tls::Dialer::new(options.tls.clone()).map_err(|e| ClientError::Tls {
+                detail: e.to_string(),
+            })?
+        };
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -129,6 +141,7 @@ impl Client {
             inner: Arc::new(Inner {
                 slots,
                 options,
+                dialer,
                 preferred: AtomicUsize::new(0),
                 origin: Instant::now(),
                 rng: Mutex::new(SmallRng::seed_from_u64(seed)),
@@ -191,7 +204,13 @@ impl Client {
             return Ok(ch.clone());
         }
         let permit = self.acquire(i)?;
-        match dial(&slot.url, self.inner.options.dial_timeout).await {
+        match dial_with(
+            &slot.url,
+            self.inner.options.dial_timeout,
+            &self.inner.dialer,
+        )
+        .await
+        {
             Ok(ch) => {
                 lock(&slot.breaker).on_success(permit, self.now());
                 *guard = Some(ch.clone());
@@ -360,7 +379,7 @@ impl Client {
                 last = ClientError::NoLeader(format!("leader {leader} has no client URL yet"));
                 continue;
             };
-            match dial(url, self.inner.options.dial_timeout).await {
+            match dial_with(url, self.inner.options.dial_timeout, &self.inner.dialer).await {
                 Ok(ch) => return Ok((leader, ch)),
                 Err(e) => last = e,
             }

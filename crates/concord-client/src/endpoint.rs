@@ -2,13 +2,15 @@
 
 use std::time::Duration;
 
+use concord_tls::Dialer;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::ClientError;
 
-/// `host:port`, `http://host:port` (a trailing `/` is dropped) as the URL to dial.
+/// `host:port`, `http://host:port` or `https://host:port` (a trailing `/` is dropped) as
+/// the URL to dial; without a scheme, `http`.
 ///
-/// Errors: an empty endpoint, a scheme other than `http`, and `https` (not supported yet).
+/// Errors: an empty endpoint, a scheme other than `http` and `https`.
 pub fn endpoint_url(ep: &str) -> Result<String, ClientError> {
     let ep = ep.trim();
     let bad = |reason: &str| ClientError::BadEndpoint {
@@ -23,23 +25,29 @@ pub fn endpoint_url(ep: &str) -> Result<String, ClientError> {
     if host_port.is_empty() {
         return Err(bad("no host:port"));
     }
-    match scheme {
-        None | Some("http") => {}
-        Some("https" | "unixs") => {
-            return Err(ClientError::TlsUnsupported {
-                endpoint: ep.to_string(),
-            })
-        }
+    let scheme = match scheme {
+        None | Some("http") => "http",
+        Some("https") => "https",
         Some(other) => return Err(bad(&format!("unsupported scheme {other:?}"))),
-    }
-    let url = format!("http://{host_port}");
+    };
+    let url = format!("{scheme}://{host_port}");
     // Validates host and port the way the transport will read them.
     Endpoint::from_shared(url.clone()).map_err(|e| bad(&e.to_string()))?;
     Ok(url)
 }
 
-/// Opens a channel to `ep` within `timeout` (connect timeout and overall bound).
+/// Opens a channel to `ep` within `timeout` (connect timeout and overall bound);
+/// `https://` with the system's trusted CAs.
 pub async fn dial(ep: &str, timeout: Duration) -> Result<Channel, ClientError> {
+    dial_with(ep, timeout, &Dialer::default()).await
+}
+
+/// [`dial`], `https://` with `dialer`'s TLS settings.
+pub async fn dial_with(
+    ep: &str,
+    timeout: Duration,
+    dialer: &Dialer,
+) -> Result<Channel, ClientError> {
     let url = endpoint_url(ep)?;
     let endpoint = Endpoint::from_shared(url)
         .map_err(|e| ClientError::BadEndpoint {
@@ -48,7 +56,7 @@ pub async fn dial(ep: &str, timeout: Duration) -> Result<Channel, ClientError> {
         })?
         .connect_timeout(timeout)
         .tcp_nodelay(true);
-    match tokio::time::timeout(timeout, endpoint.connect()).await {
+    match tokio::time::timeout(timeout, dialer.connect(endpoint)).await {
         Ok(Ok(channel)) => Ok(channel),
         Ok(Err(e)) => Err(ClientError::Connect {
             endpoint: ep.to_string(),
@@ -77,11 +85,8 @@ mod tests {
             endpoint_url(" http://localhost:2379/ ").unwrap(),
             "http://localhost:2379"
         );
-        assert!(matches!(
-            endpoint_url("https://a:1"),
-            Err(ClientError::TlsUnsupported { .. })
-        ));
-        for bad in ["", "ftp://a:1", "http://", "http://a b:1"] {
+        assert_eq!(endpoint_url("https://a:1").unwrap(), "https://a:1");
+        for bad in ["", "ftp://a:1", "unixs://a:1", "http://", "http://a b:1"] {
             assert!(
                 matches!(endpoint_url(bad), Err(ClientError::BadEndpoint { .. })),
                 "{bad:?} accepted"

@@ -19,11 +19,11 @@ pub enum ClientError {
         /// Why it was refused.
         reason: String,
     },
-    /// An `https://` endpoint: TLS is not implemented yet.
-    #[error("not implemented: TLS endpoints ({endpoint}); use http://")]
-    TlsUnsupported {
-        /// As given.
-        endpoint: String,
+    /// The TLS settings (CA, certificate, key, versions) do not load.
+    #[error("TLS settings: {detail}")]
+    Tls {
+        /// What is wrong, naming the file.
+        detail: String,
     },
     /// The connection could not be made (nothing was sent).
     #[error("cannot connect to {endpoint}: {detail}")]

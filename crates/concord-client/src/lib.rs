@@ -14,8 +14,9 @@
 //! * [`ReadConsistency`]: a read level beyond etcd's two (`bounded`, `session`), set on a
 //!   request with [`ReadConsistency::set_on`] (the `concord-consistency` metadata key).
 //!
-//! TLS endpoints (`https://`) answer [`ClientError::TlsUnsupported`] until the transport
-//! security work lands.
+//! `https://` endpoints are dialled with TLS ([`ClientOptions::tls`]: the CA, the client
+//! certificate, or skipping verification, as etcdctl's `--cacert`, `--cert`, `--key`,
+//! `--insecure-skip-tls-verify`); `http://` ones in plain text.
 #![forbid(unsafe_code)]
 
 mod backoff;
@@ -26,6 +27,7 @@ mod error;
 pub use backoff::Backoff;
 pub use client::{Client, ClientOptions, Idempotence};
 pub use concord_proto::consistency::{ReadConsistency, METADATA_KEY as CONSISTENCY_METADATA_KEY};
-pub use endpoint::dial;
+pub use concord_tls::{ClientSettings as TlsSettings, Dialer, Identity};
+pub use endpoint::{dial, dial_with};
 pub use error::{is_definite_status, ClientError};
 pub use tonic::transport::Channel;

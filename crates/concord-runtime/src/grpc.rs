@@ -94,6 +94,7 @@ pub struct GrpcTransport {
     cluster_id: u64,
     snapshot_chunk_bytes: Arc<AtomicUsize>,
     peers: std::sync::RwLock<BTreeMap<NodeId, (String, Peer)>>,
+    dialer: concord_tls::Dialer,
 }
 
 impl std::fmt::Debug for GrpcTransport {
@@ -113,9 +114,21 @@ impl GrpcTransport {
     /// as `http://127.0.0.1:2380`); spawns one connection task per peer on the current
     /// runtime. The tasks end when the transport is dropped or the peer removed.
     pub fn new(from: NodeId, cluster_id: u64, peers: BTreeMap<NodeId, String>) -> Self {
+        Self::with_dialer(from, cluster_id, peers, concord_tls::Dialer::default())
+    }
+
+    /// [`GrpcTransport::new`], dialling `https://` peers with `dialer`'s TLS settings
+    /// (the peer CA and this member's peer certificate).
+    pub fn with_dialer(
+        from: NodeId,
+        cluster_id: u64,
+        peers: BTreeMap<NodeId, String>,
+        dialer: concord_tls::Dialer,
+    ) -> Self {
         let t = Self {
             from,
             cluster_id,
+            dialer,
             snapshot_chunk_bytes: Arc::new(AtomicUsize::new(SNAPSHOT_CHUNK_BYTES)),
             peers: std::sync::RwLock::new(BTreeMap::new()),
         };
@@ -144,6 +157,7 @@ impl GrpcTransport {
                 cluster_id: self.cluster_id,
                 url: url.clone(),
                 snapshot_chunk_bytes: self.snapshot_chunk_bytes.clone(),
+                dialer: self.dialer.clone(),
             },
             rx,
             connected.clone(),
@@ -197,6 +211,7 @@ struct PeerLink {
     cluster_id: u64,
     url: String,
     snapshot_chunk_bytes: Arc<AtomicUsize>,
+    dialer: concord_tls::Dialer,
 }
 
 async fn peer_loop(
@@ -313,7 +328,7 @@ async fn stream_to_peer(
     connected: &AtomicBool,
     backoff: &mut Duration,
 ) -> StreamEnd {
-    let channel = match endpoint.connect().await {
+    let channel = match link.dialer.connect(endpoint.clone()).await {
         Ok(c) => c,
         Err(e) => return StreamEnd::Failed(e.to_string()),
     };
@@ -578,14 +593,22 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     service: RaftPeerService,
     extra: Option<tonic::service::Routes>,
+    tls: Option<concord_tls::Acceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let routes = match extra {
         Some(routes) => routes.add_service(service.into_server()),
         None => tonic::service::Routes::new(service.into_server()),
     };
-    tonic::transport::Server::builder()
-        .add_routes(routes)
+    let server = tonic::transport::Server::builder().add_routes(routes);
+    if let Some(acceptor) = tls {
+        // A peer whose certificate the peer CA did not sign fails the handshake: it
+        // reaches none of these services.
+        return server
+            .serve_with_incoming_shutdown(concord_tls::incoming(listener, acceptor), shutdown)
+            .await;
+    }
+    server
         .serve_with_incoming_shutdown(
             // Small Raft messages and acks must not wait for Nagle's algorithm (40 ms
             // with delayed ACKs).

@@ -58,6 +58,8 @@ pub struct MembershipConfig {
     pub swim: SwimConfig,
     /// Seeds the protocol's random choices.
     pub seed: u64,
+    /// Dials the other members (TLS for `https://` peer URLs).
+    pub dialer: concord_tls::Dialer,
 }
 
 /// The start time of this process in milliseconds since the Unix epoch: a generation that
@@ -151,6 +153,7 @@ impl Membership {
             origin: tokio::time::Instant::now(),
             channels: BTreeMap::new(),
             in_flight: Arc::new(Semaphore::new(SENDS_IN_FLIGHT)),
+            dialer: config.dialer,
         };
         tokio::spawn(task.run(peers, commands_rx, inbound_rx));
         let service = GossipService {
@@ -201,6 +204,7 @@ struct Task {
     origin: tokio::time::Instant,
     channels: BTreeMap<NodeId, (String, GossipClient<Channel>)>,
     in_flight: Arc<Semaphore>,
+    dialer: concord_tls::Dialer,
 }
 
 impl Task {
@@ -277,10 +281,9 @@ impl Task {
         }
         match Endpoint::from_shared(url.clone()) {
             Ok(e) => {
-                let channel = e
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let channel = self
+                    .dialer
+                    .lazy(e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true));
                 self.channels.insert(id, (url, GossipClient::new(channel)));
             }
             Err(e) => tracing::warn!(peer = %id, %url, error = %e, "invalid peer url for gossip"),
@@ -608,6 +611,7 @@ mod tests {
                 generation: 1,
                 swim,
                 seed: i,
+                dialer: concord_tls::Dialer::default(),
             };
             let (m, svc) = Membership::start(config, urls.clone()).unwrap();
             handles.push(m);

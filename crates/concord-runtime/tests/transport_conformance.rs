@@ -51,6 +51,7 @@ async fn grpc_pair() -> Pair {
         listener,
         RaftPeerService::new(CLUSTER, r2.clone()),
         None,
+        None,
         async move {
             let _ = stopped.await;
         },

@@ -28,6 +28,7 @@ mod maintenance;
 pub mod members;
 mod meta;
 pub mod restore;
+mod tls;
 mod watch;
 
 use std::collections::BTreeMap;
@@ -46,7 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
-pub use config::{ClusterState, ServerConfig};
+pub use config::{ClusterState, ServerConfig, TlsFlags};
 use members::{MemberRecord, Members};
 
 use crate::ap::ApNode;
@@ -122,11 +123,6 @@ fn host_port(url: &str) -> Result<String, ServerError> {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .unwrap_or(url);
-    if url.starts_with("https://") {
-        return Err(ServerError::Config(format!(
-            "{url}: TLS is not implemented in this version; use http://"
-        )));
-    }
     Ok(rest.trim_end_matches('/').to_string())
 }
 
@@ -146,7 +142,8 @@ async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, String)>, ServerError
                 url: url.clone(),
                 source,
             })?;
-        out.push((listener, format!("http://{local}")));
+        let scheme = if tls::is_tls(url) { "https" } else { "http" };
+        out.push((listener, format!("{scheme}://{local}")));
     }
     Ok(out)
 }
@@ -162,10 +159,14 @@ struct Listeners {
     peer_bound: Vec<String>,
     /// The client URLs advertised (port 0 resolved).
     my_client_urls: Vec<String>,
+    /// The TLS of both sides.
+    tls: tls::MemberTls,
 }
 
 impl Listeners {
     async fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
+        // Certificates load (or fail, naming the flag) before any port is taken.
+        let tls = tls::MemberTls::from_config(config)?;
         let client = bind(&config.listen_client_urls).await?;
         let redis = bind_redis(&config.listen_redis_urls).await?;
         let peer = bind(&config.listen_peer_urls).await?;
@@ -183,6 +184,7 @@ impl Listeners {
             client_bound,
             peer_bound,
             my_client_urls,
+            tls,
         })
     }
 }
@@ -232,11 +234,12 @@ fn serve_peers(
     listener: TcpListener,
     raft: RaftPeerService,
     extra: tonic::service::Routes,
+    tls: Option<concord_tls::Acceptor>,
     stop_rx: &tokio_watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let stop = wait_stop(stop_rx.clone());
     tokio::spawn(async move {
-        if let Err(e) = concord_runtime::grpc::serve(listener, raft, Some(extra), stop).await {
+        if let Err(e) = concord_runtime::grpc::serve(listener, raft, Some(extra), tls, stop).await {
             tracing::error!(error = %e, "peer server failed");
         }
     })
@@ -289,6 +292,7 @@ impl Server {
             client_bound,
             peer_bound,
             my_client_urls,
+            tls,
         } = Listeners::bind(&config).await?;
         if let Some(me) = founding.get_mut(&member_id) {
             me.client_urls = my_client_urls.clone();
@@ -301,7 +305,12 @@ impl Server {
             .iter()
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
             .collect();
-        let grpc = Arc::new(GrpcTransport::new(member_id, cluster_id, peers.clone()));
+        let grpc = Arc::new(GrpcTransport::with_dialer(
+            member_id,
+            cluster_id,
+            peers.clone(),
+            tls.peer_dialer.clone(),
+        ));
         let generation = generation_now();
         let (membership, gossip) = Membership::start(
             MembershipConfig {
@@ -310,12 +319,14 @@ impl Server {
                 generation,
                 swim: config.gossip,
                 seed: generation ^ member_id.get(),
+                dialer: tls.peer_dialer.clone(),
             },
             peers,
         )
         .map_err(|e| ServerError::Config(e.to_string()))?;
         let ap = ApNode::open(member_id, cluster_id, &config.data_dir, config.ap)
             .map_err(|e| ServerError::Start(e.to_string()))?;
+        ap.set_dialer(tls.peer_dialer.clone());
         // Faults are switched on only through the test hooks (CONCORD_UNSAFE_TEST_HOOKS).
         let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id.get()));
         // One connection per peer carries every group; the keyspace is the default group.
@@ -341,11 +352,17 @@ impl Server {
             cluster_id,
             token: token.clone(),
         };
-        for (listener, _) in peer_listeners {
+        for (listener, url) in peer_listeners {
             let extra = tonic::service::Routes::new(gossip.clone().into_server())
                 .add_service(ap.service())
                 .add_service(meta.clone().into_server());
-            servers.push(serve_peers(listener, peer_service.clone(), extra, &stop_rx));
+            servers.push(serve_peers(
+                listener,
+                peer_service.clone(),
+                extra,
+                tls.peer_for(&url),
+                &stop_rx,
+            ));
         }
 
         let leases = Arc::new(node::Leases::new(node.clone(), config.election_timeout));
@@ -363,6 +380,7 @@ impl Server {
             membership: membership.clone(),
             ap: ap.clone(),
             roster: roster.clone(),
+            dialer: tls.client_dialer.clone(),
         };
         let routes = grpc_services(&ctx, &token, config.max_request_bytes);
         // One port for both: gRPC requests (content-type application/grpc) go to the
@@ -387,10 +405,13 @@ impl Server {
             max_connections: config.max_client_connections,
             max_concurrent_streams: config.max_concurrent_streams,
         };
-        for (tcp, _) in client_listeners {
+        for (tcp, url) in client_listeners {
             let router = router.clone();
             let stop = wait_stop(stop_rx.clone());
-            servers.push(tokio::spawn(listener::serve(tcp, router, limits, stop)));
+            let tls = tls.client_for(&url);
+            servers.push(tokio::spawn(listener::serve(
+                tcp, router, limits, tls, stop,
+            )));
         }
 
         let redis_bound = serve_redis(redis_listeners, &ap, &stop_rx, &mut servers);

@@ -585,15 +585,16 @@ impl Dialer {
         }
     }
 
-    /// A TLS connection to `host:port` (for HTTP clients; `server_name` is checked
-    /// against the certificate).
+    /// A TLS connection to `host:port` (its certificate checked against `host`) offering
+    /// the `alpn` protocols (e.g. `[b"http/1.1"]` for an HTTP/1.1 client).
     pub async fn tls_stream(
         &self,
         host: &str,
         port: u16,
+        alpn: &[&[u8]],
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let connector = self.connector().map_err(std::io::Error::other)?;
-        connector.connect(host, port).await
+        connector.connect(host, port, Some(alpn)).await
     }
 }
 
@@ -612,10 +613,12 @@ impl Connector {
         })
     }
 
+    /// Connects; `alpn` replaces the configuration's protocols (HTTP/2) when given.
     async fn connect(
         &self,
         host: &str,
         port: u16,
+        alpn: Option<&[&[u8]]>,
     ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let name = ServerName::try_from(host.to_string()).map_err(|e| {
@@ -623,8 +626,15 @@ impl Connector {
         })?;
         let tcp = TcpStream::connect((host, port)).await?;
         let _ = tcp.set_nodelay(true);
-        let connector = tokio_rustls::TlsConnector::from(self.config.current());
-        connector.connect(name, tcp).await
+        let mut config = self.config.current();
+        if let Some(alpn) = alpn {
+            let mut with = (*config).clone();
+            with.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            config = Arc::new(with);
+        }
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
     }
 }
 
@@ -652,7 +662,7 @@ impl tower_service::Service<http::Uri> for Connector {
         Box::pin(async move {
             let (host, port) = host_port(&uri)?;
             Ok(hyper_util::rt::TokioIo::new(
-                this.connect(&host, port).await?,
+                this.connect(&host, port, None).await?,
             ))
         })
     }

@@ -35,7 +35,7 @@ async fn echo_server(acceptor: Acceptor) -> u16 {
 async fn talks(settings: ClientSettings, port: u16) -> Result<(), String> {
     let dialer = Dialer::new(settings).map_err(|e| e.to_string())?;
     let mut tls = dialer
-        .tls_stream("127.0.0.1", port)
+        .tls_stream("127.0.0.1", port, &[b"h2"])
         .await
         .map_err(|e| e.to_string())?;
     // TLS 1.3 reports a refused client certificate only at the first read.

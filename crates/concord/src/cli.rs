@@ -10,7 +10,7 @@
 //!    command line over the environment over the config file over the defaults.
 //!
 //! etcd flags that Concord does not implement ([`COMPAT_FLAGS`]) are real, hidden clap
-//! arguments: they parse like etcd's (`--auto-tls`, `--auto-tls=false`,
+//! arguments: they parse like etcd's (`--enable-pprof`, `--enable-pprof=false`,
 //! `--auth-token simple`) and end up in [`CompatFlags`] for a warning. Anything else is an
 //! unknown flag and clap refuses it.
 
@@ -115,31 +115,18 @@ pub const COMPAT_FLAGS: &[CompatFlag] = &[
     b("enable-v2"),
     b("enable-grpc-gateway"),
     // Security.
-    v("cert-file"),
-    v("key-file"),
     v("client-cert-file"),
     v("client-key-file"),
     v("client-crl-file"),
     v("client-cert-allowed-hostname"),
-    v("trusted-ca-file"),
-    v("peer-cert-file"),
-    v("peer-key-file"),
     v("peer-client-cert-file"),
     v("peer-client-key-file"),
-    v("peer-trusted-ca-file"),
     v("peer-cert-allowed-cn"),
     v("peer-cert-allowed-hostname"),
     v("peer-crl-file"),
     v("self-signed-cert-validity"),
-    v("cipher-suites"),
-    v("tls-min-version"),
-    v("tls-max-version"),
     v("cors"),
     v("host-whitelist"),
-    b("client-cert-auth"),
-    b("auto-tls"),
-    b("peer-client-cert-auth"),
-    b("peer-auto-tls"),
     b("peer-skip-client-san-verification"),
     // Auth.
     v("auth-token"),
@@ -201,7 +188,7 @@ pub enum Command {
         after_help = "Every flag can also be set by the environment variable CONCORD_<FLAG> \
                       (e.g. CONCORD_DATA_DIR) or in the --config file; the command line wins \
                       over the environment, which wins over the file.\n\
-                      Every other etcd 3.4/3.5 server flag (--auth-token, --auto-tls, \
+                      Every other etcd 3.4/3.5 server flag (--auth-token, --enable-pprof, \
                       --experimental-*, ...) is accepted and ignored with a warning.\n\
                       RUST_LOG, when set, overrides --log-level."
     )]
@@ -441,6 +428,49 @@ pub struct ServerArgs {
     #[arg(long, value_name = "RATIO", help_heading = "Tracing")]
     pub otlp_sampling_ratio: Option<f64>,
 
+    /// Certificate of the client URLs (https://), PEM
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key of --cert-file, PEM
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub key_file: Option<PathBuf>,
+    /// CA that clients' certificates must chain to (with --client-cert-auth)
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Refuse clients without a certificate signed by --trusted-ca-file [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Security")]
+    pub client_cert_auth: Option<bool>,
+    /// Self-signed certificate for https:// client URLs when --cert-file is not given
+    /// (encrypts, does not authenticate) [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Security")]
+    pub auto_tls: Option<bool>,
+    /// Certificate of the peer URLs (https://), also presented to the other members, PEM
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Private key of --peer-cert-file, PEM
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub peer_key_file: Option<PathBuf>,
+    /// CA that the other members' certificates must chain to
+    #[arg(long, value_name = "FILE", help_heading = "Security")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Refuse members without a certificate signed by --peer-trusted-ca-file [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Security")]
+    pub peer_client_cert_auth: Option<bool>,
+    /// Self-signed peer certificate when --peer-cert-file is not given; members then do not
+    /// verify each other [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Security")]
+    pub peer_auto_tls: Option<bool>,
+    /// Lowest TLS version accepted: TLS1.2 or TLS1.3 [default: TLS1.2]
+    #[arg(long, value_name = "VERSION", help_heading = "Security")]
+    pub tls_min_version: Option<String>,
+    /// Highest TLS version accepted: TLS1.2 or TLS1.3 [default: TLS1.3]
+    #[arg(long, value_name = "VERSION", help_heading = "Security")]
+    pub tls_max_version: Option<String>,
+    /// TLS 1.2 cipher suites allowed, comma-separated IANA names (TLS 1.3's are fixed)
+    /// [default: all that rustls implements]
+    #[arg(long, value_name = "SUITES", help_heading = "Security")]
+    pub cipher_suites: Option<String>,
+
     /// etcd flags accepted for compatibility and ignored with a warning.
     #[command(flatten)]
     pub compat: CompatFlags,
@@ -512,6 +542,10 @@ pub struct DevArgs {
     /// Redis clients, not the CP keyspace); --nodes 3 --ap-members 2 is the 3+2 demo
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=4))]
     pub ap_members: u8,
+    /// TLS everywhere: a throw-away CA and certificates in <data-dir>/tls; clients verify
+    /// the members with tls/ca.pem, members verify each other (mutual TLS)
+    #[arg(long)]
+    pub tls: bool,
 }
 
 impl ServerArgs {
@@ -565,6 +599,19 @@ impl ServerArgs {
             log_format: self.log_format.or(lower.log_format),
             otlp_endpoint: self.otlp_endpoint.or(lower.otlp_endpoint),
             otlp_sampling_ratio: self.otlp_sampling_ratio.or(lower.otlp_sampling_ratio),
+            cert_file: self.cert_file.or(lower.cert_file),
+            key_file: self.key_file.or(lower.key_file),
+            trusted_ca_file: self.trusted_ca_file.or(lower.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth.or(lower.client_cert_auth),
+            auto_tls: self.auto_tls.or(lower.auto_tls),
+            peer_cert_file: self.peer_cert_file.or(lower.peer_cert_file),
+            peer_key_file: self.peer_key_file.or(lower.peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(lower.peer_trusted_ca_file),
+            peer_client_cert_auth: self.peer_client_cert_auth.or(lower.peer_client_cert_auth),
+            peer_auto_tls: self.peer_auto_tls.or(lower.peer_auto_tls),
+            tls_min_version: self.tls_min_version.or(lower.tls_min_version),
+            tls_max_version: self.tls_max_version.or(lower.tls_max_version),
+            cipher_suites: self.cipher_suites.or(lower.cipher_suites),
             compat: CompatFlags { given: compat },
         }
     }
@@ -809,8 +856,8 @@ mod tests {
             "--auth-token",
             "simple",
             "--auth-token-ttl=300",
-            "--auto-tls",
-            "--client-cert-auth=false",
+            "--enable-pprof",
+            "--strict-reconfig-check=false",
             "--enable-v2",
             "--logger",
             "zap",
@@ -833,8 +880,8 @@ mod tests {
         for f in [
             "auth-token",
             "auth-token-ttl",
-            "auto-tls",
-            "client-cert-auth",
+            "enable-pprof",
+            "strict-reconfig-check",
             "enable-v2",
             "logger",
             "log-outputs",
@@ -851,9 +898,17 @@ mod tests {
 
     #[test]
     fn boolean_compat_flag_does_not_swallow_the_next_flag() {
-        let a = server(&["--auto-tls", "--name", "x"]).unwrap();
+        let a = server(&["--enable-pprof", "--name", "x"]).unwrap();
         assert_eq!(a.name.as_deref(), Some("x"));
-        assert_eq!(a.compat.given, vec!["auto-tls".to_string()]);
+        assert_eq!(a.compat.given, vec!["enable-pprof".to_string()]);
+        // The implemented boolean TLS flags parse the same way.
+        let a = server(&["--auto-tls", "--peer-client-cert-auth=false", "--name", "y"]).unwrap();
+        assert_eq!(a.name.as_deref(), Some("y"));
+        assert_eq!(
+            (a.auto_tls, a.peer_client_cert_auth),
+            (Some(true), Some(false))
+        );
+        assert!(a.compat.given.is_empty());
     }
 
     #[test]
@@ -899,7 +954,7 @@ mod tests {
         assert!(help.contains("CONCORD_DATA_DIR"), "{help}");
         assert!(help.contains("CONCORD_INITIAL_CLUSTER_TOKEN"), "{help}");
         assert!(
-            !help.contains("--peer-cert-file"),
+            !help.contains("--client-crl-file"),
             "compat flags are hidden"
         );
     }

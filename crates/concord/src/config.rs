@@ -249,6 +249,31 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(b) = args.ap_only {
         c.ap_only = b;
     }
+    c.client_tls = concord_server::server::TlsFlags {
+        cert_file: args.cert_file,
+        key_file: args.key_file,
+        trusted_ca_file: args.trusted_ca_file,
+        client_cert_auth: args.client_cert_auth.unwrap_or(false),
+        auto_tls: args.auto_tls.unwrap_or(false),
+    };
+    c.peer_tls = concord_server::server::TlsFlags {
+        cert_file: args.peer_cert_file,
+        key_file: args.peer_key_file,
+        trusted_ca_file: args.peer_trusted_ca_file,
+        client_cert_auth: args.peer_client_cert_auth.unwrap_or(false),
+        auto_tls: args.peer_auto_tls.unwrap_or(false),
+    };
+    c.tls_policy = concord_tls::Policy {
+        min_version: args.tls_min_version,
+        max_version: args.tls_max_version,
+        cipher_suites: args
+            .cipher_suites
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    };
     c
 }
 
@@ -438,11 +463,28 @@ mod tests {
                 "--phi-min-std-deviation=30",
                 "--log-level=debug",
                 "--log-format=json",
+                "--cert-file=/c.pem",
+                "--key-file=/c-key.pem",
+                "--trusted-ca-file=/ca.pem",
+                "--client-cert-auth",
+                "--peer-auto-tls",
+                "--peer-trusted-ca-file=/pca.pem",
+                "--peer-client-cert-auth=true",
+                "--tls-min-version=TLS1.3",
+                "--cipher-suites=TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
             ]),
             &EnvMap::new(),
         )
         .unwrap();
         let c = &s.server;
+        assert_eq!(c.client_tls.cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(c.client_tls.key_file, Some(PathBuf::from("/c-key.pem")));
+        assert_eq!(c.client_tls.trusted_ca_file, Some(PathBuf::from("/ca.pem")));
+        assert!(c.client_tls.client_cert_auth && !c.client_tls.auto_tls);
+        assert!(c.peer_tls.auto_tls && c.peer_tls.client_cert_auth);
+        assert_eq!(c.peer_tls.trusted_ca_file, Some(PathBuf::from("/pca.pem")));
+        assert_eq!(c.tls_policy.min_version.as_deref(), Some("TLS1.3"));
+        assert_eq!(c.tls_policy.cipher_suites.len(), 2);
         assert_eq!(c.name, "n1");
         assert_eq!(c.data_dir, PathBuf::from("/d"));
         assert_eq!(c.listen_client_urls, vec!["http://0.0.0.0:1"]);
@@ -611,12 +653,12 @@ mod tests {
                 "--config",
                 file.to_str().unwrap(),
                 "--auth-token=jwt",
-                "--auto-tls",
+                "--enable-pprof",
                 "--experimental-watch-progress-notify-interval",
                 "5s",
             ]),
             &env(&[
-                ("CONCORD_AUTO_TLS", "true"),
+                ("CONCORD_ENABLE_PPROF", "true"),
                 ("CONCORD_LOGGER", "zap"),
                 (
                     "CONCORD_EXPERIMENTAL_PEER_SKIP_CLIENT_SAN_VERIFICATION",
@@ -627,7 +669,7 @@ mod tests {
         .unwrap();
         let mut expected: Vec<String> = [
             "auth-token",
-            "auto-tls",
+            "enable-pprof",
             "logger",
             "enable-v2",
             "experimental-watch-progress-notify-interval",

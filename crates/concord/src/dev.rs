@@ -120,17 +120,27 @@ pub struct NodePlan {
     pub redis_port: Option<u16>,
     /// An AP-only member (`--ap-only`): not in Raft, no CP keyspace.
     pub ap_only: bool,
+    /// TLS on the client and peer URLs (`concord dev --tls`).
+    pub tls: bool,
 }
 
 impl NodePlan {
-    /// `http://127.0.0.1:<client port>`.
-    pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
     }
 
-    /// `http://127.0.0.1:<peer port>`.
+    /// `http://127.0.0.1:<client port>` (`https://` with TLS).
+    pub fn client_url(&self) -> String {
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
+    }
+
+    /// `http://127.0.0.1:<peer port>` (`https://` with TLS).
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
     }
 
     /// `redis://127.0.0.1:<redis port>`.
@@ -182,6 +192,7 @@ pub fn plan(nodes: u8, base: u16) -> Result<Vec<NodePlan>, DevError> {
             peer_port,
             redis_port: Some(redis_port),
             ap_only: false,
+            tls: false,
         })
         .collect())
 }
@@ -202,6 +213,9 @@ fn save_plan(path: &Path, plans: &[NodePlan]) -> Result<(), DevError> {
         }
         if p.ap_only {
             text.push_str("ap_only = true\n");
+        }
+        if p.tls {
+            text.push_str("tls = true\n");
         }
     }
     std::fs::write(path, text)
@@ -256,6 +270,10 @@ fn load_plan(path: &Path) -> Result<Option<Vec<NodePlan>>, DevError> {
                 .get("ap_only")
                 .and_then(toml::Value::as_bool)
                 .unwrap_or(false),
+            tls: node
+                .get("tls")
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(false),
         });
     }
     if plans.is_empty() || plans.len() > 7 {
@@ -303,7 +321,53 @@ pub fn server_args(plans: &[NodePlan], index: usize, data_dir: &Path) -> Vec<Str
     if me.ap_only {
         args.push("--ap-only".into());
     }
+    if me.tls {
+        // Clients verify the members (server TLS); members verify each other (mutual TLS).
+        let dir = data_dir.join(TLS_DIR);
+        let file = |name: &str| dir.join(name).display().to_string();
+        let cert = file(&format!("{}.pem", me.name));
+        let key = file(&format!("{}-key.pem", me.name));
+        let ca = file("ca.pem");
+        args.extend([
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+            "--peer-client-cert-auth".into(),
+        ]);
+    }
     args
+}
+
+/// Where `concord dev --tls` keeps its throw-away CA and certificates, in the data folder.
+pub const TLS_DIR: &str = "tls";
+
+/// The CA and a certificate per member (and `client.pem` for clients) in `dir`: made
+/// unless every file is already there (a kept folder reuses them).
+fn dev_pki(dir: &Path, plans: &[NodePlan]) -> Result<PathBuf, DevError> {
+    let ca_file = dir.join("ca.pem");
+    let names: Vec<String> = plans
+        .iter()
+        .map(|p| p.name.clone())
+        .chain(["client".to_string()])
+        .collect();
+    let complete = ca_file.exists()
+        && names.iter().all(|n| {
+            dir.join(format!("{n}.pem")).exists() && dir.join(format!("{n}-key.pem")).exists()
+        });
+    if complete {
+        return Ok(ca_file);
+    }
+    let fail = |e: concord_tls::TlsError| DevError::Plan(format!("certificates: {e}"));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DevError::Plan(format!("cannot create {}: {e}", dir.display())))?;
+    let ca = concord_tls::pki::Ca::create(dir, "concord dev CA", "ca").map_err(fail)?;
+    let hosts = concord_tls::pki::hosts_for([]);
+    for name in &names {
+        ca.issue(dir, name, &hosts).map_err(fail)?;
+    }
+    Ok(ca.cert_file)
 }
 
 /// A running (or exited) child.
@@ -508,6 +572,9 @@ async fn dev(args: DevArgs) -> Result<(), DevError> {
         for p in plans.iter_mut().skip(usize::from(args.nodes)) {
             p.ap_only = true;
         }
+        for p in &mut plans {
+            p.tls = args.tls;
+        }
         Ok(plans)
     };
     let ap_members = |plans: &[NodePlan]| plans.iter().filter(|p| p.ap_only).count();
@@ -518,6 +585,14 @@ async fn dev(args: DevArgs) -> Result<(), DevError> {
         // URLs, so a restart (even after --base-port 0) must use the same ones.
         let saved = data.path.join(PLAN_FILE);
         match load_plan(&saved)? {
+            Some(plans) if plans.iter().any(|p| p.tls != args.tls) => {
+                return Err(DevError::Plan(format!(
+                    "{} holds a cluster {} TLS; run {} --tls or use another --data-dir",
+                    data.path.display(),
+                    if args.tls { "without" } else { "with" },
+                    if args.tls { "without" } else { "with" },
+                )));
+            }
             Some(plans)
                 if plans.len() == usize::from(total)
                     && ap_members(&plans) == usize::from(args.ap_members) =>
@@ -545,6 +620,15 @@ async fn dev(args: DevArgs) -> Result<(), DevError> {
             }
         }
     };
+    if args.tls {
+        let ca = dev_pki(&data.path.join(TLS_DIR), &plans)?;
+        let dialer = concord_client::Dialer::new(concord_client::TlsSettings {
+            ca_file: Some(ca),
+            ..Default::default()
+        })
+        .map_err(|e| DevError::Plan(format!("certificates: {e}")))?;
+        crate::ctl::http::set_tls(dialer);
+    }
     let mut children = Children::default();
 
     println!(
@@ -659,7 +743,10 @@ async fn wait_ready(children: &mut Children) -> Result<(), DevError> {
                     tail,
                 });
             }
-            ready[i] = matches!(http_status(node.plan.client_port, "/ready").await, Ok(200));
+            ready[i] = matches!(
+                http_status(&node.plan.client_url(), "/ready").await,
+                Ok(200)
+            );
         }
         if ready.iter().all(|r| *r) {
             return Ok(());
@@ -678,10 +765,10 @@ async fn wait_ready(children: &mut Children) -> Result<(), DevError> {
     }
 }
 
-/// The status code of `GET path` on 127.0.0.1:`port` (HTTP/1.1, one second at most).
-pub async fn http_status(port: u16, path: &str) -> io::Result<u16> {
+/// The status code of `GET path` on `endpoint` (HTTP/1.1, one second at most).
+pub async fn http_status(endpoint: &str, path: &str) -> io::Result<u16> {
     let attempt = async {
-        let mut stream = send_get(&format!("127.0.0.1:{port}"), path).await?;
+        let mut stream = send_get(endpoint, path).await?;
         let mut head = Vec::with_capacity(128);
         let mut buf = [0u8; 128];
         while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
@@ -736,9 +823,16 @@ fn print_endpoints(plans: &[NodePlan], data: &DataDir) {
     let endpoints = plans
         .iter()
         .filter(|p| !p.ap_only)
-        .map(|p| format!("127.0.0.1:{}", p.client_port))
+        .map(|p| {
+            if p.tls {
+                p.client_url()
+            } else {
+                format!("127.0.0.1:{}", p.client_port)
+            }
+        })
         .collect::<Vec<_>>()
         .join(",");
+    let tls = plans.iter().any(|p| p.tls);
     println!();
     println!("concord dev: {} node(s) ready", plans.len());
     println!();
@@ -761,7 +855,19 @@ fn print_endpoints(plans: &[NodePlan], data: &DataDir) {
     if let Some(first) = plans.first() {
         println!("dashboard: {}/ui", first.client_url());
     }
-    println!("ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint status -w table");
+    if tls {
+        let ca = data.path.join(TLS_DIR).join("ca.pem");
+        println!(
+            "ETCDCTL_API=3 etcdctl --endpoints={endpoints} --cacert={} endpoint status -w table",
+            ca.display()
+        );
+        println!(
+            "(TLS: the CA is {}; a client certificate is tls/client.pem with tls/client-key.pem)",
+            ca.display()
+        );
+    } else {
+        println!("ETCDCTL_API=3 etcdctl --endpoints={endpoints} endpoint status -w table");
+    }
     println!("export ENDPOINTS={endpoints}");
     if let Some(port) = plans.first().and_then(|p| p.redis_port) {
         println!("redis-cli -p {port} set greeting hello   # AP buckets over the Redis protocol");
@@ -899,10 +1005,17 @@ mod tests {
                 .await
                 .unwrap();
         });
-        assert_eq!(http_status(port, "/ready").await.unwrap(), 503);
+        assert_eq!(
+            http_status(&format!("127.0.0.1:{port}"), "/ready")
+                .await
+                .unwrap(),
+            503
+        );
         server.await.unwrap();
         // Nothing listens there any more.
-        assert!(http_status(port, "/ready").await.is_err());
+        assert!(http_status(&format!("127.0.0.1:{port}"), "/ready")
+            .await
+            .is_err());
     }
 
     #[test]

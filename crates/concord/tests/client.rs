@@ -116,10 +116,20 @@ async fn client_skips_dead_endpoints_retries_reads_and_finds_the_leader() {
 }
 
 #[tokio::test]
-async fn tls_endpoints_are_not_implemented_yet_and_say_so() {
-    let e = Client::new(["https://127.0.0.1:2379"], ClientOptions::default()).unwrap_err();
-    assert!(matches!(e, ClientError::TlsUnsupported { .. }), "{e:?}");
-    assert!(e.to_string().contains("not implemented"), "{e}");
+async fn bad_tls_settings_and_closed_ports_are_definite_errors() {
+    let e = Client::new(
+        ["https://127.0.0.1:2379"],
+        ClientOptions {
+            tls: concord_client::TlsSettings {
+                ca_file: Some("/nonexistent/ca.pem".into()),
+                ..Default::default()
+            },
+            ..ClientOptions::default()
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, ClientError::Tls { .. }), "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
     let e = Client::connect(
         [format!("127.0.0.1:{}", free_port())],
         ClientOptions {

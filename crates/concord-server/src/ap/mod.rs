@@ -220,6 +220,8 @@ impl From<ValueError> for ApError {
 }
 
 struct Inner {
+    /// Dials the other members' peer URLs (TLS for `https://`).
+    dialer: RwLock<concord_tls::Dialer>,
     me: NodeId,
     cluster_id: u64,
     config: ApConfig,
@@ -344,6 +346,7 @@ impl ApNode {
                 handoff: RwLock::new(handoff::Handoff::default()),
                 sessions: session::Sessions::default(),
                 counters: Counters::default(),
+                dialer: RwLock::new(concord_tls::Dialer::default()),
             }),
         })
     }
@@ -356,6 +359,12 @@ impl ApNode {
     /// The replication settings.
     pub fn config(&self) -> ApConfig {
         self.inner.config
+    }
+
+    /// How the other members are dialled from now on (their peer TLS); set before
+    /// [`ApNode::set_members`].
+    pub fn set_dialer(&self, dialer: concord_tls::Dialer) {
+        *write(&self.inner.dialer) = dialer;
     }
 
     /// The cluster's members (id → peer URL, this member included): the ring is rebuilt
@@ -376,10 +385,8 @@ impl ApNode {
                 continue;
             }
             if let Ok(e) = Endpoint::from_shared(url.clone()) {
-                let channel = e
-                    .connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                let channel = read(&self.inner.dialer)
+                    .lazy(e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true));
                 let client = ReplicaClient::new(channel)
                     .max_decoding_message_size(batch::MAX_MESSAGE)
                     .max_encoding_message_size(batch::MAX_MESSAGE);

@@ -97,6 +97,7 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
             listener,
             RaftPeerService::new(CLUSTER, router),
             None,
+            None,
             async move {
                 let _ = stop_rx.await;
             },
@@ -163,6 +164,7 @@ async fn followers_replace_a_killed_leader_without_waiting_for_the_election_time
         tokio::spawn(serve(
             listeners.remove(&id).expect("listener"),
             service.clone(),
+            None,
             None,
             async move {
                 let _ = stop_rx.await;
@@ -242,6 +244,7 @@ async fn far_behind_follower_gets_a_chunked_snapshot_under_message_loss() {
         tokio::spawn(serve(
             listeners.remove(&id).expect("listener"),
             RaftPeerService::new(CLUSTER, router),
+            None,
             None,
             async move {
                 let _ = stop_rx.await;

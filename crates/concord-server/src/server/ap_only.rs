@@ -64,6 +64,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 struct RaftMembers {
     cluster_id: u64,
     state: Mutex<RaftMembersState>,
+    dialer: concord_tls::Dialer,
 }
 
 #[derive(Default)]
@@ -74,9 +75,10 @@ struct RaftMembersState {
 }
 
 impl RaftMembers {
-    fn new(cluster_id: u64, seeds: Vec<String>) -> Self {
+    fn new(cluster_id: u64, seeds: Vec<String>, dialer: concord_tls::Dialer) -> Self {
         Self {
             cluster_id,
+            dialer,
             state: Mutex::new(RaftMembersState {
                 urls: seeds,
                 ..RaftMembersState::default()
@@ -116,7 +118,7 @@ impl RaftMembers {
                 Some(c) => c.clone(),
                 None => match Endpoint::from_shared(url.clone()) {
                     Ok(e) => {
-                        let c = e.connect_timeout(CALL_TIMEOUT).connect_lazy();
+                        let c = self.dialer.lazy(e.connect_timeout(CALL_TIMEOUT));
                         st.channels.insert(url.clone(), c.clone());
                         c
                     }
@@ -280,6 +282,7 @@ pub(super) async fn start(
         client_bound,
         peer_bound,
         my_client_urls,
+        tls,
     } = Listeners::bind(&config).await?;
 
     let generation = generation_now();
@@ -290,15 +293,18 @@ pub(super) async fn start(
             generation,
             swim: config.gossip,
             seed: generation ^ member_id.get(),
+            dialer: tls.peer_dialer.clone(),
         },
         seeds.clone(),
     )
     .map_err(|e| ServerError::Config(e.to_string()))?;
     let ap = ApNode::open(member_id, cluster_id, &config.data_dir, config.ap)
         .map_err(|e| ServerError::Start(e.to_string()))?;
+    ap.set_dialer(tls.peer_dialer.clone());
     let raft = Arc::new(RaftMembers::new(
         cluster_id,
         seeds.values().cloned().collect(),
+        tls.peer_dialer.clone(),
     ));
     ap.set_catalog(Arc::new(PeerCatalog(raft.clone())));
 
@@ -306,10 +312,11 @@ pub(super) async fn start(
     let mut servers = Vec::new();
     // No Raft group is registered: Raft traffic sent here by mistake is refused.
     let no_raft = RaftPeerService::new(cluster_id, Router::new());
-    for (listener, _) in peer_listeners {
+    for (listener, url) in peer_listeners {
         let extra =
             tonic::service::Routes::new(gossip.clone().into_server()).add_service(ap.service());
-        servers.push(serve_peers(listener, no_raft.clone(), extra, &stop_rx));
+        let tls = tls.peer_for(&url);
+        servers.push(serve_peers(listener, no_raft.clone(), extra, tls, &stop_rx));
     }
 
     let health = Arc::new(MetaHealth::default());
@@ -337,12 +344,13 @@ pub(super) async fn start(
         max_connections: config.max_client_connections,
         max_concurrent_streams: config.max_concurrent_streams,
     };
-    for (tcp, _) in client_listeners {
+    for (tcp, url) in client_listeners {
         let stop = wait_stop(stop_rx.clone());
         servers.push(tokio::spawn(super::listener::serve(
             tcp,
             router.clone(),
             limits,
+            tls.client_for(&url),
             stop,
         )));
     }

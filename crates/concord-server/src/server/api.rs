@@ -36,6 +36,8 @@ pub(crate) struct Ctx {
     pub ap: crate::ap::ApNode,
     /// Members' names and roles for the views.
     pub roster: Arc<super::http::Roster>,
+    /// Dials other members' client URLs (TLS for `https://`).
+    pub dialer: concord_tls::Dialer,
 }
 
 impl Ctx {
@@ -80,10 +82,11 @@ impl Ctx {
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         };
-        tonic::transport::Endpoint::from_shared(url)
+        let endpoint = tonic::transport::Endpoint::from_shared(url)
             .map_err(|e| Status::internal(e.to_string()))?
-            .connect_timeout(std::time::Duration::from_secs(2))
-            .connect()
+            .connect_timeout(std::time::Duration::from_secs(2));
+        self.dialer
+            .connect(endpoint)
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))
     }

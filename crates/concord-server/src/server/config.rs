@@ -81,6 +81,30 @@ pub struct ServerConfig {
     /// `--ap-only`: hold AP data without being a Raft member; the other members named by
     /// `--initial-cluster` are the Raft members to read the cluster metadata from.
     pub ap_only: bool,
+    /// TLS of the client URLs (`--cert-file`, `--key-file`, `--trusted-ca-file`,
+    /// `--client-cert-auth`, `--auto-tls`).
+    pub client_tls: TlsFlags,
+    /// TLS of the peer URLs (the same flags with `--peer-`).
+    pub peer_tls: TlsFlags,
+    /// Versions and cipher suites of both (`--tls-min-version`, `--tls-max-version`,
+    /// `--cipher-suites`).
+    pub tls_policy: concord_tls::Policy,
+}
+
+/// One side's TLS flags (client or peer), as etcd names them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFlags {
+    /// `--cert-file`: the certificate served (and presented to other members).
+    pub cert_file: Option<PathBuf>,
+    /// `--key-file`: its private key.
+    pub key_file: Option<PathBuf>,
+    /// `--trusted-ca-file`: the CA that certificates of the other side must chain to.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// `--client-cert-auth`: refuse connections without a certificate of that CA.
+    pub client_cert_auth: bool,
+    /// `--auto-tls`: a self-signed certificate when none is given (encrypts, does not
+    /// authenticate).
+    pub auto_tls: bool,
 }
 
 impl ServerConfig {
@@ -112,6 +136,9 @@ impl ServerConfig {
             ap: crate::ap::ApConfig::default(),
             listen_redis_urls: Vec::new(),
             ap_only: false,
+            client_tls: TlsFlags::default(),
+            peer_tls: TlsFlags::default(),
+            tls_policy: concord_tls::Policy::default(),
         }
     }
 

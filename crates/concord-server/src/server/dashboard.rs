@@ -64,16 +64,17 @@ fn client() -> &'static Client {
 }
 
 /// `GET {client_url}/metrics`: the page, or why not.
-async fn fetch_metrics(client_url: &str) -> Result<String, String> {
+async fn fetch_metrics(dialer: &concord_tls::Dialer, client_url: &str) -> Result<String, String> {
     let base = client_url.trim_end_matches('/');
-    if !base.starts_with("http://") {
-        return Err(format!("{base}: only http client URLs can be read"));
-    }
     let uri: axum::http::Uri = format!("{base}/metrics")
         .parse()
         .map_err(|e| format!("{base}: {e}"))?;
     let attempt = async {
-        let response = client().get(uri).await.map_err(|e| e.to_string())?;
+        let response = match uri.scheme_str() {
+            Some("http") => client().get(uri).await.map_err(|e| e.to_string())?,
+            Some("https") => get_tls(dialer, &uri).await?,
+            _ => return Err(format!("{base}: not an http(s) URL")),
+        };
         if response.status() != StatusCode::OK {
             return Err(format!("HTTP {}", response.status()));
         }
@@ -88,6 +89,33 @@ async fn fetch_metrics(client_url: &str) -> Result<String, String> {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {} ms", FETCH_TIMEOUT.as_millis())),
     }
+}
+
+/// `GET uri` over a new TLS connection (HTTP/1.1; one per page: a member's page is
+/// read once a second at most).
+async fn get_tls(
+    dialer: &concord_tls::Dialer,
+    uri: &axum::http::Uri,
+) -> Result<axum::http::Response<hyper::body::Incoming>, String> {
+    let host = uri.host().ok_or_else(|| format!("{uri}: no host"))?;
+    let port = uri.port_u16().unwrap_or(443);
+    let stream = dialer
+        .tls_stream(host, port, &[b"http/1.1"])
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = axum::http::Request::get(uri.path())
+        .header(header::HOST, format!("{host}:{port}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Every member (Raft voters and learners, then AP-only members) with its metrics page.
@@ -122,9 +150,10 @@ async fn cluster(State(ctx): State<Ctx>) -> impl IntoResponse {
     let mut fetches = tokio::task::JoinSet::new();
     for (i, m) in members.iter().enumerate() {
         let url = m["client_url"].as_str().map(str::to_string);
+        let dialer = ctx.dialer.clone();
         fetches.spawn(async move {
             let page = match url {
-                Some(url) => fetch_metrics(&url).await,
+                Some(url) => fetch_metrics(&dialer, &url).await,
                 None => Err("no client URL published yet".to_string()),
             };
             (i, page)

@@ -35,11 +35,13 @@ pub struct Limits {
     pub max_concurrent_streams: u32,
 }
 
-/// Serves `router` on `listener` within `limits` until `stop` completes.
+/// Serves `router` on `listener` within `limits` until `stop` completes; with `tls`, each
+/// connection is a TLS handshake first (HTTP/2 or HTTP/1.1 chosen by ALPN or preface).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: Limits,
+    tls: Option<concord_tls::Acceptor>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -59,9 +61,9 @@ pub async fn serve(
             },
             _ = &mut stop => break,
         };
-        let tcp = tokio::select! {
+        let (tcp, from) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -75,12 +77,27 @@ pub async fn serve(
         // Responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // The handshake runs in the connection's task: a slow one delays no other.
+            let served = match tls {
+                None => {
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+                    watcher.watch(conn.into_owned()).await
+                }
+                Some(acceptor) => match acceptor.accept(tcp).await {
+                    Ok(stream) => {
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(conn.into_owned()).await
+                    }
+                    Err(e) => {
+                        tracing::info!(client = %from, error = %e, "TLS handshake refused");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "client connection ended with an error");
             }
             drop(permit);
@@ -122,6 +139,7 @@ mod tests {
                 max_connections: 1,
                 max_concurrent_streams: 8,
             },
+            None,
             async move {
                 let _ = stop_rx.await;
             },

@@ -178,7 +178,7 @@ async fn endpoints(args: &EndpointArgs) -> CtlResult<Vec<String>> {
 async fn check_health(ep: &str, g: &GlobalArgs) -> Health {
     let start = Instant::now();
     let result: CtlResult<()> = async {
-        let channel = dial(ep, g.dial_timeout).await?;
+        let channel = dial(ep, g).await?;
         let range = timed(
             g.command_timeout,
             KvClient::new(channel.clone()).range(pb::RangeRequest {
@@ -250,7 +250,7 @@ pub async fn run(args: EndpointArgs) -> CtlResult<()> {
             let mut failed = false;
             for ep in &eps {
                 let status = async {
-                    let channel = dial(ep, g.dial_timeout).await?;
+                    let channel = dial(ep, g).await?;
                     timed(
                         g.command_timeout,
                         MaintenanceClient::new(channel).status(pb::StatusRequest {}),

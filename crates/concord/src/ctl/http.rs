@@ -4,22 +4,37 @@
 
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::sync::OnceLock;
+
+use concord_client::Dialer;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{CtlError, CtlResult};
 
+/// How this process dials `https://` endpoints: set once, from the global TLS flags
+/// (`--cacert`, `--cert`, `--key`, `--insecure-skip-tls-verify`) or by `concord dev --tls`;
+/// without it, the system's trusted CAs.
+static TLS: OnceLock<Dialer> = OnceLock::new();
+
+/// Sets the TLS of this process's HTTP requests (the first call wins).
+pub fn set_tls(dialer: Dialer) {
+    let _ = TLS.set(dialer);
+}
+
+/// A connection, plain or TLS.
+pub trait Conn: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Conn for T {}
+
 /// Largest answer read.
 const MAX_RESPONSE_BYTES: u64 = 16 << 20;
 
-/// `host:port` of an endpoint given as `host:port` or `http://host:port[/...]`.
+/// `host:port` of an endpoint given as `host:port` or `http[s]://host:port[/...]`.
 pub fn authority(endpoint: &str) -> CtlResult<String> {
-    if endpoint.starts_with("https://") {
-        return Err(CtlError::new(format!(
-            "{endpoint}: https endpoints are not supported yet"
-        )));
-    }
-    let rest = endpoint.strip_prefix("http://").unwrap_or(endpoint);
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
     let host_port = rest.split('/').next().unwrap_or_default();
     if host_port.is_empty() {
         return Err(CtlError::new(format!(
@@ -38,22 +53,39 @@ pub fn authority(endpoint: &str) -> CtlResult<String> {
     )
 }
 
-/// Connects to `authority` and sends `GET path` (HTTP/1.1, `Connection: close`); the answer
+/// Connects to `endpoint` and sends `GET path` (HTTP/1.1, `Connection: close`); the answer
 /// is the caller's to read.
-pub async fn send_get(authority: &str, path: &str) -> std::io::Result<TcpStream> {
-    send(authority, "GET", path, &[], None).await
+pub async fn send_get(endpoint: &str, path: &str) -> std::io::Result<Box<dyn Conn>> {
+    send(endpoint, "GET", path, &[], None).await
 }
 
-/// Connects to `authority` and sends `method path` with `headers` and `body` as JSON
+/// A connection to `endpoint`: TLS for `https://` (with the process's settings).
+async fn connect(endpoint: &str) -> std::io::Result<Box<dyn Conn>> {
+    let authority = authority(endpoint).map_err(std::io::Error::other)?;
+    if !endpoint.starts_with("https://") {
+        return Ok(Box::new(TcpStream::connect(&authority).await?));
+    }
+    let (host, port) = authority
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+        .ok_or_else(|| std::io::Error::other(format!("{endpoint}: no port")))?;
+    let dialer = TLS.get().cloned().unwrap_or_default();
+    Ok(Box::new(
+        dialer.tls_stream(host, port, &[b"http/1.1"]).await?,
+    ))
+}
+
+/// Connects to `endpoint` and sends `method path` with `headers` and `body` as JSON
 /// (HTTP/1.1, `Connection: close`); the answer is the caller's to read.
 async fn send(
-    authority: &str,
+    endpoint: &str,
     method: &str,
     path: &str,
     headers: &[(&str, String)],
     body: Option<&[u8]>,
-) -> std::io::Result<TcpStream> {
-    let mut stream = TcpStream::connect(authority).await?;
+) -> std::io::Result<Box<dyn Conn>> {
+    let authority = authority(endpoint).map_err(std::io::Error::other)?;
+    let mut stream = connect(endpoint).await?;
     let mut request =
         format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
     for (name, value) in headers {
@@ -150,10 +182,10 @@ pub async fn request(
     body: Option<&serde_json::Value>,
     timeout: Duration,
 ) -> CtlResult<Answer> {
-    let authority = authority(endpoint)?;
+    authority(endpoint)?;
     let body = body.map(|b| b.to_string().into_bytes());
     let attempt = async {
-        let stream = send(&authority, method, path, headers, body.as_deref()).await?;
+        let stream = send(endpoint, method, path, headers, body.as_deref()).await?;
         let mut response = Vec::new();
         stream
             .take(MAX_RESPONSE_BYTES)

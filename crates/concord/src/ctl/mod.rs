@@ -30,6 +30,7 @@ pub mod watch;
 
 use std::future::Future;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -95,9 +96,71 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub hex: bool,
+    /// Verify the members' certificates with this CA bundle (https:// endpoints)
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "ETCDCTL_CACERT",
+        help_heading = "Global options"
+    )]
+    pub cacert: Option<PathBuf>,
+    /// Identify with this TLS client certificate
+    #[arg(
+        id = "tls-cert",
+        long = "cert",
+        global = true,
+        value_name = "FILE",
+        env = "ETCDCTL_CERT",
+        help_heading = "Global options"
+    )]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key
+    // Its own id: `key` is the positional argument of get, put, del, ...
+    #[arg(
+        id = "tls-key",
+        long = "key",
+        global = true,
+        value_name = "FILE",
+        env = "ETCDCTL_KEY",
+        help_heading = "Global options"
+    )]
+    pub key: Option<PathBuf>,
+    /// Accept any server certificate (encrypts without authenticating the server)
+    #[arg(
+        long,
+        global = true,
+        env = "ETCDCTL_INSECURE_SKIP_TLS_VERIFY",
+        help_heading = "Global options"
+    )]
+    pub insecure_skip_tls_verify: bool,
 }
 
 impl GlobalArgs {
+    /// The TLS settings the flags give.
+    pub fn tls(&self) -> CtlResult<concord_client::TlsSettings> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(concord_client::Identity {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }),
+            (None, None) => None,
+            (Some(_), None) => return Err(CtlError::new("--cert needs --key")),
+            (None, Some(_)) => return Err(CtlError::new("--key needs --cert")),
+        };
+        Ok(concord_client::TlsSettings {
+            ca_file: self.cacert.clone(),
+            identity,
+            insecure_skip_verify: self.insecure_skip_tls_verify,
+            policy: Default::default(),
+        })
+    }
+
+    /// The dialer for the flags' TLS settings.
+    pub fn dialer(&self) -> CtlResult<concord_client::Dialer> {
+        concord_client::Dialer::new(self.tls()?).map_err(|e| CtlError::new(e.to_string()))
+    }
+
     /// How answers are printed.
     pub fn printing(&self) -> Format {
         Format {
@@ -179,6 +242,30 @@ pub enum CtlCommand {
     Completion(CompletionArgs),
 }
 
+impl CtlCommand {
+    /// The global flags of the command (none for `completion`).
+    fn global(&self) -> Option<&GlobalArgs> {
+        Some(match self {
+            CtlCommand::Get(a) => &a.global,
+            CtlCommand::Put(a) => &a.global,
+            CtlCommand::Del(a) => &a.global,
+            CtlCommand::Txn(a) => &a.global,
+            CtlCommand::Watch(a) => &a.global,
+            CtlCommand::Compaction(a) => &a.global,
+            CtlCommand::Lease(a) => &a.global,
+            CtlCommand::Elect(a) => &a.global,
+            CtlCommand::Lock(a) => &a.global,
+            CtlCommand::Member(a) => &a.global,
+            CtlCommand::Endpoint(a) => &a.global,
+            CtlCommand::Snapshot(a) => &a.global,
+            CtlCommand::Bucket(a) => &a.global,
+            CtlCommand::Ap(a) => &a.global,
+            CtlCommand::Top(a) => &a.global,
+            CtlCommand::Completion(_) => return None,
+        })
+    }
+}
+
 /// `concord completion SHELL`.
 #[derive(Args, Debug)]
 pub struct CompletionArgs {
@@ -215,6 +302,16 @@ pub fn run(cmd: CtlCommand) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // The JSON endpoints (members, buckets, ap, top) are dialled with the same TLS.
+    if let Some(global) = cmd.global() {
+        match global.dialer() {
+            Ok(dialer) => http::set_tls(dialer),
+            Err(e) => {
+                eprintln!("Error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let result = rt.block_on(async move {
         match cmd {
             CtlCommand::Get(a) => kv::get(a).await,
@@ -254,9 +351,12 @@ pub fn out(text: &str) {
     let _ = stdout.flush();
 }
 
-/// Dials one endpoint within `timeout` (through `concord-client`), with etcdctl's error text.
-pub async fn dial(ep: &str, timeout: Duration) -> CtlResult<Channel> {
-    concord_client::dial(ep, timeout).await.map_err(dial_error)
+/// Dials one endpoint within `--dial-timeout` with the TLS flags (through
+/// `concord-client`), with etcdctl's error text.
+pub async fn dial(ep: &str, global: &GlobalArgs) -> CtlResult<Channel> {
+    concord_client::dial_with(ep, global.dial_timeout, &global.dialer()?)
+        .await
+        .map_err(dial_error)
 }
 
 /// A connection failure as etcdctl words it.
@@ -288,6 +388,7 @@ impl Ctx {
             dial_timeout: global.dial_timeout,
             // Each command bounds its own calls with `--command-timeout`.
             request_timeout: None,
+            tls: global.tls()?,
             ..ClientOptions::default()
         };
         let client = Client::new(&global.endpoints, options).map_err(dial_error)?;
