@@ -151,7 +151,7 @@ async fn bind(urls: &[String]) -> Result<Vec<(TcpListener, String)>, ServerError
 /// Every listener of a member, bound, with the URLs it answers on.
 struct Listeners {
     client: Vec<(TcpListener, String)>,
-    redis: Vec<TcpListener>,
+    redis: Vec<(TcpListener, String)>,
     peer: Vec<(TcpListener, String)>,
     /// The client URLs listened on (with the ports chosen).
     client_bound: Vec<String>,
@@ -190,7 +190,7 @@ impl Listeners {
 }
 
 /// Binds the Redis listeners (`redis://host:port`).
-async fn bind_redis(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
+async fn bind_redis(urls: &[String]) -> Result<Vec<(TcpListener, String)>, ServerError> {
     let mut out = Vec::new();
     for url in urls {
         let addr = config::redis_host_port(url).map_err(ServerError::Config)?;
@@ -200,28 +200,31 @@ async fn bind_redis(urls: &[String]) -> Result<Vec<TcpListener>, ServerError> {
                 url: url.clone(),
                 source,
             })?;
-        out.push(listener);
+        out.push((listener, url.clone()));
     }
     Ok(out)
 }
 
 /// Serves Redis clients on `listeners` until stopped; the URLs bound.
 fn serve_redis(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, String)>,
+    tls: &tls::MemberTls,
     ap: &ApNode,
     stop_rx: &tokio_watch::Receiver<bool>,
     servers: &mut Vec<JoinHandle<()>>,
 ) -> Vec<String> {
     let mut bound = Vec::new();
-    for listener in listeners {
+    for (listener, url) in listeners {
+        let tls = tls.client_for(&url);
         if let Ok(addr) = listener.local_addr() {
-            bound.push(format!("redis://{addr}"));
+            let scheme = if tls.is_some() { "rediss" } else { "redis" };
+            bound.push(format!("{scheme}://{addr}"));
         }
         let ap = ap.clone();
         let stop = wait_stop(stop_rx.clone());
         servers.push(tokio::spawn(async move {
             tokio::select! {
-                _ = crate::redis::serve(listener, ap) => {}
+                _ = crate::redis::serve(listener, ap, tls) => {}
                 _ = stop => {}
             }
         }));
@@ -414,7 +417,7 @@ impl Server {
             )));
         }
 
-        let redis_bound = serve_redis(redis_listeners, &ap, &stop_rx, &mut servers);
+        let redis_bound = serve_redis(redis_listeners, &tls, &ap, &stop_rx, &mut servers);
 
         let heartbeat = config.heartbeat_interval;
         let mut background = vec![

@@ -85,6 +85,38 @@ pub struct BenchArgs {
     /// eventual (sent in the `concord-consistency` metadata; docs/consistency.md)
     #[arg(long, default_value = "strong")]
     pub consistency: ReadConsistency,
+    /// CA bundle that verifies the members' certificates (https:// endpoints)
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+    /// TLS client certificate
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key of --cert
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
+    /// Accept any server certificate
+    #[arg(long)]
+    pub insecure_skip_tls_verify: bool,
+}
+
+impl BenchArgs {
+    /// The dialer of the TLS flags.
+    fn dialer(&self) -> Result<concord_client::Dialer, BenchError> {
+        let identity = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Some(concord_client::Identity {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+            }),
+            _ => None,
+        };
+        concord_client::Dialer::new(concord_client::TlsSettings {
+            ca_file: self.cacert.clone(),
+            identity,
+            insecure_skip_verify: self.insecure_skip_tls_verify,
+            policy: Default::default(),
+        })
+        .map_err(|e| BenchError::Args(e.to_string()))
+    }
 }
 
 /// Why a run failed before producing figures.
@@ -134,8 +166,12 @@ pub struct Summary {
     pub first_error: Option<String>,
 }
 
-async fn connect(url: &str, timeout: Duration) -> Result<Channel, BenchError> {
-    concord_client::dial(url, timeout)
+async fn connect(
+    url: &str,
+    timeout: Duration,
+    dialer: &concord_client::Dialer,
+) -> Result<Channel, BenchError> {
+    concord_client::dial_with(url, timeout, dialer)
         .await
         .map_err(|e| match e {
             ClientError::Connect { detail, .. } => BenchError::Connect(url.to_string(), detail),
@@ -192,10 +228,11 @@ pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
         return Err(BenchError::Args("--duration must be positive".into()));
     }
     let timeout = Duration::from_secs_f64(args.dial_timeout.max(0.1));
+    let dialer = args.dialer()?;
     let mut channels = Vec::new();
     for i in 0..args.conns {
         let url = &args.endpoints[i % args.endpoints.len()];
-        channels.push(connect(url, timeout).await?);
+        channels.push(connect(url, timeout, &dialer).await?);
     }
     let value = vec![b'x'; args.value_size];
     // Per-op setup: a lease for keep-alives; a watcher for watch latency.

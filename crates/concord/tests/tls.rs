@@ -17,12 +17,14 @@ use concord_proto::etcdserverpb::{PutRequest, RangeRequest};
 use concord_proto::peer::membership_client::MembershipClient;
 use concord_proto::peer::MembersRequest;
 use concord_tls::pki::{self, Ca};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct TlsCluster {
     dir: tempfile::TempDir,
     children: Vec<Child>,
     client_urls: Vec<String>,
     peer_urls: Vec<String>,
+    redis_ports: Vec<u16>,
     ca: Ca,
     other: Ca,
 }
@@ -63,13 +65,14 @@ impl TlsCluster {
         let ca = Ca::create(&tls, "test CA", "ca").unwrap();
         let other = Ca::create(&tls, "another CA", "other-ca").unwrap();
         let hosts = pki::hosts_for([]);
-        let ports = free_ports(6);
+        let ports = free_ports(9);
         let client_urls: Vec<String> = (0..3)
             .map(|i| format!("https://127.0.0.1:{}", ports[2 * i]))
             .collect();
         let peer_urls: Vec<String> = (0..3)
             .map(|i| format!("https://127.0.0.1:{}", ports[2 * i + 1]))
             .collect();
+        let redis_ports: Vec<u16> = ports[6..].to_vec();
         let cluster = (0..3)
             .map(|i| format!("n{}={}", i + 1, peer_urls[i]))
             .collect::<Vec<_>>()
@@ -79,6 +82,7 @@ impl TlsCluster {
             children: Vec::new(),
             client_urls,
             peer_urls,
+            redis_ports,
             ca,
             other,
         };
@@ -104,6 +108,10 @@ impl TlsCluster {
                 .args(["--initial-advertise-peer-urls", &this.peer_urls[i]])
                 .args(["--initial-cluster", &cluster])
                 .args(["--initial-cluster-token", "tls-test"])
+                .arg(format!(
+                    "--listen-redis-urls=rediss://127.0.0.1:{}",
+                    this.redis_ports[i]
+                ))
                 .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
                 .args(["--cert-file", &cert, "--key-file", &key])
                 .args(["--trusted-ca-file", &ca, "--client-cert-auth"])
@@ -270,6 +278,36 @@ async fn mutual_tls_admits_only_holders_of_the_clusters_certificates() {
     peer_call(peer, &cluster.ca.cert_file, intruder)
         .await
         .unwrap_err();
+
+    // Redis clients over TLS (rediss://): --client-cert-auth applies there too, as
+    // Redis's own `tls-auth-clients yes`.
+    let anonymous = concord_client::Dialer::new(cluster.settings(None)).unwrap();
+    let mut refused = anonymous
+        .tls_stream("127.0.0.1", cluster.redis_ports[0], &[])
+        .await
+        .unwrap();
+    let _ = refused.write_all(b"PING\r\n").await;
+    let mut answer = Vec::new();
+    assert!(refused.read_to_end(&mut answer).await.is_err() || answer.is_empty());
+    let dialer = concord_client::Dialer::new(cluster.settings(Some(alice.clone()))).unwrap();
+    let mut redis = dialer
+        .tls_stream("127.0.0.1", cluster.redis_ports[0], &[])
+        .await
+        .unwrap();
+    redis.write_all(b"PING\r\n").await.unwrap();
+    let mut pong = [0u8; 7];
+    redis.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    let mut plain = tokio::net::TcpStream::connect(("127.0.0.1", cluster.redis_ports[0]))
+        .await
+        .unwrap();
+    plain.write_all(b"PING\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"+PONG"),
+        "plain text answered on rediss://"
+    );
 
     // The cluster is unharmed by all of it.
     put(&client, "k", "w").await.unwrap();

@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use crate::ap::{Access, ApNode, SessionGuard};
 use crate::resp::{encode, parse_request, Limits, Protocol};
@@ -92,8 +93,9 @@ impl Session {
     }
 }
 
-/// Serves Redis clients on `listener` until the returned future is dropped.
-pub async fn serve(listener: TcpListener, ap: ApNode) {
+/// Serves Redis clients on `listener` until the returned future is dropped; with `tls`,
+/// each connection is a TLS handshake first (`rediss://`).
+pub async fn serve(listener: TcpListener, ap: ApNode, tls: Option<concord_tls::Acceptor>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CLIENTS));
     loop {
         let (stream, _) = match listener.accept().await {
@@ -111,10 +113,24 @@ pub async fn serve(listener: TcpListener, ap: ApNode) {
                 .await;
             continue;
         };
-        let ap = ap.clone();
+        let (ap, tls) = (ap.clone(), tls.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            if let Err(e) = connection(stream, ap).await {
+            let ends = |a: std::io::Result<std::net::SocketAddr>| {
+                a.map_or_else(|_| "?".into(), |a| a.to_string())
+            };
+            let (peer, local) = (ends(stream.peer_addr()), ends(stream.local_addr()));
+            let served = match tls {
+                None => connection(stream, peer, local, ap).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => connection(tls, peer, local, ap).await,
+                    Err(e) => {
+                        tracing::info!(client = %peer, error = %e, "TLS handshake refused");
+                        Ok(())
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, "redis connection ended");
             }
             drop(permit);
@@ -122,9 +138,12 @@ pub async fn serve(listener: TcpListener, ap: ApNode) {
     }
 }
 
-async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
-    let addr =
-        |a: std::io::Result<std::net::SocketAddr>| a.map_or_else(|_| "?".into(), |a| a.to_string());
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    peer: String,
+    local: String,
+    ap: ApNode,
+) -> std::io::Result<()> {
     let mut session = Session {
         id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
         resp: Protocol::Resp2,
@@ -134,8 +153,8 @@ async fn connection(mut stream: TcpStream, ap: ApNode) -> std::io::Result<()> {
         watch: None,
         name: None,
         client: clients::Row {
-            addr: addr(stream.peer_addr()),
-            laddr: addr(stream.local_addr()),
+            addr: peer,
+            laddr: local,
             created: std::time::Instant::now(),
             name: Vec::new(),
             db: 0,

@@ -354,7 +354,7 @@ pub(super) async fn start(
             stop,
         )));
     }
-    let redis_bound = serve_redis(redis_listeners, &ap, &stop_rx, &mut servers);
+    let redis_bound = serve_redis(redis_listeners, &tls, &ap, &stop_rx, &mut servers);
 
     let me = PeerMember {
         id: member_id.get(),

@@ -293,16 +293,14 @@ impl ServerConfig {
     }
 }
 
-/// `host:port` of a `redis://host:port` URL (`rediss://`, TLS, is not implemented yet).
+/// `host:port` of a `redis://host:port` or `rediss://host:port` (TLS) URL.
 pub fn redis_host_port(url: &str) -> Result<String, String> {
-    if url.starts_with("rediss://") {
-        return Err(format!(
-            "--listen-redis-urls: {url}: TLS is not implemented in this version; use redis://"
-        ));
-    }
     let rest = url
         .strip_prefix("redis://")
-        .ok_or_else(|| format!("--listen-redis-urls: URL `{url}` must start with redis://"))?;
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or_else(|| {
+            format!("--listen-redis-urls: URL `{url}` must start with redis:// or rediss://")
+        })?;
     let hostport = rest.trim_end_matches('/');
     match hostport.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {

@@ -33,9 +33,9 @@ impl MemberTls {
     }
 }
 
-/// Whether the listener bound for `url` speaks TLS.
+/// Whether the listener bound for `url` speaks TLS (`https://`, and `rediss://` for Redis).
 pub(crate) fn is_tls(url: &str) -> bool {
-    url.starts_with("https://")
+    url.starts_with("https://") || url.starts_with("rediss://")
 }
 
 fn host(url: &str) -> Option<String> {
@@ -51,10 +51,12 @@ fn host(url: &str) -> Option<String> {
 impl MemberTls {
     /// The TLS the flags describe; errors name the flag at fault.
     pub(crate) fn from_config(config: &ServerConfig) -> Result<MemberTls, ServerError> {
+        // `rediss://` Redis URLs serve the client certificate too.
         let client_urls: Vec<String> = config
             .listen_client_urls
             .iter()
             .chain(config.advertised_client_urls())
+            .chain(&config.listen_redis_urls)
             .cloned()
             .collect();
         let peer_urls: Vec<String> = config
