@@ -41,6 +41,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ap;
+pub mod auth;
 pub mod error;
 pub mod logs;
 pub mod metrics;

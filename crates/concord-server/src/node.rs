@@ -407,6 +407,11 @@ impl<D: Disk> NodeHandle<D> {
         Ok(self.raft.with_state_mut(|s| f(&mut s.store))??)
     }
 
+    /// The applied index of the latest status (cheap: no clone).
+    pub fn applied_index(&self) -> u64 {
+        self.raft.with_status(|st| st.applied)
+    }
+
     /// The latest status published by the driver.
     pub fn status(&self) -> NodeStatus {
         self.raft.status()

@@ -14,6 +14,7 @@
 mod ap_http;
 mod ap_only;
 mod api;
+mod auth_api;
 mod cluster;
 mod concurrency;
 pub mod config;
@@ -384,6 +385,10 @@ impl Server {
             ap: ap.clone(),
             roster: roster.clone(),
             dialer: tls.client_dialer.clone(),
+            auth: Arc::new(crate::auth::AuthStore::new(
+                node.clone(),
+                config.auth_token_ttl,
+            )),
         };
         let routes = grpc_services(&ctx, &token, config.max_request_bytes);
         // One port for both: gRPC requests (content-type application/grpc) go to the
@@ -632,9 +637,7 @@ fn grpc_services(ctx: &api::Ctx, token: &str, max_request_bytes: usize) -> tonic
             .max_decoding_message_size(limit)
             .max_encoding_message_size(usize::MAX),
     )
-    .add_service(AuthServer::new(maintenance::AuthService {
-        ctx: ctx.clone(),
-    }))
+    .add_service(AuthServer::new(auth_api::AuthService { ctx: ctx.clone() }))
     .add_service(LockServer::new(concurrency::ConcurrencyService {
         ctx: ctx.clone(),
     }))

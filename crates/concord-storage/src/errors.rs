@@ -152,6 +152,9 @@ pub enum RequestError {
     /// version); every replica applies it as a no-op and its proposer gets this error.
     #[error("etcdserver: the log entry holds a command this member cannot decode")]
     UndecodableCommand,
+    /// A [`crate::mvcc::Command::ClusterMetaCas`] found its entry changed by another.
+    #[error("concord: cluster metadata changed concurrently")]
+    MetaChanged,
 }
 
 /// Why the state machine failed (the node must stop; nothing was half-applied).

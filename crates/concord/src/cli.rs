@@ -11,7 +11,7 @@
 //!
 //! etcd flags that Concord does not implement ([`COMPAT_FLAGS`]) are real, hidden clap
 //! arguments: they parse like etcd's (`--enable-pprof`, `--enable-pprof=false`,
-//! `--auth-token simple`) and end up in [`CompatFlags`] for a warning. Anything else is an
+//! `--log-outputs stderr`) and end up in [`CompatFlags`] for a warning. Anything else is an
 //! unknown flag and clap refuses it.
 
 use std::ffi::OsString;
@@ -129,8 +129,6 @@ pub const COMPAT_FLAGS: &[CompatFlag] = &[
     v("host-whitelist"),
     b("peer-skip-client-san-verification"),
     // Auth.
-    v("auth-token"),
-    v("auth-token-ttl"),
     v("bcrypt-cost"),
     // Profiling, monitoring, tracing.
     v("metrics"),
@@ -188,7 +186,7 @@ pub enum Command {
         after_help = "Every flag can also be set by the environment variable CONCORD_<FLAG> \
                       (e.g. CONCORD_DATA_DIR) or in the --config file; the command line wins \
                       over the environment, which wins over the file.\n\
-                      Every other etcd 3.4/3.5 server flag (--auth-token, --enable-pprof, \
+                      Every other etcd 3.4/3.5 server flag (--bcrypt-cost, --enable-pprof, \
                       --experimental-*, ...) is accepted and ignored with a warning.\n\
                       RUST_LOG, when set, overrides --log-level."
     )]
@@ -471,6 +469,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SUITES", help_heading = "Security")]
     pub cipher_suites: Option<String>,
 
+    /// Auth token kind: `simple` or `jwt[,options]`; both are signed tokens any member
+    /// verifies (see docs/security.md) [default: simple]
+    #[arg(long, value_name = "KIND", help_heading = "Security")]
+    pub auth_token: Option<String>,
+    /// Lifetime of an auth token, in seconds [default: 300]
+    #[arg(long, value_name = "SECONDS", help_heading = "Security")]
+    pub auth_token_ttl: Option<u64>,
+
     /// etcd flags accepted for compatibility and ignored with a warning.
     #[command(flatten)]
     pub compat: CompatFlags,
@@ -612,6 +618,8 @@ impl ServerArgs {
             tls_min_version: self.tls_min_version.or(lower.tls_min_version),
             tls_max_version: self.tls_max_version.or(lower.tls_max_version),
             cipher_suites: self.cipher_suites.or(lower.cipher_suites),
+            auth_token: self.auth_token.or(lower.auth_token),
+            auth_token_ttl: self.auth_token_ttl.or(lower.auth_token_ttl),
             compat: CompatFlags { given: compat },
         }
     }
@@ -853,9 +861,8 @@ mod tests {
     #[test]
     fn compat_flags_are_accepted_and_recorded() {
         let a = server(&[
-            "--auth-token",
-            "simple",
-            "--auth-token-ttl=300",
+            "--bcrypt-cost",
+            "10",
             "--enable-pprof",
             "--strict-reconfig-check=false",
             "--enable-v2",
@@ -878,8 +885,7 @@ mod tests {
         assert_eq!(a.name.as_deref(), Some("n1"));
         let given = a.compat.given;
         for f in [
-            "auth-token",
-            "auth-token-ttl",
+            "bcrypt-cost",
             "enable-pprof",
             "strict-reconfig-check",
             "enable-v2",

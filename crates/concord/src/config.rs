@@ -129,6 +129,19 @@ pub fn resolve(cli: ServerArgs, env: &EnvMap) -> Result<Settings, ConfigError> {
     for flag in &merged.compat.given {
         warnings.push(compat_warning(flag));
     }
+    match merged.auth_token.as_deref().map(str::trim) {
+        None | Some("simple") | Some("jwt") => {}
+        Some(t) if t.starts_with("jwt,") => warnings.push(
+            "--auth-token jwt options (keys, sign-method) are not used: every token is \
+             HMAC-SHA256-signed with a secret the cluster replicates (docs/security.md)"
+                .into(),
+        ),
+        Some(other) => {
+            return Err(ConfigError::Invalid(format!(
+                "--auth-token must be simple or jwt[,options], not {other:?}"
+            )))
+        }
+    }
     let mut seen = BTreeSet::new();
     warnings.retain(|w| seen.insert(w.clone()));
     let ratio = merged.otlp_sampling_ratio.unwrap_or(DEFAULT_SAMPLING_RATIO);
@@ -263,6 +276,9 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
         client_cert_auth: args.peer_client_cert_auth.unwrap_or(false),
         auto_tls: args.peer_auto_tls.unwrap_or(false),
     };
+    if let Some(s) = args.auth_token_ttl {
+        c.auth_token_ttl = Duration::from_secs(s.max(1));
+    }
     c.tls_policy = concord_tls::Policy {
         min_version: args.tls_min_version,
         max_version: args.tls_max_version,
@@ -645,14 +661,14 @@ mod tests {
         let file = dir.path().join("c.toml");
         std::fs::write(
             &file,
-            "auth-token = \"simple\"\nexperimental_corrupt_check_time = \"1m\"\nenable-v2 = true\n",
+            "bcrypt-cost = 10\nexperimental_corrupt_check_time = \"1m\"\nenable-v2 = true\n",
         )
         .unwrap();
         let s = resolve(
             cli_args(&[
                 "--config",
                 file.to_str().unwrap(),
-                "--auth-token=jwt",
+                "--bcrypt-cost=12",
                 "--enable-pprof",
                 "--experimental-watch-progress-notify-interval",
                 "5s",
@@ -668,7 +684,7 @@ mod tests {
         )
         .unwrap();
         let mut expected: Vec<String> = [
-            "auth-token",
+            "bcrypt-cost",
             "enable-pprof",
             "logger",
             "enable-v2",
@@ -684,8 +700,8 @@ mod tests {
         got.sort();
         assert_eq!(got, expected);
         assert_eq!(
-            compat_warning("auth-token"),
-            "flag --auth-token is accepted for etcd compatibility but not implemented"
+            compat_warning("bcrypt-cost"),
+            "flag --bcrypt-cost is accepted for etcd compatibility but not implemented"
         );
     }
 

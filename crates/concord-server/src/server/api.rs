@@ -38,6 +38,8 @@ pub(crate) struct Ctx {
     pub roster: Arc<super::http::Roster>,
     /// Dials other members' client URLs (TLS for `https://`).
     pub dialer: concord_tls::Dialer,
+    /// Authentication and permissions.
+    pub auth: Arc<crate::auth::AuthStore>,
 }
 
 impl Ctx {
@@ -90,6 +92,26 @@ impl Ctx {
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the leader: {e}")))
     }
+}
+
+/// The caller's auth token (gRPC metadata), passed on when a request is forwarded to
+/// the leader so that the leader checks the same caller.
+pub(crate) type Token = Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>;
+
+/// The token of `metadata`.
+pub(crate) fn token_of(metadata: &tonic::metadata::MetadataMap) -> Token {
+    metadata.get(crate::auth::TOKEN_METADATA).cloned()
+}
+
+/// `msg` as a request carrying `token`.
+pub(crate) fn with_token<T>(msg: T, token: &Token) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(msg);
+    if let Some(t) = token {
+        request
+            .metadata_mut()
+            .insert(crate::auth::TOKEN_METADATA, t.clone());
+    }
+    request
 }
 
 /// The response stream type of streaming gRPC methods (as generated servers expect).

@@ -94,6 +94,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberAddRequest>,
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
         let r = request.into_inner();
         check_urls(&r.peer_ur_ls)?;
         let current = self.ctx.members.list();
@@ -133,6 +134,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberRemoveRequest>,
     ) -> Result<Response<pb::MemberRemoveResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
+        let token = api::token_of(request.metadata());
         let id = NodeId(request.into_inner().id);
         let cs = self.ctx.node.status().conf_state;
         if self.ctx.members.ap_only(&cs).contains_key(&id) {
@@ -158,7 +161,10 @@ impl Cluster for ClusterService {
             self.step_down().await?;
             let mut leader = ClusterClient::new(self.ctx.leader_channel().await?);
             return leader
-                .member_remove(pb::MemberRemoveRequest { id: id.get() })
+                .member_remove(api::with_token(
+                    pb::MemberRemoveRequest { id: id.get() },
+                    &token,
+                ))
                 .await;
         }
         let cs = self.change(ConfChangeType::RemoveNode, id).await?;
@@ -188,6 +194,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberUpdateRequest>,
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
         let r = request.into_inner();
         check_urls(&r.peer_ur_ls)?;
         let id = NodeId(r.id);
@@ -222,6 +229,8 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::MemberPromoteRequest>,
     ) -> Result<Response<pb::MemberPromoteResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
+        let token = api::token_of(request.metadata());
         let id = NodeId(request.into_inner().id);
         let m = self.find(id)?;
         if !m.is_learner {
@@ -231,7 +240,10 @@ impl Cluster for ClusterService {
             // Only the leader knows each member's progress: forward, as etcd does.
             let mut leader = ClusterClient::new(self.ctx.leader_channel().await?);
             return leader
-                .member_promote(pb::MemberPromoteRequest { id: id.get() })
+                .member_promote(api::with_token(
+                    pb::MemberPromoteRequest { id: id.get() },
+                    &token,
+                ))
                 .await;
         }
         if !self.ctx.node.is_caught_up(id).await.map_err(api::status)? {

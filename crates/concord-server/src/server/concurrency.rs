@@ -248,9 +248,15 @@ impl Lock for ConcurrencyService {
         &self,
         request: Request<lk::LockRequest>,
     ) -> Result<Response<lk::LockResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument("lock: name is not provided"));
+        }
+        if let Some(p) = caller {
+            let prefix = prefix_of(&r.name);
+            p.write(&prefix, &prefix_end(&prefix))?;
+            p.read(&prefix, &prefix_end(&prefix))?;
         }
         // As etcd's lock service does: without a lease, the caller gets a session lease of
         // its own (60 s, etcd's session default) that nobody keeps alive, so an abandoned
@@ -279,9 +285,13 @@ impl Lock for ConcurrencyService {
         &self,
         request: Request<lk::UnlockRequest>,
     ) -> Result<Response<lk::UnlockResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let key = request.into_inner().key;
         if key.is_empty() {
             return Err(Status::invalid_argument("lock: key is not provided"));
+        }
+        if let Some(p) = caller {
+            p.write(&key, &[])?;
         }
         let resp = self
             .ctx
@@ -309,9 +319,15 @@ impl Election for ConcurrencyService {
         &self,
         request: Request<el::CampaignRequest>,
     ) -> Result<Response<el::CampaignResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(Status::invalid_argument("election: name is not provided"));
+        }
+        if let Some(p) = caller {
+            let prefix = prefix_of(&r.name);
+            p.write(&prefix, &prefix_end(&prefix))?;
+            p.read(&prefix, &prefix_end(&prefix))?;
         }
         // Without a lease, a session lease of its own, as for `Lock` (and as etcd does).
         let lease = if r.lease == 0 {
@@ -348,10 +364,14 @@ impl Election for ConcurrencyService {
         &self,
         request: Request<el::ProclaimRequest>,
     ) -> Result<Response<el::ProclaimResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let r = request.into_inner();
         let l = r
             .leader
             .ok_or_else(|| Status::invalid_argument("election: leader key is not provided"))?;
+        if let Some(p) = caller {
+            p.write(&l.key, &[])?;
+        }
         proclaim(&self.ctx, &l.key, l.rev, l.lease, r.value).await?;
         Ok(Response::new(el::ProclaimResponse {
             header: Some(self.ctx.header()),
@@ -362,7 +382,12 @@ impl Election for ConcurrencyService {
         &self,
         request: Request<el::LeaderRequest>,
     ) -> Result<Response<el::LeaderResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let name = request.into_inner().name;
+        if let Some(p) = caller {
+            let prefix = prefix_of(&name);
+            p.read(&prefix, &prefix_end(&prefix))?;
+        }
         self.ctx.node.read_barrier().await.map_err(api::status)?;
         let kv = first_contender(&self.ctx, &prefix_of(&name), 0)?
             .ok_or_else(|| Status::not_found("election: no leader"))?;
@@ -376,8 +401,12 @@ impl Election for ConcurrencyService {
         &self,
         request: Request<el::LeaderRequest>,
     ) -> Result<Response<BoxStream<el::LeaderResponse>>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let name = request.into_inner().name;
         let prefix = prefix_of(&name);
+        if let Some(p) = caller {
+            p.read(&prefix, &prefix_end(&prefix))?;
+        }
         let ctx = self.ctx.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
@@ -418,10 +447,14 @@ impl Election for ConcurrencyService {
         &self,
         request: Request<el::ResignRequest>,
     ) -> Result<Response<el::ResignResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let l = request
             .into_inner()
             .leader
             .ok_or_else(|| Status::invalid_argument("election: leader key is not provided"))?;
+        if let Some(p) = caller {
+            p.write(&l.key, &[])?;
+        }
         delete_if_owner(&self.ctx, l.key, l.rev).await?;
         Ok(Response::new(el::ResignResponse {
             header: Some(self.ctx.header()),

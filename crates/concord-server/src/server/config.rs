@@ -89,6 +89,8 @@ pub struct ServerConfig {
     /// Versions and cipher suites of both (`--tls-min-version`, `--tls-max-version`,
     /// `--cipher-suites`).
     pub tls_policy: concord_tls::Policy,
+    /// `--auth-token-ttl`: how long an auth token lives (default 300 s).
+    pub auth_token_ttl: Duration,
 }
 
 /// One side's TLS flags (client or peer), as etcd names them.
@@ -139,6 +141,7 @@ impl ServerConfig {
             client_tls: TlsFlags::default(),
             peer_tls: TlsFlags::default(),
             tls_policy: concord_tls::Policy::default(),
+            auth_token_ttl: Duration::from_secs(300),
         }
     }
 

@@ -38,9 +38,13 @@ impl Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let consistency = ReadConsistency::from_metadata(request.metadata())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let r = request.into_inner();
         if r.key.is_empty() {
             return Err(Etcd::EmptyKey.status());
+        }
+        if let Some(caller) = caller {
+            caller.read(&r.key, &r.range_end)?;
         }
         let consistency = if r.serializable {
             ReadConsistency::Eventual
@@ -59,11 +63,16 @@ impl Kv for KvService {
         &self,
         request: Request<pb::PutRequest>,
     ) -> Result<Response<pb::PutResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let p = request.into_inner();
         if p.key.is_empty() {
             return Err(Etcd::EmptyKey.status());
         }
-        match self.propose(Command::Put(api::put_from_pb(p))).await? {
+        let p = api::put_from_pb(p);
+        if let Some(caller) = caller {
+            caller.put(&p)?;
+        }
+        match self.propose(Command::Put(p)).await? {
             StResponse::Put(p) => Ok(Response::new(api::put_to_pb(&self.ctx, p))),
             _ => Err(unexpected()),
         }
@@ -73,14 +82,16 @@ impl Kv for KvService {
         &self,
         request: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let d = request.into_inner();
         if d.key.is_empty() {
             return Err(Etcd::EmptyKey.status());
         }
-        match self
-            .propose(Command::DeleteRange(api::delete_from_pb(d)))
-            .await?
-        {
+        let d = api::delete_from_pb(d);
+        if let Some(caller) = caller {
+            caller.delete(&d)?;
+        }
+        match self.propose(Command::DeleteRange(d)).await? {
             StResponse::DeleteRange(d) => Ok(Response::new(api::delete_to_pb(&self.ctx, d))),
             _ => Err(unexpected()),
         }
@@ -90,7 +101,11 @@ impl Kv for KvService {
         &self,
         request: Request<pb::TxnRequest>,
     ) -> Result<Response<pb::TxnResponse>, Status> {
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let t = api::txn_from_pb(request.into_inner(), self.ctx.max_txn_ops)?;
+        if let Some(caller) = caller {
+            caller.txn(&t)?;
+        }
         match self.propose(Command::Txn(t)).await? {
             StResponse::Txn(t) => Ok(Response::new(api::txn_to_pb(&self.ctx, t))),
             _ => Err(unexpected()),
@@ -101,6 +116,9 @@ impl Kv for KvService {
         &self,
         request: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        // etcd lets any authenticated user compact; Concord asks for the root role
+        // (a compaction discards every user's history).
+        self.ctx.auth.require_admin(request.metadata())?;
         let c = request.into_inner();
         match self
             .propose(Command::Compact {

@@ -52,6 +52,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.ctx.auth.principal(request.metadata())?;
         let r = request.into_inner();
         if r.id < 0 {
             return Err(Etcd::LeaseIdNotPositive.status());
@@ -84,6 +85,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        self.ctx.auth.principal(request.metadata())?;
         let id = request.into_inner().id;
         let resp = self
             .ctx
@@ -104,6 +106,8 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<pb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<pb::LeaseKeepAliveResponse>>, Status> {
+        self.ctx.auth.principal(request.metadata())?;
+        let token = api::token_of(request.metadata());
         let mut input = request.into_inner();
         if !self.is_leader() {
             // Forward the whole stream to the leader.
@@ -116,7 +120,9 @@ impl Lease for LeaseService {
                     }
                 }
             });
-            let resp = client.lease_keep_alive(ReceiverStream::new(rx)).await?;
+            let resp = client
+                .lease_keep_alive(api::with_token(ReceiverStream::new(rx), &token))
+                .await?;
             let stream = resp.into_inner();
             return Ok(Response::new(Box::pin(stream)));
         }
@@ -153,10 +159,12 @@ impl Lease for LeaseService {
         &self,
         request: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.ctx.auth.principal(request.metadata())?;
+        let token = api::token_of(request.metadata());
         let r = request.into_inner();
         if !self.is_leader() {
             let mut client = self.leader_client().await?;
-            return client.lease_time_to_live(r).await;
+            return client.lease_time_to_live(api::with_token(r, &token)).await;
         }
         match self.ctx.leases.time_to_live(r.id).await {
             Ok(Some((ttl, granted, keys))) => Ok(Response::new(pb::LeaseTimeToLiveResponse {
@@ -180,8 +188,9 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _request: Request<pb::LeaseLeasesRequest>,
+        request: Request<pb::LeaseLeasesRequest>,
     ) -> Result<Response<pb::LeaseLeasesResponse>, Status> {
+        self.ctx.auth.principal(request.metadata())?;
         self.ctx.node.read_barrier().await.map_err(api::status)?;
         let ids = self
             .ctx

@@ -2,7 +2,6 @@
 //! defragment) and the `Auth` service, which reports authentication as not enabled.
 
 use concord_proto::etcdserverpb as pb;
-use concord_proto::etcdserverpb::auth_server::Auth;
 use concord_proto::etcdserverpb::maintenance_server::Maintenance;
 use concord_raft::{NodeId, StateRole};
 use concord_storage::mvcc::types::Command;
@@ -51,6 +50,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
         use pb::alarm_request::AlarmAction;
         let r = request.into_inner();
         // As etcd answers: GET lists every alarm; ACTIVATE and DEACTIVATE answer with the
@@ -130,8 +130,9 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _request: Request<pb::DefragmentRequest>,
+        request: Request<pb::DefragmentRequest>,
     ) -> Result<Response<pb::DefragmentResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
         let node = self.ctx.node.clone();
         // Online: requests go on during the copy and wait only for the switch.
         tokio::task::spawn_blocking(move || node.defragment())
@@ -144,8 +145,9 @@ impl Maintenance for MaintenanceService {
 
     async fn hash(
         &self,
-        _request: Request<pb::HashRequest>,
+        request: Request<pb::HashRequest>,
     ) -> Result<Response<pb::HashResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
         let hash = self
             .ctx
             .node
@@ -161,6 +163,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::HashKvRequest>,
     ) -> Result<Response<pb::HashKvResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
         let rev = request.into_inner().revision;
         let (hash, hash_rev, compacted) = self
             .ctx
@@ -180,6 +183,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<BoxStream<pb::SnapshotResponse>>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
         let format = request
             .metadata()
             .get(concord_proto::SNAPSHOT_FORMAT_KEY)
@@ -241,6 +245,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<pb::MoveLeaderRequest>,
     ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+        self.ctx.auth.require_admin(request.metadata())?;
         let target = NodeId(request.into_inner().target_id);
         let st = self.ctx.node.status();
         if st.role != StateRole::Leader {
@@ -265,55 +270,6 @@ impl Maintenance for MaintenanceService {
             return Err(Etcd::Timeout.status());
         }
         Ok(Response::new(pb::MoveLeaderResponse {
-            header: Some(self.ctx.header()),
-        }))
-    }
-}
-
-/// The `etcdserverpb.Auth` service: authentication is not enabled in this version.
-#[derive(Clone)]
-pub(crate) struct AuthService {
-    pub ctx: Ctx,
-}
-
-fn auth_not_enabled() -> Status {
-    Etcd::AuthNotEnabled.status()
-}
-
-#[tonic::async_trait]
-impl Auth for AuthService {
-    async fn auth_status(
-        &self,
-        _request: Request<pb::AuthStatusRequest>,
-    ) -> Result<Response<pb::AuthStatusResponse>, Status> {
-        Ok(Response::new(pb::AuthStatusResponse {
-            header: Some(self.ctx.header()),
-            enabled: false,
-            auth_revision: 0,
-        }))
-    }
-
-    async fn authenticate(
-        &self,
-        _request: Request<pb::AuthenticateRequest>,
-    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
-        Err(auth_not_enabled())
-    }
-
-    async fn auth_enable(
-        &self,
-        _request: Request<pb::AuthEnableRequest>,
-    ) -> Result<Response<pb::AuthEnableResponse>, Status> {
-        Err(Status::unimplemented(
-            "concord: authentication is not implemented in this version",
-        ))
-    }
-
-    async fn auth_disable(
-        &self,
-        _request: Request<pb::AuthDisableRequest>,
-    ) -> Result<Response<pb::AuthDisableResponse>, Status> {
-        Ok(Response::new(pb::AuthDisableResponse {
             header: Some(self.ctx.header()),
         }))
     }

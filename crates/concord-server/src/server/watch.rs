@@ -48,6 +48,9 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<pb::WatchRequest>>,
     ) -> Result<Response<BoxStream<pb::WatchResponse>>, Status> {
+        // The stream's token is checked once; each watch it creates is checked against
+        // the caller's read permissions.
+        let caller = self.ctx.auth.principal(request.metadata())?;
         let mut input = request.into_inner();
         let (out, rx) = mpsc::channel(STREAM_BUFFER);
         let ctx = self.ctx.clone();
@@ -96,6 +99,22 @@ impl Watch for WatchService {
                                     created: true,
                                     canceled: true,
                                     cancel_reason: Etcd::EmptyKey.text().into(),
+                                    ..Default::default()
+                                }))
+                                .await;
+                            continue;
+                        }
+                        if let Some(denied) = caller
+                            .as_ref()
+                            .and_then(|p| p.read(&c.key, &c.range_end).err())
+                        {
+                            let _ = out
+                                .send(Ok(pb::WatchResponse {
+                                    header: Some(ctx.header()),
+                                    watch_id: id,
+                                    created: true,
+                                    canceled: true,
+                                    cancel_reason: denied.message().into(),
                                     ..Default::default()
                                 }))
                                 .await;

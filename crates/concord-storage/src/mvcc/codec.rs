@@ -242,20 +242,39 @@ fn put_command(w: &mut Vec<u8>, c: &Command) {
         Command::ClusterMeta { key, value } => {
             w.push(10);
             put_bytes(w, key);
-            match value {
-                Some(v) => {
-                    w.push(1);
-                    put_bytes(w, v);
-                }
-                None => w.push(0),
-            }
+            put_opt_bytes(w, value.as_deref());
         }
+        Command::ClusterMetaCas { key, expect, value } => {
+            w.push(13);
+            put_bytes(w, key);
+            put_opt_bytes(w, expect.as_deref());
+            put_opt_bytes(w, value.as_deref());
+        }
+    }
+}
+
+/// An optional byte string: 0, or 1 and the bytes.
+fn put_opt_bytes(w: &mut Vec<u8>, v: Option<&[u8]>) {
+    match v {
+        Some(v) => {
+            w.push(1);
+            put_bytes(w, v);
+        }
+        None => w.push(0),
     }
 }
 
 pub(crate) struct Reader<'a>(pub(crate) &'a [u8]);
 
 impl Reader<'_> {
+    fn opt_bytes(&mut self) -> Result<Option<Vec<u8>>, CommandDecodeError> {
+        Ok(match self.u8()? {
+            0 => None,
+            1 => Some(self.bytes()?),
+            t => return Err(CommandDecodeError::InvalidTag(t)),
+        })
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8], CommandDecodeError> {
         if self.0.len() < n {
             return Err(CommandDecodeError::Truncated);
@@ -436,11 +455,12 @@ impl Reader<'_> {
             9 => Command::AlarmDisarm,
             10 => Command::ClusterMeta {
                 key: self.bytes()?,
-                value: match self.u8()? {
-                    0 => None,
-                    1 => Some(self.bytes()?),
-                    t => return Err(CommandDecodeError::InvalidTag(t)),
-                },
+                value: self.opt_bytes()?,
+            },
+            13 => Command::ClusterMetaCas {
+                key: self.bytes()?,
+                expect: self.opt_bytes()?,
+                value: self.opt_bytes()?,
             },
             11 => Command::AlarmActivate {
                 member: self.u64()?,

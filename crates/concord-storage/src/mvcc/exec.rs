@@ -206,6 +206,24 @@ impl<'a> Exec<'a> {
                 self.alarms.retain(|m| m != member);
                 Ok(Ok(Response::Revision(0)))
             }
+            Command::ClusterMetaCas { key, expect, value } => {
+                let now = self
+                    .cluster
+                    .get(key.as_slice())?
+                    .map(|v| v.value().to_vec());
+                if now != *expect {
+                    return Ok(Err(RequestError::MetaChanged));
+                }
+                match value {
+                    Some(v) => {
+                        self.cluster.insert(key.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        self.cluster.remove(key.as_slice())?;
+                    }
+                }
+                Ok(Ok(Response::Revision(0)))
+            }
             Command::ClusterMeta { key, value } => {
                 match value {
                     Some(v) => {

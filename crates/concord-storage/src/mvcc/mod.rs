@@ -638,6 +638,13 @@ impl<D: Disk> MvccStore<D> {
         }))
     }
 
+    /// One entry of the cluster metadata table.
+    pub fn cluster_meta_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CLUSTER)?;
+        Ok(table.get(key)?.map(|v| v.value().to_vec()))
+    }
+
     /// Every entry of the cluster metadata table (see [`Command::ClusterMeta`]), in key
     /// order.
     pub fn cluster_meta(&self) -> Result<Vec<MetaEntry>, StoreError> {

@@ -308,6 +308,18 @@ pub enum Command {
         /// The new value, or `None` to remove the entry.
         value: Option<Vec<u8>>,
     },
+    /// [`Command::ClusterMeta`] only if the entry is `expect` now (`None`: absent);
+    /// otherwise nothing changes and the proposer gets
+    /// [`crate::errors::RequestError::MetaChanged`]. Read-modify-write of one entry
+    /// (the authentication state) without lost updates.
+    ClusterMetaCas {
+        /// The entry's key.
+        key: Vec<u8>,
+        /// The value the entry must hold for the change to apply.
+        expect: Option<Vec<u8>>,
+        /// The new value, or `None` to remove the entry.
+        value: Option<Vec<u8>>,
+    },
 }
 
 /// The result of applying a [`Command`].

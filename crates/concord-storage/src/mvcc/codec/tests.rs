@@ -119,6 +119,22 @@ fn samples() -> Vec<(&'static str, Command)> {
                 value: None,
             },
         ),
+        (
+            "cluster-meta-cas",
+            Command::ClusterMetaCas {
+                key: b"auth".to_vec(),
+                expect: Some(b"{}".to_vec()),
+                value: Some(b"{\"enabled\":true}".to_vec()),
+            },
+        ),
+        (
+            "cluster-meta-cas-absent",
+            Command::ClusterMetaCas {
+                key: b"auth".to_vec(),
+                expect: None,
+                value: None,
+            },
+        ),
     ]
 }
 
