@@ -34,6 +34,10 @@ use tokio::time::Instant;
 
 use crate::error::KvError;
 
+/// How long a proposal that Raft dropped (never appended) is sent again before the
+/// client gets the error: a leadership transfer or an election usually ends within it.
+const DROPPED_PROPOSAL_RETRY: Duration = Duration::from_secs(2);
+
 pub use concord_runtime::raft_node::{StartError, FAILOVER_STAGGER};
 
 /// Size of the chunks of a store image in snapshot data.
@@ -305,10 +309,27 @@ impl<D: Disk> NodeHandle<D> {
             Command::Put(p) => p.key.len() + p.value.len() + 32,
             _ => 128,
         };
-        Ok(self
-            .raft
-            .propose_with(hint, |buf| cmd.encode_into(buf))
-            .await??)
+        // A dropped proposal (no leader known, or the leader handing over leadership) was
+        // never appended to the log: a definite failure, so sending it again cannot apply
+        // it twice. The client sees the write succeed once a leader takes it (etcd
+        // answers "no leader" at once).
+        let deadline = Instant::now() + DROPPED_PROPOSAL_RETRY;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match self
+                .raft
+                .propose_with(hint, |buf| cmd.encode_into(buf))
+                .await
+            {
+                Err(NodeError::ProposalDropped | NodeError::NoLeader)
+                    if Instant::now() + pause < deadline =>
+                {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                answer => return Ok(answer??),
+            }
+        }
     }
 
     /// Proposes a membership change; see [`RaftHandle::change_membership`].

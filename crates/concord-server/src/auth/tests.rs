@@ -168,3 +168,45 @@ fn the_state_round_trips_through_json_without_passwords() {
     let back: AuthState = serde_json::from_slice(&bytes).unwrap();
     assert_eq!(back, s);
 }
+
+/// The cost of one permission check for a user holding 1,000 roles of one permission
+/// each, the allowed one last (the worst case: every role is looked at). A figure, not
+/// an assertion: `cargo test --release -p concord-server --lib permission_check_cost --
+/// --ignored --nocapture`.
+#[test]
+#[ignore = "prints a figure; run by hand"]
+fn permission_check_cost_with_1000_roles() {
+    let mut s = AuthState::default();
+    s.user_add("u", None).unwrap();
+    for i in 0..1000 {
+        let role = format!("r{i:04}");
+        s.role_add(&role).unwrap();
+        s.role_grant(&role, perm(PermKind::Read, &format!("/k{i:04}/"), b""))
+            .unwrap();
+        s.user_grant_role("u", &role).unwrap();
+    }
+    s.role_grant("r0999", perm(PermKind::Read, "/hit/", b"/hit0"))
+        .unwrap();
+    let n = 20_000u32;
+    let start = std::time::Instant::now();
+    let mut allowed = 0;
+    for _ in 0..n {
+        allowed += usize::from(s.permits("u", b"/hit/x", b"", false));
+    }
+    let per = start.elapsed() / n;
+    assert_eq!(allowed, n as usize);
+    let one = {
+        let mut t = AuthState::default();
+        t.user_add("u", None).unwrap();
+        t.role_add("r").unwrap();
+        t.role_grant("r", perm(PermKind::Read, "/hit/", b"/hit0"))
+            .unwrap();
+        t.user_grant_role("u", "r").unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..n {
+            allowed += usize::from(t.permits("u", b"/hit/x", b"", false));
+        }
+        start.elapsed() / n
+    };
+    println!("permission check: 1 role {one:?}, 1,000 roles {per:?} per request");
+}

@@ -12,7 +12,6 @@ use concord_proto::v3electionpb::election_client::ElectionClient;
 use concord_proto::v3lockpb as lpb;
 use concord_proto::v3lockpb::lock_client::LockClient;
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
 use super::kv::format_range;
 use super::{out, CtlError, CtlResult, Ctx, GlobalArgs};
@@ -56,7 +55,7 @@ pub struct LockArgs {
 struct Session {
     lease: i64,
     keeper: JoinHandle<String>,
-    client: LeaseClient<Channel>,
+    client: LeaseClient<super::Conn>,
     timeout: Duration,
 }
 
@@ -242,7 +241,7 @@ pub async fn lock(args: LockArgs) -> CtlResult<()> {
     };
     let key = resp.key.clone();
     let rev = resp.header.map_or(0, |h| h.revision);
-    let unlock = |mut locks: LockClient<Channel>, key: Vec<u8>| async move {
+    let unlock = |mut locks: LockClient<super::Conn>, key: Vec<u8>| async move {
         tokio::time::timeout(
             Duration::from_secs(5),
             locks.unlock(lpb::UnlockRequest { key }),

@@ -14,6 +14,7 @@
 //! Errors are printed as one line, `Error: <message>`, on standard error (the server's
 //! message, e.g. `etcdserver: requested lease not found`), and the exit status is 1.
 
+pub mod auth;
 pub mod bucket;
 pub mod concurrency;
 pub mod duration;
@@ -126,6 +127,24 @@ pub struct GlobalArgs {
         help_heading = "Global options"
     )]
     pub key: Option<PathBuf>,
+    /// User name for authentication, `NAME` or `NAME:PASSWORD`
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME[:PASSWORD]",
+        env = "ETCDCTL_USER",
+        help_heading = "Global options"
+    )]
+    pub user: Option<String>,
+    /// Password for authentication (then --user holds only the name)
+    #[arg(
+        long,
+        global = true,
+        value_name = "PASSWORD",
+        env = "ETCDCTL_PASSWORD",
+        help_heading = "Global options"
+    )]
+    pub password: Option<String>,
     /// Accept any server certificate (encrypts without authenticating the server)
     #[arg(
         long,
@@ -154,6 +173,26 @@ impl GlobalArgs {
             insecure_skip_verify: self.insecure_skip_tls_verify,
             policy: Default::default(),
         })
+    }
+
+    /// The user and password of `--user` and `--password`, if given.
+    pub fn credentials(&self) -> CtlResult<Option<(String, String)>> {
+        let Some(user) = &self.user else {
+            if self.password.is_some() {
+                return Err(CtlError::new("--password needs --user"));
+            }
+            return Ok(None);
+        };
+        match (user.split_once(':'), &self.password) {
+            (Some(_), Some(_)) => Err(CtlError::new(
+                "give the password either in --user NAME:PASSWORD or in --password, not both",
+            )),
+            (Some((name, password)), None) => Ok(Some((name.into(), password.into()))),
+            (None, Some(password)) => Ok(Some((user.clone(), password.clone()))),
+            (None, None) => Err(CtlError::new(
+                "--user needs a password: --user NAME:PASSWORD or --password",
+            )),
+        }
     }
 
     /// The dialer for the flags' TLS settings.
@@ -238,6 +277,12 @@ pub enum CtlCommand {
     /// Shows the cluster's members and live request rate and latency, refreshing (the
     /// dashboard's numbers in a terminal)
     Top(top::TopArgs),
+    /// User related commands
+    User(auth::UserArgs),
+    /// Role related commands
+    Role(auth::RoleArgs),
+    /// Enables, disables or shows authentication
+    Auth(auth::AuthArgs),
     /// Generates the shell completion script for concord
     Completion(CompletionArgs),
 }
@@ -261,6 +306,9 @@ impl CtlCommand {
             CtlCommand::Bucket(a) => &a.global,
             CtlCommand::Ap(a) => &a.global,
             CtlCommand::Top(a) => &a.global,
+            CtlCommand::User(a) => &a.global,
+            CtlCommand::Role(a) => &a.global,
+            CtlCommand::Auth(a) => &a.global,
             CtlCommand::Completion(_) => return None,
         })
     }
@@ -329,6 +377,9 @@ pub fn run(cmd: CtlCommand) -> ExitCode {
             CtlCommand::Bucket(a) => bucket::run_bucket(a).await,
             CtlCommand::Ap(a) => bucket::run_ap(a).await,
             CtlCommand::Top(a) => top::run(a).await,
+            CtlCommand::User(a) => auth::run_user(a).await,
+            CtlCommand::Role(a) => auth::run_role(a).await,
+            CtlCommand::Auth(a) => auth::run_auth(a).await,
             CtlCommand::Completion(_) => Ok(()),
         }
     });
@@ -373,12 +424,31 @@ fn dial_error(e: ClientError) -> CtlError {
     }
 }
 
+/// Adds the auth token (from `--user`) to every request.
+#[derive(Clone, Debug, Default)]
+pub struct WithToken(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for WithToken {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            request.metadata_mut().insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry the caller's token.
+pub type Conn = tonic::service::interceptor::InterceptedService<Channel, WithToken>;
+
 /// A connection to the first endpoint of `--endpoints` that answers, and the flags.
 pub struct Ctx {
     /// The global flags.
     pub global: GlobalArgs,
-    /// The connection.
-    pub channel: Channel,
+    /// The connection (with the token of `--user`, when given).
+    pub channel: Conn,
 }
 
 impl Ctx {
@@ -393,9 +463,30 @@ impl Ctx {
         };
         let client = Client::new(&global.endpoints, options).map_err(dial_error)?;
         let channel = client.channel().await.map_err(dial_error)?;
+        let token = match global.credentials()? {
+            None => None,
+            Some((name, password)) => {
+                let mut auth =
+                    concord_proto::etcdserverpb::auth_client::AuthClient::new(channel.clone());
+                let answer = timed(
+                    global.command_timeout,
+                    auth.authenticate(concord_proto::etcdserverpb::AuthenticateRequest {
+                        name,
+                        password,
+                    }),
+                )
+                .await?;
+                Some(answer.token.parse().map_err(|_| {
+                    CtlError::new("the server answered a token that is not valid ASCII")
+                })?)
+            }
+        };
         Ok(Ctx {
             global: global.clone(),
-            channel,
+            channel: tonic::service::interceptor::InterceptedService::new(
+                channel,
+                WithToken(token),
+            ),
         })
     }
 
@@ -410,23 +501,23 @@ impl Ctx {
     }
 
     /// KV client.
-    pub fn kv(&self) -> KvClient<Channel> {
+    pub fn kv(&self) -> KvClient<Conn> {
         KvClient::new(self.channel.clone())
     }
     /// Lease client.
-    pub fn lease(&self) -> LeaseClient<Channel> {
+    pub fn lease(&self) -> LeaseClient<Conn> {
         LeaseClient::new(self.channel.clone())
     }
     /// Watch client.
-    pub fn watch(&self) -> WatchClient<Channel> {
+    pub fn watch(&self) -> WatchClient<Conn> {
         WatchClient::new(self.channel.clone())
     }
     /// Cluster client.
-    pub fn cluster(&self) -> ClusterClient<Channel> {
+    pub fn cluster(&self) -> ClusterClient<Conn> {
         ClusterClient::new(self.channel.clone())
     }
     /// Maintenance client.
-    pub fn maintenance(&self) -> MaintenanceClient<Channel> {
+    pub fn maintenance(&self) -> MaintenanceClient<Conn> {
         MaintenanceClient::new(self.channel.clone()).max_decoding_message_size(64 << 20)
     }
 
