@@ -3,6 +3,8 @@
 # against a 3-member cluster on loopback and compares its normalised transcript with a
 # golden transcript recorded against real etcd. With TLS=1 the cluster uses mutual TLS and
 # the session is tests/etcdctl/tls-session.sh (golden file tests/etcdctl/golden-tls.txt).
+# With AUTH=1 the cluster is the plain-text one and the session is
+# tests/etcdctl/auth-session.sh (users, roles, auth enable; golden-auth.txt).
 #
 #   scripts/etcdctl-suite.sh record   # etcd 3.4 (Debian etcd-server) -> tests/etcdctl/golden.txt
 #   scripts/etcdctl-suite.sh check    # concord server (default): diff against golden.txt
@@ -15,6 +17,9 @@
 #                  openssl (in the temp dir), starts the members with https:// client and peer
 #                  URLs and etcd's eight TLS flags, runs tests/etcdctl/tls-session.sh instead
 #                  and compares with tests/etcdctl/golden-tls.txt
+#   AUTH=1         the plain-text cluster, but the session is tests/etcdctl/auth-session.sh
+#                  (users, roles, permissions, auth enable/disable) and the golden file is
+#                  tests/etcdctl/golden-auth.txt; not combined with TLS=1
 #
 # Every process started here is stopped by PID on exit and the temp dir is removed.
 # Needs root (or sudo) only to install etcd-client / etcd-server when they are missing.
@@ -35,6 +40,15 @@ case "$TLS" in
     0 | "") TLS=0 SCHEME=http SESSION=session.sh GOLDEN_NAME=golden.txt ;;
     1) SCHEME=https SESSION=tls-session.sh GOLDEN_NAME=golden-tls.txt ;;
     *) echo "error: TLS must be 0 or 1, not $TLS" >&2; exit 2 ;;
+esac
+AUTH="${AUTH:-0}"
+case "$AUTH" in
+    0 | "") AUTH=0 ;;
+    1)
+        [ "$TLS" = 0 ] || { echo "error: AUTH=1 and TLS=1 cannot be combined" >&2; exit 2; }
+        SESSION=auth-session.sh GOLDEN_NAME=golden-auth.txt
+        ;;
+    *) echo "error: AUTH must be 0 or 1, not $AUTH" >&2; exit 2 ;;
 esac
 
 source "$PWD/scripts/lib/apt.sh"

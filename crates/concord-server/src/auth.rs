@@ -487,12 +487,69 @@ pub fn new_secret() -> Result<String, AuthError> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// An [`AuthState`] with each user's permissions gathered from its roles, so that a
+/// check scans one list instead of looking every role up by name (with 1,000 roles:
+/// 38 µs per check before, see `permission_check_cost_with_1000_roles`).
+#[derive(Debug, Default)]
+pub struct Compiled {
+    state: AuthState,
+    /// Users holding the root role.
+    admins: std::collections::HashSet<String>,
+    /// Every other user's permissions.
+    perms: std::collections::HashMap<String, Vec<Perm>>,
+}
+
+impl Compiled {
+    /// Gathers `state`'s permissions per user.
+    pub fn new(state: AuthState) -> Compiled {
+        let mut admins = std::collections::HashSet::new();
+        let mut perms = std::collections::HashMap::new();
+        for (name, user) in &state.users {
+            if user.roles.contains(ROOT) {
+                admins.insert(name.clone());
+                continue;
+            }
+            let list: Vec<Perm> = user
+                .roles
+                .iter()
+                .filter_map(|r| state.roles.get(r))
+                .flat_map(|r| r.perms.iter().cloned())
+                .collect();
+            perms.insert(name.clone(), list);
+        }
+        Compiled {
+            state,
+            admins,
+            perms,
+        }
+    }
+
+    /// [`AuthState::permits`], from the gathered lists.
+    pub fn permits(&self, user: &str, key: &[u8], range_end: &[u8], write: bool) -> bool {
+        if self.admins.contains(user) {
+            return true;
+        }
+        self.perms.get(user).is_some_and(|list| {
+            list.iter()
+                .any(|p| p.kind.allows(write) && p.covers(key, range_end))
+        })
+    }
+}
+
+impl std::ops::Deref for Compiled {
+    type Target = AuthState;
+
+    fn deref(&self) -> &AuthState {
+        &self.state
+    }
+}
+
 /// Who made a request, once its token checked out.
 #[derive(Clone, Debug)]
 pub struct Principal {
     /// The user.
     pub user: String,
-    state: Arc<AuthState>,
+    state: Arc<Compiled>,
 }
 
 impl Principal {
@@ -572,7 +629,7 @@ pub struct AuthStore {
 struct Cache {
     applied: u64,
     raw: Option<Vec<u8>>,
-    state: Arc<AuthState>,
+    state: Arc<Compiled>,
 }
 
 impl std::fmt::Debug for AuthStore {
@@ -604,18 +661,18 @@ impl AuthStore {
     }
 
     /// The state as applied here.
-    pub fn state(&self) -> Result<Arc<AuthState>, Status> {
+    pub fn state(&self) -> Result<Arc<Compiled>, Status> {
         let applied = self.node.applied_index();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.applied != applied {
             let raw = self.read_raw()?;
             if raw != cache.raw {
-                cache.state = Arc::new(match &raw {
+                cache.state = Arc::new(Compiled::new(match &raw {
                     Some(bytes) => serde_json::from_slice(bytes).map_err(|e| {
                         Status::internal(format!("the stored auth state is damaged: {e}"))
                     })?,
                     None => AuthState::default(),
-                });
+                }));
                 cache.raw = raw;
             }
             cache.applied = applied;

@@ -35,7 +35,7 @@ impl AuthService {
     fn admin_view(
         &self,
         metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<std::sync::Arc<AuthState>, Status> {
+    ) -> Result<std::sync::Arc<auth::Compiled>, Status> {
         self.ctx.auth.require_admin(metadata)?;
         self.ctx.auth.state()
     }
