@@ -188,6 +188,9 @@ pub enum AuthError {
     /// Wrong user or password.
     #[error("etcdserver: authentication failed, invalid user ID or password")]
     AuthFailed,
+    /// A password given for a user added with `--no-password` (etcd's text and code).
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     /// `AuthEnable` without a `root` user.
     #[error("etcdserver: root user does not exist")]
     RootNotExist,
@@ -228,6 +231,7 @@ impl AuthError {
                 Status::failed_precondition(text)
             }
             AuthError::InvalidManagement => Status::invalid_argument(text),
+            AuthError::NoPasswordUser => Status::unknown(text),
             AuthError::InvalidToken => Status::unauthenticated(text),
             AuthError::PermissionDenied => Status::permission_denied(text),
             AuthError::UserEmpty
@@ -428,11 +432,8 @@ impl AuthState {
         if !self.enabled {
             return Err(AuthError::NotEnabled);
         }
-        let hash = self
-            .users
-            .get(name)
-            .and_then(|u| u.password.as_deref())
-            .ok_or(AuthError::AuthFailed)?;
+        let user = self.users.get(name).ok_or(AuthError::AuthFailed)?;
+        let hash = user.password.as_deref().ok_or(AuthError::NoPasswordUser)?;
         if verify_password(password, hash) {
             Ok(())
         } else {

@@ -130,6 +130,9 @@ fn passwords_are_hashed_salted_and_checked() {
     s.authenticate("alice", "alicepw").unwrap();
     assert_eq!(s.authenticate("alice", "wrong"), Err(AuthError::AuthFailed));
     assert_eq!(s.authenticate("nobody", "x"), Err(AuthError::AuthFailed));
+    let mut s = s;
+    s.user_add("carol", None).unwrap();
+    assert_eq!(s.authenticate("carol", "x"), Err(AuthError::NoPasswordUser));
     let long = "x".repeat(MAX_PASSWORD + 1);
     assert_eq!(s.authenticate("alice", &long), Err(AuthError::AuthFailed));
     let mut off = s.clone();

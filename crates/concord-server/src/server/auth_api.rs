@@ -39,6 +39,22 @@ impl AuthService {
         self.ctx.auth.require_admin(metadata)?;
         self.ctx.auth.state()
     }
+
+    /// The state, for root or for a caller `allowed` lets through (as etcd: a user may
+    /// read itself and the roles it holds).
+    fn view_for(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+        allowed: impl Fn(&AuthState, &str) -> bool,
+    ) -> Result<std::sync::Arc<auth::Compiled>, Status> {
+        let state = self.ctx.auth.state()?;
+        if let Some(p) = self.ctx.auth.principal(metadata)? {
+            if p.admin().is_err() && !allowed(&state, &p.user) {
+                return Err(status(AuthError::PermissionDenied));
+            }
+        }
+        Ok(state)
+    }
 }
 
 /// A password's hash, computed off the async workers (Argon2 takes tens of ms).
@@ -149,7 +165,8 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthUserGetRequest>,
     ) -> Result<Response<pb::AuthUserGetResponse>, Status> {
-        let state = self.admin_view(request.metadata())?;
+        let name = request.get_ref().name.clone();
+        let state = self.view_for(request.metadata(), |_, caller| caller == name)?;
         let user = state
             .users
             .get(&request.get_ref().name)
@@ -245,7 +262,10 @@ impl Auth for AuthService {
         &self,
         request: Request<pb::AuthRoleGetRequest>,
     ) -> Result<Response<pb::AuthRoleGetResponse>, Status> {
-        let state = self.admin_view(request.metadata())?;
+        let role = request.get_ref().role.clone();
+        let state = self.view_for(request.metadata(), |s, caller| {
+            s.users.get(caller).is_some_and(|u| u.roles.contains(&role))
+        })?;
         let name = &request.get_ref().role;
         let perm = if name == auth::ROOT && !state.roles.contains_key(name) {
             // The built-in root role: everything.

@@ -108,13 +108,18 @@ impl Watch for WatchService {
                             .as_ref()
                             .and_then(|p| p.read(&c.key, &c.range_end).err())
                         {
+                            // etcd's exact answer: watch id -1 and the whole gRPC status
+                            // as text (the Go client maps the text to its typed error).
                             let _ = out
                                 .send(Ok(pb::WatchResponse {
                                     header: Some(ctx.header()),
-                                    watch_id: id,
+                                    watch_id: -1,
                                     created: true,
                                     canceled: true,
-                                    cancel_reason: denied.message().into(),
+                                    cancel_reason: format!(
+                                        "rpc error: code = PermissionDenied desc = {}",
+                                        denied.message()
+                                    ),
                                     ..Default::default()
                                 }))
                                 .await;

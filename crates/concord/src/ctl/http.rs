@@ -266,7 +266,7 @@ mod tests {
         assert_eq!(authority("127.0.0.1:1").unwrap(), "127.0.0.1:1");
         assert_eq!(authority("http://h:22/x").unwrap(), "h:22");
         assert_eq!(authority("http://h").unwrap(), "h:2379");
-        assert!(authority("https://h:1").is_err());
+        assert_eq!(authority("https://h:1").unwrap(), "h:1");
         assert!(authority("http://").is_err());
     }
 
