@@ -59,7 +59,7 @@ failed=0
 runs=0
 
 # run NAME EXPECT ARGS... : EXPECT is "valid" or "invalid". A run expected invalid (the
-# negative control) gets up to 3 attempts with different seeds: whether a stale read is
+# negative control) gets up to 3 attempts (CONTROL_TRIES) with different seeds: whether a stale read is
 # observed depends on how partitions and reads interleave, and one observed anomaly is
 # the proof that the checker can fail. A run expected valid gets one attempt.
 run() {
@@ -69,7 +69,7 @@ run() {
     local extra=() tries=1
     if [ "$expect" = invalid ]; then
         extra+=(--expect-invalid)
-        tries=3
+        tries=${CONTROL_TRIES:-3}
     fi
     echo "chaos.sh: == $name (expect $expect)"
     local line rc attempt
@@ -110,7 +110,9 @@ if [ "$MODE" = --netns ]; then
         --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
     run ap-orset valid --workload ap-orset --duration 30 --nemesis partitions,process,clock-skew
     run ap-orset-member valid --workload ap-orset --duration 30 --nemesis member,clock-skew
-    run ap-orset-w1 invalid --workload ap-orset --duration 30 --nemesis partition --ap-quorum 1,1 \
+    # About one run in two shows the OR-set's anomaly (measured: 1 of 5 seeds in one CI
+    # run, 1 of 2 by hand), so this control gets more seeds; the first INVALID ends it.
+    CONTROL_TRIES=8 run ap-orset-w1 invalid --workload ap-orset --duration 30 --nemesis partition --ap-quorum 1,1 \
         --server-arg=--ap-max-hints=0 --server-arg=--ap-anti-entropy-interval=3600000
     run ap-register valid --workload ap-register --duration 30 \
         --nemesis partitions,process,clock-skew

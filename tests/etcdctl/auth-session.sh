@@ -35,46 +35,11 @@ export ETCDCTL_API=3
 ENDPOINTS="$1"
 EP1="${ENDPOINTS%%,*}"
 export EP1
-ETCDCTL_BIN="$(command -v etcdctl)" || { echo "etcdctl not found" >&2; exit 1; }
-TMP="$(mktemp -d "${SESSION_TMPDIR:-${TMPDIR:-/tmp}}/etcdctl-auth-session.XXXXXX")" || exit 1
-cleanup() { rm -rf "$TMP"; }
-trap cleanup EXIT
-cd "$TMP" || exit 1
+source "$(dirname "$0")/lib.sh"
+# etcdctl's zap warning lines (above) are left out.
+DROP='^{"level":"warn"'
+session_start etcdctl-auth-session 2s 3s
 
-mkdir -p "$TMP/bin"
-cat >"$TMP/bin/etcdctl" <<EOF
-#!/usr/bin/env bash
-eps="$ENDPOINTS"
-case "\${1:-}" in @*) eps="\${1#@}"; shift ;; esac
-exec "$ETCDCTL_BIN" --endpoints="\$eps" --dial-timeout=2s --command-timeout=3s "\$@"
-EOF
-chmod +x "$TMP/bin/etcdctl"
-export PATH="$TMP/bin:$PATH"
-
-N=0
-# run [-s] [-i STDIN] COMMAND: as in session.sh (15 s limit, header, merged output, exit
-# code; -s sorts the output, -i feeds STDIN), minus etcdctl's zap warning lines (above).
-run() {
-    local sort="" stdin="" rc
-    while :; do
-        case "$1" in
-            -s) sort=1; shift ;;
-            -i) stdin="$2"; shift 2 ;;
-            *) break ;;
-        esac
-    done
-    N=$((N + 1))
-    echo "### [$N] $1"
-    [ -n "$stdin" ] && printf '%s\n' "$stdin" | sed 's/^/### stdin: /'
-    [ -n "$sort" ] && echo "### sort"
-    [ -n "$stdin" ] && printf '%s\n' "$stdin" >"$TMP/stdin" || : >"$TMP/stdin"
-    timeout -k 2 15 bash -c "$1" <"$TMP/stdin" >"$TMP/out.all" 2>&1
-    rc=$?
-    grep -v '^{"level":"warn"' "$TMP/out.all" >"$TMP/out"
-    cat "$TMP/out"
-    [ -n "$(tail -c1 "$TMP/out")" ] && echo
-    echo "### exit=$rc"
-}
 # The store's current revision (as root once authentication is enabled).
 cur_rev() {
     etcdctl --user root:rootpw get rev-probe -w json 2>/dev/null \

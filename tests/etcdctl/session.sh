@@ -19,69 +19,11 @@ fi
 export ETCDCTL_API=3
 ENDPOINTS="$1"
 EP1="${ENDPOINTS%%,*}"
-ETCDCTL_BIN="$(command -v etcdctl)" || { echo "etcdctl not found" >&2; exit 1; }
-# Scratch space (stdin/output of each step, background outputs, the snapshot file): under
-# $SESSION_TMPDIR when set (the suite passes its own temp dir), else under $TMPDIR or /tmp.
-TMP="$(mktemp -d "${SESSION_TMPDIR:-${TMPDIR:-/tmp}}/etcdctl-session.XXXXXX")" || exit 1
-BG=()
-cleanup() {
-    local p
-    for p in "${BG[@]:-}"; do [ -n "$p" ] && kill -TERM "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-cd "$TMP" || exit 1
+# Scratch space, the `etcdctl` wrapper (every endpoint, or `@ENDPOINT` for one) and `run`.
+source "$(dirname "$0")/lib.sh"
+session_start etcdctl-session 3s 5s
 
-# `etcdctl` in the session is a wrapper on PATH (so `timeout etcdctl ...` works) that talks
-# to every endpoint (the client balances requests over them), or to one endpoint when its
-# first argument is `@ENDPOINT` (`etcdctl @127.0.0.1:42379 snapshot save ...`).
-mkdir -p "$TMP/bin"
-cat >"$TMP/bin/etcdctl" <<EOF
-#!/usr/bin/env bash
-eps="$ENDPOINTS"
-case "\${1:-}" in @*) eps="\${1#@}"; shift ;; esac
-exec "$ETCDCTL_BIN" --endpoints="\$eps" --dial-timeout=3s --command-timeout=5s "\$@"
-EOF
-chmod +x "$TMP/bin/etcdctl"
-export PATH="$TMP/bin:$PATH"
-
-N=0
-# run [-s] [-i STDIN] COMMAND: runs COMMAND (a bash string) under a 15 s limit and appends
-# its header, merged output and exit code to the transcript. -s: output order is undefined,
-# sort it; -i: feed STDIN to the command.
-run() {
-    local sort="" stdin="" rc
-    while :; do
-        case "$1" in
-            -s) sort=1; shift ;;
-            -i) stdin="$2"; shift 2 ;;
-            *) break ;;
-        esac
-    done
-    N=$((N + 1))
-    if [ ! -d "$TMP" ]; then
-        echo "error: the session's temp dir $TMP vanished before step $N" >&2
-        exit 1
-    fi
-    echo "### [$N] $1"
-    [ -n "$stdin" ] && printf '%s\n' "$stdin" | sed 's/^/### stdin: /'
-    [ -n "$sort" ] && echo "### sort"
-    # etcdctl txn ends each section at an empty line, so the input ends with a newline.
-    [ -n "$stdin" ] && printf '%s\n' "$stdin" >"$TMP/stdin" || : >"$TMP/stdin"
-    # Variables a command refers to literally (single quotes) must be exported.
-    timeout -k 2 15 bash -c "$1" <"$TMP/stdin" >"$TMP/out" 2>&1
-    rc=$?
-    cat "$TMP/out"
-    [ -n "$(tail -c1 "$TMP/out")" ] && echo
-    echo "### exit=$rc"
-}
-
-# Helpers that are not part of the transcript.
-# The store's current revision (from a response header).
-cur_rev() {
-    etcdctl get rev-probe -w json 2>/dev/null \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])'
-}
+# Helpers that are not part of the transcript (also cur_rev and last_out, in lib.sh).
 # wait_lines FILE N SECONDS: waits until FILE has at least N lines, at most SECONDS.
 wait_lines() {
     local i
@@ -101,8 +43,6 @@ wait_key() {
     done
     return 1
 }
-# A step's output, for the session to reuse (e.g. a lease id).
-last_out() { cat "$TMP/out"; }
 
 # ---------------------------------------------------------------------------------------
 # put / get

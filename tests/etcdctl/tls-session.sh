@@ -34,52 +34,9 @@ ENDPOINTS="$1"
 EP1="${ENDPOINTS%%,*}"
 # EP1 without its scheme, for the plain-text (http://) attempt on the TLS port.
 export EP1 EP1_HOSTPORT="${EP1#*://}"
-ETCDCTL_BIN="$(command -v etcdctl)" || { echo "etcdctl not found" >&2; exit 1; }
-TMP="$(mktemp -d "${SESSION_TMPDIR:-${TMPDIR:-/tmp}}/etcdctl-tls-session.XXXXXX")" || exit 1
-cleanup() { rm -rf "$TMP"; }
-trap cleanup EXIT
-cd "$TMP" || exit 1
-
-mkdir -p "$TMP/bin"
-cat >"$TMP/bin/etcdctl" <<EOF
-#!/usr/bin/env bash
-eps="$ENDPOINTS"
-case "\${1:-}" in @*) eps="\${1#@}"; shift ;; esac
-exec "$ETCDCTL_BIN" --endpoints="\$eps" --dial-timeout=3s --command-timeout=5s \\
-    --cacert="\$CACERT" --cert="\$CERT" --key="\$KEY" "\$@"
-EOF
+source "$(dirname "$0")/lib.sh"
+session_start etcdctl-tls-session 3s 5s '--cacert="$CACERT"' '--cert="$CERT"' '--key="$KEY"'
 ln -s "$ETCDCTL_BIN" "$TMP/bin/etcdctl-bare"
-chmod +x "$TMP/bin/etcdctl"
-export PATH="$TMP/bin:$PATH"
-
-N=0
-# run [-s] [-i STDIN] COMMAND: as in session.sh (15 s limit, header, merged output, exit
-# code; -s sorts the output, -i feeds STDIN).
-run() {
-    local sort="" stdin="" rc
-    while :; do
-        case "$1" in
-            -s) sort=1; shift ;;
-            -i) stdin="$2"; shift 2 ;;
-            *) break ;;
-        esac
-    done
-    N=$((N + 1))
-    echo "### [$N] $1"
-    [ -n "$stdin" ] && printf '%s\n' "$stdin" | sed 's/^/### stdin: /'
-    [ -n "$sort" ] && echo "### sort"
-    [ -n "$stdin" ] && printf '%s\n' "$stdin" >"$TMP/stdin" || : >"$TMP/stdin"
-    timeout -k 2 15 bash -c "$1" <"$TMP/stdin" >"$TMP/out" 2>&1
-    rc=$?
-    cat "$TMP/out"
-    [ -n "$(tail -c1 "$TMP/out")" ] && echo
-    echo "### exit=$rc"
-}
-cur_rev() {
-    etcdctl get rev-probe -w json 2>/dev/null \
-        | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])'
-}
-last_out() { cat "$TMP/out"; }
 
 # ---------------------------------------------------------------------------------------
 # put / get / del over TLS, with the client certificate

@@ -51,6 +51,20 @@ pub const MAX_PASSWORD: usize = 1024;
 /// The gRPC metadata key carrying the token (etcd's).
 pub const TOKEN_METADATA: &str = "token";
 
+/// The request header carrying the common name of the caller's verified client
+/// certificate. Set only by the client listener ([`set_cert_user`]), which removes any
+/// the client sent: a client cannot name itself with it.
+pub const CERT_USER_HEADER: &str = "concord-cert-user";
+
+/// Replaces whatever `concord-cert-user` header a request came with by the name of its
+/// connection's verified client certificate (none: no header).
+pub fn set_cert_user(headers: &mut axum::http::HeaderMap, name: Option<&str>) {
+    headers.remove(CERT_USER_HEADER);
+    if let Some(value) = name.and_then(|n| axum::http::HeaderValue::from_str(n).ok()) {
+        headers.insert(CERT_USER_HEADER, value);
+    }
+}
+
 /// The name of the administrator user and role.
 pub const ROOT: &str = "root";
 
@@ -698,9 +712,18 @@ impl AuthStore {
         let token = metadata
             .get(TOKEN_METADATA)
             .and_then(|v| v.to_str().ok())
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| AuthError::UserEmpty.status())?;
-        let user = verify_token(&state, token, now_ms()).map_err(|e| e.status())?;
+            .filter(|t| !t.is_empty());
+        let user = match token {
+            Some(token) => verify_token(&state, token, now_ms()).map_err(|e| e.status())?,
+            // As etcd: without a token, the common name of a verified client certificate
+            // (`--client-cert-auth`) names the user, if such a user exists.
+            None => metadata
+                .get(CERT_USER_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|name| state.users.contains_key(*name))
+                .ok_or_else(|| AuthError::UserEmpty.status())?
+                .to_string(),
+        };
         Ok(Some(Principal { user, state }))
     }
 

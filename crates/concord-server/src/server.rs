@@ -661,7 +661,14 @@ fn one_port(
                 if http::is_grpc(&req) {
                     // Counted: started, bytes both ways, handled with its code and time.
                     use tracing::Instrument as _;
-                    let (parts, body) = req.into_parts();
+                    let (mut parts, body) = req.into_parts();
+                    crate::auth::set_cert_user(
+                        &mut parts.headers,
+                        parts
+                            .extensions
+                            .get::<listener::CertName>()
+                            .and_then(|n| n.0.as_deref()),
+                    );
                     let (call, body) = metrics.start(parts.uri.path(), body);
                     let path = parts.uri.path().trim_start_matches('/');
                     let span = crate::telemetry::request_span(path, &parts.headers);

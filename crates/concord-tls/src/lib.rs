@@ -433,6 +433,16 @@ impl Acceptor {
     }
 }
 
+/// The common name (CN) of the certificate a client presented on `stream`, if it
+/// presented one (only asked for with client-certificate authentication, so the chain was
+/// verified by the handshake); `None` for a certificate without a readable CN.
+pub fn client_common_name(stream: &ServerStream) -> Option<String> {
+    let der = stream.get_ref().1.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    Some(cn.to_string())
+}
+
 /// A TLS connection accepted by [`incoming`], servable by tonic.
 pub struct Incoming(ServerStream);
 

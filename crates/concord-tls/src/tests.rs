@@ -9,16 +9,27 @@ fn hosts() -> Vec<String> {
     pki::hosts_for(["127.0.0.1".to_string()])
 }
 
-/// A server on a loopback port that echoes one line per connection; its port.
+/// A server on a loopback port that echoes one line per connection; its port. The common
+/// name of each client's certificate is sent on `names`.
 async fn echo_server(acceptor: Acceptor) -> u16 {
+    echo_server_naming(acceptor, None).await
+}
+
+async fn echo_server_naming(
+    acceptor: Acceptor,
+    names: Option<tokio::sync::mpsc::UnboundedSender<Option<String>>>,
+) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let acceptor = acceptor.clone();
+            let (acceptor, names) = (acceptor.clone(), names.clone());
             tokio::spawn(async move {
                 if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    if let Some(names) = &names {
+                        let _ = names.send(client_common_name(&tls));
+                    }
                     let mut buf = [0u8; 5];
                     if tls.read_exact(&mut buf).await.is_ok() {
                         let _ = tls.write_all(&buf).await;
@@ -97,6 +108,22 @@ async fn mutual_tls_admits_only_certificates_of_the_trusted_ca() {
     // And the client refuses a server its CA did not sign.
     let e = talks(client(&p.other, None), port).await.unwrap_err();
     assert!(e.contains("certificate"), "{e}");
+}
+
+#[tokio::test]
+async fn the_verified_client_certificate_names_its_holder() {
+    let p = pki();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let port = echo_server_naming(Acceptor::new(server(&p, true)).unwrap(), Some(tx)).await;
+    let alice = p.ca.issue(&p.dir, "alice", &[]).unwrap();
+    talks(client(&p.ca, Some(alice)), port).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some("alice"));
+    // Without client-certificate authentication no certificate is asked for.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let port = echo_server_naming(Acceptor::new(server(&p, false)).unwrap(), Some(tx)).await;
+    let bob = p.ca.issue(&p.dir, "bob", &[]).unwrap();
+    talks(client(&p.ca, Some(bob)), port).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap(), None);
 }
 
 #[tokio::test]

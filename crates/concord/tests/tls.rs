@@ -312,6 +312,90 @@ async fn mutual_tls_admits_only_holders_of_the_clusters_certificates() {
     // The cluster is unharmed by all of it.
     put(&client, "k", "w").await.unwrap();
     assert_eq!(get(&client, "k").await.unwrap(), Some(b"w".to_vec()));
+
+    // With auth on, the common name of a verified client certificate is the user when a
+    // request carries no token (as etcd): alice (CN alice) reads /a/ only.
+    use concord_proto::etcdserverpb::auth_client::AuthClient;
+    use concord_proto::etcdserverpb::{self as pb};
+    let admin = |step: u8| {
+        let client = client.clone();
+        async move {
+            client
+                .call(Idempotence::NotIdempotent, |ch| {
+                    let mut auth = AuthClient::new(ch);
+                    async move {
+                        match step {
+                            0 => auth
+                                .user_add(pb::AuthUserAddRequest {
+                                    name: "root".into(),
+                                    password: "rootpw".into(),
+                                    ..Default::default()
+                                })
+                                .await
+                                .map(|_| tonic::Response::new(())),
+                            1 => auth
+                                .user_grant_role(pb::AuthUserGrantRoleRequest {
+                                    user: "root".into(),
+                                    role: "root".into(),
+                                })
+                                .await
+                                .map(|_| tonic::Response::new(())),
+                            2 => auth
+                                .role_add(pb::AuthRoleAddRequest {
+                                    name: "reader".into(),
+                                })
+                                .await
+                                .map(|_| tonic::Response::new(())),
+                            3 => auth
+                                .role_grant_permission(pb::AuthRoleGrantPermissionRequest {
+                                    name: "reader".into(),
+                                    perm: Some(concord_proto::authpb::Permission {
+                                        perm_type: 0,
+                                        key: b"/a/".to_vec(),
+                                        range_end: b"/a0".to_vec(),
+                                    }),
+                                })
+                                .await
+                                .map(|_| tonic::Response::new(())),
+                            4 => auth
+                                .user_add(pb::AuthUserAddRequest {
+                                    name: "alice".into(),
+                                    options: Some(concord_proto::authpb::UserAddOptions {
+                                        no_password: true,
+                                    }),
+                                    ..Default::default()
+                                })
+                                .await
+                                .map(|_| tonic::Response::new(())),
+                            5 => auth
+                                .user_grant_role(pb::AuthUserGrantRoleRequest {
+                                    user: "alice".into(),
+                                    role: "reader".into(),
+                                })
+                                .await
+                                .map(|_| tonic::Response::new(())),
+                            _ => auth
+                                .auth_enable(pb::AuthEnableRequest {})
+                                .await
+                                .map(|_| tonic::Response::new(())),
+                        }
+                    }
+                })
+                .await
+        }
+    };
+    put(&client, "/a/x", "1").await.unwrap();
+    for step in 0..=6 {
+        admin(step).await.unwrap();
+    }
+    assert_eq!(get(&client, "/a/x").await.unwrap(), Some(b"1".to_vec()));
+    let e = put(&client, "/a/x", "2").await.unwrap_err();
+    assert!(e.to_string().contains("permission denied"), "{e}");
+    // A certificate whose name is no user is no user.
+    let carol = cluster.identity(&cluster.ca, "carol");
+    let carols = cluster.client(cluster.settings(Some(carol))).unwrap();
+    let e = get(&carols, "/a/x").await.unwrap_err();
+    assert!(e.to_string().contains("user name is empty"), "{e}");
     let log = std::fs::read_to_string(cluster.log(0)).unwrap();
     assert!(log.contains("TLS handshake refused"), "refusals are logged");
 }

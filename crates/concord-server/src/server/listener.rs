@@ -23,6 +23,11 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+/// The common name of the client certificate a TLS connection presented (verified by the
+/// handshake, with `--client-cert-auth`), in the extensions of each of its requests.
+#[derive(Clone, Debug)]
+pub struct CertName(pub Option<String>);
+
 /// How long open connections get to finish after shutdown starts.
 pub const DRAIN: Duration = Duration::from_secs(2);
 
@@ -76,17 +81,25 @@ pub async fn serve(
         backoff = Duration::from_millis(5);
         // Responses must not wait for Nagle's algorithm (40 ms with delayed ACKs).
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
         tokio::spawn(async move {
             // The handshake runs in the connection's task: a slow one delays no other.
             let served = match tls {
                 None => {
+                    let service = TowerToHyperService::new(router);
                     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
                     watcher.watch(conn.into_owned()).await
                 }
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
+                        // Every request of the connection knows the verified client
+                        // certificate's name (the user, when auth is on and no token).
+                        let name = CertName(concord_tls::client_common_name(&stream));
+                        let service = TowerToHyperService::new(tower::Layer::layer(
+                            &axum::Extension(name),
+                            router,
+                        ));
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                         watcher.watch(conn.into_owned()).await

@@ -214,28 +214,27 @@ impl<'a> Exec<'a> {
                 if now != *expect {
                     return Ok(Err(RequestError::MetaChanged));
                 }
-                match value {
-                    Some(v) => {
-                        self.cluster.insert(key.as_slice(), v.as_slice())?;
-                    }
-                    None => {
-                        self.cluster.remove(key.as_slice())?;
-                    }
-                }
+                self.set_meta(key, value.as_deref())?;
                 Ok(Ok(Response::Revision(0)))
             }
             Command::ClusterMeta { key, value } => {
-                match value {
-                    Some(v) => {
-                        self.cluster.insert(key.as_slice(), v.as_slice())?;
-                    }
-                    None => {
-                        self.cluster.remove(key.as_slice())?;
-                    }
-                }
+                self.set_meta(key, value.as_deref())?;
                 Ok(Ok(Response::Revision(0)))
             }
         }
+    }
+
+    /// Sets (`Some`) or removes (`None`) a cluster metadata entry.
+    fn set_meta(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        match value {
+            Some(v) => {
+                self.cluster.insert(key, v)?;
+            }
+            None => {
+                self.cluster.remove(key)?;
+            }
+        }
+        Ok(())
     }
 
     fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
