@@ -1,13 +1,14 @@
 //! End to end: etcd's authentication and RBAC on a 3-member cluster, driven by the
 //! independent `etcd-client` crate as an etcd user would: users and roles, permission
 //! checks on KV, Txn and Watch, changes taking effect at once, token expiry and refresh,
-//! bad input, and no secret in any log line.
+//! bad input, and no secret in any log line or exported span.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{connect, err_text, Cluster, BIN};
+use common::otlp::receiver;
+use common::{connect, err_text, Cluster, BIN, WAIT};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, Permission, Txn, TxnOp, WatchOptions,
 };
@@ -54,8 +55,13 @@ fn denied<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_get_exactly_their_roles_permissions_and_changes_apply_at_once() {
+    // Every request is traced, so the check below sees the spans of authentications and
+    // of requests carrying a token.
+    let (otlp_port, received) = receiver().await;
     let cluster = Cluster::builder(BIN, 3)
         .flag("--log-level", "debug")
+        .flag("--otlp-endpoint", format!("http://127.0.0.1:{otlp_port}"))
+        .flag("--otlp-sampling-ratio", 1)
         .start()
         .await;
     set_up(&cluster).await;
@@ -155,7 +161,7 @@ async fn users_get_exactly_their_roles_permissions_and_changes_apply_at_once() {
     root.auth_disable().await.unwrap();
     anonymous.put("/b/x", "2", None).await.unwrap();
 
-    // No password and no token in any log line (debug level included).
+    // No password and no token in any log line (debug level included) or exported span.
     let token = {
         let mut c = connect(&cluster.url(0), None).await.unwrap();
         c.auth_enable().await.unwrap();
@@ -175,6 +181,38 @@ async fn users_get_exactly_their_roles_permissions_and_changes_apply_at_once() {
         let log = std::fs::read_to_string(&node.log_path).unwrap();
         for secret in [ROOT_PW, ALICE_PW, token.as_str()] {
             assert!(!log.contains(secret), "{} logs a secret", node.name);
+        }
+    }
+    // The exporter sends in batches (every 5 s): wait for the spans of the last
+    // authentication and of the token-carrying read that followed it.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let names: Vec<String> = received
+            .lock()
+            .unwrap()
+            .spans
+            .iter()
+            .map(|s| s.name.clone())
+            .collect();
+        let count = |n: &str| names.iter().filter(|s| s.as_str() == n).count();
+        if count("etcdserverpb.Auth/Authenticate") >= 4
+            && count("etcdserverpb.Auth/AuthDisable") >= 2
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "spans missing: {names:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = received.lock().unwrap();
+    for body in &r.bodies {
+        for secret in [ROOT_PW, ALICE_PW, token.as_str()] {
+            assert!(
+                !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "a span holds a secret"
+            );
         }
     }
 }

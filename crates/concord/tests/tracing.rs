@@ -5,100 +5,11 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::otlp::{receiver, Span};
 use common::redis::RedisConn;
 use common::{Cluster, BIN, WAIT};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message as _;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-
-/// One exported span: the member that recorded it, its trace, its name, its parent.
-#[derive(Debug, Clone)]
-struct Span {
-    member: String,
-    trace: Vec<u8>,
-    id: Vec<u8>,
-    parent: Vec<u8>,
-    name: String,
-}
-
-/// An OTLP/HTTP receiver: every request body, and the spans decoded from them.
-#[derive(Default)]
-struct Received {
-    bodies: Vec<Vec<u8>>,
-    spans: Vec<Span>,
-}
-
-async fn serve_connection(stream: tokio::net::TcpStream, received: Arc<Mutex<Received>>) {
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        // The request line and headers.
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                return;
-            }
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            if let Some(v) = l.to_ascii_lowercase().strip_prefix("content-length:") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        if let Ok(request) = ExportTraceServiceRequest::decode(&body[..]) {
-            let mut r = received.lock().unwrap();
-            for resource in &request.resource_spans {
-                let member = resource
-                    .resource
-                    .iter()
-                    .flat_map(|r| &r.attributes)
-                    .find(|a| a.key == "service.instance.id")
-                    .and_then(|a| a.value.as_ref())
-                    .map(|v| format!("{:?}", v.value))
-                    .unwrap_or_default();
-                for scope in &resource.scope_spans {
-                    for s in &scope.spans {
-                        r.spans.push(Span {
-                            member: member.clone(),
-                            trace: s.trace_id.clone(),
-                            id: s.span_id.clone(),
-                            parent: s.parent_span_id.clone(),
-                            name: s.name.clone(),
-                        });
-                    }
-                }
-            }
-            r.bodies.push(body);
-        }
-        let ok =
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
-        if reader.get_mut().write_all(ok).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn receiver() -> (u16, Arc<Mutex<Received>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let received = Arc::new(Mutex::new(Received::default()));
-    let r = received.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(serve_connection(stream, r.clone()));
-        }
-    });
-    (port, received)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data() {
