@@ -8,7 +8,9 @@ mod common;
 use std::time::Duration;
 
 use common::otlp::receiver;
-use common::{connect, err_text, Cluster, BIN, WAIT};
+use common::{
+    connect, err_text, parse_http_response, raw_exchange, Cluster, HttpResponse, BIN, WAIT,
+};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, Permission, Txn, TxnOp, WatchOptions,
 };
@@ -46,6 +48,19 @@ async fn set_up(cluster: &Cluster) {
     c.put("/a/x", "1", None).await.unwrap();
     c.put("/b/x", "1", None).await.unwrap();
     c.auth_enable().await.unwrap();
+}
+
+/// `POST path` with a JSON body to the JSON gateway, with `token` as the `Authorization`
+/// header when given.
+async fn gateway(port: u16, path: &str, token: Option<&str>, body: &str) -> HttpResponse {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: {t}\r\n"));
+    let raw = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n{auth}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = raw_exchange(port, raw.as_bytes()).await.unwrap();
+    parse_http_response(&answer).unwrap()
 }
 
 fn denied<T: std::fmt::Debug>(r: Result<T, etcd_client::Error>) {
@@ -126,6 +141,29 @@ async fn users_get_exactly_their_roles_permissions_and_changes_apply_at_once() {
         }
     };
     assert_eq!(event.event_type(), EventType::Put);
+    // The JSON gateway takes the token from `Authorization`, as etcd's.
+    let port = cluster.nodes[2].client_port;
+    let login = format!(r#"{{"name": "alice", "password": "{ALICE_PW}"}}"#);
+    let r = gateway(port, "/v3/auth/authenticate", None, &login).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let web_token = v["token"].as_str().expect("a token").to_string();
+    let a_x = r#"{"key": "L2EveA=="}"#; // "/a/x"
+    let r = gateway(port, "/v3/kv/range", Some(&web_token), a_x).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains(r#""count":"1""#), "{}", r.text());
+    let r = gateway(port, "/v3/kv/range", None, a_x).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("user name is empty"), "{}", r.text());
+    let r = gateway(port, "/v3/kv/range", Some("garbage"), a_x).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let put = r#"{"key": "L2EveA==", "value": "Mg=="}"#;
+    let r = gateway(port, "/v3/kv/put", Some(&web_token), put).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("permission denied"), "{}", r.text());
+    let wrong = r#"{"name": "alice", "password": "wrong"}"#;
+    let r = gateway(port, "/v3/auth/authenticate", None, wrong).await;
+    assert!(r.text().contains("authentication failed"), "{}", r.text());
     // Management needs root.
     denied(alice.user_list().await);
     denied(alice.role_add("mine").await);
@@ -179,7 +217,7 @@ async fn users_get_exactly_their_roles_permissions_and_changes_apply_at_once() {
     };
     for node in &cluster.nodes {
         let log = std::fs::read_to_string(&node.log_path).unwrap();
-        for secret in [ROOT_PW, ALICE_PW, token.as_str()] {
+        for secret in [ROOT_PW, ALICE_PW, token.as_str(), web_token.as_str()] {
             assert!(!log.contains(secret), "{} logs a secret", node.name);
         }
     }
@@ -208,7 +246,7 @@ async fn users_get_exactly_their_roles_permissions_and_changes_apply_at_once() {
     }
     let r = received.lock().unwrap();
     for body in &r.bodies {
-        for secret in [ROOT_PW, ALICE_PW, token.as_str()] {
+        for secret in [ROOT_PW, ALICE_PW, token.as_str(), web_token.as_str()] {
             assert!(
                 !body.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "a span holds a secret"

@@ -8,16 +8,23 @@
 //!
 //! Served: `kv/range`, `kv/put`, `kv/deleterange`, `kv/compaction`, `lease/grant`,
 //! `lease/revoke` (and `kv/lease/revoke`), `lease/leases`, `maintenance/status`,
-//! `cluster/member/list`. Other gRPC methods are reachable with gRPC only.
+//! `cluster/member/list`, `auth/authenticate`. Other gRPC methods are reachable with gRPC
+//! only.
+//!
+//! With authentication on, a request carries its token in the `Authorization` header (as
+//! etcd's gateway: the bare token from `auth/authenticate`, no scheme); a connection's
+//! verified client certificate names its user as on the gRPC side.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine as _;
 use concord_proto::etcdserverpb as pb;
+use concord_proto::etcdserverpb::auth_server::Auth;
 use concord_proto::etcdserverpb::cluster_server::Cluster;
 use concord_proto::etcdserverpb::kv_server::Kv;
 use concord_proto::etcdserverpb::lease_server::Lease;
@@ -27,6 +34,7 @@ use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
 use super::api::Ctx;
+use super::auth_api::AuthService;
 use super::cluster::ClusterService;
 use super::kv::KvService;
 use super::lease::LeaseService;
@@ -39,6 +47,7 @@ pub(crate) struct Gateway {
     pub lease: LeaseService,
     pub maintenance: MaintenanceService,
     pub cluster: ClusterService,
+    pub auth: AuthService,
 }
 
 impl Gateway {
@@ -47,6 +56,7 @@ impl Gateway {
             kv: KvService { ctx: ctx.clone() },
             lease: LeaseService { ctx: ctx.clone() },
             maintenance: MaintenanceService { ctx: ctx.clone() },
+            auth: AuthService { ctx: ctx.clone() },
             cluster: ClusterService { ctx, token },
         }
     }
@@ -64,7 +74,46 @@ pub(crate) fn router(gw: Gateway) -> Router {
         .route("/v3/lease/leases", post(lease_leases))
         .route("/v3/maintenance/status", post(status))
         .route("/v3/cluster/member/list", post(member_list))
+        .route("/v3/auth/authenticate", post(authenticate))
         .with_state(gw)
+}
+
+/// Who sends a request: its token (the `Authorization` header) and the common name of
+/// its connection's verified client certificate, passed to the services as the gRPC
+/// side passes them.
+pub(crate) struct Caller {
+    token: Option<tonic::metadata::AsciiMetadataValue>,
+    cert_user: Option<tonic::metadata::AsciiMetadataValue>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| tonic::metadata::AsciiMetadataValue::try_from(v.as_bytes()).ok());
+        let cert_user = parts
+            .extensions
+            .get::<super::listener::CertName>()
+            .and_then(|n| n.0.as_deref())
+            .and_then(|n| tonic::metadata::AsciiMetadataValue::try_from(n).ok());
+        Ok(Self { token, cert_user })
+    }
+}
+
+impl Caller {
+    /// `msg` as a gRPC request from this caller.
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut request = super::api::with_token(msg, &self.token);
+        if let Some(name) = &self.cert_user {
+            request
+                .metadata_mut()
+                .insert(crate::auth::CERT_USER_HEADER, name.clone());
+        }
+        request
+    }
 }
 
 /// A refusal as etcd's gateway shapes it.
@@ -78,6 +127,9 @@ impl IntoResponse for ApiError {
                 StatusCode::BAD_REQUEST
             }
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
             Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
@@ -205,7 +257,7 @@ fn ok(v: Value) -> Reply {
     Ok(([("content-type", "application/json")], v.to_string()).into_response())
 }
 
-async fn range(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn range(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     let m = object(&body)?;
     let req = pb::RangeRequest {
         key: bytes(&m, "key")?,
@@ -226,7 +278,7 @@ async fn range(State(gw): State<Gateway>, body: Bytes) -> Reply {
         min_create_revision: int(&m, "min_create_revision")?,
         max_create_revision: int(&m, "max_create_revision")?,
     };
-    let r = gw.kv.range(tonic::Request::new(req)).await?.into_inner();
+    let r = gw.kv.range(caller.request(req)).await?.into_inner();
     let mut out = json!({ "header": header(r.header), "count": s64(r.count) });
     if !r.kvs.is_empty() {
         out["kvs"] = Value::Array(r.kvs.into_iter().map(kv).collect());
@@ -237,7 +289,7 @@ async fn range(State(gw): State<Gateway>, body: Bytes) -> Reply {
     ok(out)
 }
 
-async fn put(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn put(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     let m = object(&body)?;
     let req = pb::PutRequest {
         key: bytes(&m, "key")?,
@@ -247,7 +299,7 @@ async fn put(State(gw): State<Gateway>, body: Bytes) -> Reply {
         ignore_value: flag(&m, "ignore_value")?,
         ignore_lease: flag(&m, "ignore_lease")?,
     };
-    let r = gw.kv.put(tonic::Request::new(req)).await?.into_inner();
+    let r = gw.kv.put(caller.request(req)).await?.into_inner();
     let mut out = json!({ "header": header(r.header) });
     if let Some(p) = r.prev_kv {
         out["prev_kv"] = kv(p);
@@ -255,18 +307,14 @@ async fn put(State(gw): State<Gateway>, body: Bytes) -> Reply {
     ok(out)
 }
 
-async fn delete_range(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn delete_range(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     let m = object(&body)?;
     let req = pb::DeleteRangeRequest {
         key: bytes(&m, "key")?,
         range_end: bytes(&m, "range_end")?,
         prev_kv: flag(&m, "prev_kv")?,
     };
-    let r = gw
-        .kv
-        .delete_range(tonic::Request::new(req))
-        .await?
-        .into_inner();
+    let r = gw.kv.delete_range(caller.request(req)).await?.into_inner();
     let mut out = json!({ "header": header(r.header), "deleted": s64(r.deleted) });
     if !r.prev_kvs.is_empty() {
         out["prev_kvs"] = Value::Array(r.prev_kvs.into_iter().map(kv).collect());
@@ -274,17 +322,17 @@ async fn delete_range(State(gw): State<Gateway>, body: Bytes) -> Reply {
     ok(out)
 }
 
-async fn compaction(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn compaction(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     let m = object(&body)?;
     let req = pb::CompactionRequest {
         revision: int(&m, "revision")?,
         physical: flag(&m, "physical")?,
     };
-    let r = gw.kv.compact(tonic::Request::new(req)).await?.into_inner();
+    let r = gw.kv.compact(caller.request(req)).await?.into_inner();
     ok(json!({ "header": header(r.header) }))
 }
 
-async fn lease_grant(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn lease_grant(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     let m = object(&body)?;
     let ttl = match m.get("TTL") {
         Some(_) => int(&m, "TTL")?,
@@ -296,13 +344,13 @@ async fn lease_grant(State(gw): State<Gateway>, body: Bytes) -> Reply {
     };
     let r = gw
         .lease
-        .lease_grant(tonic::Request::new(pb::LeaseGrantRequest { ttl, id }))
+        .lease_grant(caller.request(pb::LeaseGrantRequest { ttl, id }))
         .await?
         .into_inner();
     ok(json!({ "header": header(r.header), "ID": s64(r.id), "TTL": s64(r.ttl) }))
 }
 
-async fn lease_revoke(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn lease_revoke(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     let m = object(&body)?;
     let id = match m.get("ID") {
         Some(_) => int(&m, "ID")?,
@@ -310,17 +358,17 @@ async fn lease_revoke(State(gw): State<Gateway>, body: Bytes) -> Reply {
     };
     let r = gw
         .lease
-        .lease_revoke(tonic::Request::new(pb::LeaseRevokeRequest { id }))
+        .lease_revoke(caller.request(pb::LeaseRevokeRequest { id }))
         .await?
         .into_inner();
     ok(json!({ "header": header(r.header) }))
 }
 
-async fn lease_leases(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn lease_leases(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     object(&body)?;
     let r = gw
         .lease
-        .lease_leases(tonic::Request::new(pb::LeaseLeasesRequest {}))
+        .lease_leases(caller.request(pb::LeaseLeasesRequest {}))
         .await?
         .into_inner();
     let leases: Vec<Value> = r
@@ -331,11 +379,11 @@ async fn lease_leases(State(gw): State<Gateway>, body: Bytes) -> Reply {
     ok(json!({ "header": header(r.header), "leases": leases }))
 }
 
-async fn status(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn status(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     object(&body)?;
     let r = gw
         .maintenance
-        .status(tonic::Request::new(pb::StatusRequest {}))
+        .status(caller.request(pb::StatusRequest {}))
         .await?
         .into_inner();
     ok(json!({
@@ -352,11 +400,11 @@ async fn status(State(gw): State<Gateway>, body: Bytes) -> Reply {
     }))
 }
 
-async fn member_list(State(gw): State<Gateway>, body: Bytes) -> Reply {
+async fn member_list(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
     let m = object(&body)?;
     let r = gw
         .cluster
-        .member_list(tonic::Request::new(pb::MemberListRequest {
+        .member_list(caller.request(pb::MemberListRequest {
             linearizable: flag(&m, "linearizable")?,
         }))
         .await?
@@ -375,4 +423,25 @@ async fn member_list(State(gw): State<Gateway>, body: Bytes) -> Reply {
         })
         .collect();
     ok(json!({ "header": header(r.header), "members": members }))
+}
+
+async fn authenticate(State(gw): State<Gateway>, caller: Caller, body: Bytes) -> Reply {
+    let m = object(&body)?;
+    let text = |field: &str| -> Result<String, ApiError> {
+        match m.get(field) {
+            None | Some(Value::Null) => Ok(String::new()),
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(_) => Err(bad(format!("{field}: expected a string"))),
+        }
+    };
+    let req = pb::AuthenticateRequest {
+        name: text("name")?,
+        password: text("password")?,
+    };
+    let r = gw
+        .auth
+        .authenticate(caller.request(req))
+        .await?
+        .into_inner();
+    ok(json!({ "header": header(r.header), "token": r.token }))
 }
