@@ -617,6 +617,7 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "messages=5:*bytes",
             "version=6:uint32",
             "group_id=7:uint64",
+            "probe=8:bool",
         ],
     ),
     ("concord.peer.v1.RaftAck", &["seq=1:uint64"]),
@@ -1721,9 +1722,10 @@ mod round_trip {
             messages in proptest::collection::vec(bytes(), 0..8),
             version in any::<u32>(),
             group_id in any::<u64>(),
+            probe in any::<bool>(),
         ) {
             let messages = messages.into_iter().map(Bytes::from).collect();
-            round_trip(&RaftBatch { cluster_id, from, to, seq, messages, version, group_id });
+            round_trip(&RaftBatch { cluster_id, from, to, seq, messages, version, group_id, probe });
         }
 
         #[test]

@@ -62,6 +62,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
+use crate::telemetry::{NoTelemetry, Telemetry};
 use crate::transport::{GroupId, PeerTransport, Router, TransportError, PEER_PROTOCOL_VERSION};
 
 /// Batches queued per peer before it is reported unreachable.
@@ -78,6 +79,8 @@ pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 pub const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 4;
 /// Largest snapshot a receiver accepts.
 pub const MAX_SNAPSHOT_BYTES: u64 = 64 << 30;
+/// How often a peer stream's round trip is probed (etcd's prober: every 5 s).
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 struct Peer {
     queue: mpsc::Sender<(GroupId, Vec<Message>)>,
@@ -95,6 +98,7 @@ pub struct GrpcTransport {
     snapshot_chunk_bytes: Arc<AtomicUsize>,
     peers: std::sync::RwLock<BTreeMap<NodeId, (String, Peer)>>,
     dialer: concord_tls::Dialer,
+    telemetry: Arc<dyn Telemetry>,
 }
 
 impl std::fmt::Debug for GrpcTransport {
@@ -125,12 +129,25 @@ impl GrpcTransport {
         peers: BTreeMap<NodeId, String>,
         dialer: concord_tls::Dialer,
     ) -> Self {
+        Self::with_telemetry(from, cluster_id, peers, dialer, Arc::new(NoTelemetry))
+    }
+
+    /// [`GrpcTransport::with_dialer`] reporting the bytes sent to each peer and the
+    /// round trip of its stream (probed every [`PROBE_INTERVAL`]) to `telemetry`.
+    pub fn with_telemetry(
+        from: NodeId,
+        cluster_id: u64,
+        peers: BTreeMap<NodeId, String>,
+        dialer: concord_tls::Dialer,
+        telemetry: Arc<dyn Telemetry>,
+    ) -> Self {
         let t = Self {
             from,
             cluster_id,
             dialer,
             snapshot_chunk_bytes: Arc::new(AtomicUsize::new(SNAPSHOT_CHUNK_BYTES)),
             peers: std::sync::RwLock::new(BTreeMap::new()),
+            telemetry,
         };
         for (to, url) in peers {
             t.set_peer(to, url);
@@ -158,6 +175,7 @@ impl GrpcTransport {
                 url: url.clone(),
                 snapshot_chunk_bytes: self.snapshot_chunk_bytes.clone(),
                 dialer: self.dialer.clone(),
+                telemetry: self.telemetry.clone(),
             },
             rx,
             connected.clone(),
@@ -212,6 +230,16 @@ struct PeerLink {
     url: String,
     snapshot_chunk_bytes: Arc<AtomicUsize>,
     dialer: concord_tls::Dialer,
+    telemetry: Arc<dyn Telemetry>,
+}
+
+impl PeerLink {
+    /// Queues `batch` on the stream, counting its bytes; false if the stream is closed.
+    async fn push(&self, tx: &mpsc::Sender<RaftBatch>, batch: RaftBatch) -> bool {
+        use prost::Message as _;
+        self.telemetry.peer_sent(self.to, batch.encoded_len());
+        tx.send(batch).await.is_ok()
+    }
 }
 
 async fn peer_loop(
@@ -260,6 +288,7 @@ fn raft_batch(link: &PeerLink, seq: u64, group: GroupId, msgs: &[Message]) -> Ra
         seq,
         version: PEER_PROTOCOL_VERSION,
         group_id: group,
+        probe: false,
         messages: msgs
             .iter()
             .map(|m| Bytes::from(codec::encode_message(m)))
@@ -343,14 +372,27 @@ async fn stream_to_peer(
     connected.store(true, Ordering::Release);
     *backoff = Duration::from_millis(50);
     let mut seq = 0u64;
+    let mut probe = tokio::time::interval(PROBE_INTERVAL);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The probe awaiting its answer: its seq and when it was queued.
+    let mut probing: Option<(u64, std::time::Instant)> = None;
     loop {
         tokio::select! {
+            _ = probe.tick() => {
+                seq += 1;
+                let mut batch = raft_batch(link, seq, 0, &[]);
+                batch.probe = true;
+                probing = Some((seq, std::time::Instant::now()));
+                if !link.push(&tx, batch).await {
+                    return StreamEnd::Failed("request stream closed".into());
+                }
+            }
             msgs = rx.recv() => {
                 let Some((group, msgs)) = msgs else { return StreamEnd::TransportDropped };
                 // The common case, no snapshot: the batch goes as it is.
                 if !msgs.iter().any(|m| m.msg_type == MessageType::Snapshot) {
                     seq += 1;
-                    if tx.send(raft_batch(link, seq, group, &msgs)).await.is_err() {
+                    if !link.push(&tx, raft_batch(link, seq, group, &msgs)).await {
                         return StreamEnd::Failed("request stream closed".into());
                     }
                     continue;
@@ -366,7 +408,7 @@ async fn stream_to_peer(
                     if !plain.is_empty() {
                         seq += 1;
                         let batch = raft_batch(link, seq, group, &std::mem::take(&mut plain));
-                        if tx.send(batch).await.is_err() {
+                        if !link.push(&tx, batch).await {
                             return StreamEnd::Failed("request stream closed".into());
                         }
                     }
@@ -379,12 +421,19 @@ async fn stream_to_peer(
                     continue;
                 }
                 seq += 1;
-                if tx.send(raft_batch(link, seq, group, &plain)).await.is_err() {
+                if !link.push(&tx, raft_batch(link, seq, group, &plain)).await {
                     return StreamEnd::Failed("request stream closed".into());
                 }
             }
             ack = acks.message() => match ack {
-                Ok(Some(_)) => {}
+                Ok(Some(ack)) => {
+                    if let Some((s, sent)) = probing {
+                        if s == ack.seq {
+                            link.telemetry.peer_round_trip(link.to, sent.elapsed());
+                            probing = None;
+                        }
+                    }
+                }
                 Ok(None) => return StreamEnd::Failed("peer closed the stream".into()),
                 Err(e) => return StreamEnd::Failed(e.to_string()),
             },
@@ -400,6 +449,7 @@ pub const FAILOVER_GRACE: Duration = Duration::from_millis(10);
 pub struct RaftPeerService {
     cluster_id: u64,
     router: Router,
+    telemetry: Arc<dyn Telemetry>,
     // Streams opened per peer, so a stream's end can tell whether a newer one exists.
     generations: Arc<std::sync::Mutex<BTreeMap<NodeId, u64>>>,
 }
@@ -424,8 +474,15 @@ impl RaftPeerService {
         Self {
             cluster_id,
             router,
+            telemetry: Arc::new(NoTelemetry),
             generations: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
         }
+    }
+
+    /// Reports the bytes received from each peer to `telemetry`.
+    pub fn with_telemetry(mut self, telemetry: Arc<dyn Telemetry>) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// The tonic service, with message size limits raised for snapshots.
@@ -447,6 +504,7 @@ impl Raft for RaftPeerService {
         let router = self.router.clone();
         let cluster_id = self.cluster_id;
         let generations = self.generations.clone();
+        let telemetry = self.telemetry.clone();
         tokio::spawn(async move {
             // (peer, generation) once the first batch named the peer.
             let mut peer: Option<(NodeId, u64)> = None;
@@ -472,6 +530,15 @@ impl Raft for RaftPeerService {
                     );
                     let _ = ack_tx.send(Err(Status::failed_precondition(msg))).await;
                     return;
+                }
+                {
+                    use prost::Message as _;
+                    telemetry.peer_received(NodeId(batch.from), batch.encoded_len());
+                }
+                if batch.probe {
+                    // Answered at once; a full answer queue loses the sample, not data.
+                    let _ = ack_tx.try_send(Ok(RaftAck { seq: batch.seq }));
+                    continue;
                 }
                 let mut msgs = Vec::with_capacity(batch.messages.len());
                 for m in &batch.messages {

@@ -38,6 +38,20 @@ pub trait Telemetry: Send + Sync + Debug {
 
     /// Messages for `peer` could not be handed to the transport (it is unreachable).
     fn peer_unreachable(&self, _peer: NodeId) {}
+
+    /// A ReadIndex round (one batch of linearizable reads) was confirmed by a quorum
+    /// `took` after it started (the wait for the apply to catch up is not included).
+    fn read_index(&self, _took: Duration) {}
+
+    /// The peer transport wrote a batch of `bytes` bytes (encoded) to `peer`. Called on
+    /// the transport's tasks, under the same contract.
+    fn peer_sent(&self, _peer: NodeId, _bytes: usize) {}
+
+    /// The peer transport read a batch of `bytes` bytes (encoded) from `peer`.
+    fn peer_received(&self, _peer: NodeId, _bytes: usize) {}
+
+    /// A probe of the connection to `peer` came back after `rtt`.
+    fn peer_round_trip(&self, _peer: NodeId, _rtt: Duration) {}
 }
 
 /// Records nothing (the default).

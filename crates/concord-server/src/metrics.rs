@@ -199,6 +199,28 @@ pub struct RaftMetrics {
     snapshot_install_seconds: Counter<f64, AtomicU64>,
     snapshots_installed_bytes: Counter,
     peer_unreachable: Counter,
+    read_index_seconds: Histogram,
+    peer_sent_bytes: Family<PeerLabel, Counter>,
+    peer_received_bytes: Family<PeerLabel, Counter>,
+    peer_round_trip_seconds: HistogramFamily<PeerLabel>,
+    /// Each peer's series, looked up once (a batch then costs a read lock and an add).
+    peer_series: std::sync::RwLock<std::collections::HashMap<u64, PeerSeries>>,
+}
+
+/// A peer's label, as etcd names it: `To` for what is sent, `From` for what is received;
+/// the value is the member id in hex (etcd's `types.ID`).
+type PeerLabel = [(&'static str, String); 1];
+
+#[derive(Debug)]
+struct PeerSeries {
+    sent: Counter,
+    received: Counter,
+    round_trip: Histogram,
+}
+
+/// etcd's buckets for peer round trips: 0.1 ms to 3.3 s, doubling.
+fn round_trip_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
 impl Default for RaftMetrics {
@@ -218,11 +240,50 @@ impl Default for RaftMetrics {
             snapshot_install_seconds: Counter::default(),
             snapshots_installed_bytes: Counter::default(),
             peer_unreachable: Counter::default(),
+            read_index_seconds: round_trip_buckets(),
+            peer_sent_bytes: Family::default(),
+            peer_received_bytes: Family::default(),
+            peer_round_trip_seconds: Family::new_with_constructor(round_trip_buckets),
+            peer_series: Default::default(),
         }
     }
 }
 
 impl RaftMetrics {
+    /// Records into `peer`'s series (created at its first use).
+    fn peer(&self, peer: NodeId, record: impl Fn(&PeerSeries)) {
+        if let Some(s) = self
+            .peer_series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&peer.get())
+        {
+            return record(s);
+        }
+        let id = format!("{:x}", peer.get());
+        let series = PeerSeries {
+            sent: self
+                .peer_sent_bytes
+                .get_or_create(&[("To", id.clone())])
+                .clone(),
+            received: self
+                .peer_received_bytes
+                .get_or_create(&[("From", id.clone())])
+                .clone(),
+            round_trip: self
+                .peer_round_trip_seconds
+                .get_or_create(&[("To", id)])
+                .clone(),
+        };
+        record(
+            self.peer_series
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(peer.get())
+                .or_insert(series),
+        )
+    }
+
     fn register(&self, r: &mut Registry) {
         r.register(
             "etcd_server_leader_changes_seen",
@@ -292,6 +353,27 @@ impl RaftMetrics {
             self.snapshots_installed_bytes.clone(),
         );
         r.register(
+            "etcd_network_peer_sent_bytes",
+            "The total number of bytes sent to peers (Raft message batches)",
+            self.peer_sent_bytes.clone(),
+        );
+        r.register(
+            "etcd_network_peer_received_bytes",
+            "The total number of bytes received from peers (Raft message batches)",
+            self.peer_received_bytes.clone(),
+        );
+        r.register(
+            "etcd_network_peer_round_trip_time_seconds",
+            "Round-Trip-Time histogram between peers (a probe on each peer stream every 5 s)",
+            self.peer_round_trip_seconds.clone(),
+        );
+        r.register(
+            "concord_raft_read_index_duration_seconds",
+            "Time from starting a ReadIndex round (one batch of linearizable reads) to its \
+             confirmation by a quorum",
+            self.read_index_seconds.clone(),
+        );
+        r.register(
             "concord_peer_unreachable",
             "Message batches that could not be handed to a peer's connection",
             self.peer_unreachable.clone(),
@@ -335,6 +417,26 @@ impl Telemetry for RaftMetrics {
 
     fn peer_unreachable(&self, _peer: NodeId) {
         self.peer_unreachable.inc();
+    }
+
+    fn read_index(&self, took: Duration) {
+        self.read_index_seconds.observe(took.as_secs_f64());
+    }
+
+    fn peer_sent(&self, peer: NodeId, bytes: usize) {
+        self.peer(peer, |s| {
+            s.sent.inc_by(bytes as u64);
+        });
+    }
+
+    fn peer_received(&self, peer: NodeId, bytes: usize) {
+        self.peer(peer, |s| {
+            s.received.inc_by(bytes as u64);
+        });
+    }
+
+    fn peer_round_trip(&self, peer: NodeId, rtt: Duration) {
+        self.peer(peer, |s| s.round_trip.observe(rtt.as_secs_f64()));
     }
 }
 

@@ -309,11 +309,12 @@ impl Server {
             .iter()
             .filter_map(|(id, r)| r.peer_urls.first().map(|u| (*id, u.clone())))
             .collect();
-        let grpc = Arc::new(GrpcTransport::with_dialer(
+        let grpc = Arc::new(GrpcTransport::with_telemetry(
             member_id,
             cluster_id,
             peers.clone(),
             tls.peer_dialer.clone(),
+            metrics.raft.clone(),
         ));
         let generation = generation_now();
         let (membership, gossip) = Membership::start(
@@ -348,7 +349,8 @@ impl Server {
 
         let (stop, stop_rx) = tokio_watch::channel(false);
         let mut servers = Vec::new();
-        let peer_service = RaftPeerService::new(cluster_id, router);
+        let peer_service =
+            RaftPeerService::new(cluster_id, router).with_telemetry(metrics.raft.clone());
         let members = Arc::new(Members::new(node.clone(), founding));
         let meta = meta::MetaService {
             node: node.clone(),

@@ -116,6 +116,24 @@ async fn the_dashboard_shows_the_leader_and_a_member_that_stops() {
         row(&dom, &leader_name).is_some_and(|t| t.contains("data-role=\"leader\"")),
         "{dom}"
     );
+    // Every pair of members has a measured round trip (a number of milliseconds).
+    for from in &cluster.nodes {
+        for to in cluster.nodes.iter().filter(|n| n.name != from.name) {
+            let cell = format!(
+                "data-rtt-from=\"{}\" data-rtt-to=\"{}\">",
+                from.name, to.name
+            );
+            let at = dom
+                .find(&cell)
+                .unwrap_or_else(|| panic!("no round trip {cell}:\n{dom}"));
+            let text = &dom[at + cell.len()..];
+            let ms = &text[..text.find('<').unwrap_or(0)];
+            assert!(
+                ms.parse::<f64>().is_ok_and(|v| v >= 0.0),
+                "round trip {cell} shows {ms:?}"
+            );
+        }
+    }
 
     // A follower stops: the page served by the leader marks it down within seconds.
     let victim = (leader + 1) % cluster.len();

@@ -406,6 +406,71 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
     assert!(node.is_running());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_traffic_round_trips_and_read_index_rounds_are_measured() {
+    let cluster = Cluster::start(BIN, 3).await;
+    let mut client = cluster.client(0).await;
+    let ids: Vec<String> = client
+        .member_list()
+        .await
+        .expect("member list")
+        .members()
+        .iter()
+        .map(|m| format!("{:x}", m.id()))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    for i in 0..10 {
+        client.put(format!("k{i}"), "v", None).await.expect("put");
+        client.get(format!("k{i}"), None).await.expect("get");
+    }
+    // Every member sees traffic both ways with each other member and has probed the
+    // round trip of its streams (the first probe goes when a stream opens).
+    for node in 0..3 {
+        let port = cluster.nodes[node].client_port;
+        let ids = ids.clone();
+        common::eventually("peer metrics", common::WAIT, || {
+            let ids = ids.clone();
+            async move {
+                let text = http_get(port, "/metrics").await.ok()?.text();
+                let page = scrape(&text);
+                let value = |name: &str, label: &str, id: &str| {
+                    page.iter()
+                        .find(|s| s.family == name && s.has(&[(label, id)]))
+                        .map_or(0.0, |s| s.value)
+                };
+                // The two other members (a member has no series for itself).
+                let measured = ids
+                    .iter()
+                    .filter(|id| {
+                        value("etcd_network_peer_sent_bytes_total", "To", id) > 0.0
+                            && value("etcd_network_peer_received_bytes_total", "From", id) > 0.0
+                            && value("etcd_network_peer_round_trip_time_seconds", "To", id) >= 1.0
+                    })
+                    .count();
+                (measured == 2).then_some(())
+            }
+        })
+        .await;
+    }
+    // The gets at member 0 were linearizable: each ran (or shared) a ReadIndex round.
+    let page = scrape(
+        &http_get(cluster.nodes[0].client_port, "/metrics")
+            .await
+            .expect("/metrics")
+            .text(),
+    );
+    let rounds = page
+        .iter()
+        .find(|s| s.family == "concord_raft_read_index_duration_seconds")
+        .map(|s| (s.kind.clone(), s.value));
+    assert!(
+        rounds
+            .as_ref()
+            .is_some_and(|(kind, n)| kind == "histogram" && *n >= 1.0),
+        "{rounds:?}"
+    );
+}
+
 /// `/metrics` parsed by a Prometheus text-format parser (a malformed line fails it).
 fn scrape(text: &str) -> Vec<MetricSample> {
     common::metrics::parse_metrics(text).unwrap_or_else(|e| panic!("{e}:\n{text}"))

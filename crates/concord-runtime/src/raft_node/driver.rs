@@ -353,7 +353,11 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 .telemetry
                 .applied(rd.committed_entries.len(), started.elapsed());
         }
-        self.reads.confirm(std::mem::take(&mut rd.read_states));
+        let telemetry = &self.config.telemetry;
+        self.reads
+            .confirm(std::mem::take(&mut rd.read_states), |took| {
+                telemetry.read_index(took)
+            });
         self.reads.release(self.applied);
         self.raw.advance(rd);
     }

@@ -2,6 +2,8 @@
 //! `read_index` context; once Raft confirms it at an index, the reads wait for the apply
 //! to reach that index.
 
+use std::time::{Duration, Instant};
+
 use concord_raft::{NodeId, ReadState};
 
 use super::handle::Reply;
@@ -11,8 +13,8 @@ use crate::error::NodeError;
 pub(super) struct Reads {
     id: NodeId,
     next_ctx: u64,
-    /// Reads waiting for their ReadState, by context.
-    pending: Vec<(u64, Vec<Reply<()>>)>,
+    /// Reads waiting for their ReadState, by context, with the time the round started.
+    pending: Vec<(u64, Instant, Vec<Reply<()>>)>,
     /// Reads confirmed at an index, waiting for the apply to reach it.
     confirmed: Vec<(u64, Vec<Reply<()>>)>,
 }
@@ -38,11 +40,12 @@ impl Reads {
 
     /// Records `txs` as waiting for the ReadState of context `ctx`.
     pub(super) fn wait(&mut self, ctx: u64, txs: Vec<Reply<()>>) {
-        self.pending.push((ctx, txs));
+        self.pending.push((ctx, Instant::now(), txs));
     }
 
-    /// Moves the reads of each ReadState to "confirmed at its index".
-    pub(super) fn confirm(&mut self, states: Vec<ReadState>) {
+    /// Moves the reads of each ReadState to "confirmed at its index"; calls `confirmed`
+    /// with the time each round took.
+    pub(super) fn confirm(&mut self, states: Vec<ReadState>, mut confirmed: impl FnMut(Duration)) {
         for rs in states {
             let Ok(ctx) = <[u8; 16]>::try_from(rs.request_ctx.as_slice()) else {
                 continue;
@@ -50,8 +53,9 @@ impl Reads {
             let mut c = [0u8; 8];
             c.copy_from_slice(&ctx[8..]);
             let ctx = u64::from_le_bytes(c);
-            if let Some(pos) = self.pending.iter().position(|(c, _)| *c == ctx) {
-                let (_, txs) = self.pending.remove(pos);
+            if let Some(pos) = self.pending.iter().position(|(c, _, _)| *c == ctx) {
+                let (_, started, txs) = self.pending.remove(pos);
+                confirmed(started.elapsed());
                 self.confirmed.push((rs.index, txs));
             }
         }
@@ -75,7 +79,7 @@ impl Reads {
     /// Fails the reads nobody confirmed yet (the leader changed: they may never be), so
     /// their clients retry.
     pub(super) fn fail_pending(&mut self, err: &NodeError) {
-        for (_, txs) in self.pending.drain(..) {
+        for (_, _, txs) in self.pending.drain(..) {
             for tx in txs {
                 let _ = tx.send(Err(err.clone()));
             }
@@ -94,11 +98,13 @@ impl Reads {
 
     /// Forgets reads whose callers gave up.
     pub(super) fn sweep(&mut self) {
-        for list in [&mut self.pending, &mut self.confirmed] {
-            for (_, txs) in list.iter_mut() {
-                txs.retain(|tx| !tx.is_closed());
-            }
-            list.retain(|(_, txs)| !txs.is_empty());
+        for (_, _, txs) in self.pending.iter_mut() {
+            txs.retain(|tx| !tx.is_closed());
         }
+        self.pending.retain(|(_, _, txs)| !txs.is_empty());
+        for (_, txs) in self.confirmed.iter_mut() {
+            txs.retain(|tx| !tx.is_closed());
+        }
+        self.confirmed.retain(|(_, txs)| !txs.is_empty());
     }
 }
