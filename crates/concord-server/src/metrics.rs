@@ -132,6 +132,8 @@ pub struct Metrics {
     pub raft: Arc<RaftMetrics>,
     /// The gRPC server's.
     pub grpc: Arc<GrpcMetrics>,
+    /// The AP side's: quorum requests and Redis commands.
+    pub ap: Arc<ApTelemetry>,
 }
 
 impl Default for Metrics {
@@ -148,6 +150,8 @@ impl Metrics {
         raft.register(&mut registry);
         let grpc = Arc::new(GrpcMetrics::default());
         grpc.register(&mut registry);
+        let ap = Arc::new(ApTelemetry::default());
+        ap.register(&mut registry);
         let scraped = Arc::new(Scraped::default());
         registry.register_collector(Box::new(scraped.clone()));
         Metrics {
@@ -156,6 +160,7 @@ impl Metrics {
             encoding: Mutex::new(()),
             raft,
             grpc,
+            ap,
         }
     }
 
@@ -437,6 +442,105 @@ impl Telemetry for RaftMetrics {
 
     fn peer_round_trip(&self, peer: NodeId, rtt: Duration) {
         self.peer(peer, |s| s.round_trip.observe(rtt.as_secs_f64()));
+    }
+}
+
+/// The AP side's event-driven metrics: each coordinated quorum request (its latency and
+/// why it failed) and each Redis command (calls, latency, errors by their code), as
+/// Redis's `INFO commandstats` and `errorstats` count them.
+#[derive(Debug)]
+pub struct ApTelemetry {
+    requests: HistogramFamily<[(&'static str, &'static str); 1]>,
+    failed: Family<[(&'static str, &'static str); 2], Counter>,
+    command_seconds: HistogramFamily<[(&'static str, String); 1]>,
+    command_errors: Family<[(&'static str, String); 2], Counter>,
+    /// Each command's latency series, looked up without allocating.
+    commands: std::sync::RwLock<std::collections::HashMap<String, Histogram>>,
+}
+
+impl Default for ApTelemetry {
+    fn default() -> Self {
+        ApTelemetry {
+            requests: Family::new_with_constructor(round_trip_buckets),
+            failed: Family::default(),
+            command_seconds: Family::new_with_constructor(round_trip_buckets),
+            command_errors: Family::default(),
+            commands: Default::default(),
+        }
+    }
+}
+
+impl ApTelemetry {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "concord_ap_request_duration_seconds",
+            "Coordinated AP requests, from start to answer (op: read or write; failed ones too)",
+            self.requests.clone(),
+        );
+        r.register(
+            "concord_ap_requests_failed",
+            "Coordinated AP requests that failed, by op and reason (unavailable: no quorum \
+             in time; refused: the value refused the operation; store; invalid)",
+            self.failed.clone(),
+        );
+        r.register(
+            "concord_redis_command_duration_seconds",
+            "Redis commands served, by command (lowercase; unknown for commands Concord does \
+             not have), from parsed to answered",
+            self.command_seconds.clone(),
+        );
+        r.register(
+            "concord_redis_command_errors",
+            "Redis commands answered with an error, by command and error code (ERR, \
+             WRONGTYPE, TRYAGAIN, ...)",
+            self.command_errors.clone(),
+        );
+    }
+
+    /// A coordinated request `op` (`read` or `write`) took `took`; `failure` names why it
+    /// failed, if it did.
+    pub fn request(&self, op: &'static str, took: Duration, failure: Option<&'static str>) {
+        self.requests
+            .get_or_create(&[("op", op)])
+            .observe(took.as_secs_f64());
+        if let Some(reason) = failure {
+            self.failed
+                .get_or_create(&[("op", op), ("reason", reason)])
+                .inc();
+        }
+    }
+
+    /// Redis command `command` (a known command's lowercase name, or `unknown`, so that
+    /// clients cannot create series) was answered after `took`, with the error code
+    /// `error` if it failed.
+    pub fn command(&self, command: &str, took: Duration, error: Option<&str>) {
+        let seconds = took.as_secs_f64();
+        let known = self
+            .commands
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(command)
+            .map(|h| h.observe(seconds))
+            .is_some();
+        if !known {
+            let h = self
+                .command_seconds
+                .get_or_create(&[("command", command.to_string())])
+                .clone();
+            h.observe(seconds);
+            self.commands
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(command.to_string(), h);
+        }
+        if let Some(code) = error {
+            self.command_errors
+                .get_or_create(&[
+                    ("command", command.to_string()),
+                    ("error", code.to_string()),
+                ])
+                .inc();
+        }
     }
 }
 

@@ -332,6 +332,7 @@ impl Server {
         let ap = ApNode::open(member_id, cluster_id, &config.data_dir, config.ap)
             .map_err(|e| ServerError::Start(e.to_string()))?;
         ap.set_dialer(tls.peer_dialer.clone());
+        ap.set_telemetry(metrics.ap.clone());
         // Faults are switched on only through the test hooks (CONCORD_UNSAFE_TEST_HOOKS).
         let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id.get()));
         // One connection per peer carries every group; the keyspace is the default group.

@@ -183,6 +183,63 @@ async fn protocol_and_command_errors_are_redis_s() {
         again.cmd(&["GET", "inline"]).await,
         Ok(RedisReply::bulk("a b"))
     );
+
+    // Commands, their errors and the quorum requests under them are in /metrics; a
+    // command Concord does not have counts as `unknown`, whatever its name.
+    assert!(matches!(
+        again.cmd(&["SADD", "inline", "x"]).await,
+        Ok(RedisReply::Error(e)) if e.starts_with("WRONGTYPE")
+    ));
+    assert!(matches!(
+        again.cmd(&["ANOTHERBOGUS"]).await,
+        Ok(RedisReply::Error(_))
+    ));
+    // The coordinating replica refuses to increment a string that is not a number.
+    assert_eq!(
+        again.cmd(&["INCR", "inline"]).await,
+        Ok(RedisReply::Error(
+            "ERR value is not an integer or out of range".into()
+        ))
+    );
+    let page = common::http_get(cluster.nodes[0].client_port, "/metrics")
+        .await
+        .expect("/metrics")
+        .text();
+    let page = common::metrics::parse_metrics(&page).expect("Prometheus text");
+    let value = |family: &str, labels: &[(&str, &str)]| {
+        page.iter()
+            .find(|s| s.family == family && s.has(labels))
+            .map_or(0.0, |s| s.value)
+    };
+    let commands = "concord_redis_command_duration_seconds";
+    assert_eq!(value(commands, &[("command", "get")]), 4.0);
+    assert_eq!(value(commands, &[("command", "set")]), 2.0);
+    assert_eq!(value(commands, &[("command", "unknown")]), 2.0);
+    assert!(!page.iter().any(|s| s
+        .labels
+        .values()
+        .any(|v| v.contains("bogus") || v == "nosuch")));
+    let errors = "concord_redis_command_errors_total";
+    assert_eq!(
+        value(errors, &[("command", "unknown"), ("error", "ERR")]),
+        2.0
+    );
+    assert_eq!(value(errors, &[("command", "set"), ("error", "ERR")]), 1.0);
+    assert_eq!(
+        value(errors, &[("command", "sadd"), ("error", "WRONGTYPE")]),
+        1.0
+    );
+    let requests = "concord_ap_request_duration_seconds";
+    // Writes: the SET and the INCR; reads: three GETs and the SADD's.
+    assert_eq!(value(requests, &[("op", "write")]), 2.0);
+    assert_eq!(value(requests, &[("op", "read")]), 4.0);
+    assert_eq!(
+        value(
+            "concord_ap_requests_failed_total",
+            &[("op", "write"), ("reason", "refused")]
+        ),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,9 +58,26 @@ impl ApNode {
         op: Op,
         base: Option<RedisValue>,
     ) -> Result<Written, ApError> {
-        self.write_after_untraced(access, key, op, base)
+        let started = Instant::now();
+        let written = self
+            .write_after_untraced(access, key, op, base)
             .instrument(crate::telemetry::step("ap.write"))
-            .await
+            .await;
+        self.measured("write", started, &written);
+        written
+    }
+
+    /// Reports a coordinated request's latency and outcome to the metrics.
+    fn measured<T>(&self, op: &'static str, started: Instant, result: &Result<T, ApError>) {
+        if let Some(m) = self.telemetry() {
+            let failure = result.as_ref().err().map(|e| match e {
+                ApError::Refused(_) => "refused",
+                ApError::Unavailable(_) => "unavailable",
+                ApError::Store(_) => "store",
+                ApError::Invalid(_) => "invalid",
+            });
+            m.request(op, started.elapsed(), failure);
+        }
     }
 
     async fn write_after_untraced(
@@ -295,10 +312,13 @@ impl ApNode {
     /// state returned holds what the session has seen of the key, read from more replicas
     /// if need be ([`session`](super::session)).
     pub async fn read(&self, at: Access, key: &[u8]) -> Result<Option<RedisValue>, ApError> {
+        let started = Instant::now();
         let state = self
             .read_quorum(at, key)
             .instrument(crate::telemetry::step("ap.read"))
-            .await?;
+            .await;
+        self.measured("read", started, &state);
+        let state = state?;
         let state = match self.session_floor(at, key) {
             Some(floor) if !state.as_ref().is_some_and(|s| s.covers(&floor)) => {
                 self.read_covering(at, key, &floor, state).await?

@@ -243,6 +243,8 @@ struct Inner {
     /// The sessions of this member's clients ([`session`]).
     sessions: session::Sessions,
     counters: Counters,
+    /// Where request and command latencies go (`/metrics`); unset: not measured.
+    telemetry: std::sync::OnceLock<Arc<crate::metrics::ApTelemetry>>,
 }
 
 /// Another member's replica: its URL, a client, and the queues of its batchers
@@ -346,6 +348,7 @@ impl ApNode {
                 handoff: RwLock::new(handoff::Handoff::default()),
                 sessions: session::Sessions::default(),
                 counters: Counters::default(),
+                telemetry: std::sync::OnceLock::new(),
                 dialer: RwLock::new(concord_tls::Dialer::default()),
             }),
         })
@@ -365,6 +368,16 @@ impl ApNode {
     /// [`ApNode::set_members`].
     pub fn set_dialer(&self, dialer: concord_tls::Dialer) {
         *write(&self.inner.dialer) = dialer;
+    }
+
+    /// Reports request and Redis command latencies to `telemetry` (the first call wins).
+    pub fn set_telemetry(&self, telemetry: Arc<crate::metrics::ApTelemetry>) {
+        let _ = self.inner.telemetry.set(telemetry);
+    }
+
+    /// The telemetry set by [`ApNode::set_telemetry`].
+    pub fn telemetry(&self) -> Option<&crate::metrics::ApTelemetry> {
+        self.inner.telemetry.get().map(|m| &**m)
     }
 
     /// The cluster's members (id → peer URL, this member included): the ring is rebuilt

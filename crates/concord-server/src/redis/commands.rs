@@ -185,6 +185,16 @@ fn arity(cmd: &str) -> Option<(usize, Option<usize>)> {
     })
 }
 
+/// A command's name for the metrics: its lowercase name when Concord has the command,
+/// `unknown` otherwise (clients cannot create series).
+pub fn metric_name(name: Option<&Bytes>) -> std::borrow::Cow<'static, str> {
+    let name = name.map(|n| String::from_utf8_lossy(n).to_ascii_lowercase());
+    match name {
+        Some(n) if arity(&n).is_some() => n.into(),
+        _ => "unknown".into(),
+    }
+}
+
 /// Runs one request.
 pub async fn run(ap: &ApNode, s: &mut Session, args: Vec<Bytes>) -> Frame {
     let Some((name, rest)) = args.split_first() else {

@@ -138,6 +138,19 @@ pub async fn serve(listener: TcpListener, ap: ApNode, tls: Option<concord_tls::A
     }
 }
 
+/// The code of an error reply (its first word: `ERR`, `WRONGTYPE`, ...), for the metrics:
+/// only a word of capitals is taken as a code, anything else counts as `ERR`.
+fn error_code(reply: &crate::resp::Frame) -> Option<&str> {
+    let crate::resp::Frame::Error(text) = reply else {
+        return None;
+    };
+    let word = text.split(|b| *b == b' ').next().unwrap_or_default();
+    let code = (!word.is_empty() && word.len() <= 20 && word.iter().all(u8::is_ascii_uppercase))
+        .then(|| std::str::from_utf8(word).ok())
+        .flatten();
+    Some(code.unwrap_or("ERR"))
+}
+
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     peer: String,
@@ -178,9 +191,14 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(Some(args)) => {
                     use tracing::Instrument as _;
                     let span = crate::telemetry::command_span(args.first().map_or(&[][..], |a| a));
+                    let started = std::time::Instant::now();
+                    let name = commands::metric_name(args.first());
                     let reply = commands::run(&ap, &mut session, args)
                         .instrument(span)
                         .await;
+                    if let Some(m) = ap.telemetry() {
+                        m.command(name.as_ref(), started.elapsed(), error_code(&reply));
+                    }
                     encode(&reply, session.resp, &mut out);
                     if session.closing {
                         stream.write_all(&out).await?;

@@ -301,6 +301,8 @@ pub(super) async fn start(
     let ap = ApNode::open(member_id, cluster_id, &config.data_dir, config.ap)
         .map_err(|e| ServerError::Start(e.to_string()))?;
     ap.set_dialer(tls.peer_dialer.clone());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    ap.set_telemetry(metrics.ap.clone());
     let raft = Arc::new(RaftMembers::new(
         cluster_id,
         seeds.values().cloned().collect(),
@@ -336,7 +338,7 @@ pub(super) async fn start(
         .with_state(HttpState {
             side: side.clone(),
             health: health.clone(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            metrics,
         })
         .merge(http::ap_routes(side))
         .fallback(not_served);
