@@ -618,6 +618,16 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "version=6:uint32",
             "group_id=7:uint64",
             "probe=8:bool",
+            "traces=9:*.concord.peer.v1.EntryTrace",
+        ],
+    ),
+    (
+        "concord.peer.v1.EntryTrace",
+        &[
+            "origin=1:uint64",
+            "incarnation=2:uint64",
+            "seq=3:uint64",
+            "traceparent=4:string",
         ],
     ),
     ("concord.peer.v1.RaftAck", &["seq=1:uint64"]),
@@ -1725,7 +1735,7 @@ mod round_trip {
             probe in any::<bool>(),
         ) {
             let messages = messages.into_iter().map(Bytes::from).collect();
-            round_trip(&RaftBatch { cluster_id, from, to, seq, messages, version, group_id, probe });
+            round_trip(&RaftBatch { cluster_id, from, to, seq, messages, version, group_id, probe, traces: Vec::new() });
         }
 
         #[test]

@@ -55,7 +55,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use concord_proto::peer::raft_client::RaftClient;
 use concord_proto::peer::raft_server::{Raft, RaftServer};
-use concord_proto::peer::{RaftAck, RaftBatch, SnapshotAck, SnapshotChunk, SnapshotMeta};
+use concord_proto::peer::{
+    EntryTrace, RaftAck, RaftBatch, SnapshotAck, SnapshotChunk, SnapshotMeta,
+};
 use concord_raft::{Message, MessageType, NodeId};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -293,8 +295,30 @@ fn raft_batch(link: &PeerLink, seq: u64, group: GroupId, msgs: &[Message]) -> Ra
             .iter()
             .map(|m| Bytes::from(codec::encode_message(m)))
             .collect(),
+        traces: entry_traces(msgs),
     }
 }
+
+/// The trace contexts of the traced entries `msgs` carry (none, at the cost of one
+/// atomic load, while nothing is traced).
+fn entry_traces(msgs: &[Message]) -> Vec<EntryTrace> {
+    if crate::traces::is_empty() {
+        return Vec::new();
+    }
+    let entries = msgs.iter().flat_map(|m| &m.entries).map(|e| &e.data[..]);
+    crate::traces::of_entries(entries)
+        .into_iter()
+        .map(|(key, traceparent)| EntryTrace {
+            origin: key.origin.get(),
+            incarnation: key.incarnation,
+            seq: key.seq,
+            traceparent: traceparent.to_string(),
+        })
+        .collect()
+}
+
+/// Longest `traceparent` accepted from a peer (W3C's is 55 characters).
+const MAX_TRACEPARENT: usize = 128;
 
 /// Sends snapshot message `msg` as a stream of checksummed chunks and waits for the
 /// receiver's acknowledgement (the snapshot arrived whole, verified, and was handed to its
@@ -534,6 +558,16 @@ impl Raft for RaftPeerService {
                 {
                     use prost::Message as _;
                     telemetry.peer_received(NodeId(batch.from), batch.encoded_len());
+                }
+                for t in &batch.traces {
+                    if t.traceparent.len() <= MAX_TRACEPARENT {
+                        let key = crate::envelope::RequestKey {
+                            origin: NodeId(t.origin),
+                            incarnation: t.incarnation,
+                            seq: t.seq,
+                        };
+                        crate::traces::insert(key, t.traceparent.as_str().into());
+                    }
                 }
                 if batch.probe {
                     // Answered at once; a full answer queue loses the sample, not data.

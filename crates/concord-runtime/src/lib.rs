@@ -33,6 +33,7 @@ pub mod membership;
 pub mod raft_node;
 pub mod state_machine;
 pub mod telemetry;
+pub mod traces;
 pub mod transport;
 
 pub use error::{NodeError, StorageFailure};

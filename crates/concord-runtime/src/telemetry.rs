@@ -52,7 +52,17 @@ pub trait Telemetry: Send + Sync + Debug {
 
     /// A probe of the connection to `peer` came back after `rtt`.
     fn peer_round_trip(&self, _peer: NodeId, _rtt: Duration) {}
+
+    /// A step of a traced proposal begins: `name` (`raft.wal_append`, `raft.replicate`,
+    /// `raft.apply`), a child of the span whose W3C context is `traceparent`
+    /// ([`crate::traces`]). The step ends when the returned guard is dropped.
+    fn trace_step(&self, _name: &'static str, _traceparent: &str) -> Option<TraceStep> {
+        None
+    }
 }
+
+/// A step being traced: ended when dropped (see [`Telemetry::trace_step`]).
+pub type TraceStep = Box<dyn std::any::Any + Send>;
 
 /// Records nothing (the default).
 #[derive(Debug, Default, Clone, Copy)]

@@ -443,6 +443,15 @@ impl Telemetry for RaftMetrics {
     fn peer_round_trip(&self, peer: NodeId, rtt: Duration) {
         self.peer(peer, |s| s.round_trip.observe(rtt.as_secs_f64()));
     }
+
+    fn trace_step(
+        &self,
+        name: &'static str,
+        traceparent: &str,
+    ) -> Option<concord_runtime::telemetry::TraceStep> {
+        let span = crate::telemetry::linked_step(name, traceparent);
+        (!span.is_disabled()).then(|| Box::new(span) as concord_runtime::telemetry::TraceStep)
+    }
 }
 
 /// The AP side's event-driven metrics: each coordinated quorum request (its latency and

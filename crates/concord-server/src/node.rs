@@ -315,10 +315,13 @@ impl<D: Disk> NodeHandle<D> {
         // answers "no leader" at once).
         let deadline = Instant::now() + DROPPED_PROPOSAL_RETRY;
         let mut pause = Duration::from_millis(10);
+        // Inside a traced request: every member's steps for the entry join its trace.
+        let traceparent = crate::telemetry::current_traceparent();
+        let traceparent = (!traceparent.is_empty()).then_some(traceparent.as_str());
         loop {
             match self
                 .raft
-                .propose_with(hint, |buf| cmd.encode_into(buf))
+                .propose_traced_with(hint, |buf| cmd.encode_into(buf), traceparent)
                 .await
             {
                 Err(NodeError::ProposalDropped | NodeError::NoLeader)

@@ -15,6 +15,10 @@
 //! * The AP coordinator sends its span's context with every replica apply
 //!   (`ReplicaApply.traceparent`); the replica's apply is a child of it
 //!   ([`remote_span`]), so one trace shows the coordinator and its replicas.
+//! * A traced Raft proposal carries its `raft.propose` span's context to every member
+//!   beside the log entry (concord-runtime's `traces`); each member's WAL append, the
+//!   leader's replication and each member's apply of the entry are its children
+//!   ([`linked_step`]), so one trace shows the leader and its followers.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher as _;
@@ -131,6 +135,20 @@ pub fn remote_span(name: &'static str, traceparent: &str) -> Span {
         return Span::none();
     }
     let span = tracing::debug_span!(target: TARGET, "peer", otel.name = name, otel.kind = "server");
+    with_parent(span, traceparent)
+}
+
+/// A span for a step of this member's work on a traced proposal (`raft.apply`, ...),
+/// whose parent is the span `traceparent` that proposed it, here or on another member.
+pub fn linked_step(name: &'static str, traceparent: &str) -> Span {
+    if traceparent.is_empty() || !wanted() {
+        return Span::none();
+    }
+    let span = tracing::debug_span!(target: TARGET, "step", otel.name = name);
+    with_parent(span, traceparent)
+}
+
+fn with_parent(span: Span, traceparent: &str) -> Span {
     let fields = Fields(HashMap::from([(
         "traceparent".to_string(),
         traceparent.to_string(),

@@ -1,7 +1,9 @@
 //! Distributed tracing end to end: a 3-member cluster exports its spans over OTLP/HTTP to
 //! a receiver in this test; one Redis `SET` gives a trace with spans from the coordinating
-//! member and from the replicas it wrote to (applies and merges); an etcd `Put` gives a request span with its
-//! Raft proposal inside; no key or value appears in any span or log line.
+//! member and from the replicas it wrote to (applies and merges); an etcd `Put` gives a
+//! request span with its Raft proposal inside, and every member's WAL append and apply of
+//! the entry (and the leader's replication) as children of the proposal; no key or value
+//! appears in any span or log line.
 
 mod common;
 
@@ -51,9 +53,21 @@ async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data
         let trace: Vec<&Span> = spans.iter().filter(|s| s.trace == set.trace).collect();
         let members: std::collections::BTreeSet<&str> =
             trace.iter().map(|s| s.member.as_str()).collect();
+        // The put's entry: appended and applied on every member, replicated by the leader.
+        let raft_steps = |name: &str| {
+            spans
+                .iter()
+                .filter(|s| s.name == name)
+                .map(|s| s.member.as_str())
+                .collect::<std::collections::BTreeSet<_>>()
+                .len()
+        };
         members.len() >= 2
             && trace.iter().any(|s| s.name.starts_with("ap.replica_"))
             && spans.iter().any(|s| s.name == "etcdserverpb.KV/Put")
+            && raft_steps("raft.wal_append") == 3
+            && raft_steps("raft.apply") == 3
+            && raft_steps("raft.replicate") == 1
     };
     let deadline = std::time::Instant::now() + WAIT;
     let spans = loop {
@@ -93,12 +107,22 @@ async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data
         .iter()
         .find(|s| s.name == "etcdserverpb.KV/Put")
         .unwrap();
-    assert!(
-        spans
-            .iter()
-            .any(|s| s.name == "raft.propose" && s.trace == put.trace && s.parent == put.id),
-        "{spans:#?}"
-    );
+    let propose = spans
+        .iter()
+        .find(|s| s.name == "raft.propose" && s.trace == put.trace && s.parent == put.id)
+        .unwrap_or_else(|| panic!("{spans:#?}"));
+    // Every member's steps for the entry are children of the proposal, in its trace: one
+    // trace shows the leader and its followers.
+    for step in ["raft.wal_append", "raft.apply", "raft.replicate"] {
+        for s in spans.iter().filter(|s| s.name == step) {
+            assert_eq!(
+                (&s.trace, &s.parent),
+                (&propose.trace, &propose.id),
+                "{step} on {}",
+                s.member
+            );
+        }
+    }
 
     // No key or value in any exported byte, nor in any log line.
     let r = received.lock().unwrap();

@@ -82,6 +82,7 @@ pub fn start<S: StateMachine, D: Disk>(
         waiters: Default::default(),
         conf_waiters: Default::default(),
         reads: Reads::new(config.id),
+        replicating: Default::default(),
         conf_history,
         applied: snap_meta.index,
         applied_term: 0,

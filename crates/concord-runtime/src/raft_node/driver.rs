@@ -37,6 +37,9 @@ pub(super) struct Driver<S: StateMachine, D: Disk> {
     pub(super) waiters: HashMap<RequestKey, Proposal<S::Output>>,
     pub(super) conf_waiters: HashMap<RequestKey, Reply<ConfState>>,
     pub(super) reads: Reads,
+    /// On the leader, the traced entries being replicated: their `raft.replicate` steps,
+    /// ended when the entry commits ([`crate::traces`]).
+    pub(super) replicating: HashMap<RequestKey, crate::telemetry::TraceStep>,
     /// Membership as of each index where it changed (for snapshot metadata).
     pub(super) conf_history: BTreeMap<u64, ConfState>,
     // Invariant: snapshot_index <= applied.
@@ -303,6 +306,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                     .map_or(self.raw.hard_state().term, |hs| hs.term);
                 self.config.telemetry.leader_changed(ss.leader_id, term);
                 self.reads.fail_pending(&NodeError::LeaderChanged);
+                self.replicating.clear();
             }
         }
         // 1. The leader's messages go out while it writes its own copy.
@@ -333,6 +337,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             lazy: !rd.must_sync,
         };
         let (entries, synced) = (rd.entries.len(), rd.must_sync);
+        let appending = self.trace_appends(&rd.entries);
         let started = std::time::Instant::now();
         if let Err(e) = self.wal.append(batch) {
             return self.storage_failure("wal append", e);
@@ -340,15 +345,18 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         self.config
             .telemetry
             .wal_written(entries, synced, started.elapsed());
+        drop(appending);
         // 3. Votes and acknowledgements only once durable.
         let msgs = std::mem::take(&mut rd.persisted_messages);
         self.send(msgs);
         // 4. Apply, in order.
         if !rd.committed_entries.is_empty() {
+            let applying = self.trace_applies(&rd.committed_entries);
             let started = std::time::Instant::now();
             if let Err(e) = self.apply(&rd.committed_entries) {
                 return self.storage_failure("apply", e);
             }
+            drop(applying);
             self.config
                 .telemetry
                 .applied(rd.committed_entries.len(), started.elapsed());
@@ -360,6 +368,50 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             });
         self.reads.release(self.applied);
         self.raw.advance(rd);
+    }
+
+    /// The `raft.wal_append` steps of the traced entries among `entries` (and, on the
+    /// leader, their `raft.replicate` steps, which end at commit): nothing when no
+    /// proposal is traced.
+    fn trace_appends(
+        &mut self,
+        entries: &[concord_raft::Entry],
+    ) -> Vec<crate::telemetry::TraceStep> {
+        let traced = crate::traces::of_entries(entries.iter().map(|e| &e.data[..]));
+        if traced.is_empty() {
+            return Vec::new();
+        }
+        let telemetry = &self.config.telemetry;
+        if self.raw.soft_state().role == StateRole::Leader
+            && self.replicating.len() < crate::traces::CAPACITY
+        {
+            for (key, parent) in &traced {
+                if let Some(step) = telemetry.trace_step("raft.replicate", parent) {
+                    self.replicating.insert(*key, step);
+                }
+            }
+        }
+        traced
+            .iter()
+            .filter_map(|(_, parent)| telemetry.trace_step("raft.wal_append", parent))
+            .collect()
+    }
+
+    /// The `raft.apply` steps of the traced entries among `committed`, whose
+    /// `raft.replicate` steps end here.
+    fn trace_applies(
+        &mut self,
+        committed: &[concord_raft::Entry],
+    ) -> Vec<crate::telemetry::TraceStep> {
+        let traced = crate::traces::of_entries(committed.iter().map(|e| &e.data[..]));
+        let telemetry = &self.config.telemetry;
+        traced
+            .iter()
+            .filter_map(|(key, parent)| {
+                self.replicating.remove(key);
+                telemetry.trace_step("raft.apply", parent)
+            })
+            .collect()
     }
 
     fn sweep_abandoned(&mut self) {

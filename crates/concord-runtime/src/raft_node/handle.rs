@@ -136,7 +136,22 @@ impl<S: StateMachine> RaftHandle<S> {
         size_hint: usize,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<S::Output, NodeError> {
+        self.propose_traced_with(size_hint, write, None).await
+    }
+
+    /// [`RaftHandle::propose_with`] for a traced request: `traceparent` (W3C) is the
+    /// context of the caller's span, and every member's steps for the entry (WAL append,
+    /// replication, apply) are reported as its children ([`crate::traces`]).
+    pub async fn propose_traced_with(
+        &self,
+        size_hint: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+        traceparent: Option<&str>,
+    ) -> Result<S::Output, NodeError> {
         let key = self.next_key();
+        if let Some(t) = traceparent {
+            crate::traces::insert(key, t.into());
+        }
         let mut data = Vec::with_capacity(envelope::HEADER_BYTES + size_hint);
         envelope::write_header(&key, &mut data);
         write(&mut data);
