@@ -814,17 +814,19 @@ async fn sync_peers(
             }
         }
         // The AP ring holds the same members and the AP-only ones.
-        roster.set(
-            in_conf
-                .iter()
-                .chain(ap_only.keys())
-                .chain([&me])
-                .map(|id| {
-                    let name = records.get(id).map(|r| r.name.clone()).unwrap_or_default();
-                    (*id, (name, ap_only.contains_key(id)))
-                })
-                .collect(),
-        );
+        roster.set(in_conf.iter().chain(ap_only.keys()).chain([&me]).map(|id| {
+            let record = records.get(id);
+            http::Listed {
+                id: id.get(),
+                name: record.map(|r| r.name.clone()).unwrap_or_default(),
+                client_url: record.and_then(|r| r.client_urls.first().cloned()),
+                kind: if ap_only.contains_key(id) {
+                    "ap-only"
+                } else {
+                    "voter"
+                },
+            }
+        }));
         let mut ring = transport.peers();
         ring.extend(ap_only.clone());
         ap.set_members(&ring);

@@ -722,6 +722,29 @@ async fn ap_only_members_hold_ap_data_without_the_cp_keyspace() {
     let mut c = cluster.client(1).await;
     let list = c.member_list().await.expect("member list");
     assert_eq!(list.members().len(), 3, "{list:?}");
+    // An AP-only member's dashboard shows the whole cluster, each member with its metrics.
+    let n3_port = cluster.nodes[n3].client_port;
+    let page = common::http_get(n3_port, "/ui").await.expect("/ui");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("<title>"), "{}", page.text());
+    common::eventually(
+        "every member on the AP-only member's dashboard",
+        WAIT,
+        || async {
+            let (_, d) = http_json(n3_port, "GET", "/v1/dashboard", None).await;
+            let members = d["members"].as_array()?;
+            let mut kinds: Vec<&str> = members.iter().filter_map(|m| m["kind"].as_str()).collect();
+            kinds.sort();
+            let all_up = members.iter().all(|m| {
+                m["up"] == true
+                    && m["metrics"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("process_cpu_seconds_total"))
+            });
+            (kinds == ["ap-only", "ap-only", "voter", "voter", "voter"] && all_up).then_some(())
+        },
+    )
+    .await;
     // The views name the AP-only members and their role, on either kind of member.
     for i in [0, n4] {
         common::eventually("the roles in the gossip view", WAIT, || async {

@@ -341,6 +341,13 @@ pub(super) async fn start(
             metrics,
         })
         .merge(http::ap_routes(side))
+        .merge(super::dashboard::ap_only_router(
+            super::dashboard::ApOnlyView {
+                me: member_id.get(),
+                roster: roster.clone(),
+                dialer: tls.client_dialer.clone(),
+            },
+        ))
         .fallback(not_served);
     let limits = super::listener::Limits {
         max_connections: config.max_client_connections,
@@ -439,13 +446,16 @@ async fn sync_metadata(
                             .filter_map(|m| m.peer_urls.first().cloned())
                             .collect(),
                     );
-                    roster.set(
-                        answer
-                            .members
-                            .iter()
-                            .map(|m| (NodeId(m.id), (m.name.clone(), m.ap_only)))
-                            .collect(),
-                    );
+                    roster.set(answer.members.iter().map(|m| http::Listed {
+                        id: m.id,
+                        name: m.name.clone(),
+                        client_url: m.client_urls.first().cloned(),
+                        kind: match (m.ap_only, m.is_learner) {
+                            (true, _) => "ap-only",
+                            (false, true) => "learner",
+                            (false, false) => "voter",
+                        },
+                    }));
                     let mine = answer.members.iter().find(|m| m.id == me.id);
                     match mine {
                         Some(record) => {

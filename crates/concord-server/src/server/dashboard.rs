@@ -6,6 +6,10 @@
 //! itself, so the dashboard shows exactly what Prometheus would scrape. The AP side comes
 //! from this member's `/v1/ap` (ring, hints, anti-entropy) and `/v1/members` (gossip
 //! states and phi).
+//!
+//! A Raft member lists the members from its own configuration and records; an AP-only
+//! member, which has neither, from the member list it last read from the Raft members
+//! (its [`Roster`]). Either way the page shows the whole cluster.
 
 use std::time::Duration;
 
@@ -18,7 +22,7 @@ use http_body_util::BodyExt as _;
 use serde_json::{json, Value};
 
 use super::api::Ctx;
-use super::http::JSON;
+use super::http::{Listed, Roster, JSON};
 
 /// How long the dashboard waits for another member's metrics.
 pub const FETCH_TIMEOUT: Duration = Duration::from_millis(800);
@@ -29,13 +33,37 @@ const MAX_PAGE: usize = 4 << 20;
 /// The page.
 const PAGE: &str = include_str!("dashboard.html");
 
-/// `/ui` and `/v1/dashboard`.
+/// `/ui` and `/v1/dashboard` of a Raft member.
 pub(crate) fn router(ctx: Ctx) -> Router {
     Router::new()
         .route("/ui", get(page))
         .route("/ui/", get(page))
         .route("/v1/dashboard", get(cluster))
         .with_state(ctx)
+}
+
+/// What an AP-only member's dashboard needs.
+#[derive(Clone)]
+pub(crate) struct ApOnlyView {
+    pub me: u64,
+    /// The members it last read from the Raft members.
+    pub roster: std::sync::Arc<Roster>,
+    /// Dials the members' client URLs.
+    pub dialer: concord_tls::Dialer,
+}
+
+/// `/ui` and `/v1/dashboard` of an AP-only member.
+pub(crate) fn ap_only_router(view: ApOnlyView) -> Router {
+    Router::new()
+        .route("/ui", get(page))
+        .route("/ui/", get(page))
+        .route("/v1/dashboard", get(ap_only_cluster))
+        .with_state(view)
+}
+
+async fn ap_only_cluster(State(view): State<ApOnlyView>) -> impl IntoResponse {
+    // The leader is found by the page in the members' metrics (etcd_server_is_leader).
+    answer(view.me, None, view.roster.listed(), &view.dialer).await
 }
 
 async fn page() -> impl IntoResponse {
@@ -121,36 +149,59 @@ async fn get_tls(
 /// Every member (Raft voters and learners, then AP-only members) with its metrics page.
 async fn cluster(State(ctx): State<Ctx>) -> impl IntoResponse {
     let status = ctx.node.status();
-    let mut members: Vec<Value> = ctx
+    let mut members: Vec<Listed> = ctx
         .members
         .list_for(&status.conf_state)
         .into_iter()
-        .map(|m| {
-            json!({
-                "id": format!("{:x}", m.id),
-                "name": m.name,
-                "client_url": m.client_ur_ls.first(),
-                "kind": if m.is_learner { "learner" } else { "voter" },
-            })
+        .map(|m| Listed {
+            id: m.id,
+            name: m.name,
+            client_url: m.client_ur_ls.into_iter().next(),
+            kind: if m.is_learner { "learner" } else { "voter" },
         })
         .collect();
     members.extend(
         ctx.members
             .ap_only(&status.conf_state)
             .into_iter()
-            .map(|(id, r)| {
-                json!({
-                    "id": format!("{:x}", id.get()),
-                    "name": r.name,
-                    "client_url": r.client_urls.first(),
-                    "kind": "ap-only",
-                })
+            .map(|(id, r)| Listed {
+                id: id.get(),
+                name: r.name,
+                client_url: r.client_urls.into_iter().next(),
+                kind: "ap-only",
             }),
     );
+    answer(
+        ctx.member_id.get(),
+        status.leader.map(|l| l.get()),
+        members,
+        &ctx.dialer,
+    )
+    .await
+}
+
+/// `/v1/dashboard`'s answer: `listed` with their metrics pages, fetched in parallel.
+async fn answer(
+    me: u64,
+    leader: Option<u64>,
+    listed: Vec<Listed>,
+    dialer: &concord_tls::Dialer,
+) -> impl IntoResponse {
+    let mut members: Vec<Value> = listed
+        .iter()
+        .map(|m| {
+            json!({
+                "id": format!("{:x}", m.id),
+                "name": m.name,
+                "client_url": m.client_url,
+                "kind": m.kind,
+            })
+        })
+        .collect();
     let mut fetches = tokio::task::JoinSet::new();
-    for (i, m) in members.iter().enumerate() {
-        let url = m["client_url"].as_str().map(str::to_string);
-        let dialer = ctx.dialer.clone();
+    for (i, m) in listed.into_iter().enumerate() {
+        let url = m.client_url;
+        let dialer = dialer.clone();
         fetches.spawn(async move {
             let page = match url {
                 Some(url) => fetch_metrics(&dialer, &url).await,
@@ -173,8 +224,8 @@ async fn cluster(State(ctx): State<Ctx>) -> impl IntoResponse {
         }
     }
     let body = json!({
-        "self": format!("{:x}", ctx.member_id.get()),
-        "leader": status.leader.map(|l| format!("{:x}", l.get())),
+        "self": format!("{me:x}"),
+        "leader": leader.map(|l| format!("{l:x}")),
         "members": members,
         "fetch_timeout_ms": FETCH_TIMEOUT.as_millis() as u64,
         // The page computes rates over this member's clock, not the browser's.

@@ -32,24 +32,43 @@ pub(crate) fn router(ctx: Ctx) -> Router {
         }))
 }
 
-/// The members' names and whether they are AP-only, as this member last read them from
-/// the cluster metadata, for the views (`/v1/members`, `/v1/ap`).
+/// A member as the views list it.
+#[derive(Debug, Clone)]
+pub(crate) struct Listed {
+    pub id: u64,
+    pub name: String,
+    pub client_url: Option<String>,
+    /// `voter`, `learner` or `ap-only`.
+    pub kind: &'static str,
+}
+
+/// The members (names, client URLs, kinds) as this member last read them from the cluster
+/// metadata, for the views (`/v1/members`, `/v1/ap`, and an AP-only member's dashboard).
 #[derive(Debug, Default)]
-pub(crate) struct Roster(
-    std::sync::RwLock<std::collections::BTreeMap<concord_raft::NodeId, (String, bool)>>,
-);
+pub(crate) struct Roster(std::sync::RwLock<std::collections::BTreeMap<u64, Listed>>);
 
 impl Roster {
-    pub fn set(&self, members: std::collections::BTreeMap<concord_raft::NodeId, (String, bool)>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = members;
+    pub fn set(&self, members: impl IntoIterator<Item = Listed>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) =
+            members.into_iter().map(|m| (m.id, m)).collect();
+    }
+
+    /// Every member, in id order.
+    pub fn listed(&self) -> Vec<Listed> {
+        let members = self.0.read().unwrap_or_else(|e| e.into_inner());
+        members.values().cloned().collect()
     }
 
     /// `"name"` and `"role"` (`raft` or `ap-only`) of member `id`, for a JSON view.
     fn describe(&self, id: concord_raft::NodeId, into: &mut serde_json::Value) {
         let members = self.0.read().unwrap_or_else(|e| e.into_inner());
-        if let Some((name, ap_only)) = members.get(&id) {
-            into["name"] = serde_json::json!(name);
-            into["role"] = serde_json::json!(if *ap_only { "ap-only" } else { "raft" });
+        if let Some(m) = members.get(&id.get()) {
+            into["name"] = serde_json::json!(m.name);
+            into["role"] = serde_json::json!(if m.kind == "ap-only" {
+                "ap-only"
+            } else {
+                "raft"
+            });
         }
     }
 }
