@@ -102,20 +102,14 @@ pub struct BenchArgs {
 impl BenchArgs {
     /// The dialer of the TLS flags.
     fn dialer(&self) -> Result<concord_client::Dialer, BenchError> {
-        let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some(concord_client::Identity {
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-            }),
-            _ => None,
-        };
-        concord_client::Dialer::new(concord_client::TlsSettings {
-            ca_file: self.cacert.clone(),
-            identity,
-            insecure_skip_verify: self.insecure_skip_tls_verify,
-            policy: Default::default(),
-        })
-        .map_err(|e| BenchError::Args(e.to_string()))
+        let settings = crate::ctl::tls_settings(
+            &self.cacert,
+            &self.cert,
+            &self.key,
+            self.insecure_skip_tls_verify,
+        )
+        .map_err(|e| BenchError::Args(e.to_string()))?;
+        concord_client::Dialer::new(settings).map_err(|e| BenchError::Args(e.to_string()))
     }
 }
 

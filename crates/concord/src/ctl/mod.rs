@@ -155,24 +155,41 @@ pub struct GlobalArgs {
     pub insecure_skip_tls_verify: bool,
 }
 
+/// Client TLS settings from etcdctl's flags (`--cacert`, `--cert`, `--key`,
+/// `--insecure-skip-tls-verify`), shared by the client commands and `concord bench`.
+pub fn tls_settings(
+    cacert: &Option<PathBuf>,
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    insecure_skip_verify: bool,
+) -> Result<concord_client::TlsSettings, &'static str> {
+    let identity = match (cert, key) {
+        (Some(cert), Some(key)) => Some(concord_client::Identity {
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+        }),
+        (None, None) => None,
+        (Some(_), None) => return Err("--cert needs --key"),
+        (None, Some(_)) => return Err("--key needs --cert"),
+    };
+    Ok(concord_client::TlsSettings {
+        ca_file: cacert.clone(),
+        identity,
+        insecure_skip_verify,
+        policy: Default::default(),
+    })
+}
+
 impl GlobalArgs {
     /// The TLS settings the flags give.
     pub fn tls(&self) -> CtlResult<concord_client::TlsSettings> {
-        let identity = match (&self.cert, &self.key) {
-            (Some(cert), Some(key)) => Some(concord_client::Identity {
-                cert_file: cert.clone(),
-                key_file: key.clone(),
-            }),
-            (None, None) => None,
-            (Some(_), None) => return Err(CtlError::new("--cert needs --key")),
-            (None, Some(_)) => return Err(CtlError::new("--key needs --cert")),
-        };
-        Ok(concord_client::TlsSettings {
-            ca_file: self.cacert.clone(),
-            identity,
-            insecure_skip_verify: self.insecure_skip_tls_verify,
-            policy: Default::default(),
-        })
+        tls_settings(
+            &self.cacert,
+            &self.cert,
+            &self.key,
+            self.insecure_skip_tls_verify,
+        )
+        .map_err(CtlError::new)
     }
 
     /// The user and password of `--user` and `--password`, if given.
