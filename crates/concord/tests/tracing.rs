@@ -142,3 +142,86 @@ async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data
         );
     }
 }
+
+/// Where one client's put spends its time, from the spans every member exports: run by
+/// hand (`cargo test --release -p concord --test tracing where_a_put -- --ignored
+/// --nocapture`) for docs/benchmarks.md. Prints medians in microseconds of 200 sequential
+/// puts sent to the leader, then 200 sent to a follower.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed; run by hand"]
+async fn where_a_put_spends_its_time() {
+    let (port, received) = receiver().await;
+    let cluster = Cluster::builder(BIN, 3)
+        .flag("--otlp-endpoint", format!("http://127.0.0.1:{port}"))
+        .flag("--otlp-sampling-ratio", 1)
+        .start()
+        .await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    for (label, node) in [("leader", leader), ("follower", follower)] {
+        let mut client = cluster.client(node).await;
+        // Warm up connections, then measure.
+        for i in 0..20 {
+            client
+                .put(format!("warm{i}"), "v", None)
+                .await
+                .expect("put");
+        }
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        received.lock().unwrap().spans.clear();
+        let mut client_us = Vec::new();
+        for i in 0..200 {
+            let started = std::time::Instant::now();
+            client.put(format!("k{i}"), "v", None).await.expect("put");
+            client_us.push(started.elapsed().as_micros() as u64);
+        }
+        // The exporter sends every 5 s.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let spans = received.lock().unwrap().spans.clone();
+        let median = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        };
+        let puts: Vec<&Span> = spans
+            .iter()
+            .filter(|s| s.name == "etcdserverpb.KV/Put")
+            .collect();
+        let leader_member = spans
+            .iter()
+            .find(|s| s.name == "raft.replicate")
+            .map(|s| s.member.clone())
+            .unwrap_or_default();
+        let duration_us = |s: &Span| (s.end_ns.saturating_sub(s.start_ns)) / 1000;
+        let mut rows: Vec<(String, Vec<u64>)> = Vec::new();
+        let mut add = |name: String, v: u64| match rows.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, vs)) => vs.push(v),
+            None => rows.push((name, vec![v])),
+        };
+        for put in &puts {
+            let trace: Vec<&Span> = spans.iter().filter(|s| s.trace == put.trace).collect();
+            add("gRPC Put at the member called".into(), duration_us(put));
+            for s in &trace {
+                if s.name.starts_with("raft.") {
+                    let role = if s.member == leader_member {
+                        "leader"
+                    } else {
+                        "follower"
+                    };
+                    add(format!("{} ({role})", s.name), duration_us(s));
+                }
+            }
+        }
+        println!(
+            "\nputs sent to the {label}: {} traced of 200, client-side p50 {} us",
+            puts.len(),
+            median(client_us)
+        );
+        for (name, values) in rows {
+            println!(
+                "  {name:<36} p50 {:>6} us  ({} spans)",
+                median(values.clone()),
+                values.len()
+            );
+        }
+    }
+}

@@ -15,6 +15,9 @@ pub struct Span {
     pub id: Vec<u8>,
     pub parent: Vec<u8>,
     pub name: String,
+    /// Start and end, in nanoseconds since the Unix epoch.
+    pub start_ns: u64,
+    pub end_ns: u64,
 }
 
 /// An OTLP/HTTP receiver: every request body, and the spans decoded from them.
@@ -66,6 +69,8 @@ async fn serve_connection(stream: tokio::net::TcpStream, received: Arc<Mutex<Rec
                             id: s.span_id.clone(),
                             parent: s.parent_span_id.clone(),
                             name: s.name.clone(),
+                            start_ns: s.start_time_unix_nano,
+                            end_ns: s.end_time_unix_nano,
                         });
                     }
                 }
