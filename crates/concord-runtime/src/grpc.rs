@@ -7,8 +7,10 @@
 //! pushes one `RaftBatch` per queued batch of messages (at most [`MAX_IN_FLIGHT`] queued
 //! for the stream). Receiving: [`RaftPeerService`] steps every batch of a stream into the
 //! node's inbox. Batches are not acknowledged one by one (Raft's responses are the
-//! acknowledgements); the response stream only carries a refusal, and its end tells the
-//! sender the peer went away.
+//! acknowledgements); the response stream carries a refusal and the answers to round-trip
+//! probes (an empty batch marked `probe`, every [`PROBE_INTERVAL`], measured for
+//! `/metrics`), and its end tells the sender the peer went away. Batches also carry the
+//! trace contexts of the traced entries they hold ([`crate::traces`]).
 //!
 //! # Guarantees
 //!
@@ -38,7 +40,9 @@
 //!
 //! * The snapshot is whole in memory on both sides (Raft's snapshot message holds it);
 //!   only the wire is chunked.
-//! * No TLS.
+//!
+//! `https://` peers are dialled with the transport's [`concord_tls::Dialer`] (mutual TLS
+//! with the peer certificates); the listening side's TLS is the server's.
 //!
 //! # Fast failover
 //!
