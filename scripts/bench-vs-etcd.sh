@@ -9,6 +9,10 @@
 #   CONCORD=/path/to/concord scripts/bench-vs-etcd.sh   # use a given binary, no build
 #   MEMORY_KEYS=1000000 WORKLOADS= NODES=3 scripts/bench-vs-etcd.sh
 #       # also: resident memory per member after writing that many distinct keys
+#   AT=leader WORKLOADS="put:1 range:1" NODES=3 scripts/bench-vs-etcd.sh
+#       # every client of both systems talks to the leader (AT=follower: to one follower;
+#       # default AT=any: connections spread over every member, so a single client lands
+#       # on whichever member is first, leader or not, differently for the two systems)
 #   DEFRAG_MB=1024 WORKLOADS= NODES=3 scripts/bench-vs-etcd.sh
 #       # also: a store file of about that many MB (60 kB values written twice, the
 #       # first versions compacted away) defragmented on member 1 while one client reads
@@ -30,6 +34,7 @@ CONNS="${CONNS:-8}"
 WORKLOADS="${WORKLOADS-put:1 put:64 put:256 range:1 range:64 range-serializable:64 txn-cas:64}"
 MEMORY_KEYS="${MEMORY_KEYS:-0}" # 0: skip the memory run
 DEFRAG_MB="${DEFRAG_MB:-0}"     # 0: skip the defragment run
+AT="${AT:-any}"                 # any | leader | follower: which members the clients talk to
 
 source "$PWD/scripts/lib/apt.sh"
 apt_install etcd-server etcd
@@ -102,11 +107,30 @@ cpu_jiffies() { # CPU time (user + system, clock ticks) of the running members, 
     echo "$total"
 }
 
+# The endpoints of ENDPOINTS the clients talk to, as AT says: the leader's, a follower's
+# (the first), or all of them. Read through the JSON API both systems serve
+# (`/v3/maintenance/status`: this member's id and the leader's).
+targets() {
+    [ "$AT" = any ] && { echo "$ENDPOINTS"; return; }
+    local ep status
+    for ep in ${ENDPOINTS//,/ }; do
+        status=$(curl -fsS -X POST -d '{}' "$ep/v3/maintenance/status")
+        if python3 -c "import json,sys; d=json.loads(sys.argv[1]); \
+sys.exit(0 if (d['header']['member_id'] == d['leader']) == (sys.argv[2] == 'leader') else 1)" \
+            "$status" "$AT"; then
+            echo "$ep"
+            return
+        fi
+    done
+    echo "no $AT among $ENDPOINTS" >&2
+    exit 1
+}
+
 run_bench() { # run_bench OP:CLIENTS[:WATCHERS] -> JSON line
     local op="${1%%:*}" rest="${1#*:}"
     local clients="${rest%%:*}" watchers=0
     [ "$rest" = "$clients" ] || watchers="${rest#*:}"
-    "$CONCORD" bench --endpoints "$ENDPOINTS" --op "$op" --clients "$clients" --conns "$CONNS" \
+    "$CONCORD" bench --endpoints "$(targets)" --op "$op" --clients "$clients" --conns "$CONNS" \
         --total "$TOTAL" --duration "$DURATION" --value-size "$VALUE_SIZE" \
         --key-space "$KEY_SPACE" --watchers "$watchers" --no-progress | tail -1
 }
