@@ -240,10 +240,12 @@ struct PeerLink {
 }
 
 impl PeerLink {
-    /// Queues `batch` on the stream, counting its bytes; false if the stream is closed.
-    async fn push(&self, tx: &mpsc::Sender<RaftBatch>, batch: RaftBatch) -> bool {
+    /// Queues `batch` on the stream, counting its bytes and the `queued` batches behind
+    /// it; false if the stream is closed.
+    async fn push(&self, tx: &mpsc::Sender<RaftBatch>, batch: RaftBatch, queued: usize) -> bool {
         use prost::Message as _;
-        self.telemetry.peer_sent(self.to, batch.encoded_len());
+        self.telemetry
+            .peer_sent(self.to, batch.encoded_len(), queued);
         tx.send(batch).await.is_ok()
     }
 }
@@ -398,6 +400,7 @@ async fn stream_to_peer(
         Err(e) => return StreamEnd::Failed(e.to_string()),
     };
     connected.store(true, Ordering::Release);
+    link.telemetry.peer_connected(link.to);
     *backoff = Duration::from_millis(50);
     let mut seq = 0u64;
     let mut probe = tokio::time::interval(PROBE_INTERVAL);
@@ -411,7 +414,7 @@ async fn stream_to_peer(
                 let mut batch = raft_batch(link, seq, 0, &[]);
                 batch.probe = true;
                 probing = Some((seq, std::time::Instant::now()));
-                if !link.push(&tx, batch).await {
+                if !link.push(&tx, batch, rx.len()).await {
                     return StreamEnd::Failed("request stream closed".into());
                 }
             }
@@ -420,7 +423,7 @@ async fn stream_to_peer(
                 // The common case, no snapshot: the batch goes as it is.
                 if !msgs.iter().any(|m| m.msg_type == MessageType::Snapshot) {
                     seq += 1;
-                    if !link.push(&tx, raft_batch(link, seq, group, &msgs)).await {
+                    if !link.push(&tx, raft_batch(link, seq, group, &msgs), rx.len()).await {
                         return StreamEnd::Failed("request stream closed".into());
                     }
                     continue;
@@ -436,20 +439,23 @@ async fn stream_to_peer(
                     if !plain.is_empty() {
                         seq += 1;
                         let batch = raft_batch(link, seq, group, &std::mem::take(&mut plain));
-                        if !link.push(&tx, batch).await {
+                        if !link.push(&tx, batch, rx.len()).await {
                             return StreamEnd::Failed("request stream closed".into());
                         }
                     }
-                    if let Err(e) = send_snapshot(&mut client, link, group, m).await {
+                    match send_snapshot(&mut client, link, group, m).await {
+                        Ok(_) => link.telemetry.snapshot_sent(link.to),
                         // Raft sends it again when the follower still needs it.
-                        tracing::warn!(to = %link.to, error = %e, "snapshot transfer failed");
+                        Err(e) => {
+                            tracing::warn!(to = %link.to, error = %e, "snapshot transfer failed")
+                        }
                     }
                 }
                 if plain.is_empty() {
                     continue;
                 }
                 seq += 1;
-                if !link.push(&tx, raft_batch(link, seq, group, &plain)).await {
+                if !link.push(&tx, raft_batch(link, seq, group, &plain), rx.len()).await {
                     return StreamEnd::Failed("request stream closed".into());
                 }
             }

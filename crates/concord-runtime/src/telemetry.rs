@@ -43,9 +43,16 @@ pub trait Telemetry: Send + Sync + Debug {
     /// `took` after it started (the wait for the apply to catch up is not included).
     fn read_index(&self, _took: Duration) {}
 
-    /// The peer transport wrote a batch of `bytes` bytes (encoded) to `peer`. Called on
-    /// the transport's tasks, under the same contract.
-    fn peer_sent(&self, _peer: NodeId, _bytes: usize) {}
+    /// The peer transport wrote a batch of `bytes` bytes (encoded) to `peer`, with
+    /// `queued` batches still waiting for that peer. Called on the transport's tasks, under
+    /// the same contract.
+    fn peer_sent(&self, _peer: NodeId, _bytes: usize, _queued: usize) {}
+
+    /// The peer transport opened a stream to `peer` (at start and at each reconnect).
+    fn peer_connected(&self, _peer: NodeId) {}
+
+    /// A snapshot reached `peer` whole and was acknowledged.
+    fn snapshot_sent(&self, _peer: NodeId) {}
 
     /// The peer transport read a batch of `bytes` bytes (encoded) from `peer`.
     fn peer_received(&self, _peer: NodeId, _bytes: usize) {}

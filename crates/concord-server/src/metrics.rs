@@ -29,7 +29,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
@@ -208,6 +208,9 @@ pub struct RaftMetrics {
     peer_sent_bytes: Family<PeerLabel, Counter>,
     peer_received_bytes: Family<PeerLabel, Counter>,
     peer_round_trip_seconds: HistogramFamily<PeerLabel>,
+    peer_queued: Family<PeerLabel, Gauge>,
+    peer_connects: Family<PeerLabel, Counter>,
+    snapshots_sent: Family<PeerLabel, Counter>,
     /// Each peer's series, looked up once (a batch then costs a read lock and an add).
     peer_series: std::sync::RwLock<std::collections::HashMap<u64, PeerSeries>>,
 }
@@ -221,6 +224,7 @@ struct PeerSeries {
     sent: Counter,
     received: Counter,
     round_trip: Histogram,
+    queued: Gauge,
 }
 
 /// etcd's buckets for peer round trips: 0.1 ms to 3.3 s, doubling.
@@ -249,6 +253,9 @@ impl Default for RaftMetrics {
             peer_sent_bytes: Family::default(),
             peer_received_bytes: Family::default(),
             peer_round_trip_seconds: Family::new_with_constructor(round_trip_buckets),
+            peer_queued: Family::default(),
+            peer_connects: Family::default(),
+            snapshots_sent: Family::default(),
             peer_series: Default::default(),
         }
     }
@@ -277,8 +284,9 @@ impl RaftMetrics {
                 .clone(),
             round_trip: self
                 .peer_round_trip_seconds
-                .get_or_create(&[("To", id)])
+                .get_or_create(&[("To", id.clone())])
                 .clone(),
+            queued: self.peer_queued.get_or_create(&[("To", id)]).clone(),
         };
         record(
             self.peer_series
@@ -373,6 +381,21 @@ impl RaftMetrics {
             self.peer_round_trip_seconds.clone(),
         );
         r.register(
+            "concord_peer_queued_batches",
+            "Raft message batches waiting for a peer's stream (at the last batch sent)",
+            self.peer_queued.clone(),
+        );
+        r.register(
+            "concord_peer_stream_connects",
+            "Streams opened to a peer: the first connection and every reconnect",
+            self.peer_connects.clone(),
+        );
+        r.register(
+            "concord_raft_snapshots_sent",
+            "Snapshots sent to a peer whole and acknowledged",
+            self.snapshots_sent.clone(),
+        );
+        r.register(
             "concord_raft_read_index_duration_seconds",
             "Time from starting a ReadIndex round (one batch of linearizable reads) to its \
              confirmation by a quorum",
@@ -428,10 +451,23 @@ impl Telemetry for RaftMetrics {
         self.read_index_seconds.observe(took.as_secs_f64());
     }
 
-    fn peer_sent(&self, peer: NodeId, bytes: usize) {
+    fn peer_sent(&self, peer: NodeId, bytes: usize, queued: usize) {
         self.peer(peer, |s| {
             s.sent.inc_by(bytes as u64);
+            s.queued.set(queued as i64);
         });
+    }
+
+    fn peer_connected(&self, peer: NodeId) {
+        self.peer_connects
+            .get_or_create(&[("To", format!("{:x}", peer.get()))])
+            .inc();
+    }
+
+    fn snapshot_sent(&self, peer: NodeId) {
+        self.snapshots_sent
+            .get_or_create(&[("To", format!("{:x}", peer.get()))])
+            .inc();
     }
 
     fn peer_received(&self, peer: NodeId, bytes: usize) {

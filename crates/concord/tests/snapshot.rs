@@ -85,6 +85,20 @@ async fn stopped_follower_catches_up_through_a_snapshot() {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .expect("concord_raft_snapshots_installed_total in /metrics");
     assert!(installed >= 1.0, "the follower installed no snapshot");
+    // And a member (the leader that sent it) counted it as sent to that follower.
+    let mut sent = 0.0;
+    for node in &cluster.nodes {
+        let page = common::http_get(node.client_port, "/metrics")
+            .await
+            .expect("/metrics");
+        sent += page
+            .text()
+            .lines()
+            .filter(|l| l.starts_with("concord_raft_snapshots_sent_total{To="))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    assert!(sent >= 1.0, "no member counted a snapshot sent");
 
     // Same history on every member: etcd's HashKV at one revision matches.
     let mut hashes = Vec::new();

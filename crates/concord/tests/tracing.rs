@@ -13,14 +13,23 @@ use common::otlp::{receiver, Span};
 use common::redis::RedisConn;
 use common::{Cluster, BIN, WAIT};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data() {
+/// Three members exporting every request's spans to a receiver in this test.
+async fn traced_cluster() -> (
+    Cluster,
+    std::sync::Arc<std::sync::Mutex<common::otlp::Received>>,
+) {
     let (port, received) = receiver().await;
     let cluster = Cluster::builder(BIN, 3)
         .flag("--otlp-endpoint", format!("http://127.0.0.1:{port}"))
         .flag("--otlp-sampling-ratio", 1)
         .start()
         .await;
+    (cluster, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data() {
+    let (cluster, received) = traced_cluster().await;
     let secret_key = "secret-key-5f1d";
     let secret_value = "secret-value-93ab";
     // AP: a SET at member 0 is applied on its replicas (n_val 3, W = 2).
@@ -150,12 +159,7 @@ async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, printed; run by hand"]
 async fn where_a_put_spends_its_time() {
-    let (port, received) = receiver().await;
-    let cluster = Cluster::builder(BIN, 3)
-        .flag("--otlp-endpoint", format!("http://127.0.0.1:{port}"))
-        .flag("--otlp-sampling-ratio", 1)
-        .start()
-        .await;
+    let (cluster, received) = traced_cluster().await;
     let leader = cluster.leader().await;
     let follower = (leader + 1) % 3;
     for (label, node) in [("leader", leader), ("follower", follower)] {
