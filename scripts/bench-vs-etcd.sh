@@ -13,6 +13,8 @@
 #       # every client of both systems talks to the leader (AT=follower: to one follower;
 #       # default AT=any: connections spread over every member, so a single client lands
 #       # on whichever member is first, leader or not, differently for the two systems)
+#   CONCORD_FLAGS=--lease-reads AT=leader WORKLOADS="range:1 range:64" NODES=3 scripts/bench-vs-etcd.sh
+#       # extra flags for Concord's members only (here: leader lease reads)
 #   DEFRAG_MB=1024 WORKLOADS= NODES=3 scripts/bench-vs-etcd.sh
 #       # also: a store file of about that many MB (60 kB values written twice, the
 #       # first versions compacted away) defragmented on member 1 while one client reads
@@ -35,6 +37,7 @@ WORKLOADS="${WORKLOADS-put:1 put:64 put:256 range:1 range:64 range-serializable:
 MEMORY_KEYS="${MEMORY_KEYS:-0}" # 0: skip the memory run
 DEFRAG_MB="${DEFRAG_MB:-0}"     # 0: skip the defragment run
 AT="${AT:-any}"                 # any | leader | follower: which members the clients talk to
+read -r -a CONCORD_FLAGS <<<"${CONCORD_FLAGS:-}" # extra flags of Concord's members
 
 source "$PWD/scripts/lib/apt.sh"
 apt_install etcd-server etcd
@@ -66,7 +69,7 @@ start() {
     done
     for i in $(seq 1 "$n"); do
         local c=$((base + 10 * i)) p=$((base + 10 * i + 1)) bin
-        if [ "$sys" = etcd ]; then bin=("$ETCD"); else bin=("$CONCORD" server); fi
+        if [ "$sys" = etcd ]; then bin=("$ETCD"); else bin=("$CONCORD" server "${CONCORD_FLAGS[@]}"); fi
         ETCD_UNSUPPORTED_ARCH=arm64 "${bin[@]}" --name "m$i" --data-dir "$WORK/$sys-$n-m$i" \
             --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
             --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Short chaos suite for CI (about 10 minutes of runs on 2 cores):
-#   1. register, 60 s, partitions + kills + pauses          -> must be VALID
+#   1. register, 45 s, partitions + kills + pauses          -> must be VALID; the same,
+#      30 s, with leader lease reads (--lease-reads)       -> must be VALID
 #   2. register --stale-reads, 30 s, partitions (negative control) -> must be INVALID
 #      (up to 3 attempts with different seeds; one anomaly observed is enough)
 #   3. set, 30 s, every fault                                -> must be VALID
@@ -94,7 +95,9 @@ run() {
 }
 
 if [ "$MODE" = --netns ]; then
-    run register valid --workload register --duration 60 --nemesis partitions,process
+    run register valid --workload register --duration 45 --nemesis partitions,process
+    run register-lease valid --workload register --duration 30 --nemesis partitions,process \
+        --server-arg=--lease-reads
     run register-stale invalid --workload register --duration 30 --nemesis partition --stale-reads
     run set valid --workload set --duration 30 --nemesis all
     run bank valid --workload bank --duration 30 --nemesis all

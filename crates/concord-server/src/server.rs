@@ -601,6 +601,7 @@ fn node_config(
     nc.raft.heartbeat_ticks = 1;
     nc.raft.election_ticks =
         (config.election_timeout.as_millis() / heartbeat.as_millis().max(1)).max(2) as u32;
+    nc.raft.lease_reads = config.lease_reads;
     nc.raft.snapshot_count = config.snapshot_count;
     nc.raft.snapshot_catch_up_entries = (config.snapshot_count / 2).clamp(1, 5_000);
     nc.raft.max_request_bytes = config.max_request_bytes;

@@ -322,6 +322,11 @@ pub struct ServerArgs {
     /// Raft election timeout, in milliseconds [default: 1000]
     #[arg(long, value_name = "MS", help_heading = "Member")]
     pub election_timeout: Option<u64>,
+    /// Leader lease reads: the leader answers linearizable reads without a heartbeat
+    /// round while its lease holds; assumes the members' clocks tick at rates within 10%
+    /// of each other (docs/consistency.md) [default: false]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Member")]
+    pub lease_reads: Option<bool>,
     /// Applied entries between two snapshots [default: 10000]
     #[arg(long, value_name = "N", help_heading = "Member")]
     pub snapshot_count: Option<u64>,
@@ -572,6 +577,7 @@ impl ServerArgs {
             listen_peer_urls: self.listen_peer_urls.or(lower.listen_peer_urls),
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             election_timeout: self.election_timeout.or(lower.election_timeout),
+            lease_reads: self.lease_reads.or(lower.lease_reads),
             snapshot_count: self.snapshot_count.or(lower.snapshot_count),
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
             backend_cache_bytes: self.backend_cache_bytes.or(lower.backend_cache_bytes),

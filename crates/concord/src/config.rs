@@ -211,6 +211,9 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(ms) = args.election_timeout {
         c.election_timeout = Duration::from_millis(ms);
     }
+    if let Some(on) = args.lease_reads {
+        c.lease_reads = on;
+    }
     if let Some(n) = args.snapshot_count {
         c.snapshot_count = n;
     }
@@ -464,6 +467,7 @@ mod tests {
                 "--initial-cluster-token=tok",
                 "--heartbeat-interval=50",
                 "--election-timeout=600",
+                "--lease-reads",
                 "--snapshot-count=5",
                 "--quota-backend-bytes=1000",
                 "--backend-cache-bytes=3000000",
@@ -512,6 +516,7 @@ mod tests {
         assert_eq!(c.initial_cluster_token, "tok");
         assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
         assert_eq!(c.election_timeout, Duration::from_millis(600));
+        assert!(c.lease_reads);
         assert_eq!(c.snapshot_count, 5);
         assert_eq!(c.quota_backend_bytes, 1000);
         assert_eq!(c.backend_cache_bytes, 3_000_000);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
-use concord_raft::{ConfState, Config, HardState, RawNode, SnapshotMetadata};
+use concord_raft::{ConfState, Config, HardState, RawNode, ReadOnlyOption, SnapshotMetadata};
 use concord_storage::disk::Disk;
 use concord_storage::wal::{Batch, Wal, WalStorage};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -50,6 +50,11 @@ pub fn start<S: StateMachine, D: Disk>(
     let mut rc = Config::new(config.id);
     rc.election_tick = config.election_ticks;
     rc.heartbeat_tick = config.heartbeat_ticks;
+    if config.lease_reads {
+        rc.read_only_option = ReadOnlyOption::LeaseBased;
+        rc.check_quorum = true;
+    }
+    rc.testing_overlong_lease = config.testing_bugs.overlong_lease;
     rc.applied = snap_meta.index;
     // Each process gets its own election timer sequence.
     let incarnation =

@@ -67,6 +67,8 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         let mut ticker = tokio::time::interval(self.config.tick);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
+        // With lease reads the Raft clock follows the monotonic clock (see `catch_up`).
+        let started = tokio::time::Instant::now();
         let mut shutdown: Option<Reply<()>> = None;
         let mut inbox_open = true;
         loop {
@@ -79,10 +81,8 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                     self.on_failover_due();
                 }
                 _ = ticker.tick() => {
-                    self.raw.tick();
-                    ticks += 1;
-                    if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
-                        self.sweep_abandoned();
+                    if !self.config.lease_reads {
+                        self.tick(&mut ticks);
                     }
                 }
                 m = inbox.recv(), if inbox_open => match m {
@@ -107,6 +107,9 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                     Ok(r) => reqs.push(r),
                     Err(_) => break,
                 }
+            }
+            if self.config.lease_reads {
+                self.catch_up(started, &mut ticks);
             }
             self.handle_requests(reqs, &mut shutdown);
             loop {
@@ -147,6 +150,30 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
         let _ = self.stop_reason.send(Some(err.to_string()));
         if let Some(tx) = shutdown {
             let _ = tx.send(result);
+        }
+    }
+
+    fn tick(&mut self, ticks: &mut u64) {
+        self.raw.tick();
+        *ticks += 1;
+        if ticks.is_multiple_of(SWEEP_EVERY_TICKS) {
+            self.sweep_abandoned();
+        }
+    }
+
+    /// Gives Raft every tick the monotonic clock says is due since `started`, right
+    /// before the requests of this iteration are handled. A leader's lease is counted in
+    /// its ticks; ticks that fell behind real time (the driver paused, starved of CPU, or
+    /// blocked in a long fsync) would stretch the lease past the moment its followers
+    /// may elect another leader. Caught up here, a lease read is checked against ticks at
+    /// most one tick behind real time — within the lease's margin — and a pause between
+    /// this catch-up and the check only moves the read's linearization point back to the
+    /// catch-up, when the lease held (the requests were already received).
+    fn catch_up(&mut self, started: tokio::time::Instant, ticks: &mut u64) {
+        let period = self.config.tick.as_nanos().max(1);
+        let due = u64::try_from(started.elapsed().as_nanos() / period).unwrap_or(u64::MAX);
+        while *ticks < due {
+            self.tick(ticks);
         }
     }
 

@@ -94,6 +94,14 @@ pub struct NodeConfig {
     pub heartbeat_ticks: u32,
     /// Ticks of the election timeout.
     pub election_ticks: u32,
+    /// Leader lease reads: the leader answers a linearizable read from its commit index
+    /// without a heartbeat round while a quorum acknowledged its heartbeats within the
+    /// election timeout less a margin (`concord_raft::ReadOnlyOption::LeaseBased`).
+    /// Assumes the members' monotonic clocks run at rates within that margin of each
+    /// other; the driver then counts ticks from the monotonic clock, so a paused or
+    /// starved driver does not keep a lease longer than real time allows. Off by default
+    /// (ReadIndex, which assumes nothing about clocks).
+    pub lease_reads: bool,
     /// Applied entries after which a snapshot is taken and the WAL compacted.
     pub snapshot_count: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
@@ -132,6 +140,9 @@ pub struct TestingBugs {
     /// proof that they are lost (an applied entry of a later term): one the old leader
     /// did replicate then applies twice.
     pub resend_unproven: bool,
+    /// With lease reads, a lease four times too long: a deposed leader keeps serving
+    /// reads after another was elected.
+    pub overlong_lease: bool,
 }
 
 impl TestingBugs {
@@ -144,6 +155,14 @@ impl TestingBugs {
     pub fn reads_without_read_index() -> Self {
         Self {
             read_without_read_index: true,
+            ..Self::default()
+        }
+    }
+
+    /// Lease reads with a lease four times too long (see [`TestingBugs::overlong_lease`]).
+    pub fn overlong_lease() -> Self {
+        Self {
+            overlong_lease: true,
             ..Self::default()
         }
     }
@@ -167,6 +186,7 @@ impl NodeConfig {
             tick: Duration::from_millis(100),
             heartbeat_ticks: 1,
             election_ticks: 10,
+            lease_reads: false,
             snapshot_count: 10_000,
             snapshot_catch_up_entries: 5_000,
             request_timeout: Duration::from_secs(7),

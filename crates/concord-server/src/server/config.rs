@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub heartbeat_interval: Duration,
     /// `--election-timeout` (default 1000 ms); rounded to whole heartbeats.
     pub election_timeout: Duration,
+    /// `--lease-reads`: the leader serves linearizable reads on its lease, without a
+    /// heartbeat round (off by default: ReadIndex).
+    pub lease_reads: bool,
     /// `--snapshot-count`: applied entries between snapshots (default 10,000).
     pub snapshot_count: u64,
     /// `--quota-backend-bytes`: the store's size limit before the NOSPACE alarm
@@ -125,6 +128,7 @@ impl ServerConfig {
             initial_cluster_token: "etcd-cluster".into(),
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
+            lease_reads: false,
             snapshot_count: 10_000,
             quota_backend_bytes: 2 << 30,
             backend_cache_bytes: 64 << 20,

@@ -19,6 +19,9 @@
 //! power cut), and the connection reset that tells the other nodes a peer died (fast
 //! failover).
 //!
+//! Every third seed runs the nodes with leader lease reads (`NodeConfig::lease_reads`)
+//! instead of ReadIndex; a negative control shows an overlong lease is caught.
+//!
 //! A history the checker cannot decide within its budget (many indeterminate writes to one
 //! register) proves nothing either way: such seeds are named, and tolerated up to 1% of a
 //! run.
@@ -100,6 +103,11 @@ struct Sim {
     start: Instant,
 }
 
+/// Every third seed runs with leader lease reads (`--lease-reads`) instead of ReadIndex.
+fn lease_reads(seed: u64) -> bool {
+    seed.is_multiple_of(3)
+}
+
 fn config(id: NodeId, ids: &[NodeId], seed: u64, restarts: u64, bugs: TestingBugs) -> NodeConfig {
     let mut cfg = NodeConfig::new(id, ids.to_vec(), format!("/n{id}"));
     cfg.raft.tick = Duration::from_millis(50);
@@ -111,6 +119,7 @@ fn config(id: NodeId, ids: &[NodeId], seed: u64, restarts: u64, bugs: TestingBug
     cfg.raft.own_thread = false;
     cfg.raft.incarnation = Some(seed.rotate_left(17) ^ (restarts << 40) ^ id.get());
     cfg.raft.testing_bugs = bugs;
+    cfg.raft.lease_reads = lease_reads(seed);
     // No background flush thread: everything runs on the simulation's one thread.
     cfg.mvcc.background_flush = false;
     cfg
@@ -775,6 +784,20 @@ fn reads_without_read_index_are_caught() {
     };
     assert_caught("reads served without ReadIndex", |seed| {
         not_linearizable(seed, broken)
+    });
+}
+
+/// Negative control: lease reads with a lease four times too long (a deposed leader keeps
+/// answering reads from its own state after another was elected) must be caught within
+/// the default seeds that run with lease reads.
+#[test]
+fn overlong_leases_are_caught() {
+    let broken = Broken {
+        bugs: TestingBugs::overlong_lease(),
+        ..Broken::default()
+    };
+    assert_caught("an overlong read lease", |seed| {
+        lease_reads(seed) && not_linearizable(seed, broken)
     });
 }
 
