@@ -685,3 +685,95 @@ async fn an_answered_write_is_in_the_status_before_its_answer() {
     }
     c.shutdown().await;
 }
+
+/// The node whose driver stalls at its next WAL write, and for how long (ms): the leader
+/// of [`a_stalled_leader_does_not_serve_reads_on_an_expired_lease`].
+static STALL: std::sync::Mutex<Option<(NodeId, u64)>> = std::sync::Mutex::new(None);
+
+/// Blocks its node's driver thread inside the WAL-written hook once, when [`STALL`] names
+/// the node: a driver paused as a `SIGSTOP` or a long fsync would pause it.
+#[derive(Debug)]
+struct StallingTelemetry(NodeId);
+
+impl concord_runtime::Telemetry for StallingTelemetry {
+    fn wal_written(&self, _entries: usize, _synced: bool, _took: Duration) {
+        let stall = {
+            let mut s = STALL.lock().unwrap_or_else(|e| e.into_inner());
+            match *s {
+                Some((id, ms)) if id == self.0 => s.take().map(|_| ms),
+                _ => None,
+            }
+        };
+        if let Some(ms) = stall {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+}
+
+const STALL_MS: u64 = 3000;
+
+fn lease_reads_that_stall(cfg: &mut NodeConfig) {
+    cfg.raft.lease_reads = true;
+    cfg.raft.request_timeout = Duration::from_secs(6);
+    cfg.raft.telemetry = Arc::new(StallingTelemetry(cfg.raft.id));
+}
+
+/// With lease reads, a leader whose driver stalls (here for 3 s, blocked in its WAL write
+/// while cut off) resumes with its lease expired: the ticks it missed are counted
+/// from the monotonic clock before it handles a read, so it does not answer the read from
+/// its own stale state although another leader has meanwhile been elected and committed a
+/// newer value. (Counting timer firings instead, it would see one late tick and a lease
+/// still valid, and answer the old value.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stalled_leader_does_not_serve_reads_on_an_expired_lease() {
+    let c = Cluster::new(3, lease_reads_that_stall);
+    let leader = c.leader().await;
+    put(c.node(leader), "k", "old").await;
+    // A lease needs heartbeats acknowledged after the leader's first ticks.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        get_linearizable(c.node(leader), "k").await,
+        Some(b"old".to_vec())
+    );
+    // Cut the leader off, then make its driver stall at the WAL write of a new proposal.
+    c.net.isolate(leader);
+    *STALL.lock().unwrap() = Some((leader, STALL_MS));
+    let stalled_at = std::time::Instant::now();
+    let stalled = c.node(leader).clone();
+    let proposal = tokio::spawn(async move { stalled.propose(put_cmd("x", "1")).await });
+    wait_for("the leader's driver to stall", || async {
+        STALL.lock().unwrap().is_none().then_some(())
+    })
+    .await;
+    // Meanwhile the others elect a leader and commit a newer value.
+    let other = (1..=3).map(NodeId).find(|&i| i != leader).unwrap_or(N1);
+    put(c.node(other), "k", "new").await;
+    // A read queued at the stalled leader is handled right after it resumes.
+    let req = RangeRequest {
+        key: b"k".to_vec(),
+        ..RangeRequest::default()
+    };
+    let queued_at = stalled_at.elapsed();
+    let read = c.node(leader).linearizable_range(&req).await;
+    assert!(
+        queued_at < Duration::from_millis(STALL_MS),
+        "the read was not queued during the stall ({queued_at:?}): the test proves nothing"
+    );
+    let value = read
+        .as_ref()
+        .ok()
+        .and_then(|r| r.kvs.first())
+        .map(|kv| kv.value.clone());
+    assert_ne!(
+        value,
+        Some(b"old".to_vec()),
+        "a stale read on an expired lease: {read:?}"
+    );
+    let _ = proposal.await;
+    c.net.heal();
+    assert_eq!(
+        get_linearizable(c.node(leader), "k").await,
+        Some(b"new".to_vec())
+    );
+    c.shutdown().await;
+}
