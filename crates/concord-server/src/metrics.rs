@@ -225,6 +225,8 @@ struct PeerSeries {
     received: Counter,
     round_trip: Histogram,
     queued: Gauge,
+    connects: Counter,
+    snapshots_sent: Counter,
 }
 
 /// etcd's buckets for peer round trips: 0.1 ms to 3.3 s, doubling.
@@ -286,7 +288,15 @@ impl RaftMetrics {
                 .peer_round_trip_seconds
                 .get_or_create(&[("To", id.clone())])
                 .clone(),
-            queued: self.peer_queued.get_or_create(&[("To", id)]).clone(),
+            queued: self
+                .peer_queued
+                .get_or_create(&[("To", id.clone())])
+                .clone(),
+            connects: self
+                .peer_connects
+                .get_or_create(&[("To", id.clone())])
+                .clone(),
+            snapshots_sent: self.snapshots_sent.get_or_create(&[("To", id)]).clone(),
         };
         record(
             self.peer_series
@@ -459,15 +469,15 @@ impl Telemetry for RaftMetrics {
     }
 
     fn peer_connected(&self, peer: NodeId) {
-        self.peer_connects
-            .get_or_create(&[("To", format!("{:x}", peer.get()))])
-            .inc();
+        self.peer(peer, |s| {
+            s.connects.inc();
+        });
     }
 
     fn snapshot_sent(&self, peer: NodeId) {
-        self.snapshots_sent
-            .get_or_create(&[("To", format!("{:x}", peer.get()))])
-            .inc();
+        self.peer(peer, |s| {
+            s.snapshots_sent.inc();
+        });
     }
 
     fn peer_received(&self, peer: NodeId, bytes: usize) {

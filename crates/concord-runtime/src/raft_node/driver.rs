@@ -81,6 +81,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                     self.on_failover_due();
                 }
                 _ = ticker.tick() => {
+                    // With lease reads the timer only wakes the loop; `catch_up` ticks.
                     if !self.config.lease_reads {
                         self.tick(&mut ticks);
                     }
