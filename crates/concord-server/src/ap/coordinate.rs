@@ -16,15 +16,19 @@
 //! A request that cannot finish fails at its deadline ([`ApConfig::timeout`]); a write
 //! that fails may or may not have been stored (the error says so).
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use concord_core::coordinator::{ReadAction, ReadRequest, WriteAction, WriteRequest};
+use concord_core::coordinator::{
+    CoordinatorError, ReadAction, ReadRequest, WriteAction, WriteRequest,
+};
 use concord_core::crdt::RedisValue;
 use concord_proto::peer::{ReplicaApply, ReplicaMerge, ReplicaRead};
 use concord_raft::NodeId;
 use concord_storage::ap::{state_from_bytes, state_to_bytes};
-use tokio::sync::mpsc;
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::Instant;
 use tracing::Instrument as _;
 
@@ -214,21 +218,16 @@ impl ApNode {
             elapsed,
             timeout.saturating_sub(elapsed),
         );
-        let (tx, mut rx) = mpsc::unbounded_channel();
         let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
         let mut pending = actions;
+        // The targets' acknowledgements (the coordinating replica's own commit among
+        // them), awaited by the one task below.
+        let mut acks: FuturesUnordered<BoxFuture<'static, (NodeId, bool)>> =
+            FuturesUnordered::new();
         match local_commit {
-            // Its commit answers through the channel, like the other replicas.
-            Some(commit) => {
-                let tx = tx.clone();
-                tokio::spawn(
-                    async move {
-                        let ok = matches!(commit.await, Ok(Ok(_)));
-                        let _ = tx.send((coordinating, ok));
-                    }
-                    .in_current_span(),
-                );
-            }
+            Some(commit) => acks.push(Box::pin(async move {
+                (coordinating, matches!(commit.await, Ok(Ok(_))))
+            })),
             // The coordinating replica stored the state already.
             None => pending.extend(req.on_ack(coordinating)),
         }
@@ -248,15 +247,11 @@ impl ApNode {
                             WriteAction::Write { to, hint_for: None } if to == coordinating => {}
                             WriteAction::Write { to, hint_for } => {
                                 let node = node.clone();
-                                let (tx, state, key) = (tx.clone(), state.clone(), key.clone());
-                                tokio::spawn(
-                                    async move {
-                                        let ok =
-                                            node.merge_at(to, bucket, key, state, hint_for).await;
-                                        let _ = tx.send((to, ok.is_ok()));
-                                    }
-                                    .in_current_span(),
-                                );
+                                let (state, key) = (state.clone(), key.clone());
+                                acks.push(Box::pin(async move {
+                                    let ok = node.merge_at(to, bucket, key, state, hint_for).await;
+                                    (to, ok.is_ok())
+                                }));
                             }
                             WriteAction::Reply(result) => {
                                 if let Some(reply) = reply.take() {
@@ -273,7 +268,7 @@ impl ApNode {
                     }
                     let deadline = started + req.deadline();
                     tokio::select! {
-                        Some((from, ok)) = rx.recv() => {
+                        Some((from, ok)) = acks.next() => {
                             pending = if ok { req.on_ack(from) } else { req.on_failure(from) };
                         }
                         _ = tokio::time::sleep_until(deadline) => {
@@ -353,7 +348,7 @@ impl ApNode {
         }
         // R replicas are asked, another one for each that fails, and the rest after
         // SPECULATE_AFTER without an answer (a slow or paused replica).
-        let (mut req, actions) = ReadRequest::<RedisValue>::start_lean(
+        let (req, actions) = ReadRequest::<RedisValue>::start_lean(
             r,
             &preferred,
             &fallbacks,
@@ -362,71 +357,37 @@ impl ApNode {
             timeout,
             SPECULATE_AFTER,
         );
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
-        let node = self.clone();
-        let key = key.to_vec();
-        // Runs until every repair is sent (or the deadline), after the client has its
-        // answer.
-        tokio::spawn(
-            async move {
-                let mut reply = Some(reply_tx);
-                let mut pending = actions;
-                loop {
-                    for action in std::mem::take(&mut pending) {
-                        match action {
-                            ReadAction::Read { from } => {
-                                let (node, tx, key) = (node.clone(), tx.clone(), key.clone());
-                                tokio::spawn(
-                                    async move {
-                                        let answer = node.read_at(from, bucket, key).await;
-                                        let _ = tx.send((from, answer));
-                                    }
-                                    .in_current_span(),
-                                );
-                            }
-                            ReadAction::Repair { to, value } => {
-                                node.inner
-                                    .counters
-                                    .read_repairs
-                                    .fetch_add(1, Ordering::Relaxed);
-                                let (node, key) = (node.clone(), key.clone());
-                                tokio::spawn(
-                                    async move {
-                                        let _ = node.merge_at(to, bucket, key, value, None).await;
-                                    }
-                                    .in_current_span(),
-                                );
-                            }
-                            ReadAction::Reply(result) => {
-                                if let Some(reply) = reply.take() {
-                                    let _ = reply.send(result);
-                                }
-                            }
-                        }
-                    }
-                    if req.is_done() {
-                        return;
-                    }
-                    tokio::select! {
-                        Some((from, answer)) = rx.recv() => {
-                            pending = match answer {
-                                Ok(state) => req.on_answer(from, state),
-                                Err(_) => req.on_failure(from),
-                            };
-                        }
-                        _ = tokio::time::sleep_until(started + req.next_tick()) => {
-                            pending = req.on_tick(started.elapsed());
-                        }
+        let mut read = Read {
+            node: self.clone(),
+            bucket,
+            key: key.to_vec(),
+            started,
+            req,
+            asked: FuturesUnordered::new(),
+        };
+        // Driven here until the client has its answer (this member's own answer and a
+        // remote one need no task of their own), then in a task of its own while answers
+        // or repairs are still due.
+        let mut reply = read.act(actions);
+        while reply.is_none() && !read.req.is_done() {
+            let actions = read.next().await;
+            reply = read.act(actions);
+        }
+        if !read.req.is_done() {
+            tokio::spawn(
+                async move {
+                    while !read.req.is_done() {
+                        let actions = read.next().await;
+                        read.act(actions);
                     }
                 }
-            }
-            .in_current_span(),
-        );
-        match reply_rx.await {
-            Ok(Ok(state)) => Ok(state),
-            Ok(Err(e)) => Err(ApError::Unavailable(e.to_string())),
-            Err(_) => Err(ApError::Unavailable("read abandoned".into())),
+                .in_current_span(),
+            );
+        }
+        match reply {
+            Some(Ok(state)) => Ok(state),
+            Some(Err(e)) => Err(ApError::Unavailable(e.to_string())),
+            None => Err(ApError::Unavailable("read abandoned".into())),
         }
     }
 
@@ -524,5 +485,78 @@ impl ApNode {
         state_from_bytes(&state)
             .map(Some)
             .map_err(|e| ApError::Unavailable(format!("replica {at} answered {e}")))
+    }
+}
+
+/// A replica's answer to a read.
+type ReadAnswer = (NodeId, Result<Option<RedisValue>, ApError>);
+
+/// One read of one key in progress: the sans-I/O [`ReadRequest`] and the replicas it asked.
+struct Read {
+    node: ApNode,
+    bucket: u8,
+    key: Vec<u8>,
+    started: Instant,
+    req: ReadRequest<RedisValue>,
+    asked: FuturesUnordered<BoxFuture<'static, ReadAnswer>>,
+}
+
+impl Read {
+    /// Carries out `actions` (and what this member's own answer leads to); the reply for
+    /// the client when one of them is it.
+    fn act(
+        &mut self,
+        actions: Vec<ReadAction<RedisValue>>,
+    ) -> Option<Result<Option<RedisValue>, CoordinatorError>> {
+        let mut reply = None;
+        let mut pending = VecDeque::from(actions);
+        while let Some(action) = pending.pop_front() {
+            match action {
+                // A lookup in pages the store caches: answered at once.
+                ReadAction::Read { from } if from == self.node.me() => {
+                    let more = match self.node.read_local(self.bucket, &self.key) {
+                        Ok(state) => self.req.on_answer(from, state),
+                        Err(_) => self.req.on_failure(from),
+                    };
+                    pending.extend(more);
+                }
+                ReadAction::Read { from } => {
+                    let (node, key, bucket) = (self.node.clone(), self.key.clone(), self.bucket);
+                    self.asked.push(Box::pin(async move {
+                        (from, node.read_at(from, bucket, key).await)
+                    }));
+                }
+                ReadAction::Repair { to, value } => {
+                    self.node
+                        .inner
+                        .counters
+                        .read_repairs
+                        .fetch_add(1, Ordering::Relaxed);
+                    let (node, key, bucket) = (self.node.clone(), self.key.clone(), self.bucket);
+                    tokio::spawn(
+                        async move {
+                            let _ = node.merge_at(to, bucket, key, value, None).await;
+                        }
+                        .in_current_span(),
+                    );
+                }
+                ReadAction::Reply(result) => {
+                    reply.get_or_insert(result);
+                }
+            }
+        }
+        reply
+    }
+
+    /// Waits for the next answer or the next tick of the request; what it leads to.
+    async fn next(&mut self) -> Vec<ReadAction<RedisValue>> {
+        let tick = tokio::time::sleep_until(self.started + self.req.next_tick());
+        tokio::select! {
+            Some((from, answer)) = self.asked.next() => match answer {
+                Ok(state) => self.req.on_answer(from, state),
+                Err(_) => self.req.on_failure(from),
+            },
+            _ = tick => self.req.on_tick(self.started.elapsed()),
+        }
     }
 }
