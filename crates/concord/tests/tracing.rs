@@ -229,3 +229,85 @@ async fn where_a_put_spends_its_time() {
         }
     }
 }
+
+/// Where one Redis client's `SET` spends its time, from the spans every member exports:
+/// run by hand (`cargo test --release -p concord --test tracing where_a_set -- --ignored
+/// --nocapture`) for docs/ap.md. Prints medians in microseconds of 200 sequential SETs
+/// sent to member 0 (a replica of every key with three members: it coordinates and
+/// applies, the other two merge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, printed; run by hand"]
+async fn where_a_set_spends_its_time() {
+    let (cluster, received) = traced_cluster().await;
+    let mut redis = RedisConn::connect(cluster.nodes[0].redis_port)
+        .await
+        .unwrap();
+    let ok = |r: &Result<common::redis::RedisReply, _>| matches!(r, Ok(common::redis::RedisReply::Simple(s)) if s == "OK");
+    for i in 0..100 {
+        if ok(&redis.cmd(&["SET", &format!("warm{i}"), "v"]).await) {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    received.lock().unwrap().spans.clear();
+    let mut client_us = Vec::new();
+    for i in 0..200 {
+        let started = std::time::Instant::now();
+        let reply = redis.cmd(&["SET", &format!("k{i}"), "v"]).await;
+        assert!(ok(&reply), "{reply:?}");
+        client_us.push(started.elapsed().as_micros() as u64);
+    }
+    // The exporter sends every 5 s.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let spans = received.lock().unwrap().spans.clone();
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v.get(v.len() / 2).copied().unwrap_or(0)
+    };
+    let duration_us = |s: &Span| (s.end_ns.saturating_sub(s.start_ns)) / 1000;
+    let (mut set_us, mut write_us, mut merge_us, mut first_merge_us, mut outside_us) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for set in spans.iter().filter(|s| s.name == "SET") {
+        let trace: Vec<&Span> = spans.iter().filter(|s| s.trace == set.trace).collect();
+        let Some(write) = trace.iter().find(|s| s.name == "ap.write") else {
+            continue;
+        };
+        set_us.push(duration_us(set));
+        write_us.push(duration_us(write));
+        let merges: Vec<&&Span> = trace
+            .iter()
+            .filter(|s| s.name == "ap.replica_merge")
+            .collect();
+        merge_us.extend(merges.iter().map(|s| duration_us(s)));
+        // The first replica durable is the one W = 2 waits for (with this member's own
+        // commit); the time around it is the round trip and the hand-offs. (`ap.write`
+        // lasts until the write settles: the third replica's answer too.)
+        if let Some(first) = merges.iter().min_by_key(|s| s.end_ns) {
+            first_merge_us.push(duration_us(first));
+            outside_us.push(
+                (first.start_ns.saturating_sub(set.start_ns)
+                    + set.end_ns.saturating_sub(first.end_ns))
+                    / 1000,
+            );
+        }
+    }
+    println!(
+        "\n200 SETs at member 0: {} traced, client-side p50 {} us",
+        set_us.len(),
+        median(client_us)
+    );
+    for (name, values) in [
+        ("SET span at the member called", set_us),
+        ("ap.write (until every replica answered)", write_us),
+        ("ap.replica_merge (each replica)", merge_us),
+        ("first replica's merge (to durable)", first_merge_us),
+        ("SET span outside that merge", outside_us),
+    ] {
+        println!(
+            "  {name:<40} p50 {:>6} us  ({} spans)",
+            median(values.clone()),
+            values.len()
+        );
+    }
+}
