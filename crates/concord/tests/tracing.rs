@@ -152,6 +152,21 @@ async fn one_trace_spans_the_coordinator_and_its_replicas_and_holds_no_user_data
     }
 }
 
+/// The spans received once the exporters have sent (every 5 s).
+async fn exported(received: &std::sync::Mutex<common::otlp::Received>) -> Vec<Span> {
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    received.lock().unwrap().spans.clone()
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+fn duration_us(s: &Span) -> u64 {
+    s.end_ns.saturating_sub(s.start_ns) / 1000
+}
+
 /// Where one client's put spends its time, from the spans every member exports: run by
 /// hand (`cargo test --release -p concord --test tracing where_a_put -- --ignored
 /// --nocapture`) for docs/benchmarks.md. Prints medians in microseconds of 200 sequential
@@ -179,13 +194,7 @@ async fn where_a_put_spends_its_time() {
             client.put(format!("k{i}"), "v", None).await.expect("put");
             client_us.push(started.elapsed().as_micros() as u64);
         }
-        // The exporter sends every 5 s.
-        tokio::time::sleep(Duration::from_secs(7)).await;
-        let spans = received.lock().unwrap().spans.clone();
-        let median = |mut v: Vec<u64>| {
-            v.sort_unstable();
-            v.get(v.len() / 2).copied().unwrap_or(0)
-        };
+        let spans = exported(&received).await;
         let puts: Vec<&Span> = spans
             .iter()
             .filter(|s| s.name == "etcdserverpb.KV/Put")
@@ -195,7 +204,6 @@ async fn where_a_put_spends_its_time() {
             .find(|s| s.name == "raft.replicate")
             .map(|s| s.member.clone())
             .unwrap_or_default();
-        let duration_us = |s: &Span| (s.end_ns.saturating_sub(s.start_ns)) / 1000;
         let mut rows: Vec<(String, Vec<u64>)> = Vec::new();
         let mut add = |name: String, v: u64| match rows.iter_mut().find(|(n, _)| *n == name) {
             Some((_, vs)) => vs.push(v),
@@ -258,14 +266,7 @@ async fn where_a_set_spends_its_time() {
         assert!(ok(&reply), "{reply:?}");
         client_us.push(started.elapsed().as_micros() as u64);
     }
-    // The exporter sends every 5 s.
-    tokio::time::sleep(Duration::from_secs(7)).await;
-    let spans = received.lock().unwrap().spans.clone();
-    let median = |mut v: Vec<u64>| {
-        v.sort_unstable();
-        v.get(v.len() / 2).copied().unwrap_or(0)
-    };
-    let duration_us = |s: &Span| (s.end_ns.saturating_sub(s.start_ns)) / 1000;
+    let spans = exported(&received).await;
     let (mut set_us, mut write_us, mut merge_us, mut first_merge_us, mut outside_us) =
         (vec![], vec![], vec![], vec![], vec![]);
     for set in spans.iter().filter(|s| s.name == "SET") {
