@@ -218,12 +218,9 @@ impl ApNode {
             elapsed,
             timeout.saturating_sub(elapsed),
         );
-        let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
         let mut pending = actions;
-        // The targets' acknowledgements (the coordinating replica's own commit among
-        // them), awaited by the one task below.
-        let mut acks: FuturesUnordered<BoxFuture<'static, (NodeId, bool)>> =
-            FuturesUnordered::new();
+        // The targets' acknowledgements, the coordinating replica's own commit among them.
+        let acks: FuturesUnordered<BoxFuture<'static, (NodeId, bool)>> = FuturesUnordered::new();
         match local_commit {
             Some(commit) => acks.push(Box::pin(async move {
                 (coordinating, matches!(commit.await, Ok(Ok(_))))
@@ -231,60 +228,45 @@ impl ApNode {
             // The coordinating replica stored the state already.
             None => pending.extend(req.on_ack(coordinating)),
         }
-        let node = self.clone();
-        let key = key.to_vec();
         // Only a session needs it back (a whole set may be large).
         let stored = access.session.is_some().then(|| state.clone());
-        // Runs until the write settles (every target answered, or the deadline), after the
-        // client has its answer, so that owners it did not reach get a hint.
-        tokio::spawn(
-            async move {
-                let mut reply = Some(reply_tx);
-                loop {
-                    for action in std::mem::take(&mut pending) {
-                        match action {
-                            // The coordinating replica stored the state as the key's already.
-                            WriteAction::Write { to, hint_for: None } if to == coordinating => {}
-                            WriteAction::Write { to, hint_for } => {
-                                let node = node.clone();
-                                let (state, key) = (state.clone(), key.clone());
-                                acks.push(Box::pin(async move {
-                                    let ok = node.merge_at(to, bucket, key, state, hint_for).await;
-                                    (to, ok.is_ok())
-                                }));
-                            }
-                            WriteAction::Reply(result) => {
-                                if let Some(reply) = reply.take() {
-                                    let _ = reply.send(result.map(drop).map_err(|e| e.to_string()));
-                                }
-                            }
-                            WriteAction::KeepHint { owner } => {
-                                node.keep_hint(owner, bucket, &key, &state).await
-                            }
-                        }
-                    }
-                    if req.is_settled() {
-                        return;
-                    }
-                    let deadline = started + req.deadline();
-                    tokio::select! {
-                        Some((from, ok)) = acks.next() => {
-                            pending = if ok { req.on_ack(from) } else { req.on_failure(from) };
-                        }
-                        _ = tokio::time::sleep_until(deadline) => {
-                            pending = req.on_tick(started.elapsed());
-                        }
+        let mut write = Write {
+            node: self.clone(),
+            bucket,
+            key: key.to_vec(),
+            state,
+            coordinating,
+            started,
+            req,
+            acks,
+        };
+        // Driven here until the client has its answer, then in a task of its own until it
+        // settles (every target answered, or the deadline), so that owners it did not
+        // reach get a hint. (A caller that stops waiting before the answer, which the
+        // Redis front door never does, may leave merges unsent: the write was not
+        // acknowledged, and anti-entropy carries it from this replica.)
+        let mut reply = write.act(pending).await;
+        while reply.is_none() && !write.req.is_settled() {
+            let actions = write.next().await;
+            reply = write.act(actions).await;
+        }
+        if !write.req.is_settled() {
+            tokio::spawn(
+                async move {
+                    while !write.req.is_settled() {
+                        let actions = write.next().await;
+                        write.act(actions).await;
                     }
                 }
-            }
-            .in_current_span(),
-        );
-        match reply_rx.await {
-            Ok(Ok(())) => Ok((answer, stored)),
-            Ok(Err(e)) => Err(ApError::Unavailable(format!(
+                .in_current_span(),
+            );
+        }
+        match reply {
+            Some(Ok(())) => Ok((answer, stored)),
+            Some(Err(e)) => Err(ApError::Unavailable(format!(
                 "{e}; the write may or may not have been stored"
             ))),
-            Err(_) => Err(ApError::Unavailable(
+            None => Err(ApError::Unavailable(
                 "write abandoned; it may or may not have been stored".into(),
             )),
         }
@@ -557,6 +539,61 @@ impl Read {
                 Err(_) => self.req.on_failure(from),
             },
             _ = tick => self.req.on_tick(self.started.elapsed()),
+        }
+    }
+}
+
+/// One write of one key after its coordinating replica applied it: the sans-I/O
+/// [`WriteRequest`] and the acknowledgements it awaits.
+struct Write {
+    node: ApNode,
+    bucket: u8,
+    key: Vec<u8>,
+    /// The state the coordinating replica stored, sent to the others.
+    state: RedisValue,
+    coordinating: NodeId,
+    started: Instant,
+    req: WriteRequest,
+    acks: FuturesUnordered<BoxFuture<'static, (NodeId, bool)>>,
+}
+
+impl Write {
+    /// Carries out `actions`; the reply for the client when one of them is it.
+    async fn act(&mut self, actions: Vec<WriteAction>) -> Option<Result<(), CoordinatorError>> {
+        let mut reply = None;
+        for action in actions {
+            match action {
+                // The coordinating replica stored the state as the key's already.
+                WriteAction::Write { to, hint_for: None } if to == self.coordinating => {}
+                WriteAction::Write { to, hint_for } => {
+                    let (node, key, bucket) = (self.node.clone(), self.key.clone(), self.bucket);
+                    let state = self.state.clone();
+                    self.acks.push(Box::pin(async move {
+                        let ok = node.merge_at(to, bucket, key, state, hint_for).await;
+                        (to, ok.is_ok())
+                    }));
+                }
+                WriteAction::Reply(result) => {
+                    reply.get_or_insert(result.map(drop));
+                }
+                WriteAction::KeepHint { owner } => {
+                    self.node
+                        .keep_hint(owner, self.bucket, &self.key, &self.state)
+                        .await
+                }
+            }
+        }
+        reply
+    }
+
+    /// Waits for the next acknowledgement or the deadline; what it leads to.
+    async fn next(&mut self) -> Vec<WriteAction> {
+        let deadline = tokio::time::sleep_until(self.started + self.req.deadline());
+        tokio::select! {
+            Some((from, ok)) = self.acks.next() => {
+                if ok { self.req.on_ack(from) } else { self.req.on_failure(from) }
+            }
+            _ = deadline => self.req.on_tick(self.started.elapsed()),
         }
     }
 }
