@@ -28,7 +28,7 @@ use concord_runtime::Telemetry;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
@@ -263,6 +263,15 @@ impl Default for RaftMetrics {
     }
 }
 
+/// The series of `family` for one peer (`label` is `To` or `From`, `id` the peer's).
+fn labelled<M: Clone, C: MetricConstructor<M>>(
+    family: &Family<PeerLabel, M, C>,
+    label: &'static str,
+    id: &str,
+) -> M {
+    family.get_or_create(&[(label, id.to_owned())]).clone()
+}
+
 impl RaftMetrics {
     /// Records into `peer`'s series (created at its first use).
     fn peer(&self, peer: NodeId, record: impl Fn(&PeerSeries)) {
@@ -276,27 +285,12 @@ impl RaftMetrics {
         }
         let id = format!("{:x}", peer.get());
         let series = PeerSeries {
-            sent: self
-                .peer_sent_bytes
-                .get_or_create(&[("To", id.clone())])
-                .clone(),
-            received: self
-                .peer_received_bytes
-                .get_or_create(&[("From", id.clone())])
-                .clone(),
-            round_trip: self
-                .peer_round_trip_seconds
-                .get_or_create(&[("To", id.clone())])
-                .clone(),
-            queued: self
-                .peer_queued
-                .get_or_create(&[("To", id.clone())])
-                .clone(),
-            connects: self
-                .peer_connects
-                .get_or_create(&[("To", id.clone())])
-                .clone(),
-            snapshots_sent: self.snapshots_sent.get_or_create(&[("To", id)]).clone(),
+            sent: labelled(&self.peer_sent_bytes, "To", &id),
+            received: labelled(&self.peer_received_bytes, "From", &id),
+            round_trip: labelled(&self.peer_round_trip_seconds, "To", &id),
+            queued: labelled(&self.peer_queued, "To", &id),
+            connects: labelled(&self.peer_connects, "To", &id),
+            snapshots_sent: labelled(&self.snapshots_sent, "To", &id),
         };
         record(
             self.peer_series

@@ -17,6 +17,7 @@
 //! that fails may or may not have been stored (the error says so).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -230,7 +231,7 @@ impl ApNode {
         }
         // Only a session needs it back (a whole set may be large).
         let stored = access.session.is_some().then(|| state.clone());
-        let mut write = Write {
+        let write = Write {
             node: self.clone(),
             bucket,
             key: key.to_vec(),
@@ -240,27 +241,12 @@ impl ApNode {
             req,
             acks,
         };
-        // Driven here until the client has its answer, then in a task of its own until it
-        // settles (every target answered, or the deadline), so that owners it did not
-        // reach get a hint. (A caller that stops waiting before the answer, which the
-        // Redis front door never does, may leave merges unsent: the write was not
-        // acknowledged, and anti-entropy carries it from this replica.)
-        let mut reply = write.act(pending).await;
-        while reply.is_none() && !write.req.is_settled() {
-            let actions = write.next().await;
-            reply = write.act(actions).await;
-        }
-        if !write.req.is_settled() {
-            tokio::spawn(
-                async move {
-                    while !write.req.is_settled() {
-                        let actions = write.next().await;
-                        write.act(actions).await;
-                    }
-                }
-                .in_current_span(),
-            );
-        }
+        // It settles (every target answered, or the deadline) after the client has its
+        // answer, so that owners it did not reach get a hint. (A caller that stops waiting
+        // before the answer, which the Redis front door never does, may leave merges
+        // unsent: the write was not acknowledged, and anti-entropy carries it from this
+        // replica.)
+        let reply = drive(write, pending).await;
         match reply {
             Some(Ok(())) => Ok((answer, stored)),
             Some(Err(e)) => Err(ApError::Unavailable(format!(
@@ -339,7 +325,7 @@ impl ApNode {
             timeout,
             SPECULATE_AFTER,
         );
-        let mut read = Read {
+        let read = Read {
             node: self.clone(),
             bucket,
             key: key.to_vec(),
@@ -347,25 +333,8 @@ impl ApNode {
             req,
             asked: FuturesUnordered::new(),
         };
-        // Driven here until the client has its answer (this member's own answer and a
-        // remote one need no task of their own), then in a task of its own while answers
-        // or repairs are still due.
-        let mut reply = read.act(actions);
-        while reply.is_none() && !read.req.is_done() {
-            let actions = read.next().await;
-            reply = read.act(actions);
-        }
-        if !read.req.is_done() {
-            tokio::spawn(
-                async move {
-                    while !read.req.is_done() {
-                        let actions = read.next().await;
-                        read.act(actions);
-                    }
-                }
-                .in_current_span(),
-            );
-        }
+        // This member's own answer and a remote one need no task of their own.
+        let reply = drive(read, actions).await;
         match reply {
             Some(Ok(state)) => Ok(state),
             Some(Err(e)) => Err(ApError::Unavailable(e.to_string())),
@@ -470,6 +439,43 @@ impl ApNode {
     }
 }
 
+/// A request driven by its sans-I/O core: its actions carried out, then the next answer
+/// or tick awaited, until it is done.
+trait Drive: Send + 'static {
+    type Action: Send;
+    type Reply;
+    fn done(&self) -> bool;
+    /// Carries out `actions`; the reply for the client when one of them is it.
+    fn act(
+        &mut self,
+        actions: Vec<Self::Action>,
+    ) -> impl Future<Output = Option<Self::Reply>> + Send;
+    /// Waits for the next answer or tick; what it leads to.
+    fn next(&mut self) -> impl Future<Output = Vec<Self::Action>> + Send;
+}
+
+/// Drives `request` from its `first` actions in the caller's task until the client's
+/// reply (no task or channel on that path), then in a task of its own while it is not done.
+async fn drive<D: Drive>(mut request: D, first: Vec<D::Action>) -> Option<D::Reply> {
+    let mut reply = request.act(first).await;
+    while reply.is_none() && !request.done() {
+        let actions = request.next().await;
+        reply = request.act(actions).await;
+    }
+    if !request.done() {
+        tokio::spawn(
+            async move {
+                while !request.done() {
+                    let actions = request.next().await;
+                    request.act(actions).await;
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    reply
+}
+
 /// A replica's answer to a read.
 type ReadAnswer = (NodeId, Result<Option<RedisValue>, ApError>);
 
@@ -483,13 +489,16 @@ struct Read {
     asked: FuturesUnordered<BoxFuture<'static, ReadAnswer>>,
 }
 
-impl Read {
-    /// Carries out `actions` (and what this member's own answer leads to); the reply for
-    /// the client when one of them is it.
-    fn act(
-        &mut self,
-        actions: Vec<ReadAction<RedisValue>>,
-    ) -> Option<Result<Option<RedisValue>, CoordinatorError>> {
+impl Drive for Read {
+    type Action = ReadAction<RedisValue>;
+    type Reply = Result<Option<RedisValue>, CoordinatorError>;
+
+    fn done(&self) -> bool {
+        self.req.is_done()
+    }
+
+    /// This member's own read is answered at once, and what it leads to carried out too.
+    async fn act(&mut self, actions: Vec<Self::Action>) -> Option<Self::Reply> {
         let mut reply = None;
         let mut pending = VecDeque::from(actions);
         while let Some(action) = pending.pop_front() {
@@ -530,8 +539,7 @@ impl Read {
         reply
     }
 
-    /// Waits for the next answer or the next tick of the request; what it leads to.
-    async fn next(&mut self) -> Vec<ReadAction<RedisValue>> {
+    async fn next(&mut self) -> Vec<Self::Action> {
         let tick = tokio::time::sleep_until(self.started + self.req.next_tick());
         tokio::select! {
             Some((from, answer)) = self.asked.next() => match answer {
@@ -557,9 +565,15 @@ struct Write {
     acks: FuturesUnordered<BoxFuture<'static, (NodeId, bool)>>,
 }
 
-impl Write {
-    /// Carries out `actions`; the reply for the client when one of them is it.
-    async fn act(&mut self, actions: Vec<WriteAction>) -> Option<Result<(), CoordinatorError>> {
+impl Drive for Write {
+    type Action = WriteAction;
+    type Reply = Result<(), CoordinatorError>;
+
+    fn done(&self) -> bool {
+        self.req.is_settled()
+    }
+
+    async fn act(&mut self, actions: Vec<Self::Action>) -> Option<Self::Reply> {
         let mut reply = None;
         for action in actions {
             match action {
@@ -586,8 +600,7 @@ impl Write {
         reply
     }
 
-    /// Waits for the next acknowledgement or the deadline; what it leads to.
-    async fn next(&mut self) -> Vec<WriteAction> {
+    async fn next(&mut self) -> Vec<Self::Action> {
         let deadline = tokio::time::sleep_until(self.started + self.req.deadline());
         tokio::select! {
             Some((from, ok)) = self.acks.next() => {
