@@ -1,24 +1,42 @@
 //! Requests to one replica, batched. A coordinator's applies, merges and reads for a
 //! member go through one queue per kind per member; whatever has queued up while earlier
-//! batches were on the wire leaves as one call (`ApplyBatch`, `MergeBatch`, `ReadBatch`;
-//! at most [`MAX_BATCH`] requests, [`IN_FLIGHT`] calls per queue at once). A lone request
-//! still leaves at once: nothing waits for company. The replica queues a whole batch of
-//! writes for its group commit before it waits, so one call and usually one fsync carry
-//! many clients' writes. Each request keeps its own answer.
+//! batches were on the wire leaves as one call (at most [`MAX_BATCH`] requests,
+//! [`IN_FLIGHT`] calls per queue at once). A lone request still leaves at once: nothing
+//! waits for company. The replica queues a whole batch of writes for its group commit
+//! before it waits, so one call and usually one fsync carry many clients' writes. Each
+//! request keeps its own answer.
+//!
+//! The calls of the three queues to a member share one long-lived `Calls` stream
+//! ([`Link`]): a call is one message with an id, its answer one message back, as soon as
+//! it is ready. A unary gRPC call costs an HTTP/2 stream, request and response headers,
+//! an end-of-stream frame each way, and a task on the receiving member; on the stream a
+//! call costs its message. The stream is opened at the first call and again at the first
+//! call after it broke; the calls in flight when it breaks fail (they are not re-sent: an
+//! apply may have been applied). A member that does not serve `Calls` (an older build) is
+//! called with the unary `ApplyBatch`, `MergeBatch` and `ReadBatch`, and the stream is
+//! tried again after [`RETRY_STREAM`].
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use concord_proto::peer::replica_answer::Answer;
+use concord_proto::peer::replica_call::Call;
 use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::{
-    ReplicaApply, ReplicaApplyBatch, ReplicaMerge, ReplicaMergeBatch, ReplicaRead,
-    ReplicaReadBatch, ReplicaState,
+    ReplicaAnswer, ReplicaApply, ReplicaApplyBatch, ReplicaCall, ReplicaMerge, ReplicaMergeBatch,
+    ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaState, ReplicaStates,
 };
 use concord_raft::NodeId;
 use concord_storage::ap::state_from_bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::Channel;
+use tonic::{Code, Status, Streaming};
 
 use super::{bucket_of, op_from_wire, stopped, ApError, ApNode};
 
@@ -33,6 +51,9 @@ pub const MAX_BATCH_BYTES: usize = 4 << 20;
 pub const MAX_MESSAGE: usize = 1 << 30;
 /// Most calls in flight per queue.
 pub const IN_FLIGHT: usize = 4;
+/// How long a member that refused the `Calls` stream is called unary before the stream
+/// is tried again.
+pub const RETRY_STREAM: Duration = Duration::from_secs(60);
 
 /// A request waiting for its batch.
 #[derive(Debug)]
@@ -61,40 +82,52 @@ pub fn start(
     cluster_id: u64,
     timeout: Duration,
 ) -> Queues {
+    let link = Arc::new(Link::new(client));
     let failed = move |e: String| ApError::Unavailable(format!("replica {to}: {e}"));
     let (applies, queue) = mpsc::unbounded_channel();
-    let c = client.clone();
+    let l = link.clone();
     tokio::spawn(run(to, timeout, queue, move |applies| {
-        let mut c = c.clone();
+        let l = l.clone();
         async move {
-            let call = c.apply_batch(ReplicaApplyBatch {
+            let call = Call::Applies(ReplicaApplyBatch {
                 cluster_id,
                 applies,
             });
-            let states = call.await.map_err(|s| s.message().to_string())?;
-            Ok(states.into_inner().states.into_iter().map(Ok).collect())
+            match l.call(call).await? {
+                Answer::States(s) => Ok(s.states.into_iter().map(Ok).collect()),
+                other => Err(unexpected(&other)),
+            }
         }
     }));
     let (merges, queue) = mpsc::unbounded_channel();
-    let c = client.clone();
+    let l = link.clone();
     tokio::spawn(run(to, timeout, queue, move |merges| {
-        let mut c = c.clone();
+        let l = l.clone();
         async move {
-            let call = c.merge_batch(ReplicaMergeBatch { cluster_id, merges });
-            let ack = call.await.map_err(|s| s.message().to_string())?;
-            let answers = ack.into_inner().errors.into_iter();
-            Ok(answers
-                .map(|e| if e.is_empty() { Ok(()) } else { Err(failed(e)) })
-                .collect())
+            match l
+                .call(Call::Merges(ReplicaMergeBatch { cluster_id, merges }))
+                .await?
+            {
+                Answer::Merged(ack) => Ok(ack
+                    .errors
+                    .into_iter()
+                    .map(|e| if e.is_empty() { Ok(()) } else { Err(failed(e)) })
+                    .collect()),
+                other => Err(unexpected(&other)),
+            }
         }
     }));
     let (reads, queue) = mpsc::unbounded_channel();
     tokio::spawn(run(to, timeout, queue, move |reads| {
-        let mut c = client.clone();
+        let l = link.clone();
         async move {
-            let call = c.read_batch(ReplicaReadBatch { cluster_id, reads });
-            let states = call.await.map_err(|s| s.message().to_string())?;
-            Ok(states.into_inner().states.into_iter().map(Ok).collect())
+            match l
+                .call(Call::Reads(ReplicaReadBatch { cluster_id, reads }))
+                .await?
+            {
+                Answer::States(s) => Ok(s.states.into_iter().map(Ok).collect()),
+                other => Err(unexpected(&other)),
+            }
         }
     }));
     Queues {
@@ -102,6 +135,185 @@ pub fn start(
         merges,
         reads,
     }
+}
+
+fn unexpected(answer: &Answer) -> String {
+    match answer {
+        Answer::Failure(why) => why.clone(),
+        _ => "an answer of the wrong kind".into(),
+    }
+}
+
+/// The calls to one member: over its `Calls` stream, or unary while it refuses the
+/// stream.
+struct Link {
+    client: ReplicaClient<Channel>,
+    ids: AtomicU64,
+    /// The open stream; `None` before the first call, and while calls go unary.
+    stream: tokio::sync::Mutex<Option<Arc<CallStream>>>,
+    /// Since when the member refused the stream.
+    refused: Mutex<Option<Instant>>,
+}
+
+/// An open `Calls` stream: where calls go, and who waits for which answer.
+struct CallStream {
+    calls: mpsc::UnboundedSender<ReplicaCall>,
+    waiting: Arc<Waiting>,
+}
+
+/// The callers waiting on a stream, by call id; `None` once the stream has ended.
+type Waiting = Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const STREAM_ENDED: &str = "the stream to the replica ended";
+
+impl Link {
+    fn new(client: ReplicaClient<Channel>) -> Self {
+        Self {
+            client,
+            ids: AtomicU64::new(0),
+            stream: tokio::sync::Mutex::new(None),
+            refused: Mutex::new(None),
+        }
+    }
+
+    /// Makes `call` and waits for its answer, or why the whole call failed.
+    async fn call(&self, call: Call) -> Result<Answer, String> {
+        let Some(stream) = self.stream().await? else {
+            return self.unary(call).await;
+        };
+        let id = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        match lock(&stream.waiting).as_mut() {
+            Some(waiting) => waiting.insert(id, tx),
+            None => return Err(STREAM_ENDED.into()),
+        };
+        // A caller that stops waiting (its timeout) takes its entry out.
+        let _forget = Forget {
+            waiting: &stream.waiting,
+            id,
+        };
+        let sent = stream.calls.send(ReplicaCall {
+            id,
+            call: Some(call),
+        });
+        if sent.is_err() {
+            return Err(STREAM_ENDED.into());
+        }
+        rx.await.map_err(|_| STREAM_ENDED.to_string())
+    }
+
+    /// The open stream, opened now when there is none or it ended; `None` while the
+    /// member refuses the stream.
+    async fn stream(&self) -> Result<Option<Arc<CallStream>>, String> {
+        if lock(&self.refused).is_some_and(|since| since.elapsed() < RETRY_STREAM) {
+            return Ok(None);
+        }
+        let mut open = self.stream.lock().await;
+        if let Some(s) = open.as_ref().filter(|s| lock(&s.waiting).is_some()) {
+            return Ok(Some(s.clone()));
+        }
+        let (calls, queued) = mpsc::unbounded_channel();
+        let mut client = self.client.clone();
+        let answers = match client.calls(UnboundedReceiverStream::new(queued)).await {
+            Ok(answers) => answers.into_inner(),
+            Err(s) if s.code() == Code::Unimplemented => {
+                *lock(&self.refused) = Some(Instant::now());
+                *open = None;
+                return Ok(None);
+            }
+            Err(s) => return Err(s.message().to_string()),
+        };
+        let waiting = Arc::new(Mutex::new(Some(HashMap::new())));
+        tokio::spawn(read_answers(waiting.clone(), answers));
+        let stream = Arc::new(CallStream { calls, waiting });
+        *open = Some(stream.clone());
+        Ok(Some(stream))
+    }
+
+    /// `call` as the unary call of its kind.
+    async fn unary(&self, call: Call) -> Result<Answer, String> {
+        let mut c = self.client.clone();
+        let why = |s: Status| s.message().to_string();
+        Ok(match call {
+            Call::Applies(b) => Answer::States(c.apply_batch(b).await.map_err(why)?.into_inner()),
+            Call::Merges(b) => Answer::Merged(c.merge_batch(b).await.map_err(why)?.into_inner()),
+            Call::Reads(b) => Answer::States(c.read_batch(b).await.map_err(why)?.into_inner()),
+        })
+    }
+}
+
+/// Takes a call's entry out of its stream's waiting list when its caller stops waiting.
+struct Forget<'a> {
+    waiting: &'a Waiting,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(waiting) = lock(self.waiting).as_mut() {
+            waiting.remove(&self.id);
+        }
+    }
+}
+
+/// Hands each answer of a stream to its caller; when the stream ends, fails the calls
+/// still waiting and marks it ended (the next call opens another).
+async fn read_answers(waiting: Arc<Waiting>, mut answers: Streaming<ReplicaAnswer>) {
+    while let Ok(Some(a)) = answers.message().await {
+        let caller = lock(&waiting).as_mut().and_then(|w| w.remove(&a.id));
+        if let (Some(caller), Some(answer)) = (caller, a.answer) {
+            let _ = caller.send(answer);
+        }
+    }
+    // Dropping the senders fails their callers with STREAM_ENDED.
+    lock(&waiting).take();
+}
+
+/// A started call of a `Calls` stream: answered at once (reads, refusals) or later.
+enum Started {
+    Now(ReplicaAnswer),
+    Later(Pin<Box<dyn Future<Output = ReplicaAnswer> + Send>>),
+}
+
+/// Serves one `Calls` stream: each call is started as it arrives (applies and merges
+/// queued for the group commit at once, reads answered at once) and answered when done,
+/// in whatever order calls finish. When the caller ends its side, the calls started are
+/// still answered; when the answers can no longer be sent, serving stops.
+pub(super) fn serve_calls(
+    node: ApNode,
+    mut calls: Streaming<ReplicaCall>,
+) -> ReceiverStream<Result<ReplicaAnswer, Status>> {
+    let (tx, rx) = mpsc::channel(4 * IN_FLIGHT);
+    tokio::spawn(async move {
+        let mut running = FuturesUnordered::new();
+        let mut open = true;
+        while open || !running.is_empty() {
+            let answer = tokio::select! {
+                call = calls.message(), if open => match call {
+                    Ok(Some(call)) => match node.start_call(call) {
+                        Started::Now(answer) => answer,
+                        Started::Later(answer) => {
+                            running.push(answer);
+                            continue;
+                        }
+                    },
+                    Ok(None) | Err(_) => {
+                        open = false;
+                        continue;
+                    }
+                },
+                Some(answer) = running.next(), if !running.is_empty() => answer,
+            };
+            if tx.send(Ok(answer)).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Sends the requests of `queue` in batches through `send` until the queue closes.
@@ -197,6 +409,95 @@ async fn call<Q, A>(to: NodeId, queue: Option<Queue<Q, A>>, request: Q) -> Resul
 }
 
 impl ApNode {
+    /// Refuses a request from another cluster.
+    pub(super) fn check_cluster(&self, cluster_id: u64) -> Result<(), String> {
+        if cluster_id == self.inner.cluster_id {
+            Ok(())
+        } else {
+            Err(format!(
+                "replica request from cluster {cluster_id:x}, this member belongs to cluster {:x}",
+                self.inner.cluster_id
+            ))
+        }
+    }
+
+    /// Starts one call of a `Calls` stream.
+    fn start_call(&self, c: ReplicaCall) -> Started {
+        let id = c.id;
+        let answer = move |answer| ReplicaAnswer {
+            id,
+            answer: Some(answer),
+        };
+        let Some(call) = c.call else {
+            return Started::Now(answer(Answer::Failure("an empty call".into())));
+        };
+        let cluster = match &call {
+            Call::Applies(b) => b.cluster_id,
+            Call::Merges(b) => b.cluster_id,
+            Call::Reads(b) => b.cluster_id,
+        };
+        if let Err(why) = self.check_cluster(cluster) {
+            return Started::Now(answer(Answer::Failure(why)));
+        }
+        match call {
+            Call::Applies(b) => {
+                let states = self.start_apply_batch(b.applies);
+                Started::Later(Box::pin(
+                    async move { answer(Answer::States(states.await)) },
+                ))
+            }
+            Call::Merges(b) => {
+                let merged = self.start_merge_batch(b.merges);
+                Started::Later(Box::pin(
+                    async move { answer(Answer::Merged(merged.await)) },
+                ))
+            }
+            Call::Reads(b) => Started::Now(answer(Answer::States(self.read_batch(&b.reads)))),
+        }
+    }
+
+    /// Starts a received batch of applies: every one is queued for the group commit
+    /// before any is awaited; the future answers them all, in order.
+    pub(super) fn start_apply_batch(
+        &self,
+        applies: Vec<ReplicaApply>,
+    ) -> impl Future<Output = ReplicaStates> + use<> {
+        let started: Vec<_> = applies.into_iter().map(|a| self.start_apply(a)).collect();
+        async move {
+            let mut states = Vec::with_capacity(started.len());
+            for answer in started {
+                states.push(answer.await);
+            }
+            ReplicaStates { states }
+        }
+    }
+
+    /// Starts a received batch of merges: every one is queued for the group commit
+    /// before any is awaited, so one commit usually carries the whole batch.
+    pub(super) fn start_merge_batch(
+        &self,
+        merges: Vec<ReplicaMerge>,
+    ) -> impl Future<Output = ReplicaMergeBatchAck> + use<> {
+        let started: Vec<_> = merges.into_iter().map(|m| self.start_merge(m)).collect();
+        async move {
+            let mut errors = Vec::with_capacity(started.len());
+            for outcome in started {
+                errors.push(match outcome.await {
+                    Ok(()) => String::new(),
+                    Err(e) => e.to_string(),
+                });
+            }
+            ReplicaMergeBatchAck { errors }
+        }
+    }
+
+    /// Answers a received batch of reads, in order.
+    pub(super) fn read_batch(&self, reads: &[ReplicaRead]) -> ReplicaStates {
+        ReplicaStates {
+            states: reads.iter().map(|r| self.read_answer(r)).collect(),
+        }
+    }
+
     /// An apply at member `to`, batched.
     pub(super) async fn queue_apply(
         &self,

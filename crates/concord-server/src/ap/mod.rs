@@ -58,17 +58,18 @@ use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::replica_server::{Replica, ReplicaServer};
 use concord_proto::peer::{
     replica_apply, ApDel, ApExpire, ApHashIncr, ApHashSet, ApIncr, ApMembers, ApSet, ApSiblingPut,
-    ReplicaApply, ReplicaApplyBatch, ReplicaKey, ReplicaKeys, ReplicaLeaf, ReplicaMerge,
-    ReplicaMergeAck, ReplicaMergeBatch, ReplicaMergeBatchAck, ReplicaPaxos, ReplicaPaxosReply,
-    ReplicaRead, ReplicaReadBatch, ReplicaReap, ReplicaReapAck, ReplicaScan, ReplicaState,
-    ReplicaStates, ReplicaTree, ReplicaTreeLeaves,
+    ReplicaAnswer, ReplicaApply, ReplicaApplyBatch, ReplicaCall, ReplicaKey, ReplicaKeys,
+    ReplicaLeaf, ReplicaMerge, ReplicaMergeAck, ReplicaMergeBatch, ReplicaMergeBatchAck,
+    ReplicaPaxos, ReplicaPaxosReply, ReplicaRead, ReplicaReadBatch, ReplicaReap, ReplicaReapAck,
+    ReplicaScan, ReplicaState, ReplicaStates, ReplicaTree, ReplicaTreeLeaves,
 };
 use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, OffsetClock};
+use concord_runtime::grpc::BoxStream;
 use concord_storage::ap::{state_to_bytes, ApStore, ApStoreError};
 pub use session::{SessionGuard, SessionId, SessionToken};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// Virtual nodes per member on the ring.
 pub const VNODES: u32 = 64;
@@ -873,14 +874,9 @@ pub struct ReplicaService {
 
 impl ReplicaService {
     fn check_cluster(&self, cluster_id: u64) -> Result<(), Status> {
-        if cluster_id == self.node.inner.cluster_id {
-            Ok(())
-        } else {
-            Err(Status::failed_precondition(format!(
-                "replica request from cluster {cluster_id:x}, this member belongs to cluster {:x}",
-                self.node.inner.cluster_id
-            )))
-        }
+        self.node
+            .check_cluster(cluster_id)
+            .map_err(Status::failed_precondition)
     }
 }
 
@@ -911,17 +907,7 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaStates>, Status> {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
-        // Every apply is queued for the group commit before any is awaited.
-        let started: Vec<_> = r
-            .applies
-            .into_iter()
-            .map(|a| self.node.start_apply(a))
-            .collect();
-        let mut states = Vec::with_capacity(started.len());
-        for answer in started {
-            states.push(answer.await);
-        }
-        Ok(Response::new(ReplicaStates { states }))
+        Ok(Response::new(self.node.start_apply_batch(r.applies).await))
     }
 
     async fn read_batch(
@@ -930,12 +916,7 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaStates>, Status> {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
-        let states = r
-            .reads
-            .iter()
-            .map(|read| self.node.read_answer(read))
-            .collect();
-        Ok(Response::new(ReplicaStates { states }))
+        Ok(Response::new(self.node.read_batch(&r.reads)))
     }
 
     async fn merge_batch(
@@ -944,20 +925,15 @@ impl Replica for ReplicaService {
     ) -> Result<Response<ReplicaMergeBatchAck>, Status> {
         let r = request.into_inner();
         self.check_cluster(r.cluster_id)?;
-        // Every merge is queued for the group commit before any is awaited, so one
-        // commit usually carries the whole batch.
-        let mut outcomes = Vec::with_capacity(r.merges.len());
-        for m in r.merges {
-            outcomes.push(self.node.start_merge(m));
-        }
-        let mut errors = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            errors.push(match outcome.await {
-                Ok(()) => String::new(),
-                Err(e) => e.to_string(),
-            });
-        }
-        Ok(Response::new(ReplicaMergeBatchAck { errors }))
+        Ok(Response::new(self.node.start_merge_batch(r.merges).await))
+    }
+
+    async fn calls(
+        &self,
+        request: Request<Streaming<ReplicaCall>>,
+    ) -> Result<Response<BoxStream<ReplicaAnswer>>, Status> {
+        let answers = batch::serve_calls(self.node.clone(), request.into_inner());
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn scan(&self, request: Request<ReplicaScan>) -> Result<Response<ReplicaKeys>, Status> {

@@ -1075,3 +1075,112 @@ async fn an_apply_that_arrives_after_its_coordinator_stopped_waiting_is_not_appl
         Some(b"second".to_vec())
     );
 }
+
+/// A replica service of an older build: the batch calls, but no `Calls` stream (the
+/// generated default answers UNIMPLEMENTED).
+struct WithoutStream(ReplicaService);
+
+#[tonic::async_trait]
+impl Replica for WithoutStream {
+    async fn apply_batch(
+        &self,
+        request: Request<ReplicaApplyBatch>,
+    ) -> Result<Response<ReplicaStates>, Status> {
+        self.0.apply_batch(request).await
+    }
+
+    async fn merge_batch(
+        &self,
+        request: Request<ReplicaMergeBatch>,
+    ) -> Result<Response<ReplicaMergeBatchAck>, Status> {
+        self.0.merge_batch(request).await
+    }
+
+    async fn read_batch(
+        &self,
+        request: Request<ReplicaReadBatch>,
+    ) -> Result<Response<ReplicaStates>, Status> {
+        self.0.read_batch(request).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_does_not_serve_the_stream_is_called_unary() {
+    // Two members, N=2 W=2 R=2: every write and read needs member 2's answer.
+    let mut m = start(2).await;
+    m.servers.pop().unwrap().abort();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut urls = m.urls.clone();
+    urls.insert(
+        NodeId(2),
+        format!("http://{}", listener.local_addr().unwrap()),
+    );
+    let old = ReplicaServer::new(WithoutStream(ReplicaService {
+        node: m.nodes[1].clone(),
+    }));
+    let _server = tokio::spawn(async move {
+        let _ = tonic::transport::Server::builder()
+            .add_service(old)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await;
+    });
+    let a = &m.nodes[0];
+    a.set_members(&urls);
+    for i in 0..3 {
+        a.write(B0, b"k", set(&format!("v{i}"))).await.unwrap();
+        assert_eq!(
+            value(a.read(B0, b"k").await.unwrap(), a.now_ms()),
+            Some(format!("v{i}").into_bytes())
+        );
+        a.write(B0, b"n", Op::Incr(1)).await.unwrap();
+    }
+    assert_eq!(
+        value(m.nodes[1].read_local(0, b"k").unwrap(), a.now_ms()),
+        Some(b"v2".to_vec())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_to_a_replica_is_opened_again() {
+    // Member 1 reaches member 2 through a proxy whose connections the test cuts.
+    let m = start(2).await;
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut urls = m.urls.clone();
+    let upstream = urls[&NodeId(2)].trim_start_matches("http://").to_string();
+    urls.insert(NodeId(2), format!("http://{}", proxy.local_addr().unwrap()));
+    let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+    let held = conns.clone();
+    let _proxy = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = proxy.accept().await {
+            let upstream = upstream.clone();
+            let conn = tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+            held.lock().unwrap().push(conn);
+        }
+    });
+    let a = &m.nodes[0];
+    a.set_members(&urls);
+    a.write(B0, b"k", set("before")).await.unwrap();
+    for round in 0..3 {
+        for conn in conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+        // The calls in flight when a stream breaks fail; the next ones open a new stream.
+        let v = format!("after-{round}");
+        concord_testkit::eventually("a write after the cut", Duration::from_secs(10), || {
+            let v = v.clone();
+            async move { a.write(B0, b"k", set(&v)).await.ok() }
+        })
+        .await;
+        for i in 0..5 {
+            a.write(B0, b"k", set(&format!("{v}-{i}"))).await.unwrap();
+        }
+        assert_eq!(
+            value(a.read(B0, b"k").await.unwrap(), a.now_ms()),
+            Some(format!("{v}-4").into_bytes())
+        );
+    }
+}
