@@ -43,6 +43,9 @@ use xxhash_rust::xxh3::xxh3_64;
 
 use crate::mvcc::keys::{seal, unseal};
 
+mod log;
+use log::{ApLog, Changes, Which};
+
 type Def = TableDefinition<'static, &'static [u8], &'static [u8]>;
 /// bucket (1 byte) + the key's ring hash (8 bytes, big-endian) + key → sealed state: a
 /// bucket's keys in hash order, so that a Merkle leaf (a hash range) is one range scan.
@@ -134,6 +137,8 @@ pub struct Hint {
 /// The store.
 pub struct ApStore {
     db: Arc<Database>,
+    /// The changes acknowledged but not yet in a committed B-tree ([`Overlay`]).
+    overlay: Arc<Overlay>,
     /// One Merkle tree per bucket over (key, digest of its state), kept in step with the
     /// table after each commit (built at open).
     trees: Arc<Mutex<Vec<MerkleTree>>>,
@@ -169,11 +174,121 @@ impl Drop for ApStore {
     }
 }
 
-/// The tables a write job works on, inside the batch's transaction.
+/// The tables a write job works on, inside the open transaction.
 struct Tables<'t> {
-    keys: redb::Table<'t, &'static [u8], &'static [u8]>,
-    hints: redb::Table<'t, &'static [u8], &'static [u8]>,
-    paxos: redb::Table<'t, &'static [u8], &'static [u8]>,
+    keys: Rows<'t>,
+    hints: Rows<'t>,
+    paxos: Rows<'t>,
+}
+
+/// Changed rows with their new values (`None`: removed), in order.
+type RowChanges = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// A row and its value.
+type RowValue = (Vec<u8>, Vec<u8>);
+
+/// A table of the open transaction, noting every change made to it (for the log and the
+/// overlay).
+struct Rows<'t> {
+    table: redb::Table<'t, &'static [u8], &'static [u8]>,
+    /// Rows changed by the batch running, with their new values (`None`: removed).
+    changed: RowChanges,
+}
+
+impl<'t> Rows<'t> {
+    fn new(table: redb::Table<'t, &'static [u8], &'static [u8]>) -> Self {
+        Self {
+            table,
+            changed: Vec::new(),
+        }
+    }
+
+    fn get(
+        &self,
+        row: &[u8],
+    ) -> Result<Option<redb::AccessGuard<'_, &'static [u8]>>, redb::StorageError> {
+        self.table.get(row)
+    }
+
+    fn insert(&mut self, row: &[u8], value: &[u8]) -> Result<(), redb::StorageError> {
+        self.table.insert(row, value)?;
+        self.changed.push((row.to_vec(), Some(value.to_vec())));
+        Ok(())
+    }
+
+    fn remove(&mut self, row: &[u8]) -> Result<(), redb::StorageError> {
+        self.table.remove(row)?;
+        self.changed.push((row.to_vec(), None));
+        Ok(())
+    }
+}
+
+impl Tables<'_> {
+    /// Takes the changes the batch made, in order, per table.
+    fn take_changes(&mut self) -> [(Which, RowChanges); 3] {
+        [
+            (Which::Keys, std::mem::take(&mut self.keys.changed)),
+            (Which::Hints, std::mem::take(&mut self.hints.changed)),
+            (Which::Paxos, std::mem::take(&mut self.paxos.changed)),
+        ]
+    }
+}
+
+/// Rows changed since the last B-tree commit, by table: `None` for a removed row.
+type OverlayRows = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// The changes that are durable in the log (and answered) but not yet in a committed
+/// B-tree: readers look here first. Emptied after each checkpoint commit, which makes
+/// them visible in the B-tree. A reader holds the read lock from its look here until it
+/// has begun its B-tree read transaction, so a change is always in one or the other.
+#[derive(Debug, Default)]
+struct Overlay {
+    tables: std::sync::RwLock<[OverlayRows; 3]>,
+}
+
+impl Overlay {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, [OverlayRows; 3]> {
+        self.tables.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, [OverlayRows; 3]> {
+        self.tables.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A table's rows in `range` as the B-tree `t` holds them with `over` (the overlay's rows
+/// in the same range) laid on top, in row order.
+fn overlaid<'a>(
+    t: &'a redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    range: impl std::ops::RangeBounds<&'a [u8]> + 'a,
+    over: RowChanges,
+) -> Result<impl Iterator<Item = Result<RowValue, ApStoreError>> + 'a, ApStoreError> {
+    let mut base = t
+        .range::<&[u8]>(range)?
+        .map(|e| {
+            e.map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                .map_err(ApStoreError::from)
+        })
+        .peekable();
+    let mut over = over.into_iter().peekable();
+    Ok(std::iter::from_fn(move || loop {
+        let take_over = match (base.peek(), over.peek()) {
+            (None, None) => return None,
+            (Some(Err(_)), _) => return base.next(),
+            (Some(Ok((b, _))), Some((o, _))) => o <= b,
+            (None, Some(_)) => true,
+            (Some(Ok(_)), None) => false,
+        };
+        if !take_over {
+            return base.next();
+        }
+        let (row, value) = over.next()?;
+        if matches!(base.peek(), Some(Ok((b, _))) if *b == row) {
+            base.next();
+        }
+        if let Some(value) = value {
+            return Some(Ok((row, value)));
+        }
+    }))
 }
 
 /// What a job does once its batch has committed (or failed to).
@@ -188,81 +303,229 @@ const MAX_BATCH: usize = 1024;
 /// Longest time a change of an `async` bucket stays acknowledged but not yet fsync'd.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// The group-commit loop: takes every job queued while the previous commit was running,
-/// applies them in order in one transaction, commits it (with one fsync when any job
-/// needs it, or when the last fsync is [`FLUSH_EVERY`] old), then answers them all.
-/// Nothing waits for company: a lone job commits at once. Commits left without an fsync
-/// get one when the queue has been idle for [`FLUSH_EVERY`].
-fn write_loop(db: &Database, jobs: &mpsc::Receiver<(Job, bool)>) {
+/// Longest time the open transaction gathers batches before its checkpoint commit.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Most rows changed in the open transaction before its checkpoint commit.
+pub const CHECKPOINT_ROWS: usize = 16_384;
+
+/// The group-commit loop. Takes every job queued while the previous batch was running,
+/// applies them in order in the open redb transaction, appends the rows they changed to
+/// the log as one record (with one `fdatasync` when any job needs it, or when the last
+/// sync is [`FLUSH_EVERY`] old), lays them on the overlay, then answers them all. Nothing
+/// waits for company: a lone job is logged and answered at once.
+///
+/// The transaction is committed (durably; then the log starts over and the overlay is
+/// emptied) every [`CHECKPOINT_EVERY`], after [`CHECKPOINT_ROWS`] changed rows, and when
+/// the queue is idle: a B-tree commit copies and checksums every page the batches
+/// touched, so one commit for many batches is what makes a write cheap.
+fn write_loop(
+    db: &Database,
+    mut log: ApLog,
+    overlay: &Overlay,
+    jobs: &mpsc::Receiver<(Job, bool)>,
+) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
-    loop {
-        let first = if unsynced {
-            match jobs.recv_timeout(FLUSH_EVERY.saturating_sub(last_sync.elapsed())) {
-                Ok(j) => j,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    // Tried again after FLUSH_EVERY if it fails.
-                    unsynced = flush(db).is_err();
-                    last_sync = Instant::now();
-                    continue;
+    let mut closed = false;
+    while !closed {
+        let mut txn = match begin(db, overlay) {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Nothing can be written: answer what comes with the error, try again.
+                let why = format!("ap store commit failed: {e}");
+                match jobs.recv() {
+                    Ok((job, _)) => job(None)(Err(why)),
+                    Err(_) => break,
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            }
-        } else {
-            match jobs.recv() {
-                Ok(j) => j,
-                Err(_) => break,
+                continue;
             }
         };
-        let mut sync = first.1;
-        let mut batch = vec![first.0];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok((j, s)) => {
-                    sync |= s;
-                    batch.push(j);
+        let mut opened = Instant::now();
+        let mut rows = overlay_len(overlay);
+        let mut broken = false;
+        let mut tables = match open_tables(&txn) {
+            Ok(t) => t,
+            Err(e) => {
+                let why = format!("ap store commit failed: {e}");
+                if let Ok((job, _)) = jobs.recv() {
+                    job(None)(Err(why));
                 }
-                Err(_) => break,
+                continue;
+            }
+        };
+        // Batches until the checkpoint is due.
+        loop {
+            // With nothing changed there is no checkpoint to wait for.
+            let due = (rows > 0).then(|| CHECKPOINT_EVERY.saturating_sub(opened.elapsed()));
+            let flush = unsynced.then(|| FLUSH_EVERY.saturating_sub(last_sync.elapsed()));
+            let got = match due.into_iter().chain(flush).min() {
+                Some(wait) => jobs.recv_timeout(wait),
+                None => jobs
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            let first = match got {
+                Ok(j) => j,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if unsynced && last_sync.elapsed() >= FLUSH_EVERY {
+                        unsynced = log.sync().is_err();
+                        last_sync = Instant::now();
+                    }
+                    if rows > 0 && opened.elapsed() >= CHECKPOINT_EVERY {
+                        break;
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            };
+            if rows == 0 {
+                opened = Instant::now();
+            }
+            let mut sync = first.1;
+            let mut batch = vec![first.0];
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok((j, s)) => {
+                        sync |= s;
+                        batch.push(j);
+                    }
+                    Err(_) => break,
+                }
+            }
+            sync |= last_sync.elapsed() >= FLUSH_EVERY;
+            let dones: Vec<Done> = batch.drain(..).map(|job| job(Some(&mut tables))).collect();
+            let changes = tables.take_changes();
+            let mut record = Changes::default();
+            for (which, changed) in &changes {
+                for (row, value) in changed {
+                    match value {
+                        Some(v) => record.put(*which, row, v),
+                        None => record.remove(*which, row),
+                    }
+                }
+            }
+            let logged = log
+                .append(&record, sync)
+                .map_err(|e| format!("ap store commit failed: the log: {e}"));
+            if logged.is_ok() {
+                if sync {
+                    last_sync = Instant::now();
+                }
+                unsynced = !sync;
+                let mut over = overlay.write();
+                for (which, changed) in changes {
+                    rows += changed.len();
+                    over[which as usize].extend(changed);
+                }
+            }
+            broken = logged.is_err();
+            for done in dones {
+                done(logged.clone());
+            }
+            if broken || rows >= CHECKPOINT_ROWS || opened.elapsed() >= CHECKPOINT_EVERY {
+                break;
             }
         }
-        sync |= last_sync.elapsed() >= FLUSH_EVERY;
-        let mut dones = Vec::with_capacity(batch.len());
-        let committed = (|| -> Result<(), ApStoreError> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(if sync {
-                Durability::Immediate
-            } else {
-                Durability::None
-            })?;
-            {
-                let mut tables = Tables {
-                    keys: txn.open_table(KEYS)?,
-                    hints: txn.open_table(HINTS)?,
-                    paxos: txn.open_table(PAXOS)?,
-                };
-                for job in batch.drain(..) {
-                    dones.push(job(Some(&mut tables)));
-                }
-            }
-            txn.commit()?;
-            Ok(())
-        })()
-        .map_err(|e| format!("ap store commit failed: {e}"));
-        if committed.is_ok() {
-            if sync {
-                last_sync = Instant::now();
-            }
-            unsynced = !sync;
+        drop(tables);
+        if broken {
+            // The transaction holds the batch that failed: dropped, and the checkpoint
+            // commits one rebuilt from the overlay (what was answered) instead. The log's
+            // tail is unknown after the failure; it starts over after that commit.
+            drop(txn);
+            txn = match begin(db, overlay) {
+                Ok(txn) => txn,
+                Err(_) => continue,
+            };
         }
-        // Jobs the failure kept from running answer the same error.
-        dones.extend(batch.drain(..).map(|job| job(None)));
-        for done in dones {
-            done(committed.clone());
+        if rows == 0 && !broken {
+            // Nothing to commit (the transaction is dropped).
+            continue;
+        }
+        if checkpoint(txn, &mut log, overlay) {
+            unsynced = false;
+            last_sync = Instant::now();
         }
     }
-    if unsynced {
-        let _ = flush(db);
+}
+
+/// Commits `txn` durably (the B-tree takes every change in the log), then starts the log
+/// over and empties the overlay; whether it did. On failure both stay as they are (the
+/// next transaction starts from the overlay) and the next checkpoint tries again.
+fn checkpoint(mut txn: redb::WriteTransaction, log: &mut ApLog, overlay: &Overlay) -> bool {
+    let committed = (|| -> Result<(), ApStoreError> {
+        txn.set_durability(Durability::Immediate)?;
+        txn.commit()?;
+        Ok(())
+    })();
+    if committed.is_err() || log.restart().is_err() {
+        return false;
     }
+    for rows in overlay.write().iter_mut() {
+        rows.clear();
+    }
+    true
+}
+
+fn open_tables(txn: &redb::WriteTransaction) -> Result<Tables<'_>, ApStoreError> {
+    Ok(Tables {
+        keys: Rows::new(txn.open_table(KEYS)?),
+        hints: Rows::new(txn.open_table(HINTS)?),
+        paxos: Rows::new(txn.open_table(PAXOS)?),
+    })
+}
+
+/// Rows in the overlay.
+fn overlay_len(overlay: &Overlay) -> usize {
+    overlay.read().iter().map(BTreeMap::len).sum()
+}
+
+/// A write transaction holding the overlay's rows: the state answered so far (after a
+/// failed commit or log append, what the last committed B-tree lacks).
+fn begin(db: &Database, overlay: &Overlay) -> Result<redb::WriteTransaction, ApStoreError> {
+    let txn = db.begin_write()?;
+    {
+        let over = overlay.read();
+        if over.iter().any(|rows| !rows.is_empty()) {
+            for (def, rows) in [KEYS, HINTS, PAXOS].into_iter().zip(over.iter()) {
+                let mut t = txn.open_table(def)?;
+                for (row, value) in rows {
+                    match value {
+                        Some(v) => t.insert(row.as_slice(), v.as_slice())?,
+                        None => t.remove(row.as_slice())?,
+                    };
+                }
+            }
+        }
+    }
+    Ok(txn)
+}
+
+/// Lays the log's changes (found at open) on the B-tree, durably.
+fn replay(db: &Database, changes: Vec<log::Change>) -> Result<(), ApStoreError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    {
+        let mut tables = [
+            txn.open_table(KEYS)?,
+            txn.open_table(HINTS)?,
+            txn.open_table(PAXOS)?,
+        ];
+        for c in changes {
+            let t = &mut tables[c.table as usize];
+            match c.value {
+                Some(v) => t.insert(c.row.as_slice(), v.as_slice())?,
+                None => t.remove(c.row.as_slice())?,
+            };
+        }
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// A new store's identity: the OS-seeded keys of std's `RandomState`, the time and the
@@ -277,14 +540,6 @@ fn fresh_id(path: &Path) -> u64 {
     h.write_u128(nanos);
     h.write_u32(std::process::id());
     h.finish().max(1)
-}
-
-/// An empty fsync'd commit: makes the commits before it durable.
-fn flush(db: &Database) -> Result<(), ApStoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    txn.commit()?;
-    Ok(())
 }
 
 /// Bytes before the key in a row of [`KEYS`].
@@ -417,10 +672,7 @@ fn build_trees(db: &Database) -> Result<Vec<MerkleTree>, ApStoreError> {
 }
 
 /// The state stored at `row` (a new one when absent) and its digest (`None` when absent).
-fn held(
-    keys: &redb::Table<'_, &'static [u8], &'static [u8]>,
-    row: &[u8],
-) -> Result<(RedisValue, Option<[u8; 8]>), ApStoreError> {
+fn held(keys: &Rows<'_>, row: &[u8]) -> Result<(RedisValue, Option<[u8; 8]>), ApStoreError> {
     Ok(match keys.get(row)? {
         Some(v) => {
             let s = decode(row, v.value())?;
@@ -506,16 +758,34 @@ impl ApStore {
         };
         txn.commit()?;
         migrate_v1(&db)?;
+        // The changes answered but not yet checkpointed when the store last stopped.
+        let (mut log, recovered) = ApLog::open(&path.with_extension("log"))
+            .map_err(|e| open_err(format!("its log: {e}")))?;
+        if let Some(damage) = &recovered.damage {
+            // Not a torn last record (which replay drops silently): answered changes may
+            // be in the part that cannot be read. An operator decides.
+            return Err(open_err(format!(
+                "its log {} is damaged ({damage}); moving the log aside opens the store \
+                 without the changes recorded after its last checkpoint",
+                path.with_extension("log").display()
+            )));
+        }
+        replay(&db, recovered.changes)?;
+        log.restart()
+            .map_err(|e| open_err(format!("its log: {e}")))?;
         let trees = Arc::new(Mutex::new(build_trees(&db)?));
         let hint_counts = Mutex::new(count_hints(&db)?);
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
+        let overlay = Arc::new(Overlay::default());
+        let writer_overlay = overlay.clone();
         let writer = std::thread::Builder::new()
             .name("ap-store-commit".into())
-            .spawn(move || write_loop(&writer_db, &rx))
+            .spawn(move || write_loop(&writer_db, log, &writer_overlay, &rx))
             .map_err(|e| open_err(format!("cannot start its commit thread: {e}")))?;
         Ok(ApStore {
             db,
+            overlay,
             trees,
             hint_counts,
             hint_limit,
@@ -592,11 +862,33 @@ impl ApStore {
 
     /// The state of `key` in `bucket`, if any.
     pub fn get(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisValue>, ApStoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(KEYS)?;
         let r = row(bucket, key);
+        let txn = {
+            let over = self.overlay.read();
+            match over[Which::Keys as usize].get(&r) {
+                Some(Some(v)) => return decode(&r, v).map(Some),
+                Some(None) => return Ok(None),
+                None => self.db.begin_read()?,
+            }
+        };
+        let t = txn.open_table(KEYS)?;
         let stored = t.get(r.as_slice())?;
         stored.map(|v| decode(&r, v.value())).transpose()
+    }
+
+    /// A read transaction and the overlay's rows of table `which` in `range`, taken
+    /// together (see [`Overlay`]).
+    fn read_with_overlay(
+        &self,
+        which: Which,
+        range: (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>),
+    ) -> Result<(redb::ReadTransaction, RowChanges), ApStoreError> {
+        let over = self.overlay.read();
+        let rows = over[which as usize]
+            .range::<[u8], _>(range)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Ok((self.db.begin_read()?, rows))
     }
 
     /// Applies `f` to the state of `key` (a new one if absent) and stores the result
@@ -767,13 +1059,14 @@ impl ApStore {
             .checked_shl(shift)
             .filter(|_| leaf + 1 < TREE_LEAVES)
             .map_or_else(|| vec![bucket + 1], |h| row_at(bucket, h));
-        let txn = self.db.begin_read()?;
+        use std::ops::Bound::{Excluded, Included};
+        let range = (Included(start.as_slice()), Excluded(end.as_slice()));
+        let (txn, over) = self.read_with_overlay(Which::Keys, range)?;
         let t = txn.open_table(KEYS)?;
         let mut out = Vec::new();
-        for entry in t.range(start.as_slice()..end.as_slice())? {
+        for entry in overlaid(&t, range, over)? {
             let (k, v) = entry?;
-            let k = k.value();
-            out.push((k[ROW_HEAD..].to_vec(), decode(k, v.value())?));
+            out.push((k[ROW_HEAD..].to_vec(), decode(&k, &v)?));
         }
         Ok(out)
     }
@@ -908,13 +1201,17 @@ impl ApStore {
 
     /// Up to `limit` hints held for `owner`, in key order.
     pub fn hints(&self, owner: NodeId, limit: usize) -> Result<Vec<Hint>, ApStoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(HINTS)?;
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let prefix = owner.get().to_be_bytes();
+        let next = owner.get().checked_add(1).map(u64::to_be_bytes);
+        let end = next.as_ref().map_or(Unbounded, |n| Excluded(n.as_slice()));
+        let range = (Included(prefix.as_slice()), end);
+        let (txn, over) = self.read_with_overlay(Which::Hints, range)?;
+        let t = txn.open_table(HINTS)?;
         let mut out = Vec::new();
-        for entry in t.range(prefix.as_slice()..)? {
+        for entry in overlaid(&t, range, over)? {
             let (k, v) = entry?;
-            let k = k.value();
+            let (k, v) = (k.as_slice(), v.as_slice());
             if !k.starts_with(&prefix) || out.len() >= limit {
                 break;
             }
@@ -924,7 +1221,7 @@ impl ApStore {
             out.push(Hint {
                 bucket,
                 key: key.to_vec(),
-                state: decode(k, v.value())?,
+                state: decode(k, v)?,
             });
         }
         Ok(out)
@@ -977,35 +1274,49 @@ impl ApStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApStoreError> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(KEYS)?;
+        use std::ops::Bound::{Excluded, Included, Unbounded};
         let start = after.map_or_else(|| vec![bucket], |a| row(bucket, a));
+        let next = [bucket.wrapping_add(1)];
+        let end = if bucket == u8::MAX {
+            Unbounded
+        } else {
+            Excluded(next.as_slice())
+        };
+        let begin = match after {
+            Some(_) => Excluded(start.as_slice()),
+            None => Included(start.as_slice()),
+        };
+        let (txn, over) = self.read_with_overlay(Which::Keys, (begin, end))?;
+        let t = txn.open_table(KEYS)?;
         let mut out = Vec::new();
-        for entry in t.range(start.as_slice()..)? {
+        for entry in overlaid(&t, (begin, end), over)?.take(limit) {
             let (k, v) = entry?;
-            let k = k.value();
-            if k.first() != Some(&bucket) || out.len() >= limit {
-                break;
-            }
-            if after.is_some() && k == start.as_slice() {
-                continue;
-            }
-            out.push((k[ROW_HEAD..].to_vec(), decode(k, v.value())?));
+            out.push((k[ROW_HEAD..].to_vec(), decode(&k, &v)?));
         }
         Ok(out)
     }
 
     /// How many keys `bucket` holds (tombstones included).
     pub fn key_count(&self, bucket: u8) -> Result<u64, ApStoreError> {
-        let txn = self.db.begin_read()?;
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let start = [bucket];
+        let next = [bucket.wrapping_add(1)];
+        let end = if bucket == u8::MAX {
+            Unbounded
+        } else {
+            Excluded(next.as_slice())
+        };
+        let range = (Included(start.as_slice()), end);
+        let (txn, over) = self.read_with_overlay(Which::Keys, range)?;
         let t = txn.open_table(KEYS)?;
-        let mut n = 0;
-        for entry in t.range([bucket].as_slice()..)? {
-            let (k, _) = entry?;
-            if k.value().first() != Some(&bucket) {
-                break;
+        let mut n = t.range::<&[u8]>(range)?.count() as u64;
+        // The overlay's rows that the B-tree lacks, less the ones it removes.
+        for (row, value) in over {
+            match (t.get(row.as_slice())?.is_some(), value.is_some()) {
+                (false, true) => n += 1,
+                (true, false) => n = n.saturating_sub(1),
+                _ => {}
             }
-            n += 1;
         }
         Ok(n)
     }
@@ -1094,6 +1405,219 @@ mod tests {
         drop(store);
         let store = ApStore::open(&tmp.path().join("ap.redb"), 100).unwrap();
         assert!(store.get(4, b"k").unwrap().is_some());
+    }
+
+    /// Every read (get, scan pages, key count, Merkle leaves, hints) against a model,
+    /// while the changes are in the overlay only, after the checkpoint, and with both.
+    #[test]
+    fn reads_see_answered_changes_before_and_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ApStore::open(&dir.path().join("ap.redb"), 1000).unwrap();
+        let mut model: BTreeMap<Vec<u8>, RedisValue> = BTreeMap::new();
+        let mut hints: BTreeMap<Vec<u8>, RedisValue> = BTreeMap::new();
+        let check = |model: &BTreeMap<Vec<u8>, RedisValue>,
+                     hints: &BTreeMap<Vec<u8>, RedisValue>| {
+            for (k, v) in model {
+                assert_eq!(store.get(1, k).unwrap().as_ref(), Some(v));
+            }
+            assert_eq!(store.get(1, b"never").unwrap(), None);
+            assert_eq!(store.key_count(1).unwrap(), model.len() as u64);
+            assert_eq!(store.key_count(2).unwrap(), 1);
+            let mut scanned = BTreeMap::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let page = store.scan(1, after.as_deref(), 37).unwrap();
+                for (k, v) in &page {
+                    assert!(
+                        scanned.insert(k.clone(), v.clone()).is_none(),
+                        "scanned twice"
+                    );
+                }
+                if page.len() < 37 {
+                    break;
+                }
+                after = page.last().map(|(k, _)| k.clone());
+            }
+            assert_eq!(&scanned, model);
+            let mut leaves = BTreeMap::new();
+            for leaf in 0..TREE_LEAVES {
+                leaves.extend(store.leaf(1, leaf).unwrap());
+            }
+            assert_eq!(&leaves, model);
+            let held: BTreeMap<Vec<u8>, RedisValue> = store
+                .hints(B, 1000)
+                .unwrap()
+                .into_iter()
+                .map(|h| (h.key, h.state))
+                .collect();
+            assert_eq!(&held, hints);
+            assert!(store.hints(NodeId(3), 10).unwrap().is_empty());
+        };
+        store.merge(2, b"other bucket", &set("x", 1, A)).unwrap();
+        let round = |n: u64,
+                     model: &mut BTreeMap<Vec<u8>, RedisValue>,
+                     hints: &mut BTreeMap<Vec<u8>, RedisValue>| {
+            let entries: Vec<(Vec<u8>, RedisValue)> = (0..300)
+                .map(|i| {
+                    (
+                        format!("k{n}-{i}").into_bytes(),
+                        set(&format!("v{i}"), n, A),
+                    )
+                })
+                .collect();
+            store.merge_many(1, entries.clone(), |_| true).unwrap();
+            model.extend(entries);
+            // Removals of keys from this round and (after the first) the last one.
+            let gone: Vec<Vec<u8>> = model.keys().step_by(7).cloned().collect();
+            for k in gone {
+                let v = model.remove(&k).unwrap();
+                assert!(store.remove_if_same(1, &k, &v).unwrap());
+            }
+            for i in 0..20 {
+                let k = format!("h{n}-{i}").into_bytes();
+                let v = set("h", n, B);
+                store.store_hint(B, 1, &k, &v).unwrap();
+                hints.insert([&[1u8][..], &k].concat(), v);
+            }
+            let handed: Vec<(Vec<u8>, RedisValue)> = hints
+                .iter()
+                .step_by(4)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, v) in handed {
+                assert!(store.remove_hint(B, 1, &k[1..], &v).unwrap());
+                hints.remove(&k);
+            }
+        };
+        round(1, &mut model, &mut hints);
+        let hints_by_key = |h: &BTreeMap<Vec<u8>, RedisValue>| -> BTreeMap<Vec<u8>, RedisValue> {
+            h.iter()
+                .map(|(k, v)| (k[1..].to_vec(), v.clone()))
+                .collect()
+        };
+        assert!(
+            overlay_len(&store.overlay) > 0,
+            "changes still in the overlay"
+        );
+        check(&model, &hints_by_key(&hints));
+        std::thread::sleep(CHECKPOINT_EVERY * 3);
+        assert_eq!(overlay_len(&store.overlay), 0, "checkpointed");
+        check(&model, &hints_by_key(&hints));
+        round(2, &mut model, &mut hints);
+        check(&model, &hints_by_key(&hints));
+    }
+
+    const CRASH_CHILD_DIR: &str = "CONCORD_AP_CRASH_CHILD_DIR";
+
+    /// The child of [`answered_changes_survive_sigkill_at_any_point`]: from where the
+    /// directory's store is, writes keys `c{cycle}-{i}` from four threads (and removes
+    /// every fifth one once written), printing each answered change; runs until killed
+    /// (at most 20 s).
+    #[test]
+    fn crash_child() {
+        let Ok(dir) = std::env::var(CRASH_CHILD_DIR) else {
+            return;
+        };
+        let cycle: u64 = std::env::var("CRASH_CYCLE").unwrap().parse().unwrap();
+        let store = Arc::new(ApStore::open(&Path::new(&dir).join("ap.redb"), 100).expect("open"));
+        let started = Instant::now();
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    let mut i = t;
+                    while started.elapsed() < Duration::from_secs(20) {
+                        let k = format!("c{cycle}-{i}");
+                        let v = set(&k, cycle, A);
+                        store.merge(1, k.as_bytes(), &v).expect("merge");
+                        println!("SET {k}");
+                        if i % 5 == 0 {
+                            assert!(store.remove_if_same(1, k.as_bytes(), &v).expect("remove"));
+                            println!("DEL {k}");
+                        }
+                        i += 4;
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// A fsync'd change answered by the store survives a SIGKILL wherever it lands (in
+    /// the log only, in the middle of a checkpoint, after it): five kills at different
+    /// moments, each followed by a reopen that must hold every change answered before.
+    #[test]
+    fn answered_changes_survive_sigkill_at_any_point() {
+        use std::io::{BufRead, BufReader};
+        let tmp = tempfile::tempdir().unwrap();
+        let child_test = format!(
+            "{}::crash_child",
+            module_path!().split_once("::").map_or("", |(_, m)| m)
+        );
+        let mut present = BTreeMap::new();
+        for (cycle, after_lines) in [(1u64, 50usize), (2, 400), (3, 1500), (4, 7), (5, 3000)] {
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    child_test.as_str(),
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CRASH_CHILD_DIR, tmp.path())
+                .env("CRASH_CYCLE", cycle.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            let mut seen = 0;
+            for line in lines.by_ref().map_while(Result::ok) {
+                // A key the child removes once written (every fifth) may be either
+                // until its removal is answered.
+                if let Some(k) = line.strip_prefix("SET ") {
+                    let removed_next = k
+                        .rsplit('-')
+                        .next()
+                        .is_some_and(|i| i.parse::<u64>().is_ok_and(|i| i % 5 == 0));
+                    present.insert(k.to_string(), (!removed_next).then_some(true));
+                    seen += 1;
+                } else if let Some(k) = line.strip_prefix("DEL ") {
+                    present.insert(k.to_string(), Some(false));
+                    seen += 1;
+                }
+                if seen >= after_lines {
+                    break;
+                }
+            }
+            child.kill().unwrap();
+            let _ = child.wait();
+            assert!(
+                seen >= after_lines,
+                "cycle {cycle}: the child answered {seen} changes"
+            );
+            let store = ApStore::open(&tmp.path().join("ap.redb"), 100).unwrap();
+            for (k, there) in &present {
+                let got = store.get(1, k.as_bytes()).unwrap();
+                let value = got.and_then(|s| s.get(0));
+                match there {
+                    Some(true) => {
+                        assert_eq!(
+                            value,
+                            Some(k.clone().into_bytes()),
+                            "cycle {cycle}: {k} lost"
+                        )
+                    }
+                    Some(false) => assert_eq!(value, None, "cycle {cycle}: {k} came back"),
+                    None => {}
+                }
+            }
+            // The trees built at open match the rows.
+            let rebuilt = build_trees(&store.db).unwrap();
+            assert_eq!(store.tree_root(1), Some(rebuilt[1].root()));
+        }
     }
 
     #[test]

@@ -1,0 +1,379 @@
+//! The AP store's change log (`ap.log` beside `ap.redb`): what makes a group commit
+//! durable. Each batch's row changes are appended as one record and made durable with one
+//! `fdatasync` of a preallocated file, instead of a durable redb commit (which copies,
+//! checksums, writes and syncs every B-tree page the batch touched). The batches gather in
+//! one open redb transaction that a checkpoint commits durably now and then, after which
+//! the log starts over (see the store's `write_loop`).
+//!
+//! # Format
+//!
+//! A header — magic `CCAPLOG1`, the epoch (u64, little-endian), a CRC32C of both (u32) —
+//! then records: payload length (u32), CRC32C of the epoch and the payload (u32), the
+//! payload. A payload is a run of row changes: the table (u8), the row's length (u32) and
+//! bytes, then 1 and the value's length (u32) and bytes for an insert, or 0 for a removal.
+//! All integers little-endian.
+//!
+//! # Invariants
+//!
+//! 1. **Replay stops at the first record that does not check.** A torn last record, the
+//!    preallocated zeros and the records of an earlier epoch all fail their CRC (which
+//!    covers the epoch), so replay reads exactly the records appended since the last
+//!    start-over.
+//! 2. **The log starts over only after a durable redb commit** that holds everything it
+//!    recorded ([`ApLog::restart`] is called by the checkpoint after that commit): a crash
+//!    at any point leaves redb's last durable state plus a log whose replay brings it to
+//!    the last acknowledged batch. Rows are replayed as final values, in order, so
+//!    replaying a record twice is harmless.
+//! 3. **Appends overwrite blocks that exist**, so `fdatasync` carries no file-size
+//!    metadata: the file is extended with written zeros ahead of the data, in the same
+//!    sync as the record that needs the room.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"CCAPLOG1";
+const HEADER: u64 = 20;
+/// Bytes of written zeros kept ahead of the data.
+const PREALLOCATE: u64 = 4 << 20;
+
+/// The tables a change applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Which {
+    Keys = 0,
+    Hints = 1,
+    Paxos = 2,
+}
+
+impl Which {
+    fn from_byte(b: u8) -> Option<Which> {
+        match b {
+            0 => Some(Which::Keys),
+            1 => Some(Which::Hints),
+            2 => Some(Which::Paxos),
+            _ => None,
+        }
+    }
+}
+
+/// One row change read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Change {
+    pub(super) table: Which,
+    pub(super) row: Vec<u8>,
+    /// `None`: the row was removed.
+    pub(super) value: Option<Vec<u8>>,
+}
+
+/// A batch's changes, encoded as the payload of one record.
+#[derive(Debug, Default)]
+pub(super) struct Changes(Vec<u8>);
+
+impl Changes {
+    pub(super) fn put(&mut self, table: Which, row: &[u8], value: &[u8]) {
+        self.row(table, row);
+        self.0.push(1);
+        self.bytes(value);
+    }
+
+    pub(super) fn remove(&mut self, table: Which, row: &[u8]) {
+        self.row(table, row);
+        self.0.push(0);
+    }
+
+    fn row(&mut self, table: Which, row: &[u8]) {
+        self.0.push(table as u8);
+        self.bytes(row);
+    }
+
+    fn bytes(&mut self, b: &[u8]) {
+        // Rows and values are bounded far below 4 GiB by the protocol limits.
+        self.0.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(b);
+    }
+}
+
+/// Splits a payload back into its changes (`None`: it does not parse, which a checked
+/// CRC rules out unless the writer was wrong).
+fn parse(mut p: &[u8]) -> Option<Vec<Change>> {
+    fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        let (head, rest) = p.split_at_checked(n)?;
+        *p = rest;
+        Some(head)
+    }
+    fn bytes(p: &mut &[u8]) -> Option<Vec<u8>> {
+        let n = u32::from_le_bytes(take(p, 4)?.try_into().ok()?) as usize;
+        Some(take(p, n)?.to_vec())
+    }
+    let mut out = Vec::new();
+    while !p.is_empty() {
+        let table = Which::from_byte(take(&mut p, 1)?[0])?;
+        let row = bytes(&mut p)?;
+        let value = match take(&mut p, 1)?[0] {
+            0 => None,
+            1 => Some(bytes(&mut p)?),
+            _ => return None,
+        };
+        out.push(Change { table, row, value });
+    }
+    Some(out)
+}
+
+fn header(epoch: u64) -> [u8; HEADER as usize] {
+    let mut h = [0u8; HEADER as usize];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..16].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..16]);
+    h[16..].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+fn record_crc(epoch: u64, payload: &[u8]) -> u32 {
+    crc32c::crc32c_append(crc32c::crc32c(&epoch.to_le_bytes()), payload)
+}
+
+/// The open log.
+#[derive(Debug)]
+pub(super) struct ApLog {
+    file: File,
+    epoch: u64,
+    /// Where the next record goes.
+    end: u64,
+    /// How far the file holds written bytes.
+    allocated: u64,
+}
+
+/// What opening found.
+#[derive(Debug, Default)]
+pub(super) struct Recovered {
+    /// The changes of every record that checked, in order.
+    pub(super) changes: Vec<Change>,
+    /// Why replay stopped before the end of the written data, when a record failed in a
+    /// way a torn write does not explain (logged by the caller).
+    pub(super) damage: Option<String>,
+}
+
+impl ApLog {
+    /// Opens the log at `path` (creating it when absent) and reads back what it holds.
+    /// The log must be [`ApLog::restart`]ed once the changes are durable elsewhere.
+    pub(super) fn open(path: &Path) -> std::io::Result<(ApLog, Recovered)> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        let mut data = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
+        file.read_exact_at(&mut data, 0)?;
+        let mut recovered = Recovered::default();
+        let epoch = match data.get(..HEADER as usize) {
+            Some(h)
+                if &h[..8] == MAGIC
+                    && crc32c::crc32c(&h[..16])
+                        == u32::from_le_bytes([h[16], h[17], h[18], h[19]]) =>
+            {
+                u64::from_le_bytes(h[8..16].try_into().unwrap_or_default())
+            }
+            // A new file, or one whose header never reached the disk whole (a start-over
+            // interrupted: what it held was durable in redb already).
+            None if len == 0 => 0,
+            _ => {
+                recovered.damage = Some("the log's header is damaged; nothing replayed".into());
+                // The next epoch must not be one the records left in the file were
+                // written under: start far above any counted one.
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(u64::MAX / 2, |d| d.as_nanos() as u64)
+            }
+        };
+        let mut at = HEADER as usize;
+        if epoch > 0 && recovered.damage.is_none() {
+            while let Some(head) = data.get(at..at + 8) {
+                let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+                let Some(payload) = data.get(at + 8..at + 8 + n).filter(|_| n > 0) else {
+                    break;
+                };
+                if record_crc(epoch, payload) != crc {
+                    break;
+                }
+                match parse(payload) {
+                    Some(changes) => recovered.changes.extend(changes),
+                    None => {
+                        recovered.damage = Some(format!(
+                            "record at offset {at} does not parse; replay stops there"
+                        ));
+                        break;
+                    }
+                }
+                at += 8 + n;
+            }
+        }
+        let log = ApLog {
+            file,
+            epoch,
+            end: at as u64,
+            allocated: len,
+        };
+        Ok((log, recovered))
+    }
+
+    /// Appends one record holding `changes`; with `sync`, returns once it is durable.
+    /// After an error the log's tail is unknown: the caller must not append again before
+    /// a successful [`ApLog::restart`].
+    pub(super) fn append(&mut self, changes: &Changes, sync: bool) -> std::io::Result<()> {
+        let payload = &changes.0;
+        if payload.is_empty() {
+            return if sync { self.sync() } else { Ok(()) };
+        }
+        let n = u32::try_from(payload.len()).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "batch too large for one log record",
+            )
+        })?;
+        let mut rec = Vec::with_capacity(payload.len() + 8);
+        rec.extend_from_slice(&n.to_le_bytes());
+        rec.extend_from_slice(&record_crc(self.epoch, payload).to_le_bytes());
+        rec.extend_from_slice(payload);
+        let end = self.end + rec.len() as u64;
+        if end > self.allocated {
+            // Written zeros ahead of the data, synced with this record.
+            let target = end + PREALLOCATE;
+            rec.resize((target - self.end) as usize, 0);
+            self.allocated = target;
+        }
+        self.file.write_all_at(&rec, self.end)?;
+        self.end = end;
+        if sync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Makes every appended record durable.
+    pub(super) fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    /// Starts the log over under a new epoch (what it held must be durable elsewhere):
+    /// the records already in the file no longer check.
+    pub(super) fn restart(&mut self) -> std::io::Result<()> {
+        let epoch = self.epoch + 1;
+        let mut h = header(epoch).to_vec();
+        if self.allocated < HEADER + PREALLOCATE {
+            h.resize((HEADER + PREALLOCATE) as usize, 0);
+            self.allocated = h.len() as u64;
+        }
+        self.file.write_all_at(&h, 0)?;
+        self.file.sync_data()?;
+        self.epoch = epoch;
+        self.end = HEADER;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn changes(n: u8) -> Changes {
+        let mut c = Changes::default();
+        c.put(Which::Keys, &[n], &[n; 3]);
+        c.remove(Which::Hints, &[n, n]);
+        c
+    }
+
+    fn expected(n: u8) -> Vec<Change> {
+        vec![
+            Change {
+                table: Which::Keys,
+                row: vec![n],
+                value: Some(vec![n; 3]),
+            },
+            Change {
+                table: Which::Hints,
+                row: vec![n, n],
+                value: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn records_come_back_in_order_until_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ap.log");
+        let (mut log, rec) = ApLog::open(&path).unwrap();
+        assert!(rec.changes.is_empty() && rec.damage.is_none());
+        log.restart().unwrap();
+        for n in 1..=3 {
+            log.append(&changes(n), n == 3).unwrap();
+        }
+        drop(log);
+        let (mut log, rec) = ApLog::open(&path).unwrap();
+        let want: Vec<Change> = (1..=3).flat_map(expected).collect();
+        assert_eq!(rec.changes, want);
+        assert!(rec.damage.is_none());
+        // After a restart the old records (still in the file) no longer check.
+        log.restart().unwrap();
+        log.append(&changes(9), true).unwrap();
+        drop(log);
+        let (_, rec) = ApLog::open(&path).unwrap();
+        assert_eq!(rec.changes, expected(9));
+    }
+
+    #[test]
+    fn a_torn_or_damaged_record_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ap.log");
+        let (mut log, _) = ApLog::open(&path).unwrap();
+        log.restart().unwrap();
+        log.append(&changes(1), true).unwrap();
+        let second = log.end;
+        log.append(&changes(2), true).unwrap();
+        drop(log);
+        // Flip one byte of the second record's payload: only the first comes back.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xFF], second + 9).unwrap();
+        drop(f);
+        let (log, rec) = ApLog::open(&path).unwrap();
+        assert_eq!(rec.changes, expected(1));
+        assert_eq!(
+            log.end, second,
+            "the next record overwrites the damaged one"
+        );
+        // A damaged header: nothing is replayed, and it is said.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[0xFF], 9).unwrap();
+        drop(f);
+        let (_, rec) = ApLog::open(&path).unwrap();
+        assert!(rec.changes.is_empty());
+        assert!(rec.damage.unwrap().contains("header"));
+    }
+
+    #[test]
+    fn the_file_grows_by_written_zeros_and_keeps_its_size_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ap.log");
+        let (mut log, _) = ApLog::open(&path).unwrap();
+        log.restart().unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        assert_eq!(size(), HEADER + PREALLOCATE);
+        let mut big = Changes::default();
+        big.put(
+            Which::Paxos,
+            b"row",
+            &vec![7u8; (PREALLOCATE + 10) as usize],
+        );
+        log.append(&big, true).unwrap();
+        let grown = size();
+        assert!(grown >= log.end + PREALLOCATE);
+        log.restart().unwrap();
+        assert_eq!(size(), grown);
+        assert_eq!(log.end, HEADER);
+        drop(log);
+        let (_, rec) = ApLog::open(&path).unwrap();
+        assert!(rec.changes.is_empty());
+    }
+}
