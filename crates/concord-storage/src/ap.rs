@@ -2,22 +2,36 @@
 //! holds for replicas that were unreachable, in one redb file (`ap.redb` in the data
 //! directory) apart from the CP keyspace's.
 //!
-//! Every change is a read-modify-write of one key, run by one writer thread that commits
-//! whatever changes queued up while its previous commit ran in one transaction with one
-//! fsync (group commit), and answers each change only after that commit, so a replica
-//! acknowledges only what survives a crash. A bucket whose durability is `async`
-//! ([`ApStore::set_async`]) skips that fsync: a batch of only such changes is committed
+//! Every change is a read-modify-write of one key, run by one writer thread that takes
+//! whatever changes queued up while its previous batch ran, applies them in one open redb
+//! write transaction, appends the rows they changed to a log (`ap.log` beside the file,
+//! [`log`]) as one record with one `fdatasync` (group commit), lays them on an in-memory
+//! overlay that readers consult before the B-tree, and only then answers each change, so
+//! a replica acknowledges only what survives a crash. The transaction itself is committed
+//! (durably) by a checkpoint every [`CHECKPOINT_EVERY`] or [`CHECKPOINT_ROWS`] changed
+//! rows, after which the log starts over and the overlay empties: a B-tree commit copies
+//! and checksums every page its changes touched, so committing once for many batches
+//! rather than once per batch is what makes a write cheap. At open, the log's records are
+//! replayed into the B-tree before anything else. A bucket whose durability is `async`
+//! ([`ApStore::set_async`]) skips the `fdatasync`: a batch of only such changes is logged
 //! without one, and the writer makes it durable within [`FLUSH_EVERY`]. A stored state
 //! only ever moves up its lattice: writes and repairs are merges.
 //!
 //! # Guarantees
 //!
 //! 1. **Durable before acknowledged.** [`ApStore::update`], [`ApStore::merge`] and
-//!    [`ApStore::store_hint`] return after the fsync'd commit of the batch that carried
-//!    them; when that commit fails, every change in the batch answers the error. For an
-//!    `async` bucket: after a commit that the next fsync'd one, at most [`FLUSH_EVERY`]
-//!    later, makes durable (a crash in between loses that window, as Redis's
-//!    `appendfsync everysec` does).
+//!    [`ApStore::store_hint`] return after the log record of the batch that carried them
+//!    is fsync'd; when that append fails, every change in the batch answers the error
+//!    (and the transaction is rebuilt from what was answered before). For an `async`
+//!    bucket: after an append that the next sync, at most [`FLUSH_EVERY`] later, makes
+//!    durable (a crash in between loses that window, as Redis's `appendfsync everysec`
+//!    does). `answered_changes_survive_sigkill_at_any_point` kills a writing process five
+//!    times at different moments and checks every answered change after each reopen.
+//! 1a. **Readers see every answered change.** A change is on the overlay before it is
+//!    answered and leaves it only after the checkpoint commit that puts it in the B-tree;
+//!    a reader takes its overlay rows and begins its B-tree read under the overlay's lock,
+//!    so it sees each change in one or the other
+//!    (`reads_see_answered_changes_before_and_after_the_checkpoint`).
 //! 2. **Only joins.** A merge never loses what the stored state had: the result is the
 //!    join of both.
 //! 3. **Damage is an error.** Every stored value carries a CRC32C over its key and bytes
@@ -759,7 +773,7 @@ impl ApStore {
         txn.commit()?;
         migrate_v1(&db)?;
         // The changes answered but not yet checkpointed when the store last stopped.
-        let (mut log, recovered) = ApLog::open(&path.with_extension("log"))
+        let (mut log, recovered) = ApLog::open(&path.with_extension("log"), replica_id)
             .map_err(|e| open_err(format!("its log: {e}")))?;
         if let Some(damage) = &recovered.damage {
             // Not a torn last record (which replay drops silently): answered changes may

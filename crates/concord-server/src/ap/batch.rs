@@ -10,9 +10,10 @@
 //! ([`Link`]): a call is one message with an id, its answer one message back, as soon as
 //! it is ready. A unary gRPC call costs an HTTP/2 stream, request and response headers,
 //! an end-of-stream frame each way, and a task on the receiving member; on the stream a
-//! call costs its message. The stream is opened at the first call and again at the first
-//! call after it broke; the calls in flight when it breaks fail (they are not re-sent: an
-//! apply may have been applied). A member that does not serve `Calls` (an older build) is
+//! call costs its message. The stream is opened at the first call, and again at the first
+//! call after it broke or after a caller gave up waiting on it (a connection that died
+//! silently; HTTP/2 pings every 5 s find those too); the calls in flight when it breaks
+//! fail (they are not re-sent: an apply may have been applied). A member that does not serve `Calls` (an older build) is
 //! called with the unary `ApplyBatch`, `MergeBatch` and `ReadBatch`, and the stream is
 //! tried again after [`RETRY_STREAM`].
 
@@ -159,6 +160,16 @@ struct Link {
 struct CallStream {
     calls: mpsc::UnboundedSender<ReplicaCall>,
     waiting: Arc<Waiting>,
+    /// Set when a caller gave up waiting for its answer: the next call opens a new
+    /// stream (this one ends once its last caller is done), so a stream stuck on a
+    /// connection that died silently is not used again.
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
+impl CallStream {
+    fn usable(&self) -> bool {
+        !self.abandoned.load(Ordering::Relaxed) && lock(&self.waiting).is_some()
+    }
 }
 
 /// The callers waiting on a stream, by call id; `None` once the stream has ended.
@@ -193,7 +204,7 @@ impl Link {
         };
         // A caller that stops waiting (its timeout) takes its entry out.
         let _forget = Forget {
-            waiting: &stream.waiting,
+            stream: &stream,
             id,
         };
         let sent = stream.calls.send(ReplicaCall {
@@ -213,7 +224,7 @@ impl Link {
             return Ok(None);
         }
         let mut open = self.stream.lock().await;
-        if let Some(s) = open.as_ref().filter(|s| lock(&s.waiting).is_some()) {
+        if let Some(s) = open.as_ref().filter(|s| s.usable()) {
             return Ok(Some(s.clone()));
         }
         let (calls, queued) = mpsc::unbounded_channel();
@@ -229,7 +240,11 @@ impl Link {
         };
         let waiting = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(read_answers(waiting.clone(), answers));
-        let stream = Arc::new(CallStream { calls, waiting });
+        let stream = Arc::new(CallStream {
+            calls,
+            waiting,
+            abandoned: Default::default(),
+        });
         *open = Some(stream.clone());
         Ok(Some(stream))
     }
@@ -246,16 +261,21 @@ impl Link {
     }
 }
 
-/// Takes a call's entry out of its stream's waiting list when its caller stops waiting.
+/// Takes a call's entry out of its stream's waiting list when its caller stops waiting
+/// (and marks the stream abandoned when the answer had not come).
 struct Forget<'a> {
-    waiting: &'a Waiting,
+    stream: &'a CallStream,
     id: u64,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        if let Some(waiting) = lock(self.waiting).as_mut() {
-            waiting.remove(&self.id);
+        let gave_up = lock(&self.stream.waiting)
+            .as_mut()
+            .and_then(|waiting| waiting.remove(&self.id))
+            .is_some();
+        if gave_up {
+            self.stream.abandoned.store(true, Ordering::Relaxed);
         }
     }
 }

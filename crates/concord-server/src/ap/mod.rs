@@ -399,8 +399,15 @@ impl ApNode {
                 continue;
             }
             if let Ok(e) = Endpoint::from_shared(url.clone()) {
-                let channel = read(&self.inner.dialer)
-                    .lazy(e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true));
+                // HTTP/2 pings find a connection that died silently (the replica calls'
+                // stream would otherwise wait on it until each call's timeout).
+                let e = e
+                    .connect_timeout(Duration::from_secs(1))
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true);
+                let channel = read(&self.inner.dialer).lazy(e);
                 let client = ReplicaClient::new(channel)
                     .max_decoding_message_size(batch::MAX_MESSAGE)
                     .max_encoding_message_size(batch::MAX_MESSAGE);

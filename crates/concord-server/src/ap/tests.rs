@@ -1150,36 +1150,81 @@ async fn a_member_that_does_not_serve_the_stream_is_called_unary() {
     );
 }
 
+/// A TCP proxy in front of a member, whose connections a test can cut (closed at once) or
+/// silence (kept open, nothing forwarded: a connection that died without a word).
+struct Proxy {
+    url: String,
+    conns: Arc<std::sync::Mutex<Vec<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>>>,
+    _accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn to(upstream_url: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let upstream = upstream_url.trim_start_matches("http://").to_string();
+        let conns: Arc<std::sync::Mutex<Vec<_>>> = Arc::default();
+        let held = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let _ = inbound.set_nodelay(true);
+                let silence = Arc::new(tokio::sync::Notify::new());
+                let silenced = silence.clone();
+                let conn = tokio::spawn(async move {
+                    let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = out.set_nodelay(true);
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => {}
+                        _ = silenced.notified() => {
+                            // Both sockets stay open until the task is aborted.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+                held.lock().unwrap().push((conn, silence));
+            }
+        });
+        Proxy {
+            url,
+            conns,
+            _accept: accept,
+        }
+    }
+
+    fn cut(&self) {
+        for (conn, _) in self.conns.lock().unwrap().drain(..) {
+            conn.abort();
+        }
+    }
+
+    fn silence(&self) {
+        for (_, silence) in self.conns.lock().unwrap().iter() {
+            silence.notify_one();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_stream_to_a_replica_is_opened_again() {
     // Member 1 reaches member 2 through a proxy whose connections the test cuts.
     let m = start(2).await;
-    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = Proxy::to(&m.urls[&NodeId(2)]).await;
     let mut urls = m.urls.clone();
-    let upstream = urls[&NodeId(2)].trim_start_matches("http://").to_string();
-    urls.insert(NodeId(2), format!("http://{}", proxy.local_addr().unwrap()));
-    let conns: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
-    let held = conns.clone();
-    let _proxy = tokio::spawn(async move {
-        while let Ok((mut inbound, _)) = proxy.accept().await {
-            let upstream = upstream.clone();
-            let _ = inbound.set_nodelay(true);
-            let conn = tokio::spawn(async move {
-                if let Ok(mut out) = tokio::net::TcpStream::connect(upstream).await {
-                    let _ = out.set_nodelay(true);
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
-                }
-            });
-            held.lock().unwrap().push(conn);
-        }
-    });
+    urls.insert(NodeId(2), proxy.url.clone());
     let a = &m.nodes[0];
     a.set_members(&urls);
     a.write(B0, b"k", set("before")).await.unwrap();
     for round in 0..3 {
-        for conn in conns.lock().unwrap().drain(..) {
-            conn.abort();
-        }
+        proxy.cut();
         // The calls in flight when a stream breaks fail; the next ones open a new stream.
         let v = format!("after-{round}");
         concord_testkit::eventually("a write after the cut", Duration::from_secs(10), || {
@@ -1195,4 +1240,33 @@ async fn a_broken_stream_to_a_replica_is_opened_again() {
             Some(format!("{v}-4").into_bytes())
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_goes_silent_is_replaced() {
+    // Member 1 reaches member 2 through a proxy that stops forwarding on the connection
+    // in use, without closing it: the calls on it time out, HTTP/2 pings find it dead,
+    // and a new connection and stream carry the writes again.
+    let m = start(2).await;
+    let proxy = Proxy::to(&m.urls[&NodeId(2)]).await;
+    let mut urls = m.urls.clone();
+    urls.insert(NodeId(2), proxy.url.clone());
+    let a = &m.nodes[0];
+    a.set_members(&urls);
+    a.write(B0, b"k", set("before")).await.unwrap();
+    proxy.silence();
+    let failed = a.write(B0, b"k", set("during")).await;
+    assert!(failed.is_err(), "{failed:?}");
+    let started = std::time::Instant::now();
+    concord_testkit::eventually(
+        "a write on a new connection",
+        Duration::from_secs(30),
+        || async { a.write(B0, b"k", set("after")).await.ok() },
+    )
+    .await;
+    eprintln!("writes went through again after {:?}", started.elapsed());
+    assert_eq!(
+        value(a.read(B0, b"k").await.unwrap(), a.now_ms()),
+        Some(b"after".to_vec())
+    );
 }

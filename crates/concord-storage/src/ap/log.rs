@@ -7,8 +7,9 @@
 //!
 //! # Format
 //!
-//! A header — magic `CCAPLOG1`, the epoch (u64, little-endian), a CRC32C of both (u32) —
-//! then records: payload length (u32), CRC32C of the epoch and the payload (u32), the
+//! A header — magic `CCAPLOG1`, the store's identity (u64: the `replica_id` of the
+//! `ap.redb` it belongs to), the epoch (u64), a CRC32C of the three (u32) — then records:
+//! payload length (u32), CRC32C of the identity, the epoch and the payload (u32), the
 //! payload. A payload is a run of row changes: the table (u8), the row's length (u32) and
 //! bytes, then 1 and the value's length (u32) and bytes for an insert, or 0 for a removal.
 //! All integers little-endian.
@@ -19,6 +20,9 @@
 //!    preallocated zeros and the records of an earlier epoch all fail their CRC (which
 //!    covers the epoch), so replay reads exactly the records appended since the last
 //!    start-over.
+//! 1a. **A log replays only into its own store.** A log left beside a new `ap.redb` (the
+//!    old file lost or deleted) names another identity: nothing of it is replayed, and
+//!    its records cannot check under the new one.
 //! 2. **The log starts over only after a durable redb commit** that holds everything it
 //!    recorded ([`ApLog::restart`] is called by the checkpoint after that commit): a crash
 //!    at any point leaves redb's last durable state plus a log whose replay brings it to
@@ -33,7 +37,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"CCAPLOG1";
-const HEADER: u64 = 20;
+const HEADER: u64 = 28;
 /// Bytes of written zeros kept ahead of the data.
 const PREALLOCATE: u64 = 4 << 20;
 
@@ -119,28 +123,37 @@ fn parse(mut p: &[u8]) -> Option<Vec<Change>> {
     Some(out)
 }
 
-fn header(epoch: u64) -> [u8; HEADER as usize] {
+fn header(store: u64, epoch: u64) -> [u8; HEADER as usize] {
     let mut h = [0u8; HEADER as usize];
     h[..8].copy_from_slice(MAGIC);
-    h[8..16].copy_from_slice(&epoch.to_le_bytes());
-    let crc = crc32c::crc32c(&h[..16]);
-    h[16..].copy_from_slice(&crc.to_le_bytes());
+    h[8..16].copy_from_slice(&store.to_le_bytes());
+    h[16..24].copy_from_slice(&epoch.to_le_bytes());
+    let crc = crc32c::crc32c(&h[..24]);
+    h[24..].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
-fn record_crc(epoch: u64, payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(&epoch.to_le_bytes()), payload)
+fn record_crc(store: u64, epoch: u64, payload: &[u8]) -> u32 {
+    let mut stamp = [0u8; 16];
+    stamp[..8].copy_from_slice(&store.to_le_bytes());
+    stamp[8..].copy_from_slice(&epoch.to_le_bytes());
+    crc32c::crc32c_append(crc32c::crc32c(&stamp), payload)
 }
 
 /// The open log.
 #[derive(Debug)]
 pub(super) struct ApLog {
     file: File,
+    /// The identity of the store the log belongs to.
+    store: u64,
     epoch: u64,
     /// Where the next record goes.
     end: u64,
     /// How far the file holds written bytes.
     allocated: u64,
+    /// Since a failed append, sync or start-over: the tail is unknown, so appends are
+    /// refused until a start-over succeeds.
+    failed: bool,
 }
 
 /// What opening found.
@@ -154,9 +167,10 @@ pub(super) struct Recovered {
 }
 
 impl ApLog {
-    /// Opens the log at `path` (creating it when absent) and reads back what it holds.
+    /// Opens the log of store `store` at `path` (creating it when absent) and reads back
+    /// what it holds for that store.
     /// The log must be [`ApLog::restart`]ed once the changes are durable elsewhere.
-    pub(super) fn open(path: &Path) -> std::io::Result<(ApLog, Recovered)> {
+    pub(super) fn open(path: &Path, store: u64) -> std::io::Result<(ApLog, Recovered)> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -164,16 +178,28 @@ impl ApLog {
             .truncate(false)
             .open(path)?;
         let len = file.metadata()?.len();
+        if len == 0 {
+            // A new file: its directory entry must be durable before any record is
+            // acknowledged from it.
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                File::open(dir)?.sync_all()?;
+            }
+        }
         let mut data = vec![0u8; usize::try_from(len).unwrap_or(usize::MAX)];
         file.read_exact_at(&mut data, 0)?;
         let mut recovered = Recovered::default();
+        let word =
+            |h: &[u8], at: usize| u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default());
+        let mut ours = true;
         let epoch = match data.get(..HEADER as usize) {
             Some(h)
                 if &h[..8] == MAGIC
-                    && crc32c::crc32c(&h[..16])
-                        == u32::from_le_bytes([h[16], h[17], h[18], h[19]]) =>
+                    && crc32c::crc32c(&h[..24])
+                        == u32::from_le_bytes([h[24], h[25], h[26], h[27]]) =>
             {
-                u64::from_le_bytes(h[8..16].try_into().unwrap_or_default())
+                // Another store's log: nothing of it is ours to replay.
+                ours = word(h, 8) == store;
+                word(h, 16)
             }
             // A new file, or one whose header never reached the disk whole (a start-over
             // interrupted: what it held was durable in redb already).
@@ -188,14 +214,14 @@ impl ApLog {
             }
         };
         let mut at = HEADER as usize;
-        if epoch > 0 && recovered.damage.is_none() {
+        if ours && epoch > 0 && recovered.damage.is_none() {
             while let Some(head) = data.get(at..at + 8) {
                 let n = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
                 let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
                 let Some(payload) = data.get(at + 8..at + 8 + n).filter(|_| n > 0) else {
                     break;
                 };
-                if record_crc(epoch, payload) != crc {
+                if record_crc(store, epoch, payload) != crc {
                     break;
                 }
                 match parse(payload) {
@@ -212,20 +238,33 @@ impl ApLog {
         }
         let log = ApLog {
             file,
+            store,
             epoch,
             end: at as u64,
             allocated: len,
+            // Nothing may be appended before the start-over that follows replay.
+            failed: true,
         };
         Ok((log, recovered))
     }
 
     /// Appends one record holding `changes`; with `sync`, returns once it is durable.
-    /// After an error the log's tail is unknown: the caller must not append again before
-    /// a successful [`ApLog::restart`].
+    /// After an error the log's tail is unknown: appends are refused until a successful
+    /// [`ApLog::restart`].
     pub(super) fn append(&mut self, changes: &Changes, sync: bool) -> std::io::Result<()> {
-        let payload = &changes.0;
+        if self.failed {
+            return Err(std::io::Error::other(
+                "the log failed earlier and has not started over since",
+            ));
+        }
+        let appended = self.write_record(&changes.0, sync);
+        self.failed = appended.is_err();
+        appended
+    }
+
+    fn write_record(&mut self, payload: &[u8], sync: bool) -> std::io::Result<()> {
         if payload.is_empty() {
-            return if sync { self.sync() } else { Ok(()) };
+            return if sync { self.file.sync_data() } else { Ok(()) };
         }
         let n = u32::try_from(payload.len()).map_err(|_| {
             std::io::Error::new(
@@ -235,7 +274,7 @@ impl ApLog {
         })?;
         let mut rec = Vec::with_capacity(payload.len() + 8);
         rec.extend_from_slice(&n.to_le_bytes());
-        rec.extend_from_slice(&record_crc(self.epoch, payload).to_le_bytes());
+        rec.extend_from_slice(&record_crc(self.store, self.epoch, payload).to_le_bytes());
         rec.extend_from_slice(payload);
         let end = self.end + rec.len() as u64;
         if end > self.allocated {
@@ -253,23 +292,29 @@ impl ApLog {
     }
 
     /// Makes every appended record durable.
-    pub(super) fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+    pub(super) fn sync(&mut self) -> std::io::Result<()> {
+        let synced = self.file.sync_data();
+        self.failed |= synced.is_err();
+        synced
     }
 
     /// Starts the log over under a new epoch (what it held must be durable elsewhere):
     /// the records already in the file no longer check.
     pub(super) fn restart(&mut self) -> std::io::Result<()> {
         let epoch = self.epoch + 1;
-        let mut h = header(epoch).to_vec();
+        let mut h = header(self.store, epoch).to_vec();
         if self.allocated < HEADER + PREALLOCATE {
             h.resize((HEADER + PREALLOCATE) as usize, 0);
-            self.allocated = h.len() as u64;
         }
-        self.file.write_all_at(&h, 0)?;
-        self.file.sync_data()?;
+        // Whatever happens below, records appended from now on use the new epoch, so
+        // none of the old epoch's can be mistaken for them.
         self.epoch = epoch;
+        self.failed = true;
+        self.file.write_all_at(&h, 0)?;
+        self.allocated = self.allocated.max(h.len() as u64);
+        self.file.sync_data()?;
         self.end = HEADER;
+        self.failed = false;
         Ok(())
     }
 }
@@ -304,14 +349,14 @@ mod tests {
     fn records_come_back_in_order_until_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ap.log");
-        let (mut log, rec) = ApLog::open(&path).unwrap();
+        let (mut log, rec) = ApLog::open(&path, 7).unwrap();
         assert!(rec.changes.is_empty() && rec.damage.is_none());
         log.restart().unwrap();
         for n in 1..=3 {
             log.append(&changes(n), n == 3).unwrap();
         }
         drop(log);
-        let (mut log, rec) = ApLog::open(&path).unwrap();
+        let (mut log, rec) = ApLog::open(&path, 7).unwrap();
         let want: Vec<Change> = (1..=3).flat_map(expected).collect();
         assert_eq!(rec.changes, want);
         assert!(rec.damage.is_none());
@@ -319,7 +364,7 @@ mod tests {
         log.restart().unwrap();
         log.append(&changes(9), true).unwrap();
         drop(log);
-        let (_, rec) = ApLog::open(&path).unwrap();
+        let (_, rec) = ApLog::open(&path, 7).unwrap();
         assert_eq!(rec.changes, expected(9));
     }
 
@@ -327,7 +372,7 @@ mod tests {
     fn a_torn_or_damaged_record_ends_the_replay() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ap.log");
-        let (mut log, _) = ApLog::open(&path).unwrap();
+        let (mut log, _) = ApLog::open(&path, 7).unwrap();
         log.restart().unwrap();
         log.append(&changes(1), true).unwrap();
         let second = log.end;
@@ -337,7 +382,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&[0xFF], second + 9).unwrap();
         drop(f);
-        let (log, rec) = ApLog::open(&path).unwrap();
+        let (log, rec) = ApLog::open(&path, 7).unwrap();
         assert_eq!(rec.changes, expected(1));
         assert_eq!(
             log.end, second,
@@ -347,7 +392,7 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.write_all_at(&[0xFF], 9).unwrap();
         drop(f);
-        let (_, rec) = ApLog::open(&path).unwrap();
+        let (_, rec) = ApLog::open(&path, 7).unwrap();
         assert!(rec.changes.is_empty());
         assert!(rec.damage.unwrap().contains("header"));
     }
@@ -356,7 +401,7 @@ mod tests {
     fn the_file_grows_by_written_zeros_and_keeps_its_size_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ap.log");
-        let (mut log, _) = ApLog::open(&path).unwrap();
+        let (mut log, _) = ApLog::open(&path, 7).unwrap();
         log.restart().unwrap();
         let size = || std::fs::metadata(&path).unwrap().len();
         assert_eq!(size(), HEADER + PREALLOCATE);
@@ -373,7 +418,27 @@ mod tests {
         assert_eq!(size(), grown);
         assert_eq!(log.end, HEADER);
         drop(log);
-        let (_, rec) = ApLog::open(&path).unwrap();
+        let (_, rec) = ApLog::open(&path, 7).unwrap();
+        assert!(rec.changes.is_empty());
+    }
+
+    #[test]
+    fn a_log_replays_only_into_its_own_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ap.log");
+        let (mut log, _) = ApLog::open(&path, 7).unwrap();
+        log.restart().unwrap();
+        log.append(&changes(1), true).unwrap();
+        drop(log);
+        // The store's file was replaced (identity 8): the log is not its own.
+        let (mut log, rec) = ApLog::open(&path, 8).unwrap();
+        assert!(rec.changes.is_empty() && rec.damage.is_none());
+        log.restart().unwrap();
+        log.append(&changes(2), true).unwrap();
+        drop(log);
+        let (_, rec) = ApLog::open(&path, 8).unwrap();
+        assert_eq!(rec.changes, expected(2));
+        let (_, rec) = ApLog::open(&path, 7).unwrap();
         assert!(rec.changes.is_empty());
     }
 }
