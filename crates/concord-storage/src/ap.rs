@@ -27,11 +27,6 @@
 //!    durable (a crash in between loses that window, as Redis's `appendfsync everysec`
 //!    does). `answered_changes_survive_sigkill_at_any_point` kills a writing process five
 //!    times at different moments and checks every answered change after each reopen.
-//! 1a. **Readers see every answered change.** A change is on the overlay before it is
-//!    answered and leaves it only after the checkpoint commit that puts it in the B-tree;
-//!    a reader takes its overlay rows and begins its B-tree read under the overlay's lock,
-//!    so it sees each change in one or the other
-//!    (`reads_see_answered_changes_before_and_after_the_checkpoint`).
 //! 2. **Only joins.** A merge never loses what the stored state had: the result is the
 //!    join of both.
 //! 3. **Damage is an error.** Every stored value carries a CRC32C over its key and bytes
@@ -40,6 +35,11 @@
 //! 4. **A hint is removed only if unchanged.** [`ApStore::remove_hint`] takes the state
 //!    that was handed over and removes the hint only if it still equals it, so a hint
 //!    merged again meanwhile is handed over again.
+//! 5. **Readers see every answered change.** A change is on the overlay before it is
+//!    answered and leaves it only after the checkpoint commit that puts it in the B-tree;
+//!    a reader takes its overlay rows and begins its B-tree read under the overlay's lock,
+//!    so it sees each change in one or the other
+//!    (`reads_see_answered_changes_before_and_after_the_checkpoint`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -1150,11 +1150,14 @@ async fn a_member_that_does_not_serve_the_stream_is_called_unary() {
     );
 }
 
+/// A proxied connection's task, and what silences it.
+type ProxiedConn = (tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>);
+
 /// A TCP proxy in front of a member, whose connections a test can cut (closed at once) or
 /// silence (kept open, nothing forwarded: a connection that died without a word).
 struct Proxy {
     url: String,
-    conns: Arc<std::sync::Mutex<Vec<(tokio::task::JoinHandle<()>, Arc<tokio::sync::Notify>)>>>,
+    conns: Arc<std::sync::Mutex<Vec<ProxiedConn>>>,
     _accept: tokio::task::JoinHandle<()>,
 }
 

@@ -20,15 +20,15 @@
 //!    preallocated zeros and the records of an earlier epoch all fail their CRC (which
 //!    covers the epoch), so replay reads exactly the records appended since the last
 //!    start-over.
-//! 1a. **A log replays only into its own store.** A log left beside a new `ap.redb` (the
+//! 2. **A log replays only into its own store.** A log left beside a new `ap.redb` (the
 //!    old file lost or deleted) names another identity: nothing of it is replayed, and
 //!    its records cannot check under the new one.
-//! 2. **The log starts over only after a durable redb commit** that holds everything it
+//! 3. **The log starts over only after a durable redb commit** that holds everything it
 //!    recorded ([`ApLog::restart`] is called by the checkpoint after that commit): a crash
 //!    at any point leaves redb's last durable state plus a log whose replay brings it to
 //!    the last acknowledged batch. Rows are replayed as final values, in order, so
 //!    replaying a record twice is harmless.
-//! 3. **Appends overwrite blocks that exist**, so `fdatasync` carries no file-size
+//! 4. **Appends overwrite blocks that exist**, so `fdatasync` carries no file-size
 //!    metadata: the file is extended with written zeros ahead of the data, in the same
 //!    sync as the record that needs the room.
 
