@@ -811,6 +811,24 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
         &["states=1:*.concord.peer.v1.ReplicaState"],
     ),
     (
+        "concord.peer.v1.ReplicaCall",
+        &[
+            "id=1:uint64",
+            "applies=2:.concord.peer.v1.ReplicaApplyBatch@call",
+            "merges=3:.concord.peer.v1.ReplicaMergeBatch@call",
+            "reads=4:.concord.peer.v1.ReplicaReadBatch@call",
+        ],
+    ),
+    (
+        "concord.peer.v1.ReplicaAnswer",
+        &[
+            "id=1:uint64",
+            "states=2:.concord.peer.v1.ReplicaStates@answer",
+            "merged=3:.concord.peer.v1.ReplicaMergeBatchAck@answer",
+            "failure=4:string@answer",
+        ],
+    ),
+    (
         "concord.peer.v1.ReplicaMergeBatch",
         &[
             "cluster_id=1:uint64",
@@ -1340,6 +1358,7 @@ const SERVICES: &[(&str, &[Method])] = &[
                 false,
                 false,
             ),
+            ("Calls", "ReplicaCall", "ReplicaAnswer", true, true),
             ("Read", "ReplicaRead", "ReplicaState", false, false),
             ("Scan", "ReplicaScan", "ReplicaKeys", false, false),
             ("Tree", "ReplicaTree", "ReplicaTreeLeaves", false, false),

@@ -1350,6 +1350,28 @@ mod tests {
         s
     }
 
+    /// Starts this test binary running only the test `name` (a child that does nothing
+    /// unless its environment is set), with `env`, its output piped.
+    fn spawn_child(name: &str, env: &[(&str, &std::ffi::OsStr)]) -> std::process::Child {
+        let test = format!(
+            "{}::{name}",
+            module_path!().split_once("::").map_or("", |(_, m)| m)
+        );
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                test.as_str(),
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     const ASYNC_CHILD_DIR: &str = "CONCORD_AP_ASYNC_CHILD_DIR";
 
     /// The child of [`async_buckets_are_made_durable_within_the_flush_interval`]: does
@@ -1380,23 +1402,10 @@ mod tests {
     fn async_buckets_are_made_durable_within_the_flush_interval() {
         use std::io::{BufRead, BufReader};
         let tmp = tempfile::tempdir().unwrap();
-        let child_test = format!(
-            "{}::async_bucket_child",
-            module_path!().split_once("::").map_or("", |(_, m)| m)
+        let mut child = spawn_child(
+            "async_bucket_child",
+            &[(ASYNC_CHILD_DIR, tmp.path().as_os_str())],
         );
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                child_test.as_str(),
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(ASYNC_CHILD_DIR, tmp.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
         let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
             .lines()
             .map_while(Result::ok)
@@ -1566,26 +1575,16 @@ mod tests {
     fn answered_changes_survive_sigkill_at_any_point() {
         use std::io::{BufRead, BufReader};
         let tmp = tempfile::tempdir().unwrap();
-        let child_test = format!(
-            "{}::crash_child",
-            module_path!().split_once("::").map_or("", |(_, m)| m)
-        );
         let mut present = BTreeMap::new();
         for (cycle, after_lines) in [(1u64, 50usize), (2, 400), (3, 1500), (4, 7), (5, 3000)] {
-            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    child_test.as_str(),
-                    "--nocapture",
-                    "--test-threads",
-                    "1",
-                ])
-                .env(CRASH_CHILD_DIR, tmp.path())
-                .env("CRASH_CYCLE", cycle.to_string())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
+            let cycle_text = cycle.to_string();
+            let mut child = spawn_child(
+                "crash_child",
+                &[
+                    (CRASH_CHILD_DIR, tmp.path().as_os_str()),
+                    ("CRASH_CYCLE", cycle_text.as_ref()),
+                ],
+            );
             let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
             let mut seen = 0;
             for line in lines.by_ref().map_while(Result::ok) {

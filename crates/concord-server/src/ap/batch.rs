@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -163,7 +163,7 @@ struct CallStream {
     /// Set when a caller gave up waiting for its answer: the next call opens a new
     /// stream (this one ends once its last caller is done), so a stream stuck on a
     /// connection that died silently is not used again.
-    abandoned: std::sync::atomic::AtomicBool,
+    abandoned: AtomicBool,
 }
 
 impl CallStream {

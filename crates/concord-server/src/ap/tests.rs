@@ -1216,16 +1216,23 @@ impl Drop for Proxy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_stream_to_a_replica_is_opened_again() {
-    // Member 1 reaches member 2 through a proxy whose connections the test cuts.
+/// Two members (N=2 W=2: every write needs member 2), member 1 reaching member 2
+/// through a proxy, and one write made through it.
+async fn two_members_behind_a_proxy() -> (Members, Proxy) {
     let m = start(2).await;
     let proxy = Proxy::to(&m.urls[&NodeId(2)]).await;
     let mut urls = m.urls.clone();
     urls.insert(NodeId(2), proxy.url.clone());
+    m.nodes[0].set_members(&urls);
+    m.nodes[0].write(B0, b"k", set("before")).await.unwrap();
+    (m, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_stream_to_a_replica_is_opened_again() {
+    // Member 1 reaches member 2 through a proxy whose connections the test cuts.
+    let (m, proxy) = two_members_behind_a_proxy().await;
     let a = &m.nodes[0];
-    a.set_members(&urls);
-    a.write(B0, b"k", set("before")).await.unwrap();
     for round in 0..3 {
         proxy.cut();
         // The calls in flight when a stream breaks fail; the next ones open a new stream.
@@ -1250,13 +1257,8 @@ async fn a_connection_that_goes_silent_is_replaced() {
     // Member 1 reaches member 2 through a proxy that stops forwarding on the connection
     // in use, without closing it: the calls on it time out, HTTP/2 pings find it dead,
     // and a new connection and stream carry the writes again.
-    let m = start(2).await;
-    let proxy = Proxy::to(&m.urls[&NodeId(2)]).await;
-    let mut urls = m.urls.clone();
-    urls.insert(NodeId(2), proxy.url.clone());
+    let (m, proxy) = two_members_behind_a_proxy().await;
     let a = &m.nodes[0];
-    a.set_members(&urls);
-    a.write(B0, b"k", set("before")).await.unwrap();
     proxy.silence();
     let failed = a.write(B0, b"k", set("during")).await;
     assert!(failed.is_err(), "{failed:?}");
