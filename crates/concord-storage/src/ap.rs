@@ -344,28 +344,16 @@ fn write_loop(
     while !closed {
         let mut txn = match begin(db, overlay) {
             Ok(txn) => txn,
-            Err(e) => {
-                // Nothing can be written: answer what comes with the error, try again.
-                let why = format!("ap store commit failed: {e}");
-                match jobs.recv() {
-                    Ok((job, _)) => job(None)(Err(why)),
-                    Err(_) => break,
-                }
-                continue;
-            }
+            Err(e) if refuse_next(jobs, &e) => continue,
+            Err(_) => break,
         };
         let mut opened = Instant::now();
         let mut rows = overlay_len(overlay);
         let mut broken = false;
         let mut tables = match open_tables(&txn) {
             Ok(t) => t,
-            Err(e) => {
-                let why = format!("ap store commit failed: {e}");
-                if let Ok((job, _)) = jobs.recv() {
-                    job(None)(Err(why));
-                }
-                continue;
-            }
+            Err(e) if refuse_next(jobs, &e) => continue,
+            Err(_) => break,
         };
         // Batches until the checkpoint is due.
         loop {
@@ -462,6 +450,18 @@ fn write_loop(
             unsynced = false;
             last_sync = Instant::now();
         }
+    }
+}
+
+/// Nothing can be written (`e`): waits for the next job and answers it with the error,
+/// then the caller tries again; false once the queue has closed.
+fn refuse_next(jobs: &mpsc::Receiver<(Job, bool)>, e: &ApStoreError) -> bool {
+    match jobs.recv() {
+        Ok((job, _)) => {
+            job(None)(Err(format!("ap store commit failed: {e}")));
+            true
+        }
+        Err(_) => false,
     }
 }
 

@@ -13,9 +13,9 @@
 //! call costs its message. The stream is opened at the first call, and again at the first
 //! call after it broke or after a caller gave up waiting on it (a connection that died
 //! silently; HTTP/2 pings every 5 s find those too); the calls in flight when it breaks
-//! fail (they are not re-sent: an apply may have been applied). A member that does not serve `Calls` (an older build) is
-//! called with the unary `ApplyBatch`, `MergeBatch` and `ReadBatch`, and the stream is
-//! tried again after [`RETRY_STREAM`].
+//! fail (they are not re-sent: an apply may have been applied). A member that does not
+//! serve `Calls` (an older build) is called with the unary `ApplyBatch`, `MergeBatch` and
+//! `ReadBatch`, and the stream is tried again after [`RETRY_STREAM`].
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -94,10 +94,7 @@ pub fn start(
                 cluster_id,
                 applies,
             });
-            match l.call(call).await? {
-                Answer::States(s) => Ok(s.states.into_iter().map(Ok).collect()),
-                other => Err(unexpected(&other)),
-            }
+            states(l.call(call).await?)
         }
     }));
     let (merges, queue) = mpsc::unbounded_channel();
@@ -122,19 +119,24 @@ pub fn start(
     tokio::spawn(run(to, timeout, queue, move |reads| {
         let l = link.clone();
         async move {
-            match l
-                .call(Call::Reads(ReplicaReadBatch { cluster_id, reads }))
-                .await?
-            {
-                Answer::States(s) => Ok(s.states.into_iter().map(Ok).collect()),
-                other => Err(unexpected(&other)),
-            }
+            states(
+                l.call(Call::Reads(ReplicaReadBatch { cluster_id, reads }))
+                    .await?,
+            )
         }
     }));
     Queues {
         applies,
         merges,
         reads,
+    }
+}
+
+/// The answers of an apply or read call.
+fn states(answer: Answer) -> Answers<ReplicaState> {
+    match answer {
+        Answer::States(s) => Ok(s.states.into_iter().map(Ok).collect()),
+        other => Err(unexpected(&other)),
     }
 }
 
