@@ -43,7 +43,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,8 +74,12 @@ pub const TREE_BUCKETS: usize = 16;
 const HINTS: Def = TableDefinition::new("ap_hints");
 /// bucket + key → sealed Paxos acceptor state of the key (compare-and-set).
 const PAXOS: Def = TableDefinition::new("ap_paxos");
-/// The store's own facts: `replica_id` → u64 (big-endian).
+/// The store's own facts: `replica_id` → u64 and `actor` → u64 (big-endian).
 const META: Def = TableDefinition::new("ap_meta");
+/// The [`META`] row of the current actor ([`ApStore::actor`]).
+const ACTOR: &[u8] = b"actor";
+/// The tables whose changes the log records, in the order of [`Which`].
+const LOGGED: [Def; 4] = [KEYS, HINTS, PAXOS, META];
 
 /// The format version written before each encoded state: 1 for a key that never held set
 /// members (the layout from before sets), 2 for one that never held siblings (the layout
@@ -160,10 +164,14 @@ pub struct ApStore {
     hint_counts: Mutex<BTreeMap<NodeId, u64>>,
     /// Most hints held for one owner.
     hint_limit: u64,
-    /// This store's identity, drawn at random when the file is created: what its member
-    /// acts as in CRDT states, so that a member whose data was lost (a new file) never
-    /// reuses the counter entries of its earlier life.
+    /// This store's identity, drawn at random when the file is created: its first actor
+    /// (so that a member whose data was lost, a new file, never reuses the counter entries
+    /// of its earlier life) and what its log is tied to.
     replica_id: u64,
+    /// The identity the member's operations act under in CRDT states ([`ApStore::actor`]):
+    /// the `replica_id` until a state this replica acted on is removed, a new one drawn
+    /// at each such removal (kept in [`META`], changed in the removal's batch).
+    actor: Arc<AtomicU64>,
     /// Buckets whose changes are acknowledged before their fsync (`async` durability).
     lazy: [AtomicBool; TREE_BUCKETS],
     /// Hands write jobs (and whether each must be fsync'd before it is answered) to the
@@ -193,6 +201,7 @@ struct Tables<'t> {
     keys: Rows<'t>,
     hints: Rows<'t>,
     paxos: Rows<'t>,
+    meta: Rows<'t>,
 }
 
 /// Changed rows with their new values (`None`: removed), in order.
@@ -238,11 +247,12 @@ impl<'t> Rows<'t> {
 
 impl Tables<'_> {
     /// Takes the changes the batch made, in order, per table.
-    fn take_changes(&mut self) -> [(Which, RowChanges); 3] {
+    fn take_changes(&mut self) -> [(Which, RowChanges); 4] {
         [
             (Which::Keys, std::mem::take(&mut self.keys.changed)),
             (Which::Hints, std::mem::take(&mut self.hints.changed)),
             (Which::Paxos, std::mem::take(&mut self.paxos.changed)),
+            (Which::Meta, std::mem::take(&mut self.meta.changed)),
         ]
     }
 }
@@ -256,15 +266,15 @@ type OverlayRows = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 /// has begun its B-tree read transaction, so a change is always in one or the other.
 #[derive(Debug, Default)]
 struct Overlay {
-    tables: std::sync::RwLock<[OverlayRows; 3]>,
+    tables: std::sync::RwLock<[OverlayRows; 4]>,
 }
 
 impl Overlay {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, [OverlayRows; 3]> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, [OverlayRows; 4]> {
         self.tables.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, [OverlayRows; 3]> {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, [OverlayRows; 4]> {
         self.tables.write().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -488,6 +498,7 @@ fn open_tables(txn: &redb::WriteTransaction) -> Result<Tables<'_>, ApStoreError>
         keys: Rows::new(txn.open_table(KEYS)?),
         hints: Rows::new(txn.open_table(HINTS)?),
         paxos: Rows::new(txn.open_table(PAXOS)?),
+        meta: Rows::new(txn.open_table(META)?),
     })
 }
 
@@ -503,7 +514,7 @@ fn begin(db: &Database, overlay: &Overlay) -> Result<redb::WriteTransaction, ApS
     {
         let over = overlay.read();
         if over.iter().any(|rows| !rows.is_empty()) {
-            for (def, rows) in [KEYS, HINTS, PAXOS].into_iter().zip(over.iter()) {
+            for (def, rows) in LOGGED.into_iter().zip(over.iter()) {
                 let mut t = txn.open_table(def)?;
                 for (row, value) in rows {
                     match value {
@@ -525,11 +536,10 @@ fn replay(db: &Database, changes: Vec<log::Change>) -> Result<(), ApStoreError> 
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     {
-        let mut tables = [
-            txn.open_table(KEYS)?,
-            txn.open_table(HINTS)?,
-            txn.open_table(PAXOS)?,
-        ];
+        let mut tables = Vec::with_capacity(LOGGED.len());
+        for def in LOGGED {
+            tables.push(txn.open_table(def)?);
+        }
         for c in changes {
             let t = &mut tables[c.table as usize];
             match c.value {
@@ -542,12 +552,12 @@ fn replay(db: &Database, changes: Vec<log::Change>) -> Result<(), ApStoreError> 
     Ok(())
 }
 
-/// A new store's identity: the OS-seeded keys of std's `RandomState`, the time and the
-/// path, hashed (unique, not secret; never 0).
-fn fresh_id(path: &Path) -> u64 {
+/// A new identity: the OS-seeded keys of std's `RandomState`, the time, the process and
+/// `salt` (the store's path), hashed (unique, not secret; never 0).
+fn fresh_id(salt: &[u8]) -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write(path.as_os_str().as_encoded_bytes());
+    h.write(salt);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -764,7 +774,7 @@ impl ApStore {
             match held {
                 Some(id) => id,
                 None => {
-                    let id = fresh_id(path);
+                    let id = fresh_id(path.as_os_str().as_encoded_bytes());
                     meta.insert(b"replica_id".as_slice(), id.to_be_bytes().as_slice())?;
                     id
                 }
@@ -787,6 +797,12 @@ impl ApStore {
         replay(&db, recovered.changes)?;
         log.restart()
             .map_err(|e| open_err(format!("its log: {e}")))?;
+        let actor = db
+            .begin_read()?
+            .open_table(META)?
+            .get(ACTOR)?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(replica_id, u64::from_be_bytes);
         let trees = Arc::new(Mutex::new(build_trees(&db)?));
         let hint_counts = Mutex::new(count_hints(&db)?);
         let (tx, rx) = mpsc::channel();
@@ -804,6 +820,7 @@ impl ApStore {
             hint_counts,
             hint_limit,
             replica_id,
+            actor: Arc::new(AtomicU64::new(actor)),
             lazy: Default::default(),
             jobs: Some(tx),
             writer: Some(writer),
@@ -813,6 +830,17 @@ impl ApStore {
     /// This store's identity (fixed for the life of the file, never 0).
     pub fn replica_id(&self) -> u64 {
         self.replica_id
+    }
+
+    /// The identity this replica acts under in CRDT states (counter entries, dots): the
+    /// [`ApStore::replica_id`] at first, a new one after the store removed a state it had
+    /// acted on (handoff's cleanup, tombstone collection). A replica that acted again on
+    /// such a key under the same identity would start from its empty state and reuse
+    /// counter entries and dots that other replicas still hold, so its new increments
+    /// would hide behind its old ones. Read it in the write job that acts (the commit
+    /// thread makes the change), so no removal slips in between.
+    pub fn actor(&self) -> u64 {
+        self.actor.load(Ordering::Acquire)
     }
 
     /// Sets whether changes of `bucket` are acknowledged before their fsync (`async`
@@ -1150,7 +1178,8 @@ impl ApStore {
     }
 
     /// Removes `key` from `bucket` if its stored state still equals `expected` (tombstone
-    /// collection); whether it did.
+    /// collection, handoff's cleanup); whether it did. When the current actor acted on
+    /// that state, a new actor is drawn in the same batch ([`ApStore::actor`]).
     pub fn remove_if_same(
         &self,
         bucket: u8,
@@ -1159,6 +1188,7 @@ impl ApStore {
     ) -> Result<bool, ApStoreError> {
         let r = row(bucket, key);
         let expected = expected.clone();
+        let actor = self.actor.clone();
         let removed = self.write(self.sync(bucket), move |t| {
             let same = match t.keys.get(r.as_slice())? {
                 Some(v) => decode(&r, v.value())? == expected,
@@ -1166,6 +1196,12 @@ impl ApStore {
             };
             if same {
                 t.keys.remove(r.as_slice())?;
+                let current = actor.load(Ordering::Acquire);
+                if expected.acted(NodeId(current)) {
+                    let next = fresh_id(&current.to_be_bytes());
+                    t.meta.insert(ACTOR, &next.to_be_bytes())?;
+                    actor.store(next, Ordering::Release);
+                }
             }
             Ok(same.then(|| digest(&state_to_bytes(&expected))))
         })?;
@@ -1551,12 +1587,18 @@ mod tests {
                     let mut i = t;
                     while started.elapsed() < Duration::from_secs(20) {
                         let k = format!("c{cycle}-{i}");
-                        let v = set(&k, cycle, A);
+                        let mut v = set(&k, cycle, A);
+                        if i % 5 == 0 {
+                            // A state this store acted on: removing it draws a new actor.
+                            v = RedisValue::new();
+                            let actor = NodeId(store.actor());
+                            v.incr(1, actor, (cycle, actor), 0).expect("incr");
+                        }
                         store.merge(1, k.as_bytes(), &v).expect("merge");
                         println!("SET {k}");
                         if i % 5 == 0 {
                             assert!(store.remove_if_same(1, k.as_bytes(), &v).expect("remove"));
-                            println!("DEL {k}");
+                            println!("DEL {k} {}", store.actor());
                         }
                         i += 4;
                     }
@@ -1570,12 +1612,14 @@ mod tests {
 
     /// A fsync'd change answered by the store survives a SIGKILL wherever it lands (in
     /// the log only, in the middle of a checkpoint, after it): five kills at different
-    /// moments, each followed by a reopen that must hold every change answered before.
+    /// moments, each followed by a reopen that must hold every change answered before,
+    /// and the actor drawn by the last removals answered (never an earlier one).
     #[test]
     fn answered_changes_survive_sigkill_at_any_point() {
         use std::io::{BufRead, BufReader};
         let tmp = tempfile::tempdir().unwrap();
         let mut present = BTreeMap::new();
+        let mut actors: Vec<u64> = Vec::new();
         for (cycle, after_lines) in [(1u64, 50usize), (2, 400), (3, 1500), (4, 7), (5, 3000)] {
             let cycle_text = cycle.to_string();
             let mut child = spawn_child(
@@ -1597,8 +1641,10 @@ mod tests {
                         .is_some_and(|i| i.parse::<u64>().is_ok_and(|i| i % 5 == 0));
                     present.insert(k.to_string(), (!removed_next).then_some(true));
                     seen += 1;
-                } else if let Some(k) = line.strip_prefix("DEL ") {
+                } else if let Some(rest) = line.strip_prefix("DEL ") {
+                    let (k, actor) = rest.split_once(' ').unwrap();
                     present.insert(k.to_string(), Some(false));
+                    actors.push(actor.parse().unwrap());
                     seen += 1;
                 }
                 if seen >= after_lines {
@@ -1627,6 +1673,13 @@ mod tests {
                     None => {}
                 }
             }
+            // Four writers print in any order, so any of the last four actors answered
+            // (or a newer one, of a removal not yet answered) is right.
+            let stale = &actors[..actors.len().saturating_sub(4)];
+            assert!(
+                !stale.contains(&store.actor()) && store.actor() != store.replica_id(),
+                "cycle {cycle}: the actor went back to an earlier one"
+            );
             // The trees built at open match the rows.
             let rebuilt = build_trees(&store.db).unwrap();
             assert_eq!(store.tree_root(1), Some(rebuilt[1].root()));

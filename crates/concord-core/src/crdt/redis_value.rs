@@ -358,6 +358,14 @@ impl RedisValue {
         }
     }
 
+    /// Whether `node` has acted in this state's epoch (an increment, a dot of an expiry,
+    /// set, hash or sibling event): its events live on in this state, and a node that lost
+    /// it must not act on the key again under the same identity (it would reuse counts and
+    /// dots that others hold).
+    pub fn acted(&self, node: NodeId) -> bool {
+        self.seen().nodes.contains_key(&node)
+    }
+
     /// Whether this state holds everything a state summarised by `seen` held (merging
     /// that state in would change nothing): a newer epoch, or the same one with every
     /// node's events up to those of `seen`.

@@ -570,17 +570,22 @@ impl ApNode {
         let not_after = (a.not_after_ms != 0).then_some(a.not_after_ms);
         let span = crate::telemetry::remote_span("ap.replica_apply", &a.traceparent);
         let started = checked.map(|(bucket, op, base)| {
-            self.start_apply_local(bucket, &a.key, op, base, None, not_after)
+            let rx = self.start_apply_local(bucket, &a.key, op, base, None, not_after);
+            (bucket, rx)
         });
+        let node = self.clone();
         let answer = async move {
             match started {
                 Err(e) => failure(e),
-                Ok(rx) => match rx.await.map_err(|_| stopped()).and_then(|r| r) {
-                    Ok((state, integer)) => ReplicaState {
-                        state: concord_storage::ap::state_to_bytes(&state).into(),
-                        integer: integer.unwrap_or_default(),
-                        ..ReplicaState::default()
-                    },
+                Ok((bucket, rx)) => match rx.await.map_err(|_| stopped()).and_then(|r| r) {
+                    Ok((state, integer)) => {
+                        node.forward_moving(bucket, &a.key, &state).await;
+                        ReplicaState {
+                            state: concord_storage::ap::state_to_bytes(&state).into(),
+                            integer: integer.unwrap_or_default(),
+                            ..ReplicaState::default()
+                        }
+                    }
                     Err(ApError::Refused(error)) => ReplicaState {
                         error,
                         ..ReplicaState::default()
@@ -648,6 +653,7 @@ impl ApNode {
             match queued {
                 Some(rx) => {
                     rx.await.map_err(|_| stopped())??;
+                    node.forward_moving(bucket, &m.key, &state).await;
                     Ok(())
                 }
                 None => node.merge_local(bucket, &m.key, state, hint_for).await,

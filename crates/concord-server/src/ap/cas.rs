@@ -262,7 +262,7 @@ impl ApNode {
             return Err(ApError::Unavailable("the key has no replicas".into()));
         }
         let quorum = replicas.len() / 2 + 1;
-        let actor = NodeId(self.inner.store.replica_id());
+        let actor = NodeId(self.inner.store.actor());
         // In a session, what it has seen of the key is decided on too (a plain write of
         // the session that no majority holds yet).
         let base = match self.session_floor(access, key) {

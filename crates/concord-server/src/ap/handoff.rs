@@ -38,6 +38,10 @@ const IN_FLIGHT: usize = 64;
 /// Anti-entropy intervals between two cleanup passes outside transitions.
 pub const CLEANUP_EVERY: u32 = 6;
 
+/// How long a write received during a transition waits for its copies to the key's new
+/// owners before it is acknowledged ([`ApNode::forward_moving`]).
+const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Wait before a failed push pass is tried again.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -125,6 +129,44 @@ impl ApNode {
             }
         }
         out
+    }
+
+    /// Sends a write this member received as a replica on to the key's new owners (owners
+    /// under the current ring that were not under an earlier one), when a transition
+    /// lasts and this member owned the key under an earlier ring. Such a write can come
+    /// from a coordinator that has not seen the ring change yet (a removed member may never
+    /// see it) after this member's push pass went by: acknowledged by W owners of the old
+    /// ring, one of them perhaps leaving with its copy, it would otherwise be on fewer than
+    /// W new owners when the transition ends and reads stop asking the old ones.
+    ///
+    /// The write's acknowledgement waits for the sends up to [`FORWARD_WAIT`] (a live new
+    /// owner answers well within it); a new owner that is silent costs the write no more,
+    /// its send goes on behind. A new owner never sends on, so nothing loops.
+    pub(super) async fn forward_moving(&self, bucket: u8, key: &[u8], state: &RedisValue) {
+        if !self.in_transition() {
+            return;
+        }
+        let earlier = self.earlier_owners(bucket, key);
+        if !earlier.contains(&self.me()) {
+            return;
+        }
+        let (owners, _) = self.placement(bucket, key);
+        let mut sends = JoinSet::new();
+        for to in owners {
+            if to != self.me() && !earlier.contains(&to) && self.is_healthy(to) {
+                self.send(&mut sends, to, bucket, key.to_vec(), state.clone())
+                    .await;
+            }
+        }
+        if sends.is_empty() {
+            return;
+        }
+        if tokio::time::timeout(FORWARD_WAIT, drain(&mut sends))
+            .await
+            .is_err()
+        {
+            sends.detach_all();
+        }
     }
 
     /// One step of the handoff, run every 500 ms by the server: a push pass when the ring

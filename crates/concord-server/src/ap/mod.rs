@@ -20,10 +20,13 @@
 //! 3. **Refusals say why**: a request of another cluster, an undecodable state or a missing
 //!    operation is refused with a status naming the problem; an operation the value
 //!    refuses (`INCR` on text) answers Redis's error and changes nothing.
-//! 4. **A replica acts under its store's identity** (`ApStore::replica_id`, drawn when the
-//!    file is created), not its member id: a member that lost its data starts counting
-//!    under a new actor, so its new increments are never hidden behind the larger entries
-//!    of its earlier life that other replicas still hold.
+//! 4. **A replica acts under its store's actor** (`ApStore::actor`: an identity drawn when
+//!    the file is created, and again whenever the store removes a state it acted on), not
+//!    its member id: a member that lost its data, or a key it held (handoff's cleanup
+//!    removes copies of keys a member no longer owns, and the key may come back to it
+//!    before its old state does), counts under a new actor, so its new increments are
+//!    never hidden behind the larger entries of its earlier acts that other replicas
+//!    still hold.
 //! 5. **An operation is applied within its coordinator's wait or not at all**: an apply
 //!    carries the time its coordinator stops waiting for it, and a replica whose clock has
 //!    passed that time refuses it (batchers also drop requests nobody waits for). A SET
@@ -509,14 +512,14 @@ impl ApNode {
         applied: Option<tokio::sync::oneshot::Sender<RedisValue>>,
         not_after: Option<u64>,
     ) -> tokio::sync::oneshot::Receiver<Result<(RedisValue, Option<i64>), ApError>> {
-        // The store's identity, not the member's: a member whose data was lost acts as a
-        // new replica, so its counter entries never collide with its earlier life's.
-        let me = NodeId(self.inner.store.replica_id());
         let now = self.inner.clock.now();
         let now_ms = now.physical_ms;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let clock = self.clone();
         let change = move |s: &mut RedisValue| {
+            // The store's actor, not the member's id (guarantee 4), read on the commit
+            // thread that makes the change, after any removal queued before it.
+            let me = NodeId(clock.inner.store.actor());
             if not_after.is_some_and(|t| clock.now_ms() > t) {
                 return Err(ApError::Unavailable(
                     "the write reached this replica after its coordinator stopped waiting; \

@@ -661,6 +661,148 @@ async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_h
     }
 }
 
+/// Puts `members` in force on `nodes` and runs the handoff until the transition is over
+/// (push passes, announcements, cleanup passes).
+async fn change_ring(nodes: &[&ApNode], members: &BTreeMap<NodeId, String>) {
+    for node in nodes {
+        node.set_members(members);
+        node.set_healthy(members.keys().copied().collect());
+        node.handoff_step().await;
+    }
+    let announced: BTreeMap<NodeId, u64> =
+        nodes.iter().map(|n| (n.me(), n.handoff_meta())).collect();
+    for node in nodes {
+        node.set_announced(announced.clone());
+        node.handoff_step().await;
+        assert!(!node.in_transition());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_lost_a_key_to_cleanup_counts_under_a_new_actor_when_it_comes_back() {
+    let m = start(4).await;
+    let mut three = m.urls.clone();
+    three.remove(&NodeId(4));
+    // A key member 4 owns among four members: one of the other three (`x`) owns it among
+    // three only.
+    let key = (0..)
+        .map(|i| format!("back-{i}"))
+        .find(|k| m.nodes[0].placement(0, k.as_bytes()).0.contains(&NodeId(4)))
+        .unwrap();
+    let k = key.as_bytes();
+    let x = (1..=3)
+        .map(NodeId)
+        .find(|id| !m.nodes[0].placement(0, k).0.contains(id))
+        .unwrap();
+    let node = |id: NodeId| &m.nodes[(id.get() - 1) as usize];
+    let first: Vec<&ApNode> = m.nodes[..3].iter().collect();
+    change_ring(&first, &three).await;
+    // Five increments applied by `x` and merged into the other two owners.
+    let mut state = None;
+    for _ in 0..5 {
+        state = Some(
+            node(x)
+                .apply_local(0, k, Op::Incr(1), None)
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    let state = state.unwrap();
+    for other in three.keys().filter(|id| **id != x) {
+        node(*other)
+            .merge_local(0, k, state.clone(), None)
+            .await
+            .unwrap();
+    }
+    // Member 4 joins: `x` pushes the key to it, and its cleanup removes its copy.
+    let all: Vec<&ApNode> = m.nodes.iter().collect();
+    change_ring(&all, &m.urls).await;
+    assert_eq!(node(x).read_local(0, k).unwrap(), None, "cleaned up");
+    // Member 4 leaves again: `x` owns the key once more and applies an increment before
+    // anyone has pushed the key back to it.
+    for n in &first {
+        n.set_members(&three);
+    }
+    let (again, answer) = node(x).apply_local(0, k, Op::Incr(1), None).await.unwrap();
+    assert_eq!(answer, Some(1), "applied on its empty state");
+    let other = *three.keys().find(|id| **id != x).unwrap();
+    node(other).merge_local(0, k, again, None).await.unwrap();
+    let now = node(other).now_ms();
+    assert_eq!(
+        value(node(other).read_local(0, k).unwrap(), now),
+        Some(b"6".to_vec()),
+        "the sixth increment counts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_lands_on_an_earlier_owner_after_its_push_still_reaches_the_new_owners() {
+    let mut m = start(5).await;
+    // A key member 5 owns; member 5 leaves.
+    let key = (0..)
+        .map(|i| format!("late-{i}"))
+        .find(|k| m.nodes[0].placement(0, k.as_bytes()).0.contains(&NodeId(5)))
+        .unwrap();
+    let k = key.as_bytes();
+    let old_owners = m.nodes[0].placement(0, k).0;
+    let mut four = m.urls.clone();
+    four.remove(&NodeId(5));
+    for node in &m.nodes[..4] {
+        node.set_members(&four);
+        node.set_healthy(four.keys().copied().collect());
+    }
+    let new_owners = m.nodes[0].placement(0, k).0;
+    let kept = *old_owners
+        .iter()
+        .find(|o| new_owners.contains(o))
+        .expect("an owner under both rings");
+    // The others push (nothing of this key yet) before the write below lands.
+    for node in &m.nodes[..4] {
+        node.handoff_step().await;
+    }
+    // The leaver has not seen the change (a removed member may never learn of it): it
+    // coordinates a write under the old ring, acknowledged by itself and `kept` (W = 2),
+    // and is then stopped with its copy.
+    let leaver = &m.nodes[4];
+    let mut state = RedisValue::new();
+    let stamp = concord_core::clock::Timestamp::new(leaver.now_ms(), 0).pack();
+    state
+        .incr(1, NodeId(5), (stamp, NodeId(5)), leaver.now_ms())
+        .unwrap();
+    leaver.merge_local(0, k, state.clone(), None).await.unwrap();
+    leaver
+        .merge_at(kept, 0, k.to_vec(), state, None)
+        .await
+        .unwrap();
+    m.servers.pop().unwrap().abort();
+    // The transition ends; a read at R = 2 of the new owners must find the write, so two
+    // of them hold it.
+    let announced: BTreeMap<NodeId, u64> = m.nodes[..4]
+        .iter()
+        .map(|n| (n.me(), n.handoff_meta()))
+        .collect();
+    for node in &m.nodes[..4] {
+        node.set_announced(announced.clone());
+        node.handoff_step().await;
+        assert!(!node.in_transition());
+    }
+    let holders: Vec<NodeId> = new_owners
+        .iter()
+        .copied()
+        .filter(|o| {
+            m.nodes[(o.get() - 1) as usize]
+                .read_local(0, k)
+                .unwrap()
+                .is_some()
+        })
+        .collect();
+    assert!(
+        holders.len() >= 2,
+        "the write is on {holders:?} of the new owners {new_owners:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_that_lost_its_data_counts_under_a_new_identity() {
     let mut m = start(3).await;

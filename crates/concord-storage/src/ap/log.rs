@@ -47,6 +47,7 @@ pub(super) enum Which {
     Keys = 0,
     Hints = 1,
     Paxos = 2,
+    Meta = 3,
 }
 
 impl Which {
@@ -55,6 +56,7 @@ impl Which {
             0 => Some(Which::Keys),
             1 => Some(Which::Hints),
             2 => Some(Which::Paxos),
+            3 => Some(Which::Meta),
             _ => None,
         }
     }
