@@ -8,8 +8,8 @@
 //! [`log`]) as one record with one `fdatasync` (group commit), lays them on an in-memory
 //! overlay that readers consult before the B-tree, and only then answers each change, so
 //! a replica acknowledges only what survives a crash. The transaction itself is committed
-//! (durably) by a checkpoint every [`CHECKPOINT_EVERY`] or [`CHECKPOINT_ROWS`] changed
-//! rows, after which the log starts over and the overlay empties: a B-tree commit copies
+//! (durably) by a checkpoint every [`CHECKPOINT_EVERY`], [`CHECKPOINT_ROWS`] changed
+//! rows or [`CHECKPOINT_BYTES`] of them, after which the log starts over and the overlay empties: a B-tree commit copies
 //! and checksums every page its changes touched, so committing once for many batches
 //! rather than once per batch is what makes a write cheap. At open, the log's records are
 //! replayed into the B-tree before anything else. A bucket whose durability is `async`
@@ -331,6 +331,11 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Most rows changed in the open transaction before its checkpoint commit.
 pub const CHECKPOINT_ROWS: usize = 16_384;
+/// Most bytes of row changes (rows and values) in the open transaction before its
+/// checkpoint commit: the overlay keeps them in memory, and so does redb's transaction,
+/// so a burst of large states must not wait for [`CHECKPOINT_EVERY`]. (1 MiB in this
+/// crate's unit tests, which check the bound.)
+pub const CHECKPOINT_BYTES: usize = if cfg!(test) { 1 << 20 } else { 64 << 20 };
 
 /// The group-commit loop. Takes every job queued while the previous batch was running,
 /// applies them in order in the open redb transaction, appends the rows they changed to
@@ -339,8 +344,8 @@ pub const CHECKPOINT_ROWS: usize = 16_384;
 /// waits for company: a lone job is logged and answered at once.
 ///
 /// The transaction is committed (durably; then the log starts over and the overlay is
-/// emptied) every [`CHECKPOINT_EVERY`], after [`CHECKPOINT_ROWS`] changed rows, and when
-/// the queue is idle: a B-tree commit copies and checksums every page the batches
+/// emptied) every [`CHECKPOINT_EVERY`], after [`CHECKPOINT_ROWS`] changed rows or
+/// [`CHECKPOINT_BYTES`] of them, and when the queue is idle: a B-tree commit copies and checksums every page the batches
 /// touched, so one commit for many batches is what makes a write cheap.
 fn write_loop(
     db: &Database,
@@ -359,6 +364,7 @@ fn write_loop(
         };
         let mut opened = Instant::now();
         let mut rows = overlay_len(overlay);
+        let mut bytes = overlay_bytes(overlay);
         let mut broken = false;
         let mut tables = match open_tables(&txn) {
             Ok(t) => t,
@@ -430,6 +436,10 @@ fn write_loop(
                 let mut over = overlay.write();
                 for (which, changed) in changes {
                     rows += changed.len();
+                    bytes += changed
+                        .iter()
+                        .map(|(row, value)| change_bytes(row, value.as_ref()))
+                        .sum::<usize>();
                     over[which as usize].extend(changed);
                 }
             }
@@ -437,7 +447,11 @@ fn write_loop(
             for done in dones {
                 done(logged.clone());
             }
-            if broken || rows >= CHECKPOINT_ROWS || opened.elapsed() >= CHECKPOINT_EVERY {
+            if broken
+                || rows >= CHECKPOINT_ROWS
+                || bytes >= CHECKPOINT_BYTES
+                || opened.elapsed() >= CHECKPOINT_EVERY
+            {
                 break;
             }
         }
@@ -505,6 +519,21 @@ fn open_tables(txn: &redb::WriteTransaction) -> Result<Tables<'_>, ApStoreError>
 /// Rows in the overlay.
 fn overlay_len(overlay: &Overlay) -> usize {
     overlay.read().iter().map(BTreeMap::len).sum()
+}
+
+/// Bytes of one row change: the row and its new value.
+fn change_bytes(row: &[u8], value: Option<&Vec<u8>>) -> usize {
+    row.len() + value.map_or(0, Vec::len)
+}
+
+/// Bytes of the rows in the overlay and their values.
+fn overlay_bytes(overlay: &Overlay) -> usize {
+    overlay
+        .read()
+        .iter()
+        .flat_map(|rows| rows.iter())
+        .map(|(row, value)| change_bytes(row, value.as_ref()))
+        .sum()
 }
 
 /// A write transaction holding the overlay's rows: the state answered so far (after a
@@ -1468,6 +1497,36 @@ mod tests {
 
     /// Every read (get, scan pages, key count, Merkle leaves, hints) against a model,
     /// while the changes are in the overlay only, after the checkpoint, and with both.
+    /// A burst of large states is checkpointed by size, not held until the next
+    /// [`CHECKPOINT_EVERY`]: after each answered change the overlay holds at most the
+    /// bound plus the batch that crossed it and this one.
+    #[test]
+    fn large_states_are_checkpointed_by_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ApStore::open(&dir.path().join("ap.redb"), 100).unwrap();
+        // No fsync per change: sixteen changes go through well within CHECKPOINT_EVERY.
+        store.set_async(2, true);
+        let size = CHECKPOINT_BYTES / 4;
+        let mut most = 0;
+        for i in 0..16u64 {
+            let mut s = RedisValue::new();
+            s.set(vec![b'x'; size], (i + 1, A), A, SetExpiry::Clear);
+            store.merge(2, format!("big-{i}").as_bytes(), &s).unwrap();
+            most = most.max(overlay_bytes(&store.overlay));
+        }
+        assert!(
+            most <= CHECKPOINT_BYTES + 2 * (size + 64),
+            "the overlay held {most} bytes (bound {CHECKPOINT_BYTES})"
+        );
+        for i in 0..16u64 {
+            let got = store
+                .get(2, format!("big-{i}").as_bytes())
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.get(0).map(|v| v.len()), Some(size));
+        }
+    }
+
     #[test]
     fn reads_see_answered_changes_before_and_after_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
