@@ -661,14 +661,32 @@ async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_h
     }
 }
 
+/// The first key `prefix-i` whose owners among `node`'s ring satisfy `pick`.
+fn key_where(node: &ApNode, prefix: &str, pick: impl Fn(&[NodeId]) -> bool) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|k| pick(&node.placement(0, k.as_bytes()).0))
+        .unwrap()
+}
+
 /// Puts `members` in force on `nodes` and runs the handoff until the transition is over
 /// (push passes, announcements, cleanup passes).
 async fn change_ring(nodes: &[&ApNode], members: &BTreeMap<NodeId, String>) {
+    start_ring(nodes, members).await;
+    end_transition(nodes).await;
+}
+
+/// Puts `members` in force on `nodes`, each of which pushes its keys for the change.
+async fn start_ring(nodes: &[&ApNode], members: &BTreeMap<NodeId, String>) {
     for node in nodes {
         node.set_members(members);
         node.set_healthy(members.keys().copied().collect());
         node.handoff_step().await;
     }
+}
+
+/// Every node of `nodes` announces the ring it pushed for, and the transition ends.
+async fn end_transition(nodes: &[&ApNode]) {
     let announced: BTreeMap<NodeId, u64> =
         nodes.iter().map(|n| (n.me(), n.handoff_meta())).collect();
     for node in nodes {
@@ -685,10 +703,7 @@ async fn a_replica_that_lost_a_key_to_cleanup_counts_under_a_new_actor_when_it_c
     three.remove(&NodeId(4));
     // A key member 4 owns among four members: one of the other three (`x`) owns it among
     // three only.
-    let key = (0..)
-        .map(|i| format!("back-{i}"))
-        .find(|k| m.nodes[0].placement(0, k.as_bytes()).0.contains(&NodeId(4)))
-        .unwrap();
+    let key = key_where(&m.nodes[0], "back", |owners| owners.contains(&NodeId(4)));
     let k = key.as_bytes();
     let x = (1..=3)
         .map(NodeId)
@@ -740,27 +755,20 @@ async fn a_replica_that_lost_a_key_to_cleanup_counts_under_a_new_actor_when_it_c
 async fn a_write_that_lands_on_an_earlier_owner_after_its_push_still_reaches_the_new_owners() {
     let mut m = start(5).await;
     // A key member 5 owns; member 5 leaves.
-    let key = (0..)
-        .map(|i| format!("late-{i}"))
-        .find(|k| m.nodes[0].placement(0, k.as_bytes()).0.contains(&NodeId(5)))
-        .unwrap();
+    let key = key_where(&m.nodes[0], "late", |owners| owners.contains(&NodeId(5)));
     let k = key.as_bytes();
     let old_owners = m.nodes[0].placement(0, k).0;
     let mut four = m.urls.clone();
     four.remove(&NodeId(5));
-    for node in &m.nodes[..4] {
-        node.set_members(&four);
-        node.set_healthy(four.keys().copied().collect());
-    }
+    // The others see the change and push (nothing of this key yet) before the write
+    // below lands.
+    let others: Vec<&ApNode> = m.nodes[..4].iter().collect();
+    start_ring(&others, &four).await;
     let new_owners = m.nodes[0].placement(0, k).0;
     let kept = *old_owners
         .iter()
         .find(|o| new_owners.contains(o))
         .expect("an owner under both rings");
-    // The others push (nothing of this key yet) before the write below lands.
-    for node in &m.nodes[..4] {
-        node.handoff_step().await;
-    }
     // The leaver has not seen the change (a removed member may never learn of it): it
     // coordinates a write under the old ring, acknowledged by itself and `kept` (W = 2),
     // and is then stopped with its copy.
@@ -778,15 +786,7 @@ async fn a_write_that_lands_on_an_earlier_owner_after_its_push_still_reaches_the
     m.servers.pop().unwrap().abort();
     // The transition ends; a read at R = 2 of the new owners must find the write, so two
     // of them hold it.
-    let announced: BTreeMap<NodeId, u64> = m.nodes[..4]
-        .iter()
-        .map(|n| (n.me(), n.handoff_meta()))
-        .collect();
-    for node in &m.nodes[..4] {
-        node.set_announced(announced.clone());
-        node.handoff_step().await;
-        assert!(!node.in_transition());
-    }
+    end_transition(&others).await;
     let holders: Vec<NodeId> = new_owners
         .iter()
         .copied()
@@ -807,10 +807,7 @@ async fn a_write_that_lands_on_an_earlier_owner_after_its_push_still_reaches_the
 async fn a_member_that_lost_its_data_counts_under_a_new_identity() {
     let mut m = start(3).await;
     // Member 1 coordinates INCRs of a key it is the first owner of.
-    let key = (0..)
-        .map(|i| format!("n{i}"))
-        .find(|k| m.nodes[0].placement(0, k.as_bytes()).0[0] == NodeId(1))
-        .unwrap();
+    let key = key_where(&m.nodes[0], "n", |owners| owners[0] == NodeId(1));
     for _ in 0..5 {
         m.nodes[0]
             .write(B0, key.as_bytes(), Op::Incr(1))
