@@ -1646,13 +1646,15 @@ mod tests {
                     let mut i = t;
                     while started.elapsed() < Duration::from_secs(20) {
                         let k = format!("c{cycle}-{i}");
-                        let mut v = set(&k, cycle, A);
-                        if i % 5 == 0 {
+                        let v = if i % 5 == 0 {
                             // A state this store acted on: removing it draws a new actor.
-                            v = RedisValue::new();
+                            let mut v = RedisValue::new();
                             let actor = NodeId(store.actor());
                             v.incr(1, actor, (cycle, actor), 0).expect("incr");
-                        }
+                            v
+                        } else {
+                            set(&k, cycle, A)
+                        };
                         store.merge(1, k.as_bytes(), &v).expect("merge");
                         println!("SET {k}");
                         if i % 5 == 0 {
