@@ -39,7 +39,11 @@
 //!    answered and leaves it only after the checkpoint commit that puts it in the B-tree;
 //!    a reader takes its overlay rows and begins its B-tree read under the overlay's lock,
 //!    so it sees each change in one or the other
-//!    (`reads_see_answered_changes_before_and_after_the_checkpoint`).
+//!    (`reads_see_answered_changes_before_and_after_the_checkpoint`). A point read of a
+//!    key uses the keys table as the last checkpoint committed it, opened once by that
+//!    checkpoint ([`Overlay::keys`]) and replaced before the overlay empties: a key the
+//!    overlay lacks has not changed since that commit, so either snapshot holds its
+//!    current state.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -193,6 +197,8 @@ impl Drop for ApStore {
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
+        // No snapshot outlives the store: the database's close trims the file.
+        *self.overlay.keys.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -264,10 +270,18 @@ type OverlayRows = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 /// B-tree: readers look here first. Emptied after each checkpoint commit, which makes
 /// them visible in the B-tree. A reader holds the read lock from its look here until it
 /// has begun its B-tree read transaction, so a change is always in one or the other.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Overlay {
     tables: std::sync::RwLock<[OverlayRows; 4]>,
+    /// The keys table as the last checkpoint committed it, for point reads: a read
+    /// transaction and a table opened per read cost more than the lookup itself. Replaced
+    /// by each checkpoint before it empties `tables` (a key missing there is the same in
+    /// the old snapshot and the new one); `None` until then, or when opening it failed
+    /// (reads then open their own).
+    keys: std::sync::RwLock<Option<Arc<KeysTable>>>,
 }
+
+type KeysTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 impl Overlay {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, [OverlayRows; 4]> {
@@ -276,6 +290,21 @@ impl Overlay {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, [OverlayRows; 4]> {
         self.tables.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The committed keys table, if a snapshot is held.
+    fn keys(&self) -> Option<Arc<KeysTable>> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Holds the keys table as `db` has it committed now (none if it cannot be opened).
+    fn snapshot_keys(&self, db: &Database) {
+        let table = db
+            .begin_read()
+            .ok()
+            .and_then(|txn| txn.open_table(KEYS).ok())
+            .map(Arc::new);
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = table;
     }
 }
 
@@ -470,7 +499,7 @@ fn write_loop(
             // Nothing to commit (the transaction is dropped).
             continue;
         }
-        if checkpoint(txn, &mut log, overlay) {
+        if checkpoint(db, txn, &mut log, overlay) {
             unsynced = false;
             last_sync = Instant::now();
         }
@@ -492,7 +521,12 @@ fn refuse_next(jobs: &mpsc::Receiver<(Job, bool)>, e: &ApStoreError) -> bool {
 /// Commits `txn` durably (the B-tree takes every change in the log), then starts the log
 /// over and empties the overlay; whether it did. On failure both stay as they are (the
 /// next transaction starts from the overlay) and the next checkpoint tries again.
-fn checkpoint(mut txn: redb::WriteTransaction, log: &mut ApLog, overlay: &Overlay) -> bool {
+fn checkpoint(
+    db: &Database,
+    mut txn: redb::WriteTransaction,
+    log: &mut ApLog,
+    overlay: &Overlay,
+) -> bool {
     let committed = (|| -> Result<(), ApStoreError> {
         txn.set_durability(Durability::Immediate)?;
         txn.commit()?;
@@ -501,6 +535,7 @@ fn checkpoint(mut txn: redb::WriteTransaction, log: &mut ApLog, overlay: &Overla
     if committed.is_err() || log.restart().is_err() {
         return false;
     }
+    overlay.snapshot_keys(db);
     for rows in overlay.write().iter_mut() {
         rows.clear();
     }
@@ -837,6 +872,7 @@ impl ApStore {
         let (tx, rx) = mpsc::channel();
         let writer_db = db.clone();
         let overlay = Arc::new(Overlay::default());
+        overlay.snapshot_keys(&db);
         let writer_overlay = overlay.clone();
         let writer = std::thread::Builder::new()
             .name("ap-store-commit".into())
@@ -934,15 +970,17 @@ impl ApStore {
     /// The state of `key` in `bucket`, if any.
     pub fn get(&self, bucket: u8, key: &[u8]) -> Result<Option<RedisValue>, ApStoreError> {
         let r = row(bucket, key);
-        let txn = {
+        let t = {
             let over = self.overlay.read();
             match over[Which::Keys as usize].get(&r) {
                 Some(Some(v)) => return decode(&r, v).map(Some),
                 Some(None) => return Ok(None),
-                None => self.db.begin_read()?,
+                None => match self.overlay.keys() {
+                    Some(t) => t,
+                    None => Arc::new(self.db.begin_read()?.open_table(KEYS)?),
+                },
             }
         };
-        let t = txn.open_table(KEYS)?;
         let stored = t.get(r.as_slice())?;
         stored.map(|v| decode(&r, v.value())).transpose()
     }
