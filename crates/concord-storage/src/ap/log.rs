@@ -1,9 +1,10 @@
-//! The AP store's change log (`ap.log` beside `ap.redb`): what makes a group commit
-//! durable. Each batch's row changes are appended as one record and made durable with one
-//! `fdatasync` of a preallocated file, instead of a durable redb commit (which copies,
-//! checksums, writes and syncs every B-tree page the batch touched). The batches gather in
-//! one open redb transaction that a checkpoint commits durably now and then, after which
-//! the log starts over (see the store's `write_loop`).
+//! The AP store's change logs (`ap.log` and `ap.log.1` beside `ap.redb`): what makes a
+//! group commit durable. Each batch's row changes are appended as one record and made
+//! durable with one `fdatasync` of a preallocated file, instead of a durable redb commit
+//! (which copies, checksums, writes and syncs every B-tree page the batch touched). The
+//! batches gather in the store's overlay until a checkpoint commits them durably; the
+//! writer then goes on with the other log, and the checkpointed one starts over once its
+//! commit is done (see the store's `write_loop`).
 //!
 //! # Format
 //!
@@ -300,10 +301,21 @@ impl ApLog {
         synced
     }
 
-    /// Starts the log over under a new epoch (what it held must be durable elsewhere):
-    /// the records already in the file no longer check.
-    pub(super) fn restart(&mut self) -> std::io::Result<()> {
-        let epoch = self.epoch + 1;
+    /// The epoch its records are written under.
+    pub(super) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether appends are refused until a start-over (an append, sync or start-over
+    /// failed, or the log was opened and not started over since).
+    pub(super) fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Starts the log over under a new epoch above its own and above `above` (what it held
+    /// must be durable elsewhere): the records already in the file no longer check.
+    pub(super) fn restart(&mut self, above: u64) -> std::io::Result<()> {
+        let epoch = self.epoch.max(above) + 1;
         let mut h = header(self.store, epoch).to_vec();
         if self.allocated < HEADER + PREALLOCATE {
             h.resize((HEADER + PREALLOCATE) as usize, 0);
@@ -353,7 +365,7 @@ mod tests {
         let path = dir.path().join("ap.log");
         let (mut log, rec) = ApLog::open(&path, 7).unwrap();
         assert!(rec.changes.is_empty() && rec.damage.is_none());
-        log.restart().unwrap();
+        log.restart(0).unwrap();
         for n in 1..=3 {
             log.append(&changes(n), n == 3).unwrap();
         }
@@ -363,7 +375,7 @@ mod tests {
         assert_eq!(rec.changes, want);
         assert!(rec.damage.is_none());
         // After a restart the old records (still in the file) no longer check.
-        log.restart().unwrap();
+        log.restart(0).unwrap();
         log.append(&changes(9), true).unwrap();
         drop(log);
         let (_, rec) = ApLog::open(&path, 7).unwrap();
@@ -375,7 +387,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ap.log");
         let (mut log, _) = ApLog::open(&path, 7).unwrap();
-        log.restart().unwrap();
+        log.restart(0).unwrap();
         log.append(&changes(1), true).unwrap();
         let second = log.end;
         log.append(&changes(2), true).unwrap();
@@ -404,7 +416,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ap.log");
         let (mut log, _) = ApLog::open(&path, 7).unwrap();
-        log.restart().unwrap();
+        log.restart(0).unwrap();
         let size = || std::fs::metadata(&path).unwrap().len();
         assert_eq!(size(), HEADER + PREALLOCATE);
         let mut big = Changes::default();
@@ -416,7 +428,7 @@ mod tests {
         log.append(&big, true).unwrap();
         let grown = size();
         assert!(grown >= log.end + PREALLOCATE);
-        log.restart().unwrap();
+        log.restart(0).unwrap();
         assert_eq!(size(), grown);
         assert_eq!(log.end, HEADER);
         drop(log);
@@ -429,13 +441,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ap.log");
         let (mut log, _) = ApLog::open(&path, 7).unwrap();
-        log.restart().unwrap();
+        log.restart(0).unwrap();
         log.append(&changes(1), true).unwrap();
         drop(log);
         // The store's file was replaced (identity 8): the log is not its own.
         let (mut log, rec) = ApLog::open(&path, 8).unwrap();
         assert!(rec.changes.is_empty() && rec.damage.is_none());
-        log.restart().unwrap();
+        log.restart(0).unwrap();
         log.append(&changes(2), true).unwrap();
         drop(log);
         let (_, rec) = ApLog::open(&path, 8).unwrap();
