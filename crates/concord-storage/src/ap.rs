@@ -192,6 +192,9 @@ pub struct ApStore {
     /// Hands write jobs (and whether each must be fsync'd before it is answered) to the
     /// group-commit thread; `None` once dropping.
     jobs: Option<mpsc::Sender<(Job, bool)>>,
+    /// Set when dropping: a checkpoint that fails then gives up (the logs keep its
+    /// changes for the next open) instead of trying again.
+    stopping: Arc<AtomicBool>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -204,6 +207,7 @@ impl std::fmt::Debug for ApStore {
 impl Drop for ApStore {
     fn drop(&mut self) {
         // The writer finishes the jobs queued, then sees the channel closed.
+        self.stopping.store(true, Ordering::Relaxed);
         self.jobs = None;
         if let Some(w) = self.writer.take() {
             let _ = w.join();
@@ -465,12 +469,11 @@ fn write_loop(
     logs: [ApLog; 2],
     overlay: &Overlay,
     jobs: &mpsc::Receiver<(Job, bool)>,
+    stopping: &AtomicBool,
 ) {
     let (to_checkpoint, checkpoint_jobs) = mpsc::channel::<Checkpoint>();
     let (return_log, returned_logs) = mpsc::channel::<Returned>();
-    let stopping = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let stopping = &stopping;
         let checkpointer = std::thread::Builder::new()
             .name("ap-store-checkpoint".into())
             .spawn_scoped(scope, move || {
@@ -511,11 +514,11 @@ fn write_loop(
         };
         // A checkpoint gave up (only when closing): no later one may run, or the log it
         // left would replay older rows over newer committed ones at the next open.
-        let mut gave_up = false;
-        let mut take_back = |returned: Returned| match returned {
+        let gave_up = std::cell::Cell::new(false);
+        let take_back = |returned: Returned| match returned {
             Ok(log) => Some(log),
             Err(log) => {
-                gave_up = true;
+                gave_up.set(true);
                 drop(log);
                 None
             }
@@ -523,21 +526,25 @@ fn write_loop(
         let mut checkpointing = false;
         loop {
             if spare.is_none() {
-                spare = returned_logs.try_recv().ok().and_then(&mut take_back);
+                spare = returned_logs.try_recv().ok().and_then(take_back);
             }
             let due = log.failed()
                 || (rows > 0
                     && (first.elapsed() >= CHECKPOINT_EVERY
                         || rows >= CHECKPOINT_ROWS
                         || bytes >= CHECKPOINT_BYTES));
-            if due && spare.is_none() {
-                let must_wait =
-                    log.failed() || rows >= 4 * CHECKPOINT_ROWS || bytes >= 4 * CHECKPOINT_BYTES;
-                if must_wait {
-                    match returned_logs.recv() {
-                        Ok(returned) => spare = take_back(returned),
-                        Err(_) => break,
+            if due
+                && spare.is_none()
+                && (log.failed() || rows >= 4 * CHECKPOINT_ROWS || bytes >= 4 * CHECKPOINT_BYTES)
+            {
+                if !gave_up.get() {
+                    if let Ok(returned) = returned_logs.recv() {
+                        spare = take_back(returned);
                     }
+                }
+                if spare.is_none() {
+                    // The checkpoint gave up: the store is closing.
+                    break;
                 }
             }
             if due {
@@ -549,7 +556,7 @@ fn write_loop(
                         last_sync = Instant::now();
                     }
                     let old = std::mem::replace(&mut log, next);
-                    spare = checkpoint(old, log.epoch()).and_then(&mut take_back);
+                    spare = checkpoint(old, log.epoch()).and_then(take_back);
                     (rows, bytes) = (0, 0);
                     checkpointing = true;
                 }
@@ -635,8 +642,12 @@ fn write_loop(
         }
         // Closing: what is left goes into one last checkpoint, after the running one.
         stopping.store(true, Ordering::Relaxed);
-        let spare = spare.or_else(|| returned_logs.recv().ok().and_then(&mut take_back));
-        if let Some(next) = spare.filter(|_| rows > 0 && !gave_up) {
+        // (A checkpoint runs unless its log is back or it gave up.)
+        let spare = match spare {
+            None if !gave_up.get() => returned_logs.recv().ok().and_then(take_back),
+            spare => spare,
+        };
+        if let Some(next) = spare.filter(|_| rows > 0 && !gave_up.get()) {
             let _ = log.sync();
             let old = std::mem::replace(&mut log, next);
             checkpoint(old, log.epoch());
@@ -1067,12 +1078,14 @@ impl ApStore {
         let trees = Arc::new(Mutex::new(build_trees(&db)?));
         let hint_counts = Mutex::new(count_hints(&db)?);
         let (tx, rx) = mpsc::channel();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let writer_stopping = stopping.clone();
         let writer_db = db.clone();
         let overlay = Arc::new(Overlay::new(&db)?);
         let writer_overlay = overlay.clone();
         let writer = std::thread::Builder::new()
             .name("ap-store-commit".into())
-            .spawn(move || write_loop(&writer_db, logs, &writer_overlay, &rx))
+            .spawn(move || write_loop(&writer_db, logs, &writer_overlay, &rx, &writer_stopping))
             .map_err(|e| open_err(format!("cannot start its commit thread: {e}")))?;
         Ok(ApStore {
             overlay,
@@ -1084,6 +1097,7 @@ impl ApStore {
             actor: Arc::new(AtomicU64::new(actor)),
             lazy: Default::default(),
             jobs: Some(tx),
+            stopping,
             writer: Some(writer),
         })
     }
