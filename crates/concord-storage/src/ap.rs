@@ -439,13 +439,15 @@ const MAX_BATCH: usize = 1024;
 /// Longest time a change of an `async` bucket stays acknowledged but not yet fsync'd.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
-/// Longest time the open transaction gathers batches before its checkpoint commit.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
-/// Most rows changed in the open transaction before its checkpoint commit.
-pub const CHECKPOINT_ROWS: usize = 16_384;
-/// Most bytes of row changes (rows and values) in the open transaction before its
-/// checkpoint commit: the overlay keeps them in memory, and so does redb's transaction,
-/// so a burst of large states must not wait for [`CHECKPOINT_EVERY`]. (1 MiB in this
+/// Longest time the overlay's changes gather before a checkpoint commits them (the
+/// writes do not wait for a checkpoint, so a longer one only costs memory and replay
+/// time; more changes to a B-tree page then share one write of it).
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
+/// Most rows changed in the overlay before a checkpoint.
+pub const CHECKPOINT_ROWS: usize = 65_536;
+/// Most bytes of row changes (rows and values) in the overlay before a checkpoint: the
+/// overlay keeps them in memory, so a burst of large states must not wait for
+/// [`CHECKPOINT_EVERY`]. (1 MiB in this
 /// crate's unit tests, which check the bound.)
 pub const CHECKPOINT_BYTES: usize = if cfg!(test) { 1 << 20 } else { 64 << 20 };
 
@@ -462,7 +464,7 @@ pub const CHECKPOINT_BYTES: usize = if cfg!(test) { 1 << 20 } else { 64 << 20 };
 /// recorded them, to the checkpoint thread ([`checkpoints`]), and the loop goes on with
 /// the other log: batches are not held up by the B-tree commit (which copies and
 /// checksums every page the changes touched). When the previous checkpoint still runs,
-/// the changes keep gathering; past four times the bounds, or with a failed log, the loop
+/// the changes keep gathering; past twice the bounds, or with a failed log, the loop
 /// waits for it.
 fn write_loop(
     db: &Database,
@@ -535,7 +537,7 @@ fn write_loop(
                         || bytes >= CHECKPOINT_BYTES));
             if due
                 && spare.is_none()
-                && (log.failed() || rows >= 4 * CHECKPOINT_ROWS || bytes >= 4 * CHECKPOINT_BYTES)
+                && (log.failed() || rows >= 2 * CHECKPOINT_ROWS || bytes >= 2 * CHECKPOINT_BYTES)
             {
                 if !gave_up.get() {
                     if let Ok(returned) = returned_logs.recv() {
@@ -1722,7 +1724,7 @@ mod tests {
     /// A burst of large states is checkpointed by size, not held until the next
     /// [`CHECKPOINT_EVERY`]: after each answered change the overlay's active layer holds
     /// at most the bound plus the batch that crossed it and this one, unless the previous
-    /// checkpoint was still running (then four times the bound).
+    /// checkpoint was still running (then twice the bound).
     #[test]
     fn large_states_are_checkpointed_by_size() {
         let dir = tempfile::tempdir().unwrap();
@@ -1746,7 +1748,7 @@ mod tests {
             "the overlay held {most_alone} bytes with no checkpoint running (bound {CHECKPOINT_BYTES})"
         );
         assert!(
-            most <= 4 * CHECKPOINT_BYTES + 2 * (size + 64),
+            most <= 2 * CHECKPOINT_BYTES + 2 * (size + 64),
             "the overlay held {most} bytes (bound {CHECKPOINT_BYTES})"
         );
         for i in 0..24u64 {
