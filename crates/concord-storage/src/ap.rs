@@ -255,14 +255,12 @@ impl<'t> Rows<'t> {
         }
     }
 
-    fn insert(&mut self, row: &[u8], value: &[u8]) -> Result<(), ApStoreError> {
+    fn insert(&mut self, row: &[u8], value: &[u8]) {
         self.changed.insert(row.to_vec(), Some(value.to_vec()));
-        Ok(())
     }
 
-    fn remove(&mut self, row: &[u8]) -> Result<(), ApStoreError> {
+    fn remove(&mut self, row: &[u8]) {
         self.changed.insert(row.to_vec(), None);
-        Ok(())
     }
 }
 
@@ -447,8 +445,7 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(1000);
 pub const CHECKPOINT_ROWS: usize = 65_536;
 /// Most bytes of row changes (rows and values) in the overlay before a checkpoint: the
 /// overlay keeps them in memory, so a burst of large states must not wait for
-/// [`CHECKPOINT_EVERY`]. (1 MiB in this
-/// crate's unit tests, which check the bound.)
+/// [`CHECKPOINT_EVERY`]. (1 MiB in this crate's unit tests, which check the bound.)
 pub const CHECKPOINT_BYTES: usize = if cfg!(test) { 1 << 20 } else { 64 << 20 };
 
 /// The group-commit loop. Takes every job queued while the previous batch was running,
@@ -657,6 +654,7 @@ fn write_loop(
         drop(to_checkpoint);
     });
 }
+
 /// A checkpoint to run: the frozen changes and the log that recorded them.
 struct Checkpoint {
     log: ApLog,
@@ -708,7 +706,7 @@ fn run_checkpoint(
         above,
     } = job;
     loop {
-        match commit_frozen(db, &frozen).and_then(|()| Committed::open(db)) {
+        match commit_rows(db, &frozen).and_then(|()| Committed::open(db)) {
             Ok(committed) => {
                 let mut layers = overlay.write();
                 layers.committed = Arc::new(committed);
@@ -728,16 +726,16 @@ fn run_checkpoint(
     }
 }
 
-/// One durable B-tree commit of `frozen`, written in row order.
-fn commit_frozen(db: &Database, frozen: &[OverlayRows; 4]) -> Result<(), ApStoreError> {
+/// One durable B-tree commit of `rows`, written in row order.
+fn commit_rows(db: &Database, rows: &[OverlayRows; 4]) -> Result<(), ApStoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
-    for (def, rows) in LOGGED.into_iter().zip(frozen.iter()) {
-        if rows.is_empty() {
+    for (def, changed) in LOGGED.into_iter().zip(rows.iter()) {
+        if changed.is_empty() {
             continue;
         }
         let mut t = txn.open_table(def)?;
-        for (row, value) in rows {
+        for (row, value) in changed {
             match value {
                 Some(v) => t.insert(row.as_slice(), v.as_slice())?,
                 None => t.remove(row.as_slice())?,
@@ -783,28 +781,19 @@ fn log_paths(path: &Path) -> [PathBuf; 2] {
     [path.with_extension("log"), path.with_extension("log.1")]
 }
 
-/// Lays the log's changes (found at open) on the B-tree, durably.
-fn replay(db: &Database, changes: Vec<log::Change>) -> Result<(), ApStoreError> {
-    if changes.is_empty() {
+/// Lays the logs' changes (found at open, in order) on the B-tree in one durable commit.
+fn replay(
+    db: &Database,
+    changes: impl IntoIterator<Item = log::Change>,
+) -> Result<(), ApStoreError> {
+    let mut rows: [OverlayRows; 4] = Default::default();
+    for c in changes {
+        rows[c.table as usize].insert(c.row, c.value);
+    }
+    if rows.iter().all(BTreeMap::is_empty) {
         return Ok(());
     }
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)?;
-    {
-        let mut tables = Vec::with_capacity(LOGGED.len());
-        for def in LOGGED {
-            tables.push(txn.open_table(def)?);
-        }
-        for c in changes {
-            let t = &mut tables[c.table as usize];
-            match c.value {
-                Some(v) => t.insert(c.row.as_slice(), v.as_slice())?,
-                None => t.remove(c.row.as_slice())?,
-            };
-        }
-    }
-    txn.commit()?;
-    Ok(())
+    commit_rows(db, &rows)
 }
 
 /// A new identity: the OS-seeded keys of std's `RandomState`, the time, the process and
@@ -1056,13 +1045,10 @@ impl ApStore {
             opened.push((log, recovered.changes));
         }
         opened.sort_by_key(|(log, _)| log.epoch());
-        let mut logs = Vec::with_capacity(2);
-        let mut above = 0;
-        for (log, changes) in opened {
-            replay(&db, changes)?;
-            logs.push(log);
-        }
+        let (mut logs, changes): (Vec<ApLog>, Vec<_>) = opened.into_iter().unzip();
+        replay(&db, changes.into_iter().flatten())?;
         // Started over only once everything both held is committed.
+        let mut above = 0;
         for log in &mut logs {
             log.restart(above)
                 .map_err(|e| open_err(format!("its log: {e}")))?;
@@ -1220,7 +1206,7 @@ impl ApStore {
             let (mut state, before) = held(&t.keys, &r)?;
             Ok(match f(&mut state) {
                 Ok(answer) => {
-                    t.keys.insert(r.as_slice(), encode(&r, &state).as_slice())?;
+                    t.keys.insert(r.as_slice(), encode(&r, &state).as_slice());
                     let after = digest(&state_to_bytes(&state));
                     Ok((answer, state, before, after))
                 }
@@ -1270,11 +1256,11 @@ impl ApStore {
             let answer = f(&mut acceptor, &mut state);
             if acceptor != acceptor_was {
                 let bytes = postcard::to_allocvec(&acceptor).unwrap_or_default();
-                t.paxos.insert(r.as_slice(), seal(&r, &bytes).as_slice())?;
+                t.paxos.insert(r.as_slice(), seal(&r, &bytes).as_slice());
             }
             let mut changed = None;
             if state != state_was {
-                t.keys.insert(r.as_slice(), encode(&r, &state).as_slice())?;
+                t.keys.insert(r.as_slice(), encode(&r, &state).as_slice());
                 changed = Some((before, digest(&state_to_bytes(&state))));
             }
             Ok((answer, state, changed))
@@ -1315,7 +1301,7 @@ impl ApStore {
                 if now == old {
                     continue;
                 }
-                t.keys.insert(r.as_slice(), encode(&r, &now).as_slice())?;
+                t.keys.insert(r.as_slice(), encode(&r, &now).as_slice());
                 changes.push((key, before, digest(&state_to_bytes(&now))));
             }
             Ok(changes)
@@ -1448,11 +1434,11 @@ impl ApStore {
                 None => false,
             };
             if same {
-                t.keys.remove(r.as_slice())?;
+                t.keys.remove(r.as_slice());
                 let current = actor.load(Ordering::Acquire);
                 if expected.acted(NodeId(current)) {
                     let next = fresh_id(&current.to_be_bytes());
-                    t.meta.insert(ACTOR, &next.to_be_bytes())?;
+                    t.meta.insert(ACTOR, &next.to_be_bytes());
                     actor.store(next, Ordering::Release);
                 }
             }
@@ -1488,7 +1474,7 @@ impl ApStore {
             let added = held.is_none();
             let mut held = held.unwrap_or_default();
             held.merge(&state);
-            t.hints.insert(r.as_slice(), encode(&r, &held).as_slice())?;
+            t.hints.insert(r.as_slice(), encode(&r, &held).as_slice());
             Ok(added)
         })?;
         if added {
@@ -1552,7 +1538,7 @@ impl ApStore {
                 None => false,
             };
             if same {
-                t.hints.remove(r.as_slice())?;
+                t.hints.remove(r.as_slice());
             }
             Ok(same)
         })?;
@@ -1719,8 +1705,6 @@ mod tests {
         assert!(store.get(4, b"k").unwrap().is_some());
     }
 
-    /// Every read (get, scan pages, key count, Merkle leaves, hints) against a model,
-    /// while the changes are in the overlay only, after the checkpoint, and with both.
     /// A burst of large states is checkpointed by size, not held until the next
     /// [`CHECKPOINT_EVERY`]: after each answered change the overlay's active layer holds
     /// at most the bound plus the batch that crossed it and this one, unless the previous
@@ -1760,6 +1744,8 @@ mod tests {
         }
     }
 
+    /// Every read (get, scan pages, key count, Merkle leaves, hints) against a model,
+    /// while the changes are in the overlay only, after the checkpoint, and with both.
     #[test]
     fn reads_see_answered_changes_before_and_after_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
