@@ -9,6 +9,7 @@ pub mod network;
 use concord_raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfState, Config,
     EntryKind, MemStorage, Message, MessageType, NodeId, RawNode, Ready, SnapshotStatus, StateRole,
+    Storage,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -496,6 +497,18 @@ impl Sim {
                 e.index, sm.applied
             ));
         }
+        // Durable before applied: the entry is in this node's stable log (or under its
+        // snapshot).
+        let disk = &self.nodes[i].disk;
+        let durable =
+            e.index < disk.first_index().unwrap_or(0) || disk.term(e.index).ok() == Some(e.term);
+        if !durable {
+            return Err(format!(
+                "node {id} applies {} before its log holds it durably",
+                e.index
+            ));
+        }
+        let sm = &mut self.nodes[i].sm;
         sm.applied = e.index;
         sm.digest = chain(sm.digest, e);
         let digest = sm.digest;
