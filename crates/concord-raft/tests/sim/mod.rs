@@ -485,8 +485,8 @@ impl Sim {
     }
 
     fn apply(&mut self, i: usize, e: &concord_raft::Entry) -> R<()> {
-        let id = self.nodes[i].id;
-        let sm = &mut self.nodes[i].sm;
+        let node = &mut self.nodes[i];
+        let (id, sm, disk) = (node.id, &mut node.sm, &node.disk);
         if e.index <= sm.applied {
             // Already covered by an installed snapshot.
             return Ok(());
@@ -499,7 +499,6 @@ impl Sim {
         }
         // Durable before applied: the entry is in this node's stable log (or under its
         // snapshot).
-        let disk = &self.nodes[i].disk;
         let durable =
             e.index < disk.first_index().unwrap_or(0) || disk.term(e.index).ok() == Some(e.term);
         if !durable {
@@ -508,7 +507,6 @@ impl Sim {
                 e.index
             ));
         }
-        let sm = &mut self.nodes[i].sm;
         sm.applied = e.index;
         sm.digest = chain(sm.digest, e);
         let digest = sm.digest;
