@@ -837,7 +837,7 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
     ),
     (
         "concord.peer.v1.ReplicaMergeBatchAck",
-        &["errors=1:*string"],
+        &["errors=1:*string", "states=2:*bytes"],
     ),
     (
         "concord.peer.v1.ReplicaScan",
@@ -928,6 +928,7 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "state=4:bytes",
             "hint_for=5:uint64",
             "traceparent=6:string",
+            "want_state=7:bool",
         ],
     ),
     ("concord.peer.v1.ReplicaMergeAck", &[]),

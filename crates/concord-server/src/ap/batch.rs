@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use concord_proto::peer::replica_answer::Answer;
 use concord_proto::peer::replica_call::Call;
 use concord_proto::peer::replica_client::ReplicaClient;
@@ -32,7 +33,7 @@ use concord_proto::peer::{
     ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaState, ReplicaStates,
 };
 use concord_raft::NodeId;
-use concord_storage::ap::state_from_bytes;
+use concord_storage::ap::{state_from_bytes, state_to_bytes};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
@@ -69,7 +70,8 @@ type Queue<Q, A> = mpsc::UnboundedSender<Pending<Q, A>>;
 #[derive(Debug, Clone)]
 pub struct Queues {
     applies: Queue<ReplicaApply, ReplicaState>,
-    merges: Queue<ReplicaMerge, ()>,
+    /// Answered by the encoded state the merge left when it asked for it, else empty.
+    merges: Queue<ReplicaMerge, Bytes>,
     reads: Queue<ReplicaRead, ReplicaState>,
 }
 
@@ -106,11 +108,17 @@ pub fn start(
                 .call(Call::Merges(ReplicaMergeBatch { cluster_id, merges }))
                 .await?
             {
-                Answer::Merged(ack) => Ok(ack
-                    .errors
-                    .into_iter()
-                    .map(|e| if e.is_empty() { Ok(()) } else { Err(failed(e)) })
-                    .collect()),
+                Answer::Merged(ack) => {
+                    let mut states = ack.states.into_iter();
+                    Ok(ack
+                        .errors
+                        .into_iter()
+                        .map(|e| match e.is_empty() {
+                            true => Ok(states.next().unwrap_or_default()),
+                            false => Err(failed(e)),
+                        })
+                        .collect())
+                }
                 other => Err(unexpected(&other)),
             }
         }
@@ -500,16 +508,22 @@ impl ApNode {
         &self,
         merges: Vec<ReplicaMerge>,
     ) -> impl Future<Output = ReplicaMergeBatchAck> + use<> {
+        let answer_states = merges.iter().any(|m| m.want_state);
         let started: Vec<_> = merges.into_iter().map(|m| self.start_merge(m)).collect();
         async move {
             let mut errors = Vec::with_capacity(started.len());
+            let mut states = Vec::new();
             for outcome in started {
-                errors.push(match outcome.await {
-                    Ok(()) => String::new(),
-                    Err(e) => e.to_string(),
-                });
+                let (error, state) = match outcome.await {
+                    Ok(state) => (String::new(), state.map_or_else(Bytes::new, Bytes::from)),
+                    Err(e) => (e.to_string(), Bytes::new()),
+                };
+                errors.push(error);
+                if answer_states {
+                    states.push(state);
+                }
             }
-            ReplicaMergeBatchAck { errors }
+            ReplicaMergeBatchAck { errors, states }
         }
     }
 
@@ -529,12 +543,13 @@ impl ApNode {
         call(to, self.queues(to).map(|q| q.applies), request).await
     }
 
-    /// A merge at member `to`, batched.
+    /// A merge at member `to`, batched; the encoded state it left when the request asked
+    /// for it (`want_state`), else empty.
     pub(super) async fn queue_merge(
         &self,
         to: NodeId,
         request: ReplicaMerge,
-    ) -> Result<(), ApError> {
+    ) -> Result<Bytes, ApError> {
         call(to, self.queues(to).map(|q| q.merges), request).await
     }
 
@@ -606,10 +621,7 @@ impl ApNode {
             .and_then(|b| self.read_local(b, &read.key).map_err(|e| e.to_string()));
         match found {
             Ok(state) => ReplicaState {
-                state: state
-                    .map(|s| concord_storage::ap::state_to_bytes(&s))
-                    .unwrap_or_default()
-                    .into(),
+                state: state.map(|s| state_to_bytes(&s)).unwrap_or_default().into(),
                 ..ReplicaState::default()
             },
             Err(failure) => ReplicaState {
@@ -620,11 +632,11 @@ impl ApNode {
     }
 
     /// Starts one merge of a received batch: queued for the group commit now, awaited
-    /// later.
+    /// later. With `want_state`, its answer is the encoded state the merge left.
     pub(super) fn start_merge(
         &self,
         m: ReplicaMerge,
-    ) -> impl Future<Output = Result<(), ApError>> + use<> {
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, ApError>> + use<> {
         let node = self.clone();
         let checked = bucket_of(m.bucket)
             .map_err(|s| ApError::Refused(s.message().to_string()))
@@ -652,11 +664,14 @@ impl ApNode {
             let (bucket, state) = checked?;
             match queued {
                 Some(rx) => {
-                    rx.await.map_err(|_| stopped())??;
+                    let merged = rx.await.map_err(|_| stopped())??;
                     node.forward_moving(bucket, &m.key, &state).await;
-                    Ok(())
+                    Ok(m.want_state.then(|| state_to_bytes(&merged)))
                 }
-                None => node.merge_local(bucket, &m.key, state, hint_for).await,
+                None => node
+                    .merge_local(bucket, &m.key, state, hint_for)
+                    .await
+                    .map(|()| None),
             }
         };
         // The span lasts until the merge is durable.

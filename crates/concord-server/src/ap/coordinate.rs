@@ -24,7 +24,7 @@ use std::time::Duration;
 use concord_core::coordinator::{
     CoordinatorError, ReadAction, ReadRequest, WriteAction, WriteRequest,
 };
-use concord_core::crdt::RedisValue;
+use concord_core::crdt::{Crdt, RedisValue};
 use concord_proto::peer::{ReplicaApply, ReplicaMerge, ReplicaRead};
 use concord_raft::NodeId;
 use concord_storage::ap::{state_from_bytes, state_to_bytes};
@@ -221,16 +221,18 @@ impl ApNode {
         );
         let mut pending = actions;
         // The targets' acknowledgements, the coordinating replica's own commit among them.
-        let acks: FuturesUnordered<BoxFuture<'static, (NodeId, bool)>> = FuturesUnordered::new();
+        let acks: FuturesUnordered<BoxFuture<'static, Ack>> = FuturesUnordered::new();
         match local_commit {
             Some(commit) => acks.push(Box::pin(async move {
-                (coordinating, matches!(commit.await, Ok(Ok(_))))
+                let durable = matches!(commit.await, Ok(Ok(_)));
+                (coordinating, if durable { Ok(None) } else { Err(()) })
             })),
             // The coordinating replica stored the state already.
             None => pending.extend(req.on_ack(coordinating)),
         }
         // Only a session needs it back (a whole set may be large).
         let stored = access.session.is_some().then(|| state.clone());
+        let joined = op.answers_from_quorum().then(|| state.clone());
         let write = Write {
             node: self.clone(),
             bucket,
@@ -239,6 +241,7 @@ impl ApNode {
             coordinating,
             started,
             req,
+            joined,
             acks,
         };
         // It settles (every target answered, or the deadline) after the client has its
@@ -248,7 +251,11 @@ impl ApNode {
         // replica.)
         let reply = drive(write, pending).await;
         match reply {
-            Some(Ok(())) => Ok((answer, stored)),
+            Some(Ok(joined)) => {
+                let now_ms = self.now_ms();
+                let answer = joined.and_then(|j| op.answer_of(&j, now_ms)).or(answer);
+                Ok((answer, stored))
+            }
             Some(Err(e)) => Err(ApError::Unavailable(format!(
                 "{e}; the write may or may not have been stored"
             ))),
@@ -393,8 +400,29 @@ impl ApNode {
         state: RedisValue,
         hint_for: Option<NodeId>,
     ) -> Result<(), ApError> {
+        self.merge_answering(at, bucket, key, state, hint_for, false)
+            .await
+            .map(drop)
+    }
+
+    /// [`ApNode::merge_at`]; with `want_state`, the state the merge left at `at` (`None`
+    /// for a hint, which leaves the key's state alone).
+    async fn merge_answering(
+        &self,
+        at: NodeId,
+        bucket: u8,
+        key: Vec<u8>,
+        state: RedisValue,
+        hint_for: Option<NodeId>,
+        want_state: bool,
+    ) -> Result<Option<RedisValue>, ApError> {
+        let hinted = hint_for.is_some_and(|owner| owner != at);
         if at == self.me() {
-            return self.merge_local(bucket, &key, state, hint_for).await;
+            self.merge_local(bucket, &key, state, hint_for).await?;
+            return match want_state && !hinted {
+                true => self.read_local(bucket, &key),
+                false => Ok(None),
+            };
         }
         let request = ReplicaMerge {
             cluster_id: self.inner.cluster_id,
@@ -403,9 +431,16 @@ impl ApNode {
             state: state_to_bytes(&state).into(),
             hint_for: hint_for.map_or(0, NodeId::get),
             traceparent: crate::telemetry::current_traceparent(),
+            want_state: want_state && !hinted,
         };
         // Batched with the other merges for that replica (the batch has the timeout).
-        self.queue_merge(at, request).await
+        let left = self.queue_merge(at, request).await?;
+        if left.is_empty() {
+            return Ok(None);
+        }
+        state_from_bytes(&left)
+            .map(Some)
+            .map_err(|e| ApError::Unavailable(format!("replica {at} answered {e}")))
     }
 
     pub(super) async fn read_at(
@@ -562,12 +597,20 @@ struct Write {
     coordinating: NodeId,
     started: Instant,
     req: WriteRequest,
-    acks: FuturesUnordered<BoxFuture<'static, (NodeId, bool)>>,
+    /// For an answer taken from the write quorum ([`Op::answers_from_quorum`]): the
+    /// coordinating replica's state joined with the state each target that acknowledged
+    /// answered, until the reply.
+    joined: Option<RedisValue>,
+    acks: FuturesUnordered<BoxFuture<'static, Ack>>,
 }
+
+/// A target's acknowledgement of a write: the state it answered when asked, or a failure.
+type Ack = (NodeId, Result<Option<RedisValue>, ()>);
 
 impl Drive for Write {
     type Action = WriteAction;
-    type Reply = Result<(), CoordinatorError>;
+    /// With the quorum's joined state when one was kept.
+    type Reply = Result<Option<RedisValue>, CoordinatorError>;
 
     fn done(&self) -> bool {
         self.req.is_settled()
@@ -582,13 +625,17 @@ impl Drive for Write {
                 WriteAction::Write { to, hint_for } => {
                     let (node, key, bucket) = (self.node.clone(), self.key.clone(), self.bucket);
                     let state = self.state.clone();
+                    let want_state = self.joined.is_some();
                     self.acks.push(Box::pin(async move {
-                        let ok = node.merge_at(to, bucket, key, state, hint_for).await;
-                        (to, ok.is_ok())
+                        let merged = node
+                            .merge_answering(to, bucket, key, state, hint_for, want_state)
+                            .await;
+                        (to, merged.map_err(drop))
                     }));
                 }
                 WriteAction::Reply(result) => {
-                    reply.get_or_insert(result.map(drop));
+                    let joined = self.joined.take();
+                    reply.get_or_insert(result.map(|_| joined));
                 }
                 WriteAction::KeepHint { owner } => {
                     self.node
@@ -603,9 +650,15 @@ impl Drive for Write {
     async fn next(&mut self) -> Vec<Self::Action> {
         let deadline = tokio::time::sleep_until(self.started + self.req.deadline());
         tokio::select! {
-            Some((from, ok)) = self.acks.next() => {
-                if ok { self.req.on_ack(from) } else { self.req.on_failure(from) }
-            }
+            Some((from, merged)) = self.acks.next() => match merged {
+                Ok(state) => {
+                    if let (Some(joined), Some(state)) = (&mut self.joined, state) {
+                        joined.merge(&state);
+                    }
+                    self.req.on_ack(from)
+                }
+                Err(()) => self.req.on_failure(from),
+            },
             _ = deadline => self.req.on_tick(self.started.elapsed()),
         }
     }

@@ -55,7 +55,7 @@ use std::time::Duration;
 
 pub use buckets::{BucketCatalog, BucketChange, BucketProps, Durability};
 use concord_core::clock::VectorClock;
-use concord_core::crdt::{Crdt, Expiry, RedisValue, SetExpiry, ValueError};
+use concord_core::crdt::{parse_integer, Crdt, Expiry, RedisValue, SetExpiry, ValueError};
 use concord_core::ring::Ring;
 use concord_proto::peer::replica_client::ReplicaClient;
 use concord_proto::peer::replica_server::{Replica, ReplicaServer};
@@ -189,6 +189,27 @@ impl Op {
             self,
             Op::Set { .. } | Op::Del | Op::Expire(_) | Op::SetStore(_) | Op::SiblingPut { .. }
         )
+    }
+    /// Whether its answer is the value the write quorum holds after it (`INCRBY`'s and
+    /// `HINCRBY`'s): the coordinating replica counts from its own state, which may not yet
+    /// hold an increment another coordinator made durable at W replicas; the targets that
+    /// acknowledge answer their merged states, and W + W > N makes one of them hold every
+    /// increment acknowledged before this one started.
+    pub(crate) fn answers_from_quorum(&self) -> bool {
+        matches!(self, Op::Incr(_) | Op::HashIncr(..))
+    }
+
+    /// Its answer read from `state` (a join of replicas' states after it), for an
+    /// operation that [`answers_from_quorum`](Op::answers_from_quorum); `None` when the
+    /// state no longer holds a number there (a newer `SET` or `DEL` superseded the
+    /// increment).
+    pub(crate) fn answer_of(&self, state: &RedisValue, now_ms: u64) -> Option<i64> {
+        let bytes = match self {
+            Op::Incr(_) => state.get(now_ms)?,
+            Op::HashIncr(field, _) => state.hfield(field, now_ms).ok()??,
+            _ => return None,
+        };
+        parse_integer(&bytes)
     }
 }
 

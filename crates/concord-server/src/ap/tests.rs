@@ -162,6 +162,36 @@ async fn increments_through_different_members_add_up_and_text_refuses_them() {
     );
 }
 
+/// An `INCRBY` (and `HINCRBY`) answers the value its write quorum holds, not only what
+/// its coordinating replica held: a client that increments through one member and then
+/// through another sees its first increment counted in the second answer even when the
+/// second coordinator had not received it yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_increment_answers_the_value_its_write_quorum_holds() {
+    let m = start(3).await;
+    let (a, b, c) = (&m.nodes[0], &m.nodes[1], &m.nodes[2]);
+    // An increment made durable at members 2 and 3 (a W=2 quorum), not at member 1.
+    let (state, n) = b.apply_local(0, b"n", Op::Incr(5), None).await.unwrap();
+    assert_eq!(n, Some(5));
+    c.merge_local(0, b"n", state, None).await.unwrap();
+    let (state, n) = b
+        .apply_local(0, b"h", Op::HashIncr(b"f".to_vec(), 5), None)
+        .await
+        .unwrap();
+    assert_eq!(n, Some(5));
+    c.merge_local(0, b"h", state, None).await.unwrap();
+    // Member 1 coordinates (it is a replica of every key) from its own state: nothing.
+    assert_eq!(a.read_local(0, b"n").unwrap(), None);
+    assert_eq!(a.write(B0, b"n", Op::Incr(1)).await, Ok(Some(6)));
+    assert_eq!(
+        a.write(B0, b"h", Op::HashIncr(b"f".to_vec(), 1)).await,
+        Ok(Some(6))
+    );
+    // A SET in the key's epoch is what a later increment counts from.
+    a.write(B0, b"n", set("10")).await.unwrap();
+    assert_eq!(b.write(B0, b"n", Op::Incr(-1)).await, Ok(Some(9)));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replica_does_not_stop_quorum_writes_and_a_read_repairs_it() {
     let mut m = start(3).await;
@@ -828,10 +858,10 @@ async fn a_member_that_lost_its_data_counts_under_a_new_identity() {
     let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
     m.servers.push(serve(&reborn, listener));
     // Its next increment is applied on its empty state and merged into the others': it
-    // must add to the five, not hide behind them.
+    // must add to the five, not hide behind them (the answer is the quorum's value).
     assert_eq!(
         reborn.write(B0, key.as_bytes(), Op::Incr(1)).await,
-        Ok(Some(1))
+        Ok(Some(6))
     );
     let all = Access { r: Some(3), ..B0 };
     let now = reborn.now_ms();
