@@ -18,6 +18,13 @@
 //! R + W > N, whether or not it has been handed over yet. Writes go to the new owners
 //! only. Tombstone collection waits for the transition to end.
 //!
+//! A member that *starts* in a ring with other members (an AP-only member registering, a
+//! new member, one back with an empty store) has no earlier ring of its own, yet the
+//! others may not have pushed it the keys it now owns. It takes the ring without itself
+//! as the earlier one, and its transition ends once every other member of the ring
+//! announces the current ring (whatever gossip says of their health, for [`START_GRACE`]:
+//! at start gossip has seen nobody yet, and "every live member" would be nobody).
+//!
 //! The cleanup pass also runs when a member starts and every [`CLEANUP_EVERY`]
 //! anti-entropy intervals, for copies of keys a member does not own that came another way:
 //! a restart after the ring changed, or a read or write that used it as a fallback while
@@ -42,6 +49,11 @@ pub const CLEANUP_EVERY: u32 = 6;
 /// owners before it is acknowledged ([`ApNode::forward_moving`]).
 const FORWARD_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long a member that started in a ring with others waits for every one of them to
+/// announce the ring before only the members gossip sees alive count (see the module's
+/// documentation): gossip has heard from the live ones well before.
+const START_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Wait before a failed push pass is tried again.
 const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -63,6 +75,8 @@ pub(super) struct Handoff {
     pub(super) retry_at: Option<std::time::Instant>,
     /// What the other members announce (gossip meta).
     pub(super) announced: std::collections::BTreeMap<NodeId, u64>,
+    /// When this member started, while the transition it started in lasts.
+    pub(super) starting: Option<std::time::Instant>,
 }
 
 /// A ring's fingerprint: what members announce once they have pushed for it (never 0).
@@ -72,15 +86,27 @@ pub(super) fn fingerprint(ring: &Ring) -> u64 {
 }
 
 impl ApNode {
-    /// Records a ring change (called with the new ring about to be put in force).
+    /// Records a ring change (called once the new ring is in force; `old` is the one it
+    /// replaced, `first` when it is the first ring this member learns).
     pub(super) fn ring_changed(&self, old: Ring, first: bool) {
+        // The ring without this member: the earlier ring of a member that starts.
+        let others = first.then(|| {
+            let ring = read(&self.inner.ring);
+            let others: Vec<NodeId> = ring.nodes().filter(|n| *n != self.me()).collect();
+            drop(ring);
+            Ring::with_nodes(super::VNODES, others).ok()
+        });
         let mut h = write(&self.inner.handoff);
         h.version += 1;
         if first {
             // A member starting up: nothing to push, but copies of keys it no longer
-            // owns are sent on and removed.
+            // owns are sent on and removed, once the others have pushed it what it owns.
             h.pushed = h.version;
             h.cleanup = true;
+            if let Some(earlier) = others.flatten() {
+                h.old.push(earlier);
+                h.starting = Some(std::time::Instant::now());
+            }
         } else {
             h.old.push(old);
         }
@@ -202,6 +228,7 @@ impl ApNode {
             // Not if the ring changed again meanwhile: that change has its own transition.
             if h.version == version {
                 h.old.clear();
+                h.starting = None;
                 h.cleanup = true;
                 tracing::info!("handoff: every member has pushed; transition over");
             }
@@ -226,18 +253,22 @@ impl ApNode {
         }
     }
 
-    /// Whether every live member of the ring announces the current ring's fingerprint.
+    /// Whether every live member of the ring announces the current ring's fingerprint
+    /// (every member, live or not, in the first [`START_GRACE`] of a member's start).
     fn everyone_pushed(&self) -> bool {
         let (fp, members): (u64, Vec<NodeId>) = {
             let ring = read(&self.inner.ring);
             (fingerprint(&ring), ring.nodes().collect())
         };
-        let live: Vec<NodeId> = members
+        let starting = read(&self.inner.handoff)
+            .starting
+            .is_some_and(|at| at.elapsed() < START_GRACE);
+        let expected: Vec<NodeId> = members
             .into_iter()
-            .filter(|m| *m != self.me() && self.is_healthy(*m))
+            .filter(|m| *m != self.me() && (starting || self.is_healthy(*m)))
             .collect();
         let h = read(&self.inner.handoff);
-        live.iter().all(|m| h.announced.get(m) == Some(&fp))
+        expected.iter().all(|m| h.announced.get(m) == Some(&fp))
     }
 
     /// Sends every local key to its owners that were not owners under an earlier ring.

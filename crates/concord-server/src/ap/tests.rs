@@ -84,6 +84,9 @@ async fn start_with(n: u64, config: ApConfig) -> Members {
         m.nodes.push(node);
         m._dirs.push(dir);
     }
+    // Each started in a ring with the others: its start transition ends once every other
+    // member announces that ring (gossip carries it in a cluster).
+    end_transition(&m.nodes.iter().collect::<Vec<_>>()).await;
     m
 }
 
@@ -689,6 +692,83 @@ async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_h
             assert!(node.read_local(0, k.as_bytes()).unwrap().is_some(), "{k}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_starts_in_the_ring_reads_the_earlier_owners_until_all_have_pushed() {
+    let mut m = start(3).await;
+    // Forty keys, each on the second and third of its three owners among members 1 to 3
+    // (a W=2 write the first had not received yet): a newcomer that takes a key's place in
+    // the list pushes the third out, and the first owner, left without a copy, is the one
+    // it asks next.
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let mut state = RedisValue::new();
+    let stamp = concord_core::clock::Timestamp::new(m.nodes[0].now_ms(), 0).pack();
+    state.set(
+        b"v".to_vec(),
+        (stamp, NodeId(1)),
+        NodeId(1),
+        SetExpiry::Clear,
+    );
+    for k in &keys {
+        let (owners, _) = m.nodes[0].placement(0, k.as_bytes());
+        for o in &owners[1..] {
+            m.nodes[(o.get() - 1) as usize]
+                .merge_local(0, k.as_bytes(), state.clone(), None)
+                .await
+                .unwrap();
+        }
+    }
+    // Member 4 starts with a ring that already holds it (an AP-only member registering);
+    // the others see the change but have not pushed anything yet.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    m.urls.insert(
+        NodeId(4),
+        format!("http://{}", listener.local_addr().unwrap()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = ApConfig {
+        timeout: Duration::from_millis(1500),
+        ..ApConfig::default()
+    };
+    let new = ApNode::open(NodeId(4), CLUSTER, dir.path(), config).unwrap();
+    m._dirs.push(dir);
+    new.set_members(&m.urls);
+    new.set_healthy(m.urls.keys().copied().collect());
+    m.servers.push(serve(&new, listener));
+    for node in &m.nodes {
+        node.set_members(&m.urls);
+        node.set_healthy(m.urls.keys().copied().collect());
+    }
+    assert!(new.in_transition());
+    // Every key reads through it at R=2, the ones it now owns (its own copy empty) too.
+    let now = new.now_ms();
+    let mut owned = 0;
+    for k in &keys {
+        owned += usize::from(new.placement(0, k.as_bytes()).0.contains(&NodeId(4)));
+        assert_eq!(
+            value(new.read(B0, k.as_bytes()).await.unwrap(), now),
+            Some(b"v".to_vec()),
+            "{k}"
+        );
+    }
+    assert!(owned > 0, "member 4 owns some keys");
+    // At start gossip has seen nobody alive yet: that is no reason to end the transition
+    // while the others have not announced the ring.
+    new.set_healthy(BTreeSet::new());
+    let fp = new.handoff_meta();
+    assert_ne!(fp, 0, "a starting member has nothing to push");
+    let two: BTreeMap<NodeId, u64> = [(NodeId(1), fp), (NodeId(2), fp)].into();
+    new.set_announced(two);
+    new.handoff_step().await;
+    assert!(new.in_transition(), "member 3 has not announced the ring");
+    // The others push and announce it: the transition ends everywhere.
+    for node in &m.nodes {
+        node.handoff_step().await;
+    }
+    let mut all: Vec<&ApNode> = m.nodes.iter().collect();
+    all.push(&new);
+    end_transition(&all).await;
 }
 
 /// The first key `prefix-i` whose owners among `node`'s ring satisfy `pick`.
