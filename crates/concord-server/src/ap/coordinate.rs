@@ -438,9 +438,15 @@ impl ApNode {
         if left.is_empty() {
             return Ok(None);
         }
-        state_from_bytes(&left)
-            .map(Some)
-            .map_err(|e| ApError::Unavailable(format!("replica {at} answered {e}")))
+        // The merge is durable either way: a state that does not decode only leaves the
+        // answer without it.
+        match state_from_bytes(&left) {
+            Ok(state) => Ok(Some(state)),
+            Err(e) => {
+                tracing::warn!(replica = %at, error = %e, "a merge answered an undecodable state");
+                Ok(None)
+            }
+        }
     }
 
     pub(super) async fn read_at(
