@@ -608,20 +608,26 @@ async fn tombstones_are_collected_only_when_every_owner_holds_them_past_the_grac
     assert_eq!(m.nodes[2].read_local(0, b"k5").unwrap(), None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_handed_over() {
-    let mut m = start(4).await;
-    // Forty keys, each on exactly two of its three owners (a W=2 write whose third copy
-    // had not landed yet).
-    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+/// The state of a `SET` of `v` coordinated by member 1 at `now_ms`.
+fn written_v(now_ms: u64) -> RedisValue {
     let mut state = RedisValue::new();
-    let stamp = concord_core::clock::Timestamp::new(m.nodes[0].now_ms(), 0).pack();
+    let stamp = concord_core::clock::Timestamp::new(now_ms, 0).pack();
     state.set(
         b"v".to_vec(),
         (stamp, NodeId(1)),
         NodeId(1),
         SetExpiry::Clear,
     );
+    state
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_member_leaves_reads_ask_the_earlier_owners_until_the_keys_are_handed_over() {
+    let mut m = start(4).await;
+    // Forty keys, each on exactly two of its three owners (a W=2 write whose third copy
+    // had not landed yet).
+    let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
+    let state = written_v(m.nodes[0].now_ms());
     let mut on_the_leaver = 0;
     for k in &keys {
         let (owners, _) = m.nodes[0].placement(0, k.as_bytes());
@@ -702,14 +708,7 @@ async fn a_member_that_starts_in_the_ring_reads_the_earlier_owners_until_all_hav
     // the list pushes the third out, and the first owner, left without a copy, is the one
     // it asks next.
     let keys: Vec<String> = (0..40).map(|i| format!("key-{i}")).collect();
-    let mut state = RedisValue::new();
-    let stamp = concord_core::clock::Timestamp::new(m.nodes[0].now_ms(), 0).pack();
-    state.set(
-        b"v".to_vec(),
-        (stamp, NodeId(1)),
-        NodeId(1),
-        SetExpiry::Clear,
-    );
+    let state = written_v(m.nodes[0].now_ms());
     for k in &keys {
         let (owners, _) = m.nodes[0].placement(0, k.as_bytes());
         for o in &owners[1..] {
