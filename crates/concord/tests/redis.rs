@@ -706,8 +706,9 @@ async fn ap_only_members_hold_ap_data_without_the_cp_keyspace() {
         assert_eq!(d.cmd(&["SET", &key, &value]).await, Ok(ok()));
     }
     // Through the Raft members while the keys move (they ask the earlier owners too), and
-    // through the AP-only members once the move is over: a member that starts during a
-    // transition has no earlier ring to ask (docs/ap.md, Handoff).
+    // through the AP-only members once the move is over (a member that starts in the ring
+    // asks the ring without itself meanwhile: `ap/tests.rs` proves that deterministically,
+    // docs/ap.md, Handoff).
     for i in 0..3 {
         all_readable(&cluster, i, KEYS).await;
     }

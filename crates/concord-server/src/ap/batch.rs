@@ -113,9 +113,12 @@ pub fn start(
                     Ok(ack
                         .errors
                         .into_iter()
-                        .map(|e| match e.is_empty() {
-                            true => Ok(states.next().unwrap_or_default()),
-                            false => Err(failed(e)),
+                        .map(|e| {
+                            if e.is_empty() {
+                                Ok(states.next().unwrap_or_default())
+                            } else {
+                                Err(failed(e))
+                            }
                         })
                         .collect())
                 }

@@ -419,9 +419,10 @@ impl ApNode {
         let hinted = hint_for.is_some_and(|owner| owner != at);
         if at == self.me() {
             self.merge_local(bucket, &key, state, hint_for).await?;
-            return match want_state && !hinted {
-                true => self.read_local(bucket, &key),
-                false => Ok(None),
+            return if want_state && !hinted {
+                self.read_local(bucket, &key)
+            } else {
+                Ok(None)
             };
         }
         let request = ReplicaMerge {

@@ -89,13 +89,21 @@ impl ApNode {
     /// Records a ring change (called once the new ring is in force; `old` is the one it
     /// replaced, `first` when it is the first ring this member learns).
     pub(super) fn ring_changed(&self, old: Ring, first: bool) {
-        // The ring without this member: the earlier ring of a member that starts.
-        let others = first.then(|| {
-            let ring = read(&self.inner.ring);
-            let others: Vec<NodeId> = ring.nodes().filter(|n| *n != self.me()).collect();
-            drop(ring);
+        // The ring without this member: the earlier ring of a member that starts (none
+        // when it is alone: nothing can have been written elsewhere).
+        let others: Vec<NodeId> = if first {
+            read(&self.inner.ring)
+                .nodes()
+                .filter(|n| *n != self.me())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let earlier = if others.is_empty() {
+            None
+        } else {
             Ring::with_nodes(super::VNODES, others).ok()
-        });
+        };
         let mut h = write(&self.inner.handoff);
         h.version += 1;
         if first {
@@ -103,7 +111,7 @@ impl ApNode {
             // owns are sent on and removed, once the others have pushed it what it owns.
             h.pushed = h.version;
             h.cleanup = true;
-            if let Some(earlier) = others.flatten() {
+            if let Some(earlier) = earlier {
                 h.old.push(earlier);
                 h.starting = Some(std::time::Instant::now());
             }

@@ -190,6 +190,7 @@ impl Op {
             Op::Set { .. } | Op::Del | Op::Expire(_) | Op::SetStore(_) | Op::SiblingPut { .. }
         )
     }
+
     /// Whether its answer is the value the write quorum holds after it (`INCRBY`'s and
     /// `HINCRBY`'s): the coordinating replica counts from its own state, which may not yet
     /// hold an increment another coordinator made durable at W replicas; the targets that
