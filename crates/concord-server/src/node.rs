@@ -364,13 +364,20 @@ impl<D: Disk> NodeHandle<D> {
         consistency: ReadConsistency,
         r: &RangeRequest,
     ) -> Result<RangeResponse, KvError> {
-        match consistency {
-            ReadConsistency::Strong => self.read_barrier().await?,
-            ReadConsistency::Bounded(bound) => self.bounded_barrier(bound).await?,
-            ReadConsistency::Session(revision) => self.wait_for_revision(revision).await?,
-            ReadConsistency::Eventual => {}
-        }
+        self.wait_for(consistency).await?;
         self.serializable_range(r)
+    }
+
+    /// Returns once this node's applied state may serve a read at `consistency`: what a
+    /// read at that level waits for before it reads locally (a permission check waits for
+    /// it too, so it sees every auth change the read would).
+    pub async fn wait_for(&self, consistency: ReadConsistency) -> Result<(), KvError> {
+        match consistency {
+            ReadConsistency::Strong => self.read_barrier().await,
+            ReadConsistency::Bounded(bound) => self.bounded_barrier(bound).await,
+            ReadConsistency::Session(revision) => self.wait_for_revision(revision).await,
+            ReadConsistency::Eventual => Ok(()),
+        }
     }
 
     /// Returns once the store holds every write acknowledged more than `bound` ago: at once

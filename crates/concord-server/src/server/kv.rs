@@ -38,21 +38,28 @@ impl Kv for KvService {
     ) -> Result<Response<pb::RangeResponse>, Status> {
         let consistency = ReadConsistency::from_metadata(request.metadata())
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let caller = self.ctx.auth.principal(request.metadata())?;
-        let r = request.into_inner();
+        let (metadata, _, r) = request.into_parts();
         if r.key.is_empty() {
             return Err(Etcd::EmptyKey.status());
-        }
-        if let Some(caller) = caller {
-            caller.read(&r.key, &r.range_end)?;
         }
         let consistency = if r.serializable {
             ReadConsistency::Eventual
         } else {
             consistency
         };
+        // As etcd: the read's wait comes before the permission check, so a linearizable
+        // read is checked against every auth change committed before it (enabling auth
+        // through another member, a revoked permission), not this member's older view.
+        self.ctx
+            .node
+            .wait_for(consistency)
+            .await
+            .map_err(api::status)?;
+        if let Some(caller) = self.ctx.auth.principal(&metadata)? {
+            caller.read(&r.key, &r.range_end)?;
+        }
         let req = api::range_from_pb(r);
-        let res = self.ctx.node.range_at(consistency, &req).await;
+        let res = self.ctx.node.serializable_range(&req);
         Ok(Response::new(api::range_to_pb(
             &self.ctx,
             res.map_err(api::status)?,
