@@ -7,6 +7,10 @@
 //!    runtime chooses its own wire and disk encoding; only [`ConfChange`] has a built-in
 //!    binary encoding, because it travels inside [`Entry::data`] and the core must decode it.
 //! 2. [`ConfChange::decode`] never panics: malformed bytes give a [`ConfChangeDecodeError`].
+//! 3. Byte fields serialize as byte strings (`serde_bytes`), so encoders and decoders copy
+//!    them whole rather than one element at a time. In postcard, the runtime's encoding, a
+//!    byte string and a sequence of `u8` are the same bytes: the change from sequences
+//!    left every encoded message and WAL record as it was.
 
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +38,7 @@ pub struct Entry {
     /// What `data` holds.
     pub kind: EntryKind,
     /// Opaque payload.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -113,6 +118,7 @@ pub struct ConfChange {
     /// The changes, applied in order.
     pub changes: Vec<ConfChangeSingle>,
     /// Opaque application context.
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
 }
 
@@ -258,6 +264,7 @@ pub struct Snapshot {
     /// Position and configuration.
     pub metadata: SnapshotMetadata,
     /// Opaque state-machine image.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -365,6 +372,7 @@ pub struct Message {
     /// On a rejected append, the index the follower suggests probing from.
     pub reject_hint: u64,
     /// Opaque context: read request id, or [`CAMPAIGN_TRANSFER`] on transfer votes.
+    #[serde(with = "serde_bytes")]
     pub context: Vec<u8>,
 }
 
@@ -379,6 +387,7 @@ pub struct ReadState {
     /// Commit index at the time the read was confirmed.
     pub index: u64,
     /// The context given to [`crate::RawNode::read_index`].
+    #[serde(with = "serde_bytes")]
     pub request_ctx: Vec<u8>,
 }
 

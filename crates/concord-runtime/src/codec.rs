@@ -47,6 +47,25 @@ mod tests {
     use super::*;
     use concord_raft::{Entry, MessageType, NodeId, Snapshot, SnapshotMetadata};
 
+    /// Byte fields encode as byte strings (concord-raft's types, guarantee 3): in postcard
+    /// the same bytes as the sequence of `u8` they were encoded as before, so messages
+    /// and WAL records from either side of the change decode alike.
+    #[test]
+    fn byte_fields_encode_as_they_did_as_sequences() {
+        let data: Vec<u8> = (0..=255).chain(0..44).collect();
+        let entry = Entry {
+            term: 3,
+            index: 1 << 40,
+            data: data.clone(),
+            ..Entry::default()
+        };
+        // A sequence of `u8`, as `Vec<u8>` serializes without `serde_bytes`.
+        let as_sequence = (3u64, 1u64 << 40, entry.kind, data);
+        let bytes = postcard::to_allocvec(&entry).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&as_sequence).unwrap());
+        assert_eq!(postcard::from_bytes::<Entry>(&bytes).unwrap(), entry);
+    }
+
     #[test]
     fn message_batches_round_trip() {
         let msgs = vec![

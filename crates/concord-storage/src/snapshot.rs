@@ -71,7 +71,7 @@ impl SnapshotStream {
     /// Starts an image of `store` as of now, in chunks of about `chunk_bytes`.
     pub fn new<D: Disk>(store: &MvccStore<D>, chunk_bytes: usize) -> Result<Self, StoreError> {
         assert!(chunk_bytes > 0 && chunk_bytes <= MAX_CHUNK_BYTES);
-        let txn = store.db().begin_read()?;
+        let txn = store.db()?.begin_read()?;
         let applied = u64_meta(&txn, b"applied_index")?;
         let revision = u64_meta(&txn, b"revision")? as i64;
         Ok(Self {
@@ -406,7 +406,7 @@ impl<D: Disk> MvccStore<D> {
     /// index becomes 1 (the new cluster's log starts over; the keyspace, revisions and
     /// leases are kept) and the old cluster's member records are dropped.
     pub fn rebase_for_new_cluster(&mut self) -> Result<(), StoreError> {
-        let txn = self.db().begin_write()?;
+        let txn = self.db()?.begin_write()?;
         {
             let mut cluster = txn.open_table(crate::mvcc::CLUSTER)?;
             let keys: Vec<Vec<u8>> = cluster

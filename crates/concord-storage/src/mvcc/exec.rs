@@ -18,7 +18,7 @@ use redb::{ReadableTable, Table};
 
 use super::index::{KeyIndex, Latest};
 use super::keys::{encode_row, lease_key, lease_key_entry, seal, unseal, Revision, Version};
-use super::read::{get_at, range_at, read_many};
+use super::read::{get_at, range_at, read_many, Rows};
 use super::types::*;
 use crate::errors::{RequestError, StoreError};
 
@@ -37,6 +37,12 @@ pub(crate) struct Exec<'a> {
     pub(crate) compacted: i64,
     /// Member ids whose NOSPACE alarm is raised, sorted; writes are refused while any is.
     pub(crate) alarms: Vec<u64>,
+    /// The `revs` rows written, in revision order (the store's overlay while their
+    /// transaction stays open, see `MvccStore::apply_batch`).
+    pub(crate) written: Vec<(Revision, Vec<u8>)>,
+    /// Whether anything was written to `leases`, `lease_keys` or `cluster`, which have no
+    /// overlay: their transaction must commit before anyone reads them.
+    pub(crate) side_tables: bool,
     // Changes made by the current command so far.
     sub: i64,
 }
@@ -65,6 +71,8 @@ impl<'a> Exec<'a> {
             current,
             compacted,
             alarms,
+            written: Vec::new(),
+            side_tables: false,
             sub: 0,
         }
     }
@@ -159,6 +167,7 @@ impl<'a> Exec<'a> {
                 let mut v = ttl.to_le_bytes().to_vec();
                 v.extend_from_slice(&0i64.to_le_bytes());
                 let k = lease_key(*id);
+                self.side_tables = true;
                 self.leases.insert(k.as_slice(), seal(&k, &v).as_slice())?;
                 Ok(Ok(Response::Revision(0)))
             }
@@ -174,6 +183,7 @@ impl<'a> Exec<'a> {
                     };
                     self.delete_range(&d)?;
                 }
+                self.side_tables = true;
                 self.leases.remove(lease_key(*id).as_slice())?;
                 Ok(Ok(Response::Revision(0)))
             }
@@ -187,6 +197,7 @@ impl<'a> Exec<'a> {
                 };
                 let mut v = ttl.ok_or_else(|| StoreError::Corrupt("lease record".into()))?;
                 v.extend_from_slice(&remaining_ttl.to_le_bytes());
+                self.side_tables = true;
                 self.leases.insert(k.as_slice(), seal(&k, &v).as_slice())?;
                 Ok(Ok(Response::Revision(0)))
             }
@@ -226,6 +237,7 @@ impl<'a> Exec<'a> {
 
     /// Sets (`Some`) or removes (`None`) a cluster metadata entry.
     fn set_meta(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), StoreError> {
+        self.side_tables = true;
         match value {
             Some(v) => {
                 self.cluster.insert(key, v)?;
@@ -320,7 +332,13 @@ impl<'a> Exec<'a> {
 
     fn compare(&self, c: &Compare) -> Result<bool, StoreError> {
         // An empty `range_end` is the single key.
-        let kvs = range_at(self.index, &self.revs, &c.key, &c.range_end, self.current)?;
+        let kvs = range_at(
+            self.index,
+            &Rows::of(&self.revs),
+            &c.key,
+            &c.range_end,
+            self.current,
+        )?;
         if kvs.is_empty() {
             if matches!(c.target, CompareTarget::Value(_)) {
                 return Ok(false);
@@ -344,7 +362,7 @@ impl<'a> Exec<'a> {
             responses.push(match op {
                 RequestOp::Range(r) => {
                     let rev = self.read_rev();
-                    ResponseOp::Range(range_request(self.index, &self.revs, r, rev)?)
+                    ResponseOp::Range(range_request(self.index, &Rows::of(&self.revs), r, rev)?)
                 }
                 RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
                 RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete_range(d)?),
@@ -368,10 +386,10 @@ impl<'a> Exec<'a> {
     }
 
     fn write_version(&mut self, key: &[u8], rev: Revision, v: &Version) -> Result<(), StoreError> {
-        self.revs.insert(
-            rev.to_bytes().as_slice(),
-            encode_row(rev, key, v).as_slice(),
-        )?;
+        let row = encode_row(rev, key, v);
+        self.revs
+            .insert(rev.to_bytes().as_slice(), row.as_slice())?;
+        self.written.push((rev, row));
         let live = match v {
             Version::Live(kv) => Some(Latest::of(kv)),
             Version::Tombstone => None,
@@ -387,7 +405,7 @@ impl<'a> Exec<'a> {
         // value.
         let cur = self.index.latest(&p.key);
         let prev = if p.prev_kv || p.ignore_value {
-            get_at(self.index, &self.revs, &p.key, self.read_rev())?
+            get_at(self.index, &Rows::of(&self.revs), &p.key, self.read_rev())?
         } else {
             None
         };
@@ -410,6 +428,9 @@ impl<'a> Exec<'a> {
             lease,
         };
         self.write_version(&p.key, rev, &Version::Live(kv))?;
+        if lease != old_lease {
+            self.side_tables = true;
+        }
         if old_lease != 0 && old_lease != lease {
             self.lease_keys
                 .remove(lease_key_entry(old_lease, &p.key).as_slice())?;
@@ -430,7 +451,7 @@ impl<'a> Exec<'a> {
         // An empty `range_end` is the single key.
         let kvs = range_at(
             self.index,
-            &self.revs,
+            &Rows::of(&self.revs),
             &d.key,
             &d.range_end,
             self.read_rev(),
@@ -439,6 +460,7 @@ impl<'a> Exec<'a> {
             let rev = self.next_rev();
             self.write_version(&kv.key, rev, &Version::Tombstone)?;
             if kv.lease != 0 {
+                self.side_tables = true;
                 self.lease_keys
                     .remove(lease_key_entry(kv.lease, &kv.key).as_slice())?;
             }
@@ -592,7 +614,7 @@ fn fill_txn(mut t: TxnResponse, rev: i64) -> TxnResponse {
 /// caller; `r.revision <= 0` reads at it.
 pub(crate) fn range_request<K: super::read::Tbl>(
     ix: &KeyIndex,
-    t: &K,
+    t: &Rows<'_, K>,
     r: &RangeRequest,
     current: i64,
 ) -> Result<RangeResponse, StoreError> {

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use redb::{Durability, ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::keys::{encode_row, lease_key, lease_key_entry, seal, unseal, Revision, Version};
 use super::types::KeyValue;
@@ -46,7 +46,7 @@ pub(crate) struct Image {
 impl<D: Disk> MvccStore<D> {
     /// The whole keyspace, as of now.
     pub(crate) fn image(&self) -> Result<Image, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let mut versions = Vec::new();
         for item in txn.open_table(REVS)?.iter()? {
             let (k, v) = item?;
@@ -97,8 +97,7 @@ impl<D: Disk> MvccStore<D> {
     /// [`MvccStore::is_empty`]). Keys attached to a lease the image does not hold keep
     /// their lease id but are not attached to anything (etcd does the same).
     pub(crate) fn load_image(&mut self, image: &Image) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        let txn = self.begin_write()?;
         let mut meta = self.meta;
         {
             let mut revs = txn.open_table(REVS)?;
@@ -139,7 +138,7 @@ impl<D: Disk> MvccStore<D> {
             meta.applied = image.applied;
             write_meta(&mut txn.open_table(META)?, &meta)?;
         }
-        txn.commit()?;
+        self.commit(txn, true)?;
         self.reload()
     }
 }

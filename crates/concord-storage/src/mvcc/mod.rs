@@ -28,6 +28,15 @@
 //!    crash the store is at its last durable commit and the WAL replays the rest. So the
 //!    WAL may drop entries only up to [`MvccStore::durable_applied_index`] (the applied
 //!    index of the last durable commit, periodic or by [`MvccStore::sync`]).
+//! 7. **Deferred commits are invisible to readers.** Up to
+//!    [`MvccConfig::batches_per_commit`] applied batches share one write transaction,
+//!    left open between them. Every read sees everything applied all the same: the key
+//!    index and the meta are in memory, the `revs` rows written since the last commit are
+//!    kept beside the transaction ([`read::Rows`]), and a batch that writes `leases`,
+//!    `lease_keys` or `cluster` (which have no such overlay) commits at once. A reader that
+//!    needs the file itself (an image, a hash, a snapshot) commits the open transaction
+//!    first (`settle`). A failed commit makes the store refuse further applies: the WAL
+//!    still holds what the transaction held, and a restart replays it.
 //! 6. **Damage is an error, not data.** Every row's value ends with a CRC32C of the row's
 //!    key and value, checked on every read (redb does not checksum pages on reads).
 
@@ -43,6 +52,8 @@ mod tests;
 pub mod types;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
@@ -102,6 +113,11 @@ pub struct MvccConfig {
     /// that commit stays short (see `flush.rs`). Off by default: deterministic tests count
     /// every sync.
     pub background_flush: bool,
+    /// Applied batches (one per Raft `Ready`) that share one redb commit (guarantee 7);
+    /// 1 commits every batch. Each commit rewrites the pages it touched (the right-most
+    /// leaves of `revs`, the branches above them, redb's own records), so fewer commits
+    /// write fewer pages per applied entry.
+    pub batches_per_commit: u32,
 }
 
 impl Default for MvccConfig {
@@ -110,9 +126,10 @@ impl Default for MvccConfig {
             quota_bytes: 2 << 30,
             compaction_batch: 1000,
             sync_applies: false,
-            durable_every_commits: 128,
+            durable_every_commits: 16,
             cache_bytes: 64 << 20,
             background_flush: false,
+            batches_per_commit: 8,
         }
     }
 }
@@ -123,6 +140,10 @@ pub type StoredVersion = (Vec<u8>, Revision, Option<KeyValue>);
 /// Outcome of applying one command: `None` if its index was applied before.
 pub type ApplyResult = Option<Result<Response, RequestError>>;
 
+/// Most bytes of `revs` rows an open transaction holds before it commits, whatever
+/// [`MvccConfig::batches_per_commit`] says (a follower catching up applies large batches).
+const MAX_OPEN_BYTES: usize = 8 << 20;
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Meta {
     applied: u64,
@@ -132,11 +153,49 @@ struct Meta {
     nospace: bool,
 }
 
+/// A write transaction left open between applied batches (guarantee 7). Dropped with the
+/// store, it commits (not durably), as the commit per batch did before it; dropped on
+/// purpose (a failure, a replaced database) it is aborted with [`OpenTxn::abort`].
+#[derive(Default)]
+struct OpenTxn(Option<WriteTransaction>);
+
+impl OpenTxn {
+    fn abort(&mut self) {
+        if let Some(txn) = self.0.take() {
+            // Aborting only releases the transaction's pages: nothing to recover from.
+            let _ = txn.abort();
+        }
+    }
+}
+
+impl Drop for OpenTxn {
+    fn drop(&mut self) {
+        if let Some(mut txn) = self.0.take() {
+            // Best effort: what it held is in the WAL, which replays it otherwise.
+            if txn.set_durability(Durability::None).is_ok() {
+                let _ = txn.commit();
+            }
+        }
+    }
+}
+
 /// The state machine. See the module docs.
 pub struct MvccStore<D: Disk> {
     disk: D,
     path: PathBuf,
     config: MvccConfig,
+    /// The write transaction holding the batches applied since the last commit, if any
+    /// (guarantee 7). Declared before `db`, so dropped (committed) before it.
+    open: Mutex<OpenTxn>,
+    /// Batches applied into `open`.
+    open_batches: u32,
+    /// The `revs` rows written since the last commit made through `&mut self`; after a
+    /// reader's `settle` they may be committed too (see [`read::Rows`]).
+    fresh: read::Fresh,
+    fresh_bytes: usize,
+    /// Set when a reader's `settle` failed to commit: what the open transaction held is
+    /// lost from the file, so the store refuses further applies (guarantee 7).
+    settle_failed: AtomicBool,
     db: Database,
     size_probe: D::File,
     /// The file size as of the last commit, for the per-request quota check.
@@ -339,6 +398,11 @@ impl<D: Disk> MvccStore<D> {
             durable_applied: 0,
             flusher,
             recording: None,
+            open: Mutex::default(),
+            open_batches: 0,
+            fresh: Vec::new(),
+            fresh_bytes: 0,
+            settle_failed: AtomicBool::new(false),
         })
     }
 
@@ -347,12 +411,14 @@ impl<D: Disk> MvccStore<D> {
         self.index.len()
     }
 
-    // After a failed write transaction (aborted, so the table is as of the last commit),
-    // the index may hold the failed transaction's changes: rebuild it from the table.
-    fn recover_index<R>(&mut self, failure: StoreError) -> Result<R, StoreError> {
-        match load_index(&self.db) {
-            Ok(index) => {
-                self.index = index;
+    // After a failed write transaction: it is aborted, with the deferred batches it held,
+    // so the store goes back to its last commit (the WAL still holds the rest); the meta
+    // and the index, which already showed the failed changes, are reloaded from the file.
+    fn recover<R>(&mut self, failure: StoreError) -> Result<R, StoreError> {
+        self.drop_open();
+        match load_state(&self.db) {
+            Ok(state) => {
+                self.set_state(state);
                 Err(failure)
             }
             Err(e) => Err(StoreError::Corrupt(format!(
@@ -366,8 +432,88 @@ impl<D: Disk> MvccStore<D> {
         &self.path
     }
 
-    pub(crate) fn db(&self) -> &Database {
-        &self.db
+    /// The database, with everything applied committed to it (see [`MvccStore::settle`]).
+    pub(crate) fn db(&self) -> Result<&Database, StoreError> {
+        self.settle()?;
+        Ok(&self.db)
+    }
+
+    /// Commits the open transaction, if any (not durably), so that the file holds
+    /// everything applied: for readers of the file as a whole rather than through the key
+    /// index (guarantee 7). Needs only `&self`: readers hold the store shared.
+    pub(crate) fn settle(&self) -> Result<(), StoreError> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(mut txn) = open.0.take() {
+            let committed = txn
+                .set_durability(Durability::None)
+                .map_err(StoreError::from)
+                .and_then(|()| txn.commit().map_err(StoreError::from));
+            if committed.is_err() {
+                self.settle_failed.store(true, Ordering::Relaxed);
+            }
+            committed?;
+        }
+        Ok(())
+    }
+
+    /// Aborts the open transaction, if any, and forgets its rows.
+    fn drop_open(&mut self) {
+        self.open
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .abort();
+        self.fresh.clear();
+        self.fresh_bytes = 0;
+        self.open_batches = 0;
+    }
+
+    /// A write transaction: the open one, or a new one once everything is committed.
+    fn begin_write(&mut self) -> Result<WriteTransaction, StoreError> {
+        if self.settle_failed.load(Ordering::Relaxed) {
+            return Err(StoreError::Corrupt(
+                "an earlier commit of applied batches failed; restart the member to replay \
+                 its WAL"
+                    .into(),
+            ));
+        }
+        let open = self.open.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match open.0.take() {
+            Some(txn) => Ok(txn),
+            None => {
+                // Everything is committed (a reader's settle may have done it).
+                self.drop_open();
+                Ok(self.db.begin_write()?)
+            }
+        }
+    }
+
+    /// Commits `txn`, durably if `durable` or if the periodic durable commit is due (see
+    /// [`MvccConfig::durable_every_commits`]).
+    fn commit(&mut self, mut txn: WriteTransaction, durable: bool) -> Result<(), StoreError> {
+        let durable = durable
+            || self.config.sync_applies
+            || self.lazy_commits + 1 >= self.config.durable_every_commits;
+        if durable {
+            txn.set_durability(Durability::Immediate)?;
+            txn.set_quick_repair(true);
+        } else {
+            txn.set_durability(Durability::None)?;
+        }
+        txn.commit()?;
+        self.drop_open();
+        let every = self.config.durable_every_commits;
+        if durable {
+            self.lazy_commits = 0;
+            self.durable_applied = self.meta.applied;
+        } else {
+            self.lazy_commits += 1;
+            if self.lazy_commits == (every - every / 4).max(1) {
+                if let Some(f) = &self.flusher {
+                    f.poke();
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn disk(&self) -> &D {
@@ -424,7 +570,8 @@ impl<D: Disk> MvccStore<D> {
     /// Bytes of the backend in use (etcd's `dbSizeInUse`): allocated pages, without the
     /// free ones. Walks redb's allocator, so call it for status, not per request.
     pub fn size_in_use_bytes(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write()?;
+        // A second write transaction would wait for the open one forever.
+        let txn = self.db()?.begin_write()?;
         let stats = txn.stats()?;
         let used = stats.allocated_pages() * stats.page_size() as u64;
         txn.abort()?;
@@ -468,14 +615,15 @@ impl<D: Disk> MvccStore<D> {
         Ok(out.pop().flatten())
     }
 
-    /// Applies consecutive commands in one redb transaction (one commit for a Ready).
+    /// Applies consecutive commands (one Raft `Ready`) in the open write transaction, which
+    /// commits every [`MvccConfig::batches_per_commit`] batches (guarantee 7).
     pub fn apply_batch(
         &mut self,
         cmds: &[(u64, &Command)],
     ) -> Result<Vec<ApplyResult>, StoreError> {
         match self.try_apply_batch(cmds) {
             Ok(out) => Ok(out),
-            Err(e) => self.recover_index(e),
+            Err(e) => self.recover(e),
         }
     }
 
@@ -486,6 +634,7 @@ impl<D: Disk> MvccStore<D> {
         let txn = self.begin_write()?;
         let mut meta = self.meta;
         let alarms;
+        let (written, side_tables);
         let mut out = Vec::with_capacity(cmds.len());
         {
             let mut ex = Exec::new(
@@ -516,15 +665,32 @@ impl<D: Disk> MvccStore<D> {
             meta.compacted = ex.compacted;
             meta.nospace = !ex.alarms.is_empty();
             alarms = ex.alarms;
+            written = ex.written;
+            side_tables = ex.side_tables;
         }
         write_meta(&mut txn.open_table(META)?, &meta)?;
         if alarms != self.alarms {
             write_alarms(&mut txn.open_table(META)?, &alarms)?;
         }
-        txn.commit()?;
         self.meta = meta;
         self.alarms = alarms;
-        self.note_commit();
+        // Keep the transaction open for the next batch (guarantee 7), or commit it.
+        let bytes: usize = written.iter().map(|(_, row)| row.len()).sum();
+        let defer = !side_tables
+            && !self.config.sync_applies
+            && self.open_batches + 1 < self.config.batches_per_commit
+            && self.fresh_bytes + bytes < MAX_OPEN_BYTES;
+        if defer {
+            self.fresh.extend(written);
+            self.fresh_bytes += bytes;
+            self.open_batches += 1;
+            self.open
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner)
+                .0 = Some(txn);
+        } else {
+            self.commit(txn, false)?;
+        }
         if let Some(r) = &mut self.recording {
             r.record(cmds, &out);
         }
@@ -534,43 +700,11 @@ impl<D: Disk> MvccStore<D> {
         Ok(out)
     }
 
-    // A write transaction, durable per the config (see `durable_every_commits`).
-    fn begin_write(&mut self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        let durable =
-            self.config.sync_applies || self.lazy_commits + 1 >= self.config.durable_every_commits;
-        if durable {
-            txn.set_durability(Durability::Immediate)?;
-            txn.set_quick_repair(true);
-            self.lazy_commits = 0;
-        } else {
-            txn.set_durability(Durability::None)?;
-            self.lazy_commits += 1;
-        }
-        Ok(txn)
-    }
-
     /// Makes everything applied so far durable; returns the durable applied index.
     pub fn sync(&mut self) -> Result<u64, StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
-        txn.set_quick_repair(true);
-        txn.commit()?;
-        self.lazy_commits = 0;
-        self.durable_applied = self.meta.applied;
+        let txn = self.begin_write()?;
+        self.commit(txn, true)?;
         Ok(self.meta.applied)
-    }
-
-    /// After a commit opened by `begin_write`: it was durable iff it reset `lazy_commits`.
-    fn note_commit(&mut self) {
-        let every = self.config.durable_every_commits;
-        if self.lazy_commits == 0 {
-            self.durable_applied = self.meta.applied;
-        } else if self.lazy_commits == (every - every / 4).max(1) {
-            if let Some(f) = &self.flusher {
-                f.poke();
-            }
-        }
     }
 
     fn start_flusher(
@@ -612,7 +746,16 @@ impl<D: Disk> MvccStore<D> {
         }
         let txn = self.db.begin_read()?;
         let t = txn.open_table(REVS)?;
-        Ok(Ok(exec::range_request(&self.index, &t, r, meta.revision)?))
+        let rows = read::Rows {
+            table: &t,
+            fresh: &self.fresh,
+        };
+        Ok(Ok(exec::range_request(
+            &self.index,
+            &rows,
+            r,
+            meta.revision,
+        )?))
     }
 
     /// The lease `id` with its attached keys.
@@ -685,9 +828,21 @@ impl<D: Disk> MvccStore<D> {
         if self.meta.cursor >= target || self.meta.compacted == 0 {
             return Ok(true);
         }
+        // The applied batches commit on their own first, so that a failed step loses
+        // only its own work.
+        if self
+            .open
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .is_some()
+        {
+            let txn = self.begin_write()?;
+            self.commit(txn, false)?;
+        }
         match self.try_compact_step(target) {
             Ok(done) => Ok(done),
-            Err(e) => self.recover_index(e),
+            Err(e) => self.recover(e),
         }
     }
 
@@ -746,9 +901,8 @@ impl<D: Disk> MvccStore<D> {
             }
         }
         write_meta(&mut txn.open_table(META)?, &meta)?;
-        txn.commit()?;
         self.meta = meta;
-        self.note_commit();
+        self.commit(txn, false)?;
         Ok(done)
     }
 
@@ -765,25 +919,22 @@ impl<D: Disk> MvccStore<D> {
         }
         let txn = self.db.begin_read()?;
         let revs = txn.open_table(REVS)?;
+        let rows = read::Rows {
+            table: &revs,
+            fresh: &self.fresh,
+        };
         let start = Revision {
             main: from.max(1),
             sub: 0,
-        }
-        .to_bytes();
-        let mut out = Vec::new();
-        for item in revs.range::<&[u8]>(start.as_slice()..)? {
-            if out.len() >= max_events {
-                break;
-            }
-            let (k, v) = item?;
-            let rev = revs_key(k.value())?;
-            let (key, version) = decode_row(rev, v.value()).ok_or_else(|| bad_row(rev))?;
+        };
+        let event = |rev: Revision, row: &[u8]| -> Result<Event, StoreError> {
+            let (key, version) = decode_row(rev, row).ok_or_else(|| bad_row(rev))?;
             let prev_kv = if with_prev {
-                read::get_at(&self.index, &revs, &key, rev.main - 1)?
+                read::get_at(&self.index, &rows, &key, rev.main - 1)?
             } else {
                 None
             };
-            out.push(match version {
+            Ok(match version {
                 Version::Live(kv) => Event {
                     kind: EventKind::Put,
                     kv,
@@ -798,7 +949,28 @@ impl<D: Disk> MvccStore<D> {
                     },
                     prev_kv,
                 },
-            });
+            })
+        };
+        let mut out = Vec::new();
+        // Committed rows first, then those of the open transaction (all newer).
+        let fresh_from = rows.fresh_from();
+        for item in revs.range::<&[u8]>(start.to_bytes().as_slice()..)? {
+            if out.len() >= max_events {
+                break;
+            }
+            let (k, v) = item?;
+            let rev = revs_key(k.value())?;
+            if fresh_from.is_some_and(|f| rev >= f) {
+                break;
+            }
+            out.push(event(rev, v.value())?);
+        }
+        let first = self.fresh.partition_point(|(r, _)| *r < start);
+        for (rev, row) in &self.fresh[first..] {
+            if out.len() >= max_events {
+                break;
+            }
+            out.push(event(*rev, row)?);
         }
         Ok(Ok(out))
     }
@@ -822,7 +994,7 @@ impl<D: Disk> MvccStore<D> {
         revision: i64,
     ) -> Result<Result<(u32, i64, i64), RequestError>, StoreError> {
         let meta = self.meta;
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let at = if revision > 0 {
             revision
         } else {
@@ -873,7 +1045,7 @@ impl<D: Disk> MvccStore<D> {
     /// CRC32C over every table's keys and values (etcd's `HashKV` in spirit): equal on
     /// replicas with equal physical state.
     pub fn hash(&self) -> Result<u32, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let mut crc = 0u32;
         for def in TABLES {
             let t = txn.open_table(def)?;
@@ -890,20 +1062,20 @@ impl<D: Disk> MvccStore<D> {
 
     /// Records `index` as the applied index, durably.
     pub(crate) fn set_applied_index(&mut self, index: u64) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        let txn = self.begin_write()?;
         let mut meta = self.meta;
         meta.applied = index;
         write_meta(&mut txn.open_table(META)?, &meta)?;
-        txn.commit()?;
         self.meta = meta;
-        self.durable_applied = index;
+        self.commit(txn, true)?;
         Ok(())
     }
 
     /// Swaps in a database (an installed snapshot) and reloads the cached state.
     pub(crate) fn replace_db(&mut self, db: Database) -> Result<(), StoreError> {
         let state = load_state(&db)?;
+        // What the old database had not committed is replaced with the rest.
+        self.drop_open();
         self.db = db;
         self.set_state(state);
         if let Some(r) = &mut self.recording {
@@ -915,7 +1087,11 @@ impl<D: Disk> MvccStore<D> {
     /// Takes over `other`, a store on a file just renamed over this one's (a finished
     /// defragment): its database, meta and key index, without rebuilding anything.
     /// Returns the old database, still open.
-    pub(crate) fn adopt(&mut self, other: MvccStore<D>) -> Result<Replaced, StoreError> {
+    pub(crate) fn adopt(&mut self, mut other: MvccStore<D>) -> Result<Replaced, StoreError> {
+        // The copy holds everything applied (the caller checked its applied index); what
+        // this store had not committed yet goes with its old database.
+        other.sync()?;
+        self.drop_open();
         let MvccStore {
             db,
             meta,
@@ -964,6 +1140,7 @@ impl<D: Disk> MvccStore<D> {
 
     /// Reloads the cached meta and the key index after the file was written directly.
     pub(crate) fn reload(&mut self) -> Result<(), StoreError> {
+        self.settle()?;
         let state = load_state(&self.db)?;
         self.set_state(state);
         Ok(())

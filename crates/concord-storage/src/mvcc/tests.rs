@@ -634,7 +634,7 @@ proptest! {
                 }
                 Op::CompactStep => {
                     s.compact_step().unwrap();
-                    prop_assert_eq!(&load_index(s.db()).unwrap(), &s.index);
+                    prop_assert_eq!(&load_index(s.db().unwrap()).unwrap(), &s.index);
                 }
             }
             prop_assert_eq!(s.revision(), m.rev);
@@ -684,7 +684,7 @@ proptest! {
             prop_assert!(v.is_some() || rev.main >= m.compacted, "tombstone {:?}@{:?} survived", key, rev);
         }
         // The key index mirrors the table, and a reopened store rebuilds the same one.
-        prop_assert_eq!(&load_index(s.db()).unwrap(), &s.index);
+        prop_assert_eq!(&load_index(s.db().unwrap()).unwrap(), &s.index);
         s.sync().unwrap();
         let reopened = MvccStore::open(disk.clone(), s.path().to_path_buf(), MvccConfig::default()).unwrap();
         prop_assert_eq!(&reopened.index, &s.index);
@@ -1204,6 +1204,8 @@ fn background_flush_runs_ahead_of_the_periodic_durable_commit() {
     let config = MvccConfig {
         durable_every_commits: 8,
         background_flush: true,
+        // One commit per apply: this test counts commits.
+        batches_per_commit: 1,
         ..MvccConfig::default()
     };
     let mut s = MvccStore::open(disk.clone(), Path::new("/db/state.redb"), config).unwrap();
@@ -1281,7 +1283,7 @@ fn a_layout_1_store_is_converted_at_open() {
         s.events(20, usize::MAX, true).unwrap(),
         s.lease(7).unwrap(),
     );
-    let txn = s.db().begin_write().unwrap();
+    let txn = s.db().unwrap().begin_write().unwrap();
     {
         let mut key_revs = txn.open_table(LEGACY_KEY_REVS).unwrap();
         let mut rev_keys = txn.open_table(LEGACY_REV_KEYS).unwrap();
@@ -1308,6 +1310,7 @@ fn a_layout_1_store_is_converted_at_open() {
     assert_eq!(s.events(20, usize::MAX, true).unwrap(), events);
     let tables: Vec<String> = s
         .db()
+        .unwrap()
         .begin_read()
         .unwrap()
         .list_tables()
@@ -1343,4 +1346,148 @@ fn a_failed_batch_leaves_no_trace_in_the_index() {
     s.apply_batch(&[(1, &a), (2, &b)]).unwrap();
     assert_eq!(get(&s, b"a").unwrap().mod_revision, 2);
     assert_eq!(get(&s, b"b").unwrap().mod_revision, 3);
+}
+
+/// Guarantee 7: batches kept in an open transaction read exactly as committed ones. The
+/// same random commands, in random batches, go to a store committing every batch and to
+/// one committing every eighth; after each batch their ranges (now and in the past),
+/// watch events (with previous versions) and leases agree, and so do their files at the
+/// end. A reader of the file as a whole (`hash_kv`) commits the open transaction on the
+/// way; the stores still agree after it.
+#[test]
+fn deferred_commits_read_like_committed_ones() {
+    use rand::Rng;
+    for seed in 0..16u64 {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let open = |batches_per_commit| {
+            MvccStore::open(
+                SimDisk::new(),
+                Path::new("/db/state.redb"),
+                MvccConfig {
+                    batches_per_commit,
+                    ..MvccConfig::default()
+                },
+            )
+            .unwrap()
+        };
+        let (mut each, mut deferred) = (open(1), open(8));
+        let mut index = 0u64;
+        let mut seen_open = 0;
+        for _ in 0..120 {
+            let n = rng.gen_range(1..6);
+            let cmds: Vec<Command> = (0..n)
+                .map(|_| {
+                    let key = vec![b'k', rng.gen_range(0..12)];
+                    match rng.gen_range(0..20) {
+                        0 => Command::LeaseGrant {
+                            id: rng.gen_range(1..4),
+                            ttl: 10,
+                        },
+                        1 => Command::LeaseRevoke {
+                            id: rng.gen_range(1..4),
+                        },
+                        2 => Command::Compact {
+                            revision: (each.revision() - rng.gen_range(0..20)).max(1),
+                        },
+                        3..=5 => Command::DeleteRange(DeleteRangeRequest {
+                            range_end: vec![b'k', rng.gen_range(0..12)],
+                            key,
+                            prev_kv: true,
+                        }),
+                        6 => put_cmd(&key, b"leased", rng.gen_range(1..4)),
+                        _ => put_cmd(&key, &vec![b'v'; rng.gen_range(0..300)], 0),
+                    }
+                })
+                .collect();
+            let batch: Vec<(u64, &Command)> = cmds
+                .iter()
+                .map(|c| {
+                    index += 1;
+                    (index, c)
+                })
+                .collect();
+            let want = each.apply_batch(&batch).unwrap();
+            assert_eq!(deferred.apply_batch(&batch).unwrap(), want, "seed {seed}");
+            if rng.gen_bool(0.3) {
+                each.compact_step().unwrap();
+                deferred.compact_step().unwrap();
+            }
+            if deferred.open_batches > 0 {
+                seen_open += 1;
+            }
+            let now = each.revision();
+            assert_eq!(deferred.revision(), now);
+            for at in [0, rng.gen_range(0..=now)] {
+                let r = RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    revision: at,
+                    ..RangeRequest::default()
+                };
+                assert_eq!(deferred.range(&r).unwrap(), each.range(&r).unwrap());
+            }
+            let from = rng.gen_range(0..=now + 1);
+            let with_prev = rng.gen_bool(0.5);
+            let max = rng.gen_range(1..200);
+            assert_eq!(
+                deferred.events(from, max, with_prev).unwrap(),
+                each.events(from, max, with_prev).unwrap(),
+                "seed {seed}: events from {from}"
+            );
+            for id in 1..4 {
+                assert_eq!(deferred.lease(id).unwrap(), each.lease(id).unwrap());
+            }
+            if rng.gen_bool(0.05) {
+                assert_eq!(deferred.hash_kv(0).unwrap(), each.hash_kv(0).unwrap());
+                let open = deferred.open.lock().unwrap().0.is_some();
+                assert!(!open, "hash_kv commits what is open");
+            }
+        }
+        assert!(
+            seen_open > 10,
+            "seed {seed}: batches were deferred {seen_open} times"
+        );
+        while !each.compact_step().unwrap() {}
+        while !deferred.compact_step().unwrap() {}
+        assert_eq!(deferred.dump().unwrap(), each.dump().unwrap());
+        assert_eq!(deferred.hash().unwrap(), each.hash().unwrap());
+    }
+}
+
+/// Guarantee 7: a store dropped with batches in its open transaction commits them (as
+/// the commit per batch did), and a power cut loses at most what was not durable, which
+/// the WAL replays.
+#[test]
+fn deferred_batches_survive_a_drop_and_are_replayed_after_a_power_cut() {
+    let (disk, mut s) = store();
+    for i in 1..=5u64 {
+        s.apply(i, &put_cmd(&[b'k', i as u8], b"v", 0)).unwrap();
+    }
+    assert!(s.open_batches > 0, "the default defers commits");
+    assert_eq!(s.durable_applied_index(), 0);
+    let path = s.path().to_path_buf();
+    drop(s);
+    let mut s = MvccStore::open(disk.clone(), &path, MvccConfig::default()).unwrap();
+    assert_eq!(
+        s.applied_index(),
+        5,
+        "dropping the store committed its open batches"
+    );
+    for i in 6..=9u64 {
+        s.apply(i, &put_cmd(&[b'k', i as u8], b"v", 0)).unwrap();
+    }
+    assert_eq!(s.sync().unwrap(), 9);
+    for i in 10..=12u64 {
+        s.apply(i, &put_cmd(&[b'k', i as u8], b"v", 0)).unwrap();
+    }
+    // A power cut: nothing after the sync was durable.
+    std::mem::forget(s);
+    disk.power_cut(Tear::None, &mut SmallRng::seed_from_u64(1));
+    let mut s = MvccStore::open(disk, &path, MvccConfig::default()).unwrap();
+    assert_eq!(s.applied_index(), 9);
+    for i in 10..=12u64 {
+        s.apply(i, &put_cmd(&[b'k', i as u8], b"v", 0)).unwrap();
+    }
+    assert_eq!(get(&s, &[b'k', 12]).unwrap().value, b"v");
+    assert_eq!(s.indexed_keys(), 12);
 }
