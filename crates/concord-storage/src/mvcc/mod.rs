@@ -126,10 +126,10 @@ impl Default for MvccConfig {
             quota_bytes: 2 << 30,
             compaction_batch: 1000,
             sync_applies: false,
-            durable_every_commits: 16,
+            durable_every_commits: 4,
             cache_bytes: 64 << 20,
             background_flush: false,
-            batches_per_commit: 8,
+            batches_per_commit: 32,
         }
     }
 }
