@@ -608,6 +608,7 @@ fn node_config(
     nc.raft.request_timeout = config.request_timeout;
     nc.mvcc.quota_bytes = config.quota_backend_bytes;
     nc.mvcc.cache_bytes = config.backend_cache_bytes;
+    nc.mvcc.batches_per_commit = config.backend_batches_per_commit.max(1);
     nc
 }
 

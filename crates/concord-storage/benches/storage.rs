@@ -168,8 +168,15 @@ fn wal_open_time(dir: &Path) {
 
 fn mvcc(dir: &Path) {
     let keys = env_u64("CONCORD_BENCH_KEYS", 100_000);
-    let mut store =
-        MvccStore::open(RealDisk, dir.join("state.redb"), MvccConfig::default()).expect("open");
+    let config = MvccConfig {
+        batches_per_commit: env_u64(
+            "CONCORD_BENCH_BATCHES_PER_COMMIT",
+            MvccConfig::default().batches_per_commit.into(),
+        ) as u32,
+        ..MvccConfig::default()
+    };
+    let per_commit = config.batches_per_commit;
+    let mut store = MvccStore::open(RealDisk, dir.join("state.redb"), config).expect("open");
     let key_of = |i: u64| format!("/bench/key/{i:010}").into_bytes();
     let rss0 = rss_mib();
     let batch = 256u64;
@@ -217,7 +224,7 @@ fn mvcc(dir: &Path) {
     }
     let s = t.elapsed().as_secs_f64();
     println!(
-        "mvcc put, one command per redb commit (no fsync):                {:>9.0} puts/s",
+        "mvcc put, one command per batch, {per_commit:>2} batches per redb commit:   {:>9.0} puts/s",
         n as f64 / s
     );
     let t = Instant::now();

@@ -337,6 +337,10 @@ pub struct ServerArgs {
     /// resident memory grows up to it [default: 67108864]
     #[arg(long, value_name = "BYTES", help_heading = "Member")]
     pub backend_cache_bytes: Option<usize>,
+    /// Applied Raft batches that share one commit of the store (1: a commit per batch);
+    /// reads see the batches not yet committed all the same [default: 32]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), help_heading = "Member")]
+    pub backend_batches_per_commit: Option<u32>,
     /// Largest client request, in bytes [default: 1572864]
     #[arg(long, value_name = "BYTES", help_heading = "Member")]
     pub max_request_bytes: Option<usize>,
@@ -581,6 +585,9 @@ impl ServerArgs {
             snapshot_count: self.snapshot_count.or(lower.snapshot_count),
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
             backend_cache_bytes: self.backend_cache_bytes.or(lower.backend_cache_bytes),
+            backend_batches_per_commit: self
+                .backend_batches_per_commit
+                .or(lower.backend_batches_per_commit),
             max_request_bytes: self.max_request_bytes.or(lower.max_request_bytes),
             max_txn_ops: self.max_txn_ops.or(lower.max_txn_ops),
             max_concurrent_streams: self.max_concurrent_streams.or(lower.max_concurrent_streams),

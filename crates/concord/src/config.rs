@@ -223,6 +223,9 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(n) = args.backend_cache_bytes {
         c.backend_cache_bytes = n;
     }
+    if let Some(n) = args.backend_batches_per_commit {
+        c.backend_batches_per_commit = n;
+    }
     if let Some(n) = args.max_request_bytes {
         c.max_request_bytes = n;
     }
@@ -471,6 +474,7 @@ mod tests {
                 "--snapshot-count=5",
                 "--quota-backend-bytes=1000",
                 "--backend-cache-bytes=3000000",
+                "--backend-batches-per-commit=4",
                 "--max-request-bytes=2000",
                 "--max-txn-ops=3",
                 "--max-concurrent-streams=7",
@@ -520,6 +524,7 @@ mod tests {
         assert_eq!(c.snapshot_count, 5);
         assert_eq!(c.quota_backend_bytes, 1000);
         assert_eq!(c.backend_cache_bytes, 3_000_000);
+        assert_eq!(c.backend_batches_per_commit, 4);
         assert_eq!(c.max_request_bytes, 2000);
         assert_eq!(c.max_txn_ops, 3);
         assert_eq!(c.max_concurrent_streams, 7);

@@ -57,6 +57,9 @@ pub struct ServerConfig {
     /// read one row per key, so a cache that holds the hot rows keeps them fast; resident
     /// memory grows up to it.
     pub backend_cache_bytes: usize,
+    /// `--backend-batches-per-commit`: applied Raft batches that share one commit of the
+    /// store (default 32; docs/storage.md § 2.5).
+    pub backend_batches_per_commit: u32,
     /// `--max-request-bytes`: largest client request (default 1.5 MiB).
     pub max_request_bytes: usize,
     /// `--max-txn-ops`: most operations in one transaction (default 128).
@@ -132,6 +135,8 @@ impl ServerConfig {
             snapshot_count: 10_000,
             quota_backend_bytes: 2 << 30,
             backend_cache_bytes: 64 << 20,
+            backend_batches_per_commit: concord_storage::mvcc::MvccConfig::default()
+                .batches_per_commit,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
             max_concurrent_streams: u32::MAX,

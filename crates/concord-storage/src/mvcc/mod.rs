@@ -28,6 +28,8 @@
 //!    crash the store is at its last durable commit and the WAL replays the rest. So the
 //!    WAL may drop entries only up to [`MvccStore::durable_applied_index`] (the applied
 //!    index of the last durable commit, periodic or by [`MvccStore::sync`]).
+//! 6. **Damage is an error, not data.** Every row's value ends with a CRC32C of the row's
+//!    key and value, checked on every read (redb does not checksum pages on reads).
 //! 7. **Deferred commits are invisible to readers.** Up to
 //!    [`MvccConfig::batches_per_commit`] applied batches share one write transaction,
 //!    left open between them. Every read sees everything applied all the same: the key
@@ -35,10 +37,11 @@
 //!    kept beside the transaction ([`read::Rows`]), and a batch that writes `leases`,
 //!    `lease_keys` or `cluster` (which have no such overlay) commits at once. A reader that
 //!    needs the file itself (an image, a hash, a snapshot) commits the open transaction
-//!    first (`settle`). A failed commit makes the store refuse further applies: the WAL
-//!    still holds what the transaction held, and a restart replays it.
-//! 6. **Damage is an error, not data.** Every row's value ends with a CRC32C of the row's
-//!    key and value, checked on every read (redb does not checksum pages on reads).
+//!    first (`settle`). What a failed commit held is in the WAL still: a failed commit of
+//!    an apply, a compaction step or a sync takes the store back to the file's state (the
+//!    meta, the alarms and the index reloaded, so they never name a row the table lacks);
+//!    a failed `settle` makes the store refuse further applies, so the member restarts
+//!    and replays.
 
 pub mod codec;
 mod exec;
@@ -493,13 +496,20 @@ impl<D: Disk> MvccStore<D> {
         let durable = durable
             || self.config.sync_applies
             || self.lazy_commits + 1 >= self.config.durable_every_commits;
-        if durable {
-            txn.set_durability(Durability::Immediate)?;
-            txn.set_quick_repair(true);
-        } else {
-            txn.set_durability(Durability::None)?;
+        let committed = (|| {
+            if durable {
+                txn.set_durability(Durability::Immediate)?;
+                txn.set_quick_repair(true);
+            } else {
+                txn.set_durability(Durability::None)?;
+            }
+            txn.commit().map_err(StoreError::from)
+        })();
+        if let Err(e) = committed {
+            // The rows of the deferred batches are gone with the transaction: the store
+            // goes back to the file's state, which the index must mirror again.
+            return self.recover(e);
         }
-        txn.commit()?;
         self.drop_open();
         let every = self.config.durable_every_commits;
         if durable {
