@@ -22,6 +22,14 @@
 //! 3. Checks read the state as applied on the member serving the request: a revoked
 //!    permission or a deleted user stops working there as soon as the change is applied
 //!    (on the member that made the change, before the change is answered).
+//! 4. A write (`Put`, `DeleteRange`, `Txn`) is checked twice, as etcd checks it: at the
+//!    member that receives it, which proposes it as [`Command::Authorized`] with the auth
+//!    revision it checked at, and again at apply, on every replica alike ([`AuthGate`]):
+//!    if any change to the auth state was applied in between, the write is refused with
+//!    `etcdserver: revision of auth store is old` (a write that named no user, with
+//!    `etcdserver: user name is empty`, once auth is on) and changes nothing. So a write
+//!    received by a member that had not yet applied a revoke (or an `AuthEnable`) cannot
+//!    pass on the older view.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -556,6 +564,70 @@ impl std::ops::Deref for Compiled {
 
     fn deref(&self) -> &AuthState {
         &self.state
+    }
+}
+
+/// The auth state as far as the apply of an [`Command::Authorized`] write needs it:
+/// whether auth is on, and its revision (guarantee 4). Kept by the keyspace's state
+/// machine, read again after each change of the auth entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthGate {
+    enabled: bool,
+    revision: u64,
+}
+
+impl AuthGate {
+    /// The gate of the auth entry `raw` (absent: auth never enabled). An entry that does
+    /// not parse closes the gate to every authorized write (as it fails every check at
+    /// the members); every replica reads the same bytes, so all decide alike.
+    pub fn of(raw: Option<&[u8]>) -> AuthGate {
+        #[derive(Deserialize)]
+        struct Fields {
+            enabled: bool,
+            revision: u64,
+        }
+        match raw.map(serde_json::from_slice::<Fields>) {
+            None => AuthGate::default(),
+            Some(Ok(f)) => AuthGate {
+                enabled: f.enabled,
+                revision: f.revision,
+            },
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "the stored auth state is damaged; authorized writes are refused");
+                AuthGate {
+                    enabled: true,
+                    revision: u64::MAX,
+                }
+            }
+        }
+    }
+
+    /// Whether a write checked at `seen` (see [`Command::Authorized`]) may apply now: any
+    /// while auth is off; with auth on, only one that named a user and was checked at the
+    /// current revision (etcd's `isOpPermitted` at apply).
+    pub fn admits(&self, seen: Option<u64>) -> Result<(), RequestError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        match seen {
+            None => Err(RequestError::UserEmpty),
+            Some(r) if r < self.revision => Err(RequestError::AuthOldRevision),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Whether applying `cmd` may change the gate.
+    pub fn changed_by(cmd: &Command) -> bool {
+        matches!(cmd, Command::ClusterMeta { key, .. } | Command::ClusterMetaCas { key, .. } if key == META_KEY)
+    }
+}
+
+/// `cmd` (a client's write) with the check it passed at this member: `caller`'s auth
+/// revision, or none while auth is off here.
+pub fn authorized(caller: Option<&Principal>, cmd: Command) -> Command {
+    Command::Authorized {
+        auth_revision: caller.map(|p| p.state.revision),
+        cmd: Box::new(cmd),
     }
 }
 

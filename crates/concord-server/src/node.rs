@@ -13,6 +13,10 @@
 //!    undecodable command gets [`RequestError::UndecodableCommand`]).
 //! 2. Writes over the quota are refused before they are proposed, and the NOSPACE alarm is
 //!    raised through Raft first (see [`NodeHandle::propose`]).
+//! 3. An [`Command::Authorized`] write is applied only if the auth state as of the entry
+//!    before it admits it ([`AuthGate`], guarantee 4 of [`crate::auth`]); a refused one is
+//!    applied as a no-op and its proposer gets the error. A batch is applied in segments
+//!    ending after each change of the auth entry, so the gate is never a batch behind.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +36,7 @@ use concord_storage::snapshot::{split_saved, SnapshotInstaller, SnapshotStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::auth::{self, AuthGate};
 use crate::error::KvError;
 
 /// How long a proposal that Raft dropped (never appended) is sent again before the
@@ -61,6 +66,8 @@ pub struct KvState<D: Disk> {
     /// Set after each apply when the store refuses writes (NOSPACE alarm or over quota),
     /// so proposals check the store only then.
     writes_blocked: Arc<AtomicBool>,
+    /// The auth state as applied, for the second check of authorized writes.
+    auth: AuthGate,
 }
 
 impl<D: Disk> KvState<D> {
@@ -68,11 +75,37 @@ impl<D: Disk> KvState<D> {
     pub fn open(disk: D, path: impl Into<PathBuf>, config: MvccConfig) -> Result<Self, StoreError> {
         let store = MvccStore::open(disk.clone(), path, config)?;
         let writes_blocked = Arc::new(AtomicBool::new(!store.admits_writes()?));
+        let auth = AuthGate::of(store.cluster_meta_get(auth::META_KEY)?.as_deref());
         Ok(Self {
             store,
             disk,
             writes_blocked,
+            auth,
         })
+    }
+
+    /// Applies `cmds` (one segment of a batch, in order) and appends their outputs to
+    /// `out`, with `refused` (positions within the segment) answered by their error.
+    fn apply_segment(
+        &mut self,
+        cmds: &mut Vec<(u64, Command)>,
+        refused: &mut Vec<(usize, RequestError)>,
+        out: &mut Vec<Option<<Self as StateMachine>::Output>>,
+    ) -> Result<(), StorageError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<(u64, &Command)> = cmds.iter().map(|(i, c)| (*i, c)).collect();
+        let mut seg = self.store.apply_batch(&refs)?;
+        for (i, e) in refused.drain(..) {
+            // `None`: applied before this process (a replay); nobody waits for it.
+            if let Some(Some(r)) = seg.get_mut(i) {
+                *r = Err(e);
+            }
+        }
+        out.append(&mut seg);
+        cmds.clear();
+        Ok(())
     }
 
     /// The store.
@@ -95,28 +128,40 @@ impl<D: Disk> StateMachine for KvState<D> {
         &mut self,
         entries: &[(u64, Option<&[u8]>)],
     ) -> Result<Vec<Option<Self::Output>>, Self::Error> {
+        // The batch is applied in segments that end after each change of the auth entry,
+        // so that an authorized write is checked against the auth state as of the entry
+        // before it (changes of the auth state are rare: one segment almost always).
+        let mut out = Vec::with_capacity(entries.len());
         let mut cmds = Vec::with_capacity(entries.len());
-        let mut undecodable = Vec::new();
-        for (i, (index, payload)) in entries.iter().enumerate() {
+        let mut refused = Vec::new();
+        for (index, payload) in entries {
             let cmd = match payload.map(Command::decode) {
                 None => Command::Noop,
+                Some(Ok(Command::Authorized { auth_revision, cmd })) => {
+                    match self.auth.admits(auth_revision) {
+                        Ok(()) => *cmd,
+                        Err(e) => {
+                            refused.push((cmds.len(), e));
+                            Command::Noop
+                        }
+                    }
+                }
                 Some(Ok(cmd)) => cmd,
                 Some(Err(e)) => {
                     // Every replica sees the same bytes and decides alike.
                     tracing::warn!(index, error = %e, "undecodable command applied as no-op");
-                    undecodable.push(i);
+                    refused.push((cmds.len(), RequestError::UndecodableCommand));
                     Command::Noop
                 }
             };
+            let changes_auth = AuthGate::changed_by(&cmd);
             cmds.push((*index, cmd));
-        }
-        let refs: Vec<(u64, &Command)> = cmds.iter().map(|(i, c)| (*i, c)).collect();
-        let mut out = self.store.apply_batch(&refs)?;
-        for i in undecodable {
-            if let Some(Some(r)) = out.get_mut(i) {
-                *r = Err(RequestError::UndecodableCommand);
+            if changes_auth {
+                self.apply_segment(&mut cmds, &mut refused, &mut out)?;
+                self.auth = AuthGate::of(self.store.cluster_meta_get(auth::META_KEY)?.as_deref());
             }
         }
+        self.apply_segment(&mut cmds, &mut refused, &mut out)?;
         self.writes_blocked
             .store(!self.store.admits_writes()?, Ordering::Relaxed);
         Ok(out)
@@ -154,6 +199,7 @@ impl<D: Disk> StateMachine for KvState<D> {
         self.store.install_snapshot(installer)?;
         self.writes_blocked
             .store(!self.store.admits_writes()?, Ordering::Relaxed);
+        self.auth = AuthGate::of(self.store.cluster_meta_get(auth::META_KEY)?.as_deref());
         Ok(())
     }
 
@@ -305,10 +351,14 @@ impl<D: Disk> NodeHandle<D> {
     }
 
     async fn propose_unchecked(&self, cmd: &Command) -> Result<Response, KvError> {
-        let hint = match cmd {
-            Command::Put(p) => p.key.len() + p.value.len() + 32,
-            _ => 128,
-        };
+        fn hint(cmd: &Command) -> usize {
+            match cmd {
+                Command::Put(p) => p.key.len() + p.value.len() + 32,
+                Command::Authorized { cmd, .. } => hint(cmd) + 10,
+                _ => 128,
+            }
+        }
+        let hint = hint(cmd);
         // A dropped proposal (no leader known, or the leader handing over leadership) was
         // never appended to the log: a definite failure, so sending it again cannot apply
         // it twice. The client sees the write succeed once a leader takes it (etcd

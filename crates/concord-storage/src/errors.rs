@@ -155,6 +155,14 @@ pub enum RequestError {
     /// A [`crate::mvcc::Command::ClusterMetaCas`] found its entry changed by another.
     #[error("concord: cluster metadata changed concurrently")]
     MetaChanged,
+    /// An [`crate::mvcc::Command::Authorized`] write checked against an auth state that
+    /// changed before it was applied (etcd's `ErrAuthOldRevision`; clients retry it).
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// An [`crate::mvcc::Command::Authorized`] write that named no user, applied after
+    /// authentication was enabled (etcd's `ErrUserEmpty`).
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
 }
 
 /// Why the state machine failed (the node must stop; nothing was half-applied).

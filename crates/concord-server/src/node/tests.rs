@@ -777,3 +777,177 @@ async fn a_stalled_leader_does_not_serve_reads_on_an_expired_lease() {
     );
     c.shutdown().await;
 }
+
+/// The auth entry with auth `enabled` at `revision` (the gate reads only these fields).
+fn auth_entry(enabled: bool, revision: u64) -> Command {
+    let state = crate::auth::AuthState {
+        enabled,
+        revision,
+        ..crate::auth::AuthState::default()
+    };
+    Command::ClusterMeta {
+        key: crate::auth::META_KEY.to_vec(),
+        value: Some(serde_json::to_vec(&state).expect("auth state as JSON")),
+    }
+}
+
+fn authorized(auth_revision: Option<u64>, key: &str) -> Command {
+    Command::Authorized {
+        auth_revision,
+        cmd: Box::new(put_cmd(key, "v")),
+    }
+}
+
+/// Auth guarantee 4 at the state machine: an authorized write applies only while auth is
+/// off or at the revision it was checked at; the check sees an auth change earlier in the
+/// same batch, and the state read back when the store reopens. Refused writes change
+/// nothing.
+#[test]
+fn authorized_writes_are_checked_again_at_apply() {
+    use concord_storage::disk::RealDisk;
+    use concord_storage::errors::RequestError::{AuthOldRevision, UserEmpty};
+    use concord_storage::mvcc::MvccConfig;
+
+    use super::KvState;
+    use concord_runtime::StateMachine as _;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("state.redb");
+    let open = || KvState::open(RealDisk, &path, MvccConfig::default()).expect("store opens");
+    let mut index = 0;
+    let mut apply = |sm: &mut KvState<RealDisk>, cmds: Vec<Command>| {
+        let bytes: Vec<Vec<u8>> = cmds.iter().map(Command::encode).collect();
+        let entries: Vec<(u64, Option<&[u8]>)> = bytes
+            .iter()
+            .map(|b| {
+                index += 1;
+                (index, Some(&b[..]))
+            })
+            .collect();
+        sm.apply_batch(&entries)
+            .expect("apply")
+            .into_iter()
+            .map(|o| o.expect("applied now").map(|_| ()))
+            .collect::<Vec<_>>()
+    };
+    let has = |sm: &KvState<RealDisk>, key: &str| {
+        !sm.store()
+            .range(&RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..RangeRequest::default()
+            })
+            .expect("range")
+            .expect("a valid range")
+            .kvs
+            .is_empty()
+    };
+
+    let mut sm = open();
+    // Auth never enabled: any authorized write applies.
+    assert_eq!(
+        apply(
+            &mut sm,
+            vec![authorized(None, "a"), authorized(Some(0), "b")]
+        ),
+        vec![Ok(()), Ok(())]
+    );
+    // Enabled at revision 3, in the same batch as the writes that follow it.
+    let got = apply(
+        &mut sm,
+        vec![
+            auth_entry(true, 3),
+            authorized(Some(2), "stale"),
+            authorized(None, "anonymous"),
+            authorized(Some(3), "current"),
+        ],
+    );
+    assert_eq!(
+        got,
+        vec![Ok(()), Err(AuthOldRevision), Err(UserEmpty), Ok(())]
+    );
+    assert!(!has(&sm, "stale") && !has(&sm, "anonymous") && has(&sm, "current"));
+    // The gate is read from the file when the store opens again.
+    drop(sm);
+    let mut sm = open();
+    assert_eq!(
+        apply(
+            &mut sm,
+            vec![authorized(Some(2), "stale2"), authorized(Some(3), "ok")]
+        ),
+        vec![Err(AuthOldRevision), Ok(())]
+    );
+    assert!(!has(&sm, "stale2"));
+    // Disabled again: writes without a user apply.
+    assert_eq!(
+        apply(&mut sm, vec![auth_entry(false, 4), authorized(None, "off")]),
+        vec![Ok(()), Ok(())]
+    );
+    // A damaged auth entry refuses every authorized write (closed, not open).
+    let damaged = Command::ClusterMeta {
+        key: crate::auth::META_KEY.to_vec(),
+        value: Some(b"not json".to_vec()),
+    };
+    assert_eq!(
+        apply(&mut sm, vec![damaged, authorized(Some(u64::MAX - 1), "x")]),
+        vec![Ok(()), Err(AuthOldRevision)]
+    );
+    assert!(!has(&sm, "x"));
+}
+
+/// Auth guarantee 4 across members: a follower that has not applied a change of the auth
+/// state (its links from the leader cut) checks a write against its older view and
+/// forwards it; the write commits without it and is refused at apply on every member, so
+/// the key is written nowhere. The same write checked at the current revision applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_write_checked_on_a_lagging_member_is_refused_at_apply() {
+    // A long election timeout: the cut follower must not campaign during the test.
+    let c = Cluster::new(3, |cfg| cfg.raft.election_ticks = 100);
+    let leader = c.leader().await;
+    let f = (1..=3).map(NodeId).find(|&i| i != leader).unwrap_or(N1);
+    c.node(leader)
+        .propose(auth_entry(true, 1))
+        .await
+        .expect("auth enabled");
+    put(c.node(leader), "sync", "1").await;
+    wait_for("the follower to apply the auth change", || async {
+        get_local(c.node(f), "sync").map(|_| ())
+    })
+    .await;
+
+    c.net.cut(leader, f);
+    c.node(leader)
+        .propose(auth_entry(true, 2))
+        .await
+        .expect("a permission revoked");
+    let before = c.node(leader).applied_index();
+    // The follower checked the write at revision 1, the newest it has applied.
+    let write = {
+        let node = c.node(f).clone();
+        tokio::spawn(async move { node.propose(authorized(Some(1), "revoked")).await })
+    };
+    wait_for("the leader to apply the forwarded write", || async {
+        (c.node(leader).applied_index() > before).then_some(())
+    })
+    .await;
+    c.net.heal();
+    let got = write.await.expect("the proposing task");
+    assert_eq!(
+        got,
+        Err(KvError::Request(
+            concord_storage::errors::RequestError::AuthOldRevision
+        ))
+    );
+    for id in [leader, f] {
+        assert_eq!(get_linearizable(c.node(id), "revoked").await, None);
+    }
+    // Checked at the current revision, through the same follower: applied.
+    c.node(f)
+        .propose(authorized(Some(2), "allowed"))
+        .await
+        .expect("a write checked at the current revision");
+    assert_eq!(
+        get_linearizable(c.node(leader), "allowed").await,
+        Some(b"v".to_vec())
+    );
+    c.shutdown().await;
+}

@@ -1,7 +1,8 @@
 //! etcd's `KV` service: Range, Put, DeleteRange, Txn, Compact.
 //!
 //! Writes go through Raft ([`NodeHandle::propose`]; a follower's proposal is forwarded to
-//! the leader by Raft). Reads are linearizable by default (a batched ReadIndex, then the
+//! the leader by Raft), wrapped with the auth revision their permissions were checked at,
+//! which the apply checks again ([`auth::authorized`]). Reads are linearizable by default (a batched ReadIndex, then the
 //! local store) and local when `serializable` is set; the `concord-consistency` metadata
 //! key asks for `bounded`, `session` or `eventual` instead (docs/consistency.md).
 
@@ -12,6 +13,7 @@ use concord_storage::mvcc::types::{Command, Response as StResponse};
 use tonic::{Request, Response, Status};
 
 use super::api::{self, Ctx};
+use crate::auth;
 use crate::error::Etcd;
 
 /// The `etcdserverpb.KV` service.
@@ -76,10 +78,13 @@ impl Kv for KvService {
             return Err(Etcd::EmptyKey.status());
         }
         let p = api::put_from_pb(p);
-        if let Some(caller) = caller {
+        if let Some(caller) = &caller {
             caller.put(&p)?;
         }
-        match self.propose(Command::Put(p)).await? {
+        match self
+            .propose(auth::authorized(caller.as_ref(), Command::Put(p)))
+            .await?
+        {
             StResponse::Put(p) => Ok(Response::new(api::put_to_pb(&self.ctx, p))),
             _ => Err(unexpected()),
         }
@@ -95,10 +100,13 @@ impl Kv for KvService {
             return Err(Etcd::EmptyKey.status());
         }
         let d = api::delete_from_pb(d);
-        if let Some(caller) = caller {
+        if let Some(caller) = &caller {
             caller.delete(&d)?;
         }
-        match self.propose(Command::DeleteRange(d)).await? {
+        match self
+            .propose(auth::authorized(caller.as_ref(), Command::DeleteRange(d)))
+            .await?
+        {
             StResponse::DeleteRange(d) => Ok(Response::new(api::delete_to_pb(&self.ctx, d))),
             _ => Err(unexpected()),
         }
@@ -110,10 +118,13 @@ impl Kv for KvService {
     ) -> Result<Response<pb::TxnResponse>, Status> {
         let caller = self.ctx.auth.principal(request.metadata())?;
         let t = api::txn_from_pb(request.into_inner(), self.ctx.max_txn_ops)?;
-        if let Some(caller) = caller {
+        if let Some(caller) = &caller {
             caller.txn(&t)?;
         }
-        match self.propose(Command::Txn(t)).await? {
+        match self
+            .propose(auth::authorized(caller.as_ref(), Command::Txn(t)))
+            .await?
+        {
             StResponse::Txn(t) => Ok(Response::new(api::txn_to_pb(&self.ctx, t))),
             _ => Err(unexpected()),
         }

@@ -8,7 +8,7 @@
 //!
 //! # Format versions
 //!
-//! Format 1 has no prefix: its first byte is the tag (0–12; 11 and 12 were added to it,
+//! Format 1 has no prefix: its first byte is the tag (0–14; 11 to 14 were added to it,
 //! so older entries decode unchanged). The tag [`VERSIONED`] (0xFF)
 //! is reserved: a later format writes `0xFF, version, ...`, so entries written before it
 //! still decode exactly as today and a node that meets a version it does not know refuses
@@ -250,6 +250,17 @@ fn put_command(w: &mut Vec<u8>, c: &Command) {
             put_opt_bytes(w, expect.as_deref());
             put_opt_bytes(w, value.as_deref());
         }
+        Command::Authorized { auth_revision, cmd } => {
+            w.push(14);
+            match auth_revision {
+                Some(r) => {
+                    w.push(1);
+                    w.extend_from_slice(&r.to_le_bytes());
+                }
+                None => w.push(0),
+            }
+            put_command(w, cmd);
+        }
     }
 }
 
@@ -427,6 +438,11 @@ impl Reader<'_> {
     }
 
     fn command(&mut self) -> Result<Command, CommandDecodeError> {
+        self.command_in(false)
+    }
+
+    /// A command; `wrapped` inside [`Command::Authorized`], which does not nest.
+    fn command_in(&mut self, wrapped: bool) -> Result<Command, CommandDecodeError> {
         let mut tag = self.u8()?;
         if tag == VERSIONED {
             match self.u8()? {
@@ -468,6 +484,17 @@ impl Reader<'_> {
             12 => Command::AlarmDeactivate {
                 member: self.u64()?,
             },
+            14 if !wrapped => {
+                let auth_revision = match self.u8()? {
+                    0 => None,
+                    1 => Some(self.u64()?),
+                    t => return Err(CommandDecodeError::InvalidTag(t)),
+                };
+                Command::Authorized {
+                    auth_revision,
+                    cmd: Box::new(self.command_in(true)?),
+                }
+            }
             t => return Err(CommandDecodeError::InvalidTag(t)),
         })
     }

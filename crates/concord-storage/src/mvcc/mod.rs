@@ -600,6 +600,7 @@ impl<D: Disk> MvccStore<D> {
     /// proposes [`Command::AlarmNoSpace`] in the latter case.
     pub fn admit(&self, cmd: &Command) -> Result<Result<(), RequestError>, StoreError> {
         let writes = match cmd {
+            Command::Authorized { cmd, .. } => return self.admit(cmd),
             Command::Put(_) | Command::LeaseGrant { .. } => true,
             Command::Txn(t) => {
                 fn has_put(t: &TxnRequest) -> bool {

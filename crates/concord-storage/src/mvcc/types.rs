@@ -320,6 +320,17 @@ pub enum Command {
         /// The new value, or `None` to remove the entry.
         value: Option<Vec<u8>>,
     },
+    /// A client's write (`Put`, `DeleteRange`, `Txn`) with the authentication it was
+    /// checked against at the member that received it (etcd's `AuthInfo`). The server
+    /// decides at apply whether that check still holds and refuses the write when the
+    /// auth state changed in between; the store itself applies `cmd`.
+    Authorized {
+        /// The auth revision the caller's permissions were checked at, or `None` when the
+        /// request named no user (auth was off where it was received).
+        auth_revision: Option<u64>,
+        /// The write; never itself [`Command::Authorized`].
+        cmd: Box<Command>,
+    },
 }
 
 /// The result of applying a [`Command`].

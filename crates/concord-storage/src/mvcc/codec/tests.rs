@@ -135,6 +135,24 @@ fn samples() -> Vec<(&'static str, Command)> {
                 value: None,
             },
         ),
+        (
+            "authorized",
+            Command::Authorized {
+                auth_revision: Some(7),
+                cmd: Box::new(Command::Put(PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v".to_vec(),
+                    ..PutRequest::default()
+                })),
+            },
+        ),
+        (
+            "authorized-no-user",
+            Command::Authorized {
+                auth_revision: None,
+                cmd: Box::new(Command::Txn(sample_txn())),
+            },
+        ),
     ]
 }
 
@@ -252,4 +270,27 @@ fn nesting_is_bounded() {
     }
     let bytes = Command::Txn(txn).encode();
     assert_eq!(Command::decode(&bytes), Err(CommandDecodeError::TooDeep));
+}
+
+#[test]
+fn authorized_does_not_nest() {
+    let inner = Command::Authorized {
+        auth_revision: None,
+        cmd: Box::new(Command::Noop),
+    };
+    let nested = Command::Authorized {
+        auth_revision: Some(1),
+        cmd: Box::new(inner.clone()),
+    };
+    assert_eq!(
+        Command::decode(&nested.encode()),
+        Err(CommandDecodeError::InvalidTag(14))
+    );
+    // Not through the versioned prefix either.
+    let mut bytes = vec![14, 0, VERSIONED, FORMAT_VERSION];
+    bytes.extend_from_slice(&inner.encode());
+    assert_eq!(
+        Command::decode(&bytes),
+        Err(CommandDecodeError::InvalidTag(14))
+    );
 }
