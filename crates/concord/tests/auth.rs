@@ -12,7 +12,8 @@ use common::{
     connect, err_text, parse_http_response, raw_exchange, Cluster, HttpResponse, BIN, WAIT,
 };
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, Permission, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, Permission, ProclaimOptions,
+    ResignOptions, Txn, TxnOp, WatchOptions,
 };
 
 const ROOT_PW: &str = "root-secret-pw";
@@ -141,6 +142,25 @@ async fn users_get_exactly_their_roles_permissions_and_changes_apply_at_once() {
         }
     };
     assert_eq!(event.event_type(), EventType::Put);
+    // The lock and election services check the caller, and their writes pass the second
+    // check at apply (they carry the auth revision of the first).
+    denied(alice.lock("/a/job", None).await);
+    let held = root.lock("/a/job", None).await.unwrap();
+    root.unlock(held.key()).await.unwrap();
+    let lease = root.lease_grant(30, None).await.unwrap().id();
+    let won = root.campaign("/a/el", "v1", lease).await.unwrap();
+    let leader = won.leader().expect("a leader key").clone();
+    root.proclaim(
+        "v2",
+        Some(ProclaimOptions::new().with_leader(leader.clone())),
+    )
+    .await
+    .unwrap();
+    let now = root.leader("/a/el").await.unwrap();
+    assert_eq!(now.kv().map(|kv| kv.value()), Some(&b"v2"[..]));
+    root.resign(Some(ResignOptions::new().with_leader(leader)))
+        .await
+        .unwrap();
     // The JSON gateway takes the token from `Authorization`, as etcd's.
     let port = cluster.nodes[2].client_port;
     let login = format!(r#"{{"name": "alice", "password": "{ALICE_PW}"}}"#);

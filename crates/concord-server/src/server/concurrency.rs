@@ -12,6 +12,8 @@
 //!   (docs/locks.md).
 //! * A `Lock` or `Campaign` call abandoned by its client while waiting deletes the key it
 //!   created, as etcd's recipes do.
+//! * The writes a call makes for its client are checked again at apply, like the `KV`
+//!   service's ([`By::Client`]); the cleanup of an abandoned call is the service's own.
 
 use concord_proto::v3electionpb as el;
 use concord_proto::v3electionpb::election_server::Election;
@@ -27,6 +29,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::api::{self, Ctx};
+use crate::auth::{self, Principal};
 use crate::error::Etcd;
 use crate::server::api::BoxStream;
 
@@ -60,6 +63,25 @@ fn prefix_of(name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// On whose behalf a write is made.
+#[derive(Clone, Copy)]
+enum By<'a> {
+    /// A client's call, checked where it was received: proposed as
+    /// [`Command::Authorized`], so the check is made again at apply.
+    Client(Option<&'a Principal>),
+    /// The service itself (the cleanup of an abandoned call).
+    Service,
+}
+
+impl By<'_> {
+    fn command(self, cmd: Command) -> Command {
+        match self {
+            By::Client(caller) => auth::authorized(caller, cmd),
+            By::Service => cmd,
+        }
+    }
+}
+
 /// Deletes a contender key when a waiting call is abandoned.
 struct Abandon {
     ctx: Option<Ctx>,
@@ -73,7 +95,7 @@ impl Drop for Abandon {
         let key = std::mem::take(&mut self.key);
         let rev = self.rev;
         tokio::spawn(async move {
-            let _ = delete_if_owner(&ctx, key, rev).await;
+            let _ = delete_if_owner(&ctx, By::Service, key, rev).await;
         });
     }
 }
@@ -86,11 +108,12 @@ impl Abandon {
 
 async fn txn(
     ctx: &Ctx,
+    by: By<'_>,
     t: TxnRequest,
 ) -> Result<concord_storage::mvcc::types::TxnResponse, Status> {
     match ctx
         .node
-        .propose(Command::Txn(t))
+        .propose(by.command(Command::Txn(t)))
         .await
         .map_err(api::status)?
     {
@@ -110,9 +133,10 @@ fn create_rev_is(key: &[u8], rev: i64) -> Compare {
     }
 }
 
-async fn delete_if_owner(ctx: &Ctx, key: Vec<u8>, rev: i64) -> Result<bool, Status> {
+async fn delete_if_owner(ctx: &Ctx, by: By<'_>, key: Vec<u8>, rev: i64) -> Result<bool, Status> {
     let r = txn(
         ctx,
+        by,
         TxnRequest {
             compare: vec![create_rev_is(&key, rev)],
             success: vec![RequestOp::DeleteRange(DeleteRangeRequest {
@@ -131,12 +155,14 @@ async fn delete_if_owner(ctx: &Ctx, key: Vec<u8>, rev: i64) -> Result<bool, Stat
 /// revision of the write, and whether it existed already (then its value is left alone).
 async fn create_key(
     ctx: &Ctx,
+    by: By<'_>,
     key: &[u8],
     lease: i64,
     value: Vec<u8>,
 ) -> Result<(KeyValue, i64, bool), Status> {
     let r = txn(
         ctx,
+        by,
         TxnRequest {
             compare: vec![create_rev_is(key, 0)],
             success: vec![RequestOp::Put(PutRequest {
@@ -253,7 +279,7 @@ impl Lock for ConcurrencyService {
         if r.name.is_empty() {
             return Err(Status::invalid_argument("lock: name is not provided"));
         }
-        if let Some(p) = caller {
+        if let Some(p) = &caller {
             let prefix = prefix_of(&r.name);
             p.write(&prefix, &prefix_end(&prefix))?;
             p.read(&prefix, &prefix_end(&prefix))?;
@@ -267,7 +293,8 @@ impl Lock for ConcurrencyService {
             r.lease
         };
         let key = contender_key(&r.name, lease);
-        let (kv, _, _) = create_key(&self.ctx, &key, lease, Vec::new()).await?;
+        let by = By::Client(caller.as_ref());
+        let (kv, _, _) = create_key(&self.ctx, by, &key, lease, Vec::new()).await?;
         let guard = Abandon {
             ctx: Some(self.ctx.clone()),
             key: key.clone(),
@@ -290,17 +317,19 @@ impl Lock for ConcurrencyService {
         if key.is_empty() {
             return Err(Status::invalid_argument("lock: key is not provided"));
         }
-        if let Some(p) = caller {
+        if let Some(p) = &caller {
             p.write(&key, &[])?;
         }
         let resp = self
             .ctx
             .node
-            .propose(Command::DeleteRange(DeleteRangeRequest {
-                key,
-                range_end: Vec::new(),
-                prev_kv: false,
-            }))
+            .propose(By::Client(caller.as_ref()).command(Command::DeleteRange(
+                DeleteRangeRequest {
+                    key,
+                    range_end: Vec::new(),
+                    prev_kv: false,
+                },
+            )))
             .await
             .map_err(api::status)?;
         let rev = match resp {
@@ -324,7 +353,7 @@ impl Election for ConcurrencyService {
         if r.name.is_empty() {
             return Err(Status::invalid_argument("election: name is not provided"));
         }
-        if let Some(p) = caller {
+        if let Some(p) = &caller {
             let prefix = prefix_of(&r.name);
             p.write(&prefix, &prefix_end(&prefix))?;
             p.read(&prefix, &prefix_end(&prefix))?;
@@ -336,11 +365,12 @@ impl Election for ConcurrencyService {
             r.lease
         };
         let key = contender_key(&r.name, lease);
-        let (kv, _, existed) = create_key(&self.ctx, &key, lease, r.value.clone()).await?;
+        let by = By::Client(caller.as_ref());
+        let (kv, _, existed) = create_key(&self.ctx, by, &key, lease, r.value.clone()).await?;
         let rev = kv.create_revision;
         if existed && kv.value != r.value {
             // Campaigning again with the same lease proclaims the new value.
-            proclaim(&self.ctx, &key, rev, lease, r.value).await?;
+            proclaim(&self.ctx, by, &key, rev, lease, r.value).await?;
         }
         let guard = Abandon {
             ctx: Some(self.ctx.clone()),
@@ -369,10 +399,11 @@ impl Election for ConcurrencyService {
         let l = r
             .leader
             .ok_or_else(|| Status::invalid_argument("election: leader key is not provided"))?;
-        if let Some(p) = caller {
+        if let Some(p) = &caller {
             p.write(&l.key, &[])?;
         }
-        proclaim(&self.ctx, &l.key, l.rev, l.lease, r.value).await?;
+        let by = By::Client(caller.as_ref());
+        proclaim(&self.ctx, by, &l.key, l.rev, l.lease, r.value).await?;
         Ok(Response::new(el::ProclaimResponse {
             header: Some(self.ctx.header()),
         }))
@@ -384,7 +415,7 @@ impl Election for ConcurrencyService {
     ) -> Result<Response<el::LeaderResponse>, Status> {
         let caller = self.ctx.auth.principal(request.metadata())?;
         let name = request.into_inner().name;
-        if let Some(p) = caller {
+        if let Some(p) = &caller {
             let prefix = prefix_of(&name);
             p.read(&prefix, &prefix_end(&prefix))?;
         }
@@ -404,7 +435,7 @@ impl Election for ConcurrencyService {
         let caller = self.ctx.auth.principal(request.metadata())?;
         let name = request.into_inner().name;
         let prefix = prefix_of(&name);
-        if let Some(p) = caller {
+        if let Some(p) = &caller {
             p.read(&prefix, &prefix_end(&prefix))?;
         }
         let ctx = self.ctx.clone();
@@ -452,10 +483,10 @@ impl Election for ConcurrencyService {
             .into_inner()
             .leader
             .ok_or_else(|| Status::invalid_argument("election: leader key is not provided"))?;
-        if let Some(p) = caller {
+        if let Some(p) = &caller {
             p.write(&l.key, &[])?;
         }
-        delete_if_owner(&self.ctx, l.key, l.rev).await?;
+        delete_if_owner(&self.ctx, By::Client(caller.as_ref()), l.key, l.rev).await?;
         Ok(Response::new(el::ResignResponse {
             header: Some(self.ctx.header()),
         }))
@@ -464,6 +495,7 @@ impl Election for ConcurrencyService {
 
 async fn proclaim(
     ctx: &Ctx,
+    by: By<'_>,
     key: &[u8],
     rev: i64,
     lease: i64,
@@ -471,6 +503,7 @@ async fn proclaim(
 ) -> Result<(), Status> {
     let r = txn(
         ctx,
+        by,
         TxnRequest {
             compare: vec![create_rev_is(key, rev)],
             success: vec![RequestOp::Put(PutRequest {
