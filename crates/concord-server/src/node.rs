@@ -58,6 +58,13 @@ pub struct KvSummary {
 /// The status of a keyspace replica.
 pub type NodeStatus = concord_runtime::NodeStatus<KvSummary>;
 
+/// The gate of the auth state as `store` has applied it.
+fn auth_gate<D: Disk>(store: &MvccStore<D>) -> Result<AuthGate, StoreError> {
+    Ok(AuthGate::of(
+        store.cluster_meta_get(auth::META_KEY)?.as_deref(),
+    ))
+}
+
 /// The MVCC store as the Raft group's state machine.
 #[derive(Debug)]
 pub struct KvState<D: Disk> {
@@ -75,7 +82,7 @@ impl<D: Disk> KvState<D> {
     pub fn open(disk: D, path: impl Into<PathBuf>, config: MvccConfig) -> Result<Self, StoreError> {
         let store = MvccStore::open(disk.clone(), path, config)?;
         let writes_blocked = Arc::new(AtomicBool::new(!store.admits_writes()?));
-        let auth = AuthGate::of(store.cluster_meta_get(auth::META_KEY)?.as_deref());
+        let auth = auth_gate(&store)?;
         Ok(Self {
             store,
             disk,
@@ -158,7 +165,7 @@ impl<D: Disk> StateMachine for KvState<D> {
             cmds.push((*index, cmd));
             if changes_auth {
                 self.apply_segment(&mut cmds, &mut refused, &mut out)?;
-                self.auth = AuthGate::of(self.store.cluster_meta_get(auth::META_KEY)?.as_deref());
+                self.auth = auth_gate(&self.store)?;
             }
         }
         self.apply_segment(&mut cmds, &mut refused, &mut out)?;
@@ -199,7 +206,7 @@ impl<D: Disk> StateMachine for KvState<D> {
         self.store.install_snapshot(installer)?;
         self.writes_blocked
             .store(!self.store.admits_writes()?, Ordering::Relaxed);
-        self.auth = AuthGate::of(self.store.cluster_meta_get(auth::META_KEY)?.as_deref());
+        self.auth = auth_gate(&self.store)?;
         Ok(())
     }
 
