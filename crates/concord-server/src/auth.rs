@@ -593,7 +593,10 @@ impl AuthGate {
                 revision: f.revision,
             },
             Some(Err(e)) => {
-                tracing::error!(error = %e, "the stored auth state is damaged; authorized writes are refused");
+                tracing::error!(
+                    error = %e,
+                    "the stored auth state is damaged; authorized writes are refused"
+                );
                 AuthGate {
                     enabled: true,
                     revision: u64::MAX,
@@ -618,7 +621,12 @@ impl AuthGate {
 
     /// Whether applying `cmd` may change the gate.
     pub fn changed_by(cmd: &Command) -> bool {
-        matches!(cmd, Command::ClusterMeta { key, .. } | Command::ClusterMetaCas { key, .. } if key == META_KEY)
+        match cmd {
+            Command::ClusterMeta { key, .. } | Command::ClusterMetaCas { key, .. } => {
+                key == META_KEY
+            }
+            _ => false,
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //!
 //! Writes go through Raft ([`NodeHandle::propose`]; a follower's proposal is forwarded to
 //! the leader by Raft), wrapped with the auth revision their permissions were checked at,
-//! which the apply checks again ([`auth::authorized`]). Reads are linearizable by default (a batched ReadIndex, then the
-//! local store) and local when `serializable` is set; the `concord-consistency` metadata
-//! key asks for `bounded`, `session` or `eventual` instead (docs/consistency.md).
+//! which the apply checks again ([`auth::authorized`]). Reads are linearizable by default
+//! (a batched ReadIndex, then the local store) and local when `serializable` is set; the
+//! `concord-consistency` metadata key asks for `bounded`, `session` or `eventual` instead
+//! (docs/consistency.md).
 
 use concord_proto::consistency::ReadConsistency;
 use concord_proto::etcdserverpb as pb;
