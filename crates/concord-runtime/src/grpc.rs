@@ -44,6 +44,15 @@
 //! `https://` peers are dialled with the transport's [`concord_tls::Dialer`] (mutual TLS
 //! with the peer certificates); the listening side's TLS is the server's.
 //!
+//! # Direct links
+//!
+//! Between `http://` peers, batches go on a *direct link* when it is up: the sender's
+//! thread writes the batch as a frame straight to a TCP connection of its own, to the same
+//! peer URL, and one task at the receiver reads it ([`crate::direct`]); the gRPC stream
+//! stays open beside it and carries snapshots, what follows a snapshot until it is
+//! through, probes, and every batch while the link is down. [`serve`] tells the two kinds
+//! of connection apart by their first bytes.
+//!
 //! # Fast failover
 //!
 //! When a peer's inbound stream breaks (a killed process's connections are reset by its
@@ -52,7 +61,7 @@
 //! campaigns at once rather than after the election timeout.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,10 +73,11 @@ use concord_proto::peer::{
 };
 use concord_raft::{Message, MessageType, NodeId};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::codec;
+use crate::direct::DirectLink;
 use crate::telemetry::{NoTelemetry, Telemetry};
 use crate::transport::{GroupId, PeerTransport, Router, TransportError, PEER_PROTOCOL_VERSION};
 
@@ -91,6 +101,11 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 struct Peer {
     queue: mpsc::Sender<(GroupId, Vec<Message>)>,
     connected: Arc<AtomicBool>,
+    /// The direct link to an `http://` peer (its task ends when the sender is dropped).
+    direct: Option<(Arc<DirectLink>, tokio::sync::oneshot::Sender<()>)>,
+    /// Snapshots for this peer queued or in transfer on the gRPC stream: while there are
+    /// any, what follows goes there too, so the peer sees it after the snapshot.
+    snapshots: Arc<AtomicUsize>,
 }
 
 /// The response stream type of streaming gRPC methods (as generated servers expect).
@@ -105,6 +120,9 @@ pub struct GrpcTransport {
     peers: std::sync::RwLock<BTreeMap<NodeId, (String, Peer)>>,
     dialer: concord_tls::Dialer,
     telemetry: Arc<dyn Telemetry>,
+    direct_links: AtomicBool,
+    /// Batches sent on direct links (their sequence numbers).
+    direct_seq: AtomicU64,
 }
 
 impl std::fmt::Debug for GrpcTransport {
@@ -154,6 +172,8 @@ impl GrpcTransport {
             snapshot_chunk_bytes: Arc::new(AtomicUsize::new(SNAPSHOT_CHUNK_BYTES)),
             peers: std::sync::RwLock::new(BTreeMap::new()),
             telemetry,
+            direct_links: AtomicBool::new(true),
+            direct_seq: AtomicU64::new(0),
         };
         for (to, url) in peers {
             t.set_peer(to, url);
@@ -173,6 +193,22 @@ impl GrpcTransport {
         }
         let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         let connected = Arc::new(AtomicBool::new(false));
+        let snapshots = Arc::new(AtomicUsize::new(0));
+        let direct = match (self.direct_links.load(Ordering::Relaxed), direct_addr(&url)) {
+            (true, Some(addr)) => {
+                let link = Arc::new(DirectLink::default());
+                let (stop, stopped) = tokio::sync::oneshot::channel();
+                tokio::spawn(crate::direct::run(
+                    link.clone(),
+                    self.from,
+                    to,
+                    addr,
+                    stopped,
+                ));
+                Some((link, stop))
+            }
+            _ => None,
+        };
         tokio::spawn(peer_loop(
             PeerLink {
                 from: self.from,
@@ -185,8 +221,36 @@ impl GrpcTransport {
             },
             rx,
             connected.clone(),
+            snapshots.clone(),
         ));
-        peers.insert(to, (url, Peer { queue, connected }));
+        let peer = Peer {
+            queue,
+            connected,
+            direct,
+            snapshots,
+        };
+        peers.insert(to, (url, peer));
+    }
+
+    /// Whether batches to `http://` peers go on direct links ([`crate::direct`]) when
+    /// the peer speaks them (the default), or on the gRPC stream only. Applies to peers
+    /// added after the call.
+    pub fn set_direct_links(&self, on: bool) {
+        self.direct_links.store(on, Ordering::Relaxed);
+    }
+
+    /// How many batches went on direct links so far.
+    pub fn direct_batches(&self) -> u64 {
+        self.direct_seq.load(Ordering::Relaxed)
+    }
+
+    /// Whether the direct link to `to` is up now.
+    pub fn direct_link_up(&self, to: NodeId) -> bool {
+        let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
+        peers
+            .get(&to)
+            .and_then(|(_, p)| p.direct.as_ref())
+            .is_some_and(|(link, _)| link.is_up())
     }
 
     /// Sets the size of the chunks snapshots are sent in (at least 1 KiB).
@@ -220,13 +284,42 @@ impl PeerTransport for GrpcTransport {
     ) -> Result<(), TransportError> {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         let (_, peer) = peers.get(&to).ok_or(TransportError::Unreachable(to))?;
+        let snapshot = msgs.iter().any(|m| m.msg_type == MessageType::Snapshot);
+        if snapshot {
+            peer.snapshots.fetch_add(1, Ordering::AcqRel);
+        } else if let Some((link, _)) = &peer.direct {
+            if link.is_up() && peer.snapshots.load(Ordering::Acquire) == 0 {
+                let seq = self.direct_seq.load(Ordering::Relaxed) + 1;
+                let batch = raft_batch(self.cluster_id, self.from, to, seq, group, &msgs);
+                let frame = crate::direct::frame(&batch);
+                if link.send(&frame) {
+                    self.direct_seq.fetch_add(1, Ordering::Relaxed);
+                    self.telemetry.peer_sent(to, frame.len(), 0);
+                    return Ok(());
+                }
+                // Broken or full: the gRPC stream takes the batch, if it is up.
+            }
+        }
         if !peer.connected.load(Ordering::Acquire) {
             return Err(TransportError::Unreachable(to));
         }
-        peer.queue
-            .try_send((group, msgs))
-            .map_err(|_| TransportError::Unreachable(to))
+        peer.queue.try_send((group, msgs)).map_err(|_| {
+            if snapshot {
+                peer.snapshots.fetch_sub(1, Ordering::AcqRel);
+            }
+            TransportError::Unreachable(to)
+        })
     }
+}
+
+/// The `host:port` of an `http://` peer URL: a direct link is dialled there. None for
+/// `https://` (direct links carry no TLS) and for URLs without an explicit port.
+fn direct_addr(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let (_, port) = authority.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    Some(authority.to_string())
 }
 
 struct PeerLink {
@@ -240,6 +333,10 @@ struct PeerLink {
 }
 
 impl PeerLink {
+    fn batch(&self, seq: u64, group: GroupId, msgs: &[Message]) -> RaftBatch {
+        raft_batch(self.cluster_id, self.from, self.to, seq, group, msgs)
+    }
+
     /// Queues `batch` on the stream, counting its bytes and the `queued` batches behind
     /// it; false if the stream is closed.
     async fn push(&self, tx: &mpsc::Sender<RaftBatch>, batch: RaftBatch, queued: usize) -> bool {
@@ -254,6 +351,7 @@ async fn peer_loop(
     link: PeerLink,
     mut rx: mpsc::Receiver<(GroupId, Vec<Message>)>,
     connected: Arc<AtomicBool>,
+    snapshots: Arc<AtomicUsize>,
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -269,7 +367,15 @@ async fn peer_loop(
         if rx.is_closed() {
             return;
         }
-        match stream_to_peer(&link, &endpoint, &mut rx, &connected, &mut backoff).await {
+        let end = stream_to_peer(
+            &link,
+            &endpoint,
+            &mut rx,
+            &connected,
+            &snapshots,
+            &mut backoff,
+        );
+        match end.await {
             StreamEnd::TransportDropped => return,
             StreamEnd::Failed(e) => {
                 tracing::debug!(from = %link.from, to = %link.to, error = %e, "peer stream ended");
@@ -277,7 +383,11 @@ async fn peer_loop(
         }
         connected.store(false, Ordering::Release);
         // Whatever was queued for a dead stream is stale by the time we reconnect.
-        while rx.try_recv().is_ok() {}
+        while let Ok((_, msgs)) = rx.try_recv() {
+            if msgs.iter().any(|m| m.msg_type == MessageType::Snapshot) {
+                snapshots.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -288,11 +398,18 @@ enum StreamEnd {
     Failed(String),
 }
 
-fn raft_batch(link: &PeerLink, seq: u64, group: GroupId, msgs: &[Message]) -> RaftBatch {
+fn raft_batch(
+    cluster_id: u64,
+    from: NodeId,
+    to: NodeId,
+    seq: u64,
+    group: GroupId,
+    msgs: &[Message],
+) -> RaftBatch {
     RaftBatch {
-        cluster_id: link.cluster_id,
-        from: link.from.get(),
-        to: link.to.get(),
+        cluster_id,
+        from: from.get(),
+        to: to.get(),
         seq,
         version: PEER_PROTOCOL_VERSION,
         group_id: group,
@@ -303,6 +420,24 @@ fn raft_batch(link: &PeerLink, seq: u64, group: GroupId, msgs: &[Message]) -> Ra
             .collect(),
         traces: entry_traces(msgs),
     }
+}
+
+/// A batch as a transport sends it (for tests that write frames by hand).
+#[cfg(test)]
+pub(crate) fn tests_batch(
+    cluster_id: u64,
+    from: NodeId,
+    to: NodeId,
+    msgs: &[Message],
+) -> RaftBatch {
+    raft_batch(
+        cluster_id,
+        from,
+        to,
+        1,
+        crate::transport::DEFAULT_GROUP,
+        msgs,
+    )
 }
 
 /// The trace contexts of the traced entries `msgs` carry (none, at the cost of one
@@ -385,6 +520,7 @@ async fn stream_to_peer(
     endpoint: &tonic::transport::Endpoint,
     rx: &mut mpsc::Receiver<(GroupId, Vec<Message>)>,
     connected: &AtomicBool,
+    snapshots: &AtomicUsize,
     backoff: &mut Duration,
 ) -> StreamEnd {
     let channel = match link.dialer.connect(endpoint.clone()).await {
@@ -411,7 +547,7 @@ async fn stream_to_peer(
         tokio::select! {
             _ = probe.tick() => {
                 seq += 1;
-                let mut batch = raft_batch(link, seq, 0, &[]);
+                let mut batch = link.batch(seq, 0, &[]);
                 batch.probe = true;
                 probing = Some((seq, std::time::Instant::now()));
                 if !link.push(&tx, batch, rx.len()).await {
@@ -423,13 +559,17 @@ async fn stream_to_peer(
                 // The common case, no snapshot: the batch goes as it is.
                 if !msgs.iter().any(|m| m.msg_type == MessageType::Snapshot) {
                     seq += 1;
-                    if !link.push(&tx, raft_batch(link, seq, group, &msgs), rx.len()).await {
+                    if !link.push(&tx, link.batch(seq, group, &msgs), rx.len()).await {
                         return StreamEnd::Failed("request stream closed".into());
                     }
                     continue;
                 }
                 // Snapshots travel apart, in chunks, on the Snapshot RPC of the same
-                // connection; the messages around one keep their order.
+                // connection; the messages around one keep their order. Once this batch
+                // is out (or the stream failed), what follows may take the direct link
+                // again: a batch still queued behind it may then be overtaken, which
+                // Raft tolerates.
+                let _done = SnapshotBatchDone(snapshots);
                 let mut plain = Vec::with_capacity(msgs.len());
                 for m in msgs {
                     if m.msg_type != MessageType::Snapshot {
@@ -438,7 +578,7 @@ async fn stream_to_peer(
                     }
                     if !plain.is_empty() {
                         seq += 1;
-                        let batch = raft_batch(link, seq, group, &std::mem::take(&mut plain));
+                        let batch = link.batch(seq, group, &std::mem::take(&mut plain));
                         if !link.push(&tx, batch, rx.len()).await {
                             return StreamEnd::Failed("request stream closed".into());
                         }
@@ -455,7 +595,7 @@ async fn stream_to_peer(
                     continue;
                 }
                 seq += 1;
-                if !link.push(&tx, raft_batch(link, seq, group, &plain), rx.len()).await {
+                if !link.push(&tx, link.batch(seq, group, &plain), rx.len()).await {
                     return StreamEnd::Failed("request stream closed".into());
                 }
             }
@@ -472,6 +612,15 @@ async fn stream_to_peer(
                 Err(e) => return StreamEnd::Failed(e.to_string()),
             },
         }
+    }
+}
+
+/// Counts a peer's snapshot batch as done when dropped.
+struct SnapshotBatchDone<'a>(&'a AtomicUsize);
+
+impl Drop for SnapshotBatchDone<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -527,6 +676,103 @@ impl RaftPeerService {
     }
 }
 
+/// Which peer an inbound stream (gRPC or direct link) is from, and the generation of
+/// that peer's streams it opened: set by its first batch.
+#[derive(Default)]
+struct StreamOf(Option<(NodeId, u64)>);
+
+impl RaftPeerService {
+    /// Checks one inbound batch and hands its messages to their group. `Ok(Some(seq))`:
+    /// a probe, to be answered with `seq`; `Err`: the stream is refused and must end.
+    fn receive(&self, stream_of: &mut StreamOf, batch: RaftBatch) -> Result<Option<u64>, Status> {
+        if stream_of.0.is_none() {
+            let mut g = lock(&self.generations);
+            let from = NodeId(batch.from);
+            let gen = g.entry(from).or_insert(0);
+            *gen += 1;
+            stream_of.0 = Some((from, *gen));
+        }
+        if batch.cluster_id != self.cluster_id {
+            return Err(Status::permission_denied("cluster id mismatch"));
+        }
+        // 0: a member from before versions were sent, which spoke version 1.
+        if batch.version != PEER_PROTOCOL_VERSION && batch.version != 0 {
+            return Err(Status::failed_precondition(format!(
+                "peer protocol version {} is not supported (this member speaks {PEER_PROTOCOL_VERSION})",
+                batch.version
+            )));
+        }
+        {
+            use prost::Message as _;
+            self.telemetry
+                .peer_received(NodeId(batch.from), batch.encoded_len());
+        }
+        for t in &batch.traces {
+            if t.traceparent.len() <= MAX_TRACEPARENT {
+                let key = crate::envelope::RequestKey {
+                    origin: NodeId(t.origin),
+                    incarnation: t.incarnation,
+                    seq: t.seq,
+                };
+                crate::traces::insert(key, t.traceparent.as_str().into());
+            }
+        }
+        if batch.probe {
+            return Ok(Some(batch.seq));
+        }
+        let mut msgs = Vec::with_capacity(batch.messages.len());
+        for m in &batch.messages {
+            match codec::decode_message(m) {
+                Ok(m) => msgs.push(m),
+                Err(e) => {
+                    tracing::warn!(from = batch.from, error = %e, "undecodable raft message dropped")
+                }
+            }
+        }
+        // A full inbox drops the batch (Raft retransmits); one for a group not hosted
+        // here, or stopped, is dropped too. Other groups go on.
+        if let Err(e) = self.router.route(batch.group_id, msgs) {
+            tracing::debug!(from = batch.from, error = %e, "inbound batch dropped");
+        }
+        Ok(None)
+    }
+
+    /// An inbound stream broke or ended: unless the peer opened another within
+    /// [`FAILOVER_GRACE`], it is reported down.
+    async fn stream_ended(&self, stream_of: StreamOf) {
+        let Some((id, gen)) = stream_of.0 else { return };
+        tokio::time::sleep(FAILOVER_GRACE).await;
+        if lock(&self.generations).get(&id).copied() != Some(gen) {
+            return;
+        }
+        self.router.peer_down(id);
+    }
+
+    /// Serves one direct link ([`crate::direct`]) until it ends or `stop` is set.
+    async fn serve_direct(
+        &self,
+        tcp: tokio::net::TcpStream,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut stream_of = StreamOf::default();
+        let served = crate::direct::serve_conn(tcp, stop, |batch| {
+            match self.receive(&mut stream_of, batch) {
+                // Probes are a gRPC stream's; a direct link's liveness is TCP's.
+                Ok(_) => true,
+                Err(status) => {
+                    tracing::warn!(error = %status.message(), "direct link refused");
+                    false
+                }
+            }
+        })
+        .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "direct link closed");
+        }
+        self.stream_ended(stream_of).await;
+    }
+}
+
 #[tonic::async_trait]
 impl Raft for RaftPeerService {
     async fn send(
@@ -535,82 +781,27 @@ impl Raft for RaftPeerService {
     ) -> Result<Response<BoxStream<RaftAck>>, Status> {
         let mut stream = request.into_inner();
         let (ack_tx, ack_rx) = mpsc::channel(MAX_IN_FLIGHT);
-        let router = self.router.clone();
-        let cluster_id = self.cluster_id;
-        let generations = self.generations.clone();
-        let telemetry = self.telemetry.clone();
+        let service = self.clone();
         tokio::spawn(async move {
-            // (peer, generation) once the first batch named the peer.
-            let mut peer: Option<(NodeId, u64)> = None;
+            let mut stream_of = StreamOf::default();
             while let Ok(Some(batch)) = stream.message().await {
-                if peer.is_none() {
-                    let mut g = lock(&generations);
-                    let from = NodeId(batch.from);
-                    let gen = g.entry(from).or_insert(0);
-                    *gen += 1;
-                    peer = Some((from, *gen));
-                }
-                if batch.cluster_id != cluster_id {
-                    let _ = ack_tx
-                        .send(Err(Status::permission_denied("cluster id mismatch")))
-                        .await;
-                    return;
-                }
-                // 0: a member from before versions were sent, which spoke version 1.
-                if batch.version != PEER_PROTOCOL_VERSION && batch.version != 0 {
-                    let msg = format!(
-                        "peer protocol version {} is not supported (this member speaks {PEER_PROTOCOL_VERSION})",
-                        batch.version
-                    );
-                    let _ = ack_tx.send(Err(Status::failed_precondition(msg))).await;
-                    return;
-                }
-                {
-                    use prost::Message as _;
-                    telemetry.peer_received(NodeId(batch.from), batch.encoded_len());
-                }
-                for t in &batch.traces {
-                    if t.traceparent.len() <= MAX_TRACEPARENT {
-                        let key = crate::envelope::RequestKey {
-                            origin: NodeId(t.origin),
-                            incarnation: t.incarnation,
-                            seq: t.seq,
-                        };
-                        crate::traces::insert(key, t.traceparent.as_str().into());
-                    }
-                }
-                if batch.probe {
+                match service.receive(&mut stream_of, batch) {
+                    Ok(None) => {}
                     // Answered at once; a full answer queue loses the sample, not data.
-                    let _ = ack_tx.try_send(Ok(RaftAck { seq: batch.seq }));
-                    continue;
-                }
-                let mut msgs = Vec::with_capacity(batch.messages.len());
-                for m in &batch.messages {
-                    match codec::decode_message(m) {
-                        Ok(m) => msgs.push(m),
-                        Err(e) => {
-                            tracing::warn!(from = batch.from, error = %e, "undecodable raft message dropped")
-                        }
+                    Ok(Some(seq)) => {
+                        let _ = ack_tx.try_send(Ok(RaftAck { seq }));
                     }
-                }
-                // A full inbox drops the batch (Raft retransmits); one for a group not
-                // hosted here, or stopped, is dropped too. Other groups go on.
-                if let Err(e) = router.route(batch.group_id, msgs) {
-                    tracing::debug!(from = batch.from, error = %e, "inbound batch dropped");
+                    Err(status) => {
+                        let _ = ack_tx.send(Err(status)).await;
+                        return;
+                    }
                 }
                 // No per-batch acknowledgement: Raft's own responses are the
                 // acknowledgements, and an extra frame per batch costs both sides a
                 // wake-up. The response stream stays open (and carries a refusal) so the
                 // sender notices when this end goes away.
             }
-            // The stream broke or ended: unless the peer is back within the grace period,
-            // report it down.
-            let Some((id, gen)) = peer else { return };
-            tokio::time::sleep(FAILOVER_GRACE).await;
-            if lock(&generations).get(&id).copied() != Some(gen) {
-                return;
-            }
-            router.peer_down(id);
+            service.stream_ended(stream_of).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(ack_rx))))
     }
@@ -699,7 +890,9 @@ impl Raft for RaftPeerService {
 }
 
 /// Serves `service` (Raft) and, when given, the `extra` services (gossip, replicas) on
-/// `listener` until `shutdown` completes.
+/// `listener` until `shutdown` completes. Without TLS, a connection that opens with
+/// [`crate::direct::MAGIC`] is a direct link, served beside the gRPC services; every other
+/// one is handed to them.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: RaftPeerService,
@@ -707,6 +900,7 @@ pub async fn serve(
     tls: Option<concord_tls::Acceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let direct = service.clone();
     let routes = match extra {
         Some(routes) => routes.add_service(service.into_server()),
         None => tonic::service::Routes::new(service.into_server()),
@@ -719,16 +913,53 @@ pub async fn serve(
             .serve_with_incoming_shutdown(concord_tls::incoming(listener, acceptor), shutdown)
             .await;
     }
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let (grpc_tx, grpc_conns) = mpsc::channel(64);
+    tokio::spawn(accept(listener, direct, grpc_tx, stop));
+    // Direct links and the accept loop end with the server: at shutdown, or when this
+    // future is dropped (the sender with it).
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
     server
-        .serve_with_incoming_shutdown(
-            // Small Raft messages and acks must not wait for Nagle's algorithm (40 ms
-            // with delayed ACKs).
-            tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-                conn.inspect(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                })
-            }),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(ReceiverStream::new(grpc_conns), shutdown)
         .await
+}
+
+/// Accepts peer connections until `stop`: each one that opens with
+/// [`crate::direct::MAGIC`] is served as a direct link, the others go to `grpc`.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    service: RaftPeerService,
+    grpc: mpsc::Sender<std::io::Result<tokio::net::TcpStream>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+            _ = grpc.closed() => return,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors, or a connection reset before it was accepted.
+                tracing::warn!(error = %e, "peer connection not accepted");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        // Small Raft messages and acks must not wait for Nagle's algorithm (40 ms with
+        // delayed ACKs).
+        let _ = tcp.set_nodelay(true);
+        let (service, grpc, stop) = (service.clone(), grpc.clone(), stop.clone());
+        tokio::spawn(async move {
+            if crate::direct::starts_with_magic(&tcp).await {
+                service.serve_direct(tcp, stop).await;
+            } else {
+                let _ = grpc.send(Ok(tcp)).await;
+            }
+        });
+    }
 }

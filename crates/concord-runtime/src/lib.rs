@@ -16,6 +16,8 @@
 //! * [`transport`]: the [`transport::Transport`] seam and an in-process network with fault
 //!   switches for tests.
 //! * [`grpc`]: the network transport over concord-proto's `concord.peer.v1.Raft` service.
+//! * [`direct`]: its fast path between `http://` peers, frames written straight to a TCP
+//!   connection.
 //! * [`membership`]: SWIM gossip membership ([`concord_core::swim`]) driven over the
 //!   `concord.peer.v1.Gossip` service, with a phi-accrual detector per peer.
 //! * [`faults`]: fault injection (delay, drop, cut) as a wrapper around any transport.
@@ -25,6 +27,7 @@
 
 pub mod clock;
 pub mod codec;
+pub mod direct;
 pub mod envelope;
 pub mod error;
 pub mod faults;

@@ -14,8 +14,10 @@
 //! # Guarantees
 //!
 //! 1. [`Transport::send`] never blocks: a peer whose queue is full or whose link is down
-//!    is reported as unreachable (Raft retries; messages may be lost, never reordered
-//!    within one link and group, never duplicated by the transport).
+//!    is reported as unreachable (Raft retries; messages may be lost, never duplicated by
+//!    the transport, and never reordered within one link and group — except, on the
+//!    network transport, around a switch between a direct link and the gRPC stream,
+//!    [`crate::direct`]: Raft tolerates reordering, as it tolerates loss).
 //! 2. Every batch crossing a [`LocalNetwork`] goes through the wire encoding
 //!    ([`crate::codec::encode_batch`] / [`crate::codec::decode_batch`]), so tests exercise
 //!    exactly the bytes a network transport sends.

@@ -1,6 +1,6 @@
 //! One conformance suite for every peer transport: the in-process [`LocalNetwork`] and the
-//! gRPC transport on loopback run the same checks, so tests on the first say something
-//! about the second.
+//! gRPC transport on loopback (on its stream alone, and with its direct links) run the
+//! same checks, so tests on the first say something about the others.
 //!
 //! What every transport must do: deliver each link's batches in order and intact (large
 //! ones too), keep groups apart on one connection, refuse a batch for an unknown peer as
@@ -40,7 +40,9 @@ async fn local_pair() -> Pair {
     }
 }
 
-async fn grpc_pair() -> Pair {
+/// Two members on loopback; batches on the direct link (once it is up: the suite starts
+/// then) or on the gRPC stream only.
+async fn grpc_pair(direct: bool) -> Pair {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
@@ -56,9 +58,17 @@ async fn grpc_pair() -> Pair {
             let _ = stopped.await;
         },
     ));
-    let t1 = GrpcTransport::new(NodeId(1), CLUSTER, BTreeMap::from([(N2, url)]));
+    let t1 = GrpcTransport::new(NodeId(1), CLUSTER, BTreeMap::new());
+    t1.set_direct_links(direct);
+    t1.set_peer(N2, url);
     // Small chunks, so the snapshot below takes many.
     t1.set_snapshot_chunk_bytes(64 << 10);
+    // Batches sent while the direct link comes up may overtake those on the stream.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while direct && !t1.direct_link_up(N2) {
+        assert!(tokio::time::Instant::now() < deadline, "no direct link");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Pair {
         t1: Arc::new(t1),
         r2,
@@ -177,5 +187,10 @@ async fn local_network_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_transport_conforms() {
-    suite(grpc_pair().await).await;
+    suite(grpc_pair(false).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_transport_with_direct_links_conforms() {
+    suite(grpc_pair(true).await).await;
 }

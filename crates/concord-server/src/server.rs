@@ -312,10 +312,14 @@ impl Server {
         let grpc = Arc::new(GrpcTransport::with_telemetry(
             member_id,
             cluster_id,
-            peers.clone(),
+            BTreeMap::new(),
             tls.peer_dialer.clone(),
             metrics.raft.clone(),
         ));
+        grpc.set_direct_links(config.peer_direct_links);
+        for (id, url) in &peers {
+            grpc.set_peer(*id, url.clone());
+        }
         let generation = generation_now();
         let (membership, gossip) = Membership::start(
             MembershipConfig {

@@ -327,6 +327,10 @@ pub struct ServerArgs {
     /// of each other (docs/consistency.md) [default: false]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Member")]
     pub lease_reads: Option<bool>,
+    /// Raft batches to `http://` peers written straight to a TCP connection, not through
+    /// the gRPC stream (TLS peers always use the stream) [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = "Member")]
+    pub peer_direct_links: Option<bool>,
     /// Applied entries between two snapshots [default: 10000]
     #[arg(long, value_name = "N", help_heading = "Member")]
     pub snapshot_count: Option<u64>,
@@ -582,6 +586,7 @@ impl ServerArgs {
             heartbeat_interval: self.heartbeat_interval.or(lower.heartbeat_interval),
             election_timeout: self.election_timeout.or(lower.election_timeout),
             lease_reads: self.lease_reads.or(lower.lease_reads),
+            peer_direct_links: self.peer_direct_links.or(lower.peer_direct_links),
             snapshot_count: self.snapshot_count.or(lower.snapshot_count),
             quota_backend_bytes: self.quota_backend_bytes.or(lower.quota_backend_bytes),
             backend_cache_bytes: self.backend_cache_bytes.or(lower.backend_cache_bytes),

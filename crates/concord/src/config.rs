@@ -214,6 +214,9 @@ pub fn to_server_config(args: ServerArgs) -> ServerConfig {
     if let Some(on) = args.lease_reads {
         c.lease_reads = on;
     }
+    if let Some(on) = args.peer_direct_links {
+        c.peer_direct_links = on;
+    }
     if let Some(n) = args.snapshot_count {
         c.snapshot_count = n;
     }
@@ -471,6 +474,7 @@ mod tests {
                 "--heartbeat-interval=50",
                 "--election-timeout=600",
                 "--lease-reads",
+                "--peer-direct-links=false",
                 "--snapshot-count=5",
                 "--quota-backend-bytes=1000",
                 "--backend-cache-bytes=3000000",
@@ -521,6 +525,7 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_millis(50));
         assert_eq!(c.election_timeout, Duration::from_millis(600));
         assert!(c.lease_reads);
+        assert!(!c.peer_direct_links);
         assert_eq!(c.snapshot_count, 5);
         assert_eq!(c.quota_backend_bytes, 1000);
         assert_eq!(c.backend_cache_bytes, 3_000_000);

@@ -1,5 +1,6 @@
-//! A 3-node cluster on loopback gRPC: elects, commits through every node, converges,
-//! including a node that starts late (its peers reconnect with backoff) and catches up.
+//! A 3-node cluster on loopback gRPC (with its direct links): elects, commits through
+//! every node, converges, including a node that starts late (its peers reconnect with
+//! backoff) and catches up.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -87,6 +88,7 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
     let dirs = temp_dirs(ids.len());
     let mut nodes = BTreeMap::new();
     let mut stops = Vec::new();
+    let mut transports = Vec::new();
     let mut launch = |id: NodeId,
                       listener: tokio::net::TcpListener,
                       nodes: &mut BTreeMap<NodeId, NodeHandle>| {
@@ -103,10 +105,9 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
             },
         ));
         stops.push(stop_tx);
-        let transport = GroupTransport::new(
-            Arc::new(GrpcTransport::new(id, CLUSTER, urls.clone())),
-            DEFAULT_GROUP,
-        );
+        let grpc = Arc::new(GrpcTransport::new(id, CLUSTER, urls.clone()));
+        transports.push(grpc.clone());
+        let transport = GroupTransport::new(grpc, DEFAULT_GROUP);
         let mut cfg = NodeConfig::new(id, ids.clone(), dirs[(id.get() - 1) as usize].path());
         cfg.raft.tick = Duration::from_millis(20);
         cfg.raft.request_timeout = Duration::from_secs(5);
@@ -141,6 +142,9 @@ async fn three_nodes_over_loopback_grpc_commit_and_converge() {
         (first.1 >= 30 && hashes.iter().all(|h| *h == Some(first))).then_some(())
     })
     .await;
+    // Most batches took the direct links (the gRPC streams carry those sent before).
+    let direct: u64 = transports.iter().map(|t| t.direct_batches()).sum();
+    assert!(direct > 0, "no batch went on a direct link");
     for node in nodes.values() {
         node.shutdown().await.expect("shutdown");
     }

@@ -48,6 +48,9 @@ pub struct ServerConfig {
     /// `--lease-reads`: the leader serves linearizable reads on its lease, without a
     /// heartbeat round (off by default: ReadIndex).
     pub lease_reads: bool,
+    /// `--peer-direct-links`: Raft batches to `http://` peers go straight onto a TCP
+    /// connection instead of the gRPC stream (default true; `concord_runtime::direct`).
+    pub peer_direct_links: bool,
     /// `--snapshot-count`: applied entries between snapshots (default 10,000).
     pub snapshot_count: u64,
     /// `--quota-backend-bytes`: the store's size limit before the NOSPACE alarm
@@ -132,6 +135,7 @@ impl ServerConfig {
             heartbeat_interval: Duration::from_millis(100),
             election_timeout: Duration::from_millis(1000),
             lease_reads: false,
+            peer_direct_links: true,
             snapshot_count: 10_000,
             quota_backend_bytes: 2 << 30,
             backend_cache_bytes: 64 << 20,
