@@ -1,5 +1,7 @@
 //! Raft batches written straight onto a TCP connection: the fast path of
-//! [`crate::grpc::GrpcTransport`] between `http://` peers.
+//! [`crate::grpc::GrpcTransport`] between `http://` peers. The pieces ([`dial`],
+//! [`accept_greeting`], [`frame`], [`read_frames`], [`DirectLink`], [`classify`]) also carry
+//! the AP replica calls (greeting [`CALLS_MAGIC`], concord-server's `ap::batch`).
 //!
 //! The gRPC `Send` stream costs every batch several hand-offs between tasks before it
 //! reaches the socket (the transport's queue, the peer task, hyper's body pipe, the HTTP/2
@@ -24,8 +26,8 @@
 //!
 //! 1. [`DirectLink::send`] never blocks: a frame the socket does not take at once waits,
 //!    whole, behind the frames queued before it, written by the link's task when the
-//!    socket is writable; beyond [`MAX_PENDING_BYTES`] the frame is refused (the caller
-//!    reports the peer unreachable, as with a full gRPC queue).
+//!    socket is writable; once more than [`MAX_PENDING_BYTES`] wait, frames are refused
+//!    (the caller reports the peer unreachable, as with a full gRPC queue).
 //! 2. Frames on one connection arrive whole and in order. A batch sent on a direct link
 //!    and the next one on the gRPC stream (the link broke in between, or a snapshot goes
 //!    out) may arrive out of order; Raft tolerates reordered and lost messages, and a
@@ -33,8 +35,8 @@
 //! 3. A link whose data stays unacknowledged for [`USER_TIMEOUT`] is closed by the kernel
 //!    (`TCP_USER_TIMEOUT`) and dialled again, so a healed partition does not wait for
 //!    TCP's retransmission backoff.
-//! 4. A malformed frame (over [`MAX_FRAME_BYTES`], undecodable) closes the connection;
-//!    nothing is routed from it, nothing panics.
+//! 4. A malformed frame (over its limit — [`MAX_FRAME_BYTES`] for Raft — or undecodable)
+//!    closes the connection; nothing is routed from it, nothing panics.
 //!
 //! TLS peers (`https://`) use the gRPC stream only.
 
@@ -54,7 +56,7 @@ use tokio::sync::Notify;
 pub const MAGIC: &[u8; 8] = b"CNCRD\x00D1";
 /// Bytes waiting for the socket, per link, before frames are refused.
 pub const MAX_PENDING_BYTES: usize = 64 << 20;
-/// Largest frame a receiver accepts (snapshots do not travel on direct links).
+/// Largest frame a Raft link's receiver accepts (snapshots do not travel on direct links).
 pub const MAX_FRAME_BYTES: usize = 256 << 20;
 /// How long written data may stay unacknowledged before the kernel closes the link.
 pub const USER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -63,15 +65,28 @@ pub const RETRY_UNSUPPORTED: Duration = Duration::from_secs(60);
 /// How long an accepted connection may take to show its first bytes.
 pub const CLASSIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One frame: the length, then the encoded batch.
-pub fn frame(batch: &concord_proto::peer::RaftBatch) -> Vec<u8> {
-    use prost::Message as _;
-    let len = batch.encoded_len();
+/// The first bytes of a connection that carries the AP replica calls of
+/// `concord.peer.v1.Replica/Calls` as frames (concord-server's `ap::batch`).
+pub const CALLS_MAGIC: &[u8; 8] = b"CNCRD\x00C1";
+
+/// One frame: the length, then the encoded message.
+pub fn frame(msg: &impl prost::Message) -> Vec<u8> {
+    let len = msg.encoded_len();
     let mut out = Vec::with_capacity(4 + len);
     out.extend_from_slice(&(len as u32).to_le_bytes());
     // Writing into a Vec cannot fail.
-    let _ = batch.encode(&mut out);
+    let _ = msg.encode(&mut out);
     out
+}
+
+/// The `host:port` of an `http://` peer URL: a direct link is dialled there. None for
+/// `https://` (direct links carry no TLS) and for URLs without an explicit port.
+pub fn addr_of(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("http://")?;
+    let authority = rest.split('/').next()?;
+    let (_, port) = authority.rsplit_once(':')?;
+    port.parse::<u16>().ok()?;
+    Some(authority.to_string())
 }
 
 /// The sending side of one direct link to a peer, shared by the transport (which writes
@@ -110,7 +125,9 @@ impl DirectLink {
             return false;
         };
         if !conn.pending.is_empty() {
-            if conn.pending.len() + frame.len() > MAX_PENDING_BYTES {
+            // One frame may take the queue past the bound (a single large message must
+            // still go); none is queued behind it until the queue drains below it.
+            if conn.pending.len() > MAX_PENDING_BYTES {
                 return false;
             }
             conn.pending.extend_from_slice(frame);
@@ -138,7 +155,8 @@ impl DirectLink {
         true
     }
 
-    fn install(&self, tx: OwnedWriteHalf) {
+    /// Makes `tx` the link's connection (frames sent from now on go on it).
+    pub fn install(&self, tx: OwnedWriteHalf) {
         *self.lock() = Some(Conn {
             tx,
             pending: Vec::new(),
@@ -147,7 +165,8 @@ impl DirectLink {
         self.up.store(true, Ordering::Release);
     }
 
-    fn close(&self) {
+    /// Drops the connection: frames are refused until another is installed.
+    pub fn close(&self) {
         self.up.store(false, Ordering::Release);
         *self.lock() = None;
     }
@@ -155,6 +174,13 @@ impl DirectLink {
     fn mark_broken(&self, conn: &mut Conn) {
         conn.broken = true;
         self.up.store(false, Ordering::Release);
+    }
+
+    /// Waits until frames are pending, then writes them until nothing is (true) or the
+    /// connection broke (false). The task that owns the connection calls it in a loop.
+    pub async fn flush_when_pending(&self) -> bool {
+        self.wake.notified().await;
+        self.flush().await
     }
 
     /// Writes what is pending until nothing is (true) or the connection broke (false).
@@ -248,38 +274,69 @@ pub async fn run(
     }
 }
 
-async fn connect_and_serve(link: &DirectLink, addr: &str) -> (End, bool) {
-    let tcp = match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await {
+/// Why [`dial`] gave no connection.
+#[derive(Debug)]
+pub enum DialError {
+    /// The peer answered something other than the greeting: it does not speak this kind
+    /// of direct link (an older build).
+    Unsupported,
+    /// Connecting or greeting failed.
+    Failed(String),
+}
+
+/// Connects to `addr` (`host:port`) and greets with `magic`; the peer's answer must be
+/// `magic` too. The socket is set up as every direct link's: no Nagle delay, and the
+/// kernel's [`USER_TIMEOUT`].
+pub async fn dial(addr: &str, magic: &[u8; 8]) -> Result<TcpStream, DialError> {
+    let mut tcp = match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await
+    {
         Ok(Ok(t)) => t,
-        Ok(Err(e)) => return (End::Failed(e.to_string()), false),
-        Err(_) => return (End::Failed("connect timed out".into()), false),
+        Ok(Err(e)) => return Err(DialError::Failed(e.to_string())),
+        Err(_) => return Err(DialError::Failed("connect timed out".into())),
     };
     let _ = tcp.set_nodelay(true);
     let _ = socket2::SockRef::from(&tcp).set_tcp_user_timeout(Some(USER_TIMEOUT));
-    let (mut rx, mut tx) = tcp.into_split();
     let greeted = async {
-        tx.write_all(MAGIC).await?;
-        let mut answer = [0u8; MAGIC.len()];
-        rx.read_exact(&mut answer).await?;
+        tcp.write_all(magic).await?;
+        let mut answer = [0u8; 8];
+        tcp.read_exact(&mut answer).await?;
         Ok::<_, std::io::Error>(answer)
     };
     match tokio::time::timeout(Duration::from_secs(2), greeted).await {
-        Ok(Ok(answer)) if &answer == MAGIC => {}
-        Ok(Ok(_)) => return (End::Unsupported, false),
+        Ok(Ok(answer)) if &answer == magic => Ok(tcp),
+        Ok(Ok(_)) => Err(DialError::Unsupported),
         // An HTTP/2 server closes a connection whose preface is wrong, after its own
-        // SETTINGS or a GOAWAY: fewer bytes than MAGIC and then the end.
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return (End::Unsupported, false)
-        }
-        Ok(Err(e)) => return (End::Failed(e.to_string()), false),
-        Err(_) => return (End::Unsupported, false),
+        // SETTINGS or a GOAWAY: fewer bytes than the greeting and then the end.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(DialError::Unsupported),
+        Ok(Err(e)) => Err(DialError::Failed(e.to_string())),
+        Err(_) => Err(DialError::Unsupported),
     }
+}
+
+/// Answers the greeting of an accepted connection that opened with `magic` (not yet
+/// read).
+pub async fn accept_greeting(tcp: &mut TcpStream, magic: &[u8; 8]) -> Result<(), String> {
+    let mut got = [0u8; 8];
+    tcp.read_exact(&mut got).await.map_err(|e| e.to_string())?;
+    if &got != magic {
+        return Err("wrong greeting".into());
+    }
+    tcp.write_all(magic).await.map_err(|e| e.to_string())
+}
+
+async fn connect_and_serve(link: &DirectLink, addr: &str) -> (End, bool) {
+    let tcp = match dial(addr, MAGIC).await {
+        Ok(tcp) => tcp,
+        Err(DialError::Unsupported) => return (End::Unsupported, false),
+        Err(DialError::Failed(e)) => return (End::Failed(e), false),
+    };
+    let (mut rx, tx) = tcp.into_split();
     link.install(tx);
     let mut scratch = [0u8; 64];
     loop {
         tokio::select! {
-            _ = link.wake.notified() => {
-                if !link.flush().await {
+            flushed = link.flush_when_pending() => {
+                if !flushed {
                     return (End::Failed("write failed".into()), true);
                 }
             }
@@ -297,37 +354,30 @@ async fn connect_and_serve(link: &DirectLink, addr: &str) -> (End, bool) {
     }
 }
 
-/// Serves one accepted connection that began with [`MAGIC`] (not yet read): answers the
-/// greeting, then hands each frame's batch to `on_batch` until the connection ends, a
-/// frame is malformed, `on_batch` refuses one (false), or `stop` is set.
-pub async fn serve_conn(
-    mut tcp: TcpStream,
+/// Reads frames from `rx` and hands each one's bytes to `on_frame` until the connection
+/// ends (Ok), a frame is over `max_frame` bytes (Err), `on_frame` returns false (Ok), or
+/// `stop` is set (Ok). Memory grows with what the peer sends, not with what a length
+/// announces.
+pub async fn read_frames(
+    mut rx: impl tokio::io::AsyncRead + Unpin,
+    max_frame: usize,
     mut stop: tokio::sync::watch::Receiver<bool>,
-    mut on_batch: impl FnMut(concord_proto::peer::RaftBatch) -> bool,
+    mut on_frame: impl FnMut(bytes::Bytes) -> bool,
 ) -> Result<(), String> {
-    use prost::Message as _;
-    let mut magic = [0u8; MAGIC.len()];
-    tcp.read_exact(&mut magic)
-        .await
-        .map_err(|e| e.to_string())?;
-    tcp.write_all(MAGIC).await.map_err(|e| e.to_string())?;
     let mut buf = BytesMut::with_capacity(64 << 10);
     loop {
         while buf.len() >= 4 {
             let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-            if len > MAX_FRAME_BYTES {
+            if len > max_frame {
                 return Err(format!(
-                    "frame of {len} bytes is over the limit of {MAX_FRAME_BYTES}"
+                    "frame of {len} bytes is over the limit of {max_frame}"
                 ));
             }
             if buf.len() < 4 + len {
                 break;
             }
             let _ = buf.split_to(4);
-            let body = buf.split_to(len).freeze();
-            let batch = concord_proto::peer::RaftBatch::decode(body)
-                .map_err(|e| format!("undecodable frame: {e}"))?;
-            if !on_batch(batch) {
+            if !on_frame(buf.split_to(len).freeze()) {
                 return Ok(());
             }
         }
@@ -335,7 +385,7 @@ pub async fn serve_conn(
             buf.reserve(64 << 10);
         }
         tokio::select! {
-            r = tcp.read_buf(&mut buf) => match r {
+            r = rx.read_buf(&mut buf) => match r {
                 Ok(0) => return Ok(()),
                 Ok(_) => {}
                 Err(e) => return Err(e.to_string()),
@@ -345,28 +395,61 @@ pub async fn serve_conn(
     }
 }
 
-/// Whether `tcp`'s first bytes are [`MAGIC`] (without consuming them); false for anything
-/// else, including a connection that shows fewer bytes within [`CLASSIFY_TIMEOUT`].
-pub async fn starts_with_magic(tcp: &TcpStream) -> bool {
+/// Serves one accepted Raft direct link (its greeting not yet read): hands each frame's
+/// batch to `on_batch` until the connection ends, a frame is malformed, `on_batch`
+/// refuses one (false), or `stop` is set.
+pub async fn serve_conn(
+    mut tcp: TcpStream,
+    stop: tokio::sync::watch::Receiver<bool>,
+    mut on_batch: impl FnMut(concord_proto::peer::RaftBatch) -> bool,
+) -> Result<(), String> {
+    use prost::Message as _;
+    accept_greeting(&mut tcp, MAGIC).await?;
+    let mut malformed = None;
+    read_frames(
+        tcp,
+        MAX_FRAME_BYTES,
+        stop,
+        |body| match concord_proto::peer::RaftBatch::decode(body) {
+            Ok(batch) => on_batch(batch),
+            Err(e) => {
+                malformed = Some(format!("undecodable frame: {e}"));
+                false
+            }
+        },
+    )
+    .await?;
+    malformed.map_or(Ok(()), Err)
+}
+
+/// Which of `magics` `tcp`'s first bytes are (without consuming them); None for
+/// anything else, including a connection that shows fewer bytes within
+/// [`CLASSIFY_TIMEOUT`].
+pub async fn classify(tcp: &TcpStream, magics: &[&[u8; 8]]) -> Option<usize> {
     let check = async {
-        let mut buf = [0u8; MAGIC.len()];
+        let mut buf = [0u8; 8];
         loop {
             let n = tcp.peek(&mut buf).await.ok()?;
-            if n == 0 || buf[..n] != MAGIC[..n] {
-                return Some(false);
+            let mut candidates = magics
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m[..n] == buf[..n]);
+            let first = candidates.next();
+            if n == 0 || first.is_none() {
+                return None;
             }
-            if n == MAGIC.len() {
-                return Some(true);
+            if n == buf.len() {
+                return first.map(|(i, _)| i);
             }
             // A prefix so far: wait for more.
             tcp.readable().await.ok()?;
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };
-    matches!(
-        tokio::time::timeout(CLASSIFY_TIMEOUT, check).await,
-        Ok(Some(true))
-    )
+    tokio::time::timeout(CLASSIFY_TIMEOUT, check)
+        .await
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

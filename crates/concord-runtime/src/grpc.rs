@@ -194,7 +194,10 @@ impl GrpcTransport {
         let (queue, rx) = mpsc::channel(PEER_QUEUE_BATCHES);
         let connected = Arc::new(AtomicBool::new(false));
         let snapshots = Arc::new(AtomicUsize::new(0));
-        let direct = match (self.direct_links.load(Ordering::Relaxed), direct_addr(&url)) {
+        let direct = match (
+            self.direct_links.load(Ordering::Relaxed),
+            crate::direct::addr_of(&url),
+        ) {
             (true, Some(addr)) => {
                 let link = Arc::new(DirectLink::default());
                 let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -310,16 +313,6 @@ impl PeerTransport for GrpcTransport {
             TransportError::Unreachable(to)
         })
     }
-}
-
-/// The `host:port` of an `http://` peer URL: a direct link is dialled there. None for
-/// `https://` (direct links carry no TLS) and for URLs without an explicit port.
-fn direct_addr(url: &str) -> Option<String> {
-    let rest = url.strip_prefix("http://")?;
-    let authority = rest.split('/').next()?;
-    let (_, port) = authority.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    Some(authority.to_string())
 }
 
 struct PeerLink {
@@ -635,7 +628,20 @@ pub struct RaftPeerService {
     telemetry: Arc<dyn Telemetry>,
     // Streams opened per peer, so a stream's end can tell whether a newer one exists.
     generations: Arc<std::sync::Mutex<BTreeMap<NodeId, u64>>>,
+    /// Other kinds of direct link served on the peer URL, by greeting.
+    direct_services: Vec<(&'static [u8; 8], DirectService)>,
 }
+
+/// Serves one accepted direct link of some other protocol (its greeting not yet read)
+/// until it ends or the watch is set (the server stops).
+pub type DirectService = Arc<
+    dyn Fn(
+            tokio::net::TcpStream,
+            tokio::sync::watch::Receiver<bool>,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for RaftPeerService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -659,7 +665,19 @@ impl RaftPeerService {
             router,
             telemetry: Arc::new(NoTelemetry),
             generations: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
+            direct_services: Vec::new(),
         }
+    }
+
+    /// Serves connections to the peer URL that open with `greeting` with `service` (the
+    /// AP replica calls' direct links, [`crate::direct::CALLS_MAGIC`]).
+    pub fn with_direct_service(
+        mut self,
+        greeting: &'static [u8; 8],
+        service: DirectService,
+    ) -> Self {
+        self.direct_services.push((greeting, service));
+        self
     }
 
     /// Reports the bytes received from each peer to `telemetry`.
@@ -891,8 +909,9 @@ impl Raft for RaftPeerService {
 
 /// Serves `service` (Raft) and, when given, the `extra` services (gossip, replicas) on
 /// `listener` until `shutdown` completes. Without TLS, a connection that opens with
-/// [`crate::direct::MAGIC`] is a direct link, served beside the gRPC services; every other
-/// one is handed to them.
+/// [`crate::direct::MAGIC`] is a direct link, served beside the gRPC services, as is one
+/// that opens with the greeting of one of `service`'s other direct services; every other
+/// one is handed to the gRPC services.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     service: RaftPeerService,
@@ -955,10 +974,18 @@ async fn accept(
         let _ = tcp.set_nodelay(true);
         let (service, grpc, stop) = (service.clone(), grpc.clone(), stop.clone());
         tokio::spawn(async move {
-            if crate::direct::starts_with_magic(&tcp).await {
-                service.serve_direct(tcp, stop).await;
-            } else {
-                let _ = grpc.send(Ok(tcp)).await;
+            let greetings: Vec<&[u8; 8]> = std::iter::once(crate::direct::MAGIC)
+                .chain(service.direct_services.iter().map(|(g, _)| *g))
+                .collect();
+            match crate::direct::classify(&tcp, &greetings).await {
+                Some(0) => service.serve_direct(tcp, stop).await,
+                Some(i) => {
+                    let serve = service.direct_services[i - 1].1.clone();
+                    serve(tcp, stop).await
+                }
+                None => {
+                    let _ = grpc.send(Ok(tcp)).await;
+                }
             }
         });
     }

@@ -336,6 +336,7 @@ impl Server {
         let ap = ApNode::open(member_id, cluster_id, &config.data_dir, config.ap)
             .map_err(|e| ServerError::Start(e.to_string()))?;
         ap.set_dialer(tls.peer_dialer.clone());
+        ap.set_direct_links(config.peer_direct_links);
         ap.set_telemetry(metrics.ap.clone());
         // Faults are switched on only through the test hooks (CONCORD_UNSAFE_TEST_HOOKS).
         let transport = Arc::new(FaultyTransport::new(grpc.clone(), member_id.get()));
@@ -354,8 +355,12 @@ impl Server {
 
         let (stop, stop_rx) = tokio_watch::channel(false);
         let mut servers = Vec::new();
-        let peer_service =
-            RaftPeerService::new(cluster_id, router).with_telemetry(metrics.raft.clone());
+        let peer_service = RaftPeerService::new(cluster_id, router)
+            .with_telemetry(metrics.raft.clone())
+            .with_direct_service(
+                concord_runtime::direct::CALLS_MAGIC,
+                ap.direct_calls_service(),
+            );
         let members = Arc::new(Members::new(node.clone(), founding));
         let meta = meta::MetaService {
             node: node.clone(),

@@ -33,8 +33,10 @@ use concord_proto::peer::{
     ReplicaMergeBatchAck, ReplicaRead, ReplicaReadBatch, ReplicaState, ReplicaStates,
 };
 use concord_raft::NodeId;
+use concord_runtime::direct::{self, DirectLink};
 use concord_storage::ap::{state_from_bytes, state_to_bytes};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt as _;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tonic::transport::Channel;
@@ -82,10 +84,11 @@ type Answers<A> = Result<Vec<Result<A, ApError>>, String>;
 pub fn start(
     to: NodeId,
     client: ReplicaClient<Channel>,
+    direct: Option<String>,
     cluster_id: u64,
     timeout: Duration,
 ) -> Queues {
-    let link = Arc::new(Link::new(client));
+    let link = Arc::new(Link::new(client, direct));
     let failed = move |e: String| ApError::Unavailable(format!("replica {to}: {e}"));
     let (applies, queue) = mpsc::unbounded_channel();
     let l = link.clone();
@@ -158,10 +161,14 @@ fn unexpected(answer: &Answer) -> String {
     }
 }
 
-/// The calls to one member: over its `Calls` stream, or unary while it refuses the
-/// stream.
+/// The calls to one member: over a direct link, else its `Calls` stream, or unary while
+/// it refuses the stream.
 struct Link {
     client: ReplicaClient<Channel>,
+    /// `host:port` of an `http://` member, when direct links are on.
+    direct: Option<String>,
+    /// Since when the member refused direct links.
+    direct_refused: Mutex<Option<Instant>>,
     ids: AtomicU64,
     /// The open stream; `None` before the first call, and while calls go unary.
     stream: tokio::sync::Mutex<Option<Arc<CallStream>>>,
@@ -169,9 +176,10 @@ struct Link {
     refused: Mutex<Option<Instant>>,
 }
 
-/// An open `Calls` stream: where calls go, and who waits for which answer.
+/// An open `Calls` stream or direct link: where calls go, and who waits for which
+/// answer.
 struct CallStream {
-    calls: mpsc::UnboundedSender<ReplicaCall>,
+    calls: Calls,
     waiting: Arc<Waiting>,
     /// Set when a caller gave up waiting for its answer: the next call opens a new
     /// stream (this one ends once its last caller is done), so a stream stuck on a
@@ -179,9 +187,30 @@ struct CallStream {
     abandoned: AtomicBool,
 }
 
+/// Where a stream's calls go.
+enum Calls {
+    /// The `Calls` gRPC stream's request side.
+    Grpc(mpsc::UnboundedSender<ReplicaCall>),
+    /// A direct link ([`concord_runtime::direct`]): each call is written as a frame
+    /// from the caller's task. The link's task ends when `_closed` is dropped with the
+    /// stream.
+    Direct {
+        link: Arc<DirectLink>,
+        _closed: oneshot::Sender<()>,
+    },
+}
+
 impl CallStream {
     fn usable(&self) -> bool {
         !self.abandoned.load(Ordering::Relaxed) && lock(&self.waiting).is_some()
+    }
+
+    /// Sends `call`; false if the stream or link has ended.
+    fn send(&self, call: ReplicaCall) -> bool {
+        match &self.calls {
+            Calls::Grpc(tx) => tx.send(call).is_ok(),
+            Calls::Direct { link, .. } => link.send(&direct::frame(&call)),
+        }
     }
 }
 
@@ -195,9 +224,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const STREAM_ENDED: &str = "the stream to the replica ended";
 
 impl Link {
-    fn new(client: ReplicaClient<Channel>) -> Self {
+    fn new(client: ReplicaClient<Channel>, direct: Option<String>) -> Self {
         Self {
             client,
+            direct,
+            direct_refused: Mutex::new(None),
             ids: AtomicU64::new(0),
             stream: tokio::sync::Mutex::new(None),
             refused: Mutex::new(None),
@@ -220,11 +251,10 @@ impl Link {
             stream: &stream,
             id,
         };
-        let sent = stream.calls.send(ReplicaCall {
+        if !stream.send(ReplicaCall {
             id,
             call: Some(call),
-        });
-        if sent.is_err() {
+        }) {
             return Err(STREAM_ENDED.into());
         }
         rx.await.map_err(|_| STREAM_ENDED.to_string())
@@ -240,6 +270,10 @@ impl Link {
         if let Some(s) = open.as_ref().filter(|s| s.usable()) {
             return Ok(Some(s.clone()));
         }
+        if let Some(stream) = self.open_direct().await? {
+            *open = Some(stream.clone());
+            return Ok(Some(stream));
+        }
         let (calls, queued) = mpsc::unbounded_channel();
         let mut client = self.client.clone();
         let answers = match client.calls(UnboundedReceiverStream::new(queued)).await {
@@ -254,12 +288,45 @@ impl Link {
         let waiting = Arc::new(Mutex::new(Some(HashMap::new())));
         tokio::spawn(read_answers(waiting.clone(), answers));
         let stream = Arc::new(CallStream {
-            calls,
+            calls: Calls::Grpc(calls),
             waiting,
             abandoned: Default::default(),
         });
         *open = Some(stream.clone());
         Ok(Some(stream))
+    }
+
+    /// A new direct link to the member, or None when it has none (TLS, direct links
+    /// off, or it refused them less than [`RETRY_STREAM`] ago).
+    async fn open_direct(&self) -> Result<Option<Arc<CallStream>>, String> {
+        let Some(addr) = &self.direct else {
+            return Ok(None);
+        };
+        if lock(&self.direct_refused).is_some_and(|since| since.elapsed() < RETRY_STREAM) {
+            return Ok(None);
+        }
+        let tcp = match direct::dial(addr, direct::CALLS_MAGIC).await {
+            Ok(tcp) => tcp,
+            Err(direct::DialError::Unsupported) => {
+                *lock(&self.direct_refused) = Some(Instant::now());
+                return Ok(None);
+            }
+            Err(direct::DialError::Failed(e)) => return Err(e),
+        };
+        let (rx, tx) = tcp.into_split();
+        let link = Arc::new(DirectLink::default());
+        link.install(tx);
+        let waiting = Arc::new(Mutex::new(Some(HashMap::new())));
+        let (closed, ended) = oneshot::channel();
+        tokio::spawn(direct_answers(link.clone(), waiting.clone(), rx, ended));
+        Ok(Some(Arc::new(CallStream {
+            calls: Calls::Direct {
+                link,
+                _closed: closed,
+            },
+            waiting,
+            abandoned: Default::default(),
+        })))
     }
 
     /// `call` as the unary call of its kind.
@@ -297,13 +364,114 @@ impl Drop for Forget<'_> {
 /// still waiting and marks it ended (the next call opens another).
 async fn read_answers(waiting: Arc<Waiting>, mut answers: Streaming<ReplicaAnswer>) {
     while let Ok(Some(a)) = answers.message().await {
-        let caller = lock(&waiting).as_mut().and_then(|w| w.remove(&a.id));
-        if let (Some(caller), Some(answer)) = (caller, a.answer) {
-            let _ = caller.send(answer);
-        }
+        deliver(&waiting, a);
     }
     // Dropping the senders fails their callers with STREAM_ENDED.
     lock(&waiting).take();
+}
+
+fn deliver(waiting: &Waiting, a: ReplicaAnswer) {
+    let caller = lock(waiting).as_mut().and_then(|w| w.remove(&a.id));
+    if let (Some(caller), Some(answer)) = (caller, a.answer) {
+        let _ = caller.send(answer);
+    }
+}
+
+/// The task of a direct link's calling side: hands each answer to its caller and writes
+/// what the socket did not take at once, until the connection ends or its stream is
+/// dropped (`ended`); then fails the calls still waiting, as [`read_answers`] does.
+async fn direct_answers(
+    link: Arc<DirectLink>,
+    waiting: Arc<Waiting>,
+    rx: tokio::net::tcp::OwnedReadHalf,
+    mut ended: oneshot::Receiver<()>,
+) {
+    use prost::Message as _;
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    let reading = direct::read_frames(rx, MAX_MESSAGE, stop, |body| {
+        match ReplicaAnswer::decode(body) {
+            Ok(a) => {
+                deliver(&waiting, a);
+                true
+            }
+            Err(_) => false,
+        }
+    });
+    tokio::pin!(reading);
+    loop {
+        tokio::select! {
+            _ = &mut reading => break,
+            flushed = link.flush_when_pending() => if !flushed { break },
+            _ = &mut ended => break,
+        }
+    }
+    link.close();
+    lock(&waiting).take();
+}
+
+/// Serves one accepted direct link of replica calls (its greeting not yet read), as
+/// [`serve_calls`] serves a `Calls` stream: each call is started as it arrives and its
+/// answer written when done, in whatever order calls finish.
+pub(super) async fn serve_direct_calls(
+    node: ApNode,
+    mut tcp: tokio::net::TcpStream,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use prost::Message as _;
+    if let Err(e) = direct::accept_greeting(&mut tcp, direct::CALLS_MAGIC).await {
+        tracing::debug!(error = %e, "replica calls link not greeted");
+        return;
+    }
+    node.inner
+        .direct_links_accepted
+        .fetch_add(1, Ordering::Relaxed);
+    let (rx, tx) = tcp.into_split();
+    let link = Arc::new(DirectLink::default());
+    link.install(tx);
+    // Calls answered later (applies and merges wait for the group commit) are polled
+    // here, so that the answers one commit releases leave in one write.
+    let (later_tx, mut later) = mpsc::unbounded_channel();
+    let reading = direct::read_frames(rx, MAX_MESSAGE, stop, |body| {
+        let Ok(call) = ReplicaCall::decode(body) else {
+            return false;
+        };
+        match node.start_call(call) {
+            Started::Now(answer) => {
+                link.send(&direct::frame(&answer));
+            }
+            Started::Later(answer) => {
+                let _ = later_tx.send(answer);
+            }
+        }
+        true
+    });
+    tokio::pin!(reading);
+    let mut running = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            r = &mut reading => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "replica calls link closed");
+                }
+                break;
+            }
+            Some(answer) = later.recv() => running.push(answer),
+            Some(answer) = running.next(), if !running.is_empty() => {
+                let mut frames = direct::frame(&answer);
+                while let Some(Some(answer)) = running.next().now_or_never() {
+                    frames.extend_from_slice(&direct::frame(&answer));
+                }
+                link.send(&frames);
+            }
+            flushed = link.flush_when_pending() => if !flushed { break },
+        }
+    }
+    link.close();
+}
+
+/// The direct-link service of replica calls, for the peer URL's accept loop.
+pub(crate) fn direct_calls_service(node: ApNode) -> concord_runtime::grpc::DirectService {
+    Arc::new(move |tcp, stop| Box::pin(serve_direct_calls(node.clone(), tcp, stop)))
 }
 
 /// A started call of a `Calls` stream: answered at once (reads, refusals) or later.

@@ -248,6 +248,10 @@ impl From<ValueError> for ApError {
 struct Inner {
     /// Dials the other members' peer URLs (TLS for `https://`).
     dialer: RwLock<concord_tls::Dialer>,
+    /// Whether replica calls to `http://` members take direct links (`batch.rs`).
+    direct_links: AtomicBool,
+    /// Direct links of replica calls this member accepted.
+    direct_links_accepted: AtomicU64,
     me: NodeId,
     cluster_id: u64,
     config: ApConfig,
@@ -376,6 +380,8 @@ impl ApNode {
                 counters: Counters::default(),
                 telemetry: std::sync::OnceLock::new(),
                 dialer: RwLock::new(concord_tls::Dialer::default()),
+                direct_links: AtomicBool::new(true),
+                direct_links_accepted: AtomicU64::new(0),
             }),
         })
     }
@@ -394,6 +400,24 @@ impl ApNode {
     /// [`ApNode::set_members`].
     pub fn set_dialer(&self, dialer: concord_tls::Dialer) {
         *write(&self.inner.dialer) = dialer;
+    }
+
+    /// Whether replica calls to `http://` members go on direct links (the default) or on
+    /// the `Calls` stream only (`--peer-direct-links`); set before
+    /// [`ApNode::set_members`].
+    pub fn set_direct_links(&self, on: bool) {
+        self.inner.direct_links.store(on, Ordering::Relaxed);
+    }
+
+    /// The peer URL's service of direct links of replica calls (greeting
+    /// [`concord_runtime::direct::CALLS_MAGIC`]).
+    pub fn direct_calls_service(&self) -> concord_runtime::grpc::DirectService {
+        batch::direct_calls_service(self.clone())
+    }
+
+    /// How many direct links of replica calls other members opened to this one.
+    pub fn direct_links_accepted(&self) -> u64 {
+        self.inner.direct_links_accepted.load(Ordering::Relaxed)
     }
 
     /// Reports request and Redis command latencies to `telemetry` (the first call wins).
@@ -437,9 +461,14 @@ impl ApNode {
                     .max_decoding_message_size(batch::MAX_MESSAGE)
                     .max_encoding_message_size(batch::MAX_MESSAGE);
                 // The batchers end when this peer entry (their queues' senders) goes.
+                let direct = match self.inner.direct_links.load(Ordering::Relaxed) {
+                    true => concord_runtime::direct::addr_of(url),
+                    false => None,
+                };
                 let queues = batch::start(
                     *id,
                     client.clone(),
+                    direct,
                     self.inner.cluster_id,
                     self.inner.config.timeout,
                 );

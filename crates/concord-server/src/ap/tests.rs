@@ -24,9 +24,19 @@ struct Members {
     _dirs: Vec<tempfile::TempDir>,
 }
 
-/// Serves `node`'s replica service on `listener`.
+/// Serves `node`'s replica service on `listener` as a member's peer URL does: its direct
+/// links of replica calls and its gRPC services on one port.
 fn serve(node: &ApNode, listener: tokio::net::TcpListener) -> tokio::task::JoinHandle<()> {
-    serve_replica(node.service(), listener)
+    use concord_runtime::grpc::{serve, RaftPeerService};
+    let peer = RaftPeerService::new(CLUSTER, concord_runtime::transport::Router::new())
+        .with_direct_service(
+            concord_runtime::direct::CALLS_MAGIC,
+            node.direct_calls_service(),
+        );
+    let routes = tonic::service::Routes::new(node.service());
+    tokio::spawn(async move {
+        let _ = serve(listener, peer, Some(routes), None, std::future::pending()).await;
+    })
 }
 
 /// Serves `svc` on `listener`, with TCP_NODELAY as the member's peer listener sets it
@@ -62,6 +72,11 @@ async fn start(n: u64) -> Members {
 }
 
 async fn start_with(n: u64, config: ApConfig) -> Members {
+    start_members(n, config, true).await
+}
+
+/// `n` members; their replica calls take direct links when `direct_links`.
+async fn start_members(n: u64, config: ApConfig, direct_links: bool) -> Members {
     let mut listeners = Vec::new();
     let mut urls = BTreeMap::new();
     for i in 1..=n {
@@ -78,6 +93,7 @@ async fn start_with(n: u64, config: ApConfig) -> Members {
     for (i, listener) in (1..=n).zip(listeners) {
         let dir = tempfile::tempdir().unwrap();
         let node = ApNode::open(NodeId(i), CLUSTER, dir.path(), config).unwrap();
+        node.set_direct_links(direct_links);
         node.set_members(&urls);
         node.set_healthy(urls.keys().copied().collect());
         m.servers.push(serve(&node, listener));
@@ -1365,6 +1381,38 @@ impl Replica for WithoutStream {
     ) -> Result<Response<ReplicaStates>, Status> {
         self.0.read_batch(request).await
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_calls_take_direct_links_unless_they_are_off() {
+    let m = start(3).await;
+    let a = &m.nodes[0];
+    for i in 0..5 {
+        a.write(B0, b"k", set(&format!("v{i}"))).await.unwrap();
+        a.write(B0, b"n", Op::Incr(1)).await.unwrap();
+    }
+    assert_eq!(
+        value(a.read(B0, b"k").await.unwrap(), a.now_ms()),
+        Some(b"v4".to_vec())
+    );
+    let accepted: u64 = m.nodes[1..].iter().map(|n| n.direct_links_accepted()).sum();
+    assert!(accepted > 0, "no replica call took a direct link");
+    // Off: the same calls on the `Calls` stream.
+    let config = ApConfig {
+        timeout: Duration::from_millis(1500),
+        ..ApConfig::default()
+    };
+    let m = start_members(3, config, false).await;
+    let b = &m.nodes[0];
+    for i in 0..5 {
+        b.write(B0, b"k", set(&format!("w{i}"))).await.unwrap();
+    }
+    assert_eq!(
+        value(b.read(B0, b"k").await.unwrap(), b.now_ms()),
+        Some(b"w4".to_vec())
+    );
+    let accepted: u64 = m.nodes.iter().map(|n| n.direct_links_accepted()).sum();
+    assert_eq!(accepted, 0, "a direct link was opened while they were off");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,7 @@ use axum::routing::get;
 use concord_proto::peer::membership_client::MembershipClient;
 use concord_proto::peer::{MembersRequest, MembersResponse, PeerMember, RegisterRequest};
 use concord_raft::NodeId;
+use concord_runtime::direct::CALLS_MAGIC;
 use concord_runtime::grpc::RaftPeerService;
 use concord_runtime::membership::{generation_now, Membership, MembershipConfig};
 use concord_runtime::transport::Router;
@@ -301,6 +302,7 @@ pub(super) async fn start(
     let ap = ApNode::open(member_id, cluster_id, &config.data_dir, config.ap)
         .map_err(|e| ServerError::Start(e.to_string()))?;
     ap.set_dialer(tls.peer_dialer.clone());
+    ap.set_direct_links(config.peer_direct_links);
     let metrics = Arc::new(crate::metrics::Metrics::new());
     ap.set_telemetry(metrics.ap.clone());
     let raft = Arc::new(RaftMembers::new(
@@ -313,7 +315,8 @@ pub(super) async fn start(
     let (stop, stop_rx) = tokio_watch::channel(false);
     let mut servers = Vec::new();
     // No Raft group is registered: Raft traffic sent here by mistake is refused.
-    let no_raft = RaftPeerService::new(cluster_id, Router::new());
+    let no_raft = RaftPeerService::new(cluster_id, Router::new())
+        .with_direct_service(CALLS_MAGIC, ap.direct_calls_service());
     for (listener, url) in peer_listeners {
         let extra =
             tonic::service::Routes::new(gossip.clone().into_server()).add_service(ap.service());
