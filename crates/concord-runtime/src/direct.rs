@@ -524,6 +524,23 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_refused_before_the_stream_is_up_does_not_hold_the_link_back() {
+        let (url, mut inbox, _stop) = member().await;
+        let t = GrpcTransport::new(NodeId(1), CLUSTER, BTreeMap::from([(NodeId(2), url)]));
+        // At once, before the gRPC stream can be up: refused, and forgotten.
+        let mut snap = heartbeat(1);
+        snap.msg_type = MessageType::Snapshot;
+        snap.snapshot = Some(concord_raft::Snapshot::default());
+        let _ = t.send_group(NodeId(2), DEFAULT_GROUP, vec![snap]);
+        until("the direct link", || t.direct_link_up(NodeId(2))).await;
+        t.send_group(NodeId(2), DEFAULT_GROUP, vec![heartbeat(2)])
+            .expect("sent");
+        let got = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
+        assert_eq!(got.ok().flatten(), Some(vec![heartbeat(2)]));
+        assert_eq!(t.direct_batches(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_larger_than_the_socket_takes_at_once_arrive_whole() {
         let (url, mut inbox, _stop) = member().await;
         let t = GrpcTransport::new(NodeId(1), CLUSTER, BTreeMap::from([(NodeId(2), url)]));

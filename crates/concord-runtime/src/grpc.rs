@@ -288,9 +288,7 @@ impl PeerTransport for GrpcTransport {
         let peers = self.peers.read().unwrap_or_else(|e| e.into_inner());
         let (_, peer) = peers.get(&to).ok_or(TransportError::Unreachable(to))?;
         let snapshot = msgs.iter().any(|m| m.msg_type == MessageType::Snapshot);
-        if snapshot {
-            peer.snapshots.fetch_add(1, Ordering::AcqRel);
-        } else if let Some((link, _)) = &peer.direct {
+        if let Some((link, _)) = peer.direct.as_ref().filter(|_| !snapshot) {
             if link.is_up() && peer.snapshots.load(Ordering::Acquire) == 0 {
                 let seq = self.direct_seq.load(Ordering::Relaxed) + 1;
                 let batch = raft_batch(self.cluster_id, self.from, to, seq, group, &msgs);
@@ -305,6 +303,9 @@ impl PeerTransport for GrpcTransport {
         }
         if !peer.connected.load(Ordering::Acquire) {
             return Err(TransportError::Unreachable(to));
+        }
+        if snapshot {
+            peer.snapshots.fetch_add(1, Ordering::AcqRel);
         }
         peer.queue.try_send((group, msgs)).map_err(|_| {
             if snapshot {
