@@ -19,8 +19,10 @@
 //! on the dialler sends frames — a `u32` little-endian length, then one protobuf
 //! `RaftBatch`, the message of the gRPC stream, checked by the receiver exactly as on that
 //! stream (cluster id, peer protocol version) — and the listener sends nothing more. A
-//! member that does not answer [`MAGIC`] (an older build) is asked again after
-//! [`RETRY_UNSUPPORTED`]; meanwhile the gRPC stream carries everything.
+//! member that answers something else or closes the connection (an older build, whose
+//! HTTP/2 server refuses the greeting) is asked again after [`RETRY_UNSUPPORTED`];
+//! meanwhile the gRPC stream carries everything. One that says nothing for 2 s (paused,
+//! overloaded) is dialled again after the usual backoff.
 //!
 //! # Guarantees
 //!
@@ -274,6 +276,17 @@ pub async fn run(
     }
 }
 
+/// TCP keepalive on every peer connection a member accepts: one whose dialler vanished
+/// without a word (a partition, a host gone) is closed after about a minute instead of
+/// holding its task and socket for good.
+pub fn keep_alive(tcp: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
+}
+
 /// Why [`dial`] gave no connection.
 #[derive(Debug)]
 pub enum DialError {
@@ -309,7 +322,9 @@ pub async fn dial(addr: &str, magic: &[u8; 8]) -> Result<TcpStream, DialError> {
         // SETTINGS or a GOAWAY: fewer bytes than the greeting and then the end.
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(DialError::Unsupported),
         Ok(Err(e)) => Err(DialError::Failed(e.to_string())),
-        Err(_) => Err(DialError::Unsupported),
+        // A member that speaks HTTP/2 only answers at once; one that says nothing is
+        // paused or overloaded, and is dialled again after the backoff.
+        Err(_) => Err(DialError::Failed("greeting timed out".into())),
     }
 }
 

@@ -973,6 +973,7 @@ async fn accept(
         // Small Raft messages and acks must not wait for Nagle's algorithm (40 ms with
         // delayed ACKs).
         let _ = tcp.set_nodelay(true);
+        crate::direct::keep_alive(&tcp);
         let (service, grpc, stop) = (service.clone(), grpc.clone(), stop.clone());
         tokio::spawn(async move {
             let greetings: Vec<&[u8; 8]> = std::iter::once(crate::direct::MAGIC)
