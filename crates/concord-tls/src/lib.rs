@@ -14,7 +14,8 @@
 //!   previous configuration stays in force.
 //! - [`Dialer`]: the client side for tonic channels. `http://` URLs are dialled in plain
 //!   text, `https://` URLs through rustls with the dialer's settings (or, without
-//!   settings, the system's trusted roots).
+//!   settings, the system's trusted roots). Both kinds are [`Gathered`], as the client
+//!   listener's connections are, so that HTTP/2's small frames share their writes.
 //! - [`pki`]: certificates made on the spot with rcgen: a self-signed one for
 //!   `--auto-tls`/`--peer-auto-tls`, and a throw-away CA with member and client
 //!   certificates for `concord dev --tls` and tests.
@@ -28,8 +29,11 @@
 //! 3. A failed or slow handshake (bounded by [`HANDSHAKE_TIMEOUT`]) costs one task and
 //!    never stops the accept loop.
 
+mod gathered;
 pub mod pki;
 mod reload;
+
+pub use gathered::Gathered;
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -568,7 +572,7 @@ impl Dialer {
     /// A channel that connects on first use.
     pub fn lazy(&self, endpoint: tonic::transport::Endpoint) -> tonic::transport::Channel {
         if endpoint.uri().scheme_str() != Some("https") {
-            return endpoint.connect_lazy();
+            return endpoint.connect_with_connector_lazy(Plain::new());
         }
         match self.connector() {
             Ok(c) => endpoint.connect_with_connector_lazy(c),
@@ -583,7 +587,7 @@ impl Dialer {
         endpoint: tonic::transport::Endpoint,
     ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
         if endpoint.uri().scheme_str() != Some("https") {
-            return endpoint.connect().await;
+            return endpoint.connect_with_connector(Plain::new()).await;
         }
         match self.connector() {
             Ok(c) => endpoint.connect_with_connector(c).await,
@@ -648,8 +652,8 @@ impl Connector {
     }
 }
 
-type ConnectFuture<T> =
-    Pin<Box<dyn std::future::Future<Output = std::io::Result<T>> + Send + 'static>>;
+type ConnectFuture<T, E = std::io::Error> =
+    Pin<Box<dyn std::future::Future<Output = Result<T, E>> + Send + 'static>>;
 
 fn host_port(uri: &http::Uri) -> std::io::Result<(String, u16)> {
     let host = uri.host().ok_or_else(|| {
@@ -659,7 +663,7 @@ fn host_port(uri: &http::Uri) -> std::io::Result<(String, u16)> {
 }
 
 impl tower_service::Service<http::Uri> for Connector {
-    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Response = Gathered<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>;
     type Error = std::io::Error;
     type Future = ConnectFuture<Self::Response>;
 
@@ -671,10 +675,40 @@ impl tower_service::Service<http::Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             let (host, port) = host_port(&uri)?;
-            Ok(hyper_util::rt::TokioIo::new(
+            Ok(Gathered(hyper_util::rt::TokioIo::new(
                 this.connect(&host, port, None).await?,
-            ))
+            )))
         })
+    }
+}
+
+/// The connector of `http://` channels: tonic's own (hyper's `HttpConnector`, with the
+/// same settings tonic gives it: any scheme, `TCP_NODELAY`; the endpoint's connect
+/// timeout wraps it), its connections [`Gathered`].
+#[derive(Clone)]
+struct Plain(hyper_util::client::legacy::connect::HttpConnector);
+
+impl Plain {
+    fn new() -> Plain {
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        Plain(http)
+    }
+}
+
+impl tower_service::Service<http::Uri> for Plain {
+    type Response = Gathered<hyper_util::rt::TokioIo<TcpStream>>;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = ConnectFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let connecting = self.0.call(uri);
+        Box::pin(async move { Ok(Gathered(connecting.await?)) })
     }
 }
 

@@ -344,3 +344,40 @@ fn shell_completions_cover_the_client_commands() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// `concord bench` finishes every operation it offers, with no error, whether its clients
+/// share one thread or several (each thread owns its connections), and with watchers.
+#[test]
+fn bench_runs_every_operation_on_one_or_more_threads() {
+    let server = Server::start();
+    let runs: &[&[&str]] = &[
+        &["--op", "put", "--threads", "1"],
+        &["--op", "put", "--threads", "2", "--watchers", "20"],
+        &["--op", "range", "--threads", "3"],
+        &["--op", "range-serializable"],
+        &["--op", "txn-cas", "--threads", "2"],
+        &["--op", "watch-latency", "--threads", "2"],
+        &["--op", "lease-keepalive", "--threads", "2"],
+    ];
+    for extra in runs {
+        let mut args = vec![
+            "bench",
+            "--clients",
+            "8",
+            "--conns",
+            "3",
+            "--total",
+            "300",
+            "--duration",
+            "60",
+            "--key-space",
+            "50",
+            "--no-progress",
+        ];
+        args.extend_from_slice(extra);
+        let out = server.ok(&args);
+        let summary = json(out.lines().last().expect("a JSON line"));
+        assert_eq!(summary["ok"], 300, "{extra:?}: {out}");
+        assert_eq!(summary["errors"], 0, "{extra:?}: {out}");
+    }
+}
