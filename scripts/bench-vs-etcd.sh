@@ -59,6 +59,9 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 SERVER_FLAGS=()
+# Ports below Linux's ephemeral range (32768-60999 by default), where an outgoing
+# connection of a member that started first could hold one of the next member's ports.
+base_port() { echo $((20000 + $1 * 100)); }
 # start SYSTEM N: starts an N-member cluster of `etcd` or `concord` on loopback.
 start() {
     local sys=$1 n=$2 base=$3 i cluster="" eps=""
@@ -145,7 +148,7 @@ printf '%-6s %-20s %8s | %12s %9s %9s %8s | %12s %9s %9s %8s | %7s %7s\n' \
 for n in $NODES; do
     declare -A RES=()
     for sys in etcd concord; do
-        start "$sys" "$n" $((30000 + (n * 1000)))
+        start "$sys" "$n" $(base_port "$n")
         # Preload the key space so reads find values.
         ENDPOINTS="$ENDPOINTS" "$CONCORD" bench --endpoints "$ENDPOINTS" --op put --clients 64 \
             --conns "$CONNS" --total "$KEY_SPACE" --duration 120 --value-size "$VALUE_SIZE" \
@@ -172,7 +175,7 @@ print(round(($(cpu_jiffies) - $before) * 1000 / $(getconf CLK_TCK) / max(d.get('
     echo "$n nodes: resident memory per member after the runs: etcd ${RES[etcd/rss]} MiB, concord ${RES[concord/rss]} MiB"
     if [ "$MEMORY_KEYS" -gt 0 ]; then
         for sys in etcd concord; do
-            start "$sys" "$n" $((30000 + (n * 1000)))
+            start "$sys" "$n" $(base_port "$n")
             "$CONCORD" bench --endpoints "$ENDPOINTS" --op put --clients 64 --conns "$CONNS" \
                 --total "$MEMORY_KEYS" --key-space "$MEMORY_KEYS" --sequential-keys \
                 --duration 3600 --value-size "$VALUE_SIZE" --key-prefix mem/ --no-progress >/dev/null
@@ -189,7 +192,7 @@ print(round(($(cpu_jiffies) - $before) * 1000 / $(getconf CLK_TCK) / max(d.get('
         # Room for the file (redb's grows to about twice the data before a defragment).
         SERVER_FLAGS=(--quota-backend-bytes $((DEFRAG_MB * 8 * 1024 * 1024)))
         for sys in etcd concord; do
-            start "$sys" "$n" $((30000 + (n * 1000)))
+            start "$sys" "$n" $(base_port "$n")
             for _ in 1 2; do
                 fill=$("$CONCORD" bench --endpoints "$ENDPOINTS" --op put --clients 16 --conns "$CONNS" \
                     --total "$keys" --key-space "$keys" --sequential-keys --duration 3600 \
