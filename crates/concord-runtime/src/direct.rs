@@ -236,23 +236,32 @@ enum End {
 
 /// The task of one direct link to `addr` (`host:port`): dials, greets, installs the
 /// connection into `link`, flushes and watches it until it ends, and dials again with
-/// exponential backoff (50 ms to 2 s). Ends when `stop`'s sender is dropped.
+/// exponential backoff (50 ms to 2 s). Ends when `stop`'s sender is dropped. `up` hears
+/// of every installed connection (`true`) and of its end (`false`).
 pub async fn run(
     link: Arc<DirectLink>,
     from: NodeId,
     to: NodeId,
     addr: String,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    up: impl Fn(bool),
 ) {
     const MIN_BACKOFF: Duration = Duration::from_millis(50);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let mut backoff = MIN_BACKOFF;
     loop {
+        let installed = AtomicBool::new(false);
         let (end, was_up) = tokio::select! {
-            r = connect_and_serve(&link, &addr) => r,
+            r = connect_and_serve(&link, &addr, || {
+                installed.store(true, Ordering::Relaxed);
+                up(true);
+            }) => r,
             _ = &mut stop => (End::Dropped, false),
         };
         link.close();
+        if installed.load(Ordering::Relaxed) {
+            up(false);
+        }
         let pause = match end {
             End::Dropped => return,
             End::Unsupported => {
@@ -339,7 +348,7 @@ pub async fn accept_greeting(tcp: &mut TcpStream, magic: &[u8; 8]) -> Result<(),
     tcp.write_all(magic).await.map_err(|e| e.to_string())
 }
 
-async fn connect_and_serve(link: &DirectLink, addr: &str) -> (End, bool) {
+async fn connect_and_serve(link: &DirectLink, addr: &str, installed: impl FnOnce()) -> (End, bool) {
     let tcp = match dial(addr, MAGIC).await {
         Ok(tcp) => tcp,
         Err(DialError::Unsupported) => return (End::Unsupported, false),
@@ -347,6 +356,7 @@ async fn connect_and_serve(link: &DirectLink, addr: &str) -> (End, bool) {
     };
     let (mut rx, tx) = tcp.into_split();
     link.install(tx);
+    installed();
     let mut scratch = [0u8; 64];
     loop {
         tokio::select! {
@@ -643,6 +653,37 @@ mod tests {
             .await
             .expect("delivered");
         assert_eq!(got, Some(vec![heartbeat(3)]));
+    }
+
+    /// Records what the transport reports of its direct links.
+    #[derive(Debug, Default)]
+    struct LinkStates(Mutex<Vec<(NodeId, bool)>>);
+
+    impl crate::telemetry::Telemetry for LinkStates {
+        fn peer_direct_link(&self, peer: NodeId, up: bool) {
+            self.0.lock().unwrap().push((peer, up));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_is_reported_up_and_then_down_when_it_ends() {
+        let (url, _inbox, stop) = member().await;
+        let states = Arc::new(LinkStates::default());
+        let t = GrpcTransport::with_telemetry(
+            NodeId(1),
+            CLUSTER,
+            BTreeMap::from([(NodeId(2), url)]),
+            concord_tls::Dialer::default(),
+            states.clone(),
+        );
+        until("the direct link", || t.direct_link_up(NodeId(2))).await;
+        until("reported up", || !states.0.lock().unwrap().is_empty()).await;
+        // The member stops: its end of the link closes.
+        drop(stop);
+        until("reported down", || states.0.lock().unwrap().len() >= 2).await;
+        let seen = states.0.lock().unwrap().clone();
+        assert_eq!(seen[..2], [(NodeId(2), true), (NodeId(2), false)]);
+        assert!(!t.direct_link_up(NodeId(2)));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -201,12 +201,14 @@ impl GrpcTransport {
             (true, Some(addr)) => {
                 let link = Arc::new(DirectLink::default());
                 let (stop, stopped) = tokio::sync::oneshot::channel();
+                let telemetry = self.telemetry.clone();
                 tokio::spawn(crate::direct::run(
                     link.clone(),
                     self.from,
                     to,
                     addr,
                     stopped,
+                    move |up| telemetry.peer_direct_link(to, up),
                 ));
                 Some((link, stop))
             }

@@ -51,6 +51,10 @@ pub trait Telemetry: Send + Sync + Debug {
     /// The peer transport opened a stream to `peer` (at start and at each reconnect).
     fn peer_connected(&self, _peer: NodeId) {}
 
+    /// The direct link to `peer` came up (`true`) or went down (`false`); called on the
+    /// link's task.
+    fn peer_direct_link(&self, _peer: NodeId, _up: bool) {}
+
     /// A snapshot reached `peer` whole and was acknowledged.
     fn snapshot_sent(&self, _peer: NodeId) {}
 

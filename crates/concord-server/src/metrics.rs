@@ -210,6 +210,7 @@ pub struct RaftMetrics {
     peer_round_trip_seconds: HistogramFamily<PeerLabel>,
     peer_queued: Family<PeerLabel, Gauge>,
     peer_connects: Family<PeerLabel, Counter>,
+    peer_direct_link: Family<PeerLabel, Gauge>,
     snapshots_sent: Family<PeerLabel, Counter>,
     /// Each peer's series, looked up once (a batch then costs a read lock and an add).
     peer_series: std::sync::RwLock<std::collections::HashMap<u64, PeerSeries>>,
@@ -226,6 +227,7 @@ struct PeerSeries {
     round_trip: Histogram,
     queued: Gauge,
     connects: Counter,
+    direct_link: Gauge,
     snapshots_sent: Counter,
 }
 
@@ -257,6 +259,7 @@ impl Default for RaftMetrics {
             peer_round_trip_seconds: Family::new_with_constructor(round_trip_buckets),
             peer_queued: Family::default(),
             peer_connects: Family::default(),
+            peer_direct_link: Family::default(),
             snapshots_sent: Family::default(),
             peer_series: Default::default(),
         }
@@ -290,6 +293,7 @@ impl RaftMetrics {
             round_trip: labelled(&self.peer_round_trip_seconds, "To", &id),
             queued: labelled(&self.peer_queued, "To", &id),
             connects: labelled(&self.peer_connects, "To", &id),
+            direct_link: labelled(&self.peer_direct_link, "To", &id),
             snapshots_sent: labelled(&self.snapshots_sent, "To", &id),
         };
         record(
@@ -395,6 +399,12 @@ impl RaftMetrics {
             self.peer_connects.clone(),
         );
         r.register(
+            "concord_peer_direct_link_up",
+            "1 while the direct link to a peer is up (Raft batches bypass the gRPC stream), \
+             0 when it is down or not used",
+            self.peer_direct_link.clone(),
+        );
+        r.register(
             "concord_raft_snapshots_sent",
             "Snapshots sent to a peer whole and acknowledged",
             self.snapshots_sent.clone(),
@@ -465,6 +475,12 @@ impl Telemetry for RaftMetrics {
     fn peer_connected(&self, peer: NodeId) {
         self.peer(peer, |s| {
             s.connects.inc();
+        });
+    }
+
+    fn peer_direct_link(&self, peer: NodeId, up: bool) {
+        self.peer(peer, |s| {
+            s.direct_link.set(i64::from(up));
         });
     }
 

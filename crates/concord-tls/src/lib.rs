@@ -675,7 +675,7 @@ impl tower_service::Service<http::Uri> for Connector {
         let this = self.clone();
         Box::pin(async move {
             let (host, port) = host_port(&uri)?;
-            Ok(Gathered(hyper_util::rt::TokioIo::new(
+            Ok(Gathered::new(hyper_util::rt::TokioIo::new(
                 this.connect(&host, port, None).await?,
             )))
         })
@@ -708,7 +708,7 @@ impl tower_service::Service<http::Uri> for Plain {
 
     fn call(&mut self, uri: http::Uri) -> Self::Future {
         let connecting = self.0.call(uri);
-        Box::pin(async move { Ok(Gathered(connecting.await?)) })
+        Box::pin(async move { Ok(Gathered::new(connecting.await?)) })
     }
 }
 

@@ -446,6 +446,7 @@ async fn peer_traffic_round_trips_and_read_index_rounds_are_measured() {
                             && value("etcd_network_peer_received_bytes_total", "From", id) > 0.0
                             && value("etcd_network_peer_round_trip_time_seconds", "To", id) >= 1.0
                             && value("concord_peer_stream_connects_total", "To", id) >= 1.0
+                            && value("concord_peer_direct_link_up", "To", id) == 1.0
                             && page.iter().any(|s| {
                                 s.family == "concord_peer_queued_batches" && s.has(&[("To", id)])
                             })

@@ -92,7 +92,7 @@ pub async fn serve(
                 None => {
                     let service = TowerToHyperService::new(router);
                     let conn = builder
-                        .serve_connection_with_upgrades(Gathered(TokioIo::new(tcp)), service);
+                        .serve_connection_with_upgrades(Gathered::new(TokioIo::new(tcp)), service);
                     watcher.watch(conn.into_owned()).await
                 }
                 Some(acceptor) => match acceptor.accept(tcp).await {
@@ -105,7 +105,7 @@ pub async fn serve(
                             router,
                         ));
                         let conn = builder.serve_connection_with_upgrades(
-                            Gathered(TokioIo::new(stream)),
+                            Gathered::new(TokioIo::new(stream)),
                             service,
                         );
                         watcher.watch(conn.into_owned()).await
