@@ -69,7 +69,8 @@ impl<T: hyper::rt::Write + Unpin> Gathered<T> {
             }
             self.held.drain(..n);
         }
-        // A large hold is not kept by an idle connection.
+        // A hold over 4 KiB is given back after each flush, so that connections that
+        // go idle keep none (measured: no change in CPU per request under load).
         if self.held.capacity() > 4096 {
             self.held = Vec::new();
         }

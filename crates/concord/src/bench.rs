@@ -329,8 +329,7 @@ pub async fn run(args: BenchArgs) -> Result<Summary, BenchError> {
     });
     let started = Instant::now();
     let _ = go_tx.send(Some(shared.clone()));
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-        .map_err(|e| BenchError::Args(e.to_string()))?;
+    let mut hist = new_histogram();
     for h in handles {
         let joined = tokio::task::spawn_blocking(move || h.join()).await;
         if let Ok(Ok(h)) = joined {
@@ -417,26 +416,27 @@ impl Worker {
                 }
             }
             let _ = ready.send(Ok(()));
-            let shared = match go.wait_for(Option::is_some).await {
-                Ok(s) => s.clone(),
-                Err(_) => return,
+            let Some(shared) = go
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|s| s.clone())
+            else {
+                return;
             };
-            let Some(shared) = shared else { return };
+            // The clients of connection `i`: `i`, `i + conns`, `i + 2 * conns`, ...
             let mut tasks = Vec::new();
-            for c in (0..args.clients).filter(|c| (c % args.conns) % self.threads == self.thread) {
-                let ch = channels
-                    .iter()
-                    .find(|(i, _)| *i == c % args.conns)
-                    .map(|(_, ch)| ch.clone());
-                let Some(ch) = ch else { continue };
-                tasks.push(tokio::spawn(client(
-                    c,
-                    ch,
-                    shared.clone(),
-                    self.lease_id,
-                    self.watch_seen.clone(),
-                    self.bar.clone(),
-                )));
+            for (i, ch) in &channels {
+                for c in (*i..args.clients).step_by(args.conns) {
+                    tasks.push(tokio::spawn(client(
+                        c,
+                        ch.clone(),
+                        shared.clone(),
+                        self.lease_id,
+                        self.watch_seen.clone(),
+                        self.bar.clone(),
+                    )));
+                }
             }
             for t in tasks {
                 if let Ok(h) = t.await {
