@@ -337,9 +337,22 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 self.replicating.clear();
             }
         }
-        // 1. The leader's messages go out while it writes its own copy.
+        // 1. The leader's messages go out while it writes its own copy. A Ready that
+        //    only advances the leader's commit index (nothing to write, something to
+        //    apply) applies first: its messages tell the followers of the commit, and
+        //    the proposers' answers need not wait behind those sends.
+        let commit_only = rd.entries.is_empty()
+            && rd.snapshot.is_none()
+            && !rd.must_sync
+            && !rd.committed_entries.is_empty()
+            && self.raw.soft_state().role == StateRole::Leader;
         let msgs = std::mem::take(&mut rd.messages);
-        self.send(msgs);
+        let after_apply = if commit_only {
+            msgs
+        } else {
+            self.send(msgs);
+            Vec::new()
+        };
         // 2. A received snapshot: into the state machine first, then the WAL batch
         //    recording it.
         if let Some(snap) = &rd.snapshot {
@@ -388,6 +401,9 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
             self.config
                 .telemetry
                 .applied(rd.committed_entries.len(), started.elapsed());
+        }
+        if !after_apply.is_empty() {
+            self.send(after_apply);
         }
         let telemetry = &self.config.telemetry;
         self.reads
