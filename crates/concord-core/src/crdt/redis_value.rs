@@ -142,6 +142,7 @@ pub struct RedisValue {
     /// The epoch: the stamp of the last register write ((0, 0) before any).
     epoch: Stamp,
     /// The register; `None` before any write and after a `DEL`.
+    #[serde(with = "serde_bytes")]
     value: Option<Vec<u8>>,
     /// Increments made in `epoch`.
     counter: PnCounter,
@@ -165,6 +166,7 @@ pub struct RedisValue {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct HashField {
     epoch: Stamp,
+    #[serde(with = "serde_bytes")]
     value: Option<Vec<u8>>,
     counter: PnCounter,
 }
@@ -226,6 +228,7 @@ impl Crdt for HashField {
 #[derive(Debug, Serialize)]
 pub struct StringLayoutRef<'a> {
     epoch: &'a Stamp,
+    #[serde(with = "serde_bytes")]
     value: &'a Option<Vec<u8>>,
     counter: &'a PnCounter,
     expiry: &'a MvRegister<Expiry>,
@@ -235,6 +238,7 @@ pub struct StringLayoutRef<'a> {
 #[derive(Debug, Deserialize)]
 pub struct StringLayout {
     epoch: Stamp,
+    #[serde(with = "serde_bytes")]
     value: Option<Vec<u8>>,
     counter: PnCounter,
     expiry: MvRegister<Expiry>,
@@ -261,6 +265,7 @@ impl From<StringLayout> for RedisValue {
 #[derive(Debug, Serialize)]
 pub struct CollectionsLayoutRef<'a> {
     epoch: &'a Stamp,
+    #[serde(with = "serde_bytes")]
     value: &'a Option<Vec<u8>>,
     counter: &'a PnCounter,
     expiry: &'a MvRegister<Expiry>,
@@ -273,6 +278,7 @@ pub struct CollectionsLayoutRef<'a> {
 #[derive(Debug, Deserialize)]
 pub struct CollectionsLayout {
     epoch: Stamp,
+    #[serde(with = "serde_bytes")]
     value: Option<Vec<u8>>,
     counter: PnCounter,
     expiry: MvRegister<Expiry>,
@@ -1173,6 +1179,77 @@ mod tests {
         assert!(!k.exists(0) && k.is_tombstone());
         k.replace_set(&[m("z")], (2, A), A);
         assert!(!k.exists(0), "an older stamp changes nothing");
+    }
+
+    /// The registers' bytes are encoded as byte strings (one copy instead of a call per
+    /// byte), which postcard writes exactly as it wrote the sequences of `u8` they were:
+    /// stored states and replica messages keep their bytes, both ways.
+    #[test]
+    fn byte_strings_encode_as_the_sequences_of_bytes_they_were() {
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct Before {
+            epoch: Stamp,
+            value: Option<Vec<u8>>,
+            counter: PnCounter,
+            expiry: MvRegister<Expiry>,
+            set: OrSet<Vec<u8>>,
+            hash: OrMap<Vec<u8>, HashField>,
+            removed: u64,
+        }
+        for len in [
+            None,
+            Some(0),
+            Some(1),
+            Some(127),
+            Some(128),
+            Some(300),
+            Some(20_000),
+        ] {
+            let mut k = RedisValue::new();
+            if let Some(n) = len {
+                let value: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                k.set(value, (1, A), A, SetExpiry::At(9));
+            }
+            let before = Before {
+                epoch: k.epoch,
+                value: k.value.clone(),
+                counter: k.counter.clone(),
+                expiry: k.expiry.clone(),
+                set: k.set.clone(),
+                hash: k.hash.clone(),
+                removed: k.removed,
+            };
+            let old = postcard::to_allocvec(&before).unwrap();
+            let new = postcard::to_allocvec(&k.collections_layout().unwrap()).unwrap();
+            assert_eq!(new, old, "collections layout, {len:?} bytes");
+            let back: CollectionsLayout = postcard::from_bytes(&old).unwrap();
+            assert_eq!(RedisValue::from(back), k);
+            assert_eq!(postcard::from_bytes::<Before>(&new).unwrap(), before);
+            let string = postcard::to_allocvec(&k.string_layout().unwrap()).unwrap();
+            assert_eq!(string, old[..string.len()], "string layout, {len:?} bytes");
+        }
+        #[derive(Serialize)]
+        struct FieldBefore {
+            epoch: Stamp,
+            value: Option<Vec<u8>>,
+            counter: PnCounter,
+        }
+        for value in [None, Some(vec![]), Some(vec![3u8; 300])] {
+            let field = HashField {
+                epoch: (4, B),
+                value: value.clone(),
+                counter: PnCounter::new(),
+            };
+            let before = FieldBefore {
+                epoch: (4, B),
+                value,
+                counter: PnCounter::new(),
+            };
+            assert_eq!(
+                postcard::to_allocvec(&field).unwrap(),
+                postcard::to_allocvec(&before).unwrap()
+            );
+        }
     }
 
     #[test]
