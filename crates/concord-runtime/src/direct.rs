@@ -167,10 +167,11 @@ impl DirectLink {
         self.up.store(true, Ordering::Release);
     }
 
-    /// Drops the connection: frames are refused until another is installed.
-    pub fn close(&self) {
+    /// Drops the connection: frames are refused until another is installed. True if
+    /// there was one.
+    pub fn close(&self) -> bool {
         self.up.store(false, Ordering::Release);
-        *self.lock() = None;
+        self.lock().take().is_some()
     }
 
     fn mark_broken(&self, conn: &mut Conn) {
@@ -250,16 +251,11 @@ pub async fn run(
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let mut backoff = MIN_BACKOFF;
     loop {
-        let installed = AtomicBool::new(false);
         let (end, was_up) = tokio::select! {
-            r = connect_and_serve(&link, &addr, || {
-                installed.store(true, Ordering::Relaxed);
-                up(true);
-            }) => r,
+            r = connect_and_serve(&link, &addr, || up(true)) => r,
             _ = &mut stop => (End::Dropped, false),
         };
-        link.close();
-        if installed.load(Ordering::Relaxed) {
+        if link.close() {
             up(false);
         }
         let pause = match end {

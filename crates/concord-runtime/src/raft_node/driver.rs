@@ -402,9 +402,7 @@ impl<S: StateMachine, D: Disk> Driver<S, D> {
                 .telemetry
                 .applied(rd.committed_entries.len(), started.elapsed());
         }
-        if !after_apply.is_empty() {
-            self.send(after_apply);
-        }
+        self.send(after_apply);
         let telemetry = &self.config.telemetry;
         self.reads
             .confirm(std::mem::take(&mut rd.read_states), |took| {
