@@ -9,7 +9,9 @@
 //! for two such crossings (the append to a follower, its acknowledgement), and a ReadIndex
 //! read for two more. On a *direct link* the sender's thread — the Raft driver — encodes
 //! the batch and writes it to the socket itself; on the receiving side one task reads the
-//! socket and hands each batch to its group's inbox.
+//! socket and hands each batch to its group's inbox — on the driver's own thread when the
+//! server says so ([`crate::RaftPeerService::with_link_runtime`]), so the driver is not
+//! woken by another thread either.
 //!
 //! # Protocol
 //!
@@ -498,6 +500,13 @@ mod tests {
 
     /// A member serving peers on loopback, as `concord server` does; its group 0 inbox.
     async fn member() -> (String, crate::transport::Inbox, oneshot::Sender<()>) {
+        member_with(|s| s).await
+    }
+
+    /// [`member`], its peer service set up by `setup`.
+    async fn member_with(
+        setup: impl FnOnce(RaftPeerService) -> RaftPeerService,
+    ) -> (String, crate::transport::Inbox, oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -507,7 +516,7 @@ mod tests {
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(serve(
             listener,
-            RaftPeerService::new(CLUSTER, router),
+            setup(RaftPeerService::new(CLUSTER, router)),
             None,
             None,
             async move {
@@ -542,6 +551,73 @@ mod tests {
             assert_eq!(got, vec![heartbeat(term)]);
         }
         assert_eq!(t.direct_batches(), 100);
+    }
+
+    /// Records the name of the thread that read each batch.
+    #[derive(Debug, Default)]
+    struct ReaderThreads(std::sync::Mutex<Vec<Option<String>>>);
+
+    impl crate::telemetry::Telemetry for ReaderThreads {
+        fn peer_received(&self, _peer: NodeId, _bytes: usize) {
+            let name = std::thread::current().name().map(str::to_string);
+            self.0.lock().unwrap().push(name);
+        }
+    }
+
+    /// Sends 20 batches to a member whose links are read on `link_runtime` (if any);
+    /// returns the names of the threads that read them.
+    async fn reader_threads(link_runtime: Option<tokio::runtime::Handle>) -> Vec<Option<String>> {
+        let readers = Arc::new(ReaderThreads::default());
+        let telemetry = readers.clone();
+        let (url, mut inbox, _stop) =
+            member_with(move |s| s.with_telemetry(telemetry).with_link_runtime(link_runtime)).await;
+        let t = GrpcTransport::new(NodeId(1), CLUSTER, BTreeMap::from([(NodeId(2), url)]));
+        until("the direct link", || t.direct_link_up(NodeId(2))).await;
+        for term in 1..=20 {
+            t.send_group(NodeId(2), DEFAULT_GROUP, vec![heartbeat(term)])
+                .expect("sent");
+            let got = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
+            assert_eq!(got.ok().flatten(), Some(vec![heartbeat(term)]));
+        }
+        let names = readers.0.lock().unwrap().clone();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn links_are_read_on_the_link_runtime_when_one_is_given() {
+        // A driver's thread: a current-thread runtime of its own, running until told.
+        let (rt_tx, rt_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("link-reader".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                rt_tx.send(rt.handle().clone()).expect("handle sent");
+                rt.block_on(async move {
+                    let _ = stopped.await;
+                });
+            })
+            .expect("thread");
+        let rt = rt_rx.recv().expect("handle");
+        let on_it = reader_threads(Some(rt)).await;
+        let _ = stop.send(());
+        thread.join().expect("joined");
+        // Every batch of the direct link there; the gRPC stream's probe, if one came, on
+        // a worker of the accepting runtime.
+        let there = |names: &[Option<String>]| {
+            names
+                .iter()
+                .filter(|n| n.as_deref() == Some("link-reader"))
+                .count()
+        };
+        assert_eq!(there(&on_it), 20, "{on_it:?}");
+        // The control: without one, the accepting runtime's workers read them.
+        let elsewhere = reader_threads(None).await;
+        assert!(elsewhere.len() >= 20);
+        assert_eq!(there(&elsewhere), 0, "{elsewhere:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

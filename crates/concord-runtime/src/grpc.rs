@@ -633,6 +633,8 @@ pub struct RaftPeerService {
     generations: Arc<std::sync::Mutex<BTreeMap<NodeId, u64>>>,
     /// Other kinds of direct link served on the peer URL, by greeting.
     direct_services: Vec<(&'static [u8; 8], DirectService)>,
+    /// Where inbound Raft direct links are read (see [`RaftPeerService::with_link_runtime`]).
+    link_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Serves one accepted direct link of some other protocol (its greeting not yet read)
@@ -669,7 +671,21 @@ impl RaftPeerService {
             telemetry: Arc::new(NoTelemetry),
             generations: Arc::new(std::sync::Mutex::new(BTreeMap::new())),
             direct_services: Vec::new(),
+            link_runtime: None,
         }
+    }
+
+    /// Reads inbound Raft direct links on `runtime` — the Raft driver's own thread
+    /// ([`crate::RaftHandle::driver_runtime`]) — instead of the runtime that accepted them.
+    /// A batch then reaches the driver's inbox on the driver's thread: no wake-up of a
+    /// server worker, no hand-off from it to the driver, for every append, acknowledgement
+    /// and heartbeat. The driver's thread blocks in its fsyncs and applies, so the links
+    /// wait in the kernel's socket buffers meanwhile, where they would otherwise wait in
+    /// the inbox. Batches for other groups still reach them through their inboxes. None:
+    /// links are read on the runtime that accepted them.
+    pub fn with_link_runtime(mut self, runtime: Option<tokio::runtime::Handle>) -> Self {
+        self.link_runtime = runtime;
+        self
     }
 
     /// Serves connections to the peer URL that open with `greeting` with `service` (the
@@ -982,7 +998,26 @@ async fn accept(
                 .chain(service.direct_services.iter().map(|(g, _)| *g))
                 .collect();
             match crate::direct::classify(&tcp, &greetings).await {
-                Some(0) => service.serve_direct(tcp, stop).await,
+                Some(0) => match service.link_runtime.clone() {
+                    Some(rt) => {
+                        // A socket belongs to the reactor that registered it: leave the
+                        // accepting runtime's, join the driver's.
+                        let tcp = match tcp.into_std() {
+                            Ok(tcp) => tcp,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "direct link not moved");
+                                return;
+                            }
+                        };
+                        rt.spawn(async move {
+                            match tokio::net::TcpStream::from_std(tcp) {
+                                Ok(tcp) => service.serve_direct(tcp, stop).await,
+                                Err(e) => tracing::warn!(error = %e, "direct link not moved"),
+                            }
+                        });
+                    }
+                    None => service.serve_direct(tcp, stop).await,
+                },
                 Some(i) => {
                     let serve = service.direct_services[i - 1].1.clone();
                     serve(tcp, stop).await

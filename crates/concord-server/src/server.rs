@@ -357,6 +357,7 @@ impl Server {
         let mut servers = Vec::new();
         let peer_service = RaftPeerService::new(cluster_id, router)
             .with_telemetry(metrics.raft.clone())
+            .with_link_runtime(node.raft().driver_runtime().cloned())
             .with_direct_service(
                 concord_runtime::direct::CALLS_MAGIC,
                 ap.direct_calls_service(),

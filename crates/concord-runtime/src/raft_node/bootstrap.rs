@@ -106,10 +106,13 @@ pub fn start<S: StateMachine, D: Disk>(
         let _ = done_tx.send(());
     };
     let mut abort = None;
+    let mut runtime = None;
     if config.own_thread {
         // The driver gets its own thread and single-threaded runtime: its fsyncs and state
         // machine commits block only that thread (no `block_in_place` hand-offs of the
         // server's workers), and the request path never waits behind it for a worker.
+        // The runtime is built on that thread, which sends its handle back.
+        let (rt_tx, rt_rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name(format!("concord-raft-{id}"))
             .spawn(move || {
@@ -117,13 +120,23 @@ pub fn start<S: StateMachine, D: Disk>(
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(run),
+                    Ok(rt) => {
+                        let _ = rt_tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(run)
+                    }
                     Err(e) => {
-                        tracing::error!(node = %id, error = %e, "cannot start the raft runtime")
+                        let _ = rt_tx.send(Err(e));
                     }
                 }
             })
             .map_err(StartError::Thread)?;
+        // Building a current-thread runtime takes microseconds.
+        runtime = Some(
+            rt_rx
+                .recv()
+                .map_err(|_| StartError::Thread(std::io::Error::other("the raft thread ended")))?
+                .map_err(StartError::Thread)?,
+        );
     } else {
         abort = Some(tokio::spawn(run).abort_handle());
     }
@@ -133,6 +146,7 @@ pub fn start<S: StateMachine, D: Disk>(
         state: shared,
         status: status_rx,
         stop_reason: stop_rx,
+        runtime,
         incarnation,
         seq: Arc::new(AtomicU64::new(0)),
         request_timeout: config.request_timeout,

@@ -56,6 +56,8 @@ pub struct RaftHandle<S: StateMachine> {
     pub(super) status: watch::Receiver<NodeStatus<S::Summary>>,
     /// Set once, when the driver stops: why (see [`RaftHandle::stopped`]).
     pub(super) stop_reason: watch::Receiver<Option<String>>,
+    /// The driver's own runtime, when it has a thread of its own.
+    pub(super) runtime: Option<tokio::runtime::Handle>,
     pub(super) incarnation: u64,
     pub(super) seq: Arc<AtomicU64>,
     pub(super) request_timeout: Duration,
@@ -73,6 +75,7 @@ impl<S: StateMachine> Clone for RaftHandle<S> {
             state: self.state.clone(),
             status: self.status.clone(),
             stop_reason: self.stop_reason.clone(),
+            runtime: self.runtime.clone(),
             incarnation: self.incarnation,
             seq: self.seq.clone(),
             request_timeout: self.request_timeout,
@@ -184,6 +187,13 @@ impl<S: StateMachine> RaftHandle<S> {
     /// batched with the other reads of the same moment).
     pub async fn read_barrier(&self) -> Result<(), NodeError> {
         self.call(|tx| Request::Read { tx }).await
+    }
+
+    /// The runtime of the driver's own thread (None when it runs on the caller's
+    /// runtime): a task spawned there that hands the driver its inbound messages wakes it
+    /// without a hand-off between threads ([`crate::RaftPeerService::with_link_runtime`]).
+    pub fn driver_runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.runtime.as_ref()
     }
 
     /// Runs `f` on the state machine as applied so far, under a read lock: keep it short.
