@@ -255,8 +255,8 @@ impl<'t> Rows<'t> {
         }
     }
 
-    fn insert(&mut self, row: &[u8], value: &[u8]) {
-        self.changed.insert(row.to_vec(), Some(value.to_vec()));
+    fn insert(&mut self, row: &[u8], value: Vec<u8>) {
+        self.changed.insert(row.to_vec(), Some(value));
     }
 
     fn remove(&mut self, row: &[u8]) {
@@ -941,6 +941,13 @@ fn build_trees(db: &Database) -> Result<Vec<MerkleTree>, ApStoreError> {
     Ok(trees)
 }
 
+/// Stores `state` at `row` and answers its digest, encoding it once for both.
+fn put_state(keys: &mut Rows<'_>, row: &[u8], state: &RedisValue) -> [u8; 8] {
+    let bytes = state_to_bytes(state);
+    keys.insert(row, seal(row, &bytes));
+    digest(&bytes)
+}
+
 /// The state stored at `row` (a new one when absent) and its digest (`None` when absent).
 fn held(keys: &Rows<'_>, row: &[u8]) -> Result<(RedisValue, Option<[u8; 8]>), ApStoreError> {
     Ok(match keys.get(row)? {
@@ -1208,8 +1215,7 @@ impl ApStore {
             let (mut state, before) = held(&t.keys, &r)?;
             Ok(match f(&mut state) {
                 Ok(answer) => {
-                    t.keys.insert(r.as_slice(), encode(&r, &state).as_slice());
-                    let after = digest(&state_to_bytes(&state));
+                    let after = put_state(&mut t.keys, &r, &state);
                     Ok((answer, state, before, after))
                 }
                 Err(e) => Err(e),
@@ -1258,12 +1264,11 @@ impl ApStore {
             let answer = f(&mut acceptor, &mut state);
             if acceptor != acceptor_was {
                 let bytes = postcard::to_allocvec(&acceptor).unwrap_or_default();
-                t.paxos.insert(r.as_slice(), seal(&r, &bytes).as_slice());
+                t.paxos.insert(r.as_slice(), seal(&r, &bytes));
             }
             let mut changed = None;
             if state != state_was {
-                t.keys.insert(r.as_slice(), encode(&r, &state).as_slice());
-                changed = Some((before, digest(&state_to_bytes(&state))));
+                changed = Some((before, put_state(&mut t.keys, &r, &state)));
             }
             Ok((answer, state, changed))
         };
@@ -1303,8 +1308,8 @@ impl ApStore {
                 if now == old {
                     continue;
                 }
-                t.keys.insert(r.as_slice(), encode(&r, &now).as_slice());
-                changes.push((key, before, digest(&state_to_bytes(&now))));
+                let after = put_state(&mut t.keys, &r, &now);
+                changes.push((key, before, after));
             }
             Ok(changes)
         })?;
@@ -1440,7 +1445,7 @@ impl ApStore {
                 let current = actor.load(Ordering::Acquire);
                 if expected.acted(NodeId(current)) {
                     let next = fresh_id(&current.to_be_bytes());
-                    t.meta.insert(ACTOR, &next.to_be_bytes());
+                    t.meta.insert(ACTOR, next.to_be_bytes().to_vec());
                     actor.store(next, Ordering::Release);
                 }
             }
@@ -1476,7 +1481,7 @@ impl ApStore {
             let added = held.is_none();
             let mut held = held.unwrap_or_default();
             held.merge(&state);
-            t.hints.insert(r.as_slice(), encode(&r, &held).as_slice());
+            t.hints.insert(r.as_slice(), encode(&r, &held));
             Ok(added)
         })?;
         if added {
