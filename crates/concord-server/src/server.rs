@@ -28,6 +28,7 @@ pub mod listener;
 mod maintenance;
 pub mod members;
 mod meta;
+mod one_port;
 pub mod restore;
 mod tls;
 mod watch;
@@ -421,7 +422,7 @@ impl Server {
                 token.clone(),
             )))
             .fallback(http::not_found);
-        let router = one_port(routes, plain, metrics.grpc.clone());
+        let router = one_port::OnePort::new(routes, plain, metrics.grpc.clone());
         let limits = listener::Limits {
             max_connections: config.max_client_connections,
             max_concurrent_streams: config.max_concurrent_streams,
@@ -623,85 +624,31 @@ fn node_config(
 }
 
 /// etcd's gRPC services over `ctx`, with message limits from `--max-request-bytes`.
-fn grpc_services(ctx: &api::Ctx, token: &str, max_request_bytes: usize) -> tonic::service::Routes {
+fn grpc_services(ctx: &api::Ctx, token: &str, max_request_bytes: usize) -> one_port::GrpcServices {
     let limit = max_request_bytes
         .saturating_mul(2)
         .saturating_add(GRPC_OVERHEAD_BYTES);
-    tonic::service::Routes::new(
-        KvServer::new(kv::KvService { ctx: ctx.clone() })
+    one_port::GrpcServices {
+        kv: KvServer::new(kv::KvService { ctx: ctx.clone() })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
-        WatchServer::new(watch::WatchService { ctx: ctx.clone() })
+        watch: WatchServer::new(watch::WatchService { ctx: ctx.clone() })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(
-        LeaseServer::new(lease::LeaseService { ctx: ctx.clone() }).max_decoding_message_size(limit),
-    )
-    .add_service(
-        ClusterServer::new(cluster::ClusterService {
+        lease: LeaseServer::new(lease::LeaseService { ctx: ctx.clone() })
+            .max_decoding_message_size(limit),
+        cluster: ClusterServer::new(cluster::ClusterService {
             ctx: ctx.clone(),
             token: token.to_string(),
         })
         .max_decoding_message_size(limit),
-    )
-    .add_service(
-        MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
+        maintenance: MaintenanceServer::new(maintenance::MaintenanceService { ctx: ctx.clone() })
             .max_decoding_message_size(limit)
             .max_encoding_message_size(usize::MAX),
-    )
-    .add_service(AuthServer::new(auth_api::AuthService { ctx: ctx.clone() }))
-    .add_service(LockServer::new(concurrency::ConcurrencyService {
-        ctx: ctx.clone(),
-    }))
-    .add_service(ElectionServer::new(concurrency::ConcurrencyService {
-        ctx: ctx.clone(),
-    }))
-}
-
-/// One port for both protocols: gRPC requests (content-type application/grpc) go to
-/// `grpc`, everything else to `plain`.
-fn one_port(
-    grpc: tonic::service::Routes,
-    plain: axum::Router,
-    metrics: Arc<crate::metrics::GrpcMetrics>,
-) -> axum::Router {
-    grpc.into_axum_router().layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let plain = plain.clone();
-            let metrics = metrics.clone();
-            async move {
-                if http::is_grpc(&req) {
-                    // Counted: started, bytes both ways, handled with its code and time.
-                    use tracing::Instrument as _;
-                    let (mut parts, body) = req.into_parts();
-                    crate::auth::set_cert_user(
-                        &mut parts.headers,
-                        parts
-                            .extensions
-                            .get::<listener::CertName>()
-                            .and_then(|n| n.0.as_deref()),
-                    );
-                    let (call, body) = metrics.start(parts.uri.path(), body);
-                    let path = parts.uri.path().trim_start_matches('/');
-                    let span = crate::telemetry::request_span(path, &parts.headers);
-                    let response = next
-                        .run(axum::extract::Request::from_parts(parts, body))
-                        .instrument(span)
-                        .await;
-                    call.response(response)
-                } else {
-                    use tower::ServiceExt as _;
-                    match plain.oneshot(req).await {
-                        Ok(r) => r,
-                        Err(never) => match never {},
-                    }
-                }
-            }
-        },
-    ))
+        auth: AuthServer::new(auth_api::AuthService { ctx: ctx.clone() }),
+        lock: LockServer::new(concurrency::ConcurrencyService { ctx: ctx.clone() }),
+        election: ElectionServer::new(concurrency::ConcurrencyService { ctx: ctx.clone() }),
+    }
 }
 
 async fn wait_stop(mut rx: tokio_watch::Receiver<bool>) {

@@ -45,13 +45,23 @@ pub struct Limits {
 
 /// Serves `router` on `listener` within `limits` until `stop` completes; with `tls`, each
 /// connection is a TLS handshake first (HTTP/2 or HTTP/1.1 chosen by ALPN or preface).
-pub async fn serve(
+pub async fn serve<S>(
     listener: TcpListener,
-    router: axum::Router,
+    router: S,
     limits: Limits,
     tls: Option<concord_tls::Acceptor>,
     stop: impl std::future::Future<Output = ()>,
-) {
+) where
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
