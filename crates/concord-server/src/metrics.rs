@@ -643,6 +643,24 @@ pub struct GrpcMetrics {
     handling: HistogramFamily<GrpcLabels>,
     received_bytes: Counter,
     sent_bytes: Counter,
+    /// Each method's metrics by request path, found in the families at its first call
+    /// (at most [`MAX_CACHED_METHODS`]; further paths are looked up per call).
+    methods: std::sync::RwLock<std::collections::HashMap<String, Arc<MethodMetrics>>>,
+}
+
+/// Most request paths whose metrics [`GrpcMetrics`] keeps at hand: etcd's services have
+/// about 50 methods; a client sending made-up paths must not grow the map without bound.
+const MAX_CACHED_METHODS: usize = 256;
+
+/// One method's metrics, taken from the families once (the handles share their counts):
+/// a call then builds no labels and hashes none.
+#[derive(Debug)]
+struct MethodMetrics {
+    labels: GrpcLabels,
+    started: Counter,
+    handling: Histogram,
+    /// `grpc_server_handled_total` with code `OK`, the usual end.
+    handled_ok: Counter,
 }
 
 fn handling_buckets() -> Histogram {
@@ -660,6 +678,7 @@ impl Default for GrpcMetrics {
             handling: Family::new_with_constructor(handling_buckets),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
+            methods: Default::default(),
         }
     }
 }
@@ -737,6 +756,32 @@ impl GrpcMetrics {
         );
     }
 
+    /// The metrics of the method `path` names (`None`: a path that names none).
+    fn method(&self, path: &str) -> Option<Arc<MethodMetrics>> {
+        let methods = || self.methods.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = methods().get(path) {
+            return Some(m.clone());
+        }
+        let labels = grpc_labels(path)?;
+        let handled_ok = HandledLabels {
+            grpc_type: labels.grpc_type,
+            grpc_service: labels.grpc_service.clone(),
+            grpc_method: labels.grpc_method.clone(),
+            grpc_code: grpc_code_name(0),
+        };
+        let m = Arc::new(MethodMetrics {
+            started: self.started.get_or_create(&labels).clone(),
+            handling: self.handling.get_or_create(&labels).clone(),
+            handled_ok: self.handled.get_or_create(&handled_ok).clone(),
+            labels,
+        });
+        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+        if methods.len() < MAX_CACHED_METHODS {
+            methods.insert(path.to_string(), m.clone());
+        }
+        Some(m)
+    }
+
     /// Counts a request to `path` as started; the request body and the response (through
     /// [`GrpcCall::response`]) then count their bytes and the outcome.
     pub fn start(
@@ -744,13 +789,13 @@ impl GrpcMetrics {
         path: &str,
         body: axum::body::Body,
     ) -> (GrpcCall, axum::body::Body) {
-        let labels = grpc_labels(path);
-        if let Some(l) = &labels {
-            self.started.get_or_create(l).inc();
+        let method = self.method(path);
+        if let Some(m) = &method {
+            m.started.inc();
         }
         let call = GrpcCall {
             metrics: self.clone(),
-            labels,
+            method,
             start: Instant::now(),
         };
         let counted = axum::body::Body::new(Counted {
@@ -766,7 +811,7 @@ impl GrpcMetrics {
 #[derive(Debug)]
 pub struct GrpcCall {
     metrics: Arc<GrpcMetrics>,
-    labels: Option<GrpcLabels>,
+    method: Option<Arc<MethodMetrics>>,
     start: Instant,
 }
 
@@ -804,20 +849,24 @@ struct Ending {
 
 impl Ending {
     fn record(self, code: Option<u32>) {
-        let Some(l) = self.call.labels else {
+        let Some(m) = self.call.method else {
             return;
         };
         // No status at all: the stream was cut before it ended (the client cancelled).
         let code = self.code.or(code).unwrap_or(1);
-        let handled = HandledLabels {
-            grpc_type: l.grpc_type,
-            grpc_service: l.grpc_service.clone(),
-            grpc_method: l.grpc_method.clone(),
-            grpc_code: grpc_code_name(code),
-        };
-        self.call.metrics.handled.get_or_create(&handled).inc();
-        let took = self.call.start.elapsed().as_secs_f64();
-        self.call.metrics.handling.get_or_create(&l).observe(took);
+        if code == 0 {
+            m.handled_ok.inc();
+        } else {
+            let l = &m.labels;
+            let handled = HandledLabels {
+                grpc_type: l.grpc_type,
+                grpc_service: l.grpc_service.clone(),
+                grpc_method: l.grpc_method.clone(),
+                grpc_code: grpc_code_name(code),
+            };
+            self.call.metrics.handled.get_or_create(&handled).inc();
+        }
+        m.handling.observe(self.call.start.elapsed().as_secs_f64());
     }
 }
 
