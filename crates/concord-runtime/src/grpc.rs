@@ -681,8 +681,13 @@ impl RaftPeerService {
     /// server worker, no hand-off from it to the driver, for every append, acknowledgement
     /// and heartbeat. The driver's thread blocks in its fsyncs and applies, so the links
     /// wait in the kernel's socket buffers meanwhile, where they would otherwise wait in
-    /// the inbox. Batches for other groups still reach them through their inboxes. None:
-    /// links are read on the runtime that accepted them.
+    /// the inbox; a stall long enough to fill a link's receive window for
+    /// [`crate::direct::USER_TIMEOUT`] makes the sender's kernel close the link, which is
+    /// dialled again (a driver stalled that long has missed its election timeout anyway).
+    /// Batches for other groups still reach them through their inboxes. The runtime must
+    /// have IO and timers enabled (the driver's has); once it has shut down, links
+    /// accepted later are dropped, and their senders dial again. None: links are read on
+    /// the runtime that accepted them.
     pub fn with_link_runtime(mut self, runtime: Option<tokio::runtime::Handle>) -> Self {
         self.link_runtime = runtime;
         self

@@ -758,10 +758,13 @@ impl GrpcMetrics {
 
     /// The metrics of the method `path` names (`None`: a path that names none).
     fn method(&self, path: &str) -> Option<Arc<MethodMetrics>> {
-        let methods = || self.methods.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = methods().get(path) {
-            return Some(m.clone());
-        }
+        let full = {
+            let methods = self.methods.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(m) = methods.get(path) {
+                return Some(m.clone());
+            }
+            methods.len() >= MAX_CACHED_METHODS
+        };
         let labels = grpc_labels(path)?;
         let handled_ok = HandledLabels {
             grpc_type: labels.grpc_type,
@@ -775,9 +778,13 @@ impl GrpcMetrics {
             handled_ok: self.handled.get_or_create(&handled_ok).clone(),
             labels,
         });
-        let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
-        if methods.len() < MAX_CACHED_METHODS {
-            methods.insert(path.to_string(), m.clone());
+        // Once full, a path not kept takes no write lock: made-up paths do not hold up
+        // the calls of the methods kept.
+        if !full {
+            let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
+            if methods.len() < MAX_CACHED_METHODS {
+                methods.insert(path.to_string(), m.clone());
+            }
         }
         Some(m)
     }
@@ -1023,6 +1030,53 @@ mod tests {
 
     fn find<'a>(scrape: &'a [MetricSample], family: &str) -> Vec<&'a MetricSample> {
         scrape.iter().filter(|s| s.family == family).collect()
+    }
+
+    #[test]
+    fn grpc_calls_past_the_kept_methods_are_counted_too() {
+        let m = Arc::new(GrpcMetrics::default());
+        let path = |i: usize| format!("/svc{i}/Call");
+        let calls = MAX_CACHED_METHODS + 44;
+        for round in 0..2 {
+            for i in 0..calls {
+                let (call, _) = m.start(&path(i), axum::body::Body::empty());
+                Ending { call, code: None }.record(Some(if round == 0 { 0 } else { 5 }));
+            }
+        }
+        assert_eq!(m.methods.read().unwrap().len(), MAX_CACHED_METHODS);
+        for i in [0, MAX_CACHED_METHODS - 1, MAX_CACHED_METHODS, calls - 1] {
+            let labels = grpc_labels(&path(i)).expect("a method's path");
+            assert_eq!(m.started.get_or_create(&labels).get(), 2, "{}", path(i));
+            for (code, name) in [(0, "OK"), (5, "NotFound")] {
+                let handled = HandledLabels {
+                    grpc_type: labels.grpc_type,
+                    grpc_service: labels.grpc_service.clone(),
+                    grpc_method: labels.grpc_method.clone(),
+                    grpc_code: grpc_code_name(code),
+                };
+                assert_eq!(handled.grpc_code, name);
+                assert_eq!(
+                    m.handled.get_or_create(&handled).get(),
+                    1,
+                    "{} {name}",
+                    path(i)
+                );
+            }
+        }
+        // The histograms too, kept or not: as a scrape shows them.
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoded");
+        let counts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("grpc_server_handling_seconds_count{"))
+            .collect();
+        assert_eq!(counts.len(), calls);
+        assert!(counts.iter().all(|l| l.ends_with(" 2")), "{counts:?}");
+        // A path that names no method is counted nowhere.
+        let (call, _) = m.start("/", axum::body::Body::empty());
+        assert!(call.method.is_none());
     }
 
     #[test]

@@ -120,10 +120,23 @@ async fn undecodable_grpc_and_unknown_methods_get_status_errors() {
     .await
     .expect_err("unknown method");
     assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
-    let status = raw_unary(port, "/no.such.Service/Call", NotAPutRequest::default())
-        .await
-        .expect_err("unknown service");
-    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    // Paths naming no service, or a service and no method.
+    for path in [
+        "/no.such.Service/Call",
+        "/",
+        "//x",
+        "/etcdserverpb.KV",
+        "/etcdserverpb.KV/",
+    ] {
+        let status = raw_unary(port, path, NotAPutRequest::default())
+            .await
+            .expect_err("unknown service");
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unimplemented,
+            "{path}: {status:?}"
+        );
+    }
     still_serves(&cluster, "unknown methods").await;
 }
 
