@@ -620,6 +620,18 @@ pub struct GrpcLabels {
     pub grpc_method: String,
 }
 
+impl GrpcLabels {
+    /// These labels with gRPC status `code`'s name.
+    fn with_code(&self, code: u32) -> HandledLabels {
+        HandledLabels {
+            grpc_type: self.grpc_type,
+            grpc_service: self.grpc_service.clone(),
+            grpc_method: self.grpc_method.clone(),
+            grpc_code: grpc_code_name(code),
+        }
+    }
+}
+
 /// [`GrpcLabels`] and the status code.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct HandledLabels {
@@ -766,12 +778,7 @@ impl GrpcMetrics {
             methods.len() >= MAX_CACHED_METHODS
         };
         let labels = grpc_labels(path)?;
-        let handled_ok = HandledLabels {
-            grpc_type: labels.grpc_type,
-            grpc_service: labels.grpc_service.clone(),
-            grpc_method: labels.grpc_method.clone(),
-            grpc_code: grpc_code_name(0),
-        };
+        let handled_ok = labels.with_code(0);
         let m = Arc::new(MethodMetrics {
             started: self.started.get_or_create(&labels).clone(),
             handling: self.handling.get_or_create(&labels).clone(),
@@ -864,13 +871,7 @@ impl Ending {
         if code == 0 {
             m.handled_ok.inc();
         } else {
-            let l = &m.labels;
-            let handled = HandledLabels {
-                grpc_type: l.grpc_type,
-                grpc_service: l.grpc_service.clone(),
-                grpc_method: l.grpc_method.clone(),
-                grpc_code: grpc_code_name(code),
-            };
+            let handled = m.labels.with_code(code);
             self.call.metrics.handled.get_or_create(&handled).inc();
         }
         m.handling.observe(self.call.start.elapsed().as_secs_f64());
@@ -1048,12 +1049,7 @@ mod tests {
             let labels = grpc_labels(&path(i)).expect("a method's path");
             assert_eq!(m.started.get_or_create(&labels).get(), 2, "{}", path(i));
             for (code, name) in [(0, "OK"), (5, "NotFound")] {
-                let handled = HandledLabels {
-                    grpc_type: labels.grpc_type,
-                    grpc_service: labels.grpc_service.clone(),
-                    grpc_method: labels.grpc_method.clone(),
-                    grpc_code: grpc_code_name(code),
-                };
+                let handled = labels.with_code(code);
                 assert_eq!(handled.grpc_code, name);
                 assert_eq!(
                     m.handled.get_or_create(&handled).get(),
