@@ -37,6 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("concord_descriptor.bin"),
         embedded.encode_to_vec(),
     )?;
+    std::fs::write(out_dir.join("grpc_methods.rs"), grpc_methods(&fds))?;
 
     tonic_prost_build::configure()
         // Channels (`connect`) would pull tonic's transport into every user of the crate;
@@ -49,4 +50,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// The entries of `GRPC_METHODS`: every method of every service, in declaration order.
+fn grpc_methods(fds: &prost_types::FileDescriptorSet) -> String {
+    let mut out = String::from("&[\n");
+    for file in &fds.file {
+        for service in &file.service {
+            let full = format!("{}.{}", file.package(), service.name());
+            for method in &service.method {
+                out.push_str(&format!(
+                    "    GrpcMethod {{ service: {full:?}, method: {:?}, client_streaming: {}, server_streaming: {} }},\n",
+                    method.name(),
+                    method.client_streaming(),
+                    method.server_streaming(),
+                ));
+            }
+        }
+    }
+    out.push(']');
+    out
 }

@@ -108,5 +108,23 @@ pub mod peer {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/concord_descriptor.bin"));
 
+/// One method of a compiled service, as its descriptor declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrpcMethod {
+    /// The service's full name: `etcdserverpb.KV`.
+    pub service: &'static str,
+    /// `Range`.
+    pub method: &'static str,
+    /// The client sends a stream.
+    pub client_streaming: bool,
+    /// The server answers with a stream.
+    pub server_streaming: bool,
+}
+
+/// Every method of every service of this crate (etcd's and the peer protocol's), in
+/// declaration order: what a server can name in its metrics without trusting a request's
+/// path.
+pub const GRPC_METHODS: &[GrpcMethod] = include!(concat!(env!("OUT_DIR"), "/grpc_methods.rs"));
+
 #[cfg(test)]
 mod tests;

@@ -1448,6 +1448,31 @@ fn every_service_has_etcds_methods_and_streaming() {
 }
 
 #[test]
+fn the_method_list_names_every_method_with_its_streaming() {
+    let expected: Vec<crate::GrpcMethod> = SERVICES
+        .iter()
+        .flat_map(|(service, methods)| {
+            methods
+                .iter()
+                .map(
+                    |(method, _, _, client_streaming, server_streaming)| crate::GrpcMethod {
+                        service,
+                        method,
+                        client_streaming: *client_streaming,
+                        server_streaming: *server_streaming,
+                    },
+                )
+        })
+        .collect();
+    let mut listed = crate::GRPC_METHODS.to_vec();
+    let key = |m: &crate::GrpcMethod| (m.service, m.method);
+    listed.sort_by_key(key);
+    let mut expected = expected;
+    expected.sort_by_key(key);
+    assert_eq!(listed, expected);
+}
+
+#[test]
 fn generated_servers_answer_on_etcds_grpc_paths() {
     use tonic::server::NamedService;
 

@@ -655,14 +655,18 @@ pub struct GrpcMetrics {
     handling: HistogramFamily<GrpcLabels>,
     received_bytes: Counter,
     sent_bytes: Counter,
-    /// Each method's metrics by request path, found in the families at its first call
-    /// (at most [`MAX_CACHED_METHODS`]; further paths are looked up per call).
-    methods: std::sync::RwLock<std::collections::HashMap<String, Arc<MethodMetrics>>>,
+    /// The metrics of each method served, by request path, taken from the families at its
+    /// first call. Only these paths are counted: a made-up one (answered `UNIMPLEMENTED`)
+    /// adds no series, as go-grpc-prometheus's interceptors never see such calls in etcd.
+    methods: std::collections::HashMap<String, MethodSlot>,
 }
 
-/// Most request paths whose metrics [`GrpcMetrics`] keeps at hand: etcd's services have
-/// about 50 methods; a client sending made-up paths must not grow the map without bound.
-const MAX_CACHED_METHODS: usize = 256;
+/// A method served: its labels, and its metrics once it has been called.
+#[derive(Debug)]
+struct MethodSlot {
+    labels: GrpcLabels,
+    metrics: std::sync::OnceLock<Arc<MethodMetrics>>,
+}
 
 /// One method's metrics, taken from the families once (the handles share their counts):
 /// a call then builds no labels and hashes none.
@@ -690,7 +694,15 @@ impl Default for GrpcMetrics {
             handling: Family::new_with_constructor(handling_buckets),
             received_bytes: Counter::default(),
             sent_bytes: Counter::default(),
-            methods: Default::default(),
+            methods: served_methods()
+                .map(|(path, labels)| {
+                    let slot = MethodSlot {
+                        labels,
+                        metrics: Default::default(),
+                    };
+                    (path, slot)
+                })
+                .collect(),
         }
     }
 }
@@ -719,23 +731,30 @@ pub fn grpc_code_name(code: u32) -> &'static str {
     NAMES.get(code as usize).copied().unwrap_or("Unknown")
 }
 
-/// The labels of the request for `path` (`/etcdserverpb.KV/Range`); `None` for a path
-/// that names no method.
-pub fn grpc_labels(path: &str) -> Option<GrpcLabels> {
-    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    if service.is_empty() || method.is_empty() || method.contains('/') {
-        return None;
-    }
-    let grpc_type = match (service, method) {
-        ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => "bidi_stream",
-        ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
-        _ => "unary",
-    };
-    Some(GrpcLabels {
-        grpc_type,
-        grpc_service: service.to_string(),
-        grpc_method: method.to_string(),
-    })
+/// The services of the client port (the peer protocol's are served on the peer port).
+fn is_client_service(service: &str) -> bool {
+    !service.starts_with("concord.peer.")
+}
+
+/// The path and labels of every method the client port serves (`/etcdserverpb.KV/Range`).
+fn served_methods() -> impl Iterator<Item = (String, GrpcLabels)> {
+    concord_proto::GRPC_METHODS
+        .iter()
+        .filter(|m| is_client_service(m.service))
+        .map(|m| {
+            let grpc_type = match (m.client_streaming, m.server_streaming) {
+                (false, false) => "unary",
+                (true, false) => "client_stream",
+                (false, true) => "server_stream",
+                (true, true) => "bidi_stream",
+            };
+            let labels = GrpcLabels {
+                grpc_type,
+                grpc_service: m.service.to_string(),
+                grpc_method: m.method.to_string(),
+            };
+            (format!("/{}/{}", m.service, m.method), labels)
+        })
 }
 
 impl GrpcMetrics {
@@ -768,32 +787,19 @@ impl GrpcMetrics {
         );
     }
 
-    /// The metrics of the method `path` names (`None`: a path that names none).
+    /// The metrics of the method `path` names (`None`: not a method served).
     fn method(&self, path: &str) -> Option<Arc<MethodMetrics>> {
-        let full = {
-            let methods = self.methods.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(m) = methods.get(path) {
-                return Some(m.clone());
-            }
-            methods.len() >= MAX_CACHED_METHODS
-        };
-        let labels = grpc_labels(path)?;
-        let handled_ok = labels.with_code(0);
-        let m = Arc::new(MethodMetrics {
-            started: self.started.get_or_create(&labels).clone(),
-            handling: self.handling.get_or_create(&labels).clone(),
-            handled_ok: self.handled.get_or_create(&handled_ok).clone(),
-            labels,
+        let slot = self.methods.get(path)?;
+        let m = slot.metrics.get_or_init(|| {
+            let labels = slot.labels.clone();
+            Arc::new(MethodMetrics {
+                started: self.started.get_or_create(&labels).clone(),
+                handling: self.handling.get_or_create(&labels).clone(),
+                handled_ok: self.handled.get_or_create(&labels.with_code(0)).clone(),
+                labels,
+            })
         });
-        // Once full, a path not kept takes no write lock: made-up paths do not hold up
-        // the calls of the methods kept.
-        if !full {
-            let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
-            if methods.len() < MAX_CACHED_METHODS {
-                methods.insert(path.to_string(), m.clone());
-            }
-        }
-        Some(m)
+        Some(m.clone())
     }
 
     /// Counts a request to `path` as started; the request body and the response (through
@@ -1033,46 +1039,92 @@ mod tests {
         scrape.iter().filter(|s| s.family == family).collect()
     }
 
+    /// The labels of the served method `path`.
+    fn labels(m: &GrpcMetrics, path: &str) -> GrpcLabels {
+        m.methods.get(path).expect("a method served").labels.clone()
+    }
+
     #[test]
-    fn grpc_calls_past_the_kept_methods_are_counted_too() {
+    fn only_the_methods_served_are_counted() {
         let m = Arc::new(GrpcMetrics::default());
-        let path = |i: usize| format!("/svc{i}/Call");
-        let calls = MAX_CACHED_METHODS + 44;
-        for round in 0..2 {
-            for i in 0..calls {
-                let (call, _) = m.start(&path(i), axum::body::Body::empty());
-                Ending { call, code: None }.record(Some(if round == 0 { 0 } else { 5 }));
+        let made_up: Vec<String> = (0..300)
+            .map(|i| format!("/svc{i}/Call"))
+            .chain(
+                [
+                    "/",
+                    "/etcdserverpb.KV",
+                    "/etcdserverpb.KV/",
+                    "/etcdserverpb.KV/Nope",
+                    "/etcdserverpb.KV/Range/x",
+                    "/concord.peer.v1.Raft/Send",
+                ]
+                .map(String::from),
+            )
+            .collect();
+        for path in made_up
+            .iter()
+            .map(String::as_str)
+            .chain(["/etcdserverpb.KV/Put"])
+        {
+            for code in [0, 5] {
+                let (call, _) = m.start(path, axum::body::Body::empty());
+                Ending { call, code: None }.record(Some(code));
             }
         }
-        assert_eq!(m.methods.read().unwrap().len(), MAX_CACHED_METHODS);
-        for i in [0, MAX_CACHED_METHODS - 1, MAX_CACHED_METHODS, calls - 1] {
-            let labels = grpc_labels(&path(i)).expect("a method's path");
-            assert_eq!(m.started.get_or_create(&labels).get(), 2, "{}", path(i));
-            for (code, name) in [(0, "OK"), (5, "NotFound")] {
-                let handled = labels.with_code(code);
-                assert_eq!(handled.grpc_code, name);
-                assert_eq!(
-                    m.handled.get_or_create(&handled).get(),
-                    1,
-                    "{} {name}",
-                    path(i)
-                );
-            }
+        let put = labels(&m, "/etcdserverpb.KV/Put");
+        assert_eq!(m.started.get_or_create(&put).get(), 2);
+        for (code, name) in [(0, "OK"), (5, "NotFound")] {
+            let handled = put.with_code(code);
+            assert_eq!(handled.grpc_code, name);
+            assert_eq!(m.handled.get_or_create(&handled).get(), 1, "{name}");
         }
-        // The histograms too, kept or not: as a scrape shows them.
+        // A scrape shows the one method called, and nothing of the made-up paths.
         let mut registry = Registry::default();
         m.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encoded");
-        let counts: Vec<&str> = text
+        let series: Vec<&str> = text
             .lines()
-            .filter(|l| l.starts_with("grpc_server_handling_seconds_count{"))
+            .filter(|l| l.starts_with("grpc_server_") && !l.contains("_bucket{"))
             .collect();
-        assert_eq!(counts.len(), calls);
-        assert!(counts.iter().all(|l| l.ends_with(" 2")), "{counts:?}");
-        // A path that names no method is counted nowhere.
-        let (call, _) = m.start("/", axum::body::Body::empty());
-        assert!(call.method.is_none());
+        assert_eq!(series.len(), 5, "{series:#?}"); // started, 2 handled, sum, count
+        assert!(
+            series.iter().all(|l| l.contains("grpc_method=\"Put\"")),
+            "{series:#?}"
+        );
+    }
+
+    #[test]
+    fn every_client_method_is_served_with_its_stream_type() {
+        let m = GrpcMetrics::default();
+        let services: std::collections::BTreeSet<&str> = m
+            .methods
+            .values()
+            .map(|s| s.labels.grpc_service.as_str())
+            .collect();
+        assert_eq!(
+            services.into_iter().collect::<Vec<_>>(),
+            [
+                "etcdserverpb.Auth",
+                "etcdserverpb.Cluster",
+                "etcdserverpb.KV",
+                "etcdserverpb.Lease",
+                "etcdserverpb.Maintenance",
+                "etcdserverpb.Watch",
+                "v3electionpb.Election",
+                "v3lockpb.Lock"
+            ]
+        );
+        for (path, grpc_type) in [
+            ("/etcdserverpb.KV/Range", "unary"),
+            ("/etcdserverpb.Watch/Watch", "bidi_stream"),
+            ("/etcdserverpb.Lease/LeaseKeepAlive", "bidi_stream"),
+            ("/etcdserverpb.Maintenance/Snapshot", "server_stream"),
+            ("/v3electionpb.Election/Observe", "server_stream"),
+            ("/v3lockpb.Lock/Lock", "unary"),
+        ] {
+            assert_eq!(labels(&m, path).grpc_type, grpc_type, "{path}");
+        }
     }
 
     #[test]
@@ -1135,23 +1187,11 @@ mod tests {
 
     #[test]
     fn grpc_paths_and_codes_are_named_as_go_grpc_prometheus_does() {
-        let l = grpc_labels("/etcdserverpb.KV/Range").unwrap();
+        let l = labels(&GrpcMetrics::default(), "/etcdserverpb.KV/Range");
         assert_eq!(
             (l.grpc_type, l.grpc_service.as_str(), l.grpc_method.as_str()),
             ("unary", "etcdserverpb.KV", "Range")
         );
-        assert_eq!(
-            grpc_labels("/etcdserverpb.Watch/Watch").unwrap().grpc_type,
-            "bidi_stream"
-        );
-        assert_eq!(
-            grpc_labels("/etcdserverpb.Maintenance/Snapshot")
-                .unwrap()
-                .grpc_type,
-            "server_stream"
-        );
-        assert!(grpc_labels("/nomethod").is_none());
-        assert!(grpc_labels("/a/b/c").is_none());
         assert_eq!(grpc_code_name(0), "OK");
         assert_eq!(grpc_code_name(14), "Unavailable");
         assert_eq!(grpc_code_name(99), "Unknown");
@@ -1173,7 +1213,7 @@ mod tests {
         response.into_body().collect().await.unwrap();
         assert_eq!(m.received_bytes.get(), 5);
         assert_eq!(m.sent_bytes.get(), 3);
-        let labels = grpc_labels("/etcdserverpb.KV/Put").unwrap();
+        let labels = labels(&m, "/etcdserverpb.KV/Put");
         assert_eq!(m.started.get_or_create(&labels).get(), 1);
         let handled = |code| HandledLabels {
             grpc_type: "unary",

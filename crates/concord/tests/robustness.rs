@@ -138,6 +138,18 @@ async fn undecodable_grpc_and_unknown_methods_get_status_errors() {
         );
     }
     still_serves(&cluster, "unknown methods").await;
+    // Made-up paths add no series to /metrics (etcd's interceptors never see them).
+    let r = http_get(port, "/metrics").await.expect("/metrics");
+    let made_up: Vec<_> = scrape(&r.text())
+        .into_iter()
+        .filter(|s| s.family.starts_with("grpc_server_"))
+        .filter(|s| {
+            s.has(&[("grpc_service", "no.such.Service")])
+                || s.has(&[("grpc_method", "NoSuchMethod")])
+                || s.has(&[("grpc_method", "")])
+        })
+        .collect();
+    assert!(made_up.is_empty(), "series of made-up paths: {made_up:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
