@@ -327,6 +327,77 @@ struct Layers {
 
 struct Overlay {
     layers: std::sync::RwLock<Layers>,
+    /// The newest value of keys-table rows (`None`: absent), some of them: a point read
+    /// that finds its row here needs neither the overlay nor the B-tree.
+    cache: Mutex<ReadCache>,
+}
+
+/// The newest value of some rows of the keys table, at most [`READ_CACHE_BYTES`] of them.
+/// Every change to the table updates it in the step that lays the change on the overlay
+/// (under the layers' write lock, so a reader never sees the two disagree), and a read
+/// from the B-tree fills it only if, under the layers' read lock, the row is on no overlay
+/// layer and the committed layer is still the one it read: so an entry is always the row's
+/// newest value, and a checkpoint, which only moves rows between layers, leaves it alone.
+/// Dropping an entry (to stay under the bound) only sends its next read to the layers.
+#[derive(Default)]
+struct ReadCache {
+    rows: std::collections::HashMap<Vec<u8>, Option<Arc<[u8]>>>,
+    bytes: usize,
+}
+
+/// Most bytes (rows, values and the map's share) the read cache holds.
+pub const READ_CACHE_BYTES: usize = if cfg!(test) { 64 << 10 } else { 64 << 20 };
+
+/// Bytes a cached row costs: its row, its value and the map's own share.
+fn cached_bytes(row: &[u8], value: Option<&[u8]>) -> usize {
+    row.len() + value.map_or(0, <[u8]>::len) + 64
+}
+
+impl ReadCache {
+    fn get(&self, row: &[u8]) -> Option<Option<Arc<[u8]>>> {
+        self.rows.get(row).cloned()
+    }
+
+    /// `row` now has `value` (a change laid on the overlay).
+    fn put(&mut self, row: &[u8], value: Option<&[u8]>) {
+        if let Some(old) = self.rows.get_mut(row) {
+            let was = cached_bytes(row, old.as_deref());
+            *old = value.map(Arc::from);
+            self.bytes = self.bytes - was + cached_bytes(row, value);
+            self.trim();
+        } else {
+            self.fill(row, value);
+        }
+    }
+
+    /// Keeps `value` of a row not held (read from the B-tree, or a change).
+    fn fill(&mut self, row: &[u8], value: Option<&[u8]>) {
+        let cost = cached_bytes(row, value);
+        if cost > READ_CACHE_BYTES / 16 || self.rows.contains_key(row) {
+            return;
+        }
+        self.rows.insert(row.to_vec(), value.map(Arc::from));
+        self.bytes += cost;
+        self.trim();
+    }
+
+    /// Past the bound, an eighth of the rows go (the map's order is as good as random).
+    fn trim(&mut self) {
+        if self.bytes <= READ_CACHE_BYTES {
+            return;
+        }
+        let mut drop = self.rows.len() / 8 + 1;
+        let mut freed = 0;
+        self.rows.retain(|row, value| {
+            if drop == 0 {
+                return true;
+            }
+            drop -= 1;
+            freed += cached_bytes(row, value.as_deref());
+            false
+        });
+        self.bytes -= freed;
+    }
 }
 
 impl Overlay {
@@ -338,7 +409,12 @@ impl Overlay {
                 committed: Arc::new(Committed::open(db)?),
                 checkpointing: false,
             }),
+            cache: Mutex::default(),
         })
+    }
+
+    fn cache(&self) -> MutexGuard<'_, ReadCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Layers> {
@@ -356,6 +432,12 @@ impl Overlay {
         row: &[u8],
         f: impl FnOnce(Option<&[u8]>) -> T,
     ) -> Result<T, ApStoreError> {
+        let cached = which == Which::Keys;
+        if cached {
+            if let Some(hit) = self.cache().get(row) {
+                return Ok(f(hit.as_deref()));
+            }
+        }
         let committed = {
             let layers = self.read();
             for rows in [&layers.active, &*layers.frozen] {
@@ -366,7 +448,24 @@ impl Overlay {
             layers.committed.clone()
         };
         let stored = committed.table(which).get(row)?;
-        Ok(f(stored.as_ref().map(|v| v.value())))
+        let value = stored.as_ref().map(|v| v.value());
+        if cached {
+            self.fill(row, &committed, value);
+        }
+        Ok(f(value))
+    }
+
+    /// Keeps `value` of the keys-table `row`, read from `committed`, in the read cache if
+    /// it is still the row's newest value: the row on no overlay layer, and `committed`
+    /// still the committed layer.
+    fn fill(&self, row: &[u8], committed: &Arc<Committed>, value: Option<&[u8]>) {
+        let layers = self.read();
+        let on_overlay = [&layers.active, &*layers.frozen]
+            .iter()
+            .any(|rows| rows[Which::Keys as usize].contains_key(row));
+        if !on_overlay && Arc::ptr_eq(&layers.committed, committed) {
+            self.cache().fill(row, value);
+        }
     }
 
     /// The overlay's rows of `which` in `range` (the newer layer's where both have one)
@@ -625,6 +724,11 @@ fn write_loop(
                 }
                 unsynced = !sync;
                 let mut layers = overlay.write();
+                let mut cache = overlay.cache();
+                for (row, value) in &changes[Which::Keys as usize].1 {
+                    cache.put(row, value.as_deref());
+                }
+                drop(cache);
                 for (which, changed) in changes {
                     if rows == 0 && !changed.is_empty() {
                         first = Instant::now();
@@ -1852,6 +1956,193 @@ mod tests {
         check(&model, &hints_by_key(&hints));
         round(2, &mut model, &mut hints);
         check(&model, &hints_by_key(&hints));
+    }
+
+    #[test]
+    fn the_read_cache_never_answers_a_value_a_checkpoint_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ApStore::open(&dir.path().join("ap.redb"), 1000).unwrap();
+        let targets: Vec<Vec<u8>> = (0..40).map(|i| format!("t{i}").into_bytes()).collect();
+        let cached = |k: &[u8]| store.overlay.cache().rows.contains_key(&row(1, k));
+        let mut model: BTreeMap<Vec<u8>, RedisValue> = BTreeMap::new();
+        for round in 1..=4u64 {
+            // Enough bytes to start a checkpoint, in rows of two sizes.
+            let (rows, size) = if round % 2 == 1 {
+                (1_200, 1_000)
+            } else {
+                (4_200, 300)
+            };
+            let filler: Vec<(Vec<u8>, RedisValue)> = (0..rows)
+                .map(|i| {
+                    let v = "f".repeat(size);
+                    (format!("f{round}-{i}").into_bytes(), set(&v, round, A))
+                })
+                .collect();
+            // The targets change every round; every third is removed.
+            let mut entries: Vec<(Vec<u8>, RedisValue)> = targets
+                .iter()
+                .map(|k| (k.clone(), set(&format!("v{round}"), round, A)))
+                .collect();
+            entries.extend(filler);
+            for (k, v) in &entries {
+                model.entry(k.clone()).or_default().merge(v);
+            }
+            store.merge_many(1, entries, |_| true).unwrap();
+            for k in targets.iter().step_by(3) {
+                let v = model.remove(k).unwrap();
+                assert!(store.remove_if_same(1, k, &v).unwrap());
+            }
+            let deadline = Instant::now() + CHECKPOINT_EVERY * 3;
+            while overlay_len(&store.overlay) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(overlay_len(&store.overlay), 0, "round {round} checkpointed");
+            // Twice: once the cache has dropped what it could not hold, and again.
+            for pass in 0..2 {
+                for k in &targets {
+                    assert_eq!(
+                        store.get(1, k).unwrap().as_ref(),
+                        model.get(k),
+                        "round {round}, pass {pass}, {}",
+                        String::from_utf8_lossy(k)
+                    );
+                }
+            }
+            // Fills past the bound drop rows at random, these among them: some are held.
+            assert!(
+                targets.iter().any(|k| cached(k)),
+                "round {round}: none cached"
+            );
+        }
+    }
+
+    #[test]
+    fn the_read_cache_keeps_its_bound() {
+        let mut cache = ReadCache::default();
+        cache.fill(b"a", Some(b"1"));
+        cache.fill(b"a", Some(b"stale"));
+        assert_eq!(
+            cache.get(b"a"),
+            Some(Some(Arc::from(&b"1"[..]))),
+            "a fill keeps what is held"
+        );
+        cache.put(b"a", None);
+        assert_eq!(
+            cache.get(b"a"),
+            Some(None),
+            "a change replaces it; absence is kept too"
+        );
+        for i in 0..10_000u32 {
+            let value = vec![7u8; (i % 300) as usize];
+            if i % 2 == 0 {
+                cache.fill(&i.to_be_bytes(), Some(&value));
+            } else {
+                cache.put(&(i / 2).to_be_bytes(), Some(&value));
+            }
+            assert!(cache.bytes <= READ_CACHE_BYTES, "{} bytes", cache.bytes);
+        }
+        let counted: usize = cache
+            .rows
+            .iter()
+            .map(|(row, value)| cached_bytes(row, value.as_deref()))
+            .sum();
+        assert_eq!(cache.bytes, counted);
+        assert!(cache.rows.len() > 100, "{} rows kept", cache.rows.len());
+    }
+
+    #[test]
+    fn a_read_of_the_b_tree_fills_the_cache_only_while_it_is_the_newest_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let row = b"r".to_vec();
+        let keys = |value: &[u8]| {
+            let mut rows: [OverlayRows; 4] = Default::default();
+            rows[Which::Keys as usize].insert(row.clone(), Some(value.to_vec()));
+            for which in [Which::Hints, Which::Paxos, Which::Meta] {
+                rows[which as usize].insert(b"-".to_vec(), None);
+            }
+            rows
+        };
+        commit_rows(&db, &keys(b"old")).unwrap();
+        let overlay = Overlay::new(&db).unwrap();
+        let cached = || overlay.cache().get(&row);
+        // A reader has read "old"; meanwhile a write laid "new" on the overlay (and the
+        // cache dropped it): the reader's fill is refused.
+        let read_under = overlay.read().committed.clone();
+        overlay.write().active[Which::Keys as usize] = keys(b"new")[0].clone();
+        overlay.fill(&row, &read_under, Some(b"old"));
+        assert_eq!(cached(), None, "the row is on the overlay");
+        // The write checkpointed: a new committed layer holds it, the overlay is empty.
+        commit_rows(&db, &keys(b"new")).unwrap();
+        {
+            let mut layers = overlay.write();
+            layers.active = Default::default();
+            layers.committed = Arc::new(Committed::open(&db).unwrap());
+        }
+        overlay.fill(&row, &read_under, Some(b"old"));
+        assert_eq!(cached(), None, "read from a layer since replaced");
+        // A read of the layer in place fills it.
+        let current = overlay.read().committed.clone();
+        overlay.fill(&row, &current, Some(b"new"));
+        assert_eq!(cached(), Some(Some(Arc::from(&b"new"[..]))));
+        assert_eq!(
+            overlay
+                .lookup(Which::Keys, &row, |v| v.map(<[u8]>::to_vec))
+                .unwrap(),
+            Some(b"new".to_vec())
+        );
+    }
+
+    /// Readers never see a key go back to an older value while a writer moves it forward
+    /// through the overlay, checkpoints (every ~1,000 writes here) and a read cache too
+    /// small for the keys (fills from the B-tree racing the writes).
+    #[test]
+    fn reads_never_go_back_while_writes_checkpoint_and_the_cache_turns_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ApStore::open(&dir.path().join("ap.redb"), 1000).unwrap());
+        const KEYS: u64 = 300;
+        let done = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (store, done) = (store.clone(), done.clone());
+            std::thread::spawn(move || {
+                let pad = "p".repeat(1_000);
+                for t in 1..=6_000u64 {
+                    let key = format!("k{}", t % KEYS).into_bytes();
+                    store
+                        .merge(1, &key, &set(&format!("{t:08}{pad}"), t, A))
+                        .unwrap();
+                }
+                done.store(true, Ordering::Relaxed);
+            })
+        };
+        let readers: Vec<_> = (0..2u64)
+            .map(|r| {
+                let (store, done) = (store.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut seen = vec![0u64; KEYS as usize];
+                    let mut i = r;
+                    while !done.load(Ordering::Relaxed) {
+                        i = (i * 7 + 13) % KEYS;
+                        let key = format!("k{i}").into_bytes();
+                        let Some(state) = store.get(1, &key).unwrap() else {
+                            continue;
+                        };
+                        let bytes = state.get(0).expect("a string");
+                        let t: u64 = std::str::from_utf8(&bytes[..8]).unwrap().parse().unwrap();
+                        assert!(
+                            t >= seen[i as usize],
+                            "k{i} went from {} to {t}",
+                            seen[i as usize]
+                        );
+                        seen[i as usize] = t;
+                    }
+                })
+            })
+            .collect();
+        writer.join().unwrap();
+        for r in readers {
+            r.join().unwrap();
+        }
     }
 
     const CRASH_CHILD_DIR: &str = "CONCORD_AP_CRASH_CHILD_DIR";
