@@ -1285,6 +1285,21 @@ impl ApStore {
             .lookup(Which::Keys, &r, |v| v.map(|v| decode(&r, v)).transpose())?
     }
 
+    /// The state of `key` in `bucket` as [`state_to_bytes`] encoded it, checked against
+    /// its checksum but not decoded: what a replica answers a read with, without a
+    /// decode and an encode ([`state_from_bytes`] of it gives [`ApStore::get`]'s state).
+    pub fn get_encoded(&self, bucket: u8, key: &[u8]) -> Result<Option<Vec<u8>>, ApStoreError> {
+        let r = row(bucket, key);
+        let corrupt = || ApStoreError::Corrupt {
+            key: String::from_utf8_lossy(&r).into_owned(),
+            reason: "checksum mismatch".into(),
+        };
+        self.overlay.lookup(Which::Keys, &r, |v| {
+            v.map(|v| unseal(&r, v).map(<[u8]>::to_vec).ok_or_else(corrupt))
+                .transpose()
+        })?
+    }
+
     /// Applies `f` to the state of `key` (a new one if absent) and stores the result
     /// durably, unless `f` refuses (then nothing is written). Returns `f`'s answer and the
     /// state stored.
@@ -2578,6 +2593,33 @@ mod tests {
         let garbage = seal(&r, &[FORMAT, 0xff, 0xff, 0xff]);
         assert!(decode(&r, &garbage).is_err());
         assert!(decode(&r, &seal(&r, &[])).is_err());
+    }
+
+    #[test]
+    fn a_replica_answers_reads_with_the_stored_encoding_checked_not_decoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ApStore::open(&dir.path().join("ap.redb"), 1000).unwrap();
+        let mut members = set("v", 1, A);
+        members.delete((2, A));
+        members.sadd(&[b"m".to_vec()], A, (3, A), 0).unwrap();
+        let mut siblings = RedisValue::new();
+        siblings.sibling_put(&Default::default(), Some(b"x".to_vec()), A);
+        siblings.sibling_put(&Default::default(), Some(b"y".to_vec()), B);
+        for (key, state) in [("s", set("v", 1, A)), ("m", members), ("x", siblings)] {
+            store.merge(1, key.as_bytes(), &state).unwrap();
+            let held = store.get(1, key.as_bytes()).unwrap().unwrap();
+            let encoded = store.get_encoded(1, key.as_bytes()).unwrap().unwrap();
+            assert_eq!(encoded, state_to_bytes(&held), "{key}");
+            assert_eq!(state_from_bytes(&encoded), Ok(held), "{key}");
+        }
+        assert_eq!(store.get_encoded(1, b"absent").unwrap(), None);
+        // A damaged value is an error naming the key, as for a decoding read.
+        let r = row(1, b"bad");
+        let mut damaged = encode(&r, &set("v", 1, A));
+        damaged[1] ^= 0x40;
+        store.overlay.write().active[Which::Keys as usize].insert(r, Some(damaged));
+        let err = store.get_encoded(1, b"bad").unwrap_err().to_string();
+        assert!(err.contains("checksum") && err.contains("bad"), "{err}");
     }
 
     #[test]

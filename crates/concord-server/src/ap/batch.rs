@@ -793,10 +793,13 @@ impl ApNode {
     pub(super) fn read_answer(&self, read: &ReplicaRead) -> ReplicaState {
         let found = bucket_of(read.bucket)
             .map_err(|s| s.message().to_string())
-            .and_then(|b| self.read_local(b, &read.key).map_err(|e| e.to_string()));
+            .and_then(|b| {
+                let encoded = self.inner.store.get_encoded(b, &read.key);
+                encoded.map_err(|e| ApError::from(e).to_string())
+            });
         match found {
             Ok(state) => ReplicaState {
-                state: state.map(|s| state_to_bytes(&s)).unwrap_or_default().into(),
+                state: state.unwrap_or_default().into(),
                 ..ReplicaState::default()
             },
             Err(failure) => ReplicaState {
