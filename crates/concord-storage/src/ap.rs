@@ -51,6 +51,12 @@
 //!    so at open the log with the lower epoch holds only older changes, and replaying it
 //!    first, then the other, gives the last answered state
 //!    (`the_two_logs_replay_older_epoch_first`, and the SIGKILL loop of guarantee 1).
+//! 7. **The read cache holds only newest values.** Point reads of key states look first in
+//!    a bounded cache ([`READ_CACHE_BYTES`]) of rows' newest values; the writer updates it
+//!    in the step that lays a batch on the overlay, and a read of the B-tree fills it only
+//!    if the row is on no overlay layer and the committed layer is the one it read
+//!    (`a_read_of_the_b_tree_fills_the_cache_only_while_it_is_the_newest_value`,
+//!    `the_read_cache_never_answers_a_value_a_checkpoint_replaced`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
