@@ -2605,13 +2605,7 @@ mod tests {
     fn a_replica_answers_reads_with_the_stored_encoding_checked_not_decoded() {
         let dir = tempfile::tempdir().unwrap();
         let store = ApStore::open(&dir.path().join("ap.redb"), 1000).unwrap();
-        let mut members = set("v", 1, A);
-        members.delete((2, A));
-        members.sadd(&[b"m".to_vec()], A, (3, A), 0).unwrap();
-        let mut siblings = RedisValue::new();
-        siblings.sibling_put(&Default::default(), Some(b"x".to_vec()), A);
-        siblings.sibling_put(&Default::default(), Some(b"y".to_vec()), B);
-        for (key, state) in [("s", set("v", 1, A)), ("m", members), ("x", siblings)] {
+        for (key, (state, _)) in ["s", "m", "x"].into_iter().zip(one_state_per_format()) {
             store.merge(1, key.as_bytes(), &state).unwrap();
             let held = store.get(1, key.as_bytes()).unwrap().unwrap();
             let encoded = store.get_encoded(1, key.as_bytes()).unwrap().unwrap();
@@ -2628,20 +2622,24 @@ mod tests {
         assert!(err.contains("checksum") && err.contains("bad"), "{err}");
     }
 
-    #[test]
-    fn each_state_takes_the_oldest_format_that_holds_it() {
-        let string = set("v", 1, A);
+    /// A string, a set and a key with siblings, each with the format it is stored in.
+    fn one_state_per_format() -> [(RedisValue, u8); 3] {
         let mut members = set("v", 1, A);
         members.delete((2, A));
         members.sadd(&[b"m".to_vec()], A, (3, A), 0).unwrap();
         let mut siblings = RedisValue::new();
         siblings.sibling_put(&Default::default(), Some(b"x".to_vec()), A);
         siblings.sibling_put(&Default::default(), Some(b"y".to_vec()), B);
-        for (state, format) in [
-            (string, FORMAT),
+        [
+            (set("v", 1, A), FORMAT),
             (members, FORMAT_SETS),
             (siblings, FORMAT_SIBLINGS),
-        ] {
+        ]
+    }
+
+    #[test]
+    fn each_state_takes_the_oldest_format_that_holds_it() {
+        for (state, format) in one_state_per_format() {
             let bytes = state_to_bytes(&state);
             assert_eq!(bytes[0], format);
             assert_eq!(state_from_bytes(&bytes), Ok(state));

@@ -511,6 +511,9 @@ impl<D: Disk> MvccStore<D> {
             return self.recover(e);
         }
         self.drop_open();
+        // Refreshed lazily by the next quota check.
+        self.size_cache
+            .store(0, std::sync::atomic::Ordering::Relaxed);
         let every = self.config.durable_every_commits;
         if durable {
             self.lazy_commits = 0;
@@ -563,8 +566,9 @@ impl<D: Disk> MvccStore<D> {
         })
     }
 
-    /// The file size as of the last apply (one `stat` per applied batch instead of one per
-    /// request); exact when nothing was applied since open.
+    /// The file size as of the last commit, as etcd's quota check sees its backend's size:
+    /// one `stat` per commit (at most every [`MvccConfig::batches_per_commit`] applied
+    /// batches) instead of one per request, or per batch on every member's Raft thread.
     fn cached_size_bytes(&self) -> Result<u64, StoreError> {
         use std::sync::atomic::Ordering;
         match self.size_cache.load(Ordering::Relaxed) {
@@ -589,7 +593,7 @@ impl<D: Disk> MvccStore<D> {
     }
 
     /// Whether writes are admitted at all: no NOSPACE alarm and the file within its quota
-    /// (as of the last apply). Cheap; for callers that skip [`MvccStore::admit`] while it
+    /// (as of the last commit). Cheap; for callers that skip [`MvccStore::admit`] while it
     /// holds.
     pub fn admits_writes(&self) -> Result<bool, StoreError> {
         Ok(!self.meta.nospace && self.cached_size_bytes()? <= self.config.quota_bytes)
@@ -705,9 +709,6 @@ impl<D: Disk> MvccStore<D> {
         if let Some(r) = &mut self.recording {
             r.record(cmds, &out);
         }
-        // Refreshed lazily by the next quota check.
-        self.size_cache
-            .store(0, std::sync::atomic::Ordering::Relaxed);
         Ok(out)
     }
 
