@@ -366,14 +366,10 @@ impl ReadCache {
 
     /// `row` now has `value` (a change laid on the overlay).
     fn put(&mut self, row: &[u8], value: Option<&[u8]>) {
-        if let Some(old) = self.rows.get_mut(row) {
-            let was = cached_bytes(row, old.as_deref());
-            *old = value.map(Arc::from);
-            self.bytes = self.bytes - was + cached_bytes(row, value);
-            self.trim();
-        } else {
-            self.fill(row, value);
+        if let Some(old) = self.rows.remove(row) {
+            self.bytes -= cached_bytes(row, old.as_deref());
         }
+        self.fill(row, value);
     }
 
     /// Keeps `value` of a row not held (read from the B-tree, or a change).
@@ -387,22 +383,22 @@ impl ReadCache {
         self.trim();
     }
 
-    /// Past the bound, an eighth of the rows go (the map's order is as good as random).
+    /// Past the bound, an eighth of the rows go (the map's order is as good as random),
+    /// as often as it takes.
     fn trim(&mut self) {
-        if self.bytes <= READ_CACHE_BYTES {
-            return;
+        while self.bytes > READ_CACHE_BYTES {
+            let mut drop = self.rows.len() / 8 + 1;
+            let mut freed = 0;
+            self.rows.retain(|row, value| {
+                if drop == 0 {
+                    return true;
+                }
+                drop -= 1;
+                freed += cached_bytes(row, value.as_deref());
+                false
+            });
+            self.bytes -= freed;
         }
-        let mut drop = self.rows.len() / 8 + 1;
-        let mut freed = 0;
-        self.rows.retain(|row, value| {
-            if drop == 0 {
-                return true;
-            }
-            drop -= 1;
-            freed += cached_bytes(row, value.as_deref());
-            false
-        });
-        self.bytes -= freed;
     }
 }
 
@@ -2053,6 +2049,14 @@ mod tests {
             Some(None),
             "a change replaces it; absence is kept too"
         );
+        let huge = vec![0u8; READ_CACHE_BYTES / 8];
+        cache.put(b"a", Some(&huge));
+        assert_eq!(
+            cache.get(b"a"),
+            None,
+            "a value too large for it is not kept"
+        );
+        assert_eq!(cache.bytes, 0);
         for i in 0..10_000u32 {
             let value = vec![7u8; (i % 300) as usize];
             if i % 2 == 0 {
