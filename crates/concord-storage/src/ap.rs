@@ -996,12 +996,20 @@ fn encode(row: &[u8], state: &RedisValue) -> Vec<u8> {
 }
 
 fn decode(row: &[u8], stored: &[u8]) -> Result<RedisValue, ApStoreError> {
-    let corrupt = |reason: String| ApStoreError::Corrupt {
+    state_from_bytes(unsealed(row, stored)?).map_err(|reason| corrupt(row, reason))
+}
+
+/// The encoded state in the stored value of `row`, checked against its checksum.
+fn unsealed<'a>(row: &[u8], stored: &'a [u8]) -> Result<&'a [u8], ApStoreError> {
+    unseal(row, stored).ok_or_else(|| corrupt(row, "checksum mismatch".into()))
+}
+
+/// The error for the damaged value of `row`.
+fn corrupt(row: &[u8], reason: String) -> ApStoreError {
+    ApStoreError::Corrupt {
         key: String::from_utf8_lossy(row).into_owned(),
         reason,
-    };
-    let bytes = unseal(row, stored).ok_or_else(|| corrupt("checksum mismatch".into()))?;
-    state_from_bytes(bytes).map_err(corrupt)
+    }
 }
 
 /// Moves the rows of the first layout into [`KEYS`] (re-sealed under their new row), in
@@ -1292,13 +1300,8 @@ impl ApStore {
     /// decode and an encode ([`state_from_bytes`] of it gives [`ApStore::get`]'s state).
     pub fn get_encoded(&self, bucket: u8, key: &[u8]) -> Result<Option<Vec<u8>>, ApStoreError> {
         let r = row(bucket, key);
-        let corrupt = || ApStoreError::Corrupt {
-            key: String::from_utf8_lossy(&r).into_owned(),
-            reason: "checksum mismatch".into(),
-        };
         self.overlay.lookup(Which::Keys, &r, |v| {
-            v.map(|v| unseal(&r, v).map(<[u8]>::to_vec).ok_or_else(corrupt))
-                .transpose()
+            v.map(|v| unsealed(&r, v).map(<[u8]>::to_vec)).transpose()
         })?
     }
 
@@ -1367,16 +1370,12 @@ impl ApStore {
         let key = key.to_vec();
         let trees = self.trees.clone();
         let step = move |t: &mut Tables<'_>| {
-            let corrupt = |reason: String| ApStoreError::Corrupt {
-                key: String::from_utf8_lossy(&r).into_owned(),
-                reason,
-            };
             let mut acceptor: Acceptor<RedisValue> = match t.paxos.get(r.as_slice())? {
                 Some(v) => {
                     let bytes = unseal(&r, &v)
-                        .ok_or_else(|| corrupt("paxos state checksum mismatch".into()))?;
+                        .ok_or_else(|| corrupt(&r, "paxos state checksum mismatch".into()))?;
                     postcard::from_bytes(bytes)
-                        .map_err(|e| corrupt(format!("undecodable paxos state: {e}")))?
+                        .map_err(|e| corrupt(&r, format!("undecodable paxos state: {e}")))?
                 }
                 None => Acceptor::new(),
             };
