@@ -470,23 +470,46 @@ impl Overlay {
         }
     }
 
-    /// The overlay's rows of `which` in `range` (the newer layer's where both have one)
-    /// and the committed tables they lie over, taken together.
+    /// The overlay's rows of `which` in `range` (the newer layer's where both have one),
+    /// in row order up to and including the `present`-th row that holds a value, and the
+    /// committed tables they lie over, taken together.
+    ///
+    /// A caller that takes at most `present` rows of the overlaid view needs no more of
+    /// the overlay: those rows all lie at or before that row, and every overlay row up to
+    /// it is here, removals included. Only those rows are copied, so a page of a scan costs
+    /// its page, not the whole overlay after it.
     fn range(
         &self,
         which: Which,
         range: (std::ops::Bound<&[u8]>, std::ops::Bound<&[u8]>),
+        present: usize,
     ) -> (Arc<Committed>, RowChanges) {
         let layers = self.read();
-        let mut rows = OverlayRows::new();
-        for layer in [&*layers.frozen, &layers.active] {
-            rows.extend(
-                layer[which as usize]
-                    .range::<[u8], _>(range)
-                    .map(|(k, v)| (k.clone(), v.clone())),
-            );
+        let mut newer = layers.active[which as usize]
+            .range::<[u8], _>(range)
+            .peekable();
+        let mut older = layers.frozen[which as usize]
+            .range::<[u8], _>(range)
+            .peekable();
+        let mut rows = RowChanges::new();
+        let mut values = 0;
+        while values < present {
+            let next = match (newer.peek(), older.peek()) {
+                (Some((n, _)), Some((o, _))) if n == o => {
+                    older.next();
+                    newer.next()
+                }
+                (Some((n, _)), Some((o, _))) if o < n => older.next(),
+                (Some(_), _) => newer.next(),
+                (None, _) => older.next(),
+            };
+            let Some((row, value)) = next else {
+                break;
+            };
+            values += usize::from(value.is_some());
+            rows.push((row.clone(), value.clone()));
         }
-        (layers.committed.clone(), rows.into_iter().collect())
+        (layers.committed.clone(), rows)
     }
 }
 
@@ -934,6 +957,16 @@ fn row_at(bucket: u8, hash: u64) -> Vec<u8> {
     let mut r = vec![bucket];
     r.extend_from_slice(&hash.to_be_bytes());
     r
+}
+
+/// Keys of a bucket with their states, in the store's order.
+pub type KeyStates = Vec<(Vec<u8>, RedisValue)>;
+
+/// A key's place in a bucket's scan order: 1 + the top 63 bits of its ring hash, so that
+/// 0 can stand for "from the first" (Redis's `SCAN` cursor). It depends on the key alone,
+/// not on any member or ring, and the store keeps each bucket's keys in this order.
+pub fn scan_position(key: &[u8]) -> u64 {
+    (hash_key(key) >> 1) + 1
 }
 
 fn hint_row(owner: NodeId, bucket: u8, key: &[u8]) -> Vec<u8> {
@@ -1469,7 +1502,7 @@ impl ApStore {
             .map_or_else(|| vec![bucket + 1], |h| row_at(bucket, h));
         use std::ops::Bound::{Excluded, Included};
         let range = (Included(start.as_slice()), Excluded(end.as_slice()));
-        let (committed, over) = self.overlay.range(Which::Keys, range);
+        let (committed, over) = self.overlay.range(Which::Keys, range, usize::MAX);
         let t = committed.table(Which::Keys);
         let mut out = Vec::new();
         for entry in overlaid(t, range, over)? {
@@ -1622,7 +1655,7 @@ impl ApStore {
         let next = owner.get().checked_add(1).map(u64::to_be_bytes);
         let end = next.as_ref().map_or(Unbounded, |n| Excluded(n.as_slice()));
         let range = (Included(prefix.as_slice()), end);
-        let (committed, over) = self.overlay.range(Which::Hints, range);
+        let (committed, over) = self.overlay.range(Which::Hints, range, limit);
         let t = committed.table(Which::Hints);
         let mut out = Vec::new();
         for entry in overlaid(t, range, over)? {
@@ -1690,22 +1723,59 @@ impl ApStore {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApStoreError> {
-        use std::ops::Bound::{Excluded, Included, Unbounded};
-        let start = after.map_or_else(|| vec![bucket], |a| row(bucket, a));
+        use std::ops::Bound::{Excluded, Included};
+        let (first, from) = ([bucket], after.map(|a| row(bucket, a)));
+        let begin = from.as_deref().map_or(Included(&first[..]), Excluded);
+        self.scan_rows(bucket, begin, limit)
+    }
+
+    /// Up to `limit` keys of `bucket` at [`scan_position`] `from` or later (0: from the
+    /// first), in the store's order, and any further keys at the last one's position, so
+    /// that the page ends at a whole position; and whether no key follows the page.
+    pub fn scan_positions(
+        &self,
+        bucket: u8,
+        from: u64,
+        limit: usize,
+    ) -> Result<(KeyStates, bool), ApStoreError> {
+        use std::ops::Bound::{Excluded, Included};
+        let start = row_at(bucket, from.saturating_sub(1) << 1);
+        let mut page = self.scan_rows(bucket, Included(&start), limit)?;
+        if page.len() < limit {
+            return Ok((page, true));
+        }
+        // Keys sharing a position (the top 63 bits of their hash) are rare, not impossible.
+        while let Some((last, _)) = page.last() {
+            let at = scan_position(last);
+            let next = self.scan_rows(bucket, Excluded(&row(bucket, last)), 1)?;
+            match next.into_iter().next() {
+                Some(entry) if scan_position(&entry.0) == at => page.push(entry),
+                Some(_) => return Ok((page, false)),
+                None => return Ok((page, true)),
+            }
+        }
+        Ok((page, true))
+    }
+
+    /// Up to `limit` keys of `bucket` from the row bound `begin` on, with their states.
+    fn scan_rows(
+        &self,
+        bucket: u8,
+        begin: std::ops::Bound<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApStoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
         let next = [bucket.wrapping_add(1)];
         let end = if bucket == u8::MAX {
             Unbounded
         } else {
             Excluded(next.as_slice())
         };
-        let begin = match after {
-            Some(_) => Excluded(start.as_slice()),
-            None => Included(start.as_slice()),
-        };
-        let (committed, over) = self.overlay.range(Which::Keys, (begin, end));
+        let range = (begin, end);
+        let (committed, over) = self.overlay.range(Which::Keys, range, limit);
         let t = committed.table(Which::Keys);
         let mut out = Vec::new();
-        for entry in overlaid(t, (begin, end), over)?.take(limit) {
+        for entry in overlaid(t, range, over)?.take(limit) {
             let (k, v) = entry?;
             out.push((k[ROW_HEAD..].to_vec(), decode(&k, &v)?));
         }
@@ -1723,7 +1793,7 @@ impl ApStore {
             Excluded(next.as_slice())
         };
         let range = (Included(start.as_slice()), end);
-        let (committed, over) = self.overlay.range(Which::Keys, range);
+        let (committed, over) = self.overlay.range(Which::Keys, range, usize::MAX);
         let t = committed.table(Which::Keys);
         let mut n = t.range::<&[u8]>(range)?.count() as u64;
         // The overlay's rows that the B-tree lacks, less the ones it removes.
@@ -2623,6 +2693,116 @@ mod tests {
         store.overlay.write().active[Which::Keys as usize].insert(r, Some(damaged));
         let err = store.get_encoded(1, b"bad").unwrap_err().to_string();
         assert!(err.contains("checksum") && err.contains("bad"), "{err}");
+    }
+
+    /// Paging through the overlaid view a page at a time (as `scan` and `hints` do) gives
+    /// the whole view, whatever the B-tree, the frozen and the active layers hold, removals
+    /// included; and a page copies no more overlay rows with values than it takes. (Each
+    /// page once copied every overlay row after its start: a pass over a store with a
+    /// full overlay cost the overlay once per page.)
+    #[test]
+    fn a_page_of_the_overlaid_view_copies_only_its_share_of_the_overlay() {
+        use proptest::prelude::*;
+        use std::ops::Bound::{Excluded, Unbounded};
+        let layer =
+            || proptest::collection::btree_map(0u8..24, proptest::option::of(any::<u8>()), 0..16);
+        let rows = |m: &BTreeMap<u8, Option<u8>>| -> OverlayRows {
+            m.iter()
+                .map(|(k, v)| (vec![*k], v.map(|v| vec![v])))
+                .collect()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig::with_cases(200));
+        let case = AtomicU64::new(0);
+        let layers = (layer(), layer(), layer(), 1usize..6);
+        runner
+            .run(&layers, |(base, frozen, active, page)| {
+                let n = case.fetch_add(1, Ordering::Relaxed);
+                let db = Database::create(dir.path().join(format!("{n}.redb"))).unwrap();
+                let txn = db.begin_write().unwrap();
+                for def in LOGGED {
+                    txn.open_table(def).unwrap();
+                }
+                txn.commit().unwrap();
+                let mut tables: [OverlayRows; 4] = Default::default();
+                tables[Which::Keys as usize] = rows(&base);
+                commit_rows(&db, &tables).unwrap();
+                let overlay = Overlay::new(&db).unwrap();
+                {
+                    let mut layers = overlay.write();
+                    layers.active[Which::Keys as usize] = rows(&active);
+                    let mut older: [OverlayRows; 4] = Default::default();
+                    older[Which::Keys as usize] = rows(&frozen);
+                    layers.frozen = Arc::new(older);
+                }
+                let mut expected = BTreeMap::new();
+                for layer in [&base, &frozen, &active] {
+                    for (k, v) in layer {
+                        match v {
+                            Some(v) => expected.insert(vec![*k], vec![*v]),
+                            None => expected.remove(&vec![*k]),
+                        };
+                    }
+                }
+                let mut seen = Vec::new();
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let range = (after.as_deref().map_or(Unbounded, Excluded), Unbounded);
+                    let (committed, over) = overlay.range(Which::Keys, range, page);
+                    let copied = over.iter().filter(|(_, v)| v.is_some()).count();
+                    prop_assert!(copied <= page, "{copied} rows copied for a page of {page}");
+                    let got = overlaid(committed.table(Which::Keys), range, over)
+                        .unwrap()
+                        .take(page)
+                        .collect::<Result<Vec<_>, _>>()
+                        .unwrap();
+                    let done = got.len() < page;
+                    after = got.last().map(|(k, _)| k.clone());
+                    seen.extend(got);
+                    if done {
+                        break;
+                    }
+                }
+                prop_assert_eq!(seen, expected.into_iter().collect::<Vec<_>>());
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Pages by scan position cover every key of the bucket once, in position order, from
+    /// any position on, whatever the page size; a page starting at a key's own position
+    /// holds it.
+    #[test]
+    fn pages_by_scan_position_cover_every_key_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ApStore::open(&dir.path().join("ap.redb"), 100).unwrap();
+        let keys: Vec<Vec<u8>> = (0..120).map(|i| format!("k{i}").into_bytes()).collect();
+        for k in &keys {
+            store.merge(2, k, &set("v", 1, A)).unwrap();
+        }
+        store.merge(3, b"elsewhere", &set("v", 1, A)).unwrap();
+        let mut expected: Vec<(u64, Vec<u8>)> =
+            keys.iter().map(|k| (scan_position(k), k.clone())).collect();
+        expected.sort();
+        for limit in [1, 7, 120, 1000] {
+            let (mut seen, mut from) = (Vec::new(), 0);
+            loop {
+                let (page, done) = store.scan_positions(2, from, limit).unwrap();
+                assert!(page.len() >= limit || done, "a short page ends the scan");
+                assert!(page.iter().all(|(k, _)| scan_position(k) >= from));
+                seen.extend(page.iter().map(|(k, _)| (scan_position(k), k.clone())));
+                match page.last() {
+                    Some((last, _)) if !done => from = scan_position(last) + 1,
+                    _ => break,
+                }
+            }
+            assert_eq!(seen, expected, "pages of {limit}");
+        }
+        let (at, key) = &expected[60];
+        let (page, done) = store.scan_positions(2, *at, 1).unwrap();
+        assert_eq!((&page[0].0, done), (key, false));
+        let (page, done) = store.scan_positions(2, u64::MAX, 5).unwrap();
+        assert!(page.is_empty() && done);
     }
 
     /// A string, a set and a key with siblings, each with the format it is stored in.

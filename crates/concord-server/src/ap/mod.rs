@@ -70,6 +70,7 @@ use concord_raft::NodeId;
 use concord_runtime::clock::{NodeClock, OffsetClock};
 use concord_runtime::grpc::BoxStream;
 use concord_storage::ap::{state_to_bytes, ApStore, ApStoreError};
+pub(crate) use keyspace::hash_page;
 pub use session::{SessionGuard, SessionId, SessionToken};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
@@ -1006,17 +1007,21 @@ impl Replica for ReplicaService {
             n => (n as usize).clamp(2, SCAN_PAGE),
         };
         let node = self.node.clone();
-        let page = blocking(move || {
-            Ok(node
-                .inner
-                .store
-                .scan(bucket, r.has_after.then_some(&r.after[..]), limit)?)
+        let (page, done) = blocking(move || {
+            let store = &node.inner.store;
+            if r.by_position {
+                return Ok(store.scan_positions(bucket, r.from_position, limit)?);
+            }
+            let page = store.scan(bucket, r.has_after.then_some(&r.after[..]), limit)?;
+            let done = page.len() < limit;
+            Ok((page, done))
         })
         .await
         .map_err(status)?;
         Ok(Response::new(ReplicaKeys {
             digest: Default::default(),
-            done: page.len() < limit,
+            done,
+            by_position: r.by_position,
             keys: page
                 .into_iter()
                 .map(|(key, state)| ReplicaKey {
@@ -1069,11 +1074,13 @@ impl Replica for ReplicaService {
                 done: true,
                 keys: Vec::new(),
                 digest: anti_entropy::digest(&entries).to_vec().into(),
+                by_position: false,
             }));
         }
         Ok(Response::new(ReplicaKeys {
             done: true,
             digest: Default::default(),
+            by_position: false,
             keys: entries
                 .into_iter()
                 .map(|(key, state)| ReplicaKey {

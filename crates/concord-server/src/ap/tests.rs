@@ -2,7 +2,7 @@
 //! through another, a stopped replica does not stop W=2 writes, increments from different
 //! coordinators add up, and a read repairs a replica that missed a write.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use concord_core::crdt::{Expiry, SetExpiry};
 
@@ -1381,6 +1381,108 @@ impl Replica for WithoutStream {
     ) -> Result<Response<ReplicaStates>, Status> {
         self.0.read_batch(request).await
     }
+
+    /// Pages by key only, as builds before paging by scan position did.
+    async fn scan(&self, request: Request<ReplicaScan>) -> Result<Response<ReplicaKeys>, Status> {
+        let mut r = request.into_inner();
+        r.by_position = false;
+        r.from_position = 0;
+        self.0.scan(Request::new(r)).await
+    }
+}
+
+/// Every page of a scan of bucket 0 through `node`, `count` at a time: the live keys seen,
+/// the number of pages and the most keys (live or not) one page held.
+async fn scan_all(node: &ApNode, count: usize) -> (BTreeSet<Vec<u8>>, usize, usize) {
+    let now = node.now_ms();
+    let (mut seen, mut pages, mut largest, mut cursor) = (BTreeSet::new(), 0, 0, 0);
+    loop {
+        let (next, states) = node.scan_page(0, cursor, count).await.unwrap();
+        assert!(
+            next == 0 || next > cursor,
+            "the cursor went from {cursor} to {next}"
+        );
+        pages += 1;
+        largest = largest.max(states.len());
+        seen.extend(
+            states
+                .into_iter()
+                .filter(|(_, s)| s.exists(now))
+                .map(|(k, _)| k),
+        );
+        if next == 0 {
+            return (seen, pages, largest);
+        }
+        cursor = next;
+    }
+}
+
+/// A scan's pages cover every live key of the bucket (deleted ones hidden by their
+/// tombstones) with a cursor that only moves forward; each member sends about COUNT keys
+/// per page, from the page's position; and with a member of an older build, which pages
+/// only by key, the coordinator reads the whole bucket and the pages still cover it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scan_pages_cover_the_bucket_from_about_count_keys_per_member() {
+    let mut m = start(3).await;
+    let a = m.nodes[0].clone();
+    let mut live = BTreeSet::new();
+    for i in 0..200 {
+        let key = format!("key{i}").into_bytes();
+        a.write(B0, &key, set("v")).await.unwrap();
+        live.insert(key);
+    }
+    for i in (0..200).step_by(10) {
+        let key = format!("key{i}").into_bytes();
+        a.write(B0, &key, Op::Del).await.unwrap();
+        live.remove(&key);
+    }
+    let (seen, pages, largest) = scan_all(&a, 10).await;
+    assert_eq!(seen, live);
+    assert!(
+        largest <= 30 && pages >= 7,
+        "{pages} pages, the largest of {largest}"
+    );
+
+    // A member asked for a page by position sends its keys from that position on, at
+    // most the limit (no two of these keys share a position).
+    let service = ReplicaService {
+        node: m.nodes[1].clone(),
+    };
+    let from = concord_storage::ap::scan_position(b"key7");
+    let page = service
+        .scan(Request::new(ReplicaScan {
+            cluster_id: CLUSTER,
+            bucket: 0,
+            limit: 10,
+            from_position: from,
+            by_position: true,
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.by_position && !page.done && page.keys.len() == 10);
+    assert_eq!(&page.keys[0].key[..], b"key7");
+    assert!(page
+        .keys
+        .iter()
+        .all(|k| concord_storage::ap::scan_position(&k.key) >= from));
+
+    // Member 3 as an older build.
+    m.servers.pop().unwrap().abort();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut urls = m.urls.clone();
+    urls.insert(
+        NodeId(3),
+        format!("http://{}", listener.local_addr().unwrap()),
+    );
+    let old = ReplicaServer::new(WithoutStream(ReplicaService {
+        node: m.nodes[2].clone(),
+    }));
+    let _server = serve_replica(old, listener);
+    a.set_members(&urls);
+    let (seen, _, _) = scan_all(&a, 10).await;
+    assert_eq!(seen, live);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

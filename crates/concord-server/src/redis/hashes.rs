@@ -17,8 +17,9 @@ use concord_core::crdt::{Kind, RedisValue};
 use super::commands::{
     ap_error, format_float, integer, parse_float, wrong_arity, NOT_FLOAT, NOT_INTEGER, SYNTAX,
 };
-use super::keyspace::{collection_scan_options, glob, hash_page, parse_cursor};
+use super::keyspace::{collection_scan_options, glob, parse_cursor};
 use super::sets::{choose_distinct, empty_scan, random_below, random_count, too_many, wrong_type};
+use crate::ap::hash_page;
 use crate::ap::{Access, ApNode, Op};
 use crate::resp::{Frame, Protocol};
 

@@ -1,13 +1,15 @@
 //! Commands over a whole bucket: `KEYS`, `SCAN`, `DBSIZE`, `RANDOMKEY`, `FLUSHDB`,
-//! `FLUSHALL`, and the keyspace section of `INFO`, over [`ApNode::bucket_states`].
+//! `FLUSHALL`, and the keyspace section of `INFO`, over [`ApNode::bucket_states`]
+//! (`SCAN` over [`ApNode::scan_page`]).
 //!
 //! `SCAN`'s cursor is a position in key-hash order (63 bits of the ring's key hash, plus
 //! one so that 0 stays "start"/"done"): it depends on no member or topology, so a scan
 //! that spans member joins, leaves and restarts returns every key that existed for all of
-//! it, as Redis guarantees, possibly with duplicates.
+//! it, as Redis guarantees, possibly with duplicates. Each call reads about `COUNT` keys
+//! on each member, not the bucket (more while what it reads is only tombstones and
+//! expired keys, which do not count).
 
 use bytes::Bytes;
-use concord_core::ring::hash_key;
 
 use super::commands::{ap_error, type_name, SYNTAX};
 use crate::ap::{Access, ApNode, Op, BUCKETS};
@@ -121,46 +123,32 @@ pub async fn scan(ap: &ApNode, at: Access, rest: &[Bytes]) -> Frame {
         }
         i += 2;
     }
-    let keys = match typed_keys(ap, at.bucket).await {
-        Ok(k) => k,
-        Err(e) => return e,
+    // COUNT counts the keys that exist, as it did when they were all there was: a page of
+    // tombstones (and expired keys) reads on, more keys at a time, until it has COUNT keys
+    // or the scan ends.
+    let now = ap.now_ms();
+    let (mut from, mut read, mut live) = (cursor, count, Vec::new());
+    let next = loop {
+        let (next, states) = match ap.scan_page(at.bucket, from, read).await {
+            Ok(page) => page,
+            Err(e) => return ap_error(e),
+        };
+        live.extend(states.into_iter().filter(|(_, s)| s.exists(now)));
+        if next == 0 || live.len() >= count {
+            break next;
+        }
+        (from, read) = (next, read.saturating_mul(2));
     };
-    let types: std::collections::BTreeMap<&Vec<u8>, &str> =
-        keys.iter().map(|(k, t)| (k, *t)).collect();
-    let (next, page) = hash_page(types.keys().copied(), cursor, count);
-    let page = page
-        .into_iter()
-        .filter(|k| pattern.as_ref().is_none_or(|p| glob(p, k)))
-        .filter(|k| {
+    let page = live
+        .iter()
+        .filter(|(k, _)| pattern.as_ref().is_none_or(|p| glob(p, k)))
+        .filter(|(_, s)| {
             kind.as_deref()
-                .is_none_or(|want| want == types[k].as_bytes())
+                .is_none_or(|want| want == type_name(Some(s), now).as_bytes())
         })
-        .map(|k| Frame::bulk(k.clone()))
+        .map(|(k, _)| Frame::bulk(k.clone()))
         .collect();
     Frame::Array(vec![Frame::bulk(next.to_string()), Frame::Array(page)])
-}
-
-/// One page of a scan in hash order: the names at or after `cursor`, at most `count`, and
-/// the cursor of the next page (0 when this one ends the scan). A name's position is 1 +
-/// the top 63 bits of its ring hash, so it depends on nothing but the name; names sharing
-/// the next position are returned by the next call (duplicates are allowed, skipping is
-/// not).
-pub(crate) fn hash_page<'a>(
-    names: impl IntoIterator<Item = &'a Vec<u8>>,
-    cursor: u64,
-    count: usize,
-) -> (u64, Vec<&'a Vec<u8>>) {
-    let mut positioned: Vec<(u64, &Vec<u8>)> = names
-        .into_iter()
-        .map(|k| ((hash_key(k) >> 1) + 1, k))
-        .filter(|(p, _)| *p >= cursor)
-        .collect();
-    positioned.sort_unstable();
-    let next = positioned.get(count).map_or(0, |(p, _)| *p);
-    (
-        next,
-        positioned.into_iter().take(count).map(|(_, k)| k).collect(),
-    )
 }
 
 /// `SSCAN`'s and `HSCAN`'s options after the cursor: `MATCH pattern`, `COUNT n` and, when

@@ -17,7 +17,8 @@ use bytes::Bytes;
 use concord_core::crdt::{Kind, RedisValue, ValueError};
 
 use super::commands::{ap_error, integer, NOT_INTEGER, SYNTAX};
-use super::keyspace::{collection_scan_options, glob, hash_page, parse_cursor};
+use super::keyspace::{collection_scan_options, glob, parse_cursor};
+use crate::ap::hash_page;
 use crate::ap::{Access, ApError, ApNode, Op};
 use crate::resp::Frame;
 
