@@ -847,6 +847,8 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "after=3:bytes",
             "limit=4:uint32",
             "has_after=5:bool",
+            "from_position=6:uint64",
+            "by_position=7:bool",
         ],
     ),
     (
@@ -859,6 +861,7 @@ const PEER_MESSAGES: &[(&str, &[&str])] = &[
             "keys=1:*.concord.peer.v1.ReplicaKey",
             "done=2:bool",
             "digest=3:bytes",
+            "by_position=4:bool",
         ],
     ),
     (

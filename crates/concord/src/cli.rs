@@ -696,7 +696,9 @@ pub fn server_flags() -> Vec<String> {
 /// Parses the process arguments (`argv[0]` included).
 pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Error> {
     let (argv, experimental) = normalize_server_argv(argv.into_iter().collect());
-    let matches = command().try_get_matches_from(argv)?;
+    let cmd = command();
+    let argv = hoist_client_flags(&cmd, argv);
+    let matches = cmd.try_get_matches_from(argv)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     if let Command::Server(args) = &mut cli.command {
         for flag in experimental {
@@ -706,6 +708,66 @@ pub fn parse(argv: impl IntoIterator<Item = OsString>) -> Result<Cli, clap::Erro
         }
     }
     Ok(cli)
+}
+
+/// etcdctl reads its global flags before the command too (`etcdctl --endpoints=a:2379 get
+/// foo`), and scripts write them there. For a client command, the client's global flags
+/// (`--endpoints`, `-w`, `--user`, ...) that come before its name move to just after its
+/// full name (`lease grant`), where clap reads them; anything else is left as it is, for
+/// clap to accept or refuse.
+fn hoist_client_flags(cmd: &clap::Command, argv: Vec<OsString>) -> Vec<OsString> {
+    // Every client command has the global flags; `get` stands for them all.
+    let Some(client) = cmd.find_subcommand("get") else {
+        return argv;
+    };
+    let global = |is: &dyn Fn(&clap::Arg) -> bool| {
+        client.get_arguments().find(|a| a.is_global_set() && is(a))
+    };
+    let mut at = 1;
+    while let Some(word) = argv.get(at).and_then(|a| a.to_str()) {
+        let (flag, inline) = if let Some(long) = word.strip_prefix("--") {
+            let (name, inline) = long
+                .split_once('=')
+                .map_or((long, false), |(n, _)| (n, true));
+            (global(&|a| a.get_long() == Some(name)), inline)
+        } else if let Some(short) = word.strip_prefix('-').and_then(|w| w.chars().next()) {
+            (global(&|a| a.get_short() == Some(short)), word.len() > 2)
+        } else {
+            break;
+        };
+        let Some(flag) = flag else {
+            break;
+        };
+        at += if flag.get_action().takes_values() && !inline {
+            2
+        } else {
+            1
+        };
+    }
+    if at == 1 || at >= argv.len() {
+        return argv;
+    }
+    // The command's full name (`lease`, then `grant`), and whether one of its parts
+    // declares the flags (they reach the parts under it when clap parses).
+    let (mut end, mut named, mut takes_them) = (at, cmd, false);
+    while let Some(word) = argv.get(end).and_then(|a| a.to_str()) {
+        let Some(sub) = named.find_subcommand(word) else {
+            break;
+        };
+        takes_them |= sub
+            .get_arguments()
+            .any(|a| a.is_global_set() && a.get_long() == Some("endpoints"));
+        named = sub;
+        end += 1;
+    }
+    if !takes_them {
+        return argv;
+    }
+    let mut out = vec![argv[0].clone()];
+    out.extend_from_slice(&argv[at..end]);
+    out.extend_from_slice(&argv[1..at]);
+    out.extend_from_slice(&argv[end..]);
+    out
 }
 
 /// For `concord server ...` only: rewrites `-flag` to `--flag` (Go's `flag` package takes

@@ -1356,7 +1356,7 @@ async fn an_apply_that_arrives_after_its_coordinator_stopped_waiting_is_not_appl
 }
 
 /// A replica service of an older build: the batch calls, but no `Calls` stream (the
-/// generated default answers UNIMPLEMENTED).
+/// generated default answers UNIMPLEMENTED), and scans paged by key only.
 struct WithoutStream(ReplicaService);
 
 #[tonic::async_trait]
@@ -1389,6 +1389,24 @@ impl Replica for WithoutStream {
         r.from_position = 0;
         self.0.scan(Request::new(r)).await
     }
+}
+
+/// The last member of `m` served again, at a new address, as an older build serves it
+/// ([`WithoutStream`]): the member list with that address, and the server.
+async fn last_as_older_build(
+    m: &mut Members,
+) -> (BTreeMap<NodeId, String>, tokio::task::JoinHandle<()>) {
+    m.servers.pop().unwrap().abort();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut urls = m.urls.clone();
+    urls.insert(
+        NodeId(m.nodes.len() as u64),
+        format!("http://{}", listener.local_addr().unwrap()),
+    );
+    let old = ReplicaServer::new(WithoutStream(ReplicaService {
+        node: m.nodes.last().unwrap().clone(),
+    }));
+    (urls, serve_replica(old, listener))
 }
 
 /// Every page of a scan of bucket 0 through `node`, `count` at a time: the live keys seen,
@@ -1469,17 +1487,7 @@ async fn scan_pages_cover_the_bucket_from_about_count_keys_per_member() {
         .all(|k| concord_storage::ap::scan_position(&k.key) >= from));
 
     // Member 3 as an older build.
-    m.servers.pop().unwrap().abort();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut urls = m.urls.clone();
-    urls.insert(
-        NodeId(3),
-        format!("http://{}", listener.local_addr().unwrap()),
-    );
-    let old = ReplicaServer::new(WithoutStream(ReplicaService {
-        node: m.nodes[2].clone(),
-    }));
-    let _server = serve_replica(old, listener);
+    let (urls, _server) = last_as_older_build(&mut m).await;
     a.set_members(&urls);
     let (seen, _, _) = scan_all(&a, 10).await;
     assert_eq!(seen, live);
@@ -1521,17 +1529,7 @@ async fn replica_calls_take_direct_links_unless_they_are_off() {
 async fn a_member_that_does_not_serve_the_stream_is_called_unary() {
     // Two members, N=2 W=2 R=2: every write and read needs member 2's answer.
     let mut m = start(2).await;
-    m.servers.pop().unwrap().abort();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut urls = m.urls.clone();
-    urls.insert(
-        NodeId(2),
-        format!("http://{}", listener.local_addr().unwrap()),
-    );
-    let old = ReplicaServer::new(WithoutStream(ReplicaService {
-        node: m.nodes[1].clone(),
-    }));
-    let _server = serve_replica(old, listener);
+    let (urls, _server) = last_as_older_build(&mut m).await;
     let a = &m.nodes[0];
     a.set_members(&urls);
     for i in 0..3 {

@@ -6,8 +6,9 @@
 //! Commands that read a value and write a new one from it (`APPEND`, `SETRANGE`,
 //! `INCRBYFLOAT`, `GETDEL`, `GETEX`, the expire options) read at R, then write at W a
 //! state that supersedes what they read ([`ApNode::write_after`]); a write by another
-//! client between the two may be overwritten, as `docs/ap.md` says (compare-and-set comes
-//! with part 2).
+//! client between the two may be overwritten, as `docs/ap.md` says. Inside a one-key
+//! `MULTI`/`EXEC` (`multi.rs`), `APPEND` and `GETDEL` are atomic: the transaction is one
+//! compare-and-set through Paxos.
 
 use bytes::Bytes;
 use concord_core::crdt::{Expiry, Kind, RedisValue, SetExpiry, Stamp};

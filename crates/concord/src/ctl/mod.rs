@@ -623,6 +623,44 @@ mod tests {
         assert!(parse(&["get"]).is_err());
     }
 
+    /// As etcdctl, the global flags may also come before the command's name.
+    #[test]
+    fn global_flags_may_come_before_the_command() {
+        let CtlCommand::Get(g) = parse(&[
+            "--endpoints=a:1",
+            "-w",
+            "json",
+            "--hex",
+            "--user",
+            "svc:pw",
+            "get",
+            "foo",
+            "--prefix",
+        ])
+        .unwrap() else {
+            panic!("not get")
+        };
+        assert_eq!(g.global.endpoints, vec!["a:1"]);
+        assert_eq!(g.global.write_out, OutputFormat::Json);
+        assert!(g.global.hex && g.opts.prefix);
+        assert_eq!(g.global.user.as_deref(), Some("svc:pw"));
+        assert_eq!(g.opts.key, "foo");
+        let CtlCommand::Lease(l) =
+            parse(&["-wtable", "--endpoints", "x:1", "lease", "grant", "10"]).unwrap()
+        else {
+            panic!("not lease")
+        };
+        assert_eq!(l.global.write_out, OutputFormat::Table);
+        assert_eq!(l.global.endpoints, vec!["x:1"]);
+        assert!(matches!(l.cmd, lease::LeaseCmd::Grant { ttl: 10 }));
+        // Only the client's flags, only before a client command.
+        assert!(parse(&["--prefix", "get", "foo"]).is_err());
+        assert!(
+            crate::cli::parse(["concord", "--endpoints", "a:1", "server"].map(Into::into)).is_err()
+        );
+        assert!(parse(&["--endpoints", "a:1"]).is_err());
+    }
+
     #[test]
     fn lock_takes_a_command_with_its_flags() {
         let CtlCommand::Lock(l) = parse(&["lock", "--ttl", "5", "name", "ls", "-l", "/"]).unwrap()
