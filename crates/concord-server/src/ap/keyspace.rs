@@ -4,8 +4,9 @@
 //!
 //! Every key lives on N members, so the listing is complete while fewer than N members
 //! are unreadable; with more, the request fails rather than answer a partial list. The
-//! cost is a scan of every member's replica of the bucket, held in memory: these
-//! commands are for administration and modest buckets, as `KEYS` is in Redis.
+//! cost of the whole-bucket ones is a scan of every member's replica of the bucket, held
+//! in memory: they are for administration and modest buckets, as `KEYS` is in Redis.
+//! `SCAN` reads one page ([`ApNode::scan_page`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
