@@ -1722,7 +1722,7 @@ impl ApStore {
         bucket: u8,
         after: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApStoreError> {
+    ) -> Result<KeyStates, ApStoreError> {
         use std::ops::Bound::{Excluded, Included};
         let (first, from) = ([bucket], after.map(|a| row(bucket, a)));
         let begin = from.as_deref().map_or(Included(&first[..]), Excluded);
@@ -1763,7 +1763,7 @@ impl ApStore {
         bucket: u8,
         begin: std::ops::Bound<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApStoreError> {
+    ) -> Result<KeyStates, ApStoreError> {
         use std::ops::Bound::{Excluded, Unbounded};
         let next = [bucket.wrapping_add(1)];
         let end = if bucket == u8::MAX {
@@ -1774,7 +1774,7 @@ impl ApStore {
         let range = (begin, end);
         let (committed, over) = self.overlay.range(Which::Keys, range, limit);
         let t = committed.table(Which::Keys);
-        let mut out = Vec::new();
+        let mut out = KeyStates::new();
         for entry in overlaid(t, range, over)?.take(limit) {
             let (k, v) = entry?;
             out.push((k[ROW_HEAD..].to_vec(), decode(&k, &v)?));

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use concord_core::crdt::{Crdt, RedisValue};
-use concord_proto::peer::{ReplicaKey, ReplicaScan};
+use concord_proto::peer::{ReplicaKey, ReplicaKeys, ReplicaScan};
 use concord_raft::NodeId;
 use concord_storage::ap::{scan_position, state_from_bytes, KeyStates};
 use tokio::task::JoinSet;
@@ -133,9 +133,6 @@ impl ApNode {
             })
             .await;
         }
-        let mut client = self
-            .client(m)
-            .ok_or_else(|| ApError::Unavailable(format!("member {m} is unknown")))?;
         let request = ReplicaScan {
             cluster_id: self.inner.cluster_id,
             bucket: u32::from(bucket),
@@ -144,11 +141,7 @@ impl ApNode {
             by_position: true,
             ..Default::default()
         };
-        let page = match tokio::time::timeout(self.config().timeout, client.scan(request)).await {
-            Ok(Ok(page)) => page.into_inner(),
-            Ok(Err(e)) => return Err(ApError::Unavailable(format!("member {m}: {}", e.message()))),
-            Err(_) => return Err(ApError::Unavailable(format!("member {m} timed out"))),
-        };
+        let page = self.scan_call(m, request).await?;
         if !page.by_position {
             return Ok(None);
         }
@@ -157,15 +150,11 @@ impl ApNode {
     }
 
     /// Every key of `bucket` on member `m`, page by page.
-    async fn scan_member(
-        &self,
-        m: NodeId,
-        bucket: u8,
-    ) -> Result<Vec<(Vec<u8>, RedisValue)>, ApError> {
+    async fn scan_member(&self, m: NodeId, bucket: u8) -> Result<KeyStates, ApError> {
         if m == self.me() {
             let node = self.clone();
             return blocking(move || {
-                let mut out = Vec::new();
+                let mut out = KeyStates::new();
                 loop {
                     let after = out.last().map(|(k, _): &(Vec<u8>, _)| k.as_slice());
                     let page = node.inner.store.scan(bucket, after, SCAN_PAGE)?;
@@ -178,11 +167,7 @@ impl ApNode {
             })
             .await;
         }
-        let mut client = self
-            .client(m)
-            .ok_or_else(|| ApError::Unavailable(format!("member {m} is unknown")))?;
-        let timeout = self.config().timeout;
-        let mut out: Vec<(Vec<u8>, RedisValue)> = Vec::new();
+        let mut out = KeyStates::new();
         loop {
             let request = ReplicaScan {
                 cluster_id: self.inner.cluster_id,
@@ -196,17 +181,23 @@ impl ApNode {
                 has_after: !out.is_empty(),
                 ..Default::default()
             };
-            let page = match tokio::time::timeout(timeout, client.scan(request)).await {
-                Ok(Ok(page)) => page.into_inner(),
-                Ok(Err(e)) => {
-                    return Err(ApError::Unavailable(format!("member {m}: {}", e.message())))
-                }
-                Err(_) => return Err(ApError::Unavailable(format!("member {m} timed out"))),
-            };
+            let page = self.scan_call(m, request).await?;
             out.extend(decoded(m, page.keys)?);
             if page.done {
                 return Ok(out);
             }
+        }
+    }
+
+    /// Member `m`'s answer to `request`, within the request timeout.
+    async fn scan_call(&self, m: NodeId, request: ReplicaScan) -> Result<ReplicaKeys, ApError> {
+        let mut client = self
+            .client(m)
+            .ok_or_else(|| ApError::Unavailable(format!("member {m} is unknown")))?;
+        match tokio::time::timeout(self.config().timeout, client.scan(request)).await {
+            Ok(Ok(page)) => Ok(page.into_inner()),
+            Ok(Err(e)) => Err(ApError::Unavailable(format!("member {m}: {}", e.message()))),
+            Err(_) => Err(ApError::Unavailable(format!("member {m} timed out"))),
         }
     }
 }
